@@ -1,0 +1,47 @@
+"""coatcheck: server-side login sessions for FastAPI and any ASGI app.
+
+The browser holds a claim ticket (an unguessable ID in a hardened cookie); the
+server keeps the coat (the session data) in a store.
+"""
+
+from __future__ import annotations
+
+from .config import CookieConfig, Lifetime, SessionConfig
+from .exceptions import (
+    CoatcheckError,
+    ConfigurationError,
+    MissingDependencyError,
+    SerializationError,
+    SessionNotLoadedError,
+    StoreError,
+    StoreUnavailableError,
+)
+from .middleware import SessionMiddleware
+from .serializers import JSONSerializer, Serializer
+from .session import Device, Session
+from .stores import MemoryStore, SessionRecord, SQLiteStore, Store, store_from_url
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CoatcheckError",
+    "ConfigurationError",
+    "CookieConfig",
+    "Device",
+    "JSONSerializer",
+    "Lifetime",
+    "MemoryStore",
+    "MissingDependencyError",
+    "SQLiteStore",
+    "SerializationError",
+    "Serializer",
+    "Session",
+    "SessionConfig",
+    "SessionMiddleware",
+    "SessionNotLoadedError",
+    "SessionRecord",
+    "Store",
+    "StoreError",
+    "StoreUnavailableError",
+    "store_from_url",
+]

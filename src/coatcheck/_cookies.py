@@ -1,0 +1,62 @@
+"""Reading the session cookie strictly and writing ``Set-Cookie`` headers."""
+
+from __future__ import annotations
+
+from ._asgi import Headers
+from .config import CookieConfig
+
+_EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
+_MAX_COOKIE_HEADER = 16_384  # beyond this the header is junk, not a browser's cookies
+
+
+def read_cookie(headers: Headers, name: str) -> str | None:
+    """Return the one value sent for ``name``, or ``None``.
+
+    The name must match exactly (case-sensitive). Two different values for it
+    (cookie tossing from a sibling host or a longer path) mean no value at all,
+    whatever their order. Non-ASCII or oversized headers are treated as absent.
+    """
+    needle = name.encode("latin-1") + b"="
+    found: bytes | None = None
+    for key, raw in headers:
+        if key != b"cookie" or needle not in raw:
+            continue
+        if len(raw) > _MAX_COOKIE_HEADER:
+            return None
+        for part in raw.split(b";"):
+            part = part.strip(b" \t")
+            if not part.startswith(needle):
+                continue
+            value = part[len(needle) :]
+            if found is not None and value != found:
+                return None
+            found = value
+    if found is None:
+        return None
+    try:
+        return found.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+class CookieWriter:
+    """Builds the two ``Set-Cookie`` values once the attributes are known."""
+
+    def __init__(self, config: CookieConfig) -> None:
+        attributes = [f"Path={config.path}"]
+        if config.domain is not None:
+            attributes.append(f"Domain={config.domain}")
+        if config.httponly:
+            attributes.append("HttpOnly")
+        if config.secure:
+            attributes.append("Secure")
+        attributes.append(f"SameSite={config.samesite.capitalize()}")
+        self._name = config.name
+        self._suffix = "; " + "; ".join(attributes)
+
+    def set(self, session_id: str, max_age: int | None) -> bytes:
+        lifetime = "" if max_age is None else f"; Max-Age={max_age}"
+        return f"{self._name}={session_id}{lifetime}{self._suffix}".encode("latin-1")
+
+    def clear(self) -> bytes:
+        return f"{self._name}=; Max-Age=0; Expires={_EPOCH}{self._suffix}".encode("latin-1")

@@ -1,0 +1,132 @@
+"""Loading a session from its cookie and applying its changes to the store.
+
+This is the one place that decides when to write: only when the data changed, the
+ID was rotated, the session was destroyed, or the sliding expiry is due.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ._asgi import Headers
+from ._cookies import CookieWriter, read_cookie
+from ._ids import is_well_formed, new_public_id, new_session_id, same_key, store_key
+from .config import SessionConfig
+from .serializers import JSONSerializer, Serializer
+from .session import Session
+from .stores.base import SessionRecord, Store
+
+security_log = logging.getLogger("coatcheck.security")
+
+_NO_STORE = (b"cache-control", b"no-store")
+_MAX_USER_AGENT = 256
+
+
+class Persistence:
+    """Shared by all requests of one middleware; keeps no per-request state."""
+
+    def __init__(self, store: Store, config: SessionConfig, serializer: Serializer | None) -> None:
+        self.store = store
+        self.config = config
+        self.now = config.clock
+        self.serializer: Serializer = serializer or JSONSerializer()
+        self._cookie_name = config.cookie.name
+        self._cookies = CookieWriter(config.cookie)
+
+    async def load(self, session: Session) -> None:
+        now = self.now()
+        scope = session._scope
+        session_id = read_cookie(scope.get("headers", ()), self._cookie_name)
+        session._cookie_sent = session_id is not None
+        record = None
+        if session_id is not None and is_well_formed(session_id):
+            key = store_key(session_id)
+            record = await self.store.load(key, now)
+            if record is not None and not (same_key(record.key, key) and self._alive(record, now)):
+                record = None
+        data: dict[str, Any] = {}
+        if record is not None:
+            try:
+                data = self.serializer.loads(record.data)
+            except ValueError:
+                security_log.warning(
+                    "undecodable data in session %s; starting an empty session", record.public_id
+                )
+                record = None
+        session._adopt(session_id if record is not None else None, record, data)
+        if record is None:
+            session._created_at = session._last_seen_at = now
+            session._expires_at = now + self.config.normal.idle
+
+    def _alive(self, record: SessionRecord, now: float) -> bool:
+        lifetime = self.config.lifetime(record.remember)
+        return (
+            record.expires_at > now
+            and now < record.created_at + lifetime.absolute
+            and now < record.last_seen_at + lifetime.idle
+        )
+
+    async def commit(self, session: Session, status: int) -> Headers:
+        """Write what changed and return the headers the response must carry."""
+        if not session._loaded or status >= 500:
+            return []
+        stored = session._stored
+        old_key = stored.key if stored is not None else None
+        if not session._data and session._user_id is None:
+            if old_key is not None:
+                await self.store.delete(old_key)
+                session._stored = None
+            if old_key is not None or session._cookie_sent:
+                session._cookie_sent = False
+                return [(b"set-cookie", self._cookies.clear()), _NO_STORE]
+            return []
+
+        if session._id is None:
+            session._id = new_session_id()
+        if not session._public_id:
+            session._public_id = new_public_id()
+        key = store_key(session._id)
+        rotated = key != old_key
+        data = session._raw
+        if data is None or session._modified or session._exposed:
+            data = self.serializer.dumps(session._data)
+        now = self.now()
+        lifetime = self.config.lifetime(session._remember)
+        refresh_due = (
+            stored is not None
+            and now - stored.last_seen_at >= lifetime.idle * self.config.refresh_fraction
+        )
+        if not (rotated or refresh_due or session._meta_changed or data != session._raw):
+            return []
+
+        expires_at = min(now + lifetime.idle, session._created_at + lifetime.absolute)
+        record = SessionRecord(
+            key=key,
+            public_id=session._public_id,
+            data=data,
+            user_id=session._user_id,
+            created_at=session._created_at,
+            last_seen_at=now,
+            expires_at=expires_at,
+            remember=session._remember,
+            user_agent=_user_agent(session._scope.get("headers", ())),
+            version=1 if stored is None or rotated else stored.version + 1,
+        )
+        await self.store.save(record, replaces=old_key if rotated else None)
+        session._stored = record
+        session._raw = data
+        session._modified = session._meta_changed = False
+        session._last_seen_at = now
+        session._expires_at = expires_at
+        if not rotated:
+            return []
+        max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
+        return [(b"set-cookie", self._cookies.set(session._id, max_age)), _NO_STORE]
+
+
+def _user_agent(headers: Headers) -> str:
+    for name, value in headers:
+        if name == b"user-agent":
+            return value[:_MAX_USER_AGENT].decode("latin-1")
+    return ""

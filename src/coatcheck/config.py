@@ -1,0 +1,142 @@
+"""Validated settings: cookie attributes and session lifetimes.
+
+Everything is checked once, at start-up, so a contradiction (``SameSite=None``
+without ``Secure``, a ``__Host-`` cookie with a ``Domain``) stops the app
+instead of producing cookies that browsers silently drop.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from .exceptions import ConfigurationError
+
+Duration = int | timedelta
+SameSite = Literal["lax", "strict", "none"]
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token: a valid cookie name
+_ATTRIBUTE_VALUE = re.compile(r"^[\x21-\x3a\x3c-\x7e]+$")  # printable ASCII without ';'
+
+
+def _seconds(name: str, value: Duration) -> int:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or seconds <= 0 or int(seconds) != seconds:
+        raise ConfigurationError(
+            f"{name} must be a positive whole number of seconds, got {value!r}"
+        )
+    return int(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class CookieConfig:
+    """Attributes of the session cookie; the defaults are the safe ones.
+
+    ``name`` defaults to ``__Host-session`` when ``secure`` (the browser then refuses
+    the cookie from sibling hosts and plain HTTP) and to ``session`` otherwise.
+    """
+
+    name: str = ""
+    secure: bool = True
+    httponly: bool = True
+    samesite: SameSite = "lax"
+    path: str = "/"
+    domain: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", "__Host-session" if self.secure else "session")
+        if not _TOKEN.match(self.name):
+            raise ConfigurationError(f"cookie name {self.name!r} is not a valid cookie name")
+        if self.samesite not in ("lax", "strict", "none"):
+            raise ConfigurationError(
+                f"samesite must be 'lax', 'strict' or 'none', got {self.samesite!r}"
+            )
+        if self.samesite == "none" and not self.secure:
+            raise ConfigurationError("samesite='none' requires secure=True: browsers reject it")
+        for attribute in ("path", "domain"):
+            value = getattr(self, attribute)
+            if value is not None and not _ATTRIBUTE_VALUE.match(value):
+                raise ConfigurationError(f"cookie {attribute} {value!r} contains unsafe characters")
+        if not self.path.startswith("/"):
+            raise ConfigurationError(f"cookie path must start with '/', got {self.path!r}")
+        lowered = self.name.lower()
+        if lowered.startswith("__host-"):
+            if not self.secure:
+                raise ConfigurationError(f"a {self.name!r} cookie requires secure=True")
+            if self.domain is not None:
+                raise ConfigurationError(f"a {self.name!r} cookie must not set a domain")
+            if self.path != "/":
+                raise ConfigurationError(f"a {self.name!r} cookie must use path='/'")
+        elif lowered.startswith("__secure-") and not self.secure:
+            raise ConfigurationError(f"a {self.name!r} cookie requires secure=True")
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """Idle and absolute limits, in seconds, of one kind of session."""
+
+    idle: int
+    absolute: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Everything the middleware needs to know besides the store.
+
+    Defaults follow OWASP ASVS level 2: a browser session ends after 30 minutes of
+    inactivity or 12 hours after login; a remember-me session after 14 idle days or
+    30 days in all. The sliding expiry is written back at most once per
+    ``refresh_fraction`` of the idle window, so reads rarely write and the idle window
+    can shrink by at most that fraction, never grow.
+    """
+
+    cookie: CookieConfig = field(default_factory=CookieConfig)
+    idle_timeout: Duration = timedelta(minutes=30)
+    absolute_timeout: Duration = timedelta(hours=12)
+    remember_idle_timeout: Duration = timedelta(days=14)
+    remember_absolute_timeout: Duration = timedelta(days=30)
+    refresh_fraction: float = 0.1
+    eager_paths: Sequence[str] = ()
+    retry_after: int = 5
+    clock: Callable[[], float] = time.time
+    normal: Lifetime = field(init=False)
+    remember: Lifetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        normal = Lifetime(
+            _seconds("idle_timeout", self.idle_timeout),
+            _seconds("absolute_timeout", self.absolute_timeout),
+        )
+        remember = Lifetime(
+            _seconds("remember_idle_timeout", self.remember_idle_timeout),
+            _seconds("remember_absolute_timeout", self.remember_absolute_timeout),
+        )
+        for lifetime, label in ((normal, ""), (remember, "remember_")):
+            if lifetime.idle > lifetime.absolute:
+                raise ConfigurationError(
+                    f"{label}idle_timeout ({lifetime.idle}s) exceeds "
+                    f"{label}absolute_timeout ({lifetime.absolute}s)"
+                )
+        if not 0 <= self.refresh_fraction <= 0.1:
+            raise ConfigurationError("refresh_fraction must be between 0 and 0.1")
+        if isinstance(self.eager_paths, str):
+            raise ConfigurationError("eager_paths takes a list of path prefixes, not a string")
+        if any(not prefix.startswith("/") for prefix in self.eager_paths):
+            raise ConfigurationError("every entry of eager_paths must start with '/'")
+        if self.retry_after < 1:
+            raise ConfigurationError("retry_after must be at least 1 second")
+        object.__setattr__(self, "idle_timeout", normal.idle)
+        object.__setattr__(self, "absolute_timeout", normal.absolute)
+        object.__setattr__(self, "remember_idle_timeout", remember.idle)
+        object.__setattr__(self, "remember_absolute_timeout", remember.absolute)
+        object.__setattr__(self, "eager_paths", tuple(self.eager_paths))
+        object.__setattr__(self, "normal", normal)
+        object.__setattr__(self, "remember", remember)
+
+    def lifetime(self, remember: bool) -> Lifetime:
+        return self.remember if remember else self.normal

@@ -1,0 +1,58 @@
+"""Errors raised by coatcheck.
+
+The tree is shallow on purpose::
+
+    CoatcheckError
+    ├── ConfigurationError        bad settings, raised at start-up
+    ├── MissingDependencyError    an optional extra is not installed (also an ImportError)
+    ├── SessionNotLoadedError     session data touched before it was loaded
+    ├── SerializationError        a value cannot be stored as JSON
+    └── StoreError
+        └── StoreUnavailableError the store is down, locked or timed out (becomes a 503)
+"""
+
+from __future__ import annotations
+
+
+class CoatcheckError(Exception):
+    """Base class of every error coatcheck raises on purpose."""
+
+
+class ConfigurationError(CoatcheckError, ValueError):
+    """Raised when settings contradict each other or a store URL cannot be used."""
+
+
+class MissingDependencyError(CoatcheckError, ImportError):
+    """Raised when a module needs an optional extra that is not installed."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package!r} is not installed; install it with: pip install 'coatcheck[{extra}]'"
+        )
+
+
+class SessionNotLoadedError(CoatcheckError, RuntimeError):
+    """Raised when a lazy session is read synchronously before anything loaded it."""
+
+
+class SerializationError(CoatcheckError, TypeError):
+    """Raised at save time when a session value cannot be encoded; names the key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"session value under key {key!r} cannot be stored as JSON: {reason}")
+
+
+class StoreError(CoatcheckError):
+    """Raised when a session store fails in a way the caller cannot fix."""
+
+
+class StoreUnavailableError(StoreError):
+    """Raised when the store is unreachable, locked or too slow; answered with a 503."""
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)

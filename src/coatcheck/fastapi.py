@@ -1,0 +1,87 @@
+"""FastAPI integration: typed dependencies and the cookie in the OpenAPI schema.
+
+from coatcheck.fastapi import SessionDep, RequiredUser
+
+@app.get("/me")
+async def me(user: RequiredUser, session: SessionDep) -> dict[str, str]: ...
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from .exceptions import MissingDependencyError
+
+try:
+    from fastapi import Depends, HTTPException, Request, Security
+    from fastapi.openapi.models import APIKey
+    from fastapi.security.base import SecurityBase
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("fastapi", "fastapi") from exc
+
+from ._openapi import cookie_name_var
+from .session import Session
+
+__all__ = [
+    "CurrentUser",
+    "RequiredUser",
+    "SessionCookie",
+    "SessionDep",
+    "current_user",
+    "get_session",
+    "require_user",
+]
+
+
+class SessionCookie(SecurityBase):
+    """Declares the session cookie as an ``apiKey`` scheme so ``/docs`` shows it.
+
+    It checks nothing itself: the middleware reads the cookie, and
+    :func:`require_user` decides who may pass.
+    """
+
+    scheme_name = "coatcheck"
+
+    @property
+    def model(self) -> APIKey:  # type: ignore[override]
+        return APIKey.model_validate(
+            {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": cookie_name_var.get(),
+                "description": "Opaque session ticket set by coatcheck at login (HttpOnly).",
+            }
+        )
+
+    async def __call__(self) -> None:
+        return None
+
+
+session_cookie = SessionCookie()
+
+
+async def get_session(request: Request, _: Annotated[None, Security(session_cookie)]) -> Session:
+    """The request's session, loaded from the store on first use."""
+    session = request.scope.get("session")
+    if not isinstance(session, Session):
+        raise RuntimeError("coatcheck.SessionMiddleware is not installed on this app")
+    return await session.load()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+async def current_user(session: SessionDep) -> str | None:
+    """The logged-in user's id, or ``None`` for an anonymous visitor."""
+    return session.user_id
+
+
+async def require_user(session: SessionDep) -> str:
+    """The logged-in user's id; anyone else gets a 401 with a JSON ``detail``."""
+    if session.user_id is None:
+        raise HTTPException(status_code=401, detail="Not authenticated")
+    return session.user_id
+
+
+CurrentUser = Annotated["str | None", Depends(current_user)]
+RequiredUser = Annotated[str, Depends(require_user)]

@@ -1,0 +1,147 @@
+"""The pure ASGI middleware that gives every request a lazy session.
+
+A request whose handler never asks for the session costs one small object and no
+store I/O. The session is committed once, when the response starts, so the new
+cookie and any store failure can still shape the response.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from ._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
+from ._openapi import cookie_name_var
+from ._persist import Persistence
+from .config import SessionConfig
+from .exceptions import StoreUnavailableError
+from .serializers import Serializer
+from .session import Session
+from .stores.base import Store
+
+logger = logging.getLogger("coatcheck")
+
+UnavailableApp = Callable[[int], ASGIApp]
+
+
+class SessionMiddleware:
+    """Server-side sessions for ``http`` and ``websocket`` scopes.
+
+    ``scope["session"]`` (``request.session``) holds a :class:`Session`. It is loaded on
+    first ``await`` (the FastAPI dependency does that), or before the handler runs for
+    paths under ``config.eager_paths``, where synchronous ``request.session`` code
+    written for Starlette's SessionMiddleware works unchanged.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: Store,
+        config: SessionConfig | None = None,
+        *,
+        serializer: Serializer | None = None,
+        unavailable: UnavailableApp | None = None,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.config = config or SessionConfig()
+        self._persistence = Persistence(store, self.config, serializer)
+        self._eager: Sequence[str] = self.config.eager_paths
+        self._cookie_name = self.config.cookie.name
+        self._unavailable = unavailable or _unavailable_response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(send))
+            return
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        cookie_name_var.set(self._cookie_name)
+        session = Session(self._persistence, scope)
+        scope["session"] = session
+        started = False
+        failed = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started, failed
+            if failed:
+                return
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                started = True
+                if session._loaded:
+                    status = message.get("status", 200)
+                    try:
+                        extra = await self._persistence.commit(session, status)
+                    except StoreUnavailableError as exc:
+                        failed = True
+                        await self._answer_unavailable(scope, receive, send, exc)
+                        return
+                    _merge_headers(message, extra)
+            await send(message)
+
+        try:
+            if self._eager and scope["path"].startswith(self._eager):
+                await session.load()
+            await self.app(scope, receive, send_wrapper)
+            if kind == "websocket" and started and session._loaded:
+                # Changes made after the handshake are still stored; the cookie cannot move.
+                await self._persistence.commit(session, 200)
+        except StoreUnavailableError as exc:
+            if started:
+                raise
+            await self._answer_unavailable(scope, receive, send, exc)
+
+    async def _answer_unavailable(
+        self, scope: Scope, receive: Receive, send: Send, exc: StoreUnavailableError
+    ) -> None:
+        logger.warning("session store unavailable: %s", exc)
+        retry_after = exc.retry_after or self.config.retry_after
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
+            return
+        await self._unavailable(retry_after)(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        """Close the store once the app's own shutdown handlers have run."""
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.store.aclose()
+            await send(message)
+
+        return wrapped
+
+
+def _merge_headers(message: Message, extra: Headers) -> None:
+    headers: Headers = list(message.get("headers", ()))
+    for name, value in extra:
+        if name == b"cache-control":
+            headers = [pair for pair in headers if pair[0].lower() != b"cache-control"]
+        headers.append((name, value))
+    if not any(name.lower() == b"vary" and b"cookie" in value.lower() for name, value in headers):
+        headers.append((b"vary", b"Cookie"))
+    message["headers"] = headers
+
+
+def _unavailable_response(retry_after: int) -> ASGIApp:
+    body = b'{"detail":"Session store unavailable, please retry shortly."}'
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(retry_after).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return app

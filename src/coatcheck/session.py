@@ -1,0 +1,305 @@
+"""The per-request session: a mutable mapping plus the login life cycle.
+
+Changes are recorded here and applied once, by the middleware, when the response
+starts: that is when the old ID dies, the record is written and the cookie is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ._ids import new_public_id, new_session_id, store_key
+from .exceptions import SessionNotLoadedError
+
+if TYPE_CHECKING:
+    from ._persist import Persistence
+    from .stores.base import SessionRecord
+
+_MUTABLE = (dict, list)
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One of a user's live sessions, as a device list shows it. Holds no secret."""
+
+    id: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    user_agent: str
+    remember: bool
+    current: bool
+
+
+class Session(MutableMapping[str, Any]):
+    """Session data (JSON values under string keys) and who it belongs to.
+
+    Values are ``Any`` because they are whatever JSON can hold. Nested changes such
+    as ``session["cart"].append(item)`` are saved: a value handed out by reading may
+    be changed in place, so such reads make the save compare the encoded data.
+    """
+
+    __slots__ = (
+        "_cookie_sent",
+        "_created_at",
+        "_data",
+        "_expires_at",
+        "_exposed",
+        "_id",
+        "_last_seen_at",
+        "_loaded",
+        "_meta_changed",
+        "_modified",
+        "_persistence",
+        "_public_id",
+        "_raw",
+        "_remember",
+        "_scope",
+        "_stored",
+        "_user_id",
+    )
+
+    def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
+        self._persistence = persistence
+        self._scope = scope
+        self._loaded = False
+        self._data: dict[str, Any] = {}
+        self._raw: bytes | None = None
+        self._stored: SessionRecord | None = None
+        self._id: str | None = None
+        self._public_id = ""
+        self._user_id: str | None = None
+        self._remember = False
+        self._created_at = 0.0
+        self._last_seen_at = 0.0
+        self._expires_at = 0.0
+        self._modified = False
+        self._exposed = False
+        self._meta_changed = False
+        self._cookie_sent = False
+
+    # -- loading ------------------------------------------------------------------------
+
+    async def load(self) -> Session:
+        """Fetch the session from the store, once per request; later calls do nothing."""
+        if not self._loaded:
+            await self._persistence.load(self)
+        return self
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    def _require_loaded(self) -> None:
+        if not self._loaded:
+            raise SessionNotLoadedError(
+                "the session is loaded lazily: use the FastAPI dependency "
+                "(coatcheck.fastapi.SessionDep), `await session.load()`, or list this path "
+                "in SessionConfig(eager_paths=[...]) so request.session works synchronously"
+            )
+
+    # -- the mapping --------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        self._require_loaded()
+        value = self._data[key]
+        if type(value) in _MUTABLE:
+            self._exposed = True
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._require_loaded()
+        self._data[key] = value
+        self._modified = True
+
+    def __delitem__(self, key: str) -> None:
+        self._require_loaded()
+        del self._data[key]
+        self._modified = True
+
+    def __iter__(self) -> Iterator[str]:
+        self._require_loaded()
+        return iter(list(self._data))
+
+    def __len__(self) -> int:
+        self._require_loaded()
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        self._require_loaded()
+        return key in self._data
+
+    def __repr__(self) -> str:
+        if not self._loaded:
+            return "<Session (not loaded)>"
+        return f"<Session user={self._user_id!r} keys={sorted(self._data)!r}>"
+
+    def clear(self) -> None:
+        """Forget all data but keep the session, its ID and its user."""
+        self._require_loaded()
+        if self._data:
+            self._data.clear()
+            self._modified = True
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def regenerate(self) -> None:
+        """Give the session a new ID and keep its data; the old ID dies with this response.
+
+        Call it whenever privileges change; :meth:`login` does it for you.
+        """
+        self._require_loaded()
+        self._id = new_session_id()
+        if not self._public_id:
+            self._public_id = new_public_id()
+
+    def login(self, user_id: str, *, remember: bool = False) -> None:
+        """Bind the session to ``user_id`` under a fresh ID, keeping its data (a cart).
+
+        The absolute lifetime starts now; ``remember=True`` gives a persistent cookie
+        and the longer remember-me limits.
+        """
+        if not isinstance(user_id, str) or not user_id:
+            raise ValueError("user_id must be a non-empty string")
+        self.regenerate()
+        self._user_id = user_id
+        self._remember = remember
+        self._created_at = self._persistence.now()
+        self._meta_changed = True
+
+    def logout(self) -> None:
+        """End the session: delete it server-side and clear the cookie."""
+        self.destroy()
+
+    def destroy(self) -> None:
+        """Delete the stored session and clear the cookie, unless new data is added after."""
+        self._require_loaded()
+        self._data.clear()
+        self._modified = True
+        self._user_id = None
+        self._remember = False
+        self._id = None
+        self._public_id = ""
+
+    # -- metadata -----------------------------------------------------------------------
+
+    @property
+    def user_id(self) -> str | None:
+        self._require_loaded()
+        return self._user_id
+
+    @property
+    def public_id(self) -> str:
+        """A stable, non-secret name for this session in device lists ("" until saved)."""
+        self._require_loaded()
+        return self._public_id
+
+    @property
+    def remember(self) -> bool:
+        self._require_loaded()
+        return self._remember
+
+    @property
+    def is_new(self) -> bool:
+        """True when nothing is stored for this session yet."""
+        self._require_loaded()
+        return self._stored is None
+
+    @property
+    def created_at(self) -> datetime:
+        self._require_loaded()
+        return _utc(self._created_at)
+
+    @property
+    def last_seen_at(self) -> datetime:
+        self._require_loaded()
+        return _utc(self._last_seen_at)
+
+    @property
+    def expires_at(self) -> datetime:
+        """When the session dies if unused: the earlier of the idle and absolute limits."""
+        self._require_loaded()
+        return _utc(self._expires_at)
+
+    # -- the user's other sessions ------------------------------------------------------
+
+    async def devices(self) -> list[Device]:
+        """The logged-in user's live sessions, this one marked ``current``."""
+        await self.load()
+        if self._user_id is None:
+            return []
+        current = self._stored.key if self._stored is not None else None
+        records = await self._persistence.store.list_user(self._user_id, self._persistence.now())
+        return [
+            Device(
+                id=record.public_id,
+                created_at=_utc(record.created_at),
+                last_seen_at=_utc(record.last_seen_at),
+                expires_at=_utc(record.expires_at),
+                user_agent=record.user_agent,
+                remember=record.remember,
+                current=record.key == current,
+            )
+            for record in records
+        ]
+
+    async def revoke(self, public_id: str) -> bool:
+        """End another session of this user by its public id; False if there is none."""
+        await self.load()
+        if self._user_id is None:
+            return False
+        store = self._persistence.store
+        for record in await store.list_user(self._user_id, self._persistence.now()):
+            if record.public_id == public_id:
+                if self._stored is not None and record.key == self._stored.key:
+                    self.destroy()
+                else:
+                    await store.delete(record.key)
+                return True
+        return False
+
+    async def revoke_others(self) -> int:
+        """End every other session of this user ("log out my other devices")."""
+        await self.load()
+        if self._user_id is None:
+            return 0
+        keep = self._stored.key if self._stored is not None else None
+        return await self._persistence.store.delete_user(self._user_id, keep=keep)
+
+    async def revoke_all(self) -> int:
+        """End every session of this user, this one included ("log out everywhere")."""
+        await self.load()
+        if self._user_id is None:
+            return 0
+        removed = await self._persistence.store.delete_user(self._user_id)
+        self.destroy()
+        return removed
+
+    # -- for the persistence layer ------------------------------------------------------
+
+    def _adopt(
+        self, session_id: str | None, record: SessionRecord | None, data: dict[str, Any]
+    ) -> None:
+        self._loaded = True
+        self._data = data
+        if record is None:
+            return
+        self._id = session_id
+        self._stored = record
+        self._raw = record.data
+        self._public_id = record.public_id
+        self._user_id = record.user_id
+        self._remember = record.remember
+        self._created_at = record.created_at
+        self._last_seen_at = record.last_seen_at
+        self._expires_at = record.expires_at
+
+    def _current_key(self) -> str | None:
+        return None if self._id is None else store_key(self._id)

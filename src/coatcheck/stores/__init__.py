@@ -1,0 +1,56 @@
+"""Session stores, and choosing one by URL.
+
+``memory://`` and ``sqlite:///relative/path.db`` (four slashes for an absolute
+path) are built in; each backend lives in its own module.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+from ..exceptions import ConfigurationError
+from .base import SessionRecord, Store
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
+
+__all__ = ["MemoryStore", "SQLiteStore", "SessionRecord", "Store", "store_from_url"]
+
+SUPPORTED_SCHEMES = ("memory", "sqlite")
+
+
+def store_from_url(url: str) -> Store:
+    """Build a store from a URL such as ``sqlite:///sessions.db?busy_timeout=2``."""
+    parts = urlsplit(url)
+    options = dict(parse_qsl(parts.query, strict_parsing=False))
+    try:
+        if parts.scheme == "memory":
+            memory = MemoryStore(max_entries=int(options.pop("max_entries", 10_000)))
+            _no_leftovers(options, url)
+            return memory
+        if parts.scheme == "sqlite":
+            path = parts.path[1:] if parts.path.startswith("/") else parts.path
+            if parts.netloc or not path:
+                raise ConfigurationError(
+                    "SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db,"
+                    f" got {url!r}"
+                )
+            store = SQLiteStore(
+                path,
+                busy_timeout=float(options.pop("busy_timeout", 5.0)),
+                table=options.pop("table", "coatcheck_sessions"),
+            )
+            _no_leftovers(options, url)
+            return store
+    except ValueError as exc:
+        if isinstance(exc, ConfigurationError):
+            raise
+        raise ConfigurationError(f"invalid store URL {url!r}: {exc}") from exc
+    raise ConfigurationError(
+        f"unsupported store URL {url!r}; supported schemes: "
+        + ", ".join(f"{scheme}://" for scheme in SUPPORTED_SCHEMES)
+    )
+
+
+def _no_leftovers(options: dict[str, str], url: str) -> None:
+    if options:
+        raise ConfigurationError(f"unknown option(s) {sorted(options)} in store URL {url!r}")

@@ -1,0 +1,65 @@
+"""The store contract: what every backend promises the middleware.
+
+Stores move records; they never serialise, sign or see cookies. Every record is
+filed under ``key``, the SHA-256 of the session ID, so a store never holds a
+usable credential. Expiry is a deadline carried by the record (``expires_at``,
+seconds since the epoch); the caller passes ``now`` so that a single clock rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One stored session.
+
+    ``expires_at`` is the earlier of the idle and the absolute deadline; a record is
+    dead from that instant. ``version`` grows by one with every save of the same
+    session, so stores can refuse a stale write.
+    """
+
+    key: str
+    public_id: str
+    data: bytes
+    user_id: str | None
+    created_at: float
+    last_seen_at: float
+    expires_at: float
+    remember: bool = False
+    user_agent: str = ""
+    version: int = 1
+
+
+@runtime_checkable
+class Store(Protocol):
+    """An async session store."""
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        """Return the live record under ``key``; missing or expired records return ``None``."""
+
+    async def save(self, record: SessionRecord, *, replaces: str | None = None) -> None:
+        """Write ``record``; when ``replaces`` is given, delete that key in the same step.
+
+        Raises ``StoreUnavailableError`` when the write could not be made durable.
+        """
+
+    async def delete(self, key: str) -> None:
+        """Remove the record; a missing key is not an error."""
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        """The user's live sessions, oldest first."""
+
+    async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
+        """Delete all of a user's sessions except ``keep``; return how many were removed."""
+
+    async def purge_expired(self, now: float) -> int:
+        """Drop records whose deadline has passed; return how many."""
+
+    async def count(self, now: float) -> int:
+        """How many live records the store holds."""
+
+    async def aclose(self) -> None:
+        """Release connections and threads; the store may be reopened by using it."""

@@ -1,0 +1,79 @@
+"""A bounded in-process store for tests and single-process development."""
+
+from __future__ import annotations
+
+from .base import SessionRecord
+
+
+class MemoryStore:
+    """Keeps records in a dict; loses them on restart and is not shared between workers.
+
+    At ``max_entries`` it first drops expired records, then the least recently
+    written ones, so an anonymous flood cannot grow memory without bound.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._records: dict[str, SessionRecord] = {}
+        self._by_user: dict[str, set[str]] = {}
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        record = self._records.get(key)
+        if record is None or record.expires_at <= now:
+            return None
+        return record
+
+    async def save(self, record: SessionRecord, *, replaces: str | None = None) -> None:
+        if replaces is not None and replaces != record.key:
+            self._remove(replaces)
+        self._remove(record.key)
+        if len(self._records) >= self.max_entries:
+            self._make_room(record.last_seen_at)
+        self._records[record.key] = record
+        if record.user_id is not None:
+            self._by_user.setdefault(record.user_id, set()).add(record.key)
+
+    async def delete(self, key: str) -> None:
+        self._remove(key)
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        records = (self._records[key] for key in self._by_user.get(user_id, ()))
+        live = [record for record in records if record.expires_at > now]
+        return sorted(live, key=lambda record: record.created_at)
+
+    async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
+        doomed = [key for key in self._by_user.get(user_id, ()) if key != keep]
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
+    async def purge_expired(self, now: float) -> int:
+        doomed = [key for key, record in self._records.items() if record.expires_at <= now]
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
+    async def count(self, now: float) -> int:
+        return sum(1 for record in self._records.values() if record.expires_at > now)
+
+    async def aclose(self) -> None:
+        return None
+
+    def _remove(self, key: str) -> None:
+        record = self._records.pop(key, None)
+        if record is None or record.user_id is None:
+            return
+        keys = self._by_user.get(record.user_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_user[record.user_id]
+
+    def _make_room(self, now: float) -> None:
+        expired = [key for key, record in self._records.items() if record.expires_at <= now]
+        for key in expired:
+            self._remove(key)
+        while len(self._records) >= self.max_entries:
+            self._remove(next(iter(self._records)))
