@@ -1,0 +1,43 @@
+# Two commands on a fresh Debian machine with Python 3.11:
+#   make demo   creates .venv, installs coatcheck with every extra, serves the reference app
+#   make test   installs what the suite needs (Debian packages too), then lint, types, tests
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: demo test lint typecheck pytest system-deps bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+demo: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	$(BIN)/coatcheck demo --host $(HOST) --port $(PORT)
+
+system-deps:
+	@sh scripts/system-deps.sh
+
+test: $(BIN)/python system-deps
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(MAKE) lint typecheck pytest
+
+lint:
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/pytest --cov --cov-report=term
+
+bench: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage

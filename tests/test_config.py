@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from coatcheck import ConfigurationError, CookieConfig, SessionConfig
+
+
+def test_defaults_are_the_safe_ones() -> None:
+    cookie = CookieConfig()
+    assert (cookie.name, cookie.secure, cookie.httponly, cookie.samesite, cookie.path) == (
+        "__Host-session",
+        True,
+        True,
+        "lax",
+        "/",
+    )
+    assert cookie.domain is None
+
+
+def test_plain_http_development_cookie_drops_the_prefix() -> None:
+    assert CookieConfig(secure=False).name == "session"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"samesite": "none", "secure": False}, "samesite='none' requires secure"),
+        ({"name": "__Host-sid", "domain": "example.com"}, "must not set a domain"),
+        ({"name": "__Host-sid", "secure": False}, "requires secure=True"),
+        ({"name": "__Host-sid", "path": "/app"}, "path='/'"),
+        ({"name": "__Secure-sid", "secure": False}, "requires secure=True"),
+        ({"name": "bad name"}, "not a valid cookie name"),
+        ({"name": "sid", "domain": "example.com; Max-Age=0"}, "unsafe characters"),
+        ({"path": "/x\r\nSet-Cookie: a=b"}, "unsafe characters"),
+        ({"path": "relative"}, "must start with '/'"),
+        ({"samesite": "Lax"}, "samesite must be"),
+    ],
+)
+def test_contradictions_fail_at_start_up(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        CookieConfig(**options)  # type: ignore[arg-type]
+
+
+def test_prefix_rules_ignore_case() -> None:
+    with pytest.raises(ConfigurationError):
+        CookieConfig(name="__HOST-sid", secure=False)
+
+
+def test_durations_accept_seconds_or_timedelta() -> None:
+    config = SessionConfig(idle_timeout=timedelta(minutes=5), absolute_timeout=3600)
+    assert config.idle_timeout == 300
+    assert config.normal.idle == 300
+    assert config.normal.absolute == 3600
+    assert config.lifetime(remember=True) == config.remember
+    assert config.remember.idle == 14 * 86400
+    assert config.remember.absolute == 30 * 86400
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"idle_timeout": 0}, "positive"),
+        ({"idle_timeout": 1.5}, "whole number"),
+        ({"idle_timeout": True}, "whole number"),
+        ({"idle_timeout": 100, "absolute_timeout": 50}, "exceeds"),
+        ({"remember_idle_timeout": timedelta(days=60)}, "remember_idle_timeout"),
+        ({"refresh_fraction": 0.5}, "refresh_fraction"),
+        ({"eager_paths": "/admin"}, "list of path prefixes"),
+        ({"eager_paths": ["admin"]}, "start with '/'"),
+        ({"retry_after": 0}, "retry_after"),
+    ],
+)
+def test_bad_session_settings_are_rejected(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        SessionConfig(**options)  # type: ignore[arg-type]

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from coatcheck._cookies import CookieWriter, read_cookie
+from coatcheck.config import CookieConfig
+
+SID = "A" * 43
+
+
+def headers(*values: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"cookie", value) for value in values]
+
+
+def test_reads_the_named_cookie_among_others() -> None:
+    assert read_cookie(headers(b"a=1; session=" + SID.encode() + b"; b=2"), "session") == SID
+
+
+def test_name_is_case_sensitive_and_exact() -> None:
+    for raw in (b"Session=x", b"sessionx=x", b"xsession=x", b"session =x"):
+        assert read_cookie(headers(raw), "session") is None, raw
+
+
+def test_conflicting_duplicates_mean_none_in_any_order() -> None:
+    assert read_cookie(headers(b"session=a; session=b"), "session") is None
+    assert read_cookie(headers(b"session=b", b"session=a"), "session") is None
+    assert read_cookie(headers(b"session=a; session=a"), "session") == "a"
+
+
+def test_cookies_split_over_several_headers() -> None:
+    assert read_cookie(headers(b"a=1", b"session=z"), "session") == "z"
+
+
+def test_non_ascii_and_oversized_headers_are_ignored() -> None:
+    assert read_cookie(headers("session=é".encode()), "session") is None
+    assert read_cookie(headers(b"session=a; pad=" + b"x" * 20_000), "session") is None
+
+
+def test_other_headers_are_not_cookies() -> None:
+    assert read_cookie([(b"x-session", b"session=a")], "session") is None
+
+
+def test_writer_builds_set_and_clear_headers() -> None:
+    writer = CookieWriter(CookieConfig())
+    assert writer.set(SID, None) == (
+        f"__Host-session={SID}; Path=/; HttpOnly; Secure; SameSite=Lax".encode()
+    )
+    assert writer.set(SID, 60).startswith(f"__Host-session={SID}; Max-Age=60; Path=/".encode())
+    cleared = writer.clear().decode()
+    assert cleared.startswith("__Host-session=; Max-Age=0; Expires=Thu, 01 Jan 1970")
+    assert cleared.endswith("; Path=/; HttpOnly; Secure; SameSite=Lax")
+
+
+def test_writer_honours_every_attribute() -> None:
+    config = CookieConfig(
+        name="sid", secure=False, httponly=False, samesite="strict", path="/app", domain="a.test"
+    )
+    assert (
+        CookieWriter(config).set("v", None) == b"sid=v; Path=/app; Domain=a.test; SameSite=Strict"
+    )

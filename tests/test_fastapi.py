@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from coatcheck import CookieConfig, MemoryStore, SessionConfig, SessionMiddleware
+from coatcheck.fastapi import CurrentUser, RequiredUser, SessionDep
+
+from .conftest import client_for
+
+pytestmark = pytest.mark.anyio
+
+
+def make_app(config: SessionConfig | None = None) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> dict[str, bool]:
+        session.login("alice")
+        return {"ok": True}
+
+    @app.get("/whoami")
+    async def whoami(user: CurrentUser) -> dict[str, str | None]:
+        return {"user": user}
+
+    @app.get("/private")
+    async def private(user: RequiredUser) -> dict[str, str]:
+        return {"user": user}
+
+    @app.get("/public")
+    async def public() -> dict[str, str]:
+        return {"hello": "world"}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore(), config=config)
+    return app
+
+
+async def test_require_user_answers_401_with_a_json_detail() -> None:
+    async with client_for(make_app()) as client:
+        response = await client.get("/private")
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Not authenticated"}
+
+
+async def test_current_user_after_login() -> None:
+    async with client_for(make_app()) as client:
+        assert (await client.get("/whoami")).json() == {"user": None}
+        login = await client.post("/login")
+        name, _, rest = login.headers["set-cookie"].partition("=")
+        headers = {"cookie": f"{name}={rest.split(';')[0]}"}
+        assert (await client.get("/whoami", headers=headers)).json() == {"user": "alice"}
+        assert (await client.get("/private", headers=headers)).json() == {"user": "alice"}
+
+
+@pytest.mark.parametrize(("secure", "name"), [(True, "__Host-session"), (False, "session")])
+async def test_openapi_declares_the_cookie_the_app_really_uses(secure: bool, name: str) -> None:
+    config = SessionConfig(cookie=CookieConfig(secure=secure))
+    async with client_for(make_app(config)) as client:
+        schema = (await client.get("/openapi.json")).json()
+    scheme = schema["components"]["securitySchemes"]["coatcheck"]
+    assert scheme["type"] == "apiKey"
+    assert scheme["in"] == "cookie"
+    assert scheme["name"] == name
+    assert schema["paths"]["/private"]["get"]["security"] == [{"coatcheck": []}]
+    assert "security" not in schema["paths"]["/public"]["get"]
+
+
+async def test_dependency_without_middleware_says_what_is_missing() -> None:
+    app = FastAPI()
+
+    @app.get("/")
+    async def index(session: SessionDep) -> dict[str, str]:
+        return {}
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="https://t") as client:
+        with pytest.raises(RuntimeError, match="SessionMiddleware is not installed"):
+            await client.get("/")

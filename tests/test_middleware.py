@@ -1,0 +1,436 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coatcheck import MemoryStore, SessionConfig, SQLiteStore
+from coatcheck._ids import store_key
+
+from .apps import make_app
+from .conftest import Clock, CountingStore, client_for
+
+pytestmark = pytest.mark.anyio
+
+NAME = "__Host-session"
+
+
+def set_cookies(response: httpx.Response) -> list[str]:
+    return response.headers.get_list("set-cookie")
+
+
+def ticket(response: httpx.Response) -> str:
+    """The session ID the response hands to the browser."""
+    (header,) = set_cookies(response)
+    name, _, rest = header.partition("=")
+    assert name == NAME
+    return rest.split(";", 1)[0]
+
+
+def cookie(value: str) -> dict[str, str]:
+    return {"cookie": f"{NAME}={value}"}
+
+
+@pytest.fixture
+def store() -> CountingStore:
+    return CountingStore(MemoryStore())
+
+
+@pytest.fixture
+def config(clock: Clock) -> SessionConfig:
+    return SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
+
+
+@pytest.fixture
+async def client(store: CountingStore, config: SessionConfig) -> httpx.AsyncClient:
+    async with client_for(make_app(store, config)) as client:
+        yield client  # type: ignore[misc]
+
+
+async def start_session(client: httpx.AsyncClient) -> str:
+    response = await client.post("/write")
+    assert response.status_code == 200
+    return ticket(response)
+
+
+# -- laziness ------------------------------------------------------------------------------
+
+
+async def test_untouched_route_costs_no_store_io_even_with_a_cookie(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    sid = await start_session(client)
+    store.calls.clear()
+    response = await client.get("/untouched", headers=cookie(sid))
+    assert response.text == "hello"
+    assert not store.calls
+    assert "set-cookie" not in response.headers
+    assert "vary" not in response.headers
+
+
+async def test_anonymous_read_creates_nothing(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    response = await client.get("/read")
+    assert response.json() == {"data": {}, "user": None}
+    assert "set-cookie" not in response.headers
+    assert store.calls == {}
+    assert await store.inner.count(0) == 0
+
+
+async def test_malformed_cookie_never_reaches_the_store(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    for junk in ["x", "a" * 42, "a" * 44, "é" * 43, "a" * 5000, '"' + "a" * 41 + '"', ""]:
+        response = await client.get("/read", headers={"cookie": f"{NAME}={junk}".encode()})
+        assert response.status_code == 200
+        assert response.json()["user"] is None
+    assert store.calls["load"] == 0
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+async def test_first_write_sets_a_hardened_cookie(client: httpx.AsyncClient) -> None:
+    response = await client.post("/write")
+    (header,) = set_cookies(response)
+    attributes = [part.strip() for part in header.split(";")][1:]
+    assert attributes == ["Path=/", "HttpOnly", "Secure", "SameSite=Lax"]
+    assert len(ticket(response)) == 43
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["vary"] == "Cookie"
+
+
+async def test_store_holds_only_the_hash_of_the_id(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    sid = await start_session(client)
+    assert await store.inner.load(sid, 0) is None
+    record = await store.inner.load(store_key(sid), 0)
+    assert record is not None
+    assert sid not in record.public_id
+
+
+async def test_read_after_write_loads_once_and_writes_nothing(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    sid = await start_session(client)
+    store.calls.clear()
+    response = await client.get("/read", headers=cookie(sid))
+    assert response.json() == {"data": {"n": 1}, "user": None}
+    assert store.calls == {"load": 1}
+    assert "set-cookie" not in response.headers
+    assert response.headers["vary"] == "Cookie"
+
+
+async def test_a_change_is_saved_once_without_a_new_cookie(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    sid = await start_session(client)
+    store.calls.clear()
+    response = await client.post("/write", headers=cookie(sid))
+    assert response.json()["data"] == {"n": 2}
+    assert store.calls == {"load": 1, "save": 1}
+    assert "set-cookie" not in response.headers
+
+
+async def test_nested_mutation_is_saved(client: httpx.AsyncClient) -> None:
+    sid = ticket(await client.post("/append?item=apple"))
+    await client.post("/append?item=pear", headers=cookie(sid))
+    response = await client.get("/read", headers=cookie(sid))
+    assert response.json()["data"] == {"cart": ["apple", "pear"]}
+
+
+async def test_cache_control_of_the_app_is_replaced_when_a_cookie_is_set(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/cached")
+    assert response.headers.get_list("cache-control") == ["no-store"]
+
+
+async def test_unknown_well_formed_id_is_never_adopted(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    forged = "A" * 43
+    response = await client.post("/write", headers=cookie(forged))
+    issued = ticket(response)
+    assert issued != forged
+    assert await store.inner.load(store_key(forged), 0) is None
+
+
+async def test_stale_cookie_is_cleared_when_the_session_is_read(client: httpx.AsyncClient) -> None:
+    response = await client.get("/read", headers=cookie("B" * 43))
+    (header,) = set_cookies(response)
+    assert header.startswith(f"{NAME}=;")
+    assert "Max-Age=0" in header
+
+
+async def test_two_different_session_cookies_mean_no_session(client: httpx.AsyncClient) -> None:
+    alice = ticket(await client.post("/login"))
+    other = await start_session(client)
+    for header in (f"{NAME}={alice}; {NAME}={other}", f"{NAME}={other}; {NAME}={alice}"):
+        response = await client.get("/read", headers={"cookie": header})
+        assert response.json() == {"data": {}, "user": None}
+    same_twice = await client.get("/read", headers={"cookie": f"{NAME}={alice}; {NAME}={alice}"})
+    assert same_twice.json()["user"] == "alice"
+
+
+async def test_cookie_name_match_is_exact(client: httpx.AsyncClient) -> None:
+    alice = ticket(await client.post("/login"))
+    for name in ("__host-session", "__Host-Session", "x__Host-session", "__Host-session2"):
+        response = await client.get("/read", headers={"cookie": f"{name}={alice}"})
+        assert response.json()["user"] is None, name
+    spread = await client.get(
+        "/read", headers=[("cookie", "a=1; b=2"), ("cookie", f"theme=dark; {NAME}={alice}")]
+    )
+    assert spread.json()["user"] == "alice"
+
+
+async def test_unstorable_value_fails_at_save_naming_the_key(
+    store: CountingStore, config: SessionConfig
+) -> None:
+    app = make_app(store, config)
+    async with client_for(app) as client:
+        sid = await start_session(client)
+        before = await store.inner.load(store_key(sid), 0)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as raw:
+            with pytest.raises(TypeError, match="'when'"):
+                await raw.post("/bad-value", headers=cookie(sid))
+        assert await store.inner.load(store_key(sid), 0) == before
+
+
+async def test_server_errors_do_not_save(client: httpx.AsyncClient, store: CountingStore) -> None:
+    sid = await start_session(client)
+    response = await client.post("/crash", headers=cookie(sid))
+    assert response.status_code == 500
+    assert (await client.get("/read", headers=cookie(sid))).json()["data"] == {"n": 1}
+
+
+# -- the life cycle ------------------------------------------------------------------------
+
+
+async def test_login_rotates_the_id_keeps_data_and_kills_the_old_id(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    anonymous = ticket(await client.post("/append?item=apple"))
+    response = await client.post("/login", headers=cookie(anonymous))
+    logged_in = ticket(response)
+    assert logged_in != anonymous
+    assert response.headers["cache-control"] == "no-store"
+    assert await store.inner.load(store_key(anonymous), 0) is None
+    state = (await client.get("/read", headers=cookie(logged_in))).json()
+    assert state == {"data": {"cart": ["apple"]}, "user": "alice"}
+    replay = (await client.get("/read", headers=cookie(anonymous))).json()
+    assert replay == {"data": {}, "user": None}
+
+
+async def test_regenerate_keeps_data_under_a_new_id(client: httpx.AsyncClient) -> None:
+    old = await start_session(client)
+    new = ticket(await client.post("/regenerate", headers=cookie(old)))
+    assert new != old
+    assert (await client.get("/read", headers=cookie(new))).json()["data"] == {"n": 1}
+    assert (await client.get("/read", headers=cookie(old))).json()["data"] == {}
+
+
+async def test_logout_deletes_server_side_and_clears_the_cookie(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    sid = ticket(await client.post("/login"))
+    response = await client.post("/logout", headers=cookie(sid))
+    (header,) = set_cookies(response)
+    assert header.startswith(f"{NAME}=;")
+    assert "Max-Age=0" in header
+    assert "Secure" in header
+    assert response.headers["cache-control"] == "no-store"
+    assert await store.inner.count(0) == 0
+    assert (await client.get("/read", headers=cookie(sid))).json()["user"] is None
+
+
+async def test_clearing_every_key_of_an_anonymous_session_deletes_it(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    sid = await start_session(client)
+    response = await client.post("/clear", headers=cookie(sid))
+    assert "Max-Age=0" in response.headers["set-cookie"]
+    assert await store.inner.count(0) == 0
+
+
+# -- expiry --------------------------------------------------------------------------------
+
+
+async def test_idle_timeout(client: httpx.AsyncClient, clock: Clock) -> None:
+    sid = ticket(await client.post("/login"))
+    clock.advance(999)
+    assert (await client.get("/read", headers=cookie(sid))).json()["user"] == "alice"
+    clock.advance(1000)
+    assert (await client.get("/read", headers=cookie(sid))).json()["user"] is None
+
+
+async def test_sliding_refresh_is_throttled_and_never_grows_the_window(
+    client: httpx.AsyncClient, store: CountingStore, clock: Clock
+) -> None:
+    sid = ticket(await client.post("/login"))
+    record = await store.inner.load(store_key(sid), clock())
+    assert record is not None
+    assert record.expires_at == clock() + 1000
+    store.calls.clear()
+    clock.advance(99)  # under 10% of the idle window: no write
+    await client.get("/read", headers=cookie(sid))
+    assert store.calls["save"] == 0
+    clock.advance(1)  # 10% reached: one write moves the deadline
+    await client.get("/read", headers=cookie(sid))
+    assert store.calls["save"] == 1
+    refreshed = await store.inner.load(store_key(sid), clock())
+    assert refreshed is not None
+    assert refreshed.expires_at == clock() + 1000
+    assert refreshed.version == record.version + 1
+    # Reads every 90 s never write, so the deadline set 900 s ago still holds and ends it.
+    for _ in range(11):
+        clock.advance(90)
+        response = await client.get("/read", headers=cookie(sid))
+        if response.json()["user"] is None:
+            break
+    assert clock() <= refreshed.expires_at + 1000 * 0.1
+
+
+async def test_absolute_timeout_ends_an_active_session(
+    client: httpx.AsyncClient, clock: Clock
+) -> None:
+    sid = ticket(await client.post("/login"))
+    alive = 0
+    for _ in range(30):
+        clock.advance(500)
+        if (await client.get("/read", headers=cookie(sid))).json()["user"] != "alice":
+            break
+        alive += 500
+    assert 9_000 <= alive < 10_000
+
+
+async def test_remember_me_gets_max_age_and_the_longer_lifetime(
+    store: CountingStore, clock: Clock
+) -> None:
+    config = SessionConfig(
+        idle_timeout=100,
+        absolute_timeout=1000,
+        remember_idle_timeout=10_000,
+        remember_absolute_timeout=100_000,
+        clock=clock,
+    )
+    async with client_for(make_app(store, config)) as client:
+        response = await client.post("/login?remember=1")
+        assert "Max-Age=100000" in response.headers["set-cookie"]
+        sid = ticket(response)
+        clock.advance(5000)
+        assert (await client.get("/read", headers=cookie(sid))).json()["user"] == "alice"
+        browser_session = ticket(await client.post("/login?user=bob"))
+        assert "Max-Age" not in (await client.post("/login?user=bob")).headers["set-cookie"]
+        clock.advance(101)
+        assert (await client.get("/read", headers=cookie(browser_session))).json()["user"] is None
+
+
+async def test_expired_record_is_not_served_even_if_the_store_still_has_it(
+    store: CountingStore, clock: Clock
+) -> None:
+    long = SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
+    short = SessionConfig(idle_timeout=10, absolute_timeout=20, clock=clock)
+    async with client_for(make_app(store, long)) as client:
+        sid = ticket(await client.post("/login"))
+    clock.advance(30)
+    async with client_for(make_app(store, short)) as client:
+        assert (await client.get("/read", headers=cookie(sid))).json()["user"] is None
+
+
+# -- request.session for Starlette-style code ----------------------------------------------
+
+
+async def test_eager_paths_make_request_session_work_synchronously(
+    store: CountingStore, clock: Clock
+) -> None:
+    config = SessionConfig(eager_paths=["/legacy"], clock=clock)
+    async with client_for(make_app(store, config)) as client:
+        first = await client.get("/legacy/visits")
+        assert first.json() == {"visits": 1}
+        second = await client.get("/legacy/visits", headers=cookie(ticket(first)))
+        assert second.json() == {"visits": 2}
+        store.calls.clear()
+        await client.get("/untouched")
+        assert not store.calls
+
+
+async def test_sync_access_outside_eager_paths_explains_itself(store: CountingStore) -> None:
+    transport = httpx.ASGITransport(app=make_app(store), raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+        with pytest.raises(RuntimeError, match="eager_paths"):
+            await client.get("/legacy/visits")
+
+
+# -- store outages -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lock", ["EXCLUSIVE", "IMMEDIATE"])
+async def test_locked_sqlite_gives_503_with_retry_after_and_recovers(
+    tmp_path: Path, lock: str
+) -> None:
+    """EXCLUSIVE blocks the load; IMMEDIATE lets the load through and blocks the save."""
+    path = tmp_path / "locked.db"
+    store = SQLiteStore(path, busy_timeout=0.1)
+    app = make_app(store, SessionConfig(retry_after=7))
+    try:
+        async with client_for(app) as client:
+            sid = await start_session(client)
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute(f"BEGIN {lock}")
+            try:
+                response = await client.post("/write", headers=cookie(sid))
+                assert response.status_code == 503
+                assert response.headers["retry-after"] == "7"
+                assert "retry" in response.json()["detail"]
+                assert "set-cookie" not in response.headers
+                assert (await client.get("/untouched")).status_code == 200
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            response = await client.post("/write", headers=cookie(sid))
+            assert response.status_code == 200
+            assert response.json()["data"] == {"n": 2}
+    finally:
+        await store.aclose()
+
+
+async def test_lifespan_shutdown_closes_the_store(store: CountingStore) -> None:
+    app = make_app(store)
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, str]:
+        return next(messages)
+
+    async def send(message: dict[str, str]) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)  # type: ignore[arg-type]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert store.calls["aclose"] == 1
+
+
+async def test_websocket_reads_and_writes_the_session(
+    store: CountingStore, config: SessionConfig
+) -> None:
+    from starlette.testclient import TestClient
+
+    app = make_app(store, config)
+    async with client_for(app) as client:
+        sid = await start_session(client)
+    # Starlette's TestClient is the in-process WebSocket client.
+    with (
+        TestClient(app, base_url="https://testserver") as tc,
+        tc.websocket_connect("/ws", headers=cookie(sid)) as socket,
+    ):
+        state = socket.receive_json()
+    assert state == {"data": {"n": 1, "ws": 1}, "user": None}
+    async with client_for(app) as client:
+        data = (await client.get("/read", headers=cookie(sid))).json()["data"]
+    assert data == {"n": 1, "ws": 1, "after_accept": True}

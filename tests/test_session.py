@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import pytest
+
+from coatcheck import MemoryStore, SessionConfig, SessionNotLoadedError
+from coatcheck._ids import store_key
+from coatcheck._persist import Persistence
+from coatcheck.session import Session
+
+from .conftest import Clock
+
+pytestmark = pytest.mark.anyio
+
+
+def request_scope(cookie: str | None = None) -> dict[str, object]:
+    headers = [] if cookie is None else [(b"cookie", f"__Host-session={cookie}".encode())]
+    return {"type": "http", "headers": [*headers, (b"user-agent", b"pytest-browser/1.0")]}
+
+
+@pytest.fixture
+def persistence(clock: Clock) -> Persistence:
+    return Persistence(MemoryStore(), SessionConfig(clock=clock), None)
+
+
+async def fresh(persistence: Persistence, cookie: str | None = None) -> Session:
+    return await Session(persistence, request_scope(cookie)).load()
+
+
+async def saved(persistence: Persistence, session: Session) -> str:
+    """Commit like the middleware does and return the cookie value it would send."""
+    headers = dict(await persistence.commit(session, 200))
+    return headers[b"set-cookie"].decode().split(";")[0].split("=", 1)[1]
+
+
+async def test_data_is_out_of_reach_until_loaded(persistence: Persistence) -> None:
+    session = Session(persistence, request_scope())
+    assert repr(session) == "<Session (not loaded)>"
+    with pytest.raises(SessionNotLoadedError, match="SessionDep"):
+        session["k"] = 1
+    with pytest.raises(SessionNotLoadedError):
+        _ = session.user_id
+    await session.load()
+    assert session.is_loaded
+    assert await session.load() is session
+
+
+async def test_mutable_mapping_behaviour(persistence: Persistence) -> None:
+    session = await fresh(persistence)
+    session["a"] = 1
+    session.update(b=2, c=[3])
+    assert dict(session) == {"a": 1, "b": 2, "c": [3]}
+    assert "a" in session
+    assert len(session) == 3
+    assert session.pop("a") == 1
+    del session["b"]
+    assert list(session) == ["c"]
+    assert session.get("missing", "default") == "default"
+    assert session.setdefault("d", 4) == 4
+    session.clear()
+    assert dict(session) == {}
+    assert repr(session) == "<Session user=None keys=[]>"
+
+
+async def test_metadata_of_a_stored_session(persistence: Persistence, clock: Clock) -> None:
+    session = await fresh(persistence)
+    session.login("alice")
+    sid = await saved(persistence, session)
+    clock.advance(60)
+    again = await fresh(persistence, sid)
+    assert again.user_id == "alice"
+    assert not again.is_new
+    assert again.public_id == session.public_id
+    assert len(again.public_id) == 16
+    assert again.created_at.timestamp() == clock() - 60
+    assert again.last_seen_at.timestamp() == clock() - 60
+    assert again.expires_at.timestamp() == clock() - 60 + 30 * 60
+    assert again.remember is False
+
+
+async def test_login_rejects_empty_user_ids(persistence: Persistence) -> None:
+    session = await fresh(persistence)
+    with pytest.raises(ValueError, match="non-empty string"):
+        session.login("")
+
+
+async def test_login_restarts_the_absolute_lifetime(persistence: Persistence, clock: Clock) -> None:
+    session = await fresh(persistence)
+    session["cart"] = ["apple"]
+    sid = await saved(persistence, session)
+    clock.advance(600)
+    again = await fresh(persistence, sid)
+    again.login("bob", remember=True)
+    assert again.created_at.timestamp() == clock()
+    assert again.remember
+
+
+async def test_devices_and_revocation(persistence: Persistence, clock: Clock) -> None:
+    phone = await fresh(persistence)
+    phone.login("alice")
+    phone_id = await saved(persistence, phone)
+    clock.advance(1)
+    laptop = await fresh(persistence)
+    laptop.login("alice")
+    laptop_id = await saved(persistence, laptop)
+    bob = await fresh(persistence)
+    bob.login("bob")
+    await saved(persistence, bob)
+
+    current = await fresh(persistence, laptop_id)
+    devices = await current.devices()
+    assert [device.current for device in devices] == [False, True]
+    assert devices[0].user_agent == "pytest-browser/1.0"
+    assert await current.revoke("no-such-device") is False
+    assert await current.revoke(devices[0].id) is True
+    assert await persistence.store.load(store_key(phone_id), clock()) is None
+    assert [device.id for device in await current.devices()] == [devices[1].id]
+
+    bobs_view = await fresh(persistence)
+    assert await bobs_view.devices() == []
+    assert await bobs_view.revoke(devices[1].id) is False
+    assert await bobs_view.revoke_others() == 0
+    assert await bobs_view.revoke_all() == 0
+
+
+async def test_revoke_others_and_revoke_all(persistence: Persistence, clock: Clock) -> None:
+    ids = []
+    for _ in range(3):
+        session = await fresh(persistence)
+        session.login("alice")
+        ids.append(await saved(persistence, session))
+    current = await fresh(persistence, ids[0])
+    assert await current.revoke_others() == 2
+    assert [d.current for d in await current.devices()] == [True]
+    assert await current.revoke_all() == 1
+    assert current.user_id is None
+    assert await persistence.store.count(clock()) == 0
+
+
+async def test_revoking_the_current_device_destroys_it(persistence: Persistence) -> None:
+    session = await fresh(persistence)
+    session.login("alice")
+    sid = await saved(persistence, session)
+    again = await fresh(persistence, sid)
+    (device,) = await again.devices()
+    assert await again.revoke(device.id)
+    headers = dict(await persistence.commit(again, 200))
+    assert b"Max-Age=0" in headers[b"set-cookie"]
+
+
+async def test_undecodable_record_becomes_an_empty_session(
+    persistence: Persistence, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dataclasses import replace
+
+    session = await fresh(persistence)
+    session["k"] = "v"
+    sid = await saved(persistence, session)
+    record = await persistence.store.load(store_key(sid), clock())
+    assert record is not None
+    await persistence.store.save(replace(record, data=b"\x80not json"))
+    again = await fresh(persistence, sid)
+    assert dict(again) == {}
+    assert again.is_new
+    assert "undecodable" in caplog.text
+    assert sid not in caplog.text
