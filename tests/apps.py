@@ -93,6 +93,17 @@ async def cached(request: Request) -> Response:
     return JSONResponse({}, headers={"Cache-Control": "public, max-age=600"})
 
 
+async def slow(request: Request) -> Response:
+    """Loads, then waits for the test to let it finish: a request in flight."""
+    session = await _session(request)
+    gate = request.app.state.gate
+    gate.loaded.set()
+    await gate.release.wait()
+    if request.method == "POST":
+        session["late"] = True
+    return JSONResponse(_state(session))
+
+
 async def ws(websocket: WebSocket) -> None:
     session = websocket.scope["session"]
     assert isinstance(session, Session)
@@ -118,6 +129,7 @@ def make_app(store: Store, config: SessionConfig | None = None, **options: Any) 
         Route("/crash", crash, methods=["POST"]),
         Route("/legacy/visits", sync_read),
         Route("/cached", cached, methods=["POST"]),
+        Route("/slow", slow, methods=["GET", "POST"]),
         WebSocketRoute("/ws", ws),
     ]
     app = Starlette(routes=routes)

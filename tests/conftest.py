@@ -41,9 +41,11 @@ class CountingStore:
         self.calls["load"] += 1
         return await self.inner.load(key, now)
 
-    async def save(self, record: SessionRecord, *, replaces: str | None = None) -> None:
+    async def save(
+        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+    ) -> bool:
         self.calls["save"] += 1
-        await self.inner.save(record, replaces=replaces)
+        return await self.inner.save(record, replaces=replaces, existing=existing)
 
     async def delete(self, key: str) -> None:
         self.calls["delete"] += 1

@@ -3,10 +3,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
-from coatcheck import MemoryStore, SessionConfig, SQLiteStore
+from coatcheck import MemoryStore, SessionConfig, SQLiteStore, Store
 from coatcheck._ids import store_key
 
 from .apps import make_app
@@ -256,6 +257,67 @@ async def test_clearing_every_key_of_an_anonymous_session_deletes_it(
     response = await client.post("/clear", headers=cookie(sid))
     assert "Max-Age=0" in response.headers["set-cookie"]
     assert await store.inner.count(0) == 0
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.loaded = anyio.Event()
+        self.release = anyio.Event()
+
+
+@pytest.mark.parametrize("end", ["/logout", "/regenerate"])
+async def test_a_session_ended_mid_request_is_not_resurrected(
+    any_store: Store, config: SessionConfig, end: str
+) -> None:
+    app = make_app(any_store, config)
+    app.state.gate = Gate()
+    async with client_for(app) as client:
+        sid = ticket(await client.post("/login"))
+        results: list[httpx.Response] = []
+
+        async def slow_write() -> None:
+            results.append(await client.post("/slow", headers=cookie(sid)))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(slow_write)
+            await app.state.gate.loaded.wait()
+            ended = await client.post(end, headers=cookie(sid))
+            assert ended.status_code in (200, 204)
+            app.state.gate.release.set()
+        (late,) = results
+        assert late.status_code == 409
+        assert "ended" in late.json()["detail"]
+        assert "Max-Age=0" in late.headers["set-cookie"]
+        assert (await client.get("/read", headers=cookie(sid))).json()["user"] is None
+        survivors = await any_store.list_user("alice", config.clock())
+        # Logout leaves nothing; regenerate leaves only the rotated record, without the write.
+        assert len(survivors) == (0 if end == "/logout" else 1)
+        assert all(record.key != store_key(sid) for record in survivors)
+        assert all(b"late" not in record.data for record in survivors)
+
+
+async def test_an_expiry_refresh_does_not_resurrect_an_ended_session(
+    any_store: Store, config: SessionConfig, clock: Clock
+) -> None:
+    app = make_app(any_store, config)
+    app.state.gate = Gate()
+    async with client_for(app) as client:
+        sid = ticket(await client.post("/login"))
+        clock.advance(500)  # the read below is due to refresh the sliding expiry
+        results: list[httpx.Response] = []
+
+        async def slow_read() -> None:
+            results.append(await client.get("/slow", headers=cookie(sid)))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(slow_read)
+            await app.state.gate.loaded.wait()
+            await client.post("/logout", headers=cookie(sid))
+            app.state.gate.release.set()
+        (late,) = results
+        assert late.status_code == 200
+        assert "Max-Age=0" in late.headers["set-cookie"]
+        assert await any_store.count(clock()) == 0
 
 
 # -- expiry --------------------------------------------------------------------------------

@@ -163,3 +163,17 @@ async def test_undecodable_record_becomes_an_empty_session(
     assert again.is_new
     assert "undecodable" in caplog.text
     assert sid not in caplog.text
+
+
+async def test_login_as_someone_else_drops_the_previous_users_data(
+    persistence: Persistence,
+) -> None:
+    session = await fresh(persistence)
+    session["cart"] = ["apple"]
+    session.login("alice")
+    assert dict(session) == {"cart": ["apple"]}
+    session.login("alice", remember=True)
+    assert dict(session) == {"cart": ["apple"]}
+    session.login("bob")
+    assert dict(session) == {}
+    assert session.user_id == "bob"

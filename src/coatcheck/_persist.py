@@ -13,6 +13,7 @@ from ._asgi import Headers
 from ._cookies import CookieWriter, read_cookie
 from ._ids import is_well_formed, new_public_id, new_session_id, same_key, store_key
 from .config import SessionConfig
+from .exceptions import SessionEndedError
 from .serializers import JSONSerializer, Serializer
 from .session import Session
 from .stores.base import SessionRecord, Store
@@ -33,6 +34,7 @@ class Persistence:
         self.serializer: Serializer = serializer or JSONSerializer()
         self._cookie_name = config.cookie.name
         self._cookies = CookieWriter(config.cookie)
+        self.clear_cookie = self._cookies.clear()
 
     async def load(self, session: Session) -> None:
         now = self.now()
@@ -79,7 +81,7 @@ class Persistence:
                 session._stored = None
             if old_key is not None or session._cookie_sent:
                 session._cookie_sent = False
-                return [(b"set-cookie", self._cookies.clear()), _NO_STORE]
+                return [(b"set-cookie", self.clear_cookie), _NO_STORE]
             return []
 
         if session._id is None:
@@ -113,7 +115,16 @@ class Persistence:
             user_agent=_user_agent(session._scope.get("headers", ())),
             version=1 if stored is None or rotated else stored.version + 1,
         )
-        await self.store.save(record, replaces=old_key if rotated else None)
+        if stored is None:
+            await self.store.save(record)
+        elif not await self.store.save(
+            record, replaces=old_key if rotated else None, existing=True
+        ):
+            # Ended by another request (logout, revocation) while this one ran.
+            session._stored = None
+            if rotated or session._meta_changed or data != session._raw:
+                raise SessionEndedError("the session was ended by another request")
+            return [(b"set-cookie", self.clear_cookie), _NO_STORE]
         session._stored = record
         session._raw = data
         session._modified = session._meta_changed = False

@@ -7,6 +7,7 @@ The tree is shallow on purpose::
     ├── MissingDependencyError    an optional extra is not installed (also an ImportError)
     ├── SessionNotLoadedError     session data touched before it was loaded
     ├── SerializationError        a value cannot be stored as JSON
+    ├── SessionEndedError         another request ended the session first (becomes a 409)
     └── StoreError
         └── StoreUnavailableError the store is down, locked or timed out (becomes a 503)
 """
@@ -44,6 +45,13 @@ class SerializationError(CoatcheckError, TypeError):
         self.key = key
         self.reason = reason
         super().__init__(f"session value under key {key!r} cannot be stored as JSON: {reason}")
+
+
+class SessionEndedError(CoatcheckError):
+    """Raised at save time when a logout or revocation ended the session mid-request.
+
+    The change is not written: a session that was ended must stay ended.
+    """
 
 
 class StoreError(CoatcheckError):

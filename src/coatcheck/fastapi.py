@@ -83,5 +83,5 @@ async def require_user(session: SessionDep) -> str:
     return session.user_id
 
 
-CurrentUser = Annotated["str | None", Depends(current_user)]
+CurrentUser = Annotated[str | None, Depends(current_user)]
 RequiredUser = Annotated[str, Depends(require_user)]

@@ -14,7 +14,7 @@ from ._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
 from ._openapi import cookie_name_var
 from ._persist import Persistence
 from .config import SessionConfig
-from .exceptions import StoreUnavailableError
+from .exceptions import SessionEndedError, StoreUnavailableError
 from .serializers import Serializer
 from .session import Session
 from .stores.base import Store
@@ -79,6 +79,10 @@ class SessionMiddleware:
                         failed = True
                         await self._answer_unavailable(scope, receive, send, exc)
                         return
+                    except SessionEndedError:
+                        failed = True
+                        await self._answer_ended(scope, receive, send)
+                        return
                     _merge_headers(message, extra)
             await send(message)
 
@@ -104,6 +108,16 @@ class SessionMiddleware:
             return
         await self._unavailable(retry_after)(scope, receive, send)
 
+    async def _answer_ended(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "session ended"})
+            return
+        await _json_response(
+            409,
+            b'{"detail":"This session was ended by another request; nothing was saved."}',
+            [(b"set-cookie", self._persistence.clear_cookie)],
+        )(scope, receive, send)
+
     def _lifespan_send(self, send: Send) -> Send:
         """Close the store once the app's own shutdown handlers have run."""
 
@@ -128,20 +142,18 @@ def _merge_headers(message: Message, extra: Headers) -> None:
 
 def _unavailable_response(retry_after: int) -> ASGIApp:
     body = b'{"detail":"Session store unavailable, please retry shortly."}'
+    return _json_response(503, body, [(b"retry-after", str(retry_after).encode())])
 
+
+def _json_response(status: int, body: bytes, extra: Headers) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(retry_after).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     return app

@@ -164,11 +164,16 @@ class Session(MutableMapping[str, Any]):
         """Bind the session to ``user_id`` under a fresh ID, keeping its data (a cart).
 
         The absolute lifetime starts now; ``remember=True`` gives a persistent cookie
-        and the longer remember-me limits.
+        and the longer remember-me limits. When another user was logged in on this
+        session, their data is dropped: the next person at a shared computer must not
+        inherit it.
         """
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty string")
         self.regenerate()
+        if self._user_id is not None and self._user_id != user_id and self._data:
+            self._data.clear()
+            self._modified = True
         self._user_id = user_id
         self._remember = remember
         self._created_at = self._persistence.now()

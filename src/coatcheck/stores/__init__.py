@@ -21,7 +21,7 @@ SUPPORTED_SCHEMES = ("memory", "sqlite")
 def store_from_url(url: str) -> Store:
     """Build a store from a URL such as ``sqlite:///sessions.db?busy_timeout=2``."""
     parts = urlsplit(url)
-    options = dict(parse_qsl(parts.query, strict_parsing=False))
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
     try:
         if parts.scheme == "memory":
             memory = MemoryStore(max_entries=int(options.pop("max_entries", 10_000)))

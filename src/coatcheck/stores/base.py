@@ -40,10 +40,16 @@ class Store(Protocol):
     async def load(self, key: str, now: float) -> SessionRecord | None:
         """Return the live record under ``key``; missing or expired records return ``None``."""
 
-    async def save(self, record: SessionRecord, *, replaces: str | None = None) -> None:
+    async def save(
+        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+    ) -> bool:
         """Write ``record``; when ``replaces`` is given, delete that key in the same step.
 
-        Raises ``StoreUnavailableError`` when the write could not be made durable.
+        With ``existing=True`` the write happens only if the session it continues (the
+        record under ``replaces``, or else under ``record.key``) is still alive at
+        ``record.last_seen_at``; otherwise nothing is written and the result is False.
+        That is how a logout or revocation wins over a slower request of the same
+        session. Raises ``StoreUnavailableError`` when the write could not be made durable.
         """
 
     async def delete(self, key: str) -> None:

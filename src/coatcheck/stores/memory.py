@@ -25,7 +25,13 @@ class MemoryStore:
             return None
         return record
 
-    async def save(self, record: SessionRecord, *, replaces: str | None = None) -> None:
+    async def save(
+        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+    ) -> bool:
+        if existing:
+            current = self._records.get(replaces or record.key)
+            if current is None or current.expires_at <= record.last_seen_at:
+                return False
         if replaces is not None and replaces != record.key:
             self._remove(replaces)
         self._remove(record.key)
@@ -34,6 +40,7 @@ class MemoryStore:
         self._records[record.key] = record
         if record.user_id is not None:
             self._by_user.setdefault(record.user_id, set()).add(record.key)
+        return True
 
     async def delete(self, key: str) -> None:
         self._remove(key)

@@ -12,6 +12,7 @@ import asyncio
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,7 +28,17 @@ _COLUMNS = (
     "key, public_id, data, user_id, created_at, last_seen_at, expires_at,"
     " remember, user_agent, version"
 )
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Errors that mean "try again later" (a lock, a full or missing disk), not a bug: a 503.
+_UNAVAILABLE = {
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_FULL",
+    "SQLITE_PROTOCOL",
+    "SQLITE_READONLY",
+}
 
 
 class SQLiteStore:
@@ -48,13 +59,16 @@ class SQLiteStore:
         purge_batch: int = 500,
         retry_after: int | None = None,
     ) -> None:
-        if not _IDENTIFIER.match(table):
+        if not _IDENTIFIER.fullmatch(table) or table.lower().startswith("sqlite_"):
             raise ValueError(f"table name {table!r} is not a plain SQL identifier")
+        if not 0 <= busy_timeout < 3600:  # also rejects NaN
+            raise ValueError(f"busy_timeout must be between 0 and 3600 seconds, got {busy_timeout}")
         if str(path) in ("", ":memory:"):
             raise ValueError("SQLiteStore needs a file: use MemoryStore for in-memory sessions")
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self.table = table
+        self._sql_table = f'"{table}"'  # quoted, so reserved words such as "order" work
         self.purge_every = purge_every
         self.purge_batch = purge_batch
         self.retry_after = retry_after
@@ -68,11 +82,13 @@ class SQLiteStore:
     # -- the store contract -------------------------------------------------------------
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
-        sql = f"SELECT {_COLUMNS} FROM {self.table} WHERE key = ? AND expires_at > ?"  # noqa: S608
+        sql = f"SELECT {_COLUMNS} FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
         rows = await self._run(lambda db: db.execute(sql, (key, now)).fetchall())
         return _record(rows[0]) if rows else None
 
-    async def save(self, record: SessionRecord, *, replaces: str | None = None) -> None:
+    async def save(
+        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+    ) -> bool:
         self._saves += 1
         purge = self.purge_every > 0 and self._saves % self.purge_every == 0
         values = (
@@ -87,34 +103,47 @@ class SQLiteStore:
             record.user_agent,
             record.version,
         )
-        insert = f"INSERT OR REPLACE INTO {self.table} ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+        insert = (
+            f"INSERT OR REPLACE INTO {self._sql_table} ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+        )
 
-        def write(db: sqlite3.Connection) -> None:
-            if replaces is None or replaces == record.key:
+        previous = replaces or record.key
+        alive = f"SELECT 1 FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
+        delete = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
+
+        def write(db: sqlite3.Connection) -> bool:
+            if not existing and previous == record.key:
                 db.execute(insert, values)
             else:
                 with _immediate(db):
-                    db.execute(f"DELETE FROM {self.table} WHERE key = ?", (replaces,))  # noqa: S608
+                    if (
+                        existing
+                        and not db.execute(alive, (previous, record.last_seen_at)).fetchall()
+                    ):
+                        return False
+                    if previous != record.key:
+                        db.execute(delete, (previous,))
                     db.execute(insert, values)
             if purge:
                 self._purge_batch(db, record.last_seen_at)
+            return True
 
-        await self._run(write)
+        return await self._run(write)
 
     async def delete(self, key: str) -> None:
-        sql = f"DELETE FROM {self.table} WHERE key = ?"  # noqa: S608
+        sql = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
         await self._run(lambda db: db.execute(sql, (key,)))
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         sql = (
-            f"SELECT {_COLUMNS} FROM {self.table}"  # noqa: S608
+            f"SELECT {_COLUMNS} FROM {self._sql_table}"  # noqa: S608
             " WHERE user_id = ? AND expires_at > ? ORDER BY created_at"
         )
         rows = await self._run(lambda db: db.execute(sql, (user_id, now)).fetchall())
         return [_record(row) for row in rows]
 
     async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
-        sql = f"DELETE FROM {self.table} WHERE user_id = ? AND key IS NOT ?"  # noqa: S608
+        sql = f"DELETE FROM {self._sql_table} WHERE user_id = ? AND key IS NOT ?"  # noqa: S608
         return await self._run(lambda db: db.execute(sql, (user_id, keep)).rowcount)
 
     async def purge_expired(self, now: float) -> int:
@@ -127,7 +156,7 @@ class SQLiteStore:
         return await self._run(purge)
 
     async def count(self, now: float) -> int:
-        sql = f"SELECT count(*) FROM {self.table} WHERE expires_at > ?"  # noqa: S608
+        sql = f"SELECT count(*) FROM {self._sql_table} WHERE expires_at > ?"  # noqa: S608
         rows = await self._run(lambda db: db.execute(sql, (now,)).fetchall())
         return int(rows[0][0])
 
@@ -143,11 +172,28 @@ class SQLiteStore:
 
     # -- mechanics ----------------------------------------------------------------------
 
+    def _create_schema(self, db: sqlite3.Connection) -> None:
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._sql_table} ("
+            " key TEXT PRIMARY KEY, public_id TEXT NOT NULL, data BLOB NOT NULL,"
+            " user_id TEXT, created_at REAL NOT NULL, last_seen_at REAL NOT NULL,"
+            " expires_at REAL NOT NULL, remember INTEGER NOT NULL DEFAULT 0,"
+            " user_agent TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 1"
+            ") WITHOUT ROWID"
+        )
+        db.execute(
+            f'CREATE INDEX IF NOT EXISTS "{self.table}_user"'
+            f" ON {self._sql_table} (user_id) WHERE user_id IS NOT NULL"
+        )
+        db.execute(
+            f'CREATE INDEX IF NOT EXISTS "{self.table}_expires" ON {self._sql_table} (expires_at)'
+        )
+
     def _purge_batch(self, db: sqlite3.Connection, now: float) -> int:
         # Small batches keep each write lock short, so requests never queue behind a purge.
         sql = (
-            f"DELETE FROM {self.table} WHERE key IN"  # noqa: S608
-            f" (SELECT key FROM {self.table} WHERE expires_at <= ? LIMIT ?)"
+            f"DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
+            f" (SELECT key FROM {self._sql_table} WHERE expires_at <= ? LIMIT ?)"
         )
         return db.execute(sql, (now, self.purge_batch)).rowcount
 
@@ -157,12 +203,12 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self._call, work)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailableError(
-                f"SQLite session store {self.path.name!r} is unavailable: {exc}",
-                retry_after=self.retry_after,
-            ) from exc
         except sqlite3.Error as exc:
+            if _is_transient(exc):
+                raise StoreUnavailableError(
+                    f"SQLite session store {self.path.name!r} is unavailable: {exc}",
+                    retry_after=self.retry_after,
+                ) from exc
             raise StoreError(f"SQLite session store {self.path.name!r} failed: {exc}") from exc
 
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -177,34 +223,37 @@ class SQLiteStore:
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                db.execute("PRAGMA journal_mode = WAL")
-            # NORMAL is durable across process crashes in WAL mode; only power loss can
-            # roll back the last commits, which for sessions means a re-login.
-            db.execute("PRAGMA synchronous = NORMAL")
-            with _immediate(db):
-                db.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                    " key TEXT PRIMARY KEY, public_id TEXT NOT NULL, data BLOB NOT NULL,"
-                    " user_id TEXT, created_at REAL NOT NULL, last_seen_at REAL NOT NULL,"
-                    " expires_at REAL NOT NULL, remember INTEGER NOT NULL DEFAULT 0,"
-                    " user_agent TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 1"
-                    ") WITHOUT ROWID"
-                )
-                db.execute(
-                    f"CREATE INDEX IF NOT EXISTS {self.table}_user"
-                    f" ON {self.table} (user_id) WHERE user_id IS NOT NULL"
-                )
-                db.execute(
-                    f"CREATE INDEX IF NOT EXISTS {self.table}_expires ON {self.table} (expires_at)"
-                )
+            self._prepare(db)
         except BaseException:
             db.close()
             raise
         with self._lock:
             self._connections.append(db)
         return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # Switching to WAL or creating the schema can meet SQLITE_BUSY at once, without
+        # SQLite's busy handler, while another process does the same on a new file.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode = WAL")
+                # Only a new file needs the schema: taking the write lock on every connect
+                # would make readers wait behind a writer, which WAL exists to avoid.
+                exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+                if not db.execute(exists, (self.table,)).fetchall():
+                    with _immediate(db):
+                        self._create_schema(db)
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_transient(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+        # NORMAL is durable across process crashes in WAL mode; only power loss can
+        # roll back the last commits, which for sessions means a re-login.
+        db.execute("PRAGMA synchronous = NORMAL")
 
 
 @contextmanager
@@ -218,6 +267,14 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _is_transient(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+; "SQLITE_BUSY_SNAPSHOT"
+    if isinstance(name, str):
+        return "_".join(name.split("_")[:2]) in _UNAVAILABLE
+    message = str(exc).lower()
+    return any(word in message for word in ("locked", "busy", "unable to open", "disk"))
 
 
 def _record(row: tuple[object, ...]) -> SessionRecord:

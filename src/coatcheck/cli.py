@@ -1,0 +1,294 @@
+"""The ``coatcheck`` command: run the demo, and inspect or revoke stored sessions.
+
+Operators need "how many sessions are live?" and "log this user out everywhere"
+without writing code. Every command goes through the same store API the middleware
+uses, and none ever prints a session ID or a store key: only public ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Annotated, Any, NoReturn, TypeVar
+
+from . import __version__
+from .exceptions import CoatcheckError, ConfigurationError, MissingDependencyError
+from .stores import MemoryStore, SQLiteStore, Store, store_from_url
+
+try:
+    import typer
+    from rich import box
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("typer", "cli") from exc
+
+from .demo.settings import DEFAULT_STORE, DemoSettings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="coatcheck",
+    help="Server-side sessions for FastAPI and ASGI apps.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+sessions_app = typer.Typer(
+    help="Count, list, purge and revoke the sessions in a store.", no_args_is_help=True
+)
+app.add_typer(sessions_app, name="sessions")
+
+StoreOption = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="COATCHECK_STORE",
+        metavar="URL",
+        help="Store URL, e.g. sqlite:///sessions.db (four slashes for an absolute path).",
+        show_default=False,
+    ),
+]
+UserOption = Annotated[
+    str, typer.Option("--user", metavar="USER", help="The user id the app logged in.")
+]
+
+
+def _out() -> Console:
+    # Piped output (scripts, grep) gets room for a whole table row per line.
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
+
+
+def _fail(message: str) -> NoReturn:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[bold red]Error:[/] {escape(message)}"
+    )
+    raise typer.Exit(1)
+
+
+def _open_store(url: str) -> Store:
+    try:
+        store = store_from_url(url)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--store") from None
+    if isinstance(store, SQLiteStore) and not store.path.is_file():
+        # Opening would create an empty database: a typo must not look like "0 sessions".
+        raise typer.BadParameter(f"no SQLite file at {store.path}", param_hint="--store")
+    return store
+
+
+def _with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run one async job against the store at ``url``, then close it."""
+    store = _open_store(url)
+
+    async def run() -> T:
+        try:
+            return await work(store)
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(run())
+    except CoatcheckError as exc:
+        _fail(str(exc))
+
+
+def _when(timestamp: float, wide: bool = True) -> str:
+    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M" if wide else "%d %b %H:%M")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"coatcheck {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Server-side sessions for FastAPI and ASGI apps."""
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+
+@sessions_app.command("count")
+def count(store: StoreOption) -> None:
+    """Print how many live (unexpired) sessions the store holds."""
+    live = _with_store(store, lambda s: s.count(time.time()))
+    _out().print(_plural(live, "live session"))
+
+
+@sessions_app.command("purge")
+def purge(store: StoreOption) -> None:
+    """Delete expired sessions now (stores also do this by themselves, in batches)."""
+    removed = _with_store(store, lambda s: s.purge_expired(time.time()))
+    _out().print(f"Purged {_plural(removed, 'expired session')}.")
+
+
+@sessions_app.command("list")
+def list_sessions(store: StoreOption, user: UserOption) -> None:
+    """Show a user's live sessions, oldest first, by public id."""
+    records = _with_store(store, lambda s: s.list_user(user, time.time()))
+    out = _out()
+    if not records:
+        out.print(f"No live sessions for {escape(user)}.")
+        return
+    table = Table(
+        title=f"Live sessions of {escape(user)} (times in UTC)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )
+    # One line per session, IDs never cut: narrow terminals get shorter dates and a
+    # truncated user agent instead of a table folded into confetti.
+    wide = out.width >= 110
+    table.add_column("Public ID", no_wrap=True, min_width=16)
+    for heading in ("Created", "Last seen", "Expires"):
+        table.add_column(heading, no_wrap=True, min_width=16 if wide else 12)
+    table.add_column("User agent", no_wrap=True, overflow="ellipsis")
+    for record in records:
+        table.add_row(
+            record.public_id,
+            _when(record.created_at, wide),
+            _when(record.last_seen_at, wide),
+            _when(record.expires_at, wide),
+            escape(record.user_agent) or "-",
+        )
+    out.print(table)
+
+
+@sessions_app.command("revoke")
+def revoke(
+    store: StoreOption,
+    user: UserOption,
+    public_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id", metavar="PUBLIC_ID", help="One session's public id; omit it to revoke them all."
+        ),
+    ] = None,
+) -> None:
+    """Log a user out: one session by public id, or every session they have."""
+
+    async def work(s: Store) -> int:
+        if public_id is None:
+            return await s.delete_user(user)
+        for record in await s.list_user(user, time.time()):
+            if record.public_id == public_id:
+                await s.delete(record.key)
+                return 1
+        return 0
+
+    removed = _with_store(store, work)
+    if public_id is not None and not removed:
+        _fail(f"{user!r} has no live session with public id {public_id!r}")
+    _out().print(f"Revoked {_plural(removed, 'session')} of {escape(user)}.")
+
+
+# -- demo -------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    host: Annotated[
+        str, typer.Option(metavar="HOST", help="Interface to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, metavar="PORT", help="Port to listen on.")
+    ] = 8000,
+    store: Annotated[str, typer.Option(metavar="URL", help="Session store URL.")] = DEFAULT_STORE,
+    workers: Annotated[int, typer.Option(min=1, metavar="N", help="Worker processes.")] = 1,
+    secure_cookies: Annotated[
+        bool,
+        typer.Option(
+            "--secure-cookies",
+            help="Secure __Host- cookies, for running behind an HTTPS proxy.",
+        ),
+    ] = False,
+    idle_timeout: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="SECONDS", help="Log out after this long idle [30 min]."),
+    ] = None,
+    absolute_timeout: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="SECONDS", help="Log out this long after login [12 h]."),
+    ] = None,
+) -> None:
+    """Run the reference app: log in, fill a cart, and watch your devices."""
+    settings = DemoSettings(store, secure_cookies, idle_timeout, absolute_timeout)
+    try:
+        config = settings.session_config()
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--idle-timeout/--absolute-timeout") from None
+    try:
+        chosen = store_from_url(store)  # only parses: stores connect on first use
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--store") from None
+    if isinstance(chosen, MemoryStore) and workers > 1:
+        raise typer.BadParameter(
+            "memory:// keeps sessions inside one process; use sqlite:/// with --workers",
+            param_hint="--store",
+        )
+    try:
+        import uvicorn
+
+        from .demo import app as _demo_app  # noqa: F401 - fail here, not in every worker
+        from .demo.users import DEMO_CREDENTIALS
+    except ImportError as exc:
+        _fail(f"the demo needs extra packages ({exc}); run: pip install 'coatcheck[demo]'")
+
+    out = _out()
+    shown_host = "127.0.0.1" if host in ("", "0.0.0.0") else host  # noqa: S104
+    shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
+    where = f" ({chosen.path.resolve()})" if isinstance(chosen, SQLiteStore) else ""
+    out.print(f"[bold]coatcheck demo[/] on [link]http://{shown_host}:{port}/[/link]")
+    out.print(f"  store    {escape(store)}{escape(where)}")
+    if secure_cookies:
+        cookie = f"{config.cookie.name} (Secure: open it through your HTTPS proxy)"
+    else:
+        cookie = f"{config.cookie.name} (not Secure: plain HTTP, for local development only)"
+    out.print(f"  cookie   {cookie}")
+    out.print(f"  timeouts {config.normal.idle}s idle, {config.normal.absolute}s after login")
+    logins = ", ".join(f"{name} / {password}" for name, password in DEMO_CREDENTIALS)
+    out.print(f"  users    {logins}")
+    # Each worker logs a WARNING about plain-HTTP cookies as it starts (see create_app).
+
+    os.environ.update(settings.to_env())  # worker processes read their settings from here
+    uvicorn.run(
+        "coatcheck.demo.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        log_config=_log_config(uvicorn),
+    )
+
+
+def _log_config(uvicorn: Any) -> dict[str, Any]:
+    """uvicorn's logging, extended so coatcheck's own warnings show up the same way."""
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["coatcheck"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
+def main() -> None:
+    """Entry point of the ``coatcheck`` script and ``python -m coatcheck``."""
+    app(prog_name="coatcheck")

@@ -1,0 +1,94 @@
+"""Assembling the demo app: settings, store, middleware, routes and static files.
+
+``create_app`` is for code and tests; ``create_app_from_env`` is the factory that
+``coatcheck demo`` hands to uvicorn, which may start it in several processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+
+from .. import __version__
+from ..middleware import SessionMiddleware
+from ..session import Session
+from ..stores import store_from_url
+from .inputs import PageError
+from .pages import STATIC_DIR, render_home
+from .routes import router
+from .settings import DEFAULT_STORE, DemoSettings
+
+logger = logging.getLogger("coatcheck.demo")
+
+INSECURE_WARNING = (
+    "session cookies are NOT Secure (plain HTTP): this is for local development only;"
+    " use --secure-cookies behind HTTPS"
+)
+
+
+def create_app(
+    *,
+    store_url: str = DEFAULT_STORE,
+    secure_cookies: bool = False,
+    idle_timeout: int | None = None,
+    absolute_timeout: int | None = None,
+) -> FastAPI:
+    """The demo app; raises ``ConfigurationError`` for a bad store URL or timeouts."""
+    settings = DemoSettings(store_url, secure_cookies, idle_timeout, absolute_timeout)
+    config = settings.session_config()
+    store = store_from_url(store_url)
+    if not secure_cookies:
+        logger.warning(INSECURE_WARNING)
+
+    app = FastAPI(
+        title="coatcheck demo",
+        version=__version__,
+        description="Server-side sessions: the cookie holds a ticket, the store keeps the data.",
+    )
+    app.state.store = store  # for tests and admin code; the middleware closes it at shutdown
+    app.state.cookie_name = config.cookie.name
+    app.state.store_label = describe_store(store_url)
+    app.add_middleware(SessionMiddleware, store=store, config=config)
+    app.add_exception_handler(PageError, _show_page_error)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The uvicorn factory: settings come from ``COATCHECK_DEMO_*`` variables."""
+    settings = DemoSettings.from_env()
+    return create_app(
+        store_url=settings.store_url,
+        secure_cookies=settings.secure_cookies,
+        idle_timeout=settings.idle_timeout,
+        absolute_timeout=settings.absolute_timeout,
+    )
+
+
+def describe_store(url: str) -> str:
+    """How the page names the store: enough to find it, without query options."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return f"the SQLite file {parts.path[1:]}"
+    if parts.scheme == "memory":
+        return "this process's memory"
+    return f"a {parts.scheme} store"
+
+
+async def _show_page_error(request: Request, exc: Exception) -> Response:
+    """Browsers get the page back with the problem spelled out, not a JSON error."""
+    session = request.scope["session"]
+    assert isinstance(exc, PageError)
+    assert isinstance(session, Session)
+    return await render_home(
+        request,
+        await session.load(),
+        error=exc.message,
+        status_code=exc.status_code,
+        username=exc.username,
+    )

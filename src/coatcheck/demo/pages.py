@@ -1,0 +1,127 @@
+"""Rendering the demo's one HTML page: templates, friendly times and device names."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+from starlette.responses import Response
+
+from ..session import Session
+from .users import DEMO_CREDENTIALS
+
+HERE = Path(__file__).parent
+STATIC_DIR = HERE / "static"
+
+#: The page shows private data and may be framed by nobody: no caching, nothing external.
+HTML_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def friendly_utc(moment: datetime) -> str:
+    """``Wed 26 Nov 2025, 10:03 UTC``: readable, and the same for every visitor."""
+    return moment.astimezone(timezone.utc).strftime("%a %d %b %Y, %H:%M UTC")
+
+
+_UNITS = ((86_400, "day"), (3_600, "h"), (60, "min"))
+
+
+def relative(moment: datetime, now: float | None = None) -> str:
+    """``3 min ago`` or ``in 2 h``, rounded down; anything under a minute is ``just now``."""
+    delta = moment.timestamp() - (time.time() if now is None else now)
+    seconds = abs(delta)
+    if seconds < 60:
+        return "just now"
+    size, unit = next((size, unit) for size, unit in _UNITS if seconds >= size)
+    count = int(seconds // size)
+    amount = f"{count} {unit}{'s' if unit == 'day' and count != 1 else ''}"
+    return f"in {amount}" if delta > 0 else f"{amount} ago"
+
+
+_BROWSERS = (
+    ("Edg/", "Edge"),
+    ("OPR/", "Opera"),
+    ("Firefox/", "Firefox"),
+    ("Chrome/", "Chrome"),
+    ("Safari/", "Safari"),
+    ("curl/", "curl"),
+    ("python-httpx/", "HTTPX"),
+)
+_SYSTEMS = (
+    ("Android", "Android"),
+    ("iPhone", "iOS"),
+    ("iPad", "iPadOS"),
+    ("Windows", "Windows"),
+    ("Mac OS X", "macOS"),
+    ("CrOS", "ChromeOS"),
+    ("Linux", "Linux"),
+)
+_PRODUCT = re.compile(r"^[\w.-]+")
+
+
+def device_name(user_agent: str) -> str:
+    """A short label such as ``Firefox on Linux``; the full string goes in a tooltip."""
+    if not user_agent:
+        return "Unknown device"
+    browser = next((name for token, name in _BROWSERS if token in user_agent), None)
+    system = next((name for token, name in _SYSTEMS if token in user_agent), None)
+    if browser is None:
+        match = _PRODUCT.match(user_agent)
+        browser = match.group(0) if match else "Unknown browser"
+    return f"{browser} on {system}" if system else browser
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["utc"] = friendly_utc
+    env.filters["relative"] = relative
+    env.filters["device_name"] = device_name
+    return env
+
+
+templates = Jinja2Templates(env=_environment())
+
+
+async def render_home(
+    request: Request,
+    session: Session,
+    *,
+    error: str | None = None,
+    status_code: int = 200,
+    username: str = "",
+) -> Response:
+    """The whole page for this visitor: sign-in form or account, devices and cart."""
+    user = session.user_id
+    context: dict[str, Any] = {
+        "user": user,
+        "session": session,
+        "devices": await session.devices() if user is not None else [],
+        "cart": list(session.get("cart", [])),
+        "error": error,
+        "username": username,
+        "credentials": DEMO_CREDENTIALS,
+        "cookie_name": request.app.state.cookie_name,
+        "store_label": request.app.state.store_label,
+    }
+    return templates.TemplateResponse(
+        request, "index.html", context, status_code=status_code, headers=HTML_HEADERS
+    )

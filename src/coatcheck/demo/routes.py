@@ -1,0 +1,182 @@
+"""The demo's endpoints: one HTML page plus the small JSON API it is built on.
+
+Endpoints that the page posts to also answer API callers: see :mod:`.inputs` for
+how each request's format is decided. Every handler reaches the session through
+coatcheck's FastAPI dependencies, which load it from the store on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import RedirectResponse, Response
+
+from ..fastapi import CurrentUser, RequiredUser, SessionDep
+from ..session import Session
+from .inputs import PageError, body_schema, has_form_body, read_input, wants_json
+from .pages import render_home
+from .schemas import (
+    MAX_CART_ITEMS,
+    Cart,
+    CartItem,
+    Credentials,
+    DeviceInfo,
+    Devices,
+    LoggedIn,
+    Me,
+    Revoked,
+    SessionInfo,
+)
+from .users import authenticate
+
+router = APIRouter()
+
+INVALID_LOGIN = "Invalid username or password"
+_NOT_AUTHENTICATED: dict[int | str, dict[str, Any]] = {401: {"description": "Nobody is signed in"}}
+
+
+def _to_page() -> RedirectResponse:
+    """Post/redirect/get: a reload after a form post does not post again."""
+    return RedirectResponse("/", status_code=303)
+
+
+def _cart(session: Session) -> list[str]:
+    items = session.get("cart")
+    return list(items) if isinstance(items, list) else []
+
+
+@router.get("/", include_in_schema=False)
+async def home(request: Request, session: SessionDep) -> Response:
+    return await render_home(request, session)
+
+
+@router.post(
+    "/login",
+    response_model=LoggedIn,
+    responses={
+        303: {"description": "Form post: back to the page"},
+        401: {"description": INVALID_LOGIN},
+    },
+    openapi_extra=body_schema(Credentials),
+)
+async def login(request: Request, session: SessionDep) -> Response | LoggedIn:
+    """Check the password, then bind the session to the user under a new ID."""
+    credentials = await read_input(request, Credentials)
+    # argon2 takes a tenth of a second of CPU: keep it off the event loop.
+    user = await run_in_threadpool(authenticate, credentials.username, credentials.password)
+    if user is None:
+        if wants_json(request):
+            raise HTTPException(status_code=401, detail=INVALID_LOGIN)
+        raise PageError(INVALID_LOGIN, 401, username=credentials.username)
+    if session.user_id not in (None, user):
+        session.clear()  # a shared computer: bob must not inherit alice's cart
+    session.login(user, remember=credentials.remember)
+    return LoggedIn(user=user) if wants_json(request) else _to_page()
+
+
+@router.post(
+    "/logout",
+    status_code=204,
+    response_class=Response,
+    responses={303: {"description": "Form post: back to the page"}},
+)
+async def logout(request: Request, session: SessionDep) -> Response:
+    """Delete the session from the store and clear the cookie."""
+    session.logout()
+    return Response(status_code=204) if wants_json(request) else _to_page()
+
+
+@router.get("/me", responses=_NOT_AUTHENTICATED)
+async def me(user: RequiredUser, session: SessionDep) -> Me:
+    return Me(
+        user=user,
+        session=SessionInfo(
+            id=session.public_id,
+            created_at=session.created_at.isoformat(),
+            expires_at=session.expires_at.isoformat(),
+        ),
+    )
+
+
+@router.get("/cart")
+async def cart(session: SessionDep) -> Cart:
+    return Cart(items=_cart(session))
+
+
+@router.post(
+    "/cart/items",
+    status_code=201,
+    response_model=Cart,
+    responses={303: {"description": "Form post: back to the page"}},
+    openapi_extra=body_schema(CartItem),
+)
+async def add_item(request: Request, session: SessionDep) -> Response | Cart:
+    """Works without an account: the first item starts an anonymous session."""
+    item = (await read_input(request, CartItem)).item
+    items = _cart(session)
+    if len(items) >= MAX_CART_ITEMS:
+        message = f"The cart is full ({MAX_CART_ITEMS} items)."
+        if wants_json(request):
+            raise HTTPException(status_code=422, detail=message)
+        raise PageError(message, 422)
+    items.append(item)
+    session["cart"] = items
+    return Cart(items=items) if wants_json(request) else _to_page()
+
+
+@router.get("/sessions", responses=_NOT_AUTHENTICATED)
+async def sessions(user: RequiredUser, session: SessionDep) -> Devices:
+    """The signed-in user's live sessions; ``current`` marks the one asking."""
+    return Devices(
+        sessions=[
+            DeviceInfo(
+                id=device.id,
+                created_at=device.created_at.isoformat(),
+                last_seen_at=device.last_seen_at.isoformat(),
+                user_agent=device.user_agent,
+                current=device.current,
+            )
+            for device in await session.devices()
+        ]
+    )
+
+
+@router.post(
+    "/sessions/revoke-others",
+    response_model=Revoked,
+    responses={303: {"description": "Form post: back to the page"}, **_NOT_AUTHENTICATED},
+)
+async def revoke_others(
+    request: Request, user: CurrentUser, session: SessionDep
+) -> Response | Revoked:
+    """Sign out every other device of this user."""
+    from_page = has_form_body(request) and not wants_json(request)
+    if user is None:
+        if from_page:  # signed out meanwhile: the page will offer the login form
+            return _to_page()
+        raise HTTPException(status_code=401, detail="Not authenticated")
+    revoked = await session.revoke_others()
+    return _to_page() if from_page else Revoked(revoked=revoked)
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    status_code=204,
+    response_class=Response,
+    responses={404: {"description": "Not one of this user's live sessions"}, **_NOT_AUTHENTICATED},
+)
+async def revoke(session_id: str, user: RequiredUser, session: SessionDep) -> Response:
+    """Sign out one device by its public id (this one included)."""
+    if not await session.revoke(session_id):
+        raise HTTPException(status_code=404, detail="No such session")
+    return Response(status_code=204)
+
+
+@router.post("/sessions/{session_id}/revoke", include_in_schema=False)
+async def revoke_from_page(session_id: str, user: CurrentUser, session: SessionDep) -> Response:
+    """The page's revoke buttons: plain forms cannot send ``DELETE``."""
+    if user is not None and not await session.revoke(session_id):
+        raise PageError("That session has already ended.", 404)
+    return _to_page()

@@ -1,0 +1,83 @@
+"""The demo's few knobs, and how they travel from the CLI to uvicorn workers.
+
+``coatcheck demo --workers N`` hands uvicorn an import string, so settings cannot
+be passed as arguments: they go through environment variables instead, and both
+sides use this module so the names and the parsing cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..config import CookieConfig, SessionConfig
+from ..exceptions import ConfigurationError
+
+DEFAULT_STORE = "sqlite:///coatcheck-demo.db"
+ENV_STORE = "COATCHECK_DEMO_STORE"
+ENV_SECURE = "COATCHECK_DEMO_SECURE"
+ENV_IDLE = "COATCHECK_DEMO_IDLE"
+ENV_ABSOLUTE = "COATCHECK_DEMO_ABSOLUTE"
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSettings:
+    """What ``coatcheck demo`` lets you choose; ``None`` timeouts keep the library defaults."""
+
+    store_url: str = DEFAULT_STORE
+    secure_cookies: bool = False
+    idle_timeout: int | None = None
+    absolute_timeout: int | None = None
+
+    def session_config(self) -> SessionConfig:
+        """Build the config, reconciling a lone timeout with the other default.
+
+        Raising only the idle timeout above the 12 h default absolute limit (or
+        lowering only the absolute limit below the 30 min idle default) would
+        otherwise be rejected although the intent is clear.
+        """
+        defaults = SessionConfig(cookie=CookieConfig(secure=self.secure_cookies))
+        idle = defaults.normal.idle if self.idle_timeout is None else self.idle_timeout
+        absolute = (
+            defaults.normal.absolute if self.absolute_timeout is None else self.absolute_timeout
+        )
+        if self.absolute_timeout is None and self.idle_timeout is not None:
+            absolute = max(absolute, self.idle_timeout)
+        if self.idle_timeout is None and self.absolute_timeout is not None:
+            idle = min(idle, self.absolute_timeout)
+        return SessionConfig(cookie=defaults.cookie, idle_timeout=idle, absolute_timeout=absolute)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that make :meth:`from_env` return these settings."""
+        env = {ENV_STORE: self.store_url, ENV_SECURE: "1" if self.secure_cookies else "0"}
+        env[ENV_IDLE] = "" if self.idle_timeout is None else str(self.idle_timeout)
+        env[ENV_ABSOLUTE] = "" if self.absolute_timeout is None else str(self.absolute_timeout)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DemoSettings:
+        """Read the settings back; a malformed value is a ``ConfigurationError``."""
+        env = os.environ if environ is None else environ
+        secure = env.get(ENV_SECURE, "").strip().lower()
+        if secure not in _TRUE + _FALSE:
+            raise ConfigurationError(f"{ENV_SECURE} must be 1 or 0, got {secure!r}")
+        return cls(
+            store_url=env.get(ENV_STORE) or DEFAULT_STORE,
+            secure_cookies=secure in _TRUE,
+            idle_timeout=_seconds(env, ENV_IDLE),
+            absolute_timeout=_seconds(env, ENV_ABSOLUTE),
+        )
+
+
+def _seconds(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number of seconds, got {raw!r}") from None

@@ -1,0 +1,636 @@
+"""The reference app's HTTP contract, exercised in-process through httpx."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from coatcheck import ConfigurationError, Store
+from coatcheck.demo import users
+from coatcheck.demo.app import create_app, create_app_from_env
+from coatcheck.demo.pages import device_name, friendly_utc, relative
+from coatcheck.demo.settings import DemoSettings
+
+JSON = {"accept": "application/json"}
+FORM = {"content-type": "application/x-www-form-urlencoded"}  # what browsers send, body or not
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+PHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"
+    " (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
+    application = create_app(store_url=f"sqlite:///{tmp_path / 'demo.db'}")
+    yield application
+    store: Store = application.state.store
+    await store.aclose()
+
+
+def browser(app: FastAPI, agent: str = FIREFOX, **kwargs: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url=kwargs.pop("base_url", "http://demo.test"),
+        headers={"user-agent": agent},
+        **kwargs,
+    )
+
+
+async def login(client: httpx.AsyncClient, user: str = "alice", **extra: Any) -> httpx.Response:
+    password = {"alice": "wonderland", "bob": "builder"}[user]
+    response = await client.post("/login", json={"username": user, "password": password, **extra})
+    assert response.status_code == 200, response.text
+    return response
+
+
+# -- the page ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_anonymous_page_offers_login_and_cart_without_creating_a_session(
+    app: FastAPI,
+) -> None:
+    async with browser(app) as client:
+        response = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    for field in ('name="username"', 'name="password"', 'name="remember"', 'name="item"'):
+        assert field in response.text
+    assert 'action="/login"' in response.text
+    assert 'action="/cart/items"' in response.text
+    assert "only a ticket" in response.text
+    assert "set-cookie" not in response.headers
+    assert response.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+@pytest.mark.anyio
+async def test_form_login_redirects_and_page_shows_account_devices_and_cart(
+    app: FastAPI,
+) -> None:
+    async with browser(app) as client:
+        added = await client.post("/cart/items", data={"item": "scarf"})
+        assert added.status_code == 303
+        assert added.headers["location"] == "/"
+        response = await client.post(
+            "/login", data={"username": "bob", "password": "builder", "remember": "on"}
+        )
+        assert response.status_code == 303
+        assert response.headers["location"] == "/"
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith("session=")
+        assert "Max-Age=" in cookie  # remember me: a persistent cookie
+        assert "Secure" not in cookie  # development cookies
+        session_id = client.cookies["session"]
+        page = await client.get("/")
+    assert page.status_code == 200
+    text = page.text
+    assert "Signed in as bob" in text
+    assert "This device" in text
+    assert "Signed in since" in text
+    assert "Last active" in text
+    assert "Remembered" in text
+    assert "Firefox on Linux" in text
+    assert 'action="/logout"' in text
+    assert "<li>scarf</li>" in text
+    assert 'name="password"' not in text
+    assert session_id not in text
+
+
+@pytest.mark.anyio
+async def test_page_escapes_cart_items(app: FastAPI) -> None:
+    async with browser(app) as client:
+        await client.post("/cart/items", json={"item": "<script>alert(1)</script>"})
+        page = await client.get("/")
+    assert "<script>alert(1)</script>" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+
+@pytest.mark.anyio
+async def test_stylesheet_is_served_locally(app: FastAPI) -> None:
+    async with browser(app) as client:
+        response = await client.get("/static/style.css")
+        page = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/css")
+    assert ".device" in response.text
+    assert 'href="/static/style.css"' in page.text
+    assert "http://" not in page.text.split("<main", 1)[0]  # nothing loaded from elsewhere
+
+
+@pytest.mark.anyio
+async def test_openapi_documents_the_json_api(app: FastAPI) -> None:
+    async with browser(app) as client:
+        response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/login", "/logout", "/me", "/cart", "/cart/items", "/sessions"} <= set(paths)
+    body = paths["/login"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["required"]) == {"username", "password"}
+    assert "/" not in paths  # the HTML page is not part of the API
+
+
+# -- logging in -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_json_login_rotates_the_id_and_keeps_the_cart(app: FastAPI) -> None:
+    async with browser(app) as client:
+        added = await client.post("/cart/items", json={"item": "apple"})
+        assert added.status_code == 201
+        assert added.json() == {"items": ["apple"]}
+        anonymous_id = client.cookies["session"]
+
+        response = await login(client)
+        assert response.json() == {"user": "alice"}
+        assert "Max-Age" not in response.headers["set-cookie"]  # a browser-session cookie
+        assert client.cookies["session"] != anonymous_id
+        cart = await client.get("/cart")
+    assert cart.json() == {"items": ["apple"]}
+
+    async with browser(app, cookies={"session": anonymous_id}) as replay:
+        assert (await replay.get("/me")).status_code == 401
+        assert (await replay.get("/cart")).json() == {"items": []}
+
+
+@pytest.mark.anyio
+async def test_switching_users_starts_with_empty_data(app: FastAPI) -> None:
+    async with browser(app) as client:
+        await login(client, "alice")
+        await client.post("/cart/items", json={"item": "alice's secret"})
+        await login(client, "bob")
+        cart = await client.get("/cart")
+        again = await login(client, "bob")
+        kept = await client.get("/cart")
+    assert cart.json() == {"items": []}
+    assert again.json() == {"user": "bob"}
+    assert kept.json() == {"items": []}
+
+
+@pytest.mark.anyio
+async def test_logging_in_again_as_the_same_user_keeps_the_cart(app: FastAPI) -> None:
+    async with browser(app) as client:
+        await login(client, "alice")
+        await client.post("/cart/items", json={"item": "tea"})
+        await login(client, "alice", remember=True)
+        cart = await client.get("/cart")
+    assert cart.json() == {"items": ["tea"]}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("alice", "builder"), ("alice", ""), ("carol", "wonderland"), ("ALICE", "wonderland")],
+    ids=["wrong-password", "empty-password", "unknown-user", "case-matters"],
+)
+async def test_json_login_with_bad_credentials_is_401_or_422(
+    app: FastAPI, username: str, password: str
+) -> None:
+    async with browser(app) as client:
+        response = await client.post("/login", json={"username": username, "password": password})
+        me = await client.get("/me")
+    if password:
+        assert response.status_code == 401
+        assert response.json() == {"detail": "Invalid username or password"}
+    else:
+        assert response.status_code == 422
+    assert "set-cookie" not in response.headers
+    assert me.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_form_login_with_wrong_password_shows_the_page_with_an_error(
+    app: FastAPI,
+) -> None:
+    async with browser(app) as client:
+        response = await client.post("/login", data={"username": "alice", "password": "nope"})
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("text/html")
+    assert 'role="alert"' in response.text
+    assert "Invalid username or password" in response.text
+    assert 'value="alice"' in response.text  # the username is kept, the password is not
+    assert "nope" not in response.text
+    assert "set-cookie" not in response.headers
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[]",
+        b'"alice"',
+        b'{"username": "alice"}',
+        b'{"password": "wonderland"}',
+        b'{"username": 7, "password": "wonderland"}',
+        b'{"username": "alice", "password": "wonderland", "remember": "maybe"}',
+        b"\xff\xfe",
+    ],
+)
+async def test_malformed_json_login_is_422(app: FastAPI, body: bytes) -> None:
+    async with browser(app) as client:
+        response = await client.post(
+            "/login", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], list)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/cart/items", b'{"item": "\\ud800"}'),
+        ("/login", b'{"username": "\\ud800", "password": "wonderland"}'),
+        ("/login", b"[" * 5_000),
+        ("/cart/items", b'{"item": ' * 2_000),
+    ],
+    ids=["surrogate-item", "surrogate-username", "deep-array", "deep-object"],
+)
+async def test_hostile_json_is_422_not_500(app: FastAPI, path: str, body: bytes) -> None:
+    async with browser(app) as client:
+        response = await client.post(
+            path, content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 422
+    assert "set-cookie" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_validation_errors_never_echo_the_password(app: FastAPI) -> None:
+    password = "hunter2-" + "x" * 2_000
+    async with browser(app) as client:
+        response = await client.post("/login", json={"username": "alice", "password": password})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["password"]
+    assert "hunter2" not in response.text
+
+
+@pytest.mark.anyio
+async def test_form_login_with_missing_fields_is_422_page(app: FastAPI) -> None:
+    async with browser(app) as client:
+        response = await client.post("/login", data={"username": "alice"})
+        empty = await client.post("/login")
+    assert response.status_code == 422
+    assert 'role="alert"' in response.text
+    assert "password" in response.text
+    assert empty.status_code == 422
+
+
+def test_unknown_users_cost_one_password_verification(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def verify(password: str, hashed: str) -> bool:
+        calls.append(hashed)
+        return True  # even a "match" against the dummy hash must not log anyone in
+
+    monkeypatch.setattr(users._hasher, "verify", verify)
+    assert users.authenticate("mallory", "anything") is None
+    assert users.authenticate("alice", "anything") == "alice"
+    assert len(calls) == 2
+    assert calls[0] != calls[1]
+
+
+def test_demo_passwords_match_their_hashes() -> None:
+    for name, password in users.DEMO_CREDENTIALS:
+        assert users.authenticate(name, password) == name
+    assert users.authenticate("alice", "builder") is None
+
+
+# -- who am I ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_me(app: FastAPI) -> None:
+    async with browser(app) as client:
+        anonymous = await client.get("/me")
+        await login(client)
+        response = await client.get("/me")
+        sessions = await client.get("/sessions")
+    assert anonymous.status_code == 401
+    assert "detail" in anonymous.json()
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"user", "session"}
+    assert body["user"] == "alice"
+    assert set(body["session"]) == {"id", "created_at", "expires_at"}
+    assert body["session"]["id"] == sessions.json()["sessions"][0]["id"]
+    created = datetime.fromisoformat(body["session"]["created_at"])
+    expires = datetime.fromisoformat(body["session"]["expires_at"])
+    assert created.utcoffset() == timedelta(0)
+    assert abs(datetime.now(timezone.utc) - created) < timedelta(minutes=1)
+    assert timedelta(minutes=29) < expires - created <= timedelta(minutes=31)
+
+
+# -- the cart ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "payload",
+    [{"item": ""}, {"item": "   "}, {"item": "x" * 201}, {"item": 5}, {"item": None}, {}],
+    ids=["empty", "blank", "too-long", "number", "null", "missing"],
+)
+async def test_invalid_cart_items_are_422(app: FastAPI, payload: dict[str, Any]) -> None:
+    async with browser(app) as client:
+        response = await client.post("/cart/items", json=payload)
+        cart = await client.get("/cart")
+    assert response.status_code == 422
+    assert cart.json() == {"items": []}
+
+
+@pytest.mark.anyio
+async def test_cart_accepts_items_up_to_200_characters(app: FastAPI) -> None:
+    async with browser(app) as client:
+        first = await client.post("/cart/items", json={"item": "x" * 200})
+        second = await client.post("/cart/items", json={"item": "pear"})
+        cart = await client.get("/cart")
+    assert first.status_code == 201
+    assert second.json() == {"items": ["x" * 200, "pear"]}
+    assert cart.json() == {"items": ["x" * 200, "pear"]}
+
+
+@pytest.mark.anyio
+async def test_invalid_cart_item_from_the_page_shows_an_error(app: FastAPI) -> None:
+    async with browser(app) as client:
+        response = await client.post("/cart/items", data={"item": "y" * 201})
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("text/html")
+    assert 'role="alert"' in response.text
+
+
+# -- devices ----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_sessions_lists_every_device_and_marks_the_current_one(app: FastAPI) -> None:
+    async with browser(app, FIREFOX) as laptop, browser(app, PHONE) as phone:
+        await login(laptop)
+        await login(phone, remember=True)
+        seen_by_laptop = (await laptop.get("/sessions")).json()["sessions"]
+        seen_by_phone = (await phone.get("/sessions")).json()["sessions"]
+        secrets = {laptop.cookies["session"], phone.cookies["session"]}
+        page = await phone.get("/")
+    assert len(seen_by_laptop) == 2
+    for entry in seen_by_laptop:
+        assert set(entry) == {"id", "created_at", "last_seen_at", "user_agent", "current"}
+        assert entry["id"] not in secrets
+    assert [entry["user_agent"] for entry in seen_by_laptop] == [FIREFOX, PHONE]
+    assert [entry["current"] for entry in seen_by_laptop] == [True, False]
+    assert [entry["current"] for entry in seen_by_phone] == [False, True]
+    assert "Safari on iOS" in page.text
+    assert "Firefox on Linux" in page.text
+    assert page.text.count("This device") == 1
+
+
+@pytest.mark.anyio
+async def test_revoking_another_device_logs_it_out(app: FastAPI) -> None:
+    async with browser(app) as laptop, browser(app, PHONE) as phone, browser(app) as bobs:
+        await login(laptop)
+        await login(phone)
+        await login(bobs, "bob")
+        phone_id = (await phone.get("/me")).json()["session"]["id"]
+        bobs_id = (await bobs.get("/me")).json()["session"]["id"]
+
+        assert (await laptop.delete(f"/sessions/{bobs_id}")).status_code == 404
+        assert (await laptop.delete("/sessions/no-such-session")).status_code == 404
+        response = await laptop.delete(f"/sessions/{phone_id}")
+        assert response.status_code == 204
+        assert (await phone.get("/me")).status_code == 401
+        assert (await laptop.delete(f"/sessions/{phone_id}")).status_code == 404
+        assert (await laptop.get("/me")).status_code == 200
+        assert (await bobs.get("/me")).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_revoking_the_current_device_ends_it(app: FastAPI) -> None:
+    async with browser(app) as client:
+        await login(client)
+        own_id = (await client.get("/me")).json()["session"]["id"]
+        response = await client.delete(f"/sessions/{own_id}")
+        assert response.status_code == 204
+        assert "Max-Age=0" in response.headers["set-cookie"]
+        assert (await client.get("/me")).status_code == 401
+
+
+@pytest.mark.anyio
+async def test_revoke_others_keeps_only_this_device(app: FastAPI) -> None:
+    async with browser(app) as one, browser(app) as two, browser(app) as three:
+        for client in (one, two, three):
+            await login(client)
+        response = await three.post("/sessions/revoke-others")
+        again = await three.post("/sessions/revoke-others", headers=JSON)
+        assert response.status_code == 200
+        assert response.json() == {"revoked": 2}
+        assert again.json() == {"revoked": 0}
+        assert (await one.get("/me")).status_code == 401
+        assert (await two.get("/me")).status_code == 401
+        assert len((await three.get("/sessions")).json()["sessions"]) == 1
+
+
+@pytest.mark.anyio
+async def test_page_buttons_revoke_with_plain_forms(app: FastAPI) -> None:
+    async with browser(app) as laptop, browser(app, PHONE) as phone, browser(app) as third:
+        for client in (laptop, phone, third):
+            await login(client)
+        phone_id = (await phone.get("/me")).json()["session"]["id"]
+        page = (await laptop.get("/")).text
+        assert f'action="/sessions/{phone_id}/revoke"' in page
+        assert 'action="/sessions/revoke-others"' in page
+
+        revoked = await laptop.post(f"/sessions/{phone_id}/revoke")
+        assert revoked.status_code == 303
+        assert revoked.headers["location"] == "/"
+        assert (await phone.get("/me")).status_code == 401
+
+        missing = await laptop.post(f"/sessions/{phone_id}/revoke")
+        assert missing.status_code == 404
+        assert 'role="alert"' in missing.text
+
+        others = await laptop.post("/sessions/revoke-others", headers=FORM)
+        assert others.status_code == 303
+        assert (await third.get("/me")).status_code == 401
+        assert (await laptop.get("/me")).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_device_endpoints_need_a_login(app: FastAPI) -> None:
+    async with browser(app) as client:
+        responses = [
+            await client.get("/sessions"),
+            await client.post("/sessions/revoke-others"),
+            await client.delete("/sessions/whatever"),
+        ]
+    assert [response.status_code for response in responses] == [401, 401, 401]
+    assert all("detail" in response.json() for response in responses)
+
+
+@pytest.mark.anyio
+async def test_page_forms_of_a_signed_out_visitor_lead_back_to_the_page(app: FastAPI) -> None:
+    async with browser(app) as client:
+        others = await client.post("/sessions/revoke-others", headers=FORM)
+        revoke = await client.post("/sessions/whatever/revoke", headers=FORM)
+    assert (others.status_code, others.headers["location"]) == (303, "/")
+    assert (revoke.status_code, revoke.headers["location"]) == (303, "/")
+
+
+# -- logging out ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [({"headers": JSON}, 204), ({"json": {}}, 204), ({"headers": FORM}, 303), ({}, 303)],
+    ids=["accept-json", "json-body", "form", "bare"],
+)
+async def test_logout_destroys_the_session(
+    app: FastAPI, kwargs: dict[str, Any], status: int
+) -> None:
+    async with browser(app) as client:
+        await login(client)
+        session_id = client.cookies["session"]
+        response = await client.post("/logout", **kwargs)
+        assert response.status_code == status
+        if status == 303:
+            assert response.headers["location"] == "/"
+        assert "Max-Age=0" in response.headers["set-cookie"]
+        assert (await client.get("/me")).status_code == 401
+    async with browser(app, cookies={"session": session_id}) as replay:
+        assert (await replay.get("/me")).status_code == 401  # gone server-side too
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_secure_cookies_use_the_host_prefix() -> None:
+    app = create_app(store_url="memory://", secure_cookies=True)
+    async with browser(app, base_url="https://demo.test") as client:
+        response = await login(client)
+        me = await client.get("/me")
+        page = await client.get("/")
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith("__Host-session=")
+    assert "; Secure" in cookie
+    assert me.json()["user"] == "alice"
+    assert "<code>__Host-session</code>" in page.text
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_plain_http_cookies_log_a_warning(caplog: pytest.LogCaptureFixture, secure: bool) -> None:
+    with caplog.at_level(logging.WARNING, logger="coatcheck.demo"):
+        create_app(store_url="memory://", secure_cookies=secure)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if secure:
+        assert warnings == []
+    else:
+        [message] = warnings
+        assert "NOT Secure" in message
+        assert "local development only" in message
+
+
+@pytest.mark.anyio
+async def test_app_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COATCHECK_DEMO_STORE", "memory://")
+    monkeypatch.setenv("COATCHECK_DEMO_SECURE", "1")
+    monkeypatch.setenv("COATCHECK_DEMO_IDLE", "60")
+    monkeypatch.delenv("COATCHECK_DEMO_ABSOLUTE", raising=False)
+    app = create_app_from_env()
+    assert app.state.cookie_name == "__Host-session"
+    async with browser(app, base_url="https://demo.test") as client:
+        await login(client)
+        body = (await client.get("/me")).json()
+    created = datetime.fromisoformat(body["session"]["created_at"])
+    expires = datetime.fromisoformat(body["session"]["expires_at"])
+    assert timedelta(seconds=59) < expires - created <= timedelta(seconds=61)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("COATCHECK_DEMO_IDLE", "soon"),
+        ("COATCHECK_DEMO_ABSOLUTE", "0"),
+        ("COATCHECK_DEMO_SECURE", "perhaps"),
+        ("COATCHECK_DEMO_STORE", "redis://localhost"),
+    ],
+)
+def test_bad_environment_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("COATCHECK_DEMO_STORE", "memory://")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError):
+        create_app_from_env()
+
+
+def test_a_lone_timeout_adjusts_the_other_default() -> None:
+    long_idle = DemoSettings(idle_timeout=86_400).session_config()
+    assert (long_idle.idle_timeout, long_idle.absolute_timeout) == (86_400, 86_400)
+    short_absolute = DemoSettings(absolute_timeout=600).session_config()
+    assert (short_absolute.idle_timeout, short_absolute.absolute_timeout) == (600, 600)
+    default = DemoSettings().session_config()
+    assert (default.idle_timeout, default.absolute_timeout) == (1800, 43_200)
+    assert not default.cookie.secure
+    with pytest.raises(ConfigurationError):
+        DemoSettings(idle_timeout=3_600, absolute_timeout=60).session_config()
+
+
+def test_settings_survive_the_trip_through_the_environment() -> None:
+    settings = DemoSettings("memory://", True, 60, 120)
+    assert DemoSettings.from_env(settings.to_env()) == settings
+    assert DemoSettings.from_env({}) == DemoSettings()
+
+
+# -- presentation helpers ---------------------------------------------------------------
+
+
+def test_friendly_times() -> None:
+    moment = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    assert friendly_utc(moment) == "Tue 04 Mar 2025, 05:06 UTC"
+    now = moment.timestamp()
+    assert relative(moment, now) == "just now"
+    assert relative(moment - timedelta(minutes=3, seconds=5), now) == "3 min ago"
+    assert relative(moment + timedelta(hours=2, minutes=1), now) == "in 2 h"
+    assert relative(moment - timedelta(days=1, hours=1), now) == "1 day ago"
+    assert relative(moment - timedelta(days=3), now) == "3 days ago"
+
+
+@pytest.mark.parametrize(
+    ("agent", "name"),
+    [
+        (FIREFOX, "Firefox on Linux"),
+        (PHONE, "Safari on iOS"),
+        ("curl/8.5.0", "curl"),
+        ("", "Unknown device"),
+        ("SomeBot/1.0 (+https://example.com)", "SomeBot"),
+    ],
+)
+def test_device_names(agent: str, name: str) -> None:
+    assert device_name(agent) == name
+
+
+@pytest.fixture
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("STORE", "SECURE", "IDLE", "ABSOLUTE"):
+        monkeypatch.delenv(f"COATCHECK_DEMO_{name}", raising=False)
+
+
+@pytest.mark.usefixtures("_no_env")
+def test_environment_defaults_to_the_sqlite_file_and_plain_http_cookies() -> None:
+    settings = DemoSettings.from_env()
+    assert settings.store_url == "sqlite:///coatcheck-demo.db"
+    assert settings.secure_cookies is False
+    assert settings.session_config().cookie.name == "session"

@@ -1,0 +1,195 @@
+"""The reference app across time and processes: expiry, restarts, several workers."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from .conftest import Browser, DemoServer, StartServer, child_pids, cmdline
+
+pytestmark = pytest.mark.e2e
+
+
+def _session_times(browser: Browser) -> tuple[datetime, datetime]:
+    response = browser.me()
+    assert response.status_code == 200, response.text
+    session = response.json()["session"]
+    created = datetime.fromisoformat(session["created_at"])
+    expires = datetime.fromisoformat(session["expires_at"])
+    assert created.tzinfo is not None
+    assert expires.tzinfo is not None
+    return created, expires
+
+
+def test_idle_session_expires(start_server: StartServer) -> None:
+    server = start_server("--idle-timeout", "2", "--absolute-timeout", "60", name="idle")
+    with server.browser() as b:
+        b.add("apple")
+        b.login("alice")
+        created, expires = _session_times(b)
+        assert 1.0 <= (expires - created).total_seconds() <= 2.5
+        time.sleep(1.0)
+        assert b.me().status_code == 200  # activity slides the idle window
+        time.sleep(3.0)
+        response = b.me()
+        assert response.status_code == 401
+        assert b.get("/cart").json() == {"items": []}
+
+
+def test_absolute_lifetime_ends_an_active_session(start_server: StartServer) -> None:
+    server = start_server("--idle-timeout", "2", "--absolute-timeout", "4", name="absolute")
+    with server.browser() as b:
+        before = time.monotonic()
+        b.login("alice")
+        after = time.monotonic()
+        created, _ = _session_times(b)
+        log: list[tuple[float, float, int]] = []  # (since login sent, since answered, status)
+        while time.monotonic() - after < 7.0:
+            sent = time.monotonic()
+            response = b.me()
+            log.append((sent - before, sent - after, response.status_code))
+            if response.status_code == 401:
+                break
+            _, expires = _session_times(b)
+            assert (expires - created).total_seconds() <= 4.001, "expiry beyond absolute limit"
+            time.sleep(0.8)
+        statuses = [status for *_, status in log]
+        assert statuses[-1] == 401, log
+        assert all(status == 200 for status in statuses[:-1]), log
+        # never idle for the 2 s idle timeout, yet it died
+        gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(log)]
+        assert max(gaps, default=0) < 1.9, log
+        for since_sent, since_answered, status in log:
+            if since_sent < 3.6:
+                assert status == 200, log
+            if since_answered > 4.2:
+                assert status == 401, log
+        assert log[-1][1] <= 4.0 + 1.2, log  # it died on time, not merely eventually
+
+
+def test_sessions_survive_a_restart(start_server: StartServer) -> None:
+    server = start_server(name="restart")
+    with server.browser() as b:
+        b.add("apple")
+        b.login("alice")
+        b.add("pear")
+        cookie = b.session_id
+        public_id = b.me().json()["session"]["id"]
+        port, pid = server.port, server.pid
+
+        server.stop()
+        assert server.process is None
+        assert server.db.exists()
+        assert child_pids(pid) == []
+
+        server.start()
+        assert server.port == port
+        assert server.pid != pid
+        me = b.me()
+        assert me.status_code == 200, server.log()
+        assert me.json()["user"] == "alice"
+        assert me.json()["session"]["id"] == public_id
+        assert b.cart() == ["apple", "pear"]
+        assert b.session_id == cookie
+    # --store was honoured: nothing was written to the default file in the working folder
+    assert not (server.workdir / "coatcheck-demo.db").exists()
+
+
+def test_default_store_is_a_sqlite_file_in_the_working_folder(start_server: StartServer) -> None:
+    server = start_server(name="default-store", pass_store=False)
+    default = server.workdir / "coatcheck-demo.db"
+    with server.browser() as b:
+        b.login("bob")
+        b.add("hammer")
+        assert default.is_file()
+        server.restart()
+        assert b.me().json()["user"] == "bob"
+        assert b.cart() == ["hammer"]
+    assert not server.db.exists()
+
+
+def _workers(server: DemoServer) -> list[int]:
+    return [pid for pid in child_pids(server.pid) if "spawn_main" in " ".join(cmdline(pid))]
+
+
+def _open_sockets(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def _both_workers_hold_connections(server: DemoServer, cookie: str, workers: list[int]) -> bool:
+    """Open 12 keep-alive connections at once; True if each worker accepted some."""
+    baseline = {pid: _open_sockets(pid) for pid in workers}
+    browsers = [Browser(server.url) for _ in range(12)]
+    try:
+        for b in browsers:
+            b.jar["session"] = cookie
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            statuses = list(pool.map(lambda b: b.me().status_code, browsers))
+        assert statuses == [200] * 12
+        held = {pid: _open_sockets(pid) - baseline[pid] for pid in workers}
+    finally:
+        for b in browsers:
+            b.close()
+    return all(extra > 0 for extra in held.values())
+
+
+def test_two_workers_share_one_sqlite_file(start_server: StartServer) -> None:
+    server = start_server("--workers", "2", name="workers")
+    workers = _workers(server)
+    assert len(workers) == 2, (child_pids(server.pid), server.log())
+    deadline = time.monotonic() + 10
+    while not all(f"Started server process [{pid}]" in server.log() for pid in workers):
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+
+    with server.browser(fresh_connections=True) as alice:
+        alice.login("alice")
+        expected: list[str] = []
+        # sequential writes, each on a new connection: whichever worker answers sees the last
+        for i in range(16):
+            item = f"item-{i}"
+            expected.append(item)
+            response = alice.add(item)
+            assert response.status_code == 201, server.log()
+            assert response.json() == {"items": expected}
+        cookie = alice.session_id
+
+    def read_me(_: int) -> tuple[int, str]:
+        with Browser(server.url, fresh_connections=True) as b:
+            b.jar["session"] = str(cookie)
+            response = b.me()
+            return response.status_code, response.json().get("user", "")
+
+    def own_cart(n: int) -> list[str]:
+        # one anonymous visitor per thread: sequential per session, parallel across sessions
+        with Browser(server.url, fresh_connections=True) as b:
+            for i in range(4):
+                assert b.add(f"v{n}-{i}").status_code == 201
+            return b.cart()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        reads = pool.map(read_me, range(16))
+        carts = pool.map(own_cart, range(4))
+        assert list(reads) == [(200, "alice")] * 16
+        assert list(carts) == [[f"v{n}-{i}" for i in range(4)] for n in range(4)]
+
+    with Browser(server.url, fresh_connections=True) as b:
+        b.jar["session"] = str(cookie)
+        assert b.cart() == expected
+        assert b.me().json()["user"] == "alice"
+
+        # both workers really serve this session (the kernel spreads the connections)
+        assert any(_both_workers_hold_connections(server, str(cookie), workers) for _ in range(3))
+
+    assert sorted(_workers(server)) == sorted(workers), "a worker died or was replaced"

@@ -1,0 +1,525 @@
+"""The store contract, run against every backend through the ``Store`` protocol only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coatcheck._ids import new_session_id, store_key
+from coatcheck.stores import SessionRecord, Store
+
+from .conftest import HOUR, NOW, STORE_KINDS, fresh_store, make_record
+
+pytestmark = pytest.mark.anyio
+
+
+def keys(records: list[SessionRecord]) -> list[str]:
+    return [record.key for record in records]
+
+
+async def test_every_store_satisfies_the_protocol(store: Store) -> None:
+    assert isinstance(store, Store)
+
+
+# -- load and save ---------------------------------------------------------------------
+
+
+async def test_round_trip_keeps_every_field(store: Store) -> None:
+    record = SessionRecord(
+        key=store_key(new_session_id()),
+        public_id="pub-Xy_9",
+        data=b'{"user": "alice", "cart": [1, 2]}',
+        user_id="alice@example.com",
+        created_at=NOW - 1234.25,
+        last_seen_at=NOW - 1.5,
+        expires_at=NOW + 7200.125,
+        remember=True,
+        user_agent="Mozilla/5.0 (X11; Linux x86_64) ünïcödé ☂",
+        version=42,
+    )
+    await store.save(record)
+
+    loaded = await store.load(record.key, NOW)
+
+    assert loaded == record
+    assert loaded is not None
+    assert type(loaded.data) is bytes
+    assert type(loaded.remember) is bool
+    assert type(loaded.version) is int
+    assert type(loaded.created_at) is float
+    assert type(loaded.expires_at) is float
+
+
+async def test_round_trip_keeps_defaults_and_anonymous_user(store: Store) -> None:
+    record = make_record(user_id=None)
+    assert (record.remember, record.user_agent, record.version) == (False, "", 1)
+    await store.save(record)
+
+    loaded = await store.load(record.key, NOW)
+
+    assert loaded == record
+    assert loaded is not None
+    assert loaded.user_id is None
+    assert loaded.remember is False
+
+
+async def test_load_of_missing_key_is_none(store: Store) -> None:
+    await store.save(make_record())
+
+    assert await store.load(store_key(new_session_id()), NOW) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x00",
+        b"a\x00b\x00",
+        b"\xff\xfe\xfd",
+        b"\xc3\x28\xa0\xa1",  # invalid UTF-8 sequences
+        bytes(range(256)),
+        os.urandom(64 * 1024),
+    ],
+    ids=["empty", "nul", "embedded-nul", "high-bytes", "invalid-utf8", "all-bytes", "64KiB"],
+)
+async def test_arbitrary_bytes_round_trip(store: Store, data: bytes) -> None:
+    record = make_record(data=data)
+    await store.save(record)
+
+    loaded = await store.load(record.key, NOW)
+
+    assert loaded is not None
+    assert type(loaded.data) is bytes
+    assert loaded.data == data
+
+
+async def test_save_overwrites_the_same_key(store: Store) -> None:
+    first = make_record(data=b"first", user_id="alice", version=1)
+    second = replace(first, data=b"second", last_seen_at=NOW, expires_at=NOW + 2 * HOUR, version=2)
+    await store.save(first)
+    await store.save(second)
+
+    assert await store.load(first.key, NOW) == second
+    assert await store.count(NOW) == 1
+    assert await store.list_user("alice", NOW) == [second]
+
+
+async def test_save_with_replaces_removes_the_old_key(store: Store) -> None:
+    old = make_record(user_id=None, data=b"anonymous")
+    await store.save(old)
+    new = make_record(user_id="alice", data=b"logged in", created_at=old.created_at)
+
+    await store.save(new, replaces=old.key)
+
+    assert await store.load(old.key, NOW) is None
+    assert await store.load(new.key, NOW) == new
+    assert await store.count(NOW) == 1
+    assert await store.list_user("alice", NOW) == [new]
+
+
+async def test_save_with_replaces_drops_the_old_key_from_its_user(store: Store) -> None:
+    old = make_record(user_id="alice")
+    await store.save(old)
+    new = make_record(user_id=None)
+
+    await store.save(new, replaces=old.key)
+
+    assert await store.list_user("alice", NOW) == []
+    assert await store.load(old.key, NOW) is None
+    assert await store.load(new.key, NOW) == new
+
+
+async def test_save_with_replaces_of_a_missing_key_still_saves(store: Store) -> None:
+    other = make_record()
+    await store.save(other)
+    new = make_record(user_id="alice")
+
+    await store.save(new, replaces=store_key(new_session_id()))
+
+    assert await store.load(new.key, NOW) == new
+    assert await store.load(other.key, NOW) == other
+    assert await store.count(NOW) == 2
+
+
+async def test_save_with_replaces_of_its_own_key_keeps_the_record(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+    updated = replace(record, data=b"updated", version=2)
+
+    await store.save(updated, replaces=record.key)
+
+    assert await store.load(record.key, NOW) == updated
+    assert await store.count(NOW) == 1
+
+
+# -- expiry ----------------------------------------------------------------------------
+
+
+async def test_expired_records_are_never_served_even_before_purge(store: Store) -> None:
+    # expires_at == now is already dead: the deadline is an instant, not a last second.
+    at_deadline = make_record(user_id="alice", expires_at=NOW, created_at=NOW - 30)
+    past_deadline = make_record(user_id="alice", expires_at=NOW - 1, created_at=NOW - 20)
+    anonymous_dead = make_record(user_id=None, expires_at=NOW - 0.001)
+    live = make_record(user_id="alice", expires_at=NOW + 0.001, created_at=NOW - 10)
+    for record in (at_deadline, past_deadline, anonymous_dead, live):
+        await store.save(record)
+
+    for dead in (at_deadline, past_deadline, anonymous_dead):
+        assert await store.load(dead.key, NOW) is None
+    assert await store.load(live.key, NOW) == live
+    assert await store.list_user("alice", NOW) == [live]
+    assert await store.count(NOW) == 1
+    # They were really stored, merely hidden: the purge finds exactly these three.
+    assert await store.purge_expired(NOW) == 3
+
+
+async def test_purge_expired_removes_only_expired_records(store: Store) -> None:
+    dead = [
+        make_record(expires_at=NOW),
+        make_record(expires_at=NOW - HOUR, user_id="alice"),
+        make_record(expires_at=NOW - 0.5, user_id="bob"),
+    ]
+    live = [
+        make_record(expires_at=NOW + 1, user_id="alice"),
+        make_record(expires_at=NOW + HOUR),
+    ]
+    for record in dead + live:
+        await store.save(record)
+
+    assert await store.purge_expired(NOW) == 3
+
+    assert await store.count(NOW) == 2
+    for record in live:
+        assert await store.load(record.key, NOW) == record
+    assert await store.list_user("alice", NOW) == [live[0]]
+    assert await store.list_user("bob", NOW) == []
+    # Nothing is left to purge, and a purge of an empty set is a clean zero.
+    assert await store.purge_expired(NOW) == 0
+    # Purging later catches the records that have expired since.
+    assert await store.purge_expired(NOW + 1) == 1
+    assert await store.count(NOW + 1) == 1
+
+
+async def test_count_counts_live_records_only(store: Store) -> None:
+    assert await store.count(NOW) == 0
+    records = [
+        make_record(),
+        make_record(),
+        make_record(user_id="alice"),
+        make_record(user_id="bob"),
+        make_record(expires_at=NOW - 1),
+        make_record(expires_at=NOW, user_id="alice"),
+    ]
+    for record in records:
+        await store.save(record)
+
+    assert await store.count(NOW) == 4
+    # The same store, asked about a later instant, sees everything expire.
+    assert await store.count(NOW + 2 * HOUR) == 0
+
+
+# -- delete ----------------------------------------------------------------------------
+
+
+async def test_delete_removes_the_record(store: Store) -> None:
+    record = make_record(user_id="alice")
+    keep = make_record(user_id="alice")
+    await store.save(record)
+    await store.save(keep)
+
+    await store.delete(record.key)
+
+    assert await store.load(record.key, NOW) is None
+    assert await store.list_user("alice", NOW) == [keep]
+    assert await store.count(NOW) == 1
+
+
+async def test_delete_of_a_missing_key_is_a_no_op(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+
+    await store.delete(store_key(new_session_id()))
+    await store.delete(record.key)
+    await store.delete(record.key)  # twice: still not an error
+
+    assert await store.load(record.key, NOW) is None
+    assert await store.count(NOW) == 0
+
+
+# -- users -----------------------------------------------------------------------------
+
+
+async def test_list_user_returns_live_sessions_oldest_first(store: Store) -> None:
+    newest = make_record(user_id="alice", created_at=NOW - 10)
+    oldest = make_record(user_id="alice", created_at=NOW - 1000)
+    middle = make_record(user_id="alice", created_at=NOW - 100)
+    expired = make_record(user_id="alice", created_at=NOW - 5000, expires_at=NOW - 1)
+    bobs = make_record(user_id="bob", created_at=NOW - 500)
+    anonymous = make_record(user_id=None, created_at=NOW - 50)
+    # Saved in an order that is neither creation order nor its reverse.
+    for record in (middle, expired, newest, bobs, anonymous, oldest):
+        await store.save(record)
+
+    assert await store.list_user("alice", NOW) == [oldest, middle, newest]
+    assert await store.list_user("bob", NOW) == [bobs]
+    assert await store.list_user("nobody", NOW) == []
+
+
+async def test_list_user_order_follows_creation_not_last_write(store: Store) -> None:
+    older = make_record(user_id="alice", created_at=NOW - 100)
+    younger = make_record(user_id="alice", created_at=NOW - 50)
+    await store.save(older)
+    await store.save(younger)
+    touched = replace(older, last_seen_at=NOW, version=2)
+
+    await store.save(touched)
+
+    assert keys(await store.list_user("alice", NOW)) == [older.key, younger.key]
+
+
+async def test_delete_user_removes_all_their_sessions(store: Store) -> None:
+    alices = [make_record(user_id="alice", created_at=NOW - i) for i in range(3)]
+    bobs = [make_record(user_id="bob", created_at=NOW - i) for i in range(2)]
+    anonymous = make_record(user_id=None)
+    for record in [*alices, *bobs, anonymous]:
+        await store.save(record)
+
+    assert await store.delete_user("alice") == 3
+
+    assert await store.list_user("alice", NOW) == []
+    for record in alices:
+        assert await store.load(record.key, NOW) is None
+    assert keys(await store.list_user("bob", NOW)) == [bobs[1].key, bobs[0].key]
+    assert await store.load(anonymous.key, NOW) == anonymous
+    assert await store.count(NOW) == 3
+    # A second call finds nothing left.
+    assert await store.delete_user("alice") == 0
+
+
+async def test_delete_user_can_keep_one_session(store: Store) -> None:
+    alices = [make_record(user_id="alice", created_at=NOW - 10 * i) for i in range(4)]
+    bob = make_record(user_id="bob")
+    for record in [*alices, bob]:
+        await store.save(record)
+
+    assert await store.delete_user("alice", keep=alices[2].key) == 3
+
+    assert await store.list_user("alice", NOW) == [alices[2]]
+    assert await store.load(alices[2].key, NOW) == alices[2]
+    assert await store.list_user("bob", NOW) == [bob]
+
+
+async def test_delete_user_keep_of_someone_elses_key_protects_nothing(store: Store) -> None:
+    alices = [make_record(user_id="alice") for _ in range(2)]
+    bob = make_record(user_id="bob")
+    for record in [*alices, bob]:
+        await store.save(record)
+
+    assert await store.delete_user("alice", keep=bob.key) == 2
+
+    assert await store.list_user("alice", NOW) == []
+    assert await store.load(bob.key, NOW) == bob
+
+
+async def test_delete_user_of_unknown_user_returns_zero(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+
+    assert await store.delete_user("mallory") == 0
+    assert await store.delete_user("mallory", keep=record.key) == 0
+    assert await store.load(record.key, NOW) == record
+
+
+async def test_resaving_with_another_user_moves_the_record(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+    as_bob = replace(record, user_id="bob", version=2)
+
+    await store.save(as_bob)
+
+    assert await store.list_user("alice", NOW) == []
+    assert await store.list_user("bob", NOW) == [as_bob]
+    # A stale index entry would make delete_user("alice") take Bob's session with it.
+    assert await store.delete_user("alice") == 0
+    assert await store.load(record.key, NOW) == as_bob
+
+
+async def test_resaving_as_anonymous_leaves_the_user_index(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+    logged_out = replace(record, user_id=None, version=2)
+
+    await store.save(logged_out)
+
+    assert await store.list_user("alice", NOW) == []
+    assert await store.delete_user("alice") == 0
+    assert await store.load(record.key, NOW) == logged_out
+    assert await store.count(NOW) == 1
+
+
+async def test_users_are_matched_exactly(store: Store) -> None:
+    records = {user: make_record(user_id=user) for user in ("alice", "Alice", "alice ", "", "al%")}
+    for record in records.values():
+        await store.save(record)
+
+    for user, record in records.items():
+        assert await store.list_user(user, NOW) == [record]
+    assert await store.list_user("al", NOW) == []
+    assert await store.delete_user("al%") == 1
+    assert await store.count(NOW) == 4
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+
+async def test_aclose_then_reuse_reopens_the_store(store: Store) -> None:
+    first = make_record(user_id="alice")
+    await store.save(first)
+
+    await store.aclose()
+    assert await store.load(first.key, NOW) == first
+    second = make_record(user_id="alice", created_at=first.created_at + 1)
+    await store.save(second)
+    assert await store.list_user("alice", NOW) == [first, second]
+
+    await store.aclose()
+    await store.aclose()  # closing twice is harmless
+    assert await store.count(NOW) == 2
+
+
+# -- a model-based property test -------------------------------------------------------
+
+SLOTS = 4
+USERS = ("alice", "bob")
+
+
+def slot_key(slot: int) -> str:
+    return hashlib.sha256(f"slot-{slot}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Save:
+    slot: int
+    user_id: str | None
+    expires_in: float
+    data: bytes
+    replaces: int | None
+
+
+@dataclass(frozen=True)
+class Delete:
+    slot: int
+
+
+@dataclass(frozen=True)
+class DeleteUser:
+    user_id: str
+    keep: int | None
+
+
+@dataclass(frozen=True)
+class Load:
+    slot: int
+
+
+@dataclass(frozen=True)
+class Check:
+    """Compare the whole visible state with the model."""
+
+
+slots = st.integers(0, SLOTS - 1)
+saves = st.builds(
+    Save,
+    slot=slots,
+    user_id=st.sampled_from((None, *USERS)),
+    # Mostly live, with the boundary (0.0: expires exactly now) and the dead mixed in.
+    expires_in=st.sampled_from((HOUR, 1.0, HOUR, 0.0, -1.0)),
+    data=st.binary(max_size=24),
+    replaces=st.none() | slots,
+)
+operations = st.lists(
+    st.one_of(
+        saves,
+        saves,  # listed twice: a store must fill up before deletes say much
+        st.builds(Delete, slot=slots),
+        st.builds(DeleteUser, user_id=st.sampled_from(USERS), keep=st.none() | slots),
+        st.builds(Load, slot=slots),
+        st.just(Check()),
+    ),
+    min_size=8,
+    max_size=40,
+)
+
+
+def live(record: SessionRecord) -> bool:
+    return record.expires_at > NOW
+
+
+async def check_state(store: Store, model: dict[str, SessionRecord]) -> None:
+    for slot in range(SLOTS):
+        expected = model.get(slot_key(slot))
+        assert await store.load(slot_key(slot), NOW) == (
+            expected if expected is not None and live(expected) else None
+        )
+    for user in USERS:
+        wanted = sorted(
+            (r for r in model.values() if r.user_id == user and live(r)),
+            key=lambda r: r.created_at,
+        )
+        assert await store.list_user(user, NOW) == wanted
+    assert await store.count(NOW) == sum(1 for r in model.values() if live(r))
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+@settings(
+    max_examples=50,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(ops=operations)
+async def test_store_behaves_like_a_dict(kind: str, ops: list[object]) -> None:
+    model: dict[str, SessionRecord] = {}
+    async with fresh_store(kind) as store:
+        for step, op in enumerate(ops):
+            if isinstance(op, Save):
+                record = SessionRecord(
+                    key=slot_key(op.slot),
+                    public_id=f"public-{step}",
+                    data=op.data,
+                    user_id=op.user_id,
+                    created_at=NOW - 1000 + step,  # distinct, so oldest-first is one order
+                    last_seen_at=NOW - 1,
+                    expires_at=NOW + op.expires_in,
+                    version=step + 1,
+                )
+                replaces = None if op.replaces is None else slot_key(op.replaces)
+                await store.save(record, replaces=replaces)
+                if replaces is not None:
+                    model.pop(replaces, None)
+                model[record.key] = record
+            elif isinstance(op, Delete):
+                await store.delete(slot_key(op.slot))
+                model.pop(slot_key(op.slot), None)
+            elif isinstance(op, DeleteUser):
+                keep = None if op.keep is None else slot_key(op.keep)
+                doomed = [k for k, r in model.items() if r.user_id == op.user_id and k != keep]
+                removed = await store.delete_user(op.user_id, keep=keep)
+                # Whether already-expired rows are counted is the backend's business.
+                live_doomed = sum(1 for k in doomed if live(model[k]))
+                assert live_doomed <= removed <= len(doomed)
+                for k in doomed:
+                    del model[k]
+            elif isinstance(op, Load):
+                expected = model.get(slot_key(op.slot))
+                assert await store.load(slot_key(op.slot), NOW) == (
+                    expected if expected is not None and live(expected) else None
+                )
+            else:
+                await check_state(store, model)
+        await check_state(store, model)

@@ -1,0 +1,156 @@
+"""The memory store is bounded: a flood of anonymous sessions cannot grow it forever."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from coatcheck.stores import MemoryStore, SessionRecord
+
+from .conftest import HOUR, NOW, make_record
+
+pytestmark = pytest.mark.anyio
+
+# The memory store takes ``now`` from the caller only, so looking at a moment long
+# before NOW shows whether a record is still held, expired or not.
+LONG_AGO = NOW - 100 * HOUR
+
+
+async def held(store: MemoryStore, record: SessionRecord) -> bool:
+    return await store.load(record.key, LONG_AGO) == record
+
+
+async def test_max_entries_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        MemoryStore(max_entries=0)
+
+
+async def test_full_store_drops_the_least_recently_written() -> None:
+    store = MemoryStore(max_entries=3)
+    first, second, third = (make_record() for _ in range(3))
+    for record in (first, second, third):
+        await store.save(record)
+
+    fourth = make_record()
+    await store.save(fourth)
+
+    assert not await held(store, first)
+    for record in (second, third, fourth):
+        assert await store.load(record.key, NOW) == record
+    assert await store.count(NOW) == 3
+
+
+async def test_rewriting_a_record_makes_it_recent() -> None:
+    store = MemoryStore(max_entries=3)
+    first, second, third = (make_record() for _ in range(3))
+    for record in (first, second, third):
+        await store.save(record)
+    refreshed = replace(first, last_seen_at=NOW, version=2)
+    await store.save(refreshed)  # at capacity, but the same key: nothing is evicted
+    assert await store.count(NOW) == 3
+
+    await store.save(make_record())
+
+    assert await store.load(first.key, NOW) == refreshed
+    assert not await held(store, second)
+    assert await store.load(third.key, NOW) == third
+
+
+async def test_full_store_drops_an_expired_record_first() -> None:
+    store = MemoryStore(max_entries=3)
+    oldest_live = make_record(created_at=NOW - 300)
+    expired = make_record(created_at=NOW - 200, expires_at=NOW - 1)
+    newest_live = make_record(created_at=NOW - 100)
+    for record in (oldest_live, expired, newest_live):
+        await store.save(record)
+
+    incoming = make_record(last_seen_at=NOW)
+    await store.save(incoming)
+
+    assert not await held(store, expired)
+    for record in (oldest_live, newest_live, incoming):
+        assert await store.load(record.key, NOW) == record
+
+
+async def test_expiry_for_eviction_is_judged_at_the_incoming_records_time() -> None:
+    store = MemoryStore(max_entries=2)
+    # Still live at NOW, but dead by the time the next request is seen.
+    soon_dead = make_record(expires_at=NOW + 5)
+    live = make_record(expires_at=NOW + HOUR)
+    await store.save(live)
+    await store.save(soon_dead)
+
+    later = make_record(last_seen_at=NOW + 10, expires_at=NOW + 2 * HOUR)
+    await store.save(later)
+
+    assert await store.load(live.key, NOW + 10) == live
+    assert await store.load(later.key, NOW + 10) == later
+    assert not await held(store, soon_dead)
+
+
+async def test_replacing_at_capacity_does_not_evict_a_bystander() -> None:
+    store = MemoryStore(max_entries=3)
+    old, bystander, other = (make_record() for _ in range(3))
+    for record in (old, bystander, other):
+        await store.save(record)
+
+    rotated = make_record(user_id="alice")
+    await store.save(rotated, replaces=old.key)
+
+    assert await store.load(old.key, NOW) is None
+    for record in (bystander, other, rotated):
+        assert await store.load(record.key, NOW) == record
+
+
+async def test_user_index_stays_consistent_after_eviction() -> None:
+    store = MemoryStore(max_entries=3)
+    alice_old = make_record(user_id="alice", created_at=NOW - 30)
+    alice_new = make_record(user_id="alice", created_at=NOW - 20)
+    bob_only = make_record(user_id="bob", created_at=NOW - 10)
+    for record in (alice_old, alice_new, bob_only):
+        await store.save(record)
+
+    await store.save(make_record())  # evicts alice_old
+    assert await store.list_user("alice", NOW) == [alice_new]
+    assert await store.delete_user("alice", keep=alice_new.key) == 0
+
+    await store.save(make_record())  # evicts alice_new
+    await store.save(make_record())  # evicts bob_only, Bob's last session
+    assert await store.list_user("alice", NOW) == []
+    assert await store.list_user("bob", NOW) == []
+    assert await store.delete_user("alice") == 0
+    assert await store.delete_user("bob") == 0
+    assert await store.count(NOW) == 3
+
+    # The evicted users can come back and are indexed afresh.
+    back = make_record(user_id="bob")
+    await store.save(back)
+    assert await store.list_user("bob", NOW) == [back]
+    assert await store.delete_user("bob") == 1
+
+
+async def test_a_flood_stays_within_max_entries() -> None:
+    store = MemoryStore(max_entries=50)
+    flood = [make_record() for _ in range(500)]
+    for record in flood:
+        await store.save(record)
+
+    assert await store.count(LONG_AGO) == 50
+    for record in flood[-50:]:
+        assert await held(store, record)
+    for record in flood[:-50]:
+        assert not await held(store, record)
+
+
+async def test_max_entries_one_keeps_only_the_latest() -> None:
+    store = MemoryStore(max_entries=1)
+    first = make_record(user_id="alice")
+    second = make_record(user_id="bob")
+    await store.save(first)
+    await store.save(second)
+
+    assert await store.load(first.key, NOW) is None
+    assert await store.load(second.key, NOW) == second
+    assert await store.list_user("alice", NOW) == []
+    assert await store.list_user("bob", NOW) == [second]

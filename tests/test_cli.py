@@ -1,0 +1,321 @@
+"""The ``coatcheck`` command, run in-process against a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from coatcheck import MemoryStore, SessionRecord
+from coatcheck.cli import app
+from coatcheck.demo.app import create_app, create_app_from_env
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+PHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) Safari/604.1"
+PASSWORDS = {"alice": "wonderland", "bob": "builder"}
+DEMO_ENV = ("COATCHECK_DEMO_STORE", "COATCHECK_DEMO_SECURE", "COATCHECK_DEMO_IDLE")
+DEMO_ENV += ("COATCHECK_DEMO_ABSOLUTE", "COATCHECK_STORE")
+
+
+@dataclass
+class Filled:
+    """A store holding three live sessions and one expired record."""
+
+    url: str
+    path: Path
+    public_ids: dict[str, list[str]] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)  # session IDs and their store keys
+
+
+async def _fill(url: str, filled: Filled) -> None:
+    demo = create_app(store_url=url)
+    for user, agent in (("alice", FIREFOX), ("alice", PHONE), ("bob", "curl/8.5.0")):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=demo),
+            base_url="http://demo.test",
+            headers={"user-agent": agent},
+        ) as client:
+            response = await client.post(
+                "/login", json={"username": user, "password": PASSWORDS[user]}
+            )
+            assert response.status_code == 200
+            session_id = client.cookies["session"]
+            me = (await client.get("/me")).json()
+        filled.public_ids.setdefault(user, []).append(me["session"]["id"])
+        filled.secrets += [session_id, hashlib.sha256(session_id.encode()).hexdigest()]
+    store = demo.state.store
+    past = time.time() - 3600
+    await store.save(
+        SessionRecord(
+            key="f" * 64,
+            public_id="expiredpublicid0",
+            data=b"{}",
+            user_id="alice",
+            created_at=past - 60,
+            last_seen_at=past - 60,
+            expires_at=past,
+        )
+    )
+    await store.aclose()
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Filled:
+    path = tmp_path / "sessions.db"
+    result = Filled(url=f"sqlite:///{path}", path=path)
+    asyncio.run(_fill(result.url, result))
+    return result
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for name in DEMO_ENV:  # restored after the test, whatever the command sets
+        monkeypatch.delenv(name, raising=False)
+    return CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"})
+
+
+def _assert_no_secrets(output: str, filled: Filled) -> None:
+    for secret in filled.secrets:
+        assert secret not in output
+    assert "f" * 64 not in output
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+
+def test_count_ignores_expired_sessions(runner: CliRunner, filled: Filled) -> None:
+    result = runner.invoke(app, ["sessions", "count", "--store", filled.url])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "3 live sessions"
+
+
+def test_store_can_come_from_the_environment(runner: CliRunner, filled: Filled) -> None:
+    result = runner.invoke(app, ["sessions", "count"], env={"COATCHECK_STORE": filled.url})
+    assert result.exit_code == 0, result.output
+    assert "3 live sessions" in result.stdout
+
+
+def test_purge_removes_only_expired_records(runner: CliRunner, filled: Filled) -> None:
+    first = runner.invoke(app, ["sessions", "purge", "--store", filled.url])
+    second = runner.invoke(app, ["sessions", "purge", "--store", filled.url])
+    count = runner.invoke(app, ["sessions", "count", "--store", filled.url])
+    assert first.exit_code == 0, first.output
+    assert first.stdout.strip() == "Purged 1 expired session."
+    assert second.stdout.strip() == "Purged 0 expired sessions."
+    assert count.stdout.strip() == "3 live sessions"
+
+
+def test_list_shows_public_ids_and_never_secrets(runner: CliRunner, filled: Filled) -> None:
+    result = runner.invoke(app, ["sessions", "list", "--store", filled.url, "--user", "alice"])
+    assert result.exit_code == 0, result.output
+    output = result.stdout
+    assert "Live sessions of alice" in output
+    for heading in ("Public ID", "Created", "Last seen", "Expires", "User agent"):
+        assert heading in output
+    for public_id in filled.public_ids["alice"]:
+        assert public_id in output
+    assert filled.public_ids["bob"][0] not in output
+    assert "expiredpublicid0" not in output
+    assert "Firefox/128.0" in output
+    assert "iPhone" in output
+    assert time.strftime("%Y-%m-%d", time.gmtime()) in output
+    _assert_no_secrets(output, filled)
+
+
+def test_list_for_a_user_without_sessions(runner: CliRunner, filled: Filled) -> None:
+    result = runner.invoke(app, ["sessions", "list", "--store", filled.url, "--user", "carol"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "No live sessions for carol."
+
+
+def test_revoke_one_session_by_public_id(runner: CliRunner, filled: Filled) -> None:
+    laptop, phone = filled.public_ids["alice"]
+    args = ["sessions", "revoke", "--store", filled.url, "--user", "alice", "--id", phone]
+    result = runner.invoke(app, args)
+    listing = runner.invoke(app, ["sessions", "list", "--store", filled.url, "--user", "alice"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "Revoked 1 session of alice."
+    assert phone not in listing.stdout
+    assert laptop in listing.stdout
+    _assert_no_secrets(result.output + listing.output, filled)
+
+
+def test_revoking_someone_elses_session_fails_cleanly(runner: CliRunner, filled: Filled) -> None:
+    bobs = filled.public_ids["bob"][0]
+    args = ["sessions", "revoke", "--store", filled.url, "--user", "alice", "--id", bobs]
+    result = runner.invoke(app, args)
+    count = runner.invoke(app, ["sessions", "count", "--store", filled.url])
+    assert result.exit_code == 1
+    assert "Error:" in result.stderr
+    assert "no live session" in result.stderr
+    assert "Traceback" not in result.output
+    assert count.stdout.strip() == "3 live sessions"
+
+
+def test_revoke_all_of_a_users_sessions(runner: CliRunner, filled: Filled) -> None:
+    result = runner.invoke(app, ["sessions", "revoke", "--store", filled.url, "--user", "alice"])
+    count = runner.invoke(app, ["sessions", "count", "--store", filled.url])
+    bob = runner.invoke(app, ["sessions", "list", "--store", filled.url, "--user", "bob"])
+    assert result.exit_code == 0, result.output
+    # Two live sessions and the expired record: all of alice's rows are gone.
+    assert result.stdout.strip() == "Revoked 3 sessions of alice."
+    assert count.stdout.strip() == "1 live session"
+    assert filled.public_ids["bob"][0] in bob.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://localhost", "sqlite://", "sqlite:///x.db?colour=blue", "memory://?max_entries=x"],
+)
+def test_bad_store_urls_are_usage_errors(runner: CliRunner, url: str) -> None:
+    result = runner.invoke(app, ["sessions", "count", "--store", url])
+    assert result.exit_code == 2
+    assert "--store" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_sqlite_file_is_not_created(runner: CliRunner, tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    result = runner.invoke(app, ["sessions", "count", "--store", f"sqlite:///{missing}"])
+    assert result.exit_code == 2
+    assert "no SQLite file" in result.output
+    assert not missing.exists()
+
+
+def test_a_file_that_is_not_a_database_fails_cleanly(runner: CliRunner, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    result = runner.invoke(app, ["sessions", "count", "--store", f"sqlite:///{junk}"])
+    assert result.exit_code == 1
+    assert "Error:" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_sessions_commands_need_a_store(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["sessions", "count"])
+    assert result.exit_code == 2
+    assert "--store" in result.output
+
+
+# -- demo -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def fake_run(*args: Any, **kwargs: Any) -> None:
+        calls.append((args, kwargs))
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    return calls
+
+
+def test_demo_help_lists_its_options(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["demo", "--help"])
+    assert result.exit_code == 0
+    for option in (
+        "--host",
+        "--port",
+        "--store",
+        "--workers",
+        "--secure-cookies",
+        "--idle-timeout",
+        "--absolute-timeout",
+    ):
+        assert option in result.output
+    assert "sqlite:///coatcheck-demo.db" in result.output
+
+
+def test_demo_starts_uvicorn_with_settings_in_the_environment(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    result = runner.invoke(app, ["demo", "--port", "8123", "--workers", "3"])
+    assert result.exit_code == 0, result.output
+    [(args, kwargs)] = uvicorn_calls
+    assert args == ("coatcheck.demo.app:create_app_from_env",)
+    assert kwargs["factory"] is True
+    assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("127.0.0.1", 8123, 3)
+    assert kwargs["log_level"] == "info"
+    assert "coatcheck" in kwargs["log_config"]["loggers"]
+    assert os.environ["COATCHECK_DEMO_STORE"] == "sqlite:///coatcheck-demo.db"
+    assert os.environ["COATCHECK_DEMO_SECURE"] == "0"
+    assert "http://127.0.0.1:8123/" in result.stdout
+    assert "sqlite:///coatcheck-demo.db" in result.stdout
+    assert "alice / wonderland" in result.stdout
+    assert "bob / builder" in result.stdout
+    assert "session (not Secure: plain HTTP, for local development only)" in result.stdout
+
+
+def test_demo_with_secure_cookies_and_a_long_idle_timeout(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    args = ["demo", "--secure-cookies", "--idle-timeout", "86400", "--store", "memory://"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(uvicorn_calls) == 1
+    assert "not Secure" not in result.output
+    assert "__Host-session (Secure" in result.stdout
+    assert "86400s idle, 86400s after login" in result.stdout  # absolute raised to match
+    assert os.environ["COATCHECK_DEMO_SECURE"] == "1"
+    assert os.environ["COATCHECK_DEMO_IDLE"] == "86400"
+    assert os.environ["COATCHECK_DEMO_STORE"] == "memory://"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--idle-timeout", "0"], "--idle-timeout"),
+        (["--absolute-timeout", "-5"], "--absolute-timeout"),
+        (["--idle-timeout", "3600", "--absolute-timeout", "60"], "exceeds"),
+        (["--store", "redis://localhost"], "unsupported store URL"),
+        (["--store", "memory://", "--workers", "2"], "one process"),
+        (["--port", "0"], "--port"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
+def test_demo_rejects_bad_values_without_a_traceback(
+    runner: CliRunner,
+    uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    args: list[str],
+    message: str,
+) -> None:
+    result = runner.invoke(app, ["demo", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert uvicorn_calls == []
+
+
+def test_demo_settings_reach_the_app(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    result = runner.invoke(app, ["demo", "--store", "memory://", "--absolute-timeout", "600"])
+    assert result.exit_code == 0, result.output
+    assert "600s idle, 600s after login" in result.stdout  # idle lowered to match
+    demo = create_app_from_env()
+    assert demo.state.cookie_name == "session"
+    assert isinstance(demo.state.store, MemoryStore)
+
+
+def test_python_dash_m_runs_the_same_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "coatcheck", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "coatcheck 0.1.0"
