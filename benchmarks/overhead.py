@@ -2,14 +2,15 @@
 
 Every variant is a real ASGI app called directly (``await app(scope, receive, send)``)
 on one event loop: no sockets, no HTTP parsing, no test client. Variants run in
-interleaved rounds (each round times every variant once, in a shuffled order), so
-slow drift of the machine hits them all alike. The reported cost is the median
-over rounds; each ratio is the median over rounds of variant / baseline, where the
-baseline is a bare endpoint measured in the same round.
+interleaved rounds: each round times every variant once, cut into a few slices that
+each visit all variants in a fresh random order, so drift and bursts of load on the
+machine hit variants and baselines alike. The reported cost is the median over
+rounds; each ratio is the median over rounds of variant / baseline, the baseline
+being a bare endpoint timed in the same round.
 
-    python benchmarks/overhead.py                      # defaults: about 1-2 minutes
-    python benchmarks/overhead.py --rounds 10 --requests 500   # quick look
-    python benchmarks/overhead.py --json results.json
+    python benchmarks/overhead.py                              # about 1.5-2 minutes
+    python benchmarks/overhead.py --rounds 10 --requests 500   # a quick look
+    python benchmarks/overhead.py --clock cpu --json results.json
 
 See benchmarks/README.md for what each variant means.
 """

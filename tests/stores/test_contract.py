@@ -157,6 +157,51 @@ async def test_save_with_replaces_of_its_own_key_keeps_the_record(store: Store) 
     assert await store.count(NOW) == 1
 
 
+# -- conditional saves: an ended session stays ended ----------------------------------
+
+
+async def test_existing_save_updates_a_live_record(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+    updated = replace(record, data=b"updated", version=2)
+    assert await store.save(updated, existing=True) is True
+    assert await store.load(record.key, NOW) == updated
+
+
+async def test_existing_save_of_a_deleted_record_writes_nothing(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+    await store.delete(record.key)
+    assert await store.save(replace(record, version=2), existing=True) is False
+    assert await store.load(record.key, NOW) is None
+    assert await store.list_user("alice", NOW) == []
+
+
+async def test_existing_save_of_an_expired_record_writes_nothing(store: Store) -> None:
+    record = make_record(expires_at=NOW - 1)
+    await store.save(record)
+    later = replace(record, last_seen_at=NOW, expires_at=NOW + HOUR, version=2)
+    assert await store.save(later, existing=True) is False
+    assert await store.load(record.key, NOW) is None
+
+
+async def test_existing_rotation_needs_the_old_record(store: Store) -> None:
+    old = make_record(user_id="alice")
+    await store.save(old)
+    new = make_record(user_id="alice")
+    await store.delete_user("alice")
+    assert await store.save(new, replaces=old.key, existing=True) is False
+    assert await store.load(new.key, NOW) is None
+    await store.save(old)
+    assert await store.save(new, replaces=old.key, existing=True) is True
+    assert await store.load(old.key, NOW) is None
+    assert keys(await store.list_user("alice", NOW)) == [new.key]
+
+
+async def test_unconditional_save_reports_success(store: Store) -> None:
+    assert await store.save(make_record()) is True
+
+
 # -- expiry ----------------------------------------------------------------------------
 
 

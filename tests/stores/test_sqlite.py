@@ -146,14 +146,11 @@ async def test_custom_table_is_used_and_kept_apart(db_path: Path) -> None:
 # -- locks and the busy timeout ---------------------------------------------------------
 
 
-async def save_under_a_held_lock(
-    store: SQLiteStore, db_path: Path, begin: str, *, replaces: str | None = None
-) -> tuple[BaseException, float, int]:
-    """Hold the write lock from another connection while ``store`` tries to save.
-
-    Returns the error, how long the save took, and how often a ticker task on the
-    same event loop ticked meanwhile.
-    """
+async def unavailable_save(
+    store: SQLiteStore, *, replaces: str | None = None
+) -> tuple[StoreUnavailableError, float, int]:
+    """A save that must fail as unavailable: the error, how long it took, and how often
+    a ticker task on the same event loop ticked meanwhile."""
     ticks = 0
 
     async def ticker() -> None:
@@ -162,19 +159,26 @@ async def save_under_a_held_lock(
             await anyio.sleep(0.01)
             ticks += 1
 
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ticker)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError) as caught:
+            await store.save(make_record(), replaces=replaces)
+        elapsed = time.monotonic() - started
+        tasks.cancel_scope.cancel()
+    return caught.value, elapsed, ticks
+
+
+async def save_under_a_held_lock(
+    store: SQLiteStore, db_path: Path, begin: str, *, replaces: str | None = None
+) -> tuple[StoreUnavailableError, float, int]:
+    """``unavailable_save`` while another connection holds the write lock."""
     with connect(db_path) as other:
         other.execute(f"BEGIN {begin}")
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(ticker)
-                started = time.monotonic()
-                with pytest.raises(StoreUnavailableError) as caught:
-                    await store.save(make_record(), replaces=replaces)
-                elapsed = time.monotonic() - started
-                tasks.cancel_scope.cancel()
+            return await unavailable_save(store, replaces=replaces)
         finally:
             other.execute("ROLLBACK")
-    return caught.value, elapsed, ticks
 
 
 @pytest.mark.parametrize("begin", ["IMMEDIATE", "EXCLUSIVE"])
@@ -195,7 +199,7 @@ async def test_held_write_lock_gives_unavailable_after_busy_timeout(
         assert 0.15 <= elapsed < 1.5, elapsed
         # ... off the event loop: the ticker kept running while the save waited.
         assert ticks >= 5, ticks
-        assert error.retry_after == 7  # type: ignore[attr-defined]
+        assert error.retry_after == 7
         assert isinstance(error.__cause__, sqlite3.OperationalError)
 
         # The lock is gone: writes work again and the failed one left no trace.
@@ -285,6 +289,22 @@ async def test_first_use_waits_for_a_peer_that_holds_the_lock_in_rollback_mode(
         peer.close()
     with connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_first_use_gives_up_on_a_peer_that_never_lets_go(db_path: Path) -> None:
+    store = SQLiteStore(db_path, busy_timeout=0.2)
+    with connect(db_path) as peer:
+        peer.execute("BEGIN IMMEDIATE")
+        peer.execute("CREATE TABLE peer_was_here (x)")
+        try:
+            _, elapsed, ticks = await unavailable_save(store)
+        finally:
+            peer.execute("ROLLBACK")
+            await store.aclose()
+    # It waits about busy_timeout, like any writer: not failing at once, and the retries
+    # of the WAL switch and the schema are bounded by it too.
+    assert 0.15 <= elapsed < 1.5, elapsed
+    assert ticks >= 5, ticks
 
 
 # -- purging ---------------------------------------------------------------------------
@@ -386,11 +406,13 @@ asyncio.run(main())
 """
 
 
-def test_two_processes_write_one_file_concurrently(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fresh", [True, False], ids=["new-file", "existing-file"])
+def test_two_processes_write_one_file_concurrently(tmp_path: Path, fresh: bool) -> None:
     db_path = tmp_path / "shared.db"
-    # The schema exists, as after the first deploy. (Two workers creating a brand-new
-    # file at once is covered deterministically by the rollback-mode peer test above.)
-    anyio.run(create_schema, db_path)
+    if not fresh:
+        anyio.run(create_schema, db_path)
+    # else both processes also race to switch the new file to WAL and create the schema
+    # (the rollback-mode peer tests above pin that race down deterministically).
     go = tmp_path / "go"
     with ExitStack() as stack:
         writers = []

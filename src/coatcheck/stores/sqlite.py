@@ -65,7 +65,7 @@ class SQLiteStore:
             raise ValueError(f"busy_timeout must be between 0 and 3600 seconds, got {busy_timeout}")
         if str(path) in ("", ":memory:"):
             raise ValueError("SQLiteStore needs a file: use MemoryStore for in-memory sessions")
-        self.path = Path(path)
+        self.path = Path(path).resolve()  # a later chdir must not move the sessions
         self.busy_timeout = busy_timeout
         self.table = table
         self._sql_table = f'"{table}"'  # quoted, so reserved words such as "order" work
@@ -125,7 +125,12 @@ class SQLiteStore:
                         db.execute(delete, (previous,))
                     db.execute(insert, values)
             if purge:
-                self._purge_batch(db, record.last_seen_at)
+                try:
+                    self._purge_batch(db, record.last_seen_at)
+                except sqlite3.OperationalError as exc:
+                    # The record is saved; the purge is housekeeping and waits for next time.
+                    if not _is_transient(exc):
+                        raise
             return True
 
         return await self._run(write)
