@@ -38,8 +38,7 @@ class Persistence:
 
     async def load(self, session: Session) -> None:
         now = self.now()
-        scope = session._scope
-        session_id = read_cookie(scope.get("headers", ()), self._cookie_name)
+        session_id = read_cookie(session._headers, self._cookie_name)
         session._cookie_sent = session_id is not None
         record = None
         if session_id is not None and is_well_formed(session_id):
@@ -112,7 +111,7 @@ class Persistence:
             last_seen_at=now,
             expires_at=expires_at,
             remember=session._remember,
-            user_agent=_user_agent(session._scope.get("headers", ())),
+            user_agent=_user_agent(session._headers),
             version=1 if stored is None or rotated else stored.version + 1,
         )
         if stored is None:

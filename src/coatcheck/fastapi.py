@@ -60,7 +60,7 @@ class SessionCookie(SecurityBase):
 session_cookie = SessionCookie()
 
 
-async def get_session(request: Request, _: Annotated[None, Security(session_cookie)]) -> Session:
+async def get_session(request: Request) -> Session:
     """The request's session, loaded from the store on first use."""
     session = request.scope.get("session")
     if not isinstance(session, Session):
@@ -71,12 +71,17 @@ async def get_session(request: Request, _: Annotated[None, Security(session_cook
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def current_user(session: SessionDep) -> str | None:
+# The cookie scheme rides on the user dependencies, the routes whose access it governs,
+# rather than on every session read, where resolving it would cost a dependency each time.
+_Cookie = Annotated[None, Security(session_cookie)]
+
+
+async def current_user(session: SessionDep, _: _Cookie) -> str | None:
     """The logged-in user's id, or ``None`` for an anonymous visitor."""
     return session.user_id
 
 
-async def require_user(session: SessionDep) -> str:
+async def require_user(session: SessionDep, _: _Cookie) -> str:
     """The logged-in user's id; anyone else gets a 401 with a JSON ``detail``."""
     if session.user_id is None:
         raise HTTPException(status_code=401, detail="Not authenticated")

@@ -52,6 +52,7 @@ class Session(MutableMapping[str, Any]):
         "_data",
         "_expires_at",
         "_exposed",
+        "_headers",
         "_id",
         "_last_seen_at",
         "_loaded",
@@ -61,14 +62,15 @@ class Session(MutableMapping[str, Any]):
         "_public_id",
         "_raw",
         "_remember",
-        "_scope",
         "_stored",
         "_user_id",
     )
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
         self._persistence = persistence
-        self._scope = scope
+        # Only the headers: a reference to the scope would make a cycle (scope["session"])
+        # that only the garbage collector can free, on every request.
+        self._headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
         self._loaded = False
         self._data: dict[str, Any] = {}
         self._raw: bytes | None = None
