@@ -39,7 +39,6 @@ class Persistence:
     async def load(self, session: Session) -> None:
         now = self.now()
         session_id = read_cookie(session._headers, self._cookie_name)
-        session._cookie_sent = session_id is not None
         record = None
         if session_id is not None and is_well_formed(session_id):
             key = store_key(session_id)
@@ -55,10 +54,14 @@ class Persistence:
                     "undecodable data in session %s; starting an empty session", record.public_id
                 )
                 record = None
-        session._adopt(session_id if record is not None else None, record, data)
-        if record is None:
-            session._created_at = session._last_seen_at = now
-            session._expires_at = now + self.config.normal.idle
+        session._adopt(
+            session_id,
+            record,
+            data,
+            now=now,
+            idle=self.config.normal.idle,
+            cookie_sent=session_id is not None,
+        )
 
     def _alive(self, record: SessionRecord, now: float) -> bool:
         lifetime = self.config.lifetime(record.remember)

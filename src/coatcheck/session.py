@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ._ids import new_public_id, new_session_id, store_key
+from ._ids import new_public_id, new_session_id
 from .exceptions import SessionNotLoadedError
 
 if TYPE_CHECKING:
@@ -65,27 +65,32 @@ class Session(MutableMapping[str, Any]):
         "_stored",
         "_user_id",
     )
+    _persistence: Persistence
+    _headers: list[tuple[bytes, bytes]]
+    _loaded: bool
+    _data: dict[str, Any]
+    _raw: bytes | None
+    _stored: SessionRecord | None
+    _id: str | None
+    _public_id: str
+    _user_id: str | None
+    _remember: bool
+    _created_at: float
+    _last_seen_at: float
+    _expires_at: float
+    _modified: bool
+    _exposed: bool
+    _meta_changed: bool
+    _cookie_sent: bool
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
         self._persistence = persistence
         # Only the headers: a reference to the scope would make a cycle (scope["session"])
         # that only the garbage collector can free, on every request.
-        self._headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        self._headers = scope.get("headers", [])
+        # Everything else is set by _adopt() when the session loads: a request that never
+        # touches its session pays for three attributes, not seventeen.
         self._loaded = False
-        self._data: dict[str, Any] = {}
-        self._raw: bytes | None = None
-        self._stored: SessionRecord | None = None
-        self._id: str | None = None
-        self._public_id = ""
-        self._user_id: str | None = None
-        self._remember = False
-        self._created_at = 0.0
-        self._last_seen_at = 0.0
-        self._expires_at = 0.0
-        self._modified = False
-        self._exposed = False
-        self._meta_changed = False
-        self._cookie_sent = False
 
     # -- loading ------------------------------------------------------------------------
 
@@ -292,21 +297,33 @@ class Session(MutableMapping[str, Any]):
     # -- for the persistence layer ------------------------------------------------------
 
     def _adopt(
-        self, session_id: str | None, record: SessionRecord | None, data: dict[str, Any]
+        self,
+        session_id: str | None,
+        record: SessionRecord | None,
+        data: dict[str, Any],
+        *,
+        now: float,
+        idle: int,
+        cookie_sent: bool,
     ) -> None:
-        self._loaded = True
         self._data = data
-        if record is None:
-            return
-        self._id = session_id
         self._stored = record
-        self._raw = record.data
-        self._public_id = record.public_id
-        self._user_id = record.user_id
-        self._remember = record.remember
-        self._created_at = record.created_at
-        self._last_seen_at = record.last_seen_at
-        self._expires_at = record.expires_at
-
-    def _current_key(self) -> str | None:
-        return None if self._id is None else store_key(self._id)
+        self._id = session_id if record is not None else None
+        self._cookie_sent = cookie_sent
+        self._modified = self._exposed = self._meta_changed = False
+        if record is None:
+            self._raw = None
+            self._public_id = ""
+            self._user_id = None
+            self._remember = False
+            self._created_at = self._last_seen_at = now
+            self._expires_at = now + idle
+        else:
+            self._raw = record.data
+            self._public_id = record.public_id
+            self._user_id = record.user_id
+            self._remember = record.remember
+            self._created_at = record.created_at
+            self._last_seen_at = record.last_seen_at
+            self._expires_at = record.expires_at
+        self._loaded = True

@@ -529,3 +529,66 @@ async def test_table_name_sqlite_cannot_use_is_rejected_or_works(db_path: Path, 
 def test_in_memory_database_is_refused(path: str) -> None:
     with pytest.raises(ValueError, match="MemoryStore"):
         SQLiteStore(path)
+
+
+# -- inline reads ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_loads_read_on_the_loop_thread_only_when_asked(db_path: Path, inline: bool) -> None:
+    store = SQLiteStore(db_path, inline_reads=inline)
+    try:
+        record = make_record()
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+        assert (store._reader is not None) is inline
+    finally:
+        await store.aclose()
+
+
+async def test_an_inline_read_that_fails_falls_back_to_the_pool(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    try:
+        record = make_record()
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+        assert store._reader is not None
+        store._reader.close()  # any sqlite3 error on the fast path sends the read to the pool
+        assert await store.load(record.key, NOW) == record
+    finally:
+        await store.aclose()
+
+
+async def test_inline_reads_see_writes_of_other_processes(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    try:
+        first = make_record()
+        await store.save(first)
+        assert await store.load(first.key, NOW) == first
+        second = make_record()
+        other = SQLiteStore(db_path, inline_reads=False)
+        try:
+            await other.save(second)
+            await other.delete(first.key)
+        finally:
+            await other.aclose()
+        assert await store.load(second.key, NOW) == second
+        assert await store.load(first.key, NOW) is None
+    finally:
+        await store.aclose()
+
+
+async def test_inline_reads_do_not_wait_behind_a_writer(db_path: Path) -> None:
+    store = SQLiteStore(db_path, busy_timeout=2)
+    try:
+        record = make_record()
+        await store.save(record)
+        with connect(db_path) as writer:
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute(f"DELETE FROM {TABLE}")
+            started = time.perf_counter()
+            assert await store.load(record.key, NOW) == record  # WAL: the old snapshot
+            assert time.perf_counter() - started < 0.5
+            writer.execute("ROLLBACK")
+    finally:
+        await store.aclose()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..exceptions import StoreError, StoreUnavailableError
 from .base import SessionRecord
@@ -46,6 +46,14 @@ class SQLiteStore:
 
     Expired rows are never served; they are removed in batches by
     :meth:`purge_expired`, which also runs by itself every ``purge_every`` saves.
+
+    With ``inline_reads`` (the default) a session load is a primary-key lookup made on
+    the event loop's thread by a connection that never waits for a lock (busy timeout
+    0): in WAL mode readers are not blocked by writers, so the lookup costs a few
+    microseconds, far less than the hand-off to a worker thread. Whenever SQLite
+    reports contention the load is retried on the thread pool, where waiting is
+    harmless. Turn it off for a database on a network filesystem, where even a read
+    can stall.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class SQLiteStore:
         purge_every: int = 1000,
         purge_batch: int = 500,
         retry_after: int | None = None,
+        inline_reads: bool = True,
     ) -> None:
         if not _IDENTIFIER.fullmatch(table) or table.lower().startswith("sqlite_"):
             raise ValueError(f"table name {table!r} is not a plain SQL identifier")
@@ -78,12 +87,17 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._saves = 0
+        self.inline_reads = inline_reads
+        self._reader: sqlite3.Connection | None = None
+        self._ready = False  # the file is in WAL mode and has the table
 
     # -- the store contract -------------------------------------------------------------
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
         sql = f"SELECT {_COLUMNS} FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
-        rows = await self._run(lambda db: db.execute(sql, (key, now)).fetchall())
+        rows = self._read_inline(sql, (key, now)) if self.inline_reads and self._ready else None
+        if rows is None:
+            rows = await self._run(lambda db: db.execute(sql, (key, now)).fetchall())
         return _record(rows[0]) if rows else None
 
     async def save(
@@ -166,6 +180,9 @@ class SQLiteStore:
         return int(rows[0][0])
 
     async def aclose(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
@@ -176,6 +193,20 @@ class SQLiteStore:
         self._local = threading.local()
 
     # -- mechanics ----------------------------------------------------------------------
+
+    def _read_inline(self, sql: str, parameters: tuple[object, ...]) -> list[Any] | None:
+        """Run a point read on this thread, or return None to send it to the pool."""
+        try:
+            if self._reader is None:
+                reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                reader.execute("PRAGMA busy_timeout = 0")
+                reader.execute("PRAGMA query_only = 1")
+                self._reader = reader
+            # fetchall() ends the read transaction at once, so checkpoints are never held up.
+            return self._reader.execute(sql, parameters).fetchall()
+        except sqlite3.Error:
+            # Busy, locked or anything odd: the pool path waits properly and reports errors.
+            return None
 
     def _create_schema(self, db: sqlite3.Connection) -> None:
         db.execute(
@@ -259,6 +290,7 @@ class SQLiteStore:
         # NORMAL is durable across process crashes in WAL mode; only power loss can
         # roll back the last commits, which for sessions means a re-login.
         db.execute("PRAGMA synchronous = NORMAL")
+        self._ready = True
 
 
 @contextmanager
