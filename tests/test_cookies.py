@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from coatcheck._cookies import CookieWriter, read_cookie
+from coatcheck._cookies import CookieWriter, cookie_needle, read_cookie
 from coatcheck.config import CookieConfig
 
 SID = "A" * 43
+NEEDLE = cookie_needle("session")
 
 
 def headers(*values: bytes) -> list[tuple[bytes, bytes]]:
@@ -11,31 +12,31 @@ def headers(*values: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def test_reads_the_named_cookie_among_others() -> None:
-    assert read_cookie(headers(b"a=1; session=" + SID.encode() + b"; b=2"), "session") == SID
+    assert read_cookie(headers(b"a=1; session=" + SID.encode() + b"; b=2"), NEEDLE) == SID
 
 
 def test_name_is_case_sensitive_and_exact() -> None:
     for raw in (b"Session=x", b"sessionx=x", b"xsession=x", b"session =x"):
-        assert read_cookie(headers(raw), "session") is None, raw
+        assert read_cookie(headers(raw), NEEDLE) is None, raw
 
 
 def test_conflicting_duplicates_mean_none_in_any_order() -> None:
-    assert read_cookie(headers(b"session=a; session=b"), "session") is None
-    assert read_cookie(headers(b"session=b", b"session=a"), "session") is None
-    assert read_cookie(headers(b"session=a; session=a"), "session") == "a"
+    assert read_cookie(headers(b"session=a; session=b"), NEEDLE) is None
+    assert read_cookie(headers(b"session=b", b"session=a"), NEEDLE) is None
+    assert read_cookie(headers(b"session=a; session=a"), NEEDLE) == "a"
 
 
 def test_cookies_split_over_several_headers() -> None:
-    assert read_cookie(headers(b"a=1", b"session=z"), "session") == "z"
+    assert read_cookie(headers(b"a=1", b"session=z"), NEEDLE) == "z"
 
 
 def test_non_ascii_and_oversized_headers_are_ignored() -> None:
-    assert read_cookie(headers("session=é".encode()), "session") is None
-    assert read_cookie(headers(b"session=a; pad=" + b"x" * 20_000), "session") is None
+    assert read_cookie(headers("session=é".encode()), NEEDLE) is None
+    assert read_cookie(headers(b"session=a; pad=" + b"x" * 20_000), NEEDLE) is None
 
 
 def test_other_headers_are_not_cookies() -> None:
-    assert read_cookie([(b"x-session", b"session=a")], "session") is None
+    assert read_cookie([(b"x-session", b"session=a")], NEEDLE) is None
 
 
 def test_writer_builds_set_and_clear_headers() -> None:

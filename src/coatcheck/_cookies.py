@@ -9,14 +9,18 @@ _EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
 _MAX_COOKIE_HEADER = 16_384  # beyond this the header is junk, not a browser's cookies
 
 
-def read_cookie(headers: Headers, name: str) -> str | None:
-    """Return the one value sent for ``name``, or ``None``.
+def cookie_needle(name: str) -> bytes:
+    """What :func:`read_cookie` looks for, computed once per app rather than per request."""
+    return name.encode("latin-1") + b"="
+
+
+def read_cookie(headers: Headers, needle: bytes) -> str | None:
+    """Return the one value sent for the cookie ``needle`` names, or ``None``.
 
     The name must match exactly (case-sensitive). Two different values for it
     (cookie tossing from a sibling host or a longer path) mean no value at all,
     whatever their order. Non-ASCII or oversized headers are treated as absent.
     """
-    needle = name.encode("latin-1") + b"="
     found: bytes | None = None
     for key, raw in headers:
         if key != b"cookie" or needle not in raw:

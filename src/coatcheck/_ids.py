@@ -32,4 +32,5 @@ def is_well_formed(value: str) -> bool:
 
 
 def same_key(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    """Constant-time equality of two store keys (hex strings, so ASCII)."""
+    return hmac.compare_digest(a, b)

@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from ._asgi import Headers
-from ._cookies import CookieWriter, read_cookie
+from ._cookies import CookieWriter, cookie_needle, read_cookie
 from ._ids import is_well_formed, new_public_id, new_session_id, same_key, store_key
 from .config import SessionConfig
 from .exceptions import SessionEndedError
@@ -32,13 +32,13 @@ class Persistence:
         self.config = config
         self.now = config.clock
         self.serializer: Serializer = serializer or JSONSerializer()
-        self._cookie_name = config.cookie.name
+        self._cookie_needle = cookie_needle(config.cookie.name)
         self._cookies = CookieWriter(config.cookie)
         self.clear_cookie = self._cookies.clear()
 
     async def load(self, session: Session) -> None:
         now = self.now()
-        session_id = read_cookie(session._headers, self._cookie_name)
+        session_id = read_cookie(session._headers, self._cookie_needle)
         record = None
         if session_id is not None and is_well_formed(session_id):
             key = store_key(session_id)
@@ -90,7 +90,7 @@ class Persistence:
             session._id = new_session_id()
         if not session._public_id:
             session._public_id = new_public_id()
-        key = store_key(session._id)
+        key = session._key or store_key(session._id)
         rotated = key != old_key
         data = session._raw
         if data is None or session._modified or session._exposed:
@@ -128,6 +128,7 @@ class Persistence:
                 raise SessionEndedError("the session was ended by another request")
             return [(b"set-cookie", self.clear_cookie), _NO_STORE]
         session._stored = record
+        session._key = key
         session._raw = data
         session._modified = session._meta_changed = False
         session._last_seen_at = now

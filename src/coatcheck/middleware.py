@@ -130,12 +130,16 @@ class SessionMiddleware:
 
 
 def _merge_headers(message: Message, extra: Headers) -> None:
+    """Add the session's headers, and ``Vary: Cookie`` since the response read it."""
     headers: Headers = list(message.get("headers", ()))
-    for name, value in extra:
-        if name == b"cache-control":
+    if extra:
+        if any(name == b"cache-control" for name, _ in extra):
             headers = [pair for pair in headers if pair[0].lower() != b"cache-control"]
-        headers.append((name, value))
-    if not any(name.lower() == b"vary" and b"cookie" in value.lower() for name, value in headers):
+        headers.extend(extra)
+    for name, value in headers:
+        if name.lower() == b"vary" and b"cookie" in value.lower():
+            break
+    else:
         headers.append((b"vary", b"Cookie"))
     message["headers"] = headers
 

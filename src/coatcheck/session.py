@@ -54,6 +54,7 @@ class Session(MutableMapping[str, Any]):
         "_exposed",
         "_headers",
         "_id",
+        "_key",
         "_last_seen_at",
         "_loaded",
         "_meta_changed",
@@ -72,6 +73,7 @@ class Session(MutableMapping[str, Any]):
     _raw: bytes | None
     _stored: SessionRecord | None
     _id: str | None
+    _key: str | None  # store key of _id, kept so it is hashed once per request
     _public_id: str
     _user_id: str | None
     _remember: bool
@@ -164,6 +166,7 @@ class Session(MutableMapping[str, Any]):
         """
         self._require_loaded()
         self._id = new_session_id()
+        self._key = None
         if not self._public_id:
             self._public_id = new_public_id()
 
@@ -198,6 +201,7 @@ class Session(MutableMapping[str, Any]):
         self._user_id = None
         self._remember = False
         self._id = None
+        self._key = None
         self._public_id = ""
 
     # -- metadata -----------------------------------------------------------------------
@@ -309,6 +313,7 @@ class Session(MutableMapping[str, Any]):
         self._data = data
         self._stored = record
         self._id = session_id if record is not None else None
+        self._key = record.key if record is not None else None
         self._cookie_sent = cookie_sent
         self._modified = self._exposed = self._meta_changed = False
         if record is None:
