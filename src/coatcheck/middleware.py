@@ -8,7 +8,7 @@ cookie and any store failure can still shape the response.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from ._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
 from ._openapi import cookie_name_var
@@ -46,7 +46,7 @@ class SessionMiddleware:
         self.store = store
         self.config = config or SessionConfig()
         self._persistence = Persistence(store, self.config, serializer)
-        self._eager: Sequence[str] = self.config.eager_paths
+        self._eager = tuple(self.config.eager_paths)
         self._cookie_name = self.config.cookie.name
         self._unavailable = unavailable or _unavailable_response
 
@@ -92,7 +92,10 @@ class SessionMiddleware:
             await self.app(scope, receive, send_wrapper)
             if kind == "websocket" and started and session._loaded:
                 # Changes made after the handshake are still stored; the cookie cannot move.
-                await self._persistence.commit(session, 200)
+                try:
+                    await self._persistence.commit(session, 200)
+                except SessionEndedError:
+                    logger.info("websocket session ended elsewhere; its late changes are dropped")
         except StoreUnavailableError as exc:
             if started:
                 raise
