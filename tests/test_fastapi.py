@@ -73,6 +73,8 @@ async def test_dependency_without_middleware_says_what_is_missing() -> None:
     async def index(session: SessionDep) -> dict[str, str]:
         return {}
 
+    async with client_for(make_app()) as other:  # a session of another app, just before
+        assert (await other.get("/whoami")).status_code == 200
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
     async with httpx.AsyncClient(transport=transport, base_url="https://t") as client:
         with pytest.raises(RuntimeError, match="SessionMiddleware is not installed"):

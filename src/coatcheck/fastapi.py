@@ -13,13 +13,13 @@ from typing import Annotated
 from .exceptions import MissingDependencyError
 
 try:
-    from fastapi import Depends, HTTPException, Request, Security
+    from fastapi import Depends, HTTPException, Security
     from fastapi.openapi.models import APIKey
     from fastapi.security.base import SecurityBase
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("fastapi", "fastapi") from exc
 
-from ._openapi import cookie_name_var
+from ._context import current_cookie_name, current_session
 from .session import Session
 
 __all__ = [
@@ -48,7 +48,7 @@ class SessionCookie(SecurityBase):
             {
                 "type": "apiKey",
                 "in": "cookie",
-                "name": cookie_name_var.get(),
+                "name": current_cookie_name(),
                 "description": "Opaque session ticket set by coatcheck at login (HttpOnly).",
             }
         )
@@ -60,10 +60,10 @@ class SessionCookie(SecurityBase):
 session_cookie = SessionCookie()
 
 
-async def get_session(request: Request) -> Session:
+async def get_session() -> Session:
     """The request's session, loaded from the store on first use."""
-    session = request.scope.get("session")
-    if not isinstance(session, Session):
+    session = current_session.get()
+    if session is None:
         raise RuntimeError("coatcheck.SessionMiddleware is not installed on this app")
     return await session.load()
 

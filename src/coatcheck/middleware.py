@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 
 from ._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
-from ._openapi import cookie_name_var
+from ._context import current_session
 from ._persist import Persistence
 from .config import SessionConfig
 from .exceptions import SessionEndedError, StoreUnavailableError
@@ -47,7 +47,6 @@ class SessionMiddleware:
         self.config = config or SessionConfig()
         self._persistence = Persistence(store, self.config, serializer)
         self._eager = tuple(self.config.eager_paths)
-        self._cookie_name = self.config.cookie.name
         self._unavailable = unavailable or _unavailable_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,9 +58,9 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
 
-        cookie_name_var.set(self._cookie_name)
         session = Session(self._persistence, scope)
         scope["session"] = session
+        token = current_session.set(session)
         started = False
         failed = False
 
@@ -100,6 +99,9 @@ class SessionMiddleware:
             if started:
                 raise
             await self._answer_unavailable(scope, receive, send, exc)
+        finally:
+            # In-process callers (tests, mounted apps) share one context across requests.
+            current_session.reset(token)
 
     async def _answer_unavailable(
         self, scope: Scope, receive: Receive, send: Send, exc: StoreUnavailableError
