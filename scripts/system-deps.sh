@@ -1,9 +1,11 @@
 #!/bin/sh
 # Debian packages the test suite needs; installed only when missing (CI runs as root).
+# redis-server: the Redis store tests start their own servers and a Cluster from it.
 set -eu
 missing=""
-for pkg in sqlite3; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+for pkg in redis-server; do  # redis-server brings redis-cli
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" -ne 0 ]; then

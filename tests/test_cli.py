@@ -176,7 +176,7 @@ def test_revoke_all_of_a_users_sessions(runner: CliRunner, filled: Filled) -> No
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://localhost", "sqlite://", "sqlite:///x.db?colour=blue", "memory://?max_entries=x"],
+    ["mongodb://localhost", "sqlite://", "sqlite:///x.db?colour=blue", "memory://?max_entries=x"],
 )
 def test_bad_store_urls_are_usage_errors(runner: CliRunner, url: str) -> None:
     result = runner.invoke(app, ["sessions", "count", "--store", url])
@@ -279,7 +279,7 @@ def test_demo_with_secure_cookies_and_a_long_idle_timeout(
         (["--idle-timeout", "0"], "--idle-timeout"),
         (["--absolute-timeout", "-5"], "--absolute-timeout"),
         (["--idle-timeout", "3600", "--absolute-timeout", "60"], "exceeds"),
-        (["--store", "redis://localhost"], "unsupported store URL"),
+        (["--store", "mongodb://localhost"], "unsupported store URL"),
         (["--store", "memory://", "--workers", "2"], "one process"),
         (["--port", "0"], "--port"),
         (["--workers", "0"], "--workers"),

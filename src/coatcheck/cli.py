@@ -76,7 +76,7 @@ def _fail(message: str) -> NoReturn:
 def _open_store(url: str) -> Store:
     try:
         store = store_from_url(url)
-    except ConfigurationError as exc:
+    except (ConfigurationError, MissingDependencyError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--store") from None
     if isinstance(store, SQLiteStore) and not store.path.is_file():
         # Opening would create an empty database: a typo must not look like "0 sessions".
@@ -239,7 +239,7 @@ def demo(
         raise typer.BadParameter(str(exc), param_hint="--idle-timeout/--absolute-timeout") from None
     try:
         chosen = store_from_url(store)  # only parses: stores connect on first use
-    except ConfigurationError as exc:
+    except (ConfigurationError, MissingDependencyError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--store") from None
     if isinstance(chosen, MemoryStore) and workers > 1:
         raise typer.BadParameter(

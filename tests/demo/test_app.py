@@ -564,7 +564,7 @@ async def test_app_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("COATCHECK_DEMO_IDLE", "soon"),
         ("COATCHECK_DEMO_ABSOLUTE", "0"),
         ("COATCHECK_DEMO_SECURE", "perhaps"),
-        ("COATCHECK_DEMO_STORE", "redis://localhost"),
+        ("COATCHECK_DEMO_STORE", "mongodb://localhost"),
     ],
 )
 def test_bad_environment_is_a_configuration_error(

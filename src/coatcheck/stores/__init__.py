@@ -1,7 +1,9 @@
 """Session stores, and choosing one by URL.
 
 ``memory://`` and ``sqlite:///relative/path.db`` (four slashes for an absolute
-path) are built in; each backend lives in its own module.
+path) are built in; each backend lives in its own module. Redis URLs (``redis://``,
+``rediss://``, ``unix://`` and, for Cluster, ``redis+cluster://host:port,host:port``)
+need the ``redis`` extra, imported only when such a URL is used.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from .sqlite import SQLiteStore
 
 __all__ = ["MemoryStore", "SQLiteStore", "SessionRecord", "Store", "store_from_url"]
 
-SUPPORTED_SCHEMES = ("memory", "sqlite")
+# Kept in step with coatcheck.stores.redis.URL_SCHEMES, which is not imported here.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES)
 
 
 def store_from_url(url: str) -> Store:
@@ -23,6 +27,10 @@ def store_from_url(url: str) -> Store:
     parts = urlsplit(url)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     try:
+        if parts.scheme in REDIS_SCHEMES:
+            from .redis import RedisStore  # here: `import coatcheck` must not need redis
+
+            return RedisStore.from_url(url)
         if parts.scheme == "memory":
             memory = MemoryStore(max_entries=int(options.pop("max_entries", 10_000)))
             _no_leftovers(options, url)

@@ -1,0 +1,169 @@
+"""The Lua scripts of :class:`~coatcheck.stores.redis.RedisStore`.
+
+A session is a hash under ``{prefix}:s:{<key>}`` with the fields ``p`` (public ID),
+``d`` (data), ``u`` (user ID; absent when anonymous), ``c``/``l``/``e`` (created, last
+seen, expires: float seconds written with ``repr`` so they read back exactly), ``r``
+(remember), ``a`` (user agent) and ``v`` (version). A user's index is a sorted set
+``{prefix}:u:{<user>}`` of session keys scored by their ``expires_at``.
+
+Scripts prefixed ``STANDALONE_`` build index key names from the prefix they are given,
+which only a single server allows; the others touch nothing but their ``KEYS``, all in
+one hash slot, and are what Redis Cluster runs.
+"""
+
+from __future__ import annotations
+
+# Files a session in its user's index and extends the index's own TTL, to ``ttl`` ms
+# (the session's plus a grace), so that it outlives every session it lists.
+_INDEX_ADD = """
+local function index_add(index, member, score, ttl)
+  redis.call('ZADD', index, score, member)
+  if redis.call('PTTL', index) < tonumber(ttl) then
+    redis.call('PEXPIRE', index, ttl)
+  end
+end
+"""
+
+# KEYS: session to write, session it continues (the same key unless rotating).
+# ARGV: prefix, member, continued member, existing (1/0), last_seen_at, ttl ms,
+#       score, has user (1/0), user, index ttl ms, then the hash as field/value pairs.
+STANDALONE_SAVE = (
+    _INDEX_ADD
+    + """
+local new, old = KEYS[1], KEYS[2]
+if ARGV[4] == '1' then
+  local deadline = redis.call('HGET', old, 'e')
+  if not deadline or tonumber(deadline) <= tonumber(ARGV[5]) then
+    return 0
+  end
+end
+local user = false
+if ARGV[8] == '1' then user = ARGV[9] end
+local function unindex(key, member)
+  local owner = redis.call('HGET', key, 'u')
+  if owner and (key ~= new or owner ~= user) then
+    redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', member)
+  end
+end
+if old ~= new then
+  unindex(old, ARGV[3])
+  redis.call('DEL', old)
+end
+unindex(new, ARGV[2])
+redis.call('DEL', new)
+redis.call('HSET', new, unpack(ARGV, 11))
+redis.call('PEXPIRE', new, ARGV[6])
+if user then
+  index_add(ARGV[1] .. ':u:{' .. user .. '}', ARGV[2], ARGV[7], ARGV[10])
+end
+return 1
+"""
+)
+
+# KEYS: session. ARGV: prefix, member. Returns how many keys were deleted.
+STANDALONE_DELETE = """
+local owner = redis.call('HGET', KEYS[1], 'u')
+if owner then
+  redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', ARGV[2])
+end
+return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS: the user's index. ARGV: prefix, user, member to keep ('' for none).
+# Deletes only sessions the user still owns, so a stale entry cannot take another's.
+STANDALONE_DELETE_USER = """
+local removed = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if member ~= ARGV[3] then
+    local key = ARGV[1] .. ':s:{' .. member .. '}'
+    if redis.call('HGET', key, 'u') == ARGV[2] then
+      removed = removed + redis.call('DEL', key)
+    end
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return removed
+"""
+
+# KEYS: session. ARGV: prefix, member, now. Deletes it if dead at ``now``; 1 or 0.
+STANDALONE_PURGE = """
+local deadline = redis.call('HGET', KEYS[1], 'e')
+if not deadline or tonumber(deadline) > tonumber(ARGV[3]) then
+  return 0
+end
+local owner = redis.call('HGET', KEYS[1], 'u')
+if owner then
+  redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', ARGV[2])
+end
+return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS: session. ARGV: existing (1/0), last_seen_at. Deletes the session, returning
+# {1, owner or false}; with existing=1 only if it is alive at last_seen_at, else {0}.
+TAKE = """
+local fields = redis.call('HMGET', KEYS[1], 'e', 'u')
+if ARGV[1] == '1' and (not fields[1] or tonumber(fields[1]) <= tonumber(ARGV[2])) then
+  return {0}
+end
+redis.call('DEL', KEYS[1])
+return {1, fields[2]}
+"""
+
+# KEYS: session. ARGV: existing (1/0), last_seen_at, ttl ms, then field/value pairs.
+# Returns {1, previous owner or false}, or {0} when existing=1 and it is not alive.
+WRITE = """
+local fields = redis.call('HMGET', KEYS[1], 'e', 'u')
+if ARGV[1] == '1' and (not fields[1] or tonumber(fields[1]) <= tonumber(ARGV[2])) then
+  return {0}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, fields[2]}
+"""
+
+# KEYS: a user's index. ARGV: member, score, index ttl ms.
+INDEX_ADD = (
+    _INDEX_ADD
+    + """
+index_add(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+return 1
+"""
+)
+
+# KEYS: a user's index. Returns member, score, member, score... as strings, whatever
+# protocol (RESP2 or RESP3) the client speaks.
+MEMBERS = """
+return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+"""
+
+# KEYS: a user's index. ARGV: member, score, member, score... Removes each member whose
+# score is unchanged: a save that re-filed it meanwhile keeps its entry.
+UNINDEX_IF_UNCHANGED = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
+
+# KEYS: session. ARGV: user. Deletes the session only if that user still owns it.
+DELETE_IF_OWNED = """
+if redis.call('HGET', KEYS[1], 'u') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: session. ARGV: now. Deletes it if dead at ``now``: {1, owner or false}, or {0}.
+PURGE = """
+local fields = redis.call('HMGET', KEYS[1], 'e', 'u')
+if not fields[1] or tonumber(fields[1]) > tonumber(ARGV[1]) then
+  return {0}
+end
+redis.call('DEL', KEYS[1])
+return {1, fields[2]}
+"""

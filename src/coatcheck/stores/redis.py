@@ -1,0 +1,601 @@
+"""Sessions in Redis or Redis Cluster, shared by any number of workers and hosts.
+
+Each session is one hash, ``{prefix}:s:{<key>}`` (``key`` is the SHA-256 hex of the
+session ID, so Redis never holds a usable credential); each user has a sorted set
+``{prefix}:u:{<user>}`` of their session keys, which is what makes "log out everywhere"
+possible. The braces are Cluster hash tags: a session and its index entry may live on
+different nodes, but every script touches a single slot.
+
+Expiry is enforced by Redis itself, so nothing needs purging. The TTL is the record's
+remaining lifetime by the caller's clock (``expires_at - last_seen_at``), not an
+absolute ``PEXPIREAT``: the caller's clock rules everywhere else in the store contract,
+an app server whose clock runs apart from Redis's then neither loses sessions early nor
+keeps them much late, and tests with a frozen clock work. ``load`` still checks
+``expires_at`` against ``now``, so a record is never served past its deadline.
+
+Standalone, ``load`` is one ``HGETALL`` and ``save`` one script call that also keeps the
+user index and the TTLs. On Cluster a save is split by slot and ordered so that a crash
+half-way can only lose a session, never leave one alive that revocation cannot reach;
+see :meth:`RedisStore._save_cluster`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from ..exceptions import (
+    ConfigurationError,
+    MissingDependencyError,
+    StoreError,
+    StoreUnavailableError,
+)
+from . import _redis_scripts as lua
+from .base import SessionRecord
+
+try:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff, NoBackoff
+    from redis.commands.core import AsyncScript
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthorizationError,
+        BusyLoadingError,
+        ClusterDownError,
+        ClusterError,
+        MaxConnectionsError,
+        NoScriptError,
+        OutOfMemoryError,
+        ReadOnlyError,
+        RedisClusterException,
+        RedisError,
+        SlotNotCoveredError,
+        TryAgainError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise MissingDependencyError("redis", "redis") from exc
+
+__all__ = ["RedisStore"]
+
+DEFAULT_PREFIX = "coatcheck"
+DEFAULT_TIMEOUT = 1.0
+URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+# A record already dead when written still lives this long, so the write behaves like
+# any other: it replaces what was there and stays visible to purge_expired and count.
+_MIN_TTL_MS = 1000
+# A user's index outlives its sessions by this much: on Cluster it is written first,
+# and its TTL must still cover the session written a round trip later.
+_INDEX_GRACE_MS = 60_000
+_SCAN_BATCH = 500
+# Passes of delete_user on Cluster: each one catches sessions filed while the last ran.
+_REVOKE_PASSES = 5
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# Options a store URL may carry besides ?prefix= and ?timeout=; redis-py parses them.
+_PASSED_OPTIONS = frozenset(
+    {
+        "db",
+        "max_connections",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_check_hostname",
+    }
+)
+# "Try again later", not a bug: answered with a 503 and Retry-After.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
+    TryAgainError,
+    MaxConnectionsError,
+    SlotNotCoveredError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+RedisClient = Redis | RedisCluster
+_Call = tuple[AsyncScript, Sequence[str], Sequence[str | bytes]]
+
+
+class RedisStore:
+    """Sessions in Redis (standalone, TLS, Unix socket) or Redis Cluster.
+
+    ``client`` is a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``
+    made with ``decode_responses=False``, since session data is bytes. The store closes
+    it in :meth:`aclose` only when ``owns_client`` is true, as it is for
+    :meth:`from_url`. Give every application its own ``prefix``.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        owns_client: bool = False,
+        retry_after: int | None = None,
+    ) -> None:
+        if not _PREFIX.fullmatch(prefix):
+            raise ConfigurationError(
+                f"Redis key prefix {prefix!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -"
+            )
+        if client.get_encoder().decode_responses:
+            raise ConfigurationError("RedisStore needs a client with decode_responses=False")
+        self.client = client
+        self.prefix = prefix
+        self.owns_client = owns_client
+        self.retry_after = retry_after
+        self.cluster = isinstance(client, RedisCluster)
+        register = client.register_script
+        self._save_script = register(lua.STANDALONE_SAVE)
+        self._delete_script = register(lua.STANDALONE_DELETE)
+        self._delete_user_script = register(lua.STANDALONE_DELETE_USER)
+        self._purge_script = register(lua.STANDALONE_PURGE)
+        self._take = register(lua.TAKE)
+        self._write = register(lua.WRITE)
+        self._index_add = register(lua.INDEX_ADD)
+        self._members = register(lua.MEMBERS)
+        self._unindex = register(lua.UNINDEX_IF_UNCHANGED)
+        self._delete_if_owned = register(lua.DELETE_IF_OWNED)
+        self._purge = register(lua.PURGE)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str | None = None, timeout: float | None = None
+    ) -> RedisStore:
+        """Build a store that owns its client; nothing connects until first use.
+
+        ``redis://host:6379/0``, ``rediss://`` (TLS), ``unix:///run/redis.sock?db=0``, and
+        for Cluster ``redis+cluster://host:port,host:port,...`` (or ``rediss+cluster://``)
+        listing any reachable nodes. ``?prefix=`` and ``?timeout=`` (seconds, for both
+        connecting and each command; 1 s by default, so an outage becomes a quick 503
+        rather than a hung request) apply unless the keywords are given.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in URL_SCHEMES:
+            raise ConfigurationError(
+                f"not a Redis URL {url!r}; use one of "
+                + ", ".join(f"{scheme}://" for scheme in URL_SCHEMES)
+            )
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        url_prefix = options.pop("prefix", DEFAULT_PREFIX)
+        url_timeout = options.pop("timeout", None)
+        unknown = sorted(set(options) - _PASSED_OPTIONS)
+        if unknown:
+            raise ConfigurationError(f"unknown option(s) {unknown} in store URL {url!r}")
+        seconds = _timeout(timeout if timeout is not None else url_timeout, url)
+        settings: dict[str, Any] = {
+            "socket_timeout": seconds,
+            "socket_connect_timeout": seconds,
+            "decode_responses": False,
+        }
+        client: RedisClient
+        try:
+            if parts.scheme.endswith("+cluster"):
+                client = _cluster_client(parts, options, settings, url)
+            else:
+                if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
+                    raise ConfigurationError(
+                        f"the path of a Redis URL is a database number, got {url!r}"
+                    )
+                plain = urlunsplit(parts._replace(query=urlencode(options)))
+                # One quick retry on a broken connection (a server restart leaves the
+                # pooled ones dead); none on a timeout, which has already waited.
+                settings["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
+                client = Redis.from_url(plain, **settings)
+        except ConfigurationError:
+            raise
+        except (ValueError, TypeError, RedisClusterException) as exc:
+            raise ConfigurationError(f"invalid Redis URL {url!r}: {exc}") from exc
+        return cls(client, prefix=url_prefix if prefix is None else prefix, owns_client=True)
+
+    # -- the store contract -------------------------------------------------------------
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        with self._errors():
+            fields = await self.client.execute_command("HGETALL", self._session_key(key))
+        record = _decode(key, fields)
+        return record if record is not None and record.expires_at > now else None
+
+    async def save(
+        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+    ) -> bool:
+        ttl_ms = max(math.ceil((record.expires_at - record.last_seen_at) * 1000), _MIN_TTL_MS)
+        ttl, index_ttl = str(ttl_ms), str(ttl_ms + _INDEX_GRACE_MS)
+        with self._errors():
+            if self.cluster:
+                return await self._save_cluster(record, replaces, existing, ttl, index_ttl)
+            previous = replaces or record.key
+            user = record.user_id
+            written = await self._save_script(
+                keys=[self._session_key(record.key), self._session_key(previous)],
+                args=[
+                    self.prefix,
+                    record.key,
+                    previous,
+                    "1" if existing else "0",
+                    repr(record.last_seen_at),
+                    ttl,
+                    repr(record.expires_at),
+                    "0" if user is None else "1",
+                    user or "",
+                    index_ttl,
+                    *_encode(record),
+                ],
+            )
+        return bool(written)
+
+    async def delete(self, key: str) -> None:
+        with self._errors():
+            if not self.cluster:
+                await self._delete_script(keys=[self._session_key(key)], args=[self.prefix, key])
+                return
+            taken = await self._take(keys=[self._session_key(key)], args=["0", "0"])
+            owner = _owner(taken)
+            if owner is not None:
+                await self.client.execute_command("ZREM", self._index_key(owner), key)
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        index = self._index_key(user_id)
+        with self._errors():
+            entries = await self._entries(index)
+            if not entries:
+                return []
+            found = await self._many(
+                [("HGETALL", self._session_key(member)) for member, _ in entries]
+            )
+            live: list[SessionRecord] = []
+            stale: list[str] = []
+            for (member, score), fields in zip(entries, found, strict=True):
+                record = _decode(member, fields)
+                if record is not None and record.user_id == user_id:
+                    if record.expires_at > now:
+                        live.append(record)
+                elif float(score) <= now:
+                    # Gone, or moved to another user, and past its deadline. An entry with
+                    # a future score may belong to a Cluster save still in flight: kept.
+                    stale += [member, score]
+            if stale:
+                await self._unindex(keys=[index], args=stale)
+        return sorted(live, key=lambda record: (record.created_at, record.key))
+
+    async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
+        index = self._index_key(user_id)
+        with self._errors():
+            if not self.cluster:
+                removed = await self._delete_user_script(
+                    keys=[index], args=[self.prefix, user_id, keep or ""]
+                )
+                return int(removed)
+            return await self._delete_user_cluster(index, user_id, keep)
+
+    async def purge_expired(self, now: float) -> int:
+        """Delete records dead by ``now`` that Redis has not expired yet.
+
+        Never needed for correctness (Redis drops every record at its TTL, and nothing
+        dead is ever served); it is an admin sweep that SCANs the whole keyspace.
+        """
+        removed = 0
+        with self._errors():
+            async for batch in self._scan_sessions():
+                if not self.cluster:
+                    calls: list[_Call] = [
+                        (self._purge_script, [key], [self.prefix, member, repr(now)])
+                        for key, member in batch
+                    ]
+                    removed += sum(int(done) for done in await self._eval_many(calls))
+                    continue
+                results = await self._eval_many(
+                    [(self._purge, [key], [repr(now)]) for key, _ in batch]
+                )
+                unindex: list[tuple[str, ...]] = []
+                for (_, member), result in zip(batch, results, strict=True):
+                    if _done(result):
+                        removed += 1
+                        owner = _owner(result)
+                        if owner is not None:
+                            unindex.append(("ZREM", self._index_key(owner), member))
+                if unindex:
+                    await self._many(unindex)
+        return removed
+
+    async def count(self, now: float) -> int:
+        """Live records: a SCAN of every primary, meant for admin tools, not requests."""
+        total = 0
+        with self._errors():
+            async for batch in self._scan_sessions():
+                deadlines = await self._many([("HGET", key, "e") for key, _ in batch])
+                total += sum(1 for e in deadlines if e is not None and float(e) > now)
+        return total
+
+    async def aclose(self) -> None:
+        """Close the connections of an owned client; its pool reconnects on next use."""
+        if self.owns_client:
+            with self._errors():
+                await self.client.aclose()
+
+    # -- Cluster ------------------------------------------------------------------------
+
+    async def _save_cluster(
+        self,
+        record: SessionRecord,
+        replaces: str | None,
+        existing: bool,
+        ttl: str,
+        index_ttl: str,
+    ) -> bool:
+        """Save across slots, in an order that fails safe.
+
+        1. A rotation first checks and deletes the old session on its slot; only if that
+           succeeded is the new one written. A crash in between loses the session (the
+           user logs in again) but can never bring back one that a logout ended.
+        2. The session is filed in its user's index *before* it is written (alongside
+           step 1 when rotating), so a session that exists is always reachable by
+           ``delete_user``. An entry whose write then fails points at nothing and is
+           dropped by ``list_user`` once its deadline passes.
+        3. Only after the write is the key removed from a previous user's index; if that
+           step is lost, the stale entry is harmless because revocation and listing
+           check who owns each session.
+        """
+        key, user = record.key, record.user_id
+        rotating = replaces is not None and replaces != key
+        first: list[_Call] = []
+        if rotating:
+            assert replaces is not None
+            first.append(
+                (
+                    self._take,
+                    [self._session_key(replaces)],
+                    ["1" if existing else "0", repr(record.last_seen_at)],
+                )
+            )
+        if user is not None:
+            first.append(
+                (
+                    self._index_add,
+                    [self._index_key(user)],
+                    [key, repr(record.expires_at), index_ttl],
+                )
+            )
+        done = await self._eval_many(first) if first else []
+        unindex: list[tuple[str, ...]] = []
+        if rotating:
+            if not _done(done[0]):
+                return False
+            owner = _owner(done[0])
+            if owner is not None:
+                assert replaces is not None
+                unindex.append(("ZREM", self._index_key(owner), replaces))
+        check = existing and not rotating
+        written = await self._write(
+            keys=[self._session_key(key)],
+            args=["1" if check else "0", repr(record.last_seen_at), ttl, *_encode(record)],
+        )
+        if not _done(written):
+            return False
+        previous = _owner(written)
+        if previous is not None and previous != user:
+            unindex.append(("ZREM", self._index_key(previous), key))
+        if unindex:
+            await self._many(unindex)
+        return True
+
+    async def _delete_user_cluster(self, index: str, user_id: str, keep: str | None) -> int:
+        """Delete the user's sessions slot by slot, repeating while the index grows.
+
+        Only sessions the user still owns are deleted, and only their entries removed:
+        an entry pointing at nothing may be a save in flight (see ``_save_cluster``).
+        """
+        removed = 0
+        for _ in range(_REVOKE_PASSES):
+            members = [member for member, _ in await self._entries(index) if member != keep]
+            if not members:
+                break
+            results = await self._eval_many(
+                [(self._delete_if_owned, [self._session_key(m)], [user_id]) for m in members]
+            )
+            deleted = [member for member, done in zip(members, results, strict=True) if int(done)]
+            if not deleted:
+                break
+            removed += len(deleted)
+            await self._many([("ZREM", index, *deleted)])
+        return removed
+
+    # -- mechanics ----------------------------------------------------------------------
+
+    def _session_key(self, key: str) -> str:
+        return f"{self.prefix}:s:{{{key}}}"
+
+    def _index_key(self, user_id: str) -> str:
+        return f"{self.prefix}:u:{{{user_id}}}"
+
+    async def _entries(self, index: str) -> list[tuple[str, str]]:
+        flat = [_text(item) for item in await self._members(keys=[index])]
+        return list(zip(flat[::2], flat[1::2], strict=True))
+
+    async def _scan_sessions(self) -> AsyncIterator[list[tuple[str, str]]]:
+        """Batches of (redis key, session key) from a SCAN of every primary.
+
+        SCAN may return a key twice while Redis resizes a table; the keys seen are
+        remembered so that ``count`` stays exact, at the cost of memory for each."""
+        pattern = f"{_glob_escape(self.prefix)}:s:{{*"
+        start = len(self.prefix) + 4
+        seen: set[str] = set()
+        batch: list[tuple[str, str]] = []
+        async for raw in self.client.scan_iter(match=pattern, count=_SCAN_BATCH):
+            name = _text(raw)
+            if name in seen:
+                continue
+            seen.add(name)
+            batch.append((name, name[start:-1]))
+            if len(batch) >= _SCAN_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    async def _many(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+        """Plain commands in one pipeline: one round trip, or one per node on Cluster."""
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        results: list[Any] = await pipe.execute()
+        return results
+
+    async def _eval_many(self, calls: Sequence[_Call]) -> list[Any]:
+        """Scripts in one pipeline (per node at once on Cluster), loading any missing."""
+        pipe = self.client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            # Not pipe.evalsha(): redis-py's Cluster pipeline blocks that method, though
+            # it routes the command itself by its keys like any other.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        for position, (result, (script, keys, args)) in enumerate(zip(results, calls, strict=True)):
+            if isinstance(result, NoScriptError):
+                result = await script(keys=keys, args=args)  # loads it, then runs it
+            elif isinstance(result, BaseException):
+                raise result
+            results[position] = result
+        return results
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate redis-py's errors into the two the middleware knows."""
+        try:
+            yield
+        except (AuthenticationError, AuthorizationError) as exc:
+            raise StoreError(f"Redis session store refused the credentials: {exc}") from exc
+        except _TRANSIENT as exc:
+            raise StoreUnavailableError(
+                f"Redis session store is unavailable: {exc}", retry_after=self.retry_after
+            ) from exc
+        except (RedisError, RedisClusterException) as exc:
+            if isinstance(exc, RedisClusterException) and "connect" in str(exc).lower():
+                raise StoreUnavailableError(
+                    f"Redis Cluster is unreachable: {exc}", retry_after=self.retry_after
+                ) from exc
+            raise StoreError(f"Redis session store failed: {exc}") from exc
+
+
+def _cluster_client(
+    parts: Any, options: dict[str, str], settings: dict[str, Any], url: str
+) -> RedisCluster:
+    """``redis+cluster://[user:password@]host:port,host:port,...``: any reachable nodes."""
+    if parts.path not in ("", "/", "/0") or "db" in options:
+        raise ConfigurationError(f"Redis Cluster has only database 0, got {url!r}")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    nodes = []
+    for address in hosts.split(","):
+        host, port = _host_port(address, url)
+        nodes.append(ClusterNode(host, port))
+    if credentials:
+        username, has_password, password = credentials.partition(":")
+        if username:
+            settings["username"] = unquote(username)
+        if has_password:
+            settings["password"] = unquote(password)
+    if parts.scheme == "rediss+cluster":
+        settings["ssl"] = True
+    for name, value in options.items():
+        settings[name] = int(value) if name == "max_connections" else value
+    # Few, quick retries: a failover takes the cluster seconds, longer than a request
+    # should wait; the 503 with Retry-After is the honest answer meanwhile.
+    settings["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
+    return RedisCluster(startup_nodes=nodes, **settings)
+
+
+def _host_port(address: str, url: str) -> tuple[str, int]:
+    address = address.strip()
+    if address.startswith("["):  # [IPv6]:port
+        host, _, rest = address[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = address.partition(":")
+    if not host:
+        raise ConfigurationError(f"a Redis Cluster URL lists host:port pairs, got {url!r}")
+    return host, int(port_text or 6379)
+
+
+def _timeout(value: float | str | None, url: str) -> float:
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 3600:  # also rejects NaN and infinity
+        raise ConfigurationError(
+            f"Redis timeout must be between 0 and 3600 seconds, got {value!r} in {url!r}"
+        )
+    return seconds
+
+
+def _encode(record: SessionRecord) -> list[str | bytes]:
+    fields: list[str | bytes] = [
+        "p", record.public_id,
+        "d", record.data,
+        "c", repr(record.created_at),
+        "l", repr(record.last_seen_at),
+        "e", repr(record.expires_at),
+        "r", "1" if record.remember else "0",
+        "a", record.user_agent,
+        "v", str(record.version),
+    ]  # fmt: skip
+    if record.user_id is not None:
+        fields += ["u", record.user_id]
+    return fields
+
+
+def _decode(key: str, fields: Any) -> SessionRecord | None:
+    if not fields:
+        return None
+    try:
+        user = fields.get(b"u")
+        return SessionRecord(
+            key=key,
+            public_id=fields[b"p"].decode(),
+            data=bytes(fields[b"d"]),
+            user_id=None if user is None else user.decode(),
+            created_at=float(fields[b"c"]),
+            last_seen_at=float(fields[b"l"]),
+            expires_at=float(fields[b"e"]),
+            remember=fields[b"r"] == b"1",
+            user_agent=fields[b"a"].decode(),
+            version=int(fields[b"v"]),
+        )
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise StoreError(f"malformed session record under key {key[:12]}...: {exc!r}") from exc
+
+
+def _done(result: Any) -> bool:
+    """The first element of a script's {ok, ...} reply."""
+    return bool(result and int(result[0]))
+
+
+def _owner(result: Any) -> str | None:
+    """The owner in a script's {1, owner or nil} reply."""
+    if not _done(result) or len(result) < 2 or result[1] is None:
+        return None
+    return _text(result[1])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)

@@ -1,0 +1,222 @@
+"""Real Redis servers for the tests: one standalone server and one three-master Cluster.
+
+Servers run as child processes on free loopback ports in a temporary directory, with
+no persistence, and are stopped by PID. ``RedisServers`` starts each kind on first use
+and stops everything at the end of the run, so a test run that never touches Redis
+never starts it; tests isolate themselves with a unique key prefix, not a new server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+START_TIMEOUT = 10.0
+_NO_SERVER = (
+    "redis-server and redis-cli are needed for the Redis store tests but are not installed;"
+    " run `make test`, which installs them (Debian package redis-server)"
+)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def require_binaries() -> None:
+    """Fail, never skip: a missing server must not turn the Redis tests silently green."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail(_NO_SERVER, pytrace=False)
+
+
+@dataclass
+class RedisServer:
+    """One ``redis-server`` process; ``start`` again brings it back on the same port."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    extra: tuple[str, ...] = ()
+    unix_socket: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        assert self.unix_socket is not None
+        return f"unix://{self.unix_socket}"
+
+    def start(self) -> RedisServer:
+        require_binaries()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", str(self.directory),
+            "--logfile", str(self.directory / "redis.log"),
+            *self.extra,
+        ]  # fmt: skip
+        if self.unix_socket is not None:
+            argv += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
+        self.process = subprocess.Popen(argv, cwd=self.directory, stdin=subprocess.DEVNULL)
+        self._wait_for_ping()
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def client(self) -> redis.Redis:
+        """A synchronous client for poking at the server from a test; close it after use."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def _wait_for_ping(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                log = self.directory / "redis.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                pytest.fail(f"redis-server on port {self.port} exited at start-up:\n{tail}")
+            try:
+                with self.client() as probe:
+                    if probe.ping():
+                        return
+            except redis.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server on port {self.port} did not answer PING")
+            time.sleep(0.02)
+
+
+@dataclass
+class RedisClusterServers:
+    """Three masters, no replicas, joined with ``redis-cli --cluster create``."""
+
+    directory: Path
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self) -> RedisClusterServers:
+        require_binaries()
+        for number in range(3):
+            directory = self.directory / f"node-{number}"
+            node = RedisServer(
+                directory,
+                extra=(
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", f"nodes-{number}.conf",
+                    "--cluster-node-timeout", "2000",
+                    "--cluster-port", str(free_port()),
+                ),
+            )  # fmt: skip
+            self.nodes.append(node)
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        options = ["--cluster-replicas", "0", "--cluster-yes"]
+        created = subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, *options],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if created.returncode != 0:
+            self.stop()
+            pytest.fail(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
+        self._wait_until_ok()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def _wait_until_ok(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if all(self._node_ready(node) for node in self.nodes):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("the test Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _node_ready(node: RedisServer) -> bool:
+        with node.client() as probe:
+            info = probe.execute_command("CLUSTER", "INFO")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text and "cluster_known_nodes:3" in text
+
+
+class RedisServers:
+    """The session's servers, each started on first use and all stopped at the end."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._standalone: RedisServer | None = None
+        self._cluster: RedisClusterServers | None = None
+
+    def standalone(self) -> RedisServer:
+        if self._standalone is None:
+            # A short socket path: the limit is about 100 bytes, and pytest's can be long.
+            name = f"coatcheck-redis-{os.getpid()}-{free_port()}.sock"
+            sock = Path(tempfile.gettempdir()) / name
+            self._standalone = RedisServer(self.directory / "standalone", unix_socket=sock).start()
+        return self._standalone
+
+    def cluster(self) -> RedisClusterServers:
+        if self._cluster is None:
+            self._cluster = RedisClusterServers(self.directory / "cluster").start()
+        return self._cluster
+
+    def stop(self) -> None:
+        if self._standalone is not None:
+            self._standalone.stop()
+            if self._standalone.unix_socket is not None:
+                self._standalone.unix_socket.unlink(missing_ok=True)
+        if self._cluster is not None:
+            self._cluster.stop()
+
+
+_active: RedisServers | None = None
+
+
+def activate(servers: RedisServers | None) -> None:
+    """Set by the session fixture, so code without fixture access finds the servers."""
+    global _active
+    _active = servers
+
+
+def active() -> RedisServers:
+    if _active is None:
+        raise RuntimeError("the redis_servers session fixture is not active")
+    return _active

@@ -1,0 +1,531 @@
+"""What the Redis store promises beyond the shared contract, checked on real servers:
+TTLs set by Redis, hashed keys only, one round trip per load and per save, sessions of
+one user spread over Cluster slots, URLs, and a quick 503 (then recovery) in an outage."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from coatcheck import store_from_url, stores
+from coatcheck._ids import new_session_id, store_key
+from coatcheck.exceptions import ConfigurationError, StoreError, StoreUnavailableError
+from coatcheck.stores import SessionRecord
+from coatcheck.stores import redis as redis_store
+from coatcheck.stores.redis import RedisStore
+
+from ..apps import make_app
+from ..conftest import client_for
+from ..redis_servers import RedisClusterServers, RedisServer
+from .conftest import HOUR, NOW, build_store, make_record, unique_prefix
+
+pytestmark = pytest.mark.anyio
+
+# Commands that only ever run inside the store's Lua scripts; INFO commandstats counts
+# them too, so they are left out when counting what the client sent.
+SCRIPT_INTERNAL = {"hget", "hmget", "del", "hset", "pexpire", "pttl", "zadd", "zrem", "zrange"}
+
+
+@pytest.fixture
+async def standalone(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_server.url, prefix=unique_prefix())
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def clustered(redis_cluster: RedisClusterServers) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_cluster.url, prefix=unique_prefix())
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def any_redis(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RedisStore]:
+    store = build_store(request.param, tmp_path)
+    assert isinstance(store, RedisStore)
+    yield store
+    await store.aclose()
+
+
+def live_record(**overrides: object) -> SessionRecord:
+    """A record on the real clock, so that Redis's TTL and ``expires_at`` agree."""
+    now = time.time()
+    fields: dict[str, object] = {"last_seen_at": now, "expires_at": now + 600.0}
+    fields.update(overrides)
+    return make_record(**fields)
+
+
+def session_key(store: RedisStore, key: str) -> str:
+    return f"{store.prefix}:s:{{{key}}}"
+
+
+def index_key(store: RedisStore, user: str) -> str:
+    return f"{store.prefix}:u:{{{user}}}"
+
+
+class CommandStats:
+    """Counts the commands clients send to one server, via INFO commandstats.
+
+    It keeps one connection, opened before any reset, so that its own handshake is
+    never counted."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.raw = server.client()
+        self.raw.ping()
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def reset(self) -> None:
+        self.raw.config_resetstat()
+
+    def sent(self) -> dict[str, int]:
+        stats = self.raw.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
+        return {
+            name: count
+            for name, count in calls.items()
+            if name not in SCRIPT_INTERNAL and not name.startswith("config") and name != "info"
+        }
+
+
+@pytest.fixture
+def stats(redis_server: RedisServer) -> Iterator[CommandStats]:
+    counter = CommandStats(redis_server)
+    yield counter
+    counter.close()
+
+
+# -- what lands in Redis ---------------------------------------------------------------
+
+
+async def test_redis_expires_sessions_and_indexes_by_itself(any_redis: RedisStore) -> None:
+    store = any_redis
+    record = live_record(user_id="alice")
+    await store.save(record)
+
+    ttl = await store.client.pttl(session_key(store, record.key))
+    index_ttl = await store.client.pttl(index_key(store, "alice"))
+
+    assert 595_000 < ttl <= 600_000
+    assert index_ttl >= ttl
+    # A sliding save pushes both deadlines out.
+    later = replace(record, expires_at=record.last_seen_at + 1200.0, version=2)
+    assert await store.save(later, existing=True)
+    assert 1_195_000 < await store.client.pttl(session_key(store, record.key)) <= 1_200_000
+    assert await store.client.pttl(index_key(store, "alice")) > 1_195_000
+
+
+async def test_the_ttl_follows_the_callers_clock_not_the_servers(any_redis: RedisStore) -> None:
+    """A record is kept for its remaining lifetime, whatever the date on the caller's clock."""
+    future = 1_900_000_000.0
+    record = make_record(created_at=future - 100, last_seen_at=future, expires_at=future + 300)
+    await any_redis.save(record)
+
+    assert 295_000 < await any_redis.client.pttl(session_key(any_redis, record.key)) <= 300_000
+    assert await any_redis.load(record.key, future + 299) == record
+    assert await any_redis.load(record.key, future + 300) is None
+
+
+async def test_keys_hold_only_the_hash_of_the_session_id(any_redis: RedisStore) -> None:
+    store = any_redis
+    session_id = new_session_id()
+    key = store_key(session_id)
+    old_id = new_session_id()
+    await store.save(make_record(key=store_key(old_id), user_id="alice"))
+    await store.save(make_record(key=key, user_id="alice"), replaces=store_key(old_id))
+
+    names = sorted([raw.decode() async for raw in store.client.scan_iter(f"{store.prefix}:*")])
+
+    assert names == [f"{store.prefix}:s:{{{key}}}", f"{store.prefix}:u:{{alice}}"]
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    stored = await store.client.hgetall(names[0])
+    members = await store.client.zrange(names[1], 0, -1)
+    everything = b" ".join([*(name.encode() for name in names), *stored.values(), *members])
+    for raw_id in (session_id, old_id):
+        assert raw_id.encode() not in everything
+
+
+# -- round trips, counted by the server ------------------------------------------------
+
+
+async def test_load_and_save_are_one_round_trip_each(
+    standalone: RedisStore, stats: CommandStats
+) -> None:
+    record = make_record(user_id="alice")
+    await standalone.save(record)  # connects, and loads the scripts used below
+    await standalone.delete(store_key(new_session_id()))
+
+    stats.reset()
+    assert await standalone.load(record.key, NOW) == record
+    assert stats.sent() == {"hgetall": 1}
+
+    stats.reset()
+    await standalone.save(replace(record, data=b"changed", version=2), existing=True)
+    assert stats.sent() == {"evalsha": 1}
+
+    # A login-style rotation that also moves the session to another user: still one.
+    stats.reset()
+    rotated = make_record(user_id="bob", created_at=record.created_at)
+    assert await standalone.save(rotated, replaces=record.key, existing=True)
+    assert stats.sent() == {"evalsha": 1}
+    assert await standalone.list_user("alice", NOW) == []
+    assert await standalone.list_user("bob", NOW) == [rotated]
+
+    stats.reset()
+    await standalone.delete(rotated.key)
+    assert stats.sent() == {"evalsha": 1}
+
+
+async def test_a_request_that_changes_nothing_writes_nothing(
+    standalone: RedisStore, stats: CommandStats
+) -> None:
+    async with client_for(make_app(standalone)) as client:
+        login = await client.post("/login", params={"user": "alice"})
+        cookie = login.headers["set-cookie"].split(";", 1)[0]
+        await client.get("/read", headers={"cookie": cookie})  # warm: every script loaded
+
+        stats.reset()
+        read = await client.get("/read", headers={"cookie": cookie})
+        assert read.json() == {"data": {}, "user": "alice"}
+        assert stats.sent() == {"hgetall": 1}
+
+        stats.reset()
+        await client.post("/write", headers={"cookie": cookie})
+        assert stats.sent() == {"hgetall": 1, "evalsha": 1}
+
+
+async def test_cluster_load_is_one_command(
+    clustered: RedisStore, redis_cluster: RedisClusterServers
+) -> None:
+    record = make_record(user_id="alice")
+    await clustered.save(record)
+    await clustered.load(record.key, NOW)
+    nodes = [CommandStats(node) for node in redis_cluster.nodes]
+    try:
+        for node in nodes:
+            node.reset()
+
+        assert await clustered.load(record.key, NOW) == record
+
+        sent: dict[str, int] = {}
+        for node in nodes:
+            for name, count in node.sent().items():
+                sent[name] = sent.get(name, 0) + count
+        assert sent == {"hgetall": 1}
+    finally:
+        for node in nodes:
+            node.close()
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(
+    standalone: RedisStore, redis_server: RedisServer
+) -> None:
+    record = make_record(user_id="alice")
+    await standalone.save(record)
+    with redis_server.client() as raw:
+        raw.script_flush()
+
+    await standalone.save(replace(record, version=2), existing=True)
+    assert await standalone.list_user("alice", NOW) == [replace(record, version=2)]
+    with redis_server.client() as raw:
+        raw.script_flush()
+    assert await standalone.purge_expired(NOW + 2 * HOUR) == 1
+
+
+# -- Cluster: one user's sessions on several nodes -------------------------------------
+
+
+async def spread_over_nodes(store: RedisStore, user: str, **fields: object) -> list[SessionRecord]:
+    """Sessions of ``user`` until every primary holds at least one."""
+    assert isinstance(store.client, RedisCluster)
+    await store.client.initialize()
+    primaries = {node.name for node in store.client.get_primaries()}
+    records: list[SessionRecord] = []
+    seen: set[str] = set()
+    while seen != primaries:
+        record = make_record(user_id=user, created_at=NOW - 1000 + len(records), **fields)
+        records.append(record)
+        seen.add(store.client.get_node_from_key(session_key(store, record.key)).name)
+    assert len({store.client.keyslot(session_key(store, r.key)) for r in records}) > 1
+    for record in records:
+        await store.save(record)
+    return records
+
+
+async def test_cluster_delete_user_kills_sessions_on_every_node(clustered: RedisStore) -> None:
+    alices = await spread_over_nodes(clustered, "alice")
+    bob = make_record(user_id="bob")
+    await clustered.save(bob)
+    assert await clustered.list_user("alice", NOW) == alices
+
+    assert await clustered.delete_user("alice", keep=alices[1].key) == len(alices) - 1
+
+    for record in alices:
+        exists = await clustered.client.exists(session_key(clustered, record.key))
+        assert exists == (record is alices[1])
+    assert await clustered.list_user("alice", NOW) == [alices[1]]
+    assert await clustered.list_user("bob", NOW) == [bob]
+    assert await clustered.delete_user("alice") == 1
+    assert await clustered.client.exists(index_key(clustered, "alice")) == 0
+
+
+async def test_cluster_list_user_skips_sessions_redis_dropped(clustered: RedisStore) -> None:
+    alices = await spread_over_nodes(clustered, "alice")
+    gone = make_record(user_id="alice", created_at=NOW - 5000, expires_at=NOW + 100)
+    await clustered.save(gone)
+    # As if its TTL ran out on its node before the index noticed.
+    await clustered.client.delete(session_key(clustered, gone.key))
+    index = index_key(clustered, "alice")
+
+    assert await clustered.list_user("alice", NOW) == alices
+    # Its deadline has not passed: the entry might be a save in flight, so it stays...
+    assert await clustered.client.zscore(index, gone.key) is not None
+    # ...until it has.
+    assert await clustered.list_user("alice", NOW + 200) == alices
+    assert await clustered.client.zscore(index, gone.key) is None
+
+
+async def test_cluster_stale_index_entry_never_reaches_another_users_session(
+    clustered: RedisStore,
+) -> None:
+    alice = make_record(user_id="alice")
+    bobs = make_record(user_id="bob", expires_at=NOW + 100)
+    await clustered.save(alice)
+    await clustered.save(bobs)
+    # What a crash between writing a moved session and un-filing it leaves behind.
+    await clustered.client.zadd(index_key(clustered, "alice"), {bobs.key: bobs.expires_at})
+
+    assert await clustered.list_user("alice", NOW) == [alice]
+    assert await clustered.delete_user("alice") == 1
+    assert await clustered.load(bobs.key, NOW) == bobs
+    assert await clustered.list_user("bob", NOW) == [bobs]
+
+
+async def test_cluster_rotation_across_nodes_checks_the_old_session_first(
+    clustered: RedisStore,
+) -> None:
+    assert isinstance(clustered.client, RedisCluster)
+    await clustered.client.initialize()
+    old = make_record(user_id="alice")
+
+    def node(record: SessionRecord) -> str:
+        assert isinstance(clustered.client, RedisCluster)
+        return str(clustered.client.get_node_from_key(session_key(clustered, record.key)).name)
+
+    new = make_record(user_id="alice")
+    while node(new) == node(old):
+        new = make_record(user_id="alice")
+    await clustered.save(old)
+    await clustered.delete(old.key)  # a logout on another request
+
+    assert await clustered.save(new, replaces=old.key, existing=True) is False
+    assert await clustered.client.exists(session_key(clustered, new.key)) == 0
+    assert await clustered.list_user("alice", NOW) == []
+
+    await clustered.save(old)
+    assert await clustered.save(new, replaces=old.key, existing=True) is True
+    assert await clustered.load(old.key, NOW) is None
+    assert await clustered.list_user("alice", NOW) == [new]
+
+
+# -- URLs ------------------------------------------------------------------------------
+
+
+async def test_redis_url(redis_server: RedisServer) -> None:
+    store = store_from_url(f"{redis_server.url}?prefix=url-test&timeout=0.5")
+    assert isinstance(store, RedisStore)
+    assert (store.prefix, store.cluster, store.owns_client) == ("url-test", False, True)
+    assert isinstance(store.client, Redis)
+    kwargs = store.client.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.5
+    await saves_and_loads(store)
+
+
+async def test_unix_socket_url(redis_server: RedisServer) -> None:
+    store = store_from_url(f"{redis_server.unix_url}?prefix={unique_prefix()}")
+    assert isinstance(store, RedisStore)
+    assert isinstance(store.client, Redis)
+    assert store.client.connection_pool.connection_kwargs["path"] == str(redis_server.unix_socket)
+    await saves_and_loads(store)
+
+
+async def test_cluster_url(redis_cluster: RedisClusterServers) -> None:
+    store = store_from_url(f"{redis_cluster.url}?prefix={unique_prefix()}&timeout=2")
+    assert isinstance(store, RedisStore)
+    assert store.cluster
+    await saves_and_loads(store)
+
+
+def test_every_redis_scheme_reaches_the_redis_store() -> None:
+    assert stores.REDIS_SCHEMES == redis_store.URL_SCHEMES
+    assert set(redis_store.URL_SCHEMES) <= set(stores.SUPPORTED_SCHEMES)
+
+
+async def test_tls_url_builds_a_tls_client_without_connecting() -> None:
+    store = RedisStore.from_url("rediss://sessions.example:6380/2", prefix="app")
+    assert isinstance(store.client, Redis)
+    pool = store.client.connection_pool
+    assert pool.connection_class.__name__ == "SSLConnection"
+    assert pool.connection_kwargs["db"] == 2
+    assert store.prefix == "app"
+    await store.aclose()
+
+
+async def saves_and_loads(store: object) -> None:
+    assert isinstance(store, RedisStore)
+    try:
+        record = make_record(user_id="alice")
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+        assert await store.list_user("alice", NOW) == [record]
+        assert await store.delete_user("alice") == 1
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("redis://localhost?colour=blue", "colour"),
+        ("redis://localhost?timeout=soon", "timeout"),
+        ("redis://localhost?timeout=0", "timeout"),
+        ("redis://localhost?timeout=nan", "timeout"),
+        ("redis://localhost?timeout=", "timeout"),
+        ("redis://localhost?prefix=a{b}", "prefix"),
+        ("redis://localhost?prefix=", "prefix"),
+        ("redis://localhost/notadb", "notadb"),
+        ("redis+cluster://", "host:port"),
+        ("redis+cluster://a:1,b:x", "invalid"),
+        ("redis+cluster://a:1,b:2/3", "database 0"),
+        ("redis+cluster://a:1?db=1", "database 0"),
+    ],
+)
+def test_bad_redis_urls_are_configuration_errors(url: str, words: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        store_from_url(url)
+
+    message = str(caught.value)
+    assert words in message
+    assert repr(url) in message or "prefix" in words
+
+
+async def test_keywords_win_over_url_options() -> None:
+    store = RedisStore.from_url("redis://localhost?prefix=url&timeout=3", prefix="kw", timeout=0.25)
+    assert store.prefix == "kw"
+    assert isinstance(store.client, Redis)
+    assert store.client.connection_pool.connection_kwargs["socket_timeout"] == 0.25
+    await store.aclose()
+
+
+async def test_a_decoding_client_is_refused() -> None:
+    client = Redis(decode_responses=True)
+    try:
+        with pytest.raises(ConfigurationError, match="decode_responses"):
+            RedisStore(client)
+    finally:
+        await client.aclose()
+
+
+async def test_a_borrowed_client_is_left_open(redis_server: RedisServer) -> None:
+    client = Redis.from_url(redis_server.url)
+    try:
+        store = RedisStore(client, prefix=unique_prefix())
+        await store.save(make_record())
+        await store.aclose()
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+def test_without_redis_py_the_url_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "import coatcheck\n"
+        "coatcheck.store_from_url('redis://localhost')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "MissingDependencyError" in result.stderr
+    assert "pip install 'coatcheck[redis]'" in result.stderr
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+async def test_an_outage_is_a_quick_503_and_the_store_recovers(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "outage").start()
+    store = RedisStore.from_url(server.url, prefix=unique_prefix())
+    try:
+        record = make_record(user_id="alice")
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+
+        server.stop()
+        for attempt in (store.load(record.key, NOW), store.save(make_record())):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError):
+                await attempt
+            assert time.monotonic() - started < 1.5
+
+        server.start()  # same port, empty: the test server keeps nothing on disk
+        assert await store.load(record.key, NOW) is None
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+        assert await store.list_user("alice", NOW) == [record]
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+async def test_a_server_that_never_answers_times_out() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepts connections into the backlog, never replies
+        port = silent.getsockname()[1]
+        store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0?timeout=0.2", prefix="t")
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError):
+                await store.load(store_key(new_session_id()), NOW)
+            assert time.monotonic() - started < 1.0
+        finally:
+            await store.aclose()
+
+
+async def test_other_redis_errors_are_store_errors(
+    standalone: RedisStore, redis_server: RedisServer
+) -> None:
+    key = store_key(new_session_id())
+    with redis_server.client() as raw:
+        raw.set(session_key(standalone, key), b"not a hash")
+
+    with pytest.raises(StoreError) as caught:
+        await standalone.load(key, NOW)
+
+    assert not isinstance(caught.value, StoreUnavailableError)
+    assert isinstance(caught.value.__cause__, redis.ResponseError)
+
+
+async def test_a_record_dead_when_written_is_hidden_and_soon_gone(any_redis: RedisStore) -> None:
+    record = make_record(expires_at=NOW - HOUR)
+
+    assert await any_redis.save(record) is True
+
+    assert await any_redis.load(record.key, NOW) is None
+    assert 0 < await any_redis.client.pttl(session_key(any_redis, record.key)) <= 1000
+    assert await any_redis.count(NOW) == 0
+    assert await any_redis.purge_expired(NOW) == 1
