@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from coatcheck import MemoryStore, SessionRecord, SQLiteStore, Store
+from coatcheck.stores.base import Merge
 
 
 @pytest.fixture
@@ -42,10 +43,17 @@ class CountingStore:
         return await self.inner.load(key, now)
 
     async def save(
-        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
     ) -> bool:
         self.calls["save"] += 1
-        return await self.inner.save(record, replaces=replaces, existing=existing)
+        return await self.inner.save(
+            record, replaces=replaces, expected_version=expected_version, merge=merge
+        )
 
     async def delete(self, key: str) -> None:
         self.calls["delete"] += 1

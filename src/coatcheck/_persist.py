@@ -6,7 +6,9 @@ ID was rotated, the session was destroyed, or the sliding expiry is due.
 
 from __future__ import annotations
 
+import copy
 import logging
+from dataclasses import replace
 from typing import Any
 
 from ._asgi import Headers
@@ -16,7 +18,7 @@ from .config import SessionConfig
 from .exceptions import SessionEndedError
 from .serializers import JSONSerializer, Serializer
 from .session import Session
-from .stores.base import SessionRecord, Store
+from .stores.base import Merge, SessionRecord, Store
 
 security_log = logging.getLogger("coatcheck.security")
 
@@ -115,28 +117,96 @@ class Persistence:
             expires_at=expires_at,
             remember=session._remember,
             user_agent=_user_agent(session._headers),
-            version=1 if stored is None or rotated else stored.version + 1,
+            version=1 if stored is None else stored.version + 1,
         )
+        written = [record]
         if stored is None:
             await self.store.save(record)
+        elif session._fresh:
+            # Destroyed, or logged in as someone else: nothing of the old record carries
+            # over, so it is simply replaced, whatever happened to it meanwhile.
+            await self.store.save(record, replaces=old_key)
         elif not await self.store.save(
-            record, replaces=old_key if rotated else None, existing=True
+            record,
+            replaces=old_key if rotated else None,
+            expected_version=stored.version,
+            merge=self._merger(session, stored, record, written),
         ):
             # Ended by another request (logout, revocation) while this one ran.
             session._stored = None
             if rotated or session._meta_changed or data != session._raw:
                 raise SessionEndedError("the session was ended by another request")
             return [(b"set-cookie", self.clear_cookie), _NO_STORE]
+        record = written[-1]
+        if record.data != data:  # merged with a parallel save: adopt what was stored
+            data = record.data
+            session._data = self.serializer.loads(data)
         session._stored = record
         session._key = key
+        session._fresh = False
+        session._updates = []
         session._raw = data
         session._modified = session._meta_changed = False
         session._last_seen_at = now
-        session._expires_at = expires_at
+        session._expires_at = record.expires_at
         if not rotated:
             return []
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         return [(b"set-cookie", self._cookies.set(session._id, max_age)), _NO_STORE]
+
+    def _merger(
+        self,
+        session: Session,
+        loaded: SessionRecord,
+        record: SessionRecord,
+        written: list[SessionRecord],
+    ) -> Merge:
+        """Re-apply this request's changes on top of a parallel save that got there first.
+
+        Only the conflict path pays for this: the keys this request set, deleted or
+        changed in place are found by comparing with what it loaded, and values changed
+        through :meth:`Session.modify` are recomputed from the winner's value.
+        """
+
+        def merge(base: SessionRecord) -> SessionRecord:
+            encode = self.serializer.dumps
+            try:
+                merged = self.serializer.loads(base.data)
+            except ValueError:
+                merged = {}
+            original = self.serializer.loads(loaded.data)
+            ours = session._data
+            recomputed = {key for key, _, _ in session._updates}
+            for key in original.keys() | ours.keys():
+                if key in recomputed:
+                    continue
+                if key not in ours:
+                    merged.pop(key, None)
+                elif key not in original or encode({key: ours[key]}) != encode(
+                    {key: original[key]}
+                ):
+                    merged[key] = ours[key]
+            for key, change, default in session._updates:
+                start = merged[key] if key in merged else copy.deepcopy(default)
+                merged[key] = change(start)
+            if session._meta_changed:
+                user_id, remember, created_at = record.user_id, record.remember, record.created_at
+            else:
+                user_id, remember, created_at = base.user_id, base.remember, base.created_at
+            lifetime = self.config.lifetime(remember)
+            result = replace(
+                record,
+                data=encode(merged),
+                user_id=user_id,
+                remember=remember,
+                created_at=created_at,
+                expires_at=min(record.last_seen_at + lifetime.idle, created_at + lifetime.absolute),
+                version=base.version + 1,
+            )
+            written.append(result)
+            return result
+
+        return merge
 
 
 def _user_agent(headers: Headers) -> str:

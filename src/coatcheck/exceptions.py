@@ -8,6 +8,7 @@ The tree is shallow on purpose::
     ├── SessionNotLoadedError     session data touched before it was loaded
     ├── SerializationError        a value cannot be stored as JSON
     ├── SessionEndedError         another request ended the session first (becomes a 409)
+    ├── SessionConflictError      parallel saves kept colliding past the retries (a 409)
     └── StoreError
         └── StoreUnavailableError the store is down, locked or timed out (becomes a 503)
 """
@@ -51,6 +52,13 @@ class SessionEndedError(CoatcheckError):
     """Raised at save time when a logout or revocation ended the session mid-request.
 
     The change is not written: a session that was ended must stay ended.
+    """
+
+
+class SessionConflictError(CoatcheckError):
+    """Raised when a save kept losing races to parallel saves of the same session.
+
+    Nothing was written; the request is answered with a 409 so the client can retry.
     """
 
 

@@ -14,7 +14,12 @@ from ._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
 from ._context import current_session
 from ._persist import Persistence
 from .config import SessionConfig
-from .exceptions import SessionEndedError, StoreUnavailableError
+from .exceptions import (
+    CoatcheckError,
+    SessionConflictError,
+    SessionEndedError,
+    StoreUnavailableError,
+)
 from .serializers import Serializer
 from .session import Session
 from .stores.base import Store
@@ -78,9 +83,9 @@ class SessionMiddleware:
                         failed = True
                         await self._answer_unavailable(scope, receive, send, exc)
                         return
-                    except SessionEndedError:
+                    except (SessionEndedError, SessionConflictError) as exc:
                         failed = True
-                        await self._answer_ended(scope, receive, send)
+                        await self._answer_conflict(scope, receive, send, exc)
                         return
                     _merge_headers(message, extra)
             await send(message)
@@ -113,15 +118,25 @@ class SessionMiddleware:
             return
         await self._unavailable(retry_after)(scope, receive, send)
 
-    async def _answer_ended(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer_conflict(
+        self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError
+    ) -> None:
+        """A 409 that says nothing was saved; an ended session also loses its cookie."""
+        ended = isinstance(exc, SessionEndedError)
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "session ended"})
+            reason = "session ended" if ended else "session busy, try again"
+            await send(
+                {"type": "websocket.close", "code": 1008 if ended else 1013, "reason": reason}
+            )
             return
-        await _json_response(
-            409,
-            b'{"detail":"This session was ended by another request; nothing was saved."}',
-            [(b"set-cookie", self._persistence.clear_cookie)],
-        )(scope, receive, send)
+        if ended:
+            body = b'{"detail":"This session was ended by another request; nothing was saved."}'
+            extra = [(b"set-cookie", self._persistence.clear_cookie)]
+        else:
+            logger.warning("session save gave up after repeated conflicts: %s", exc)
+            body = b'{"detail":"Too many parallel changes; nothing was saved, please retry."}'
+            extra = []
+        await _json_response(409, body, extra)(scope, receive, send)
 
     def _lifespan_send(self, send: Send) -> Send:
         """Close the store once the app's own shutdown handlers have run."""

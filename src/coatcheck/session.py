@@ -6,7 +6,8 @@ starts: that is when the old ID dies, the record is written and the cookie is se
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+import copy
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ class Session(MutableMapping[str, Any]):
         "_data",
         "_expires_at",
         "_exposed",
+        "_fresh",
         "_headers",
         "_id",
         "_key",
@@ -64,6 +66,7 @@ class Session(MutableMapping[str, Any]):
         "_raw",
         "_remember",
         "_stored",
+        "_updates",
         "_user_id",
     )
     _persistence: Persistence
@@ -83,7 +86,9 @@ class Session(MutableMapping[str, Any]):
     _modified: bool
     _exposed: bool
     _meta_changed: bool
+    _fresh: bool  # the data no longer continues the stored record's (destroy, user switch)
     _cookie_sent: bool
+    _updates: list[tuple[str, Callable[[Any], Any], Any]]
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
         self._persistence = persistence
@@ -150,6 +155,22 @@ class Session(MutableMapping[str, Any]):
             return "<Session (not loaded)>"
         return f"<Session user={self._user_id!r} keys={sorted(self._data)!r}>"
 
+    def modify(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
+        """Replace ``session[key]`` with ``change(old)`` atomically; return the new value.
+
+        Use it for read-modify-write of one value under parallel requests (append to a
+        cart, bump a counter): if another request saved the session meanwhile, ``change``
+        runs again on the value that request stored, so neither change is lost. It may
+        therefore run more than once: make it a pure function of its argument, such as
+        ``lambda cart: [*cart, item]``. A missing key starts from a copy of ``default``.
+        """
+        self._require_loaded()
+        value = change(self._data[key] if key in self._data else copy.deepcopy(default))
+        self._data[key] = value
+        self._modified = True
+        self._updates.append((key, change, default))
+        return value
+
     def clear(self) -> None:
         """Forget all data but keep the session, its ID and its user."""
         self._require_loaded()
@@ -181,9 +202,10 @@ class Session(MutableMapping[str, Any]):
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty string")
         self.regenerate()
-        if self._user_id is not None and self._user_id != user_id and self._data:
+        if self._user_id is not None and self._user_id != user_id:
             self._data.clear()
-            self._modified = True
+            self._updates = []
+            self._modified = self._fresh = True
         self._user_id = user_id
         self._remember = remember
         self._created_at = self._persistence.now()
@@ -197,7 +219,8 @@ class Session(MutableMapping[str, Any]):
         """Delete the stored session and clear the cookie, unless new data is added after."""
         self._require_loaded()
         self._data.clear()
-        self._modified = True
+        self._updates = []
+        self._modified = self._fresh = True
         self._user_id = None
         self._remember = False
         self._id = None
@@ -315,7 +338,8 @@ class Session(MutableMapping[str, Any]):
         self._id = session_id if record is not None else None
         self._key = record.key if record is not None else None
         self._cookie_sent = cookie_sent
-        self._modified = self._exposed = self._meta_changed = False
+        self._modified = self._exposed = self._meta_changed = self._fresh = False
+        self._updates = []
         if record is None:
             self._raw = None
             self._public_id = ""

@@ -164,7 +164,7 @@ async def test_existing_save_updates_a_live_record(store: Store) -> None:
     record = make_record(user_id="alice")
     await store.save(record)
     updated = replace(record, data=b"updated", version=2)
-    assert await store.save(updated, existing=True) is True
+    assert await store.save(updated, expected_version=1) is True
     assert await store.load(record.key, NOW) == updated
 
 
@@ -172,7 +172,7 @@ async def test_existing_save_of_a_deleted_record_writes_nothing(store: Store) ->
     record = make_record(user_id="alice")
     await store.save(record)
     await store.delete(record.key)
-    assert await store.save(replace(record, version=2), existing=True) is False
+    assert await store.save(replace(record, version=2), expected_version=1) is False
     assert await store.load(record.key, NOW) is None
     assert await store.list_user("alice", NOW) == []
 
@@ -181,7 +181,7 @@ async def test_existing_save_of_an_expired_record_writes_nothing(store: Store) -
     record = make_record(expires_at=NOW - 1)
     await store.save(record)
     later = replace(record, last_seen_at=NOW, expires_at=NOW + HOUR, version=2)
-    assert await store.save(later, existing=True) is False
+    assert await store.save(later, expected_version=1) is False
     assert await store.load(record.key, NOW) is None
 
 
@@ -190,12 +190,61 @@ async def test_existing_rotation_needs_the_old_record(store: Store) -> None:
     await store.save(old)
     new = make_record(user_id="alice")
     await store.delete_user("alice")
-    assert await store.save(new, replaces=old.key, existing=True) is False
+    assert await store.save(new, replaces=old.key, expected_version=1) is False
     assert await store.load(new.key, NOW) is None
     await store.save(old)
-    assert await store.save(new, replaces=old.key, existing=True) is True
+    assert await store.save(new, replaces=old.key, expected_version=1) is True
     assert await store.load(old.key, NOW) is None
     assert keys(await store.list_user("alice", NOW)) == [new.key]
+
+
+async def test_a_stale_version_is_refused_without_a_merge(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+    await store.save(replace(record, data=b"theirs", version=2), expected_version=1)
+    assert await store.save(replace(record, data=b"ours", version=2), expected_version=1) is False
+    stored = await store.load(record.key, NOW)
+    assert stored is not None
+    assert (stored.data, stored.version) == (b"theirs", 2)
+
+
+@pytest.mark.parametrize("rotate", [False, True], ids=["same-key", "rotation"])
+async def test_a_stale_version_is_merged_onto_the_winner(store: Store, rotate: bool) -> None:
+    record = make_record(user_id="alice", data=b"a")
+    await store.save(record)
+    await store.save(replace(record, data=b"ab", version=2), expected_version=1)
+    seen: list[SessionRecord] = []
+
+    def merge(base: SessionRecord) -> SessionRecord:
+        seen.append(base)
+        return replace(ours, data=base.data + b"c", version=base.version + 1)
+
+    ours = replace(record, data=b"ac", version=2)
+    if rotate:
+        ours = replace(ours, key=make_record().key)
+    replaces = record.key if rotate else None
+    assert await store.save(ours, replaces=replaces, expected_version=1, merge=merge) is True
+    assert seen
+    assert (seen[-1].data, seen[-1].version) == (b"ab", 2)
+    stored = await store.load(ours.key, NOW)
+    assert stored is not None
+    assert (stored.data, stored.version) == (b"abc", 3)
+    if rotate:
+        assert await store.load(record.key, NOW) is None
+    assert keys(await store.list_user("alice", NOW)) == [ours.key]
+
+
+async def test_a_merge_never_resurrects_a_deleted_session(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+    await store.delete(record.key)
+
+    def merge(base: SessionRecord) -> SessionRecord:
+        raise AssertionError("nothing to merge with")
+
+    later = replace(record, version=2)
+    assert await store.save(later, expected_version=1, merge=merge) is False
+    assert await store.load(record.key, NOW) is None
 
 
 async def test_unconditional_save_reports_success(store: Store) -> None:

@@ -123,7 +123,7 @@ async def test_redis_expires_sessions_and_indexes_by_itself(any_redis: RedisStor
     assert index_ttl >= ttl
     # A sliding save pushes both deadlines out.
     later = replace(record, expires_at=record.last_seen_at + 1200.0, version=2)
-    assert await store.save(later, existing=True)
+    assert await store.save(later, expected_version=1)
     assert 1_195_000 < await store.client.pttl(session_key(store, record.key)) <= 1_200_000
     assert await store.client.pttl(index_key(store, "alice")) > 1_195_000
 
@@ -173,13 +173,13 @@ async def test_load_and_save_are_one_round_trip_each(
     assert stats.sent() == {"hgetall": 1}
 
     stats.reset()
-    await standalone.save(replace(record, data=b"changed", version=2), existing=True)
+    await standalone.save(replace(record, data=b"changed", version=2), expected_version=1)
     assert stats.sent() == {"evalsha": 1}
 
     # A login-style rotation that also moves the session to another user: still one.
     stats.reset()
     rotated = make_record(user_id="bob", created_at=record.created_at)
-    assert await standalone.save(rotated, replaces=record.key, existing=True)
+    assert await standalone.save(rotated, replaces=record.key, expected_version=2)
     assert stats.sent() == {"evalsha": 1}
     assert await standalone.list_user("alice", NOW) == []
     assert await standalone.list_user("bob", NOW) == [rotated]
@@ -238,7 +238,7 @@ async def test_scripts_are_reloaded_after_a_script_flush(
     with redis_server.client() as raw:
         raw.script_flush()
 
-    await standalone.save(replace(record, version=2), existing=True)
+    await standalone.save(replace(record, version=2), expected_version=1)
     assert await standalone.list_user("alice", NOW) == [replace(record, version=2)]
     with redis_server.client() as raw:
         raw.script_flush()
@@ -331,12 +331,12 @@ async def test_cluster_rotation_across_nodes_checks_the_old_session_first(
     await clustered.save(old)
     await clustered.delete(old.key)  # a logout on another request
 
-    assert await clustered.save(new, replaces=old.key, existing=True) is False
+    assert await clustered.save(new, replaces=old.key, expected_version=1) is False
     assert await clustered.client.exists(session_key(clustered, new.key)) == 0
     assert await clustered.list_user("alice", NOW) == []
 
     await clustered.save(old)
-    assert await clustered.save(new, replaces=old.key, existing=True) is True
+    assert await clustered.save(new, replaces=old.key, expected_version=1) is True
     assert await clustered.load(old.key, NOW) is None
     assert await clustered.list_user("alice", NOW) == [new]
 

@@ -24,18 +24,39 @@ local function index_add(index, member, score, ttl)
 end
 """
 
+# Compare-and-set on the session a save continues: {0} when it is gone or dead at
+# ``now``, the winner's fields behind a 2 when another save changed its version, or
+# nothing (go on) when ``expected`` is '' (no check) or matches.
+_CHECK_BASE = """
+local function check_base(key, expected, now)
+  if expected == '' then
+    return nil
+  end
+  local base = redis.call('HMGET', key, 'e', 'v')
+  if not base[1] or tonumber(base[1]) <= tonumber(now) then
+    return {0}
+  end
+  if base[2] ~= expected then
+    local reply = redis.call('HGETALL', key)
+    table.insert(reply, 1, 2)
+    return reply
+  end
+  return nil
+end
+"""
+
 # KEYS: session to write, session it continues (the same key unless rotating).
-# ARGV: prefix, member, continued member, existing (1/0), last_seen_at, ttl ms,
-#       score, has user (1/0), user, index ttl ms, then the hash as field/value pairs.
+# ARGV: prefix, member, continued member, expected version ('' for none), last_seen_at,
+#       ttl ms, score, has user (1/0), user, index ttl ms, then the hash's field/value
+#       pairs. Returns {1} when written, else what check_base returned.
 STANDALONE_SAVE = (
     _INDEX_ADD
+    + _CHECK_BASE
     + """
 local new, old = KEYS[1], KEYS[2]
-if ARGV[4] == '1' then
-  local deadline = redis.call('HGET', old, 'e')
-  if not deadline or tonumber(deadline) <= tonumber(ARGV[5]) then
-    return 0
-  end
+local refused = check_base(old, ARGV[4], ARGV[5])
+if refused then
+  return refused
 end
 local user = false
 if ARGV[8] == '1' then user = ARGV[9] end
@@ -56,7 +77,7 @@ redis.call('PEXPIRE', new, ARGV[6])
 if user then
   index_add(ARGV[1] .. ':u:{' .. user .. '}', ARGV[2], ARGV[7], ARGV[10])
 end
-return 1
+return {1}
 """
 )
 
@@ -98,29 +119,37 @@ end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: session. ARGV: existing (1/0), last_seen_at. Deletes the session, returning
-# {1, owner or false}; with existing=1 only if it is alive at last_seen_at, else {0}.
-TAKE = """
-local fields = redis.call('HMGET', KEYS[1], 'e', 'u')
-if ARGV[1] == '1' and (not fields[1] or tonumber(fields[1]) <= tonumber(ARGV[2])) then
-  return {0}
+# KEYS: session. ARGV: expected version ('' for none), last_seen_at. Deletes the
+# session, returning {1, owner or false}; else what check_base returned.
+TAKE = (
+    _CHECK_BASE
+    + """
+local refused = check_base(KEYS[1], ARGV[1], ARGV[2])
+if refused then
+  return refused
 end
+local owner = redis.call('HGET', KEYS[1], 'u')
 redis.call('DEL', KEYS[1])
-return {1, fields[2]}
+return {1, owner}
 """
+)
 
-# KEYS: session. ARGV: existing (1/0), last_seen_at, ttl ms, then field/value pairs.
-# Returns {1, previous owner or false}, or {0} when existing=1 and it is not alive.
-WRITE = """
-local fields = redis.call('HMGET', KEYS[1], 'e', 'u')
-if ARGV[1] == '1' and (not fields[1] or tonumber(fields[1]) <= tonumber(ARGV[2])) then
-  return {0}
+# KEYS: session. ARGV: expected version ('' for none), last_seen_at, ttl ms, then
+# field/value pairs. Returns {1, previous owner or false}; else what check_base returned.
+WRITE = (
+    _CHECK_BASE
+    + """
+local refused = check_base(KEYS[1], ARGV[1], ARGV[2])
+if refused then
+  return refused
 end
+local fields = redis.call('HMGET', KEYS[1], 'e', 'u')
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, fields[2]}
 """
+)
 
 # KEYS: a user's index. ARGV: member, score, index ttl ms.
 INDEX_ADD = (

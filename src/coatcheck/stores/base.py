@@ -8,6 +8,7 @@ seconds since the epoch); the caller passes ``now`` so that a single clock rules
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +34,10 @@ class SessionRecord:
     version: int = 1
 
 
+Merge = Callable[[SessionRecord], SessionRecord]
+"""Given the stored record that won a race, return the record to write on top of it."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """An async session store."""
@@ -41,15 +46,29 @@ class Store(Protocol):
         """Return the live record under ``key``; missing or expired records return ``None``."""
 
     async def save(
-        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
     ) -> bool:
         """Write ``record``; when ``replaces`` is given, delete that key in the same step.
 
-        With ``existing=True`` the write happens only if the session it continues (the
-        record under ``replaces``, or else under ``record.key``) is still alive at
-        ``record.last_seen_at``; otherwise nothing is written and the result is False.
-        That is how a logout or revocation wins over a slower request of the same
-        session. Raises ``StoreUnavailableError`` when the write could not be made durable.
+        Without ``expected_version`` the write is unconditional (a brand-new session).
+        With it, the write continues a stored session, the *base*: the record under
+        ``replaces``, or else under ``record.key``. Then, atomically:
+
+        - the base is missing or dead at ``record.last_seen_at``: nothing is written and
+          the result is False, so a logout or revocation wins over a slower request;
+        - the base has ``expected_version``: ``record`` is written;
+        - another save got there first (a different version): ``merge(base)`` builds the
+          record to write instead, with no other save of the base in between. Stores
+          without transactions may call ``merge`` more than once; without ``merge`` the
+          result is False.
+
+        Raises ``StoreUnavailableError`` when the write could not be made durable, and
+        ``SessionConflictError`` when a store gives up retrying a contended merge.
         """
 
     async def delete(self, key: str) -> None:

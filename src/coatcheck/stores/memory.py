@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import SessionRecord
+from .base import Merge, SessionRecord
 
 
 class MemoryStore:
@@ -26,12 +26,21 @@ class MemoryStore:
         return record
 
     async def save(
-        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
     ) -> bool:
-        if existing:
-            current = self._records.get(replaces or record.key)
-            if current is None or current.expires_at <= record.last_seen_at:
+        if expected_version is not None:
+            base = self._records.get(replaces or record.key)
+            if base is None or base.expires_at <= record.last_seen_at:
                 return False
+            if base.version != expected_version:
+                if merge is None:
+                    return False
+                record = merge(base)  # no await since the read: nothing can interleave
         if replaces is not None and replaces != record.key:
             self._remove(replaces)
         self._remove(record.key)

@@ -32,11 +32,12 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from ..exceptions import (
     ConfigurationError,
     MissingDependencyError,
+    SessionConflictError,
     StoreError,
     StoreUnavailableError,
 )
 from . import _redis_scripts as lua
-from .base import SessionRecord
+from .base import Merge, SessionRecord
 
 try:
     from redis.asyncio import Redis
@@ -77,6 +78,8 @@ _MIN_TTL_MS = 1000
 # and its TTL must still cover the session written a round trip later.
 _INDEX_GRACE_MS = 60_000
 _SCAN_BATCH = 500
+# Merges before a save gives up with a 409: each lost race means another save landed.
+_MAX_MERGES = 32
 # Passes of delete_user on Cluster: each one catches sessions filed while the last ran.
 _REVOKE_PASSES = 5
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -212,39 +215,61 @@ class RedisStore:
         return record if record is not None and record.expires_at > now else None
 
     async def save(
-        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
     ) -> bool:
+        # Optimistic: the script refuses a stale version and hands back the winner in
+        # the same reply, so a merge costs no extra read; then try again on top of it.
+        for _ in range(_MAX_MERGES):
+            with self._errors():
+                outcome = await self._save_once(record, replaces, expected_version)
+            if isinstance(outcome, bool):
+                return outcome
+            if merge is None:
+                return False
+            record, expected_version = merge(outcome), outcome.version
+        raise SessionConflictError(
+            f"gave up after {_MAX_MERGES} parallel saves of the same session won the race"
+        )
+
+    async def _save_once(
+        self, record: SessionRecord, replaces: str | None, expected: int | None
+    ) -> bool | SessionRecord:
         ttl_ms = max(math.ceil((record.expires_at - record.last_seen_at) * 1000), _MIN_TTL_MS)
         ttl, index_ttl = str(ttl_ms), str(ttl_ms + _INDEX_GRACE_MS)
-        with self._errors():
-            if self.cluster:
-                return await self._save_cluster(record, replaces, existing, ttl, index_ttl)
-            previous = replaces or record.key
-            user = record.user_id
-            written = await self._save_script(
-                keys=[self._session_key(record.key), self._session_key(previous)],
-                args=[
-                    self.prefix,
-                    record.key,
-                    previous,
-                    "1" if existing else "0",
-                    repr(record.last_seen_at),
-                    ttl,
-                    repr(record.expires_at),
-                    "0" if user is None else "1",
-                    user or "",
-                    index_ttl,
-                    *_encode(record),
-                ],
-            )
-        return bool(written)
+        expected_arg = "" if expected is None else str(expected)
+        if self.cluster:
+            return await self._save_cluster(record, replaces, expected_arg, ttl, index_ttl)
+        previous = replaces or record.key
+        user = record.user_id
+        reply = await self._save_script(
+            keys=[self._session_key(record.key), self._session_key(previous)],
+            args=[
+                self.prefix,
+                record.key,
+                previous,
+                expected_arg,
+                repr(record.last_seen_at),
+                ttl,
+                repr(record.expires_at),
+                "0" if user is None else "1",
+                user or "",
+                index_ttl,
+                *_encode(record),
+            ],
+        )
+        return _refusal(previous, reply) if not _done(reply) else True
 
     async def delete(self, key: str) -> None:
         with self._errors():
             if not self.cluster:
                 await self._delete_script(keys=[self._session_key(key)], args=[self.prefix, key])
                 return
-            taken = await self._take(keys=[self._session_key(key)], args=["0", "0"])
+            taken = await self._take(keys=[self._session_key(key)], args=["", "0"])
             owner = _owner(taken)
             if owner is not None:
                 await self.client.execute_command("ZREM", self._index_key(owner), key)
@@ -334,10 +359,10 @@ class RedisStore:
         self,
         record: SessionRecord,
         replaces: str | None,
-        existing: bool,
+        expected: str,
         ttl: str,
         index_ttl: str,
-    ) -> bool:
+    ) -> bool | SessionRecord:
         """Save across slots, in an order that fails safe.
 
         1. A rotation first checks and deletes the old session on its slot; only if that
@@ -360,7 +385,7 @@ class RedisStore:
                 (
                     self._take,
                     [self._session_key(replaces)],
-                    ["1" if existing else "0", repr(record.last_seen_at)],
+                    [expected, repr(record.last_seen_at)],
                 )
             )
         if user is not None:
@@ -374,19 +399,19 @@ class RedisStore:
         done = await self._eval_many(first) if first else []
         unindex: list[tuple[str, ...]] = []
         if rotating:
+            assert replaces is not None
             if not _done(done[0]):
-                return False
+                return _refusal(replaces, done[0])
             owner = _owner(done[0])
             if owner is not None:
                 assert replaces is not None
                 unindex.append(("ZREM", self._index_key(owner), replaces))
-        check = existing and not rotating
         written = await self._write(
             keys=[self._session_key(key)],
-            args=["1" if check else "0", repr(record.last_seen_at), ttl, *_encode(record)],
+            args=["" if rotating else expected, repr(record.last_seen_at), ttl, *_encode(record)],
         )
         if not _done(written):
-            return False
+            return _refusal(key, written)
         previous = _owner(written)
         if previous is not None and previous != user:
             unindex.append(("ZREM", self._index_key(previous), key))
@@ -582,8 +607,16 @@ def _decode(key: str, fields: Any) -> SessionRecord | None:
 
 
 def _done(result: Any) -> bool:
-    """The first element of a script's {ok, ...} reply."""
-    return bool(result and int(result[0]))
+    """Whether a script's reply starts with 1 (done); 0 is refused, 2 a lost race."""
+    return bool(result) and int(result[0]) == 1
+
+
+def _refusal(key: str, reply: Any) -> bool | SessionRecord:
+    """False for a session that is gone, or the winner of a race (``{2, fields...}``)."""
+    if not reply or int(reply[0]) != 2:
+        return False
+    flat = reply[1:]
+    return _decode(key, dict(zip(flat[::2], flat[1::2], strict=True))) or False
 
 
 def _owner(result: Any) -> str | None:

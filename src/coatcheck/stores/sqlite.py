@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..exceptions import StoreError, StoreUnavailableError
-from .base import SessionRecord
+from .base import Merge, SessionRecord
 
 T = TypeVar("T")
 
@@ -78,6 +78,10 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self.table = table
         self._sql_table = f'"{table}"'  # quoted, so reserved words such as "order" work
+        self._insert = (
+            f"INSERT OR REPLACE INTO {self._sql_table} ({_COLUMNS})"  # noqa: S608
+            " VALUES (?,?,?,?,?,?,?,?,?,?)"
+        )
         self.purge_every = purge_every
         self.purge_batch = purge_batch
         self.retry_after = retry_after
@@ -101,46 +105,42 @@ class SQLiteStore:
         return _record(rows[0]) if rows else None
 
     async def save(
-        self, record: SessionRecord, *, replaces: str | None = None, existing: bool = False
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
     ) -> bool:
         self._saves += 1
         purge = self.purge_every > 0 and self._saves % self.purge_every == 0
-        values = (
-            record.key,
-            record.public_id,
-            record.data,
-            record.user_id,
-            record.created_at,
-            record.last_seen_at,
-            record.expires_at,
-            int(record.remember),
-            record.user_agent,
-            record.version,
-        )
-        insert = (
-            f"INSERT OR REPLACE INTO {self._sql_table} ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
-        )
-
         previous = replaces or record.key
-        alive = f"SELECT 1 FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
+        base_sql = f"SELECT {_COLUMNS} FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
         delete = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
 
         def write(db: sqlite3.Connection) -> bool:
-            if not existing and previous == record.key:
-                db.execute(insert, values)
+            chosen = record
+            if expected_version is None and previous == record.key:
+                db.execute(self._insert, _values(chosen))
             else:
+                # The write lock is held from the read of the base to the commit, so a
+                # merge sees the latest version and no other save can slip in between.
                 with _immediate(db):
-                    if (
-                        existing
-                        and not db.execute(alive, (previous, record.last_seen_at)).fetchall()
-                    ):
-                        return False
-                    if previous != record.key:
+                    if expected_version is not None:
+                        rows = db.execute(base_sql, (previous, record.last_seen_at)).fetchall()
+                        if not rows:
+                            return False
+                        base = _record(rows[0])
+                        if base.version != expected_version:
+                            if merge is None:
+                                return False
+                            chosen = merge(base)
+                    if previous != chosen.key:
                         db.execute(delete, (previous,))
-                    db.execute(insert, values)
+                    db.execute(self._insert, _values(chosen))
             if purge:
                 try:
-                    self._purge_batch(db, record.last_seen_at)
+                    self._purge_batch(db, chosen.last_seen_at)
                 except sqlite3.OperationalError as exc:
                     # The record is saved; the purge is housekeeping and waits for next time.
                     if not _is_transient(exc):
@@ -312,6 +312,21 @@ def _is_transient(exc: sqlite3.Error) -> bool:
         return "_".join(name.split("_")[:2]) in _UNAVAILABLE
     message = str(exc).lower()
     return any(word in message for word in ("locked", "busy", "unable to open", "disk"))
+
+
+def _values(record: SessionRecord) -> tuple[object, ...]:
+    return (
+        record.key,
+        record.public_id,
+        record.data,
+        record.user_id,
+        record.created_at,
+        record.last_seen_at,
+        record.expires_at,
+        int(record.remember),
+        record.user_agent,
+        record.version,
+    )
 
 
 def _record(row: tuple[object, ...]) -> SessionRecord:
