@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
@@ -9,8 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from coatcheck import MemoryStore, SessionRecord, SQLiteStore, Store
+from coatcheck import SessionRecord, Store
 from coatcheck.stores.base import Merge
+
+from . import redis_servers
+from .store_kinds import STORE_KINDS, build_store
 
 
 @pytest.fixture
@@ -83,9 +86,36 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="session", autouse=True)
+def redis_servers_registry(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[redis_servers.RedisServers]:
+    """Redis servers for the whole run, each started the first time a test needs it."""
+    servers = redis_servers.RedisServers(tmp_path_factory.mktemp("redis"))
+    redis_servers.activate(servers)
+    try:
+        yield servers
+    finally:
+        redis_servers.activate(None)
+        servers.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_servers_registry: redis_servers.RedisServers) -> redis_servers.RedisServer:
+    return redis_servers_registry.standalone()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(
+    redis_servers_registry: redis_servers.RedisServers,
+) -> redis_servers.RedisClusterServers:
+    return redis_servers_registry.cluster()
+
+
+@pytest.fixture(params=STORE_KINDS)
 async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    store: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+    """Each backend in turn, real servers included."""
+    store = build_store(request.param, tmp_path)
     yield store
     await store.aclose()
 

@@ -43,8 +43,11 @@ def _to_page() -> RedirectResponse:
 
 
 def _cart(session: Session) -> list[str]:
-    items = session.get("cart")
-    return list(items) if isinstance(items, list) else []
+    return _items(session.get("cart"))
+
+
+def _items(value: object) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
 
 @router.get("/", include_in_schema=False)
@@ -70,8 +73,7 @@ async def login(request: Request, session: SessionDep) -> Response | LoggedIn:
         if wants_json(request):
             raise HTTPException(status_code=401, detail=INVALID_LOGIN)
         raise PageError(INVALID_LOGIN, 401, username=credentials.username)
-    if session.user_id not in (None, user):
-        session.clear()  # a shared computer: bob must not inherit alice's cart
+    # Logging in as someone else drops the data: bob must not inherit alice's cart.
     session.login(user, remember=credentials.remember)
     return LoggedIn(user=user) if wants_json(request) else _to_page()
 
@@ -115,14 +117,18 @@ async def cart(session: SessionDep) -> Cart:
 async def add_item(request: Request, session: SessionDep) -> Response | Cart:
     """Works without an account: the first item starts an anonymous session."""
     item = (await read_input(request, CartItem)).item
-    items = _cart(session)
-    if len(items) >= MAX_CART_ITEMS:
+    if len(_cart(session)) >= MAX_CART_ITEMS:
         message = f"The cart is full ({MAX_CART_ITEMS} items)."
         if wants_json(request):
             raise HTTPException(status_code=422, detail=message)
         raise PageError(message, 422)
-    items.append(item)
-    session["cart"] = items
+
+    def add(cart: object) -> list[str]:
+        # Re-run on the stored cart if a parallel request saved first: no item is lost.
+        items = _items(cart)
+        return [*items, item] if len(items) < MAX_CART_ITEMS else items
+
+    items = session.modify("cart", add, default=[])
     return Cart(items=items) if wants_json(request) else _to_page()
 
 

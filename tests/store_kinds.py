@@ -1,0 +1,51 @@
+"""Every store backend the suite knows, built fresh and empty on demand.
+
+Adding a backend means adding a kind here (plus whatever server fixture it needs);
+tests that take the ``store`` or ``any_store`` fixture then run against it too.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from uuid import uuid4
+
+from coatcheck.stores import MemoryStore, SQLiteStore, Store
+
+from . import redis_servers
+
+STORE_KINDS = ("memory", "sqlite", "redis", "redis-cluster")
+
+
+def unique_prefix() -> str:
+    """Tests share one Redis server each and stay apart by key prefix."""
+    return f"t{uuid4().hex[:8]}"
+
+
+def build_store(kind: str, directory: Path) -> Store:
+    """A fresh, empty store of ``kind``; file-backed kinds live under ``directory``,
+    Redis kinds under a new key prefix on the session's server."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(directory / "sessions.db")
+    if kind in ("redis", "redis-cluster"):
+        from coatcheck.stores.redis import RedisStore
+
+        servers = redis_servers.active()
+        url = servers.standalone().url if kind == "redis" else servers.cluster().url
+        return RedisStore.from_url(url, prefix=unique_prefix())
+    raise ValueError(f"unknown store kind {kind!r}")
+
+
+@asynccontextmanager
+async def fresh_store(kind: str) -> AsyncIterator[Store]:
+    """A store for code that cannot use the function-scoped fixture (Hypothesis examples)."""
+    with tempfile.TemporaryDirectory(prefix="coatcheck-store-") as directory:
+        store = build_store(kind, Path(directory))
+        try:
+            yield store
+        finally:
+            await store.aclose()

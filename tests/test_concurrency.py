@@ -1,0 +1,294 @@
+"""Parallel requests of one session never overwrite each other, on every store."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from coatcheck import (
+    SessionConfig,
+    SessionConflictError,
+    SessionMiddleware,
+    SessionRecord,
+    Store,
+)
+from coatcheck._persist import Persistence
+from coatcheck.session import Session
+from coatcheck.stores.base import Merge
+
+from . import redis_servers
+from .conftest import client_for
+from .store_kinds import STORE_KINDS, fresh_store
+
+pytestmark = pytest.mark.anyio
+
+
+class Barrier:
+    """Holds every request after it loaded its session until all of them have."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.arrived = 0
+        self.all_loaded = anyio.Event()
+
+    async def wait(self) -> None:
+        self.arrived += 1
+        if self.arrived == self.parties:
+            self.all_loaded.set()
+        await self.all_loaded.wait()
+
+
+async def change(request: Request) -> Response:
+    session = request.scope["session"]
+    assert isinstance(session, Session)
+    await session.load()
+    await request.app.state.barrier.wait()
+    action, key = request.path_params["action"], request.query_params.get("key", "k")
+    value = request.query_params.get("value", "v")
+    if action == "set":
+        session[key] = value
+    elif action == "delete":
+        del session[key]
+    elif action == "append-in-place":
+        session[key].append(value)
+    elif action == "modify":
+        session.modify(key, lambda items: [*items, value], default=[])
+    elif action == "logout":
+        session.logout()
+    return JSONResponse(dict(session))
+
+
+async def read(request: Request) -> Response:
+    session = request.scope["session"]
+    assert isinstance(session, Session)
+    await session.load()
+    return JSONResponse({"data": dict(session), "user": session.user_id})
+
+
+async def seed(request: Request) -> Response:
+    session = request.scope["session"]
+    assert isinstance(session, Session)
+    await session.load()
+    session.update(await request.json())
+    return JSONResponse({})
+
+
+def make_app(store: Store, parties: int) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/change/{action}", change, methods=["POST"]),
+            Route("/read", read),
+            Route("/seed", seed, methods=["POST"]),
+        ]
+    )
+    app.state.barrier = Barrier(parties)
+    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig())
+    return app
+
+
+async def seeded(client: httpx.AsyncClient, data: dict[str, Any]) -> dict[str, str]:
+    response = await client.post("/seed", json=data)
+    name, _, rest = response.headers["set-cookie"].partition("=")
+    return {"cookie": f"{name}={rest.split(';', 1)[0]}"}
+
+
+async def race(client: httpx.AsyncClient, cookie: dict[str, str], *paths: str) -> list[int]:
+    statuses: list[int] = []
+
+    async def one(path: str) -> None:
+        statuses.append((await client.post(path, headers=cookie)).status_code)
+
+    async with anyio.create_task_group() as tasks:
+        for path in paths:
+            tasks.start_soon(one, path)
+    return statuses
+
+
+async def final(client: httpx.AsyncClient, cookie: dict[str, str]) -> dict[str, Any]:
+    body: dict[str, Any] = (await client.get("/read", headers=cookie)).json()
+    return body
+
+
+async def test_parallel_changes_to_different_keys_all_persist(any_store: Store) -> None:
+    app = make_app(any_store, parties=4)
+    async with client_for(app) as client:
+        cookie = await seeded(client, {"keep": 1, "gone": 2, "cart": ["a"]})
+        statuses = await race(
+            client,
+            cookie,
+            "/change/set?key=theme&value=dark",
+            "/change/set?key=lang&value=fr",
+            "/change/delete?key=gone",
+            "/change/append-in-place?key=cart&value=b",
+        )
+        assert statuses == [200, 200, 200, 200]
+        data = (await final(client, cookie))["data"]
+    assert data == {"keep": 1, "theme": "dark", "lang": "fr", "cart": ["a", "b"]}
+
+
+async def test_modify_keeps_every_append_of_parallel_requests(any_store: Store) -> None:
+    app = make_app(any_store, parties=8)
+    async with client_for(app) as client:
+        cookie = await seeded(client, {"cart": ["first"]})
+        paths = [f"/change/modify?key=cart&value=item{n}" for n in range(8)]
+        assert await race(client, cookie, *paths) == [200] * 8
+        cart = (await final(client, cookie))["data"]["cart"]
+    assert cart[0] == "first"
+    assert sorted(cart[1:]) == sorted(f"item{n}" for n in range(8))
+
+
+async def test_plain_assignment_of_the_same_key_is_last_writer_wins(any_store: Store) -> None:
+    """The documented limit: two requests replacing one key cannot both win."""
+    app = make_app(any_store, parties=2)
+    async with client_for(app) as client:
+        cookie = await seeded(client, {"n": 0})
+        paths = ["/change/set?key=n&value=one", "/change/set?key=n&value=two"]
+        assert await race(client, cookie, *paths) == [200, 200]
+        assert (await final(client, cookie))["data"]["n"] in ("one", "two")
+
+
+async def test_a_logout_wins_over_parallel_writes(any_store: Store) -> None:
+    app = make_app(any_store, parties=3)
+    async with client_for(app) as client:
+        cookie = await seeded(client, {"n": 0})
+        statuses = await race(
+            client, cookie, "/change/set?key=a", "/change/logout", "/change/set?key=b"
+        )
+        assert sorted(statuses) in ([200, 200, 200], [200, 409, 409], [200, 200, 409])
+        assert (await final(client, cookie))["data"] == {}
+        assert statuses.count(409) + statuses.count(200) == 3
+
+
+# -- interleavings of loads and saves, checked against a model -------------------------
+
+
+def persistence_for(store: Store) -> Persistence:
+    return Persistence(store, SessionConfig(), None)
+
+
+async def open_session(persistence: Persistence, cookie: str | None) -> Session:
+    headers = [] if cookie is None else [(b"cookie", f"__Host-session={cookie}".encode())]
+    return await Session(persistence, {"headers": headers}).load()
+
+
+@st.composite
+def schedules(draw: st.DrawFn) -> list[tuple[str, int]]:
+    """A random interleaving of load i / save i (each load before its save)."""
+    count = draw(st.integers(min_value=2, max_value=5))
+    pending = [[("load", i), ("save", i)] for i in range(count)]
+    order: list[tuple[str, int]] = []
+    while any(pending):
+        choices = [i for i, steps in enumerate(pending) if steps]
+        pick = draw(st.sampled_from(choices))
+        order.append(pending[pick].pop(0))
+    return order
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_no_interleaving_of_loads_and_saves_loses_an_update(kind: str) -> None:
+    @settings(
+        max_examples=25,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(schedule=schedules(), modify_too=st.booleans())
+    def run(schedule: list[tuple[str, int]], modify_too: bool) -> None:
+        anyio.run(check, schedule, modify_too)
+
+    async def check(schedule: list[tuple[str, int]], modify_too: bool) -> None:
+        async with fresh_store(kind) as store:
+            persistence = persistence_for(store)
+            first = await open_session(persistence, None)
+            first["base"] = "kept"
+            header = dict(await persistence.commit(first, 200))[b"set-cookie"].decode()
+            cookie = header.split(";", 1)[0].split("=", 1)[1]
+            sessions: dict[int, Session] = {}
+            for step, i in schedule:
+                if step == "load":
+                    sessions[i] = await open_session(persistence, cookie)
+                    continue
+                session = sessions[i]
+                session[f"key{i}"] = i
+                if modify_too:
+                    session.modify("log", lambda log, i=i: [*log, i], default=[])
+                assert await persistence.commit(session, 200) == []
+            data = dict(await open_session(persistence, cookie))
+            requests = len(sessions)
+            expected: dict[str, Any] = {"base": "kept", **{f"key{i}": i for i in range(requests)}}
+            if modify_too:
+                assert sorted(data.pop("log")) == list(range(requests))
+            assert data == expected
+
+    run()
+
+
+# -- giving up -------------------------------------------------------------------------
+
+
+class AlwaysContended:
+    """A real store whose saves always lose the race, as under a flood of writers."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def save(
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
+    ) -> bool:
+        if expected_version is not None:
+            raise SessionConflictError("still contended")
+        return await self.inner.save(record, replaces=replaces)
+
+
+async def test_exhausted_retries_fail_loudly_with_409(any_store: Store) -> None:
+    app = make_app(AlwaysContended(any_store), parties=1)  # type: ignore[arg-type]
+    async with client_for(app) as client:
+        cookie = await seeded(client, {"n": 0})
+        response = await client.post("/change/set?key=n&value=1", headers=cookie)
+        assert response.status_code == 409
+        assert "retry" in response.json()["detail"]
+        assert "set-cookie" not in response.headers
+        assert (await final(client, cookie))["data"] == {"n": 0}
+
+
+async def test_redis_gives_up_after_a_bounded_number_of_merges() -> None:
+    from coatcheck.stores.redis import RedisStore
+
+    async with fresh_store("redis") as store:
+        assert isinstance(store, RedisStore)
+        record = SessionRecord(
+            key="k" * 64, public_id="p", data=b"{}", user_id=None,
+            created_at=1.0, last_seen_at=2.0, expires_at=4e9,
+        )  # fmt: skip
+        await store.save(record)
+        merges = 0
+
+        def merge(base: SessionRecord) -> SessionRecord:
+            # A rival writer lands between every attempt, so each one loses again.
+            nonlocal merges
+            merges += 1
+            with redis_servers.active().standalone().client() as rival:
+                rival.hincrby(store._session_key(record.key), "v", 1)
+            return replace(base, version=base.version + 1)
+
+        with pytest.raises(SessionConflictError):
+            await store.save(replace(record, version=2), expected_version=0, merge=merge)
+        assert 2 <= merges <= 100
