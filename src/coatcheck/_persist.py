@@ -62,7 +62,6 @@ class Persistence:
             data,
             now=now,
             idle=self.config.normal.idle,
-            cookie_sent=session_id is not None,
         )
 
     def _alive(self, record: SessionRecord, now: float) -> bool:
@@ -80,13 +79,13 @@ class Persistence:
         stored = session._stored
         old_key = stored.key if stored is not None else None
         if not session._data and session._user_id is None:
-            if old_key is not None:
-                await self.store.delete(old_key)
-                session._stored = None
-            if old_key is not None or session._cookie_sent:
-                session._cookie_sent = False
-                return [(b"set-cookie", self.clear_cookie), _NO_STORE]
-            return []
+            if old_key is None:
+                # Never clear a cookie that matched nothing: a parallel login may have
+                # just replaced it in the browser, and this response would log it out.
+                return []
+            await self.store.delete(old_key)
+            session._stored = None
+            return [(b"set-cookie", self.clear_cookie), _NO_STORE]
 
         if session._id is None:
             session._id = new_session_id()
@@ -132,11 +131,12 @@ class Persistence:
             expected_version=stored.version,
             merge=self._merger(session, stored, record, written),
         ):
-            # Ended by another request (logout, revocation) while this one ran.
+            # Ended by another request (logout, revocation, a login's new ID) while this
+            # one ran. No cookie is cleared: the browser may already hold a newer one.
             session._stored = None
             if rotated or session._meta_changed or data != session._raw:
                 raise SessionEndedError("the session was ended by another request")
-            return [(b"set-cookie", self.clear_cookie), _NO_STORE]
+            return []
         record = written[-1]
         if record.data != data:  # merged with a parallel save: adopt what was stored
             data = record.data

@@ -121,7 +121,8 @@ class SessionMiddleware:
     async def _answer_conflict(
         self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError
     ) -> None:
-        """A 409 that says nothing was saved; an ended session also loses its cookie."""
+        """A 409 that says nothing was saved. The cookie is left alone: after a parallel
+        login the browser already holds a newer one, which clearing would log out."""
         ended = isinstance(exc, SessionEndedError)
         if scope["type"] == "websocket":
             reason = "session ended" if ended else "session busy, try again"
@@ -131,12 +132,10 @@ class SessionMiddleware:
             return
         if ended:
             body = b'{"detail":"This session was ended by another request; nothing was saved."}'
-            extra = [(b"set-cookie", self._persistence.clear_cookie)]
         else:
             logger.warning("session save gave up after repeated conflicts: %s", exc)
             body = b'{"detail":"Too many parallel changes; nothing was saved, please retry."}'
-            extra = []
-        await _json_response(409, body, extra)(scope, receive, send)
+        await _json_response(409, body, [])(scope, receive, send)
 
     def _lifespan_send(self, send: Send) -> Send:
         """Close the store once the app's own shutdown handlers have run."""

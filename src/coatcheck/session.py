@@ -48,7 +48,6 @@ class Session(MutableMapping[str, Any]):
     """
 
     __slots__ = (
-        "_cookie_sent",
         "_created_at",
         "_data",
         "_expires_at",
@@ -87,7 +86,6 @@ class Session(MutableMapping[str, Any]):
     _exposed: bool
     _meta_changed: bool
     _fresh: bool  # the data no longer continues the stored record's (destroy, user switch)
-    _cookie_sent: bool
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
@@ -331,13 +329,11 @@ class Session(MutableMapping[str, Any]):
         *,
         now: float,
         idle: int,
-        cookie_sent: bool,
     ) -> None:
         self._data = data
         self._stored = record
         self._id = session_id if record is not None else None
         self._key = record.key if record is not None else None
-        self._cookie_sent = cookie_sent
         self._modified = self._exposed = self._meta_changed = self._fresh = False
         self._updates = []
         if record is None:
