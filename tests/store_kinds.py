@@ -16,7 +16,7 @@ from coatcheck.stores import MemoryStore, SQLiteStore, Store
 
 from . import redis_servers
 
-STORE_KINDS = ("memory", "sqlite", "redis", "redis-cluster")
+STORE_KINDS = ("memory", "sqlite", "redis", "redis-cluster", "valkey")
 
 
 def unique_prefix() -> str:
@@ -31,12 +31,16 @@ def build_store(kind: str, directory: Path) -> Store:
         return MemoryStore()
     if kind == "sqlite":
         return SQLiteStore(directory / "sessions.db")
-    if kind in ("redis", "redis-cluster"):
+    if kind in ("redis", "redis-cluster", "valkey"):
         from coatcheck.stores.redis import RedisStore
 
         servers = redis_servers.active()
-        url = servers.standalone().url if kind == "redis" else servers.cluster().url
-        return RedisStore.from_url(url, prefix=unique_prefix())
+        server = {
+            "redis": servers.standalone,
+            "valkey": servers.valkey,
+            "redis-cluster": servers.cluster,
+        }
+        return RedisStore.from_url(server[kind]().url, prefix=unique_prefix())
     raise ValueError(f"unknown store kind {kind!r}")
 
 
