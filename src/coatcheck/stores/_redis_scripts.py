@@ -1,10 +1,11 @@
 """The Lua scripts of :class:`~coatcheck.stores.redis.RedisStore`.
 
-A session is a hash under ``{prefix}:s:{<key>}`` with the fields ``p`` (public ID),
-``d`` (data), ``u`` (user ID; absent when anonymous), ``c``/``l``/``e`` (created, last
-seen, expires: float seconds written with ``repr`` so they read back exactly), ``r``
-(remember), ``a`` (user agent) and ``v`` (version). A user's index is a sorted set
-``{prefix}:u:{<user>}`` of session keys scored by their ``expires_at``.
+A session is a hash under ``{prefix}:s:{<key>}``: ``b`` holds the whole record packed
+(see ``redis._pack``), and the scripts read ``e`` (expires, float seconds), ``u`` (user
+ID; absent when anonymous) and ``v`` (version), which repeat what ``b`` says. A user's
+index is a sorted set ``{prefix}:u:{<user>}`` of session keys scored by ``expires_at``.
+Scripts read fields with ``HMGET`` only, which lets tests tell a client's ``HGET`` (a
+load) from a script's reads in the server's command counts.
 
 Scripts prefixed ``STANDALONE_`` build index key names from the prefix they are given,
 which only a single server allows; the others touch nothing but their ``KEYS``, all in
@@ -25,7 +26,7 @@ end
 """
 
 # Compare-and-set on the session a save continues: {0} when it is gone or dead at
-# ``now``, the winner's fields behind a 2 when another save changed its version, or
+# ``now``, the winner's packed record behind a 2 when another save changed its version, or
 # nothing (go on) when ``expected`` is '' (no check) or matches.
 _CHECK_BASE = """
 local function check_base(key, expected, now)
@@ -37,9 +38,7 @@ local function check_base(key, expected, now)
     return {0}
   end
   if base[2] ~= expected then
-    local reply = redis.call('HGETALL', key)
-    table.insert(reply, 1, 2)
-    return reply
+    return {2, redis.call('HMGET', key, 'b')[1]}
   end
   return nil
 end
@@ -61,7 +60,7 @@ end
 local user = false
 if ARGV[8] == '1' then user = ARGV[9] end
 local function unindex(key, member)
-  local owner = redis.call('HGET', key, 'u')
+  local owner = redis.call('HMGET', key, 'u')[1]
   if owner and (key ~= new or owner ~= user) then
     redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', member)
   end
@@ -83,7 +82,7 @@ return {1}
 
 # KEYS: session. ARGV: prefix, member. Returns how many keys were deleted.
 STANDALONE_DELETE = """
-local owner = redis.call('HGET', KEYS[1], 'u')
+local owner = redis.call('HMGET', KEYS[1], 'u')[1]
 if owner then
   redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', ARGV[2])
 end
@@ -97,7 +96,7 @@ local removed = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if member ~= ARGV[3] then
     local key = ARGV[1] .. ':s:{' .. member .. '}'
-    if redis.call('HGET', key, 'u') == ARGV[2] then
+    if redis.call('HMGET', key, 'u')[1] == ARGV[2] then
       removed = removed + redis.call('DEL', key)
     end
     redis.call('ZREM', KEYS[1], member)
@@ -108,11 +107,11 @@ return removed
 
 # KEYS: session. ARGV: prefix, member, now. Deletes it if dead at ``now``; 1 or 0.
 STANDALONE_PURGE = """
-local deadline = redis.call('HGET', KEYS[1], 'e')
+local deadline = redis.call('HMGET', KEYS[1], 'e')[1]
 if not deadline or tonumber(deadline) > tonumber(ARGV[3]) then
   return 0
 end
-local owner = redis.call('HGET', KEYS[1], 'u')
+local owner = redis.call('HMGET', KEYS[1], 'u')[1]
 if owner then
   redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', ARGV[2])
 end
@@ -128,7 +127,7 @@ local refused = check_base(KEYS[1], ARGV[1], ARGV[2])
 if refused then
   return refused
 end
-local owner = redis.call('HGET', KEYS[1], 'u')
+local owner = redis.call('HMGET', KEYS[1], 'u')[1]
 redis.call('DEL', KEYS[1])
 return {1, owner}
 """
@@ -181,7 +180,7 @@ return removed
 
 # KEYS: session. ARGV: user. Deletes the session only if that user still owns it.
 DELETE_IF_OWNED = """
-if redis.call('HGET', KEYS[1], 'u') == ARGV[1] then
+if redis.call('HMGET', KEYS[1], 'u')[1] == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0

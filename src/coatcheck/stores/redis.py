@@ -13,10 +13,10 @@ an app server whose clock runs apart from Redis's then neither loses sessions ea
 keeps them much late, and tests with a frozen clock work. ``load`` still checks
 ``expires_at`` against ``now``, so a record is never served past its deadline.
 
-Standalone, ``load`` is one ``HGETALL`` and ``save`` one script call that also keeps the
-user index and the TTLs. On Cluster a save is split by slot and ordered so that a crash
-half-way can only lose a session, never leave one alive that revocation cannot reach;
-see :meth:`RedisStore._save_cluster`.
+Standalone, ``load`` is one ``HGET`` of the packed record and ``save`` one script call
+that also keeps the user index and the TTLs. On Cluster a save is split by slot and
+ordered so that a crash half-way can only lose a session, never leave one alive that
+revocation cannot reach; see :meth:`RedisStore._save_cluster`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import struct
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -210,8 +211,8 @@ class RedisStore:
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
         with self._errors():
-            fields = await self.client.execute_command("HGETALL", self._session_key(key))
-        record = _decode(key, fields)
+            packed = await self.client.execute_command("HGET", self._session_key(key), "b")
+        record = _unpack(key, packed)
         return record if record is not None and record.expires_at > now else None
 
     async def save(
@@ -281,12 +282,12 @@ class RedisStore:
             if not entries:
                 return []
             found = await self._many(
-                [("HGETALL", self._session_key(member)) for member, _ in entries]
+                [("HGET", self._session_key(member), "b") for member, _ in entries]
             )
             live: list[SessionRecord] = []
             stale: list[str] = []
-            for (member, score), fields in zip(entries, found, strict=True):
-                record = _decode(member, fields)
+            for (member, score), packed in zip(entries, found, strict=True):
+                record = _unpack(member, packed)
                 if record is not None and record.user_id == user_id:
                     if record.expires_at > now:
                         live.append(record)
@@ -570,39 +571,77 @@ def _timeout(value: float | str | None, url: str) -> float:
 
 
 def _encode(record: SessionRecord) -> list[str | bytes]:
+    """The hash's fields: the packed record, plus what the scripts read themselves."""
     fields: list[str | bytes] = [
-        "p", record.public_id,
-        "d", record.data,
-        "c", repr(record.created_at),
-        "l", repr(record.last_seen_at),
-        "e", repr(record.expires_at),
-        "r", "1" if record.remember else "0",
-        "a", record.user_agent,
-        "v", str(record.version),
-    ]  # fmt: skip
+        "b",
+        _pack(record),
+        "e",
+        repr(record.expires_at),
+        "v",
+        str(record.version),
+    ]
     if record.user_id is not None:
         fields += ["u", record.user_id]
     return fields
 
 
-def _decode(key: str, fields: Any) -> SessionRecord | None:
-    if not fields:
+# A whole record in one value, so a load is one short reply that redis-py parses at
+# once: a hash of ten fields costs it a reply element each. Layout: format byte, then
+# created, last seen, expires, version, remember, and the lengths of the public id,
+# user id (0 when anonymous, else length + 1) and user agent; then those three strings
+# and the session data.
+_FORMAT = 1
+_HEAD = struct.Struct("!BdddQ?HIH")
+
+
+def _pack(record: SessionRecord) -> bytes:
+    public_id = record.public_id.encode()
+    user = b"" if record.user_id is None else record.user_id.encode()
+    agent = record.user_agent.encode()[:65_535]
+    if len(user) >= 2**32 - 1 or len(public_id) > 65_535:
+        raise StoreError("user id or public id too long to store")
+    head = _HEAD.pack(
+        _FORMAT,
+        record.created_at,
+        record.last_seen_at,
+        record.expires_at,
+        record.version,
+        record.remember,
+        len(public_id),
+        0 if record.user_id is None else len(user) + 1,
+        len(agent),
+    )
+    return b"".join((head, public_id, user, agent, record.data))
+
+
+def _unpack(key: str, packed: Any) -> SessionRecord | None:
+    if not packed:
         return None
     try:
-        user = fields.get(b"u")
+        head = _HEAD.unpack_from(packed)
+        fmt, created, seen, expires, version, remember, id_len, user_len, agent_len = head
+        if fmt != _FORMAT:
+            raise ValueError(f"unknown record format {fmt}")
+        at = _HEAD.size
+        public_id = packed[at : at + id_len].decode()
+        at += id_len
+        user = None if user_len == 0 else packed[at : at + user_len - 1].decode()
+        at += max(user_len - 1, 0)
+        agent = packed[at : at + agent_len].decode(errors="replace")
+        at += agent_len
         return SessionRecord(
             key=key,
-            public_id=fields[b"p"].decode(),
-            data=bytes(fields[b"d"]),
-            user_id=None if user is None else user.decode(),
-            created_at=float(fields[b"c"]),
-            last_seen_at=float(fields[b"l"]),
-            expires_at=float(fields[b"e"]),
-            remember=fields[b"r"] == b"1",
-            user_agent=fields[b"a"].decode(),
-            version=int(fields[b"v"]),
+            public_id=public_id,
+            data=bytes(packed[at:]),
+            user_id=user,
+            created_at=created,
+            last_seen_at=seen,
+            expires_at=expires,
+            remember=remember,
+            user_agent=agent,
+            version=version,
         )
-    except (KeyError, ValueError, AttributeError) as exc:
+    except (struct.error, ValueError) as exc:
         raise StoreError(f"malformed session record under key {key[:12]}...: {exc!r}") from exc
 
 
@@ -612,11 +651,10 @@ def _done(result: Any) -> bool:
 
 
 def _refusal(key: str, reply: Any) -> bool | SessionRecord:
-    """False for a session that is gone, or the winner of a race (``{2, fields...}``)."""
+    """False for a session that is gone, or the winner of a race (``{2, packed}``)."""
     if not reply or int(reply[0]) != 2:
         return False
-    flat = reply[1:]
-    return _decode(key, dict(zip(flat[::2], flat[1::2], strict=True))) or False
+    return _unpack(key, reply[1]) or False
 
 
 def _owner(result: Any) -> str | None:
