@@ -349,8 +349,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     add_timing_arguments(parser, rounds=30, requests=2000, warmup=500)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    parser.add_argument(
+        "--base",
+        metavar="REV",
+        help="instead, compare this checkout with commit REV side by side (see versions.py)",
+    )
     args = parser.parse_args(argv)
     check_timing_arguments(parser, args)
+    if args.base is not None:
+        import versions
+
+        asyncio.run(versions.main(args))
+        return 0
     try:
         results = asyncio.run(run(args))
     except BenchmarkError as exc:
