@@ -120,11 +120,17 @@ async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     await store.aclose()
 
 
+# What a browser sends with a request from the app's own pages: it passes the CSRF check.
+SAME_ORIGIN = {"sec-fetch-site": "same-origin"}
+
+
 def client_for(app: Any, **kwargs: Any) -> httpx.AsyncClient:
-    """An in-process HTTPS client that keeps no cookies: tests send each one by hand."""
+    """An in-process HTTPS client that keeps no cookies (tests send each one by hand)
+    and, like a browser on the app's own page, says its requests are same-origin."""
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="https://testserver",
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        headers={**SAME_ORIGIN, **kwargs.pop("headers", {})},
         **kwargs,
     )

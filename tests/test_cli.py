@@ -44,7 +44,7 @@ async def _fill(url: str, filled: Filled) -> None:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=demo),
             base_url="http://demo.test",
-            headers={"user-agent": agent},
+            headers={"user-agent": agent, "sec-fetch-site": "same-origin"},
         ) as client:
             response = await client.post(
                 "/login", json={"username": user, "password": PASSWORDS[user]}

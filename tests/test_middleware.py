@@ -11,7 +11,7 @@ from coatcheck import MemoryStore, SessionConfig, SQLiteStore, Store
 from coatcheck._ids import store_key
 
 from .apps import make_app
-from .conftest import Clock, CountingStore, client_for
+from .conftest import SAME_ORIGIN, Clock, CountingStore, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -220,7 +220,9 @@ async def test_unstorable_value_fails_at_save_naming_the_key(
         sid = await start_session(client)
         before = await store.inner.load(store_key(sid), 0)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
-        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as raw:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="https://testserver", headers=SAME_ORIGIN
+        ) as raw:
             with pytest.raises(TypeError, match="'when'"):
                 await raw.post("/bad-value", headers=cookie(sid))
         assert await store.inner.load(store_key(sid), 0) == before

@@ -14,7 +14,9 @@ from typing import Any
 from ._asgi import Headers
 from ._cookies import CookieWriter, cookie_needle, read_cookie
 from ._ids import is_well_formed, new_public_id, new_session_id, same_key, store_key
+from ._keys import Keyring
 from .config import SessionConfig
+from .csrf import CSRFGuard
 from .exceptions import SessionEndedError
 from .serializers import JSONSerializer, Serializer
 from .session import Session
@@ -32,6 +34,7 @@ class Persistence:
     def __init__(self, store: Store, config: SessionConfig, serializer: Serializer | None) -> None:
         self.store = store
         self.config = config
+        self.csrf = CSRFGuard(config.csrf, Keyring(config.secret_keys), config.cookie.name)
         self.now = config.clock
         self.serializer: Serializer = serializer or JSONSerializer()
         self._cookie_needle = cookie_needle(config.cookie.name)

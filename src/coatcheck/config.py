@@ -77,6 +77,30 @@ class CookieConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CSRFConfig:
+    """CSRF settings; on by default.
+
+    ``origins`` lists the exact origins (``https://app.example.com``) the app is served
+    from; when empty, the request's own scheme and ``Host`` are used. ``exempt_paths``
+    are path prefixes left unchecked (a webhook that authenticates by signature).
+    """
+
+    enabled: bool = True
+    origins: Sequence[str] = ()
+    trust_same_site: bool = False
+    header_name: str = "x-csrf-token"
+    form_field: str = "csrf_token"
+    exempt_paths: Sequence[str] = ()
+    anonymous_token_max_age: int = 24 * 3600
+    max_form_bytes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "origins", tuple(o.rstrip("/").lower() for o in self.origins))
+        object.__setattr__(self, "exempt_paths", tuple(self.exempt_paths))
+        object.__setattr__(self, "header_name", self.header_name.lower())
+
+
+@dataclass(frozen=True, slots=True)
 class Lifetime:
     """Idle and absolute limits, in seconds, of one kind of session."""
 
@@ -103,6 +127,8 @@ class SessionConfig:
     refresh_fraction: float = 0.1
     eager_paths: Sequence[str] = ()
     retry_after: int = 5
+    secret_keys: Sequence[str | bytes] = field(default=(), repr=False)
+    csrf: CSRFConfig = field(default_factory=CSRFConfig)
     clock: Callable[[], float] = time.time
     normal: Lifetime = field(init=False)
     remember: Lifetime = field(init=False)
@@ -130,6 +156,11 @@ class SessionConfig:
             raise ConfigurationError("every entry of eager_paths must start with '/'")
         if self.retry_after < 1:
             raise ConfigurationError("retry_after must be at least 1 second")
+        if isinstance(self.secret_keys, (str, bytes)):
+            raise ConfigurationError("secret_keys takes a list: the first signs, all verify")
+        if any(len(k.encode() if isinstance(k, str) else k) < 16 for k in self.secret_keys):
+            raise ConfigurationError("each of secret_keys needs at least 16 bytes")
+        object.__setattr__(self, "secret_keys", tuple(self.secret_keys))
         object.__setattr__(self, "idle_timeout", normal.idle)
         object.__setattr__(self, "absolute_timeout", normal.absolute)
         object.__setattr__(self, "remember_idle_timeout", remember.idle)

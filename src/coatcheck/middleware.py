@@ -7,7 +7,9 @@ cookie and any store failure can still shape the response.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
 
 from ._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
@@ -53,6 +55,7 @@ class SessionMiddleware:
         self._persistence = Persistence(store, self.config, serializer)
         self._eager = tuple(self.config.eager_paths)
         self._unavailable = unavailable or _unavailable_response
+        self._csrf = self._persistence.csrf
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -91,6 +94,11 @@ class SessionMiddleware:
             await send(message)
 
         try:
+            if kind == "http" and self._csrf.needs_check(scope):
+                failure, receive = await self._csrf.check(scope, receive, session)
+                if failure is not None:
+                    await self._reject_forgery(scope, receive, send, failure)
+                    return
             if self._eager and scope["path"].startswith(self._eager):
                 await session.load()
             await self.app(scope, receive, send_wrapper)
@@ -107,6 +115,14 @@ class SessionMiddleware:
         finally:
             # In-process callers (tests, mounted apps) share one context across requests.
             current_session.reset(token)
+
+    async def _reject_forgery(
+        self, scope: Scope, receive: Receive, send: Send, reason: str
+    ) -> None:
+        """403, with nothing in the session changed and no cookie touched."""
+        _security_event(f"CSRF check failed on {scope['method']} {scope['path']}: {reason}")
+        body = json.dumps({"detail": f"CSRF check failed: {reason}"}).encode()
+        await _json_response(403, body, [])(scope, receive, send)
 
     async def _answer_unavailable(
         self, scope: Scope, receive: Receive, send: Send, exc: StoreUnavailableError
@@ -146,6 +162,22 @@ class SessionMiddleware:
             await send(message)
 
         return wrapped
+
+
+_security_log = logging.getLogger("coatcheck.security")
+_EVENTS_PER_MINUTE = 60
+_recent: list[float] = []
+
+
+def _security_event(message: str) -> None:
+    """Log on ``coatcheck.security``, at most 60 lines a minute: a flood of forged
+    requests must not become a flood of log lines."""
+    now = time.monotonic()
+    while _recent and now - _recent[0] > 60:
+        _recent.pop(0)
+    if len(_recent) < _EVENTS_PER_MINUTE:
+        _recent.append(now)
+        _security_log.warning(message)
 
 
 def _merge_headers(message: Message, extra: Headers) -> None:

@@ -225,6 +225,16 @@ class Session(MutableMapping[str, Any]):
         self._key = None
         self._public_id = ""
 
+    def csrf_token(self) -> str:
+        """A token for forms (the ``csrf_token`` field) and API calls (``X-CSRF-Token``).
+
+        Each call gives a differently masked copy of the same secret, so pages can be
+        compressed safely. Browsers rarely need it (their requests carry
+        ``Sec-Fetch-Site`` or ``Origin``); clients that send neither do.
+        """
+        self._require_loaded()
+        return self._persistence.csrf.issue(self)
+
     # -- metadata -----------------------------------------------------------------------
 
     @property

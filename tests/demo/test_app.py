@@ -44,7 +44,7 @@ def browser(app: FastAPI, agent: str = FIREFOX, **kwargs: Any) -> httpx.AsyncCli
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url=kwargs.pop("base_url", "http://demo.test"),
-        headers={"user-agent": agent},
+        headers={"user-agent": agent, "sec-fetch-site": "same-origin"},
         **kwargs,
     )
 

@@ -112,7 +112,13 @@ class Browser:
         self.fresh_connections = fresh_connections
         self.jar: dict[str, str] = {}
         self.responses: list[httpx.Response] = []
-        self._client = httpx.Client(base_url=base_url, timeout=10.0, follow_redirects=False)
+        # Like a browser on the app's own page: its unsafe requests pass the CSRF check.
+        self._client = httpx.Client(
+            base_url=base_url,
+            timeout=10.0,
+            follow_redirects=False,
+            headers={"sec-fetch-site": "same-origin"},
+        )
 
     def __enter__(self) -> Browser:
         return self

@@ -29,7 +29,8 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 def add_fifty_in_parallel(url: str) -> list[str]:
     jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    with httpx.Client(base_url=url, timeout=30, cookies=jar) as client:
+    same_origin = {"sec-fetch-site": "same-origin"}
+    with httpx.Client(base_url=url, timeout=30, cookies=jar, headers=same_origin) as client:
         login = client.post("/login", json={"username": "alice", "password": "wonderland"})
         assert login.status_code == 200
         cookie = {"cookie": login.headers["set-cookie"].split(";", 1)[0]}
@@ -37,7 +38,7 @@ def add_fifty_in_parallel(url: str) -> list[str]:
         def add(n: int) -> int:
             # A connection of its own each, so the requests really run side by side
             # (and reach both workers where there are two).
-            with httpx.Client(base_url=url, timeout=30, cookies=jar) as own:
+            with httpx.Client(base_url=url, timeout=30, cookies=jar, headers=same_origin) as own:
                 response = own.post("/cart/items", json={"item": f"item-{n}"}, headers=cookie)
                 return response.status_code
 

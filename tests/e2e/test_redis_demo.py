@@ -30,7 +30,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def client_for(url: str) -> httpx.Client:
     """A client that keeps no cookies: each test sends the one it means by hand."""
     jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.Client(base_url=url, timeout=10, cookies=jar)
+    return httpx.Client(
+        base_url=url, timeout=10, cookies=jar, headers={"sec-fetch-site": "same-origin"}
+    )
 
 
 def demo_on(start_server: StartServer, store_url: str) -> str:

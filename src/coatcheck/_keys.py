@@ -1,0 +1,41 @@
+"""Secret keys: a list for rotation, one derived key per purpose, never in a ``repr``."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Sequence
+
+logger = logging.getLogger("coatcheck")
+
+
+class Keyring:
+    """Signs with the first key and verifies with all of them, so a key can be rotated
+    without logging anyone out: add the new key first, drop the old one later.
+
+    Each purpose (``"csrf"``, and later the encrypted-cookie store) gets its own key
+    derived with HMAC, so a token made for one purpose is worthless for another.
+    """
+
+    def __init__(self, secrets_: Sequence[str | bytes]) -> None:
+        if not secrets_:
+            # Works in one process; several workers or a restart would not share it.
+            logger.warning(
+                "coatcheck: no secret_keys configured; using a random per-process key. "
+                "Set SessionConfig(secret_keys=[...]) when running several workers."
+            )
+            secrets_ = [secrets.token_bytes(32)]
+        self._roots = [s.encode() if isinstance(s, str) else bytes(s) for s in secrets_]
+        for root in self._roots:
+            if len(root) < 16:
+                raise ValueError("each secret key needs at least 16 bytes")
+
+    def __repr__(self) -> str:
+        return f"<Keyring with {len(self._roots)} key(s)>"
+
+    def derive(self, purpose: str) -> list[bytes]:
+        """This purpose's keys, newest (signing) first."""
+        label = f"coatcheck:{purpose}".encode()
+        return [hmac.new(root, label, hashlib.sha256).digest() for root in self._roots]

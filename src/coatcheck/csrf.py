@@ -1,0 +1,223 @@
+"""Cross-site request forgery protection, bound to the session.
+
+An unsafe request (POST, PUT, PATCH, DELETE, or anything claiming a method override)
+passes when the browser itself says where it comes from:
+
+1. ``Sec-Fetch-Site``: ``same-origin`` and ``none`` pass, ``cross-site`` fails, and
+   ``same-site`` fails unless the app trusts its sibling origins.
+2. Without it, ``Origin`` must equal one of the app's origins exactly (scheme, host and
+   port); ``null`` fails.
+3. With neither (a non-browser client, or a very old browser) and a session cookie, the
+   request must carry a token: in the ``X-CSRF-Token`` header or a ``csrf_token`` form
+   field. A logged-in session's token is an HMAC of its store key, so it dies with the
+   session and changes at login. Before login a stateless signed token is accepted, so
+   rendering a form never creates a store record. Tokens are masked with fresh random
+   bytes every time they are issued, so a compressed page never repeats them (BREACH).
+
+A request with neither header and no session cookie passes: it carries no credential.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import struct
+import time
+from urllib.parse import parse_qsl
+
+from ._asgi import Message, Receive, Scope
+from ._ids import store_key
+from ._keys import Keyring
+from .config import CSRFConfig
+from .session import Session
+
+security_log = logging.getLogger("coatcheck.security")
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_OVERRIDES = (b"x-http-method-override", b"x-http-method", b"x-method-override")
+_TOKEN_BYTES = 32
+_FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
+
+
+class CSRFGuard:
+    """Issues tokens and checks requests; shared by every request of one middleware."""
+
+    def __init__(self, config: CSRFConfig, keyring: Keyring, cookie_name: str) -> None:
+        self.config = config
+        self._keys = keyring.derive("csrf")
+        self._cookie_needle = cookie_name.encode("latin-1") + b"="
+        self._header = config.header_name.encode("latin-1")
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def issue(self, session: Session) -> str:
+        """A fresh masked token for this session (bound once it is logged in)."""
+        key = session._key or (store_key(session._id) if session._id else None)
+        if key is not None and session._user_id is not None:
+            raw = self._bound(self._keys[0], key)
+        else:
+            nonce, stamp = secrets.token_bytes(8), struct.pack("!Q", int(time.time()))
+            raw = nonce + stamp + self._anonymous_mac(self._keys[0], nonce + stamp)
+        mask = secrets.token_bytes(_TOKEN_BYTES)
+        masked = mask + bytes(a ^ b for a, b in zip(raw, mask, strict=True))
+        return base64.urlsafe_b64encode(masked).rstrip(b"=").decode()
+
+    def valid(self, token: str, session: Session) -> bool:
+        raw = _unmask(token)
+        if raw is None:
+            return False
+        if session._user_id is not None and session._key is not None:
+            bound = [self._bound(key, session._key) for key in self._keys]
+            return any(hmac.compare_digest(raw, expected) for expected in bound)
+        body, mac = raw[:16], raw[16:]
+        (stamp,) = struct.unpack("!Q", body[8:])
+        if not 0 <= time.time() - stamp <= self.config.anonymous_token_max_age:
+            return False
+        return any(hmac.compare_digest(mac, self._anonymous_mac(k, body)) for k in self._keys)
+
+    @staticmethod
+    def _bound(key: bytes, store_key_: str) -> bytes:
+        return hmac.new(key, b"bound:" + store_key_.encode(), hashlib.sha256).digest()
+
+    @staticmethod
+    def _anonymous_mac(key: bytes, body: bytes) -> bytes:
+        return hmac.new(key, b"anonymous:" + body, hashlib.sha256).digest()[:16]
+
+    # -- checking requests --------------------------------------------------------------
+
+    def needs_check(self, scope: Scope) -> bool:
+        if not self.config.enabled or scope["path"].startswith(self.config.exempt_paths):
+            return False
+        if scope["method"] not in SAFE_METHODS:
+            return True
+        # An override inside the app could turn this safe request into an unsafe one.
+        if any(name in _OVERRIDES for name, _ in scope["headers"]):
+            return True
+        return b"_method=" in scope.get("query_string", b"")
+
+    async def check(
+        self, scope: Scope, receive: Receive, session: Session
+    ) -> tuple[str | None, Receive]:
+        """Why the request fails, or None; and the ``receive`` the app must use."""
+        headers = scope["headers"]
+        fetch_site = _header(headers, b"sec-fetch-site")
+        if fetch_site is not None:
+            if fetch_site in (b"same-origin", b"none"):
+                return None, receive
+            if fetch_site == b"same-site" and self.config.trust_same_site:
+                return None, receive
+            return "cross-site request", receive
+        origin = _header(headers, b"origin")
+        if origin is not None:
+            if origin.decode("latin-1").lower() in self._origins(scope):
+                return None, receive
+            return "origin not allowed", receive
+        if not any(name == b"cookie" and self._cookie_needle in value for name, value in headers):
+            return None, receive  # no session cookie: no credential to ride on
+        await session.load()
+        token = _header(headers, self._header)
+        if token is None:
+            token, receive = await self._form_token(scope, receive)
+        if token is None:
+            return "missing CSRF token", receive
+        if not self.valid(token.decode("latin-1"), session):
+            return "invalid CSRF token", receive
+        return None, receive
+
+    def _origins(self, scope: Scope) -> tuple[str, ...]:
+        if self.config.origins:
+            return self.config.origins  # type: ignore[return-value]
+        host = _header(scope["headers"], b"host")
+        if host is None:
+            return ()
+        return (f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}".lower(),)
+
+    async def _form_token(self, scope: Scope, receive: Receive) -> tuple[bytes | None, Receive]:
+        content_type = (_header(scope["headers"], b"content-type") or b"").split(b";")[0]
+        if content_type.strip().lower() not in _FORM_TYPES:
+            return None, receive
+        body, replay = await _read_body(receive, self.config.max_form_bytes)
+        if body is None:
+            return None, replay
+        field = self.config.form_field
+        if content_type.strip().lower() == _FORM_TYPES[0]:
+            for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True):
+                if name == field:
+                    return value.encode("latin-1"), replay
+            return None, replay
+        return await _multipart_field(scope, body, field), replay
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _unmask(token: str) -> bytes | None:
+    if len(token) != 86:  # base64 of 64 bytes, unpadded
+        return None
+    try:
+        masked = base64.urlsafe_b64decode(token + "==")
+    except (ValueError, TypeError):
+        return None
+    if len(masked) != 2 * _TOKEN_BYTES:
+        return None
+    mask, payload = masked[:_TOKEN_BYTES], masked[_TOKEN_BYTES:]
+    return bytes(a ^ b for a, b in zip(payload, mask, strict=True))
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
+    """Read the whole body (up to ``limit``) and give back a ``receive`` that replays it."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None, receive
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None, receive
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | None:
+    try:
+        from starlette.requests import Request
+    except ImportError:  # pragma: no cover - Starlette is a hard dependency
+        return None
+    sent = False
+
+    async def once() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, once).form()
+    except Exception:  # any parse failure simply means "no token"
+        security_log.info("unparseable multipart body in a CSRF check")
+        return None
+    value = form.get(field)
+    await form.close()
+    return value.encode("latin-1") if isinstance(value, str) else None
