@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("typer", "cli") from exc
 
-from .demo.settings import DEFAULT_STORE, DemoSettings
+from .demo.settings import DEFAULT_STORE, ENV_SECRET, DemoSettings
 
 T = TypeVar("T")
 
@@ -232,7 +233,9 @@ def demo(
     ] = None,
 ) -> None:
     """Run the reference app: log in, fill a cart, and watch your devices."""
-    settings = DemoSettings(store, secure_cookies, idle_timeout, absolute_timeout)
+    # One CSRF signing key for all workers of this run (or the one the caller set).
+    secret = os.environ.get(ENV_SECRET) or secrets.token_urlsafe(32)
+    settings = DemoSettings(store, secure_cookies, idle_timeout, absolute_timeout, secret)
     try:
         config = settings.session_config()
     except ConfigurationError as exc:

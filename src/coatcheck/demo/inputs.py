@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -53,6 +53,10 @@ def wants_json(request: Request) -> bool:
 async def read_input(request: Request, model: type[M]) -> M:
     """Parse and validate the body as ``model``; raise the right kind of 422 otherwise."""
     raw: Any
+    sent = _media_type(request, "content-type")
+    if sent and not (has_json_body(request) or has_form_body(request)):
+        # text/plain is what a cross-site "simple" request can send without a preflight.
+        raise HTTPException(status_code=415, detail="Send JSON or a form")
     if has_json_body(request):
         try:
             raw = json.loads(await request.body())

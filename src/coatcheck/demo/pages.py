@@ -121,6 +121,8 @@ async def render_home(
         "credentials": DEMO_CREDENTIALS,
         "cookie_name": request.app.state.cookie_name,
         "store_label": request.app.state.store_label,
+        # One masked token per page; the forms send it for clients without Fetch Metadata.
+        "csrf_token": session.csrf_token(),
     }
     return templates.TemplateResponse(
         request, "index.html", context, status_code=status_code, headers=HTML_HEADERS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import CookieConfig, SessionConfig
 from ..exceptions import ConfigurationError
@@ -19,6 +19,7 @@ ENV_STORE = "COATCHECK_DEMO_STORE"
 ENV_SECURE = "COATCHECK_DEMO_SECURE"
 ENV_IDLE = "COATCHECK_DEMO_IDLE"
 ENV_ABSOLUTE = "COATCHECK_DEMO_ABSOLUTE"
+ENV_SECRET = "COATCHECK_DEMO_SECRET"  # noqa: S105 - the variable's name, not a secret
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -32,6 +33,8 @@ class DemoSettings:
     secure_cookies: bool = False
     idle_timeout: int | None = None
     absolute_timeout: int | None = None
+    # Signs CSRF tokens; every worker must share it. Empty: a random per-process key.
+    secret: str = field(default="", repr=False)
 
     def session_config(self) -> SessionConfig:
         """Build the config, reconciling a lone timeout with the other default.
@@ -49,13 +52,19 @@ class DemoSettings:
             absolute = max(absolute, self.idle_timeout)
         if self.idle_timeout is None and self.absolute_timeout is not None:
             idle = min(idle, self.absolute_timeout)
-        return SessionConfig(cookie=defaults.cookie, idle_timeout=idle, absolute_timeout=absolute)
+        return SessionConfig(
+            cookie=defaults.cookie,
+            idle_timeout=idle,
+            absolute_timeout=absolute,
+            secret_keys=[self.secret] if self.secret else [],
+        )
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that make :meth:`from_env` return these settings."""
         env = {ENV_STORE: self.store_url, ENV_SECURE: "1" if self.secure_cookies else "0"}
         env[ENV_IDLE] = "" if self.idle_timeout is None else str(self.idle_timeout)
         env[ENV_ABSOLUTE] = "" if self.absolute_timeout is None else str(self.absolute_timeout)
+        env[ENV_SECRET] = self.secret
         return env
 
     @classmethod
@@ -70,6 +79,7 @@ class DemoSettings:
             secure_cookies=secure in _TRUE,
             idle_timeout=_seconds(env, ENV_IDLE),
             absolute_timeout=_seconds(env, ENV_ABSOLUTE),
+            secret=env.get(ENV_SECRET, ""),
         )
 
 
