@@ -6,7 +6,7 @@ server keeps the coat (the session data) in a store.
 
 from __future__ import annotations
 
-from .config import CookieConfig, Lifetime, SessionConfig
+from .config import CookieConfig, CSRFConfig, Lifetime, SessionConfig
 from .exceptions import (
     CoatcheckError,
     ConfigurationError,
@@ -26,6 +26,7 @@ from .stores import MemoryStore, SessionRecord, SQLiteStore, Store, store_from_u
 __version__ = "0.1.0"
 
 __all__ = [
+    "CSRFConfig",
     "CoatcheckError",
     "ConfigurationError",
     "CookieConfig",

@@ -23,10 +23,12 @@ from ._context import current_cookie_name, current_session
 from .session import Session
 
 __all__ = [
+    "CSRFToken",
     "CurrentUser",
     "RequiredUser",
     "SessionCookie",
     "SessionDep",
+    "csrf_token",
     "current_user",
     "get_session",
     "require_user",
@@ -88,5 +90,12 @@ async def require_user(session: SessionDep, _: _Cookie) -> str:
     return session.user_id
 
 
+async def csrf_token(session: SessionDep) -> str:
+    """A fresh masked CSRF token, for clients that send neither ``Sec-Fetch-Site`` nor
+    ``Origin``: expose it (``GET /csrf``) and have them send it as ``X-CSRF-Token``."""
+    return session.csrf_token()
+
+
+CSRFToken = Annotated[str, Depends(csrf_token)]
 CurrentUser = Annotated[str | None, Depends(current_user)]
 RequiredUser = Annotated[str, Depends(require_user)]

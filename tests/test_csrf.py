@@ -1,0 +1,308 @@
+"""CSRF protection: on by default, bound to the session, never a 5xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from coatcheck import CSRFConfig, MemoryStore, SessionConfig, SessionMiddleware, Store
+from coatcheck.fastapi import CSRFToken, SessionDep
+from coatcheck.session import Session
+
+from .conftest import client_for
+
+pytestmark = pytest.mark.anyio
+
+KEY_A = "a" * 32
+KEY_B = "b" * 32
+NAME = "__Host-session"
+
+
+def make_app(store: Store | None = None, **csrf: object) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> dict[str, str]:
+        session.login("alice")
+        return {"user": "alice"}
+
+    @app.post("/cart")
+    async def add(request: Request, session: SessionDep) -> dict[str, object]:
+        async with request.form() as form:
+            item = form.get("item")
+        session.modify("cart", lambda cart: [*cart, item], default=[])
+        return {"cart": session["cart"]}
+
+    @app.delete("/cart")
+    async def empty(session: SessionDep) -> dict[str, object]:
+        session.pop("cart", None)
+        return {}
+
+    @app.api_route("/anything", methods=["GET", "POST"])
+    async def anything(session: SessionDep) -> dict[str, object]:
+        session["touched"] = True
+        return {}
+
+    @app.post("/hooks/payment")
+    async def webhook() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/csrf")
+    async def token(value: CSRFToken) -> dict[str, str]:
+        return {"token": value}
+
+    @app.get("/state")
+    async def state(session: SessionDep) -> dict[str, object]:
+        return {"data": dict(session), "user": session.user_id}
+
+    config = SessionConfig(secret_keys=[KEY_A], csrf=CSRFConfig(exempt_paths=["/hooks/"], **csrf))
+    app.add_middleware(SessionMiddleware, store=store or MemoryStore(), config=config)
+    return app
+
+
+def no_browser(app: Any) -> httpx.AsyncClient:
+    """A client that sends neither Sec-Fetch-Site nor Origin: a script, or curl."""
+    client = client_for(app)
+    del client.headers["sec-fetch-site"]
+    return client
+
+
+async def logged_in(client: httpx.AsyncClient) -> dict[str, str]:
+    response = await client.post("/login", headers={"sec-fetch-site": "same-origin"})
+    value = response.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
+    return {"cookie": f"{NAME}={value}"}
+
+
+def without(headers: dict[str, str], *names: str) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k not in names}
+
+
+@pytest.fixture
+def app() -> FastAPI:
+    return make_app()
+
+
+async def test_cross_site_posts_and_deletes_are_refused_and_change_nothing(app: FastAPI) -> None:
+    async with client_for(app) as client:
+        alice = await logged_in(client)
+        await client.post("/cart", data={"item": "apple"}, headers=alice)
+        for method in ("POST", "DELETE"):
+            response = await client.request(
+                method, "/cart", data={"item": "evil"} if method == "POST" else None,
+                headers={**alice, "sec-fetch-site": "cross-site"},
+            )  # fmt: skip
+            assert response.status_code == 403
+            assert response.json() == {"detail": "CSRF check failed: cross-site request"}
+            assert "set-cookie" not in response.headers
+        state = (await client.get("/state", headers=alice)).json()
+    assert state == {"data": {"cart": ["apple"]}, "user": "alice"}
+
+
+@pytest.mark.parametrize("site", ["same-origin", "none"])
+async def test_same_origin_and_user_initiated_requests_pass(app: FastAPI, site: str) -> None:
+    async with client_for(app) as client:
+        alice = await logged_in(client)
+        response = await client.post(
+            "/cart", data={"item": "pear"}, headers={**alice, "sec-fetch-site": site}
+        )
+    assert response.status_code == 200
+
+
+async def test_same_site_passes_only_when_siblings_are_trusted() -> None:
+    for trust, status in ((False, 403), (True, 200)):
+        async with client_for(make_app(trust_same_site=trust)) as client:
+            alice = await logged_in(client)
+            response = await client.post(
+                "/anything", headers={**alice, "sec-fetch-site": "same-site"}
+            )
+        assert response.status_code == status
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [
+        ("https://testserver", 200),
+        ("null", 403),
+        ("http://testserver", 403),
+        ("https://testserver:8443", 403),
+        ("https://testserver.evil.example", 403),
+        ("https://evil.example", 403),
+        ("https://xtestserver", 403),
+    ],
+)
+async def test_without_fetch_metadata_the_origin_must_match_exactly(
+    app: FastAPI, origin: str, status: int
+) -> None:
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        response = await client.post("/anything", headers={**alice, "origin": origin})
+    assert response.status_code == status
+
+
+async def test_configured_origins_replace_the_host_header() -> None:
+    app = make_app(origins=["https://app.example.com"])
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        ok = await client.post("/anything", headers={**alice, "origin": "https://app.example.com"})
+        own = await client.post("/anything", headers={**alice, "origin": "https://testserver"})
+    assert (ok.status_code, own.status_code) == (200, 403)
+
+
+async def test_clients_without_browser_headers_need_the_token(app: FastAPI) -> None:
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        missing = await client.post("/anything", headers=alice)
+        assert missing.status_code == 403
+        assert missing.json()["detail"] == "CSRF check failed: missing CSRF token"
+        token = (await client.get("/csrf", headers=alice)).json()["token"]
+        header = await client.post("/anything", headers={**alice, "x-csrf-token": token})
+        form = await client.post("/cart", data={"item": "kiwi", "csrf_token": token}, headers=alice)
+        multipart = await client.post(
+            "/cart", data={"item": "fig", "csrf_token": token}, files={"f": b"x"}, headers=alice
+        )
+        wrong = await client.post("/anything", headers={**alice, "x-csrf-token": "x" * 86})
+        garbage = await client.post("/anything", headers={**alice, "x-csrf-token": "é".encode()})
+    assert header.status_code == 200
+    assert form.status_code == 200
+    assert form.json() == {"cart": ["kiwi"]}  # the app still read the body the check read
+    assert multipart.status_code == 200
+    assert multipart.json() == {"cart": ["kiwi", "fig"]}
+    assert (wrong.status_code, garbage.status_code) == (403, 403)
+
+
+async def test_tokens_are_masked_differently_every_time(app: FastAPI) -> None:
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        tokens = {(await client.get("/csrf", headers=alice)).json()["token"] for _ in range(5)}
+        assert len(tokens) == 5
+        for token in tokens:
+            response = await client.post("/anything", headers={**alice, "x-csrf-token": token})
+            assert response.status_code == 200
+
+
+async def test_a_token_is_bound_to_its_session_and_dies_at_login(app: FastAPI) -> None:
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        other = await logged_in(client)
+        token = (await client.get("/csrf", headers=alice)).json()["token"]
+        stolen = await client.post("/anything", headers={**other, "x-csrf-token": token})
+        assert stolen.status_code == 403
+        again = await client.post("/login", headers={**alice, "x-csrf-token": token})
+        relogged = {"cookie": again.headers["set-cookie"].split(";", 1)[0]}
+        stale = await client.post("/anything", headers={**relogged, "x-csrf-token": token})
+        assert stale.status_code == 403
+
+
+async def test_before_login_a_stateless_token_works_and_creates_no_record() -> None:
+    store = MemoryStore()
+    app = make_app(store)
+    async with no_browser(app) as client:
+        token = (await client.get("/csrf")).json()["token"]
+        assert await store.count(0) == 0  # rendering a form stored nothing
+        stale_cookie = {"cookie": f"{NAME}={'Q' * 43}"}  # a cookie that matches nothing
+        missing = await client.post("/anything", headers=stale_cookie)
+        ok = await client.post("/anything", headers={**stale_cookie, "x-csrf-token": token})
+    assert (missing.status_code, ok.status_code) == (403, 200)
+
+
+async def test_a_logged_in_session_refuses_a_stateless_token(app: FastAPI) -> None:
+    async with no_browser(app) as client:
+        anonymous = (await client.get("/csrf")).json()["token"]
+        alice = await logged_in(client)
+        response = await client.post("/anything", headers={**alice, "x-csrf-token": anonymous})
+    assert response.status_code == 403
+
+
+async def test_login_csrf_from_another_site_is_refused(app: FastAPI) -> None:
+    async with client_for(app) as client:
+        forged = await client.post("/login", headers={"sec-fetch-site": "cross-site"})
+    async with no_browser(app) as client:
+        by_origin = await client.post("/login", headers={"origin": "https://evil.example"})
+    assert forged.status_code == by_origin.status_code == 403
+    assert "set-cookie" not in forged.headers
+
+
+async def test_method_overrides_never_make_a_request_safe(app: FastAPI) -> None:
+    async with client_for(app) as client:
+        alice = await logged_in(client)
+        cross = {**alice, "sec-fetch-site": "cross-site"}
+        header = await client.get(
+            "/anything", headers={**cross, "x-http-method-override": "DELETE"}
+        )
+        query = await client.get("/anything?_method=DELETE", headers=cross)
+        plain = await client.get("/anything", headers=cross)  # a real GET is not checked
+    assert (header.status_code, query.status_code, plain.status_code) == (403, 403, 200)
+
+
+async def test_exempt_paths_skip_the_check(app: FastAPI) -> None:
+    async with client_for(app) as client:
+        response = await client.post("/hooks/payment", headers={"sec-fetch-site": "cross-site"})
+    assert response.status_code == 200
+
+
+async def test_requests_without_a_session_cookie_or_browser_headers_pass(app: FastAPI) -> None:
+    async with no_browser(app) as client:
+        response = await client.post("/anything")
+    assert response.status_code == 200
+
+
+async def test_csrf_can_be_turned_off() -> None:
+    async with client_for(make_app(enabled=False)) as client:
+        alice = await logged_in(client)
+        response = await client.post("/anything", headers={**alice, "sec-fetch-site": "cross-site"})
+    assert response.status_code == 200
+
+
+async def test_tokens_survive_a_key_rotation() -> None:
+    old = make_app()
+    async with no_browser(old) as client:
+        alice = await logged_in(client)
+        token = (await client.get("/csrf", headers=alice)).json()["token"]
+    store = old.user_middleware[0].kwargs["store"]
+    for keys, status in (([KEY_B, KEY_A], 200), ([KEY_B], 403)):
+        app = FastAPI()
+
+        @app.post("/anything")
+        async def anything(session: SessionDep) -> dict[str, bool]:
+            return {"ok": True}
+
+        config = SessionConfig(secret_keys=keys)
+        app.add_middleware(SessionMiddleware, store=store, config=config)
+        async with no_browser(app) as client:
+            response = await client.post("/anything", headers={**alice, "x-csrf-token": token})
+        assert response.status_code == status
+
+
+def test_secrets_never_show_in_a_repr() -> None:
+    config = SessionConfig(secret_keys=[KEY_A])
+    assert KEY_A not in repr(config)
+    from coatcheck._keys import Keyring
+
+    assert KEY_A not in repr(Keyring([KEY_A]))
+
+
+async def test_plain_starlette_apps_get_the_token_from_the_session() -> None:
+    async def page(request: Request) -> Response:
+        session = request.scope["session"]
+        assert isinstance(session, Session)
+        await session.load()
+        return JSONResponse({"token": session.csrf_token()})
+
+    async def change(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    from starlette.applications import Starlette
+
+    app = Starlette(routes=[Route("/", page), Route("/change", change, methods=["POST"])])
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with no_browser(app) as client:
+        token = (await client.get("/")).json()["token"]
+        cookie = {"cookie": f"{NAME}={'Q' * 43}"}
+        response = await client.post("/change", headers={**cookie, "x-csrf-token": token})
+    assert response.status_code == 200
