@@ -15,6 +15,7 @@ from .exceptions import (
     SessionConflictError,
     SessionEndedError,
     SessionNotLoadedError,
+    SessionTooLargeError,
     StoreError,
     StoreUnavailableError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "SessionMiddleware",
     "SessionNotLoadedError",
     "SessionRecord",
+    "SessionTooLargeError",
     "Store",
     "StoreError",
     "StoreUnavailableError",

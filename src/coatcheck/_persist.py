@@ -17,7 +17,7 @@ from ._ids import is_well_formed, new_public_id, new_session_id, same_key, store
 from ._keys import Keyring
 from .config import SessionConfig
 from .csrf import CSRFGuard
-from .exceptions import SessionEndedError
+from .exceptions import SessionEndedError, SessionTooLargeError
 from .serializers import JSONSerializer, Serializer
 from .session import Session
 from .stores.base import Merge, SessionRecord, Store
@@ -99,6 +99,8 @@ class Persistence:
         data = session._raw
         if data is None or session._modified or session._exposed:
             data = self.serializer.dumps(session._data)
+            if len(data) > self.config.max_session_bytes:
+                raise SessionTooLargeError(len(data), self.config.max_session_bytes)
         now = self.now()
         lifetime = self.config.lifetime(session._remember)
         refresh_due = (
@@ -154,8 +156,22 @@ class Persistence:
         session._expires_at = record.expires_at
         if not rotated:
             return []
+        if session._user_id is not None and self.config.max_sessions_per_user is not None:
+            await self._evict_oldest(session._user_id, key, now)
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         return [(b"set-cookie", self._cookies.set(session._id, max_age)), _NO_STORE]
+
+    async def _evict_oldest(self, user_id: str, keep: str, now: float) -> None:
+        """Past ``max_sessions_per_user``, end the user's oldest other sessions.
+
+        Runs only when a session gets a new ID (a login), so it costs nothing per request.
+        """
+        limit = self.config.max_sessions_per_user
+        assert limit is not None
+        records = await self.store.list_user(user_id, now)
+        others = [record for record in records if record.key != keep]
+        for record in others[: max(len(records) - limit, 0)]:
+            await self.store.delete(record.key)
 
     def _merger(
         self,

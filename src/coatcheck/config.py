@@ -127,6 +127,8 @@ class SessionConfig:
     refresh_fraction: float = 0.1
     eager_paths: Sequence[str] = ()
     retry_after: int = 5
+    max_session_bytes: int = 64 * 1024
+    max_sessions_per_user: int | None = None
     secret_keys: Sequence[str | bytes] = field(default=(), repr=False)
     csrf: CSRFConfig = field(default_factory=CSRFConfig)
     clock: Callable[[], float] = time.time
@@ -154,6 +156,10 @@ class SessionConfig:
             raise ConfigurationError("eager_paths takes a list of path prefixes, not a string")
         if any(not prefix.startswith("/") for prefix in self.eager_paths):
             raise ConfigurationError("every entry of eager_paths must start with '/'")
+        if self.max_session_bytes < 1024:
+            raise ConfigurationError("max_session_bytes must be at least 1024")
+        if self.max_sessions_per_user is not None and self.max_sessions_per_user < 1:
+            raise ConfigurationError("max_sessions_per_user must be at least 1, or None")
         if self.retry_after < 1:
             raise ConfigurationError("retry_after must be at least 1 second")
         if isinstance(self.secret_keys, (str, bytes)):

@@ -7,6 +7,7 @@ The tree is shallow on purpose::
     ├── MissingDependencyError    an optional extra is not installed (also an ImportError)
     ├── SessionNotLoadedError     session data touched before it was loaded
     ├── SerializationError        a value cannot be stored as JSON
+    ├── SessionTooLargeError      the encoded session passes the size limit (becomes a 413)
     ├── SessionEndedError         another request ended the session first (becomes a 409)
     ├── SessionConflictError      parallel saves kept colliding past the retries (a 409)
     └── StoreError
@@ -46,6 +47,18 @@ class SerializationError(CoatcheckError, TypeError):
         self.key = key
         self.reason = reason
         super().__init__(f"session value under key {key!r} cannot be stored as JSON: {reason}")
+
+
+class SessionTooLargeError(CoatcheckError):
+    """Raised at save time when the encoded session is over ``max_session_bytes``.
+
+    Nothing is written, so the stored session stays as it was; the answer is a 413.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"session data is {size} bytes, over the limit of {limit} bytes")
 
 
 class SessionEndedError(CoatcheckError):

@@ -20,6 +20,7 @@ from .exceptions import (
     CoatcheckError,
     SessionConflictError,
     SessionEndedError,
+    SessionTooLargeError,
     StoreUnavailableError,
 )
 from .serializers import Serializer
@@ -85,6 +86,11 @@ class SessionMiddleware:
                     except StoreUnavailableError as exc:
                         failed = True
                         await self._answer_unavailable(scope, receive, send, exc)
+                        return
+                    except SessionTooLargeError as exc:
+                        failed = True
+                        body = json.dumps({"detail": str(exc).capitalize()}).encode()
+                        await _json_response(413, body, [])(scope, receive, send)
                         return
                     except (SessionEndedError, SessionConflictError) as exc:
                         failed = True

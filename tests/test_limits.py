@@ -1,0 +1,71 @@
+"""Limits: session size, sessions per user, oversized headers."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from coatcheck import ConfigurationError, SessionConfig, Store
+from coatcheck._ids import store_key
+
+from .apps import make_app
+from .conftest import client_for
+
+pytestmark = pytest.mark.anyio
+NAME = "__Host-session"
+
+
+def ticket(response: httpx.Response) -> str:
+    return response.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
+
+
+async def test_an_oversized_session_is_refused_with_413_and_kept_intact(any_store: Store) -> None:
+    config = SessionConfig(max_session_bytes=2048)
+    async with client_for(make_app(any_store, config)) as client:
+        sid = ticket(await client.post("/append?item=small"))
+        before = await any_store.load(store_key(sid), config.clock())
+        response = await client.post(
+            f"/append?item={'x' * 3000}", headers={"cookie": f"{NAME}={sid}"}
+        )
+        assert response.status_code == 413
+        assert "over the limit of 2048 bytes" in response.json()["detail"]
+        assert "set-cookie" not in response.headers
+        assert await any_store.load(store_key(sid), config.clock()) == before
+
+
+async def test_past_the_per_user_limit_the_oldest_sessions_end(any_store: Store) -> None:
+    config = SessionConfig(max_sessions_per_user=2)
+    async with client_for(make_app(any_store, config)) as client:
+        first, second, third = [ticket(await client.post("/login")) for _ in range(3)]
+        states = [
+            (await client.get("/read", headers={"cookie": f"{NAME}={sid}"})).json()["user"]
+            for sid in (first, second, third)
+        ]
+    assert states == [None, "alice", "alice"]
+    assert len(await any_store.list_user("alice", config.clock())) == 2
+
+
+async def test_without_a_limit_every_login_stays(any_store: Store) -> None:
+    async with client_for(make_app(any_store, SessionConfig())) as client:
+        for _ in range(5):
+            await client.post("/login")
+    assert len(await any_store.list_user("alice", SessionConfig().clock())) == 5
+
+
+async def test_an_oversized_cookie_header_is_ignored(any_store: Store) -> None:
+    async with client_for(make_app(any_store)) as client:
+        sid = ticket(await client.post("/login"))
+        padded = f"pad={'p' * 9000}; {NAME}={sid}"
+        response = await client.get("/read", headers={"cookie": padded})
+        normal = await client.get("/read", headers={"cookie": f"{NAME}={sid}"})
+    assert response.json()["user"] is None
+    assert normal.json()["user"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"max_session_bytes": 10}, "max_session_bytes"), ({"max_sessions_per_user": 0}, "per_user")],
+)
+def test_limits_are_validated(options: dict[str, int], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        SessionConfig(**options)  # type: ignore[arg-type]
