@@ -7,6 +7,7 @@ server keeps the coat (the session data) in a store.
 from __future__ import annotations
 
 from .config import CookieConfig, CSRFConfig, Lifetime, SessionConfig
+from .events import EventHook, SessionEvent
 from .exceptions import (
     CoatcheckError,
     ConfigurationError,
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "CookieConfig",
     "Device",
+    "EventHook",
     "JSONSerializer",
     "Lifetime",
     "MemoryStore",
@@ -43,6 +45,7 @@ __all__ = [
     "SessionConfig",
     "SessionConflictError",
     "SessionEndedError",
+    "SessionEvent",
     "SessionMiddleware",
     "SessionNotLoadedError",
     "SessionRecord",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +18,7 @@ from ._ids import is_well_formed, new_public_id, new_session_id, same_key, store
 from ._keys import Keyring
 from .config import SessionConfig
 from .csrf import CSRFGuard
+from .events import EventBus, EventHook, EventKind, SessionEvent
 from .exceptions import SessionEndedError, SessionTooLargeError
 from .serializers import JSONSerializer, Serializer
 from .session import Session
@@ -31,7 +33,14 @@ _MAX_USER_AGENT = 256
 class Persistence:
     """Shared by all requests of one middleware; keeps no per-request state."""
 
-    def __init__(self, store: Store, config: SessionConfig, serializer: Serializer | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: SessionConfig,
+        serializer: Serializer | None,
+        events: Sequence[EventHook] = (),
+    ) -> None:
+        self.events = EventBus(events)
         self.store = store
         self.config = config
         self.csrf = CSRFGuard(config.csrf, Keyring(config.secret_keys), config.cookie.name)
@@ -49,6 +58,7 @@ class Persistence:
             key = store_key(session_id)
             record = await self.store.load(key, now)
             if record is not None and not (same_key(record.key, key) and self._alive(record, now)):
+                await self.emit(session, "expired", record.user_id, record.public_id)
                 record = None
         data: dict[str, Any] = {}
         if record is not None:
@@ -88,6 +98,8 @@ class Persistence:
                 return []
             await self.store.delete(old_key)
             session._stored = None
+            assert stored is not None
+            await self.emit(session, "logged_out", stored.user_id, stored.public_id)
             return [(b"set-cookie", self.clear_cookie), _NO_STORE]
 
         if session._id is None:
@@ -143,6 +155,7 @@ class Persistence:
                 raise SessionEndedError("the session was ended by another request")
             return []
         record = written[-1]
+        logged_in = session._meta_changed and session._user_id is not None
         if record.data != data:  # merged with a parallel save: adopt what was stored
             data = record.data
             session._data = self.serializer.loads(data)
@@ -156,10 +169,28 @@ class Persistence:
         session._expires_at = record.expires_at
         if not rotated:
             return []
+        if stored is None:
+            await self.emit(session, "created", record.user_id, record.public_id)
+        if logged_in:
+            await self.emit(session, "logged_in", record.user_id, record.public_id)
+        elif stored is not None:
+            await self.emit(session, "rotated", record.user_id, record.public_id)
         if session._user_id is not None and self.config.max_sessions_per_user is not None:
             await self._evict_oldest(session._user_id, key, now)
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         return [(b"set-cookie", self._cookies.set(session._id, max_age)), _NO_STORE]
+
+    async def emit(
+        self,
+        session: Session,
+        kind: EventKind,
+        user_id: str | None,
+        public_id: str,
+        count: int = 1,
+    ) -> None:
+        if self.events.hooks:
+            event = SessionEvent(kind, self.now(), user_id, public_id, session._path, count)
+            await self.events.emit(event)
 
     async def _evict_oldest(self, user_id: str, keep: str, now: float) -> None:
         """Past ``max_sessions_per_user``, end the user's oldest other sessions.

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
 from ._context import current_session
 from ._persist import Persistence
 from .config import SessionConfig
+from .events import EventHook
 from .exceptions import (
     CoatcheckError,
     SessionConflictError,
@@ -49,11 +50,12 @@ class SessionMiddleware:
         *,
         serializer: Serializer | None = None,
         unavailable: UnavailableApp | None = None,
+        events: Sequence[EventHook] = (),
     ) -> None:
         self.app = app
         self.store = store
         self.config = config or SessionConfig()
-        self._persistence = Persistence(store, self.config, serializer)
+        self._persistence = Persistence(store, self.config, serializer, events)
         self._eager = tuple(self.config.eager_paths)
         self._unavailable = unavailable or _unavailable_response
         self._csrf = self._persistence.csrf
@@ -104,6 +106,7 @@ class SessionMiddleware:
                 failure, receive = await self._csrf.check(scope, receive, session)
                 if failure is not None:
                     await self._reject_forgery(scope, receive, send, failure)
+                    await self._persistence.emit(session, "csrf_rejected", None, "")
                     return
             if self._eager and scope["path"].startswith(self._eager):
                 await session.load()

@@ -60,6 +60,7 @@ class Session(MutableMapping[str, Any]):
         "_loaded",
         "_meta_changed",
         "_modified",
+        "_path",
         "_persistence",
         "_public_id",
         "_raw",
@@ -70,6 +71,7 @@ class Session(MutableMapping[str, Any]):
     )
     _persistence: Persistence
     _headers: list[tuple[bytes, bytes]]
+    _path: str
     _loaded: bool
     _data: dict[str, Any]
     _raw: bytes | None
@@ -93,6 +95,7 @@ class Session(MutableMapping[str, Any]):
         # Only the headers: a reference to the scope would make a cycle (scope["session"])
         # that only the garbage collector can free, on every request.
         self._headers = scope.get("headers", [])
+        self._path = scope.get("path", "")
         # Everything else is set by _adopt() when the session loads: a request that never
         # touches its session pays for three attributes, not seventeen.
         self._loaded = False
@@ -309,6 +312,7 @@ class Session(MutableMapping[str, Any]):
                     self.destroy()
                 else:
                     await store.delete(record.key)
+                await self._persistence.emit(self, "revoked", self._user_id, public_id)
                 return True
         return False
 
@@ -318,14 +322,18 @@ class Session(MutableMapping[str, Any]):
         if self._user_id is None:
             return 0
         keep = self._stored.key if self._stored is not None else None
-        return await self._persistence.store.delete_user(self._user_id, keep=keep)
+        removed = await self._persistence.store.delete_user(self._user_id, keep=keep)
+        await self._persistence.emit(self, "revoked", self._user_id, "", removed)
+        return removed
 
     async def revoke_all(self) -> int:
         """End every session of this user, this one included ("log out everywhere")."""
         await self.load()
         if self._user_id is None:
             return 0
-        removed = await self._persistence.store.delete_user(self._user_id)
+        user_id = self._user_id
+        removed = await self._persistence.store.delete_user(user_id)
+        await self._persistence.emit(self, "revoked", user_id, "", removed)
         self.destroy()
         return removed
 

@@ -1,0 +1,55 @@
+"""Session life-cycle events, for audit logs and integrations.
+
+Hooks are async callables the app registers with the middleware
+(``SessionMiddleware(app, store=..., events=[hook])``). They run inline, in order, as
+each event happens: keep them quick, or hand the event to a queue. A hook that raises
+is logged and skipped; it never breaks the request. Events name sessions by their
+public id only, never by a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+logger = logging.getLogger("coatcheck.events")
+
+EventKind = Literal[
+    "created",  # a new session was first stored
+    "logged_in",  # login(): a new ID bound to a user
+    "rotated",  # regenerate() without a login
+    "logged_out",  # destroy()/logout() of a stored session
+    "revoked",  # revoke(), revoke_others() or revoke_all(); ``count`` sessions
+    "expired",  # a stored session was presented after its deadline
+    "csrf_rejected",  # an unsafe request failed the CSRF check
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    kind: EventKind
+    at: float
+    user_id: str | None = None
+    session: str = ""  # the public id, when there is one
+    path: str = ""
+    count: int = 1
+    detail: str = ""
+
+
+EventHook = Callable[[SessionEvent], Awaitable[None]]
+
+
+class EventBus:
+    """Calls every hook for every event; a failing hook is logged, never raised."""
+
+    def __init__(self, hooks: Sequence[EventHook] = ()) -> None:
+        self.hooks = tuple(hooks)
+
+    async def emit(self, event: SessionEvent) -> None:
+        for hook in self.hooks:
+            try:
+                await hook(event)
+            except Exception:
+                logger.exception("session event hook %r failed on %r", hook, event.kind)

@@ -1,0 +1,105 @@
+"""Life-cycle events reach the app's hooks; a failing hook never breaks a request."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from coatcheck import SessionConfig, SessionEvent, Store
+from coatcheck._persist import Persistence
+from coatcheck.session import Session
+
+from .apps import make_app
+from .conftest import Clock, client_for
+
+pytestmark = pytest.mark.anyio
+NAME = "__Host-session"
+
+
+def ticket(response: httpx.Response) -> dict[str, str]:
+    return {"cookie": response.headers["set-cookie"].split(";", 1)[0]}
+
+
+async def test_the_life_cycle_is_reported(any_store: Store, clock: Clock) -> None:
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    config = SessionConfig(idle_timeout=100, absolute_timeout=1000, clock=clock)
+    app = make_app(any_store, config, events=[hook])
+    async with client_for(app) as client:
+        anonymous = ticket(await client.post("/write"))
+        alice = ticket(await client.post("/login", headers=anonymous))
+        rotated = ticket(await client.post("/regenerate", headers=alice))
+        await client.post("/logout", headers=rotated)
+        forged = await client.post("/write", headers={"sec-fetch-site": "cross-site", **alice})
+        assert forged.status_code == 403
+    kinds = [event.kind for event in seen]
+    assert kinds == ["created", "logged_in", "rotated", "logged_out", "csrf_rejected"]
+    assert [event.user_id for event in seen[:4]] == [None, "alice", "alice", "alice"]
+    assert seen[1].path == "/login"
+    assert seen[0].session  # a public id ...
+    assert seen[0].session == seen[1].session  # ... that stays with the device
+    for event in seen:
+        for value in (anonymous, alice, rotated):
+            assert value["cookie"].split("=", 1)[1] not in repr(event)
+
+
+async def test_expiry_is_reported_when_an_expired_session_is_presented(
+    any_store: Store, clock: Clock
+) -> None:
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    long = SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
+    short = SessionConfig(idle_timeout=10, absolute_timeout=20, clock=clock)
+    async with client_for(make_app(any_store, long)) as client:
+        alice = ticket(await client.post("/login"))
+    clock.advance(30)
+    async with client_for(make_app(any_store, short, events=[hook])) as client:
+        assert (await client.get("/read", headers=alice)).json()["user"] is None
+    assert [(event.kind, event.user_id) for event in seen] == [("expired", "alice")]
+
+
+async def test_revocations_are_reported_with_their_count(any_store: Store) -> None:
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    app = make_app(any_store, events=[hook])
+    async with client_for(app) as client:
+        devices = [ticket(await client.post("/login")) for _ in range(3)]
+    seen.clear()
+    # revoke_others() as a handler would call it, on the first device's session.
+    persistence = Persistence(any_store, SessionConfig(), None, [hook])
+    scope = {"headers": [(b"cookie", devices[0]["cookie"].encode())]}
+    session = await Session(persistence, scope).load()
+    assert await session.revoke_others() == 2
+    assert [(e.kind, e.count, e.user_id) for e in seen] == [("revoked", 2, "alice")]
+
+
+async def test_a_failing_hook_is_logged_and_the_request_goes_on(
+    any_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(event: SessionEvent) -> None:
+        raise RuntimeError("the audit service is down")
+
+    seen: list[str] = []
+
+    async def second(event: SessionEvent) -> None:
+        seen.append(event.kind)
+
+    async with client_for(make_app(any_store, events=[broken, second])) as client:
+        response = await client.post("/login")
+    assert response.status_code == 200
+    assert "created" in seen
+    assert any(
+        record.name == "coatcheck.events" and record.levelno == logging.ERROR
+        for record in caplog.records
+    )
