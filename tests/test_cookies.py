@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from coatcheck._cookies import CookieWriter, cookie_needle, read_cookie
 from coatcheck.config import CookieConfig
 
@@ -57,3 +59,10 @@ def test_writer_honours_every_attribute() -> None:
     assert (
         CookieWriter(config).set("v", None) == b"sid=v; Path=/app; Domain=a.test; SameSite=Strict"
     )
+
+
+def test_conflicting_duplicates_are_a_security_event(caplog: pytest.LogCaptureFixture) -> None:
+    assert read_cookie(headers(b"session=a; session=b"), NEEDLE) is None
+    (record,) = [r for r in caplog.records if r.name == "coatcheck.security"]
+    assert "two different session cookies" in record.getMessage()
+    assert "=a" not in record.getMessage()

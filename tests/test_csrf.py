@@ -306,3 +306,15 @@ async def test_plain_starlette_apps_get_the_token_from_the_session() -> None:
         cookie = {"cookie": f"{NAME}={'Q' * 43}"}
         response = await client.post("/change", headers={**cookie, "x-csrf-token": token})
     assert response.status_code == 200
+
+
+def test_hidden_input_carries_a_fresh_token() -> None:
+    from coatcheck._persist import Persistence
+    from coatcheck.csrf import hidden_input
+
+    persistence = Persistence(MemoryStore(), SessionConfig(secret_keys=[KEY_A]), None)
+    session = Session(persistence, {"headers": []})
+    session._adopt(None, None, {}, now=0.0, idle=60)
+    first, second = hidden_input(session), hidden_input(session)
+    assert first.startswith('<input type="hidden" name="csrf_token" value="')
+    assert first != second

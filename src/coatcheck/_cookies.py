@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._asgi import Headers
+from ._audit import security_event
 from .config import CookieConfig
 
 _EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
@@ -35,6 +36,8 @@ def read_cookie(headers: Headers, needle: bytes) -> str | None:
                 continue
             value = part[len(needle) :]
             if found is not None and value != found:
+                # A sibling host or a longer path tossing a cookie of the same name.
+                security_event("two different session cookies in one request: ignoring both")
                 return None
             found = value
     if found is None:

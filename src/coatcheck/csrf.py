@@ -151,6 +151,16 @@ class CSRFGuard:
         return await _multipart_field(scope, body, field), replay
 
 
+def hidden_input(session: Session, field: str = "csrf_token") -> str:
+    """``<input type="hidden" ...>`` carrying a fresh token, for server-rendered forms.
+
+    The token is URL-safe base64, so the markup needs no escaping; in Jinja, mark it
+    safe (``{{ csrf_input | safe }}``) or write the input yourself with
+    ``session.csrf_token()``.
+    """
+    return f'<input type="hidden" name="{field}" value="{session.csrf_token()}">'
+
+
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     for key, value in headers:
         if key == name:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 from ._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
+from ._audit import security_event
 from ._context import current_session
 from ._persist import Persistence
 from .config import SessionConfig
@@ -129,7 +129,7 @@ class SessionMiddleware:
         self, scope: Scope, receive: Receive, send: Send, reason: str
     ) -> None:
         """403, with nothing in the session changed and no cookie touched."""
-        _security_event(f"CSRF check failed on {scope['method']} {scope['path']}: {reason}")
+        security_event(f"CSRF check failed on {scope['method']} {scope['path']}: {reason}")
         body = json.dumps({"detail": f"CSRF check failed: {reason}"}).encode()
         await _json_response(403, body, [])(scope, receive, send)
 
@@ -171,22 +171,6 @@ class SessionMiddleware:
             await send(message)
 
         return wrapped
-
-
-_security_log = logging.getLogger("coatcheck.security")
-_EVENTS_PER_MINUTE = 60
-_recent: list[float] = []
-
-
-def _security_event(message: str) -> None:
-    """Log on ``coatcheck.security``, at most 60 lines a minute: a flood of forged
-    requests must not become a flood of log lines."""
-    now = time.monotonic()
-    while _recent and now - _recent[0] > 60:
-        _recent.pop(0)
-    if len(_recent) < _EVENTS_PER_MINUTE:
-        _recent.append(now)
-        _security_log.warning(message)
 
 
 def _merge_headers(message: Message, extra: Headers) -> None:
