@@ -318,3 +318,19 @@ def test_hidden_input_carries_a_fresh_token() -> None:
     first, second = hidden_input(session), hidden_input(session)
     assert first.startswith('<input type="hidden" name="csrf_token" value="')
     assert first != second
+
+
+async def test_non_latin_form_tokens_are_simply_invalid(app: FastAPI) -> None:
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        body = b"item=x&csrf_token=%E2%82%AC"
+        response = await client.post(
+            "/cart",
+            content=body,
+            headers={**alice, "content-type": "application/x-www-form-urlencoded"},
+        )
+        multipart = await client.post(
+            "/cart", data={"item": "y", "csrf_token": "€"}, files={"f": b"x"}, headers=alice
+        )
+    assert response.status_code == 403
+    assert multipart.status_code == 403

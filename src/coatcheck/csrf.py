@@ -146,7 +146,7 @@ class CSRFGuard:
         if content_type.strip().lower() == _FORM_TYPES[0]:
             for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True):
                 if name == field:
-                    return value.encode("latin-1"), replay
+                    return value.encode("utf-8", "replace"), replay
             return None, replay
         return await _multipart_field(scope, body, field), replay
 
@@ -230,4 +230,4 @@ async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | Non
         return None
     value = form.get(field)
     await form.close()
-    return value.encode("latin-1") if isinstance(value, str) else None
+    return value.encode("utf-8", "replace") if isinstance(value, str) else None
