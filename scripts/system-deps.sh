@@ -1,9 +1,11 @@
 #!/bin/sh
 # Debian packages the test suite needs; installed only when missing (CI runs as root).
 # redis-server: the Redis store tests start their own servers and a Cluster from it.
+# chromium: the browser tests (tests/browser) drive /usr/bin/chromium through Playwright,
+#   never a browser that Playwright downloads; its fontconfig brings fonts-dejavu-core.
 set -eu
 missing=""
-for pkg in redis-server; do  # redis-server brings redis-cli
+for pkg in redis-server chromium; do  # redis-server brings redis-cli
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
         || missing="$missing $pkg"
 done
