@@ -1,6 +1,6 @@
 """Cross-site request forgery protection, bound to the session.
 
-An unsafe request (POST, PUT, PATCH, DELETE, or anything claiming a method override)
+An unsafe request (POST, PUT, PATCH, DELETE, or a safe one carrying a ``_method`` override)
 passes when the browser itself says where it comes from:
 
 1. ``Sec-Fetch-Site``: ``same-origin`` and ``none`` pass, ``cross-site`` fails, and
@@ -37,7 +37,6 @@ from .session import Session
 security_log = logging.getLogger("coatcheck.security")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-_OVERRIDES = (b"x-http-method-override", b"x-http-method", b"x-method-override")
 _TOKEN_BYTES = 32
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
 
@@ -89,14 +88,13 @@ class CSRFGuard:
     # -- checking requests --------------------------------------------------------------
 
     def needs_check(self, scope: Scope) -> bool:
-        if not self.config.enabled or scope["path"].startswith(self.config.exempt_paths):
-            return False
-        if scope["method"] not in SAFE_METHODS:
-            return True
-        # An override inside the app could turn this safe request into an unsafe one.
-        if any(name in _OVERRIDES for name, _ in scope["headers"]):
-            return True
-        return b"_method=" in scope.get("query_string", b"")
+        if scope["method"] in SAFE_METHODS:
+            # A method override inside the app could make this request unsafe. A page on
+            # another site cannot add a header without a CORS preflight, but it can put
+            # ``_method`` in a link, so only that is looked for on every request.
+            if b"_method=" not in scope.get("query_string", b""):
+                return False
+        return self.config.enabled and not scope["path"].startswith(self.config.exempt_paths)
 
     async def check(
         self, scope: Scope, receive: Receive, session: Session
