@@ -22,19 +22,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import logging
 import secrets
 import struct
 import time
 from urllib.parse import parse_qsl
 
 from ._asgi import Message, Receive, Scope
+from ._audit import security_event
 from ._ids import store_key
 from ._keys import Keyring
 from .config import CSRFConfig
 from .session import Session
-
-security_log = logging.getLogger("coatcheck.security")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _TOKEN_BYTES = 32
@@ -88,12 +86,11 @@ class CSRFGuard:
     # -- checking requests --------------------------------------------------------------
 
     def needs_check(self, scope: Scope) -> bool:
-        if scope["method"] in SAFE_METHODS:
-            # A method override inside the app could make this request unsafe. A page on
-            # another site cannot add a header without a CORS preflight, but it can put
-            # ``_method`` in a link, so only that is looked for on every request.
-            if b"_method=" not in scope.get("query_string", b""):
-                return False
+        # A method override inside the app could make a safe request unsafe. A page on
+        # another site cannot add a header without a CORS preflight, but it can put
+        # ``_method`` in a link, so only that is looked for on every request.
+        if scope["method"] in SAFE_METHODS and b"_method=" not in scope.get("query_string", b""):
+            return False
         return self.config.enabled and not scope["path"].startswith(self.config.exempt_paths)
 
     async def check(
@@ -224,7 +221,7 @@ async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | Non
     try:
         form = await Request(scope, once).form()
     except Exception:  # any parse failure simply means "no token"
-        security_log.info("unparseable multipart body in a CSRF check")
+        security_event("unparseable multipart body in a CSRF check")
         return None
     value = form.get(field)
     await form.close()
