@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from coatcheck import SessionConfig, SessionMiddleware, Store
 from coatcheck.fastapi import SessionDep
@@ -418,6 +418,31 @@ CLOCKS: dict[str, Callable[[], int]] = {
     # count waiting, e.g. for a thread hand-off, the disk or another server.
     "cpu": time.process_time_ns,
 }
+
+
+def starsessions_app(store: Any) -> ASGIApp:
+    """starsessions' middleware over the same three endpoints, with any of its stores."""
+    from starsessions import SessionMiddleware as StarsessionsMiddleware
+    from starsessions import load_session
+
+    inner = FastAPI()
+
+    @inner.get("/untouched")
+    async def untouched() -> dict[str, bool]:
+        return {"ok": True}
+
+    @inner.get("/read")
+    async def read(request: Request) -> dict[str, Any]:
+        await load_session(request)
+        return {"n": request.session.get("n")}
+
+    @inner.get("/write")
+    async def write(request: Request) -> dict[str, Any]:
+        await load_session(request)
+        request.session["n"] = request.session.get("n", 0) + 1
+        return {"n": request.session["n"]}
+
+    return StarsessionsMiddleware(inner, store=store)
 
 
 def add_timing_arguments(

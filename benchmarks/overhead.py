@@ -49,6 +49,7 @@ from _harness import (
     package_versions,
     print_info,
     request,
+    starsessions_app,
 )
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.openapi.models import APIKey
@@ -141,28 +142,10 @@ def starlette_app() -> ASGIApp:
     return StarletteSessionMiddleware(inner, secret_key=secret, https_only=True)
 
 
-def starsessions_app() -> ASGIApp:
-    from starsessions import InMemoryStore, load_session
-    from starsessions import SessionMiddleware as StarsessionsMiddleware
+def _starsessions_memory() -> Any:
+    from starsessions import InMemoryStore
 
-    inner = FastAPI()
-
-    @inner.get("/untouched")
-    async def untouched() -> dict[str, bool]:
-        return {"ok": True}
-
-    @inner.get("/read")
-    async def read(request: Request) -> dict[str, Any]:
-        await load_session(request)
-        return {"n": request.session.get("n")}
-
-    @inner.get("/write")
-    async def write(request: Request) -> dict[str, Any]:
-        await load_session(request)
-        request.session["n"] = request.session.get("n", 0) + 1
-        return {"n": request.session["n"]}
-
-    return StarsessionsMiddleware(inner, store=InMemoryStore())
+    return InMemoryStore()
 
 
 def litestar_apps() -> tuple[ASGIApp, ASGIApp]:
@@ -227,7 +210,9 @@ async def build(suite: Suite, workdir: Path) -> None:
 
 
 async def _add_starsessions(suite: Suite) -> None:
-    await add_cookie_peer(suite, "starsessions", starsessions_app(), "session", stateless=False)
+    await add_cookie_peer(
+        suite, "starsessions", starsessions_app(_starsessions_memory()), "session", stateless=False
+    )
 
 
 # -- reporting --------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from _harness import (
     print_info,
     request,
     run_batch,
+    starsessions_app,
 )
 from fastapi import Depends, FastAPI, Request
 
@@ -467,30 +468,11 @@ def mirrored_client(url: str) -> Redis:
     )
 
 
-def starsessions_app(client: Redis) -> ASGIApp:
-    from starsessions import SessionMiddleware as StarsessionsMiddleware
-    from starsessions import load_session
+def starsessions_redis(client: Redis) -> ASGIApp:
     from starsessions.stores.redis import RedisStore as StarsessionsRedisStore
 
-    inner = FastAPI()
-
-    @inner.get("/untouched")
-    async def untouched() -> dict[str, bool]:
-        return {"ok": True}
-
-    @inner.get("/read")
-    async def read(request: Request) -> dict[str, Any]:
-        await load_session(request)
-        return {"n": request.session.get("n")}
-
-    @inner.get("/write")
-    async def write(request: Request) -> dict[str, Any]:
-        await load_session(request)
-        request.session["n"] = request.session.get("n", 0) + 1
-        return {"n": request.session["n"]}
-
     store = StarsessionsRedisStore(connection=client, prefix="bench-starsessions:")
-    return StarsessionsMiddleware(inner, store=store)
+    return starsessions_app(store)
 
 
 def litestar_apps(client: Redis) -> tuple[ASGIApp, ASGIApp]:
@@ -548,7 +530,9 @@ async def build(suite: Suite, url: str) -> tuple[Any, Redis]:
         await add_optional(suite, COATCHECK, lambda s: add_coatcheck(s, "redis", store))
 
     async def add_starsessions(s: Suite) -> None:
-        await add_cookie_peer(s, STARSESSIONS, starsessions_app(client), "session", stateless=False)
+        await add_cookie_peer(
+            s, STARSESSIONS, starsessions_redis(client), "session", stateless=False
+        )
 
     async def add_litestar(s: Suite) -> None:
         bare_app, session_app = litestar_apps(client)
