@@ -1,7 +1,7 @@
 """The Lua scripts of :class:`~coatcheck.stores.redis.RedisStore`.
 
 A session is a hash under ``{prefix}:s:{<key>}``: ``b`` holds the whole record packed
-(see ``redis._pack``), and the scripts read ``e`` (expires, float seconds), ``u`` (user
+(see ``_redis_codec.pack``), and the scripts read ``e`` (expires, float seconds), ``u`` (user
 ID; absent when anonymous) and ``v`` (version), which repeat what ``b`` says. A user's
 index is a sorted set ``{prefix}:u:{<user>}`` of session keys scored by ``expires_at``.
 Scripts read fields with ``HMGET`` only, which lets tests tell a client's ``HGET`` (a

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import struct
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -37,6 +36,7 @@ from ..exceptions import (
     StoreError,
     StoreUnavailableError,
 )
+from . import _redis_codec as codec
 from . import _redis_scripts as lua
 from .base import Merge, SessionRecord
 
@@ -212,7 +212,7 @@ class RedisStore:
     async def load(self, key: str, now: float) -> SessionRecord | None:
         with self._errors():
             packed = await self.client.execute_command("HGET", self._session_key(key), "b")
-        record = _unpack(key, packed)
+        record = codec.unpack(key, packed)
         return record if record is not None and record.expires_at > now else None
 
     async def save(
@@ -260,10 +260,10 @@ class RedisStore:
                 "0" if user is None else "1",
                 user or "",
                 index_ttl,
-                *_encode(record),
+                *codec.encode_fields(record),
             ],
         )
-        return _refusal(previous, reply) if not _done(reply) else True
+        return codec.refusal(previous, reply) if not codec.done(reply) else True
 
     async def delete(self, key: str) -> None:
         with self._errors():
@@ -271,7 +271,7 @@ class RedisStore:
                 await self._delete_script(keys=[self._session_key(key)], args=[self.prefix, key])
                 return
             taken = await self._take(keys=[self._session_key(key)], args=["", "0"])
-            owner = _owner(taken)
+            owner = codec.owner(taken)
             if owner is not None:
                 await self.client.execute_command("ZREM", self._index_key(owner), key)
 
@@ -287,7 +287,7 @@ class RedisStore:
             live: list[SessionRecord] = []
             stale: list[str] = []
             for (member, score), packed in zip(entries, found, strict=True):
-                record = _unpack(member, packed)
+                record = codec.unpack(member, packed)
                 if record is not None and record.user_id == user_id:
                     if record.expires_at > now:
                         live.append(record)
@@ -330,9 +330,9 @@ class RedisStore:
                 )
                 unindex: list[tuple[str, ...]] = []
                 for (_, member), result in zip(batch, results, strict=True):
-                    if _done(result):
+                    if codec.done(result):
                         removed += 1
-                        owner = _owner(result)
+                        owner = codec.owner(result)
                         if owner is not None:
                             unindex.append(("ZREM", self._index_key(owner), member))
                 if unindex:
@@ -401,19 +401,24 @@ class RedisStore:
         unindex: list[tuple[str, ...]] = []
         if rotating:
             assert replaces is not None
-            if not _done(done[0]):
-                return _refusal(replaces, done[0])
-            owner = _owner(done[0])
+            if not codec.done(done[0]):
+                return codec.refusal(replaces, done[0])
+            owner = codec.owner(done[0])
             if owner is not None:
                 assert replaces is not None
                 unindex.append(("ZREM", self._index_key(owner), replaces))
         written = await self._write(
             keys=[self._session_key(key)],
-            args=["" if rotating else expected, repr(record.last_seen_at), ttl, *_encode(record)],
+            args=[
+                "" if rotating else expected,
+                repr(record.last_seen_at),
+                ttl,
+                *codec.encode_fields(record),
+            ],
         )
-        if not _done(written):
-            return _refusal(key, written)
-        previous = _owner(written)
+        if not codec.done(written):
+            return codec.refusal(key, written)
+        previous = codec.owner(written)
         if previous is not None and previous != user:
             unindex.append(("ZREM", self._index_key(previous), key))
         if unindex:
@@ -450,7 +455,7 @@ class RedisStore:
         return f"{self.prefix}:u:{{{user_id}}}"
 
     async def _entries(self, index: str) -> list[tuple[str, str]]:
-        flat = [_text(item) for item in await self._members(keys=[index])]
+        flat = [codec.text(item) for item in await self._members(keys=[index])]
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     async def _scan_sessions(self) -> AsyncIterator[list[tuple[str, str]]]:
@@ -463,7 +468,7 @@ class RedisStore:
         seen: set[str] = set()
         batch: list[tuple[str, str]] = []
         async for raw in self.client.scan_iter(match=pattern, count=_SCAN_BATCH):
-            name = _text(raw)
+            name = codec.text(raw)
             if name in seen:
                 continue
             seen.add(name)
@@ -568,104 +573,6 @@ def _timeout(value: float | str | None, url: str) -> float:
             f"Redis timeout must be between 0 and 3600 seconds, got {value!r} in {url!r}"
         )
     return seconds
-
-
-def _encode(record: SessionRecord) -> list[str | bytes]:
-    """The hash's fields: the packed record, plus what the scripts read themselves."""
-    fields: list[str | bytes] = [
-        "b",
-        _pack(record),
-        "e",
-        repr(record.expires_at),
-        "v",
-        str(record.version),
-    ]
-    if record.user_id is not None:
-        fields += ["u", record.user_id]
-    return fields
-
-
-# A whole record in one value, so a load is one short reply that redis-py parses at
-# once: a hash of ten fields costs it a reply element each. Layout: format byte, then
-# created, last seen, expires, version, remember, and the lengths of the public id,
-# user id (0 when anonymous, else length + 1) and user agent; then those three strings
-# and the session data.
-_FORMAT = 1
-_HEAD = struct.Struct("!BdddQ?HIH")
-
-
-def _pack(record: SessionRecord) -> bytes:
-    public_id = record.public_id.encode()
-    user = b"" if record.user_id is None else record.user_id.encode()
-    agent = record.user_agent.encode()[:65_535]
-    if len(user) >= 2**32 - 1 or len(public_id) > 65_535:
-        raise StoreError("user id or public id too long to store")
-    head = _HEAD.pack(
-        _FORMAT,
-        record.created_at,
-        record.last_seen_at,
-        record.expires_at,
-        record.version,
-        record.remember,
-        len(public_id),
-        0 if record.user_id is None else len(user) + 1,
-        len(agent),
-    )
-    return b"".join((head, public_id, user, agent, record.data))
-
-
-def _unpack(key: str, packed: Any) -> SessionRecord | None:
-    if not packed:
-        return None
-    try:
-        head = _HEAD.unpack_from(packed)
-        fmt, created, seen, expires, version, remember, id_len, user_len, agent_len = head
-        if fmt != _FORMAT:
-            raise ValueError(f"unknown record format {fmt}")
-        at = _HEAD.size
-        public_id = packed[at : at + id_len].decode()
-        at += id_len
-        user = None if user_len == 0 else packed[at : at + user_len - 1].decode()
-        at += max(user_len - 1, 0)
-        agent = packed[at : at + agent_len].decode(errors="replace")
-        at += agent_len
-        return SessionRecord(
-            key=key,
-            public_id=public_id,
-            data=bytes(packed[at:]),
-            user_id=user,
-            created_at=created,
-            last_seen_at=seen,
-            expires_at=expires,
-            remember=remember,
-            user_agent=agent,
-            version=version,
-        )
-    except (struct.error, ValueError) as exc:
-        raise StoreError(f"malformed session record under key {key[:12]}...: {exc!r}") from exc
-
-
-def _done(result: Any) -> bool:
-    """Whether a script's reply starts with 1 (done); 0 is refused, 2 a lost race."""
-    return bool(result) and int(result[0]) == 1
-
-
-def _refusal(key: str, reply: Any) -> bool | SessionRecord:
-    """False for a session that is gone, or the winner of a race (``{2, packed}``)."""
-    if not reply or int(reply[0]) != 2:
-        return False
-    return _unpack(key, reply[1]) or False
-
-
-def _owner(result: Any) -> str | None:
-    """The owner in a script's {1, owner or nil} reply."""
-    if not _done(result) or len(result) < 2 or result[1] is None:
-        return None
-    return _text(result[1])
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _glob_escape(text: str) -> str:

@@ -1,0 +1,108 @@
+"""How :class:`~coatcheck.stores.redis.RedisStore` lays a record out in Redis, and reads
+the replies of its scripts."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from ..exceptions import StoreError
+from .base import SessionRecord
+
+
+def encode_fields(record: SessionRecord) -> list[str | bytes]:
+    """The hash's fields: the packed record, plus what the scripts read themselves."""
+    fields: list[str | bytes] = [
+        "b",
+        pack(record),
+        "e",
+        repr(record.expires_at),
+        "v",
+        str(record.version),
+    ]
+    if record.user_id is not None:
+        fields += ["u", record.user_id]
+    return fields
+
+
+# A whole record in one value, so a load is one short reply that redis-py parses at
+# once: a hash of ten fields costs it a reply element each. Layout: format byte, then
+# created, last seen, expires, version, remember, and the lengths of the public id,
+# user id (0 when anonymous, else length + 1) and user agent; then those three strings
+# and the session data.
+_FORMAT = 1
+_HEAD = struct.Struct("!BdddQ?HIH")
+
+
+def pack(record: SessionRecord) -> bytes:
+    public_id = record.public_id.encode()
+    user = b"" if record.user_id is None else record.user_id.encode()
+    agent = record.user_agent.encode()[:65_535]
+    if len(user) >= 2**32 - 1 or len(public_id) > 65_535:
+        raise StoreError("user id or public id too long to store")
+    head = _HEAD.pack(
+        _FORMAT,
+        record.created_at,
+        record.last_seen_at,
+        record.expires_at,
+        record.version,
+        record.remember,
+        len(public_id),
+        0 if record.user_id is None else len(user) + 1,
+        len(agent),
+    )
+    return b"".join((head, public_id, user, agent, record.data))
+
+
+def unpack(key: str, packed: Any) -> SessionRecord | None:
+    if not packed:
+        return None
+    try:
+        head = _HEAD.unpack_from(packed)
+        fmt, created, seen, expires, version, remember, id_len, user_len, agent_len = head
+        if fmt != _FORMAT:
+            raise ValueError(f"unknown record format {fmt}")
+        at = _HEAD.size
+        public_id = packed[at : at + id_len].decode()
+        at += id_len
+        user = None if user_len == 0 else packed[at : at + user_len - 1].decode()
+        at += max(user_len - 1, 0)
+        agent = packed[at : at + agent_len].decode(errors="replace")
+        at += agent_len
+        return SessionRecord(
+            key=key,
+            public_id=public_id,
+            data=bytes(packed[at:]),
+            user_id=user,
+            created_at=created,
+            last_seen_at=seen,
+            expires_at=expires,
+            remember=remember,
+            user_agent=agent,
+            version=version,
+        )
+    except (struct.error, ValueError) as exc:
+        raise StoreError(f"malformed session record under key {key[:12]}...: {exc!r}") from exc
+
+
+def done(result: Any) -> bool:
+    """Whether a script's reply starts with 1 (done); 0 is refused, 2 a lost race."""
+    return bool(result) and int(result[0]) == 1
+
+
+def refusal(key: str, reply: Any) -> bool | SessionRecord:
+    """False for a session that is gone, or the winner of a race (``{2, packed}``)."""
+    if not reply or int(reply[0]) != 2:
+        return False
+    return unpack(key, reply[1]) or False
+
+
+def owner(result: Any) -> str | None:
+    """The owner in a script's {1, owner or nil} reply."""
+    if not done(result) or len(result) < 2 or result[1] is None:
+        return None
+    return text(result[1])
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
