@@ -188,6 +188,18 @@ class Variant:
         low, _, high = statistics.quantiles(ratios, n=4)
         return low, high
 
+    def as_json(self) -> dict[str, Any]:
+        """The variant's results for ``--json``."""
+        return {
+            "variant": self.name,
+            "path": self.path,
+            "median_us": round(self.median_us, 3),
+            "ratios": {b: round(self.ratio(b), 4) for b in self.baselines},
+            "ratio_iqr": {b: [round(r, 4) for r in self.ratio_iqr(b)] for b in self.baselines},
+            "sets_cookie": self.set_cookie,
+            "ns_per_request_by_round": [round(s, 1) for s in self.samples],
+        }
+
 
 @dataclass
 class Suite:

@@ -268,19 +268,7 @@ def report(suite: Suite, args: argparse.Namespace, load: tuple[float, float]) ->
             line += f"  {cell:>15}"
         line += f"  {'yes' if variant.set_cookie else 'no'}"
         print(line)
-        rows.append(
-            {
-                "variant": variant.name,
-                "path": variant.path,
-                "median_us": round(variant.median_us, 3),
-                "ratios": {b: round(variant.ratio(b), 4) for b in variant.baselines},
-                "ratio_iqr": {
-                    b: [round(r, 4) for r in variant.ratio_iqr(b)] for b in variant.baselines
-                },
-                "sets_cookie": variant.set_cookie,
-                "ns_per_request_by_round": [round(s, 1) for s in variant.samples],
-            }
-        )
+        rows.append(variant.as_json())
 
     print()
     print("coatcheck targets (median ratio to fastapi bare, same rounds):")

@@ -619,18 +619,7 @@ def report(
         line += f"  {'yes' if variant.set_cookie else 'no'}"
         print(line)
         rows.append(
-            {
-                "variant": variant.name,
-                "path": variant.path,
-                "median_us": round(variant.median_us, 3),
-                "ratios": {b: round(variant.ratio(b), 4) for b in variant.baselines},
-                "ratio_iqr": {
-                    b: [round(r, 4) for r in variant.ratio_iqr(b)] for b in variant.baselines
-                },
-                "sets_cookie": variant.set_cookie,
-                "redis_commands": commands.as_json() if commands else None,
-                "ns_per_request_by_round": [round(s, 1) for s in variant.samples],
-            }
+            {**variant.as_json(), "redis_commands": commands.as_json() if commands else None}
         )
     print("cmds/req: commands each request sends to Redis (+ commands its Lua scripts run)")
 

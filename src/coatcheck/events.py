@@ -35,7 +35,6 @@ class SessionEvent:
     session: str = ""  # the public id, when there is one
     path: str = ""
     count: int = 1
-    detail: str = ""
 
 
 EventHook = Callable[[SessionEvent], Awaitable[None]]

@@ -78,6 +78,11 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self.table = table
         self._sql_table = f'"{table}"'  # quoted, so reserved words such as "order" work
+        # The statements of the per-request path, built once.
+        self._select_live = (
+            f"SELECT {_COLUMNS} FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
+        )
+        self._delete_key = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
         self._insert = (
             f"INSERT OR REPLACE INTO {self._sql_table} ({_COLUMNS})"  # noqa: S608
             " VALUES (?,?,?,?,?,?,?,?,?,?)"
@@ -98,7 +103,7 @@ class SQLiteStore:
     # -- the store contract -------------------------------------------------------------
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
-        sql = f"SELECT {_COLUMNS} FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
+        sql = self._select_live
         rows = self._read_inline(sql, (key, now)) if self.inline_reads and self._ready else None
         if rows is None:
             rows = await self._run(lambda db: db.execute(sql, (key, now)).fetchall())
@@ -115,8 +120,6 @@ class SQLiteStore:
         self._saves += 1
         purge = self.purge_every > 0 and self._saves % self.purge_every == 0
         previous = replaces or record.key
-        base_sql = f"SELECT {_COLUMNS} FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
-        delete = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
 
         def write(db: sqlite3.Connection) -> bool:
             chosen = record
@@ -127,16 +130,17 @@ class SQLiteStore:
                 # merge sees the latest version and no other save can slip in between.
                 with _immediate(db):
                     if expected_version is not None:
-                        rows = db.execute(base_sql, (previous, record.last_seen_at)).fetchall()
-                        if not rows:
+                        found = db.execute(self._select_live, (previous, record.last_seen_at))
+                        row = found.fetchone()
+                        if row is None:
                             return False
-                        base = _record(rows[0])
+                        base = _record(row)
                         if base.version != expected_version:
                             if merge is None:
                                 return False
                             chosen = merge(base)
                     if previous != chosen.key:
-                        db.execute(delete, (previous,))
+                        db.execute(self._delete_key, (previous,))
                     db.execute(self._insert, _values(chosen))
             if purge:
                 try:
@@ -150,8 +154,7 @@ class SQLiteStore:
         return await self._run(write)
 
     async def delete(self, key: str) -> None:
-        sql = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
-        await self._run(lambda db: db.execute(sql, (key,)))
+        await self._run(lambda db: db.execute(self._delete_key, (key,)))
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         sql = (
