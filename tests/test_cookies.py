@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coatcheck._cookies import CookieWriter, cookie_needle, read_cookie
 from coatcheck.config import CookieConfig
@@ -66,3 +68,34 @@ def test_conflicting_duplicates_are_a_security_event(caplog: pytest.LogCaptureFi
     (record,) = [r for r in caplog.records if r.name == "coatcheck.security"]
     assert "two different session cookies" in record.getMessage()
     assert "=a" not in record.getMessage()
+
+
+def _split_reference(headers: list[tuple[bytes, bytes]], needle: bytes) -> str | None:
+    """The plain reading of RFC 6265 pairs that the fast scan must agree with."""
+    values = set()
+    for key, raw in headers:
+        if key != b"cookie":
+            continue
+        if len(raw) > 8_192:
+            return None
+        for part in raw.split(b";"):
+            part = part.strip(b" \t")
+            if part.startswith(needle):
+                values.add(part[len(needle) :])
+    if len(values) != 1:
+        return None
+    try:
+        return values.pop().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+_PIECES = st.sampled_from(
+    [b"session=", b"session", b"xsession=", b"=", b";", b"; ", b" ", b"\t", b"a", b"b", b"\xc3\xa9"]
+)
+
+
+@given(st.lists(st.lists(_PIECES, max_size=12).map(b"".join), min_size=1, max_size=3))
+@settings(max_examples=2_000, deadline=None)
+def test_fast_scan_agrees_with_splitting_into_pairs(values: list[bytes]) -> None:
+    assert read_cookie(headers(*values), NEEDLE) == _split_reference(headers(*values), NEEDLE)

@@ -8,6 +8,8 @@ from .config import CookieConfig
 
 _EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
 _MAX_COOKIE_HEADER = 8_192  # beyond this the header is junk: most servers refuse it too
+_BLANKS = b" \t"
+_SEMICOLON = ord(";")
 
 
 def cookie_needle(name: str) -> bytes:
@@ -28,18 +30,22 @@ def read_cookie(headers: Headers, needle: bytes) -> str | None:
             continue
         if len(raw) > _MAX_COOKIE_HEADER:
             return None  # decided by length alone: no work in proportion to the junk
-        if needle not in raw:
-            continue
-        for part in raw.split(b";"):
-            part = part.strip(b" \t")
-            if not part.startswith(needle):
-                continue
-            value = part[len(needle) :]
-            if found is not None and value != found:
-                # A sibling host or a longer path tossing a cookie of the same name.
-                security_event("two different session cookies in one request: ignoring both")
-                return None
-            found = value
+        # Searching beats splitting the header into pairs: this runs on every read.
+        at = raw.find(needle)
+        while at != -1:
+            start = at
+            while start and raw[start - 1] in _BLANKS:
+                start -= 1
+            # Only a pair's start counts: ``xsession=`` or ``a=b session=c`` is not ours.
+            if start == 0 or raw[start - 1] == _SEMICOLON:
+                end = raw.find(b";", at)
+                value = raw[at + len(needle) : None if end == -1 else end].rstrip(b" \t")
+                if found is not None and value != found:
+                    # A sibling host or a longer path tossing a cookie of the same name.
+                    security_event("two different session cookies in one request: ignoring both")
+                    return None
+                found = value
+            at = raw.find(needle, at + 1)
     if found is None:
         return None
     try:

@@ -49,6 +49,11 @@ class Persistence:
         self._cookie_needle = cookie_needle(config.cookie.name)
         self._cookies = CookieWriter(config.cookie)
         self.clear_cookie = self._cookies.clear()
+        # Seconds after the last save when a read must refresh the sliding expiry.
+        self._refresh_after = {
+            remember: config.lifetime(remember).idle * config.refresh_fraction
+            for remember in (False, True)
+        }
 
     async def load(self, session: Session) -> None:
         now = self.now()
@@ -90,6 +95,14 @@ class Persistence:
         if not session._loaded or status >= 500:
             return []
         stored = session._stored
+        if (
+            stored is not None
+            and not (session._modified or session._exposed or session._meta_changed)
+            and session._key == stored.key
+            and (session._data or session._user_id is not None)
+            and self.now() - stored.last_seen_at < self._refresh_after[session._remember]
+        ):
+            return []  # a plain read, the common case: nothing to write, nothing to send
         old_key = stored.key if stored is not None else None
         if not session._data and session._user_id is None:
             if old_key is None:
@@ -117,7 +130,7 @@ class Persistence:
         lifetime = self.config.lifetime(session._remember)
         refresh_due = (
             stored is not None
-            and now - stored.last_seen_at >= lifetime.idle * self.config.refresh_fraction
+            and now - stored.last_seen_at >= self._refresh_after[session._remember]
         )
         if not (rotated or refresh_due or session._meta_changed or data != session._raw):
             return []

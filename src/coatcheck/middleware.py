@@ -16,6 +16,7 @@ from ._audit import security_event
 from ._context import current_session
 from ._persist import Persistence
 from .config import SessionConfig
+from .csrf import SAFE_METHODS
 from .events import EventHook
 from .exceptions import (
     CoatcheckError,
@@ -31,6 +32,9 @@ from .stores.base import Store
 logger = logging.getLogger("coatcheck")
 
 UnavailableApp = Callable[[int], ASGIApp]
+
+# The message that starts a response: the session is committed just before it goes out.
+_RESPONSE_START = ("http.response.start", "websocket.accept")
 
 
 class SessionMiddleware:
@@ -62,52 +66,40 @@ class SessionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan":
-            await self.app(scope, receive, self._lifespan_send(send))
-            return
         if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                send = self._lifespan_send(send)
             await self.app(scope, receive, send)
             return
-
+        # Every request takes this path: it is kept short, since a route that never
+        # touches its session should cost what a bare endpoint does.
         session = Session(self._persistence, scope)
         scope["session"] = session
         token = current_session.set(session)
-        started = False
-        failed = False
+        started = failed = False
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started, failed
             if failed:
                 return
-            if message["type"] in ("http.response.start", "websocket.accept"):
+            if message["type"] in _RESPONSE_START:
                 started = True
                 if session._loaded:
-                    status = message.get("status", 200)
-                    try:
-                        extra = await self._persistence.commit(session, status)
-                    except StoreUnavailableError as exc:
-                        failed = True
-                        await self._answer_unavailable(scope, receive, send, exc)
+                    failed = not await self._commit(session, message, scope, receive, send)
+                    if failed:
                         return
-                    except SessionTooLargeError as exc:
-                        failed = True
-                        body = json.dumps({"detail": str(exc).capitalize()}).encode()
-                        await _json_response(413, body, [])(scope, receive, send)
-                        return
-                    except (SessionEndedError, SessionConflictError) as exc:
-                        failed = True
-                        await self._answer_conflict(scope, receive, send, exc)
-                        return
-                    _merge_headers(message, extra)
             await send(message)
 
         try:
-            if kind == "http" and self._csrf.needs_check(scope):
-                failure, receive = await self._csrf.check(scope, receive, session)
-                if failure is not None:
-                    await self._reject_forgery(scope, receive, send, failure)
-                    await self._persistence.emit(session, "csrf_rejected", None, "")
+            # Safe methods skip the CSRF guard unless a ``_method`` override could make
+            # them unsafe inside the app (see CSRFGuard.needs_check, which decides).
+            if kind == "http" and (
+                scope["method"] not in SAFE_METHODS or b"_method=" in scope.get("query_string", b"")
+            ):
+                checked = await self._check_forgery(scope, receive, send, session)
+                if checked is None:
                     return
+                receive = checked
             if self._eager and scope["path"].startswith(self._eager):
                 await session.load()
             await self.app(scope, receive, send_wrapper)
@@ -124,6 +116,41 @@ class SessionMiddleware:
         finally:
             # In-process callers (tests, mounted apps) share one context across requests.
             current_session.reset(token)
+
+    async def _commit(
+        self, session: Session, message: Message, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Apply the session's changes before ``message`` starts the response.
+
+        Returns False when the save failed and an error response went out instead.
+        """
+        try:
+            extra = await self._persistence.commit(session, message.get("status", 200))
+        except StoreUnavailableError as exc:
+            await self._answer_unavailable(scope, receive, send, exc)
+            return False
+        except SessionTooLargeError as exc:
+            body = json.dumps({"detail": str(exc).capitalize()}).encode()
+            await _json_response(413, body, [])(scope, receive, send)
+            return False
+        except (SessionEndedError, SessionConflictError) as exc:
+            await self._answer_conflict(scope, receive, send, exc)
+            return False
+        _merge_headers(message, extra)
+        return True
+
+    async def _check_forgery(
+        self, scope: Scope, receive: Receive, send: Send, session: Session
+    ) -> Receive | None:
+        """The ``receive`` the app must use, or None once a forged request got its 403."""
+        if not self._csrf.needs_check(scope):
+            return receive
+        failure, receive = await self._csrf.check(scope, receive, session)
+        if failure is None:
+            return receive
+        await self._reject_forgery(scope, receive, send, failure)
+        await self._persistence.emit(session, "csrf_rejected", None, "")
+        return None
 
     async def _reject_forgery(
         self, scope: Scope, receive: Receive, send: Send, reason: str
@@ -175,16 +202,16 @@ class SessionMiddleware:
 
 def _merge_headers(message: Message, extra: Headers) -> None:
     """Add the session's headers, and ``Vary: Cookie`` since the response read it."""
-    headers: Headers = list(message.get("headers", ()))
+    headers: Headers = message.get("headers", [])
     if extra:
         if any(name == b"cache-control" for name, _ in extra):
             headers = [pair for pair in headers if pair[0].lower() != b"cache-control"]
-        headers.extend(extra)
+        headers = [*headers, *extra]
     for name, value in headers:
         if name.lower() == b"vary" and b"cookie" in value.lower():
             break
     else:
-        headers.append((b"vary", b"Cookie"))
+        headers = [*headers, (b"vary", b"Cookie")]
     message["headers"] = headers
 
 

@@ -111,6 +111,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, RedisError, RedisClusterException)
 
 RedisClient = Redis | RedisCluster
 _Call = tuple[AsyncScript, Sequence[str], Sequence[str | bytes]]
@@ -210,8 +211,12 @@ class RedisStore:
     # -- the store contract -------------------------------------------------------------
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
-        with self._errors():
-            packed = await self.client.execute_command("HGET", self._session_key(key), "b")
+        # try/except rather than ``with self._errors()``: this runs on every read, and a
+        # generator-based context manager costs more than the rest of this method.
+        try:
+            packed = await self.client.execute_command("HGET", f"{self.prefix}:s:{{{key}}}", "b")
+        except _REDIS_ERRORS as exc:
+            raise self._translate(exc) from exc
         record = codec.unpack(key, packed)
         return record if record is not None and record.expires_at > now else None
 
@@ -505,21 +510,22 @@ class RedisStore:
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        """Translate redis-py's errors into the two the middleware knows."""
         try:
             yield
-        except (AuthenticationError, AuthorizationError) as exc:
-            raise StoreError(f"Redis session store refused the credentials: {exc}") from exc
-        except _TRANSIENT as exc:
-            raise StoreUnavailableError(
+        except _REDIS_ERRORS as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: BaseException) -> StoreError:
+        """redis-py's errors as the two the middleware knows."""
+        if isinstance(exc, (AuthenticationError, AuthorizationError)):
+            return StoreError(f"Redis session store refused the credentials: {exc}")
+        if isinstance(exc, _TRANSIENT) or (
+            isinstance(exc, RedisClusterException) and "connect" in str(exc).lower()
+        ):
+            return StoreUnavailableError(
                 f"Redis session store is unavailable: {exc}", retry_after=self.retry_after
-            ) from exc
-        except (RedisError, RedisClusterException) as exc:
-            if isinstance(exc, RedisClusterException) and "connect" in str(exc).lower():
-                raise StoreUnavailableError(
-                    f"Redis Cluster is unreachable: {exc}", retry_after=self.retry_after
-                ) from exc
-            raise StoreError(f"Redis session store failed: {exc}") from exc
+            )
+        return StoreError(f"Redis session store failed: {exc}")
 
 
 def _cluster_client(
