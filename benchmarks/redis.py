@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import uuid4
 
 from _harness import (
@@ -63,7 +63,7 @@ from _harness import (
     run_batch,
     starsessions_app,
 )
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 
 import coatcheck
 
@@ -372,15 +372,6 @@ class CommandCounter:
 # -- the variants -----------------------------------------------------------------------
 
 
-async def floor_get(request: Request) -> bytes | None:
-    """The floor's GET as a dependency (``SessionDep`` takes no Request; this is cheap)."""
-    client: Redis = request.app.state.redis
-    return cast("bytes | None", await client.get(FLOOR_GET_KEY))
-
-
-FloorGet = Annotated["bytes | None", Depends(floor_get)]
-
-
 def floors_app(client: Redis) -> FastAPI:
     """A bare endpoint and the least any Redis-backed session could do per request.
 
@@ -407,10 +398,12 @@ def floors_app(client: Redis) -> FastAPI:
         await client.set(FLOOR_SET_KEY, str(n), px=IDLE_MS)
         return {"n": n}
 
-    app.state.redis = client
+    async def floor_get() -> bytes | None:
+        """The floor's GET as a dependency shaped like ``SessionDep``'s: no parameters."""
+        return cast("bytes | None", await client.get(FLOOR_GET_KEY))
 
     @app.get("/get-dependency")
-    async def get_in_dependency(raw: FloorGet) -> dict[str, Any]:
+    async def get_in_dependency(raw: bytes | None = Depends(floor_get)) -> dict[str, Any]:
         return {"n": None if raw is None else int(raw)}
 
     return app

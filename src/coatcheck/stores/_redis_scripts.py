@@ -25,19 +25,19 @@ local function index_add(index, member, score, ttl)
 end
 """
 
-# Compare-and-set on the session a save continues: {0} when it is gone or dead at
-# ``now``, the winner's packed record behind a 2 when another save changed its version, or
-# nothing (go on) when ``expected`` is '' (no check) or matches.
-_CHECK_BASE = """
-local function check_base(key, expected, now)
+# Compare-and-set on the session a save continues, given its ``e`` and ``v`` fields: {0}
+# when it is gone or dead at ``now``, the winner's packed record behind a 2 when another
+# save changed its version, or nothing (go on) when ``expected`` is '' (no check) or
+# matches. Callers read ``e``, ``v`` and ``u`` in one HMGET, the only read of a save.
+_REFUSAL = """
+local function refusal(key, deadline, version, expected, now)
   if expected == '' then
     return nil
   end
-  local base = redis.call('HMGET', key, 'e', 'v')
-  if not base[1] or tonumber(base[1]) <= tonumber(now) then
+  if not deadline or tonumber(deadline) <= tonumber(now) then
     return {0}
   end
-  if base[2] ~= expected then
+  if version ~= expected then
     return {2, redis.call('HMGET', key, 'b')[1]}
   end
   return nil
@@ -47,30 +47,33 @@ end
 # KEYS: session to write, session it continues (the same key unless rotating).
 # ARGV: prefix, member, continued member, expected version ('' for none), last_seen_at,
 #       ttl ms, score, has user (1/0), user, index ttl ms, then the hash's field/value
-#       pairs. Returns {1} when written, else what check_base returned.
+#       pairs. Returns {1} when written, else what refusal returned.
 STANDALONE_SAVE = (
     _INDEX_ADD
-    + _CHECK_BASE
+    + _REFUSAL
     + """
 local new, old = KEYS[1], KEYS[2]
-local refused = check_base(old, ARGV[4], ARGV[5])
+local base = redis.call('HMGET', old, 'e', 'v', 'u')
+local refused = refusal(old, base[1], base[2], ARGV[4], ARGV[5])
 if refused then
   return refused
 end
 local user = false
 if ARGV[8] == '1' then user = ARGV[9] end
-local function unindex(key, member)
-  local owner = redis.call('HMGET', key, 'u')[1]
-  if owner and (key ~= new or owner ~= user) then
-    redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', member)
-  end
+local function unindex(owner, member)
+  redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', member)
 end
 if old ~= new then
-  unindex(old, ARGV[3])
+  if base[3] then unindex(base[3], ARGV[3]) end
   redis.call('DEL', old)
+  local owner = redis.call('HMGET', new, 'u')[1]
+  if owner and owner ~= user then unindex(owner, ARGV[2]) end
+  redis.call('DEL', new)
+elseif base[3] and base[3] ~= user then
+  -- The same session, now someone else's or nobody's: only ``u`` can be left stale.
+  unindex(base[3], ARGV[2])
+  if not user then redis.call('HDEL', new, 'u') end
 end
-unindex(new, ARGV[2])
-redis.call('DEL', new)
 redis.call('HSET', new, unpack(ARGV, 11))
 redis.call('PEXPIRE', new, ARGV[6])
 if user then
@@ -119,34 +122,34 @@ return redis.call('DEL', KEYS[1])
 """
 
 # KEYS: session. ARGV: expected version ('' for none), last_seen_at. Deletes the
-# session, returning {1, owner or false}; else what check_base returned.
+# session, returning {1, owner or false}; else what refusal returned.
 TAKE = (
-    _CHECK_BASE
+    _REFUSAL
     + """
-local refused = check_base(KEYS[1], ARGV[1], ARGV[2])
+local base = redis.call('HMGET', KEYS[1], 'e', 'v', 'u')
+local refused = refusal(KEYS[1], base[1], base[2], ARGV[1], ARGV[2])
 if refused then
   return refused
 end
-local owner = redis.call('HMGET', KEYS[1], 'u')[1]
 redis.call('DEL', KEYS[1])
-return {1, owner}
+return {1, base[3]}
 """
 )
 
 # KEYS: session. ARGV: expected version ('' for none), last_seen_at, ttl ms, then
-# field/value pairs. Returns {1, previous owner or false}; else what check_base returned.
+# field/value pairs. Returns {1, previous owner or false}; else what refusal returned.
 WRITE = (
-    _CHECK_BASE
+    _REFUSAL
     + """
-local refused = check_base(KEYS[1], ARGV[1], ARGV[2])
+local base = redis.call('HMGET', KEYS[1], 'e', 'v', 'u')
+local refused = refusal(KEYS[1], base[1], base[2], ARGV[1], ARGV[2])
 if refused then
   return refused
 end
-local fields = redis.call('HMGET', KEYS[1], 'e', 'u')
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, fields[2]}
+return {1, base[3]}
 """
 )
 
