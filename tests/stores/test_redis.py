@@ -21,8 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from coatcheck import store_from_url, stores
 from coatcheck._ids import new_session_id, store_key
 from coatcheck.exceptions import ConfigurationError, StoreError, StoreUnavailableError
-from coatcheck.stores import SessionRecord
-from coatcheck.stores import redis as redis_store
+from coatcheck.stores import SessionRecord, _redis_url
 from coatcheck.stores.redis import RedisStore
 
 from ..apps import make_app
@@ -371,8 +370,8 @@ async def test_cluster_url(redis_cluster: RedisClusterServers) -> None:
 
 
 def test_every_redis_scheme_reaches_the_redis_store() -> None:
-    assert stores.REDIS_SCHEMES == redis_store.URL_SCHEMES
-    assert set(redis_store.URL_SCHEMES) <= set(stores.SUPPORTED_SCHEMES)
+    assert stores.REDIS_SCHEMES == _redis_url.URL_SCHEMES
+    assert set(_redis_url.URL_SCHEMES) <= set(stores.SUPPORTED_SCHEMES)
 
 
 async def test_tls_url_builds_a_tls_client_without_connecting() -> None:

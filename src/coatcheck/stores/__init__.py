@@ -17,7 +17,7 @@ from .sqlite import SQLiteStore
 
 __all__ = ["MemoryStore", "SQLiteStore", "SessionRecord", "Store", "store_from_url"]
 
-# Kept in step with coatcheck.stores.redis.URL_SCHEMES, which is not imported here.
+# Kept in step with coatcheck.stores._redis_url.URL_SCHEMES, which needs redis-py.
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES)
 

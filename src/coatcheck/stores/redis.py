@@ -27,7 +27,6 @@ import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..exceptions import (
     ConfigurationError,
@@ -41,10 +40,7 @@ from . import _redis_scripts as lua
 from .base import Merge, SessionRecord
 
 try:
-    from redis.asyncio import Redis
-    from redis.asyncio.cluster import ClusterNode, RedisCluster
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff, NoBackoff
+    from redis.asyncio.cluster import RedisCluster
     from redis.commands.core import AsyncScript
     from redis.exceptions import (
         AuthenticationError,
@@ -63,14 +59,14 @@ try:
     )
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from ._redis_url import RedisClient, client_from_url
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("redis", "redis") from exc
 
 __all__ = ["RedisStore"]
 
 DEFAULT_PREFIX = "coatcheck"
-DEFAULT_TIMEOUT = 1.0
-URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 # A record already dead when written still lives this long, so the write behaves like
 # any other: it replaces what was there and stays visible to purge_expired and count.
@@ -84,18 +80,6 @@ _MAX_MERGES = 32
 # Passes of delete_user on Cluster: each one catches sessions filed while the last ran.
 _REVOKE_PASSES = 5
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-# Options a store URL may carry besides ?prefix= and ?timeout=; redis-py parses them.
-_PASSED_OPTIONS = frozenset(
-    {
-        "db",
-        "max_connections",
-        "ssl_cert_reqs",
-        "ssl_ca_certs",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_check_hostname",
-    }
-)
 # "Try again later", not a bug: answered with a 503 and Retry-After.
 _TRANSIENT: tuple[type[BaseException], ...] = (
     RedisConnectionError,
@@ -113,7 +97,6 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, RedisError, RedisClusterException)
 
-RedisClient = Redis | RedisCluster
 _Call = tuple[AsyncScript, Sequence[str], Sequence[str | bytes]]
 
 
@@ -170,43 +153,10 @@ class RedisStore:
         connecting and each command; 1 s by default, so an outage becomes a quick 503
         rather than a hung request) apply unless the keywords are given.
         """
-        parts = urlsplit(url)
-        if parts.scheme not in URL_SCHEMES:
-            raise ConfigurationError(
-                f"not a Redis URL {url!r}; use one of "
-                + ", ".join(f"{scheme}://" for scheme in URL_SCHEMES)
-            )
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        url_prefix = options.pop("prefix", DEFAULT_PREFIX)
-        url_timeout = options.pop("timeout", None)
-        unknown = sorted(set(options) - _PASSED_OPTIONS)
-        if unknown:
-            raise ConfigurationError(f"unknown option(s) {unknown} in store URL {url!r}")
-        seconds = _timeout(timeout if timeout is not None else url_timeout, url)
-        settings: dict[str, Any] = {
-            "socket_timeout": seconds,
-            "socket_connect_timeout": seconds,
-            "decode_responses": False,
-        }
-        client: RedisClient
-        try:
-            if parts.scheme.endswith("+cluster"):
-                client = _cluster_client(parts, options, settings, url)
-            else:
-                if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
-                    raise ConfigurationError(
-                        f"the path of a Redis URL is a database number, got {url!r}"
-                    )
-                plain = urlunsplit(parts._replace(query=urlencode(options)))
-                # One quick retry on a broken connection (a server restart leaves the
-                # pooled ones dead); none on a timeout, which has already waited.
-                settings["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
-                client = Redis.from_url(plain, **settings)
-        except ConfigurationError:
-            raise
-        except (ValueError, TypeError, RedisClusterException) as exc:
-            raise ConfigurationError(f"invalid Redis URL {url!r}: {exc}") from exc
-        return cls(client, prefix=url_prefix if prefix is None else prefix, owns_client=True)
+        client, url_prefix = client_from_url(url, timeout)
+        if prefix is None:
+            prefix = DEFAULT_PREFIX if url_prefix is None else url_prefix
+        return cls(client, prefix=prefix, owns_client=True)
 
     # -- the store contract -------------------------------------------------------------
 
@@ -526,59 +476,6 @@ class RedisStore:
                 f"Redis session store is unavailable: {exc}", retry_after=self.retry_after
             )
         return StoreError(f"Redis session store failed: {exc}")
-
-
-def _cluster_client(
-    parts: Any, options: dict[str, str], settings: dict[str, Any], url: str
-) -> RedisCluster:
-    """``redis+cluster://[user:password@]host:port,host:port,...``: any reachable nodes."""
-    if parts.path not in ("", "/", "/0") or "db" in options:
-        raise ConfigurationError(f"Redis Cluster has only database 0, got {url!r}")
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    nodes = []
-    for address in hosts.split(","):
-        host, port = _host_port(address, url)
-        nodes.append(ClusterNode(host, port))
-    if credentials:
-        username, has_password, password = credentials.partition(":")
-        if username:
-            settings["username"] = unquote(username)
-        if has_password:
-            settings["password"] = unquote(password)
-    if parts.scheme == "rediss+cluster":
-        settings["ssl"] = True
-    for name, value in options.items():
-        settings[name] = int(value) if name == "max_connections" else value
-    # Few, quick retries: a failover takes the cluster seconds, longer than a request
-    # should wait; the 503 with Retry-After is the honest answer meanwhile.
-    settings["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
-    return RedisCluster(startup_nodes=nodes, **settings)
-
-
-def _host_port(address: str, url: str) -> tuple[str, int]:
-    address = address.strip()
-    if address.startswith("["):  # [IPv6]:port
-        host, _, rest = address[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    else:
-        host, _, port_text = address.partition(":")
-    if not host:
-        raise ConfigurationError(f"a Redis Cluster URL lists host:port pairs, got {url!r}")
-    return host, int(port_text or 6379)
-
-
-def _timeout(value: float | str | None, url: str) -> float:
-    if value is None:
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds <= 3600:  # also rejects NaN and infinity
-        raise ConfigurationError(
-            f"Redis timeout must be between 0 and 3600 seconds, got {value!r} in {url!r}"
-        )
-    return seconds
 
 
 def _glob_escape(text: str) -> str:

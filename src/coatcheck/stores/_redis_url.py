@@ -1,0 +1,132 @@
+"""Building a redis-py client from a store URL, single node or Cluster.
+
+Timeouts and retries are chosen here, for the store's sake: an outage must become a
+quick 503 with Retry-After, never a request that hangs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
+
+from ..exceptions import ConfigurationError
+
+DEFAULT_TIMEOUT = 1.0
+URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+RedisClient = Redis | RedisCluster
+
+# Options a store URL may carry besides ?prefix= and ?timeout=; redis-py parses them.
+_PASSED_OPTIONS = frozenset(
+    {
+        "db",
+        "max_connections",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_check_hostname",
+    }
+)
+
+
+def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str | None]:
+    """The client a URL describes, and the key prefix it asks for (``?prefix=``).
+
+    ``timeout`` (seconds, for connecting and for each command) wins over ``?timeout=``;
+    without either it is :data:`DEFAULT_TIMEOUT`. Nothing connects until first use.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in URL_SCHEMES:
+        raise ConfigurationError(
+            f"not a Redis URL {url!r}; use one of "
+            + ", ".join(f"{scheme}://" for scheme in URL_SCHEMES)
+        )
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    prefix = options.pop("prefix", None)
+    url_timeout = options.pop("timeout", None)
+    unknown = sorted(set(options) - _PASSED_OPTIONS)
+    if unknown:
+        raise ConfigurationError(f"unknown option(s) {unknown} in store URL {url!r}")
+    seconds = _timeout(timeout if timeout is not None else url_timeout, url)
+    settings: dict[str, Any] = {
+        "socket_timeout": seconds,
+        "socket_connect_timeout": seconds,
+        "decode_responses": False,
+    }
+    try:
+        if parts.scheme.endswith("+cluster"):
+            return _cluster_client(parts, options, settings, url), prefix
+        if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
+            raise ConfigurationError(f"the path of a Redis URL is a database number, got {url!r}")
+        plain = urlunsplit(parts._replace(query=urlencode(options)))
+        # One quick retry on a broken connection (a server restart leaves the pooled
+        # ones dead); none on a timeout, which has already waited.
+        settings["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
+        return Redis.from_url(plain, **settings), prefix
+    except ConfigurationError:
+        raise
+    except (ValueError, TypeError, RedisClusterException) as exc:
+        raise ConfigurationError(f"invalid Redis URL {url!r}: {exc}") from exc
+
+
+def _cluster_client(
+    parts: SplitResult, options: dict[str, str], settings: dict[str, Any], url: str
+) -> RedisCluster:
+    """``redis+cluster://[user:password@]host:port,host:port,...``: any reachable nodes."""
+    if parts.path not in ("", "/", "/0") or "db" in options:
+        raise ConfigurationError(f"Redis Cluster has only database 0, got {url!r}")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    nodes = []
+    for address in hosts.split(","):
+        host, port = _host_port(address, url)
+        nodes.append(ClusterNode(host, port))
+    if credentials:
+        username, has_password, password = credentials.partition(":")
+        if username:
+            settings["username"] = unquote(username)
+        if has_password:
+            settings["password"] = unquote(password)
+    if parts.scheme == "rediss+cluster":
+        settings["ssl"] = True
+    for name, value in options.items():
+        settings[name] = int(value) if name == "max_connections" else value
+    # Few, quick retries: a failover takes the cluster seconds, longer than a request
+    # should wait; the 503 with Retry-After is the honest answer meanwhile.
+    settings["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
+    return RedisCluster(startup_nodes=nodes, **settings)
+
+
+def _host_port(address: str, url: str) -> tuple[str, int]:
+    address = address.strip()
+    if address.startswith("["):  # [IPv6]:port
+        host, _, rest = address[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = address.partition(":")
+    if not host:
+        raise ConfigurationError(f"a Redis Cluster URL lists host:port pairs, got {url!r}")
+    return host, int(port_text or 6379)
+
+
+def _timeout(value: float | str | None, url: str) -> float:
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 3600:  # also rejects NaN and infinity
+        raise ConfigurationError(
+            f"Redis timeout must be between 0 and 3600 seconds, got {value!r} in {url!r}"
+        )
+    return seconds
