@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coatcheck._cookies import CookieWriter, cookie_needle, read_cookie
+from coatcheck._ids import key_of, new_session_id, store_key
 from coatcheck.config import CookieConfig
 
 SID = "A" * 43
@@ -99,3 +100,10 @@ _PIECES = st.sampled_from(
 @settings(max_examples=2_000, deadline=None)
 def test_fast_scan_agrees_with_splitting_into_pairs(values: list[bytes]) -> None:
     assert read_cookie(headers(*values), NEEDLE) == _split_reference(headers(*values), NEEDLE)
+
+
+def test_only_ids_this_library_could_mint_get_a_store_key() -> None:
+    minted = new_session_id()
+    assert key_of(minted) == store_key(minted)
+    for junk in (minted[:-1], minted + "A", minted[:-1] + "=", minted[:-1] + "é", "", "A" * 44):
+        assert key_of(junk) is None, junk

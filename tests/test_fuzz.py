@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coatcheck import CSRFConfig, SessionConfig, SessionMiddleware, Store, _audit
-from coatcheck._ids import is_well_formed, store_key
+from coatcheck._ids import key_of, store_key
 from coatcheck.events import EventHook, SessionEvent
 from coatcheck.exceptions import SerializationError
 from coatcheck.fastapi import CSRFToken, CurrentUser, RequiredUser, SessionDep
@@ -654,7 +654,7 @@ class Target:
         sent = b" ".join(cookies)
         new_ids = [value for value in issued if value]
         for new_id in new_ids:
-            assert is_well_formed(new_id), new_id
+            assert key_of(new_id) == store_key(new_id), new_id
             assert new_id.encode() not in sent, "the server adopted an ID the client chose"
             assert new_id not in self.issued, "an ID was issued twice"
             self.issued.add(new_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 
@@ -26,11 +25,11 @@ def store_key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("ascii")).hexdigest()
 
 
-def is_well_formed(value: str) -> bool:
-    """Only IDs this library could have minted ever reach a store."""
-    return len(value) == ID_LENGTH and _ID_PATTERN.fullmatch(value) is not None
+def key_of(value: str) -> str | None:
+    """The store key for a cookie's value, or None when no ID of ours looks like it.
 
-
-def same_key(a: str, b: str) -> bool:
-    """Constant-time equality of two store keys (hex strings, so ASCII)."""
-    return hmac.compare_digest(a, b)
+    Only IDs this library could have minted ever reach a store.
+    """
+    if len(value) != ID_LENGTH or _ID_PATTERN.fullmatch(value) is None:
+        return None
+    return hashlib.sha256(value.encode("ascii")).hexdigest()

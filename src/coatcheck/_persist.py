@@ -10,11 +10,12 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from hmac import compare_digest
 from typing import Any
 
 from ._asgi import Headers
 from ._cookies import CookieWriter, cookie_needle, read_cookie
-from ._ids import is_well_formed, new_public_id, new_session_id, same_key, store_key
+from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._keys import Keyring
 from .config import SessionConfig
 from .csrf import CSRFGuard
@@ -58,37 +59,30 @@ class Persistence:
     async def load(self, session: Session) -> None:
         now = self.now()
         session_id = read_cookie(session._headers, self._cookie_needle)
-        record = None
-        if session_id is not None and is_well_formed(session_id):
-            key = store_key(session_id)
-            record = await self.store.load(key, now)
-            if record is not None and not (same_key(record.key, key) and self._alive(record, now)):
+        key = None if session_id is None else key_of(session_id)
+        record = None if key is None else await self.store.load(key, now)
+        data: dict[str, Any] = {}
+        if record is not None and key is not None:
+            # Written out rather than split into helpers: every read runs this.
+            lifetime = self.config.remember if record.remember else self.config.normal
+            if not (
+                compare_digest(record.key, key)
+                and record.expires_at > now
+                and now < record.created_at + lifetime.absolute
+                and now < record.last_seen_at + lifetime.idle
+            ):
                 await self.emit(session, "expired", record.user_id, record.public_id)
                 record = None
-        data: dict[str, Any] = {}
-        if record is not None:
-            try:
-                data = self.serializer.loads(record.data)
-            except ValueError:
-                security_log.warning(
-                    "undecodable data in session %s; starting an empty session", record.public_id
-                )
-                record = None
-        session._adopt(
-            session_id,
-            record,
-            data,
-            now=now,
-            idle=self.config.normal.idle,
-        )
-
-    def _alive(self, record: SessionRecord, now: float) -> bool:
-        lifetime = self.config.lifetime(record.remember)
-        return (
-            record.expires_at > now
-            and now < record.created_at + lifetime.absolute
-            and now < record.last_seen_at + lifetime.idle
-        )
+            else:
+                try:
+                    data = self.serializer.loads(record.data)
+                except ValueError:
+                    security_log.warning(
+                        "undecodable data in session %s; starting an empty session",
+                        record.public_id,
+                    )
+                    record = None
+        session._adopt(session_id, record, data, now, self.config.normal.idle)
 
     async def commit(self, session: Session, status: int) -> Headers:
         """Write what changed and return the headers the response must carry."""

@@ -129,6 +129,19 @@ class Session(MutableMapping[str, Any]):
             self._exposed = True
         return value
 
+    def get(self, key: str, default: Any = None) -> Any:
+        # Not MutableMapping's, which goes through __getitem__ and KeyError: reads are
+        # the commonest thing done with a session.
+        if not self._loaded:
+            self._require_loaded()
+        try:
+            value = self._data[key]
+        except KeyError:
+            return default
+        if type(value) in _MUTABLE:
+            self._exposed = True
+        return value
+
     def __setitem__(self, key: str, value: Any) -> None:
         self._require_loaded()
         self._data[key] = value
@@ -344,7 +357,6 @@ class Session(MutableMapping[str, Any]):
         session_id: str | None,
         record: SessionRecord | None,
         data: dict[str, Any],
-        *,
         now: float,
         idle: int,
     ) -> None:
