@@ -28,7 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from coatcheck import SessionConfig, SessionMiddleware, Store
-from coatcheck.fastapi import SessionDep
+from coatcheck.fastapi import SessionDep, get_session
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -278,7 +278,12 @@ class CallCounter:
 # -- the session variants both benchmarks build -----------------------------------------
 
 
-def coatcheck_app(store: Store) -> tuple[ASGIApp, str]:
+def coatcheck_app(store: Store, *, read_in_body: bool = False) -> tuple[ASGIApp, str]:
+    """The session app; ``read_in_body`` makes ``/read`` call ``get_session()`` itself.
+
+    That read resolves no dependency: it shows what coatcheck costs when FastAPI has
+    nothing to resolve for it, as a hot path may choose.
+    """
     inner = FastAPI()
 
     # ``/untouched`` is registered first, where ``/bare`` is in the bare app, so both
@@ -287,9 +292,18 @@ def coatcheck_app(store: Store) -> tuple[ASGIApp, str]:
     async def untouched() -> dict[str, bool]:
         return {"ok": True}
 
-    @inner.get("/read")
-    async def read(session: SessionDep) -> dict[str, Any]:
-        return {"n": session.get("n")}
+    if read_in_body:
+
+        @inner.get("/read")
+        async def read_without_dependency() -> dict[str, Any]:
+            session = await get_session()
+            return {"n": session.get("n")}
+
+    else:
+
+        @inner.get("/read")
+        async def read(session: SessionDep) -> dict[str, Any]:
+            return {"n": session.get("n")}
 
     @inner.get("/write")
     async def write(session: SessionDep) -> dict[str, Any]:
@@ -303,7 +317,7 @@ def coatcheck_app(store: Store) -> tuple[ASGIApp, str]:
 async def add_coatcheck(
     suite: Suite, label: str, store: Store, *, baselines: tuple[str, ...] = (BARE,)
 ) -> None:
-    """``coatcheck <label> read|write|untouched``, checked down to the store calls.
+    """``coatcheck <label> read|read in body|write|untouched``, checked down to the store calls.
 
     The read and write variants are compared with ``baselines``; the untouched one,
     which should cost what a bare endpoint does, with ``fastapi bare`` only.
@@ -329,6 +343,15 @@ async def add_coatcheck(
     expect(not response.header_values(b"set-cookie"), f"{prefix} read: sets a cookie")
     expect(calls == {"load": 1, "save": 0, "delete": 0}, f"{prefix} read: store calls {calls}")
     suite.add(Variant(f"{prefix} read", app, "/read", reader, baselines=baselines))
+
+    # The same store and session, read by an app whose /read resolves no dependency.
+    in_body, _ = coatcheck_app(store, read_in_body=True)
+    with counter.counting() as calls:
+        response = ok(await request(in_body, "/read", reader), f"{prefix} read in body")
+    expect(response.json() == {"n": 1}, f"{prefix} read in body: body {response.body!r}")
+    expect(not response.header_values(b"set-cookie"), f"{prefix} read in body: sets a cookie")
+    expect(calls == {"load": 1, "save": 0, "delete": 0}, f"{prefix} read in body: calls {calls}")
+    suite.add(Variant(f"{prefix} read in body", in_body, "/read", reader))
 
     with counter.counting() as calls:
         first = ok(await request(app, "/write", writer), f"{prefix} write").json()
