@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -287,8 +286,8 @@ async def test_redis_gives_up_after_a_bounded_number_of_merges() -> None:
             merges += 1
             with redis_servers.active().standalone().client() as rival:
                 rival.hincrby(store._session_key(record.key), "v", 1)
-            return replace(base, version=base.version + 1)
+            return base._replace(version=base.version + 1)
 
         with pytest.raises(SessionConflictError):
-            await store.save(replace(record, version=2), expected_version=0, merge=merge)
+            await store.save(record._replace(version=2), expected_version=0, merge=merge)
         assert 2 <= merges <= 100

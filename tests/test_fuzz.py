@@ -26,7 +26,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
@@ -845,7 +845,7 @@ async def test_ids_and_tokens_never_reach_logs_error_bodies_or_reprs(
         # A record whose data cannot be decoded: logged by its public id.
         record = await any_store.load(store_key(bob), time.time())
         assert record is not None
-        await any_store.save(replace(record, data=b"\x80not json", version=record.version + 1))
+        await any_store.save(record._replace(data=b"\x80not json", version=record.version + 1))
         note(await browser.get("/read", headers=jar(bob)))
         note(await browser.post("/login"))
         note(await browser.post("/logout", headers=jar(ids[-1])))

@@ -150,14 +150,13 @@ async def test_revoking_the_current_device_destroys_it(persistence: Persistence)
 async def test_undecodable_record_becomes_an_empty_session(
     persistence: Persistence, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from dataclasses import replace
 
     session = await fresh(persistence)
     session["k"] = "v"
     sid = await saved(persistence, session)
     record = await persistence.store.load(store_key(sid), clock())
     assert record is not None
-    await persistence.store.save(replace(record, data=b"\x80not json"))
+    await persistence.store.save(record._replace(data=b"\x80not json"))
     again = await fresh(persistence, sid)
     assert dict(again) == {}
     assert again.is_new

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from hmac import compare_digest
 from typing import Any
 
@@ -251,8 +250,7 @@ class Persistence:
             else:
                 user_id, remember, created_at = base.user_id, base.remember, base.created_at
             lifetime = self.config.lifetime(remember)
-            result = replace(
-                record,
+            result = record._replace(
                 data=encode(merged),
                 user_id=user_id,
                 remember=remember,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -100,7 +100,7 @@ async def test_arbitrary_bytes_round_trip(store: Store, data: bytes) -> None:
 
 async def test_save_overwrites_the_same_key(store: Store) -> None:
     first = make_record(data=b"first", user_id="alice", version=1)
-    second = replace(first, data=b"second", last_seen_at=NOW, expires_at=NOW + 2 * HOUR, version=2)
+    second = first._replace(data=b"second", last_seen_at=NOW, expires_at=NOW + 2 * HOUR, version=2)
     await store.save(first)
     await store.save(second)
 
@@ -149,7 +149,7 @@ async def test_save_with_replaces_of_a_missing_key_still_saves(store: Store) -> 
 async def test_save_with_replaces_of_its_own_key_keeps_the_record(store: Store) -> None:
     record = make_record(user_id="alice")
     await store.save(record)
-    updated = replace(record, data=b"updated", version=2)
+    updated = record._replace(data=b"updated", version=2)
 
     await store.save(updated, replaces=record.key)
 
@@ -163,7 +163,7 @@ async def test_save_with_replaces_of_its_own_key_keeps_the_record(store: Store) 
 async def test_existing_save_updates_a_live_record(store: Store) -> None:
     record = make_record(user_id="alice")
     await store.save(record)
-    updated = replace(record, data=b"updated", version=2)
+    updated = record._replace(data=b"updated", version=2)
     assert await store.save(updated, expected_version=1) is True
     assert await store.load(record.key, NOW) == updated
 
@@ -172,7 +172,7 @@ async def test_existing_save_of_a_deleted_record_writes_nothing(store: Store) ->
     record = make_record(user_id="alice")
     await store.save(record)
     await store.delete(record.key)
-    assert await store.save(replace(record, version=2), expected_version=1) is False
+    assert await store.save(record._replace(version=2), expected_version=1) is False
     assert await store.load(record.key, NOW) is None
     assert await store.list_user("alice", NOW) == []
 
@@ -180,7 +180,7 @@ async def test_existing_save_of_a_deleted_record_writes_nothing(store: Store) ->
 async def test_existing_save_of_an_expired_record_writes_nothing(store: Store) -> None:
     record = make_record(expires_at=NOW - 1)
     await store.save(record)
-    later = replace(record, last_seen_at=NOW, expires_at=NOW + HOUR, version=2)
+    later = record._replace(last_seen_at=NOW, expires_at=NOW + HOUR, version=2)
     assert await store.save(later, expected_version=1) is False
     assert await store.load(record.key, NOW) is None
 
@@ -201,8 +201,8 @@ async def test_existing_rotation_needs_the_old_record(store: Store) -> None:
 async def test_a_stale_version_is_refused_without_a_merge(store: Store) -> None:
     record = make_record(user_id="alice")
     await store.save(record)
-    await store.save(replace(record, data=b"theirs", version=2), expected_version=1)
-    assert await store.save(replace(record, data=b"ours", version=2), expected_version=1) is False
+    await store.save(record._replace(data=b"theirs", version=2), expected_version=1)
+    assert await store.save(record._replace(data=b"ours", version=2), expected_version=1) is False
     stored = await store.load(record.key, NOW)
     assert stored is not None
     assert (stored.data, stored.version) == (b"theirs", 2)
@@ -212,16 +212,16 @@ async def test_a_stale_version_is_refused_without_a_merge(store: Store) -> None:
 async def test_a_stale_version_is_merged_onto_the_winner(store: Store, rotate: bool) -> None:
     record = make_record(user_id="alice", data=b"a")
     await store.save(record)
-    await store.save(replace(record, data=b"ab", version=2), expected_version=1)
+    await store.save(record._replace(data=b"ab", version=2), expected_version=1)
     seen: list[SessionRecord] = []
 
     def merge(base: SessionRecord) -> SessionRecord:
         seen.append(base)
-        return replace(ours, data=base.data + b"c", version=base.version + 1)
+        return ours._replace(data=base.data + b"c", version=base.version + 1)
 
-    ours = replace(record, data=b"ac", version=2)
+    ours = record._replace(data=b"ac", version=2)
     if rotate:
-        ours = replace(ours, key=make_record().key)
+        ours = ours._replace(key=make_record().key)
     replaces = record.key if rotate else None
     assert await store.save(ours, replaces=replaces, expected_version=1, merge=merge) is True
     assert seen
@@ -242,7 +242,7 @@ async def test_a_merge_never_resurrects_a_deleted_session(store: Store) -> None:
     def merge(base: SessionRecord) -> SessionRecord:
         raise AssertionError("nothing to merge with")
 
-    later = replace(record, version=2)
+    later = record._replace(version=2)
     assert await store.save(later, expected_version=1, merge=merge) is False
     assert await store.load(record.key, NOW) is None
 
@@ -369,7 +369,7 @@ async def test_list_user_order_follows_creation_not_last_write(store: Store) -> 
     younger = make_record(user_id="alice", created_at=NOW - 50)
     await store.save(older)
     await store.save(younger)
-    touched = replace(older, last_seen_at=NOW, version=2)
+    touched = older._replace(last_seen_at=NOW, version=2)
 
     await store.save(touched)
 
@@ -432,7 +432,7 @@ async def test_delete_user_of_unknown_user_returns_zero(store: Store) -> None:
 async def test_resaving_with_another_user_moves_the_record(store: Store) -> None:
     record = make_record(user_id="alice")
     await store.save(record)
-    as_bob = replace(record, user_id="bob", version=2)
+    as_bob = record._replace(user_id="bob", version=2)
 
     await store.save(as_bob)
 
@@ -446,7 +446,7 @@ async def test_resaving_with_another_user_moves_the_record(store: Store) -> None
 async def test_resaving_as_anonymous_leaves_the_user_index(store: Store) -> None:
     record = make_record(user_id="alice")
     await store.save(record)
-    logged_out = replace(record, user_id=None, version=2)
+    logged_out = record._replace(user_id=None, version=2)
 
     await store.save(logged_out)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from coatcheck.stores import MemoryStore, SessionRecord
@@ -46,7 +44,7 @@ async def test_rewriting_a_record_makes_it_recent() -> None:
     first, second, third = (make_record() for _ in range(3))
     for record in (first, second, third):
         await store.save(record)
-    refreshed = replace(first, last_seen_at=NOW, version=2)
+    refreshed = first._replace(last_seen_at=NOW, version=2)
     await store.save(refreshed)  # at capacity, but the same key: nothing is evicted
     assert await store.count(NOW) == 3
 

@@ -10,18 +10,19 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from coatcheck import store_from_url, stores
 from coatcheck._ids import new_session_id, store_key
 from coatcheck.exceptions import ConfigurationError, StoreError, StoreUnavailableError
-from coatcheck.stores import SessionRecord, _redis_url
+from coatcheck.stores import SessionRecord, _redis_codec, _redis_url
 from coatcheck.stores.redis import RedisStore
 
 from ..apps import make_app
@@ -122,7 +123,7 @@ async def test_redis_expires_sessions_and_indexes_by_itself(any_redis: RedisStor
     assert 595_000 < ttl <= 600_000
     assert index_ttl >= ttl
     # A sliding save pushes both deadlines out.
-    later = replace(record, expires_at=record.last_seen_at + 1200.0, version=2)
+    later = record._replace(expires_at=record.last_seen_at + 1200.0, version=2)
     assert await store.save(later, expected_version=1)
     assert 1_195_000 < await store.client.pttl(session_key(store, record.key)) <= 1_200_000
     assert await store.client.pttl(index_key(store, "alice")) > 1_195_000
@@ -173,7 +174,7 @@ async def test_load_and_save_are_one_round_trip_each(
     assert stats.sent() == {"hget": 1}
 
     stats.reset()
-    await standalone.save(replace(record, data=b"changed", version=2), expected_version=1)
+    await standalone.save(record._replace(data=b"changed", version=2), expected_version=1)
     assert stats.sent() == {"evalsha": 1}
 
     # A login-style rotation that also moves the session to another user: still one.
@@ -238,8 +239,8 @@ async def test_scripts_are_reloaded_after_a_script_flush(
     with redis_server.client() as raw:
         raw.script_flush()
 
-    await standalone.save(replace(record, version=2), expected_version=1)
-    assert await standalone.list_user("alice", NOW) == [replace(record, version=2)]
+    await standalone.save(record._replace(version=2), expected_version=1)
+    assert await standalone.list_user("alice", NOW) == [record._replace(version=2)]
     with redis_server.client() as raw:
         raw.script_flush()
     assert await standalone.purge_expired(NOW + 2 * HOUR) == 1
@@ -529,3 +530,42 @@ async def test_a_record_dead_when_written_is_hidden_and_soon_gone(any_redis: Red
     assert 0 < await any_redis.client.pttl(session_key(any_redis, record.key)) <= 1000
     assert await any_redis.count(NOW) == 0
     assert await any_redis.purge_expired(NOW) == 1
+
+
+_texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@given(
+    public_id=_texts,
+    data=st.binary(max_size=64),
+    user_id=st.none() | _texts.filter(bool),
+    times=st.tuples(*[st.floats(0, 4e9, allow_nan=False)] * 3),
+    remember=st.booleans(),
+    user_agent=_texts,
+    version=st.integers(1, 2**63),
+)
+@settings(max_examples=300, deadline=None)
+def test_packed_records_come_back_field_for_field(
+    public_id: str,
+    data: bytes,
+    user_id: str | None,
+    times: tuple[float, float, float],
+    remember: bool,
+    user_agent: str,
+    version: int,
+) -> None:
+    record = SessionRecord(
+        key=store_key(new_session_id()),
+        public_id=public_id,
+        data=data,
+        user_id=user_id,
+        created_at=times[0],
+        last_seen_at=times[1],
+        expires_at=times[2],
+        remember=remember,
+        user_agent=user_agent,
+        version=version,
+    )
+    loaded = _redis_codec.unpack(record.key, _redis_codec.pack(record))
+    assert loaded == record
+    assert type(loaded) is SessionRecord

@@ -32,6 +32,8 @@ def encode_fields(record: SessionRecord) -> list[str | bytes]:
 # and the session data.
 _FORMAT = 1
 _HEAD = struct.Struct("!BdddQ?HIH")
+_HEAD_SIZE = _HEAD.size
+_new_record = tuple.__new__
 
 
 def pack(record: SessionRecord) -> bytes:
@@ -58,28 +60,30 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
     if not packed:
         return None
     try:
-        head = _HEAD.unpack_from(packed)
-        fmt, created, seen, expires, version, remember, id_len, user_len, agent_len = head
+        fmt, created, seen, expires, version, remember, id_len, user_len, agent_len = (
+            _HEAD.unpack_from(packed)
+        )
         if fmt != _FORMAT:
             raise ValueError(f"unknown record format {fmt}")
-        at = _HEAD.size
-        public_id = packed[at : at + id_len].decode()
-        at += id_len
-        user = None if user_len == 0 else packed[at : at + user_len - 1].decode()
-        at += max(user_len - 1, 0)
-        agent = packed[at : at + agent_len].decode(errors="replace")
-        at += agent_len
-        return SessionRecord(
-            key=key,
-            public_id=public_id,
-            data=bytes(packed[at:]),
-            user_id=user,
-            created_at=created,
-            last_seen_at=seen,
-            expires_at=expires,
-            remember=remember,
-            user_agent=agent,
-            version=version,
+        id_end = _HEAD_SIZE + id_len
+        user_end = id_end + user_len - 1 if user_len else id_end
+        agent_end = user_end + agent_len
+        # Every load runs this: the tuple is built directly, in the field order of
+        # SessionRecord, rather than through its keyword-taking constructor.
+        return _new_record(
+            SessionRecord,
+            (
+                key,
+                packed[_HEAD_SIZE:id_end].decode(),
+                bytes(packed[agent_end:]),
+                packed[id_end:user_end].decode() if user_len else None,
+                created,
+                seen,
+                expires,
+                remember,
+                packed[user_end:agent_end].decode(errors="replace"),
+                version,
+            ),
         )
     except (struct.error, ValueError) as exc:
         raise StoreError(f"malformed session record under key {key[:12]}...: {exc!r}") from exc
