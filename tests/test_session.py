@@ -176,3 +176,37 @@ async def test_login_as_someone_else_drops_the_previous_users_data(
     session.login("bob")
     assert dict(session) == {}
     assert session.user_id == "bob"
+
+
+@pytest.mark.parametrize("read", ["get", "getitem", "setdefault"])
+async def test_values_changed_in_place_after_any_read_are_saved(
+    persistence: Persistence, read: str
+) -> None:
+    session = await fresh(persistence)
+    session["cart"] = ["apple"]
+    session["prefs"] = {"theme": "dark"}
+    sid = await saved(persistence, session)
+
+    later = await fresh(persistence, sid)
+    if read == "get":
+        cart, prefs = later.get("cart"), later.get("prefs")
+    elif read == "getitem":
+        cart, prefs = later["cart"], later["prefs"]
+    else:
+        cart, prefs = later.setdefault("cart", []), later.setdefault("prefs", {})
+    cart.append("pear")
+    prefs["theme"] = "light"
+    assert await persistence.commit(later, 200) == []  # same ID: no cookie to send
+
+    again = await fresh(persistence, sid)
+    assert dict(again) == {"cart": ["apple", "pear"], "prefs": {"theme": "light"}}
+
+
+async def test_a_default_handed_out_by_get_is_not_stored(persistence: Persistence) -> None:
+    session = await fresh(persistence)
+    session["n"] = 1
+    sid = await saved(persistence, session)
+    later = await fresh(persistence, sid)
+    later.get("cart", []).append("apple")
+    await persistence.commit(later, 200)
+    assert dict(await fresh(persistence, sid)) == {"n": 1}
