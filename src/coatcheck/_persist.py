@@ -83,19 +83,25 @@ class Persistence:
                     record = None
         session._adopt(session_id, record, data, now, self.config.normal.idle)
 
-    async def commit(self, session: Session, status: int) -> Headers:
-        """Write what changed and return the headers the response must carry."""
-        if not session._loaded or status >= 500:
-            return []
+    def settled(self, session: Session) -> bool:
+        """True for a plain read, the common case: nothing to write, no cookie to send.
+
+        Synchronous, so the middleware can tell without starting a commit.
+        """
         stored = session._stored
-        if (
+        return (
             stored is not None
             and not (session._modified or session._exposed or session._meta_changed)
             and session._key == stored.key
-            and (session._data or session._user_id is not None)
+            and (bool(session._data) or session._user_id is not None)
             and self.now() - stored.last_seen_at < self._refresh_after[session._remember]
-        ):
-            return []  # a plain read, the common case: nothing to write, nothing to send
+        )
+
+    async def commit(self, session: Session, status: int) -> Headers:
+        """Write what changed and return the headers the response must carry."""
+        if not session._loaded or status >= 500 or self.settled(session):
+            return []
+        stored = session._stored
         old_key = stored.key if stored is not None else None
         if not session._data and session._user_id is None:
             if old_key is None:

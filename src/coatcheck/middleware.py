@@ -85,8 +85,10 @@ class SessionMiddleware:
             if message["type"] in _RESPONSE_START:
                 started = True
                 if session._loaded:
-                    failed = not await self._commit(session, message, scope, receive, send)
-                    if failed:
+                    if self._persistence.settled(session):
+                        _merge_headers(message, [])
+                    elif not await self._commit(session, message, scope, receive, send):
+                        failed = True
                         return
             await send(message)
 
