@@ -25,36 +25,37 @@ local function index_add(index, member, score, ttl)
 end
 """
 
-# Compare-and-set on the session a save continues, given its ``e`` and ``v`` fields: {0}
-# when it is gone or dead at ``now``, the winner's packed record behind a 2 when another
-# save changed its version, or nothing (go on) when ``expected`` is '' (no check) or
-# matches. Callers read ``e``, ``v`` and ``u`` in one HMGET, the only read of a save.
-_REFUSAL = """
-local function refusal(key, deadline, version, expected, now)
+# Compare-and-set on the session a save continues. ``base`` reads its fields ``e``, ``v``
+# and ``u`` in one HMGET, the only read of a save, and returns them with the refusal: {0}
+# when the session is gone or dead at ``now``, the winner's packed record behind a 2 when
+# another save changed its version, or nil (go on) when ``expected`` is '' (no check) or
+# matches.
+_BASE = """
+local function base(key, expected, now)
+  local fields = redis.call('HMGET', key, 'e', 'v', 'u')
   if expected == '' then
-    return nil
+    return fields, nil
   end
-  if not deadline or tonumber(deadline) <= tonumber(now) then
-    return {0}
+  if not fields[1] or tonumber(fields[1]) <= tonumber(now) then
+    return fields, {0}
   end
-  if version ~= expected then
-    return {2, redis.call('HMGET', key, 'b')[1]}
+  if fields[2] ~= expected then
+    return fields, {2, redis.call('HMGET', key, 'b')[1]}
   end
-  return nil
+  return fields, nil
 end
 """
 
 # KEYS: session to write, session it continues (the same key unless rotating).
 # ARGV: prefix, member, continued member, expected version ('' for none), last_seen_at,
 #       ttl ms, score, has user (1/0), user, index ttl ms, then the hash's field/value
-#       pairs. Returns {1} when written, else what refusal returned.
+#       pairs. Returns {1} when written, else the refusal of base().
 STANDALONE_SAVE = (
     _INDEX_ADD
-    + _REFUSAL
+    + _BASE
     + """
 local new, old = KEYS[1], KEYS[2]
-local base = redis.call('HMGET', old, 'e', 'v', 'u')
-local refused = refusal(old, base[1], base[2], ARGV[4], ARGV[5])
+local previous, refused = base(old, ARGV[4], ARGV[5])
 if refused then
   return refused
 end
@@ -64,14 +65,14 @@ local function unindex(owner, member)
   redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', member)
 end
 if old ~= new then
-  if base[3] then unindex(base[3], ARGV[3]) end
+  if previous[3] then unindex(previous[3], ARGV[3]) end
   redis.call('DEL', old)
   local owner = redis.call('HMGET', new, 'u')[1]
   if owner and owner ~= user then unindex(owner, ARGV[2]) end
   redis.call('DEL', new)
-elseif base[3] and base[3] ~= user then
+elseif previous[3] and previous[3] ~= user then
   -- The same session, now someone else's or nobody's: only ``u`` can be left stale.
-  unindex(base[3], ARGV[2])
+  unindex(previous[3], ARGV[2])
   if not user then redis.call('HDEL', new, 'u') end
 end
 redis.call('HSET', new, unpack(ARGV, 11))
@@ -122,34 +123,32 @@ return redis.call('DEL', KEYS[1])
 """
 
 # KEYS: session. ARGV: expected version ('' for none), last_seen_at. Deletes the
-# session, returning {1, owner or false}; else what refusal returned.
+# session, returning {1, owner or false}; else the refusal of base().
 TAKE = (
-    _REFUSAL
+    _BASE
     + """
-local base = redis.call('HMGET', KEYS[1], 'e', 'v', 'u')
-local refused = refusal(KEYS[1], base[1], base[2], ARGV[1], ARGV[2])
+local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])
 if refused then
   return refused
 end
 redis.call('DEL', KEYS[1])
-return {1, base[3]}
+return {1, previous[3]}
 """
 )
 
 # KEYS: session. ARGV: expected version ('' for none), last_seen_at, ttl ms, then
-# field/value pairs. Returns {1, previous owner or false}; else what refusal returned.
+# field/value pairs. Returns {1, previous owner or false}; else the refusal of base().
 WRITE = (
-    _REFUSAL
+    _BASE
     + """
-local base = redis.call('HMGET', KEYS[1], 'e', 'v', 'u')
-local refused = refusal(KEYS[1], base[1], base[2], ARGV[1], ARGV[2])
+local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])
 if refused then
   return refused
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, base[3]}
+return {1, previous[3]}
 """
 )
 
