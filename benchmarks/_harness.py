@@ -603,3 +603,32 @@ def print_info(info: dict[str, str]) -> None:
     for key, value in info.items():
         print(f"{key:<{width}}  {value}")
     print()
+
+
+def run_record(
+    args: argparse.Namespace,
+    info: dict[str, str],
+    rows: list[dict[str, Any]],
+    targets: list[dict[str, Any]],
+    notes: list[str],
+) -> dict[str, Any]:
+    """What ``--json`` writes: the environment, how the run was timed, and its results."""
+    return {
+        "environment": info,
+        "rounds": args.rounds,
+        "requests_per_round": args.requests,
+        "slices": args.slices,
+        "clock": args.clock,
+        "seed": args.seed,
+        "results": rows,
+        "targets": targets,
+        "notes": notes,
+    }
+
+
+def timing_method(args: argparse.Namespace) -> str:
+    """How a run was timed, in words, for the printed environment."""
+    return (
+        f"{args.rounds} rounds x {args.requests} requests per variant in {args.slices}"
+        f" shuffled slices, {args.clock} clock, GC off while timing; medians over rounds"
+    )

@@ -49,7 +49,9 @@ from _harness import (
     package_versions,
     print_info,
     request,
+    run_record,
     starsessions_app,
+    timing_method,
 )
 from fastapi import Depends, FastAPI, Request
 from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
@@ -227,10 +229,7 @@ def versions() -> dict[str, str]:
 def report(suite: Suite, args: argparse.Namespace, load: tuple[float, float]) -> dict[str, Any]:
     info = versions()
     info["load average"] = f"{load[0]:.2f} before, {load[1]:.2f} after (1 min)"
-    info["method"] = (
-        f"{args.rounds} rounds x {args.requests} requests per variant in {args.slices}"
-        f" shuffled slices, {args.clock} clock, GC off while timing; medians over rounds"
-    )
+    info["method"] = timing_method(args)
     print_info(info)
 
     name_width = max(len(v.name) for v in suite.variants)
@@ -273,17 +272,7 @@ def report(suite: Suite, args: argparse.Namespace, load: tuple[float, float]) ->
             print(f"  {variant.name:<{name_width}}  {variant.ratio(NOOP):6.3f}×  ({extra:+.2f} µs)")
     for note in suite.notes:
         print(f"NOTE: {note}")
-    return {
-        "environment": info,
-        "rounds": args.rounds,
-        "requests_per_round": args.requests,
-        "slices": args.slices,
-        "clock": args.clock,
-        "seed": args.seed,
-        "results": rows,
-        "targets": targets,
-        "notes": suite.notes,
-    }
+    return run_record(args, info, rows, targets, suite.notes)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

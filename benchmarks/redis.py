@@ -61,7 +61,9 @@ from _harness import (
     print_info,
     request,
     run_batch,
+    run_record,
     starsessions_app,
+    timing_method,
 )
 from fastapi import Depends, FastAPI
 
@@ -628,17 +630,7 @@ def report(
     targets = print_targets(suite, counts)
     for note in suite.notes:
         print(f"NOTE: {note}")
-    return {
-        "environment": info,
-        "rounds": args.rounds,
-        "requests_per_round": args.requests,
-        "slices": args.slices,
-        "clock": args.clock,
-        "seed": args.seed,
-        "results": rows,
-        "targets": targets,
-        "notes": suite.notes,
-    }
+    return run_record(args, info, rows, targets, suite.notes)
 
 
 def print_commands(suite: Suite, counts: dict[str, Commands], requests: int) -> None:
@@ -788,10 +780,7 @@ async def run(args: argparse.Namespace, server: RedisServer) -> dict[str, Any]:
         raise
     await close(suite, client, admin)
     info["load average"] = f"{before:.2f} before, {after:.2f} after (1 min)"
-    info["method"] = (
-        f"{args.rounds} rounds x {args.requests} requests per variant in {args.slices}"
-        f" shuffled slices, {args.clock} clock, GC off while timing; medians over rounds"
-    )
+    info["method"] = timing_method(args)
     return report(suite, counts, args, info)
 
 
