@@ -21,45 +21,20 @@ revocation cannot reach; see :meth:`RedisStore._save_cluster`.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator
 
-from ..exceptions import (
-    ConfigurationError,
-    MissingDependencyError,
-    SessionConflictError,
-    StoreError,
-    StoreUnavailableError,
-)
+from ..exceptions import ConfigurationError, MissingDependencyError, SessionConflictError
 from . import _redis_codec as codec
 from . import _redis_scripts as lua
 from .base import Merge, SessionRecord
 
 try:
     from redis.asyncio.cluster import RedisCluster
-    from redis.commands.core import AsyncScript
-    from redis.exceptions import (
-        AuthenticationError,
-        AuthorizationError,
-        BusyLoadingError,
-        ClusterDownError,
-        ClusterError,
-        MaxConnectionsError,
-        NoScriptError,
-        OutOfMemoryError,
-        ReadOnlyError,
-        RedisClusterException,
-        RedisError,
-        SlotNotCoveredError,
-        TryAgainError,
-    )
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from ._redis_batch import Call, run_commands, run_scripts, scan_tagged
+    from ._redis_errors import REDIS_ERRORS, translate, translated
     from ._redis_url import RedisClient, client_from_url
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("redis", "redis") from exc
@@ -80,24 +55,6 @@ _MAX_MERGES = 32
 # Passes of delete_user on Cluster: each one catches sessions filed while the last ran.
 _REVOKE_PASSES = 5
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-# "Try again later", not a bug: answered with a 503 and Retry-After.
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    BusyLoadingError,
-    ClusterDownError,
-    ClusterError,
-    TryAgainError,
-    MaxConnectionsError,
-    SlotNotCoveredError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    OSError,
-    asyncio.TimeoutError,
-)
-_REDIS_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, RedisError, RedisClusterException)
-
-_Call = tuple[AsyncScript, Sequence[str], Sequence[str | bytes]]
 
 
 class RedisStore:
@@ -161,12 +118,12 @@ class RedisStore:
     # -- the store contract -------------------------------------------------------------
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
-        # try/except rather than ``with self._errors()``: this runs on every read, and a
+        # try/except rather than ``with translated(...)``: this runs on every read, and a
         # generator-based context manager costs more than the rest of this method.
         try:
             packed = await self.client.execute_command("HGET", f"{self.prefix}:s:{{{key}}}", "b")
-        except _REDIS_ERRORS as exc:
-            raise self._translate(exc) from exc
+        except REDIS_ERRORS as exc:
+            raise translate(exc, self.retry_after) from exc
         record = codec.unpack(key, packed)
         return record if record is not None and record.expires_at > now else None
 
@@ -181,7 +138,7 @@ class RedisStore:
         # Optimistic: the script refuses a stale version and hands back the winner in
         # the same reply, so a merge costs no extra read; then try again on top of it.
         for _ in range(_MAX_MERGES):
-            with self._errors():
+            with translated(self.retry_after):
                 outcome = await self._save_once(record, replaces, expected_version)
             if isinstance(outcome, bool):
                 return outcome
@@ -221,7 +178,7 @@ class RedisStore:
         return codec.refusal(previous, reply) if not codec.done(reply) else True
 
     async def delete(self, key: str) -> None:
-        with self._errors():
+        with translated(self.retry_after):
             if not self.cluster:
                 await self._delete_script(keys=[self._session_key(key)], args=[self.prefix, key])
                 return
@@ -232,12 +189,12 @@ class RedisStore:
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         index = self._index_key(user_id)
-        with self._errors():
+        with translated(self.retry_after):
             entries = await self._entries(index)
             if not entries:
                 return []
-            found = await self._many(
-                [("HGET", self._session_key(member), "b") for member, _ in entries]
+            found = await run_commands(
+                self.client, [("HGET", self._session_key(member), "b") for member, _ in entries]
             )
             live: list[SessionRecord] = []
             stale: list[str] = []
@@ -256,7 +213,7 @@ class RedisStore:
 
     async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
         index = self._index_key(user_id)
-        with self._errors():
+        with translated(self.retry_after):
             if not self.cluster:
                 removed = await self._delete_user_script(
                     keys=[index], args=[self.prefix, user_id, keep or ""]
@@ -271,17 +228,17 @@ class RedisStore:
         dead is ever served); it is an admin sweep that SCANs the whole keyspace.
         """
         removed = 0
-        with self._errors():
+        with translated(self.retry_after):
             async for batch in self._scan_sessions():
                 if not self.cluster:
-                    calls: list[_Call] = [
+                    calls: list[Call] = [
                         (self._purge_script, [key], [self.prefix, member, repr(now)])
                         for key, member in batch
                     ]
-                    removed += sum(int(done) for done in await self._eval_many(calls))
+                    removed += sum(int(done) for done in await run_scripts(self.client, calls))
                     continue
-                results = await self._eval_many(
-                    [(self._purge, [key], [repr(now)]) for key, _ in batch]
+                results = await run_scripts(
+                    self.client, [(self._purge, [key], [repr(now)]) for key, _ in batch]
                 )
                 unindex: list[tuple[str, ...]] = []
                 for (_, member), result in zip(batch, results, strict=True):
@@ -291,22 +248,24 @@ class RedisStore:
                         if owner is not None:
                             unindex.append(("ZREM", self._index_key(owner), member))
                 if unindex:
-                    await self._many(unindex)
+                    await run_commands(self.client, unindex)
         return removed
 
     async def count(self, now: float) -> int:
         """Live records: a SCAN of every primary, meant for admin tools, not requests."""
         total = 0
-        with self._errors():
+        with translated(self.retry_after):
             async for batch in self._scan_sessions():
-                deadlines = await self._many([("HGET", key, "e") for key, _ in batch])
+                deadlines = await run_commands(
+                    self.client, [("HGET", key, "e") for key, _ in batch]
+                )
                 total += sum(1 for e in deadlines if e is not None and float(e) > now)
         return total
 
     async def aclose(self) -> None:
         """Close the connections of an owned client; its pool reconnects on next use."""
         if self.owns_client:
-            with self._errors():
+            with translated(self.retry_after):
                 await self.client.aclose()
 
     # -- Cluster ------------------------------------------------------------------------
@@ -334,7 +293,7 @@ class RedisStore:
         """
         key, user = record.key, record.user_id
         rotating = replaces is not None and replaces != key
-        first: list[_Call] = []
+        first: list[Call] = []
         if rotating:
             assert replaces is not None
             first.append(
@@ -352,7 +311,7 @@ class RedisStore:
                     [key, repr(record.expires_at), index_ttl],
                 )
             )
-        done = await self._eval_many(first) if first else []
+        done = await run_scripts(self.client, first) if first else []
         unindex: list[tuple[str, ...]] = []
         if rotating:
             assert replaces is not None
@@ -377,7 +336,7 @@ class RedisStore:
         if previous is not None and previous != user:
             unindex.append(("ZREM", self._index_key(previous), key))
         if unindex:
-            await self._many(unindex)
+            await run_commands(self.client, unindex)
         return True
 
     async def _delete_user_cluster(self, index: str, user_id: str, keep: str | None) -> int:
@@ -391,14 +350,15 @@ class RedisStore:
             members = [member for member, _ in await self._entries(index) if member != keep]
             if not members:
                 break
-            results = await self._eval_many(
-                [(self._delete_if_owned, [self._session_key(m)], [user_id]) for m in members]
+            results = await run_scripts(
+                self.client,
+                [(self._delete_if_owned, [self._session_key(m)], [user_id]) for m in members],
             )
             deleted = [member for member, done in zip(members, results, strict=True) if int(done)]
             if not deleted:
                 break
             removed += len(deleted)
-            await self._many([("ZREM", index, *deleted)])
+            await run_commands(self.client, [("ZREM", index, *deleted)])
         return removed
 
     # -- mechanics ----------------------------------------------------------------------
@@ -413,70 +373,6 @@ class RedisStore:
         flat = [codec.text(item) for item in await self._members(keys=[index])]
         return list(zip(flat[::2], flat[1::2], strict=True))
 
-    async def _scan_sessions(self) -> AsyncIterator[list[tuple[str, str]]]:
-        """Batches of (redis key, session key) from a SCAN of every primary.
-
-        SCAN may return a key twice while Redis resizes a table; the keys seen are
-        remembered so that ``count`` stays exact, at the cost of memory for each."""
-        pattern = f"{_glob_escape(self.prefix)}:s:{{*"
-        start = len(self.prefix) + 4
-        seen: set[str] = set()
-        batch: list[tuple[str, str]] = []
-        async for raw in self.client.scan_iter(match=pattern, count=_SCAN_BATCH):
-            name = codec.text(raw)
-            if name in seen:
-                continue
-            seen.add(name)
-            batch.append((name, name[start:-1]))
-            if len(batch) >= _SCAN_BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    async def _many(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
-        """Plain commands in one pipeline: one round trip, or one per node on Cluster."""
-        pipe = self.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        results: list[Any] = await pipe.execute()
-        return results
-
-    async def _eval_many(self, calls: Sequence[_Call]) -> list[Any]:
-        """Scripts in one pipeline (per node at once on Cluster), loading any missing."""
-        pipe = self.client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            # Not pipe.evalsha(): redis-py's Cluster pipeline blocks that method, though
-            # it routes the command itself by its keys like any other.
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        for position, (result, (script, keys, args)) in enumerate(zip(results, calls, strict=True)):
-            if isinstance(result, NoScriptError):
-                result = await script(keys=keys, args=args)  # loads it, then runs it
-            elif isinstance(result, BaseException):
-                raise result
-            results[position] = result
-        return results
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except _REDIS_ERRORS as exc:
-            raise self._translate(exc) from exc
-
-    def _translate(self, exc: BaseException) -> StoreError:
-        """redis-py's errors as the two the middleware knows."""
-        if isinstance(exc, (AuthenticationError, AuthorizationError)):
-            return StoreError(f"Redis session store refused the credentials: {exc}")
-        if isinstance(exc, _TRANSIENT) or (
-            isinstance(exc, RedisClusterException) and "connect" in str(exc).lower()
-        ):
-            return StoreUnavailableError(
-                f"Redis session store is unavailable: {exc}", retry_after=self.retry_after
-            )
-        return StoreError(f"Redis session store failed: {exc}")
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+    def _scan_sessions(self) -> AsyncIterator[list[tuple[str, str]]]:
+        """Batches of (redis key, session key) over the whole keyspace."""
+        return scan_tagged(self.client, f"{self.prefix}:s:", _SCAN_BATCH)

@@ -1,0 +1,70 @@
+"""redis-py's many exceptions, as the two kinds the middleware tells apart.
+
+An outage (refused connection, timeout, failover, a node still loading) is
+"try again later": :class:`StoreUnavailableError`, answered with a 503 and Retry-After.
+Anything else is a :class:`StoreError`, a bug or a misconfiguration worth a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
+    MaxConnectionsError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..exceptions import StoreError, StoreUnavailableError
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
+    TryAgainError,
+    MaxConnectionsError,
+    SlotNotCoveredError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    OSError,
+    asyncio.TimeoutError,
+)
+# Everything a call through redis-py may raise; a hot path catches these itself.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, RedisError, RedisClusterException)
+
+
+def translate(exc: BaseException, retry_after: int | None) -> StoreError:
+    """The store error to raise (``from exc``) for one of :data:`REDIS_ERRORS`."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return StoreError(f"Redis session store refused the credentials: {exc}")
+    if isinstance(exc, _TRANSIENT) or (
+        isinstance(exc, RedisClusterException) and "connect" in str(exc).lower()
+    ):
+        return StoreUnavailableError(
+            f"Redis session store is unavailable: {exc}", retry_after=retry_after
+        )
+    return StoreError(f"Redis session store failed: {exc}")
+
+
+@contextmanager
+def translated(retry_after: int | None) -> Iterator[None]:
+    """Raise redis-py's errors inside the block as store errors."""
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise translate(exc, retry_after) from exc
