@@ -79,3 +79,34 @@ async def test_dependency_without_middleware_says_what_is_missing() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="https://t") as client:
         with pytest.raises(RuntimeError, match="SessionMiddleware is not installed"):
             await client.get("/")
+
+
+async def test_plain_def_handlers_read_and_write_the_session() -> None:
+    """FastAPI runs ``def`` handlers in a thread: their changes are saved all the same."""
+    app = FastAPI()
+
+    @app.post("/cart")
+    def add(session: SessionDep) -> dict[str, list[str]]:
+        session.setdefault("cart", []).append("apple")
+        return {"cart": session["cart"]}
+
+    @app.post("/login")
+    def login(session: SessionDep) -> None:
+        session.login("alice")
+
+    @app.get("/me")
+    def me(user: RequiredUser, session: SessionDep) -> dict[str, object]:
+        return {"user": user, "cart": session.get("cart")}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        first = await client.post("/cart")
+        cookie = first.headers["set-cookie"].split(";")[0]
+        second = await client.post("/cart", headers={"cookie": cookie})
+        assert second.json() == {"cart": ["apple", "apple"]}
+        assert (await client.get("/me", headers={"cookie": cookie})).status_code == 401
+        login = await client.post("/login", headers={"cookie": cookie})
+        rotated = login.headers["set-cookie"].split(";")[0]
+        assert rotated != cookie
+        after = await client.get("/me", headers={"cookie": rotated})
+    assert after.json() == {"user": "alice", "cart": ["apple", "apple"]}
