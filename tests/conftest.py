@@ -11,6 +11,7 @@ import pytest
 
 from coatcheck import SessionRecord, Store
 from coatcheck.stores.base import Merge
+from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
 
 from . import redis_servers
 from .store_kinds import STORE_KINDS, build_store
@@ -19,19 +20,6 @@ from .store_kinds import STORE_KINDS, build_store
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class Clock:
-    """A controllable wall clock for expiry tests: time moves only when told."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class CountingStore:
@@ -82,8 +70,8 @@ class CountingStore:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_800_000_000.0)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -120,16 +108,12 @@ async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     await store.aclose()
 
 
-# What a browser sends with a request from the app's own pages: it passes the CSRF check.
-SAME_ORIGIN = {"sec-fetch-site": "same-origin"}
-
-
 def client_for(app: Any, **kwargs: Any) -> httpx.AsyncClient:
     """An in-process HTTPS client that keeps no cookies (tests send each one by hand)
     and, like a browser on the app's own page, says its requests are same-origin."""
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
-        base_url="https://testserver",
+        base_url=TEST_BASE_URL,
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         headers={**SAME_ORIGIN, **kwargs.pop("headers", {})},
         **kwargs,

@@ -10,9 +10,10 @@ import pytest
 from coatcheck import SessionConfig, SessionEvent, Store
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
+from coatcheck.testing import FakeClock
 
 from .apps import make_app
-from .conftest import Clock, client_for
+from .conftest import client_for
 
 pytestmark = pytest.mark.anyio
 NAME = "__Host-session"
@@ -22,7 +23,7 @@ def ticket(response: httpx.Response) -> dict[str, str]:
     return {"cookie": response.headers["set-cookie"].split(";", 1)[0]}
 
 
-async def test_the_life_cycle_is_reported(any_store: Store, clock: Clock) -> None:
+async def test_the_life_cycle_is_reported(any_store: Store, clock: FakeClock) -> None:
     seen: list[SessionEvent] = []
 
     async def hook(event: SessionEvent) -> None:
@@ -49,7 +50,7 @@ async def test_the_life_cycle_is_reported(any_store: Store, clock: Clock) -> Non
 
 
 async def test_expiry_is_reported_when_an_expired_session_is_presented(
-    any_store: Store, clock: Clock
+    any_store: Store, clock: FakeClock
 ) -> None:
     seen: list[SessionEvent] = []
 

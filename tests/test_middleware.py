@@ -9,9 +9,10 @@ import pytest
 
 from coatcheck import MemoryStore, SessionConfig, SQLiteStore, Store
 from coatcheck._ids import store_key
+from coatcheck.testing import SAME_ORIGIN, FakeClock
 
 from .apps import make_app
-from .conftest import SAME_ORIGIN, Clock, CountingStore, client_for
+from .conftest import CountingStore, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +41,7 @@ def store() -> CountingStore:
 
 
 @pytest.fixture
-def config(clock: Clock) -> SessionConfig:
+def config(clock: FakeClock) -> SessionConfig:
     return SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
 
 
@@ -322,7 +323,7 @@ async def test_a_session_ended_mid_request_is_not_resurrected(
 
 
 async def test_an_expiry_refresh_does_not_resurrect_an_ended_session(
-    any_store: Store, config: SessionConfig, clock: Clock
+    any_store: Store, config: SessionConfig, clock: FakeClock
 ) -> None:
     app = make_app(any_store, config)
     app.state.gate = Gate()
@@ -348,7 +349,7 @@ async def test_an_expiry_refresh_does_not_resurrect_an_ended_session(
 # -- expiry --------------------------------------------------------------------------------
 
 
-async def test_idle_timeout(client: httpx.AsyncClient, clock: Clock) -> None:
+async def test_idle_timeout(client: httpx.AsyncClient, clock: FakeClock) -> None:
     sid = ticket(await client.post("/login"))
     clock.advance(999)
     assert (await client.get("/read", headers=cookie(sid))).json()["user"] == "alice"
@@ -357,7 +358,7 @@ async def test_idle_timeout(client: httpx.AsyncClient, clock: Clock) -> None:
 
 
 async def test_sliding_refresh_is_throttled_and_never_grows_the_window(
-    client: httpx.AsyncClient, store: CountingStore, clock: Clock
+    client: httpx.AsyncClient, store: CountingStore, clock: FakeClock
 ) -> None:
     sid = ticket(await client.post("/login"))
     record = await store.inner.load(store_key(sid), clock())
@@ -384,7 +385,7 @@ async def test_sliding_refresh_is_throttled_and_never_grows_the_window(
 
 
 async def test_absolute_timeout_ends_an_active_session(
-    client: httpx.AsyncClient, clock: Clock
+    client: httpx.AsyncClient, clock: FakeClock
 ) -> None:
     sid = ticket(await client.post("/login"))
     alive = 0
@@ -397,7 +398,7 @@ async def test_absolute_timeout_ends_an_active_session(
 
 
 async def test_remember_me_gets_max_age_and_the_longer_lifetime(
-    store: CountingStore, clock: Clock
+    store: CountingStore, clock: FakeClock
 ) -> None:
     config = SessionConfig(
         idle_timeout=100,
@@ -419,7 +420,7 @@ async def test_remember_me_gets_max_age_and_the_longer_lifetime(
 
 
 async def test_expired_record_is_not_served_even_if_the_store_still_has_it(
-    store: CountingStore, clock: Clock
+    store: CountingStore, clock: FakeClock
 ) -> None:
     long = SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
     short = SessionConfig(idle_timeout=10, absolute_timeout=20, clock=clock)
@@ -434,7 +435,7 @@ async def test_expired_record_is_not_served_even_if_the_store_still_has_it(
 
 
 async def test_eager_paths_make_request_session_work_synchronously(
-    store: CountingStore, clock: Clock
+    store: CountingStore, clock: FakeClock
 ) -> None:
     config = SessionConfig(eager_paths=["/legacy"], clock=clock)
     async with client_for(make_app(store, config)) as client:

@@ -6,8 +6,7 @@ from coatcheck import MemoryStore, SessionConfig, SessionNotLoadedError
 from coatcheck._ids import store_key
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
-
-from .conftest import Clock
+from coatcheck.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -18,7 +17,7 @@ def request_scope(cookie: str | None = None) -> dict[str, object]:
 
 
 @pytest.fixture
-def persistence(clock: Clock) -> Persistence:
+def persistence(clock: FakeClock) -> Persistence:
     return Persistence(MemoryStore(), SessionConfig(clock=clock), None)
 
 
@@ -61,7 +60,7 @@ async def test_mutable_mapping_behaviour(persistence: Persistence) -> None:
     assert repr(session) == "<Session user=None keys=[]>"
 
 
-async def test_metadata_of_a_stored_session(persistence: Persistence, clock: Clock) -> None:
+async def test_metadata_of_a_stored_session(persistence: Persistence, clock: FakeClock) -> None:
     session = await fresh(persistence)
     session.login("alice")
     sid = await saved(persistence, session)
@@ -83,7 +82,9 @@ async def test_login_rejects_empty_user_ids(persistence: Persistence) -> None:
         session.login("")
 
 
-async def test_login_restarts_the_absolute_lifetime(persistence: Persistence, clock: Clock) -> None:
+async def test_login_restarts_the_absolute_lifetime(
+    persistence: Persistence, clock: FakeClock
+) -> None:
     session = await fresh(persistence)
     session["cart"] = ["apple"]
     sid = await saved(persistence, session)
@@ -94,7 +95,7 @@ async def test_login_restarts_the_absolute_lifetime(persistence: Persistence, cl
     assert again.remember
 
 
-async def test_devices_and_revocation(persistence: Persistence, clock: Clock) -> None:
+async def test_devices_and_revocation(persistence: Persistence, clock: FakeClock) -> None:
     phone = await fresh(persistence)
     phone.login("alice")
     phone_id = await saved(persistence, phone)
@@ -122,7 +123,7 @@ async def test_devices_and_revocation(persistence: Persistence, clock: Clock) ->
     assert await bobs_view.revoke_all() == 0
 
 
-async def test_revoke_others_and_revoke_all(persistence: Persistence, clock: Clock) -> None:
+async def test_revoke_others_and_revoke_all(persistence: Persistence, clock: FakeClock) -> None:
     ids = []
     for _ in range(3):
         session = await fresh(persistence)
@@ -148,7 +149,7 @@ async def test_revoking_the_current_device_destroys_it(persistence: Persistence)
 
 
 async def test_undecodable_record_becomes_an_empty_session(
-    persistence: Persistence, clock: Clock, caplog: pytest.LogCaptureFixture
+    persistence: Persistence, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
 
     session = await fresh(persistence)

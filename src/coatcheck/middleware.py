@@ -35,6 +35,8 @@ UnavailableApp = Callable[[int], ASGIApp]
 
 # The message that starts a response: the session is committed just before it goes out.
 _RESPONSE_START = ("http.response.start", "websocket.accept")
+# Schemes over which a Secure cookie is set but, by most clients, never sent back.
+_PLAIN = ("http", "ws")
 
 
 class SessionMiddleware:
@@ -63,6 +65,7 @@ class SessionMiddleware:
         self._eager = tuple(self.config.eager_paths)
         self._unavailable = unavailable or _unavailable_response
         self._csrf = self._persistence.csrf
+        self._plain_http_warned = not self.config.cookie.secure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -138,6 +141,16 @@ class SessionMiddleware:
         except (SessionEndedError, SessionConflictError) as exc:
             await self._answer_conflict(scope, receive, send, exc)
             return False
+        if extra and not self._plain_http_warned and scope.get("scheme") in _PLAIN:
+            self._plain_http_warned = True
+            logger.warning(
+                "a Secure session cookie went out in reply to a plain-%s request, and most "
+                "clients will not send it back over plain HTTP. In tests, give the client "
+                "base_url=coatcheck.testing.TEST_BASE_URL; behind a TLS proxy, let the server "
+                "trust the proxy's forwarded headers (uvicorn --proxy-headers); for local "
+                "development over HTTP, use CookieConfig(secure=False).",
+                scope["scheme"].upper(),
+            )
         _merge_headers(message, extra)
         return True
 
