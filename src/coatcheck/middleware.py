@@ -37,6 +37,13 @@ UnavailableApp = Callable[[int], ASGIApp]
 _RESPONSE_START = ("http.response.start", "websocket.accept")
 # Schemes over which a Secure cookie is set but, by most clients, never sent back.
 _PLAIN = ("http", "ws")
+_PLAIN_HTTP_WARNING = (
+    "a Secure session cookie went out in reply to a plain-HTTP request; most clients will "
+    "not send it back over plain HTTP. In tests, give the client "
+    "base_url=coatcheck.testing.TEST_BASE_URL; behind a TLS proxy, let the server trust the "
+    "proxy's forwarded headers (uvicorn --proxy-headers); for local development over HTTP, "
+    "use CookieConfig(secure=False)."
+)
 
 
 class SessionMiddleware:
@@ -143,14 +150,7 @@ class SessionMiddleware:
             return False
         if extra and not self._plain_http_warned and scope.get("scheme") in _PLAIN:
             self._plain_http_warned = True
-            logger.warning(
-                "a Secure session cookie went out in reply to a plain-%s request, and most "
-                "clients will not send it back over plain HTTP. In tests, give the client "
-                "base_url=coatcheck.testing.TEST_BASE_URL; behind a TLS proxy, let the server "
-                "trust the proxy's forwarded headers (uvicorn --proxy-headers); for local "
-                "development over HTTP, use CookieConfig(secure=False).",
-                scope["scheme"].upper(),
-            )
+            logger.warning(_PLAIN_HTTP_WARNING)
         _merge_headers(message, extra)
         return True
 
