@@ -285,7 +285,7 @@ async def test_redis_gives_up_after_a_bounded_number_of_merges() -> None:
             nonlocal merges
             merges += 1
             with redis_servers.active().standalone().client() as rival:
-                rival.hincrby(store._session_key(record.key), "v", 1)
+                rival.hincrby(f"{store.prefix}:s:{{{record.key}}}", "v", 1)
             return base._replace(version=base.version + 1)
 
         with pytest.raises(SessionConflictError):

@@ -10,6 +10,24 @@ from ..exceptions import StoreError
 from .base import SessionRecord
 
 
+class KeyNames:
+    """The names of a session's hash and of a user's index, under one prefix.
+
+    The braces are Cluster hash tags: each key's slot is decided by the part inside.
+    """
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def session(self, key: str) -> str:
+        return f"{self.prefix}:s:{{{key}}}"
+
+    def index(self, user_id: str) -> str:
+        return f"{self.prefix}:u:{{{user_id}}}"
+
+
 def encode_fields(record: SessionRecord) -> list[str | bytes]:
     """The hash's fields: the packed record, plus what the scripts read themselves."""
     fields: list[str | bytes] = [

@@ -14,6 +14,13 @@ one hash slot, and are what Redis Cluster runs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ._redis_codec import text
+
+if TYPE_CHECKING:
+    from ._redis_url import RedisClient
+
 # Files a session in its user's index and extends the index's own TTL, to ``ttl`` ms
 # (the session's plus a grace), so that it outlives every session it lists.
 _INDEX_ADD = """
@@ -197,3 +204,26 @@ end
 redis.call('DEL', KEYS[1])
 return {1, fields[2]}
 """
+
+
+class Scripts:
+    """Every script, registered once on a client; redis-py loads each on its first use."""
+
+    def __init__(self, client: RedisClient) -> None:
+        register = client.register_script
+        self.save = register(STANDALONE_SAVE)
+        self.delete = register(STANDALONE_DELETE)
+        self.delete_user = register(STANDALONE_DELETE_USER)
+        self.purge_standalone = register(STANDALONE_PURGE)
+        self.take = register(TAKE)
+        self.write = register(WRITE)
+        self.index_add = register(INDEX_ADD)
+        self.members = register(MEMBERS)
+        self.unindex = register(UNINDEX_IF_UNCHANGED)
+        self.delete_if_owned = register(DELETE_IF_OWNED)
+        self.purge = register(PURGE)
+
+    async def entries(self, index: str) -> list[tuple[str, str]]:
+        """A user's index as (member, score) pairs."""
+        flat = [text(item) for item in await self.members(keys=[index])]
+        return list(zip(flat[::2], flat[1::2], strict=True))

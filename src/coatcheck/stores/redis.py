@@ -16,7 +16,7 @@ keeps them much late, and tests with a frozen clock work. ``load`` still checks
 Standalone, ``load`` is one ``HGET`` of the packed record and ``save`` one script call
 that also keeps the user index and the TTLs. On Cluster a save is split by slot and
 ordered so that a crash half-way can only lose a session, never leave one alive that
-revocation cannot reach; see :meth:`RedisStore._save_cluster`.
+revocation cannot reach; see ``_redis_cluster``.
 """
 
 from __future__ import annotations
@@ -27,14 +27,16 @@ from collections.abc import AsyncIterator
 
 from ..exceptions import ConfigurationError, MissingDependencyError, SessionConflictError
 from . import _redis_codec as codec
-from . import _redis_scripts as lua
+from ._redis_codec import KeyNames
 from .base import Merge, SessionRecord
 
 try:
     from redis.asyncio.cluster import RedisCluster
 
     from ._redis_batch import Call, run_commands, run_scripts, scan_tagged
+    from ._redis_cluster import ClusterWrites
     from ._redis_errors import REDIS_ERRORS, translate, translated
+    from ._redis_scripts import Scripts
     from ._redis_url import RedisClient, client_from_url
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("redis", "redis") from exc
@@ -52,8 +54,6 @@ _INDEX_GRACE_MS = 60_000
 _SCAN_BATCH = 500
 # Merges before a save gives up with a 409: each lost race means another save landed.
 _MAX_MERGES = 32
-# Passes of delete_user on Cluster: each one catches sessions filed while the last ran.
-_REVOKE_PASSES = 5
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -85,18 +85,12 @@ class RedisStore:
         self.owns_client = owns_client
         self.retry_after = retry_after
         self.cluster = isinstance(client, RedisCluster)
-        register = client.register_script
-        self._save_script = register(lua.STANDALONE_SAVE)
-        self._delete_script = register(lua.STANDALONE_DELETE)
-        self._delete_user_script = register(lua.STANDALONE_DELETE_USER)
-        self._purge_script = register(lua.STANDALONE_PURGE)
-        self._take = register(lua.TAKE)
-        self._write = register(lua.WRITE)
-        self._index_add = register(lua.INDEX_ADD)
-        self._members = register(lua.MEMBERS)
-        self._unindex = register(lua.UNINDEX_IF_UNCHANGED)
-        self._delete_if_owned = register(lua.DELETE_IF_OWNED)
-        self._purge = register(lua.PURGE)
+        self._names = KeyNames(prefix)
+        self._scripts = Scripts(client)
+        # The fail-safe ordering Cluster needs; standalone, every write is one script.
+        self._on_cluster = (
+            ClusterWrites(client, self._scripts, self._names) if self.cluster else None
+        )
 
     @classmethod
     def from_url(
@@ -155,12 +149,12 @@ class RedisStore:
         ttl_ms = max(math.ceil((record.expires_at - record.last_seen_at) * 1000), _MIN_TTL_MS)
         ttl, index_ttl = str(ttl_ms), str(ttl_ms + _INDEX_GRACE_MS)
         expected_arg = "" if expected is None else str(expected)
-        if self.cluster:
-            return await self._save_cluster(record, replaces, expected_arg, ttl, index_ttl)
+        if self._on_cluster is not None:
+            return await self._on_cluster.save(record, replaces, expected_arg, ttl, index_ttl)
         previous = replaces or record.key
         user = record.user_id
-        reply = await self._save_script(
-            keys=[self._session_key(record.key), self._session_key(previous)],
+        reply = await self._scripts.save(
+            keys=[self._names.session(record.key), self._names.session(previous)],
             args=[
                 self.prefix,
                 record.key,
@@ -179,22 +173,19 @@ class RedisStore:
 
     async def delete(self, key: str) -> None:
         with translated(self.retry_after):
-            if not self.cluster:
-                await self._delete_script(keys=[self._session_key(key)], args=[self.prefix, key])
-                return
-            taken = await self._take(keys=[self._session_key(key)], args=["", "0"])
-            owner = codec.owner(taken)
-            if owner is not None:
-                await self.client.execute_command("ZREM", self._index_key(owner), key)
+            if self._on_cluster is not None:
+                await self._on_cluster.delete(key)
+            else:
+                await self._scripts.delete(keys=[self._names.session(key)], args=[self.prefix, key])
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
-        index = self._index_key(user_id)
+        index = self._names.index(user_id)
         with translated(self.retry_after):
-            entries = await self._entries(index)
+            entries = await self._scripts.entries(index)
             if not entries:
                 return []
             found = await run_commands(
-                self.client, [("HGET", self._session_key(member), "b") for member, _ in entries]
+                self.client, [("HGET", self._names.session(member), "b") for member, _ in entries]
             )
             live: list[SessionRecord] = []
             stale: list[str] = []
@@ -208,18 +199,17 @@ class RedisStore:
                     # a future score may belong to a Cluster save still in flight: kept.
                     stale += [member, score]
             if stale:
-                await self._unindex(keys=[index], args=stale)
+                await self._scripts.unindex(keys=[index], args=stale)
         return sorted(live, key=lambda record: (record.created_at, record.key))
 
     async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
-        index = self._index_key(user_id)
         with translated(self.retry_after):
-            if not self.cluster:
-                removed = await self._delete_user_script(
-                    keys=[index], args=[self.prefix, user_id, keep or ""]
-                )
-                return int(removed)
-            return await self._delete_user_cluster(index, user_id, keep)
+            if self._on_cluster is not None:
+                return await self._on_cluster.delete_user(user_id, keep)
+            removed = await self._scripts.delete_user(
+                keys=[self._names.index(user_id)], args=[self.prefix, user_id, keep or ""]
+            )
+            return int(removed)
 
     async def purge_expired(self, now: float) -> int:
         """Delete records dead by ``now`` that Redis has not expired yet.
@@ -230,25 +220,14 @@ class RedisStore:
         removed = 0
         with translated(self.retry_after):
             async for batch in self._scan_sessions():
-                if not self.cluster:
-                    calls: list[Call] = [
-                        (self._purge_script, [key], [self.prefix, member, repr(now)])
-                        for key, member in batch
-                    ]
-                    removed += sum(int(done) for done in await run_scripts(self.client, calls))
+                if self._on_cluster is not None:
+                    removed += await self._on_cluster.purge(batch, now)
                     continue
-                results = await run_scripts(
-                    self.client, [(self._purge, [key], [repr(now)]) for key, _ in batch]
-                )
-                unindex: list[tuple[str, ...]] = []
-                for (_, member), result in zip(batch, results, strict=True):
-                    if codec.done(result):
-                        removed += 1
-                        owner = codec.owner(result)
-                        if owner is not None:
-                            unindex.append(("ZREM", self._index_key(owner), member))
-                if unindex:
-                    await run_commands(self.client, unindex)
+                calls: list[Call] = [
+                    (self._scripts.purge_standalone, [name], [self.prefix, member, repr(now)])
+                    for name, member in batch
+                ]
+                removed += sum(int(done) for done in await run_scripts(self.client, calls))
         return removed
 
     async def count(self, now: float) -> int:
@@ -268,110 +247,7 @@ class RedisStore:
             with translated(self.retry_after):
                 await self.client.aclose()
 
-    # -- Cluster ------------------------------------------------------------------------
-
-    async def _save_cluster(
-        self,
-        record: SessionRecord,
-        replaces: str | None,
-        expected: str,
-        ttl: str,
-        index_ttl: str,
-    ) -> bool | SessionRecord:
-        """Save across slots, in an order that fails safe.
-
-        1. A rotation first checks and deletes the old session on its slot; only if that
-           succeeded is the new one written. A crash in between loses the session (the
-           user logs in again) but can never bring back one that a logout ended.
-        2. The session is filed in its user's index *before* it is written (alongside
-           step 1 when rotating), so a session that exists is always reachable by
-           ``delete_user``. An entry whose write then fails points at nothing and is
-           dropped by ``list_user`` once its deadline passes.
-        3. Only after the write is the key removed from a previous user's index; if that
-           step is lost, the stale entry is harmless because revocation and listing
-           check who owns each session.
-        """
-        key, user = record.key, record.user_id
-        rotating = replaces is not None and replaces != key
-        first: list[Call] = []
-        if rotating:
-            assert replaces is not None
-            first.append(
-                (
-                    self._take,
-                    [self._session_key(replaces)],
-                    [expected, repr(record.last_seen_at)],
-                )
-            )
-        if user is not None:
-            first.append(
-                (
-                    self._index_add,
-                    [self._index_key(user)],
-                    [key, repr(record.expires_at), index_ttl],
-                )
-            )
-        done = await run_scripts(self.client, first) if first else []
-        unindex: list[tuple[str, ...]] = []
-        if rotating:
-            assert replaces is not None
-            if not codec.done(done[0]):
-                return codec.refusal(replaces, done[0])
-            owner = codec.owner(done[0])
-            if owner is not None:
-                assert replaces is not None
-                unindex.append(("ZREM", self._index_key(owner), replaces))
-        written = await self._write(
-            keys=[self._session_key(key)],
-            args=[
-                "" if rotating else expected,
-                repr(record.last_seen_at),
-                ttl,
-                *codec.encode_fields(record),
-            ],
-        )
-        if not codec.done(written):
-            return codec.refusal(key, written)
-        previous = codec.owner(written)
-        if previous is not None and previous != user:
-            unindex.append(("ZREM", self._index_key(previous), key))
-        if unindex:
-            await run_commands(self.client, unindex)
-        return True
-
-    async def _delete_user_cluster(self, index: str, user_id: str, keep: str | None) -> int:
-        """Delete the user's sessions slot by slot, repeating while the index grows.
-
-        Only sessions the user still owns are deleted, and only their entries removed:
-        an entry pointing at nothing may be a save in flight (see ``_save_cluster``).
-        """
-        removed = 0
-        for _ in range(_REVOKE_PASSES):
-            members = [member for member, _ in await self._entries(index) if member != keep]
-            if not members:
-                break
-            results = await run_scripts(
-                self.client,
-                [(self._delete_if_owned, [self._session_key(m)], [user_id]) for m in members],
-            )
-            deleted = [member for member, done in zip(members, results, strict=True) if int(done)]
-            if not deleted:
-                break
-            removed += len(deleted)
-            await run_commands(self.client, [("ZREM", index, *deleted)])
-        return removed
-
     # -- mechanics ----------------------------------------------------------------------
-
-    def _session_key(self, key: str) -> str:
-        return f"{self.prefix}:s:{{{key}}}"
-
-    def _index_key(self, user_id: str) -> str:
-        return f"{self.prefix}:u:{{{user_id}}}"
-
-    async def _entries(self, index: str) -> list[tuple[str, str]]:
-        flat = [codec.text(item) for item in await self._members(keys=[index])]
-        return list(zip(flat[::2], flat[1::2], strict=True))
 
     def _scan_sessions(self) -> AsyncIterator[list[tuple[str, str]]]:
         """Batches of (redis key, session key) over the whole keyspace."""
