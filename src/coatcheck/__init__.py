@@ -6,6 +6,7 @@ server keeps the coat (the session data) in a store.
 
 from __future__ import annotations
 
+from ._devices import Device
 from .config import CookieConfig, CSRFConfig, Lifetime, SessionConfig
 from .events import EventHook, SessionEvent
 from .exceptions import (
@@ -22,7 +23,7 @@ from .exceptions import (
 )
 from .middleware import SessionMiddleware
 from .serializers import JSONSerializer, Serializer
-from .session import Device, Session
+from .session import Session
 from .stores import MemoryStore, SessionRecord, SQLiteStore, Store, store_from_url
 
 __version__ = "0.1.0"

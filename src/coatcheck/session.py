@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import _devices
+from ._devices import Device, utc
 from ._ids import new_public_id, new_session_id
 from .exceptions import SessionNotLoadedError
 
@@ -20,23 +21,6 @@ if TYPE_CHECKING:
     from .stores.base import SessionRecord
 
 _MUTABLE = (dict, list)
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    """One of a user's live sessions, as a device list shows it. Holds no secret."""
-
-    id: str
-    created_at: datetime
-    last_seen_at: datetime
-    expires_at: datetime
-    user_agent: str
-    remember: bool
-    current: bool
 
 
 class Session(MutableMapping[str, Any]):
@@ -278,77 +262,36 @@ class Session(MutableMapping[str, Any]):
     @property
     def created_at(self) -> datetime:
         self._require_loaded()
-        return _utc(self._created_at)
+        return utc(self._created_at)
 
     @property
     def last_seen_at(self) -> datetime:
         self._require_loaded()
-        return _utc(self._last_seen_at)
+        return utc(self._last_seen_at)
 
     @property
     def expires_at(self) -> datetime:
         """When the session dies if unused: the earlier of the idle and absolute limits."""
         self._require_loaded()
-        return _utc(self._expires_at)
+        return utc(self._expires_at)
 
     # -- the user's other sessions ------------------------------------------------------
 
     async def devices(self) -> list[Device]:
         """The logged-in user's live sessions, this one marked ``current``."""
-        await self.load()
-        if self._user_id is None:
-            return []
-        current = self._stored.key if self._stored is not None else None
-        records = await self._persistence.store.list_user(self._user_id, self._persistence.now())
-        return [
-            Device(
-                id=record.public_id,
-                created_at=_utc(record.created_at),
-                last_seen_at=_utc(record.last_seen_at),
-                expires_at=_utc(record.expires_at),
-                user_agent=record.user_agent,
-                remember=record.remember,
-                current=record.key == current,
-            )
-            for record in records
-        ]
+        return await _devices.list_devices(self)
 
     async def revoke(self, public_id: str) -> bool:
         """End another session of this user by its public id; False if there is none."""
-        await self.load()
-        if self._user_id is None:
-            return False
-        store = self._persistence.store
-        for record in await store.list_user(self._user_id, self._persistence.now()):
-            if record.public_id == public_id:
-                if self._stored is not None and record.key == self._stored.key:
-                    self.destroy()
-                else:
-                    await store.delete(record.key)
-                await self._persistence.emit(self, "revoked", self._user_id, public_id)
-                return True
-        return False
+        return await _devices.revoke(self, public_id)
 
     async def revoke_others(self) -> int:
         """End every other session of this user ("log out my other devices")."""
-        await self.load()
-        if self._user_id is None:
-            return 0
-        keep = self._stored.key if self._stored is not None else None
-        removed = await self._persistence.store.delete_user(self._user_id, keep=keep)
-        await self._persistence.emit(self, "revoked", self._user_id, "", removed)
-        return removed
+        return await _devices.revoke_user(self, keep_current=True)
 
     async def revoke_all(self) -> int:
         """End every session of this user, this one included ("log out everywhere")."""
-        await self.load()
-        if self._user_id is None:
-            return 0
-        user_id = self._user_id
-        removed = await self._persistence.store.delete_user(user_id)
-        await self._persistence.emit(self, "revoked", user_id, "", removed)
-        self.destroy()
-        return removed
+        return await _devices.revoke_user(self, keep_current=False)
 
     # -- for the persistence layer ------------------------------------------------------
 

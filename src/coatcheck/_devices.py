@@ -1,0 +1,82 @@
+"""A user's sessions seen as devices: listing them, and ending them from any one of them.
+
+This is what the per-user index of every store is for; :class:`~coatcheck.Session`'s
+``devices()`` and ``revoke*()`` methods are the way in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+def utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One of a user's live sessions, as a device list shows it. Holds no secret."""
+
+    id: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    user_agent: str
+    remember: bool
+    current: bool
+
+
+async def list_devices(session: Session) -> list[Device]:
+    await session.load()
+    if session._user_id is None:
+        return []
+    current = session._stored.key if session._stored is not None else None
+    persistence = session._persistence
+    records = await persistence.store.list_user(session._user_id, persistence.now())
+    return [
+        Device(
+            id=record.public_id,
+            created_at=utc(record.created_at),
+            last_seen_at=utc(record.last_seen_at),
+            expires_at=utc(record.expires_at),
+            user_agent=record.user_agent,
+            remember=record.remember,
+            current=record.key == current,
+        )
+        for record in records
+    ]
+
+
+async def revoke(session: Session, public_id: str) -> bool:
+    await session.load()
+    user_id = session._user_id
+    if user_id is None:
+        return False
+    persistence = session._persistence
+    for record in await persistence.store.list_user(user_id, persistence.now()):
+        if record.public_id == public_id:
+            if session._stored is not None and record.key == session._stored.key:
+                session.destroy()
+            else:
+                await persistence.store.delete(record.key)
+            await persistence.emit(session, "revoked", user_id, public_id)
+            return True
+    return False
+
+
+async def revoke_user(session: Session, *, keep_current: bool) -> int:
+    await session.load()
+    user_id = session._user_id
+    if user_id is None:
+        return 0
+    keep = session._stored.key if keep_current and session._stored is not None else None
+    removed = await session._persistence.store.delete_user(user_id, keep=keep)
+    await session._persistence.emit(session, "revoked", user_id, "", removed)
+    if not keep_current:
+        session.destroy()
+    return removed
