@@ -16,13 +16,14 @@ class KeyNames:
     The braces are Cluster hash tags: each key's slot is decided by the part inside.
     """
 
-    __slots__ = ("prefix",)
+    __slots__ = ("prefix", "sessions")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.sessions = f"{prefix}:s:"  # what every session's name starts with
 
     def session(self, key: str) -> str:
-        return f"{self.prefix}:s:{{{key}}}"
+        return f"{self.sessions}{{{key}}}"
 
     def index(self, user_id: str) -> str:
         return f"{self.prefix}:u:{{{user_id}}}"

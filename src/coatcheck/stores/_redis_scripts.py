@@ -211,10 +211,10 @@ class Scripts:
 
     def __init__(self, client: RedisClient) -> None:
         register = client.register_script
-        self.save = register(STANDALONE_SAVE)
-        self.delete = register(STANDALONE_DELETE)
-        self.delete_user = register(STANDALONE_DELETE_USER)
-        self.purge_standalone = register(STANDALONE_PURGE)
+        self.standalone_save = register(STANDALONE_SAVE)
+        self.standalone_delete = register(STANDALONE_DELETE)
+        self.standalone_delete_user = register(STANDALONE_DELETE_USER)
+        self.standalone_purge = register(STANDALONE_PURGE)
         self.take = register(TAKE)
         self.write = register(WRITE)
         self.index_add = register(INDEX_ADD)

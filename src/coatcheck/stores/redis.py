@@ -115,7 +115,7 @@ class RedisStore:
         # try/except rather than ``with translated(...)``: this runs on every read, and a
         # generator-based context manager costs more than the rest of this method.
         try:
-            packed = await self.client.execute_command("HGET", f"{self.prefix}:s:{{{key}}}", "b")
+            packed = await self.client.execute_command("HGET", self._names.session(key), "b")
         except REDIS_ERRORS as exc:
             raise translate(exc, self.retry_after) from exc
         record = codec.unpack(key, packed)
@@ -153,7 +153,7 @@ class RedisStore:
             return await self._on_cluster.save(record, replaces, expected_arg, ttl, index_ttl)
         previous = replaces or record.key
         user = record.user_id
-        reply = await self._scripts.save(
+        reply = await self._scripts.standalone_save(
             keys=[self._names.session(record.key), self._names.session(previous)],
             args=[
                 self.prefix,
@@ -176,7 +176,9 @@ class RedisStore:
             if self._on_cluster is not None:
                 await self._on_cluster.delete(key)
             else:
-                await self._scripts.delete(keys=[self._names.session(key)], args=[self.prefix, key])
+                await self._scripts.standalone_delete(
+                    keys=[self._names.session(key)], args=[self.prefix, key]
+                )
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         index = self._names.index(user_id)
@@ -206,7 +208,7 @@ class RedisStore:
         with translated(self.retry_after):
             if self._on_cluster is not None:
                 return await self._on_cluster.delete_user(user_id, keep)
-            removed = await self._scripts.delete_user(
+            removed = await self._scripts.standalone_delete_user(
                 keys=[self._names.index(user_id)], args=[self.prefix, user_id, keep or ""]
             )
             return int(removed)
@@ -224,7 +226,7 @@ class RedisStore:
                     removed += await self._on_cluster.purge(batch, now)
                     continue
                 calls: list[Call] = [
-                    (self._scripts.purge_standalone, [name], [self.prefix, member, repr(now)])
+                    (self._scripts.standalone_purge, [name], [self.prefix, member, repr(now)])
                     for name, member in batch
                 ]
                 removed += sum(int(done) for done in await run_scripts(self.client, calls))
@@ -251,4 +253,4 @@ class RedisStore:
 
     def _scan_sessions(self) -> AsyncIterator[list[tuple[str, str]]]:
         """Batches of (redis key, session key) over the whole keyspace."""
-        return scan_tagged(self.client, f"{self.prefix}:s:", _SCAN_BATCH)
+        return scan_tagged(self.client, self._names.sessions, _SCAN_BATCH)
