@@ -480,6 +480,44 @@ def starsessions_app(store: Any) -> ASGIApp:
     return StarsessionsMiddleware(inner, store=store)
 
 
+def litestar_apps(store: Any = None) -> tuple[ASGIApp, ASGIApp]:
+    """A bare Litestar app, and one with Litestar's server-side sessions over the same
+    three endpoints, kept in ``store`` (one of Litestar's stores; its memory store if None).
+    """
+    from litestar import Litestar, get
+    from litestar import Request as LitestarRequest
+    from litestar.middleware.session.server_side import ServerSideSessionConfig
+
+    namespace = {"LitestarRequest": LitestarRequest}
+
+    @get("/bare", signature_namespace=namespace)
+    async def bare() -> dict[str, bool]:
+        return {"ok": True}
+
+    @get("/untouched", signature_namespace=namespace)
+    async def untouched() -> dict[str, bool]:
+        return {"ok": True}
+
+    @get("/read", signature_namespace=namespace)
+    async def read(request: LitestarRequest[Any, Any, Any]) -> dict[str, Any]:
+        return {"n": request.session.get("n")}
+
+    @get("/write", signature_namespace=namespace)
+    async def write(request: LitestarRequest[Any, Any, Any]) -> dict[str, Any]:
+        request.session["n"] = request.session.get("n", 0) + 1
+        return {"n": request.session["n"]}
+
+    bare_app = Litestar(route_handlers=[bare], logging_config=None)
+    config = ServerSideSessionConfig(secure=True)
+    session_app = Litestar(
+        route_handlers=[untouched, read, write],
+        middleware=[config.middleware],
+        stores=None if store is None else {config.store: store},
+        logging_config=None,
+    )
+    return bare_app, session_app  # type: ignore[return-value]
+
+
 def add_timing_arguments(
     parser: argparse.ArgumentParser, *, rounds: int, requests: int, warmup: int
 ) -> None:

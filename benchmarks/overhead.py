@@ -43,6 +43,7 @@ from _harness import (
     add_timing_arguments,
     check_timing_arguments,
     expect,
+    litestar_apps,
     machine,
     measure,
     ok,
@@ -133,39 +134,6 @@ def _starsessions_memory() -> Any:
     from starsessions import InMemoryStore
 
     return InMemoryStore()
-
-
-def litestar_apps() -> tuple[ASGIApp, ASGIApp]:
-    """A bare Litestar app and one with server-side sessions in Litestar's memory store."""
-    from litestar import Litestar, get
-    from litestar import Request as LitestarRequest
-    from litestar.middleware.session.server_side import ServerSideSessionConfig
-
-    namespace = {"LitestarRequest": LitestarRequest}
-
-    @get("/bare", signature_namespace=namespace)
-    async def bare() -> dict[str, bool]:
-        return {"ok": True}
-
-    @get("/untouched", signature_namespace=namespace)
-    async def untouched() -> dict[str, bool]:
-        return {"ok": True}
-
-    @get("/read", signature_namespace=namespace)
-    async def read(request: LitestarRequest) -> dict[str, Any]:
-        return {"n": request.session.get("n")}
-
-    @get("/write", signature_namespace=namespace)
-    async def write(request: LitestarRequest) -> dict[str, Any]:
-        request.session["n"] = request.session.get("n", 0) + 1
-        return {"n": request.session["n"]}
-
-    bare_app = Litestar(route_handlers=[bare], logging_config=None)
-    config = ServerSideSessionConfig(secure=True)
-    session_app = Litestar(
-        route_handlers=[untouched, read, write], middleware=[config.middleware], logging_config=None
-    )
-    return bare_app, session_app
 
 
 async def add_litestar(suite: Suite) -> None:

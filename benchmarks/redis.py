@@ -54,6 +54,7 @@ from _harness import (
     check_timing_arguments,
     cookie_headers,
     expect,
+    litestar_apps,
     machine,
     measure,
     ok,
@@ -474,43 +475,14 @@ def starsessions_redis(client: Redis) -> ASGIApp:
     return starsessions_app(store)
 
 
-def litestar_apps(client: Redis) -> tuple[ASGIApp, ASGIApp]:
-    """A bare Litestar app and one with server-side sessions in Litestar's Redis store."""
-    from litestar import Litestar, get
-    from litestar import Request as LitestarRequest
-    from litestar.middleware.session.server_side import ServerSideSessionConfig
+def litestar_redis(client: Redis) -> tuple[ASGIApp, ASGIApp]:
+    """Litestar's apps (see ``litestar_apps``), the sessions in Litestar's Redis store."""
     from litestar.stores.redis import RedisStore as LitestarRedisStore
 
-    namespace = {"LitestarRequest": LitestarRequest}
-
-    @get("/bare", signature_namespace=namespace)
-    async def bare() -> dict[str, bool]:
-        return {"ok": True}
-
-    @get("/untouched", signature_namespace=namespace)
-    async def untouched() -> dict[str, bool]:
-        return {"ok": True}
-
-    @get("/read", signature_namespace=namespace)
-    async def read(request: LitestarRequest[Any, Any, Any]) -> dict[str, Any]:
-        return {"n": request.session.get("n")}
-
-    @get("/write", signature_namespace=namespace)
-    async def write(request: LitestarRequest[Any, Any, Any]) -> dict[str, Any]:
-        request.session["n"] = request.session.get("n", 0) + 1
-        return {"n": request.session["n"]}
-
-    bare_app = Litestar(route_handlers=[bare], logging_config=None)
-    config = ServerSideSessionConfig(secure=True)
     # The client is shared and closed elsewhere, so the store must not close it.
-    store = LitestarRedisStore(client, namespace="bench-litestar", handle_client_shutdown=False)
-    session_app = Litestar(
-        route_handlers=[untouched, read, write],
-        middleware=[config.middleware],
-        stores={config.store: store},
-        logging_config=None,
+    return litestar_apps(
+        LitestarRedisStore(client, namespace="bench-litestar", handle_client_shutdown=False)
     )
-    return bare_app, session_app  # type: ignore[return-value]
 
 
 async def build(suite: Suite, url: str) -> tuple[Any, Redis]:
@@ -534,7 +506,7 @@ async def build(suite: Suite, url: str) -> tuple[Any, Redis]:
         )
 
     async def add_litestar(s: Suite) -> None:
-        bare_app, session_app = litestar_apps(client)
+        bare_app, session_app = litestar_redis(client)
         await s.start(bare_app)
         response = ok(await request(bare_app, "/bare", litestar_headers()), LITESTAR_BARE)
         expect(response.json() == {"ok": True}, f"{LITESTAR_BARE}: body {response.body!r}")
