@@ -84,13 +84,19 @@ class RedisStore:
         self.prefix = prefix
         self.owns_client = owns_client
         self.retry_after = retry_after
-        self.cluster = isinstance(client, RedisCluster)
         self._names = KeyNames(prefix)
         self._scripts = Scripts(client)
         # The fail-safe ordering Cluster needs; standalone, every write is one script.
         self._on_cluster = (
-            ClusterWrites(client, self._scripts, self._names) if self.cluster else None
+            ClusterWrites(client, self._scripts, self._names)
+            if isinstance(client, RedisCluster)
+            else None
         )
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the client is a Redis Cluster client."""
+        return self._on_cluster is not None
 
     @classmethod
     def from_url(
