@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -10,10 +11,13 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coatcheck import CSRFConfig, MemoryStore, SessionConfig, SessionMiddleware, Store
 from coatcheck.fastapi import CSRFToken, SessionDep
 from coatcheck.session import Session
+from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
 
 from .conftest import client_for
 
@@ -24,7 +28,9 @@ KEY_B = "b" * 32
 NAME = "__Host-session"
 
 
-def make_app(store: Store | None = None, **csrf: object) -> FastAPI:
+def make_app(
+    store: Store | None = None, *, clock: FakeClock | None = None, **csrf: object
+) -> FastAPI:
     app = FastAPI()
 
     @app.post("/login")
@@ -61,7 +67,18 @@ def make_app(store: Store | None = None, **csrf: object) -> FastAPI:
     async def state(session: SessionDep) -> dict[str, object]:
         return {"data": dict(session), "user": session.user_id}
 
-    config = SessionConfig(secret_keys=[KEY_A], csrf=CSRFConfig(exempt_paths=["/hooks/"], **csrf))
+    @app.websocket("/ws")
+    @app.websocket("/hooks/ws")
+    async def socket(websocket: WebSocket, session: SessionDep) -> None:
+        await websocket.accept()
+        await websocket.send_json({"user": session.user_id})
+        await websocket.close()
+
+    config = SessionConfig(
+        secret_keys=[KEY_A],
+        csrf=CSRFConfig(**{"exempt_paths": ["/hooks/"], **csrf}),
+        clock=clock or time.time,
+    )
     app.add_middleware(SessionMiddleware, store=store or MemoryStore(), config=config)
     return app
 
@@ -246,6 +263,70 @@ async def test_exempt_paths_skip_the_check(app: FastAPI) -> None:
     async with client_for(app) as client:
         response = await client.post("/hooks/payment", headers={"sec-fetch-site": "cross-site"})
     assert response.status_code == 200
+
+
+async def test_exempt_paths_hold_behind_a_root_path_and_match_whole_segments() -> None:
+    # What uvicorn --root-path /api (or a Mount) hands the app: the path keeps the prefix.
+    transport = httpx.ASGITransport(app=make_app(), root_path="/api")
+    cross = {"sec-fetch-site": "cross-site"}
+    async with httpx.AsyncClient(transport=transport, base_url=TEST_BASE_URL) as client:
+        exempt = await client.post("/api/hooks/payment", headers=cross)
+        checked = await client.post("/api/anything", headers=cross)
+    async with client_for(make_app(exempt_paths=["/anything"])) as client:
+        whole = await client.post("/anything", headers=cross)
+        longer = await client.post("/anything-else", headers=cross)
+    assert (exempt.status_code, checked.status_code) == (200, 403)
+    assert (whole.status_code, longer.status_code) == (200, 403)
+
+
+async def test_an_anonymous_token_ages_by_the_configured_clock() -> None:
+    clock = FakeClock()
+    app = make_app(clock=clock, anonymous_token_max_age=60)
+    stale_cookie = {"cookie": f"{NAME}={'Q' * 43}"}
+    async with no_browser(app) as client:
+        token = (await client.get("/csrf")).json()["token"]
+        fresh = await client.post("/anything", headers={**stale_cookie, "x-csrf-token": token})
+        clock.advance(61)
+        old = await client.post("/anything", headers={**stale_cookie, "x-csrf-token": token})
+    assert (fresh.status_code, old.status_code) == (200, 403)
+
+
+def websocket_user(app: FastAPI, path: str, headers: dict[str, str]) -> object:
+    """The user a websocket handshake sees, after a same-origin login; 1008 if refused."""
+    with TestClient(app, base_url=TEST_BASE_URL) as client:
+        client.post("/login", headers=SAME_ORIGIN)
+        try:
+            with client.websocket_connect(f"{TEST_WS_BASE_URL}{path}", headers=headers) as ws:
+                return ws.receive_json()["user"]
+        except WebSocketDisconnect as exc:
+            return exc.code
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"sec-fetch-site": "cross-site"}, 1008),
+        ({"sec-fetch-site": "same-site"}, 1008),
+        ({"origin": "https://evil.example"}, 1008),
+        ({"origin": "wss://testserver"}, 1008),  # a page's origin is never ws(s)://
+        ({"origin": "https://testserver"}, "alice"),
+        ({"sec-fetch-site": "same-origin"}, "alice"),
+        ({}, "alice"),  # not a browser: it holds no cookie it was tricked into sending
+    ],
+)
+def test_websocket_handshakes_from_other_sites_are_refused(
+    app: FastAPI, headers: dict[str, str], expected: object
+) -> None:
+    assert websocket_user(app, "/ws", headers) == expected
+
+
+def test_websocket_handshakes_follow_exempt_paths_and_the_switch() -> None:
+    cross = {"origin": "https://evil.example"}
+    assert websocket_user(make_app(), "/hooks/ws", cross) == "alice"
+    assert websocket_user(make_app(enabled=False), "/ws", cross) == "alice"
+    assert websocket_user(
+        make_app(trust_same_site=True), "/ws", {"sec-fetch-site": "same-site"}
+    ) == ("alice")
 
 
 async def test_requests_without_a_session_cookie_or_browser_headers_pass(app: FastAPI) -> None:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 
-from coatcheck import ConfigurationError, SessionConfig, Store
+from coatcheck import (
+    ConfigurationError,
+    MemoryStore,
+    SessionConfig,
+    SessionRecord,
+    Store,
+    StoreUnavailableError,
+)
 from coatcheck._ids import store_key
 
 from .apps import make_app
-from .conftest import client_for
+from .conftest import CountingStore, client_for
 
 pytestmark = pytest.mark.anyio
 NAME = "__Host-session"
@@ -43,6 +52,30 @@ async def test_past_the_per_user_limit_the_oldest_sessions_end(any_store: Store)
         ]
     assert states == [None, "alice", "alice"]
     assert len(await any_store.list_user("alice", config.clock())) == 2
+
+
+class IndexDown(CountingStore):
+    """A real store whose user index times out, as a loaded Redis node can."""
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        raise StoreUnavailableError("user index timed out")
+
+
+async def test_a_login_stands_when_ending_the_oldest_sessions_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = IndexDown(MemoryStore())
+    config = SessionConfig(max_sessions_per_user=1)
+    async with client_for(make_app(store, config)) as client:
+        first = ticket(await client.post("/login"))
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            response = await client.post("/login", headers={"cookie": f"{NAME}={first}"})
+        assert response.status_code == 200
+        second = ticket(response)
+        state = await client.get("/read", headers={"cookie": f"{NAME}={second}"})
+    # The login was stored, so its cookie went out: a 503 would have lost the session.
+    assert state.json()["user"] == "alice"
+    assert any("past the limit" in line for line in caplog.messages)
 
 
 async def test_without_a_limit_every_login_stays(any_store: Store) -> None:

@@ -7,9 +7,16 @@ import anyio
 import httpx
 import pytest
 
-from coatcheck import MemoryStore, SessionConfig, SQLiteStore, Store
+from coatcheck import (
+    MemoryStore,
+    SessionConfig,
+    SessionMiddleware,
+    SessionNotLoadedError,
+    SQLiteStore,
+    Store,
+)
 from coatcheck._ids import store_key
-from coatcheck.testing import SAME_ORIGIN, FakeClock
+from coatcheck.testing import SAME_ORIGIN, TEST_WS_BASE_URL, FakeClock
 
 from .apps import make_app
 from .conftest import CountingStore, client_for
@@ -448,6 +455,20 @@ async def test_eager_paths_make_request_session_work_synchronously(
         assert not store.calls
 
 
+async def test_eager_paths_match_the_route_path_by_whole_segments(
+    store: CountingStore, clock: FakeClock
+) -> None:
+    # Behind uvicorn --root-path /api (or in a Mount) the scope's path keeps the prefix.
+    app = make_app(store, SessionConfig(eager_paths=["/legacy"], clock=clock))
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+        assert (await client.get("/api/legacy/visits")).json() == {"visits": 1}
+    prefix_only = make_app(store, SessionConfig(eager_paths=["/leg"], clock=clock))
+    async with client_for(prefix_only) as client:
+        with pytest.raises(SessionNotLoadedError):
+            await client.get("/legacy/visits")
+
+
 async def test_sync_access_outside_eager_paths_explains_itself(store: CountingStore) -> None:
     transport = httpx.ASGITransport(app=make_app(store), raise_app_exceptions=True)
     async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
@@ -502,6 +523,31 @@ async def test_lifespan_shutdown_closes_the_store(store: CountingStore) -> None:
     await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)  # type: ignore[arg-type]
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert store.calls["aclose"] == 1
+
+
+def test_a_websocket_session_too_large_to_store_is_closed_with_1009(
+    store: CountingStore,
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def hoard(websocket: WebSocket) -> None:
+        session = await websocket.scope["session"].load()
+        session["blob"] = "x" * 2000
+        await websocket.accept()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", hoard)])
+    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(max_session_bytes=1024))
+    with (
+        TestClient(app) as client,
+        pytest.raises(WebSocketDisconnect) as closed,
+        client.websocket_connect(f"{TEST_WS_BASE_URL}/ws"),
+    ):
+        pass
+    assert closed.value.code == 1009
+    assert not store.calls["save"]
 
 
 async def test_websocket_reads_and_writes_the_session(

@@ -19,15 +19,21 @@ from ._keys import Keyring
 from .config import SessionConfig
 from .csrf import CSRFGuard
 from .events import EventBus, EventHook, EventKind, SessionEvent
-from .exceptions import SessionEndedError, SessionTooLargeError
+from .exceptions import SessionEndedError, SessionTooLargeError, StoreUnavailableError
 from .serializers import JSONSerializer, Serializer
 from .session import Session
 from .stores.base import Merge, SessionRecord, Store
 
+logger = logging.getLogger("coatcheck")
 security_log = logging.getLogger("coatcheck.security")
 
 _NO_STORE = (b"cache-control", b"no-store")
 _MAX_USER_AGENT = 256
+_LATE_DROPPED = (
+    "session changes made after the response started were dropped: the session had no "
+    "live record to continue (it was new, destroyed, or ended by another request), and a "
+    "new one would need a cookie, which can no longer be sent; change it before responding"
+)
 
 
 class Persistence:
@@ -43,7 +49,9 @@ class Persistence:
         self.events = EventBus(events)
         self.store = store
         self.config = config
-        self.csrf = CSRFGuard(config.csrf, Keyring(config.secret_keys), config.cookie.name)
+        self.csrf = CSRFGuard(
+            config.csrf, Keyring(config.secret_keys), config.cookie.name, config.clock
+        )
         self.now = config.clock
         self.serializer: Serializer = serializer or JSONSerializer()
         self._cookie_needle = cookie_needle(config.cookie.name)
@@ -188,9 +196,37 @@ class Persistence:
         elif stored is not None:
             await self.emit(session, "rotated", record.user_id, record.public_id)
         if session._user_id is not None and self.config.max_sessions_per_user is not None:
-            await self._evict_oldest(session._user_id, key, now)
+            try:
+                await self._evict_oldest(session._user_id, key, now)
+            except StoreUnavailableError as exc:
+                # The login itself is stored: answering 503 now would lose its cookie.
+                logger.warning("could not end the oldest sessions past the limit: %s", exc)
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         return [(b"set-cookie", self._cookies.set(session._id, max_age)), _NO_STORE]
+
+    async def commit_late(self, session: Session, status: int) -> None:
+        """Store what changed after the response started: in a streaming body, a
+        background task, a dependency's teardown, or a websocket after its handshake.
+
+        The cookie can no longer change then (login() and regenerate() refuse), so
+        nothing is created: a session that never had a record, or was destroyed,
+        keeps none of it, and one that another request ended stays ended.
+        """
+        if not session._loaded or status >= 500 or self.settled(session):
+            return
+        if session._stored is None or session._id is None:
+            # No live record under the cookie the browser holds.
+            changed = session._modified or session._meta_changed
+            if changed and (session._data or session._user_id is not None):
+                logger.warning(_LATE_DROPPED)
+            if session._stored is None:
+                return
+            session._data = {}  # destroyed: the record is deleted, whatever came after
+            session._user_id = None
+        try:
+            await self.commit(session, status)
+        except SessionEndedError:
+            logger.info("the session was ended elsewhere; its late changes are dropped")
 
     async def emit(
         self,

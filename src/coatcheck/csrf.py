@@ -15,6 +15,9 @@ passes when the browser itself says where it comes from:
    bytes every time they are issued, so a compressed page never repeats them (BREACH).
 
 A request with neither header and no session cookie passes: it carries no credential.
+
+A websocket handshake is checked by the first two rules alone, whatever its method:
+browsers always send ``Origin`` on one, and a page cannot add a token header to it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import hashlib
 import hmac
 import secrets
 import struct
-import time
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-from ._asgi import Message, Receive, Scope
+from ._asgi import Message, PathPrefixes, Receive, Scope
 from ._audit import security_event
 from ._ids import store_key
 from ._keys import Keyring
@@ -37,13 +40,23 @@ from .session import Session
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _TOKEN_BYTES = 32
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
+# The origin a browser names for a page of the app that opened a websocket.
+_PAGE_SCHEME = {"ws": "http", "wss": "https"}
 
 
 class CSRFGuard:
     """Issues tokens and checks requests; shared by every request of one middleware."""
 
-    def __init__(self, config: CSRFConfig, keyring: Keyring, cookie_name: str) -> None:
+    def __init__(
+        self,
+        config: CSRFConfig,
+        keyring: Keyring,
+        cookie_name: str,
+        clock: Callable[[], float],
+    ) -> None:
         self.config = config
+        self._now = clock
+        self._exempt = PathPrefixes(config.exempt_paths) if config.exempt_paths else None
         self._keys = keyring.derive("csrf")
         self._cookie_needle = cookie_name.encode("latin-1") + b"="
         self._header = config.header_name.encode("latin-1")
@@ -56,7 +69,7 @@ class CSRFGuard:
         if key is not None and session._user_id is not None:
             raw = self._bound(self._keys[0], key)
         else:
-            nonce, stamp = secrets.token_bytes(8), struct.pack("!Q", int(time.time()))
+            nonce, stamp = secrets.token_bytes(8), struct.pack("!Q", int(self._now()))
             raw = nonce + stamp + self._anonymous_mac(self._keys[0], nonce + stamp)
         mask = secrets.token_bytes(_TOKEN_BYTES)
         masked = mask + bytes(a ^ b for a, b in zip(raw, mask, strict=True))
@@ -71,7 +84,7 @@ class CSRFGuard:
             return any(hmac.compare_digest(raw, expected) for expected in bound)
         body, mac = raw[:16], raw[16:]
         (stamp,) = struct.unpack("!Q", body[8:])
-        if not 0 <= time.time() - stamp <= self.config.anonymous_token_max_age:
+        if not 0 <= self._now() - stamp <= self.config.anonymous_token_max_age:
             return False
         return any(hmac.compare_digest(mac, self._anonymous_mac(k, body)) for k in self._keys)
 
@@ -91,25 +104,27 @@ class CSRFGuard:
         # ``_method`` in a link, so only that is looked for on every request.
         if scope["method"] in SAFE_METHODS and b"_method=" not in scope.get("query_string", b""):
             return False
-        return self.config.enabled and not scope["path"].startswith(self.config.exempt_paths)
+        return self.config.enabled and not (self._exempt is not None and self._exempt.match(scope))
+
+    def check_handshake(self, scope: Scope) -> str | None:
+        """Why a websocket handshake is refused, or None.
+
+        Without this, a page on any site could open the app's socket with the user's
+        cookie and read or change their session (cross-site websocket hijacking). A
+        handshake with neither ``Sec-Fetch-Site`` nor ``Origin`` is not a browser's.
+        """
+        if not self.config.enabled or (self._exempt is not None and self._exempt.match(scope)):
+            return None
+        return self._browser_verdict(scope) or None
 
     async def check(
         self, scope: Scope, receive: Receive, session: Session
     ) -> tuple[str | None, Receive]:
         """Why the request fails, or None; and the ``receive`` the app must use."""
+        verdict = self._browser_verdict(scope)
+        if verdict is not None:
+            return verdict or None, receive
         headers = scope["headers"]
-        fetch_site = _header(headers, b"sec-fetch-site")
-        if fetch_site is not None:
-            if fetch_site in (b"same-origin", b"none"):
-                return None, receive
-            if fetch_site == b"same-site" and self.config.trust_same_site:
-                return None, receive
-            return "cross-site request", receive
-        origin = _header(headers, b"origin")
-        if origin is not None:
-            if origin.decode("latin-1").lower() in self._origins(scope):
-                return None, receive
-            return "origin not allowed", receive
         if not any(name == b"cookie" and self._cookie_needle in value for name, value in headers):
             return None, receive  # no session cookie: no credential to ride on
         await session.load()
@@ -122,13 +137,33 @@ class CSRFGuard:
             return "invalid CSRF token", receive
         return None, receive
 
+    def _browser_verdict(self, scope: Scope) -> str | None:
+        """What the browser's own headers decide: "" passes, a reason refuses, and None
+        means it sent neither ``Sec-Fetch-Site`` nor ``Origin``."""
+        headers = scope["headers"]
+        fetch_site = _header(headers, b"sec-fetch-site")
+        if fetch_site is not None:
+            if fetch_site in (b"same-origin", b"none"):
+                return ""
+            if fetch_site == b"same-site" and self.config.trust_same_site:
+                return ""
+            return "cross-site request"
+        origin = _header(headers, b"origin")
+        if origin is not None:
+            if origin.decode("latin-1").lower() in self._origins(scope):
+                return ""
+            return "origin not allowed"
+        return None
+
     def _origins(self, scope: Scope) -> tuple[str, ...]:
         if self.config.origins:
             return self.config.origins  # type: ignore[return-value]
         host = _header(scope["headers"], b"host")
         if host is None:
             return ()
-        return (f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}".lower(),)
+        scheme = scope.get("scheme", "http")
+        scheme = _PAGE_SCHEME.get(scheme, scheme)
+        return (f"{scheme}://{host.decode('latin-1')}".lower(),)
 
     async def _form_token(self, scope: Scope, receive: Receive) -> tuple[bytes | None, Receive]:
         content_type = (_header(scope["headers"], b"content-type") or b"").split(b";")[0]

@@ -1,8 +1,9 @@
 """The pure ASGI middleware that gives every request a lazy session.
 
 A request whose handler never asks for the session costs one small object and no
-store I/O. The session is committed once, when the response starts, so the new
-cookie and any store failure can still shape the response.
+store I/O. The session is committed when the response starts, so the new cookie and
+any store failure can still shape the response; what changes after that (in a
+streaming body, a background task, a websocket) is stored once the app returns.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 
-from ._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
+from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send
 from ._audit import security_event
 from ._context import current_session
 from ._persist import Persistence
@@ -69,7 +70,7 @@ class SessionMiddleware:
         self.store = store
         self.config = config or SessionConfig()
         self._persistence = Persistence(store, self.config, serializer, events)
-        self._eager = tuple(self.config.eager_paths)
+        self._eager = PathPrefixes(self.config.eager_paths) if self.config.eager_paths else None
         self._unavailable = unavailable or _unavailable_response
         self._csrf = self._persistence.csrf
         self._plain_http_warned = not self.config.cookie.secure
@@ -87,13 +88,15 @@ class SessionMiddleware:
         scope["session"] = session
         token = current_session.set(session)
         started = failed = False
+        status = 200
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started, failed
+            nonlocal started, failed, status
             if failed:
                 return
             if message["type"] in _RESPONSE_START:
-                started = True
+                started = session._cookie_final = True
+                status = message.get("status", 200)
                 if session._loaded:
                     if self._persistence.settled(session):
                         _merge_headers(message, [])
@@ -112,15 +115,15 @@ class SessionMiddleware:
                 if checked is None:
                     return
                 receive = checked
-            if self._eager and scope["path"].startswith(self._eager):
+            elif kind == "websocket" and (refusal := self._csrf.check_handshake(scope)):
+                await self._reject_forgery(scope, receive, send, refusal)
+                await self._persistence.emit(session, "csrf_rejected", None, "")
+                return
+            if self._eager is not None and self._eager.match(scope):
                 await session.load()
             await self.app(scope, receive, send_wrapper)
-            if kind == "websocket" and started and session._loaded:
-                # Changes made after the handshake are still stored; the cookie cannot move.
-                try:
-                    await self._persistence.commit(session, 200)
-                except SessionEndedError:
-                    logger.info("websocket session ended elsewhere; its late changes are dropped")
+            if started and not failed and session._loaded:
+                await self._persistence.commit_late(session, status)
         except StoreUnavailableError as exc:
             if started:
                 raise
@@ -142,6 +145,9 @@ class SessionMiddleware:
             await self._answer_unavailable(scope, receive, send, exc)
             return False
         except SessionTooLargeError as exc:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1009, "reason": "session too large"})
+                return False
             body = json.dumps({"detail": str(exc).capitalize()}).encode()
             await _json_response(413, body, [])(scope, receive, send)
             return False
@@ -171,7 +177,12 @@ class SessionMiddleware:
         self, scope: Scope, receive: Receive, send: Send, reason: str
     ) -> None:
         """403, with nothing in the session changed and no cookie touched."""
-        security_event(f"CSRF check failed on {scope['method']} {scope['path']}: {reason}")
+        method = scope.get("method", "websocket handshake")
+        security_event(f"CSRF check failed on {method} {scope['path']}: {reason}")
+        if scope["type"] == "websocket":
+            # Closing before accepting makes the server answer the handshake with a 403.
+            await send({"type": "websocket.close", "code": 1008, "reason": "cross-site"})
+            return
         body = json.dumps({"detail": f"CSRF check failed: {reason}"}).encode()
         await _json_response(403, body, [])(scope, receive, send)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import _devices
 from ._devices import Device, utc
 from ._ids import new_public_id, new_session_id
-from .exceptions import SessionNotLoadedError
+from .exceptions import ResponseStartedError, SessionNotLoadedError
 
 if TYPE_CHECKING:
     from ._persist import Persistence
@@ -32,6 +32,7 @@ class Session(MutableMapping[str, Any]):
     """
 
     __slots__ = (
+        "_cookie_final",
         "_created_at",
         "_data",
         "_expires_at",
@@ -57,6 +58,7 @@ class Session(MutableMapping[str, Any]):
     _headers: list[tuple[bytes, bytes]]
     _path: str
     _loaded: bool
+    _cookie_final: bool  # the response has started: the cookie can no longer change
     _data: dict[str, Any]
     _raw: bytes | None
     _stored: SessionRecord | None
@@ -81,8 +83,9 @@ class Session(MutableMapping[str, Any]):
         self._headers = scope.get("headers", [])
         self._path = scope.get("path", "")
         # Everything else is set by _adopt() when the session loads: a request that never
-        # touches its session pays for three attributes, not seventeen.
+        # touches its session pays for four attributes, not eighteen.
         self._loaded = False
+        self._cookie_final = False
 
     # -- loading ------------------------------------------------------------------------
 
@@ -184,6 +187,12 @@ class Session(MutableMapping[str, Any]):
         Call it whenever privileges change; :meth:`login` does it for you.
         """
         self._require_loaded()
+        if self._cookie_final:
+            raise ResponseStartedError(
+                "the response has started, so the session can no longer get a new ID: "
+                "call login() or regenerate() before responding (or before accepting a "
+                "websocket)"
+            )
         self._id = new_session_id()
         self._key = None
         if not self._public_id:

@@ -1,0 +1,200 @@
+"""Changes made after the response started: stored when the app returns, never lost in
+silence, and never a new ID the browser could not receive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import httpx
+import pytest
+from fastapi import BackgroundTasks, Depends, FastAPI
+from fastapi.responses import StreamingResponse
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from coatcheck import MemoryStore, ResponseStartedError, SessionConfig, SessionMiddleware
+from coatcheck._ids import store_key
+from coatcheck.fastapi import SessionDep
+from coatcheck.session import Session
+from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
+
+from .conftest import client_for
+
+pytestmark = pytest.mark.anyio
+
+NAME = "__Host-session"
+
+
+async def _tracked(session: SessionDep) -> AsyncIterator[Session]:
+    yield session
+    session["teardown"] = True  # FastAPI runs this after the response has gone out
+
+
+def make_app(store: MemoryStore, clock: FakeClock) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> dict[str, str]:
+        session.login("alice")
+        session["cart"] = ["apple"]
+        return {}
+
+    @app.get("/state")
+    async def state(session: SessionDep) -> dict[str, object]:
+        return {"user": session.user_id, "data": dict(session)}
+
+    @app.get("/stream")
+    async def stream(session: SessionDep) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"working..."
+            session["cart"].append("pear")
+            session["streamed"] = True
+            yield b"done"
+
+        return StreamingResponse(body())
+
+    @app.get("/background")
+    async def background(session: SessionDep, tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(session.__setitem__, "background", True)
+        return {}
+
+    @app.get("/teardown")
+    async def teardown(session: Annotated[Session, Depends(_tracked)]) -> dict[str, str]:
+        return {}
+
+    @app.get("/late-login")
+    async def late_login(session: SessionDep, tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(session.login, "mallory")
+        return {}
+
+    @app.get("/late-logout")
+    async def late_logout(session: SessionDep, tasks: BackgroundTasks) -> dict[str, str]:
+        tasks.add_task(session.logout)
+        return {}
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket, session: SessionDep) -> None:
+        await websocket.accept()
+        action = await websocket.receive_text()
+        if action == "login":
+            try:
+                session.login("mallory")
+            except ResponseStartedError as exc:
+                await websocket.send_text(f"refused: {exc}")
+        else:
+            session["ws"] = action
+            await websocket.send_text("stored")
+        await websocket.close()
+
+    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(clock=clock))
+    return app
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def app(store: MemoryStore, clock: FakeClock) -> FastAPI:
+    return make_app(store, clock)
+
+
+def cookie(sid: str) -> dict[str, str]:
+    return {"cookie": f"{NAME}={sid}"}
+
+
+async def logged_in(client: httpx.AsyncClient) -> str:
+    response = await client.post("/login")
+    return response.cookies[NAME]
+
+
+async def state(client: httpx.AsyncClient, sid: str) -> dict[str, object]:
+    response = await client.get("/state", headers=cookie(sid))
+    result: dict[str, object] = response.json()
+    return result
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/stream", {"cart": ["apple", "pear"], "streamed": True}),
+        ("/background", {"cart": ["apple"], "background": True}),
+        ("/teardown", {"cart": ["apple"], "teardown": True}),
+    ],
+)
+async def test_changes_after_the_response_started_are_stored(
+    app: FastAPI, path: str, expected: dict[str, object]
+) -> None:
+    async with client_for(app) as client:
+        sid = await logged_in(client)
+        response = await client.get(path, headers=cookie(sid))
+        assert response.status_code == 200
+        assert "set-cookie" not in response.headers
+        assert await state(client, sid) == {"user": "alice", "data": expected}
+
+
+async def test_a_new_id_after_the_response_started_is_refused(
+    app: FastAPI, store: MemoryStore, clock: FakeClock
+) -> None:
+    async with client_for(app) as client:
+        sid = await logged_in(client)
+        with pytest.raises(ResponseStartedError, match="before responding"):
+            await client.get("/late-login", headers=cookie(sid))
+        # The browser's cookie still works, for the same user: nothing moved.
+        assert await state(client, sid) == {"user": "alice", "data": {"cart": ["apple"]}}
+        assert await store.count(clock()) == 1
+
+
+async def test_a_logout_after_the_response_started_still_ends_the_session(
+    app: FastAPI, store: MemoryStore, clock: FakeClock
+) -> None:
+    async with client_for(app) as client:
+        sid = await logged_in(client)
+        response = await client.get("/late-logout", headers=cookie(sid))
+        assert response.status_code == 200
+        assert await store.load(store_key(sid), clock()) is None
+        assert await state(client, sid) == {"user": None, "data": {}}
+
+
+async def test_late_data_for_a_session_without_a_record_is_dropped_with_a_warning(
+    app: FastAPI, store: MemoryStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with client_for(app) as client:
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            response = await client.get("/background")
+        assert response.status_code == 200
+        assert "set-cookie" not in response.headers
+    assert await store.count(clock()) == 0
+    assert any("after the response started" in line for line in caplog.messages)
+
+
+def test_websocket_changes_after_accept_are_stored(app: FastAPI) -> None:
+    with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+        sid = client.post("/login").cookies[NAME]
+        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN) as socket:
+            socket.send_text("hello")
+            assert socket.receive_text() == "stored"
+        assert client.get("/state").json() == {
+            "user": "alice",
+            "data": {"cart": ["apple"], "ws": "hello"},
+        }
+        assert client.cookies[NAME] == sid
+
+
+def test_websocket_login_after_accept_is_refused_and_keeps_the_session(
+    app: FastAPI, store: MemoryStore, clock: FakeClock
+) -> None:
+    with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+        client.post("/login")
+        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN) as socket:
+            socket.send_text("login")
+            assert socket.receive_text().startswith("refused: the response has started")
+            with pytest.raises(WebSocketDisconnect):
+                socket.receive_text()
+        # Still alice, under the same cookie, with one record: no ghost device.
+        assert client.get("/state").json()["user"] == "alice"
+    assert asyncio.run(store.count(clock())) == 1
