@@ -36,9 +36,14 @@ def create_app(
     secure_cookies: bool = False,
     idle_timeout: int | None = None,
     absolute_timeout: int | None = None,
+    secret: str = "",
 ) -> FastAPI:
-    """The demo app; raises ``ConfigurationError`` for a bad store URL or timeouts."""
-    settings = DemoSettings(store_url, secure_cookies, idle_timeout, absolute_timeout)
+    """The demo app; raises ``ConfigurationError`` for a bad store URL or timeouts.
+
+    ``secret`` signs CSRF tokens; processes serving one site must share it, or a
+    token from one worker fails on the next. Empty: a random key for this process.
+    """
+    settings = DemoSettings(store_url, secure_cookies, idle_timeout, absolute_timeout, secret)
     config = settings.session_config()
     store = store_from_url(store_url)
     if not secure_cookies:
@@ -67,6 +72,7 @@ def create_app_from_env() -> FastAPI:
         secure_cookies=settings.secure_cookies,
         idle_timeout=settings.idle_timeout,
         absolute_timeout=settings.absolute_timeout,
+        secret=settings.secret,
     )
 
 
