@@ -54,9 +54,11 @@ class CountingStore:
         self.calls["list_user"] += 1
         return await self.inner.list_user(user_id, now)
 
-    async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
+    async def delete_user(
+        self, user_id: str, *, keep: str | None = None, now: float | None = None
+    ) -> int:
         self.calls["delete_user"] += 1
-        return await self.inner.delete_user(user_id, keep=keep)
+        return await self.inner.delete_user(user_id, keep=keep, now=now)
 
     async def purge_expired(self, now: float) -> int:
         return await self.inner.purge_expired(now)

@@ -75,8 +75,9 @@ async def revoke_user(session: Session, *, keep_current: bool) -> int:
     if user_id is None:
         return 0
     keep = session._stored.key if keep_current and session._stored is not None else None
-    removed = await session._persistence.store.delete_user(user_id, keep=keep)
-    await session._persistence.emit(session, "revoked", user_id, "", removed)
+    persistence = session._persistence
+    removed = await persistence.store.delete_user(user_id, keep=keep, now=persistence.now())
+    await persistence.emit(session, "revoked", user_id, "", removed)
     if not keep_current:
         session.destroy()
     return removed

@@ -190,7 +190,7 @@ def revoke(
 
     async def work(s: Store) -> int:
         if public_id is None:
-            return await s.delete_user(user)
+            return await s.delete_user(user, now=time.time())
         for record in await s.list_user(user, time.time()):
             if record.public_id == public_id:
                 await s.delete(record.key)

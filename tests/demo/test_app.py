@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -439,6 +440,21 @@ async def test_revoke_others_keeps_only_this_device(app: FastAPI) -> None:
         assert (await one.get("/me")).status_code == 401
         assert (await two.get("/me")).status_code == 401
         assert len((await three.get("/sessions")).json()["sessions"]) == 1
+
+
+@pytest.mark.anyio
+async def test_revoke_others_does_not_count_an_expired_device(app: FastAPI) -> None:
+    store: Store = app.state.store
+    async with browser(app) as old, browser(app, PHONE) as current:
+        await login(old)
+        [record] = await store.list_user("alice", time.time())
+        await store.save(record._replace(expires_at=time.time() - 60))  # idled out long ago
+        await login(current)
+        response = await current.post("/sessions/revoke-others", headers=JSON)
+        assert response.json() == {"revoked": 0}
+        own_id = (await current.get("/me")).json()["session"]["id"]
+    # The dead record was removed all the same: even a clock at 1970 sees only this device.
+    assert [r.public_id for r in await store.list_user("alice", 0.0)] == [own_id]
 
 
 @pytest.mark.anyio

@@ -420,6 +420,46 @@ async def test_delete_user_keep_of_someone_elses_key_protects_nothing(store: Sto
     assert await store.load(bob.key, NOW) == bob
 
 
+async def test_delete_user_counts_only_the_sessions_live_at_now(store: Store) -> None:
+    live = make_record(user_id="alice")
+    expired = make_record(user_id="alice", last_seen_at=NOW - HOUR, expires_at=NOW - 60)
+    at_deadline = make_record(user_id="alice", expires_at=NOW)  # dead from that instant
+    kept = make_record(user_id="alice", expires_at=NOW - 30)
+    for record in (live, expired, at_deadline, kept):
+        await store.save(record)
+
+    assert await store.delete_user("alice", keep=kept.key, now=NOW) == 1
+
+    # The expired records went too: an earlier clock would still have seen them.
+    left = keys(await store.list_user("alice", NOW - 2 * HOUR))
+    assert expired.key not in left
+    assert at_deadline.key not in left
+    assert await store.load(live.key, NOW) is None
+
+
+async def test_delete_user_judges_liveness_by_the_callers_clock(store: Store) -> None:
+    soon = make_record(user_id="alice", expires_at=NOW + 60)
+    later = make_record(user_id="alice", expires_at=NOW + 2 * HOUR)
+    for record in (soon, later):
+        await store.save(record)
+
+    # An injected clock an hour ahead: ``soon`` is already dead for the caller.
+    assert await store.delete_user("alice", now=NOW + HOUR) == 1
+
+    assert await store.list_user("alice", NOW) == []
+
+
+async def test_delete_user_without_now_uses_the_current_time(store: Store) -> None:
+    live = make_record(user_id="alice")
+    expired = make_record(user_id="alice", last_seen_at=NOW - HOUR, expires_at=NOW - 60)
+    for record in (live, expired):
+        await store.save(record)
+
+    assert await store.delete_user("alice") == 1
+
+    assert await store.list_user("alice", NOW - 2 * HOUR) == []
+
+
 async def test_delete_user_of_unknown_user_returns_zero(store: Store) -> None:
     record = make_record(user_id="alice")
     await store.save(record)
@@ -603,10 +643,9 @@ async def test_store_behaves_like_a_dict(kind: str, ops: list[object]) -> None:
             elif isinstance(op, DeleteUser):
                 keep = None if op.keep is None else slot_key(op.keep)
                 doomed = [k for k, r in model.items() if r.user_id == op.user_id and k != keep]
-                removed = await store.delete_user(op.user_id, keep=keep)
-                # Whether already-expired rows are counted is the backend's business.
-                live_doomed = sum(1 for k in doomed if live(model[k]))
-                assert live_doomed <= removed <= len(doomed)
+                removed = await store.delete_user(op.user_id, keep=keep, now=NOW)
+                # Expired rows are deleted too, but only live ones are counted.
+                assert removed == sum(1 for k in doomed if live(model[k]))
                 for k in doomed:
                     del model[k]
             elif isinstance(op, Load):

@@ -77,8 +77,14 @@ class Store(Protocol):
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         """The user's live sessions, oldest first."""
 
-    async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
-        """Delete all of a user's sessions except ``keep``; return how many were removed."""
+    async def delete_user(
+        self, user_id: str, *, keep: str | None = None, now: float | None = None
+    ) -> int:
+        """Delete all of a user's sessions except ``keep``; return how many were live.
+
+        Expired records go too, but only those live at ``now`` (default: the current
+        time) are counted, so "revoked 2 sessions" means two devices really lost access.
+        """
 
     async def purge_expired(self, now: float) -> int:
         """Drop records whose deadline has passed; return how many."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from .base import Merge, SessionRecord
 
 
@@ -59,11 +61,15 @@ class MemoryStore:
         live = [record for record in records if record.expires_at > now]
         return sorted(live, key=lambda record: record.created_at)
 
-    async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
+    async def delete_user(
+        self, user_id: str, *, keep: str | None = None, now: float | None = None
+    ) -> int:
+        moment = time.time() if now is None else now
         doomed = [key for key in self._by_user.get(user_id, ()) if key != keep]
+        live = sum(1 for key in doomed if self._records[key].expires_at > moment)
         for key in doomed:
             self._remove(key)
-        return len(doomed)
+        return live
 
     async def purge_expired(self, now: float) -> int:
         doomed = [key for key, record in self._records.items() if record.expires_at <= now]

@@ -164,9 +164,21 @@ class SQLiteStore:
         rows = await self._run(lambda db: db.execute(sql, (user_id, now)).fetchall())
         return [_record(row) for row in rows]
 
-    async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
-        sql = f"DELETE FROM {self._sql_table} WHERE user_id = ? AND key IS NOT ?"  # noqa: S608
-        return await self._run(lambda db: db.execute(sql, (user_id, keep)).rowcount)
+    async def delete_user(
+        self, user_id: str, *, keep: str | None = None, now: float | None = None
+    ) -> int:
+        moment = time.time() if now is None else now
+        where = f"FROM {self._sql_table} WHERE user_id = ? AND key IS NOT ?"
+
+        def remove(db: sqlite3.Connection) -> int:
+            # One transaction, so the count is of exactly the rows deleted.
+            with _immediate(db):
+                live = f"SELECT count(*) {where} AND expires_at > ?"
+                counted = db.execute(live, (user_id, keep, moment)).fetchone()[0]
+                db.execute(f"DELETE {where}", (user_id, keep))
+            return int(counted)
+
+        return await self._run(remove)
 
     async def purge_expired(self, now: float) -> int:
         def purge(db: sqlite3.Connection) -> int:
