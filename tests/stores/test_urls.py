@@ -141,9 +141,23 @@ def test_unknown_option_is_named(url: str, option: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["sqlite://host/x.db", "sqlite://localhost/x.db", "sqlite:///", "sqlite://"]
+    "url",
+    [
+        "sqlite://host/x.db",
+        "sqlite://localhost/x.db",
+        "sqlite:///",
+        "sqlite://",
+        "sqlite:/tmp/x.db",  # one slash: it would open the relative path tmp/x.db
+        "sqlite:x.db",
+        "sqlite:///a#b.db",  # a fragment: it would open the file "a"
+        "sqlite:///a.db#anchor",
+        "sqlite:////tmp/a#b.db?busy_timeout=1",
+    ],
 )
-def test_malformed_sqlite_url_shows_the_right_form(url: str) -> None:
+def test_malformed_sqlite_url_shows_the_right_form(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigurationError) as caught:
         store_from_url(url)
 
@@ -151,6 +165,23 @@ def test_malformed_sqlite_url_shows_the_right_form(url: str) -> None:
     assert repr(url) in message
     assert "sqlite:///relative.db" in message
     assert "sqlite:////abs/path.db" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mongodb://admin:hunter2@db.example/sessions",
+        "memory://admin:hunter2@localhost?colour=blue",
+        "memory://:hunter2@localhost?max_entries=lots",
+    ],
+)
+def test_errors_never_show_a_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        store_from_url(url)
+
+    assert "hunter2" not in str(caught.value)
+    assert "***" in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlsplit
 
 from ..exceptions import ConfigurationError
+from ._redact import redact
 from .base import SessionRecord, Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -20,6 +21,7 @@ __all__ = ["MemoryStore", "SQLiteStore", "SessionRecord", "Store", "store_from_u
 # Kept in step with coatcheck.stores._redis_url.URL_SCHEMES, which needs redis-py.
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES)
+_SQLITE_FORMS = "SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db"
 
 
 def store_from_url(url: str) -> Store:
@@ -36,12 +38,8 @@ def store_from_url(url: str) -> Store:
             _no_leftovers(options, url)
             return memory
         if parts.scheme == "sqlite":
-            path = parts.path[1:] if parts.path.startswith("/") else parts.path
-            if parts.netloc or not path:
-                raise ConfigurationError(
-                    "SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db,"
-                    f" got {url!r}"
-                )
+            _check_sqlite_url(url, parts.netloc, parts.path)
+            path = parts.path[1:]
             store = SQLiteStore(
                 path,
                 busy_timeout=float(options.pop("busy_timeout", 5.0)),
@@ -52,13 +50,27 @@ def store_from_url(url: str) -> Store:
     except ValueError as exc:
         if isinstance(exc, ConfigurationError):
             raise
-        raise ConfigurationError(f"invalid store URL {url!r}: {exc}") from exc
+        raise ConfigurationError(f"invalid store URL {redact(url)!r}: {exc}") from exc
     raise ConfigurationError(
-        f"unsupported store URL {url!r}; supported schemes: "
+        f"unsupported store URL {redact(url)!r}; supported schemes: "
         + ", ".join(f"{scheme}://" for scheme in SUPPORTED_SCHEMES)
     )
 
 
+def _check_sqlite_url(url: str, netloc: str, path: str) -> None:
+    """Refuse the forms that would otherwise quietly open some other file."""
+    if "#" in url:
+        # urlsplit takes it for a fragment: sqlite:///a#b.db would open the file "a".
+        raise ConfigurationError(f"{_SQLITE_FORMS}, and a path cannot hold '#'; got {url!r}")
+    if not url.partition(":")[2].startswith("//"):
+        # sqlite:/tmp/x.db would open the relative path tmp/x.db.
+        raise ConfigurationError(f"{_SQLITE_FORMS} (three slashes at least), got {url!r}")
+    if netloc or len(path) < 2:
+        raise ConfigurationError(f"{_SQLITE_FORMS}, got {url!r}")
+
+
 def _no_leftovers(options: dict[str, str], url: str) -> None:
     if options:
-        raise ConfigurationError(f"unknown option(s) {sorted(options)} in store URL {url!r}")
+        raise ConfigurationError(
+            f"unknown option(s) {sorted(options)} in store URL {redact(url)!r}"
+        )
