@@ -604,6 +604,30 @@ def test_a_lone_timeout_adjusts_the_other_default() -> None:
         DemoSettings(idle_timeout=3_600, absolute_timeout=60).session_config()
 
 
+def test_given_timeouts_also_cap_remember_me_sessions() -> None:
+    default = DemoSettings().session_config()
+    assert (default.remember.idle, default.remember.absolute) == (14 * 86_400, 30 * 86_400)
+    short = DemoSettings(absolute_timeout=3).session_config()
+    assert (short.remember.idle, short.remember.absolute) == (3, 3)
+    idle_only = DemoSettings(idle_timeout=60).session_config()
+    assert (idle_only.remember.idle, idle_only.remember.absolute) == (60, 30 * 86_400)
+    long_idle = DemoSettings(idle_timeout=30 * 86_400).session_config()
+    assert (long_idle.remember.idle, long_idle.remember.absolute) == (14 * 86_400, 30 * 86_400)
+
+
+@pytest.mark.anyio
+async def test_a_remembered_login_ends_at_the_demos_absolute_timeout() -> None:
+    app = create_app(store_url="memory://", absolute_timeout=3)
+    async with browser(app) as client:
+        response = await login(client, remember=True)
+        body = (await client.get("/me")).json()
+    max_age = int(response.headers["set-cookie"].split("Max-Age=")[1].split(";")[0])
+    assert 0 < max_age <= 3  # not the default 30 days
+    created = datetime.fromisoformat(body["session"]["created_at"])
+    expires = datetime.fromisoformat(body["session"]["expires_at"])
+    assert expires - created <= timedelta(seconds=3)
+
+
 def test_settings_survive_the_trip_through_the_environment() -> None:
     settings = DemoSettings("memory://", True, 60, 120)
     assert DemoSettings.from_env(settings.to_env()) == settings

@@ -41,7 +41,9 @@ class DemoSettings:
 
         Raising only the idle timeout above the 12 h default absolute limit (or
         lowering only the absolute limit below the 30 min idle default) would
-        otherwise be rejected although the intent is clear.
+        otherwise be rejected although the intent is clear. A timeout given also caps
+        remember-me sessions: with ``--absolute-timeout 3`` nobody expects a remembered
+        login to last the default 30 days.
         """
         defaults = SessionConfig(cookie=CookieConfig(secure=self.secure_cookies))
         idle = defaults.normal.idle if self.idle_timeout is None else self.idle_timeout
@@ -52,10 +54,18 @@ class DemoSettings:
             absolute = max(absolute, self.idle_timeout)
         if self.idle_timeout is None and self.absolute_timeout is not None:
             idle = min(idle, self.absolute_timeout)
+        remember_idle, remember_absolute = defaults.remember.idle, defaults.remember.absolute
+        if self.absolute_timeout is not None:
+            remember_absolute = min(remember_absolute, self.absolute_timeout)
+        if self.idle_timeout is not None:
+            remember_idle = min(remember_idle, self.idle_timeout)
+        remember_idle = min(remember_idle, remember_absolute)
         return SessionConfig(
             cookie=defaults.cookie,
             idle_timeout=idle,
             absolute_timeout=absolute,
+            remember_idle_timeout=remember_idle,
+            remember_absolute_timeout=remember_absolute,
             secret_keys=[self.secret] if self.secret else [],
         )
 
