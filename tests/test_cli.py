@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,11 +23,13 @@ from coatcheck import MemoryStore, SessionRecord
 from coatcheck.cli import app
 from coatcheck.demo.app import create_app, create_app_from_env
 
+from .e2e.conftest import free_port
+
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 PHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) Safari/604.1"
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 DEMO_ENV = ("COATCHECK_DEMO_STORE", "COATCHECK_DEMO_SECURE", "COATCHECK_DEMO_IDLE")
-DEMO_ENV += ("COATCHECK_DEMO_ABSOLUTE", "COATCHECK_STORE")
+DEMO_ENV += ("COATCHECK_DEMO_ABSOLUTE", "COATCHECK_DEMO_SECRET", "COATCHECK_STORE")
 
 
 @dataclass
@@ -79,9 +83,10 @@ def filled(tmp_path: Path) -> Filled:
 
 
 @pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
     for name in DEMO_ENV:  # restored after the test, whatever the command sets
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # the demo's default store file lands here
     return CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 
@@ -204,6 +209,68 @@ def test_a_file_that_is_not_a_database_fails_cleanly(runner: CliRunner, tmp_path
     assert "Traceback" not in result.output
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("command", [["count"], ["purge"], ["list", "--user", "alice"]])
+def test_another_apps_database_is_refused_and_left_alone(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    folder = tmp_path / "other-app"
+    folder.mkdir()
+    other = folder / "app.db"
+    with contextlib.closing(sqlite3.connect(other)) as db, db:
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.execute("INSERT INTO users VALUES ('alice')")
+    before = _snapshot(folder)
+
+    result = runner.invoke(app, ["sessions", *command, "--store", f"sqlite:///{other}"])
+    revoke = ["sessions", "revoke", "--store", f"sqlite:///{other}", "--user", "alice"]
+    revoked = runner.invoke(app, revoke)
+
+    for outcome in (result, revoked):
+        assert outcome.exit_code == 1
+        assert "not a coatcheck session store" in outcome.stderr
+        assert "Traceback" not in outcome.output
+    assert _snapshot(folder) == before  # no WAL switch, no table, no side files
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_a_store_with_another_table_name_is_found(runner: CliRunner, filled: Filled) -> None:
+    result = runner.invoke(app, ["sessions", "count", "--store", f"{filled.url}?table=other"])
+    assert result.exit_code == 1
+    assert "not a coatcheck session store" in result.stderr
+    assert "'other'" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["count"], ["purge"], ["revoke", "--user", "alice"]])
+def test_memory_stores_are_refused(runner: CliRunner, command: list[str]) -> None:
+    result = runner.invoke(app, ["sessions", *command, "--store", "memory://"])
+    assert result.exit_code == 2
+    assert "--store" in result.output
+    assert "inside one process" in result.output
+    assert "Revoked" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@127.0.0.1:{port}/0",
+        "redis://admin:hunter2@127.0.0.1:{port}/0?colour=blue",
+        "mongodb://admin:hunter2@127.0.0.1:{port}/sessions",
+    ],
+)
+def test_store_errors_never_show_the_password(runner: CliRunner, url: str) -> None:
+    store = url.format(port=free_port())  # nothing listens there
+    for command in (["count"], ["list", "--user", "alice"]):
+        result = runner.invoke(app, ["sessions", *command, "--store", store])
+        assert result.exit_code in (1, 2)
+        assert "Traceback" not in result.output
+        assert "hunter2" not in result.output
+
+
 def test_sessions_commands_need_a_store(runner: CliRunner) -> None:
     result = runner.invoke(app, ["sessions", "count"])
     assert result.exit_code == 2
@@ -297,6 +364,82 @@ def test_demo_rejects_bad_values_without_a_traceback(
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+    assert uvicorn_calls == []
+
+
+@pytest.mark.parametrize("where", ["missing/folder/demo.db", "junk.db", "."])
+def test_demo_refuses_an_unusable_sqlite_store_before_starting(
+    runner: CliRunner,
+    uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    tmp_path: Path,
+    where: str,
+) -> None:
+    (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
+    path = (tmp_path / where).resolve()
+    result = runner.invoke(app, ["demo", "--store", f"sqlite:///{path}"])
+    assert result.exit_code == 1
+    assert "Error: cannot use the SQLite store at" in result.stderr
+    assert str(path) in result.stderr
+    assert "Traceback" not in result.output
+    assert uvicorn_calls == []
+    assert not (tmp_path / "missing").exists()
+
+
+def test_demo_creates_and_checks_a_new_sqlite_store(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]], tmp_path: Path
+) -> None:
+    result = runner.invoke(app, ["demo", "--store", "sqlite:///fresh.db"])
+    assert result.exit_code == 0, result.output
+    assert len(uvicorn_calls) == 1
+    count = runner.invoke(app, ["sessions", "count", "--store", "sqlite:///fresh.db"])
+    assert count.stdout.strip() == "0 live sessions"  # a coatcheck store, ready for workers
+
+
+@pytest.mark.parametrize(
+    "store", ["redis://:hunter2@127.0.0.1:6390/0", "redis+cluster://admin:hunter2@127.0.0.1:7000"]
+)
+def test_demo_banner_masks_the_store_password(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]], store: str
+) -> None:
+    result = runner.invoke(app, ["demo", "--store", store])
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    assert ":***@127.0.0.1" in result.stdout
+    assert os.environ["COATCHECK_DEMO_STORE"] == store  # the workers still get the real URL
+
+
+def test_demo_store_errors_mask_the_password(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    for store in ("redis://:hunter2@127.0.0.1:6390/0?colour=blue", "mongo://u:hunter2@h/db"):
+        result = runner.invoke(app, ["demo", "--store", store])
+        assert result.exit_code == 2
+        assert "--store" in result.output
+        assert "hunter2" not in result.output
+    assert uvicorn_calls == []
+
+
+def test_demo_timeouts_also_cap_remember_me_sessions(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    help_text = runner.invoke(app, ["demo", "--help"]).output
+    assert help_text.count("remember-me sessions too") == 2
+    default = runner.invoke(app, ["demo", "--store", "memory://"])
+    assert "remember me: 1209600s idle, 2592000s after login" in default.stdout
+    short = runner.invoke(app, ["demo", "--store", "memory://", "--absolute-timeout", "3"])
+    assert short.exit_code == 0, short.output
+    assert "3s idle, 3s after login" in short.stdout
+    assert "remember me: 3s idle, 3s after login" in short.stdout
+
+
+def test_demo_refuses_a_short_shared_secret(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    result = runner.invoke(
+        app, ["demo", "--store", "memory://"], env={"COATCHECK_DEMO_SECRET": "x"}
+    )
+    assert result.exit_code == 1
+    assert "COATCHECK_DEMO_SECRET must be at least 16 bytes" in result.stderr
     assert uvicorn_calls == []
 
 

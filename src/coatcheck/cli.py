@@ -7,18 +7,17 @@ uses, and none ever prints a session ID or a store key: only public ids.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 from . import __version__
-from .exceptions import CoatcheckError, ConfigurationError, MissingDependencyError
-from .stores import MemoryStore, SQLiteStore, Store, store_from_url
+from .exceptions import ConfigurationError, MissingDependencyError
+from .stores import MemoryStore, SQLiteStore, Store
+from .stores._redact import redact
 
 try:
     import typer
@@ -29,9 +28,9 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("typer", "cli") from exc
 
+from ._cli_stores import fail as _fail
+from ._cli_stores import parse_store, try_sqlite, with_store
 from .demo.settings import DEFAULT_STORE, ENV_SECRET, DemoSettings
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="coatcheck",
@@ -67,40 +66,6 @@ def _out() -> Console:
     return console
 
 
-def _fail(message: str) -> NoReturn:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[bold red]Error:[/] {escape(message)}"
-    )
-    raise typer.Exit(1)
-
-
-def _open_store(url: str) -> Store:
-    try:
-        store = store_from_url(url)
-    except (ConfigurationError, MissingDependencyError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--store") from None
-    if isinstance(store, SQLiteStore) and not store.path.is_file():
-        # Opening would create an empty database: a typo must not look like "0 sessions".
-        raise typer.BadParameter(f"no SQLite file at {store.path}", param_hint="--store")
-    return store
-
-
-def _with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Run one async job against the store at ``url``, then close it."""
-    store = _open_store(url)
-
-    async def run() -> T:
-        try:
-            return await work(store)
-        finally:
-            await store.aclose()
-
-    try:
-        return asyncio.run(run())
-    except CoatcheckError as exc:
-        _fail(str(exc))
-
-
 def _when(timestamp: float, wide: bool = True) -> str:
     moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
     return moment.strftime("%Y-%m-%d %H:%M" if wide else "%d %b %H:%M")
@@ -132,21 +97,21 @@ def _root(
 @sessions_app.command("count")
 def count(store: StoreOption) -> None:
     """Print how many live (unexpired) sessions the store holds."""
-    live = _with_store(store, lambda s: s.count(time.time()))
+    live = with_store(store, lambda s: s.count(time.time()))
     _out().print(_plural(live, "live session"))
 
 
 @sessions_app.command("purge")
 def purge(store: StoreOption) -> None:
     """Delete expired sessions now (stores also do this by themselves, in batches)."""
-    removed = _with_store(store, lambda s: s.purge_expired(time.time()))
+    removed = with_store(store, lambda s: s.purge_expired(time.time()))
     _out().print(f"Purged {_plural(removed, 'expired session')}.")
 
 
 @sessions_app.command("list")
 def list_sessions(store: StoreOption, user: UserOption) -> None:
     """Show a user's live sessions, oldest first, by public id."""
-    records = _with_store(store, lambda s: s.list_user(user, time.time()))
+    records = with_store(store, lambda s: s.list_user(user, time.time()))
     out = _out()
     if not records:
         out.print(f"No live sessions for {escape(user)}.")
@@ -197,7 +162,7 @@ def revoke(
                 return 1
         return 0
 
-    removed = _with_store(store, work)
+    removed = with_store(store, work)
     if public_id is not None and not removed:
         _fail(f"{user!r} has no live session with public id {public_id!r}")
     _out().print(f"Revoked {_plural(removed, 'session')} of {escape(user)}.")
@@ -225,30 +190,39 @@ def demo(
     ] = False,
     idle_timeout: Annotated[
         int | None,
-        typer.Option(min=1, metavar="SECONDS", help="Log out after this long idle [30 min]."),
+        typer.Option(
+            min=1,
+            metavar="SECONDS",
+            help="Log out after this long idle [30 min]; remember-me sessions too [14 days].",
+        ),
     ] = None,
     absolute_timeout: Annotated[
         int | None,
-        typer.Option(min=1, metavar="SECONDS", help="Log out this long after login [12 h]."),
+        typer.Option(
+            min=1,
+            metavar="SECONDS",
+            help="Log out this long after login [12 h]; remember-me sessions too [30 days].",
+        ),
     ] = None,
 ) -> None:
     """Run the reference app: log in, fill a cart, and watch your devices."""
     # One CSRF signing key for all workers of this run (or the one the caller set).
     secret = os.environ.get(ENV_SECRET) or secrets.token_urlsafe(32)
+    if len(secret.encode()) < 16:
+        _fail(f"{ENV_SECRET} must be at least 16 bytes long")
     settings = DemoSettings(store, secure_cookies, idle_timeout, absolute_timeout, secret)
     try:
         config = settings.session_config()
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc), param_hint="--idle-timeout/--absolute-timeout") from None
-    try:
-        chosen = store_from_url(store)  # only parses: stores connect on first use
-    except (ConfigurationError, MissingDependencyError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--store") from None
+    chosen = parse_store(store)
     if isinstance(chosen, MemoryStore) and workers > 1:
         raise typer.BadParameter(
             "memory:// keeps sessions inside one process; use sqlite:/// with --workers",
             param_hint="--store",
         )
+    if isinstance(chosen, SQLiteStore):
+        try_sqlite(chosen)  # stores connect on first use: a bad file would only show as 503s
     try:
         import uvicorn
 
@@ -262,13 +236,15 @@ def demo(
     shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
     where = f" ({chosen.path.resolve()})" if isinstance(chosen, SQLiteStore) else ""
     out.print(f"[bold]coatcheck demo[/] on [link]http://{shown_host}:{port}/[/link]")
-    out.print(f"  store    {escape(store)}{escape(where)}")
+    out.print(f"  store    {escape(redact(store))}{escape(where)}")
     if secure_cookies:
         cookie = f"{config.cookie.name} (Secure: open it through your HTTPS proxy)"
     else:
         cookie = f"{config.cookie.name} (not Secure: plain HTTP, for local development only)"
     out.print(f"  cookie   {cookie}")
-    out.print(f"  timeouts {config.normal.idle}s idle, {config.normal.absolute}s after login")
+    normal, remember = config.normal, config.remember
+    out.print(f"  timeouts {normal.idle}s idle, {normal.absolute}s after login")
+    out.print(f"           remember me: {remember.idle}s idle, {remember.absolute}s after login")
     logins = ", ".join(f"{name} / {password}" for name, password in DEMO_CREDENTIALS)
     out.print(f"  users    {logins}")
     # Each worker logs a WARNING about plain-HTTP cookies as it starts (see create_app).

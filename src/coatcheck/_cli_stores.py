@@ -1,0 +1,112 @@
+"""How the ``coatcheck`` command finds a store, and refuses one it cannot use.
+
+The ``sessions`` commands only inspect: a file that is not already a coatcheck store
+is refused before anything opens it for writing. The demo opens its SQLite file once
+up front, so a bad path fails at start-up rather than as a 503 on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .exceptions import CoatcheckError, ConfigurationError, MissingDependencyError
+from .stores import MemoryStore, SQLiteStore, Store, store_from_url
+from .stores._redact import redact
+
+T = TypeVar("T")
+
+
+def fail(message: str) -> NoReturn:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[bold red]Error:[/] {escape(message)}"
+    )
+    raise typer.Exit(1)
+
+
+def masked(exc: Exception, url: str) -> str:
+    """The error's text, with the store URL (should it appear) stripped of its password."""
+    return str(exc).replace(url, redact(url))
+
+
+def parse_store(url: str) -> Store:
+    try:
+        return store_from_url(url)
+    except (ConfigurationError, MissingDependencyError) as exc:
+        raise typer.BadParameter(masked(exc, url), param_hint="--store") from None
+
+
+def open_store(url: str) -> Store:
+    """The store a ``sessions`` command reads; one it would create or alter is refused."""
+    store = parse_store(url)
+    if isinstance(store, MemoryStore):
+        raise typer.BadParameter(
+            "memory:// lives inside one process, so a new command always finds it empty;"
+            " give the URL of the store the app uses",
+            param_hint="--store",
+        )
+    if isinstance(store, SQLiteStore):
+        if not store.path.is_file():
+            # Opening would create an empty database: a typo must not look like "0 sessions".
+            raise typer.BadParameter(f"no SQLite file at {store.path}", param_hint="--store")
+        _check_session_table(store)
+    return store
+
+
+def _check_session_table(store: SQLiteStore) -> None:
+    """Fail unless the file already holds coatcheck's table, reading it without writing.
+
+    Opening the store itself would switch another app's database to WAL and add
+    coatcheck's table to it.
+    """
+    found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{store.path.as_uri()}?mode=ro", uri=True)) as db:
+            tables = db.execute(found, (store.table,)).fetchall()
+    except sqlite3.Error as exc:
+        fail(f"cannot read the SQLite file {store.path}: {exc}")
+    if not tables:
+        fail(
+            f"{store.path} is not a coatcheck session store (it has no {store.table!r} table);"
+            " check --store"
+        )
+
+
+def with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run one async job against the store at ``url``, then close it."""
+    store = open_store(url)
+
+    async def run() -> T:
+        try:
+            return await work(store)
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(run())
+    except CoatcheckError as exc:
+        fail(masked(exc, url))
+
+
+def try_sqlite(store: SQLiteStore) -> None:
+    """Open the file once before any worker starts: a missing folder, a read-only file
+    or something that is not a database fails here, not as a 503 on every request."""
+
+    async def probe() -> None:
+        try:
+            await store.count(time.time())
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(probe())
+    except CoatcheckError as exc:
+        fail(f"cannot use the SQLite store at {store.path}: {exc}")
