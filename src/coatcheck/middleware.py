@@ -189,7 +189,9 @@ class SessionMiddleware:
     async def _answer_unavailable(
         self, scope: Scope, receive: Receive, send: Send, exc: StoreUnavailableError
     ) -> None:
-        logger.warning("session store unavailable: %s", exc)
+        # The text, not the error: a handler that keeps records (pytest, a buffer) would
+        # otherwise keep its traceback, and every connection in it, alive.
+        logger.warning("session store unavailable: %s", str(exc))
         retry_after = exc.retry_after or self.config.retry_after
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from ._redis_codec import text
@@ -28,7 +29,13 @@ async def run_commands(client: RedisClient, commands: Sequence[tuple[str, ...]])
 
 
 async def run_scripts(client: RedisClient, calls: Sequence[Call]) -> list[Any]:
-    """Scripts in one pipeline (per node at once on Cluster), loading any missing."""
+    """Scripts in one pipeline (per node at once on Cluster), loading any missing.
+
+    A script whose connection broke is sent once more, on its own, as redis-py does
+    for single commands: a pooled connection that the server or a proxy closed while
+    idle fails only when used. Every script here is safe to run twice: saves recognise
+    their own earlier write, the rest are idempotent.
+    """
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
         # Not pipe.evalsha(): redis-py's Cluster pipeline blocks that method, though
@@ -36,8 +43,8 @@ async def run_scripts(client: RedisClient, calls: Sequence[Call]) -> list[Any]:
         pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     results: list[Any] = await pipe.execute(raise_on_error=False)
     for position, (result, (script, keys, args)) in enumerate(zip(results, calls, strict=True)):
-        if isinstance(result, NoScriptError):
-            result = await script(keys=keys, args=args)  # loads it, then runs it
+        if isinstance(result, (NoScriptError, RedisConnectionError)):
+            result = await script(keys=keys, args=args)  # loads it if need be, runs it
         elif isinstance(result, BaseException):
             raise result
         results[position] = result

@@ -8,6 +8,8 @@ reach. Reads need no such care: a session's record says who owns it.
 
 from __future__ import annotations
 
+import asyncio
+
 from . import _redis_codec as codec
 from ._redis_batch import Call, run_commands, run_scripts
 from ._redis_codec import KeyNames
@@ -67,7 +69,15 @@ class ClusterWrites:
                     [key, repr(record.expires_at), index_ttl],
                 )
             )
-        done = await run_scripts(self.client, first) if first else []
+        # Side by side rather than in a pipeline: redis-py retries a Cluster pipeline
+        # on a timeout, waiting the whole timeout again each time. Both are awaited
+        # before a failure is raised, so neither is left running after the request.
+        done = await asyncio.gather(
+            *(script(keys=k, args=a) for script, k, a in first), return_exceptions=True
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
         unindex: list[tuple[str, ...]] = []
         if old is not None:
             if not codec.done(done[0]):
@@ -99,8 +109,9 @@ class ClusterWrites:
         if owner is not None:
             await self.client.execute_command("ZREM", self.names.index(owner), key)
 
-    async def delete_user(self, user_id: str, keep: str | None) -> int:
-        """Delete the user's sessions slot by slot, repeating while the index grows.
+    async def delete_user(self, user_id: str, keep: str | None, now: float) -> int:
+        """Delete the user's sessions slot by slot, repeating while the index grows, and
+        count those live at ``now``.
 
         Only sessions the user still owns are deleted, and only their entries removed:
         an entry pointing at nothing may be a save in flight (see :meth:`save`).
@@ -114,14 +125,14 @@ class ClusterWrites:
             results = await run_scripts(
                 self.client,
                 [
-                    (self.scripts.delete_if_owned, [self.names.session(m)], [user_id])
+                    (self.scripts.delete_if_owned, [self.names.session(m)], [user_id, repr(now)])
                     for m in members
                 ],
             )
             deleted = [member for member, done in zip(members, results, strict=True) if int(done)]
             if not deleted:
                 break
-            removed += len(deleted)
+            removed += sum(int(done) == 2 for done in results)
             await run_commands(self.client, [("ZREM", index, *deleted)])
         return removed
 

@@ -30,7 +30,8 @@ class KeyNames:
 
 
 def encode_fields(record: SessionRecord) -> list[str | bytes]:
-    """The hash's fields: the packed record, plus what the scripts read themselves."""
+    """The hash's fields: the packed record (first: scripts find it there), plus what
+    the scripts read themselves."""
     fields: list[str | bytes] = [
         "b",
         pack(record),

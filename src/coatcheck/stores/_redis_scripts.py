@@ -51,12 +51,20 @@ local function base(key, expected, now)
   end
   return fields, nil
 end
+
+-- A save that redis-py sent again after its connection broke may have run the first
+-- time: then the record it writes is already in place, byte for byte, and the save is
+-- done. Without this check the retry would see its own write as a parallel winner and
+-- merge its changes in twice.
+local function already_written(key, packed)
+  return redis.call('HMGET', key, 'b')[1] == packed
+end
 """
 
 # KEYS: session to write, session it continues (the same key unless rotating).
 # ARGV: prefix, member, continued member, expected version ('' for none), last_seen_at,
 #       ttl ms, score, has user (1/0), user, index ttl ms, then the hash's field/value
-#       pairs. Returns {1} when written, else the refusal of base().
+#       pairs, ``b`` first. Returns {1} when written, else the refusal of base().
 STANDALONE_SAVE = (
     _INDEX_ADD
     + _BASE
@@ -64,6 +72,7 @@ STANDALONE_SAVE = (
 local new, old = KEYS[1], KEYS[2]
 local previous, refused = base(old, ARGV[4], ARGV[5])
 if refused then
+  if already_written(new, ARGV[12]) then return {1} end
   return refused
 end
 local user = false
@@ -100,15 +109,18 @@ end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: the user's index. ARGV: prefix, user, member to keep ('' for none).
-# Deletes only sessions the user still owns, so a stale entry cannot take another's.
+# KEYS: the user's index. ARGV: prefix, user, member to keep ('' for none), now.
+# Deletes only sessions the user still owns, so a stale entry cannot take another's;
+# returns how many of them were live at ``now``.
 STANDALONE_DELETE_USER = """
 local removed = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if member ~= ARGV[3] then
     local key = ARGV[1] .. ':s:{' .. member .. '}'
-    if redis.call('HMGET', key, 'u')[1] == ARGV[2] then
-      removed = removed + redis.call('DEL', key)
+    local fields = redis.call('HMGET', key, 'u', 'e')
+    if fields[1] == ARGV[2] and redis.call('DEL', key) == 1
+        and tonumber(fields[2]) > tonumber(ARGV[4]) then
+      removed = removed + 1
     end
     redis.call('ZREM', KEYS[1], member)
   end
@@ -144,12 +156,14 @@ return {1, previous[3]}
 )
 
 # KEYS: session. ARGV: expected version ('' for none), last_seen_at, ttl ms, then
-# field/value pairs. Returns {1, previous owner or false}; else the refusal of base().
+# field/value pairs, ``b`` first. Returns {1, previous owner or false}; else the refusal
+# of base().
 WRITE = (
     _BASE
     + """
 local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])
 if refused then
+  if already_written(KEYS[1], ARGV[5]) then return {1, false} end
   return refused
 end
 redis.call('DEL', KEYS[1])
@@ -187,10 +201,13 @@ end
 return removed
 """
 
-# KEYS: session. ARGV: user. Deletes the session only if that user still owns it.
+# KEYS: session. ARGV: user, now. Deletes the session only if that user still owns it:
+# 2 when it was live at ``now``, 1 when already dead, 0 when not deleted.
 DELETE_IF_OWNED = """
-if redis.call('HMGET', KEYS[1], 'u')[1] == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+local fields = redis.call('HMGET', KEYS[1], 'u', 'e')
+if fields[1] == ARGV[1] and redis.call('DEL', KEYS[1]) == 1 then
+  if tonumber(fields[2]) > tonumber(ARGV[2]) then return 2 end
+  return 1
 end
 return 0
 """

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..exceptions import ConfigurationError
+from ._redact import redact
 
 DEFAULT_TIMEOUT = 1.0
 URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
@@ -46,6 +49,7 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
     without either it is :data:`DEFAULT_TIMEOUT`. Nothing connects until first use.
     """
     parts = urlsplit(url)
+    url = redact(url)  # from here on, the URL is only ever shown
     if parts.scheme not in URL_SCHEMES:
         raise ConfigurationError(
             f"not a Redis URL {url!r}; use one of "
@@ -72,6 +76,11 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
         # One quick retry on a broken connection (a server restart leaves the pooled
         # ones dead); none on a timeout, which has already waited.
         settings["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
+        if "max_connections" in options:
+            # redis-py's default pool refuses at once past its size; this one makes a
+            # burst wait for a free connection, up to the timeout.
+            pool = BlockingConnectionPool.from_url(plain, timeout=seconds, **settings)
+            return Redis.from_pool(pool), prefix
         return Redis.from_url(plain, **settings), prefix
     except ConfigurationError:
         raise
@@ -99,11 +108,37 @@ def _cluster_client(
     if parts.scheme == "rediss+cluster":
         settings["ssl"] = True
     for name, value in options.items():
-        settings[name] = int(value) if name == "max_connections" else value
+        settings[name] = _OPTION_TYPES.get(name, str)(value)
     # Few, quick retries: a failover takes the cluster seconds, longer than a request
     # should wait; the 503 with Retry-After is the honest answer meanwhile.
     settings["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
-    return RedisCluster(startup_nodes=nodes, **settings)
+    return _Cluster(startup_nodes=nodes, **settings)
+
+
+class _Cluster(RedisCluster):
+    """Retries a broken connection or a moved slot, as redis-py's Cluster client does,
+    but not a command that timed out (each attempt would wait the whole timeout again)
+    nor a cluster that says it is down (a failover outlasts any request): an outage
+    must become a quick 503."""
+
+    # redis-py types this as its own four-error tuple; a shorter one is what is meant.
+    ERRORS_ALLOW_RETRY = tuple(  # type: ignore[assignment]
+        error
+        for error in RedisCluster.ERRORS_ALLOW_RETRY
+        if error not in (RedisTimeoutError, ClusterDownError)
+    )
+
+
+def _flag(value: str) -> bool:
+    """A boolean query option, read as redis-py reads one in a single-node URL."""
+    return value.upper() not in ("", "0", "F", "FALSE", "N", "NO")
+
+
+# Query options that Cluster clients need typed; redis-py parses them for single nodes.
+_OPTION_TYPES: dict[str, Callable[[str], Any]] = {
+    "max_connections": int,
+    "ssl_check_hostname": _flag,
+}
 
 
 def _host_port(address: str, url: str) -> tuple[str, int]:

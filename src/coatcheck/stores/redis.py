@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import AsyncIterator
 
 from ..exceptions import ConfigurationError, MissingDependencyError, SessionConflictError
@@ -210,12 +211,16 @@ class RedisStore:
                 await self._scripts.unindex(keys=[index], args=stale)
         return sorted(live, key=lambda record: (record.created_at, record.key))
 
-    async def delete_user(self, user_id: str, *, keep: str | None = None) -> int:
+    async def delete_user(
+        self, user_id: str, *, keep: str | None = None, now: float | None = None
+    ) -> int:
+        moment = time.time() if now is None else now
         with translated(self.retry_after):
             if self._on_cluster is not None:
-                return await self._on_cluster.delete_user(user_id, keep)
+                return await self._on_cluster.delete_user(user_id, keep, moment)
             removed = await self._scripts.standalone_delete_user(
-                keys=[self._names.index(user_id)], args=[self.prefix, user_id, keep or ""]
+                keys=[self._names.index(user_id)],
+                args=[self.prefix, user_id, keep or "", repr(moment)],
             )
             return int(removed)
 

@@ -1,0 +1,232 @@
+"""The Redis store under network faults, on real servers: a reply lost after the server
+ran a save, connections the server closed while idle, a node that hangs, a burst past
+the pool's size, and secrets in URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import time
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from coatcheck import ConfigurationError, SessionConfig, SessionMiddleware, store_from_url
+from coatcheck.fastapi import SessionDep
+from coatcheck.stores.redis import RedisStore
+
+from ..conftest import client_for
+from ..redis_servers import RedisClusterServers, RedisServer, free_port
+from .conftest import unique_prefix
+
+pytestmark = pytest.mark.anyio
+NAME = "__Host-session"
+
+
+def counter_app(store: RedisStore) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> dict[str, str]:
+        session.login("alice")
+        return {}
+
+    @app.post("/inc")
+    async def inc(session: SessionDep) -> dict[str, int]:
+        count: int = session.modify("count", lambda n: n + 1, default=0)
+        return {"count": count}
+
+    @app.get("/count")
+    async def read(session: SessionDep) -> dict[str, object]:
+        return {"count": session.get("count"), "user": session.user_id}
+
+    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig())
+    return app
+
+
+def cookie(response: httpx.Response) -> dict[str, str]:
+    return {"cookie": f"{NAME}={response.cookies[NAME]}"}
+
+
+class CuttingProxy:
+    """A TCP proxy in front of redis-server that, once armed, forwards the next script
+    call and then drops the client's connection before the reply: the server ran the
+    save, the client never heard, and redis-py sends it again on a new connection."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self.armed = False
+        self.cuts = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> CuttingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", self.target)
+        cut = asyncio.Event()
+
+        async def up() -> None:
+            while data := await reader.read(65536):
+                upstream.write(data)
+                await upstream.drain()
+                if self.armed and b"EVALSHA" in data.upper():
+                    self.armed = False
+                    self.cuts += 1
+                    cut.set()
+                    await asyncio.sleep(0.05)  # the server runs the script meanwhile
+                    writer.transport.abort()
+                    upstream.close()
+                    return
+
+        async def down() -> None:
+            while data := await upstream_reader.read(65536):
+                if cut.is_set():
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            await asyncio.gather(up(), down(), return_exceptions=True)
+        finally:
+            for stream in (writer, upstream):
+                stream.close()
+                await asyncio.gather(stream.wait_closed(), return_exceptions=True)
+
+
+async def test_a_save_whose_reply_was_lost_is_applied_once(redis_server: RedisServer) -> None:
+    async with CuttingProxy(redis_server.port) as proxy:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", prefix=unique_prefix())
+        try:
+            async with client_for(counter_app(store)) as client:
+                alice = cookie(await client.post("/login"))
+                assert (await client.post("/inc", headers=alice)).json() == {"count": 1}
+                proxy.armed = True
+                second = await client.post("/inc", headers=alice)
+                stored = await client.get("/count", headers=alice)
+        finally:
+            await store.aclose()
+    assert proxy.cuts == 1
+    assert second.json() == {"count": 2}
+    assert stored.json() == {"count": 2, "user": "alice"}  # not 3: applied once
+
+
+async def test_cluster_writes_survive_connections_closed_while_idle(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    store = RedisStore.from_url(redis_cluster.url, prefix=unique_prefix())
+    nodes = redis_cluster.nodes
+    try:
+        async with client_for(counter_app(store)) as client:
+            for _ in range(4):  # a connection to every node in the pool
+                await client.post("/login")
+            for node in nodes:
+                with node.client() as admin:
+                    admin.config_set("timeout", 1)
+            await asyncio.sleep(2.5)  # every pooled connection is now closed by its server
+            # New visitors: no session to load first, so a login's save is the first use.
+            relogins = [await client.post("/login") for _ in range(4)]
+            counts = [await client.post("/inc", headers=cookie(r)) for r in relogins]
+    finally:
+        for node in nodes:
+            with node.client() as admin:
+                admin.config_set("timeout", 0)
+        await store.aclose()
+    assert [r.status_code for r in relogins] == [200] * 4
+    assert [r.json() for r in counts] == [{"count": 1}] * 4
+
+
+@pytest.fixture(scope="module")
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RedisClusterServers]:
+    """A cluster of this module's own, since a test here freezes one of its nodes."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("frozen")).start()
+    yield cluster  # type: ignore[misc]
+    cluster.stop()
+
+
+def test_a_hung_cluster_node_costs_one_timeout_not_three(
+    own_cluster: RedisClusterServers,
+) -> None:
+    # After a timeout redis-py's Cluster client rebuilds its node table and leaves some
+    # connections for the garbage collector to find once the loop is gone, with a
+    # ResourceWarning each: so this runs on a loop of its own, collected right after.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        statuses, slowest = asyncio.run(_logins_with_a_frozen_node(own_cluster))
+        gc.collect()
+    assert 503 in statuses
+    # One wait of 0.3 s per Redis call (a Cluster login makes two), not one per retry.
+    assert slowest < 1.0
+
+
+async def _logins_with_a_frozen_node(cluster: RedisClusterServers) -> tuple[set[int], float]:
+    store = RedisStore.from_url(f"{cluster.url}?timeout=0.3", prefix=unique_prefix())
+    frozen = cluster.nodes[0].process
+    assert frozen is not None
+    statuses: set[int] = set()
+    slowest = 0.0
+    try:
+        async with client_for(counter_app(store)) as client:
+            for _ in range(8):  # sessions on every node, so some live on the frozen one
+                await client.post("/login")
+            os.kill(frozen.pid, signal.SIGSTOP)
+            for _ in range(8):
+                started = time.monotonic()
+                statuses.add((await client.post("/login")).status_code)
+                slowest = max(slowest, time.monotonic() - started)
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+        await store.aclose()
+    return statuses, slowest
+
+
+async def test_a_burst_past_max_connections_waits_for_a_free_one(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore.from_url(f"{redis_server.url}?max_connections=4", prefix=unique_prefix())
+    try:
+        async with client_for(counter_app(store)) as client:
+            responses = await asyncio.gather(*(client.post("/login") for _ in range(50)))
+    finally:
+        await store.aclose()
+    assert [r.status_code for r in responses] == [200] * 50
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:Sup3rSecret@127.0.0.1:6379/notadb",
+        "redis://user:Sup3rSecret@127.0.0.1:6379/0?colour=blue",
+        "redis+cluster://:Sup3rSecret@127.0.0.1:7000,127.0.0.1:x",
+        "redis+cluster://:Sup3rSecret@127.0.0.1:7000/2",
+    ],
+)
+def test_url_errors_never_show_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        store_from_url(url)
+    assert "Sup3rSecret" not in str(caught.value)
+    assert ":***@" in str(caught.value)
+
+
+async def test_cluster_url_flags_are_read_as_booleans(tmp_path: Path) -> None:
+    off = store_from_url("rediss+cluster://127.0.0.1:7000?ssl_check_hostname=false")
+    on = store_from_url("rediss+cluster://127.0.0.1:7000?ssl_check_hostname=true")
+    assert isinstance(off, RedisStore)
+    assert isinstance(on, RedisStore)
+    settings = [store.client.connection_kwargs["ssl_check_hostname"] for store in (off, on)]
+    await off.aclose()
+    await on.aclose()
+    assert settings == [False, True]
