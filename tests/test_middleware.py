@@ -509,6 +509,27 @@ async def test_locked_sqlite_gives_503_with_retry_after_and_recovers(
         await store.aclose()
 
 
+async def test_a_store_that_fails_outright_gives_503_not_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "not-a-database.db"
+    path.write_bytes(b"these bytes are no SQLite header" * 64)
+    store = SQLiteStore(path)
+    try:
+        async with client_for(make_app(store)) as client:
+            response = await client.post("/write")
+            untouched = await client.get("/untouched")
+    finally:
+        await store.aclose()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert untouched.status_code == 200
+    assert any(
+        record.levelname == "ERROR" and "not a database" in record.getMessage()
+        for record in caplog.records
+    )
+
+
 async def test_lifespan_shutdown_closes_the_store(store: CountingStore) -> None:
     app = make_app(store)
     messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])

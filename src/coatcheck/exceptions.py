@@ -11,7 +11,7 @@ The tree is shallow on purpose::
     ├── SessionTooLargeError      the encoded session passes the size limit (becomes a 413)
     ├── SessionEndedError         another request ended the session first (becomes a 409)
     ├── SessionConflictError      parallel saves kept colliding past the retries (a 409)
-    └── StoreError
+    └── StoreError                the store failed (a 503, logged as an error)
         └── StoreUnavailableError the store is down, locked or timed out (becomes a 503)
 """
 

@@ -24,6 +24,7 @@ from .exceptions import (
     SessionConflictError,
     SessionEndedError,
     SessionTooLargeError,
+    StoreError,
     StoreUnavailableError,
 )
 from .serializers import Serializer
@@ -124,7 +125,7 @@ class SessionMiddleware:
             await self.app(scope, receive, send_wrapper)
             if started and not failed and session._loaded:
                 await self._persistence.commit_late(session, status)
-        except StoreUnavailableError as exc:
+        except StoreError as exc:
             if started:
                 raise
             await self._answer_unavailable(scope, receive, send, exc)
@@ -141,7 +142,7 @@ class SessionMiddleware:
         """
         try:
             extra = await self._persistence.commit(session, message.get("status", 200))
-        except StoreUnavailableError as exc:
+        except StoreError as exc:
             await self._answer_unavailable(scope, receive, send, exc)
             return False
         except SessionTooLargeError as exc:
@@ -187,12 +188,19 @@ class SessionMiddleware:
         await _json_response(403, body, [])(scope, receive, send)
 
     async def _answer_unavailable(
-        self, scope: Scope, receive: Receive, send: Send, exc: StoreUnavailableError
+        self, scope: Scope, receive: Receive, send: Send, exc: StoreError
     ) -> None:
+        """A 503 with Retry-After. An outage passes by itself; any other store failure (a
+        file that is not a database, a damaged record) is logged as an error for the
+        operator, but the client still gets a clear answer rather than a 500."""
         # The text, not the error: a handler that keeps records (pytest, a buffer) would
         # otherwise keep its traceback, and every connection in it, alive.
-        logger.warning("session store unavailable: %s", str(exc))
-        retry_after = exc.retry_after or self.config.retry_after
+        if isinstance(exc, StoreUnavailableError):
+            logger.warning("session store unavailable: %s", str(exc))
+            retry_after = exc.retry_after or self.config.retry_after
+        else:
+            logger.error("session store failed: %s", str(exc))
+            retry_after = self.config.retry_after
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
             return
