@@ -157,7 +157,10 @@ class Persistence:
         )
         written = [record]
         if stored is None:
-            await self.store.save(record)
+            if not await self.store.save(record):
+                # Only a revocation racing this very login refuses a new record (Redis
+                # Cluster bars a key it found filed but not yet written).
+                raise SessionEndedError("the session was ended by another request")
         elif session._fresh:
             # Destroyed, or logged in as someone else: nothing of the old record carries
             # over, so it is simply replaced, whatever happened to it meanwhile.

@@ -283,6 +283,22 @@ async def test_cluster_delete_user_kills_sessions_on_every_node(clustered: Redis
     assert await clustered.client.exists(index_key(clustered, "alice")) == 0
 
 
+async def test_cluster_revoke_all_bars_a_login_filed_but_not_yet_written(
+    clustered: RedisStore,
+) -> None:
+    """A login racing "log out everywhere": its save has filed the new session in the
+    user's index (its first step) but not yet written it when the revocation runs."""
+    alice = make_record(user_id="alice")
+    index = index_key(clustered, "alice")
+    await clustered._scripts.index_add(keys=[index], args=[alice.key, repr(NOW + HOUR), "60000"])
+
+    assert await clustered.delete_user("alice", now=NOW) == 0  # nothing was live yet
+    assert await clustered.save(alice) is False  # the rest of the save: refused
+    assert await clustered.load(alice.key, NOW) is None
+    assert await clustered.list_user("alice", NOW) == []
+    assert await clustered.count(NOW) == 0
+
+
 async def test_cluster_list_user_skips_sessions_redis_dropped(clustered: RedisStore) -> None:
     alices = await spread_over_nodes(clustered, "alice")
     gone = make_record(user_id="alice", created_at=NOW - 5000, expires_at=NOW + 100)

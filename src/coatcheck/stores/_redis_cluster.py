@@ -8,10 +8,8 @@ reach. Reads need no such care: a session's record says who owns it.
 
 from __future__ import annotations
 
-import asyncio
-
 from . import _redis_codec as codec
-from ._redis_batch import Call, run_commands, run_scripts
+from ._redis_batch import run_commands, run_scripts
 from ._redis_codec import KeyNames
 from ._redis_scripts import Scripts
 from ._redis_url import RedisClient
@@ -19,6 +17,8 @@ from .base import SessionRecord
 
 # Passes of delete_user: each one catches sessions filed while the last ran.
 _REVOKE_PASSES = 5
+# How long a key barred by delete_user stays barred: far longer than any save's steps.
+_BAR_MS = 60_000
 
 
 class ClusterWrites:
@@ -39,50 +39,37 @@ class ClusterWrites:
     ) -> bool | SessionRecord:
         """Save across slots, in an order that fails safe.
 
-        1. A rotation first checks and deletes the old session on its slot; only if that
+        1. The session is filed in its user's index first, so a session that exists is
+           always reachable by :meth:`delete_user`, which bars an entry that points at
+           nothing yet from being written. An entry whose write fails points at nothing
+           and is dropped by ``list_user`` once its deadline passes.
+        2. A rotation then checks and deletes the old session on its slot; only if that
            succeeded is the new one written. A crash in between loses the session (the
            user logs in again) but can never bring back one that a logout ended.
-        2. The session is filed in its user's index *before* it is written (alongside
-           step 1 when rotating), so a session that exists is always reachable by
-           :meth:`delete_user`. An entry whose write then fails points at nothing and is
-           dropped by ``list_user`` once its deadline passes.
         3. Only after the write is the key removed from a previous user's index; if that
            step is lost, the stale entry is harmless because revocation and listing
            check who owns each session.
+
+        The steps run one after another: a revocation that starts while they do either
+        deletes the old session before step 2 (which is then refused), or finds the new
+        entry filed in step 1 on its next pass.
         """
         key, user = record.key, record.user_id
         old = replaces if replaces is not None and replaces != key else None
-        first: list[Call] = []
-        if old is not None:
-            first.append(
-                (
-                    self.scripts.take,
-                    [self.names.session(old)],
-                    [expected, repr(record.last_seen_at)],
-                )
-            )
+        # Single script calls rather than pipelines: redis-py retries a Cluster pipeline
+        # on a timeout, waiting the whole timeout again each time.
         if user is not None:
-            first.append(
-                (
-                    self.scripts.index_add,
-                    [self.names.index(user)],
-                    [key, repr(record.expires_at), index_ttl],
-                )
+            await self.scripts.index_add(
+                keys=[self.names.index(user)], args=[key, repr(record.expires_at), index_ttl]
             )
-        # Side by side rather than in a pipeline: redis-py retries a Cluster pipeline
-        # on a timeout, waiting the whole timeout again each time. Both are awaited
-        # before a failure is raised, so neither is left running after the request.
-        done = await asyncio.gather(
-            *(script(keys=k, args=a) for script, k, a in first), return_exceptions=True
-        )
-        for outcome in done:
-            if isinstance(outcome, BaseException):
-                raise outcome
         unindex: list[tuple[str, ...]] = []
         if old is not None:
-            if not codec.done(done[0]):
-                return codec.refusal(old, done[0])
-            owner = codec.owner(done[0])
+            taken = await self.scripts.take(
+                keys=[self.names.session(old)], args=[expected, repr(record.last_seen_at)]
+            )
+            if not codec.done(taken):
+                return codec.refusal(old, taken)
+            owner = codec.owner(taken)
             if owner is not None:
                 unindex.append(("ZREM", self.names.index(owner), old))
         written = await self.scripts.write(
@@ -110,30 +97,29 @@ class ClusterWrites:
             await self.client.execute_command("ZREM", self.names.index(owner), key)
 
     async def delete_user(self, user_id: str, keep: str | None, now: float) -> int:
-        """Delete the user's sessions slot by slot, repeating while the index grows, and
-        count those live at ``now``.
+        """Delete the user's sessions slot by slot, and count those live at ``now``.
 
-        Only sessions the user still owns are deleted, and only their entries removed:
-        an entry pointing at nothing may be a save in flight (see :meth:`save`).
+        Only sessions the user still owns are deleted; an entry pointing at nothing is
+        a save in flight, and its key is barred (see ``REVOKE_MEMBER``). Each pass
+        reads the index again, until one finds nothing new: a save that got past its
+        check while a pass ran has filed its entry by then (see :meth:`save`).
         """
         index = self.names.index(user_id)
         removed = 0
+        args = [user_id, repr(now), str(_BAR_MS)]
         for _ in range(_REVOKE_PASSES):
             members = [m for m, _ in await self.scripts.entries(index) if m != keep]
             if not members:
                 break
             results = await run_scripts(
                 self.client,
-                [
-                    (self.scripts.delete_if_owned, [self.names.session(m)], [user_id, repr(now)])
-                    for m in members
-                ],
+                [(self.scripts.revoke_member, [self.names.session(m)], args) for m in members],
             )
-            deleted = [member for member, done in zip(members, results, strict=True) if int(done)]
-            if not deleted:
+            handled = [member for member, done in zip(members, results, strict=True) if int(done)]
+            if not handled:
                 break
             removed += sum(int(done) == 2 for done in results)
-            await run_commands(self.client, [("ZREM", index, *deleted)])
+            await run_commands(self.client, [("ZREM", index, *handled)])
         return removed
 
     async def purge(self, batch: list[tuple[str, str]], now: float) -> int:

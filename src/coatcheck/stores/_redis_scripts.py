@@ -157,10 +157,13 @@ return {1, previous[3]}
 
 # KEYS: session. ARGV: expected version ('' for none), last_seen_at, ttl ms, then
 # field/value pairs, ``b`` first. Returns {1, previous owner or false}; else the refusal
-# of base().
+# of base(), or {0} where REVOKE_MEMBER barred the key.
 WRITE = (
     _BASE
     + """
+if redis.call('HEXISTS', KEYS[1], 'x') == 1 then
+  return {0}
+end
 local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])
 if refused then
   if already_written(KEYS[1], ARGV[5]) then return {1, false} end
@@ -201,13 +204,22 @@ end
 return removed
 """
 
-# KEYS: session. ARGV: user, now. Deletes the session only if that user still owns it:
-# 2 when it was live at ``now``, 1 when already dead, 0 when not deleted.
-DELETE_IF_OWNED = """
+# KEYS: session. ARGV: user, now, bar ttl ms. Deletes the session only if that user
+# still owns it: 2 when it was live at ``now``, 1 when already dead. Where nothing is
+# there yet, a save of this user's is in flight (it files the index entry first): the
+# key is barred with a hash holding only ``x``, which WRITE refuses, so that session
+# cannot come to life once its user was logged out everywhere: 3. Else 0.
+REVOKE_MEMBER = """
 local fields = redis.call('HMGET', KEYS[1], 'u', 'e')
-if fields[1] == ARGV[1] and redis.call('DEL', KEYS[1]) == 1 then
+if fields[1] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
   if tonumber(fields[2]) > tonumber(ARGV[2]) then return 2 end
   return 1
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'x', '1')
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 3
 end
 return 0
 """
@@ -237,7 +249,7 @@ class Scripts:
         self.index_add = register(INDEX_ADD)
         self.members = register(MEMBERS)
         self.unindex = register(UNINDEX_IF_UNCHANGED)
-        self.delete_if_owned = register(DELETE_IF_OWNED)
+        self.revoke_member = register(REVOKE_MEMBER)
         self.purge = register(PURGE)
 
     async def entries(self, index: str) -> list[tuple[str, str]]:
