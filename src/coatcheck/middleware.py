@@ -117,8 +117,7 @@ class SessionMiddleware:
                     return
                 receive = checked
             elif kind == "websocket" and (refusal := self._csrf.check_handshake(scope)):
-                await self._reject_forgery(scope, receive, send, refusal)
-                await self._persistence.emit(session, "csrf_rejected", None, "")
+                await self._reject_forgery(scope, receive, send, session, refusal)
                 return
             if self._eager is not None and self._eager.match(scope):
                 await session.load()
@@ -170,12 +169,11 @@ class SessionMiddleware:
         failure, receive = await self._csrf.check(scope, receive, session)
         if failure is None:
             return receive
-        await self._reject_forgery(scope, receive, send, failure)
-        await self._persistence.emit(session, "csrf_rejected", None, "")
+        await self._reject_forgery(scope, receive, send, session, failure)
         return None
 
     async def _reject_forgery(
-        self, scope: Scope, receive: Receive, send: Send, reason: str
+        self, scope: Scope, receive: Receive, send: Send, session: Session, reason: str
     ) -> None:
         """403, with nothing in the session changed and no cookie touched."""
         method = scope.get("method", "websocket handshake")
@@ -183,9 +181,10 @@ class SessionMiddleware:
         if scope["type"] == "websocket":
             # Closing before accepting makes the server answer the handshake with a 403.
             await send({"type": "websocket.close", "code": 1008, "reason": "cross-site"})
-            return
-        body = json.dumps({"detail": f"CSRF check failed: {reason}"}).encode()
-        await _json_response(403, body, [])(scope, receive, send)
+        else:
+            body = json.dumps({"detail": f"CSRF check failed: {reason}"}).encode()
+            await _json_response(403, body, [])(scope, receive, send)
+        await self._persistence.emit(session, "csrf_rejected", None, "")
 
     async def _answer_unavailable(
         self, scope: Scope, receive: Receive, send: Send, exc: StoreError
