@@ -213,9 +213,10 @@ class Persistence:
 
         The cookie can no longer change then (login() and regenerate() refuse), so
         nothing is created: a session that never had a record, or was destroyed,
-        keeps none of it, and one that another request ended stays ended.
+        keeps none of it, and one that another request ended stays ended. The caller
+        has checked that the session is loaded and not :meth:`settled`.
         """
-        if not session._loaded or status >= 500 or self.settled(session):
+        if status >= 500:
             return
         if session._stored is None or session._id is None:
             # No live record under the cookie the browser holds.

@@ -122,7 +122,12 @@ class SessionMiddleware:
             if self._eager is not None and self._eager.match(scope):
                 await session.load()
             await self.app(scope, receive, send_wrapper)
-            if started and not failed and session._loaded:
+            if (
+                started
+                and not failed
+                and session._loaded
+                and not self._persistence.settled(session)  # the usual read: no coroutine
+            ):
                 await self._persistence.commit_late(session, status)
         except StoreError as exc:
             if started:
