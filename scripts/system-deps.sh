@@ -3,9 +3,10 @@
 # redis-server: the Redis store tests start their own servers and a Cluster from it.
 # chromium: the browser tests (tests/browser) drive /usr/bin/chromium through Playwright,
 #   never a browser that Playwright downloads; its fontconfig brings fonts-dejavu-core.
+# openssl: the rediss:// tests make their own CA and server certificate.
 set -eu
 missing=""
-for pkg in redis-server chromium; do  # redis-server brings redis-cli
+for pkg in redis-server chromium openssl; do  # redis-server brings redis-cli
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
         || missing="$missing $pkg"
 done

@@ -1,0 +1,103 @@
+"""``rediss://`` against a real redis-server speaking TLS, with certificates made here:
+sessions go over TLS, and a server whose certificate the client cannot verify is
+refused, not trusted."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coatcheck.exceptions import StoreError
+from coatcheck.stores.redis import RedisStore
+
+from ..redis_servers import RedisServer, free_port
+from .conftest import NOW, make_record, unique_prefix
+
+pytestmark = pytest.mark.anyio
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make test certificates; run `make test`")
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_certificates(directory: Path) -> None:
+    """A CA, and a certificate it signed for 127.0.0.1; plus a CA that signed nothing."""
+    for ca in ("ca", "other-ca"):
+        openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-subj", f"/CN=coatcheck test {ca}",
+            cwd=directory,
+        )  # fmt: skip
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+        "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+        cwd=directory,
+    )  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-out", "server.pem", "-extfile", "san.ext",
+        cwd=directory,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, int]]:
+    directory = tmp_path_factory.mktemp("tls")
+    make_certificates(directory)
+    tls_port = free_port()
+    server = RedisServer(
+        directory / "server",
+        extra=(
+            "--tls-port", str(tls_port),
+            "--tls-cert-file", str(directory / "server.pem"),
+            "--tls-key-file", str(directory / "server.key"),
+            "--tls-ca-cert-file", str(directory / "ca.pem"),
+            "--tls-auth-clients", "no",
+        ),
+    ).start()  # fmt: skip
+    yield server, tls_port
+    server.stop()
+
+
+async def test_sessions_travel_over_tls(tls_server: tuple[RedisServer, int]) -> None:
+    server, port = tls_server
+    ca = server.directory.parent / "ca.pem"
+    store = RedisStore.from_url(
+        f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", prefix=unique_prefix()
+    )
+    try:
+        record = make_record(user_id="alice")
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+        assert await store.list_user("alice", NOW) == [record]
+    finally:
+        await store.aclose()
+    # The port speaks only TLS: the same URL without it gets nowhere.
+    plain = RedisStore.from_url(f"redis://127.0.0.1:{port}/0?timeout=0.5", prefix="p")
+    try:
+        with pytest.raises(StoreError):
+            await plain.load(record.key, NOW)
+    finally:
+        await plain.aclose()
+
+
+async def test_a_server_the_client_cannot_verify_is_refused(
+    tls_server: tuple[RedisServer, int],
+) -> None:
+    server, port = tls_server
+    other = server.directory.parent / "other-ca.pem"
+    store = RedisStore.from_url(
+        f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={other}", prefix=unique_prefix()
+    )
+    try:
+        with pytest.raises(StoreError, match=r"(?i)certificate"):
+            await store.load(make_record().key, NOW)
+    finally:
+        await store.aclose()
