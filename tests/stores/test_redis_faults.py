@@ -5,6 +5,7 @@ the pool's size, and secrets in URLs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -16,14 +17,22 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio.cluster import RedisCluster
 
-from coatcheck import ConfigurationError, SessionConfig, SessionMiddleware, store_from_url
+from coatcheck import (
+    ConfigurationError,
+    SessionConfig,
+    SessionMiddleware,
+    StoreUnavailableError,
+    store_from_url,
+)
+from coatcheck._ids import store_key
 from coatcheck.fastapi import SessionDep
 from coatcheck.stores.redis import RedisStore
 
 from ..conftest import client_for
 from ..redis_servers import RedisClusterServers, RedisServer, free_port
-from .conftest import unique_prefix
+from .conftest import NOW, build_store, make_record, unique_prefix
 
 pytestmark = pytest.mark.anyio
 NAME = "__Host-session"
@@ -55,14 +64,15 @@ def cookie(response: httpx.Response) -> dict[str, str]:
 
 
 class CuttingProxy:
-    """A TCP proxy in front of redis-server that, once armed, forwards the next script
-    call and then drops the client's connection before the reply: the server ran the
-    save, the client never heard, and redis-py sends it again on a new connection."""
+    """A TCP proxy in front of a redis-server that, once armed with a needle, forwards
+    the next request holding it and then drops the client's connection before the reply:
+    the server ran the command, the client never heard, and redis-py sends it again on
+    a new connection. Arm it with ``b"EVALSHA"`` for any script, or one script's SHA."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.port = free_port()
-        self.armed = False
+        self.needle: bytes | None = None
         self.cuts = 0
         self._server: asyncio.Server | None = None
 
@@ -83,8 +93,8 @@ class CuttingProxy:
             while data := await reader.read(65536):
                 upstream.write(data)
                 await upstream.drain()
-                if self.armed and b"EVALSHA" in data.upper():
-                    self.armed = False
+                if self.needle is not None and self.needle in data:
+                    self.needle = None
                     self.cuts += 1
                     cut.set()
                     await asyncio.sleep(0.05)  # the server runs the script meanwhile
@@ -114,7 +124,7 @@ async def test_a_save_whose_reply_was_lost_is_applied_once(redis_server: RedisSe
             async with client_for(counter_app(store)) as client:
                 alice = cookie(await client.post("/login"))
                 assert (await client.post("/inc", headers=alice)).json() == {"count": 1}
-                proxy.armed = True
+                proxy.needle = b"EVALSHA"  # the next script: this save
                 second = await client.post("/inc", headers=alice)
                 stored = await client.get("/count", headers=alice)
         finally:
@@ -122,6 +132,53 @@ async def test_a_save_whose_reply_was_lost_is_applied_once(redis_server: RedisSe
     assert proxy.cuts == 1
     assert second.json() == {"count": 2}
     assert stored.json() == {"count": 2, "user": "alice"}  # not 3: applied once
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_saves_sent_twice_are_applied_once(kind: str, tmp_path: Path) -> None:
+    """What redis-py does when a reply is lost: the same call again, on a new connection.
+    A login (a rotation, which on Cluster is several steps) and a plain save each report
+    success the second time too, and leave exactly what the first left."""
+    store = build_store(kind, tmp_path)
+    assert isinstance(store, RedisStore)
+    try:
+        anonymous = make_record(data=b'{"cart":["apple"]}')
+        await store.save(anonymous)
+        login = make_record(user_id="alice", data=anonymous.data, version=2)
+        for _ in range(2):
+            assert await store.save(login, replaces=anonymous.key, expected_version=1) is True
+        later = login._replace(data=b'{"cart":["apple","pear"]}', version=3)
+        for _ in range(2):
+            assert await store.save(later, expected_version=2) is True
+        assert await store.load(later.key, NOW) == later
+        assert await store.load(anonymous.key, NOW) is None
+        assert await store.list_user("alice", NOW) == [later]
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_save_sent_again_after_its_session_ended_stays_refused(
+    kind: str, tmp_path: Path
+) -> None:
+    """The first copy of a save landed, then the session was revoked, then redis-py sent
+    the save again because the first reply was lost: the session stays ended."""
+    store = build_store(kind, tmp_path)
+    assert isinstance(store, RedisStore)
+    try:
+        login = make_record(user_id="alice")
+        assert await store.save(login) is True
+        assert await store.delete_user("alice", now=NOW) == 1  # "log out everywhere"
+        assert await store.save(login) is False  # the same save, sent again
+        device = make_record(user_id="alice")
+        assert await store.save(device) is True
+        await store.delete(device.key)  # "revoke this device"
+        assert await store.save(device) is False
+        for record in (login, device):
+            assert await store.load(record.key, NOW) is None
+        assert await store.list_user("alice", NOW) == []
+    finally:
+        await store.aclose()
 
 
 async def test_cluster_writes_survive_connections_closed_while_idle(
@@ -168,27 +225,42 @@ def test_a_hung_cluster_node_costs_one_timeout_not_three(
         statuses, slowest = asyncio.run(_logins_with_a_frozen_node(own_cluster))
         gc.collect()
     assert 503 in statuses
-    # One wait of 0.3 s per Redis call (a Cluster login makes two), not one per retry.
+    # One wait of 0.3 s per Redis call or batch, not one per retry.
     assert slowest < 1.0
 
 
 async def _logins_with_a_frozen_node(cluster: RedisClusterServers) -> tuple[set[int], float]:
     store = RedisStore.from_url(f"{cluster.url}?timeout=0.3", prefix=unique_prefix())
-    frozen = cluster.nodes[0].process
-    assert frozen is not None
+    assert isinstance(store.client, RedisCluster)
     statuses: set[int] = set()
     slowest = 0.0
     try:
         async with client_for(counter_app(store)) as client:
-            for _ in range(8):  # sessions on every node, so some live on the frozen one
-                await client.post("/login")
+            ids = [(await client.post("/login")).cookies[NAME] for _ in range(12)]
+            # Freeze a node that holds some of alice's sessions but not her index, so
+            # that listing and revoking reach it in their batches.
+            index_port = store.client.get_node_from_key(store._names.index("alice")).port
+            ports = [
+                store.client.get_node_from_key(store._names.session(store_key(sid))).port
+                for sid in ids
+            ]
+            port = max((p for p in ports if p != index_port), key=ports.count)
+            frozen = next(node.process for node in cluster.nodes if node.port == port)
+            assert frozen is not None
             os.kill(frozen.pid, signal.SIGSTOP)
-            for _ in range(8):
-                started = time.monotonic()
-                statuses.add((await client.post("/login")).status_code)
-                slowest = max(slowest, time.monotonic() - started)
+            try:
+                for _ in range(8):
+                    started = time.monotonic()
+                    statuses.add((await client.post("/login")).status_code)
+                    slowest = max(slowest, time.monotonic() - started)
+                for admin in (store.list_user("alice", time.time()), store.delete_user("alice")):
+                    started = time.monotonic()
+                    with contextlib.suppress(StoreUnavailableError):
+                        await admin
+                    slowest = max(slowest, time.monotonic() - started)
+            finally:
+                os.kill(frozen.pid, signal.SIGCONT)
     finally:
-        os.kill(frozen.pid, signal.SIGCONT)
         await store.aclose()
     return statuses, slowest
 

@@ -5,22 +5,29 @@ Only the store's admin paths and Cluster saves batch; a request's load is one co
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from ._redis_codec import text
 from ._redis_url import RedisClient
 
 Call = tuple[AsyncScript, Sequence[str], Sequence[str | bytes]]
+# Cluster commands in flight at once per batch: enough for one round trip's worth of
+# a user's sessions, few enough not to open a connection per key of a purge batch.
+_GROUP = 64
 
 
 async def run_commands(client: RedisClient, commands: Sequence[tuple[str, ...]]) -> list[Any]:
-    """Plain commands in one pipeline: one round trip, or one per node on Cluster."""
+    """Plain commands in one round trip: a pipeline, or side by side on Cluster."""
+    if isinstance(client, RedisCluster):
+        return await _side_by_side([partial(client.execute_command, *c) for c in commands])
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)
@@ -29,25 +36,41 @@ async def run_commands(client: RedisClient, commands: Sequence[tuple[str, ...]])
 
 
 async def run_scripts(client: RedisClient, calls: Sequence[Call]) -> list[Any]:
-    """Scripts in one pipeline (per node at once on Cluster), loading any missing.
-
-    A script whose connection broke is sent once more, on its own, as redis-py does
-    for single commands: a pooled connection that the server or a proxy closed while
-    idle fails only when used. Every script here is safe to run twice: saves recognise
-    their own earlier write, the rest are idempotent.
-    """
+    """Scripts in one round trip, loading any missing: a pipeline, or side by side on
+    Cluster. The scripts batched here (revocation, purge, index clean-up) are safe to
+    run twice, as redis-py does after a broken connection."""
+    if isinstance(client, RedisCluster):
+        return await _side_by_side([partial(s, keys=k, args=a) for s, k, a in calls])
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
-        # Not pipe.evalsha(): redis-py's Cluster pipeline blocks that method, though
-        # it routes the command itself by its keys like any other.
         pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     results: list[Any] = await pipe.execute(raise_on_error=False)
     for position, (result, (script, keys, args)) in enumerate(zip(results, calls, strict=True)):
-        if isinstance(result, (NoScriptError, RedisConnectionError)):
-            result = await script(keys=keys, args=args)  # loads it if need be, runs it
+        if isinstance(result, NoScriptError):
+            result = await script(keys=keys, args=args)  # loads it, then runs it
         elif isinstance(result, BaseException):
             raise result
         results[position] = result
+    return results
+
+
+async def _side_by_side(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Each call on its own, a group at a time, all of a group at once.
+
+    Not redis-py's Cluster pipeline: it retries a batch that timed out, waiting the
+    whole timeout again each time, where single commands follow the client's rules
+    (retry a broken connection, never a timeout). A group is awaited whole before a
+    failure is raised, so nothing is left running.
+    """
+    results: list[Any] = []
+    for start in range(0, len(calls), _GROUP):
+        group = await asyncio.gather(
+            *(call() for call in calls[start : start + _GROUP]), return_exceptions=True
+        )
+        for result in group:
+            if isinstance(result, BaseException):
+                raise result
+        results += group
     return results
 
 

@@ -65,7 +65,8 @@ class ClusterWrites:
         unindex: list[tuple[str, ...]] = []
         if old is not None:
             taken = await self.scripts.take(
-                keys=[self.names.session(old)], args=[expected, repr(record.last_seen_at)]
+                keys=[self.names.session(old), self.names.receipt(old)],
+                args=[expected, repr(record.last_seen_at), key],
             )
             if not codec.done(taken):
                 return codec.refusal(old, taken)
@@ -73,7 +74,7 @@ class ClusterWrites:
             if owner is not None:
                 unindex.append(("ZREM", self.names.index(owner), old))
         written = await self.scripts.write(
-            keys=[self.names.session(key)],
+            keys=[self.names.session(key), self.names.receipt(key)],
             args=[
                 "" if old is not None else expected,
                 repr(record.last_seen_at),
@@ -91,7 +92,9 @@ class ClusterWrites:
         return True
 
     async def delete(self, key: str) -> None:
-        taken = await self.scripts.take(keys=[self.names.session(key)], args=["", "0"])
+        taken = await self.scripts.take(
+            keys=[self.names.session(key), self.names.receipt(key)], args=["", "0", ""]
+        )
         owner = codec.owner(taken)
         if owner is not None:
             await self.client.execute_command("ZREM", self.names.index(owner), key)
@@ -113,7 +116,7 @@ class ClusterWrites:
                 break
             results = await run_scripts(
                 self.client,
-                [(self.scripts.revoke_member, [self.names.session(m)], args) for m in members],
+                [(self.scripts.revoke_member, self._keys(m), args) for m in members],
             )
             handled = [member for member, done in zip(members, results, strict=True) if int(done)]
             if not handled:
@@ -121,6 +124,10 @@ class ClusterWrites:
             removed += sum(int(done) == 2 for done in results)
             await run_commands(self.client, [("ZREM", index, *handled)])
         return removed
+
+    def _keys(self, key: str) -> list[str]:
+        """A session's name and its receipt's, which the scripts that end it take."""
+        return [self.names.session(key), self.names.receipt(key)]
 
     async def purge(self, batch: list[tuple[str, str]], now: float) -> int:
         """Delete the dead among ``batch`` ((redis key, session key) pairs), then unindex them."""

@@ -28,6 +28,11 @@ class KeyNames:
     def index(self, user_id: str) -> str:
         return f"{self.prefix}:u:{{{user_id}}}"
 
+    def receipt(self, key: str) -> str:
+        """Where the scripts note what ended a session (see ``_redis_scripts``), in the
+        session's slot but outside the sessions' key space."""
+        return f"{self.prefix}:t:{{{key}}}"
+
 
 def encode_fields(record: SessionRecord) -> list[str | bytes]:
     """The hash's fields: the packed record (first: scripts find it there), plus what

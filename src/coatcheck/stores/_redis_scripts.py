@@ -61,15 +61,37 @@ local function already_written(key, packed)
 end
 """
 
-# KEYS: session to write, session it continues (the same key unless rotating).
+# Ending a session notes, for a minute, a digest of its record (``r``) in the session's
+# receipt, a key of its slot outside the sessions' key space. The same record written
+# again is refused: a save that redis-py resent after a broken connection, whose first
+# copy landed just before the session was revoked, must not bring it back.
+_REVOKED = """
+local function note_revoked(receipt, packed)
+  if packed then
+    redis.call('HSET', receipt, 'r', redis.sha1hex(packed))
+    redis.call('PEXPIRE', receipt, 60000)
+  end
+end
+local function revoked(receipt, packed)
+  local digest = redis.call('HMGET', receipt, 'r')[1]
+  return digest and digest == redis.sha1hex(packed)
+end
+"""
+
+# KEYS: session to write, session it continues (the same key unless rotating), the
+#       receipt of the session to write.
 # ARGV: prefix, member, continued member, expected version ('' for none), last_seen_at,
 #       ttl ms, score, has user (1/0), user, index ttl ms, then the hash's field/value
 #       pairs, ``b`` first. Returns {1} when written, else the refusal of base().
 STANDALONE_SAVE = (
     _INDEX_ADD
     + _BASE
+    + _REVOKED
     + """
 local new, old = KEYS[1], KEYS[2]
+if revoked(KEYS[3], ARGV[12]) then
+  return {0}
+end
 local previous, refused = base(old, ARGV[4], ARGV[5])
 if refused then
   if already_written(new, ARGV[12]) then return {1} end
@@ -100,33 +122,41 @@ return {1}
 """
 )
 
-# KEYS: session. ARGV: prefix, member. Returns how many keys were deleted.
-STANDALONE_DELETE = """
-local owner = redis.call('HMGET', KEYS[1], 'u')[1]
-if owner then
-  redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', ARGV[2])
+# KEYS: session, its receipt. ARGV: prefix, member. Returns how many keys were deleted.
+STANDALONE_DELETE = (
+    _REVOKED
+    + """
+local fields = redis.call('HMGET', KEYS[1], 'u', 'b')
+if fields[1] then
+  redis.call('ZREM', ARGV[1] .. ':u:{' .. fields[1] .. '}', ARGV[2])
 end
+note_revoked(KEYS[2], fields[2])
 return redis.call('DEL', KEYS[1])
 """
+)
 
 # KEYS: the user's index. ARGV: prefix, user, member to keep ('' for none), now.
 # Deletes only sessions the user still owns, so a stale entry cannot take another's;
 # returns how many of them were live at ``now``.
-STANDALONE_DELETE_USER = """
+STANDALONE_DELETE_USER = (
+    _REVOKED
+    + """
 local removed = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if member ~= ARGV[3] then
     local key = ARGV[1] .. ':s:{' .. member .. '}'
-    local fields = redis.call('HMGET', key, 'u', 'e')
-    if fields[1] == ARGV[2] and redis.call('DEL', key) == 1
-        and tonumber(fields[2]) > tonumber(ARGV[4]) then
-      removed = removed + 1
+    local fields = redis.call('HMGET', key, 'u', 'e', 'b')
+    if fields[1] == ARGV[2] then
+      note_revoked(ARGV[1] .. ':t:{' .. member .. '}', fields[3])
+      redis.call('DEL', key)
+      if tonumber(fields[2]) > tonumber(ARGV[4]) then removed = removed + 1 end
     end
     redis.call('ZREM', KEYS[1], member)
   end
 end
 return removed
 """
+)
 
 # KEYS: session. ARGV: prefix, member, now. Deletes it if dead at ``now``; 1 or 0.
 STANDALONE_PURGE = """
@@ -141,27 +171,45 @@ end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: session. ARGV: expected version ('' for none), last_seen_at. Deletes the
-# session, returning {1, owner or false}; else the refusal of base().
+# KEYS: session, its receipt. ARGV: expected version ('' for none), last_seen_at, the
+# key that continues it ('' for none). Deletes the session, returning {1, owner or
+# false}; else the refusal of base(). A rotation leaves a receipt for a minute (the
+# successor, ``t``, and the owner, ``o``) in a key of the same slot outside the session
+# namespace: a take that redis-py resends after a broken connection finds it and
+# answers as the first did, instead of refusing a session that it ended itself.
 TAKE = (
     _BASE
+    + _REVOKED
     + """
 local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])
 if refused then
+  if ARGV[3] ~= '' then
+    local receipt = redis.call('HMGET', KEYS[2], 't', 'o')
+    if receipt[1] == ARGV[3] then return {1, receipt[2]} end
+  end
   return refused
 end
+if ARGV[3] == '' then
+  note_revoked(KEYS[2], redis.call('HMGET', KEYS[1], 'b')[1])
+end
 redis.call('DEL', KEYS[1])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], 't', ARGV[3])
+  if previous[3] then redis.call('HSET', KEYS[2], 'o', previous[3]) end
+  redis.call('PEXPIRE', KEYS[2], 60000)
+end
 return {1, previous[3]}
 """
 )
 
-# KEYS: session. ARGV: expected version ('' for none), last_seen_at, ttl ms, then
-# field/value pairs, ``b`` first. Returns {1, previous owner or false}; else the refusal
-# of base(), or {0} where REVOKE_MEMBER barred the key.
+# KEYS: session, its receipt. ARGV: expected version ('' for none), last_seen_at, ttl
+# ms, then field/value pairs, ``b`` first. Returns {1, previous owner or false}; else
+# the refusal of base(), or {0} where REVOKE_MEMBER barred the key or ended this record.
 WRITE = (
     _BASE
+    + _REVOKED
     + """
-if redis.call('HEXISTS', KEYS[1], 'x') == 1 then
+if redis.call('HEXISTS', KEYS[1], 'x') == 1 or revoked(KEYS[2], ARGV[5]) then
   return {0}
 end
 local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])
@@ -204,14 +252,17 @@ end
 return removed
 """
 
-# KEYS: session. ARGV: user, now, bar ttl ms. Deletes the session only if that user
+# KEYS: session, its receipt. ARGV: user, now, bar ttl ms. Deletes the session only if that user
 # still owns it: 2 when it was live at ``now``, 1 when already dead. Where nothing is
 # there yet, a save of this user's is in flight (it files the index entry first): the
 # key is barred with a hash holding only ``x``, which WRITE refuses, so that session
 # cannot come to life once its user was logged out everywhere: 3. Else 0.
-REVOKE_MEMBER = """
-local fields = redis.call('HMGET', KEYS[1], 'u', 'e')
+REVOKE_MEMBER = (
+    _REVOKED
+    + """
+local fields = redis.call('HMGET', KEYS[1], 'u', 'e', 'b')
 if fields[1] == ARGV[1] then
+  note_revoked(KEYS[2], fields[3])
   redis.call('DEL', KEYS[1])
   if tonumber(fields[2]) > tonumber(ARGV[2]) then return 2 end
   return 1
@@ -223,6 +274,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 return 0
 """
+)
 
 # KEYS: session. ARGV: now. Deletes it if dead at ``now``: {1, owner or false}, or {0}.
 PURGE = """

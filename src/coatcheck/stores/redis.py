@@ -161,7 +161,11 @@ class RedisStore:
         previous = replaces or record.key
         user = record.user_id
         reply = await self._scripts.standalone_save(
-            keys=[self._names.session(record.key), self._names.session(previous)],
+            keys=[
+                self._names.session(record.key),
+                self._names.session(previous),
+                self._names.receipt(record.key),
+            ],
             args=[
                 self.prefix,
                 record.key,
@@ -184,7 +188,8 @@ class RedisStore:
                 await self._on_cluster.delete(key)
             else:
                 await self._scripts.standalone_delete(
-                    keys=[self._names.session(key)], args=[self.prefix, key]
+                    keys=[self._names.session(key), self._names.receipt(key)],
+                    args=[self.prefix, key],
                 )
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
