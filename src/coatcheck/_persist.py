@@ -214,7 +214,7 @@ class Persistence:
         The cookie can no longer change then (login() and regenerate() refuse), so
         nothing is created: a session that never had a record, or was destroyed,
         keeps none of it, and one that another request ended stays ended. The caller
-        has checked that the session is loaded and not :meth:`settled`.
+        has checked that the session is loaded and was changed, or may have been.
         """
         if status >= 500:
             return

@@ -122,11 +122,13 @@ class SessionMiddleware:
             if self._eager is not None and self._eager.match(scope):
                 await session.load()
             await self.app(scope, receive, send_wrapper)
+            # Changed since the response started, or may have been (a value handed out
+            # can be changed in place); the usual read skips this without a coroutine.
             if (
                 started
                 and not failed
                 and session._loaded
-                and not self._persistence.settled(session)  # the usual read: no coroutine
+                and (session._modified or session._exposed)
             ):
                 await self._persistence.commit_late(session, status)
         except StoreError as exc:

@@ -78,8 +78,7 @@ local function revoked(receipt, packed)
 end
 """
 
-# KEYS: session to write, session it continues (the same key unless rotating), the
-#       receipt of the session to write.
+# KEYS: session to write, session it continues (the same key unless rotating).
 # ARGV: prefix, member, continued member, expected version ('' for none), last_seen_at,
 #       ttl ms, score, has user (1/0), user, index ttl ms, then the hash's field/value
 #       pairs, ``b`` first. Returns {1} when written, else the refusal of base().
@@ -89,7 +88,8 @@ STANDALONE_SAVE = (
     + _REVOKED
     + """
 local new, old = KEYS[1], KEYS[2]
-if revoked(KEYS[3], ARGV[12]) then
+-- Only a save without a version check can land on an ended session's key.
+if ARGV[4] == '' and revoked(ARGV[1] .. ':t:{' .. ARGV[2] .. '}', ARGV[12]) then
   return {0}
 end
 local previous, refused = base(old, ARGV[4], ARGV[5])
@@ -209,7 +209,11 @@ WRITE = (
     _BASE
     + _REVOKED
     + """
-if redis.call('HEXISTS', KEYS[1], 'x') == 1 or revoked(KEYS[2], ARGV[5]) then
+if redis.call('HEXISTS', KEYS[1], 'x') == 1 then
+  return {0}
+end
+-- Only a write without a version check can land on an ended session's key.
+if ARGV[1] == '' and revoked(KEYS[2], ARGV[5]) then
   return {0}
 end
 local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])

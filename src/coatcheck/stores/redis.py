@@ -161,11 +161,7 @@ class RedisStore:
         previous = replaces or record.key
         user = record.user_id
         reply = await self._scripts.standalone_save(
-            keys=[
-                self._names.session(record.key),
-                self._names.session(previous),
-                self._names.receipt(record.key),
-            ],
+            keys=[self._names.session(record.key), self._names.session(previous)],
             args=[
                 self.prefix,
                 record.key,
