@@ -1,6 +1,7 @@
 """Many Redis commands or scripts in one round trip, and SCAN over every primary.
 
-Only the store's admin paths and Cluster saves batch; a request's load is one command.
+Only the device list, revocation, admin sweeps and the index clean-up after a Cluster
+save batch; a request's load is one command, and a save one script.
 """
 
 from __future__ import annotations
