@@ -181,6 +181,24 @@ async def test_a_save_sent_again_after_its_session_ended_stays_refused(
         await store.aclose()
 
 
+async def test_cluster_batches_stay_within_a_small_pool(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """redis-py's Cluster pool fails past its size rather than wait: the device list,
+    a count and "log out everywhere" over 60 sessions fit in eight connections a node."""
+    url = f"{redis_cluster.url}?max_connections=8"
+    store = RedisStore.from_url(url, prefix=unique_prefix())
+    try:
+        records = [make_record(user_id="alice") for _ in range(60)]
+        for record in records:
+            await store.save(record)
+        assert len(await store.list_user("alice", NOW)) == 60
+        assert await store.count(NOW) == 60
+        assert await store.delete_user("alice", now=NOW) == 60
+    finally:
+        await store.aclose()
+
+
 async def test_cluster_writes_survive_connections_closed_while_idle(
     redis_cluster: RedisClusterServers,
 ) -> None:

@@ -20,15 +20,15 @@ from ._redis_codec import text
 from ._redis_url import RedisClient
 
 Call = tuple[AsyncScript, Sequence[str], Sequence[str | bytes]]
-# Cluster commands in flight at once per batch: enough for one round trip's worth of
-# a user's sessions, few enough not to open a connection per key of a purge batch.
-_GROUP = 64
+# Commands of one batch in flight at once on one Cluster node.
+_PER_NODE = 4
 
 
 async def run_commands(client: RedisClient, commands: Sequence[tuple[str, ...]]) -> list[Any]:
     """Plain commands in one round trip: a pipeline, or side by side on Cluster."""
     if isinstance(client, RedisCluster):
-        return await _side_by_side([partial(client.execute_command, *c) for c in commands])
+        calls = [(c[1], partial(client.execute_command, *c)) for c in commands]
+        return await _side_by_side(client, calls)
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)
@@ -41,7 +41,8 @@ async def run_scripts(client: RedisClient, calls: Sequence[Call]) -> list[Any]:
     Cluster. The scripts batched here (revocation, purge, index clean-up) are safe to
     run twice, as redis-py does after a broken connection."""
     if isinstance(client, RedisCluster):
-        return await _side_by_side([partial(s, keys=k, args=a) for s, k, a in calls])
+        singles = [(keys[0], partial(s, keys=keys, args=a)) for s, keys, a in calls]
+        return await _side_by_side(client, singles)
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
         pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -55,23 +56,38 @@ async def run_scripts(client: RedisClient, calls: Sequence[Call]) -> list[Any]:
     return results
 
 
-async def _side_by_side(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
-    """Each call on its own, a group at a time, all of a group at once.
+async def _side_by_side(
+    client: RedisCluster, calls: Sequence[tuple[str, Callable[[], Awaitable[Any]]]]
+) -> list[Any]:
+    """Calls, each given with a key it touches, as single commands: every node's in
+    turn, a few at once, and the nodes all at once.
 
     Not redis-py's Cluster pipeline: it retries a batch that timed out, waiting the
     whole timeout again each time, where single commands follow the client's rules
-    (retry a broken connection, never a timeout). A group is awaited whole before a
-    failure is raised, so nothing is left running.
+    (retry a broken connection, never a timeout). At most ``_PER_NODE`` are in flight
+    on a node, so a batch takes no more of its connections than a few requests would
+    (redis-py's Cluster pool fails, rather than waits, past its size). Everything
+    started is awaited before a failure is raised, so nothing is left running.
     """
-    results: list[Any] = []
-    for start in range(0, len(calls), _GROUP):
-        group = await asyncio.gather(
-            *(call() for call in calls[start : start + _GROUP]), return_exceptions=True
-        )
-        for result in group:
-            if isinstance(result, BaseException):
-                raise result
-        results += group
+    by_node: dict[str, list[int]] = {}
+    for position, (key, _) in enumerate(calls):
+        node = client.get_node_from_key(key)
+        by_node.setdefault("" if node is None else node.name, []).append(position)
+    results: list[Any] = [None] * len(calls)
+
+    async def run(positions: list[int]) -> None:
+        for start in range(0, len(positions), _PER_NODE):
+            chunk = positions[start : start + _PER_NODE]
+            done = await asyncio.gather(*(calls[i][1]() for i in chunk), return_exceptions=True)
+            for position, result in zip(chunk, done, strict=True):
+                if isinstance(result, BaseException):
+                    raise result
+                results[position] = result
+
+    failures = await asyncio.gather(*(run(p) for p in by_node.values()), return_exceptions=True)
+    for failure in failures:
+        if isinstance(failure, BaseException):
+            raise failure
     return results
 
 
