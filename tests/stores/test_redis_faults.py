@@ -11,7 +11,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,7 @@ from coatcheck import (
 )
 from coatcheck._ids import store_key
 from coatcheck.fastapi import SessionDep
+from coatcheck.stores import _redis_codec
 from coatcheck.stores.redis import RedisStore
 
 from ..conftest import client_for
@@ -73,6 +74,7 @@ class CuttingProxy:
         self.target = target
         self.port = free_port()
         self.needle: bytes | None = None
+        self.on_cut: Callable[[], Awaitable[object]] | None = None  # runs before the cut
         self.cuts = 0
         self._server: asyncio.Server | None = None
 
@@ -98,6 +100,8 @@ class CuttingProxy:
                     self.cuts += 1
                     cut.set()
                     await asyncio.sleep(0.05)  # the server runs the script meanwhile
+                    if self.on_cut is not None:
+                        await self.on_cut()
                     writer.transport.abort()
                     upstream.close()
                     return
@@ -157,28 +161,62 @@ async def test_saves_sent_twice_are_applied_once(kind: str, tmp_path: Path) -> N
         await store.aclose()
 
 
-@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
-async def test_a_save_sent_again_after_its_session_ended_stays_refused(
-    kind: str, tmp_path: Path
+async def test_a_save_resent_after_its_session_was_revoked_stays_refused(
+    redis_server: RedisServer,
 ) -> None:
-    """The first copy of a save landed, then the session was revoked, then redis-py sent
-    the save again because the first reply was lost: the session stays ended."""
-    store = build_store(kind, tmp_path)
-    assert isinstance(store, RedisStore)
+    """A login's save lands, its reply is lost, "log out everywhere" runs on another app
+    server, then redis-py sends the save again: the session stays ended."""
+    prefix = unique_prefix()
+    elsewhere = RedisStore.from_url(redis_server.url, prefix=prefix)
+    async with CuttingProxy(redis_server.port) as proxy:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix)
+        try:
+            await store.save(make_record())  # the server has loaded the script
+            proxy.needle = store._scripts.standalone_save.sha.encode()
+            revoked: list[int] = []
+
+            async def log_out_everywhere() -> None:
+                revoked.append(await elsewhere.delete_user("alice"))
+
+            proxy.on_cut = log_out_everywhere
+            login = make_record(user_id="alice")
+            assert await store.save(login) is False  # the resent copy: refused
+            assert proxy.cuts == 1
+            assert revoked == [1]  # the first copy had landed
+            assert await elsewhere.load(login.key, NOW) is None
+            assert await elsewhere.list_user("alice", NOW) == []
+            assert await store.save(login) is True  # a save of its own is not a resend
+        finally:
+            await store.aclose()
+            await elsewhere.aclose()
+
+
+async def test_cluster_write_resent_after_its_session_was_revoked_stays_refused(
+    tmp_path: Path,
+) -> None:
+    """The same, step by step as a Cluster login sends it: the write, then "log out
+    everywhere", then the write again with the very same arguments, token included."""
+    clustered = build_store("redis-cluster", tmp_path)
+    assert isinstance(clustered, RedisStore)
     try:
-        login = make_record(user_id="alice")
-        assert await store.save(login) is True
-        assert await store.delete_user("alice", now=NOW) == 1  # "log out everywhere"
-        assert await store.save(login) is False  # the same save, sent again
-        device = make_record(user_id="alice")
-        assert await store.save(device) is True
-        await store.delete(device.key)  # "revoke this device"
-        assert await store.save(device) is False
-        for record in (login, device):
-            assert await store.load(record.key, NOW) is None
-        assert await store.list_user("alice", NOW) == []
+        await _resend_after_revocation(clustered)
     finally:
-        await store.aclose()
+        await clustered.aclose()
+
+
+async def _resend_after_revocation(clustered: RedisStore) -> None:
+    login = make_record(user_id="alice")
+    names, scripts = clustered._names, clustered._scripts
+    index = [names.index("alice")]
+    await scripts.index_add(keys=index, args=[login.key, repr(login.expires_at), "60000"])
+    token = _redis_codec.save_token(True)
+    keys = [names.session(login.key), names.receipt(login.key)]
+    args = ["", repr(login.last_seen_at), "60000", token, *_redis_codec.encode_fields(login, token)]
+    assert _redis_codec.done(await scripts.write(keys=keys, args=args))
+    assert await clustered.delete_user("alice", now=NOW) == 1
+    assert not _redis_codec.done(await scripts.write(keys=keys, args=args))
+    assert await clustered.load(login.key, NOW) is None
+    assert await clustered.save(login) is True  # a save of its own is not a resend
 
 
 async def test_cluster_batches_stay_within_a_small_pool(

@@ -73,13 +73,17 @@ class ClusterWrites:
             owner = codec.owner(taken)
             if owner is not None:
                 unindex.append(("ZREM", self.names.index(owner), old))
+        # A rotation's write needs no version check: the take above made it.
+        checked = "" if old is not None else expected
+        token = codec.save_token(checked == "")
         written = await self.scripts.write(
             keys=[self.names.session(key), self.names.receipt(key)],
             args=[
-                "" if old is not None else expected,
+                checked,
                 repr(record.last_seen_at),
                 ttl,
-                *codec.encode_fields(record),
+                token,
+                *codec.encode_fields(record, token),
             ],
         )
         if not codec.done(written):

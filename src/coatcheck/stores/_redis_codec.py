@@ -3,6 +3,7 @@ the replies of its scripts."""
 
 from __future__ import annotations
 
+import secrets
 import struct
 from typing import Any
 
@@ -34,7 +35,12 @@ class KeyNames:
         return f"{self.prefix}:t:{{{key}}}"
 
 
-def encode_fields(record: SessionRecord) -> list[str | bytes]:
+def save_token(unversioned: bool) -> str:
+    """A random token for a save without a version check, or '' (see ``_REVOKED``)."""
+    return secrets.token_hex(8) if unversioned else ""
+
+
+def encode_fields(record: SessionRecord, token: str) -> list[str | bytes]:
     """The hash's fields: the packed record (first: scripts find it there), plus what
     the scripts read themselves."""
     fields: list[str | bytes] = [
@@ -47,6 +53,8 @@ def encode_fields(record: SessionRecord) -> list[str | bytes]:
     ]
     if record.user_id is not None:
         fields += ["u", record.user_id]
+    if token:
+        fields += ["k", token]
     return fields
 
 

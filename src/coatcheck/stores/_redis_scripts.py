@@ -2,7 +2,8 @@
 
 A session is a hash under ``{prefix}:s:{<key>}``: ``b`` holds the whole record packed
 (see ``_redis_codec.pack``), and the scripts read ``e`` (expires, float seconds), ``u`` (user
-ID; absent when anonymous) and ``v`` (version), which repeat what ``b`` says. A user's
+ID; absent when anonymous) and ``v`` (version), which repeat what ``b`` says, and ``k``,
+the token of the last save that ran without a version check (see ``_REVOKED``). A user's
 index is a sorted set ``{prefix}:u:{<user>}`` of session keys scored by ``expires_at``.
 Scripts read fields with ``HMGET`` only, which lets tests tell a client's ``HGET`` (a
 load) from a script's reads in the server's command counts.
@@ -61,40 +62,42 @@ local function already_written(key, packed)
 end
 """
 
-# Ending a session notes, for a minute, a digest of its record (``r``) in the session's
-# receipt, a key of its slot outside the sessions' key space. The same record written
-# again is refused: a save that redis-py resent after a broken connection, whose first
-# copy landed just before the session was revoked, must not bring it back.
+# A save without a version check (a new session, a login) carries a random token,
+# kept in the session as ``k``; redis-py sends the same token again when it resends
+# the save after a broken connection. Ending a session notes that token, for a
+# minute, as ``r`` in the session's receipt (a key of its slot outside the sessions'
+# key space), and a save carrying it is refused: the resent copy of a save whose first
+# copy landed just before the session was revoked must not bring it back. Any other
+# save of that key, with a token of its own, is unaffected.
 _REVOKED = """
-local function note_revoked(receipt, packed)
-  if packed then
-    redis.call('HSET', receipt, 'r', redis.sha1hex(packed))
+local function note_revoked(receipt, token)
+  if token then
+    redis.call('HSET', receipt, 'r', token)
     redis.call('PEXPIRE', receipt, 60000)
   end
 end
-local function revoked(receipt, packed)
-  local digest = redis.call('HMGET', receipt, 'r')[1]
-  return digest and digest == redis.sha1hex(packed)
+local function revoked(receipt, token)
+  return token ~= '' and redis.call('HMGET', receipt, 'r')[1] == token
 end
 """
 
 # KEYS: session to write, session it continues (the same key unless rotating).
 # ARGV: prefix, member, continued member, expected version ('' for none), last_seen_at,
-#       ttl ms, score, has user (1/0), user, index ttl ms, then the hash's field/value
-#       pairs, ``b`` first. Returns {1} when written, else the refusal of base().
+#       ttl ms, score, has user (1/0), user, index ttl ms, token ('' when versioned),
+#       then the hash's field/value pairs, ``b`` first. Returns {1} when written, else
+#       the refusal of base().
 STANDALONE_SAVE = (
     _INDEX_ADD
     + _BASE
     + _REVOKED
     + """
 local new, old = KEYS[1], KEYS[2]
--- Only a save without a version check can land on an ended session's key.
-if ARGV[4] == '' and revoked(ARGV[1] .. ':t:{' .. ARGV[2] .. '}', ARGV[12]) then
+if revoked(ARGV[1] .. ':t:{' .. ARGV[2] .. '}', ARGV[11]) then
   return {0}
 end
 local previous, refused = base(old, ARGV[4], ARGV[5])
 if refused then
-  if already_written(new, ARGV[12]) then return {1} end
+  if already_written(new, ARGV[13]) then return {1} end
   return refused
 end
 local user = false
@@ -113,7 +116,7 @@ elseif previous[3] and previous[3] ~= user then
   unindex(previous[3], ARGV[2])
   if not user then redis.call('HDEL', new, 'u') end
 end
-redis.call('HSET', new, unpack(ARGV, 11))
+redis.call('HSET', new, unpack(ARGV, 12))
 redis.call('PEXPIRE', new, ARGV[6])
 if user then
   index_add(ARGV[1] .. ':u:{' .. user .. '}', ARGV[2], ARGV[7], ARGV[10])
@@ -126,7 +129,7 @@ return {1}
 STANDALONE_DELETE = (
     _REVOKED
     + """
-local fields = redis.call('HMGET', KEYS[1], 'u', 'b')
+local fields = redis.call('HMGET', KEYS[1], 'u', 'k')
 if fields[1] then
   redis.call('ZREM', ARGV[1] .. ':u:{' .. fields[1] .. '}', ARGV[2])
 end
@@ -145,7 +148,7 @@ local removed = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if member ~= ARGV[3] then
     local key = ARGV[1] .. ':s:{' .. member .. '}'
-    local fields = redis.call('HMGET', key, 'u', 'e', 'b')
+    local fields = redis.call('HMGET', key, 'u', 'e', 'k')
     if fields[1] == ARGV[2] then
       note_revoked(ARGV[1] .. ':t:{' .. member .. '}', fields[3])
       redis.call('DEL', key)
@@ -190,7 +193,7 @@ if refused then
   return refused
 end
 if ARGV[3] == '' then
-  note_revoked(KEYS[2], redis.call('HMGET', KEYS[1], 'b')[1])
+  note_revoked(KEYS[2], redis.call('HMGET', KEYS[1], 'k')[1])
 end
 redis.call('DEL', KEYS[1])
 if ARGV[3] ~= '' then
@@ -203,8 +206,9 @@ return {1, previous[3]}
 )
 
 # KEYS: session, its receipt. ARGV: expected version ('' for none), last_seen_at, ttl
-# ms, then field/value pairs, ``b`` first. Returns {1, previous owner or false}; else
-# the refusal of base(), or {0} where REVOKE_MEMBER barred the key or ended this record.
+# ms, token ('' when versioned), then field/value pairs, ``b`` first. Returns {1,
+# previous owner or false}; else the refusal of base(), or {0} where REVOKE_MEMBER
+# barred the key or a revocation noted this save's token.
 WRITE = (
     _BASE
     + _REVOKED
@@ -212,17 +216,16 @@ WRITE = (
 if redis.call('HEXISTS', KEYS[1], 'x') == 1 then
   return {0}
 end
--- Only a write without a version check can land on an ended session's key.
-if ARGV[1] == '' and revoked(KEYS[2], ARGV[5]) then
+if revoked(KEYS[2], ARGV[4]) then
   return {0}
 end
 local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])
 if refused then
-  if already_written(KEYS[1], ARGV[5]) then return {1, false} end
+  if already_written(KEYS[1], ARGV[6]) then return {1, false} end
   return refused
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, previous[3]}
 """
@@ -264,7 +267,7 @@ return removed
 REVOKE_MEMBER = (
     _REVOKED
     + """
-local fields = redis.call('HMGET', KEYS[1], 'u', 'e', 'b')
+local fields = redis.call('HMGET', KEYS[1], 'u', 'e', 'k')
 if fields[1] == ARGV[1] then
   note_revoked(KEYS[2], fields[3])
   redis.call('DEL', KEYS[1])

@@ -160,6 +160,7 @@ class RedisStore:
             return await self._on_cluster.save(record, replaces, expected_arg, ttl, index_ttl)
         previous = replaces or record.key
         user = record.user_id
+        token = codec.save_token(expected is None)
         reply = await self._scripts.standalone_save(
             keys=[self._names.session(record.key), self._names.session(previous)],
             args=[
@@ -173,7 +174,8 @@ class RedisStore:
                 "0" if user is None else "1",
                 user or "",
                 index_ttl,
-                *codec.encode_fields(record),
+                token,
+                *codec.encode_fields(record, token),
             ],
         )
         return codec.refusal(previous, reply) if not codec.done(reply) else True
