@@ -303,6 +303,20 @@ async def test_cluster_revoke_all_bars_a_login_filed_but_not_yet_written(
     assert await clustered.count(NOW) == 0
 
 
+async def test_cluster_revoke_all_lets_go_of_entries_whose_session_redis_dropped(
+    clustered: RedisStore,
+) -> None:
+    """An entry past its deadline with nothing behind it is a session Redis expired, not
+    a save in flight: its entry goes, and its key is not barred."""
+    gone = make_record(user_id="alice", expires_at=NOW - 1)
+    index = index_key(clustered, "alice")
+    await clustered._scripts.index_add(keys=[index], args=[gone.key, repr(gone.expires_at), "60000"])
+
+    assert await clustered.delete_user("alice", now=NOW) == 0
+    assert await clustered.client.zscore(index, gone.key) is None
+    assert await clustered.save(gone._replace(expires_at=NOW + HOUR)) is True
+
+
 async def test_cluster_list_user_skips_sessions_redis_dropped(clustered: RedisStore) -> None:
     alices = await spread_over_nodes(clustered, "alice")
     gone = make_record(user_id="alice", created_at=NOW - 5000, expires_at=NOW + 100)

@@ -113,14 +113,18 @@ class ClusterWrites:
         """
         index = self.names.index(user_id)
         removed = 0
-        args = [user_id, repr(now), str(_BAR_MS)]
+        bar = str(_BAR_MS)
         for _ in range(_REVOKE_PASSES):
-            members = [m for m, _ in await self.scripts.entries(index) if m != keep]
-            if not members:
+            entries = [(m, score) for m, score in await self.scripts.entries(index) if m != keep]
+            if not entries:
                 break
+            members = [member for member, _ in entries]
             results = await run_scripts(
                 self.client,
-                [(self.scripts.revoke_member, self._keys(m), args) for m in members],
+                [
+                    (self.scripts.revoke_member, self._keys(m), [user_id, repr(now), bar, score])
+                    for m, score in entries
+                ],
             )
             handled = [member for member, done in zip(members, results, strict=True) if int(done)]
             if not handled:

@@ -259,11 +259,13 @@ end
 return removed
 """
 
-# KEYS: session, its receipt. ARGV: user, now, bar ttl ms. Deletes the session only if that user
-# still owns it: 2 when it was live at ``now``, 1 when already dead. Where nothing is
-# there yet, a save of this user's is in flight (it files the index entry first): the
-# key is barred with a hash holding only ``x``, which WRITE refuses, so that session
-# cannot come to life once its user was logged out everywhere: 3. Else 0.
+# KEYS: session, its receipt. ARGV: user, now, bar ttl ms, the index entry's score.
+# Deletes the session only if that user still owns it: 2 when it was live at ``now``, 1
+# when already dead. Where nothing is there yet and the entry's deadline is ahead, a
+# save of this user's is in flight (it files the index entry first): the key is barred
+# with a hash holding only ``x``, which WRITE refuses, so that session cannot come to
+# life once its user was logged out everywhere. An entry past its deadline points at a
+# session Redis dropped itself, and is only let go. Both: 3. Else 0.
 REVOKE_MEMBER = (
     _REVOKED
     + """
@@ -275,8 +277,10 @@ if fields[1] == ARGV[1] then
   return 1
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'x', '1')
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  if tonumber(ARGV[4]) > tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], 'x', '1')
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
   return 3
 end
 return 0
