@@ -310,7 +310,8 @@ async def test_cluster_revoke_all_lets_go_of_entries_whose_session_redis_dropped
     a save in flight: its entry goes, and its key is not barred."""
     gone = make_record(user_id="alice", expires_at=NOW - 1)
     index = index_key(clustered, "alice")
-    await clustered._scripts.index_add(keys=[index], args=[gone.key, repr(gone.expires_at), "60000"])
+    entry = [gone.key, repr(gone.expires_at), "60000"]
+    await clustered._scripts.index_add(keys=[index], args=entry)
 
     assert await clustered.delete_user("alice", now=NOW) == 0
     assert await clustered.client.zscore(index, gone.key) is None
