@@ -174,6 +174,10 @@ def test_malformed_sqlite_url_shows_the_right_form(
         "mongodb://admin:hunter2@db.example/sessions",
         "memory://admin:hunter2@localhost?colour=blue",
         "memory://:hunter2@localhost?max_entries=lots",
+        "redis://:hunter2@127.0.0.1:6379/notadb",
+        "redis://user:hunter2@127.0.0.1:6379/0?colour=blue",
+        "redis+cluster://:hunter2@127.0.0.1:7000,127.0.0.1:x",
+        "redis+cluster://:hunter2@127.0.0.1:7000/2",
     ],
 )
 def test_errors_never_show_a_password(url: str) -> None:
