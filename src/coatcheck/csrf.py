@@ -104,7 +104,7 @@ class CSRFGuard:
         # ``_method`` in a link, so only that is looked for on every request.
         if scope["method"] in SAFE_METHODS and b"_method=" not in scope.get("query_string", b""):
             return False
-        return self.config.enabled and not (self._exempt is not None and self._exempt.match(scope))
+        return self.config.enabled and not self._exempted(scope)
 
     def check_handshake(self, scope: Scope) -> str | None:
         """Why a websocket handshake is refused, or None.
@@ -113,9 +113,12 @@ class CSRFGuard:
         cookie and read or change their session (cross-site websocket hijacking). A
         handshake with neither ``Sec-Fetch-Site`` nor ``Origin`` is not a browser's.
         """
-        if not self.config.enabled or (self._exempt is not None and self._exempt.match(scope)):
+        if not self.config.enabled or self._exempted(scope):
             return None
         return self._browser_verdict(scope) or None
+
+    def _exempted(self, scope: Scope) -> bool:
+        return self._exempt is not None and self._exempt.match(scope)
 
     async def check(
         self, scope: Scope, receive: Receive, session: Session

@@ -65,7 +65,7 @@ class ClusterWrites:
         unindex: list[tuple[str, ...]] = []
         if old is not None:
             taken = await self.scripts.take(
-                keys=[self.names.session(old), self.names.receipt(old)],
+                keys=self._keys(old),
                 args=[expected, repr(record.last_seen_at), key],
             )
             if not codec.done(taken):
@@ -77,7 +77,7 @@ class ClusterWrites:
         checked = "" if old is not None else expected
         token = codec.save_token(checked == "")
         written = await self.scripts.write(
-            keys=[self.names.session(key), self.names.receipt(key)],
+            keys=self._keys(key),
             args=[
                 checked,
                 repr(record.last_seen_at),
@@ -96,9 +96,7 @@ class ClusterWrites:
         return True
 
     async def delete(self, key: str) -> None:
-        taken = await self.scripts.take(
-            keys=[self.names.session(key), self.names.receipt(key)], args=["", "0", ""]
-        )
+        taken = await self.scripts.take(keys=self._keys(key), args=["", "0", ""])
         owner = codec.owner(taken)
         if owner is not None:
             await self.client.execute_command("ZREM", self.names.index(owner), key)
@@ -134,7 +132,8 @@ class ClusterWrites:
         return removed
 
     def _keys(self, key: str) -> list[str]:
-        """A session's name and its receipt's, which the scripts that end it take."""
+        """A session's name and its receipt's: the keys of every script that writes or
+        ends a session on Cluster."""
         return [self.names.session(key), self.names.receipt(key)]
 
     async def purge(self, batch: list[tuple[str, str]], now: float) -> int:
