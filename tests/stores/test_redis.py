@@ -4,6 +4,8 @@ one user spread over Cluster slots, URLs, and a quick 503 (then recovery) in an 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
 import subprocess
@@ -23,6 +25,7 @@ from coatcheck import store_from_url, stores
 from coatcheck._ids import new_session_id, store_key
 from coatcheck.exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from coatcheck.stores import SessionRecord, _redis_codec, _redis_url
+from coatcheck.stores.base import Merge
 from coatcheck.stores.redis import RedisStore
 
 from ..apps import make_app
@@ -248,6 +251,39 @@ async def test_scripts_are_reloaded_after_a_script_flush(
     with redis_server.client() as raw:
         raw.script_flush()
     assert await standalone.purge_expired(NOW + 2 * HOUR) == 1
+
+
+async def test_parallel_saves_in_one_process_lose_at_most_one_race_each(
+    any_redis: RedisStore,
+) -> None:
+    """Twenty saves of one session that all loaded version 1: they take turns, so each
+    but the first loses once (to its predecessor), merges, and wins: 39 attempts. Racing
+    freely, the last could lose nineteen times, and the store run up to 210."""
+    store = any_redis
+    record = live_record(data=b"[]")
+    await store.save(record)
+    merges = 0
+
+    def append(n: int) -> Merge:
+        def merge(winner: SessionRecord) -> SessionRecord:
+            nonlocal merges
+            merges += 1
+            items = [*json.loads(winner.data), n]
+            return winner._replace(data=json.dumps(items).encode(), version=winner.version + 1)
+
+        return merge
+
+    async def save(n: int) -> bool:
+        mine = record._replace(data=json.dumps([n]).encode(), version=2)
+        return await store.save(mine, expected_version=1, merge=append(n))
+
+    assert await asyncio.gather(*(save(n) for n in range(20))) == [True] * 20
+    assert merges == 19
+    stored = await store.load(record.key, time.time())
+    assert stored is not None
+    assert stored.version == 21
+    assert sorted(json.loads(stored.data)) == list(range(20))
+    assert len(store._turns) == 0  # no lock outlives its saves
 
 
 # -- Cluster: one user's sessions on several nodes -------------------------------------

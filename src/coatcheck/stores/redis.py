@@ -21,7 +21,9 @@ revocation cannot reach; see ``_redis_cluster``.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +31,7 @@ from collections.abc import AsyncIterator
 from ..exceptions import ConfigurationError, MissingDependencyError, SessionConflictError
 from . import _redis_codec as codec
 from ._redis_codec import KeyNames
+from ._turns import Turns
 from .base import Merge, SessionRecord
 
 try:
@@ -87,6 +90,7 @@ class RedisStore:
         self.retry_after = retry_after
         self._names = KeyNames(prefix)
         self._scripts = Scripts(client)
+        self._turns = Turns()
         # The fail-safe ordering Cluster needs; standalone, every write is one script.
         self._on_cluster = (
             ClusterWrites(client, self._scripts, self._names)
@@ -136,16 +140,28 @@ class RedisStore:
         expected_version: int | None = None,
         merge: Merge | None = None,
     ) -> bool:
+        if expected_version is None:
+            with translated(self.retry_after):
+                return await self._save_once(record, replaces, None) is True
         # Optimistic: the script refuses a stale version and hands back the winner in
         # the same reply, so a merge costs no extra read; then try again on top of it.
-        for _ in range(_MAX_MERGES):
-            with translated(self.retry_after):
-                outcome = await self._save_once(record, replaces, expected_version)
-            if isinstance(outcome, bool):
-                return outcome
-            if merge is None:
-                return False
-            record, expected_version = merge(outcome), outcome.version
+        continued = replaces or record.key
+        turn = await self._turns.take(continued)
+        try:
+            for lost in range(_MAX_MERGES):
+                if lost > 1:
+                    # Taking turns rules out rivals in this process: the rest is
+                    # another process's burst, which a short random pause lets pass.
+                    await asyncio.sleep(random.uniform(0, min(0.0005 * 2**lost, 0.016)))
+                with translated(self.retry_after):
+                    outcome = await self._save_once(record, replaces, expected_version)
+                if isinstance(outcome, bool):
+                    return outcome
+                if merge is None:
+                    return False
+                record, expected_version = merge(outcome), outcome.version
+        finally:
+            self._turns.give_back(continued, turn)
         raise SessionConflictError(
             f"gave up after {_MAX_MERGES} parallel saves of the same session won the race"
         )
