@@ -8,6 +8,7 @@ never starts it; tests isolate themselves with a unique key prefix, not a new se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -27,11 +28,22 @@ _NO_SERVER = (
 )
 
 
+def free_ports(count: int) -> list[int]:
+    """Loopback ports nobody listens on right now, all different (each probe stays
+    bound until all are picked)."""
+    with contextlib.ExitStack() as probes:
+        sockets = [
+            probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in sockets]
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def valkey_server() -> str:
@@ -54,14 +66,22 @@ def require_binaries() -> None:
 
 @dataclass
 class RedisServer:
-    """One ``redis-server`` process; ``start`` again brings it back on the same port."""
+    """One ``redis-server`` process; ``start`` again brings it back on the same ports.
+
+    Ports are picked at the first start: ``port``, and one for each option named in
+    ``own_ports`` (such as ``--cluster-port``), found in ``ports`` afterwards. A port
+    can be taken between picking and binding (by an outgoing connection, say): the
+    first start then tries again on new ones.
+    """
 
     directory: Path
-    port: int = field(default_factory=free_port)
     extra: tuple[str, ...] = ()
+    own_ports: tuple[str, ...] = ()
     unix_socket: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     binary: str = "redis-server"  # or Valkey's, which speaks the same protocol
+    port: int = 0
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -76,6 +96,22 @@ class RedisServer:
         if self.binary == "redis-server":
             require_binaries()
         self.directory.mkdir(parents=True, exist_ok=True)
+        first_start = self.port == 0
+        for attempt in range(3):
+            if first_start:
+                self.port, *others = free_ports(1 + len(self.own_ports))
+                self.ports = dict(zip(self.own_ports, others, strict=True))
+                self._log.unlink(missing_ok=True)
+            self._spawn()
+            if self._wait_for_ping(may_move=first_start and attempt < 2):
+                return self
+        raise AssertionError("unreachable: the last attempt fails the test")
+
+    @property
+    def _log(self) -> Path:
+        return self.directory / "redis.log"
+
+    def _spawn(self) -> None:
         argv = [
             self.binary,
             "--port", str(self.port),
@@ -84,14 +120,13 @@ class RedisServer:
             "--appendonly", "no",
             "--daemonize", "no",
             "--dir", str(self.directory),
-            "--logfile", str(self.directory / "redis.log"),
+            "--logfile", str(self._log),
+            *(word for option, port in self.ports.items() for word in (option, str(port))),
             *self.extra,
         ]  # fmt: skip
         if self.unix_socket is not None:
             argv += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
         self.process = subprocess.Popen(argv, cwd=self.directory, stdin=subprocess.DEVNULL)
-        self._wait_for_ping()
-        return self
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -108,18 +143,21 @@ class RedisServer:
         """A synchronous client for poking at the server from a test; close it after use."""
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
-    def _wait_for_ping(self) -> None:
+    def _wait_for_ping(self, *, may_move: bool) -> bool:
+        """True once the server answers; False when it lost a port it may trade in."""
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                log = self.directory / "redis.log"
+                log = self._log
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                if may_move and "Address already in use" in tail:
+                    return False
                 pytest.fail(f"redis-server on port {self.port} exited at start-up:\n{tail}")
             try:
                 with self.client() as probe:
                     if probe.ping():
-                        return
+                        return True
             except redis.ConnectionError:
                 pass
             if time.monotonic() > deadline:
@@ -149,11 +187,15 @@ class RedisClusterServers:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", f"nodes-{number}.conf",
                     "--cluster-node-timeout", "2000",
-                    "--cluster-port", str(free_port()),
                 ),
+                own_ports=("--cluster-port",),
             )  # fmt: skip
             self.nodes.append(node)
-            node.start()
+            try:
+                node.start()
+            except BaseException:  # pytest.fail's exception too: stop the nodes started
+                self.stop()
+                raise
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         options = ["--cluster-replicas", "0", "--cluster-yes"]
         created = subprocess.run(

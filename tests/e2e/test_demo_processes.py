@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -127,21 +128,25 @@ def _open_sockets(pid: int) -> int:
     return count
 
 
-def _both_workers_hold_connections(server: DemoServer, cookie: str, workers: list[int]) -> bool:
-    """Open 12 keep-alive connections at once; True if each worker accepted some."""
-    baseline = {pid: _open_sockets(pid) for pid in workers}
-    browsers = [Browser(server.url) for _ in range(12)]
+def _served_alone(server: DemoServer, cookie: str, worker: int, workers: list[int]) -> list[str]:
+    """Add an item to the cart with every other worker stopped, so that ``worker`` must
+    serve it; returns the cart it answers with."""
+    others = [pid for pid in workers if pid != worker]
+    baseline = _open_sockets(worker)
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)  # a stopped worker accepts nothing
     try:
-        for b in browsers:
+        with Browser(server.url) as b:
             b.jar["session"] = cookie
-        with ThreadPoolExecutor(max_workers=12) as pool:
-            statuses = list(pool.map(lambda b: b.me().status_code, browsers))
-        assert statuses == [200] * 12
-        held = {pid: _open_sockets(pid) - baseline[pid] for pid in workers}
+            response = b.add(f"from-{worker}")
+            held = _open_sockets(worker) - baseline  # the keep-alive connection
     finally:
-        for b in browsers:
-            b.close()
-    return all(extra > 0 for extra in held.values())
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 201, response.text
+    assert held > 0, f"worker {worker} did not hold the connection"
+    items: list[str] = response.json()["items"]
+    return items
 
 
 def test_two_workers_share_one_sqlite_file(start_server: StartServer) -> None:
@@ -189,7 +194,13 @@ def test_two_workers_share_one_sqlite_file(start_server: StartServer) -> None:
         assert b.cart() == expected
         assert b.me().json()["user"] == "alice"
 
-        # both workers really serve this session (the kernel spreads the connections)
-        assert any(_both_workers_hold_connections(server, str(cookie), workers) for _ in range(3))
+        # each worker in turn serves this session alone, and sees what the other wrote
+        first, second = workers
+        assert _served_alone(server, str(cookie), first, workers) == [*expected, f"from-{first}"]
+        assert _served_alone(server, str(cookie), second, workers) == [
+            *expected,
+            f"from-{first}",
+            f"from-{second}",
+        ]
 
     assert sorted(_workers(server)) == sorted(workers), "a worker died or was replaced"

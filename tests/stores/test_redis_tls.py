@@ -14,7 +14,7 @@ import pytest
 from coatcheck.exceptions import StoreError
 from coatcheck.stores.redis import RedisStore
 
-from ..redis_servers import RedisServer, free_port
+from ..redis_servers import RedisServer
 from .conftest import NOW, make_record, unique_prefix
 
 pytestmark = pytest.mark.anyio
@@ -51,18 +51,17 @@ def make_certificates(directory: Path) -> None:
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, int]]:
     directory = tmp_path_factory.mktemp("tls")
     make_certificates(directory)
-    tls_port = free_port()
     server = RedisServer(
         directory / "server",
+        own_ports=("--tls-port",),
         extra=(
-            "--tls-port", str(tls_port),
             "--tls-cert-file", str(directory / "server.pem"),
             "--tls-key-file", str(directory / "server.key"),
             "--tls-ca-cert-file", str(directory / "ca.pem"),
             "--tls-auth-clients", "no",
         ),
     ).start()  # fmt: skip
-    yield server, tls_port
+    yield server, server.ports["--tls-port"]
     server.stop()
 
 
