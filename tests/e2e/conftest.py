@@ -254,6 +254,36 @@ class DemoServer:
     def browser(self, **kwargs: Any) -> Browser:
         return Browser(self.url, self.cookie_name, **kwargs)
 
+    def worker_pids(self) -> list[int]:
+        """uvicorn's worker processes (with ``--workers``), as they are now."""
+        return [pid for pid in child_pids(self.pid) if "spawn_main" in " ".join(cmdline(pid))]
+
+    def started_workers(self, count: int) -> list[int]:
+        """The ``count`` workers, once each of them has said it serves."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            pids = self.worker_pids()
+            log = self.log()
+            if len(pids) == count and all(f"Started server process [{pid}]" in log for pid in pids):
+                return pids
+            assert time.monotonic() < deadline, (pids, log)
+            time.sleep(0.1)
+
+    @contextlib.contextmanager
+    def served_by(self, worker: int) -> Iterator[None]:
+        """Every other worker stopped meanwhile: only ``worker`` accepts connections.
+
+        The workers share one listening socket, and which of them accepts a connection
+        is up to the kernel and the scheduler; this takes the choice away."""
+        others = [pid for pid in self.worker_pids() if pid != worker]
+        for pid in others:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in others:
+                os.kill(pid, signal.SIGCONT)
+
     def start(self) -> None:
         assert self.db.is_absolute()
         assert self.process is None, "already running"

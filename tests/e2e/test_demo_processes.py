@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Browser, DemoServer, StartServer, child_pids, cmdline
+from .conftest import Browser, DemoServer, StartServer, child_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -116,10 +115,6 @@ def test_default_store_is_a_sqlite_file_in_the_working_folder(start_server: Star
     assert not server.db.exists()
 
 
-def _workers(server: DemoServer) -> list[int]:
-    return [pid for pid in child_pids(server.pid) if "spawn_main" in " ".join(cmdline(pid))]
-
-
 def _open_sockets(pid: int) -> int:
     count = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -128,21 +123,13 @@ def _open_sockets(pid: int) -> int:
     return count
 
 
-def _served_alone(server: DemoServer, cookie: str, worker: int, workers: list[int]) -> list[str]:
-    """Add an item to the cart with every other worker stopped, so that ``worker`` must
-    serve it; returns the cart it answers with."""
-    others = [pid for pid in workers if pid != worker]
+def _served_alone(server: DemoServer, cookie: str, worker: int) -> list[str]:
+    """Add an item to the cart through ``worker`` alone; returns the cart it answers."""
     baseline = _open_sockets(worker)
-    for pid in others:
-        os.kill(pid, signal.SIGSTOP)  # a stopped worker accepts nothing
-    try:
-        with Browser(server.url) as b:
-            b.jar["session"] = cookie
-            response = b.add(f"from-{worker}")
-            held = _open_sockets(worker) - baseline  # the keep-alive connection
-    finally:
-        for pid in others:
-            os.kill(pid, signal.SIGCONT)
+    with server.served_by(worker), Browser(server.url) as b:
+        b.jar["session"] = cookie
+        response = b.add(f"from-{worker}")
+        held = _open_sockets(worker) - baseline  # the keep-alive connection
     assert response.status_code == 201, response.text
     assert held > 0, f"worker {worker} did not hold the connection"
     items: list[str] = response.json()["items"]
@@ -151,12 +138,7 @@ def _served_alone(server: DemoServer, cookie: str, worker: int, workers: list[in
 
 def test_two_workers_share_one_sqlite_file(start_server: StartServer) -> None:
     server = start_server("--workers", "2", name="workers")
-    workers = _workers(server)
-    assert len(workers) == 2, (child_pids(server.pid), server.log())
-    deadline = time.monotonic() + 10
-    while not all(f"Started server process [{pid}]" in server.log() for pid in workers):
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.1)
+    workers = server.started_workers(2)
 
     with server.browser(fresh_connections=True) as alice:
         alice.login("alice")
@@ -196,11 +178,11 @@ def test_two_workers_share_one_sqlite_file(start_server: StartServer) -> None:
 
         # each worker in turn serves this session alone, and sees what the other wrote
         first, second = workers
-        assert _served_alone(server, str(cookie), first, workers) == [*expected, f"from-{first}"]
-        assert _served_alone(server, str(cookie), second, workers) == [
+        assert _served_alone(server, str(cookie), first) == [*expected, f"from-{first}"]
+        assert _served_alone(server, str(cookie), second) == [
             *expected,
             f"from-{first}",
             f"from-{second}",
         ]
 
-    assert sorted(_workers(server)) == sorted(workers), "a worker died or was replaced"
+    assert sorted(server.worker_pids()) == sorted(workers), "a worker died or was replaced"

@@ -248,10 +248,15 @@ async def test_cluster_writes_survive_connections_closed_while_idle(
         async with client_for(counter_app(store)) as client:
             for _ in range(4):  # a connection to every node in the pool
                 await client.post("/login")
+            deadline = time.monotonic() + 15
             for node in nodes:
                 with node.client() as admin:
                     admin.config_set("timeout", 1)
-            await asyncio.sleep(2.5)  # every pooled connection is now closed by its server
+                    # Until every pooled connection is closed by its server: the only
+                    # client left is this one, which is never idle for a second.
+                    while admin.info("clients")["connected_clients"] > 1:
+                        assert time.monotonic() < deadline, admin.client_list()
+                        await asyncio.sleep(0.1)
             # New visitors: no session to load first, so a login's save is the first use.
             relogins = [await client.post("/login") for _ in range(4)]
             counts = [await client.post("/inc", headers=cookie(r)) for r in relogins]
