@@ -120,3 +120,14 @@ def client_for(app: Any, **kwargs: Any) -> httpx.AsyncClient:
         headers={**SAME_ORIGIN, **kwargs.pop("headers", {})},
         **kwargs,
     )
+
+
+# Limits shortened by a later deploy, and how the session outlives them: (idle, absolute)
+# of the new limits, the seconds between the refreshing reads made under the old ones
+# (each keeps last_seen_at recent), then the seconds until the read under the new ones.
+# "idle" and "absolute" each break one limit alone: dropping either check on load fails one.
+SHORTENED = [
+    pytest.param((10, 20), [], 30, id="both"),
+    pytest.param((10, 10_000), [], 11, id="idle"),
+    pytest.param((1000, 1500), [500, 500], 600, id="absolute"),
+]

@@ -70,8 +70,19 @@ def test_durations_accept_seconds_or_timedelta() -> None:
         ({"eager_paths": "/admin"}, "list of path prefixes"),
         ({"eager_paths": ["admin"]}, "start with '/'"),
         ({"retry_after": 0}, "retry_after"),
+        ({"secret_keys": "x" * 32}, "takes a list"),
+        ({"secret_keys": ["x" * 32, "too short"]}, "at least 16 bytes"),
+        ({"secret_keys": [b"fifteen bytes.."]}, "at least 16 bytes"),
     ],
 )
 def test_bad_session_settings_are_rejected(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         SessionConfig(**options)  # type: ignore[arg-type]
+
+
+def test_the_keyring_refuses_a_short_key_however_it_is_built() -> None:
+    from coatcheck._keys import Keyring
+
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        Keyring([b"fifteen bytes.."])
+    assert Keyring([b"sixteen bytes..."]).derive("csrf")

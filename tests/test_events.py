@@ -13,7 +13,7 @@ from coatcheck.session import Session
 from coatcheck.testing import FakeClock
 
 from .apps import make_app
-from .conftest import client_for
+from .conftest import SHORTENED, client_for
 
 pytestmark = pytest.mark.anyio
 NAME = "__Host-session"
@@ -49,8 +49,13 @@ async def test_the_life_cycle_is_reported(any_store: Store, clock: FakeClock) ->
             assert value["cookie"].split("=", 1)[1] not in repr(event)
 
 
+@pytest.mark.parametrize(("limits", "active", "then"), SHORTENED)
 async def test_expiry_is_reported_when_an_expired_session_is_presented(
-    any_store: Store, clock: FakeClock
+    any_store: Store,
+    clock: FakeClock,
+    limits: tuple[int, int],
+    active: list[int],
+    then: int,
 ) -> None:
     seen: list[SessionEvent] = []
 
@@ -58,10 +63,14 @@ async def test_expiry_is_reported_when_an_expired_session_is_presented(
         seen.append(event)
 
     long = SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
-    short = SessionConfig(idle_timeout=10, absolute_timeout=20, clock=clock)
+    idle, absolute = limits
+    short = SessionConfig(idle_timeout=idle, absolute_timeout=absolute, clock=clock)
     async with client_for(make_app(any_store, long)) as client:
         alice = ticket(await client.post("/login"))
-    clock.advance(30)
+        for seconds in active:
+            clock.advance(seconds)
+            assert (await client.get("/read", headers=alice)).json()["user"] == "alice"
+    clock.advance(then)
     async with client_for(make_app(any_store, short, events=[hook])) as client:
         assert (await client.get("/read", headers=alice)).json()["user"] is None
     assert [(event.kind, event.user_id) for event in seen] == [("expired", "alice")]

@@ -95,6 +95,19 @@ async def test_an_oversized_cookie_header_is_ignored(any_store: Store) -> None:
     assert normal.json()["user"] == "alice"
 
 
+async def test_an_oversized_user_agent_is_stored_cut_short(any_store: Store) -> None:
+    """Every save stores the header, for the device list: a client must not be able to
+    make each of its records, and so every listing of the user's devices, 10 kB larger."""
+    agent = "Mozilla/5.0 (X11; Linux x86_64) " + "x" * 10_000
+    async with client_for(make_app(any_store)) as client:
+        response = await client.post("/login", headers={"user-agent": agent})
+    assert response.status_code == 200
+    (record,) = await any_store.list_user("alice", SessionConfig().clock())
+    assert len(record.user_agent) <= 256
+    assert record.user_agent.startswith("Mozilla/5.0 (X11; Linux x86_64) ")
+    assert agent.startswith(record.user_agent)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"max_session_bytes": 10}, "max_session_bytes"), ({"max_sessions_per_user": 0}, "per_user")],

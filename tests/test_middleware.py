@@ -19,7 +19,7 @@ from coatcheck._ids import store_key
 from coatcheck.testing import SAME_ORIGIN, TEST_WS_BASE_URL, FakeClock
 
 from .apps import make_app
-from .conftest import CountingStore, client_for
+from .conftest import SHORTENED, CountingStore, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -119,7 +119,8 @@ async def test_store_holds_only_the_hash_of_the_id(
     assert await store.inner.load(sid, 0) is None
     record = await store.inner.load(store_key(sid), 0)
     assert record is not None
-    assert sid not in record.public_id
+    # The public id shown in device lists is not cut from the secret either.
+    assert not any(sid[at : at + 8] in record.public_id for at in range(len(sid) - 7))
 
 
 async def test_read_after_write_loads_once_and_writes_nothing(
@@ -177,12 +178,15 @@ async def test_a_cookie_that_matches_nothing_is_left_alone(client: httpx.AsyncCl
 
 
 async def test_a_slow_read_does_not_clobber_the_cookie_of_a_parallel_login(
-    any_store: Store, config: SessionConfig
+    any_store: Store, config: SessionConfig, clock: FakeClock
 ) -> None:
+    """The read is due to refresh the sliding expiry, so it really tries to save, finds
+    its record replaced by the login, and must then leave the browser's cookie alone."""
     app = make_app(any_store, config)
     app.state.gate = Gate()
     async with client_for(app) as client:
         anonymous = await start_session(client)
+        clock.advance(500)  # within the idle timeout, past the refresh threshold
         results: list[httpx.Response] = []
 
         async def slow_read() -> None:
@@ -197,6 +201,8 @@ async def test_a_slow_read_does_not_clobber_the_cookie_of_a_parallel_login(
         (late,) = results
         assert late.status_code == 200
         assert "set-cookie" not in late.headers
+        state = (await client.get("/read", headers=cookie(ticket(login)))).json()
+        assert state == {"data": {"n": 1}, "user": "alice"}
 
 
 async def test_two_different_session_cookies_mean_no_session(client: httpx.AsyncClient) -> None:
@@ -404,16 +410,21 @@ async def test_absolute_timeout_ends_an_active_session(
     assert 9_000 <= alive < 10_000
 
 
-async def test_remember_me_gets_max_age_and_the_longer_lifetime(
-    store: CountingStore, clock: FakeClock
-) -> None:
-    config = SessionConfig(
+def remembering(clock: FakeClock) -> SessionConfig:
+    """Short browser sessions, long remembered ones."""
+    return SessionConfig(
         idle_timeout=100,
         absolute_timeout=1000,
         remember_idle_timeout=10_000,
         remember_absolute_timeout=100_000,
         clock=clock,
     )
+
+
+async def test_remember_me_gets_max_age_and_the_longer_lifetime(
+    store: CountingStore, clock: FakeClock
+) -> None:
+    config = remembering(clock)
     async with client_for(make_app(store, config)) as client:
         response = await client.post("/login?remember=1")
         assert "Max-Age=100000" in response.headers["set-cookie"]
@@ -426,16 +437,46 @@ async def test_remember_me_gets_max_age_and_the_longer_lifetime(
         assert (await client.get("/read", headers=cookie(browser_session))).json()["user"] is None
 
 
-async def test_expired_record_is_not_served_even_if_the_store_still_has_it(
+async def test_a_new_id_for_a_remembered_session_keeps_its_cookie_to_the_absolute_limit(
     store: CountingStore, clock: FakeClock
 ) -> None:
+    """A later regenerate() must not restart the cookie's lifetime: a cookie that outlived
+    the server session would be sent for nothing, and look like a login that still holds."""
+    config = remembering(clock)
+    async with client_for(make_app(store, config)) as client:
+        sid = ticket(await client.post("/login?remember=1"))
+        clock.advance(5000)
+        response = await client.post("/regenerate", headers=cookie(sid))
+        record = await store.inner.load(store_key(ticket(response)), clock())
+        assert record is not None
+        assert record.created_at == clock() - 5000  # the server session ends 95 000 s on
+        (header,) = set_cookies(response)
+        assert "Max-Age=95000" in [part.strip() for part in header.split(";")]
+
+
+@pytest.mark.parametrize(("limits", "active", "then"), SHORTENED)
+async def test_expired_record_is_not_served_even_if_the_store_still_has_it(
+    store: CountingStore,
+    clock: FakeClock,
+    limits: tuple[int, int],
+    active: list[int],
+    then: int,
+) -> None:
     long = SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
-    short = SessionConfig(idle_timeout=10, absolute_timeout=20, clock=clock)
+    idle, absolute = limits
+    short = SessionConfig(idle_timeout=idle, absolute_timeout=absolute, clock=clock)
     async with client_for(make_app(store, long)) as client:
-        sid = ticket(await client.post("/login"))
-    clock.advance(30)
+        anonymous = ticket(await client.post("/append?item=apple"))
+        sid = ticket(await client.post("/login", headers=cookie(anonymous)))
+        for seconds in active:
+            clock.advance(seconds)
+            state = (await client.get("/read", headers=cookie(sid))).json()
+            assert state == {"data": {"cart": ["apple"]}, "user": "alice"}
+    clock.advance(then)
+    assert await store.inner.load(store_key(sid), clock()) is not None
     async with client_for(make_app(store, short)) as client:
-        assert (await client.get("/read", headers=cookie(sid))).json()["user"] is None
+        state = (await client.get("/read", headers=cookie(sid))).json()
+    assert state == {"data": {}, "user": None}
 
 
 # -- request.session for Starlette-style code ----------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -145,6 +146,29 @@ async def test_openapi_documents_the_json_api(app: FastAPI) -> None:
 
 
 # -- logging in -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_cart_holds_at_most_a_hundred_items(app: FastAPI) -> None:
+    """A session grows only so far, however many requests add to it, even in parallel."""
+    async with browser(app) as client:
+        for n in range(99):
+            assert (await client.post("/cart/items", json={"item": f"i{n}"})).status_code == 201
+        # Parallel adds to the 99-item cart: those that saw room before another saved
+        # are re-run on the stored cart, which is then full.
+        racing = await asyncio.gather(
+            *(client.post("/cart/items", json={"item": f"late{n}"}) for n in range(20))
+        )
+        assert {r.status_code for r in racing} <= {201, 422}
+        full = await client.post("/cart/items", json={"item": "one more"})
+        form = await client.post("/cart/items", data={"item": "by form"}, headers=FORM)
+        cart = (await client.get("/cart")).json()["items"]
+    assert full.status_code == 422
+    assert "full" in full.json()["detail"]
+    assert form.status_code == 422
+    assert "full" in form.text
+    assert len(cart) == 100
+    assert cart[:99] == [f"i{n}" for n in range(99)]
 
 
 @pytest.mark.anyio

@@ -198,6 +198,12 @@ class Browser:
         return self.post("/cart/items", json={"item": item})
 
 
+def echoes_part_of(secret: str, text: str, width: int = 12) -> bool:
+    """Whether ``text`` holds any ``width`` characters of ``secret`` in a row: a public
+    id cut from the session ID would leak it just as surely as the whole ID."""
+    return any(secret[at : at + width] in text for at in range(len(secret) - width + 1))
+
+
 # -- the server ----------------------------------------------------------------------------
 
 

@@ -46,7 +46,8 @@ def cart(client: httpx.Client, alice: dict[str, str]) -> list[str]:
 
 def test_cross_site_posts_and_deletes_change_nothing(client: httpx.Client) -> None:
     alice = login(client)
-    assert client.post("/cart/items", json={"item": "mine"}, headers={**alice, **SAME_ORIGIN})
+    added = client.post("/cart/items", json={"item": "mine"}, headers={**alice, **SAME_ORIGIN})
+    assert added.status_code == 201
     device = client.get("/sessions", headers=alice).json()["sessions"][0]["id"]
     forged = [
         client.post("/cart/items", data={"item": "evil"}, headers={**alice, **CROSS_SITE}),
