@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
-from coatcheck import MemoryStore, SessionRecord
+from coatcheck import MemoryStore, SessionRecord, store_from_url
 from coatcheck.cli import app
 from coatcheck.demo.app import create_app, create_app_from_env
 
@@ -136,6 +136,34 @@ def test_list_shows_public_ids_and_never_secrets(runner: CliRunner, filled: Fill
     assert "iPhone" in output
     assert time.strftime("%Y-%m-%d", time.gmtime()) in output
     _assert_no_secrets(output, filled)
+
+
+def test_list_prints_markup_in_user_agents_and_names_as_text(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """User agents come from clients: one holding Rich markup must neither break the
+    listing nor restyle it."""
+    url = f"sqlite:///{tmp_path / 'marked.db'}"
+    user, agent = "[/]al[bold]ice", "evil [/] [bold]x[red]"
+
+    async def fill() -> None:
+        store = store_from_url(url)
+        now = time.time()
+        record = SessionRecord(
+            key="a" * 64, public_id="markuppublicid00", data=b"{}", user_id=user,
+            created_at=now, last_seen_at=now, expires_at=now + 600, user_agent=agent,
+        )  # fmt: skip
+        await store.save(record)
+        await store.aclose()
+
+    asyncio.run(fill())
+    result = runner.invoke(app, ["sessions", "list", "--store", url, "--user", user])
+    assert result.exit_code == 0, result.output
+    assert agent in result.stdout
+    assert f"Live sessions of {user}" in result.stdout
+    revoked = runner.invoke(app, ["sessions", "revoke", "--store", url, "--user", user])
+    assert revoked.exit_code == 0, revoked.output
+    assert f"of {user}." in revoked.stdout
 
 
 def test_list_for_a_user_without_sessions(runner: CliRunner, filled: Filled) -> None:

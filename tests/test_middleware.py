@@ -12,10 +12,12 @@ from coatcheck import (
     SessionConfig,
     SessionMiddleware,
     SessionNotLoadedError,
+    SessionRecord,
     SQLiteStore,
     Store,
 )
 from coatcheck._ids import store_key
+from coatcheck.stores.base import Merge
 from coatcheck.testing import SAME_ORIGIN, TEST_WS_BASE_URL, FakeClock
 
 from .apps import make_app
@@ -397,6 +399,22 @@ async def test_sliding_refresh_is_throttled_and_never_grows_the_window(
     assert clock() <= refreshed.expires_at + 1000 * 0.1
 
 
+async def test_the_stored_deadline_never_passes_the_absolute_limit(
+    store: CountingStore, clock: FakeClock
+) -> None:
+    """Device lists, counts and revocations go by the stored deadline, not by load's
+    checks: sliding it past the absolute limit would count a dead session as live."""
+    config = SessionConfig(idle_timeout=1000, absolute_timeout=1500, clock=clock)
+    async with client_for(make_app(store, config)) as client:
+        sid = ticket(await client.post("/login"))
+        created = clock()
+        clock.advance(900)
+        assert (await client.post("/write", headers=cookie(sid))).json()["user"] == "alice"
+    record = await store.inner.load(store_key(sid), clock())
+    assert record is not None
+    assert record.expires_at == created + 1500
+
+
 async def test_absolute_timeout_ends_an_active_session(
     client: httpx.AsyncClient, clock: FakeClock
 ) -> None:
@@ -630,3 +648,32 @@ async def test_websocket_reads_and_writes_the_session(
     async with client_for(app) as client:
         data = (await client.get("/read", headers=cookie(sid))).json()["data"]
     assert data == {"n": 1, "ws": 1, "after_accept": True}
+
+
+class _BarringStore(MemoryStore):
+    """Refuses every new record, as Redis Cluster does for a login that "log out
+    everywhere" barred while it was in flight."""
+
+    async def save(
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
+    ) -> bool:
+        if expected_version is None and replaces is None:
+            return False
+        return await super().save(
+            record, replaces=replaces, expected_version=expected_version, merge=merge
+        )
+
+
+async def test_a_refused_new_session_gets_409_and_no_cookie() -> None:
+    store = _BarringStore()
+    async with client_for(make_app(store, SessionConfig())) as client:
+        response = await client.post("/login")
+    assert response.status_code == 409
+    assert "ended by another request" in response.json()["detail"]
+    assert "set-cookie" not in response.headers
+    assert await store.count(0) == 0

@@ -179,6 +179,43 @@ async def test_login_as_someone_else_drops_the_previous_users_data(
     assert session.user_id == "bob"
 
 
+async def test_a_new_user_on_the_same_browser_ends_the_previous_users_session(
+    persistence: Persistence, clock: FakeClock
+) -> None:
+    """Nothing carries over to bob, so the store must not keep alice's record either:
+    her old cookie would still log her in, and her device list would still show it."""
+    session = await fresh(persistence)
+    session.login("alice")
+    alices = await saved(persistence, session)
+
+    session = await fresh(persistence, alices)
+    session.login("bob")
+    bobs = await saved(persistence, session)
+
+    assert (await fresh(persistence, alices)).user_id is None
+    assert (await fresh(persistence, bobs)).user_id == "bob"
+    assert await persistence.store.list_user("alice", clock()) == []
+
+
+async def test_new_data_after_destroy_goes_to_a_new_record(
+    persistence: Persistence, clock: FakeClock
+) -> None:
+    session = await fresh(persistence)
+    session.login("alice")
+    session["cart"] = ["apple"]
+    old = await saved(persistence, session)
+
+    session = await fresh(persistence, old)
+    session.destroy()
+    session["cart"] = ["pear"]
+    new = await saved(persistence, session)
+
+    assert new != old
+    assert dict(await fresh(persistence, old)) == {}
+    assert dict(await fresh(persistence, new)) == {"cart": ["pear"]}
+    assert await persistence.store.list_user("alice", clock()) == []
+
+
 @pytest.mark.parametrize("read", ["get", "getitem", "setdefault"])
 async def test_values_changed_in_place_after_any_read_are_saved(
     persistence: Persistence, read: str

@@ -30,7 +30,7 @@ from coatcheck import (
 )
 from coatcheck._ids import store_key
 from coatcheck.fastapi import SessionDep
-from coatcheck.stores import _redis_codec
+from coatcheck.stores import SessionRecord, _redis_codec
 from coatcheck.stores.redis import RedisStore
 
 from ..conftest import client_for
@@ -163,11 +163,24 @@ async def test_saves_sent_twice_are_applied_once(kind: str, tmp_path: Path) -> N
         await store.aclose()
 
 
+# Two ways to end a session from another app server: "log out everywhere" for its user,
+# or a logout or a device revocation of this one session.
+ENDINGS = ["delete_user", "delete"]
+
+
+async def end(store: RedisStore, how: str, record: SessionRecord) -> int:
+    if how == "delete_user":
+        return await store.delete_user("alice", now=NOW)
+    await store.delete(record.key)
+    return 1
+
+
+@pytest.mark.parametrize("how", ENDINGS)
 async def test_a_save_resent_after_its_session_was_revoked_stays_refused(
-    redis_server: RedisServer,
+    redis_server: RedisServer, how: str
 ) -> None:
-    """A login's save lands, its reply is lost, "log out everywhere" runs on another app
-    server, then redis-py sends the save again: the session stays ended."""
+    """A login's save lands, its reply is lost, another app server ends the session,
+    then redis-py sends the save again: the session stays ended."""
     prefix = unique_prefix()
     elsewhere = RedisStore.from_url(redis_server.url, prefix=prefix)
     async with CuttingProxy(redis_server.port) as proxy:
@@ -175,16 +188,17 @@ async def test_a_save_resent_after_its_session_was_revoked_stays_refused(
         try:
             await store.save(make_record())  # the server has loaded the script
             proxy.needle = store._scripts.standalone_save.sha.encode()
-            revoked: list[int] = []
-
-            async def log_out_everywhere() -> None:
-                revoked.append(await elsewhere.delete_user("alice"))
-
-            proxy.on_cut = log_out_everywhere
+            landed: list[bool] = []
             login = make_record(user_id="alice")
+
+            async def log_out() -> None:
+                landed.append(await elsewhere.load(login.key, NOW) == login)
+                assert await end(elsewhere, how, login) == 1
+
+            proxy.on_cut = log_out
             assert await store.save(login) is False  # the resent copy: refused
             assert proxy.cuts == 1
-            assert revoked == [1]  # the first copy had landed
+            assert landed == [True]  # the first copy had landed
             assert await elsewhere.load(login.key, NOW) is None
             assert await elsewhere.list_user("alice", NOW) == []
             assert await store.save(login) is True  # a save of its own is not a resend
@@ -193,20 +207,21 @@ async def test_a_save_resent_after_its_session_was_revoked_stays_refused(
             await elsewhere.aclose()
 
 
+@pytest.mark.parametrize("how", ENDINGS)
 async def test_cluster_write_resent_after_its_session_was_revoked_stays_refused(
-    tmp_path: Path,
+    tmp_path: Path, how: str
 ) -> None:
-    """The same, step by step as a Cluster login sends it: the write, then "log out
-    everywhere", then the write again with the very same arguments, token included."""
+    """The same, step by step as a Cluster login sends it: the write, then the session
+    ended, then the write again with the very same arguments, token included."""
     clustered = build_store("redis-cluster", tmp_path)
     assert isinstance(clustered, RedisStore)
     try:
-        await _resend_after_revocation(clustered)
+        await _resend_after_revocation(clustered, how)
     finally:
         await clustered.aclose()
 
 
-async def _resend_after_revocation(clustered: RedisStore) -> None:
+async def _resend_after_revocation(clustered: RedisStore, how: str) -> None:
     login = make_record(user_id="alice")
     names, scripts = clustered._names, clustered._scripts
     index = [names.index("alice")]
@@ -215,7 +230,8 @@ async def _resend_after_revocation(clustered: RedisStore) -> None:
     keys = [names.session(login.key), names.receipt(login.key)]
     args = ["", repr(login.last_seen_at), "60000", token, *_redis_codec.encode_fields(login, token)]
     assert _redis_codec.done(await scripts.write(keys=keys, args=args))
-    assert await clustered.delete_user("alice", now=NOW) == 1
+    assert await clustered.load(login.key, NOW) == login
+    assert await end(clustered, how, login) == 1
     assert not _redis_codec.done(await scripts.write(keys=keys, args=args))
     assert await clustered.load(login.key, NOW) is None
     assert await clustered.save(login) is True  # a save of its own is not a resend

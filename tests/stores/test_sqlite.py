@@ -313,12 +313,25 @@ async def test_first_use_gives_up_on_a_peer_that_never_lets_go(db_path: Path) ->
     assert ticks >= 5, ticks
 
 
+async def test_a_file_that_cannot_be_created_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    """A missing folder (or a full or read-only disk) is an outage to report with 503."""
+    store = SQLiteStore(tmp_path / "missing" / "sessions.db")
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await store.save(make_record())
+    finally:
+        await store.aclose()
+
+
 # -- purging ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("batch", [10, 1])
 @pytest.mark.parametrize("expired", [35, 30, 10, 9, 1])
-async def test_purge_expired_works_through_every_batch(db_path: Path, expired: int) -> None:
-    store = SQLiteStore(db_path, purge_batch=10, purge_every=0)
+async def test_purge_expired_works_through_every_batch(
+    db_path: Path, expired: int, batch: int
+) -> None:
+    store = SQLiteStore(db_path, purge_batch=batch, purge_every=0)
     try:
         live = [make_record(user_id="alice", created_at=NOW - i) for i in range(3)]
         for i in range(expired):

@@ -178,6 +178,8 @@ def test_malformed_sqlite_url_shows_the_right_form(
         "redis://user:hunter2@127.0.0.1:6379/0?colour=blue",
         "redis+cluster://:hunter2@127.0.0.1:7000,127.0.0.1:x",
         "redis+cluster://:hunter2@127.0.0.1:7000/2",
+        "redis://:hunter2@[::1",  # urlsplit itself refuses it
+        "redis://hunter2@[::1]:x/0",  # a password given without a user name
     ],
 )
 def test_errors_never_show_a_password(url: str) -> None:

@@ -26,9 +26,9 @@ _SQLITE_FORMS = "SQLite URLs look like sqlite:///relative.db or sqlite:////abs/p
 
 def store_from_url(url: str) -> Store:
     """Build a store from a URL such as ``sqlite:///sessions.db?busy_timeout=2``."""
-    parts = urlsplit(url)
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
     try:
+        parts = urlsplit(url)  # refuses an unbalanced "[" (IPv6)
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
         if parts.scheme in REDIS_SCHEMES:
             from .redis import RedisStore  # here: `import coatcheck` must not need redis
 
