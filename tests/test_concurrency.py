@@ -182,6 +182,26 @@ async def open_session(persistence: Persistence, cookie: str | None) -> Session:
     return await Session(persistence, {"headers": headers}).load()
 
 
+async def test_after_a_merge_the_session_holds_what_was_stored(any_store: Store) -> None:
+    """A request that merged with a parallel save goes on with the merged data, so a
+    later change in the same request (a streaming body, a background task) starts from
+    it and cannot write the other request's change away."""
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first["base"] = 0
+    header = dict(await persistence.commit(first, 200))[b"set-cookie"].decode()
+    cookie = header.split(";", 1)[0].split("=", 1)[1]
+    a, b = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    a["x"] = 1
+    assert await persistence.commit(a, 200) == []
+    b["y"] = 2
+    assert await persistence.commit(b, 200) == []
+    assert dict(b) == {"base": 0, "x": 1, "y": 2}
+    b["z"] = 3
+    assert await persistence.commit(b, 200) == []
+    assert dict(await open_session(persistence, cookie)) == {"base": 0, "x": 1, "y": 2, "z": 3}
+
+
 @st.composite
 def schedules(draw: st.DrawFn) -> list[tuple[str, int]]:
     """A random interleaving of load i / save i (each load before its save)."""

@@ -370,6 +370,26 @@ async def test_cluster_list_user_skips_sessions_redis_dropped(clustered: RedisSt
     assert await clustered.client.zscore(index, gone.key) is None
 
 
+async def test_the_user_index_lists_only_what_is_stored(any_redis: RedisStore) -> None:
+    """Entries go as their sessions do, on rotation, delete and purge: an active user's
+    index would otherwise grow with every login until its TTL ran out."""
+    store = any_redis
+    index = index_key(store, "alice")
+    first = make_record(user_id="alice")
+    await store.save(first)
+    rotated = make_record(user_id="alice", version=2)
+    assert await store.save(rotated, replaces=first.key, expected_version=1)
+    assert await store.client.zrange(index, 0, -1) == [rotated.key.encode()]
+
+    await store.delete(rotated.key)
+    assert await store.client.zrange(index, 0, -1) == []
+
+    dying = make_record(user_id="alice", expires_at=NOW + 10)
+    await store.save(dying)
+    assert await store.purge_expired(NOW + 20) == 1
+    assert await store.client.zrange(index, 0, -1) == []
+
+
 async def test_a_stale_index_entry_never_reaches_another_users_session(
     any_redis: RedisStore,
 ) -> None:
