@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -17,7 +18,6 @@ from coatcheck import (
     Store,
 )
 from coatcheck._ids import store_key
-from coatcheck.stores.base import Merge
 from coatcheck.testing import SAME_ORIGIN, TEST_WS_BASE_URL, FakeClock
 
 from .apps import make_app
@@ -654,19 +654,10 @@ class _BarringStore(MemoryStore):
     """Refuses every new record, as Redis Cluster does for a login that "log out
     everywhere" barred while it was in flight."""
 
-    async def save(
-        self,
-        record: SessionRecord,
-        *,
-        replaces: str | None = None,
-        expected_version: int | None = None,
-        merge: Merge | None = None,
-    ) -> bool:
-        if expected_version is None and replaces is None:
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        if options.get("expected_version") is None and options.get("replaces") is None:
             return False
-        return await super().save(
-            record, replaces=replaces, expected_version=expected_version, merge=merge
-        )
+        return await super().save(record, **options)
 
 
 async def test_a_refused_new_session_gets_409_and_no_cookie() -> None:
