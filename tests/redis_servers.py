@@ -168,14 +168,27 @@ class RedisServer:
 
 @dataclass
 class RedisClusterServers:
-    """Three masters, no replicas, joined with ``redis-cli --cluster create``."""
+    """Three masters, no replicas, joined with ``redis-cli --cluster create``.
+
+    With ``tls`` (a directory holding ``ca.pem``, ``server.pem`` and ``server.key``),
+    each node also listens on a TLS port, clients and the cluster bus speak TLS, and
+    the nodes announce their TLS ports; the plain ports stay open for the tests' probes.
+    """
 
     directory: Path
+    tls: Path | None = None
     nodes: list[RedisServer] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.client_ports)
+
+    @property
+    def client_ports(self) -> list[int]:
+        """The ports the nodes announce to clients: their TLS ports under ``tls``."""
+        if self.tls is None:
+            return [node.port for node in self.nodes]
+        return [node.ports["--tls-port"] for node in self.nodes]
 
     def start(self) -> RedisClusterServers:
         require_binaries()
@@ -187,8 +200,9 @@ class RedisClusterServers:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", f"nodes-{number}.conf",
                     "--cluster-node-timeout", "2000",
+                    *self._tls_options(),
                 ),
-                own_ports=("--cluster-port",),
+                own_ports=("--cluster-port", *(("--tls-port",) if self.tls else ())),
             )  # fmt: skip
             self.nodes.append(node)
             try:
@@ -196,8 +210,10 @@ class RedisClusterServers:
             except BaseException:  # pytest.fail's exception too: stop the nodes started
                 self.stop()
                 raise
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        addresses = [f"127.0.0.1:{port}" for port in self.client_ports]
         options = ["--cluster-replicas", "0", "--cluster-yes"]
+        if self.tls is not None:
+            options += ["--tls", "--cacert", str(self.tls / "ca.pem")]
         created = subprocess.run(
             ["redis-cli", "--cluster", "create", *addresses, *options],
             capture_output=True,
@@ -210,6 +226,17 @@ class RedisClusterServers:
             pytest.fail(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
         self._wait_until_ok()
         return self
+
+    def _tls_options(self) -> tuple[str, ...]:
+        if self.tls is None:
+            return ()
+        return (
+            "--tls-cert-file", str(self.tls / "server.pem"),
+            "--tls-key-file", str(self.tls / "server.key"),
+            "--tls-ca-cert-file", str(self.tls / "ca.pem"),
+            "--tls-auth-clients", "no",
+            "--tls-cluster", "yes",
+        )  # fmt: skip
 
     def stop(self) -> None:
         for node in self.nodes:

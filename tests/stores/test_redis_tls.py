@@ -1,6 +1,6 @@
-"""``rediss://`` against a real redis-server speaking TLS, with certificates made here:
-sessions go over TLS, and a server whose certificate the client cannot verify is
-refused, not trusted."""
+"""``rediss://`` and ``rediss+cluster://`` against real redis-servers speaking TLS, with
+certificates made here: sessions go over TLS, and a server whose certificate the client
+cannot verify is refused, not trusted."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from coatcheck.exceptions import StoreError
 from coatcheck.stores.redis import RedisStore
 
-from ..redis_servers import RedisServer
+from ..redis_servers import RedisClusterServers, RedisServer
 from .conftest import NOW, make_record, unique_prefix
 
 pytestmark = pytest.mark.anyio
@@ -48,9 +48,15 @@ def make_certificates(directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, int]]:
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tls")
     make_certificates(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tls_server(certificates: Path) -> Iterator[tuple[RedisServer, int]]:
+    directory = certificates
     server = RedisServer(
         directory / "server",
         own_ports=("--tls-port",),
@@ -94,6 +100,70 @@ async def test_a_server_the_client_cannot_verify_is_refused(
     other = server.directory.parent / "other-ca.pem"
     store = RedisStore.from_url(
         f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={other}", prefix=unique_prefix()
+    )
+    try:
+        with pytest.raises(StoreError, match=r"(?i)certificate"):
+            await store.load(make_record().key, NOW)
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(certificates: Path) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(certificates / "cluster", tls=certificates)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def clients_by_port(node: RedisServer) -> dict[int, int]:
+    """How many clients are connected to each of the node's listening ports."""
+    with node.client() as probe:
+        clients = probe.client_list()
+    ports: dict[int, int] = {}
+    for client in clients:
+        port = int(client["laddr"].rpartition(":")[2])
+        ports[port] = ports.get(port, 0) + 1
+    return ports
+
+
+def tls_cluster_url(cluster: RedisClusterServers, ca: Path) -> str:
+    plain = cluster.url.removeprefix("redis+cluster://")
+    return f"rediss+cluster://{plain}?ssl_ca_certs={ca}"
+
+
+async def test_a_cluster_is_reached_over_tls_on_every_node(
+    tls_cluster: RedisClusterServers, certificates: Path
+) -> None:
+    store = RedisStore.from_url(
+        tls_cluster_url(tls_cluster, certificates / "ca.pem"), prefix=unique_prefix()
+    )
+    try:
+        # Enough sessions that every node holds some: slots are spread over all three.
+        records = [make_record(user_id="alice") for _ in range(12)]
+        for record in records:
+            await store.save(record)
+        for record in records:
+            assert await store.load(record.key, NOW) == record
+        assert len(await store.list_user("alice", NOW)) == len(records)
+        # Every node served the store on its TLS port (the plain ones stay open only for
+        # this test's probes, and a TLS client cannot talk to them anyway).
+        for node, tls_port in zip(tls_cluster.nodes, tls_cluster.client_ports, strict=True):
+            ports = clients_by_port(node)
+            assert ports.get(tls_port, 0) >= 1, ports
+        assert await store.delete_user("alice", now=NOW) == len(records)
+        assert await store.list_user("alice", NOW) == []
+        for record in records:
+            assert await store.load(record.key, NOW) is None
+    finally:
+        await store.aclose()
+
+
+async def test_a_cluster_the_client_cannot_verify_is_refused(
+    tls_cluster: RedisClusterServers, certificates: Path
+) -> None:
+    store = RedisStore.from_url(
+        tls_cluster_url(tls_cluster, certificates / "other-ca.pem"), prefix=unique_prefix()
     )
     try:
         with pytest.raises(StoreError, match=r"(?i)certificate"):
