@@ -30,7 +30,7 @@ from coatcheck.stores.redis import RedisStore
 
 from ..apps import make_app
 from ..conftest import client_for
-from ..redis_servers import RedisClusterServers, RedisServer
+from ..redis_servers import RedisClusterServers, RedisServer, free_port
 from .conftest import HOUR, NOW, build_store, make_record, unique_prefix
 
 pytestmark = pytest.mark.anyio
@@ -354,6 +354,33 @@ async def test_cluster_revoke_all_lets_go_of_entries_whose_session_redis_dropped
     assert await clustered.save(gone._replace(expires_at=NOW + HOUR)) is True
 
 
+async def test_cluster_revoke_all_catches_a_login_saved_while_it_runs(
+    clustered: RedisStore,
+) -> None:
+    """A login on another app server lands in full after the first pass read the index:
+    a later pass finds it and ends it too."""
+    first, late = make_record(user_id="alice"), make_record(user_id="alice")
+    await clustered.save(first)
+    scripts = clustered._scripts
+    entries = scripts.entries
+    reads: list[list[str]] = []
+
+    async def then_a_login(index: str) -> list[tuple[str, str]]:
+        found = await entries(index)
+        reads.append([member for member, _ in found])
+        if len(reads) == 1:
+            assert await clustered.save(late) is True
+        return found
+
+    scripts.entries = then_a_login  # type: ignore[method-assign]
+
+    assert await clustered.delete_user("alice", now=NOW) == 2
+    assert reads[:2] == [[first.key], [late.key]]
+    assert await clustered.load(late.key, NOW) is None
+    assert await clustered.load(first.key, NOW) is None
+    assert await clustered.list_user("alice", NOW) == []
+
+
 async def test_cluster_list_user_skips_sessions_redis_dropped(clustered: RedisStore) -> None:
     alices = await spread_over_nodes(clustered, "alice")
     gone = make_record(user_id="alice", created_at=NOW - 5000, expires_at=NOW + 100)
@@ -408,6 +435,56 @@ async def test_a_stale_index_entry_never_reaches_another_users_session(
     assert await store.load(bobs.key, NOW) == bobs
     assert await store.list_user("bob", NOW) == [bobs]
     assert await store.list_user("alice", NOW) == []
+
+
+async def test_list_user_keeps_an_entry_that_a_save_filed_again_meanwhile(
+    any_redis: RedisStore,
+) -> None:
+    store = any_redis
+    gone = make_record(user_id="alice", expires_at=NOW + 100)
+    await store.save(gone)
+    await store.client.delete(session_key(store, gone.key))  # as if Redis dropped it
+    back = gone._replace(expires_at=NOW + HOUR)
+    unindex = store._scripts.unindex
+    cleaned: list[str | bytes] = []
+
+    # The session is saved again between list_user's reads, which found its entry stale,
+    # and its clean-up: that save filed the entry anew, with a new score.
+    async def after_a_save(keys: list[str], args: list[str | bytes]) -> object:
+        cleaned.extend(args[::2])
+        assert await store.save(back) is True
+        return await unindex(keys=keys, args=args)
+
+    store._scripts.unindex = after_a_save  # type: ignore[assignment]
+
+    assert await store.list_user("alice", NOW + 200) == []
+    assert cleaned == [gone.key]
+    assert await store.client.zscore(index_key(store, "alice"), gone.key) == back.expires_at
+    assert await store.list_user("alice", NOW + 200) == [back]
+    assert await store.delete_user("alice", now=NOW + 200) == 1
+    assert await store.load(back.key, NOW + 200) is None
+
+
+@pytest.mark.parametrize("expected_version", [1, None])
+async def test_a_session_saved_without_its_user_keeps_nothing_of_them(
+    any_redis: RedisStore, expected_version: int | None
+) -> None:
+    store = any_redis
+    alices = make_record(user_id="alice")
+    await store.save(alices)
+    anonymous = alices._replace(user_id=None, version=2, data=b"{}")
+
+    assert await store.save(anonymous, expected_version=expected_version) is True
+
+    stored = await store.client.hgetall(session_key(store, alices.key))
+    assert b"u" not in stored
+    assert await store.list_user("alice", NOW) == []
+    # An entry left behind as on Cluster when a save's last step (un-filing the key from
+    # its previous user) is lost: revocation must judge by the session, now nobody's.
+    await store.client.zadd(index_key(store, "alice"), {alices.key: alices.expires_at})
+    assert await store.list_user("alice", NOW) == []
+    assert await store.delete_user("alice", now=NOW) == 0
+    assert await store.load(alices.key, NOW) == anonymous
 
 
 async def test_cluster_rotation_across_nodes_checks_the_old_session_first(
@@ -540,10 +617,26 @@ async def test_a_borrowed_client_is_left_open(redis_server: RedisServer) -> None
     try:
         store = RedisStore(client, prefix=unique_prefix())
         await store.save(make_record())
+        # redis-py reconnects a closed client on its next command, so a PING would pass
+        # either way: the server's ID for the connection says whether it was closed.
+        connection = await client.client_id()
         await store.aclose()
-        assert await client.ping()
+        assert await client.client_id() == connection
     finally:
         await client.aclose()
+
+
+async def test_an_owned_client_is_closed(redis_server: RedisServer) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix=unique_prefix())
+    try:
+        record = make_record()
+        await store.save(record)
+        connection = await store.client.client_id()
+        await store.aclose()
+        assert await store.client.client_id() != connection
+        assert await store.load(record.key, NOW) == record  # and usable again
+    finally:
+        await store.aclose()
 
 
 def test_without_redis_py_the_url_names_the_extra() -> None:
@@ -616,6 +709,74 @@ async def test_other_redis_errors_are_store_errors(
     assert isinstance(caught.value.__cause__, redis.ResponseError)
 
 
+async def test_a_record_of_another_format_is_a_store_error(standalone: RedisStore) -> None:
+    record = make_record()
+    await standalone.save(record)
+    name = session_key(standalone, record.key)
+    packed = await standalone.client.hget(name, "b")
+    assert isinstance(packed, bytes)
+    await standalone.client.hset(name, "b", b"\x02" + packed[1:])
+
+    with pytest.raises(StoreError, match="format") as caught:
+        await standalone.load(record.key, NOW)
+
+    assert not isinstance(caught.value, StoreUnavailableError)
+
+
+PASSWORD = "correct-horse-battery"
+
+
+async def test_a_refused_password_is_a_store_error_not_an_outage(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "auth").start()
+    try:
+        with server.client() as admin:
+            admin.config_set("requirepass", PASSWORD)  # as --requirepass does
+        address = f"127.0.0.1:{server.port}/0"
+        for credentials in ("", ":not-the-password@"):
+            store = RedisStore.from_url(f"redis://{credentials}{address}", prefix=unique_prefix())
+            try:
+                with pytest.raises(StoreError) as caught:
+                    await store.load(store_key(new_session_id()), NOW)
+            finally:
+                await store.aclose()
+            # Waiting cannot cure it: an error for the operator, not an outage to wait out.
+            assert type(caught.value) is StoreError
+            assert isinstance(caught.value.__cause__, redis.AuthenticationError)
+            assert "not-the-password" not in str(caught.value)
+        await saves_and_loads(
+            RedisStore.from_url(f"redis://:{PASSWORD}@{address}", prefix=unique_prefix())
+        )
+    finally:
+        server.stop()
+
+
+async def test_an_unreachable_cluster_is_an_outage() -> None:
+    url = f"redis+cluster://:{PASSWORD}@127.0.0.1:{free_port()}?timeout=0.5"
+    store = RedisStore.from_url(url, prefix=unique_prefix())
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            await store.load(store_key(new_session_id()), NOW)
+    finally:
+        await store.aclose()
+    assert PASSWORD not in str(caught.value)
+
+
+async def test_a_password_the_cluster_refuses_is_a_store_error_not_an_outage(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # No such ACL user: every node answers WRONGPASS, as to a wrong requirepass.
+    nodes = redis_cluster.url.removeprefix("redis+cluster://")
+    url = f"redis+cluster://nobody:not-the-password@{nodes}"
+    store = RedisStore.from_url(url, prefix=unique_prefix())
+    try:
+        with pytest.raises(StoreError) as caught:
+            await store.load(store_key(new_session_id()), NOW)
+    finally:
+        await store.aclose()
+    assert "not-the-password" not in str(caught.value)
+    assert type(caught.value) is StoreError
+
+
 async def test_a_record_dead_when_written_is_hidden_and_soon_gone(any_redis: RedisStore) -> None:
     record = make_record(expires_at=NOW - HOUR)
 
@@ -664,3 +825,12 @@ def test_packed_records_come_back_field_for_field(
     loaded = _redis_codec.unpack(record.key, _redis_codec.pack(record))
     assert loaded == record
     assert type(loaded) is SessionRecord
+
+
+@pytest.mark.parametrize("fmt", [0, 2, 255])
+def test_a_packed_record_of_another_format_is_refused(fmt: int) -> None:
+    record = make_record(user_id="alice")
+    packed = _redis_codec.pack(record)
+
+    with pytest.raises(StoreError, match=f"unknown record format {fmt}"):
+        _redis_codec.unpack(record.key, bytes([fmt]) + packed[1:])

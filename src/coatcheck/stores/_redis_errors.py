@@ -2,7 +2,8 @@
 
 An outage (refused connection, timeout, failover, a node still loading) is
 "try again later": :class:`StoreUnavailableError`, answered with a 503 and Retry-After.
-Anything else is a :class:`StoreError`, a bug or a misconfiguration worth a 500.
+Anything else is a :class:`StoreError`, a bug or a misconfiguration: the middleware
+still answers 503, but logs it as an error for the operator to fix.
 """
 
 from __future__ import annotations
@@ -44,14 +45,19 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
+_CREDENTIALS = (AuthenticationError, AuthorizationError)
 # Everything a call through redis-py may raise; a hot path catches these itself.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, RedisError, RedisClusterException)
 
 
 def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     """The store error to raise (``from exc``) for one of :data:`REDIS_ERRORS`."""
-    if isinstance(exc, (AuthenticationError, AuthorizationError)):
-        return StoreError(f"Redis session store refused the credentials: {exc}")
+    # redis-py's Cluster client reports refused credentials at start-up as "cannot be
+    # connected", with the AuthenticationError as the cause: a misconfiguration, which
+    # waiting will not cure, so it must not pass for an outage.
+    cause = exc.__cause__ if isinstance(exc, RedisClusterException) else exc
+    if isinstance(cause, _CREDENTIALS):
+        return StoreError(f"Redis session store refused the credentials: {cause}")
     if isinstance(exc, _TRANSIENT) or (
         isinstance(exc, RedisClusterException) and "connect" in str(exc).lower()
     ):
