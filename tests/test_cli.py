@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
-from coatcheck import MemoryStore, SessionRecord, store_from_url
+from coatcheck import MemoryStore, SessionRecord, SQLiteStore, store_from_url
 from coatcheck.cli import app
 from coatcheck.demo.app import create_app, create_app_from_env
 
@@ -303,6 +303,77 @@ def test_sessions_commands_need_a_store(runner: CliRunner) -> None:
     result = runner.invoke(app, ["sessions", "count"])
     assert result.exit_code == 2
     assert "--store" in result.output
+
+
+@pytest.fixture
+def connections(filled: Filled, monkeypatch: pytest.MonkeyPatch) -> list[sqlite3.Connection]:
+    """Every SQLite connection a store opens from here on (after ``filled`` is made)."""
+    opened: list[sqlite3.Connection] = []
+    connect = SQLiteStore._connect
+
+    def recording(store: SQLiteStore) -> sqlite3.Connection:
+        opened.append(connect(store))
+        return opened[-1]
+
+    monkeypatch.setattr(SQLiteStore, "_connect", recording)
+    return opened
+
+
+def _closed(db: sqlite3.Connection) -> bool:
+    try:
+        db.execute("SELECT 1")
+    except sqlite3.ProgrammingError:  # "Cannot operate on a closed database."
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("command", "exit_code"),
+    [
+        (["count"], 0),
+        (["purge"], 0),
+        (["list", "--user", "alice"], 0),
+        (["revoke", "--user", "bob"], 0),
+        (["revoke", "--user", "alice", "--id", "nosuchpublicid00"], 1),
+    ],
+    ids=["count", "purge", "list", "revoke", "revoke-unknown-id"],
+)
+def test_each_command_closes_its_store(
+    runner: CliRunner,
+    filled: Filled,
+    connections: list[sqlite3.Connection],
+    command: list[str],
+    exit_code: int,
+) -> None:
+    result = runner.invoke(app, ["sessions", *command, "--store", filled.url])
+
+    assert result.exit_code == exit_code, result.output
+    assert connections
+    assert all(_closed(db) for db in connections)
+
+
+@pytest.mark.parametrize(
+    "command", [["purge"], ["revoke", "--user", "alice"]], ids=["purge", "revoke"]
+)
+def test_a_command_that_fails_on_a_locked_store_still_closes_it(
+    runner: CliRunner,
+    filled: Filled,
+    connections: list[sqlite3.Connection],
+    command: list[str],
+) -> None:
+    store = f"{filled.url}?busy_timeout=0.1"
+    with contextlib.closing(sqlite3.connect(filled.path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            result = runner.invoke(app, ["sessions", *command, "--store", store])
+        finally:
+            other.execute("ROLLBACK")
+
+    assert result.exit_code == 1
+    assert "unavailable" in result.stderr
+    assert "Traceback" not in result.output
+    assert connections
+    assert all(_closed(db) for db in connections)
 
 
 # -- demo -------------------------------------------------------------------------------

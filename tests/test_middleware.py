@@ -668,3 +668,31 @@ async def test_a_refused_new_session_gets_409_and_no_cookie() -> None:
     assert "ended by another request" in response.json()["detail"]
     assert "set-cookie" not in response.headers
     assert await store.count(0) == 0
+
+
+class _MisfilingStore(MemoryStore):
+    """Answers every load with the record filed under ``answer``, as a store with a
+    broken index or a colliding key scheme might."""
+
+    answer: str | None = None
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        return await super().load(self.answer or key, now)
+
+
+async def test_a_record_filed_under_another_key_is_never_served(config: SessionConfig) -> None:
+    store = _MisfilingStore()
+    async with client_for(make_app(store, config)) as client:
+        anonymous = ticket(await client.post("/append?item=apple"))
+        alice = ticket(await client.post("/login", headers=cookie(anonymous)))
+        store.answer = store_key(alice)
+
+        stranger = await client.get("/read", headers=cookie("B" * 43))
+        written = await client.post("/write", headers=cookie("C" * 43))
+
+        assert stranger.json() == {"data": {}, "user": None}
+        assert written.json() == {"data": {"n": 1}, "user": None}
+        assert ticket(written) not in (alice, "C" * 43)
+        store.answer = None
+        state = (await client.get("/read", headers=cookie(alice))).json()
+        assert state == {"data": {"cart": ["apple"]}, "user": "alice"}

@@ -177,12 +177,28 @@ async def test_existing_save_of_a_deleted_record_writes_nothing(store: Store) ->
     assert await store.list_user("alice", NOW) == []
 
 
-async def test_existing_save_of_an_expired_record_writes_nothing(store: Store) -> None:
-    record = make_record(expires_at=NOW - 1)
-    await store.save(record)
-    later = record._replace(last_seen_at=NOW, expires_at=NOW + HOUR, version=2)
-    assert await store.save(later, expected_version=1) is False
-    assert await store.load(record.key, NOW) is None
+@pytest.mark.parametrize("rotate", [False, True], ids=["same-key", "rotation"])
+async def test_existing_save_of_a_record_dead_at_that_instant_writes_nothing(
+    store: Store, rotate: bool
+) -> None:
+    base = make_record(user_id="alice", expires_at=NOW)
+    await store.save(base)
+    later = base._replace(last_seen_at=NOW, expires_at=NOW + HOUR, version=2)
+    if rotate:
+        later = later._replace(key=make_record().key)
+    replaces = base.key if rotate else None
+
+    # The base died at NOW itself, the instant of this save: it is not continued.
+    assert await store.save(later, replaces=replaces, expected_version=1) is False
+    assert await store.load(base.key, NOW - 1) == base
+    assert await store.load(base.key, NOW) is None
+    if rotate:
+        assert await store.load(later.key, NOW) is None
+
+    # A moment earlier it was still live, and the same save goes through.
+    earlier = later._replace(last_seen_at=NOW - 0.001)
+    assert await store.save(earlier, replaces=replaces, expected_version=1) is True
+    assert await store.load(later.key, NOW) == earlier
 
 
 async def test_existing_rotation_needs_the_old_record(store: Store) -> None:

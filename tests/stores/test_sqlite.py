@@ -143,6 +143,27 @@ async def test_custom_table_is_used_and_kept_apart(db_path: Path) -> None:
         await custom.aclose()
 
 
+async def test_a_relative_path_keeps_its_file_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    store = SQLiteStore("sessions.db")
+    monkeypatch.chdir(elsewhere)  # before the first connection: the file is opened now
+    try:
+        record = make_record()
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+    finally:
+        await store.aclose()
+
+    assert list(elsewhere.iterdir()) == []
+    assert raw_rows(home / "sessions.db") == 1
+    assert store.path == home / "sessions.db"
+
+
 # -- locks and the busy timeout ---------------------------------------------------------
 
 
@@ -345,6 +366,36 @@ async def test_purge_expired_works_through_every_batch(
         assert raw_rows(db_path) == 3
         assert await store.list_user("alice", NOW) == live[::-1]
         assert await store.purge_expired(NOW) == 0
+    finally:
+        await store.aclose()
+
+
+async def test_purge_under_a_held_lock_is_unavailable_and_loses_nothing(db_path: Path) -> None:
+    store = SQLiteStore(db_path, busy_timeout=BUSY, purge_batch=2, purge_every=0, retry_after=7)
+    try:
+        expired = [make_record(expires_at=NOW - i) for i in range(5)]
+        live = [make_record(user_id="alice", created_at=NOW - i) for i in range(3)]
+        for record in expired + live:
+            await store.save(record)
+
+        with connect(db_path) as other:
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailableError) as caught:
+                    await store.purge_expired(NOW)
+                elapsed = time.monotonic() - started
+            finally:
+                other.execute("ROLLBACK")
+
+        assert BUSY * 0.8 <= elapsed < BUSY + 1.5, elapsed
+        assert caught.value.retry_after == 7
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        assert raw_rows(db_path) == 8
+        # Once the lock is gone, the next purge does the whole job.
+        assert await store.purge_expired(NOW) == 5
+        assert raw_rows(db_path) == 3
+        assert await store.list_user("alice", NOW) == live[::-1]
     finally:
         await store.aclose()
 

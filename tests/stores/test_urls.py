@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import anyio
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from coatcheck import store_from_url
 from coatcheck.exceptions import ConfigurationError
 from coatcheck.stores import MemoryStore, SQLiteStore, Store
+from coatcheck.stores._redact import redact
+from coatcheck.stores._redis_url import RedisClient, client_from_url
 
 from .conftest import NOW, make_record
 
@@ -224,3 +228,133 @@ def test_bad_table_name_is_a_configuration_error() -> None:
         store_from_url("sqlite:///s.db?table=sessions;drop")
 
     assert isinstance(caught.value, ValueError)
+
+
+# -- redacting URLs for display ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://secret@host:6379", "redis://***@host:6379"),  # a password without a user
+        ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://admin:secret@host:6379/0?prefix=app", "redis://admin:***@host:6379/0?prefix=app"),
+        ("redis://admin:se@cret@host", "redis://admin:***@host"),  # an unescaped @ in it
+        (
+            "redis://user:secret,2@host:6379/0",
+            "redis://user:***@host:6379/0",
+        ),  # RFC 3986 allows ","
+        ("redis+cluster://:secret,2@h1:7000,h2:7001", "redis+cluster://:***@h1:7000,h2:7001"),
+        # Credentials per host are not a Cluster URL's form: all before the last "@" is
+        # its userinfo, as the client reads it, and all of it is hidden.
+        (
+            "redis+cluster://a:secret1@h1:7000,b:secret2@h2:7001,secret3@[::1]:7002",
+            "redis+cluster://a:***@[::1]:7002",
+        ),
+        (
+            "redis+cluster://admin:secret@h1:7000,h2:7001",
+            "redis+cluster://admin:***@h1:7000,h2:7001",
+        ),
+    ],
+)
+def test_redact_masks_every_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
+    assert "secret" not in redact(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://host:6379/0?prefix=app&timeout=2",
+        "redis+cluster://h1:7000,h2:7001",
+        "unix:///run/redis.sock?db=1",
+        "sqlite:////var/lib/app/sessions.db",
+        "memory://?max_entries=5",
+    ],
+)
+def test_redact_leaves_a_url_without_credentials_alone(url: str) -> None:
+    assert redact(url) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:secret@[::1",
+        "redis+cluster://u:secret@[::1:7000",
+        "redis://user:sec/ret@host:6379",  # the "/" ends the network location early
+        "redis://user:sec?ret@host:6379",
+    ],
+)
+def test_redact_masks_an_unparseable_url_from_the_scheme_on(url: str) -> None:
+    assert redact(url) == url.partition("://")[0] + "://***"
+
+
+# -- Redis client settings from the URL -------------------------------------------------
+
+
+def connection_settings(client: RedisClient) -> dict[str, object]:
+    if isinstance(client, RedisCluster):
+        return client.get_connection_kwargs()
+    return client.connection_pool.connection_kwargs
+
+
+async def test_cluster_credentials_are_percent_decoded() -> None:
+    url = "redis+cluster://us%40er:p%3Aw%40rd@127.0.0.1:7000,127.0.0.1:7001"
+
+    client, _ = client_from_url(url, None)  # nothing connects until first use
+
+    try:
+        assert isinstance(client, RedisCluster)
+        settings = connection_settings(client)
+        assert (settings["username"], settings["password"]) == ("us@er", "p:w@rd")
+        nodes = client.nodes_manager.startup_nodes.values()
+        assert {
+            (n.connection_kwargs["username"], n.connection_kwargs["password"]) for n in nodes
+        } == {("us@er", "p:w@rd")}
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost?timeout=inf",
+        "redis://localhost?timeout=-1",
+        "redis://localhost?timeout=3601",
+        "redis://localhost?timeout=3600.001",
+        "redis+cluster://127.0.0.1:7000?timeout=3601",
+        "redis+cluster://127.0.0.1:7000?timeout=nan",
+    ],
+)
+def test_timeout_out_of_bounds_in_the_url_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="timeout") as caught:
+        client_from_url(url, None)
+
+    assert repr(url) in str(caught.value)
+
+
+@pytest.mark.parametrize("seconds", [3601.0, math.inf, math.nan, 0.0, -1.0])
+def test_timeout_keyword_out_of_bounds_is_a_configuration_error(seconds: float) -> None:
+    with pytest.raises(ConfigurationError, match="timeout"):
+        client_from_url("redis://localhost?timeout=2", seconds)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://localhost/0", "unix:///run/redis.sock", "redis+cluster://127.0.0.1:7000"]
+)
+@pytest.mark.parametrize(("option", "seconds"), [("3600", 3600.0), ("0.05", 0.05)])
+async def test_timeouts_within_bounds_reach_the_client(
+    url: str, option: str, seconds: float
+) -> None:
+    clients = [
+        client_from_url(f"{url}?timeout={option}", None)[0],
+        client_from_url(url, seconds)[0],
+    ]
+    try:
+        for client in clients:
+            settings = connection_settings(client)
+            assert settings["socket_timeout"] == seconds
+            assert settings["socket_connect_timeout"] == seconds
+    finally:
+        for client in clients:
+            await client.aclose()

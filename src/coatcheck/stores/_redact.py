@@ -8,22 +8,25 @@ from urllib.parse import urlsplit, urlunsplit
 def redact(url: str) -> str:
     """``url`` with the password of its userinfo replaced by ``***``.
 
-    Cluster URLs list several hosts; each ``user:password@`` in the network location is
-    masked. A URL that cannot be parsed is masked from its scheme on.
+    The userinfo is everything before the last ``@`` of the network location, as the
+    Redis clients read it, so a password may hold ``@`` or ``,`` (Cluster URLs list
+    hosts after it). A URL that cannot be parsed, or whose ``@`` fell outside the
+    network location (a ``/`` or ``?`` in the password ends it early), is masked from
+    its scheme on.
     """
     try:
         parts = urlsplit(url)
     except ValueError:
-        scheme, _, _ = url.partition("://")
-        return f"{scheme}://***"
-    if "@" not in parts.netloc:
-        return url
-    hosts = []
-    for host in parts.netloc.split(","):
-        userinfo, at, location = host.rpartition("@")
-        if at and ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        elif at:
-            userinfo = "***"  # redis://secret@host: a password given without a user name
-        hosts.append(f"{userinfo}{at}{location}")
-    return urlunsplit(parts._replace(netloc=",".join(hosts)))
+        return _masked(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at:
+        return _masked(url) if parts.netloc and "@" in url else url
+    user, colon, _ = userinfo.partition(":")
+    # redis://secret@host gives a password without a user name.
+    shown = f"{user}:***" if colon else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{hosts}"))
+
+
+def _masked(url: str) -> str:
+    scheme, _, _ = url.partition("://")
+    return f"{scheme}://***"
