@@ -33,6 +33,7 @@ def test_plain_http_development_cookie_drops_the_prefix() -> None:
         ({"name": "__Secure-sid", "secure": False}, "requires secure=True"),
         ({"name": "bad name"}, "not a valid cookie name"),
         ({"name": "sid", "domain": "example.com; Max-Age=0"}, "unsafe characters"),
+        ({"name": "sid", "domain": "example.com;Max-Age=0"}, "unsafe characters"),
         ({"path": "/x\r\nSet-Cookie: a=b"}, "unsafe characters"),
         ({"path": "relative"}, "must start with '/'"),
         ({"samesite": "Lax"}, "samesite must be"),
@@ -71,6 +72,7 @@ def test_durations_accept_seconds_or_timedelta() -> None:
         ({"eager_paths": ["admin"]}, "start with '/'"),
         ({"retry_after": 0}, "retry_after"),
         ({"secret_keys": "x" * 32}, "takes a list"),
+        ({"secret_keys": b"x" * 32}, "takes a list"),
         ({"secret_keys": ["x" * 32, "too short"]}, "at least 16 bytes"),
         ({"secret_keys": [b"fifteen bytes.."]}, "at least 16 bytes"),
     ],
@@ -78,6 +80,13 @@ def test_durations_accept_seconds_or_timedelta() -> None:
 def test_bad_session_settings_are_rejected(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         SessionConfig(**options)  # type: ignore[arg-type]
+
+
+def test_the_bounds_themselves_are_allowed() -> None:
+    SessionConfig(refresh_fraction=0)  # write the expiry back on every read
+    SessionConfig(refresh_fraction=0.1)
+    SessionConfig(idle_timeout=60, absolute_timeout=60)
+    SessionConfig(secret_keys=["x" * 16, b"y" * 16])
 
 
 def test_the_keyring_refuses_a_short_key_however_it_is_built() -> None:

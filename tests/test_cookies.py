@@ -38,6 +38,16 @@ def test_cookies_split_over_several_headers() -> None:
 def test_non_ascii_and_oversized_headers_are_ignored() -> None:
     assert read_cookie(headers("session=é".encode()), NEEDLE) is None
     assert read_cookie(headers(b"session=a; pad=" + b"x" * 20_000), NEEDLE) is None
+    # One oversized header voids the others: what it hid might have been a second value.
+    assert read_cookie(headers(b"session=a", b"pad=" + b"x" * 20_000), NEEDLE) is None
+
+
+def test_a_header_of_exactly_8192_bytes_is_still_read() -> None:
+    pair = b"session=" + SID.encode() + b"; pad="
+    for size, expected in ((8_192, SID), (8_193, None)):
+        raw = pair + b"x" * (size - len(pair))
+        assert len(raw) == size
+        assert read_cookie(headers(raw), NEEDLE) == expected, size
 
 
 def test_other_headers_are_not_cookies() -> None:
@@ -107,3 +117,6 @@ def test_only_ids_this_library_could_mint_get_a_store_key() -> None:
     assert key_of(minted) == store_key(minted)
     for junk in (minted[:-1], minted + "A", minted[:-1] + "=", minted[:-1] + "é", "", "A" * 44):
         assert key_of(junk) is None, junk
+    # Every character token_urlsafe draws from, the two beyond letters and digits included.
+    for edge in ("-" * 43, "_" * 43, "z9" * 21 + "Z"):
+        assert key_of(edge) == store_key(edge), edge

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -29,7 +30,11 @@ NAME = "__Host-session"
 
 
 def make_app(
-    store: Store | None = None, *, clock: FakeClock | None = None, **csrf: object
+    store: Store | None = None,
+    *,
+    clock: FakeClock | None = None,
+    keys: list[str] | None = None,
+    **csrf: object,
 ) -> FastAPI:
     app = FastAPI()
 
@@ -37,6 +42,11 @@ def make_app(
     async def login(session: SessionDep) -> dict[str, str]:
         session.login("alice")
         return {"user": "alice"}
+
+    @app.post("/login/api")
+    async def login_for_api(session: SessionDep) -> dict[str, str]:
+        session.login("alice")
+        return {"token": session.csrf_token()}
 
     @app.post("/cart")
     async def add(request: Request, session: SessionDep) -> dict[str, object]:
@@ -75,7 +85,7 @@ def make_app(
         await websocket.close()
 
     config = SessionConfig(
-        secret_keys=[KEY_A],
+        secret_keys=keys or [KEY_A],
         csrf=CSRFConfig(**{"exempt_paths": ["/hooks/"], **csrf}),
         clock=clock or time.time,
     )
@@ -171,6 +181,16 @@ async def test_configured_origins_replace_the_host_header() -> None:
     assert (ok.status_code, own.status_code) == (200, 403)
 
 
+async def test_configured_origins_are_compared_without_case_or_a_trailing_slash() -> None:
+    app = make_app(origins=["HTTPS://App.Example.com/"])
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        response = await client.post(
+            "/anything", headers={**alice, "origin": "https://app.example.com"}
+        )
+    assert response.status_code == 200
+
+
 async def test_clients_without_browser_headers_need_the_token(app: FastAPI) -> None:
     async with no_browser(app) as client:
         alice = await logged_in(client)
@@ -191,6 +211,72 @@ async def test_clients_without_browser_headers_need_the_token(app: FastAPI) -> N
     assert multipart.status_code == 200
     assert multipart.json() == {"cart": ["kiwi", "fig"]}
     assert (wrong.status_code, garbage.status_code) == (403, 403)
+
+
+async def test_a_custom_token_header_is_found_whatever_its_case() -> None:
+    async with no_browser(make_app(header_name="X-Custom-CSRF")) as client:
+        alice = await logged_in(client)
+        token = (await client.get("/csrf", headers=alice)).json()["token"]
+        response = await client.post("/anything", headers={**alice, "X-Custom-CSRF": token})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "token", ["A" * 84 + "!!", "!" * 86, "A" * 80 + "~" * 6], ids=["two", "all", "six"]
+)
+async def test_tokens_of_the_right_length_with_foreign_characters_are_refused(
+    app: FastAPI, token: str
+) -> None:
+    # base64 decoding skips such characters, leaving too few bytes to unmask.
+    stale = {"cookie": f"{NAME}={'Q' * 43}", "x-csrf-token": token}
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        bound = await client.post("/anything", headers={**alice, "x-csrf-token": token})
+        anonymous = await client.post("/anything", headers=stale)
+    assert (bound.status_code, anonymous.status_code) == (403, 403)
+
+
+async def test_a_form_is_searched_for_the_token_only_up_to_max_form_bytes() -> None:
+    limit = 200
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    async with no_browser(make_app(max_form_bytes=limit)) as client:
+        alice = await logged_in(client)
+        token = (await client.get("/csrf", headers=alice)).json()["token"]
+        fields = f"csrf_token={token}&item=".encode()
+        statuses = [
+            (
+                await client.post(
+                    "/anything",
+                    content=fields + b"x" * (size - len(fields)),
+                    headers={**alice, **form},
+                )
+            ).status_code
+            for size in (limit, limit + 1)
+        ]
+    assert statuses == [200, 403]
+
+
+async def test_tokens_are_compared_in_constant_time(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No test can time the comparison; it can see that compare_digest made it.
+    compared: list[object] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append(a)
+        return real(a, b)
+
+    async with no_browser(app) as client:
+        anonymous = (await client.get("/csrf")).json()["token"]
+        alice = await logged_in(client)
+        bound = (await client.get("/csrf", headers=alice)).json()["token"]
+        monkeypatch.setattr(hmac, "compare_digest", spy)
+        stale = {"cookie": f"{NAME}={'Q' * 43}"}
+        for headers in ({**alice, "x-csrf-token": bound}, {**stale, "x-csrf-token": anonymous}):
+            compared.clear()
+            assert (await client.post("/anything", headers=headers)).status_code == 200
+            assert compared
 
 
 async def test_tokens_are_masked_differently_every_time(app: FastAPI) -> None:
@@ -216,6 +302,16 @@ async def test_a_token_is_bound_to_its_session_and_dies_at_login(app: FastAPI) -
         assert stale.status_code == 403
 
 
+async def test_a_token_issued_with_the_login_answer_works_after_it(app: FastAPI) -> None:
+    async with no_browser(app) as client:
+        login = await client.post("/login/api")
+        cookie = {"cookie": login.headers["set-cookie"].split(";", 1)[0]}
+        response = await client.post(
+            "/anything", headers={**cookie, "x-csrf-token": login.json()["token"]}
+        )
+    assert response.status_code == 200
+
+
 async def test_before_login_a_stateless_token_works_and_creates_no_record() -> None:
     store = MemoryStore()
     app = make_app(store)
@@ -234,6 +330,16 @@ async def test_a_logged_in_session_refuses_a_stateless_token(app: FastAPI) -> No
         alice = await logged_in(client)
         response = await client.post("/anything", headers={**alice, "x-csrf-token": anonymous})
     assert response.status_code == 403
+
+
+async def test_an_anonymous_session_with_data_takes_its_own_token(app: FastAPI) -> None:
+    async with no_browser(app) as client:
+        first = await client.post("/cart", data={"item": "apple"})  # no cookie yet: passes
+        shopper = {"cookie": first.headers["set-cookie"].split(";", 1)[0]}
+        token = (await client.get("/csrf", headers=shopper)).json()["token"]
+        missing = await client.post("/anything", headers=shopper)
+        response = await client.post("/anything", headers={**shopper, "x-csrf-token": token})
+    assert (missing.status_code, response.status_code) == (403, 200)
 
 
 async def test_login_csrf_from_another_site_is_refused(app: FastAPI) -> None:
@@ -272,23 +378,39 @@ async def test_exempt_paths_hold_behind_a_root_path_and_match_whole_segments() -
     async with httpx.AsyncClient(transport=transport, base_url=TEST_BASE_URL) as client:
         exempt = await client.post("/api/hooks/payment", headers=cross)
         checked = await client.post("/api/anything", headers=cross)
+        # A path outside the root path is taken whole, never cut down to an exempt one.
+        outside = await client.post("/xyz/hooks/payment", headers=cross)
     async with client_for(make_app(exempt_paths=["/anything"])) as client:
         whole = await client.post("/anything", headers=cross)
         longer = await client.post("/anything-else", headers=cross)
-    assert (exempt.status_code, checked.status_code) == (200, 403)
+    assert (exempt.status_code, checked.status_code, outside.status_code) == (200, 403, 403)
     assert (whole.status_code, longer.status_code) == (200, 403)
 
 
-async def test_an_anonymous_token_ages_by_the_configured_clock() -> None:
-    clock = FakeClock()
+async def test_an_anonymous_token_ages_by_the_configured_clock(clock: FakeClock) -> None:
     app = make_app(clock=clock, anonymous_token_max_age=60)
     stale_cookie = {"cookie": f"{NAME}={'Q' * 43}"}
+    statuses: list[int] = []
     async with no_browser(app) as client:
         token = (await client.get("/csrf")).json()["token"]
-        fresh = await client.post("/anything", headers={**stale_cookie, "x-csrf-token": token})
-        clock.advance(61)
-        old = await client.post("/anything", headers={**stale_cookie, "x-csrf-token": token})
-    assert (fresh.status_code, old.status_code) == (200, 403)
+        for step in (0, 60, 1):  # the clock starts on a whole second: exactly 60 s, then 61
+            clock.advance(step)
+            response = await client.post(
+                "/anything", headers={**stale_cookie, "x-csrf-token": token}
+            )
+            statuses.append(response.status_code)
+    assert statuses == [200, 200, 403]
+
+
+async def test_an_anonymous_token_from_a_clock_ahead_is_refused(clock: FakeClock) -> None:
+    # Else a worker whose clock ran ahead would mint tokens that outlive the max age.
+    ahead = make_app(clock=FakeClock(clock.now + 3600))
+    async with no_browser(ahead) as client:
+        token = (await client.get("/csrf")).json()["token"]
+    stale_cookie = {"cookie": f"{NAME}={'Q' * 43}", "x-csrf-token": token}
+    async with no_browser(make_app(clock=clock)) as client:
+        response = await client.post("/anything", headers=stale_cookie)
+    assert response.status_code == 403
 
 
 def websocket_user(app: FastAPI, path: str, headers: dict[str, str]) -> object:
@@ -332,6 +454,12 @@ def test_websocket_handshakes_follow_exempt_paths_and_the_switch() -> None:
 async def test_requests_without_a_session_cookie_or_browser_headers_pass(app: FastAPI) -> None:
     async with no_browser(app) as client:
         response = await client.post("/anything")
+    assert response.status_code == 200
+
+
+async def test_other_cookies_are_no_session_credential(app: FastAPI) -> None:
+    async with no_browser(app) as client:
+        response = await client.post("/anything", headers={"cookie": "theme=dark; lb=7"})
     assert response.status_code == 200
 
 
@@ -379,12 +507,33 @@ async def test_tokens_survive_a_key_rotation() -> None:
     assert await status(new_only, issued_after) == 200
 
 
+async def test_anonymous_tokens_survive_a_key_rotation() -> None:
+    async with no_browser(make_app()) as client:
+        token = (await client.get("/csrf")).json()["token"]
+    stale_cookie = {"cookie": f"{NAME}={'Q' * 43}", "x-csrf-token": token}
+    statuses: list[int] = []
+    for keys in ([KEY_B, KEY_A], [KEY_B]):
+        async with no_browser(make_app(keys=keys)) as client:
+            statuses.append((await client.post("/anything", headers=stale_cookie)).status_code)
+    assert statuses == [200, 403]
+
+
 def test_secrets_never_show_in_a_repr() -> None:
     config = SessionConfig(secret_keys=[KEY_A])
     assert KEY_A not in repr(config)
     from coatcheck._keys import Keyring
 
     assert KEY_A not in repr(Keyring([KEY_A]))
+
+
+def test_each_purpose_gets_its_own_keys() -> None:
+    from coatcheck._keys import Keyring
+
+    keyring = Keyring([KEY_A, KEY_B])
+    csrf = keyring.derive("csrf")
+    assert len(csrf) == 2
+    assert csrf != keyring.derive("cookie")
+    assert not {KEY_A.encode(), KEY_B.encode()} & set(csrf)
 
 
 async def test_plain_starlette_apps_get_the_token_from_the_session() -> None:

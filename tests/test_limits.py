@@ -9,6 +9,7 @@ import pytest
 
 from coatcheck import (
     ConfigurationError,
+    JSONSerializer,
     MemoryStore,
     SessionConfig,
     SessionRecord,
@@ -52,6 +53,17 @@ async def test_past_the_per_user_limit_the_oldest_sessions_end(any_store: Store)
         ]
     assert states == [None, "alice", "alice"]
     assert len(await any_store.list_user("alice", config.clock())) == 2
+
+
+async def test_a_session_of_exactly_max_session_bytes_is_stored() -> None:
+    config = SessionConfig(max_session_bytes=1024)
+    overhead = len(JSONSerializer().dumps({"cart": [""]}))
+    async with client_for(make_app(MemoryStore(), config)) as client:
+        statuses = [
+            (await client.post(f"/append?item={'x' * (size - overhead)}")).status_code
+            for size in (1024, 1025)
+        ]
+    assert statuses == [200, 413]
 
 
 class IndexDown(CountingStore):

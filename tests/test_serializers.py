@@ -5,12 +5,16 @@ from datetime import datetime, timezone
 
 import pytest
 
-from coatcheck import JSONSerializer, SerializationError
+from coatcheck import JSONSerializer, SerializationError, serializers
 
 
 @dataclasses.dataclass
 class Point:
     x: int
+
+
+class Tag(str):
+    """A str subclass: would read back as a plain str, not as what was stored."""
 
 
 def test_round_trip_of_json_values() -> None:
@@ -20,13 +24,40 @@ def test_round_trip_of_json_values() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [datetime.now(timezone.utc), Point(1), {1, 2}, b"bytes", object(), {"k": {1: 2}}]
+    "value",
+    [datetime.now(timezone.utc), Point(1), Tag("x"), {1, 2}, b"bytes", object(), {"k": {1: 2}}],
 )
 def test_values_json_cannot_hold_fail_naming_the_key(value: object) -> None:
     with pytest.raises(SerializationError) as caught:
         JSONSerializer().dumps({"ok": 1, "bad": value})
     assert caught.value.key == "bad"
     assert "'bad'" in str(caught.value)
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), [None, float("-inf")], {"k": None, "n": float("nan")}, {1: 2}],
+)
+def test_what_json_would_store_as_something_else_fails_naming_the_key(
+    value: object, encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # orjson writes NaN as null and the standard library writes 1 as "1": each would read
+    # back as another value.
+    monkeypatch.setattr(serializers, "HAVE_ORJSON", encoder == "orjson")
+    with pytest.raises(SerializationError) as caught:
+        JSONSerializer().dumps({"ok": 1, "bad": value})
+    assert caught.value.key == "bad"
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+def test_nulls_and_finite_floats_are_stored_by_either_encoder(
+    encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serializers, "HAVE_ORJSON", encoder == "orjson")
+    data = {"z": None, "f": [1.5, -0.0, 1e308], "d": {"n": None}}
+    serializer = JSONSerializer()
+    assert serializer.loads(serializer.dumps(data)) == data
 
 
 def test_loads_rejects_non_objects() -> None:

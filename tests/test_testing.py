@@ -78,5 +78,7 @@ def test_fake_clock_starts_now_and_only_moves_forward() -> None:
     clock.advance(30)
     assert clock() == clock.now
     assert FakeClock(100.0)() == 100.0
+    assert FakeClock(0.0)() == 0.0  # the epoch is a start like any other
+    clock.advance(0)
     with pytest.raises(ValueError, match="forward"):
         clock.advance(-1)

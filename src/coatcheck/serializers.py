@@ -7,6 +7,7 @@ otherwise. Both reject values JSON cannot hold, and the error names the key.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -59,5 +60,27 @@ class JSONSerializer:
 def _dumps(data: Mapping[str, Any]) -> bytes:
     if HAVE_ORJSON:
         result: bytes = orjson.dumps(data, option=_ORJSON_STRICT)
+        # orjson writes NaN and infinities as null, which would read back as None: only
+        # data holding a null can hide one, so only such data is searched.
+        if b"null" in result:
+            _refuse_what_json_changes(data)
         return result
+    # The standard library would write integer keys as strings: refused, as by orjson.
+    _refuse_what_json_changes(data)
     return json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
+def _refuse_what_json_changes(value: Any) -> None:
+    """Raise ValueError for what an encoder would store as something else: NaN,
+    infinities, and mapping keys that are not strings."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a JSON number")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"key {key!r} is not a string")
+            _refuse_what_json_changes(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _refuse_what_json_changes(item)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from coatcheck import ConfigurationError, Store
+from coatcheck import ConfigurationError, MemoryStore, SessionRecord, Store
 from coatcheck.demo import users
 from coatcheck.demo.app import create_app, create_app_from_env
 from coatcheck.demo.pages import device_name, friendly_utc, relative
@@ -171,6 +171,49 @@ async def test_the_cart_holds_at_most_a_hundred_items(app: FastAPI) -> None:
     assert cart[:99] == [f"i{n}" for n in range(99)]
 
 
+class _HoldingStore(MemoryStore):
+    """A real store that, once given ``parties``, holds every load until that many
+    requests have loaded: each then sees the session as it was before any of them saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parties = 0
+        self.arrived = 0
+        self.all_loaded = asyncio.Event()
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        record = await super().load(key, now)
+        if self.parties:
+            self.arrived += 1
+            if self.arrived == self.parties:
+                self.all_loaded.set()
+            await self.all_loaded.wait()
+        return record
+
+
+@pytest.mark.anyio
+async def test_two_adds_that_both_saw_room_for_one_more_item_stop_at_a_hundred(
+    app: FastAPI,
+) -> None:
+    store = _HoldingStore()
+    app.user_middleware[0].kwargs["store"] = store  # before the first request builds the stack
+    async with browser(app) as client:
+        for n in range(99):
+            assert (await client.post("/cart/items", json={"item": f"i{n}"})).status_code == 201
+        store.parties = 2
+        racing = await asyncio.wait_for(  # a guard only: both loads arrive at once
+            asyncio.gather(
+                *(client.post("/cart/items", json={"item": f"late{n}"}) for n in range(2))
+            ),
+            timeout=10,
+        )
+        store.parties = 0
+        cart = (await client.get("/cart")).json()["items"]
+    # The second save re-runs its add on the stored, now full, cart: it adds nothing.
+    assert [r.status_code for r in racing] == [201, 201]
+    assert len(cart) == 100
+
+
 @pytest.mark.anyio
 async def test_json_login_rotates_the_id_and_keeps_the_cart(app: FastAPI) -> None:
     async with browser(app) as client:
@@ -305,6 +348,19 @@ async def test_validation_errors_never_echo_the_password(app: FastAPI) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_refused_login_form_keeps_at_most_150_characters_of_the_username(
+    app: FastAPI,
+) -> None:
+    async with browser(app) as client:
+        response = await client.post(
+            "/login", data={"username": "u" * 150 + "TAIL", "password": "x"}
+        )
+    assert response.status_code == 422
+    assert f'value="{"u" * 150}"' in response.text
+    assert "TAIL" not in response.text
+
+
+@pytest.mark.anyio
 async def test_form_login_with_missing_fields_is_422_page(app: FastAPI) -> None:
     async with browser(app) as client:
         response = await client.post("/login", data={"username": "alice"})
@@ -386,6 +442,21 @@ async def test_cart_accepts_items_up_to_200_characters(app: FastAPI) -> None:
     assert first.status_code == 201
     assert second.json() == {"items": ["x" * 200, "pear"]}
     assert cart.json() == {"items": ["x" * 200, "pear"]}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "media_type", ["application/vnd.api+json", "Application/JSON; charset=utf-8"]
+)
+async def test_any_json_media_type_is_read_and_answered_as_json(
+    app: FastAPI, media_type: str
+) -> None:
+    async with browser(app) as client:
+        response = await client.post(
+            "/cart/items", content=b'{"item": "pear"}', headers={"content-type": media_type}
+        )
+    assert response.status_code == 201
+    assert response.json() == {"items": ["pear"]}
 
 
 @pytest.mark.anyio
