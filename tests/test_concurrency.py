@@ -202,6 +202,71 @@ async def test_after_a_merge_the_session_holds_what_was_stored(any_store: Store)
     assert dict(await open_session(persistence, cookie)) == {"base": 0, "x": 1, "y": 2, "z": 3}
 
 
+def issued(headers: list[tuple[bytes, bytes]]) -> str:
+    """The session ID a commit's Set-Cookie hands to the browser."""
+    return dict(headers)[b"set-cookie"].decode().split(";", 1)[0].split("=", 1)[1]
+
+
+@pytest.mark.parametrize("successor", ["login", "logout"])
+async def test_the_next_user_inherits_nothing_from_a_parallel_save(
+    any_store: Store, successor: str
+) -> None:
+    """Bob logs in (or alice logs out and leaves a note) while another of alice's requests
+    saves: what that request added is hers, and must not reach the new session."""
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first.login("alice")
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    a, b = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    a["address"] = "alice's"
+    assert await persistence.commit(a, 200) == []
+    if successor == "login":
+        b.login("bob")
+    else:
+        b.logout()
+        b["flash"] = "logged out"
+    after = await open_session(persistence, issued(await persistence.commit(b, 200)))
+    if successor == "login":
+        assert (after.user_id, dict(after)) == ("bob", {})
+    else:
+        assert (after.user_id, dict(after)) == (None, {"flash": "logged out"})
+    assert await any_store.list_user("alice", persistence.now()) == []
+
+
+async def test_a_login_that_merges_with_a_parallel_save_stays_logged_in(any_store: Store) -> None:
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    a, b = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    a["theme"] = "dark"
+    assert await persistence.commit(a, 200) == []
+    b.login("alice", remember=True)
+    after = await open_session(persistence, issued(await persistence.commit(b, 200)))
+    assert (after.user_id, after.remember) == ("alice", True)
+    assert dict(after) == {"cart": ["apple"], "theme": "dark"}
+
+
+async def test_a_saved_modify_is_not_applied_again_by_a_later_merge(any_store: Store) -> None:
+    """After its save, a request that changes more (a streaming body, a background task)
+    and then meets a parallel save re-applies only what it changed since."""
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first["cart"] = []
+    cookie = issued(await persistence.commit(first, 200))
+    a = await open_session(persistence, cookie)
+    a.modify("cart", lambda cart: [*cart, "apple"])
+    assert await persistence.commit(a, 200) == []
+    other = await open_session(persistence, cookie)
+    other["theme"] = "dark"
+    assert await persistence.commit(other, 200) == []
+    a["late"] = True
+    assert await persistence.commit(a, 200) == []
+    stored = dict(await open_session(persistence, cookie))
+    assert stored == {"cart": ["apple"], "theme": "dark", "late": True}
+
+
 @st.composite
 def schedules(draw: st.DrawFn) -> list[tuple[str, int]]:
     """A random interleaving of load i / save i (each load before its save)."""

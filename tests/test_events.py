@@ -40,6 +40,7 @@ async def test_the_life_cycle_is_reported(any_store: Store, clock: FakeClock) ->
         assert forged.status_code == 403
     kinds = [event.kind for event in seen]
     assert kinds == ["created", "logged_in", "rotated", "logged_out", "csrf_rejected"]
+    assert {event.at for event in seen} == {clock()}
     assert [event.user_id for event in seen[:4]] == [None, "alice", "alice", "alice"]
     assert seen[1].path == "/login"
     assert seen[0].session  # a public id ...
@@ -92,6 +93,25 @@ async def test_revocations_are_reported_with_their_count(any_store: Store) -> No
     session = await Session(persistence, scope).load()
     assert await session.revoke_others() == 2
     assert [(e.kind, e.count, e.user_id) for e in seen] == [("revoked", 2, "alice")]
+
+
+async def test_revoking_one_device_is_reported_with_its_public_id(any_store: Store) -> None:
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    async with client_for(make_app(any_store)) as client:
+        devices = [ticket(await client.post("/login")) for _ in range(2)]
+    persistence = Persistence(any_store, SessionConfig(), None, [hook])
+    session = await Session(
+        persistence, {"headers": [(b"cookie", devices[0]["cookie"].encode())]}
+    ).load()
+    (other,) = [device for device in await session.devices() if not device.current]
+    assert await session.revoke(other.id)
+    assert [(e.kind, e.count, e.user_id, e.session) for e in seen] == [
+        ("revoked", 1, "alice", other.id)
+    ]
 
 
 async def test_a_failing_hook_is_logged_and_the_request_goes_on(

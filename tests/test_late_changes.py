@@ -6,16 +6,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI
 from fastapi.responses import StreamingResponse
 from starlette.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from coatcheck import MemoryStore, ResponseStartedError, SessionConfig, SessionMiddleware
+from coatcheck import (
+    MemoryStore,
+    ResponseStartedError,
+    SessionConfig,
+    SessionMiddleware,
+    SessionRecord,
+    StoreUnavailableError,
+)
 from coatcheck._ids import store_key
 from coatcheck.fastapi import SessionDep
 from coatcheck.session import Session
@@ -56,6 +64,15 @@ def make_app(store: MemoryStore, clock: FakeClock) -> FastAPI:
 
         return StreamingResponse(body())
 
+    @app.get("/stream-in-place")
+    async def stream_in_place(session: SessionDep) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"working..."
+            session["cart"].append("pear")  # in place only: no assignment marks it
+            yield b"done"
+
+        return StreamingResponse(body())
+
     @app.get("/background")
     async def background(session: SessionDep, tasks: BackgroundTasks) -> dict[str, str]:
         tasks.add_task(session.__setitem__, "background", True)
@@ -73,6 +90,24 @@ def make_app(store: MemoryStore, clock: FakeClock) -> FastAPI:
     @app.get("/late-logout")
     async def late_logout(session: SessionDep, tasks: BackgroundTasks) -> dict[str, str]:
         tasks.add_task(session.logout)
+        return {}
+
+    @app.get("/late-logout-then-note")
+    async def late_logout_then_note(session: SessionDep, tasks: BackgroundTasks) -> dict[str, str]:
+        def leave() -> None:
+            session.logout()
+            session["note"] = "logged out"
+
+        tasks.add_task(leave)
+        return {}
+
+    @app.get("/ended-meanwhile")
+    async def ended_meanwhile(session: SessionDep, tasks: BackgroundTasks) -> dict[str, str]:
+        async def late() -> None:
+            await app.state.end_elsewhere()
+            session["late"] = True
+
+        tasks.add_task(late)
         return {}
 
     @app.websocket("/ws")
@@ -122,6 +157,7 @@ async def state(client: httpx.AsyncClient, sid: str) -> dict[str, object]:
     ("path", "expected"),
     [
         ("/stream", {"cart": ["apple", "pear"], "streamed": True}),
+        ("/stream-in-place", {"cart": ["apple", "pear"]}),
         ("/background", {"cart": ["apple"], "background": True}),
         ("/teardown", {"cart": ["apple"], "teardown": True}),
     ],
@@ -158,6 +194,73 @@ async def test_a_logout_after_the_response_started_still_ends_the_session(
         assert response.status_code == 200
         assert await store.load(store_key(sid), clock()) is None
         assert await state(client, sid) == {"user": None, "data": {}}
+
+
+async def test_data_after_a_late_logout_leaves_no_record_behind(
+    app: FastAPI, store: MemoryStore, clock: FakeClock
+) -> None:
+    """A new record would need a cookie the browser can no longer get: nobody could reach it."""
+    async with client_for(app) as client:
+        sid = await logged_in(client)
+        response = await client.get("/late-logout-then-note", headers=cookie(sid))
+        assert response.status_code == 200
+        assert "set-cookie" not in response.headers
+        assert await state(client, sid) == {"user": None, "data": {}}
+    assert await store.count(clock()) == 0
+
+
+async def test_late_changes_to_a_session_ended_meanwhile_are_dropped_quietly(
+    app: FastAPI, store: MemoryStore, clock: FakeClock
+) -> None:
+    async with client_for(app) as client:
+        sid = await logged_in(client)
+
+        async def end_elsewhere() -> None:  # as a logout on another tab would
+            await store.delete(store_key(sid))
+
+        app.state.end_elsewhere = end_elsewhere
+        response = await client.get("/ended-meanwhile", headers=cookie(sid))
+        assert response.status_code == 200
+        assert await state(client, sid) == {"user": None, "data": {}}
+    assert await store.count(clock()) == 0
+
+
+class _FailingLateStore(MemoryStore):
+    """Stores the first save, then fails, as a store that goes down mid-request."""
+
+    saves = 0
+
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        self.saves += 1
+        if self.saves > 1:
+            raise StoreUnavailableError("connection lost")
+        return await super().save(record, **options)
+
+
+async def test_a_store_failure_after_the_response_started_is_raised_not_answered_twice() -> None:
+    """A 503 can no longer go out: a second response start would break the protocol, and
+    swallowing the failure would hide that the late change was lost."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        session = await scope["session"].load()
+        session["n"] = 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        session["late"] = True
+        await send({"type": "http.response.body", "body": b"done"})
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    middleware = SessionMiddleware(app, store=_FailingLateStore())
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "scheme": "https"}
+    with pytest.raises(StoreUnavailableError):
+        await middleware(scope, receive, send)
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
 
 
 async def test_late_data_for_a_session_without_a_record_is_dropped_with_a_warning(

@@ -17,6 +17,7 @@ from coatcheck import (
     StoreUnavailableError,
 )
 from coatcheck._ids import store_key
+from coatcheck.testing import FakeClock
 
 from .apps import make_app
 from .conftest import CountingStore, client_for
@@ -43,6 +44,20 @@ async def test_an_oversized_session_is_refused_with_413_and_kept_intact(any_stor
         assert await any_store.load(store_key(sid), config.clock()) == before
 
 
+async def test_a_session_of_exactly_the_limit_is_stored(any_store: Store) -> None:
+    config = SessionConfig(max_session_bytes=2048)
+    item = "x" * (2048 - len(JSONSerializer().dumps({"cart": [""]})))
+    async with client_for(make_app(any_store, config)) as client:
+        response = await client.post(f"/append?item={item}")
+    assert response.status_code == 200
+    record = await any_store.load(store_key(ticket(response)), config.clock())
+    assert record is not None
+    assert len(record.data) == 2048
+    async with client_for(make_app(any_store, config)) as client:
+        response = await client.post(f"/append?item={item}x")  # one byte over
+    assert response.status_code == 413
+
+
 async def test_past_the_per_user_limit_the_oldest_sessions_end(any_store: Store) -> None:
     config = SessionConfig(max_sessions_per_user=2)
     async with client_for(make_app(any_store, config)) as client:
@@ -55,15 +70,21 @@ async def test_past_the_per_user_limit_the_oldest_sessions_end(any_store: Store)
     assert len(await any_store.list_user("alice", config.clock())) == 2
 
 
-async def test_a_session_of_exactly_max_session_bytes_is_stored() -> None:
-    config = SessionConfig(max_session_bytes=1024)
-    overhead = len(JSONSerializer().dumps({"cart": [""]}))
-    async with client_for(make_app(MemoryStore(), config)) as client:
-        statuses = [
-            (await client.post(f"/append?item={'x' * (size - overhead)}")).status_code
-            for size in (1024, 1025)
-        ]
-    assert statuses == [200, 413]
+async def test_the_session_getting_a_new_id_is_never_the_one_ended(
+    any_store: Store, clock: FakeClock
+) -> None:
+    """Not even when it is the user's oldest, as after a deploy that lowered the limit."""
+    async with client_for(make_app(any_store, SessionConfig(clock=clock))) as client:
+        oldest = ticket(await client.post("/login"))
+        for _ in range(2):
+            clock.advance(1)
+            await client.post("/login")
+    config = SessionConfig(max_sessions_per_user=2, clock=clock)
+    async with client_for(make_app(any_store, config)) as client:
+        response = await client.post("/regenerate", headers={"cookie": f"{NAME}={oldest}"})
+        rotated = {"cookie": f"{NAME}={ticket(response)}"}
+        assert (await client.get("/read", headers=rotated)).json()["user"] == "alice"
+    assert len(await any_store.list_user("alice", clock())) == 2
 
 
 class IndexDown(CountingStore):

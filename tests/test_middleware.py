@@ -7,18 +7,26 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coatcheck import (
     MemoryStore,
     SessionConfig,
+    SessionConflictError,
     SessionMiddleware,
     SessionNotLoadedError,
     SessionRecord,
     SQLiteStore,
     Store,
+    StoreUnavailableError,
 )
 from coatcheck._ids import store_key
-from coatcheck.testing import SAME_ORIGIN, TEST_WS_BASE_URL, FakeClock
+from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
 
 from .apps import make_app
 from .conftest import SHORTENED, CountingStore, client_for
@@ -162,6 +170,27 @@ async def test_cache_control_of_the_app_is_replaced_when_a_cookie_is_set(
     assert response.headers.get_list("cache-control") == ["no-store"]
 
 
+async def test_a_vary_header_of_the_app_gains_cookie(
+    store: CountingStore, config: SessionConfig
+) -> None:
+    """A cache keyed on Accept-Encoding alone would hand one visitor's page to the next."""
+
+    async def negotiated(request: Request) -> Response:
+        session = await request.scope["session"].load()
+        return PlainTextResponse(str(session.get("n")), headers={"Vary": "Accept-Encoding"})
+
+    app = Starlette(routes=[Route("/negotiated", negotiated)])
+    app.add_middleware(SessionMiddleware, store=store, config=config)
+    async with client_for(app) as client:
+        response = await client.get("/negotiated")
+    varies = [
+        value.strip().lower()
+        for line in response.headers.get_list("vary")
+        for value in line.split(",")
+    ]
+    assert sorted(varies) == ["accept-encoding", "cookie"]
+
+
 async def test_unknown_well_formed_id_is_never_adopted(
     client: httpx.AsyncClient, store: CountingStore
 ) -> None:
@@ -300,6 +329,27 @@ async def test_clearing_every_key_of_an_anonymous_session_deletes_it(
     assert await store.inner.count(0) == 0
 
 
+async def test_clearing_the_data_of_a_logged_in_session_is_saved(
+    client: httpx.AsyncClient,
+) -> None:
+    sid = ticket(await client.post("/login"))
+    await client.post("/write", headers=cookie(sid))
+    response = await client.post("/clear", headers=cookie(sid))
+    assert "set-cookie" not in response.headers  # still logged in, under the same ID
+    state = (await client.get("/read", headers=cookie(sid))).json()
+    assert state == {"data": {}, "user": "alice"}
+
+
+async def test_switching_user_is_stored_with_one_write(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    alice = ticket(await client.post("/login"))
+    store.calls.clear()
+    response = await client.post("/login?user=bob", headers=cookie(alice))
+    assert response.json() == {"data": {}, "user": "bob"}
+    assert store.calls == {"load": 1, "save": 1}
+
+
 class Gate:
     def __init__(self) -> None:
         self.loaded = anyio.Event()
@@ -399,6 +449,23 @@ async def test_sliding_refresh_is_throttled_and_never_grows_the_window(
     assert clock() <= refreshed.expires_at + 1000 * 0.1
 
 
+async def test_the_refresh_follows_the_configured_fraction(
+    store: CountingStore, clock: FakeClock
+) -> None:
+    config = SessionConfig(
+        idle_timeout=1000, absolute_timeout=10_000, refresh_fraction=0.05, clock=clock
+    )
+    async with client_for(make_app(store, config)) as client:
+        sid = ticket(await client.post("/login"))
+        store.calls.clear()
+        clock.advance(49)
+        await client.get("/read", headers=cookie(sid))
+        assert store.calls["save"] == 0
+        clock.advance(1)
+        await client.get("/read", headers=cookie(sid))
+        assert store.calls["save"] == 1
+
+
 async def test_the_stored_deadline_never_passes_the_absolute_limit(
     store: CountingStore, clock: FakeClock
 ) -> None:
@@ -472,6 +539,21 @@ async def test_a_new_id_for_a_remembered_session_keeps_its_cookie_to_the_absolut
         assert "Max-Age=95000" in [part.strip() for part in header.split(";")]
 
 
+async def test_a_remembered_session_refreshes_by_its_own_idle_window(
+    store: CountingStore, clock: FakeClock
+) -> None:
+    """Reads of a remembered session write no more often than its long window calls for."""
+    async with client_for(make_app(store, remembering(clock))) as client:
+        sid = ticket(await client.post("/login?remember=1"))
+        store.calls.clear()
+        clock.advance(999)  # far past 10% of a browser session's window, short of its own
+        await client.get("/read", headers=cookie(sid))
+        assert store.calls["save"] == 0
+        clock.advance(1)
+        await client.get("/read", headers=cookie(sid))
+        assert store.calls["save"] == 1
+
+
 @pytest.mark.parametrize(("limits", "active", "then"), SHORTENED)
 async def test_expired_record_is_not_served_even_if_the_store_still_has_it(
     store: CountingStore,
@@ -493,6 +575,27 @@ async def test_expired_record_is_not_served_even_if_the_store_still_has_it(
     clock.advance(then)
     assert await store.inner.load(store_key(sid), clock()) is not None
     async with client_for(make_app(store, short)) as client:
+        state = (await client.get("/read", headers=cookie(sid))).json()
+    assert state == {"data": {}, "user": None}
+
+
+class _LenientStore(MemoryStore):
+    """Serves records past their deadline, as a store whose expiry runs late might."""
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        return await super().load(key, 0.0)
+
+
+async def test_the_stored_deadline_holds_even_under_longer_limits(clock: FakeClock) -> None:
+    """Device lists and counts went by that deadline: a deploy that lengthens the limits
+    must not bring back a session that was already over."""
+    store = _LenientStore()
+    short = SessionConfig(idle_timeout=100, absolute_timeout=10_000, clock=clock)
+    long = SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
+    async with client_for(make_app(store, short)) as client:
+        sid = ticket(await client.post("/login"))
+    clock.advance(100)  # the very instant of the stored deadline
+    async with client_for(make_app(store, long)) as client:
         state = (await client.get("/read", headers=cookie(sid))).json()
     assert state == {"data": {}, "user": None}
 
@@ -589,6 +692,31 @@ async def test_a_store_that_fails_outright_gives_503_not_500(
     )
 
 
+class _DownStore(MemoryStore):
+    """Fails every load, naming when to retry, as a Redis server that is restarting."""
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        raise StoreUnavailableError("the store is restarting", retry_after=30)
+
+
+async def test_the_stores_own_retry_hint_reaches_the_client() -> None:
+    async with client_for(make_app(_DownStore(), SessionConfig(retry_after=7))) as client:
+        response = await client.get("/read", headers=cookie("B" * 43))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "30"
+
+
+def test_a_websocket_whose_store_is_down_is_told_to_try_again() -> None:
+    app = make_app(_DownStore(), SessionConfig())
+    with (
+        TestClient(app) as client,
+        pytest.raises(WebSocketDisconnect) as closed,
+        client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=cookie("B" * 43)),
+    ):
+        pass
+    assert closed.value.code == 1013
+
+
 async def test_lifespan_shutdown_closes_the_store(store: CountingStore) -> None:
     app = make_app(store)
     messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
@@ -608,11 +736,6 @@ async def test_lifespan_shutdown_closes_the_store(store: CountingStore) -> None:
 def test_a_websocket_session_too_large_to_store_is_closed_with_1009(
     store: CountingStore,
 ) -> None:
-    from starlette.applications import Starlette
-    from starlette.routing import WebSocketRoute
-    from starlette.testclient import TestClient
-    from starlette.websockets import WebSocket, WebSocketDisconnect
-
     async def hoard(websocket: WebSocket) -> None:
         session = await websocket.scope["session"].load()
         session["blob"] = "x" * 2000
@@ -633,8 +756,6 @@ def test_a_websocket_session_too_large_to_store_is_closed_with_1009(
 async def test_websocket_reads_and_writes_the_session(
     store: CountingStore, config: SessionConfig
 ) -> None:
-    from starlette.testclient import TestClient
-
     app = make_app(store, config)
     async with client_for(app) as client:
         sid = await start_session(client)
@@ -668,6 +789,33 @@ async def test_a_refused_new_session_gets_409_and_no_cookie() -> None:
     assert "ended by another request" in response.json()["detail"]
     assert "set-cookie" not in response.headers
     assert await store.count(0) == 0
+
+
+class _ContendedStore(MemoryStore):
+    """Loses every save over a stored version, as under a flood of parallel writers."""
+
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        if options.get("expected_version") is not None:
+            raise SessionConflictError("still contended")
+        return await super().save(record, **options)
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"), [(_BarringStore, 1008), (_ContendedStore, 1013)], ids=["ended", "busy"]
+)
+def test_a_websocket_whose_session_cannot_be_saved_is_closed_saying_why(
+    kind: type[MemoryStore], code: int
+) -> None:
+    """An ended session is final (1008, policy); a busy one is worth another try (1013)."""
+    app = make_app(kind(), SessionConfig())
+    with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+        client.post("/write")  # stored by the busy store; the barring one refuses it
+        with (
+            pytest.raises(WebSocketDisconnect) as closed,
+            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN),
+        ):
+            pass
+    assert closed.value.code == code
 
 
 class _MisfilingStore(MemoryStore):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from coatcheck import MemoryStore, SessionConfig, SessionNotLoadedError
+from coatcheck import MemoryStore, SessionConfig, SessionNotLoadedError, Store
 from coatcheck._ids import store_key
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
@@ -97,8 +97,9 @@ async def test_login_restarts_the_absolute_lifetime(
 
 async def test_devices_and_revocation(persistence: Persistence, clock: FakeClock) -> None:
     phone = await fresh(persistence)
-    phone.login("alice")
+    phone.login("alice", remember=True)
     phone_id = await saved(persistence, phone)
+    start = clock()
     clock.advance(1)
     laptop = await fresh(persistence)
     laptop.login("alice")
@@ -106,11 +107,20 @@ async def test_devices_and_revocation(persistence: Persistence, clock: FakeClock
     bob = await fresh(persistence)
     bob.login("bob")
     await saved(persistence, bob)
+    clock.advance(1)
 
-    current = await fresh(persistence, laptop_id)
+    # The list loads the session itself, as revoke() does.
+    current = Session(persistence, request_scope(laptop_id))
     devices = await current.devices()
     assert [device.current for device in devices] == [False, True]
     assert devices[0].user_agent == "pytest-browser/1.0"
+    assert [device.remember for device in devices] == [True, False]
+    assert [device.created_at.timestamp() for device in devices] == [start, start + 1]
+    assert [device.last_seen_at.timestamp() for device in devices] == [start, start + 1]
+    assert [device.expires_at.timestamp() for device in devices] == [
+        start + 14 * 86_400,
+        start + 1 + 30 * 60,
+    ]
     assert await current.revoke("no-such-device") is False
     assert await current.revoke(devices[0].id) is True
     assert await persistence.store.load(store_key(phone_id), clock()) is None
@@ -121,6 +131,27 @@ async def test_devices_and_revocation(persistence: Persistence, clock: FakeClock
     assert await bobs_view.revoke(devices[1].id) is False
     assert await bobs_view.revoke_others() == 0
     assert await bobs_view.revoke_all() == 0
+
+
+async def test_an_anonymous_session_reaches_no_ones_devices(
+    any_store: Store, clock: FakeClock
+) -> None:
+    """Not even those of a user whose id reads "None", which a store keying its index by
+    text would take for no user at all."""
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    session = await fresh(persistence)
+    session.login("None")
+    await saved(persistence, session)
+    (device,) = await session.devices()
+
+    anonymous = await fresh(persistence)
+    assert await anonymous.devices() == []
+    assert await anonymous.revoke(device.id) is False
+    assert await anonymous.revoke_others() == 0
+    assert await anonymous.revoke_all() == 0
+    assert [record.public_id for record in await any_store.list_user("None", clock())] == [
+        device.id
+    ]
 
 
 async def test_revoke_others_and_revoke_all(persistence: Persistence, clock: FakeClock) -> None:
@@ -214,6 +245,47 @@ async def test_new_data_after_destroy_goes_to_a_new_record(
     assert dict(await fresh(persistence, old)) == {}
     assert dict(await fresh(persistence, new)) == {"cart": ["pear"]}
     assert await persistence.store.list_user("alice", clock()) == []
+
+
+async def test_a_session_started_after_logout_shares_nothing_with_the_old_one(
+    persistence: Persistence,
+) -> None:
+    """A note left after logging out (a flash message) starts a plain browser session:
+    not remembered, and under a public id that cannot be linked to the user's."""
+    session = await fresh(persistence)
+    session.login("alice", remember=True)
+    old = await saved(persistence, session)
+    alices = session.public_id
+
+    session = await fresh(persistence, old)
+    session.logout()
+    session["flash"] = "logged out"
+    header = dict(await persistence.commit(session, 200))[b"set-cookie"].decode()
+    assert "Max-Age" not in header
+
+    new = await fresh(persistence, header.split(";")[0].split("=", 1)[1])
+    assert dict(new) == {"flash": "logged out"}
+    assert new.remember is False
+    assert new.public_id not in ("", alices)
+
+
+async def test_deleting_a_key_is_saved(persistence: Persistence) -> None:
+    session = await fresh(persistence)
+    session.update(keep=1, gone=2)
+    sid = await saved(persistence, session)
+    later = await fresh(persistence, sid)
+    del later["gone"]
+    await persistence.commit(later, 200)
+    assert dict(await fresh(persistence, sid)) == {"keep": 1}
+
+
+async def test_modify_never_stores_the_default_object_itself(persistence: Persistence) -> None:
+    """Changing the stored value in place must not change the app's shared default."""
+    defaults = {"theme": "light"}
+    session = await fresh(persistence)
+    session.modify("prefs", lambda prefs: prefs, default=defaults)
+    session["prefs"]["theme"] = "dark"
+    assert defaults == {"theme": "light"}
 
 
 @pytest.mark.parametrize("read", ["get", "getitem", "setdefault"])
