@@ -71,8 +71,8 @@ def _dumps(data: Mapping[str, Any]) -> bytes:
 
 
 def _refuse_what_json_changes(value: Any) -> None:
-    """Raise ValueError for what an encoder would store as something else: NaN,
-    infinities, and mapping keys that are not strings."""
+    """Raise for what an encoder would store as something else: NaN and infinities
+    (ValueError), mapping keys that are not strings (TypeError)."""
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{value!r} is not a JSON number")

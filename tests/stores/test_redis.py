@@ -726,6 +726,17 @@ async def test_a_record_of_another_format_is_a_store_error(standalone: RedisStor
 PASSWORD = "correct-horse-battery"
 
 
+async def first_load_error(url: str) -> StoreError:
+    """What the first load through a store built from ``url`` raises."""
+    store = RedisStore.from_url(url, prefix=unique_prefix())
+    try:
+        with pytest.raises(StoreError) as caught:
+            await store.load(store_key(new_session_id()), NOW)
+    finally:
+        await store.aclose()
+    return caught.value
+
+
 async def test_a_refused_password_is_a_store_error_not_an_outage(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "auth").start()
     try:
@@ -733,16 +744,11 @@ async def test_a_refused_password_is_a_store_error_not_an_outage(tmp_path: Path)
             admin.config_set("requirepass", PASSWORD)  # as --requirepass does
         address = f"127.0.0.1:{server.port}/0"
         for credentials in ("", ":not-the-password@"):
-            store = RedisStore.from_url(f"redis://{credentials}{address}", prefix=unique_prefix())
-            try:
-                with pytest.raises(StoreError) as caught:
-                    await store.load(store_key(new_session_id()), NOW)
-            finally:
-                await store.aclose()
+            error = await first_load_error(f"redis://{credentials}{address}")
             # Waiting cannot cure it: an error for the operator, not an outage to wait out.
-            assert type(caught.value) is StoreError
-            assert isinstance(caught.value.__cause__, redis.AuthenticationError)
-            assert "not-the-password" not in str(caught.value)
+            assert type(error) is StoreError
+            assert isinstance(error.__cause__, redis.AuthenticationError)
+            assert "not-the-password" not in str(error)
         await saves_and_loads(
             RedisStore.from_url(f"redis://:{PASSWORD}@{address}", prefix=unique_prefix())
         )
@@ -751,14 +757,11 @@ async def test_a_refused_password_is_a_store_error_not_an_outage(tmp_path: Path)
 
 
 async def test_an_unreachable_cluster_is_an_outage() -> None:
-    url = f"redis+cluster://:{PASSWORD}@127.0.0.1:{free_port()}?timeout=0.5"
-    store = RedisStore.from_url(url, prefix=unique_prefix())
-    try:
-        with pytest.raises(StoreUnavailableError) as caught:
-            await store.load(store_key(new_session_id()), NOW)
-    finally:
-        await store.aclose()
-    assert PASSWORD not in str(caught.value)
+    error = await first_load_error(
+        f"redis+cluster://:{PASSWORD}@127.0.0.1:{free_port()}?timeout=0.5"
+    )
+    assert isinstance(error, StoreUnavailableError)
+    assert PASSWORD not in str(error)
 
 
 async def test_a_password_the_cluster_refuses_is_a_store_error_not_an_outage(
@@ -766,15 +769,9 @@ async def test_a_password_the_cluster_refuses_is_a_store_error_not_an_outage(
 ) -> None:
     # No such ACL user: every node answers WRONGPASS, as to a wrong requirepass.
     nodes = redis_cluster.url.removeprefix("redis+cluster://")
-    url = f"redis+cluster://nobody:not-the-password@{nodes}"
-    store = RedisStore.from_url(url, prefix=unique_prefix())
-    try:
-        with pytest.raises(StoreError) as caught:
-            await store.load(store_key(new_session_id()), NOW)
-    finally:
-        await store.aclose()
-    assert "not-the-password" not in str(caught.value)
-    assert type(caught.value) is StoreError
+    error = await first_load_error(f"redis+cluster://nobody:not-the-password@{nodes}")
+    assert "not-the-password" not in str(error)
+    assert type(error) is StoreError
 
 
 async def test_a_record_dead_when_written_is_hidden_and_soon_gone(any_redis: RedisStore) -> None:
