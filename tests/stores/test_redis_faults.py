@@ -111,15 +111,22 @@ class CuttingProxy:
         async def down() -> None:
             while data := await upstream_reader.read(65536):
                 if cut.is_set():
-                    return
+                    continue  # the lost reply; up() hangs up once on_cut has run
                 writer.write(data)
                 await writer.drain()
 
+        # When either side hangs up, both go: a half-open pair would keep this
+        # handler, and so the server's wait_closed() (Python 3.12.1+), waiting forever.
+        directions = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
         try:
-            await asyncio.gather(up(), down(), return_exceptions=True)
+            await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for stream in (writer, upstream):
                 stream.close()
+            for direction in directions:
+                direction.cancel()
+            await asyncio.gather(*directions, return_exceptions=True)
+            for stream in (writer, upstream):
                 await asyncio.gather(stream.wait_closed(), return_exceptions=True)
 
 
