@@ -9,6 +9,7 @@ still answers 503, but logs it as an error for the operator to fix.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -58,6 +59,11 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     cause = exc.__cause__ if isinstance(exc, RedisClusterException) else exc
     if isinstance(cause, _CREDENTIALS):
         return StoreError(f"Redis session store refused the credentials: {cause}")
+    # A server certificate the client cannot verify (another CA, a wrong name, or a
+    # man in the middle) stays unverifiable however long one waits. redis-py raises it
+    # as a ConnectionError, with the SSL error in its chain.
+    if _caused_by(exc, ssl.SSLCertVerificationError):
+        return StoreError(f"Redis session store's TLS certificate was not accepted: {exc}")
     if isinstance(exc, _TRANSIENT) or (
         isinstance(exc, RedisClusterException) and "connect" in str(exc).lower()
     ):
@@ -65,6 +71,18 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
             f"Redis session store is unavailable: {exc}", retry_after=retry_after
         )
     return StoreError(f"Redis session store failed: {exc}")
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is ``exc`` or among the errors it was raised from or during."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @contextmanager
