@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test lint typecheck pytest system-deps bench clean
+.PHONY: demo test test-oldest lint typecheck pytest system-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
@@ -24,6 +24,15 @@ system-deps:
 test: $(BIN)/python system-deps
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(MAKE) lint typecheck pytest
+
+# The suite again on the lowest versions pyproject.toml allows. Deprecation warnings are
+# let through: old releases raise them against today's anyio, click and the like.
+OLDEST := .venv-oldest
+test-oldest: system-deps
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST)/bin/python -m pip install --quiet -e ".[dev]" -c scripts/oldest-versions.txt
+	$(OLDEST)/bin/pytest -p no:cacheprovider -W "ignore::DeprecationWarning"
 
 lint:
 	$(BIN)/ruff check src tests benchmarks
@@ -41,4 +50,4 @@ bench: $(BIN)/python
 	$(BIN)/python benchmarks/redis.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage
+	rm -rf $(VENV) $(OLDEST) .mypy_cache .ruff_cache .pytest_cache .coverage
