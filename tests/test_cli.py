@@ -563,3 +563,29 @@ def test_python_dash_m_runs_the_same_cli() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "coatcheck 0.1.0"
+
+
+def test_the_installed_script_runs_the_cli() -> None:
+    script = Path(sys.executable).with_name("coatcheck")
+    result = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "coatcheck 0.1.0"
+
+
+def test_without_the_cli_extra_the_script_says_what_to_install() -> None:
+    """The script comes with every install; without Typer it answers in one line."""
+    hide_typer = "import sys; sys.modules['typer'] = None; "
+    result = subprocess.run(
+        [sys.executable, "-c", hide_typer + "from coatcheck.__main__ import main; main()"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "coatcheck: 'typer' is not installed; install it with: pip install 'coatcheck[cli]'\n"
+    )
