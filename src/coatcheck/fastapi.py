@@ -14,7 +14,7 @@ from .exceptions import MissingDependencyError
 
 try:
     from fastapi import Depends, HTTPException, Security
-    from fastapi.openapi.models import APIKey
+    from fastapi.openapi.models import APIKey, APIKeyIn
     from fastapi.security.base import SecurityBase
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("fastapi", "fastapi") from exc
@@ -46,13 +46,11 @@ class SessionCookie(SecurityBase):
 
     @property
     def model(self) -> APIKey:  # type: ignore[override]
-        return APIKey.model_validate(
-            {
-                "type": "apiKey",
-                "in": "cookie",
-                "name": current_cookie_name(),
-                "description": "Opaque session ticket set by coatcheck at login (HttpOnly).",
-            }
+        # Built as FastAPI builds its own APIKeyCookie's, which Pydantic 1 and 2 both take.
+        return APIKey(
+            **{"in": APIKeyIn.cookie},  # type: ignore[arg-type]  # "in" is a keyword
+            name=current_cookie_name(),
+            description="Opaque session ticket set by coatcheck at login (HttpOnly).",
         )
 
     async def __call__(self) -> None:
