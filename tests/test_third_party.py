@@ -1,0 +1,196 @@
+"""Libraries written for Starlette's synchronous ``request.session``, unchanged, on the
+paths listed in ``eager_paths``: Authlib keeps its OAuth state in the session, and
+SQLAdmin its login. Both run for real; the OAuth provider's token endpoint is a uvicorn
+server on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import uvicorn
+from authlib.integrations.base_client import OAuthError
+from authlib.integrations.starlette_client import OAuth
+from fastapi import FastAPI, Request
+from sqladmin import Admin, ModelView
+from sqladmin.authentication import AuthenticationBackend
+from sqlalchemy import create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import StaticPool
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from coatcheck import MemoryStore, SessionConfig, SessionMiddleware
+
+from .conftest import client_for
+from .e2e.conftest import free_port
+
+pytestmark = pytest.mark.anyio
+
+NAME = SessionConfig().cookie.name
+
+
+def session_cookie(response: httpx.Response) -> dict[str, str]:
+    return {"cookie": f"{NAME}={response.cookies[NAME]}"}
+
+
+# -- Authlib -----------------------------------------------------------------------------
+
+
+async def token_endpoint(request: Request) -> Response:
+    form = await request.form()
+    return JSONResponse(
+        {"access_token": f"token-for-{form['code']}", "token_type": "Bearer", "expires_in": 60}
+    )
+
+
+@pytest.fixture
+async def token_url() -> AsyncIterator[str]:
+    """An OAuth provider's token endpoint, served over HTTP on a loopback port."""
+    provider = Starlette(routes=[Route("/token", token_endpoint, methods=["POST"])])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(provider, host="127.0.0.1", port=port, lifespan="off"))
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        for _ in range(500):
+            if server.started or serving.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "the token endpoint did not start"
+        yield f"http://127.0.0.1:{port}/token"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def oauth_app(token_url: str, store: MemoryStore) -> FastAPI:
+    oauth = OAuth()
+    oauth.register(
+        name="provider",
+        client_id="client",
+        client_secret="secret",
+        authorize_url="https://provider.example/authorize",
+        access_token_url=token_url,
+    )
+    app = FastAPI()
+
+    @app.get("/auth/login")
+    async def login(request: Request) -> Response:
+        return await oauth.provider.authorize_redirect(request, "https://testserver/auth/back")
+
+    @app.get("/auth/back")
+    async def back(request: Request) -> Response:
+        try:
+            token = await oauth.provider.authorize_access_token(request)
+        except OAuthError as exc:
+            return JSONResponse({"error": exc.error}, status_code=400)
+        return JSONResponse({"access_token": token["access_token"]})
+
+    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(eager_paths=["/auth"]))
+    return app
+
+
+async def test_authlib_keeps_its_oauth_state_in_the_server_side_session(token_url: str) -> None:
+    store = MemoryStore()
+    async with client_for(oauth_app(token_url, store)) as client:
+        started = await client.get("/auth/login")
+        assert started.status_code == 302
+        state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
+        cookie = session_cookie(started)
+        assert await store.count(0) == 1  # the state lives on the server, not in the cookie
+        assert state not in started.headers["set-cookie"]
+
+        forged = await client.get("/auth/back?code=c1&state=forged", headers=cookie)
+        assert (forged.status_code, forged.json()) == (400, {"error": "mismatching_state"})
+        no_session = await client.get(f"/auth/back?code=c1&state={state}")
+        assert (no_session.status_code, no_session.json()) == (400, {"error": "mismatching_state"})
+
+        finished = await client.get(f"/auth/back?code=c1&state={state}", headers=cookie)
+        assert (finished.status_code, finished.json()) == (200, {"access_token": "token-for-c1"})
+        # Authlib took the state out: the same callback again finds none.
+        replayed = await client.get(f"/auth/back?code=c1&state={state}", headers=cookie)
+        assert (replayed.status_code, replayed.json()) == (400, {"error": "mismatching_state"})
+
+
+# -- SQLAdmin ----------------------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Gadget(Base):
+    __tablename__ = "gadgets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+
+class GadgetAdmin(ModelView, model=Gadget):
+    column_list = (Gadget.id, Gadget.name)
+
+
+class Backend(AuthenticationBackend):
+    """SQLAdmin's documented backend, with the one change coatcheck needs: no cookie
+    session of its own, so ``request.session`` is coatcheck's."""
+
+    def __init__(self) -> None:
+        super().__init__(secret_key="unused: SQLAdmin's own cookie session is removed")
+        self.middlewares = []
+
+    async def login(self, request: Request) -> bool:
+        form = await request.form()
+        if (form.get("username"), form.get("password")) != ("admin", "secret"):
+            return False
+        request.session.update({"token": "admin"})
+        return True
+
+    async def logout(self, request: Request) -> bool:
+        request.session.clear()
+        return True
+
+    async def authenticate(self, request: Request) -> bool:
+        return request.session.get("token") == "admin"
+
+
+def admin_app(store: MemoryStore) -> FastAPI:
+    engine = create_engine(
+        "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
+    )
+    Base.metadata.create_all(engine)
+    app = FastAPI()
+    admin = Admin(app, engine, authentication_backend=Backend())
+    admin.add_view(GadgetAdmin)
+    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(eager_paths=["/admin"]))
+    return app
+
+
+async def test_sqladmin_logs_in_and_out_on_the_server_side_session() -> None:
+    store = MemoryStore()
+    async with client_for(admin_app(store)) as client:
+        anonymous = await client.get("/admin/gadget/list")
+        assert anonymous.status_code == 302
+        assert urlsplit(anonymous.headers["location"]).path == "/admin/login"
+
+        refused = await client.post("/admin/login", data={"username": "admin", "password": "no"})
+        assert refused.status_code == 400
+        assert await store.count(0) == 0
+
+        login = await client.post("/admin/login", data={"username": "admin", "password": "secret"})
+        assert login.status_code == 302
+        # One cookie, coatcheck's: SQLAdmin sets none of its own.
+        assert [value.partition("=")[0] for value in login.headers.get_list("set-cookie")] == [NAME]
+        cookie = session_cookie(login)
+        assert await store.count(0) == 1
+
+        listing = await client.get("/admin/gadget/list", headers=cookie)
+        assert listing.status_code == 200
+
+        logout = await client.get("/admin/logout", headers=cookie)
+        assert logout.status_code == 302
+        assert await store.count(0) == 0  # deleted on the server
+        after = await client.get("/admin/gadget/list", headers=cookie)
+        assert after.status_code == 302  # the old cookie is worth nothing
