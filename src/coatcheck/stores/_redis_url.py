@@ -74,10 +74,8 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
             raise ConfigurationError(f"the path of a Redis URL is a database number, got {url!r}")
         plain = urlunsplit(parts._replace(query=urlencode(options)))
         # One quick retry on a broken connection (a server restart leaves the pooled
-        # ones dead); none on a timeout, which has already waited. redis-py before 6.0
-        # ignores ``retry`` unless ``retry_on_error`` names the errors too.
+        # ones dead); none on a timeout, which has already waited.
         settings["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
-        settings["retry_on_error"] = [RedisConnectionError]
         if "max_connections" in options:
             # redis-py's default pool refuses at once past its size; this one makes a
             # burst wait for a free connection, up to the timeout.
