@@ -5,13 +5,11 @@ server on a loopback port."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.starlette_client import OAuth
 from fastapi import FastAPI, Request
@@ -27,7 +25,7 @@ from starlette.routing import Route
 from coatcheck import MemoryStore, SessionConfig, SessionMiddleware
 
 from .conftest import client_for
-from .e2e.conftest import free_port
+from .e2e.conftest import served_here
 
 pytestmark = pytest.mark.anyio
 
@@ -52,19 +50,8 @@ async def token_endpoint(request: Request) -> Response:
 async def token_url() -> AsyncIterator[str]:
     """An OAuth provider's token endpoint, served over HTTP on a loopback port."""
     provider = Starlette(routes=[Route("/token", token_endpoint, methods=["POST"])])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(provider, host="127.0.0.1", port=port, lifespan="off"))
-    serving = asyncio.ensure_future(server.serve())
-    try:
-        for _ in range(500):
-            if server.started or serving.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "the token endpoint did not start"
+    async with served_here(provider) as port:
         yield f"http://127.0.0.1:{port}/token"
-    finally:
-        server.should_exit = True
-        await serving
 
 
 def oauth_app(token_url: str, store: MemoryStore) -> FastAPI:

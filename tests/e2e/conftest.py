@@ -8,6 +8,7 @@ a browser (or an attacker) would send.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 STARTUP_TIMEOUT = 20.0
 STOP_GRACE = 5.0
@@ -35,6 +37,26 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def served_here(app: Any) -> AsyncIterator[int]:
+    """``app`` served by uvicorn on this test's event loop, on a free loopback port."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    running = uvicorn.Server(config)
+    task = asyncio.create_task(running.serve())
+    try:
+        for _ in range(500):  # up to 5 s
+            if running.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        if not running.started:
+            pytest.fail("uvicorn did not start")
+        yield port
+    finally:
+        running.should_exit = True
+        await task
 
 
 # -- Set-Cookie, parsed as a browser would see it ----------------------------------------

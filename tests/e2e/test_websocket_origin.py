@@ -3,12 +3,10 @@ a handshake from another origin never reaches the session."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -16,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 from coatcheck import CookieConfig, MemoryStore, SessionConfig, SessionMiddleware
 from coatcheck.fastapi import SessionDep
 
-from .conftest import free_port
+from .conftest import served_here
 
 pytestmark = pytest.mark.anyio
 
@@ -43,19 +41,8 @@ def make_app() -> FastAPI:
 
 @pytest.fixture
 async def server() -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(make_app(), host="127.0.0.1", port=port, log_level="warning")
-    running = uvicorn.Server(config)
-    task = asyncio.create_task(running.serve())
-    for _ in range(500):  # up to 5 s
-        if running.started:
-            break
-        await asyncio.sleep(0.01)
-    else:
-        pytest.fail("uvicorn did not start")
-    yield f"127.0.0.1:{port}"
-    running.should_exit = True
-    await task
+    async with served_here(make_app()) as port:
+        yield f"127.0.0.1:{port}"
 
 
 async def read_notes(host: str, cookie: str, origin: str) -> str | int:
