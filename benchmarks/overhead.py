@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,7 @@ from _harness import (
     add_timing_arguments,
     check_timing_arguments,
     expect,
+    lead_with,
     litestar_apps,
     machine,
     measure,
@@ -79,12 +81,8 @@ async def noop_dependency() -> None:
 NoopDep = Annotated[None, Depends(noop_dependency)]
 
 
-def fastapi_app() -> FastAPI:
-    """The bare baseline, plus a reference endpoint that only resolves a no-op dependency.
-
-    ``/bare`` and ``/noop-dep`` are the first and second routes, like ``/untouched`` and
-    ``/read`` in the session apps, so each pair pays for the same route matching.
-    """
+def fastapi_app(first: str) -> FastAPI:
+    """The bare baseline, plus a reference endpoint that only resolves a no-op dependency."""
     app = FastAPI()
 
     @app.get("/bare")
@@ -95,22 +93,22 @@ def fastapi_app() -> FastAPI:
     async def noop(_: NoopDep) -> dict[str, Any]:
         return {"n": 1}
 
-    return app
+    return lead_with(app, first)
 
 
 async def add_fastapi_bare(suite: Suite) -> None:
-    app = fastapi_app()
+    app, noop_app = fastapi_app("/bare"), fastapi_app("/noop-dep")
     await suite.start(app)
     headers = [*BASE_HEADERS, (b"cookie", b"theme=dark")]
     response = ok(await request(app, "/bare", headers), BARE)
     expect(response.json() == {"ok": True}, f"{BARE}: body {response.body!r}")
     suite.add(Variant(BARE, app, "/bare", headers))
-    response = ok(await request(app, "/noop-dep", headers), NOOP)
+    response = ok(await request(noop_app, "/noop-dep", headers), NOOP)
     expect(response.json() == {"n": 1}, f"{NOOP}: body {response.body!r}")
-    suite.add(Variant(NOOP, app, "/noop-dep", headers))
+    suite.add(Variant(NOOP, noop_app, "/noop-dep", headers))
 
 
-def starlette_app() -> ASGIApp:
+def starlette_app(first: str) -> ASGIApp:
     inner = FastAPI()
 
     @inner.get("/untouched")
@@ -127,7 +125,7 @@ def starlette_app() -> ASGIApp:
         return {"n": request.session["n"]}
 
     secret = "benchmark-secret-" + "x" * 32
-    return StarletteSessionMiddleware(inner, secret_key=secret, https_only=True)
+    return StarletteSessionMiddleware(lead_with(inner, first), secret_key=secret, https_only=True)
 
 
 def _starsessions_memory() -> Any:
@@ -144,7 +142,10 @@ async def add_litestar(suite: Suite) -> None:
     expect(response.json() == {"ok": True}, f"{LITESTAR_BARE}: body {response.body!r}")
     suite.add(Variant(LITESTAR_BARE, bare_app, "/bare", headers))
     before = len(suite.variants)
-    await add_cookie_peer(suite, "litestar sessions", session_app, "session", stateless=False)
+    # Litestar matches routes in a tree, not in order: one app serves every variant.
+    await add_cookie_peer(
+        suite, "litestar sessions", lambda _: session_app, "session", stateless=False
+    )
     for variant in suite.variants[before:]:
         variant.baselines = (BARE, LITESTAR_BARE)
 
@@ -155,7 +156,7 @@ async def build(suite: Suite, workdir: Path) -> None:
     await add_coatcheck(
         suite, "sqlite", SQLiteStore(workdir / "sessions.db"), baselines=(BARE, NOOP)
     )
-    await add_cookie_peer(suite, "starlette cookie", starlette_app(), "session", stateless=True)
+    await add_cookie_peer(suite, "starlette cookie", starlette_app, "session", stateless=True)
     peers: tuple[tuple[str, Callable[[Suite], Awaitable[None]]], ...] = (
         ("starsessions", _add_starsessions),
         ("litestar", add_litestar),
@@ -165,8 +166,9 @@ async def build(suite: Suite, workdir: Path) -> None:
 
 
 async def _add_starsessions(suite: Suite) -> None:
+    store = _starsessions_memory()
     await add_cookie_peer(
-        suite, "starsessions", starsessions_app(_starsessions_memory()), "session", stateless=False
+        suite, "starsessions", partial(starsessions_app, store), "session", stateless=False
     )
 
 

@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any, cast
@@ -42,6 +43,7 @@ from uuid import uuid4
 from _harness import (
     BARE,
     LITESTAR_BARE,
+    AppFactory,
     ASGIApp,
     BenchmarkError,
     Headers,
@@ -54,6 +56,7 @@ from _harness import (
     check_timing_arguments,
     cookie_headers,
     expect,
+    lead_with,
     litestar_apps,
     machine,
     measure,
@@ -379,13 +382,12 @@ class CommandCounter:
 # -- the variants -----------------------------------------------------------------------
 
 
-def floors_app(client: Redis) -> FastAPI:
-    """A bare endpoint and the least any Redis-backed session could do per request.
+def floors_app(client: Redis, first: str) -> FastAPI:
+    """A bare endpoint and the least any Redis-backed session could do per request,
+    ``first`` matched first.
 
-    The first three routes come in the order of the session apps' ``/untouched``,
-    ``/read`` and ``/write``, so each pair pays for the same route matching. The
-    fourth makes the floor's GET in a dependency, as ``SessionDep`` does: the
-    difference is what FastAPI charges for a dependency.
+    ``/get-dependency`` makes the floor's GET in a dependency, as ``SessionDep`` does:
+    the difference is what FastAPI charges for a dependency.
     """
     app = FastAPI()
 
@@ -413,36 +415,39 @@ def floors_app(client: Redis) -> FastAPI:
     async def get_in_dependency(raw: bytes | None = Depends(floor_get)) -> dict[str, Any]:
         return {"n": None if raw is None else int(raw)}
 
-    return app
+    return lead_with(app, first)
 
 
 async def add_floors(suite: Suite, client: Redis) -> None:
-    app = floors_app(client)
+    app = floors_app(client, "/bare")
     await suite.start(app)
     headers = cookie_headers("__Host-session", FAKE_SESSION_ID)
     response = ok(await request(app, "/bare", headers), BARE)
     expect(response.json() == {"ok": True}, f"{BARE}: body {response.body!r}")
     suite.add(Variant(BARE, app, "/bare", headers))
 
+    get_app = floors_app(client, "/get")
     await client.set(FLOOR_GET_KEY, "1", px=IDLE_MS)
-    response = ok(await request(app, "/get", headers), GET_FLOOR)
+    response = ok(await request(get_app, "/get", headers), GET_FLOOR)
     expect(response.json() == {"n": 1}, f"{GET_FLOOR}: body {response.body!r}, want n=1")
-    suite.add(Variant(GET_FLOOR, app, "/get", headers))
+    suite.add(Variant(GET_FLOOR, get_app, "/get", headers))
 
+    getset_app = floors_app(client, "/getset")
     await client.delete(FLOOR_SET_KEY)
-    first = ok(await request(app, "/getset", headers), GETSET_FLOOR).json()
-    second = ok(await request(app, "/getset", headers), GETSET_FLOOR).json()
+    first = ok(await request(getset_app, "/getset", headers), GETSET_FLOOR).json()
+    second = ok(await request(getset_app, "/getset", headers), GETSET_FLOOR).json()
     expect(
         first == {"n": 1} and second == {"n": 2},
         f"{GETSET_FLOOR}: got {first} then {second}, want n=1 then n=2",
     )
     ttl = await client.pttl(FLOOR_SET_KEY)
     expect(0 < ttl <= IDLE_MS, f"{GETSET_FLOOR}: key has PTTL {ttl}, want an expiry")
-    suite.add(Variant(GETSET_FLOOR, app, "/getset", headers))
+    suite.add(Variant(GETSET_FLOOR, getset_app, "/getset", headers))
 
-    response = ok(await request(app, "/get-dependency", headers), GET_DEPENDENCY)
+    dependency_app = floors_app(client, "/get-dependency")
+    response = ok(await request(dependency_app, "/get-dependency", headers), GET_DEPENDENCY)
     expect(response.json() == {"n": 1}, f"{GET_DEPENDENCY}: body {response.body!r}, want n=1")
-    suite.add(Variant(GET_DEPENDENCY, app, "/get-dependency", headers))
+    suite.add(Variant(GET_DEPENDENCY, dependency_app, "/get-dependency", headers))
 
 
 def coatcheck_store(url: str) -> Any:
@@ -468,11 +473,11 @@ def mirrored_client(url: str) -> Redis:
     )
 
 
-def starsessions_redis(client: Redis) -> ASGIApp:
+def starsessions_redis(client: Redis) -> AppFactory:
     from starsessions.stores.redis import RedisStore as StarsessionsRedisStore
 
     store = StarsessionsRedisStore(connection=client, prefix="bench-starsessions:")
-    return starsessions_app(store)
+    return partial(starsessions_app, store)
 
 
 def litestar_redis(client: Redis) -> tuple[ASGIApp, ASGIApp]:
@@ -511,7 +516,8 @@ async def build(suite: Suite, url: str) -> tuple[Any, Redis]:
         response = ok(await request(bare_app, "/bare", litestar_headers()), LITESTAR_BARE)
         expect(response.json() == {"ok": True}, f"{LITESTAR_BARE}: body {response.body!r}")
         s.add(Variant(LITESTAR_BARE, bare_app, "/bare", litestar_headers()))
-        await add_cookie_peer(s, LITESTAR, session_app, "session", stateless=False)
+        # Litestar matches routes in a tree, not in order: one app serves every variant.
+        await add_cookie_peer(s, LITESTAR, lambda _: session_app, "session", stateless=False)
 
     await add_optional(suite, "starsessions", add_starsessions)
     await add_optional(suite, "litestar", add_litestar)
