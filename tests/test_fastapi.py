@@ -41,6 +41,8 @@ async def test_require_user_answers_401_with_a_json_detail() -> None:
         response = await client.get("/private")
     assert response.status_code == 401
     assert response.json() == {"detail": "Not authenticated"}
+    # HTTP requires a challenge on a 401: the scheme /docs shows, as FastAPI's APIKeyCookie.
+    assert response.headers["www-authenticate"] == "APIKey"
 
 
 async def test_current_user_after_login() -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "csrf_token",
     "current_user",
     "get_session",
+    "not_authenticated",
     "require_user",
 ]
 
@@ -81,10 +82,20 @@ async def current_user(session: SessionDep, _: _Cookie) -> str | None:
     return session.user_id
 
 
+def not_authenticated(detail: str = "Not authenticated") -> HTTPException:
+    """The 401 that :func:`require_user` raises, for handlers that refuse by themselves.
+
+    HTTP requires a ``WWW-Authenticate`` challenge on every 401; it names ``APIKey``,
+    the scheme ``/docs`` shows for the cookie, as FastAPI's own ``APIKeyCookie`` does.
+    Browsers show no password prompt for it.
+    """
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "APIKey"})
+
+
 async def require_user(session: SessionDep, _: _Cookie) -> str:
     """The logged-in user's id; anyone else gets a 401 with a JSON ``detail``."""
     if session.user_id is None:
-        raise HTTPException(status_code=401, detail="Not authenticated")
+        raise not_authenticated()
     return session.user_id
 
 

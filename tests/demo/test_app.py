@@ -587,6 +587,7 @@ async def test_device_endpoints_need_a_login(app: FastAPI) -> None:
         ]
     assert [response.status_code for response in responses] == [401, 401, 401]
     assert all("detail" in response.json() for response in responses)
+    assert all(response.headers["www-authenticate"] == "APIKey" for response in responses)
 
 
 @pytest.mark.anyio

@@ -194,7 +194,11 @@ def test_failed_login_creates_no_session(browser: Browser) -> None:
     assert form.status_code == 401
     assert "text/html" in form.headers["content-type"]
     assert set_cookies(form) == []
-    assert browser.me().status_code == 401
+    me = browser.me()
+    assert me.status_code == 401
+    # HTTP requires every 401 to name a scheme, the HTML page's included.
+    for refused in (response, form, me):
+        assert refused.headers["www-authenticate"] == "APIKey"
 
 
 # -- the life cycle ------------------------------------------------------------------------

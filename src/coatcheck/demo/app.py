@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
 from .. import __version__
+from ..fastapi import not_authenticated
 from ..middleware import SessionMiddleware
 from ..session import Session
 from ..stores import store_from_url
@@ -91,10 +92,13 @@ async def _show_page_error(request: Request, exc: Exception) -> Response:
     session = request.scope["session"]
     assert isinstance(exc, PageError)
     assert isinstance(session, Session)
-    return await render_home(
+    response = await render_home(
         request,
         await session.load(),
         error=exc.message,
         status_code=exc.status_code,
         username=exc.username,
     )
+    if exc.status_code == 401:  # a 401 names its scheme, HTML page or not
+        response.headers.update(not_authenticated().headers or {})
+    return response

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
-from ..fastapi import CurrentUser, RequiredUser, SessionDep
+from ..fastapi import CurrentUser, RequiredUser, SessionDep, not_authenticated
 from ..session import Session
 from .inputs import PageError, body_schema, has_form_body, read_input, wants_json
 from .pages import render_home
@@ -71,7 +71,7 @@ async def login(request: Request, session: SessionDep) -> Response | LoggedIn:
     user = await run_in_threadpool(authenticate, credentials.username, credentials.password)
     if user is None:
         if wants_json(request):
-            raise HTTPException(status_code=401, detail=INVALID_LOGIN)
+            raise not_authenticated(INVALID_LOGIN)
         raise PageError(INVALID_LOGIN, 401, username=credentials.username)
     # Logging in as someone else drops the data: bob must not inherit alice's cart.
     session.login(user, remember=credentials.remember)
@@ -162,7 +162,7 @@ async def revoke_others(
     if user is None:
         if from_page:  # signed out meanwhile: the page will offer the login form
             return _to_page()
-        raise HTTPException(status_code=401, detail="Not authenticated")
+        raise not_authenticated()
     revoked = await session.revoke_others()
     return _to_page() if from_page else Revoked(revoked=revoked)
 
