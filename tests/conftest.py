@@ -60,6 +60,10 @@ class CountingStore:
         self.calls["delete_user"] += 1
         return await self.inner.delete_user(user_id, keep=keep, now=now)
 
+    async def delete_all(self, now: float) -> int:
+        self.calls["delete_all"] += 1
+        return await self.inner.delete_all(now)
+
     async def purge_expired(self, now: float) -> int:
         return await self.inner.purge_expired(now)
 

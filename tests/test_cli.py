@@ -209,6 +209,37 @@ def test_revoke_all_of_a_users_sessions(runner: CliRunner, filled: Filled) -> No
     assert filled.public_ids["bob"][0] in bob.stdout
 
 
+def test_revoke_all_logs_everyone_out(runner: CliRunner, filled: Filled) -> None:
+    result = runner.invoke(app, ["sessions", "revoke-all", "--store", filled.url, "--yes"])
+    assert result.exit_code == 0, result.output
+    # Three live sessions of two users; the expired record goes without being counted.
+    assert result.stdout.strip() == "Revoked 3 live sessions; everyone must sign in again."
+    _assert_no_secrets(result.output, filled)
+    for user in ("alice", "bob"):
+        listed = runner.invoke(app, ["sessions", "list", "--store", filled.url, "--user", user])
+        assert listed.stdout.strip() == f"No live sessions for {user}."
+    with contextlib.closing(sqlite3.connect(filled.path)) as db:
+        assert db.execute("SELECT count(*) FROM coatcheck_sessions").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(("answer", "left"), [("n\n", 3), ("\n", 3), ("y\n", 0)])
+def test_revoke_all_asks_first(runner: CliRunner, filled: Filled, answer: str, left: int) -> None:
+    result = runner.invoke(app, ["sessions", "revoke-all", "--store", filled.url], input=answer)
+    count = runner.invoke(app, ["sessions", "count", "--store", filled.url])
+    assert f"End every session in {filled.url}? [y/N]" in result.output
+    assert result.exit_code == (0 if left == 0 else 1)
+    assert ("Revoked" in result.output) == (left == 0)
+    assert count.stdout.strip() == f"{left} live session{'' if left == 1 else 's'}"
+
+
+def test_revoke_all_asks_without_showing_the_password(runner: CliRunner) -> None:
+    store = f"redis://admin:hunter2@127.0.0.1:{free_port()}/0"  # nothing listens there
+    result = runner.invoke(app, ["sessions", "revoke-all", "--store", store], input="n\n")
+    assert result.exit_code == 1
+    assert "End every session in redis://admin:***@127.0.0.1:" in result.output
+    assert "hunter2" not in result.output
+
+
 @pytest.mark.parametrize(
     "url",
     ["mongodb://localhost", "sqlite://", "sqlite:///x.db?colour=blue", "memory://?max_entries=x"],
@@ -273,7 +304,9 @@ def test_a_store_with_another_table_name_is_found(runner: CliRunner, filled: Fil
     assert "'other'" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["count"], ["purge"], ["revoke", "--user", "alice"]])
+@pytest.mark.parametrize(
+    "command", [["count"], ["purge"], ["revoke", "--user", "alice"], ["revoke-all", "--yes"]]
+)
 def test_memory_stores_are_refused(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(app, ["sessions", *command, "--store", "memory://"])
     assert result.exit_code == 2
@@ -335,8 +368,9 @@ def _closed(db: sqlite3.Connection) -> bool:
         (["list", "--user", "alice"], 0),
         (["revoke", "--user", "bob"], 0),
         (["revoke", "--user", "alice", "--id", "nosuchpublicid00"], 1),
+        (["revoke-all", "--yes"], 0),
     ],
-    ids=["count", "purge", "list", "revoke", "revoke-unknown-id"],
+    ids=["count", "purge", "list", "revoke", "revoke-unknown-id", "revoke-all"],
 )
 def test_each_command_closes_its_store(
     runner: CliRunner,

@@ -80,9 +80,16 @@ def _check_session_table(store: SQLiteStore) -> None:
         )
 
 
-def with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Run one async job against the store at ``url``, then close it."""
+def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str | None = None) -> T:
+    """Run one async job against the store at ``url``, then close it.
+
+    With ``confirm``, the question is asked once the store is known to be usable, so a
+    wrong URL fails without one.
+    """
     store = open_store(url)
+    if confirm is not None and not typer.confirm(confirm):
+        asyncio.run(store.aclose())
+        raise typer.Abort
 
     async def run() -> T:
         try:

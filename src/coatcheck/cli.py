@@ -168,6 +168,20 @@ def revoke(
     _out().print(f"Revoked {_plural(removed, 'session')} of {escape(user)}.")
 
 
+@sessions_app.command("revoke-all")
+def revoke_all(
+    store: StoreOption,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Log every user out, when no session can be trusted (after a breach, say).
+
+    Everyone must sign in again; sessions begun while it runs may survive it.
+    """
+    question = None if yes else f"End every session in {redact(store)}?"
+    removed = with_store(store, lambda s: s.delete_all(time.time()), confirm=question)
+    _out().print(f"Revoked {_plural(removed, 'live session')}; everyone must sign in again.")
+
+
 # -- demo -------------------------------------------------------------------------------
 
 

@@ -485,6 +485,56 @@ async def test_delete_user_of_unknown_user_returns_zero(store: Store) -> None:
     assert await store.load(record.key, NOW) == record
 
 
+async def test_delete_all_ends_every_session_and_counts_the_live_ones(store: Store) -> None:
+    alices = [make_record(user_id="alice", created_at=NOW - i) for i in range(2)]
+    bob = make_record(user_id="bob")
+    anonymous = make_record(user_id=None)
+    expired = make_record(user_id="alice", last_seen_at=NOW - HOUR, expires_at=NOW - 60)
+    everyone = [*alices, bob, anonymous, expired]
+    for record in everyone:
+        await store.save(record)
+
+    assert await store.delete_all(NOW) == 4
+
+    # An earlier clock would still see the expired record: it went too.
+    earlier = NOW - 2 * HOUR
+    for record in everyone:
+        assert await store.load(record.key, earlier) is None
+    assert await store.list_user("alice", earlier) == []
+    assert await store.list_user("bob", earlier) == []
+    assert await store.count(earlier) == 0
+    assert await store.delete_all(NOW) == 0
+
+
+async def test_delete_all_leaves_no_way_back_for_a_request_in_flight(store: Store) -> None:
+    record = make_record(user_id="alice")
+    await store.save(record)
+
+    assert await store.delete_all(NOW) == 1
+
+    # A slower request that loaded the session before: its save must not revive it.
+    later = record._replace(last_seen_at=NOW, data=b'{"late": true}', version=2)
+    assert await store.save(later, expected_version=1) is False
+    rotated = later._replace(key=store_key(new_session_id()))
+    assert await store.save(rotated, replaces=record.key, expected_version=1) is False
+    assert await store.load(record.key, NOW) is None
+    assert await store.load(rotated.key, NOW) is None
+    assert await store.list_user("alice", NOW) == []
+
+
+async def test_sessions_begun_after_delete_all_work_as_ever(store: Store) -> None:
+    for _ in range(3):
+        await store.save(make_record(user_id="alice"))
+    await store.delete_all(NOW)
+
+    fresh = make_record(user_id="alice")
+    assert await store.save(fresh) is True
+
+    assert await store.load(fresh.key, NOW) == fresh
+    assert await store.list_user("alice", NOW) == [fresh]
+    assert await store.count(NOW) == 1
+
+
 async def test_resaving_with_another_user_moves_the_record(store: Store) -> None:
     record = make_record(user_id="alice")
     await store.save(record)
@@ -573,6 +623,11 @@ class DeleteUser:
 
 
 @dataclass(frozen=True)
+class DeleteAll:
+    """Rare among the operations (see ``operations``): it empties the model."""
+
+
+@dataclass(frozen=True)
 class Load:
     slot: int
 
@@ -600,6 +655,8 @@ operations = st.lists(
         st.builds(DeleteUser, user_id=st.sampled_from(USERS), keep=st.none() | slots),
         st.builds(Load, slot=slots),
         st.just(Check()),
+        # Kept rare, so most examples still build up state worth checking.
+        st.integers(0, 9).map(lambda n: DeleteAll() if n == 0 else Check()),
     ),
     min_size=8,
     max_size=40,
@@ -664,6 +721,9 @@ async def test_store_behaves_like_a_dict(kind: str, ops: list[object]) -> None:
                 assert removed == sum(1 for k in doomed if live(model[k]))
                 for k in doomed:
                     del model[k]
+            elif isinstance(op, DeleteAll):
+                assert await store.delete_all(NOW) == sum(1 for r in model.values() if live(r))
+                model.clear()
             elif isinstance(op, Load):
                 expected = model.get(slot_key(op.slot))
                 assert await store.load(slot_key(op.slot), NOW) == (

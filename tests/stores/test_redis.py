@@ -323,6 +323,38 @@ async def test_cluster_delete_user_kills_sessions_on_every_node(clustered: Redis
     assert await clustered.client.exists(index_key(clustered, "alice")) == 0
 
 
+async def test_delete_all_sweeps_every_batch_and_only_its_own_prefix(
+    any_redis: RedisStore,
+) -> None:
+    """More sessions than one SCAN batch holds, on every node of a Cluster; a store under
+    another prefix on the same server keeps its sessions."""
+    neighbour = RedisStore(any_redis.client, prefix=unique_prefix())
+    theirs = make_record(user_id="alice")
+    await neighbour.save(theirs)
+    ours = [make_record(user_id=f"user{i % 7}") for i in range(1_100)]
+    for record in ours:
+        await any_redis.save(record)
+
+    assert await any_redis.delete_all(NOW) == len(ours)
+
+    assert await any_redis.count(NOW) == 0
+    for user in {record.user_id for record in ours}:
+        assert user is not None
+        assert await any_redis.client.exists(index_key(any_redis, user)) == 0
+    assert await neighbour.load(theirs.key, NOW) == theirs
+    assert await neighbour.list_user("alice", NOW) == [theirs]
+
+
+async def test_cluster_delete_all_reaches_every_node(clustered: RedisStore) -> None:
+    alices = await spread_over_nodes(clustered, "alice")
+
+    assert await clustered.delete_all(NOW) == len(alices)
+
+    for record in alices:
+        assert await clustered.client.exists(session_key(clustered, record.key)) == 0
+    assert await clustered.client.exists(index_key(clustered, "alice")) == 0
+
+
 async def test_cluster_revoke_all_bars_a_login_filed_but_not_yet_written(
     clustered: RedisStore,
 ) -> None:

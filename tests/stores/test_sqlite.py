@@ -370,6 +370,26 @@ async def test_purge_expired_works_through_every_batch(
         await store.aclose()
 
 
+@pytest.mark.parametrize("batch", [10, 1])
+@pytest.mark.parametrize("sessions", [25, 20, 10, 1, 0])
+async def test_delete_all_works_through_every_batch(
+    db_path: Path, sessions: int, batch: int
+) -> None:
+    store = SQLiteStore(db_path, purge_batch=batch, purge_every=0)
+    try:
+        for i in range(sessions):
+            await store.save(make_record(user_id=f"user{i % 3}"))
+        await store.save(make_record(expires_at=NOW - 1))
+        assert raw_rows(db_path) == sessions + 1
+
+        assert await store.delete_all(NOW) == sessions
+
+        assert raw_rows(db_path) == 0
+        assert await store.list_user("user0", NOW) == []
+    finally:
+        await store.aclose()
+
+
 async def test_purge_under_a_held_lock_is_unavailable_and_loses_nothing(db_path: Path) -> None:
     store = SQLiteStore(db_path, busy_timeout=BUSY, purge_batch=2, purge_every=0, retry_after=7)
     try:

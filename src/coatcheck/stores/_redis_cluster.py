@@ -101,6 +101,20 @@ class ClusterWrites:
         if owner is not None:
             await self.client.execute_command("ZREM", self.names.index(owner), key)
 
+    async def delete_many(self, keys: list[str]) -> list[bool]:
+        """:meth:`delete` for each of ``keys`` at once; whether each was there to delete."""
+        taken = await run_scripts(
+            self.client, [(self.scripts.take, self._keys(key), ["", "0", ""]) for key in keys]
+        )
+        unindex = [
+            ("ZREM", self.names.index(owner), key)
+            for key, result in zip(keys, taken, strict=True)
+            if (owner := codec.owner(result)) is not None
+        ]
+        if unindex:
+            await run_commands(self.client, unindex)
+        return [codec.done(result) for result in taken]
+
     async def delete_user(self, user_id: str, keep: str | None, now: float) -> int:
         """Delete the user's sessions slot by slot, and count those live at ``now``.
 

@@ -86,6 +86,14 @@ class Store(Protocol):
         time) are counted, so "revoked 2 sessions" means two devices really lost access.
         """
 
+    async def delete_all(self, now: float) -> int:
+        """End every session, everyone's; return how many were live at ``now``.
+
+        For incidents where no session can be trusted any more (a breach of the app's
+        servers, a bug that leaked cookies): everyone must sign in again. A session
+        created while it runs may survive it.
+        """
+
     async def purge_expired(self, now: float) -> int:
         """Drop records whose deadline has passed; return how many."""
 

@@ -71,6 +71,12 @@ class MemoryStore:
             self._remove(key)
         return live
 
+    async def delete_all(self, now: float) -> int:
+        live = sum(1 for record in self._records.values() if record.expires_at > now)
+        self._records.clear()
+        self._by_user.clear()
+        return live
+
     async def purge_expired(self, now: float) -> int:
         doomed = [key for key, record in self._records.items() if record.expires_at <= now]
         for key in doomed:

@@ -201,10 +201,8 @@ class RedisStore:
             if self._on_cluster is not None:
                 await self._on_cluster.delete(key)
             else:
-                await self._scripts.standalone_delete(
-                    keys=[self._names.session(key), self._names.receipt(key)],
-                    args=[self.prefix, key],
-                )
+                script, keys, args = self._standalone_delete(key)
+                await script(keys=keys, args=args)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         index = self._names.index(user_id)
@@ -243,6 +241,28 @@ class RedisStore:
             )
             return int(removed)
 
+    async def delete_all(self, now: float) -> int:
+        """End every session under this prefix: a SCAN of every primary, each session
+        deleted as :meth:`delete` does, so a save still in flight cannot bring it back."""
+        ended = 0
+        with translated(self.retry_after):
+            async for batch in self._scan_sessions():
+                deadlines = await run_commands(
+                    self.client, [("HGET", name, "e") for name, _ in batch]
+                )
+                members = [member for _, member in batch]
+                if self._on_cluster is not None:
+                    deleted = await self._on_cluster.delete_many(members)
+                else:
+                    calls = [self._standalone_delete(member) for member in members]
+                    deleted = [bool(int(n)) for n in await run_scripts(self.client, calls)]
+                ended += sum(
+                    1
+                    for deadline, gone in zip(deadlines, deleted, strict=True)
+                    if gone and deadline is not None and float(deadline) > now
+                )
+        return ended
+
     async def purge_expired(self, now: float) -> int:
         """Delete records dead by ``now`` that Redis has not expired yet.
 
@@ -280,6 +300,13 @@ class RedisStore:
                 await self.client.aclose()
 
     # -- mechanics ----------------------------------------------------------------------
+
+    def _standalone_delete(self, key: str) -> Call:
+        return (
+            self._scripts.standalone_delete,
+            [self._names.session(key), self._names.receipt(key)],
+            [self.prefix, key],
+        )
 
     def _scan_sessions(self) -> AsyncIterator[list[tuple[str, str]]]:
         """Batches of (redis key, session key) over the whole keyspace."""
