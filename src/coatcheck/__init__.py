@@ -7,7 +7,7 @@ server keeps the coat (the session data) in a store.
 from __future__ import annotations
 
 from ._devices import Device
-from .config import CookieConfig, CSRFConfig, Lifetime, SessionConfig
+from .config import CookieConfig, CSRFConfig, Lifetime, SessionConfig, StarletteImport
 from .events import EventHook, SessionEvent
 from .exceptions import (
     CoatcheckError,
@@ -53,6 +53,7 @@ __all__ = [
     "SessionNotLoadedError",
     "SessionRecord",
     "SessionTooLargeError",
+    "StarletteImport",
     "Store",
     "StoreError",
     "StoreUnavailableError",

@@ -16,6 +16,7 @@ from ._asgi import Headers
 from ._cookies import CookieWriter, cookie_needle, read_cookie
 from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._keys import Keyring
+from ._starlette_import import StarletteImporter
 from .config import SessionConfig
 from .csrf import CSRFGuard
 from .events import EventBus, EventHook, EventKind, SessionEvent
@@ -49,9 +50,11 @@ class Persistence:
         self.events = EventBus(events)
         self.store = store
         self.config = config
-        self.csrf = CSRFGuard(
-            config.csrf, Keyring(config.secret_keys), config.cookie.name, config.clock
-        )
+        imported = config.starlette_import
+        self._importer = None if imported is None else StarletteImporter(imported, config.cookie)
+        # Starlette's cookie is a credential too while it can still be adopted.
+        credentials = [config.cookie.name] + ([] if imported is None else [imported.cookie_name])
+        self.csrf = CSRFGuard(config.csrf, Keyring(config.secret_keys), credentials, config.clock)
         self.now = config.clock
         self.serializer: Serializer = serializer or JSONSerializer()
         self._cookie_needle = cookie_needle(config.cookie.name)
@@ -89,7 +92,18 @@ class Persistence:
                         record.public_id,
                     )
                     record = None
-        session._adopt(session_id, record, data, now, self.config.normal.idle)
+        imported = None
+        if record is None and self._importer is not None:
+            imported = self._importer.read(session._headers, now)
+        session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
+        if imported is not None and self._importer is not None:
+            # A new session with the old data: stored (and the old cookie cleared) when
+            # this response starts, as any change would be.
+            session._imported = session._modified = True
+            user = self._importer.user(imported)
+            if user is not None:
+                session._user_id, session._meta_changed = user, True
+                session._remember = self._importer.remember
 
     def settled(self, session: Session) -> bool:
         """True for a plain read, the common case: nothing to write, no cookie to send.
@@ -115,7 +129,9 @@ class Persistence:
             if old_key is None:
                 # Never clear a cookie that matched nothing: a parallel login may have
                 # just replaced it in the browser, and this response would log it out.
-                return []
+                # Starlette's, once adopted, goes: ended here, it must not come back.
+                cleared = self._clear_imported(session)
+                return [*cleared, _NO_STORE] if cleared else []
             await self.store.delete(old_key)
             session._stored = None
             assert stored is not None
@@ -205,7 +221,16 @@ class Persistence:
                 # The login itself is stored: answering 503 now would lose its cookie.
                 logger.warning("could not end the oldest sessions past the limit: %s", exc)
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
-        return [(b"set-cookie", self._cookies.set(session._id, max_age)), _NO_STORE]
+        cookie = (b"set-cookie", self._cookies.set(session._id, max_age))
+        return [cookie, *self._clear_imported(session), _NO_STORE]
+
+    def _clear_imported(self, session: Session) -> Headers:
+        """The header that ends Starlette's cookie, once its session was adopted here."""
+        if not session._imported or self._importer is None:
+            return []
+        session._imported = False
+        clear = self._importer.clear_cookie
+        return [] if clear is None else [(b"set-cookie", clear)]
 
     async def commit_late(self, session: Session, status: int) -> None:
         """Store what changed after the response started: in a streaming body, a

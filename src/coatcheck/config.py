@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from .exceptions import ConfigurationError
@@ -101,6 +101,45 @@ class CSRFConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StarletteImport:
+    """Adopt the sessions of Starlette's ``SessionMiddleware``, so switching to coatcheck
+    logs nobody out.
+
+    A request that has no coatcheck session but a valid cookie of Starlette's (signed
+    with ``secret_key``, at most ``max_age`` old) gets a new server-side session holding
+    its data, and the old cookie is cleared in the same response. With ``user_key``, the
+    new session is also logged in as ``data[user_key]``, so it appears in that user's
+    device list. Each copy of an old cookie keeps working until ``max_age`` runs out, as
+    it did under Starlette: set ``until`` to end the import for good, and remove this
+    setting once every old cookie has expired. Adopted sessions are remember-me
+    sessions, with a persistent cookie as Starlette's was; ``remember=False`` gives them
+    the limits of a browser session instead.
+    """
+
+    secret_key: str | bytes = field(repr=False)
+    cookie_name: str = "session"
+    max_age: Duration = timedelta(days=14)  # Starlette's default
+    until: datetime | None = None
+    user_key: str | None = None
+    remember: bool = True
+    path: str = "/"
+    domain: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.secret_key:
+            raise ConfigurationError("StarletteImport needs the secret_key Starlette signed with")
+        if not _TOKEN.match(self.cookie_name):
+            raise ConfigurationError(f"cookie name {self.cookie_name!r} is not a valid cookie name")
+        object.__setattr__(self, "max_age", _seconds("max_age", self.max_age))
+        if self.until is not None and self.until.utcoffset() is None:
+            raise ConfigurationError("until must be an aware datetime (with a time zone)")
+        for attribute in ("path", "domain"):
+            value = getattr(self, attribute)
+            if value is not None and not _ATTRIBUTE_VALUE.match(value):
+                raise ConfigurationError(f"cookie {attribute} {value!r} contains unsafe characters")
+
+
+@dataclass(frozen=True, slots=True)
 class Lifetime:
     """Idle and absolute limits, in seconds, of one kind of session."""
 
@@ -131,6 +170,7 @@ class SessionConfig:
     max_sessions_per_user: int | None = None
     secret_keys: Sequence[str | bytes] = field(default=(), repr=False)
     csrf: CSRFConfig = field(default_factory=CSRFConfig)
+    starlette_import: StarletteImport | None = None
     clock: Callable[[], float] = time.time
     normal: Lifetime = field(init=False)
     remember: Lifetime = field(init=False)

@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import secrets
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl
 
 from ._asgi import Message, PathPrefixes, Receive, Scope
@@ -51,14 +51,14 @@ class CSRFGuard:
         self,
         config: CSRFConfig,
         keyring: Keyring,
-        cookie_name: str,
+        cookie_names: Sequence[str],
         clock: Callable[[], float],
     ) -> None:
         self.config = config
         self._now = clock
         self._exempt = PathPrefixes(config.exempt_paths) if config.exempt_paths else None
         self._keys = keyring.derive("csrf")
-        self._cookie_needle = cookie_name.encode("latin-1") + b"="
+        self._cookie_needles = tuple(name.encode("latin-1") + b"=" for name in cookie_names)
         self._header = config.header_name.encode("latin-1")
 
     # -- tokens -------------------------------------------------------------------------
@@ -128,7 +128,10 @@ class CSRFGuard:
         if verdict is not None:
             return verdict or None, receive
         headers = scope["headers"]
-        if not any(name == b"cookie" and self._cookie_needle in value for name, value in headers):
+        if not any(
+            name == b"cookie" and any(needle in value for needle in self._cookie_needles)
+            for name, value in headers
+        ):
             return None, receive  # no session cookie: no credential to ride on
         await session.load()
         token = _header(headers, self._header)

@@ -40,6 +40,7 @@ class Session(MutableMapping[str, Any]):
         "_fresh",
         "_headers",
         "_id",
+        "_imported",
         "_key",
         "_last_seen_at",
         "_loaded",
@@ -74,6 +75,7 @@ class Session(MutableMapping[str, Any]):
     _exposed: bool
     _meta_changed: bool
     _fresh: bool  # the data no longer continues the stored record's (destroy, user switch)
+    _imported: bool  # adopted from Starlette's cookie, which the response must clear
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
@@ -317,6 +319,7 @@ class Session(MutableMapping[str, Any]):
         self._id = session_id if record is not None else None
         self._key = record.key if record is not None else None
         self._modified = self._exposed = self._meta_changed = self._fresh = False
+        self._imported = False
         self._updates = []
         if record is None:
             self._raw = None

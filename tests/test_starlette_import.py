@@ -1,0 +1,303 @@
+"""Switching from Starlette's SessionMiddleware: its cookies start server-side sessions.
+
+The old cookies are minted by Starlette's real middleware, with its real signer.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from itsdangerous import TimestampSigner
+from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
+
+from coatcheck import (
+    ConfigurationError,
+    CookieConfig,
+    MemoryStore,
+    MissingDependencyError,
+    SessionConfig,
+    SessionMiddleware,
+    StarletteImport,
+)
+from coatcheck.fastapi import SessionDep
+from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "the-secret-the-starlette-app-used"
+NEW_COOKIE = "__Host-session"
+
+
+def starlette_app() -> FastAPI:
+    """The app before the switch: Starlette's signed-cookie sessions."""
+    app = FastAPI()
+
+    @app.post("/fill")
+    async def fill(request: Request) -> dict[str, bool]:
+        request.session.update(await request.json())
+        return {"ok": True}
+
+    app.add_middleware(StarletteSessionMiddleware, secret_key=SECRET, https_only=True)
+    return app
+
+
+class Site:
+    """One host, redeployed: Starlette's sessions first, then coatcheck's."""
+
+    def __init__(self) -> None:
+        self.app: Any = starlette_app()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def browser(site: Site) -> AsyncIterator[httpx.AsyncClient]:
+    """A browser on the site, sending what browsers send with the app's own requests."""
+    transport = httpx.ASGITransport(app=site)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=TEST_BASE_URL, headers=SAME_ORIGIN
+    ) as client:
+        yield client
+
+
+async def visit_before_the_switch(client: httpx.AsyncClient, data: dict[str, Any]) -> str:
+    """Get Starlette's cookie for ``data`` the way a browser did; return its value."""
+    response = await client.post("/fill", json=data)
+    assert response.status_code == 200
+    return client.cookies["session"]
+
+
+def replace_cookie(client: httpx.AsyncClient, name: str, value: str) -> None:
+    """Put ``value`` in the browser's jar as if the site had set it."""
+    domain = next(cookie.domain for cookie in client.cookies.jar)
+    client.cookies.set(name, value, domain=domain, path="/")
+
+
+def coatcheck_app(store: MemoryStore, settings: StarletteImport, **config: Any) -> FastAPI:
+    """The app after the switch, with the same endpoints reading the same keys."""
+    app = FastAPI()
+
+    @app.get("/state")
+    async def state(session: SessionDep) -> dict[str, Any]:
+        return {"user": session.user_id, "data": dict(session), "remember": session.remember}
+
+    @app.post("/cart")
+    async def add(session: SessionDep) -> dict[str, Any]:
+        session["cart"] = [*session.get("cart", []), "pear"]
+        return {"cart": session["cart"]}
+
+    @app.post("/logout")
+    async def logout(session: SessionDep) -> dict[str, bool]:
+        session.logout()
+        return {"ok": True}
+
+    app.add_middleware(
+        SessionMiddleware,
+        store=store,
+        config=SessionConfig(starlette_import=settings, **config),
+    )
+    return app
+
+
+def set_cookies(response: httpx.Response) -> list[str]:
+    return response.headers.get_list("set-cookie")
+
+
+async def test_a_starlette_session_carries_over_and_its_cookie_goes() -> None:
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice", "cart": ["apple"]})
+        site.app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
+
+        first = await client.get("/state")
+        assert first.json() == {
+            "user": "alice",
+            "data": {"user_id": "alice", "cart": ["apple"]},
+            "remember": True,
+        }
+        new, cleared = set_cookies(first)
+        assert new.startswith(f"{NEW_COOKIE}=")
+        assert "Max-Age=" in new
+        assert cleared == "session=null; expires=Thu, 01 Jan 1970 00:00:00 GMT; path=/; Secure"
+        assert first.headers["cache-control"] == "no-store"
+        # The browser dropped the old cookie; the new one carries the session on.
+        assert "session" not in client.cookies
+        added = await client.post("/cart")
+        again = await client.get("/state")
+
+    assert added.json() == {"cart": ["apple", "pear"]}
+    assert again.json()["data"]["cart"] == ["apple", "pear"]
+    assert set_cookies(again) == []
+    # Logged in as alice: her device list has it.
+    assert [record.user_id for record in await store.list_user("alice", time.time())] == ["alice"]
+
+
+async def test_without_a_user_key_only_the_data_carries_over() -> None:
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice", "theme": "dark"})
+        site.app = coatcheck_app(store, StarletteImport(SECRET, remember=False))
+        response = await client.get("/state")
+
+    assert response.json() == {
+        "user": None,
+        "data": {"user_id": "alice", "theme": "dark"},
+        "remember": False,
+    }
+    assert "Max-Age" not in set_cookies(response)[0]  # a browser session, as asked
+    assert await store.list_user("alice", time.time()) == []
+    assert await store.count(time.time()) == 1
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda value: TimestampSigner("another-secret").sign(value.rsplit(".", 2)[0]).decode(),
+        lambda value: "e30" + value[3:],  # the data changed under the signature
+        lambda value: value.rsplit(".", 1)[0],  # no signature
+        lambda value: "not-starlettes",
+        lambda value: "",
+    ],
+    ids=["other-key", "tampered", "unsigned", "junk", "empty"],
+)
+async def test_a_cookie_starlette_did_not_sign_is_no_session(forge: Any) -> None:
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        old = await visit_before_the_switch(client, {"user_id": "alice"})
+        site.app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
+        replace_cookie(client, "session", forge(old))
+        response = await client.get("/state")
+
+    assert response.status_code == 200
+    assert response.json() == {"user": None, "data": {}, "remember": False}
+    assert set_cookies(response) == []  # nothing stored, nothing cleared
+    assert await store.count(time.time()) == 0
+
+
+class _SignedEarlier(TimestampSigner):
+    def get_timestamp(self) -> int:
+        return int(time.time()) - 3600
+
+
+async def test_an_old_cookie_past_max_age_is_no_session() -> None:
+    store, site = MemoryStore(), Site()
+    settings = StarletteImport(SECRET, max_age=timedelta(minutes=30))
+    async with browser(site) as client:
+        fresh = await visit_before_the_switch(client, {"theme": "dark"})
+        site.app = coatcheck_app(store, settings)
+        replace_cookie(
+            client, "session", _SignedEarlier(SECRET).sign(fresh.rsplit(".", 2)[0]).decode()
+        )
+        stale = await client.get("/state")
+        replace_cookie(client, "session", fresh)
+        adopted = await client.get("/state")
+
+    assert stale.json()["data"] == {}
+    assert adopted.json()["data"] == {"theme": "dark"}
+
+
+async def test_nothing_is_adopted_from_until_on() -> None:
+    clock, site = FakeClock(float(int(time.time()))), Site()  # whole seconds: exact datetimes
+    until = datetime.fromtimestamp(clock.now + 60, tz=timezone.utc)
+    async with browser(site) as late, browser(site) as early:
+        await visit_before_the_switch(late, {"theme": "dark"})
+        await visit_before_the_switch(early, {"theme": "light"})
+        site.app = coatcheck_app(MemoryStore(), StarletteImport(SECRET, until=until), clock=clock)
+        assert (await early.get("/state")).json()["data"] == {"theme": "light"}
+        clock.advance(60)
+        assert (await late.get("/state")).json()["data"] == {}
+
+
+async def test_a_coatcheck_session_wins_over_an_old_cookie() -> None:
+    store, site = MemoryStore(), Site()
+    async with browser(site) as holder, browser(site) as other:
+        await visit_before_the_switch(holder, {"cart": ["apple"]})
+        site.app = coatcheck_app(store, StarletteImport(SECRET))
+        await other.post("/cart")  # a coatcheck session, which the holder then gets
+        replace_cookie(holder, NEW_COOKIE, other.cookies[NEW_COOKIE])
+        response = await holder.get("/state")
+
+    assert response.json()["data"] == {"cart": ["pear"]}
+    assert set_cookies(response) == []
+
+
+async def test_logging_out_at_once_ends_the_old_cookie_too() -> None:
+    """Otherwise the next request would adopt it again and undo the logout."""
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        site.app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
+        response = await client.post("/logout")
+        assert [cookie.split(";")[0] for cookie in set_cookies(response)] == ["session=null"]
+        assert "session" not in client.cookies
+        after = await client.get("/state")
+
+    assert after.json()["user"] is None
+    assert await store.count(time.time()) == 0
+
+
+async def test_the_old_cookie_counts_as_a_credential_for_csrf() -> None:
+    """A client that sends neither Sec-Fetch-Site nor Origin needs a token to use it."""
+    site = Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        site.app = coatcheck_app(MemoryStore(), StarletteImport(SECRET, user_key="user_id"))
+        cross_site = await client.post("/cart", headers={"sec-fetch-site": "cross-site"})
+        del client.headers["sec-fetch-site"]
+        refused = await client.post("/cart")
+
+    assert cross_site.status_code == 403
+    assert refused.status_code == 403
+    assert set_cookies(refused) == set_cookies(cross_site) == []
+
+
+async def test_one_cookie_name_for_both_is_replaced_not_cleared() -> None:
+    """In development both may be called ``session``: the new cookie takes its place,
+    since a response must not set one name twice."""
+    site = Site()
+    async with browser(site) as client:
+        old = await visit_before_the_switch(client, {"theme": "dark"})
+        site.app = coatcheck_app(
+            MemoryStore(), StarletteImport(SECRET), cookie=CookieConfig(secure=False)
+        )
+        response = await client.get("/state")
+        assert response.json()["data"] == {"theme": "dark"}
+        (cookie,) = set_cookies(response)
+        assert cookie.startswith("session=")
+        assert not cookie.startswith("session=null")
+        assert client.cookies["session"] != old
+        again = await client.get("/state")
+
+    assert again.json()["data"] == {"theme": "dark"}
+    assert set_cookies(again) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"secret_key": ""}, "secret_key"),
+        ({"secret_key": SECRET, "cookie_name": "bad name"}, "not a valid cookie name"),
+        ({"secret_key": SECRET, "max_age": 0}, "max_age"),
+        ({"secret_key": SECRET, "until": datetime(2027, 1, 1)}, "aware datetime"),
+        ({"secret_key": SECRET, "path": "/a;b"}, "unsafe characters"),
+    ],
+)
+def test_bad_settings_fail_at_start_up(settings: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigurationError, match=words):
+        StarletteImport(**settings)
+
+
+def test_without_itsdangerous_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "itsdangerous", None)
+    config = SessionConfig(starlette_import=StarletteImport(SECRET))
+    with pytest.raises(MissingDependencyError, match=r"coatcheck\[starlette-import\]"):
+        SessionMiddleware(FastAPI(), store=MemoryStore(), config=config)
