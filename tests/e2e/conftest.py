@@ -229,6 +229,19 @@ def echoes_part_of(secret: str, text: str, width: int = 12) -> bool:
 # -- the server ----------------------------------------------------------------------------
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m coatcheck ARGS`` in a process of its own, as an operator runs it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "coatcheck", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 class DemoServer:
     """``python -m coatcheck demo`` on a loopback port, in its own process group."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Browser, DemoServer, StartServer, child_pids
+from .conftest import Browser, DemoServer, StartServer, child_pids, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -202,3 +202,20 @@ def test_two_workers_share_one_sqlite_file(start_server: StartServer) -> None:
         ]
 
     assert sorted(server.worker_pids()) == sorted(workers), "a worker died or was replaced"
+
+
+def test_revoke_all_from_the_shell_logs_everyone_out(start_server: StartServer) -> None:
+    """The command runs in its own process, on the file the running server uses."""
+    server = start_server(name="revoke-all")
+    with server.browser() as alice, server.browser() as bob, server.browser() as visitor:
+        alice.login("alice")
+        bob.login("bob")
+        visitor.add("apple")  # an anonymous session with a cart
+        result = run_cli("sessions", "revoke-all", "--store", server.store_url, "--yes")
+        assert result.stdout.strip() == "Revoked 3 live sessions; everyone must sign in again."
+
+        assert alice.me().status_code == 401
+        assert bob.me().status_code == 401
+        assert visitor.cart() == []
+        alice.login("alice")
+        assert alice.me().json()["user"] == "alice"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from ..redis_servers import RedisClusterServers, RedisServer
-from .conftest import StartServer
+from .conftest import StartServer, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -123,5 +123,21 @@ def test_the_demo_runs_on_a_redis_cluster(start_server: StartServer, tmp_path: P
                 == 204
             )
             assert client.get("/me", headers=laptop).status_code == 401
+    finally:
+        cluster.stop()
+
+
+def test_revoke_all_from_the_shell_reaches_every_cluster_node(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    cluster = RedisClusterServers(tmp_path / "cluster").start()
+    try:
+        url = demo_on(start_server, cluster.url)
+        with client_for(url) as client:
+            sessions = [login(client) for _ in range(12)]  # spread over the nodes' slots
+            result = run_cli("sessions", "revoke-all", "--store", cluster.url, "--yes")
+            assert result.stdout.startswith("Revoked 12 live sessions")
+            assert [client.get("/me", headers=s).status_code for s in sessions] == [401] * 12
+            assert client.get("/sessions", headers=login(client)).json()["sessions"][0]["current"]
     finally:
         cluster.stop()
