@@ -232,6 +232,33 @@ class Persistence:
         clear = self._importer.clear_cookie
         return [] if clear is None else [(b"set-cookie", clear)]
 
+    async def recheck(self, session: Session) -> bool:
+        """Whether a long-lived connection's session is still stored and live; while it
+        is, its sliding expiry is written back when due, as a request would.
+
+        The refresh writes the stored record as it was, not this connection's unsaved
+        changes, and only over the version it knows: changes made meanwhile, here or
+        by another request, are left for the usual save to merge.
+        """
+        stored = session._stored
+        if stored is None:
+            return True  # nothing stored to end: an anonymous session that was only read
+        now = self.now()
+        if await self.store.load(stored.key, now) is None:
+            return False
+        lifetime = self.config.lifetime(stored.remember)
+        if now - stored.last_seen_at >= self._refresh_after[stored.remember]:
+            touched = stored._replace(
+                last_seen_at=now,
+                expires_at=min(now + lifetime.idle, stored.created_at + lifetime.absolute),
+                version=stored.version + 1,
+            )
+            saved = await self.store.save(touched, expected_version=stored.version)
+            if saved and session._stored is stored:
+                session._stored = touched
+                session._last_seen_at, session._expires_at = now, touched.expires_at
+        return True
+
     async def commit_late(self, session: Session, status: int) -> None:
         """Store what changed after the response started: in a streaming body, a
         background task, a dependency's teardown, or a websocket after its handshake.

@@ -155,7 +155,9 @@ class SessionConfig:
     inactivity or 12 hours after login; a remember-me session after 14 idle days or
     30 days in all. The sliding expiry is written back at most once per
     ``refresh_fraction`` of the idle window, so reads rarely write and the idle window
-    can shrink by at most that fraction, never grow.
+    can shrink by at most that fraction, never grow. An open WebSocket checks its
+    session against the store at its first message after each ``websocket_recheck``:
+    it is closed once the session has ended elsewhere, and its messages count as use.
     """
 
     cookie: CookieConfig = field(default_factory=CookieConfig)
@@ -171,6 +173,7 @@ class SessionConfig:
     secret_keys: Sequence[str | bytes] = field(default=(), repr=False)
     csrf: CSRFConfig = field(default_factory=CSRFConfig)
     starlette_import: StarletteImport | None = None
+    websocket_recheck: Duration | None = timedelta(minutes=1)
     clock: Callable[[], float] = time.time
     normal: Lifetime = field(init=False)
     remember: Lifetime = field(init=False)
@@ -207,6 +210,9 @@ class SessionConfig:
         if any(len(k.encode() if isinstance(k, str) else k) < 16 for k in self.secret_keys):
             raise ConfigurationError("each of secret_keys needs at least 16 bytes")
         object.__setattr__(self, "secret_keys", tuple(self.secret_keys))
+        if self.websocket_recheck is not None:
+            recheck = _seconds("websocket_recheck", self.websocket_recheck)
+            object.__setattr__(self, "websocket_recheck", recheck)
         object.__setattr__(self, "idle_timeout", normal.idle)
         object.__setattr__(self, "absolute_timeout", normal.absolute)
         object.__setattr__(self, "remember_idle_timeout", remember.idle)

@@ -16,6 +16,7 @@ from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send
 from ._audit import security_event
 from ._context import current_session
 from ._persist import Persistence
+from ._websocket import SocketWatch
 from .config import SessionConfig
 from .csrf import SAFE_METHODS
 from .events import EventHook
@@ -75,6 +76,7 @@ class SessionMiddleware:
         self._unavailable = unavailable or _unavailable_response
         self._csrf = self._persistence.csrf
         self._plain_http_warned = not self.config.cookie.secure
+        self._recheck: int | None = self.config.websocket_recheck  # type: ignore[assignment]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -90,6 +92,10 @@ class SessionMiddleware:
         token = current_session.set(session)
         started = failed = False
         status = 200
+        watch = None
+        if kind == "websocket" and self._recheck is not None:
+            watch = SocketWatch(self._persistence, session, self._recheck, send)
+            receive = watch.receive(receive)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started, failed, status
@@ -104,6 +110,8 @@ class SessionMiddleware:
                     elif not await self._commit(session, message, scope, receive, send):
                         failed = True
                         return
+            elif watch is not None and await watch.ended():
+                return  # closed for the app, whose messages now go nowhere
             await send(message)
 
         try:
@@ -129,6 +137,7 @@ class SessionMiddleware:
                 and not failed
                 and session._loaded
                 and (session._modified or session._exposed)
+                and not (watch is not None and watch.closed)
             ):
                 await self._persistence.commit_late(session, status)
         except StoreError as exc:

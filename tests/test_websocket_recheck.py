@@ -1,0 +1,192 @@
+"""An open WebSocket follows its session: closed once it ends elsewhere, kept alive by use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.testclient import TestClient
+
+from coatcheck import (
+    ConfigurationError,
+    MemoryStore,
+    SessionConfig,
+    SessionMiddleware,
+    SessionRecord,
+    StoreUnavailableError,
+)
+from coatcheck.fastapi import SessionDep, get_session
+from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
+
+WS = f"{TEST_WS_BASE_URL}/ws"
+
+
+class FlakyStore(MemoryStore):
+    """Loads fail while ``down`` is set, as during an outage."""
+
+    down = False
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        if self.down:
+            raise StoreUnavailableError("store unreachable", retry_after=1)
+        return await super().load(key, now)
+
+
+def make_app(store: MemoryStore, clock: FakeClock, **config: Any) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> dict[str, bool]:
+        session.login("alice")
+        return {"ok": True}
+
+    @app.post("/logout")
+    async def logout(session: SessionDep) -> dict[str, bool]:
+        session.logout()
+        return {"ok": True}
+
+    @app.post("/cart/{item}")
+    async def add(item: str, session: SessionDep) -> dict[str, Any]:
+        session["cart"] = [*session.get("cart", []), item]
+        return {"cart": session["cart"]}
+
+    @app.get("/me")
+    async def me(session: SessionDep) -> dict[str, Any]:
+        return {"user": session.user_id, "data": dict(session)}
+
+    @app.websocket("/ws")
+    async def echo(websocket: WebSocket) -> None:
+        session = await get_session()
+        await websocket.accept()
+        try:
+            while True:
+                text = await websocket.receive_text()
+                session["said"] = text
+                await websocket.send_text(f"{session.user_id}: {text}")
+        except WebSocketDisconnect:
+            return
+
+    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(clock=clock, **config))
+    return app
+
+
+def client_for(app: FastAPI) -> TestClient:
+    return TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN)
+
+
+def test_a_socket_closes_at_its_next_message_once_the_session_ended_elsewhere() -> None:
+    clock, store = FakeClock(), MemoryStore()
+    with client_for(make_app(store, clock)) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            socket.send_text("hello")
+            assert socket.receive_text() == "alice: hello"
+            client.post("/logout")  # from another tab
+            socket.send_text("still here?")  # checked once a minute: not yet
+            assert socket.receive_text() == "alice: still here?"
+            clock.advance(60)
+            socket.send_text("and now?")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+    assert closed.value.code == 1008
+    assert closed.value.reason == "session ended"
+    # The closed socket saved nothing: the logout stands.
+    assert asyncio.run(store.count(clock())) == 0
+
+
+def test_a_socket_closes_when_an_administrator_ends_every_session() -> None:
+    clock, store = FakeClock(), MemoryStore()
+    with client_for(make_app(store, clock)) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            assert asyncio.run(store.delete_all(clock())) == 1
+            clock.advance(61)
+            socket.send_text("hello")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+    assert closed.value.code == 1008
+
+
+def test_messages_count_as_use_and_keep_the_session_alive() -> None:
+    """Ten minutes idle allowed; half an hour of chat without one HTTP request."""
+    clock, store = FakeClock(), MemoryStore()
+    app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
+    with client_for(app) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            for minute in range(0, 30, 5):
+                clock.advance(300)
+                socket.send_text(f"minute {minute}")
+                assert socket.receive_text() == f"alice: minute {minute}"
+        me = client.get("/me").json()
+    assert me == {"user": "alice", "data": {"said": "minute 25"}}
+
+
+def test_an_idle_socket_does_not_keep_the_session_alive() -> None:
+    clock, store = FakeClock(), MemoryStore()
+    app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
+    with client_for(app) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            clock.advance(601)  # no message for longer than the idle timeout
+            socket.send_text("back")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+        assert client.get("/me").json()["user"] is None
+    assert closed.value.code == 1008
+
+
+def test_a_refresh_keeps_the_sockets_changes_and_other_requests_changes() -> None:
+    """The refresh writes the stored record as it was; the socket's own changes and a
+    parallel request's are merged when the socket ends, as for any save."""
+    clock, store = FakeClock(), MemoryStore()
+    app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
+    with client_for(app) as client:
+        client.post("/login")
+        client.post("/cart/apple")
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            clock.advance(120)
+            socket.send_text("one")  # a refresh is due: written here
+            assert socket.receive_text() == "alice: one"
+            client.post("/cart/pear")  # another tab, while the socket is open
+            clock.advance(120)
+            socket.send_text("two")  # another refresh, over a version it does not know
+            assert socket.receive_text() == "alice: two"
+        me = client.get("/me").json()
+    assert me == {"user": "alice", "data": {"cart": ["apple", "pear"], "said": "two"}}
+
+
+def test_an_outage_during_a_recheck_leaves_the_socket_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, store = FakeClock(), FlakyStore()
+    with client_for(make_app(store, clock)) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            store.down = True
+            clock.advance(61)
+            with caplog.at_level(logging.WARNING, logger="coatcheck"):
+                socket.send_text("hello")
+                assert socket.receive_text() == "alice: hello"
+            store.down = False
+    assert any("recheck" in line for line in caplog.messages)
+
+
+def test_rechecks_can_be_turned_off() -> None:
+    clock, store = FakeClock(), MemoryStore()
+    with client_for(make_app(store, clock, websocket_recheck=None)) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            client.post("/logout")
+            clock.advance(3600)
+            socket.send_text("hello")
+            assert socket.receive_text() == "alice: hello"
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5])
+def test_a_recheck_interval_must_be_whole_positive_seconds(value: Any) -> None:
+    with pytest.raises(ConfigurationError, match="websocket_recheck"):
+        SessionConfig(websocket_recheck=value)
