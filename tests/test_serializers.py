@@ -4,6 +4,7 @@ import dataclasses
 from datetime import datetime, timezone
 
 import pytest
+from pydantic import BaseModel
 
 from coatcheck import JSONSerializer, SerializationError, serializers
 
@@ -23,9 +24,22 @@ def test_round_trip_of_json_values() -> None:
     assert serializer.loads(serializer.dumps(data)) == data
 
 
+class Cart(BaseModel):
+    items: list[str] = []
+
+
 @pytest.mark.parametrize(
     "value",
-    [datetime.now(timezone.utc), Point(1), Tag("x"), {1, 2}, b"bytes", object(), {"k": {1: 2}}],
+    [
+        datetime.now(timezone.utc),
+        Point(1),
+        Tag("x"),
+        Cart(items=["apple"]),  # it would read back as a dict: the app stores model_dump()
+        {1, 2},
+        b"bytes",
+        object(),
+        {"k": {1: 2}},
+    ],
 )
 def test_values_json_cannot_hold_fail_naming_the_key(value: object) -> None:
     with pytest.raises(SerializationError) as caught:
