@@ -281,6 +281,23 @@ async def test_one_cookie_name_for_both_is_replaced_not_cleared() -> None:
     assert set_cookies(again) == []
 
 
+async def test_one_cookie_name_for_both_and_a_logout_at_once_ends_it() -> None:
+    site = Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        site.app = coatcheck_app(
+            MemoryStore(),
+            StarletteImport(SECRET, user_key="user_id"),
+            cookie=CookieConfig(secure=False),
+        )
+        response = await client.post("/logout")
+        assert [cookie.split(";")[0] for cookie in set_cookies(response)] == ["session=null"]
+        assert "session" not in client.cookies
+        after = await client.get("/state")
+
+    assert after.json()["user"] is None
+
+
 @pytest.mark.parametrize(
     ("settings", "words"),
     [

@@ -130,7 +130,7 @@ class Persistence:
                 # Never clear a cookie that matched nothing: a parallel login may have
                 # just replaced it in the browser, and this response would log it out.
                 # Starlette's, once adopted, goes: ended here, it must not come back.
-                cleared = self._clear_imported(session)
+                cleared = self._clear_imported(session, replaced=False)
                 return [*cleared, _NO_STORE] if cleared else []
             await self.store.delete(old_key)
             session._stored = None
@@ -222,15 +222,17 @@ class Persistence:
                 logger.warning("could not end the oldest sessions past the limit: %s", exc)
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         cookie = (b"set-cookie", self._cookies.set(session._id, max_age))
-        return [cookie, *self._clear_imported(session), _NO_STORE]
+        return [cookie, *self._clear_imported(session, replaced=True), _NO_STORE]
 
-    def _clear_imported(self, session: Session) -> Headers:
-        """The header that ends Starlette's cookie, once its session was adopted here."""
+    def _clear_imported(self, session: Session, *, replaced: bool) -> Headers:
+        """The header that ends Starlette's cookie, once its session was adopted here;
+        none when the new session's cookie, of the same name, ``replaced`` it."""
         if not session._imported or self._importer is None:
             return []
         session._imported = False
-        clear = self._importer.clear_cookie
-        return [] if clear is None else [(b"set-cookie", clear)]
+        if replaced and self._importer.shares_name:
+            return []
+        return [(b"set-cookie", self._importer.clear_cookie)]
 
     async def recheck(self, session: Session) -> bool:
         """Whether a long-lived connection's session is still stored and live; while it

@@ -40,15 +40,16 @@ class StarletteImporter:
         self._until = None if settings.until is None else settings.until.timestamp()
         self.user_key = settings.user_key
         self.remember = settings.remember
-        # Starlette's own way to end its cookie; none when both share one name, since the
-        # new session's cookie replaces it and a response must not set one name twice.
+        # Starlette's own way to end its cookie. When both share one name, a new session's
+        # cookie replaces it instead: a response must not set one name twice.
         attributes = [f"path={settings.path}"]
         if settings.domain is not None:
             attributes.append(f"Domain={settings.domain}")
         if cookie.secure:
             attributes.append("Secure")
         clear = f"{settings.cookie_name}=null; expires={_EPOCH}; {'; '.join(attributes)}"
-        self.clear_cookie = None if settings.cookie_name == cookie.name else clear.encode()
+        self.clear_cookie = clear.encode()
+        self.shares_name = settings.cookie_name == cookie.name
 
     def read(self, headers: Headers, now: float) -> dict[str, Any] | None:
         """The data of a valid Starlette cookie in ``headers``, or None."""
