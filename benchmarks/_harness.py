@@ -28,7 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from coatcheck import SessionConfig, SessionMiddleware, Store
-from coatcheck.fastapi import SessionDep, get_session
+from coatcheck.fastapi import RequiredUser, SessionDep, get_session
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -112,7 +112,7 @@ class Response:
         return None
 
 
-async def request(app: ASGIApp, path: str, headers: Headers) -> Response:
+async def request(app: ASGIApp, path: str, headers: Headers, method: str = "GET") -> Response:
     """One full request that records everything, for set-up and verification."""
     response = Response()
 
@@ -123,7 +123,7 @@ async def request(app: ASGIApp, path: str, headers: Headers) -> Response:
         elif message["type"] == "http.response.body":
             response.body += message.get("body", b"")
 
-    await app({**make_scope(path, headers), "state": {}}, receive, send)
+    await app({**make_scope(path, headers), "method": method, "state": {}}, receive, send)
     return response
 
 
@@ -332,6 +332,15 @@ def coatcheck_app(store: Store, first: str, *, read_in_body: bool = False) -> tu
         session["n"] = session.get("n", 0) + 1
         return {"n": session["n"]}
 
+    @inner.post("/login")
+    async def login(session: SessionDep) -> dict[str, bool]:
+        session.login("alice")
+        return {"ok": True}
+
+    @inner.get("/me")
+    async def me(user: RequiredUser) -> dict[str, str]:
+        return {"user": user}
+
     lead_with(inner, first)
     config = SessionConfig()  # production defaults: the cookie is ``__Host-session``
     return SessionMiddleware(inner, store=store, config=config), config.cookie.name
@@ -389,6 +398,20 @@ async def add_coatcheck(
     expect(not second.header_values(b"set-cookie"), f"{prefix} write: rotates the cookie")
     expect(calls == {"load": 2, "save": 2, "delete": 0}, f"{prefix} write: store calls {calls}")
     suite.add(Variant(f"{prefix} write", write_app, "/write", writer, baselines=baselines))
+
+    # A logged-in user, checked by the dependency that guards most authenticated routes.
+    me_app, _ = coatcheck_app(store, "/me")
+    same_origin = [*BASE_HEADERS, (b"sec-fetch-site", b"same-origin")]
+    login = ok(await request(me_app, "/login", same_origin, method="POST"), f"{prefix} login")
+    user = login.cookie(cookie)
+    expect(user is not None, f"{prefix} login: no {cookie} cookie: {login.headers}")
+    assert user is not None
+    signed_in = cookie_headers(cookie, user)
+    with counter.counting() as calls:
+        response = ok(await request(me_app, "/me", signed_in), f"{prefix} user check")
+    expect(response.json() == {"user": "alice"}, f"{prefix} user check: {response.body!r}")
+    expect(calls == {"load": 1, "save": 0, "delete": 0}, f"{prefix} user check: calls {calls}")
+    suite.add(Variant(f"{prefix} user check", me_app, "/me", signed_in, baselines=baselines))
 
     with counter.counting() as calls:
         response = ok(await request(app, "/untouched", reader), f"{prefix} untouched")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from coatcheck import CookieConfig, MemoryStore, SessionConfig, SessionMiddleware
 from coatcheck.fastapi import CurrentUser, RequiredUser, SessionDep
@@ -67,6 +68,16 @@ async def test_openapi_declares_the_cookie_the_app_really_uses(secure: bool, nam
     for route in ("/private", "/whoami"):
         assert schema["paths"][route]["get"]["security"] == [{"coatcheck": []}], route
     assert "security" not in schema["paths"]["/public"]["get"]
+
+
+def test_a_user_check_costs_fastapi_one_dependency() -> None:
+    """FastAPI resolves every dependency on every request: the user checks, which also
+    carry the cookie scheme, must not bring the session and the scheme as two more."""
+    app = make_app()
+    for path in ("/private", "/whoami"):
+        (route,) = [r for r in app.routes if isinstance(r, APIRoute) and r.path == path]
+        (check,) = route.dependant.dependencies
+        assert check.dependencies == [], path
 
 
 async def test_dependency_without_middleware_says_what_is_missing() -> None:

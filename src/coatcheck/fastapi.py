@@ -37,13 +37,18 @@ __all__ = [
 
 
 class SessionCookie(SecurityBase):
-    """Declares the session cookie as an ``apiKey`` scheme so ``/docs`` shows it.
+    """The logged-in user's id, as a dependency that also declares the session cookie
+    as an ``apiKey`` scheme, so ``/docs`` shows it on the routes it guards.
 
-    It checks nothing itself: the middleware reads the cookie, and
-    :func:`require_user` decides who may pass.
+    One object does both because FastAPI charges for every dependency it resolves, on
+    every request: a user check over the session and the scheme would cost it three.
+    With ``required``, a request nobody is logged in on gets a 401.
     """
 
     scheme_name = "coatcheck"
+
+    def __init__(self, *, required: bool = False) -> None:
+        self.required = required
 
     @property
     def model(self) -> APIKey:  # type: ignore[override]
@@ -54,11 +59,11 @@ class SessionCookie(SecurityBase):
             description="Opaque session ticket set by coatcheck at login (HttpOnly).",
         )
 
-    async def __call__(self) -> None:
-        return None
-
-
-session_cookie = SessionCookie()
+    async def __call__(self) -> str | None:
+        session = await get_session()
+        if session.user_id is None and self.required:
+            raise not_authenticated()
+        return session.user_id
 
 
 async def get_session() -> Session:
@@ -71,15 +76,13 @@ async def get_session() -> Session:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
-
 # The cookie scheme rides on the user dependencies, the routes whose access it governs,
 # rather than on every session read, where resolving it would cost a dependency each time.
-_Cookie = Annotated[None, Security(session_cookie)]
+current_user = SessionCookie()
+"""The logged-in user's id, or ``None`` for an anonymous visitor."""
 
-
-async def current_user(session: SessionDep, _: _Cookie) -> str | None:
-    """The logged-in user's id, or ``None`` for an anonymous visitor."""
-    return session.user_id
+require_user = SessionCookie(required=True)
+"""The logged-in user's id; anyone else gets a 401 with a JSON ``detail``."""
 
 
 def not_authenticated(detail: str = "Not authenticated") -> HTTPException:
@@ -92,13 +95,6 @@ def not_authenticated(detail: str = "Not authenticated") -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "APIKey"})
 
 
-async def require_user(session: SessionDep, _: _Cookie) -> str:
-    """The logged-in user's id; anyone else gets a 401 with a JSON ``detail``."""
-    if session.user_id is None:
-        raise not_authenticated()
-    return session.user_id
-
-
 async def csrf_token(session: SessionDep) -> str:
     """A fresh masked CSRF token, for clients that send neither ``Sec-Fetch-Site`` nor
     ``Origin``: expose it (``GET /csrf``) and have them send it as ``X-CSRF-Token``."""
@@ -106,5 +102,5 @@ async def csrf_token(session: SessionDep) -> str:
 
 
 CSRFToken = Annotated[str, Depends(csrf_token)]
-CurrentUser = Annotated[str | None, Depends(current_user)]
-RequiredUser = Annotated[str, Depends(require_user)]
+CurrentUser = Annotated[str | None, Security(current_user)]
+RequiredUser = Annotated[str, Security(require_user)]
