@@ -95,10 +95,10 @@ def not_authenticated(detail: str = "Not authenticated") -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "APIKey"})
 
 
-async def csrf_token(session: SessionDep) -> str:
+async def csrf_token() -> str:
     """A fresh masked CSRF token, for clients that send neither ``Sec-Fetch-Site`` nor
     ``Origin``: expose it (``GET /csrf``) and have them send it as ``X-CSRF-Token``."""
-    return session.csrf_token()
+    return (await get_session()).csrf_token()  # no SessionDep: one dependency, not two
 
 
 CSRFToken = Annotated[str, Depends(csrf_token)]
