@@ -6,7 +6,7 @@ from ._asgi import Headers
 from ._audit import security_event
 from .config import CookieConfig
 
-_EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
+EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"  # an Expires in the past: the cookie is gone
 _MAX_COOKIE_HEADER = 8_192  # beyond this the header is junk: most servers refuse it too
 _BLANKS = b" \t"
 _SEMICOLON = ord(";")
@@ -74,4 +74,4 @@ class CookieWriter:
         return f"{self._name}={session_id}{lifetime}{self._suffix}".encode("latin-1")
 
     def clear(self) -> bytes:
-        return f"{self._name}=; Max-Age=0; Expires={_EPOCH}{self._suffix}".encode("latin-1")
+        return f"{self._name}=; Max-Age=0; Expires={EPOCH}{self._suffix}".encode("latin-1")

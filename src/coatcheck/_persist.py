@@ -158,7 +158,7 @@ class Persistence:
         if not (rotated or refresh_due or session._meta_changed or data != session._raw):
             return []
 
-        expires_at = min(now + lifetime.idle, session._created_at + lifetime.absolute)
+        expires_at = lifetime.deadline(now, session._created_at)
         record = SessionRecord(
             key=key,
             public_id=session._public_id,
@@ -252,7 +252,7 @@ class Persistence:
         if now - stored.last_seen_at >= self._refresh_after[stored.remember]:
             touched = stored._replace(
                 last_seen_at=now,
-                expires_at=min(now + lifetime.idle, stored.created_at + lifetime.absolute),
+                expires_at=lifetime.deadline(now, stored.created_at),
                 version=stored.version + 1,
             )
             saved = await self.store.save(touched, expected_version=stored.version)
@@ -355,7 +355,7 @@ class Persistence:
                 user_id=user_id,
                 remember=remember,
                 created_at=created_at,
-                expires_at=min(record.last_seen_at + lifetime.idle, created_at + lifetime.absolute),
+                expires_at=lifetime.deadline(record.last_seen_at, created_at),
                 version=base.version + 1,
             )
             written.append(result)

@@ -15,13 +15,11 @@ from datetime import timedelta
 from typing import Any
 
 from ._asgi import Headers
-from ._cookies import cookie_needle, read_cookie
+from ._cookies import EPOCH, cookie_needle, read_cookie
 from .config import CookieConfig, StarletteImport
 from .exceptions import MissingDependencyError
 
 logger = logging.getLogger("coatcheck")
-
-_EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
 
 
 class StarletteImporter:
@@ -47,7 +45,7 @@ class StarletteImporter:
             attributes.append(f"Domain={settings.domain}")
         if cookie.secure:
             attributes.append("Secure")
-        clear = f"{settings.cookie_name}=null; expires={_EPOCH}; {'; '.join(attributes)}"
+        clear = f"{settings.cookie_name}=null; expires={EPOCH}; {'; '.join(attributes)}"
         self.clear_cookie = clear.encode()
         self.shares_name = settings.cookie_name == cookie.name
 

@@ -32,6 +32,13 @@ def _seconds(name: str, value: Duration) -> int:
     return int(seconds)
 
 
+def _check_attributes(**attributes: str | None) -> None:
+    """Refuse cookie attribute values that could end the attribute or start another."""
+    for name, value in attributes.items():
+        if value is not None and not _ATTRIBUTE_VALUE.match(value):
+            raise ConfigurationError(f"cookie {name} {value!r} contains unsafe characters")
+
+
 @dataclass(frozen=True, slots=True)
 class CookieConfig:
     """Attributes of the session cookie; the defaults are the safe ones.
@@ -58,10 +65,7 @@ class CookieConfig:
             )
         if self.samesite == "none" and not self.secure:
             raise ConfigurationError("samesite='none' requires secure=True: browsers reject it")
-        for attribute in ("path", "domain"):
-            value = getattr(self, attribute)
-            if value is not None and not _ATTRIBUTE_VALUE.match(value):
-                raise ConfigurationError(f"cookie {attribute} {value!r} contains unsafe characters")
+        _check_attributes(path=self.path, domain=self.domain)
         if not self.path.startswith("/"):
             raise ConfigurationError(f"cookie path must start with '/', got {self.path!r}")
         lowered = self.name.lower()
@@ -133,10 +137,7 @@ class StarletteImport:
         object.__setattr__(self, "max_age", _seconds("max_age", self.max_age))
         if self.until is not None and self.until.utcoffset() is None:
             raise ConfigurationError("until must be an aware datetime (with a time zone)")
-        for attribute in ("path", "domain"):
-            value = getattr(self, attribute)
-            if value is not None and not _ATTRIBUTE_VALUE.match(value):
-                raise ConfigurationError(f"cookie {attribute} {value!r} contains unsafe characters")
+        _check_attributes(path=self.path, domain=self.domain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,10 @@ class Lifetime:
 
     idle: int
     absolute: int
+
+    def deadline(self, last_seen_at: float, created_at: float) -> float:
+        """When a session last seen at ``last_seen_at`` dies: the earlier of the limits."""
+        return min(last_seen_at + self.idle, created_at + self.absolute)
 
 
 @dataclass(frozen=True, slots=True)
