@@ -121,7 +121,11 @@ class Persistence:
 
     async def commit(self, session: Session, status: int) -> Headers:
         """Write what changed and return the headers the response must carry."""
-        if not session._loaded or status >= 500 or self.settled(session):
+        if not session._loaded or status >= 500:
+            return []
+        if session._models:
+            session._sync_models()
+        if self.settled(session):
             return []
         stored = session._stored
         old_key = stored.key if stored is not None else None
@@ -272,6 +276,8 @@ class Persistence:
         """
         if status >= 500:
             return
+        if session._models:
+            session._sync_models()
         if session._stored is None or session._id is None:
             # No live record under the cookie the browser holds.
             changed = session._modified or session._meta_changed

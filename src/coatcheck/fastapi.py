@@ -8,7 +8,7 @@ async def me(user: RequiredUser, session: SessionDep) -> dict[str, str]: ...
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from .exceptions import MissingDependencyError
 
@@ -20,6 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("fastapi", "fastapi") from exc
 
 from ._context import current_cookie_name, current_session
+from ._models import check_model
 from .session import Session
 
 __all__ = [
@@ -33,7 +34,10 @@ __all__ = [
     "get_session",
     "not_authenticated",
     "require_user",
+    "session_model",
 ]
+
+M = TypeVar("M")
 
 
 class SessionCookie(SecurityBase):
@@ -75,6 +79,23 @@ async def get_session() -> Session:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def session_model(key: str, model: type[M]) -> Any:
+    """A dependency that gives ``session[key]`` as an instance of the Pydantic ``model``:
+
+        CartDep = Annotated[Cart, session_model("cart", Cart)]
+
+    Change it in place and it is stored (see :meth:`Session.model`). The model is
+    checked here, so one that cannot serve fails when the app is imported.
+    """
+    check_model(model)
+
+    async def typed_value() -> M:
+        return (await get_session()).model(key, model)
+
+    return Depends(typed_value)
+
 
 # The cookie scheme rides on the user dependencies, the routes whose access it governs,
 # rather than on every session read, where resolving it would cost a dependency each time.

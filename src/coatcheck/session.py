@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _devices
 from ._devices import Device, utc
 from ._ids import new_public_id, new_session_id
+from ._models import Binding, check_model
 from .exceptions import ResponseStartedError, SessionNotLoadedError
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .stores.base import SessionRecord
 
 _MUTABLE = (dict, list)
+M = TypeVar("M")
 
 
 class Session(MutableMapping[str, Any]):
@@ -45,6 +47,7 @@ class Session(MutableMapping[str, Any]):
         "_last_seen_at",
         "_loaded",
         "_meta_changed",
+        "_models",
         "_modified",
         "_path",
         "_persistence",
@@ -74,6 +77,7 @@ class Session(MutableMapping[str, Any]):
     _modified: bool
     _exposed: bool
     _meta_changed: bool
+    _models: dict[str, Binding] | None  # typed values handed out by model()
     _fresh: bool  # the data no longer continues the stored record's (destroy, user switch)
     _imported: bool  # adopted from Starlette's cookie, which the response must clear
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
@@ -135,11 +139,15 @@ class Session(MutableMapping[str, Any]):
         self._require_loaded()
         self._data[key] = value
         self._modified = True
+        if self._models:
+            self._models.pop(key, None)  # what was set last wins
 
     def __delitem__(self, key: str) -> None:
         self._require_loaded()
         del self._data[key]
         self._modified = True
+        if self._models:
+            self._models.pop(key, None)
 
     def __iter__(self) -> Iterator[str]:
         self._require_loaded()
@@ -172,11 +180,47 @@ class Session(MutableMapping[str, Any]):
         self._data[key] = value
         self._modified = True
         self._updates.append((key, change, default))
+        if self._models:
+            self._models.pop(key, None)
         return value
+
+    def model(self, key: str, model: type[M]) -> M:
+        """``session[key]`` as an instance of the Pydantic model ``model``.
+
+        Change the instance in place: its new value is stored when the response starts
+        (and again if it changes later, as any value handed out is). A missing value
+        gives the model's defaults, stored only once changed, so reading creates no
+        session; so does a stored value that no longer validates, with a warning. The
+        same instance comes back for the same key within a request. Setting or
+        deleting ``session[key]`` afterwards wins over the instance, and so do
+        :meth:`clear`, :meth:`destroy` and a login as another user.
+        """
+        self._require_loaded()
+        if self._models is None:
+            self._models = {}
+        binding = self._models.get(key)
+        if binding is None:
+            check_model(model)
+            binding = self._models[key] = Binding.of(key, model, self._data)
+            self._exposed = True  # the instance may change until the request ends
+        elif binding.model is not model:
+            raise TypeError(
+                f"session value {key!r} is already in use as a {binding.model.__name__} "
+                f"in this request, not a {model.__name__}"
+            )
+        return binding.instance  # type: ignore[no-any-return]
+
+    def _sync_models(self) -> None:
+        """Write the typed values that changed back into the data, before a save."""
+        if self._models:
+            for key, binding in self._models.items():
+                if binding.sync(key, self._data):
+                    self._modified = True
 
     def clear(self) -> None:
         """Forget all data but keep the session, its ID and its user."""
         self._require_loaded()
+        self._models = None
         if self._data:
             self._data.clear()
             self._modified = True
@@ -213,6 +257,7 @@ class Session(MutableMapping[str, Any]):
         self.regenerate()
         if self._user_id is not None and self._user_id != user_id:
             self._data.clear()
+            self._models = None
             self._updates = []
             self._modified = self._fresh = True
         self._user_id = user_id
@@ -228,6 +273,7 @@ class Session(MutableMapping[str, Any]):
         """Delete the stored session and clear the cookie, unless new data is added after."""
         self._require_loaded()
         self._data.clear()
+        self._models = None
         self._updates = []
         self._modified = self._fresh = True
         self._user_id = None
@@ -321,6 +367,7 @@ class Session(MutableMapping[str, Any]):
         self._modified = self._exposed = self._meta_changed = self._fresh = False
         self._imported = False
         self._updates = []
+        self._models = None
         if record is None:
             self._raw = None
             self._public_id = ""

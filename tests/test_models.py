@@ -1,0 +1,331 @@
+"""Typed session values: a Pydantic model under one key, stored only when it changed.
+
+Written for Pydantic 1 and 2 alike (``make test-oldest`` runs this file on both), so
+the assertions read the session's plain JSON rather than a model's dump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import BackgroundTasks, FastAPI
+from pydantic import BaseModel
+
+from coatcheck import ConfigurationError, MemoryStore, SessionConfig, SessionMiddleware
+from coatcheck._ids import store_key
+from coatcheck.fastapi import SessionDep, session_model
+
+from .conftest import CountingStore, client_for
+
+pytestmark = pytest.mark.anyio
+
+NAME = "__Host-session"
+
+
+class Cart(BaseModel):
+    items: list[str] = []
+    coupon: str | None = None
+
+
+class Prefs(BaseModel):
+    theme: str = "light"
+
+
+class Account(BaseModel):
+    email: str  # no default: a session without it could not be given one
+
+
+CartDep = Annotated[Cart, session_model("cart", Cart)]
+PrefsDep = Annotated[Prefs, session_model("prefs", Prefs)]
+
+
+def make_app(store: Any, config: SessionConfig | None = None) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/cart")
+    async def show(cart: CartDep) -> dict[str, Any]:
+        return {"items": cart.items, "coupon": cart.coupon}
+
+    @app.post("/cart/{item}")
+    async def add(item: str, cart: CartDep) -> dict[str, Any]:
+        cart.items.append(item)
+        return {"items": cart.items}
+
+    @app.post("/coupon/{code}")
+    async def coupon(code: str, cart: CartDep) -> dict[str, Any]:
+        cart.coupon = code
+        return {"coupon": code}
+
+    @app.post("/both/{item}")
+    async def both(item: str, cart: CartDep, again: CartDep, prefs: PrefsDep) -> dict[str, Any]:
+        again.items.append(item)  # the same instance as ``cart``
+        prefs.theme = "dark"
+        return {"same": cart is again, "items": cart.items}
+
+    @app.post("/replace")
+    async def replace(cart: CartDep, session: SessionDep) -> dict[str, bool]:
+        cart.items.append("lost")
+        session["cart"] = {"items": ["set"], "coupon": None}  # set last: this wins
+        return {"ok": True}
+
+    @app.post("/login/{user}")
+    async def login(user: str, cart: CartDep, session: SessionDep) -> dict[str, bool]:
+        cart.coupon = f"WELCOME-{user}"  # changed before the login
+        session.login(user)
+        return {"ok": True}
+
+    @app.post("/empty")
+    async def empty(cart: CartDep, session: SessionDep) -> dict[str, bool]:
+        session.clear()
+        cart.items.append("after clear")
+        return {"ok": True}
+
+    @app.post("/logout")
+    async def logout(cart: CartDep, session: SessionDep) -> dict[str, bool]:
+        session.logout()
+        cart.items.append("after logout")
+        return {"ok": True}
+
+    @app.post("/later/{item}")
+    async def later(item: str, cart: CartDep, tasks: BackgroundTasks) -> dict[str, bool]:
+        cart.coupon = "first"
+
+        def add_later() -> None:
+            cart.items.append(item)
+
+        tasks.add_task(add_later)
+        return {"ok": True}
+
+    @app.post("/slow/{item}")
+    async def slow(item: str, cart: CartDep) -> dict[str, Any]:
+        await asyncio.sleep(0.05)  # another request saves meanwhile
+        cart.items.append(item)
+        return {"items": cart.items}
+
+    @app.post("/prefs/{theme}")
+    async def set_theme(theme: str, prefs: PrefsDep) -> dict[str, str]:
+        await asyncio.sleep(0.05)
+        prefs.theme = theme
+        return {"theme": theme}
+
+    @app.get("/raw")
+    async def raw(session: SessionDep) -> dict[str, Any]:
+        return dict(session)
+
+    app.add_middleware(SessionMiddleware, store=store, config=config)
+    return app
+
+
+def cookie_of(response: httpx.Response) -> dict[str, str]:
+    value = response.cookies.get(NAME)
+    assert value, response.headers
+    return {"cookie": f"{NAME}={value}"}
+
+
+async def store_raw(store: Any, headers: dict[str, str], data: bytes) -> None:
+    """Put ``data`` in the stored session of ``headers``, as another deploy wrote it."""
+    record = await store.load(store_key(headers["cookie"].partition("=")[2]), 0)
+    assert record is not None
+    new = record._replace(data=data, version=record.version + 1)
+    assert await store.save(new, expected_version=record.version)
+
+
+async def test_a_missing_value_gives_the_defaults_and_reading_it_creates_nothing() -> None:
+    store = CountingStore(MemoryStore())
+    async with client_for(make_app(store)) as client:
+        response = await client.get("/cart")
+    assert response.json() == {"items": [], "coupon": None}
+    assert "set-cookie" not in response.headers
+    assert store.calls["save"] == 0
+    assert await store.count(0) == 0
+
+
+async def test_a_change_in_place_is_stored_and_read_back_as_the_model() -> None:
+    store = MemoryStore()
+    async with client_for(make_app(store)) as client:
+        first = await client.post("/cart/apple")
+        assert first.json() == {"items": ["apple"]}
+        headers = cookie_of(first)
+        assert (await client.post("/cart/pear", headers=headers)).json() == {
+            "items": ["apple", "pear"]
+        }
+        assert (await client.get("/raw", headers=headers)).json() == {
+            "cart": {"items": ["apple", "pear"], "coupon": None}
+        }
+        assert (await client.get("/cart", headers=headers)).json() == {
+            "items": ["apple", "pear"],
+            "coupon": None,
+        }
+
+
+async def test_an_unchanged_model_writes_nothing() -> None:
+    store = CountingStore(MemoryStore())
+    async with client_for(make_app(store)) as client:
+        headers = cookie_of(await client.post("/cart/apple"))
+        saves = store.calls["save"]
+        for _ in range(3):
+            response = await client.get("/cart", headers=headers)
+            assert response.json()["items"] == ["apple"]
+            assert "set-cookie" not in response.headers
+    assert store.calls["save"] == saves == 1
+
+
+async def test_one_instance_per_key_per_request_and_several_keys_at_once() -> None:
+    async with client_for(make_app(MemoryStore())) as client:
+        response = await client.post("/both/fig")
+        assert response.json() == {"same": True, "items": ["fig"]}
+        raw = await client.get("/raw", headers=cookie_of(response))
+    assert raw.json() == {"cart": {"items": ["fig"], "coupon": None}, "prefs": {"theme": "dark"}}
+
+
+async def test_setting_the_key_after_handing_out_the_model_wins() -> None:
+    async with client_for(make_app(MemoryStore())) as client:
+        headers = cookie_of(await client.post("/cart/apple"))
+        await client.post("/replace", headers=headers)
+        raw = await client.get("/raw", headers=headers)
+    assert raw.json() == {"cart": {"items": ["set"], "coupon": None}}
+
+
+async def test_a_change_after_logout_is_not_stored() -> None:
+    store = MemoryStore()
+    async with client_for(make_app(store)) as client:
+        headers = cookie_of(await client.post("/cart/apple"))
+        response = await client.post("/logout", headers=headers)
+        assert response.headers["set-cookie"].startswith(f"{NAME}=;")
+        assert (await client.get("/raw", headers=headers)).json() == {}
+    assert await store.count(0) == 0
+
+
+async def test_a_change_in_a_background_task_is_stored_when_the_app_returns() -> None:
+    async with client_for(make_app(MemoryStore())) as client:
+        headers = cookie_of(await client.post("/cart/apple"))
+        await client.post("/later/pear", headers=headers)
+        raw = await client.get("/raw", headers=headers)
+    assert raw.json() == {"cart": {"items": ["apple", "pear"], "coupon": "first"}}
+
+
+async def test_parallel_requests_changing_different_keys_keep_both() -> None:
+    async with client_for(make_app(MemoryStore())) as client:
+        headers = cookie_of(await client.post("/cart/apple"))
+        await asyncio.gather(
+            client.post("/slow/pear", headers=headers),
+            client.post("/prefs/dark", headers=headers),
+        )
+        raw = await client.get("/raw", headers=headers)
+    assert raw.json() == {
+        "cart": {"items": ["apple", "pear"], "coupon": None},
+        "prefs": {"theme": "dark"},
+    }
+
+
+async def test_a_stored_value_that_no_longer_validates_gives_the_defaults_and_is_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    app = make_app(store)
+    async with client_for(app) as client:
+        headers = cookie_of(await client.post("/cart/apple"))
+        # An older deploy stored the cart in another shape.
+        await store_raw(store, headers, b'{"cart":{"items":"apple"}}')
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            response = await client.get("/cart", headers=headers)
+        assert response.json() == {"items": [], "coupon": None}
+        assert "session value 'cart' is not a valid Cart" in caplog.text
+        # Only read: the old value stays for whoever can still use it.
+        assert (await client.get("/raw", headers=headers)).json() == {"cart": {"items": "apple"}}
+        # Changed: the new shape replaces it.
+        await client.post("/coupon/SAVE10", headers=headers)
+        assert (await client.get("/raw", headers=headers)).json() == {
+            "cart": {"items": [], "coupon": "SAVE10"}
+        }
+
+
+def test_a_model_without_defaults_fails_when_declared() -> None:
+    with pytest.raises(ConfigurationError, match="Account cannot be built without arguments"):
+        session_model("account", Account)
+
+
+@pytest.mark.parametrize("not_a_model", [dict, int, "Cart"])
+def test_only_pydantic_models_are_taken(not_a_model: Any) -> None:
+    with pytest.raises(ConfigurationError, match="needs a Pydantic model class"):
+        session_model("value", not_a_model)
+
+
+async def test_one_key_cannot_be_two_models_in_one_request() -> None:
+    app = FastAPI()
+
+    @app.get("/clash")
+    async def clash(session: SessionDep) -> None:
+        session.model("cart", Cart)
+        session.model("cart", Prefs)
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        with pytest.raises(TypeError, match="'cart' is already in use as a Cart"):
+            await client.get("/clash")
+
+
+async def test_the_openapi_schema_gains_no_parameter() -> None:
+    async with client_for(make_app(MemoryStore())) as client:
+        schema = (await client.get("/openapi.json")).json()
+    assert "parameters" not in schema["paths"]["/cart"]["get"]
+    parameters = schema["paths"]["/cart/{item}"]["post"]["parameters"]
+    assert [(p["name"], p["in"]) for p in parameters] == [("item", "path")]
+
+
+async def test_a_valid_value_in_an_older_shape_is_not_rewritten_by_a_read() -> None:
+    store = CountingStore(MemoryStore())
+    async with client_for(make_app(store)) as client:
+        headers = cookie_of(await client.post("/cart/apple"))
+        # Stored before ``coupon`` existed: valid, but not what the model dumps today.
+        await store_raw(store, headers, b'{"cart":{"items":["apple"]}}')
+        saves = store.calls["save"]
+        assert (await client.get("/cart", headers=headers)).json() == {
+            "items": ["apple"],
+            "coupon": None,
+        }
+        assert store.calls["save"] == saves
+        assert (await client.get("/raw", headers=headers)).json() == {"cart": {"items": ["apple"]}}
+
+
+async def test_a_late_change_to_a_session_without_a_record_is_dropped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    app = FastAPI()
+
+    @app.get("/later")
+    async def later(cart: CartDep, tasks: BackgroundTasks) -> dict[str, bool]:
+        tasks.add_task(cart.items.append, "too late")  # no cookie can be sent any more
+        return {"ok": True}
+
+    app.add_middleware(SessionMiddleware, store=store)
+    async with client_for(app) as client:
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            response = await client.get("/later")
+    assert "set-cookie" not in response.headers
+    assert "session changes made after the response started were dropped" in caplog.text
+    assert await store.count(0) == 0
+
+
+async def test_a_cart_built_before_login_is_kept_and_a_user_switch_drops_it() -> None:
+    async with client_for(make_app(MemoryStore())) as client:
+        anonymous = cookie_of(await client.post("/cart/apple"))
+        alice = cookie_of(await client.post("/login/alice", headers=anonymous))
+        assert (await client.get("/raw", headers=alice)).json() == {
+            "cart": {"items": ["apple"], "coupon": "WELCOME-alice"}
+        }
+        # Bob logs in at the same browser: nothing of Alice's, not even the new coupon.
+        bob = cookie_of(await client.post("/login/bob", headers=alice))
+        assert (await client.get("/raw", headers=bob)).json() == {}
+
+
+async def test_a_change_after_clear_is_not_stored() -> None:
+    async with client_for(make_app(MemoryStore())) as client:
+        headers = cookie_of(await client.post("/cart/apple"))
+        await client.post("/empty", headers=headers)
+        assert (await client.get("/raw", headers=headers)).json() == {}
