@@ -17,6 +17,7 @@ from starlette.routing import Route
 from coatcheck import (
     SessionConfig,
     SessionConflictError,
+    SessionEndedError,
     SessionMiddleware,
     SessionRecord,
     Store,
@@ -200,6 +201,55 @@ async def test_after_a_merge_the_session_holds_what_was_stored(any_store: Store)
     b["z"] = 3
     assert await persistence.commit(b, 200) == []
     assert dict(await open_session(persistence, cookie)) == {"base": 0, "x": 1, "y": 2, "z": 3}
+
+
+async def two_requests_on_one_value(persistence: Persistence) -> tuple[str, Session, Session]:
+    """A session holding ``{"only": 1}``, loaded by two requests before either saves."""
+    first = await open_session(persistence, None)
+    first["only"] = 1
+    cookie = issued(await persistence.commit(first, 200))
+    return cookie, await open_session(persistence, cookie), await open_session(persistence, cookie)
+
+
+async def test_emptying_a_session_keeps_what_a_parallel_save_added(any_store: Store) -> None:
+    """Removing an anonymous session's last value ends it, but not over another
+    request's new value: the emptying is merged like any change, and the session lives."""
+    persistence = persistence_for(any_store)
+    cookie, emptying, adding = await two_requests_on_one_value(persistence)
+    adding["lang"] = "fr"
+    assert await persistence.commit(adding, 200) == []
+    del emptying["only"]
+    assert await persistence.commit(emptying, 200) == []  # no cleared cookie
+    assert dict(emptying) == {"lang": "fr"}
+    assert dict(await open_session(persistence, cookie)) == {"lang": "fr"}
+
+
+async def test_emptying_over_a_parallel_change_of_the_same_value_ends_it(
+    any_store: Store,
+) -> None:
+    persistence = persistence_for(any_store)
+    _, emptying, changing = await two_requests_on_one_value(persistence)
+    changing["only"] = 2
+    assert await persistence.commit(changing, 200) == []
+    del emptying["only"]
+    headers = await persistence.commit(emptying, 200)
+    assert dict(headers)[b"set-cookie"].startswith(b"__Host-session=;")
+    assert await any_store.count(persistence.now()) == 0
+
+
+async def test_an_emptied_session_ends_and_a_slower_save_is_told(any_store: Store) -> None:
+    persistence = persistence_for(any_store)
+    cookie, emptying, adding = await two_requests_on_one_value(persistence)
+    del emptying["only"]
+    headers = await persistence.commit(emptying, 200)
+    assert dict(headers)[b"set-cookie"].startswith(b"__Host-session=;")
+    adding["lang"] = "fr"
+    with pytest.raises(SessionEndedError):
+        await persistence.commit(adding, 200)
+    assert await any_store.count(persistence.now()) == 0
+    reopened = await open_session(persistence, cookie)
+    assert dict(reopened) == {}
+    assert reopened.is_new
 
 
 def issued(headers: list[tuple[bytes, bytes]]) -> str:

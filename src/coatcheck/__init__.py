@@ -7,6 +7,7 @@ server keeps the coat (the session data) in a store.
 from __future__ import annotations
 
 from ._devices import Device
+from ._flash import Flash
 from .config import CookieConfig, CSRFConfig, Lifetime, SessionConfig, StarletteImport
 from .events import EventHook, SessionEvent
 from .exceptions import (
@@ -36,6 +37,7 @@ __all__ = [
     "CookieConfig",
     "Device",
     "EventHook",
+    "Flash",
     "JSONSerializer",
     "Lifetime",
     "MemoryStore",

@@ -57,6 +57,7 @@ class Persistence:
         self.csrf = CSRFGuard(config.csrf, Keyring(config.secret_keys), credentials, config.clock)
         self.now = config.clock
         self.serializer: Serializer = serializer or JSONSerializer()
+        self._empty = self.serializer.dumps({})
         self._cookie_needle = cookie_needle(config.cookie.name)
         self._cookies = CookieWriter(config.cookie)
         self.clear_cookie = self._cookies.clear()
@@ -136,9 +137,12 @@ class Persistence:
                 # Starlette's, once adopted, goes: ended here, it must not come back.
                 cleared = self._clear_imported(session, replaced=False)
                 return [*cleared, _NO_STORE] if cleared else []
-            await self.store.delete(old_key)
-            session._stored = None
             assert stored is not None
+            if session._fresh or session._key != old_key:
+                await self.store.delete(old_key)  # a logout wins over any parallel save
+            elif not await self._end_emptied(session, stored):
+                return []
+            session._stored = None
             await self.emit(session, "logged_out", stored.user_id, stored.public_id)
             return [(b"set-cookie", self.clear_cookie), _NO_STORE]
 
@@ -227,6 +231,53 @@ class Persistence:
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         cookie = (b"set-cookie", self._cookies.set(session._id, max_age))
         return [cookie, *self._clear_imported(session, replaced=True), _NO_STORE]
+
+    async def _end_emptied(self, session: Session, stored: SessionRecord) -> bool:
+        """End an anonymous session whose data was all removed (not destroyed), unless a
+        parallel save added data meanwhile; True when it ended.
+
+        A plain delete would drop what that save stored. Instead a record already dead
+        is written over the version this request loaded, as any save is: a parallel
+        save that got there first is merged, and the session lives on with its data.
+        Only once the dead record stands is it deleted.
+        """
+        now = self.now()
+        record = SessionRecord(
+            key=stored.key,
+            public_id=session._public_id,
+            data=self._empty,
+            user_id=None,
+            created_at=session._created_at,
+            last_seen_at=now,
+            expires_at=now,
+            remember=session._remember,
+            user_agent=_user_agent(session._headers),
+            version=stored.version + 1,
+        )
+        written = [record]
+        merge_live = self._merger(session, stored, record, written)
+
+        def merge(base: SessionRecord) -> SessionRecord:
+            merged = merge_live(base)
+            if merged.data == self._empty and merged.user_id is None:
+                merged = written[-1] = merged._replace(expires_at=now)
+            return merged
+
+        if not await self.store.save(record, expected_version=stored.version, merge=merge):
+            session._stored = None  # ended by another request: its cookie is left alone
+            return False
+        kept = written[-1]
+        if kept.expires_at <= now:
+            # Dead already, so no save can land on it any more: removing it is tidying.
+            await self.store.delete(stored.key)
+            return True
+        session._data = self.serializer.loads(kept.data)
+        session._stored = kept
+        session._raw = kept.data
+        session._updates = []
+        session._modified = False
+        session._last_seen_at, session._expires_at = now, kept.expires_at
+        return False
 
     def _clear_imported(self, session: Session, *, replaced: bool) -> Headers:
         """The header that ends Starlette's cookie, once its session was adopted here;

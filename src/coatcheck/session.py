@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator, MutableMapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _devices
+from . import _devices, _flash
 from ._devices import Device, utc
+from ._flash import Flash
 from ._ids import new_public_id, new_session_id
 from ._models import Binding, check_model
 from .exceptions import ResponseStartedError, SessionNotLoadedError
@@ -224,6 +225,21 @@ class Session(MutableMapping[str, Any]):
         if self._data:
             self._data.clear()
             self._modified = True
+
+    # -- messages for the next page ----------------------------------------------------
+
+    def flash(self, message: str, category: str = "info") -> None:
+        """Keep ``message`` for the next page that calls :meth:`pop_flashes`, typically
+        the one a form's redirect leads to. It outlives a login, and a logout keeps the
+        messages flashed after it (in a new anonymous session)."""
+        self._require_loaded()
+        _flash.add(self, message, category)
+
+    def pop_flashes(self, category: str | None = None) -> list[Flash]:
+        """The waiting messages, oldest first, now removed: each is shown once.
+        ``category`` takes only those of one category and leaves the others waiting."""
+        self._require_loaded()
+        return _flash.take(self, category)
 
     # -- life cycle ---------------------------------------------------------------------
 

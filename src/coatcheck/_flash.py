@@ -1,0 +1,66 @@
+"""One-time messages for the next page a user sees: "Saved.", "Signed out of 2 devices."
+
+They live in the session under one reserved key, and are added and taken through
+:meth:`Session.modify`, so that a message flashed by a parallel request is neither lost
+nor dropped unseen: each message carries a random id, and taking removes only the ids
+it showed. (Two pages taken at the very same time may both show a message, as in any
+framework that keeps them in the session.)
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .session import Session
+
+FLASH_KEY = "_flashes"
+
+
+@dataclass(frozen=True, slots=True)
+class Flash:
+    """A message and its category (``"info"``, ``"error"``, or any name you style)."""
+
+    message: str
+    category: str
+
+
+def add(session: Session, message: str, category: str) -> None:
+    if not isinstance(message, str) or not isinstance(category, str):
+        raise TypeError("a flash message and its category must be strings")
+    entry = {"id": secrets.token_urlsafe(6), "category": category, "message": message}
+    session.modify(FLASH_KEY, lambda queue: [*_entries(queue), entry], default=[])
+
+
+def take(session: Session, category: str | None) -> list[Flash]:
+    shown = [
+        entry
+        for entry in _entries(session.get(FLASH_KEY))
+        if category is None or entry["category"] == category
+    ]
+    if not shown:
+        return []
+    ids = {entry["id"] for entry in shown}
+    left = session.modify(
+        FLASH_KEY, lambda queue: [e for e in _entries(queue) if e["id"] not in ids], default=[]
+    )
+    if not left:
+        # Gone from this request's data; a parallel save that added one would re-run the
+        # change above on its queue instead, keeping its message.
+        del session[FLASH_KEY]
+    return [Flash(entry["message"], entry["category"]) for entry in shown]
+
+
+def _entries(queue: Any) -> list[dict[str, str]]:
+    """The well-formed messages of the stored queue: the key is the app's too, and a
+    value it put there by mistake must not break every page."""
+    if not isinstance(queue, list):
+        return []
+    return [
+        entry
+        for entry in queue
+        if isinstance(entry, dict)
+        and all(isinstance(entry.get(field), str) for field in ("id", "category", "message"))
+    ]
