@@ -115,6 +115,10 @@ async def ws(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def revoke_others(request: Request) -> Response:
+    return JSONResponse({"revoked": await (await _session(request)).revoke_others()})
+
+
 def make_app(store: Store, config: SessionConfig | None = None, **options: Any) -> Starlette:
     routes = [
         Route("/untouched", untouched),
@@ -123,6 +127,7 @@ def make_app(store: Store, config: SessionConfig | None = None, **options: Any) 
         Route("/append", append, methods=["POST"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/revoke-others", revoke_others, methods=["POST"]),
         Route("/regenerate", regenerate, methods=["POST"]),
         Route("/clear", clear, methods=["POST"]),
         Route("/bad-value", bad_value, methods=["POST"]),

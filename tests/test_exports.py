@@ -36,3 +36,9 @@ def test_fastapi_module_names_the_missing_extra() -> None:
     code = "import sys\nsys.modules['fastapi'] = None\nimport coatcheck.fastapi\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "pip install 'coatcheck[fastapi]'" in result.stderr
+
+
+def test_otel_module_names_the_missing_extra() -> None:
+    code = "import sys\nsys.modules['opentelemetry'] = None\nimport coatcheck.otel\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "pip install 'coatcheck[otel]'" in result.stderr

@@ -1,0 +1,133 @@
+"""OpenTelemetry metrics: session events, and how long the store takes and how it fails.
+
+    from coatcheck.otel import SessionMetrics
+
+    metrics = SessionMetrics()  # the global MeterProvider, or meter_provider=...
+    app.add_middleware(
+        SessionMiddleware, store=metrics.instrument(store), events=[metrics.record_event]
+    )
+
+Two instruments, named after the OpenTelemetry conventions for database clients:
+
+- ``coatcheck.session.events`` (counter): logins, logouts, revocations (by the number
+  of sessions ended), expiries, CSRF rejections... by ``coatcheck.event``;
+- ``coatcheck.store.duration`` (histogram, seconds): each store call, by
+  ``coatcheck.store.operation`` and ``coatcheck.store`` (the store's class), with
+  ``error.type`` set to the error's class name when the call failed, so an outage
+  (``StoreUnavailableError``) shows apart from a merge that gave up.
+
+No attribute holds a user id or a session's id: metrics are for counting, and their
+attributes must stay few. Needs the ``otel`` extra (``opentelemetry-api``); the app
+picks the SDK and exporter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from .exceptions import MissingDependencyError
+
+try:
+    from opentelemetry.metrics import Histogram, MeterProvider, get_meter
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise MissingDependencyError("opentelemetry-api", "otel") from exc
+
+from .events import SessionEvent
+from .stores.base import Merge, SessionRecord, Store
+
+__all__ = ["SessionMetrics"]
+
+T = TypeVar("T")
+
+
+class SessionMetrics:
+    """The instruments, and the two ways in: an event hook and a store wrapper."""
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        from . import __version__
+
+        meter = get_meter("coatcheck", __version__, meter_provider=meter_provider)
+        self._events = meter.create_counter(
+            "coatcheck.session.events",
+            unit="{event}",
+            description="Session life-cycle events, by kind",
+        )
+        self._duration = meter.create_histogram(
+            "coatcheck.store.duration",
+            unit="s",
+            description="Duration of session store calls",
+        )
+
+    async def record_event(self, event: SessionEvent) -> None:
+        """An event hook for ``SessionMiddleware(events=[...])``."""
+        self._events.add(event.count, {"coatcheck.event": event.kind})
+
+    def instrument(self, store: Store) -> Store:
+        """``store``, with every call timed. Other attributes pass through."""
+        return _MeteredStore(store, self._duration)
+
+
+class _MeteredStore:
+    """A store whose calls are timed by :class:`SessionMetrics`."""
+
+    def __init__(self, inner: Store, duration: Histogram) -> None:
+        self.inner = inner
+        self._duration = duration
+        self._store = type(inner).__name__
+
+    def __getattr__(self, name: str) -> Any:
+        # The store's own attributes (a Redis client, a SQLite path) stay reachable.
+        return getattr(self.inner, name)
+
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        attributes = {"coatcheck.store.operation": operation, "coatcheck.store": self._store}
+        start = time.perf_counter()
+        try:
+            return await call
+        except BaseException as exc:
+            attributes["error.type"] = type(exc).__name__
+            raise
+        finally:
+            self._duration.record(time.perf_counter() - start, attributes)
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        return await self._timed("load", self.inner.load(key, now))
+
+    async def save(
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
+    ) -> bool:
+        call = self.inner.save(
+            record, replaces=replaces, expected_version=expected_version, merge=merge
+        )
+        return await self._timed("save", call)
+
+    async def delete(self, key: str) -> None:
+        await self._timed("delete", self.inner.delete(key))
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        return await self._timed("list_user", self.inner.list_user(user_id, now))
+
+    async def delete_user(
+        self, user_id: str, *, keep: str | None = None, now: float | None = None
+    ) -> int:
+        call = self.inner.delete_user(user_id, keep=keep, now=now)
+        return await self._timed("delete_user", call)
+
+    async def delete_all(self, now: float) -> int:
+        return await self._timed("delete_all", self.inner.delete_all(now))
+
+    async def purge_expired(self, now: float) -> int:
+        return await self._timed("purge_expired", self.inner.purge_expired(now))
+
+    async def count(self, now: float) -> int:
+        return await self._timed("count", self.inner.count(now))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

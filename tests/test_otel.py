@@ -1,0 +1,134 @@
+"""OpenTelemetry metrics, read back through the real SDK's in-memory reader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from starlette.applications import Starlette
+
+from coatcheck import MemoryStore, Store
+from coatcheck.otel import SessionMetrics
+from coatcheck.stores.redis import RedisStore
+
+from . import apps
+from .conftest import client_for
+from .redis_servers import free_port
+
+pytestmark = pytest.mark.anyio
+
+NAME = "__Host-session"
+
+
+def make_app(store: Store, metrics: SessionMetrics) -> Starlette:
+    return apps.make_app(metrics.instrument(store), events=[metrics.record_event])
+
+
+def points(reader: InMemoryMetricReader, name: str) -> list[tuple[dict[str, Any], Any]]:
+    """(attributes, data point) of every point of the metric ``name``."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        (dict(point.attributes or {}), point)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def cookie_of(response: httpx.Response) -> dict[str, str]:
+    value = response.cookies.get(NAME)
+    assert value, response.headers
+    return {"cookie": f"{NAME}={value}"}
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def metrics(reader: InMemoryMetricReader) -> SessionMetrics:
+    return SessionMetrics(meter_provider=MeterProvider(metric_readers=[reader]))
+
+
+async def test_events_are_counted_by_kind(
+    reader: InMemoryMetricReader, metrics: SessionMetrics
+) -> None:
+    async with client_for(make_app(MemoryStore(), metrics)) as client:
+        phone = cookie_of(await client.post("/login"))
+        laptop = cookie_of(await client.post("/login"))
+        tablet = cookie_of(await client.post("/login"))
+        assert (await client.post("/revoke-others", headers=tablet)).json() == {"revoked": 2}
+        await client.post("/logout", headers=tablet)
+        assert (await client.get("/read", headers=phone)).json()["user"] is None
+        assert (await client.get("/read", headers=laptop)).json()["user"] is None
+    counts = {
+        attributes["coatcheck.event"]: point.value
+        for attributes, point in points(reader, "coatcheck.session.events")
+    }
+    # A revocation counts the sessions it ended.
+    assert counts == {"created": 3, "logged_in": 3, "revoked": 2, "logged_out": 1}
+
+
+async def test_store_calls_are_timed_by_operation_and_store(
+    reader: InMemoryMetricReader, metrics: SessionMetrics
+) -> None:
+    async with client_for(make_app(MemoryStore(), metrics)) as client:
+        headers = cookie_of(await client.post("/login"))
+        for _ in range(3):
+            await client.get("/read", headers=headers)
+    found = {
+        attributes["coatcheck.store.operation"]: point
+        for attributes, point in points(reader, "coatcheck.store.duration")
+    }
+    # The login sent no cookie, so it loaded nothing: three loads, one save.
+    assert {op: point.count for op, point in found.items()} == {"load": 3, "save": 1}
+    for attributes, point in points(reader, "coatcheck.store.duration"):
+        assert attributes["coatcheck.store"] == "MemoryStore"
+        assert "error.type" not in attributes
+        assert 0 < point.sum < 1
+        # Counting needs few attributes, and no credential or user may be one.
+        assert set(attributes) == {"coatcheck.store.operation", "coatcheck.store"}
+
+
+async def test_an_outage_is_timed_with_its_error_type(
+    reader: InMemoryMetricReader, metrics: SessionMetrics
+) -> None:
+    # A real client, refused by a port nobody listens on.
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        async with client_for(make_app(store, metrics)) as client:
+            response = await client.post("/login")
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+    finally:
+        await store.aclose()
+    failures = [
+        attributes
+        for attributes, _ in points(reader, "coatcheck.store.duration")
+        if "error.type" in attributes
+    ]
+    assert failures == [
+        {
+            "coatcheck.store.operation": "save",
+            "coatcheck.store": "RedisStore",
+            "error.type": "StoreUnavailableError",
+        }
+    ]
+
+
+async def test_the_instrumented_store_is_a_store_that_lets_its_own_attributes_through(
+    metrics: SessionMetrics,
+) -> None:
+    inner = MemoryStore(max_entries=7)
+    store = metrics.instrument(inner)
+    assert isinstance(store, Store)
+    assert store.max_entries == 7  # type: ignore[attr-defined]
+    assert await store.count(0) == 0
+    await store.aclose()
