@@ -566,6 +566,10 @@ async def test_page_buttons_revoke_with_plain_forms(app: FastAPI) -> None:
         assert revoked.status_code == 303
         assert revoked.headers["location"] == "/"
         assert (await phone.get("/me")).status_code == 401
+        # The page it leads to says so, once.
+        notice = '<p class="notice" role="status">Signed out that device.</p>'
+        assert notice in (await laptop.get("/")).text
+        assert 'class="notice"' not in (await laptop.get("/")).text
 
         missing = await laptop.post(f"/sessions/{phone_id}/revoke")
         assert missing.status_code == 404
@@ -575,6 +579,24 @@ async def test_page_buttons_revoke_with_plain_forms(app: FastAPI) -> None:
         assert others.status_code == 303
         assert (await third.get("/me")).status_code == 401
         assert (await laptop.get("/me")).status_code == 200
+        assert "Signed out 1 other device." in (await laptop.get("/")).text
+        await laptop.post("/sessions/revoke-others", headers=FORM)
+        assert "No other device was signed in." in (await laptop.get("/")).text
+
+
+@pytest.mark.anyio
+async def test_signing_this_device_out_from_the_page_leaves_no_session(app: FastAPI) -> None:
+    async with browser(app) as laptop:
+        await login(laptop)
+        own_id = (await laptop.get("/me")).json()["session"]["id"]
+        response = await laptop.post(f"/sessions/{own_id}/revoke", headers=FORM)
+        assert (response.status_code, response.headers["location"]) == (303, "/")
+        # No message is left behind, so no new session is started to carry one.
+        assert "Max-Age=0" in response.headers["set-cookie"]
+        assert not laptop.cookies
+        page = (await laptop.get("/")).text
+    assert 'id="signin"' in page
+    assert 'class="notice"' not in page
 
 
 @pytest.mark.anyio

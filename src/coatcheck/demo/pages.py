@@ -117,6 +117,8 @@ async def render_home(
         "devices": await session.devices() if user is not None else [],
         "cart": list(session.get("cart", [])),
         "error": error,
+        # Messages left by the form that redirected here; shown once.
+        "flashes": session.pop_flashes(),
         "username": username,
         "credentials": DEMO_CREDENTIALS,
         "cookie_name": request.app.state.cookie_name,

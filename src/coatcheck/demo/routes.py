@@ -164,7 +164,14 @@ async def revoke_others(
             return _to_page()
         raise not_authenticated()
     revoked = await session.revoke_others()
-    return _to_page() if from_page else Revoked(revoked=revoked)
+    if not from_page:
+        return Revoked(revoked=revoked)
+    session.flash(
+        f"Signed out {revoked} other device{'s' if revoked != 1 else ''}."
+        if revoked
+        else "No other device was signed in."
+    )
+    return _to_page()
 
 
 @router.delete(
@@ -183,6 +190,11 @@ async def revoke(session_id: str, user: RequiredUser, session: SessionDep) -> Re
 @router.post("/sessions/{session_id}/revoke", include_in_schema=False)
 async def revoke_from_page(session_id: str, user: CurrentUser, session: SessionDep) -> Response:
     """The page's revoke buttons: plain forms cannot send ``DELETE``."""
-    if user is not None and not await session.revoke(session_id):
+    if user is None:
+        return _to_page()
+    this_one = session_id == session.public_id
+    if not await session.revoke(session_id):
         raise PageError("That session has already ended.", 404)
+    if not this_one:  # signing this device out leaves no session to carry a message
+        session.flash("Signed out that device.")
     return _to_page()
