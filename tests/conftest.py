@@ -106,6 +106,13 @@ def redis_cluster(
     return redis_servers_registry.cluster()
 
 
+@pytest.fixture(scope="session")
+def redis_sentinel(
+    redis_servers_registry: redis_servers.RedisServers,
+) -> redis_servers.RedisSentinelServers:
+    return redis_servers_registry.sentinel()
+
+
 @pytest.fixture(params=STORE_KINDS)
 async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """Each backend in turn, real servers included."""

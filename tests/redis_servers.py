@@ -1,4 +1,5 @@
-"""Real Redis servers for the tests: one standalone server and one three-master Cluster.
+"""Real Redis servers for the tests: a standalone server, a three-master Cluster, and a
+master with a replica watched by a Sentinel.
 
 Servers run as child processes on free loopback ports in a temporary directory, with
 no persistence, and are stopped by PID. ``RedisServers`` starts each kind on first use
@@ -80,6 +81,7 @@ class RedisServer:
     unix_socket: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     binary: str = "redis-server"  # or Valkey's, which speaks the same protocol
+    config: Path | None = None  # a config file, which Sentinel mode needs (and rewrites)
     port: int = 0
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -114,6 +116,7 @@ class RedisServer:
     def _spawn(self) -> None:
         argv = [
             self.binary,
+            *(() if self.config is None else (str(self.config),)),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -260,6 +263,83 @@ class RedisClusterServers:
         return "cluster_state:ok" in text and "cluster_known_nodes:3" in text
 
 
+SENTINEL_SERVICE = "coatcheck"
+
+
+@dataclass
+class RedisSentinelServers:
+    """A master and one replica, watched by one Sentinel (quorum 1), which promotes the
+    replica once the master has not answered for a second."""
+
+    directory: Path
+    servers: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{SENTINEL_SERVICE}"
+
+    @property
+    def master(self) -> RedisServer:
+        return self.servers[0]
+
+    @property
+    def replica(self) -> RedisServer:
+        return self.servers[1]
+
+    @property
+    def sentinel(self) -> RedisServer:
+        return self.servers[2]
+
+    def start(self) -> RedisSentinelServers:
+        require_binaries()
+        try:
+            master = RedisServer(self.directory / "master")
+            self.servers.append(master.start())
+            replica = RedisServer(
+                self.directory / "replica", extra=("--replicaof", "127.0.0.1", str(master.port))
+            )
+            self.servers.append(replica.start())
+            config = self.directory / "sentinel" / "sentinel.conf"
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(
+                f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master.port} 1\n"
+                f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n"
+                f"sentinel failover-timeout {SENTINEL_SERVICE} 10000\n"
+            )
+            sentinel = RedisServer(config.parent, config=config, extra=("--sentinel",))
+            self.servers.append(sentinel.start())
+            self._wait_until_watched()
+        except BaseException:  # pytest.fail's exception too: stop what was started
+            self.stop()
+            raise
+        return self
+
+    def master_port(self) -> int:
+        """Where the Sentinel says the master is now."""
+        with self.sentinel.client() as probe:
+            _, port = probe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+        return int(port)
+
+    def _wait_until_watched(self) -> None:
+        """Until the replica is in sync and the Sentinel knows it: only then can a
+        failover promote it."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            with self.replica.client() as probe:
+                synced = probe.info("replication").get("master_link_status") == "up"
+            with self.sentinel.client() as probe:
+                known = probe.execute_command("SENTINEL", "REPLICAS", SENTINEL_SERVICE)
+            if synced and known:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail("the test Redis Sentinel never saw its replica in sync")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+
+
 class RedisServers:
     """The session's servers, each started on first use and all stopped at the end."""
 
@@ -268,6 +348,7 @@ class RedisServers:
         self._standalone: RedisServer | None = None
         self._valkey: RedisServer | None = None
         self._cluster: RedisClusterServers | None = None
+        self._sentinel: RedisSentinelServers | None = None
 
     def standalone(self) -> RedisServer:
         if self._standalone is None:
@@ -288,7 +369,14 @@ class RedisServers:
             self._cluster = RedisClusterServers(self.directory / "cluster").start()
         return self._cluster
 
+    def sentinel(self) -> RedisSentinelServers:
+        if self._sentinel is None:
+            self._sentinel = RedisSentinelServers(self.directory / "sentinel").start()
+        return self._sentinel
+
     def stop(self) -> None:
+        if self._sentinel is not None:
+            self._sentinel.stop()
         if self._standalone is not None:
             self._standalone.stop()
             if self._standalone.unix_socket is not None:

@@ -16,7 +16,7 @@ from coatcheck.stores import MemoryStore, SQLiteStore, Store
 
 from . import redis_servers
 
-STORE_KINDS = ("memory", "sqlite", "redis", "redis-cluster", "valkey")
+STORE_KINDS = ("memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "valkey")
 
 
 def unique_prefix() -> str:
@@ -31,7 +31,7 @@ def build_store(kind: str, directory: Path) -> Store:
         return MemoryStore()
     if kind == "sqlite":
         return SQLiteStore(directory / "sessions.db")
-    if kind in ("redis", "redis-cluster", "valkey"):
+    if kind in ("redis", "redis-cluster", "redis-sentinel", "valkey"):
         from coatcheck.stores.redis import RedisStore
 
         servers = redis_servers.active()
@@ -39,6 +39,7 @@ def build_store(kind: str, directory: Path) -> Store:
             "redis": servers.standalone,
             "valkey": servers.valkey,
             "redis-cluster": servers.cluster,
+            "redis-sentinel": servers.sentinel,
         }
         return RedisStore.from_url(server[kind]().url, prefix=unique_prefix())
     raise ValueError(f"unknown store kind {kind!r}")

@@ -182,6 +182,10 @@ def test_malformed_sqlite_url_shows_the_right_form(
         "redis://user:hunter2@127.0.0.1:6379/0?colour=blue",
         "redis+cluster://:hunter2@127.0.0.1:7000,127.0.0.1:x",
         "redis+cluster://:hunter2@127.0.0.1:7000/2",
+        "redis+sentinel://:hunter2@127.0.0.1:26379",  # no service name
+        "redis+sentinel://:hunter2@127.0.0.1:26379/main/x",
+        "redis+sentinel://:hunter2@127.0.0.1:26379/main/1?db=2",
+        "redis+sentinel://:hunter2@127.0.0.1:26379/main/1/2",
         "redis://:hunter2@[::1",  # urlsplit itself refuses it
         "redis://hunter2@[::1]:x/0",  # a password given without a user name
     ],
@@ -316,6 +320,39 @@ async def test_cluster_credentials_are_percent_decoded() -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "db"),
+    [
+        ("redis+sentinel://127.0.0.1:26379/main", 0),
+        ("redis+sentinel://127.0.0.1:26379/main/", 0),
+        ("redis+sentinel://127.0.0.1:26379/main/3", 3),
+        ("redis+sentinel://127.0.0.1:26379/main?db=4", 4),
+    ],
+)
+async def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database(
+    url: str, db: int
+) -> None:
+    client, _ = client_from_url(
+        url.replace("127.0.0.1:26379", "us%40er:p%3Aw@127.0.0.1:26379,[::1]:26380"), None
+    )  # nothing connects until first use
+    try:
+        settings = connection_settings(client)
+        assert settings["db"] == db
+        assert client.connection_pool.service_name == "main"  # type: ignore[attr-defined]
+        # The credentials are the master's: the Sentinels are asked without them.
+        assert (settings["username"], settings["password"]) == ("us@er", "p:w")
+        sentinels = [
+            s.connection_pool.connection_kwargs
+            for s in client.sentinels.sentinels  # type: ignore[attr-defined]
+        ]
+        assert [(s["host"], s["port"]) for s in sentinels] == [("127.0.0.1", 26379), ("::1", 26380)]
+        for sentinel in sentinels:
+            assert sentinel["password"] is None
+            assert sentinel["socket_timeout"] == sentinel["socket_connect_timeout"] == 1.0
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "redis://localhost?timeout=inf",
@@ -340,7 +377,13 @@ def test_timeout_keyword_out_of_bounds_is_a_configuration_error(seconds: float) 
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://localhost/0", "unix:///run/redis.sock", "redis+cluster://127.0.0.1:7000"]
+    "url",
+    [
+        "redis://localhost/0",
+        "unix:///run/redis.sock",
+        "redis+cluster://127.0.0.1:7000",
+        "redis+sentinel://127.0.0.1:26379/main",
+    ],
 )
 @pytest.mark.parametrize(("option", "seconds"), [("3600", 3600.0), ("0.05", 0.05)])
 async def test_timeouts_within_bounds_reach_the_client(

@@ -2,8 +2,9 @@
 
 ``memory://`` and ``sqlite:///relative/path.db`` (four slashes for an absolute
 path) are built in; each backend lives in its own module. Redis URLs (``redis://``,
-``rediss://``, ``unix://`` and, for Cluster, ``redis+cluster://host:port,host:port``)
-need the ``redis`` extra, imported only when such a URL is used.
+``rediss://``, ``unix://``, for Cluster ``redis+cluster://host:port,host:port`` and for
+Sentinel ``redis+sentinel://host:port,host:port/service``) need the ``redis`` extra,
+imported only when such a URL is used.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .sqlite import SQLiteStore
 __all__ = ["MemoryStore", "SQLiteStore", "SessionRecord", "Store", "store_from_url"]
 
 # Kept in step with coatcheck.stores._redis_url.URL_SCHEMES, which needs redis-py.
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
 SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES)
 _SQLITE_FORMS = "SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db"
 

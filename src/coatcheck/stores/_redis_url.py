@@ -1,4 +1,4 @@
-"""Building a redis-py client from a store URL, single node or Cluster.
+"""Building a redis-py client from a store URL: single node, Cluster or Sentinel.
 
 Timeouts and retries are chosen here, for the store's sake: an outage must become a
 quick 503 with Retry-After, never a request that hangs.
@@ -15,6 +15,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, u
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,7 +25,7 @@ from ..exceptions import ConfigurationError
 from ._redact import redact
 
 DEFAULT_TIMEOUT = 1.0
-URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
 
 RedisClient = Redis | RedisCluster
 
@@ -70,6 +71,8 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
     try:
         if parts.scheme.endswith("+cluster"):
             return _cluster_client(parts, options, settings, url), prefix
+        if parts.scheme == "redis+sentinel":
+            return _sentinel_client(parts, options, settings, url), prefix
         if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
             raise ConfigurationError(f"the path of a Redis URL is a database number, got {url!r}")
         plain = urlunsplit(parts._replace(query=urlencode(options)))
@@ -94,17 +97,7 @@ def _cluster_client(
     """``redis+cluster://[user:password@]host:port,host:port,...``: any reachable nodes."""
     if parts.path not in ("", "/", "/0") or "db" in options:
         raise ConfigurationError(f"Redis Cluster has only database 0, got {url!r}")
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    nodes = []
-    for address in hosts.split(","):
-        host, port = _host_port(address, url)
-        nodes.append(ClusterNode(host, port))
-    if credentials:
-        username, has_password, password = credentials.partition(":")
-        if username:
-            settings["username"] = unquote(username)
-        if has_password:
-            settings["password"] = unquote(password)
+    nodes = [ClusterNode(host, port) for host, port in _servers(parts, settings, url)]
     if parts.scheme == "rediss+cluster":
         settings["ssl"] = True
     for name, value in options.items():
@@ -113,6 +106,55 @@ def _cluster_client(
     # should wait; the 503 with Retry-After is the honest answer meanwhile.
     settings["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
     return _Cluster(startup_nodes=nodes, **settings)
+
+
+def _sentinel_client(
+    parts: SplitResult, options: dict[str, str], settings: dict[str, Any], url: str
+) -> Redis:
+    """``redis+sentinel://[user:password@]host:port,host:port,.../service[/db]``: the
+    Sentinels to ask, and the name of the master they watch. The credentials are the
+    master's; the Sentinels are asked without them, within the same timeout."""
+    service, _, db = parts.path.strip("/").partition("/")
+    if not service or "/" in db or not re.fullmatch(r"\d*", db) or (db and "db" in options):
+        raise ConfigurationError(
+            f"a Redis Sentinel URL ends in /service_name or /service_name/db, got {url!r}"
+        )
+    sentinels = _servers(parts, settings, url)
+    for name, value in options.items():
+        settings[name] = _OPTION_TYPES.get(name, str)(value)
+    settings["db"] = int(db or settings.get("db", 0))
+    # As for a single node: one quick retry, which asks the Sentinels where the master
+    # is now, so requests find a promoted replica by themselves after a failover.
+    settings["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
+    sentinel = Sentinel(sentinels, **settings)  # type: ignore[no-untyped-call]
+    client: _SentinelMaster = sentinel.master_for(service, redis_class=_SentinelMaster)
+    client.sentinels = sentinel
+    return client
+
+
+class _SentinelMaster(Redis):
+    """The master's client, which also closes the connections to the Sentinels."""
+
+    sentinels: Sentinel
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            await self.sentinels.aclose()
+
+
+def _servers(parts: SplitResult, settings: dict[str, Any], url: str) -> list[tuple[str, int]]:
+    """The ``host:port`` list of a Cluster or Sentinel URL; its credentials go to
+    ``settings``, percent-decoded."""
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    if credentials:
+        username, has_password, password = credentials.partition(":")
+        if username:
+            settings["username"] = unquote(username)
+        if has_password:
+            settings["password"] = unquote(password)
+    return [_host_port(address, url) for address in hosts.split(",")]
 
 
 class _Cluster(RedisCluster):
@@ -136,6 +178,7 @@ def _flag(value: str) -> bool:
 
 # Query options that Cluster clients need typed; redis-py parses them for single nodes.
 _OPTION_TYPES: dict[str, Callable[[str], Any]] = {
+    "db": int,
     "max_connections": int,
     "ssl_check_hostname": _flag,
 }
@@ -149,7 +192,9 @@ def _host_port(address: str, url: str) -> tuple[str, int]:
     else:
         host, _, port_text = address.partition(":")
     if not host:
-        raise ConfigurationError(f"a Redis Cluster URL lists host:port pairs, got {url!r}")
+        raise ConfigurationError(
+            f"a Redis Cluster or Sentinel URL lists host:port pairs, got {url!r}"
+        )
     return host, int(port_text or 6379)
 
 
