@@ -2,14 +2,28 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from coatcheck import CookieConfig, MemoryStore, SessionConfig, SessionMiddleware
-from coatcheck.fastapi import CurrentUser, SessionDep
-from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
+from coatcheck import (
+    CookieConfig,
+    MemoryStore,
+    SerializationError,
+    SessionConfig,
+    SessionMiddleware,
+    Store,
+)
+from coatcheck.fastapi import CurrentUser, RequiredUser, SessionDep
+from coatcheck.stores.redis import RedisStore
+from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock, create_session
+
+from .conftest import client_for
+from .redis_servers import RedisServer
+from .store_kinds import unique_prefix
 
 
 def make_app(config: SessionConfig) -> FastAPI:
@@ -82,3 +96,68 @@ def test_fake_clock_starts_now_and_only_moves_forward() -> None:
     clock.advance(0)
     with pytest.raises(ValueError, match="forward"):
         clock.advance(-1)
+
+
+# -- create_session ----------------------------------------------------------------------
+
+
+def guarded_app(store: Store, config: SessionConfig) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/private")
+    async def private(user: RequiredUser, session: SessionDep) -> dict[str, Any]:
+        devices = await session.devices()
+        return {
+            "user": user,
+            "data": dict(session),
+            "remember": session.remember,
+            "expires_at": session.expires_at.timestamp(),
+            "devices": [device.current for device in devices],
+        }
+
+    app.add_middleware(SessionMiddleware, store=store, config=config)
+    return app
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("remember", [False, True])
+async def test_create_session_logs_a_test_client_in_without_a_login(remember: bool) -> None:
+    clock = FakeClock(1_800_000_000.0)  # whole seconds: expires_at compares exactly
+    config = SessionConfig(clock=clock, idle_timeout=600, remember_idle_timeout=6000)
+    store = MemoryStore()
+    session_id = await create_session(
+        store, user_id="alice", data={"cart": ["apple"]}, remember=remember, config=config
+    )
+    async with client_for(guarded_app(store, config)) as client:
+        client.headers["cookie"] = f"{config.cookie.name}={session_id}"
+        body = (await client.get("/private")).json()
+        assert body == {
+            "user": "alice",
+            "data": {"cart": ["apple"]},
+            "remember": remember,
+            "expires_at": clock.now + (6000 if remember else 600),
+            "devices": [True],  # in alice's device list, as a real login is
+        }
+        clock.advance(6001 if remember else 601)  # the app's limits apply
+        assert (await client.get("/private")).status_code == 401
+
+
+def test_create_session_from_a_synchronous_test_on_redis(redis_server: RedisServer) -> None:
+    config = SessionConfig()
+    store = RedisStore.from_url(redis_server.url, prefix=unique_prefix())
+    with TestClient(guarded_app(store, config), base_url=TEST_BASE_URL) as client:
+        session_id = client.portal.call(partial(create_session, store, user_id="bob"))
+        client.cookies.set(config.cookie.name, session_id)
+        assert client.get("/private").json()["user"] == "bob"
+
+
+@pytest.mark.anyio
+async def test_create_session_refuses_what_would_not_work() -> None:
+    store = MemoryStore()
+    with pytest.raises(ValueError, match="non-empty string"):
+        await create_session(store, user_id="")
+    with pytest.raises(ValueError, match="would end at its first request"):
+        await create_session(store)
+    with pytest.raises(SerializationError, match="'when'"):
+        await create_session(store, user_id="alice", data={"when": time})
+    assert await store.count(0) == 0

@@ -17,14 +17,23 @@ Two things trip up a first test, both on purpose:
     with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN) as ws: ...
 
 For timeouts, build the app with ``SessionConfig(clock=clock)`` where ``clock`` is a
-:class:`FakeClock`, and move time with ``clock.advance(seconds)``.
+:class:`FakeClock`, and move time with ``clock.advance(seconds)``. To test routes behind
+a login without going through the login, :func:`create_session` stores a session for
+a user and returns the ID to put in the client's cookie.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["SAME_ORIGIN", "TEST_BASE_URL", "TEST_WS_BASE_URL", "FakeClock"]
+from ._ids import new_public_id, new_session_id, store_key
+from .config import SessionConfig
+from .serializers import JSONSerializer, Serializer
+from .stores.base import SessionRecord, Store
+
+__all__ = ["SAME_ORIGIN", "TEST_BASE_URL", "TEST_WS_BASE_URL", "FakeClock", "create_session"]
 
 TEST_BASE_URL = "https://testserver"
 TEST_WS_BASE_URL = "wss://testserver"
@@ -53,3 +62,48 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock({self.now!r})"
+
+
+async def create_session(
+    store: Store,
+    *,
+    user_id: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    remember: bool = False,
+    config: SessionConfig | None = None,
+    serializer: Serializer | None = None,
+) -> str:
+    """Store a session as a login would and return its ID, for a test client's cookie:
+
+        session_id = await create_session(store, user_id="alice", data={"cart": []})
+        client.cookies.set(config.cookie.name, session_id)
+
+    Give the app's ``config`` (its clock and limits decide the expiry) and, if the
+    middleware has one, its ``serializer``. From a synchronous test, run it in the
+    ``TestClient``'s event loop, which a Redis client needs:
+    ``with TestClient(app) as client: client.portal.call(partial(create_session, ...))``.
+    """
+    if user_id is not None and (not isinstance(user_id, str) or not user_id):
+        raise ValueError("user_id must be a non-empty string, or None for an anonymous session")
+    if user_id is None and not data:
+        raise ValueError(
+            "an anonymous session without data would end at its first request: "
+            "give user_id, data or both"
+        )
+    config = config or SessionConfig()
+    encoded = (serializer or JSONSerializer()).dumps(dict(data or {}))
+    now = config.clock()
+    session_id = new_session_id()
+    record = SessionRecord(
+        key=store_key(session_id),
+        public_id=new_public_id(),
+        data=encoded,
+        user_id=user_id,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=config.lifetime(remember).deadline(now, now),
+        remember=remember,
+        user_agent="coatcheck.testing",
+    )
+    await store.save(record)
+    return session_id
