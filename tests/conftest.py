@@ -133,6 +133,21 @@ def client_for(app: Any, **kwargs: Any) -> httpx.AsyncClient:
     )
 
 
+async def shut_down(app: Any) -> None:
+    """Run the app's lifespan through start-up and shutdown, as a server does."""
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, str]:
+        return next(messages)
+
+    async def send(message: dict[str, str]) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
 # Limits shortened by a later deploy, and how the session outlives them: (idle, absolute)
 # of the new limits, the seconds between the refreshing reads made under the old ones
 # (each keeps last_seen_at recent), then the seconds until the read under the new ones.

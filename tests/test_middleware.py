@@ -29,7 +29,7 @@ from coatcheck._ids import store_key
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
 
 from .apps import make_app
-from .conftest import SHORTENED, CountingStore, client_for
+from .conftest import SHORTENED, CountingStore, client_for, shut_down
 
 pytestmark = pytest.mark.anyio
 
@@ -718,18 +718,7 @@ def test_a_websocket_whose_store_is_down_is_told_to_try_again() -> None:
 
 
 async def test_lifespan_shutdown_closes_the_store(store: CountingStore) -> None:
-    app = make_app(store)
-    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-    sent: list[str] = []
-
-    async def receive() -> dict[str, str]:
-        return next(messages)
-
-    async def send(message: dict[str, str]) -> None:
-        sent.append(message["type"])
-
-    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)  # type: ignore[arg-type]
-    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    await shut_down(make_app(store))
     assert store.calls["aclose"] == 1
 
 

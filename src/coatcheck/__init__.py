@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from ._devices import Device
 from ._flash import Flash
-from .config import CookieConfig, CSRFConfig, Lifetime, SessionConfig, StarletteImport
+from .config import (
+    CookieConfig,
+    CSRFConfig,
+    Lifetime,
+    SessionConfig,
+    StarletteImport,
+    StarsessionsImport,
+)
 from .events import EventHook, SessionEvent
 from .exceptions import (
     CoatcheckError,
@@ -56,6 +63,7 @@ __all__ = [
     "SessionRecord",
     "SessionTooLargeError",
     "StarletteImport",
+    "StarsessionsImport",
     "Store",
     "StoreError",
     "StoreUnavailableError",

@@ -15,8 +15,8 @@ from typing import Any
 from ._asgi import Headers
 from ._cookies import CookieWriter, cookie_needle, read_cookie
 from ._ids import key_of, new_public_id, new_session_id, store_key
+from ._imports import importer_for
 from ._keys import Keyring
-from ._starlette_import import StarletteImporter
 from .config import SessionConfig
 from .csrf import CSRFGuard
 from .events import EventBus, EventHook, EventKind, SessionEvent
@@ -50,10 +50,11 @@ class Persistence:
         self.events = EventBus(events)
         self.store = store
         self.config = config
-        imported = config.starlette_import
-        self._importer = None if imported is None else StarletteImporter(imported, config.cookie)
-        # Starlette's cookie is a credential too while it can still be adopted.
-        credentials = [config.cookie.name] + ([] if imported is None else [imported.cookie_name])
+        self._importer = importer_for(config)
+        # The old cookie is a credential too while it can still be adopted.
+        credentials = [config.cookie.name]
+        if self._importer is not None:
+            credentials.append(self._importer.cookie_name)
         self.csrf = CSRFGuard(config.csrf, Keyring(config.secret_keys), credentials, config.clock)
         self.now = config.clock
         self.serializer: Serializer = serializer or JSONSerializer()
@@ -95,7 +96,7 @@ class Persistence:
                     record = None
         imported = None
         if record is None and self._importer is not None:
-            imported = self._importer.read(session._headers, now)
+            imported = await self._importer.read(session._headers, now)
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
         if imported is not None and self._importer is not None:
             # A new session with the old data: stored (and the old cookie cleared) when
@@ -134,8 +135,8 @@ class Persistence:
             if old_key is None:
                 # Never clear a cookie that matched nothing: a parallel login may have
                 # just replaced it in the browser, and this response would log it out.
-                # Starlette's, once adopted, goes: ended here, it must not come back.
-                cleared = self._clear_imported(session, replaced=False)
+                # The old one, once adopted, goes: ended here, it must not come back.
+                cleared = await self._end_imported(session, replaced=False)
                 return [*cleared, _NO_STORE] if cleared else []
             assert stored is not None
             if session._fresh or session._key != old_key:
@@ -230,7 +231,7 @@ class Persistence:
                 logger.warning("could not end the oldest sessions past the limit: %s", exc)
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         cookie = (b"set-cookie", self._cookies.set(session._id, max_age))
-        return [cookie, *self._clear_imported(session, replaced=True), _NO_STORE]
+        return [cookie, *await self._end_imported(session, replaced=True), _NO_STORE]
 
     async def _end_emptied(self, session: Session, stored: SessionRecord) -> bool:
         """End an anonymous session whose data was all removed (not destroyed), unless a
@@ -279,12 +280,14 @@ class Persistence:
         session._last_seen_at, session._expires_at = now, kept.expires_at
         return False
 
-    def _clear_imported(self, session: Session, *, replaced: bool) -> Headers:
-        """The header that ends Starlette's cookie, once its session was adopted here;
-        none when the new session's cookie, of the same name, ``replaced`` it."""
+    async def _end_imported(self, session: Session, *, replaced: bool) -> Headers:
+        """End the old session once its data was adopted here (or ended at once), and
+        return the header that clears its cookie; none when the new session's cookie,
+        of the same name, ``replaced`` it."""
         if not session._imported or self._importer is None:
             return []
         session._imported = False
+        await self._importer.consumed(session._headers)
         if replaced and self._importer.shares_name:
             return []
         return [(b"set-cookie", self._importer.clear_cookie)]
@@ -342,6 +345,14 @@ class Persistence:
             await self.commit(session, status)
         except SessionEndedError:
             logger.info("the session was ended elsewhere; its late changes are dropped")
+
+    async def aclose(self) -> None:
+        """Close the store, and what an importer holds open."""
+        try:
+            await self.store.aclose()
+        finally:
+            if self._importer is not None:
+                await self._importer.aclose()
 
     async def emit(
         self,

@@ -15,14 +15,15 @@ from datetime import timedelta
 from typing import Any
 
 from ._asgi import Headers
-from ._cookies import EPOCH, cookie_needle, read_cookie
+from ._cookies import read_cookie
+from ._imports import Importer
 from .config import CookieConfig, StarletteImport
 from .exceptions import MissingDependencyError
 
 logger = logging.getLogger("coatcheck")
 
 
-class StarletteImporter:
+class StarletteImporter(Importer):
     """Shared by all requests of one middleware."""
 
     def __init__(self, settings: StarletteImport, cookie: CookieConfig) -> None:
@@ -30,28 +31,15 @@ class StarletteImporter:
             from itsdangerous import BadSignature, TimestampSigner
         except ImportError as exc:
             raise MissingDependencyError("itsdangerous", "starlette-import") from exc
+        super().__init__(settings, cookie)
         self._signer = TimestampSigner(settings.secret_key)
         self._bad_signature = BadSignature
-        self._needle = cookie_needle(settings.cookie_name)
         max_age = settings.max_age  # whole seconds once validated; a timedelta before
         self._max_age = int(max_age.total_seconds() if isinstance(max_age, timedelta) else max_age)
-        self._until = None if settings.until is None else settings.until.timestamp()
-        self.user_key = settings.user_key
-        self.remember = settings.remember
-        # Starlette's own way to end its cookie. When both share one name, a new session's
-        # cookie replaces it instead: a response must not set one name twice.
-        attributes = [f"path={settings.path}"]
-        if settings.domain is not None:
-            attributes.append(f"Domain={settings.domain}")
-        if cookie.secure:
-            attributes.append("Secure")
-        clear = f"{settings.cookie_name}=null; expires={EPOCH}; {'; '.join(attributes)}"
-        self.clear_cookie = clear.encode()
-        self.shares_name = settings.cookie_name == cookie.name
 
-    def read(self, headers: Headers, now: float) -> dict[str, Any] | None:
+    async def read(self, headers: Headers, now: float) -> dict[str, Any] | None:
         """The data of a valid Starlette cookie in ``headers``, or None."""
-        if self._until is not None and now >= self._until:
+        if not self.open(now):
             return None
         value = read_cookie(headers, self._needle)
         if not value:
@@ -65,12 +53,3 @@ class StarletteImporter:
             return None
         logger.info("adopting a session from Starlette's cookie")
         return data
-
-    def user(self, data: dict[str, Any]) -> str | None:
-        """The user the imported data names under ``user_key``, if any."""
-        if self.user_key is None:
-            return None
-        value = data.get(self.user_key)
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-            return None
-        return str(value)

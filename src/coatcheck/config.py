@@ -132,12 +132,48 @@ class StarletteImport:
     def __post_init__(self) -> None:
         if not self.secret_key:
             raise ConfigurationError("StarletteImport needs the secret_key Starlette signed with")
-        if not _TOKEN.match(self.cookie_name):
-            raise ConfigurationError(f"cookie name {self.cookie_name!r} is not a valid cookie name")
         object.__setattr__(self, "max_age", _seconds("max_age", self.max_age))
-        if self.until is not None and self.until.utcoffset() is None:
-            raise ConfigurationError("until must be an aware datetime (with a time zone)")
-        _check_attributes(path=self.path, domain=self.domain)
+        _check_import(self.cookie_name, self.until, self.path, self.domain)
+
+
+@dataclass(frozen=True, slots=True)
+class StarsessionsImport:
+    """Adopt the sessions that starsessions keeps in Redis, so switching to coatcheck
+    logs nobody out.
+
+    A request that has no coatcheck session but starsessions' cookie, whose ID is still
+    stored under ``prefix`` in the Redis that ``url`` names (any of
+    :meth:`~coatcheck.stores.redis.RedisStore.from_url`'s forms), gets a new server-side
+    session holding its data, without starsessions' ``__metadata__``. Once that session
+    is stored, the old key is deleted and the old cookie cleared, so no copy of it
+    adopts anything again. ``user_key``, ``until`` and ``remember`` work as for
+    :class:`StarletteImport`; starsessions' cookies end with the browser by default, and
+    so do the adopted sessions unless ``remember=True``. Needs the ``redis`` extra.
+    """
+
+    url: str = field(repr=False)  # may hold a password
+    prefix: str = "starsessions."  # starsessions' RedisStore default
+    cookie_name: str = "session"
+    until: datetime | None = None
+    user_key: str | None = None
+    remember: bool = False
+    path: str = "/"
+    domain: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ConfigurationError("StarsessionsImport needs the URL of starsessions' Redis")
+        if not self.prefix:
+            raise ConfigurationError("StarsessionsImport needs the key prefix starsessions used")
+        _check_import(self.cookie_name, self.until, self.path, self.domain)
+
+
+def _check_import(cookie_name: str, until: datetime | None, path: str, domain: str | None) -> None:
+    if not _TOKEN.match(cookie_name):
+        raise ConfigurationError(f"cookie name {cookie_name!r} is not a valid cookie name")
+    if until is not None and until.utcoffset() is None:
+        raise ConfigurationError("until must be an aware datetime (with a time zone)")
+    _check_attributes(path=path, domain=domain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +214,7 @@ class SessionConfig:
     secret_keys: Sequence[str | bytes] = field(default=(), repr=False)
     csrf: CSRFConfig = field(default_factory=CSRFConfig)
     starlette_import: StarletteImport | None = None
+    starsessions_import: StarsessionsImport | None = None
     websocket_recheck: Duration | None = timedelta(minutes=1)
     clock: Callable[[], float] = time.time
     normal: Lifetime = field(init=False)
@@ -208,6 +245,10 @@ class SessionConfig:
             raise ConfigurationError("max_session_bytes must be at least 1024")
         if self.max_sessions_per_user is not None and self.max_sessions_per_user < 1:
             raise ConfigurationError("max_sessions_per_user must be at least 1, or None")
+        if self.starlette_import is not None and self.starsessions_import is not None:
+            raise ConfigurationError(
+                "import from Starlette's SessionMiddleware or from starsessions, not both"
+            )
         if self.retry_after < 1:
             raise ConfigurationError("retry_after must be at least 1 second")
         if isinstance(self.secret_keys, (str, bytes)):

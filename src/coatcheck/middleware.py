@@ -245,7 +245,7 @@ class SessionMiddleware:
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
-                await self.store.aclose()
+                await self._persistence.aclose()
             await send(message)
 
         return wrapped

@@ -80,7 +80,7 @@ class Session(MutableMapping[str, Any]):
     _meta_changed: bool
     _models: dict[str, Binding] | None  # typed values handed out by model()
     _fresh: bool  # the data no longer continues the stored record's (destroy, user switch)
-    _imported: bool  # adopted from Starlette's cookie, which the response must clear
+    _imported: bool  # adopted from the old library's session, which the response ends
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
