@@ -141,7 +141,9 @@ class _SentinelMaster(Redis):
         try:
             await super().aclose(close_connection_pool)
         finally:
-            await self.sentinels.aclose()
+            # One by one: Sentinel.aclose() is newer than the oldest redis-py allowed.
+            for sentinel in self.sentinels.sentinels:
+                await sentinel.aclose()
 
 
 def _servers(parts: SplitResult, settings: dict[str, Any], url: str) -> list[tuple[str, int]]:
