@@ -207,6 +207,10 @@ def test_devices_list_marks_this_device_and_revokes_the_other(
     expect_signed_in(laptop, "alice")
     expect(devices).to_have_count(1)
     expect(devices).to_contain_text(laptop_id)
+    # The page the form led to says what happened, once: a reload shows it no more.
+    expect(laptop.get_by_role("status")).to_have_text("Signed out that device.")
+    laptop.reload()
+    expect(laptop.get_by_role("status")).to_have_count(0)
 
 
 # -- 5. another site ---------------------------------------------------------------------
