@@ -168,18 +168,7 @@ class Persistence:
             return []
 
         expires_at = lifetime.deadline(now, session._created_at)
-        record = SessionRecord(
-            key=key,
-            public_id=session._public_id,
-            data=data,
-            user_id=session._user_id,
-            created_at=session._created_at,
-            last_seen_at=now,
-            expires_at=expires_at,
-            remember=session._remember,
-            user_agent=_user_agent(session._headers),
-            version=1 if stored is None else stored.version + 1,
-        )
+        record = _record(session, key, data, now, expires_at, stored)
         written = [record]
         if stored is None:
             if not await self.store.save(record):
@@ -243,18 +232,7 @@ class Persistence:
         Only once the dead record stands is it deleted.
         """
         now = self.now()
-        record = SessionRecord(
-            key=stored.key,
-            public_id=session._public_id,
-            data=self._empty,
-            user_id=None,
-            created_at=session._created_at,
-            last_seen_at=now,
-            expires_at=now,
-            remember=session._remember,
-            user_agent=_user_agent(session._headers),
-            version=stored.version + 1,
-        )
+        record = _record(session, stored.key, self._empty, now, now, stored)
         written = [record]
         merge_live = self._merger(session, stored, record, written)
 
@@ -330,10 +308,11 @@ class Persistence:
         """
         if status >= 500:
             return
-        if session._models:
-            session._sync_models()
         if session._stored is None or session._id is None:
-            # No live record under the cookie the browser holds.
+            # No live record under the cookie the browser holds. (Elsewhere, commit()
+            # brings the typed values up to date itself.)
+            if session._models:
+                session._sync_models()
             changed = session._modified or session._meta_changed
             if changed and (session._data or session._user_id is not None):
                 logger.warning(_LATE_DROPPED)
@@ -430,6 +409,29 @@ class Persistence:
             return result
 
         return merge
+
+
+def _record(
+    session: Session,
+    key: str,
+    data: bytes,
+    now: float,
+    expires_at: float,
+    stored: SessionRecord | None,
+) -> SessionRecord:
+    """What a save of ``session`` writes at ``now``: the version after ``stored``'s."""
+    return SessionRecord(
+        key=key,
+        public_id=session._public_id,
+        data=data,
+        user_id=session._user_id,
+        created_at=session._created_at,
+        last_seen_at=now,
+        expires_at=expires_at,
+        remember=session._remember,
+        user_agent=_user_agent(session._headers),
+        version=1 if stored is None else stored.version + 1,
+    )
 
 
 def _user_agent(headers: Headers) -> str:

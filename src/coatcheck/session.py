@@ -212,11 +212,12 @@ class Session(MutableMapping[str, Any]):
         return binding.instance  # type: ignore[no-any-return]
 
     def _sync_models(self) -> None:
-        """Write the typed values that changed back into the data, before a save."""
-        if self._models:
-            for key, binding in self._models.items():
-                if binding.sync(key, self._data):
-                    self._modified = True
+        """Write the typed values that changed back into the data, before a save.
+        Callers check ``_models`` first, sparing the call on the usual request."""
+        assert self._models is not None
+        for key, binding in self._models.items():
+            if binding.sync(key, self._data):
+                self._modified = True
 
     def clear(self) -> None:
         """Forget all data but keep the session, its ID and its user."""
