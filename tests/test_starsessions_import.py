@@ -6,6 +6,8 @@ test redis-server.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
@@ -181,3 +183,16 @@ def test_settings_that_cannot_work_fail_at_start_up() -> None:
     config = SessionConfig(starsessions_import=StarsessionsImport(url="redis://h?prefix=x"))
     with pytest.raises(ConfigurationError, match="not in its URL"):
         SessionMiddleware(apps.make_app(MemoryStore()), MemoryStore(), config)
+
+
+def test_without_redis_py_the_import_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "from coatcheck import MemoryStore, SessionConfig, SessionMiddleware, StarsessionsImport\n"
+        "config = SessionConfig(starsessions_import=StarsessionsImport(url='redis://h'))\n"
+        "SessionMiddleware(None, MemoryStore(), config)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "pip install 'coatcheck[redis]'" in result.stderr

@@ -19,6 +19,12 @@ from ._imports import Importer
 from .config import CookieConfig, StarsessionsImport
 from .exceptions import ConfigurationError, MissingDependencyError
 
+try:
+    from .stores._redis_errors import REDIS_ERRORS, translate
+    from .stores._redis_url import client_from_url
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise MissingDependencyError("redis", "redis") from exc
+
 logger = logging.getLogger("coatcheck")
 
 # starsessions mints 32 hex digits; anything far from an ID is not looked up at all.
@@ -30,11 +36,6 @@ class StarsessionsImporter(Importer):
     """Shared by all requests of one middleware; owns a Redis client."""
 
     def __init__(self, settings: StarsessionsImport, cookie: CookieConfig) -> None:
-        try:
-            from .stores._redis_errors import REDIS_ERRORS, translate
-            from .stores._redis_url import client_from_url
-        except ImportError as exc:
-            raise MissingDependencyError("redis", "redis") from exc
         super().__init__(settings, cookie)
         self._client, url_prefix = client_from_url(settings.url, None)
         if url_prefix is not None:
@@ -42,8 +43,6 @@ class StarsessionsImporter(Importer):
                 "give starsessions' key prefix as StarsessionsImport(prefix=...), not in its URL"
             )
         self._prefix = settings.prefix
-        self._errors = REDIS_ERRORS
-        self._translate = translate
 
     def _key(self, headers: Headers) -> str | None:
         value = read_cookie(headers, self._needle)
@@ -58,8 +57,8 @@ class StarsessionsImporter(Importer):
             return None
         try:
             raw = await self._client.get(key)
-        except self._errors as exc:
-            raise self._translate(exc, None) from exc  # the old store's outage: a 503 too
+        except REDIS_ERRORS as exc:
+            raise translate(exc, None) from exc  # the old store's outage: a 503 too
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
@@ -78,7 +77,7 @@ class StarsessionsImporter(Importer):
             return
         try:
             await self._client.delete(key)
-        except self._errors as exc:
+        except REDIS_ERRORS as exc:
             # The new session is stored; the old one lives on until starsessions' TTL.
             logger.warning("could not delete the adopted starsessions key: %s", exc)
 
