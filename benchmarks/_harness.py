@@ -23,12 +23,13 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 
 from coatcheck import SessionConfig, SessionMiddleware, Store
-from coatcheck.fastapi import RequiredUser, SessionDep, get_session
+from coatcheck.fastapi import RequiredUser, SessionDep, get_session, session_model
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -301,6 +302,15 @@ class CallCounter:
 # -- the session variants both benchmarks build -----------------------------------------
 
 
+class Tally(BaseModel):
+    """The typed value the *typed read* variant reads."""
+
+    n: int = 0
+
+
+TallyDep = Annotated[Tally, session_model("tally", Tally)]
+
+
 def coatcheck_app(store: Store, first: str, *, read_in_body: bool = False) -> tuple[ASGIApp, str]:
     """The session app, ``first`` matched first; ``read_in_body`` makes ``/read`` call
     ``get_session()`` itself.
@@ -331,6 +341,15 @@ def coatcheck_app(store: Store, first: str, *, read_in_body: bool = False) -> tu
     async def write(session: SessionDep) -> dict[str, Any]:
         session["n"] = session.get("n", 0) + 1
         return {"n": session["n"]}
+
+    @inner.get("/tally")
+    async def typed_read(tally: TallyDep) -> dict[str, Any]:
+        return {"n": tally.n}
+
+    @inner.post("/tally")
+    async def typed_write(tally: TallyDep) -> dict[str, Any]:
+        tally.n += 1
+        return {"n": tally.n}
 
     @inner.post("/login")
     async def login(session: SessionDep) -> dict[str, bool]:
@@ -399,9 +418,26 @@ async def add_coatcheck(
     expect(calls == {"load": 2, "save": 2, "delete": 0}, f"{prefix} write: store calls {calls}")
     suite.add(Variant(f"{prefix} write", write_app, "/write", writer, baselines=baselines))
 
+    # A typed value (a Pydantic model) read through its dependency: validated on the
+    # way in, and its dump compared on the way out, where it finds nothing to write.
+    typed_app, _ = coatcheck_app(store, "/tally")
+    same_origin = [*BASE_HEADERS, (b"sec-fetch-site", b"same-origin")]
+    seeded = ok(await request(typed_app, "/tally", same_origin, method="POST"), f"{prefix} typed")
+    tallied = seeded.cookie(cookie)
+    expect(tallied is not None, f"{prefix} typed: no {cookie} cookie: {seeded.headers}")
+    assert tallied is not None
+    typed_reader = cookie_headers(cookie, tallied)  # holds {"tally": {"n": 1}}
+    with counter.counting() as calls:
+        response = ok(await request(typed_app, "/tally", typed_reader), f"{prefix} typed read")
+    expect(response.json() == {"n": 1}, f"{prefix} typed read: body {response.body!r}")
+    expect(not response.header_values(b"set-cookie"), f"{prefix} typed read: sets a cookie")
+    expect(calls == {"load": 1, "save": 0, "delete": 0}, f"{prefix} typed read: calls {calls}")
+    suite.add(
+        Variant(f"{prefix} typed read", typed_app, "/tally", typed_reader, baselines=baselines)
+    )
+
     # A logged-in user, checked by the dependency that guards most authenticated routes.
     me_app, _ = coatcheck_app(store, "/me")
-    same_origin = [*BASE_HEADERS, (b"sec-fetch-site", b"same-origin")]
     login = ok(await request(me_app, "/login", same_origin, method="POST"), f"{prefix} login")
     user = login.cookie(cookie)
     expect(user is not None, f"{prefix} login: no {cookie} cookie: {login.headers}")

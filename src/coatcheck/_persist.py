@@ -110,8 +110,11 @@ class Persistence:
     def settled(self, session: Session) -> bool:
         """True for a plain read, the common case: nothing to write, no cookie to send.
 
-        Synchronous, so the middleware can tell without starting a commit.
+        Synchronous, so the middleware can tell without starting a commit. Typed values
+        are brought up to date first: a changed one is a change like any other.
         """
+        if session._models:
+            session._sync_models()
         stored = session._stored
         return (
             stored is not None
@@ -123,11 +126,7 @@ class Persistence:
 
     async def commit(self, session: Session, status: int) -> Headers:
         """Write what changed and return the headers the response must carry."""
-        if not session._loaded or status >= 500:
-            return []
-        if session._models:
-            session._sync_models()
-        if self.settled(session):
+        if not session._loaded or status >= 500 or self.settled(session):
             return []
         stored = session._stored
         old_key = stored.key if stored is not None else None
@@ -304,15 +303,13 @@ class Persistence:
         The cookie can no longer change then (login() and regenerate() refuse), so
         nothing is created: a session that never had a record, or was destroyed,
         keeps none of it, and one that another request ended stays ended. The caller
-        has checked that the session is loaded and was changed, or may have been.
+        has brought its typed values up to date, and checked that the session is
+        loaded and was changed, or may have been.
         """
         if status >= 500:
             return
         if session._stored is None or session._id is None:
-            # No live record under the cookie the browser holds. (Elsewhere, commit()
-            # brings the typed values up to date itself.)
-            if session._models:
-                session._sync_models()
+            # No live record under the cookie the browser holds.
             changed = session._modified or session._meta_changed
             if changed and (session._data or session._user_id is not None):
                 logger.warning(_LATE_DROPPED)

@@ -132,14 +132,13 @@ class SessionMiddleware:
             await self.app(scope, receive, send_wrapper)
             # Changed since the response started, or may have been (a value handed out
             # can be changed in place); the usual read skips this without a coroutine.
-            if (
-                started
-                and not failed
-                and session._loaded
-                and (session._modified or session._exposed)
-                and not (watch is not None and watch.closed)
-            ):
-                await self._persistence.commit_late(session, status)
+            if started and not failed and session._loaded:
+                if session._models:
+                    session._sync_models()  # a typed value changed in place counts
+                if (session._modified or session._exposed) and not (
+                    watch is not None and watch.closed
+                ):
+                    await self._persistence.commit_late(session, status)
         except StoreError as exc:
             if started:
                 raise

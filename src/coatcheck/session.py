@@ -203,7 +203,6 @@ class Session(MutableMapping[str, Any]):
         if binding is None:
             check_model(model)
             binding = self._models[key] = Binding.of(key, model, self._data)
-            self._exposed = True  # the instance may change until the request ends
         elif binding.model is not model:
             raise TypeError(
                 f"session value {key!r} is already in use as a {binding.model.__name__} "
