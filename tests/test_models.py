@@ -12,12 +12,14 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import BackgroundTasks, FastAPI
+from fastapi import BackgroundTasks, FastAPI, WebSocket
+from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from coatcheck import ConfigurationError, MemoryStore, SessionConfig, SessionMiddleware
 from coatcheck._ids import store_key
 from coatcheck.fastapi import SessionDep, session_model
+from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL
 
 from .conftest import CountingStore, client_for
 
@@ -329,3 +331,21 @@ async def test_a_change_after_clear_is_not_stored() -> None:
         headers = cookie_of(await client.post("/cart/apple"))
         await client.post("/empty", headers=headers)
         assert (await client.get("/raw", headers=headers)).json() == {}
+
+
+def test_a_websocket_can_change_a_typed_value_after_accepting() -> None:
+    app = make_app(MemoryStore())
+
+    @app.websocket("/ws")
+    async def ws(socket: WebSocket, cart: CartDep) -> None:
+        await socket.accept()
+        cart.items.append(await socket.receive_text())  # after the handshake's save
+        await socket.send_text("added")
+        await socket.close()
+
+    with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+        client.post("/cart/apple")
+        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN) as socket:
+            socket.send_text("pear")
+            assert socket.receive_text() == "added"
+        assert client.get("/raw").json() == {"cart": {"items": ["apple", "pear"], "coupon": None}}
