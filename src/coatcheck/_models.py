@@ -17,9 +17,7 @@ from .exceptions import ConfigurationError
 logger = logging.getLogger("coatcheck")
 
 M = TypeVar("M")
-
-
-_checked: set[type[Any]] = set()
+_checked: set[type[Any]] = set()  # the model classes check_model() has passed
 
 
 def check_model(model: type[Any]) -> None:
