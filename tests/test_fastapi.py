@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
+from typing import Annotated
+
 import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from coatcheck import CookieConfig, MemoryStore, SessionConfig, SessionMiddleware
-from coatcheck.fastapi import CurrentUser, RequiredUser, SessionDep
+from coatcheck.fastapi import CurrentUser, RequiredUser, SessionDep, user_loader
 
 from .conftest import client_for
 
@@ -124,3 +128,93 @@ async def test_plain_def_handlers_read_and_write_the_session() -> None:
         assert rotated != cookie
         after = await client.get("/me", headers={"cookie": rotated})
     assert after.json() == {"user": "alice", "cart": ["apple", "apple"]}
+
+
+# -- user_loader -------------------------------------------------------------------------
+
+
+@dataclass
+class Account:
+    name: str
+    loaded_in: str  # the thread that loaded it
+
+
+ACCOUNTS = {"alice", "bob"}
+
+
+async def load_async(user_id: str) -> Account | None:
+    return Account(user_id, threading.current_thread().name) if user_id in ACCOUNTS else None
+
+
+def load_sync(user_id: str) -> Account | None:
+    return Account(user_id, threading.current_thread().name) if user_id in ACCOUNTS else None
+
+
+AsyncAccount = Annotated[Account, user_loader(load_async)]
+SyncAccount = Annotated[Account, user_loader(load_sync)]
+
+
+def loader_app(sync: bool) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/login/{user}")
+    async def login(user: str, session: SessionDep) -> None:
+        session.login(user)
+
+    if sync:
+
+        @app.get("/account")
+        async def account(current: SyncAccount) -> dict[str, str]:
+            return {"name": current.name, "thread": current.loaded_in}
+
+    else:
+
+        @app.get("/account")
+        async def account_async(current: AsyncAccount) -> dict[str, str]:
+            return {"name": current.name, "thread": current.loaded_in}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    return app
+
+
+def cookie_of(response: httpx.Response) -> dict[str, str]:
+    return {"cookie": f"__Host-session={response.cookies['__Host-session']}"}
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "def"])
+async def test_user_loader_gives_the_apps_own_user_object(sync: bool) -> None:
+    async with client_for(loader_app(sync)) as client:
+        alice = cookie_of(await client.post("/login/alice"))
+        body = (await client.get("/account", headers=alice)).json()
+        anonymous = await client.get("/account")
+    assert body["name"] == "alice"
+    # A plain def loader is kept off the event loop, as FastAPI keeps plain dependencies.
+    assert (body["thread"] == threading.main_thread().name) is not sync
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "APIKey"
+    assert "set-cookie" not in anonymous.headers
+
+
+async def test_a_user_the_loader_no_longer_finds_is_signed_out_everywhere() -> None:
+    ACCOUNTS.add("carol")
+    async with client_for(loader_app(sync=False)) as client:
+        laptop = cookie_of(await client.post("/login/carol"))
+        phone = cookie_of(await client.post("/login/carol"))
+        assert (await client.get("/account", headers=laptop)).status_code == 200
+        ACCOUNTS.discard("carol")  # the account is deleted
+        refused = await client.get("/account", headers=laptop)
+        assert refused.status_code == 401
+        assert "Max-Age=0" in refused.headers["set-cookie"]
+        ACCOUNTS.add("carol")  # even if it came back, those sessions stay ended
+        try:
+            for device in (laptop, phone):
+                assert (await client.get("/account", headers=device)).status_code == 401
+        finally:
+            ACCOUNTS.discard("carol")
+
+
+async def test_user_loader_routes_show_the_cookie_in_the_docs() -> None:
+    async with client_for(loader_app(sync=False)) as client:
+        schema = (await client.get("/openapi.json")).json()
+    assert schema["paths"]["/account"]["get"]["security"] == [{"coatcheck": []}]
+    assert "parameters" not in schema["paths"]["/account"]["get"]
