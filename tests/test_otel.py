@@ -1,4 +1,5 @@
-"""OpenTelemetry metrics, read back through the real SDK's in-memory reader."""
+"""OpenTelemetry metrics and spans, read back through the real SDK's in-memory reader
+and exporter."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 
 from coatcheck import MemoryStore, Store
-from coatcheck.otel import SessionMetrics
+from coatcheck.otel import SessionTelemetry
 from coatcheck.stores.redis import RedisStore
 
 from . import apps
@@ -23,8 +28,8 @@ pytestmark = pytest.mark.anyio
 NAME = "__Host-session"
 
 
-def make_app(store: Store, metrics: SessionMetrics) -> Starlette:
-    return apps.make_app(metrics.instrument(store), events=[metrics.record_event])
+def make_app(store: Store, telemetry: SessionTelemetry) -> Starlette:
+    return apps.make_app(telemetry.instrument(store), events=[telemetry.record_event])
 
 
 def points(reader: InMemoryMetricReader, name: str) -> list[tuple[dict[str, Any], Any]]:
@@ -53,14 +58,23 @@ def reader() -> InMemoryMetricReader:
 
 
 @pytest.fixture
-def metrics(reader: InMemoryMetricReader) -> SessionMetrics:
-    return SessionMetrics(meter_provider=MeterProvider(metric_readers=[reader]))
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def telemetry(reader: InMemoryMetricReader, spans: InMemorySpanExporter) -> SessionTelemetry:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    return SessionTelemetry(
+        meter_provider=MeterProvider(metric_readers=[reader]), tracer_provider=tracer_provider
+    )
 
 
 async def test_events_are_counted_by_kind(
-    reader: InMemoryMetricReader, metrics: SessionMetrics
+    reader: InMemoryMetricReader, telemetry: SessionTelemetry
 ) -> None:
-    async with client_for(make_app(MemoryStore(), metrics)) as client:
+    async with client_for(make_app(MemoryStore(), telemetry)) as client:
         phone = cookie_of(await client.post("/login"))
         laptop = cookie_of(await client.post("/login"))
         tablet = cookie_of(await client.post("/login"))
@@ -77,9 +91,9 @@ async def test_events_are_counted_by_kind(
 
 
 async def test_store_calls_are_timed_by_operation_and_store(
-    reader: InMemoryMetricReader, metrics: SessionMetrics
+    reader: InMemoryMetricReader, telemetry: SessionTelemetry
 ) -> None:
-    async with client_for(make_app(MemoryStore(), metrics)) as client:
+    async with client_for(make_app(MemoryStore(), telemetry)) as client:
         headers = cookie_of(await client.post("/login"))
         for _ in range(3):
             await client.get("/read", headers=headers)
@@ -98,12 +112,12 @@ async def test_store_calls_are_timed_by_operation_and_store(
 
 
 async def test_an_outage_is_timed_with_its_error_type(
-    reader: InMemoryMetricReader, metrics: SessionMetrics
+    reader: InMemoryMetricReader, telemetry: SessionTelemetry
 ) -> None:
     # A real client, refused by a port nobody listens on.
     store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
     try:
-        async with client_for(make_app(store, metrics)) as client:
+        async with client_for(make_app(store, telemetry)) as client:
             response = await client.post("/login")
         assert response.status_code == 503
         assert response.headers["retry-after"]
@@ -124,11 +138,38 @@ async def test_an_outage_is_timed_with_its_error_type(
 
 
 async def test_the_instrumented_store_is_a_store_that_lets_its_own_attributes_through(
-    metrics: SessionMetrics,
+    telemetry: SessionTelemetry,
 ) -> None:
     inner = MemoryStore(max_entries=7)
-    store = metrics.instrument(inner)
+    store = telemetry.instrument(inner)
     assert isinstance(store, Store)
     assert store.max_entries == 7  # type: ignore[attr-defined]
     assert await store.count(0) == 0
     await store.aclose()
+
+
+async def test_each_store_call_is_a_client_span_and_a_failure_marks_it(
+    telemetry: SessionTelemetry, spans: InMemorySpanExporter
+) -> None:
+    async with client_for(make_app(MemoryStore(), telemetry)) as client:
+        headers = cookie_of(await client.post("/login"))
+        await client.get("/read", headers=headers)
+    finished = spans.get_finished_spans()
+    assert [span.name for span in finished] == ["coatcheck.store save", "coatcheck.store load"]
+    for span in finished:
+        assert span.kind is SpanKind.CLIENT
+        assert span.status.status_code is StatusCode.UNSET
+        assert dict(span.attributes or {})["coatcheck.store"] == "MemoryStore"
+    spans.clear()
+
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        async with client_for(make_app(store, telemetry)) as client:
+            assert (await client.post("/login")).status_code == 503
+    finally:
+        await store.aclose()
+    (failed,) = spans.get_finished_spans()
+    assert failed.name == "coatcheck.store save"
+    assert failed.status.status_code is StatusCode.ERROR
+    assert dict(failed.attributes or {})["error.type"] == "StoreUnavailableError"
+    assert [event.name for event in failed.events] == ["exception"]

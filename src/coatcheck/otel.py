@@ -1,10 +1,10 @@
-"""OpenTelemetry metrics: session events, and how long the store takes and how it fails.
+"""OpenTelemetry: session events, and how long the store takes and how it fails.
 
-    from coatcheck.otel import SessionMetrics
+    from coatcheck.otel import SessionTelemetry
 
-    metrics = SessionMetrics()  # the global MeterProvider, or meter_provider=...
+    telemetry = SessionTelemetry()  # the global providers, or meter_provider=, tracer_provider=
     app.add_middleware(
-        SessionMiddleware, store=metrics.instrument(store), events=[metrics.record_event]
+        SessionMiddleware, store=telemetry.instrument(store), events=[telemetry.record_event]
     )
 
 Two instruments, named after the OpenTelemetry conventions for database clients:
@@ -16,9 +16,11 @@ Two instruments, named after the OpenTelemetry conventions for database clients:
   ``error.type`` set to the error's class name when the call failed, so an outage
   (``StoreUnavailableError``) shows apart from a merge that gave up.
 
-No attribute holds a user id or a session's id: metrics are for counting, and their
-attributes must stay few. Needs the ``otel`` extra (``opentelemetry-api``); the app
-picks the SDK and exporter.
+Each store call is also a client span, ``coatcheck.store <operation>``, with the same
+attributes, so a slow request's trace shows its session store; a failed call records
+its error and sets the span's status. No attribute holds a user id or a session's id:
+metrics are for counting, and their attributes must stay few. Needs the ``otel`` extra
+(``opentelemetry-api``); the app picks the SDK and exporters.
 """
 
 from __future__ import annotations
@@ -31,24 +33,31 @@ from .exceptions import MissingDependencyError
 
 try:
     from opentelemetry.metrics import Histogram, MeterProvider, get_meter
+    from opentelemetry.trace import SpanKind, StatusCode, Tracer, TracerProvider, get_tracer
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("opentelemetry-api", "otel") from exc
 
 from .events import SessionEvent
 from .stores.base import Merge, SessionRecord, Store
 
-__all__ = ["SessionMetrics"]
+__all__ = ["SessionTelemetry"]
 
 T = TypeVar("T")
 
 
-class SessionMetrics:
-    """The instruments, and the two ways in: an event hook and a store wrapper."""
+class SessionTelemetry:
+    """The instruments and the tracer, and the two ways in: an event hook and a store
+    wrapper."""
 
-    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+    def __init__(
+        self,
+        meter_provider: MeterProvider | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         from . import __version__
 
         meter = get_meter("coatcheck", __version__, meter_provider=meter_provider)
+        self._tracer = get_tracer("coatcheck", __version__, tracer_provider=tracer_provider)
         self._events = meter.create_counter(
             "coatcheck.session.events",
             unit="{event}",
@@ -65,16 +74,17 @@ class SessionMetrics:
         self._events.add(event.count, {"coatcheck.event": event.kind})
 
     def instrument(self, store: Store) -> Store:
-        """``store``, with every call timed. Other attributes pass through."""
-        return _MeteredStore(store, self._duration)
+        """``store``, with every call timed and traced. Other attributes pass through."""
+        return _MeteredStore(store, self._duration, self._tracer)
 
 
 class _MeteredStore:
-    """A store whose calls are timed by :class:`SessionMetrics`."""
+    """A store whose calls are timed and traced by :class:`SessionTelemetry`."""
 
-    def __init__(self, inner: Store, duration: Histogram) -> None:
+    def __init__(self, inner: Store, duration: Histogram, tracer: Tracer) -> None:
         self.inner = inner
         self._duration = duration
+        self._tracer = tracer
         self._store = type(inner).__name__
 
     def __getattr__(self, name: str) -> Any:
@@ -83,14 +93,24 @@ class _MeteredStore:
 
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         attributes = {"coatcheck.store.operation": operation, "coatcheck.store": self._store}
-        start = time.perf_counter()
-        try:
-            return await call
-        except BaseException as exc:
-            attributes["error.type"] = type(exc).__name__
-            raise
-        finally:
-            self._duration.record(time.perf_counter() - start, attributes)
+        with self._tracer.start_as_current_span(
+            f"coatcheck.store {operation}",
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            start = time.perf_counter()
+            try:
+                return await call
+            except BaseException as exc:
+                attributes["error.type"] = type(exc).__name__
+                span.set_attribute("error.type", attributes["error.type"])
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, str(exc))
+                raise
+            finally:
+                self._duration.record(time.perf_counter() - start, attributes)
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
         return await self._timed("load", self.inner.load(key, now))
