@@ -269,14 +269,25 @@ SENTINEL_SERVICE = "coatcheck"
 @dataclass
 class RedisSentinelServers:
     """A master and one replica, watched by one Sentinel (quorum 1), which promotes the
-    replica once the master has not answered for a second."""
+    replica once the master has not answered for a second.
+
+    With ``tls`` (a directory as for :class:`RedisClusterServers`), the three also
+    listen on TLS ports, replication and the Sentinel's own links speak TLS, and the
+    Sentinel names the master by its TLS port; the plain ports stay for the probes.
+    """
 
     directory: Path
+    tls: Path | None = None
     servers: list[RedisServer] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{SENTINEL_SERVICE}"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}+sentinel://127.0.0.1:{self.client_port(self.sentinel)}/{SENTINEL_SERVICE}"
+
+    def client_port(self, server: RedisServer) -> int:
+        """The port clients use: its TLS port under ``tls``."""
+        return server.port if self.tls is None else server.ports["--tls-port"]
 
     @property
     def master(self) -> RedisServer:
@@ -292,27 +303,44 @@ class RedisSentinelServers:
 
     def start(self) -> RedisSentinelServers:
         require_binaries()
+        tls = self._tls_options()
+        own_ports = ("--tls-port",) if self.tls else ()
         try:
-            master = RedisServer(self.directory / "master")
+            master = RedisServer(self.directory / "master", extra=tls, own_ports=own_ports)
             self.servers.append(master.start())
             replica = RedisServer(
-                self.directory / "replica", extra=("--replicaof", "127.0.0.1", str(master.port))
+                self.directory / "replica",
+                extra=("--replicaof", "127.0.0.1", str(self.client_port(master)), *tls),
+                own_ports=own_ports,
             )
             self.servers.append(replica.start())
             config = self.directory / "sentinel" / "sentinel.conf"
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(
-                f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master.port} 1\n"
+                f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.client_port(master)} 1\n"
                 f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n"
                 f"sentinel failover-timeout {SENTINEL_SERVICE} 10000\n"
             )
-            sentinel = RedisServer(config.parent, config=config, extra=("--sentinel",))
+            sentinel = RedisServer(
+                config.parent, config=config, extra=("--sentinel", *tls), own_ports=own_ports
+            )
             self.servers.append(sentinel.start())
             self._wait_until_watched()
         except BaseException:  # pytest.fail's exception too: stop what was started
             self.stop()
             raise
         return self
+
+    def _tls_options(self) -> tuple[str, ...]:
+        if self.tls is None:
+            return ()
+        return (
+            "--tls-cert-file", str(self.tls / "server.pem"),
+            "--tls-key-file", str(self.tls / "server.key"),
+            "--tls-ca-cert-file", str(self.tls / "ca.pem"),
+            "--tls-auth-clients", "no",
+            "--tls-replication", "yes",
+        )  # fmt: skip
 
     def master_port(self) -> int:
         """Where the Sentinel says the master is now."""

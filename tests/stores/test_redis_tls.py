@@ -1,4 +1,5 @@
-"""``rediss://`` and ``rediss+cluster://`` against real redis-servers speaking TLS, with
+"""``rediss://``, ``rediss+cluster://`` and ``rediss+sentinel://`` against real
+redis-servers speaking TLS, with
 certificates made here: sessions go over TLS, and a server whose certificate the client
 cannot verify is refused, not trusted."""
 
@@ -14,7 +15,7 @@ import pytest
 from coatcheck.exceptions import StoreError, StoreUnavailableError
 from coatcheck.stores.redis import RedisStore
 
-from ..redis_servers import RedisClusterServers, RedisServer
+from ..redis_servers import RedisClusterServers, RedisSentinelServers, RedisServer
 from .conftest import NOW, make_record, unique_prefix
 
 pytestmark = pytest.mark.anyio
@@ -189,5 +190,48 @@ async def test_a_cluster_the_client_cannot_verify_is_refused(
     )
     try:
         await expect_certificate_refused(store)
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture(scope="module")
+def tls_sentinel(certificates: Path) -> Iterator[RedisSentinelServers]:
+    servers = RedisSentinelServers(certificates / "sentinel", tls=certificates)
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+async def test_sentinel_and_master_are_reached_over_tls(
+    tls_sentinel: RedisSentinelServers, certificates: Path
+) -> None:
+    store = RedisStore.from_url(
+        f"{tls_sentinel.url}?ssl_ca_certs={certificates / 'ca.pem'}", prefix=unique_prefix()
+    )
+    try:
+        record = make_record(user_id="alice")
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+        # Both the Sentinel and the master it named served the store on their TLS ports.
+        for server in (tls_sentinel.sentinel, tls_sentinel.master):
+            ports = clients_by_port(server)
+            assert ports.get(tls_sentinel.client_port(server), 0) >= 1, ports
+    finally:
+        await store.aclose()
+
+
+async def test_a_sentinel_the_client_cannot_verify_is_refused(
+    tls_sentinel: RedisSentinelServers, certificates: Path
+) -> None:
+    store = RedisStore.from_url(
+        f"{tls_sentinel.url}?ssl_ca_certs={certificates / 'other-ca.pem'}&timeout=1",
+        prefix=unique_prefix(),
+    )
+    try:
+        # Refused, never trusted. redis-py's Sentinel client keeps only "no master
+        # found" of the errors it met, so this one reads as an outage, not as a
+        # certificate error.
+        with pytest.raises(StoreUnavailableError, match="No master found"):
+            await store.load(make_record().key, NOW)
     finally:
         await store.aclose()

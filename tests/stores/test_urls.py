@@ -352,6 +352,21 @@ async def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database(
         await client.aclose()
 
 
+async def test_a_tls_sentinel_url_puts_sentinels_and_master_behind_tls() -> None:
+    client, _ = client_from_url(
+        "rediss+sentinel://127.0.0.1:26379/main?ssl_ca_certs=/ca.pem&ssl_check_hostname=no",
+        None,
+    )
+    try:
+        (sentinel,) = [s.connection_pool for s in client.sentinels.sentinels]  # type: ignore[attr-defined]
+        for pool in (client.connection_pool, sentinel):
+            assert pool.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
+            assert pool.connection_kwargs["ssl_check_hostname"] is False
+            assert "SSL" in pool.connection_class.__name__, pool.connection_class
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.parametrize(
     "url",
     [

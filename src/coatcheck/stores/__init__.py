@@ -3,8 +3,8 @@
 ``memory://`` and ``sqlite:///relative/path.db`` (four slashes for an absolute
 path) are built in; each backend lives in its own module. Redis URLs (``redis://``,
 ``rediss://``, ``unix://``, for Cluster ``redis+cluster://host:port,host:port`` and for
-Sentinel ``redis+sentinel://host:port,host:port/service``) need the ``redis`` extra,
-imported only when such a URL is used.
+Sentinel ``redis+sentinel://host:port,host:port/service``, each also with TLS as
+``rediss+…``) need the ``redis`` extra, imported only when such a URL is used.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from .sqlite import SQLiteStore
 __all__ = ["MemoryStore", "SQLiteStore", "SessionRecord", "Store", "store_from_url"]
 
 # Kept in step with coatcheck.stores._redis_url.URL_SCHEMES, which needs redis-py.
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
+REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
 SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES)
 _SQLITE_FORMS = "SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db"
 

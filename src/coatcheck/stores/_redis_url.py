@@ -25,7 +25,15 @@ from ..exceptions import ConfigurationError
 from ._redact import redact
 
 DEFAULT_TIMEOUT = 1.0
-URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
+URL_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
 
 RedisClient = Redis | RedisCluster
 
@@ -71,7 +79,7 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
     try:
         if parts.scheme.endswith("+cluster"):
             return _cluster_client(parts, options, settings, url), prefix
-        if parts.scheme == "redis+sentinel":
+        if parts.scheme.endswith("+sentinel"):
             return _sentinel_client(parts, options, settings, url), prefix
         if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
             raise ConfigurationError(f"the path of a Redis URL is a database number, got {url!r}")
@@ -113,20 +121,25 @@ def _sentinel_client(
 ) -> Redis:
     """``redis+sentinel://[user:password@]host:port,host:port,.../service[/db]``: the
     Sentinels to ask, and the name of the master they watch. The credentials are the
-    master's; the Sentinels are asked without them, within the same timeout."""
+    master's; the Sentinels are asked without them, within the same timeout. With
+    ``rediss+sentinel://``, Sentinels and master alike are reached over TLS, checked
+    with the same ``ssl_*`` options."""
     service, _, db = parts.path.strip("/").partition("/")
     if not service or "/" in db or not re.fullmatch(r"\d*", db) or (db and "db" in options):
         raise ConfigurationError(
             f"a Redis Sentinel URL ends in /service_name or /service_name/db, got {url!r}"
         )
     sentinels = _servers(parts, settings, url)
+    if parts.scheme == "rediss+sentinel":
+        settings["ssl"] = True
     for name, value in options.items():
         settings[name] = _OPTION_TYPES.get(name, str)(value)
+    asked = {name: value for name, value in settings.items() if name.startswith(("socket_", "ssl"))}
     settings["db"] = int(db or settings.get("db", 0))
     # As for a single node: one quick retry, which asks the Sentinels where the master
     # is now, so requests find a promoted replica by themselves after a failover.
     settings["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
-    sentinel = Sentinel(sentinels, **settings)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(sentinels, sentinel_kwargs=asked, **settings)  # type: ignore[no-untyped-call]
     client: _SentinelMaster = sentinel.master_for(service, redis_class=_SentinelMaster)
     client.sentinels = sentinel
     return client

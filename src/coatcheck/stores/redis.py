@@ -112,7 +112,8 @@ class RedisStore:
         ``redis://host:6379/0``, ``rediss://`` (TLS), ``unix:///run/redis.sock?db=0``;
         for Cluster ``redis+cluster://host:port,host:port,...`` (or ``rediss+cluster://``)
         listing any reachable nodes; for Sentinel
-        ``redis+sentinel://host:port,host:port,.../service[/db]`` listing the Sentinels.
+        ``redis+sentinel://host:port,host:port,.../service[/db]`` (or ``rediss+sentinel://``)
+        listing the Sentinels.
         ``?prefix=`` and ``?timeout=`` (seconds, for both connecting and each command;
         1 s by default, so an outage becomes a quick 503 rather than a hung request)
         apply unless the keywords are given.
