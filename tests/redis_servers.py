@@ -169,6 +169,21 @@ class RedisServer:
             time.sleep(0.02)
 
 
+def tls_options(tls: Path | None, links: str) -> tuple[str, ...]:
+    """A server's TLS options with the certificates in ``tls`` (none without), clients
+    unauthenticated, and its ``links`` option (``--tls-cluster``, ``--tls-replication``)
+    on, so servers speak TLS to each other too."""
+    if tls is None:
+        return ()
+    return (
+        "--tls-cert-file", str(tls / "server.pem"),
+        "--tls-key-file", str(tls / "server.key"),
+        "--tls-ca-cert-file", str(tls / "ca.pem"),
+        "--tls-auth-clients", "no",
+        links, "yes",
+    )  # fmt: skip
+
+
 @dataclass
 class RedisClusterServers:
     """Three masters, no replicas, joined with ``redis-cli --cluster create``.
@@ -203,7 +218,7 @@ class RedisClusterServers:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", f"nodes-{number}.conf",
                     "--cluster-node-timeout", "2000",
-                    *self._tls_options(),
+                    *tls_options(self.tls, "--tls-cluster"),
                 ),
                 own_ports=("--cluster-port", *(("--tls-port",) if self.tls else ())),
             )  # fmt: skip
@@ -229,17 +244,6 @@ class RedisClusterServers:
             pytest.fail(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
         self._wait_until_ok()
         return self
-
-    def _tls_options(self) -> tuple[str, ...]:
-        if self.tls is None:
-            return ()
-        return (
-            "--tls-cert-file", str(self.tls / "server.pem"),
-            "--tls-key-file", str(self.tls / "server.key"),
-            "--tls-ca-cert-file", str(self.tls / "ca.pem"),
-            "--tls-auth-clients", "no",
-            "--tls-cluster", "yes",
-        )  # fmt: skip
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -303,7 +307,7 @@ class RedisSentinelServers:
 
     def start(self) -> RedisSentinelServers:
         require_binaries()
-        tls = self._tls_options()
+        tls = tls_options(self.tls, "--tls-replication")
         own_ports = ("--tls-port",) if self.tls else ()
         try:
             master = RedisServer(self.directory / "master", extra=tls, own_ports=own_ports)
@@ -330,17 +334,6 @@ class RedisSentinelServers:
             self.stop()
             raise
         return self
-
-    def _tls_options(self) -> tuple[str, ...]:
-        if self.tls is None:
-            return ()
-        return (
-            "--tls-cert-file", str(self.tls / "server.pem"),
-            "--tls-key-file", str(self.tls / "server.key"),
-            "--tls-ca-cert-file", str(self.tls / "ca.pem"),
-            "--tls-auth-clients", "no",
-            "--tls-replication", "yes",
-        )  # fmt: skip
 
     def master_port(self) -> int:
         """Where the Sentinel says the master is now."""
