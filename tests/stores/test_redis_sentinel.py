@@ -60,6 +60,7 @@ async def test_a_failover_is_a_short_outage_that_keeps_every_session(tmp_path: P
                 assert master.execute_command("WAIT", 1, 2000) == 1  # the replica has it
             assert servers.master.process is not None
             servers.master.process.kill()  # no goodbye: as a crashed host
+            servers.master.process.wait(timeout=5)  # gone before the next request
 
             answers: list[int] = []
             deadline = time.monotonic() + 20
