@@ -19,7 +19,7 @@ from .sqlite import SQLiteStore
 
 __all__ = ["MemoryStore", "SQLiteStore", "SessionRecord", "Store", "store_from_url"]
 
-# Kept in step with coatcheck.stores._redis_url.URL_SCHEMES, which needs redis-py.
+# Served by coatcheck.stores.redis, imported only when one of them is used.
 REDIS_SCHEMES = (
     "redis",
     "rediss",

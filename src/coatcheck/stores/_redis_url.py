@@ -22,18 +22,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..exceptions import ConfigurationError
+from . import REDIS_SCHEMES
 from ._redact import redact
 
 DEFAULT_TIMEOUT = 1.0
-URL_SCHEMES = (
-    "redis",
-    "rediss",
-    "unix",
-    "redis+cluster",
-    "rediss+cluster",
-    "redis+sentinel",
-    "rediss+sentinel",
-)
+# The package names them without importing redis-py, so store_from_url knows them all.
+URL_SCHEMES = REDIS_SCHEMES
 
 RedisClient = Redis | RedisCluster
 
