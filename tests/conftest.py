@@ -13,7 +13,7 @@ from coatcheck import SessionRecord, Store
 from coatcheck.stores.base import Merge
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
 
-from . import redis_servers
+from . import postgres_server, redis_servers
 from .store_kinds import STORE_KINDS, build_store
 
 
@@ -92,6 +92,23 @@ def redis_servers_registry(
     finally:
         redis_servers.activate(None)
         servers.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_servers() -> Iterator[postgres_server.PostgresServers]:
+    """The PostgreSQL server for the whole run, started the first time a test needs it."""
+    servers = postgres_server.PostgresServers()
+    postgres_server.activate(servers)
+    try:
+        yield servers
+    finally:
+        postgres_server.activate(None)
+        servers.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_servers: postgres_server.PostgresServers) -> postgres_server.PostgresServer:
+    return postgres_servers.server()
 
 
 @pytest.fixture(scope="session")

@@ -14,19 +14,28 @@ from uuid import uuid4
 
 from coatcheck.stores import MemoryStore, SQLiteStore, Store
 
-from . import redis_servers
+from . import postgres_server, redis_servers
 
-STORE_KINDS = ("memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "valkey")
+STORE_KINDS = (
+    "memory",
+    "sqlite",
+    "redis",
+    "redis-cluster",
+    "redis-sentinel",
+    "valkey",
+    "postgres",
+)
 
 
 def unique_prefix() -> str:
-    """Tests share one Redis server each and stay apart by key prefix."""
+    """Tests share one server of each kind and stay apart by key prefix or table name."""
     return f"t{uuid4().hex[:8]}"
 
 
 def build_store(kind: str, directory: Path) -> Store:
     """A fresh, empty store of ``kind``; file-backed kinds live under ``directory``,
-    Redis kinds under a new key prefix on the session's server."""
+    Redis kinds under a new key prefix on the session's server, PostgreSQL in a new
+    table on the run's server."""
     if kind == "memory":
         return MemoryStore()
     if kind == "sqlite":
@@ -42,6 +51,11 @@ def build_store(kind: str, directory: Path) -> Store:
             "redis-sentinel": servers.sentinel,
         }
         return RedisStore.from_url(server[kind]().url, prefix=unique_prefix())
+    if kind == "postgres":
+        from coatcheck.stores.postgres import PostgresStore
+
+        server = postgres_server.active().server()
+        return PostgresStore(server.url, table=unique_prefix())
     raise ValueError(f"unknown store kind {kind!r}")
 
 

@@ -13,13 +13,14 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from .exceptions import CoatcheckError, ConfigurationError, MissingDependencyError
-from .stores import MemoryStore, SQLiteStore, Store, store_from_url
+from .stores import POSTGRES_SCHEMES, MemoryStore, SQLiteStore, Store, store_from_url
 from .stores._redact import redact
 
 T = TypeVar("T")
@@ -58,6 +59,12 @@ def open_store(url: str) -> Store:
             # Opening would create an empty database: a typo must not look like "0 sessions".
             raise typer.BadParameter(f"no SQLite file at {store.path}", param_hint="--store")
         _check_session_table(store)
+    if urlsplit(url).scheme in POSTGRES_SCHEMES:
+        from .stores.postgres import PostgresStore  # imported by store_from_url already
+
+        assert isinstance(store, PostgresStore)
+        # Inspect only: a wrong database or ?table= must fail, not gain an empty table.
+        store.create_table = False
     return store
 
 

@@ -4,7 +4,8 @@
 path) are built in; each backend lives in its own module. Redis URLs (``redis://``,
 ``rediss://``, ``unix://``, for Cluster ``redis+cluster://host:port,host:port`` and for
 Sentinel ``redis+sentinel://host:port,host:port/service``, each also with TLS as
-``rediss+…``) need the ``redis`` extra, imported only when such a URL is used.
+``rediss+…``) need the ``redis`` extra, and PostgreSQL URLs (``postgresql://``,
+``postgres://``) the ``postgres`` extra, each imported only when such a URL is used.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ REDIS_SCHEMES = (
     "redis+sentinel",
     "rediss+sentinel",
 )
-SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES)
+# Served by coatcheck.stores.postgres, imported only when one of them is used.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES, *POSTGRES_SCHEMES)
 _SQLITE_FORMS = "SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db"
 
 
@@ -42,6 +45,10 @@ def store_from_url(url: str) -> Store:
             from .redis import RedisStore  # here: `import coatcheck` must not need redis
 
             return RedisStore.from_url(url)
+        if parts.scheme in POSTGRES_SCHEMES:
+            from .postgres import PostgresStore  # here: `import coatcheck` must not need psycopg
+
+            return PostgresStore.from_url(url)
         if parts.scheme == "memory":
             memory = MemoryStore(max_entries=int(options.pop("max_entries", 10_000)))
             _no_leftovers(options, url)

@@ -1,0 +1,478 @@
+"""Sessions in PostgreSQL, for apps whose data already lives there.
+
+One table, keyed by the SHA-256 of the session ID, with indexes on user and expiry.
+The table is created on first use, under an advisory lock so that several workers
+starting at once do not trip over each other.
+
+A load is one ``SELECT``; a save is one statement in the common case, a versioned
+``UPDATE`` (or, when the ID rotates, a ``DELETE`` of the old row feeding an ``INSERT``
+of the new one) that writes nothing unless the stored version is the one the request
+loaded. Only when another request saved in between does the store lock the row, merge
+onto the winner and write, in one transaction. Expired rows are never served, and are
+removed in small batches by :meth:`PostgresStore.purge_expired`, which also runs by
+itself every ``purge_every`` saves.
+
+Connections come from a psycopg pool, opened on first use. Every call is bounded by
+``timeout``: an unreachable or hung server becomes a quick 503 with ``Retry-After``,
+and the pool reconnects by itself once the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..exceptions import (
+    ConfigurationError,
+    MissingDependencyError,
+    StoreError,
+    StoreUnavailableError,
+)
+from ._redact import redact
+from .base import Merge, SessionRecord
+
+try:
+    import psycopg
+    from psycopg.rows import TupleRow
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise MissingDependencyError("psycopg", "postgres") from exc
+
+__all__ = ["PostgresStore"]
+
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[TupleRow]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_FIELDS = (
+    "public_id, data, user_id, created_at, last_seen_at, expires_at, remember, user_agent, version"
+)
+_COLUMNS = f"key, {_FIELDS}"
+_VALUES = "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+_UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
+    f"{name} = EXCLUDED.{name}" for name in _FIELDS.split(", ")
+)
+# Errors that mean "try again later": the server is down, restarting, overloaded or
+# slow, or the pool has no connection to give in time. Anything else is a fault.
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, asyncio.TimeoutError)
+# Of those, the ones the pool raises without having used a connection.
+_POOL_ERRORS = (PoolTimeout, TooManyRequests)
+_OWN_OPTIONS = ("table", "timeout", "max_connections")
+
+
+class PostgresStore:
+    """Sessions in one PostgreSQL table, shared by any number of workers and hosts.
+
+    ``conninfo`` is a libpq connection string or URL. Or pass ``pool``, a
+    ``psycopg_pool.AsyncConnectionPool`` of autocommit connections, to share the app's
+    own; the store then leaves opening and closing it to the app. ``timeout`` bounds
+    every call, waiting for a connection included. With ``create_table`` off, a
+    missing table is an error instead of being created.
+    """
+
+    def __init__(
+        self,
+        conninfo: str = "",
+        *,
+        pool: AsyncConnectionPool[Connection] | None = None,
+        table: str = "coatcheck_sessions",
+        timeout: float = 2.0,
+        max_connections: int = 10,
+        create_table: bool = True,
+        purge_every: int = 1000,
+        purge_batch: int = 500,
+        retry_after: int | None = None,
+    ) -> None:
+        if not _IDENTIFIER.fullmatch(table) or table.lower().startswith("pg_"):
+            raise ConfigurationError(f"table name {table!r} is not a plain SQL identifier")
+        if not 0 < timeout < 3600:  # also rejects NaN
+            raise ConfigurationError(f"timeout must be between 0 and 3600 seconds, got {timeout}")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
+        if pool is not None and conninfo:
+            raise ConfigurationError("give PostgresStore a conninfo or a pool, not both")
+        self.conninfo = conninfo
+        self.table = table
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.create_table = create_table
+        self.purge_every = purge_every
+        self.purge_batch = purge_batch
+        self.retry_after = retry_after
+        self._given_pool = pool
+        self._pool: AsyncConnectionPool[Connection] | None = pool
+        self._opening: asyncio.Lock | None = None
+        self._ready = False  # the table is known to exist
+        self._saves = 0
+        name = f'"{table}"'  # quoted, so reserved words such as "order" work
+        self._sql_table = name
+        # The statements of the per-request path, built once.
+        self._select = f"SELECT {_FIELDS} FROM {name} WHERE key = %s AND expires_at > %s"  # noqa: S608
+        self._select_locked = f"SELECT {_FIELDS} FROM {name} WHERE key = %s FOR UPDATE"  # noqa: S608
+        self._insert = f"INSERT INTO {name} ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"  # noqa: S608
+        self._delete_key = f"DELETE FROM {name} WHERE key = %s"  # noqa: S608
+        self._replace = (
+            f"WITH gone AS (DELETE FROM {name} WHERE key = %s)"  # noqa: S608
+            f" INSERT INTO {name} ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"
+        )
+        self._update_if = (
+            f"UPDATE {name} SET ({_COLUMNS}) = ({_VALUES})"  # noqa: S608
+            " WHERE key = %s AND version = %s AND expires_at > %s"
+        )
+        self._rotate_if = (
+            f"WITH base AS (DELETE FROM {name}"  # noqa: S608
+            " WHERE key = %s AND version = %s AND expires_at > %s RETURNING 1)"
+            f" INSERT INTO {name} ({_COLUMNS}) SELECT {_VALUES} FROM base{_UPSERT}"
+        )
+
+    @classmethod
+    def from_url(cls, url: str, *, table: str | None = None) -> PostgresStore:
+        """Build a store from ``postgresql://user:password@host:5432/db?table=...``.
+
+        ``?table=``, ``?timeout=`` (seconds, 2 by default) and ``?max_connections=``
+        (10) are the store's own options; every other query parameter (``sslmode``,
+        ``application_name``…) goes to libpq. Nothing connects until first use.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigurationError(f"not a PostgreSQL URL: {redact(url)!r}")
+        libpq = parse_qsl(parts.query, keep_blank_values=True)
+        own = {name: value for name, value in libpq if name in _OWN_OPTIONS}
+        rest = [(name, value) for name, value in libpq if name not in _OWN_OPTIONS]
+        try:
+            timeout = float(own.get("timeout", 2.0))
+            max_connections = int(own.get("max_connections", 10))
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid option in store URL {redact(url)!r}: {exc}") from exc
+        if not any(name == "connect_timeout" for name, _ in rest):
+            # libpq waits for a connection as long as the OS lets it: bound it as well.
+            rest.append(("connect_timeout", str(max(2, round(timeout)))))
+        conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(
+            conninfo,
+            table=table or own.get("table", "coatcheck_sessions"),
+            timeout=timeout,
+            max_connections=max_connections,
+        )
+
+    # -- the store contract -------------------------------------------------------------
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        async def read(db: Connection) -> SessionRecord | None:
+            cursor = await db.execute(self._select, (key, now))
+            row = await cursor.fetchone()
+            return None if row is None else _record(key, row)
+
+        return await self._run(read, idempotent=True)
+
+    async def save(
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
+    ) -> bool:
+        previous = replaces or record.key
+        self._saves += 1
+        purge = self.purge_every > 0 and self._saves % self.purge_every == 0
+
+        async def write(db: Connection) -> bool:
+            written = await self._write(db, record, previous, expected_version, merge)
+            if purge:
+                await self._purge_quietly(db, record.last_seen_at)
+            return written
+
+        # An unconditional write may be repeated: the same row ends up stored either way.
+        return await self._run(write, idempotent=expected_version is None)
+
+    async def _write(
+        self,
+        db: Connection,
+        record: SessionRecord,
+        previous: str,
+        expected: int | None,
+        merge: Merge | None,
+    ) -> bool:
+        if expected is None:
+            if previous == record.key:
+                await db.execute(self._insert, _values(record))
+            else:
+                await db.execute(self._replace, (previous, *_values(record)))
+            return True
+        # Optimistic: one statement that writes only over the version this request read.
+        condition = (previous, expected, record.last_seen_at)
+        if previous == record.key:
+            done = await db.execute(self._update_if, (*_values(record), *condition))
+        else:
+            done = await db.execute(self._rotate_if, (*condition, *_values(record)))
+        if done.rowcount == 1:
+            return True
+        # The base is gone, dead, or another save got there first: settle it under the
+        # row's lock, so no other save slips in between the read and the write.
+        async with db.transaction():
+            found = await db.execute(self._select_locked, (previous,))
+            row = await found.fetchone()
+            if row is None:
+                return False
+            base = _record(previous, row)
+            if base.expires_at <= record.last_seen_at:
+                return False
+            chosen = record
+            if base.version != expected:
+                if merge is None:
+                    return False
+                chosen = merge(base)
+            if previous != chosen.key:
+                await db.execute(self._delete_key, (previous,))
+            await db.execute(self._insert, _values(chosen))
+        return True
+
+    async def delete(self, key: str) -> None:
+        async def remove(db: Connection) -> None:
+            await db.execute(self._delete_key, (key,))
+
+        await self._run(remove, idempotent=True)
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        sql = (
+            f"SELECT key, {_FIELDS} FROM {self._sql_table}"  # noqa: S608
+            " WHERE user_id = %s AND expires_at > %s ORDER BY created_at, key"
+        )
+
+        async def read(db: Connection) -> list[SessionRecord]:
+            cursor = await db.execute(sql, (user_id, now))
+            return [_record(str(key), row) for key, *row in await cursor.fetchall()]
+
+        return await self._run(read, idempotent=True)
+
+    async def delete_user(
+        self, user_id: str, *, keep: str | None = None, now: float | None = None
+    ) -> int:
+        where = f"FROM {self._sql_table} WHERE user_id = %s AND key IS DISTINCT FROM %s"
+        delete = (
+            f"WITH gone AS (DELETE {where} RETURNING expires_at)"  # noqa: S608
+            " SELECT count(*) FILTER (WHERE expires_at > %s) FROM gone"
+        )
+        remaining = f"SELECT EXISTS (SELECT 1 {where})"
+
+        async def remove(db: Connection) -> int:
+            moment = time.time() if now is None else now
+            live = 0
+            # A session that rotated while the DELETE ran is committed under a key that
+            # statement could not see. A later statement sees it: repeat until none of
+            # the user's rows is left, so every device really loses access.
+            while True:
+                cursor = await db.execute(delete, (user_id, keep, moment))
+                live += int((await _one(cursor))[0])
+                cursor = await db.execute(remaining, (user_id, keep))
+                if not (await _one(cursor))[0]:
+                    return live
+
+        return await self._run(remove, idempotent=True)
+
+    async def delete_all(self, now: float) -> int:
+        sql = (
+            f"WITH gone AS (DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
+            f" (SELECT key FROM {self._sql_table} LIMIT %s) RETURNING expires_at)"
+            " SELECT count(*), count(*) FILTER (WHERE expires_at > %s) FROM gone"
+        )
+
+        async def remove(db: Connection) -> int:
+            # In batches, so no statement holds thousands of row locks for long.
+            live = 0
+            while True:
+                row = await _one(await db.execute(sql, (self.purge_batch, now)))
+                live += int(row[1])
+                if row[0] < self.purge_batch:
+                    return live
+
+        return await self._run(remove, idempotent=True)
+
+    async def purge_expired(self, now: float) -> int:
+        async def purge(db: Connection) -> int:
+            total = 0
+            while removed := await self._purge_batch(db, now):
+                total += removed
+            return total
+
+        return await self._run(purge, idempotent=True)
+
+    async def count(self, now: float) -> int:
+        sql = f"SELECT count(*) FROM {self._sql_table} WHERE expires_at > %s"  # noqa: S608
+
+        async def read(db: Connection) -> int:
+            return int((await _one(await db.execute(sql, (now,))))[0])
+
+        return await self._run(read, idempotent=True)
+
+    async def aclose(self) -> None:
+        pool = self._pool
+        if pool is None or pool is self._given_pool:
+            return
+        self._pool = None
+        await pool.close()
+
+    # -- mechanics ----------------------------------------------------------------------
+
+    async def _purge_batch(self, db: Connection, now: float) -> int:
+        # Small batches keep each statement short; rows another worker is purging or
+        # saving right now are skipped rather than waited for.
+        sql = (
+            f"DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
+            f" (SELECT key FROM {self._sql_table} WHERE expires_at <= %s"
+            " LIMIT %s FOR UPDATE SKIP LOCKED)"
+        )
+        cursor = await db.execute(sql, (now, self.purge_batch))
+        return max(cursor.rowcount, 0)
+
+    async def _purge_quietly(self, db: Connection, now: float) -> None:
+        """The housekeeping a save does now and then: its failure must not fail the save."""
+        try:
+            await self._purge_batch(db, now)
+        except psycopg.Error:
+            return
+
+    async def _run(self, work: Callable[[Connection], Awaitable[T]], *, idempotent: bool) -> T:
+        """Run ``work`` on a pooled connection within ``timeout``, translating errors.
+
+        A server restart leaves every idle pooled connection dead, and the first use of
+        each fails. After such a failure the pool tests its other idle connections, so
+        one request, not one per connection, notices; a read then tries once more.
+        """
+        for attempt in (1, 2):
+            try:
+                return await _within(self.timeout, self._attempt(work))
+            except _UNAVAILABLE as exc:
+                pool = self._pool
+                used = isinstance(exc, psycopg.OperationalError) and not isinstance(
+                    exc, _POOL_ERRORS
+                )
+                if pool is not None and used and attempt == 1:
+                    try:
+                        await _within(self.timeout, pool.check())
+                    except _UNAVAILABLE:
+                        pass
+                    else:
+                        if idempotent:
+                            continue
+                raise StoreUnavailableError(
+                    f"PostgreSQL session store is unavailable: {_describe(exc)}",
+                    retry_after=self.retry_after,
+                ) from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"PostgreSQL session store failed: {_describe(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        pool = self._pool or await self._open()
+        async with pool.connection(timeout=self.timeout) as db:
+            if not self._ready:
+                await self._prepare(db)
+            return await work(db)
+
+    async def _open(self) -> AsyncConnectionPool[Connection]:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is None:
+                pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+                    self.conninfo,
+                    kwargs={"autocommit": True},
+                    min_size=1,
+                    max_size=self.max_connections,
+                    open=False,
+                    timeout=self.timeout,
+                    # Give up a reconnection soon and start a fresh one on demand, rather
+                    # than back off for minutes while the server is already back.
+                    reconnect_timeout=max(5.0, 2 * self.timeout),
+                    name=f"coatcheck-{self.table}",
+                )
+                await pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    async def _prepare(self, db: Connection) -> None:
+        if self.create_table:
+            async with db.transaction():
+                # Workers starting together would race on the catalog: take turns.
+                lock = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+                await db.execute(lock, (f"coatcheck:{self.table}",))
+                for statement in self._schema():
+                    await db.execute(statement)
+        else:
+            found = await db.execute("SELECT to_regclass(%s)", (self._sql_table,))
+            row = await found.fetchone()
+            if row is None or row[0] is None:
+                raise StoreError(
+                    f"PostgreSQL has no session table {self.table!r} on the search path;"
+                    " check the URL and its ?table="
+                )
+        self._ready = True
+
+    def _schema(self) -> Sequence[str]:
+        name = self._sql_table
+        return (
+            f"CREATE TABLE IF NOT EXISTS {name} ("
+            ' key text COLLATE "C" PRIMARY KEY, public_id text NOT NULL,'
+            " data bytea NOT NULL, user_id text, created_at double precision NOT NULL,"
+            " last_seen_at double precision NOT NULL, expires_at double precision NOT NULL,"
+            " remember boolean NOT NULL DEFAULT false, user_agent text NOT NULL DEFAULT '',"
+            " version bigint NOT NULL DEFAULT 1)",
+            f'CREATE INDEX IF NOT EXISTS "{self.table}_user" ON {name} (user_id)'
+            " WHERE user_id IS NOT NULL",
+            f'CREATE INDEX IF NOT EXISTS "{self.table}_expires" ON {name} (expires_at)',
+        )
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(seconds: float, work: Awaitable[T]) -> T:
+        async with asyncio.timeout(seconds):
+            return await work
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(seconds: float, work: Awaitable[T]) -> T:
+        return await asyncio.wait_for(work, seconds)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
+    """The one row an aggregate query returns."""
+    row = await cursor.fetchone()
+    if row is None:  # pragma: no cover - an aggregate always gives a row
+        raise StoreError("PostgreSQL returned no row for an aggregate query")
+    return row
+
+
+def _values(record: SessionRecord) -> tuple[Any, ...]:
+    return (
+        record.key,
+        record.public_id,
+        record.data,
+        record.user_id,
+        record.created_at,
+        record.last_seen_at,
+        record.expires_at,
+        record.remember,
+        record.user_agent,
+        record.version,
+    )
+
+
+def _record(key: str, row: Sequence[Any]) -> SessionRecord:
+    public_id, data, user_id, created, seen, expires, remember, agent, version = row
+    return SessionRecord(
+        key, public_id, bytes(data), user_id, created, seen, expires, remember, agent, version
+    )
