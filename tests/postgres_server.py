@@ -9,6 +9,7 @@ name, not by server.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -103,7 +104,7 @@ class PostgresServer:
                     "-c", "full_page_writes=off", "-c", "max_connections=200",
                 ],
                 cwd=self.directory, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, **owner,
+                **owner,
             )  # fmt: skip
         self._wait_until_ready()
         return self
@@ -121,9 +122,18 @@ class PostgresServer:
             process.wait(timeout=5)
 
     def signal_all(self, how: int) -> None:
-        """Signal the postmaster and every backend: SIGSTOP freezes the whole server."""
+        """Signal the postmaster and every backend: SIGSTOP freezes the whole server.
+
+        Each backend is the leader of a process group of its own, so they are found
+        as the postmaster's children rather than by group."""
         assert self.process is not None
-        os.killpg(self.process.pid, how)
+        pids = [self.process.pid]
+        for pid in pids:  # grows as children are found
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                pids.extend(int(child) for child in task.read_text().split())
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, how)
 
     def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         """A synchronous connection for poking at the server from a test; close it after use."""

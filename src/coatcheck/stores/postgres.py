@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -109,6 +108,7 @@ class PostgresStore:
         self._opening: asyncio.Lock | None = None
         self._ready = False  # the table is known to exist
         self._saves = 0
+        self._abandoned: set[asyncio.Future[Any]] = set()  # timed out, still tidying up
         name = f'"{table}"'  # quoted, so reserved words such as "order" work
         self._sql_table = name
         # The statements of the per-request path, built once.
@@ -312,6 +312,8 @@ class PostgresStore:
         return await self._run(read, idempotent=True)
 
     async def aclose(self) -> None:
+        if self._abandoned:
+            await asyncio.wait(self._abandoned, timeout=self.timeout)
         pool = self._pool
         if pool is None or pool is self._given_pool:
             return
@@ -347,7 +349,7 @@ class PostgresStore:
         """
         for attempt in (1, 2):
             try:
-                return await _within(self.timeout, self._attempt(work))
+                return await self._within(self._attempt(work))
             except _UNAVAILABLE as exc:
                 pool = self._pool
                 used = isinstance(exc, psycopg.OperationalError) and not isinstance(
@@ -355,7 +357,7 @@ class PostgresStore:
                 )
                 if pool is not None and used and attempt == 1:
                     try:
-                        await _within(self.timeout, pool.check())
+                        await self._within(pool.check())
                     except _UNAVAILABLE:
                         pass
                     else:
@@ -368,6 +370,27 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise StoreError(f"PostgreSQL session store failed: {_describe(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _within(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await ``work`` for at most ``timeout`` seconds.
+
+        psycopg answers a cancelled query by asking the server to cancel it and waiting
+        up to ten seconds for that, so a hung server would hold the request as long.
+        The work runs as a task of its own instead; on timeout it is cancelled and left
+        to tidy up its connection in the background.
+        """
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait((task,), timeout=self.timeout)
+        finally:
+            unfinished = not task.done()  # timed out, or this request was cancelled
+            if unfinished:
+                task.cancel()
+                self._abandoned.add(task)
+                task.add_done_callback(self._abandoned.discard)
+        if unfinished:
+            raise asyncio.TimeoutError
+        return task.result()
 
     async def _attempt(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         pool = self._pool or await self._open()
@@ -398,22 +421,27 @@ class PostgresStore:
             return self._pool
 
     async def _prepare(self, db: Connection) -> None:
-        if self.create_table:
-            async with db.transaction():
-                # Workers starting together would race on the catalog: take turns.
-                lock = "SELECT pg_advisory_xact_lock(hashtext(%s))"
-                await db.execute(lock, (f"coatcheck:{self.table}",))
-                for statement in self._schema():
-                    await db.execute(statement)
-        else:
-            found = await db.execute("SELECT to_regclass(%s)", (self._sql_table,))
-            row = await found.fetchone()
-            if row is None or row[0] is None:
+        if not await self._table_exists(db):
+            if not self.create_table:
                 raise StoreError(
                     f"PostgreSQL has no session table {self.table!r} on the search path;"
                     " check the URL and its ?table="
                 )
+            async with db.transaction():
+                # Workers starting together would race on the catalog: one creates the
+                # table and its indexes, the others find it made. The check comes first
+                # because CREATE INDEX locks the table even when the index exists, and
+                # must never queue among the requests of running workers.
+                lock = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+                await db.execute(lock, (f"coatcheck:{self.table}",))
+                if not await self._table_exists(db):
+                    for statement in self._schema():
+                        await db.execute(statement)
         self._ready = True
+
+    async def _table_exists(self, db: Connection) -> bool:
+        found = await db.execute("SELECT to_regclass(%s) IS NOT NULL", (self._sql_table,))
+        return bool((await _one(found))[0])
 
     def _schema(self) -> Sequence[str]:
         name = self._sql_table
@@ -428,18 +456,6 @@ class PostgresStore:
             " WHERE user_id IS NOT NULL",
             f'CREATE INDEX IF NOT EXISTS "{self.table}_expires" ON {name} (expires_at)',
         )
-
-
-if sys.version_info >= (3, 11):
-
-    async def _within(seconds: float, work: Awaitable[T]) -> T:
-        async with asyncio.timeout(seconds):
-            return await work
-
-else:  # pragma: no cover - Python 3.10
-
-    async def _within(seconds: float, work: Awaitable[T]) -> T:
-        return await asyncio.wait_for(work, seconds)
 
 
 def _describe(exc: BaseException) -> str:

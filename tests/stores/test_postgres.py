@@ -1,0 +1,277 @@
+"""What only the PostgreSQL store has to prove, on a real server: its URL, its table,
+compare-and-set across separate pools (as separate workers have), revocation racing
+rotation, and a server that stops, restarts or hangs under it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from coatcheck import ConfigurationError, StoreError, StoreUnavailableError, store_from_url
+from coatcheck._ids import new_session_id, store_key
+from coatcheck.stores import SessionRecord
+from coatcheck.stores.postgres import PostgresStore
+
+from ..postgres_server import PostgresServer, PostgresServers
+from .conftest import HOUR, NOW, make_record, unique_prefix
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def own_server() -> Iterator[PostgresServer]:
+    """A server of this test's own, which it may stop, freeze and restart."""
+    servers = PostgresServers()
+    try:
+        yield servers.server()
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+async def stores(postgres: PostgresServer) -> AsyncIterator[list[PostgresStore]]:
+    """Eight stores on one new table, each with its own pool: eight workers, in effect."""
+    table = unique_prefix()
+    built = [PostgresStore(postgres.url, table=table, max_connections=2) for _ in range(8)]
+    try:
+        yield built
+    finally:
+        for store in built:
+            await store.aclose()
+
+
+def test_from_url_keeps_its_own_options_and_passes_the_rest_to_libpq() -> None:
+    url = (
+        "postgresql://app:s3cret@db.internal:5433/web?table=web_sessions&timeout=3"
+        "&max_connections=4&sslmode=require&application_name=shop"
+    )
+    store = store_from_url(url)
+    assert isinstance(store, PostgresStore)
+    assert (store.table, store.timeout, store.max_connections) == ("web_sessions", 3.0, 4)
+    assert store.conninfo == (
+        "postgresql://app:s3cret@db.internal:5433/web"
+        "?sslmode=require&application_name=shop&connect_timeout=3"
+    )
+    short = store_from_url("postgres://db/web?connect_timeout=7")
+    assert isinstance(short, PostgresStore)
+    assert short.conninfo == "postgres://db/web?connect_timeout=7"
+    assert (short.table, short.timeout) == ("coatcheck_sessions", 2.0)
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("postgresql://u:s3cret@db/web?timeout=soon", "invalid option"),
+        ("postgresql://u:s3cret@db/web?timeout=0", "timeout must be"),
+        ("postgresql://u:s3cret@db/web?max_connections=0", "max_connections must be"),
+        ("postgresql://u:s3cret@db/web?table=drop%20table", "not a plain SQL identifier"),
+        ("postgresql://u:s3cret@db/web?table=pg_class", "not a plain SQL identifier"),
+    ],
+)
+def test_bad_options_fail_at_start_up_without_the_password(url: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=complaint) as caught:
+        store_from_url(url)
+    assert "s3cret" not in str(caught.value)
+
+
+async def test_workers_starting_together_create_the_table_once(
+    stores: list[PostgresStore], postgres: PostgresServer
+) -> None:
+    records = [make_record() for _ in stores]
+    await asyncio.gather(*(store.save(r) for store, r in zip(stores, records, strict=True)))
+    assert await stores[0].count(NOW) == len(stores)
+    with postgres.connect() as db:
+        indexes = db.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s ORDER BY indexname",
+            (stores[0].table,),
+        ).fetchall()
+    table = stores[0].table
+    assert [name for (name,) in indexes] == [f"{table}_expires", f"{table}_pkey", f"{table}_user"]
+
+
+async def test_rows_hold_the_hash_of_the_id_never_the_id(
+    stores: list[PostgresStore], postgres: PostgresServer
+) -> None:
+    session_id = new_session_id()
+    await stores[0].save(make_record(key=store_key(session_id), user_id="alice"))
+    with postgres.connect() as db:
+        dump = db.execute(f'SELECT * FROM "{stores[0].table}"').fetchall()
+    assert session_id not in repr(dump)
+    assert dump[0][0] == store_key(session_id)
+
+
+async def test_without_create_table_a_missing_table_is_a_clear_error(
+    postgres: PostgresServer,
+) -> None:
+    table = unique_prefix()
+    store = PostgresStore(postgres.url, table=table, create_table=False)
+    try:
+        with pytest.raises(StoreError, match=f"no session table '{table}'"):
+            await store.count(NOW)
+    finally:
+        await store.aclose()
+    with postgres.connect() as db:
+        assert db.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,)
+
+
+def appended(record: SessionRecord, mark: str) -> SessionRecord:
+    marks = [*json.loads(record.data)["marks"], mark]
+    return record._replace(data=json.dumps({"marks": marks}).encode(), version=record.version + 1)
+
+
+async def test_parallel_saves_from_separate_pools_lose_nothing(
+    stores: list[PostgresStore],
+) -> None:
+    first = make_record(data=b'{"marks": []}')
+    await stores[0].save(first)
+
+    async def worker(store: PostgresStore, number: int) -> None:
+        for step in range(10):
+            mark = f"{number}.{step}"
+            loaded = await store.load(first.key, NOW)
+            assert loaded is not None
+            saved = await store.save(
+                appended(loaded, mark),
+                expected_version=loaded.version,
+                merge=lambda base, mark=mark: appended(base, mark),  # type: ignore[misc]
+            )
+            assert saved
+
+    await asyncio.gather(*(worker(store, n) for n, store in enumerate(stores)))
+    final = await stores[0].load(first.key, NOW)
+    assert final is not None
+    marks = json.loads(final.data)["marks"]
+    assert sorted(marks) == sorted(f"{n}.{step}" for n in range(len(stores)) for step in range(10))
+    assert final.version == 1 + len(marks)
+
+
+async def revoke_while_rotating(stores: list[PostgresStore], user: str) -> None:
+    devices = [make_record(user_id=user) for _ in range(6)]
+    for device in devices:
+        await stores[0].save(device)
+    revoked = asyncio.Event()
+    rotations = 0
+
+    async def keep_rotating(store: PostgresStore, record: SessionRecord) -> None:
+        # A device that logs in again and again: each save moves it to a new key.
+        nonlocal rotations
+        while True:
+            moved = record._replace(key=store_key(new_session_id()), version=record.version + 1)
+            if not await store.save(moved, replaces=record.key, expected_version=record.version):
+                return  # its session is gone: revoked
+            rotations += 1
+            record = moved
+            if revoked.is_set():
+                raise AssertionError("a session rotated after the revocation had returned")
+
+    rotating = [
+        asyncio.ensure_future(keep_rotating(stores[1 + n % 7], device))
+        for n, device in enumerate(devices)
+    ]
+    for _ in range(1000):  # until the devices are well under way
+        if rotations >= 30:
+            break
+        await asyncio.sleep(0.001)
+    live = await stores[0].delete_user(user, now=NOW)
+    revoked.set()
+    await asyncio.gather(*rotating)
+    assert live == len(devices)
+    assert await stores[0].list_user(user, NOW) == []
+
+
+async def test_revoking_a_user_kills_sessions_that_rotate_meanwhile(
+    stores: list[PostgresStore],
+) -> None:
+    # A lost race is a matter of timing: several rounds make one likely to show.
+    for round_ in range(6):
+        await revoke_while_rotating(stores, f"user-{round_}")
+    assert await stores[0].count(NOW) == 0
+
+
+async def test_a_stopped_server_is_a_quick_503_and_the_store_recovers_by_itself(
+    own_server: PostgresServer,
+) -> None:
+    store = PostgresStore(own_server.url, table=unique_prefix(), timeout=0.5, retry_after=3)
+    try:
+        record = make_record(user_id="alice")
+        await store.save(record)
+        own_server.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="unavailable") as caught:
+            await store.load(record.key, NOW)
+        assert caught.value.retry_after == 3
+        with pytest.raises(StoreUnavailableError):
+            await store.save(make_record())
+        assert time.monotonic() - started < 3
+        own_server.start()
+        # The data is on disk; the pool reconnects on its own within a few seconds.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert await store.load(record.key, NOW) == record
+                break
+            except StoreUnavailableError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+    finally:
+        await store.aclose()
+
+
+async def test_after_a_restart_the_first_read_does_not_fail_on_a_dead_connection(
+    own_server: PostgresServer,
+) -> None:
+    store = PostgresStore(own_server.url, table=unique_prefix(), max_connections=4)
+    try:
+        record = make_record()
+        await store.save(record)
+        # Four connections in the pool, each of which the restart will leave dead.
+        await asyncio.gather(*(store.load(record.key, NOW) for _ in range(20)))
+        own_server.stop()
+        own_server.start()
+        assert await store.load(record.key, NOW) == record
+        assert await store.save(record._replace(version=2), expected_version=1)
+        assert await store.count(NOW) == 1
+    finally:
+        await store.aclose()
+
+
+async def test_a_hung_server_is_a_503_within_the_timeout(own_server: PostgresServer) -> None:
+    store = PostgresStore(own_server.url, table=unique_prefix(), timeout=0.5)
+    try:
+        record = make_record(expires_at=NOW + HOUR)
+        await store.save(record)
+        own_server.signal_all(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="no answer in time"):
+                await store.load(record.key, NOW)
+            assert time.monotonic() - started < 2
+        finally:
+            own_server.signal_all(signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert await store.load(record.key, NOW) == record
+                break
+            except StoreUnavailableError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+    finally:
+        await store.aclose()
+
+
+async def test_an_unreachable_server_never_shows_the_password() -> None:
+    from ..redis_servers import free_port
+
+    store = store_from_url(f"postgresql://app:s3cret@127.0.0.1:{free_port()}/web?timeout=0.5")
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            await store.count(NOW)
+        assert "s3cret" not in str(caught.value)
+    finally:
+        await store.aclose()
