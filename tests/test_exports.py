@@ -42,3 +42,9 @@ def test_otel_module_names_the_missing_extra() -> None:
     code = "import sys\nsys.modules['opentelemetry'] = None\nimport coatcheck.otel\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "pip install 'coatcheck[otel]'" in result.stderr
+
+
+def test_postgres_store_names_the_missing_extra() -> None:
+    code = "import sys\nsys.modules['psycopg'] = None\nimport coatcheck.stores.postgres\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "pip install 'coatcheck[postgres]'" in result.stderr

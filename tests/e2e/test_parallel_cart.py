@@ -10,7 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..postgres_server import PostgresServer
 from ..redis_servers import RedisServer
+from ..store_kinds import unique_prefix
 from .conftest import StartServer
 
 pytestmark = pytest.mark.e2e
@@ -66,4 +68,10 @@ def test_memory_store(start_server: StartServer) -> None:
 
 def test_redis_with_two_workers(start_server: StartServer, redis_url: str) -> None:
     server = start_server("--store", redis_url, "--workers", "2", pass_store=False)
+    assert sorted(add_fifty_in_parallel(server.url)) == expected()
+
+
+def test_postgres_with_two_workers(start_server: StartServer, postgres: PostgresServer) -> None:
+    store = f"{postgres.url}?table={unique_prefix()}"
+    server = start_server("--store", store, "--workers", "2", pass_store=False)
     assert sorted(add_fifty_in_parallel(server.url)) == expected()

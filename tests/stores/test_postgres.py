@@ -71,6 +71,7 @@ def test_from_url_keeps_its_own_options_and_passes_the_rest_to_libpq() -> None:
         ("postgresql://u:s3cret@db/web?max_connections=0", "max_connections must be"),
         ("postgresql://u:s3cret@db/web?table=drop%20table", "not a plain SQL identifier"),
         ("postgresql://u:s3cret@db/web?table=pg_class", "not a plain SQL identifier"),
+        ("postgresql://u:s3cret@db/web?sslmod=require", 'invalid URI query parameter: "sslmod"'),
     ],
 )
 def test_bad_options_fail_at_start_up_without_the_password(url: str, complaint: str) -> None:

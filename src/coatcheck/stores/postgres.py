@@ -37,6 +37,7 @@ from .base import Merge, SessionRecord
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
     from psycopg.rows import TupleRow
     from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
@@ -95,6 +96,10 @@ class PostgresStore:
             raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
         if pool is not None and conninfo:
             raise ConfigurationError("give PostgresStore a conninfo or a pool, not both")
+        try:
+            conninfo_to_dict(conninfo)  # a misspelt parameter fails now, not at each connect
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"invalid PostgreSQL connection string: {exc}") from None
         self.conninfo = conninfo
         self.table = table
         self.timeout = timeout

@@ -1,0 +1,128 @@
+"""The reference app on PostgreSQL through a real uvicorn server: devices, the shell,
+and a database that stops or hangs under a running app."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ..postgres_server import PostgresServer, PostgresServers
+from ..store_kinds import unique_prefix
+from .conftest import StartServer, run_cli
+from .test_redis_demo import assert_unavailable, client_for, login
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def own_server() -> Iterator[PostgresServer]:
+    """A server this test may stop and freeze without disturbing the others."""
+    servers = PostgresServers()
+    try:
+        yield servers.server()
+    finally:
+        servers.stop()
+
+
+def demo_on(start_server: StartServer, store_url: str, *args: str) -> str:
+    return start_server("--store", store_url, *args, name="pg-demo", pass_store=False).url
+
+
+def test_devices_and_the_shell_on_postgres(
+    start_server: StartServer, postgres: PostgresServer
+) -> None:
+    store_url = f"{postgres.url}?table={unique_prefix()}"
+    url = demo_on(start_server, store_url)
+    with client_for(url) as client:
+        phone = login(client)
+        laptop = login(client)
+        assert client.post("/cart/items", json={"item": "plum"}, headers=laptop).status_code == 201
+        sessions = client.get("/sessions", headers=laptop).json()["sessions"]
+        assert len(sessions) == 2
+        other = next(entry["id"] for entry in sessions if not entry["current"])
+        assert client.delete(f"/sessions/{other}", headers=laptop).status_code == 204
+        assert client.get("/me", headers=phone).status_code == 401
+
+        listed = run_cli("sessions", "list", "--store", store_url, "--user", "alice")
+        assert next(entry["id"] for entry in sessions if entry["current"]) in listed.stdout
+        assert run_cli("sessions", "count", "--store", store_url).stdout.startswith("1 live")
+        revoked = run_cli("sessions", "revoke", "--store", store_url, "--user", "alice")
+        assert revoked.stdout == "Revoked 1 session of alice.\n"
+        assert client.get("/me", headers=laptop).status_code == 401
+        assert client.get("/cart", headers=laptop).json() == {"items": []}
+
+
+def test_the_shell_never_creates_a_table_it_was_not_given(postgres: PostgresServer) -> None:
+    table = unique_prefix()
+    result = run_cli_failing("sessions", "count", "--store", f"{postgres.url}?table={table}")
+    assert f"no session table '{table}'" in result
+    with postgres.connect() as db:
+        assert db.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,)
+
+
+def run_cli_failing(*args: str) -> str:
+    """The error a ``python -m coatcheck`` that must fail prints, on one line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "coatcheck", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0, result.stdout
+    return " ".join(result.stderr.split())
+
+
+def test_a_stopped_database_gives_503_then_the_app_recovers_with_its_sessions(
+    start_server: StartServer, own_server: PostgresServer
+) -> None:
+    url = demo_on(start_server, own_server.url)
+    with client_for(url) as client:
+        alice = login(client)
+        assert client.post("/cart/items", json={"item": "pear"}, headers=alice).status_code == 201
+
+        own_server.stop()
+        started = time.monotonic()
+        assert_unavailable(client.get("/me", headers=alice))
+        assert_unavailable(client.post("/cart/items", json={"item": "fig"}, headers=alice))
+        assert_unavailable(client.post("/login", json={"username": "bob", "password": "builder"}))
+        assert time.monotonic() - started < 10  # bounded timeouts, no hang
+        assert client.get("/static/style.css").status_code == 200  # no session, no database
+
+        own_server.start()  # the sessions are on disk: alice is still signed in
+        for _ in range(100):  # the pool reconnects on its own; no restart of the app
+            response = client.get("/cart", headers=alice)
+            if response.status_code == 200:
+                break
+            assert_unavailable(response)
+            time.sleep(0.1)
+        assert response.json() == {"items": ["pear"]}
+        assert client.get("/me", headers=alice).json()["user"] == "alice"
+
+
+def test_a_frozen_database_times_out_into_503_and_the_session_survives(
+    start_server: StartServer, own_server: PostgresServer
+) -> None:
+    url = demo_on(start_server, own_server.url)
+    with client_for(url) as client:
+        alice = login(client)
+        assert client.post("/cart/items", json={"item": "pear"}, headers=alice).status_code == 201
+        own_server.signal_all(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert_unavailable(client.get("/cart", headers=alice))
+            assert time.monotonic() - started < 5  # about the 2 s timeout
+            assert client.get("/static/style.css").status_code == 200
+        finally:
+            own_server.signal_all(signal.SIGCONT)
+        for _ in range(100):
+            response = client.get("/cart", headers=alice)
+            if response.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert response.json() == {"items": ["pear"]}
