@@ -318,7 +318,13 @@ class PostgresStore:
 
     async def aclose(self) -> None:
         if self._abandoned:
+            # Calls given up on may still be waiting for a hung server: give them a
+            # last chance, then cancel them.
             await asyncio.wait(self._abandoned, timeout=self.timeout)
+            for task in list(self._abandoned):
+                task.cancel()
+            if self._abandoned:
+                await asyncio.wait(self._abandoned, timeout=self.timeout)
         pool = self._pool
         if pool is None or pool is self._given_pool:
             return
@@ -379,10 +385,13 @@ class PostgresStore:
     async def _within(self, work: Coroutine[Any, Any, T]) -> T:
         """Await ``work`` for at most ``timeout`` seconds.
 
-        psycopg answers a cancelled query by asking the server to cancel it and waiting
-        up to ten seconds for that, so a hung server would hold the request as long.
-        The work runs as a task of its own instead; on timeout it is cancelled and left
-        to tidy up its connection in the background.
+        A cancelled psycopg query asks the server to cancel it and waits up to ten
+        seconds for that, and with a libpq older than 17 the request even blocks the
+        event loop. So the work runs as a task of its own, which a timeout abandons
+        rather than cancels: it ends when the server answers or the connection breaks,
+        and its connection then goes back to the pool. A server that hangs for good
+        holds at most ``max_connections`` of them; later requests get the 503 as soon
+        as the pool has none to give.
         """
         task = asyncio.ensure_future(work)
         try:
@@ -390,9 +399,8 @@ class PostgresStore:
         finally:
             unfinished = not task.done()  # timed out, or this request was cancelled
             if unfinished:
-                task.cancel()
                 self._abandoned.add(task)
-                task.add_done_callback(self._abandoned.discard)
+                task.add_done_callback(_forget(self._abandoned))
         if unfinished:
             raise asyncio.TimeoutError
         return task.result()
@@ -461,6 +469,18 @@ class PostgresStore:
             " WHERE user_id IS NOT NULL",
             f'CREATE INDEX IF NOT EXISTS "{self.table}_expires" ON {name} (expires_at)',
         )
+
+
+def _forget(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done callback that drops a finished abandoned task, retrieving its outcome so
+    that asyncio does not log an exception nobody was left to see."""
+
+    def forget(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return forget
 
 
 def _describe(exc: BaseException) -> str:
