@@ -9,6 +9,7 @@ import json
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -276,3 +277,26 @@ async def test_an_unreachable_server_never_shows_the_password() -> None:
         assert "s3cret" not in str(caught.value)
     finally:
         await store.aclose()
+
+
+async def test_a_store_on_the_apps_own_pool_leaves_the_pool_to_the_app(
+    postgres: PostgresServer,
+) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        postgres.url, kwargs={"autocommit": True}, min_size=1, max_size=2, open=False
+    )
+    await pool.open()
+    try:
+        store = PostgresStore(pool=pool, table=unique_prefix())
+        record = make_record()
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+        await store.aclose()
+        assert not pool.closed
+        assert await store.count(NOW) == 1  # the same pool, still usable
+    finally:
+        await pool.close()
+    with pytest.raises(ConfigurationError, match="not both"):
+        PostgresStore(postgres.url, pool=pool)
