@@ -111,6 +111,16 @@ def postgres(postgres_servers: postgres_server.PostgresServers) -> postgres_serv
     return postgres_servers.server()
 
 
+@pytest.fixture
+def own_postgres() -> Iterator[postgres_server.PostgresServer]:
+    """A PostgreSQL server of the test's own, which it may stop, freeze and restart."""
+    servers = postgres_server.PostgresServers()
+    try:
+        yield servers.server()
+    finally:
+        servers.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(redis_servers_registry: redis_servers.RedisServers) -> redis_servers.RedisServer:
     return redis_servers_registry.standalone()

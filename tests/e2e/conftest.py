@@ -229,8 +229,9 @@ def echoes_part_of(secret: str, text: str, width: int = 12) -> bool:
 # -- the server ----------------------------------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m coatcheck ARGS`` in a process of its own, as an operator runs it."""
+def run_cli(*args: str, fails: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python -m coatcheck ARGS`` in a process of its own, as an operator runs it;
+    it must succeed, or with ``fails`` exit with an error."""
     result = subprocess.run(
         [sys.executable, "-m", "coatcheck", *args],
         capture_output=True,
@@ -238,7 +239,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
+    if fails:
+        assert result.returncode != 0, result.stdout
+    else:
+        assert result.returncode == 0, result.stderr
     return result
 
 

@@ -4,14 +4,12 @@ and a database that stops or hangs under a running app."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
+import httpx
 import pytest
 
-from ..postgres_server import PostgresServer, PostgresServers
+from ..postgres_server import PostgresServer
 from ..store_kinds import unique_prefix
 from .conftest import StartServer, run_cli
 from .test_redis_demo import assert_unavailable, client_for, login
@@ -19,18 +17,19 @@ from .test_redis_demo import assert_unavailable, client_for, login
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def own_server() -> Iterator[PostgresServer]:
-    """A server this test may stop and freeze without disturbing the others."""
-    servers = PostgresServers()
-    try:
-        yield servers.server()
-    finally:
-        servers.stop()
-
-
 def demo_on(start_server: StartServer, store_url: str, *args: str) -> str:
     return start_server("--store", store_url, *args, name="pg-demo", pass_store=False).url
+
+
+def cart_once_back(client: httpx.Client, cookie: dict[str, str]) -> object:
+    """The cart, once the app reaches the database again by itself (no restart)."""
+    for _ in range(100):
+        response = client.get("/cart", headers=cookie)
+        if response.status_code == 200:
+            return response.json()
+        assert_unavailable(response)
+        time.sleep(0.1)
+    raise AssertionError("the app did not recover within 10 s")
 
 
 def test_devices_and_the_shell_on_postgres(
@@ -59,34 +58,22 @@ def test_devices_and_the_shell_on_postgres(
 
 def test_the_shell_never_creates_a_table_it_was_not_given(postgres: PostgresServer) -> None:
     table = unique_prefix()
-    result = run_cli_failing("sessions", "count", "--store", f"{postgres.url}?table={table}")
-    assert f"no session table '{table}'" in result
+    store_url = f"{postgres.url}?table={table}"
+    result = run_cli("sessions", "count", "--store", store_url, fails=True)
+    assert f"no session table '{table}'" in " ".join(result.stderr.split())
     with postgres.connect() as db:
         assert db.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,)
 
 
-def run_cli_failing(*args: str) -> str:
-    """The error a ``python -m coatcheck`` that must fail prints, on one line."""
-    result = subprocess.run(
-        [sys.executable, "-m", "coatcheck", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode != 0, result.stdout
-    return " ".join(result.stderr.split())
-
-
 def test_a_stopped_database_gives_503_then_the_app_recovers_with_its_sessions(
-    start_server: StartServer, own_server: PostgresServer
+    start_server: StartServer, own_postgres: PostgresServer
 ) -> None:
-    url = demo_on(start_server, own_server.url)
+    url = demo_on(start_server, own_postgres.url)
     with client_for(url) as client:
         alice = login(client)
         assert client.post("/cart/items", json={"item": "pear"}, headers=alice).status_code == 201
 
-        own_server.stop()
+        own_postgres.stop()
         started = time.monotonic()
         assert_unavailable(client.get("/me", headers=alice))
         assert_unavailable(client.post("/cart/items", json={"item": "fig"}, headers=alice))
@@ -94,35 +81,24 @@ def test_a_stopped_database_gives_503_then_the_app_recovers_with_its_sessions(
         assert time.monotonic() - started < 10  # bounded timeouts, no hang
         assert client.get("/static/style.css").status_code == 200  # no session, no database
 
-        own_server.start()  # the sessions are on disk: alice is still signed in
-        for _ in range(100):  # the pool reconnects on its own; no restart of the app
-            response = client.get("/cart", headers=alice)
-            if response.status_code == 200:
-                break
-            assert_unavailable(response)
-            time.sleep(0.1)
-        assert response.json() == {"items": ["pear"]}
+        own_postgres.start()  # the sessions are on disk: alice is still signed in
+        assert cart_once_back(client, alice) == {"items": ["pear"]}
         assert client.get("/me", headers=alice).json()["user"] == "alice"
 
 
 def test_a_frozen_database_times_out_into_503_and_the_session_survives(
-    start_server: StartServer, own_server: PostgresServer
+    start_server: StartServer, own_postgres: PostgresServer
 ) -> None:
-    url = demo_on(start_server, own_server.url)
+    url = demo_on(start_server, own_postgres.url)
     with client_for(url) as client:
         alice = login(client)
         assert client.post("/cart/items", json={"item": "pear"}, headers=alice).status_code == 201
-        own_server.signal_all(signal.SIGSTOP)
+        own_postgres.signal_all(signal.SIGSTOP)
         try:
             started = time.monotonic()
             assert_unavailable(client.get("/cart", headers=alice))
             assert time.monotonic() - started < 5  # about the 2 s timeout
             assert client.get("/static/style.css").status_code == 200
         finally:
-            own_server.signal_all(signal.SIGCONT)
-        for _ in range(100):
-            response = client.get("/cart", headers=alice)
-            if response.status_code == 200:
-                break
-            time.sleep(0.1)
-        assert response.json() == {"items": ["pear"]}
+            own_postgres.signal_all(signal.SIGCONT)
+        assert cart_once_back(client, alice) == {"items": ["pear"]}

@@ -8,7 +8,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,20 +18,10 @@ from coatcheck._ids import new_session_id, store_key
 from coatcheck.stores import SessionRecord
 from coatcheck.stores.postgres import PostgresStore
 
-from ..postgres_server import PostgresServer, PostgresServers
+from ..postgres_server import PostgresServer
 from .conftest import HOUR, NOW, make_record, unique_prefix
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def own_server() -> Iterator[PostgresServer]:
-    """A server of this test's own, which it may stop, freeze and restart."""
-    servers = PostgresServers()
-    try:
-        yield servers.server()
-    finally:
-        servers.stop()
 
 
 @pytest.fixture
@@ -195,14 +185,25 @@ async def test_revoking_a_user_kills_sessions_that_rotate_meanwhile(
     assert await stores[0].count(NOW) == 0
 
 
+async def loaded_once_back(store: PostgresStore, key: str) -> SessionRecord | None:
+    """The record, once the store reaches its server again by itself."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return await store.load(key, NOW)
+        except StoreUnavailableError:
+            assert time.monotonic() < deadline, "the store did not recover within 15 s"
+            await asyncio.sleep(0.1)
+
+
 async def test_a_stopped_server_is_a_quick_503_and_the_store_recovers_by_itself(
-    own_server: PostgresServer,
+    own_postgres: PostgresServer,
 ) -> None:
-    store = PostgresStore(own_server.url, table=unique_prefix(), timeout=0.5, retry_after=3)
+    store = PostgresStore(own_postgres.url, table=unique_prefix(), timeout=0.5, retry_after=3)
     try:
         record = make_record(user_id="alice")
         await store.save(record)
-        own_server.stop()
+        own_postgres.stop()
         started = time.monotonic()
         with pytest.raises(StoreUnavailableError, match="unavailable") as caught:
             await store.load(record.key, NOW)
@@ -210,31 +211,24 @@ async def test_a_stopped_server_is_a_quick_503_and_the_store_recovers_by_itself(
         with pytest.raises(StoreUnavailableError):
             await store.save(make_record())
         assert time.monotonic() - started < 3
-        own_server.start()
+        own_postgres.start()
         # The data is on disk; the pool reconnects on its own within a few seconds.
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                assert await store.load(record.key, NOW) == record
-                break
-            except StoreUnavailableError:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+        assert await loaded_once_back(store, record.key) == record
     finally:
         await store.aclose()
 
 
 async def test_after_a_restart_the_first_read_does_not_fail_on_a_dead_connection(
-    own_server: PostgresServer,
+    own_postgres: PostgresServer,
 ) -> None:
-    store = PostgresStore(own_server.url, table=unique_prefix(), max_connections=4)
+    store = PostgresStore(own_postgres.url, table=unique_prefix(), max_connections=4)
     try:
         record = make_record()
         await store.save(record)
         # Four connections in the pool, each of which the restart will leave dead.
         await asyncio.gather(*(store.load(record.key, NOW) for _ in range(20)))
-        own_server.stop()
-        own_server.start()
+        own_postgres.stop()
+        own_postgres.start()
         assert await store.load(record.key, NOW) == record
         assert await store.save(record._replace(version=2), expected_version=1)
         assert await store.count(NOW) == 1
@@ -242,27 +236,20 @@ async def test_after_a_restart_the_first_read_does_not_fail_on_a_dead_connection
         await store.aclose()
 
 
-async def test_a_hung_server_is_a_503_within_the_timeout(own_server: PostgresServer) -> None:
-    store = PostgresStore(own_server.url, table=unique_prefix(), timeout=0.5)
+async def test_a_hung_server_is_a_503_within_the_timeout(own_postgres: PostgresServer) -> None:
+    store = PostgresStore(own_postgres.url, table=unique_prefix(), timeout=0.5)
     try:
         record = make_record(expires_at=NOW + HOUR)
         await store.save(record)
-        own_server.signal_all(signal.SIGSTOP)
+        own_postgres.signal_all(signal.SIGSTOP)
         try:
             started = time.monotonic()
             with pytest.raises(StoreUnavailableError, match="no answer in time"):
                 await store.load(record.key, NOW)
             assert time.monotonic() - started < 2
         finally:
-            own_server.signal_all(signal.SIGCONT)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                assert await store.load(record.key, NOW) == record
-                break
-            except StoreUnavailableError:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+            own_postgres.signal_all(signal.SIGCONT)
+        assert await loaded_once_back(store, record.key) == record
     finally:
         await store.aclose()
 

@@ -52,6 +52,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _FIELDS = (
     "public_id, data, user_id, created_at, last_seen_at, expires_at, remember, user_agent, version"
 )
+# A SessionRecord is a tuple in this order, so a record is its own row of parameters.
 _COLUMNS = f"key, {_FIELDS}"
 _VALUES = "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
 _UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
@@ -206,16 +207,16 @@ class PostgresStore:
     ) -> bool:
         if expected is None:
             if previous == record.key:
-                await db.execute(self._insert, _values(record))
+                await db.execute(self._insert, record)
             else:
-                await db.execute(self._replace, (previous, *_values(record)))
+                await db.execute(self._replace, (previous, *record))
             return True
         # Optimistic: one statement that writes only over the version this request read.
         condition = (previous, expected, record.last_seen_at)
         if previous == record.key:
-            done = await db.execute(self._update_if, (*_values(record), *condition))
+            done = await db.execute(self._update_if, (*record, *condition))
         else:
-            done = await db.execute(self._rotate_if, (*condition, *_values(record)))
+            done = await db.execute(self._rotate_if, (*condition, *record))
         if done.rowcount == 1:
             return True
         # The base is gone, dead, or another save got there first: settle it under the
@@ -235,7 +236,7 @@ class PostgresStore:
                 chosen = merge(base)
             if previous != chosen.key:
                 await db.execute(self._delete_key, (previous,))
-            await db.execute(self._insert, _values(chosen))
+            await db.execute(self._insert, chosen)
         return True
 
     async def delete(self, key: str) -> None:
@@ -495,21 +496,6 @@ async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
     if row is None:  # pragma: no cover - an aggregate always gives a row
         raise StoreError("PostgreSQL returned no row for an aggregate query")
     return row
-
-
-def _values(record: SessionRecord) -> tuple[Any, ...]:
-    return (
-        record.key,
-        record.public_id,
-        record.data,
-        record.user_id,
-        record.created_at,
-        record.last_seen_at,
-        record.expires_at,
-        record.remember,
-        record.user_agent,
-        record.version,
-    )
 
 
 def _record(key: str, row: Sequence[Any]) -> SessionRecord:
