@@ -767,3 +767,10 @@ def timing_method(args: argparse.Namespace) -> str:
         f"{args.rounds} rounds x {args.requests} requests per variant in {args.slices}"
         f" shuffled slices, {args.clock} clock, GC off while timing; medians over rounds"
     )
+
+
+def write_json(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Write ``results`` to the ``--json`` path, when one was given."""
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sqlite3
 import statistics
@@ -55,6 +54,7 @@ from _harness import (
     run_record,
     starsessions_app,
     timing_method,
+    write_json,
 )
 from fastapi import Depends, FastAPI, Request
 from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
@@ -283,9 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"ABORTED: {exc}", file=sys.stderr)
         return 2
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args, results)
     return 0
 
 

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import glob
-import json
 import os
 import pwd
 import shutil
@@ -50,6 +49,7 @@ from _harness import (
     request,
     run_record,
     timing_method,
+    write_json,
 )
 from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
@@ -227,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"ABORTED: {exc}", file=sys.stderr)
         return 2
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args, results)
     return 0
 
 

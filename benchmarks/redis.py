@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import json
 import os
 import re
 import shutil
@@ -68,6 +67,7 @@ from _harness import (
     run_record,
     starsessions_app,
     timing_method,
+    write_json,
 )
 from fastapi import Depends, FastAPI
 
@@ -795,9 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; redis-server stopped", file=sys.stderr)
         return 130
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args, results)
     return 0
 
 

@@ -21,6 +21,13 @@ def demo_on(start_server: StartServer, store_url: str, *args: str) -> str:
     return start_server("--store", store_url, *args, name="pg-demo", pass_store=False).url
 
 
+def alice_with_a_pear(client: httpx.Client) -> dict[str, str]:
+    """Alice's cookie, once she has signed in and put a pear in her cart."""
+    alice = login(client)
+    assert client.post("/cart/items", json={"item": "pear"}, headers=alice).status_code == 201
+    return alice
+
+
 def cart_once_back(client: httpx.Client, cookie: dict[str, str]) -> object:
     """The cart, once the app reaches the database again by itself (no restart)."""
     for _ in range(100):
@@ -70,9 +77,7 @@ def test_a_stopped_database_gives_503_then_the_app_recovers_with_its_sessions(
 ) -> None:
     url = demo_on(start_server, own_postgres.url)
     with client_for(url) as client:
-        alice = login(client)
-        assert client.post("/cart/items", json={"item": "pear"}, headers=alice).status_code == 201
-
+        alice = alice_with_a_pear(client)
         own_postgres.stop()
         started = time.monotonic()
         assert_unavailable(client.get("/me", headers=alice))
@@ -91,8 +96,7 @@ def test_a_frozen_database_times_out_into_503_and_the_session_survives(
 ) -> None:
     url = demo_on(start_server, own_postgres.url)
     with client_for(url) as client:
-        alice = login(client)
-        assert client.post("/cart/items", json={"item": "pear"}, headers=alice).status_code == 201
+        alice = alice_with_a_pear(client)
         own_postgres.signal_all(signal.SIGSTOP)
         try:
             started = time.monotonic()
