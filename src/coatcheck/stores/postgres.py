@@ -194,8 +194,8 @@ class PostgresStore:
                 await self._purge_quietly(db, record.last_seen_at)
             return written
 
-        # An unconditional write may be repeated: the same row ends up stored either way.
-        return await self._run(write, idempotent=expected_version is None)
+        # Never sent twice: had the first copy run, a logout in between could be undone.
+        return await self._run(write, idempotent=False)
 
     async def _write(
         self,
@@ -357,7 +357,8 @@ class PostgresStore:
 
         A server restart leaves every idle pooled connection dead, and the first use of
         each fails. After such a failure the pool tests its other idle connections, so
-        one request, not one per connection, notices; a read then tries once more.
+        one request, not one per connection, notices; a read or a delete then tries once
+        more (a save never does: ``idempotent`` is false for it).
         """
         for attempt in (1, 2):
             try:
