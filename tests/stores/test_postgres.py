@@ -62,6 +62,8 @@ def test_from_url_keeps_its_own_options_and_passes_the_rest_to_libpq() -> None:
         ("postgresql://u:s3cret@db/web?max_connections=0", "max_connections must be"),
         ("postgresql://u:s3cret@db/web?table=drop%20table", "not a plain SQL identifier"),
         ("postgresql://u:s3cret@db/web?table=pg_class", "not a plain SQL identifier"),
+        ("postgresql://u:s3cret@db/web?table=a.b.c", "not a plain SQL identifier"),
+        ("postgresql://u:s3cret@db/web?table=auth.", "not a plain SQL identifier"),
         ("postgresql://u:s3cret@db/web?sslmod=require", 'invalid URI query parameter: "sslmod"'),
     ],
 )
@@ -287,3 +289,41 @@ async def test_a_store_on_the_apps_own_pool_leaves_the_pool_to_the_app(
         await pool.close()
     with pytest.raises(ConfigurationError, match="not both"):
         PostgresStore(postgres.url, pool=pool)
+
+
+async def test_a_table_in_a_schema_of_its_own(postgres: PostgresServer) -> None:
+    schema = unique_prefix()
+    with postgres.connect() as db:
+        db.execute(f'CREATE SCHEMA "{schema}"')
+    store = store_from_url(f"{postgres.url}?table={schema}.sessions")
+    try:
+        record = make_record(user_id="alice")
+        await store.save(record)
+        assert await store.list_user("alice", NOW) == [record]
+    finally:
+        await store.aclose()
+    with postgres.connect() as db:
+        found = db.execute(
+            "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = %s ORDER BY 2",
+            (schema,),
+        ).fetchall()
+    assert found == [
+        ("sessions", "sessions_expires"),
+        ("sessions", "sessions_pkey"),
+        ("sessions", "sessions_user"),
+    ]
+
+
+async def test_the_schema_sql_makes_a_table_the_store_can_use_without_ddl(
+    postgres: PostgresServer,
+) -> None:
+    table = unique_prefix()
+    store = PostgresStore(postgres.url, table=table, create_table=False)
+    try:
+        with postgres.connect() as db:
+            db.execute(store.schema_sql())  # as a migration would
+        record = make_record()
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+    finally:
+        await store.aclose()

@@ -89,8 +89,13 @@ class PostgresStore:
         purge_batch: int = 500,
         retry_after: int | None = None,
     ) -> None:
-        if not _IDENTIFIER.fullmatch(table) or table.lower().startswith("pg_"):
-            raise ConfigurationError(f"table name {table!r} is not a plain SQL identifier")
+        parts = table.split(".")
+        if len(parts) > 2 or not all(
+            _IDENTIFIER.fullmatch(part) and not part.lower().startswith("pg_") for part in parts
+        ):
+            raise ConfigurationError(
+                f"table name {table!r} is not a plain SQL identifier (or schema.identifier)"
+            )
         if not 0 < timeout < 3600:  # also rejects NaN
             raise ConfigurationError(f"timeout must be between 0 and 3600 seconds, got {timeout}")
         if max_connections < 1:
@@ -115,7 +120,9 @@ class PostgresStore:
         self._ready = False  # the table is known to exist
         self._saves = 0
         self._abandoned: set[asyncio.Future[Any]] = set()  # timed out, still tidying up
-        name = f'"{table}"'  # quoted, so reserved words such as "order" work
+        # Quoted, so reserved words such as "order" work; a schema may come first.
+        name = ".".join(f'"{part}"' for part in parts)
+        self._index_prefix = parts[-1]  # an index lives in its table's schema
         self._sql_table = name
         # The statements of the per-request path, built once.
         self._select = f"SELECT {_FIELDS} FROM {name} WHERE key = %s AND expires_at > %s"  # noqa: S608
@@ -450,7 +457,7 @@ class PostgresStore:
                 lock = "SELECT pg_advisory_xact_lock(hashtext(%s))"
                 await db.execute(lock, (f"coatcheck:{self.table}",))
                 if not await self._table_exists(db):
-                    for statement in self._schema():
+                    for statement in self._schema_statements():
                         await db.execute(statement)
         self._ready = True
 
@@ -458,7 +465,12 @@ class PostgresStore:
         found = await db.execute("SELECT to_regclass(%s) IS NOT NULL", (self._sql_table,))
         return bool((await _one(found))[0])
 
-    def _schema(self) -> Sequence[str]:
+    def schema_sql(self) -> str:
+        """The DDL the store runs on first use, for apps that manage their schema with
+        migrations (then pass ``create_table=False``)."""
+        return "".join(f"{statement};\n" for statement in self._schema_statements())
+
+    def _schema_statements(self) -> Sequence[str]:
         name = self._sql_table
         return (
             f"CREATE TABLE IF NOT EXISTS {name} ("
@@ -467,9 +479,9 @@ class PostgresStore:
             " last_seen_at double precision NOT NULL, expires_at double precision NOT NULL,"
             " remember boolean NOT NULL DEFAULT false, user_agent text NOT NULL DEFAULT '',"
             " version bigint NOT NULL DEFAULT 1)",
-            f'CREATE INDEX IF NOT EXISTS "{self.table}_user" ON {name} (user_id)'
+            f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_user" ON {name} (user_id)'
             " WHERE user_id IS NOT NULL",
-            f'CREATE INDEX IF NOT EXISTS "{self.table}_expires" ON {name} (expires_at)',
+            f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_expires" ON {name} (expires_at)',
         )
 
 
