@@ -32,6 +32,7 @@ from ..exceptions import (
     StoreError,
     StoreUnavailableError,
 )
+from . import POSTGRES_SCHEMES
 from ._redact import redact
 from .base import Merge, SessionRecord
 
@@ -64,6 +65,7 @@ _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, async
 # Of those, the ones the pool raises without having used a connection.
 _POOL_ERRORS = (PoolTimeout, TooManyRequests)
 _OWN_OPTIONS = ("table", "timeout", "max_connections")
+_MAX_REVOKE_ROUNDS = 20
 
 
 class PostgresStore:
@@ -152,7 +154,7 @@ class PostgresStore:
         ``application_name``…) goes to libpq. Nothing connects until first use.
         """
         parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres"):
+        if parts.scheme not in POSTGRES_SCHEMES:
             raise ConfigurationError(f"not a PostgreSQL URL: {redact(url)!r}")
         libpq = parse_qsl(parts.query, keep_blank_values=True)
         own = {name: value for name, value in libpq if name in _OWN_OPTIONS}
@@ -279,13 +281,15 @@ class PostgresStore:
             live = 0
             # A session that rotated while the DELETE ran is committed under a key that
             # statement could not see. A later statement sees it: repeat until none of
-            # the user's rows is left, so every device really loses access.
-            while True:
+            # the user's rows is left, so every device really loses access. (Bounded:
+            # the user's fresh logins arriving without pause may outlive it.)
+            for _ in range(_MAX_REVOKE_ROUNDS):
                 cursor = await db.execute(delete, (user_id, keep, moment))
                 live += int((await _one(cursor))[0])
                 cursor = await db.execute(remaining, (user_id, keep))
                 if not (await _one(cursor))[0]:
-                    return live
+                    break
+            return live
 
         return await self._run(remove, idempotent=True)
 
