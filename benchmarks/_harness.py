@@ -774,3 +774,13 @@ def write_json(args: argparse.Namespace, results: dict[str, Any]) -> None:
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
+
+
+def ratio_row(variant: Variant, width: int, columns: list[tuple[str, str]]) -> str:
+    """A result line: the variant, its µs per request, then its ratio to each baseline
+    of ``columns`` (name, title) that it is compared with, right-aligned under the title."""
+    line = f"{variant.name:<{width}}  {variant.median_us:>7.1f}"
+    for baseline, title in columns:
+        cell = f"{variant.ratio(baseline):.3f}×" if baseline in variant.baselines else ""
+        line += f"  {cell:>{max(len(title), 9)}}"
+    return line

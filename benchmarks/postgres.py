@@ -46,6 +46,7 @@ from _harness import (
     ok,
     package_versions,
     print_info,
+    ratio_row,
     request,
     run_record,
     timing_method,
@@ -166,16 +167,13 @@ def report(suite: Suite, args: argparse.Namespace, info: dict[str, str]) -> dict
     print_info(info)
     columns = [(BARE, "× bare"), (SELECT_FLOOR, "× SELECT"), (UPDATE_FLOOR, "× SELECT+UPDATE")]
     width = max(len(v.name) for v in suite.variants)
-    header = f"{'variant':<{width}}  {'µs/req':>7}" + "".join(f"  {t:>15}" for _, t in columns)
+    header = f"{'variant':<{width}}  {'µs/req':>7}"
+    header += "".join(f"  {title:>{max(len(title), 9)}}" for _, title in columns)
     print(header)
     print("-" * len(header))
     rows = []
     for variant in suite.variants:
-        line = f"{variant.name:<{width}}  {variant.median_us:>7.1f}"
-        for baseline, _ in columns:
-            cell = f"{variant.ratio(baseline):.3f}×" if baseline in variant.baselines else ""
-            line += f"  {cell:>15}"
-        print(line)
+        print(ratio_row(variant, width, columns))
         rows.append(variant.as_json())
     for note in suite.notes:
         print(f"NOTE: {note}")

@@ -62,6 +62,7 @@ from _harness import (
     ok,
     package_versions,
     print_info,
+    ratio_row,
     request,
     run_batch,
     run_record,
@@ -587,10 +588,7 @@ def report(
     print("-" * len(header))
     rows = []
     for variant in suite.variants:
-        line = f"{variant.name:<{width}}  {variant.median_us:>7.1f}"
-        for baseline, title in columns:
-            cell = f"{variant.ratio(baseline):.3f}×" if baseline in variant.baselines else ""
-            line += f"  {cell:>{max(len(title), 9)}}"
+        line = ratio_row(variant, width, columns)
         commands = counts.get(variant.name)
         line += f"  {commands.cell() if commands else '?':>10}"
         line += f"  {'yes' if variant.set_cookie else 'no'}"
