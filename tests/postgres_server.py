@@ -53,6 +53,7 @@ class PostgresServer:
     """One postmaster; ``start`` again after ``stop`` brings it back on the same port."""
 
     directory: Path
+    extra: tuple[str, ...] = ()  # more server options, e.g. ("-c", "ssl=on")
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -102,6 +103,7 @@ class PostgresServer:
                     "-c", f"unix_socket_directories={self.directory}",
                     "-c", "fsync=off", "-c", "synchronous_commit=off",
                     "-c", "full_page_writes=off", "-c", "max_connections=200",
+                    *self.extra,
                 ],
                 cwd=self.directory, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 **owner,
@@ -161,9 +163,10 @@ class PostgresServer:
 class PostgresServers:
     """The run's server, started the first time a test needs it and stopped at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Path | None = None) -> None:
         self._server: PostgresServer | None = None
         self._directory: str | None = None
+        self.tls = tls  # a folder with server.pem and server.key: serve TLS too
 
     def server(self) -> PostgresServer:
         if self._server is None:
@@ -171,8 +174,26 @@ class PostgresServers:
             # run as another user. A short path also keeps the socket under its limit.
             self._directory = tempfile.mkdtemp(prefix="coatcheck-pg-")
             os.chmod(self._directory, 0o755)  # noqa: S103 - postgres must traverse it
-            self._server = PostgresServer(Path(self._directory) / "pg").start()
+            folder = Path(self._directory) / "pg"
+            self._server = PostgresServer(folder, extra=self._tls_options(folder)).start()
         return self._server
+
+    def _tls_options(self, folder: Path) -> tuple[str, ...]:
+        """PostgreSQL reads its key only if the server's user owns it, mode 0600."""
+        if self.tls is None:
+            return ()
+        keys = folder.parent / "tls"
+        keys.mkdir()
+        for name in ("server.pem", "server.key"):
+            shutil.copy(self.tls / name, keys / name)
+            (keys / name).chmod(0o600)
+            if os.geteuid() == 0:
+                shutil.chown(keys / name, "postgres", "postgres")
+        return (
+            "-c", "ssl=on",
+            "-c", f"ssl_cert_file={keys / 'server.pem'}",
+            "-c", f"ssl_key_file={keys / 'server.key'}",
+        )  # fmt: skip
 
     def stop(self) -> None:
         if self._server is not None:

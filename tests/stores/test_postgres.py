@@ -8,7 +8,8 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from coatcheck._ids import new_session_id, store_key
 from coatcheck.stores import SessionRecord
 from coatcheck.stores.postgres import PostgresStore
 
-from ..postgres_server import PostgresServer
+from ..certificates import make_certificates
+from ..postgres_server import PostgresServer, PostgresServers
 from .conftest import HOUR, NOW, make_record, unique_prefix
 
 pytestmark = pytest.mark.anyio
@@ -327,3 +329,56 @@ async def test_the_schema_sql_makes_a_table_the_store_can_use_without_ddl(
         assert await store.load(record.key, NOW) == record
     finally:
         await store.aclose()
+
+
+@pytest.fixture(scope="module")
+def tls_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresServer, Path]]:
+    """A server that also speaks TLS, with the folder of the certificates it uses."""
+    certificates = tmp_path_factory.mktemp("pg-tls")
+    make_certificates(certificates)
+    servers = PostgresServers(tls=certificates)
+    try:
+        yield servers.server(), certificates
+    finally:
+        servers.stop()
+
+
+async def test_sessions_travel_over_verified_tls(
+    tls_postgres: tuple[PostgresServer, Path],
+) -> None:
+    server, certificates = tls_postgres
+    name = unique_prefix()
+    url = (
+        f"{server.url}?sslmode=verify-full&sslrootcert={certificates / 'ca.pem'}"
+        f"&application_name={name}&table={name}"
+    )
+    store = store_from_url(url)
+    try:
+        record = make_record()
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+        with server.connect() as db:  # the store's own connection, seen by the server
+            encrypted = db.execute(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+                " WHERE a.application_name = %s",
+                (name,),
+            ).fetchall()
+        assert {ssl for (ssl,) in encrypted} == {True}  # every connection of the store
+    finally:
+        await store.aclose()
+
+
+async def test_a_server_whose_certificate_cannot_be_verified_is_refused(
+    tls_postgres: tuple[PostgresServer, Path],
+) -> None:
+    server, certificates = tls_postgres
+    url = f"{server.url}?sslmode=verify-full&sslrootcert={certificates / 'other-ca.pem'}"
+    store = store_from_url(f"{url}&timeout=0.5&table={unique_prefix()}")
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await store.save(make_record())
+    finally:
+        await store.aclose()
+    assert isinstance(store, PostgresStore)
+    with server.connect() as db:
+        assert db.execute("SELECT to_regclass(%s)", (store.table,)).fetchone() == (None,)
