@@ -311,7 +311,13 @@ class Tally(BaseModel):
 TallyDep = Annotated[Tally, session_model("tally", Tally)]
 
 
-def coatcheck_app(store: Store, first: str, *, read_in_body: bool = False) -> tuple[ASGIApp, str]:
+def coatcheck_app(
+    store: Store,
+    first: str,
+    *,
+    read_in_body: bool = False,
+    config: SessionConfig | None = None,
+) -> tuple[ASGIApp, str]:
     """The session app, ``first`` matched first; ``read_in_body`` makes ``/read`` call
     ``get_session()`` itself.
 
@@ -361,7 +367,7 @@ def coatcheck_app(store: Store, first: str, *, read_in_body: bool = False) -> tu
         return {"user": user}
 
     lead_with(inner, first)
-    config = SessionConfig()  # production defaults: the cookie is ``__Host-session``
+    config = config or SessionConfig()  # production defaults: the cookie is ``__Host-session``
     return SessionMiddleware(inner, store=store, config=config), config.cookie.name
 
 

@@ -42,6 +42,7 @@ from _harness import (
     add_optional,
     add_timing_arguments,
     check_timing_arguments,
+    coatcheck_app,
     expect,
     lead_with,
     litestar_apps,
@@ -60,8 +61,9 @@ from fastapi import Depends, FastAPI, Request
 from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
 
 import coatcheck
-from coatcheck import MemoryStore, SQLiteStore
+from coatcheck import MemoryStore, SessionConfig, SQLiteStore
 from coatcheck.serializers import HAVE_ORJSON
+from coatcheck.stores.cookie import CookieStore
 
 NOOP = "fastapi no-op dependency"
 
@@ -128,6 +130,13 @@ def starlette_app(first: str) -> ASGIApp:
     return StarletteSessionMiddleware(lead_with(inner, first), secret_key=secret, https_only=True)
 
 
+def coatcheck_cookie_app(first: str) -> ASGIApp:
+    """coatcheck with the session sealed in its cookie: the peer of Starlette's."""
+    config = SessionConfig(secret_keys=["benchmark-secret-" + "x" * 32])
+    app, _ = coatcheck_app(CookieStore(), first, config=config)
+    return app
+
+
 def _starsessions_memory() -> Any:
     from starsessions import InMemoryStore
 
@@ -157,6 +166,9 @@ async def build(suite: Suite, workdir: Path) -> None:
         suite, "sqlite", SQLiteStore(workdir / "sessions.db"), baselines=(BARE, NOOP)
     )
     await add_cookie_peer(suite, "starlette cookie", starlette_app, "session", stateless=True)
+    await add_cookie_peer(
+        suite, "coatcheck cookie", coatcheck_cookie_app, "__Host-session", stateless=True
+    )
     peers: tuple[tuple[str, Callable[[Suite], Awaitable[None]]], ...] = (
         ("starsessions", _add_starsessions),
         ("litestar", add_litestar),
@@ -189,6 +201,7 @@ def versions() -> dict[str, str]:
         "litestar",
         "msgspec",
         "itsdangerous",
+        "cryptography",
         "orjson",
     )
     found.update(package_versions(packages))

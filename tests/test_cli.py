@@ -316,6 +316,18 @@ def test_memory_stores_are_refused(runner: CliRunner, command: list[str]) -> Non
 
 
 @pytest.mark.parametrize(
+    "command", [["count"], ["list", "--user", "alice"], ["revoke-all", "--yes"]]
+)
+def test_the_cookie_store_is_refused_for_it_keeps_nothing_here(
+    runner: CliRunner, command: list[str]
+) -> None:
+    result = runner.invoke(app, ["sessions", *command, "--store", "cookie://"])
+    assert result.exit_code == 2
+    assert "in its browser's cookie" in result.output
+    assert "Revoked" not in result.output
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "redis://:hunter2@127.0.0.1:{port}/0",

@@ -48,3 +48,12 @@ def test_postgres_store_names_the_missing_extra() -> None:
     code = "import sys\nsys.modules['psycopg'] = None\nimport coatcheck.stores.postgres\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "pip install 'coatcheck[postgres]'" in result.stderr
+
+
+def test_cookie_store_names_the_missing_extra() -> None:
+    code = "import sys\nsys.modules['cryptography'] = None\nimport coatcheck.stores.cookie\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "pip install 'coatcheck[cookie]'" in result.stderr
+    # The core never needs it: the middleware tells the cookie store by its methods.
+    core = "import sys\nsys.modules['cryptography'] = None\nimport coatcheck, coatcheck.fastapi\n"
+    assert subprocess.run([sys.executable, "-c", core], capture_output=True).returncode == 0

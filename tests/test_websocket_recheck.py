@@ -16,9 +16,11 @@ from coatcheck import (
     SessionConfig,
     SessionMiddleware,
     SessionRecord,
+    Store,
     StoreUnavailableError,
 )
 from coatcheck.fastapi import SessionDep, get_session
+from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
 
 WS = f"{TEST_WS_BASE_URL}/ws"
@@ -35,7 +37,7 @@ class FlakyStore(MemoryStore):
         return await super().load(key, now)
 
 
-def make_app(store: MemoryStore, clock: FakeClock, **config: Any) -> FastAPI:
+def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
     app = FastAPI()
 
     @app.post("/login")
@@ -95,6 +97,25 @@ def test_a_socket_closes_at_its_next_message_once_the_session_ended_elsewhere() 
     assert closed.value.reason == "session ended"
     # The closed socket saved nothing: the logout stands.
     assert asyncio.run(store.count(clock())) == 0
+
+
+def test_on_the_cookie_store_a_socket_lives_until_the_deadline_sealed_in_its_cookie() -> None:
+    """Nothing on the server can end it, and no message can renew a cookie."""
+    clock = FakeClock()
+    keys = ["a-secret-key-of-at-least-16-bytes"]
+    app = make_app(CookieStore(), clock, secret_keys=keys, idle_timeout=600)
+    with client_for(app) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            for _ in range(9):  # rechecked each minute: live
+                clock.advance(61)
+                socket.send_text("hello")
+                assert socket.receive_text() == "alice: hello"
+            clock.advance(61)  # 610 s since the cookie was sealed
+            socket.send_text("and now?")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+    assert closed.value.code == 1008
 
 
 def test_a_socket_closes_when_an_administrator_ends_every_session() -> None:

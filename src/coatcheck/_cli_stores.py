@@ -54,6 +54,12 @@ def open_store(url: str) -> Store:
             " give the URL of the store the app uses",
             param_hint="--store",
         )
+    if hasattr(store, "cookie_sealer"):
+        raise typer.BadParameter(
+            "cookie:// keeps each session in its browser's cookie, so the server has none"
+            " to count, list, purge or revoke",
+            param_hint="--store",
+        )
     if isinstance(store, SQLiteStore):
         if not store.path.is_file():
             # Opening would create an empty database: a typo must not look like "0 sessions".

@@ -15,7 +15,7 @@ class Keyring:
     """Signs with the first key and verifies with all of them, so a key can be rotated
     without logging anyone out: add the new key first, drop the old one later.
 
-    Each purpose (``"csrf"``, and later the encrypted-cookie store) gets its own key
+    Each purpose (``"csrf"``, ``"cookie-store"``) gets its own key
     derived with HMAC, so a token made for one purpose is worthless for another.
     """
 

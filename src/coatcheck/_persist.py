@@ -10,7 +10,7 @@ import copy
 import logging
 from collections.abc import Sequence
 from hmac import compare_digest
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._asgi import Headers
 from ._cookies import CookieWriter, cookie_needle, read_cookie
@@ -20,16 +20,28 @@ from ._keys import Keyring
 from .config import SessionConfig
 from .csrf import CSRFGuard
 from .events import EventBus, EventHook, EventKind, SessionEvent
-from .exceptions import SessionEndedError, SessionTooLargeError, StoreUnavailableError
+from .exceptions import (
+    ConfigurationError,
+    SessionEndedError,
+    SessionTooLargeError,
+    StoreUnavailableError,
+)
 from .serializers import JSONSerializer, Serializer
 from .session import Session
 from .stores.base import Merge, SessionRecord, Store
+
+if TYPE_CHECKING:
+    from ._sealing import CookieSealer  # needs the cookie extra: imported by the store
 
 logger = logging.getLogger("coatcheck")
 security_log = logging.getLogger("coatcheck.security")
 
 _NO_STORE = (b"cache-control", b"no-store")
 _MAX_USER_AGENT = 256
+_LATE_UNSEALED = (
+    "session changes made after the response started were dropped: the cookie store "
+    "keeps the session in the cookie, which can no longer be sent; change it before responding"
+)
 _LATE_DROPPED = (
     "session changes made after the response started were dropped: the session had no "
     "live record to continue (it was new, destroyed, or ended by another request), and a "
@@ -55,7 +67,15 @@ class Persistence:
         credentials = [config.cookie.name]
         if self._importer is not None:
             credentials.append(self._importer.cookie_name)
-        self.csrf = CSRFGuard(config.csrf, Keyring(config.secret_keys), credentials, config.clock)
+        keyring = Keyring(config.secret_keys)
+        self.csrf = CSRFGuard(config.csrf, keyring, credentials, config.clock)
+        # A store that lives in the cookie says so by how it seals; it is then the
+        # cookie's value, not a lookup, that gives the record.
+        sealer = getattr(store, "cookie_sealer", None)
+        self._sealer: CookieSealer | None = None
+        if sealer is not None:
+            self._sealer = sealer(cookie_keys(config, keyring), config.cookie.name)
+        self.stateless = self._sealer is not None
         self.now = config.clock
         self.serializer: Serializer = serializer or JSONSerializer()
         self._empty = self.serializer.dumps({})
@@ -71,8 +91,13 @@ class Persistence:
     async def load(self, session: Session) -> None:
         now = self.now()
         session_id = read_cookie(session._headers, self._cookie_needle)
-        key = None if session_id is None else key_of(session_id)
-        record = None if key is None else await self.store.load(key, now)
+        if self._sealer is None:
+            key = None if session_id is None else key_of(session_id)
+            record = None if key is None else await self.store.load(key, now)
+        else:
+            opened = None if session_id is None else self._sealer.open(session_id)
+            session_id, record = (None, None) if opened is None else opened
+            key = None if record is None else record.key
         data: dict[str, Any] = {}
         if record is not None and key is not None:
             # Written out rather than split into helpers: every read runs this.
@@ -168,6 +193,8 @@ class Persistence:
 
         expires_at = lifetime.deadline(now, session._created_at)
         record = _record(session, key, data, now, expires_at, stored)
+        # Sealed before anything is written: a session too big for its cookie fails here.
+        sealed = None if self._sealer is None else self._sealer.seal(session._id, record)
         written = [record]
         if stored is None:
             if not await self.store.save(record):
@@ -203,8 +230,23 @@ class Persistence:
         session._modified = session._meta_changed = False
         session._last_seen_at = now
         session._expires_at = record.expires_at
-        if not rotated:
-            return []
+        if rotated:
+            await self._rotated(session, stored, record, logged_in, now)
+        elif sealed is None:
+            return []  # stored under the ID the browser already holds
+        max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
+        cookie = (b"set-cookie", self._cookies.set(sealed or session._id, max_age))
+        return [cookie, *await self._end_imported(session, replaced=True), _NO_STORE]
+
+    async def _rotated(
+        self,
+        session: Session,
+        stored: SessionRecord | None,
+        record: SessionRecord,
+        logged_in: bool,
+        now: float,
+    ) -> None:
+        """Announce a session stored under a new ID, and apply the per-user limit."""
         if stored is None:
             await self.emit(session, "created", record.user_id, record.public_id)
         if logged_in:
@@ -213,13 +255,10 @@ class Persistence:
             await self.emit(session, "rotated", record.user_id, record.public_id)
         if session._user_id is not None and self.config.max_sessions_per_user is not None:
             try:
-                await self._evict_oldest(session._user_id, key, now)
+                await self._evict_oldest(session._user_id, record.key, now)
             except StoreUnavailableError as exc:
                 # The login itself is stored: answering 503 now would lose its cookie.
                 logger.warning("could not end the oldest sessions past the limit: %s", exc)
-        max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
-        cookie = (b"set-cookie", self._cookies.set(session._id, max_age))
-        return [cookie, *await self._end_imported(session, replaced=True), _NO_STORE]
 
     async def _end_emptied(self, session: Session, stored: SessionRecord) -> bool:
         """End an anonymous session whose data was all removed (not destroyed), unless a
@@ -281,6 +320,10 @@ class Persistence:
         if stored is None:
             return True  # nothing stored to end: an anonymous session that was only read
         now = self.now()
+        if self._sealer is not None:
+            # Nothing on the server can end it, and no cookie can refresh it: its
+            # deadline, sealed in the cookie the handshake brought, is all there is.
+            return now < stored.expires_at
         if await self.store.load(stored.key, now) is None:
             return False
         lifetime = self.config.lifetime(stored.remember)
@@ -307,6 +350,10 @@ class Persistence:
         loaded and was changed, or may have been.
         """
         if status >= 500:
+            return
+        if self._sealer is not None:
+            if session._meta_changed or self.serializer.dumps(session._data) != session._raw:
+                logger.warning(_LATE_UNSEALED)
             return
         if session._stored is None or session._id is None:
             # No live record under the cookie the browser holds.
@@ -436,3 +483,19 @@ def _user_agent(headers: Headers) -> str:
         if name == b"user-agent":
             return value[:_MAX_USER_AGENT].decode("latin-1")
     return ""
+
+
+def cookie_keys(config: SessionConfig, keyring: Keyring) -> list[bytes]:
+    """The cookie store's keys: from the app's own secret keys, never a random one."""
+    if not config.secret_keys:
+        # A per-process key would log everyone out at each restart, and send each
+        # worker's users to the others as strangers.
+        raise ConfigurationError(
+            "the cookie store needs SessionConfig(secret_keys=[...]) shared by every process"
+        )
+    if config.max_sessions_per_user is not None:
+        raise ConfigurationError(
+            "max_sessions_per_user needs a server-side store: the cookie store cannot find "
+            "or end a user's other sessions"
+        )
+    return keyring.derive("cookie-store")

@@ -11,6 +11,7 @@ The tree is shallow on purpose::
     ├── SessionTooLargeError      the encoded session passes the size limit (becomes a 413)
     ├── SessionEndedError         another request ended the session first (becomes a 409)
     ├── SessionConflictError      parallel saves kept colliding past the retries (a 409)
+    ├── NotSupportedError         the store cannot do that (the cookie store keeps no index)
     └── StoreError                the store failed (a 503, logged as an error)
         └── StoreUnavailableError the store is down, locked or timed out (becomes a 503)
 """
@@ -62,10 +63,12 @@ class SessionTooLargeError(CoatcheckError):
     Nothing is written, so the stored session stays as it was; the answer is a 413.
     """
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, message: str | None = None) -> None:
         self.size = size
         self.limit = limit
-        super().__init__(f"session data is {size} bytes, over the limit of {limit} bytes")
+        super().__init__(
+            message or f"session data is {size} bytes, over the limit of {limit} bytes"
+        )
 
 
 class SessionEndedError(CoatcheckError):
@@ -80,6 +83,12 @@ class SessionConflictError(CoatcheckError):
 
     Nothing was written; the request is answered with a 409 so the client can retry.
     """
+
+
+class NotSupportedError(CoatcheckError, NotImplementedError):
+    """Raised when the app asks a store for what it cannot do by design, such as the
+    device list of a store that keeps sessions in the browser's cookie: a mistake in
+    the app, so it is not turned into a response."""
 
 
 class StoreError(CoatcheckError):

@@ -116,8 +116,12 @@ class _UserLoader(SessionCookie, Generic[U]):
             raise not_authenticated()
         user = await self.load(user_id)
         if user is None:
-            # The account is gone or disabled: none of its sessions may outlive it.
-            await session.revoke_all()
+            # The account is gone or disabled: none of its sessions may outlive it. A
+            # cookie store cannot reach the others; each gets this 401 when it comes.
+            if session._persistence.stateless:
+                session.destroy()
+            else:
+                await session.revoke_all()
             raise not_authenticated()
         return user
 

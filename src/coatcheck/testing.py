@@ -19,7 +19,8 @@ Two things trip up a first test, both on purpose:
 For timeouts, build the app with ``SessionConfig(clock=clock)`` where ``clock`` is a
 :class:`FakeClock`, and move time with ``clock.advance(seconds)``. To test routes behind
 a login without going through the login, :func:`create_session` stores a session for
-a user and returns the ID to put in the client's cookie.
+a user and returns the value to put in the client's cookie: its ID, or with the cookie
+store the sealed session itself.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._ids import new_public_id, new_session_id, store_key
+from ._keys import Keyring
+from ._persist import cookie_keys
 from .config import SessionConfig
 from .serializers import JSONSerializer, Serializer
 from .stores.base import SessionRecord, Store
@@ -73,7 +76,8 @@ async def create_session(
     config: SessionConfig | None = None,
     serializer: Serializer | None = None,
 ) -> str:
-    """Store a session as a login would and return its ID, for a test client's cookie:
+    """Store a session as a login would and return its cookie value (the ID; with the
+    cookie store, the sealed session, which needs the app's ``secret_keys`` in ``config``):
 
         session_id = await create_session(store, user_id="alice", data={"cart": []})
         client.cookies.set(config.cookie.name, session_id)
@@ -105,5 +109,9 @@ async def create_session(
         remember=remember,
         user_agent="coatcheck.testing",
     )
+    sealer = getattr(store, "cookie_sealer", None)
+    if sealer is not None:  # the cookie store: the record travels in the cookie
+        keys = cookie_keys(config, Keyring(config.secret_keys))
+        return str(sealer(keys, config.cookie.name).seal(session_id, record))
     await store.save(record)
     return session_id

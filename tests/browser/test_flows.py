@@ -130,6 +130,38 @@ def test_anonymous_cart_survives_login_and_ends_with_logout(
     assert session_cookies(context, server) == [], "logout must clear the cookie"
 
 
+def test_on_the_cookie_store_the_whole_session_rides_in_the_browser_unreadable(
+    start_server: StartServer, new_context: NewContext
+) -> None:
+    server = start_server("--store", "cookie://", name="cookie-store", pass_store=False)
+    context = new_context(java_script_enabled=False)
+    page = _open(context, server.url)
+    expect_login_form(page)
+    add_item(page, "apple")
+    (anonymous,) = session_cookies(context, server)
+
+    sign_in(page, "alice")
+
+    expect_signed_in(page, "alice")
+    expect(cart_items(page)).to_have_text(["apple"])
+    devices = page.get_by_role("region", name="Your devices")
+    expect(devices).to_contain_text("no list on the server")
+    (signed_in,) = session_cookies(context, server)
+    assert signed_in["value"] != anonymous["value"], "login must seal a new session"
+    for n in range(8):  # each change is a new cookie, which Chromium keeps and sends back
+        add_item(page, f"parcel {n}")
+    expect(cart_items(page)).to_have_count(9)
+    (full,) = session_cookies(context, server)
+    assert "parcel" not in full["value"]
+    assert full["httpOnly"]
+
+    sign_out(page)
+
+    expect_login_form(page)
+    assert session_cookies(context, server) == [], "logout must clear the cookie"
+    assert not list(server.workdir.glob("*.db")), "nothing may be stored on the server"
+
+
 # -- 3. remember me ----------------------------------------------------------------------
 
 

@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from .. import __version__
+from ..exceptions import NotSupportedError
 from ..fastapi import not_authenticated
 from ..middleware import SessionMiddleware
 from ..session import Session
@@ -58,8 +59,10 @@ def create_app(
     app.state.store = store  # for tests and admin code; the middleware closes it at shutdown
     app.state.cookie_name = config.cookie.name
     app.state.store_label = describe_store(store_url)
+    app.state.stateless = hasattr(store, "cookie_sealer")  # sessions live in their cookies
     app.add_middleware(SessionMiddleware, store=store, config=config)
     app.add_exception_handler(PageError, _show_page_error)
+    app.add_exception_handler(NotSupportedError, _not_supported)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
@@ -84,7 +87,14 @@ def describe_store(url: str) -> str:
         return f"the SQLite file {parts.path[1:]}"
     if parts.scheme == "memory":
         return "this process's memory"
+    if parts.scheme == "cookie":
+        return "each browser's own cookie, encrypted"
     return f"a {parts.scheme} store"
+
+
+async def _not_supported(request: Request, exc: Exception) -> Response:
+    """The device routes, on a store that keeps no sessions to list or end."""
+    return JSONResponse({"detail": str(exc)}, status_code=501)
 
 
 async def _show_page_error(request: Request, exc: Exception) -> Response:

@@ -111,10 +111,12 @@ async def render_home(
 ) -> Response:
     """The whole page for this visitor: sign-in form or account, devices and cart."""
     user = session.user_id
+    stateless = request.app.state.stateless
     context: dict[str, Any] = {
         "user": user,
         "session": session,
-        "devices": await session.devices() if user is not None else [],
+        "devices": await session.devices() if user is not None and not stateless else [],
+        "stateless": stateless,
         "cart": list(session.get("cart", [])),
         "error": error,
         # Messages left by the form that redirected here; shown once.

@@ -6,6 +6,8 @@ path) are built in; each backend lives in its own module. Redis URLs (``redis://
 Sentinel ``redis+sentinel://host:port,host:port/service``, each also with TLS as
 ``rediss+…``) need the ``redis`` extra, and PostgreSQL URLs (``postgresql://``,
 ``postgres://``) the ``postgres`` extra, each imported only when such a URL is used.
+``cookie://`` (``?max_bytes=4096``) keeps each session, encrypted, in its cookie, with
+the ``cookie`` extra and the app's ``secret_keys``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ REDIS_SCHEMES = (
 )
 # Served by coatcheck.stores.postgres, imported only when one of them is used.
 POSTGRES_SCHEMES = ("postgresql", "postgres")
-SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES, *POSTGRES_SCHEMES)
+SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES, *POSTGRES_SCHEMES, "cookie")
 _SQLITE_FORMS = "SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db"
 
 
@@ -49,6 +51,14 @@ def store_from_url(url: str) -> Store:
             from .postgres import PostgresStore  # here: `import coatcheck` must not need psycopg
 
             return PostgresStore.from_url(url)
+        if parts.scheme == "cookie":
+            from .cookie import CookieStore  # here: `import coatcheck` must not need cryptography
+
+            if parts.netloc or parts.path:
+                raise ConfigurationError(f"cookie store URLs look like cookie://, got {url!r}")
+            cookie = CookieStore(max_bytes=int(options.pop("max_bytes", 4096)))
+            _no_leftovers(options, url)
+            return cookie
         if parts.scheme == "memory":
             memory = MemoryStore(max_entries=int(options.pop("max_entries", 10_000)))
             _no_leftovers(options, url)

@@ -1,6 +1,7 @@
 """The store contract: what every backend promises the middleware.
 
-Stores move records; they never serialise, sign or see cookies. Every record is
+Stores move records; they never serialise, sign or see cookies (the cookie store only
+hands the middleware the sealer that puts its records in the cookie). Every record is
 filed under ``key``, the SHA-256 of the session ID, so a store never holds a
 usable credential. Expiry is a deadline carried by the record (``expires_at``,
 seconds since the epoch); the caller passes ``now`` so that a single clock rules.
