@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import struct
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
@@ -23,8 +26,10 @@ from coatcheck import (
     SessionConfig,
     SessionMiddleware,
     SessionRecord,
+    SessionTooLargeError,
     store_from_url,
 )
+from coatcheck._ids import new_session_id, store_key
 from coatcheck._keys import Keyring
 from coatcheck._sealing import CookieSealer
 from coatcheck.fastapi import SessionDep, user_loader
@@ -262,14 +267,22 @@ async def test_logout_clears_the_cookie_but_a_copy_lives_until_its_idle_deadline
 
 async def test_a_session_too_big_for_its_cookie_is_a_413_and_the_old_cookie_stands() -> None:
     async with client_for(make_app()) as client:
-        value = sealed(await client.post("/add", params={"item": "x" * 2500}))
+        value = sealed(await client.post("/add", params={"item": "x" * 2880}))
         assert len(f"{NAME}={value}") <= 4096
         response = await client.post("/add", params={"item": "y" * 2000}, headers=cookie(value))
         state = await client.get("/state", headers=cookie(value))
     assert response.status_code == 413
     assert "set-cookie" not in response.headers
     assert "fit in the session's cookie of 4096 bytes" in response.json()["detail"]
-    assert state.json()["cart"] == ["x" * 2500]
+    assert state.json()["cart"] == ["x" * 2880]
+
+
+def test_a_user_id_too_long_for_any_cookie_is_refused_when_sealed() -> None:
+    sealer = opener(KEY_A)
+    session_id = new_session_id()
+    record = SessionRecord(store_key(session_id), "p", b"{}", "u" * 70_000, 1.0, 2.0, 3.0)
+    with pytest.raises(SessionTooLargeError, match="user ID alone is too long"):
+        sealer.seal(session_id, record)
 
 
 async def test_max_bytes_bounds_the_cookie() -> None:
@@ -355,12 +368,26 @@ def test_it_is_chosen_by_url() -> None:
             store_from_url(bad)
 
 
-def test_a_record_of_another_shape_opens_as_nothing() -> None:
-    """Only our own key seals; a bad shape (an old format, a bug) is still no session."""
-    sealer = opener(KEY_A)
-    good = SessionRecord("k", "p", b"{}", "alice", 1.0, 2.0, 3.0)
-    from coatcheck._ids import new_session_id
+def seal_raw(plain: bytes, key: str = KEY_A) -> str:
+    """``plain`` sealed as the store would, whatever its shape: a cookie made with our key."""
+    nonce = os.urandom(12)
+    cipher = AESGCM(Keyring([key]).derive("cookie-store")[0])
+    token = b"\x01" + nonce + cipher.encrypt(nonce, plain, NAME.encode())
+    return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
 
-    assert sealer.open(sealer.seal(new_session_id(), good)) is not None
-    assert sealer.open(sealer.seal("not-an-id-of-ours", good)) is None
-    assert sealer.open(sealer.seal(new_session_id(), good._replace(user_id=7))) is None  # type: ignore[arg-type]
+
+def test_a_record_of_another_shape_opens_as_nothing() -> None:
+    """Only our own key seals, so a bad shape means a bug or an old format; it is still
+    no session, never an error."""
+    sealer = opener(KEY_A)
+    session_id = new_session_id()
+    record = SessionRecord(store_key(session_id), "public", b'{"n":1}', "alice", 1.0, 2.0, 3.0)
+    assert sealer.open(sealer.seal(session_id, record)) == (session_id, record)
+    assert sealer.open(seal_raw(b"")) is None
+    assert sealer.open(seal_raw(b"\x00" * 80)) is None  # no ID of ours
+    assert sealer.open(sealer.seal("short", record)) is None
+    head = 43 + 8 * 3 + 1 + 8
+    sizes = struct.pack("<HH", 6, 200)  # a user ID running past the end
+    assert sealer.open(seal_raw(session_id.encode() + bytes(head - 43) + sizes + b"public")) is None
+    bad_utf8 = session_id.encode() + bytes(head - 43) + struct.pack("<HH", 2, 0) + b"\xff\xfe"
+    assert sealer.open(seal_raw(bad_utf8)) is None

@@ -10,11 +10,11 @@ without logging anyone out.
 from __future__ import annotations
 
 import base64
-import json
 import os
+import struct
 from collections.abc import Sequence
 
-from ._ids import key_of
+from ._ids import ID_LENGTH, key_of
 from .exceptions import MissingDependencyError, SessionTooLargeError
 from .stores.base import SessionRecord
 
@@ -28,6 +28,10 @@ _FORMAT = b"\x01"  # the first byte of every sealed value: room for a later form
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# Session ID, created, last seen, expires, remember, version, then the sizes of the
+# public ID and of the user ID (0: none, else one more than its length); then the two
+# IDs and the data. Fixed-size numbers: cheaper to open than JSON, and typed already.
+_HEAD = struct.Struct(f"<{ID_LENGTH}sddd?QHH")
 
 
 class CookieSealer:
@@ -44,17 +48,29 @@ class CookieSealer:
 
         The user agent is left out: only a device list shows it, and this store has none.
         """
-        meta = [
-            session_id,
-            record.public_id,
-            record.user_id,
-            record.created_at,
-            record.last_seen_at,
-            record.expires_at,
-            record.remember,
-            record.version,
-        ]
-        plain = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + record.data
+        public_id = record.public_id.encode()
+        user_id = b"" if record.user_id is None else record.user_id.encode()
+        if len(user_id) > self._max_value:  # nor could its size be packed past 64 KiB
+            raise SessionTooLargeError(
+                len(user_id), self._max_value, "the user ID alone is too long for a cookie"
+            )
+        plain = b"".join(
+            (
+                _HEAD.pack(
+                    session_id.encode("ascii"),
+                    record.created_at,
+                    record.last_seen_at,
+                    record.expires_at,
+                    record.remember,
+                    record.version,
+                    len(public_id),
+                    0 if record.user_id is None else len(user_id) + 1,
+                ),
+                public_id,
+                user_id,
+                record.data,
+            )
+        )
         nonce = os.urandom(_NONCE_BYTES)
         token = _FORMAT + nonce + self._ciphers[0].encrypt(nonce, plain, self._name)
         value = base64.urlsafe_b64encode(token).rstrip(b"=")
@@ -93,31 +109,30 @@ def _record(plain: bytes) -> tuple[str, SessionRecord] | None:
     Only our own key can have sealed it, so a bad shape means a bug or an old format,
     never an attack; it is still checked, since a 500 is never the answer to a cookie.
     """
-    head, _, data = plain.partition(b"\n")
     try:
-        meta = json.loads(head)
-        session_id, public_id, user_id, created, last_seen, expires, remember, version = meta
-    except (ValueError, TypeError):
+        raw_id, created, last_seen, expires, remember, version, public_size, user_size = (
+            _HEAD.unpack_from(plain)
+        )
+        at = _HEAD.size + public_size
+        public_id = plain[_HEAD.size : at].decode()
+        user_id = None
+        if user_size:
+            user_id = plain[at : at + user_size - 1].decode()
+            at += user_size - 1
+        session_id = raw_id.decode("ascii")
+    except (struct.error, UnicodeDecodeError):
         return None
-    key = key_of(session_id) if isinstance(session_id, str) else None
-    numbers = (created, last_seen, expires)
-    if (
-        key is None
-        or not isinstance(public_id, str)
-        or not (user_id is None or isinstance(user_id, str))
-        or not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)
-        or not isinstance(remember, bool)
-        or not isinstance(version, int)
-    ):
+    key = key_of(session_id)
+    if key is None or len(plain) < at:
         return None
     record = SessionRecord(
         key=key,
         public_id=public_id,
-        data=data,
+        data=plain[at:],
         user_id=user_id,
-        created_at=float(created),
-        last_seen_at=float(last_seen),
-        expires_at=float(expires),
+        created_at=created,
+        last_seen_at=last_seen,
+        expires_at=expires,
         remember=remember,
         version=version,
     )

@@ -10,7 +10,7 @@ store. What it gives up, because the server keeps nothing:
 - no device list, and no ending a user's other sessions (:class:`NotSupportedError`);
 - parallel requests of one session each send a whole cookie and the browser keeps the
   last, so one request's changes can undo another's;
-- the session must fit a cookie: about 2.8 KB of JSON with the default 4096 bytes.
+- the session must fit a cookie: about 2.9 KB of JSON with the default 4096 bytes.
 
 Needs the ``cookie`` extra (``cryptography``).
 """
