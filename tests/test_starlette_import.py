@@ -26,8 +26,10 @@ from coatcheck import (
     SessionConfig,
     SessionMiddleware,
     StarletteImport,
+    Store,
 )
 from coatcheck.fastapi import SessionDep
+from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -82,7 +84,7 @@ def replace_cookie(client: httpx.AsyncClient, name: str, value: str) -> None:
     client.cookies.set(name, value, domain=domain, path="/")
 
 
-def coatcheck_app(store: MemoryStore, settings: StarletteImport, **config: Any) -> FastAPI:
+def coatcheck_app(store: Store, settings: StarletteImport, **config: Any) -> FastAPI:
     """The app after the switch, with the same endpoints reading the same keys."""
     app = FastAPI()
 
@@ -139,6 +141,29 @@ async def test_a_starlette_session_carries_over_and_its_cookie_goes() -> None:
     assert set_cookies(again) == []
     # Logged in as alice: her device list has it.
     assert [record.user_id for record in await store.list_user("alice", time.time())] == ["alice"]
+
+
+async def test_a_starlette_cookie_moves_into_an_encrypted_one_on_the_cookie_store() -> None:
+    """The stateless app stays stateless: its readable signed cookie becomes a sealed one."""
+    site = Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice", "cart": ["apple"]})
+        keys = ["a-secret-key-of-at-least-16-bytes"]
+        settings = StarletteImport(SECRET, user_key="user_id")
+        site.app = coatcheck_app(CookieStore(), settings, secret_keys=keys)
+
+        first = await client.get("/state")
+        new, cleared = set_cookies(first)
+        assert new.startswith(f"{NEW_COOKIE}=")
+        assert cleared.startswith("session=null;")
+        assert "apple" not in new
+        added = await client.post("/cart")
+        again = await client.get("/state")
+
+    assert first.json()["user"] == "alice"
+    assert added.json() == {"cart": ["apple", "pear"]}
+    assert again.json()["data"]["cart"] == ["apple", "pear"]
+    assert set_cookies(again) == []
 
 
 async def test_without_a_user_key_only_the_data_carries_over() -> None:
