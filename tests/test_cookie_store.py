@@ -17,7 +17,7 @@ from typing import Annotated
 import httpx
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import StreamingResponse
 
 from coatcheck import (
@@ -60,9 +60,10 @@ def make_app(
         session.login("alice", remember=remember)
         return {}
 
-    @app.post("/logout", status_code=204)
-    async def logout(session: SessionDep) -> None:
+    @app.post("/logout")
+    async def logout(session: SessionDep) -> Response:
         session.logout()
+        return Response(status_code=204)
 
     @app.post("/add")
     async def add(session: SessionDep, item: str = MARKER) -> dict[str, object]:
