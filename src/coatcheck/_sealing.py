@@ -87,9 +87,11 @@ class CookieSealer:
     def open(self, value: str) -> tuple[str, SessionRecord] | None:
         """The session ID and record sealed in ``value``; None for anything not sealed
         here with one of the keys, whatever the reason: no detail helps a forger."""
-        raw = value.encode("ascii")
-        if len(raw) > self._max_value or raw.translate(None, _BASE64URL):
+        if len(value) > self._max_value or not value.isascii():
             return None
+        raw = value.encode("ascii")
+        if len(raw) % 4 == 1 or raw.translate(None, _BASE64URL):
+            return None  # no base64 is one character past a whole group
         token = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
         if len(token) < 1 + _NONCE_BYTES + _TAG_BYTES or token[:1] != _FORMAT:
             return None
