@@ -50,7 +50,7 @@ class CookieSealer:
         """
         public_id = record.public_id.encode()
         user_id = b"" if record.user_id is None else record.user_id.encode()
-        if len(user_id) > self._max_value:  # nor could its size be packed past 64 KiB
+        if len(user_id) > self._max_value:  # and its size is packed in two bytes
             raise SessionTooLargeError(
                 len(user_id), self._max_value, "the user ID alone is too long for a cookie"
             )

@@ -39,8 +39,11 @@ class CookieStore:
     """
 
     def __init__(self, *, max_bytes: int = 4096) -> None:
-        if max_bytes < 512:
-            raise ValueError("max_bytes must be at least 512: a sealed session needs room")
+        if not 512 <= max_bytes <= 4096:
+            raise ValueError(
+                "max_bytes must be from 512 (room for a sealed session) to 4096 (the most "
+                "a browser keeps of one cookie)"
+            )
         self.max_bytes = max_bytes
 
     def cookie_sealer(self, keys: Sequence[bytes], cookie_name: str) -> CookieSealer:
