@@ -22,6 +22,7 @@ from rich.markup import escape
 from .exceptions import CoatcheckError, ConfigurationError, MissingDependencyError
 from .stores import POSTGRES_SCHEMES, MemoryStore, SQLiteStore, Store, store_from_url
 from .stores._redact import redact
+from .stores.base import cookie_sealer_of
 
 T = TypeVar("T")
 
@@ -54,7 +55,7 @@ def open_store(url: str) -> Store:
             " give the URL of the store the app uses",
             param_hint="--store",
         )
-    if hasattr(store, "cookie_sealer"):
+    if cookie_sealer_of(store) is not None:
         raise typer.BadParameter(
             "cookie:// keeps each session in its browser's cookie, so the server has none"
             " to count, list, purge or revoke",

@@ -28,7 +28,7 @@ from .exceptions import (
 )
 from .serializers import JSONSerializer, Serializer
 from .session import Session
-from .stores.base import Merge, SessionRecord, Store
+from .stores.base import Merge, SessionRecord, Store, cookie_sealer_of
 
 if TYPE_CHECKING:
     from ._sealing import CookieSealer  # needs the cookie extra: imported by the store
@@ -71,7 +71,7 @@ class Persistence:
         self.csrf = CSRFGuard(config.csrf, keyring, credentials, config.clock)
         # A store that lives in the cookie says so by how it seals; it is then the
         # cookie's value, not a lookup, that gives the record.
-        sealer = getattr(store, "cookie_sealer", None)
+        sealer = cookie_sealer_of(store)
         self._sealer: CookieSealer | None = None
         if sealer is not None:
             self._sealer = sealer(cookie_keys(config, keyring), config.cookie.name)

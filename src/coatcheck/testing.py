@@ -34,7 +34,7 @@ from ._keys import Keyring
 from ._persist import cookie_keys
 from .config import SessionConfig
 from .serializers import JSONSerializer, Serializer
-from .stores.base import SessionRecord, Store
+from .stores.base import SessionRecord, Store, cookie_sealer_of
 
 __all__ = ["SAME_ORIGIN", "TEST_BASE_URL", "TEST_WS_BASE_URL", "FakeClock", "create_session"]
 
@@ -109,9 +109,9 @@ async def create_session(
         remember=remember,
         user_agent="coatcheck.testing",
     )
-    sealer = getattr(store, "cookie_sealer", None)
+    sealer = cookie_sealer_of(store)
     if sealer is not None:  # the cookie store: the record travels in the cookie
         keys = cookie_keys(config, Keyring(config.secret_keys))
-        return str(sealer(keys, config.cookie.name).seal(session_id, record))
+        return sealer(keys, config.cookie.name).seal(session_id, record)
     await store.save(record)
     return session_id

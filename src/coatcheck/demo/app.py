@@ -19,6 +19,7 @@ from ..fastapi import not_authenticated
 from ..middleware import SessionMiddleware
 from ..session import Session
 from ..stores import store_from_url
+from ..stores.base import cookie_sealer_of
 from .inputs import PageError
 from .pages import STATIC_DIR, render_home
 from .routes import router
@@ -59,7 +60,7 @@ def create_app(
     app.state.store = store  # for tests and admin code; the middleware closes it at shutdown
     app.state.cookie_name = config.cookie.name
     app.state.store_label = describe_store(store_url)
-    app.state.stateless = hasattr(store, "cookie_sealer")  # sessions live in their cookies
+    app.state.stateless = cookie_sealer_of(store) is not None  # sessions live in cookies
     app.add_middleware(SessionMiddleware, store=store, config=config)
     app.add_exception_handler(PageError, _show_page_error)
     app.add_exception_handler(NotSupportedError, _not_supported)

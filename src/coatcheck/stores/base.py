@@ -9,8 +9,11 @@ seconds since the epoch); the caller passes ``now`` so that a single clock rules
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .._sealing import CookieSealer
 
 
 class SessionRecord(NamedTuple):
@@ -103,3 +106,12 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and threads; the store may be reopened by using it."""
+
+
+def cookie_sealer_of(store: Store) -> Callable[[Sequence[bytes], str], CookieSealer] | None:
+    """How ``store`` seals records into cookies if it keeps them there (the cookie store),
+    else None. Found by its method, so that telling needs no ``cryptography``."""
+    sealer: Callable[[Sequence[bytes], str], CookieSealer] | None = getattr(
+        store, "cookie_sealer", None
+    )
+    return sealer
