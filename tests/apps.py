@@ -53,6 +53,11 @@ async def login(request: Request) -> Response:
     return JSONResponse(_state(session))
 
 
+async def can_login(request: Request) -> Response:
+    session = await _session(request)
+    return JSONResponse({"can_login": await session.can_login(request.query_params["user"])})
+
+
 async def logout(request: Request) -> Response:
     (await _session(request)).logout()
     return Response(status_code=204)
@@ -126,6 +131,7 @@ def make_app(store: Store, config: SessionConfig | None = None, **options: Any) 
         Route("/write", write, methods=["POST"]),
         Route("/append", append, methods=["POST"]),
         Route("/login", login, methods=["POST"]),
+        Route("/can-login", can_login),
         Route("/logout", logout, methods=["POST"]),
         Route("/revoke-others", revoke_others, methods=["POST"]),
         Route("/regenerate", regenerate, methods=["POST"]),

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coatcheck import (
     ConfigurationError,
     JSONSerializer,
     MemoryStore,
     SessionConfig,
+    SessionEvent,
+    SessionMiddleware,
     SessionRecord,
     Store,
     StoreUnavailableError,
 )
 from coatcheck._ids import store_key
-from coatcheck.testing import FakeClock
+from coatcheck.testing import TEST_WS_BASE_URL, FakeClock
 
 from .apps import make_app
 from .conftest import CountingStore, client_for
@@ -87,6 +94,126 @@ async def test_the_session_getting_a_new_id_is_never_the_one_ended(
     assert len(await any_store.list_user("alice", clock())) == 2
 
 
+REFUSE = SessionConfig(max_sessions_per_user=2, at_session_limit="refuse_login")
+
+
+async def test_a_login_past_the_limit_is_refused_and_the_browser_keeps_its_session(
+    any_store: Store,
+) -> None:
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    async with client_for(make_app(any_store, REFUSE, events=[hook])) as client:
+        first, second = [ticket(await client.post("/login")) for _ in range(2)]
+        cart = ticket(await client.post("/append?item=pear"))
+        response = await client.post("/login", headers={"cookie": f"{NAME}={cart}"})
+        assert response.status_code == 403
+        assert "at most 2 at once" in response.json()["detail"]
+        assert "set-cookie" not in response.headers
+        states = [
+            (await client.get("/read", headers={"cookie": f"{NAME}={sid}"})).json()
+            for sid in (first, second, cart)
+        ]
+    assert [state["user"] for state in states] == ["alice", "alice", None]
+    assert states[2]["data"] == {"cart": ["pear"]}
+    assert len(await any_store.list_user("alice", REFUSE.clock())) == 2
+    assert [event.kind for event in seen if event.user_id == "alice"][-1] == "login_refused"
+
+
+async def test_at_the_limit_a_user_may_log_in_again_on_a_session_of_theirs(
+    any_store: Store,
+) -> None:
+    async with client_for(make_app(any_store, REFUSE)) as client:
+        first, _ = [ticket(await client.post("/login")) for _ in range(2)]
+        response = await client.post("/login?remember", headers={"cookie": f"{NAME}={first}"})
+        assert response.status_code == 200
+        state = await client.get("/read", headers={"cookie": f"{NAME}={ticket(response)}"})
+    assert state.json()["user"] == "alice"
+    assert len(await any_store.list_user("alice", REFUSE.clock())) == 2
+
+
+async def test_can_login_tells_before_the_login_whether_it_would_pass(any_store: Store) -> None:
+    async def can_login(client: httpx.AsyncClient, user: str, sid: str = "") -> bool:
+        response = await client.get(f"/can-login?user={user}", headers={"cookie": f"{NAME}={sid}"})
+        answer: bool = response.json()["can_login"]
+        return answer
+
+    async with client_for(make_app(any_store, REFUSE)) as client:
+        first = ticket(await client.post("/login"))
+        assert await can_login(client, "alice")
+        await client.post("/login")
+        assert not await can_login(client, "alice")
+        assert await can_login(client, "alice", first)  # logging in again replaces it
+        assert await can_login(client, "bob")
+    ending = SessionConfig(max_sessions_per_user=2)
+    async with client_for(make_app(any_store, ending)) as client:
+        assert await can_login(client, "alice")  # past the limit, the oldest end instead
+
+
+class ParallelLogin(CountingStore):
+    """A real store on which another device of the user logs in right after this
+    login's check of the limit, before its save: the race that check alone cannot close."""
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        records = await super().list_user(user_id, now)
+        if self.calls["list_user"] == 1:
+            key = store_key("R" * 43)
+            rival = SessionRecord(key, "rival", b"{}", user_id, now, now, now + 60, False, "", 1)
+            await self.inner.save(rival)
+        return records
+
+
+async def test_a_login_that_lost_a_race_past_the_limit_is_undone() -> None:
+    store = ParallelLogin(MemoryStore())
+    config = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
+    async with client_for(make_app(store, config)) as client:
+        response = await client.post("/login")
+    assert response.status_code == 403
+    assert "set-cookie" not in response.headers
+    (kept,) = await store.list_user("alice", config.clock())
+    assert kept.public_id == "rival"
+
+
+async def test_parallel_logins_never_pass_the_limit(any_store: Store) -> None:
+    """Every login that answers 200 holds a live session, and they are at most the limit."""
+    async with client_for(make_app(any_store, REFUSE)) as client:
+        responses = await asyncio.gather(*(client.post("/login") for _ in range(6)))
+        statuses = sorted(response.status_code for response in responses)
+        live = [
+            (await client.get("/read", headers={"cookie": f"{NAME}={ticket(response)}"})).json()
+            for response in responses
+            if response.status_code == 200
+        ]
+    assert set(statuses) <= {200, 403}
+    assert statuses.count(200) <= 2
+    assert all(state["user"] == "alice" for state in live)
+    assert len(await any_store.list_user("alice", REFUSE.clock())) == len(live)
+
+
+def test_a_websocket_login_past_the_limit_is_closed_with_1008() -> None:
+    async def sign_in(websocket: WebSocket) -> None:
+        session = await websocket.scope["session"].load()
+        session.login("alice")
+        await websocket.accept()
+
+    config = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
+    store = MemoryStore()
+    app = Starlette(routes=[WebSocketRoute("/ws", sign_in)])
+    app.add_middleware(SessionMiddleware, store=store, config=config)
+    with TestClient(app) as client:
+        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws"):
+            pass
+        with (
+            pytest.raises(WebSocketDisconnect) as closed,
+            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws"),
+        ):
+            pass
+    assert closed.value.code == 1008
+    assert closed.value.reason == "too many sessions"
+
+
 class IndexDown(CountingStore):
     """A real store whose user index times out, as a loaded Redis node can."""
 
@@ -143,8 +270,13 @@ async def test_an_oversized_user_agent_is_stored_cut_short(any_store: Store) -> 
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"max_session_bytes": 10}, "max_session_bytes"), ({"max_sessions_per_user": 0}, "per_user")],
+    [
+        ({"max_session_bytes": 10}, "max_session_bytes"),
+        ({"max_sessions_per_user": 0}, "per_user"),
+        ({"at_session_limit": "refuse_login"}, "needs max_sessions_per_user"),
+        ({"max_sessions_per_user": 2, "at_session_limit": "refuse"}, "'end_oldest' or"),
+    ],
 )
-def test_limits_are_validated(options: dict[str, int], message: str) -> None:
+def test_limits_are_validated(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         SessionConfig(**options)  # type: ignore[arg-type]

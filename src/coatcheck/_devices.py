@@ -52,6 +52,15 @@ async def list_devices(session: Session) -> list[Device]:
     ]
 
 
+async def can_login(session: Session, user_id: str) -> bool:
+    persistence = session._persistence
+    if persistence.config.at_session_limit != "refuse_login":
+        return True
+    await session.load()
+    replaced = session._stored.key if session._stored is not None else None
+    return not await persistence.at_limit(user_id, replaced)
+
+
 async def revoke(session: Session, public_id: str) -> bool:
     await session.load()
     user_id = session._user_id

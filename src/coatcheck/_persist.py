@@ -23,6 +23,7 @@ from .events import EventBus, EventHook, EventKind, SessionEvent
 from .exceptions import (
     ConfigurationError,
     SessionEndedError,
+    SessionLimitError,
     SessionTooLargeError,
     StoreUnavailableError,
 )
@@ -76,6 +77,10 @@ class Persistence:
         if sealer is not None:
             self._sealer = sealer(cookie_keys(config, keyring), config.cookie.name)
         self.stateless = self._sealer is not None
+        # The limit a login is refused at, under at_session_limit="refuse_login".
+        self._refuse_at = (
+            config.max_sessions_per_user if config.at_session_limit == "refuse_login" else None
+        )
         self.now = config.clock
         self.serializer: Serializer = serializer or JSONSerializer()
         self._empty = self.serializer.dumps({})
@@ -191,6 +196,12 @@ class Persistence:
         if not (rotated or refresh_due or session._meta_changed or data != session._raw):
             return []
 
+        logged_in = rotated and session._meta_changed and session._user_id is not None
+        if logged_in and self._refuse_at is not None:
+            assert session._user_id is not None
+            if await self.at_limit(session._user_id, old_key):
+                await self.emit(session, "login_refused", session._user_id, "")
+                raise SessionLimitError(self._refuse_at)
         expires_at = lifetime.deadline(now, session._created_at)
         record = _record(session, key, data, now, expires_at, stored)
         # Sealed before anything is written: a session too big for its cookie fails here.
@@ -218,7 +229,6 @@ class Persistence:
                 raise SessionEndedError("the session was ended by another request")
             return []
         record = written[-1]
-        logged_in = session._meta_changed and session._user_id is not None
         if record.data != data:  # merged with a parallel save: adopt what was stored
             data = record.data
             session._data = self.serializer.loads(data)
@@ -246,19 +256,23 @@ class Persistence:
         logged_in: bool,
         now: float,
     ) -> None:
-        """Announce a session stored under a new ID, and apply the per-user limit."""
+        """Apply the per-user limit to a session stored under a new ID, and announce it."""
+        user_id = session._user_id
+        if user_id is not None and self.config.max_sessions_per_user is not None:
+            try:
+                if self._refuse_at is None:
+                    await self._evict_oldest(user_id, record.key, now)
+                elif logged_in:
+                    await self._undo_past_limit(session, user_id, record.key, now)
+            except StoreUnavailableError as exc:
+                # The login itself is stored: answering 503 now would lose its cookie.
+                logger.warning("could not count or end the sessions past the limit: %s", exc)
         if stored is None:
             await self.emit(session, "created", record.user_id, record.public_id)
         if logged_in:
             await self.emit(session, "logged_in", record.user_id, record.public_id)
         elif stored is not None:
             await self.emit(session, "rotated", record.user_id, record.public_id)
-        if session._user_id is not None and self.config.max_sessions_per_user is not None:
-            try:
-                await self._evict_oldest(session._user_id, record.key, now)
-            except StoreUnavailableError as exc:
-                # The login itself is stored: answering 503 now would lose its cookie.
-                logger.warning("could not end the oldest sessions past the limit: %s", exc)
 
     async def _end_emptied(self, session: Session, stored: SessionRecord) -> bool:
         """End an anonymous session whose data was all removed (not destroyed), unless a
@@ -400,6 +414,31 @@ class Persistence:
         others = [record for record in records if record.key != keep]
         for record in others[: max(len(records) - limit, 0)]:
             await self.store.delete(record.key)
+
+    async def at_limit(self, user_id: str, replaced: str | None) -> bool:
+        """Whether a login as ``user_id`` that replaces the session stored under
+        ``replaced`` would take the user past ``max_sessions_per_user``."""
+        limit = self.config.max_sessions_per_user
+        assert limit is not None
+        records = await self.store.list_user(user_id, self.now())
+        return sum(record.key != replaced for record in records) >= limit
+
+    async def _undo_past_limit(self, session: Session, user_id: str, key: str, now: float) -> None:
+        """End a login that went past the limit after all, and refuse it.
+
+        Logins racing the check before their saves can each pass it. Each one counts
+        again once stored, and leaves if it sees more than the limit. The last of any
+        survivors to be stored saw every other, so together they never pass the limit.
+        At worst, two racing logins are both refused and their users try again.
+        """
+        limit = self.config.max_sessions_per_user
+        assert limit is not None
+        if len(await self.store.list_user(user_id, now)) <= limit:
+            return
+        await self.store.delete(key)
+        session._stored = None
+        await self.emit(session, "login_refused", user_id, "")
+        raise SessionLimitError(limit)
 
     def _merger(
         self,

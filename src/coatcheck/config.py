@@ -18,6 +18,8 @@ from .exceptions import ConfigurationError
 
 Duration = int | timedelta
 SameSite = Literal["lax", "strict", "none"]
+# What a login past ``max_sessions_per_user`` does: end the oldest others, or fail.
+SessionLimitPolicy = Literal["end_oldest", "refuse_login"]
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token: a valid cookie name
 _ATTRIBUTE_VALUE = re.compile(r"^[\x21-\x3a\x3c-\x7e]+$")  # printable ASCII without ';'
@@ -211,6 +213,7 @@ class SessionConfig:
     retry_after: int = 5
     max_session_bytes: int = 64 * 1024
     max_sessions_per_user: int | None = None
+    at_session_limit: SessionLimitPolicy = "end_oldest"
     secret_keys: Sequence[str | bytes] = field(default=(), repr=False)
     csrf: CSRFConfig = field(default_factory=CSRFConfig)
     starlette_import: StarletteImport | None = None
@@ -245,6 +248,15 @@ class SessionConfig:
             raise ConfigurationError("max_session_bytes must be at least 1024")
         if self.max_sessions_per_user is not None and self.max_sessions_per_user < 1:
             raise ConfigurationError("max_sessions_per_user must be at least 1, or None")
+        if self.at_session_limit not in ("end_oldest", "refuse_login"):
+            raise ConfigurationError(
+                f"at_session_limit must be 'end_oldest' or 'refuse_login', "
+                f"not {self.at_session_limit!r}"
+            )
+        if self.at_session_limit == "refuse_login" and self.max_sessions_per_user is None:
+            raise ConfigurationError(
+                "at_session_limit='refuse_login' needs max_sessions_per_user (the limit)"
+            )
         if self.starlette_import is not None and self.starsessions_import is not None:
             raise ConfigurationError(
                 "import from Starlette's SessionMiddleware or from starsessions, not both"

@@ -20,6 +20,7 @@ EventKind = Literal[
     "created",  # a new session was first stored
     "logged_in",  # login(): a new ID bound to a user
     "rotated",  # regenerate() without a login
+    "login_refused",  # a login past max_sessions_per_user, with at_session_limit="refuse_login"
     "logged_out",  # destroy()/logout() of a stored session
     "revoked",  # revoke(), revoke_others() or revoke_all(); ``count`` sessions
     "expired",  # a stored session was presented after its deadline

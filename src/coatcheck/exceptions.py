@@ -11,6 +11,7 @@ The tree is shallow on purpose::
     ├── SessionTooLargeError      the encoded session passes the size limit (becomes a 413)
     ├── SessionEndedError         another request ended the session first (becomes a 409)
     ├── SessionConflictError      parallel saves kept colliding past the retries (a 409)
+    ├── SessionLimitError         a login refused at max_sessions_per_user (becomes a 403)
     ├── NotSupportedError         the store cannot do that (the cookie store keeps no index)
     └── StoreError                the store failed (a 503, logged as an error)
         └── StoreUnavailableError the store is down, locked or timed out (becomes a 503)
@@ -83,6 +84,22 @@ class SessionConflictError(CoatcheckError):
 
     Nothing was written; the request is answered with a 409 so the client can retry.
     """
+
+
+class SessionLimitError(CoatcheckError):
+    """Raised at save time when a login would take its user past ``max_sessions_per_user``
+    under ``at_session_limit="refuse_login"``.
+
+    Nothing of the login is kept: the answer is a 403 and the browser keeps the session
+    it had. :meth:`Session.can_login` asks beforehand, for an app that words it itself.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"signed in on too many devices: at most {limit} at once; "
+            "sign out on another device first"
+        )
 
 
 class NotSupportedError(CoatcheckError, NotImplementedError):

@@ -24,6 +24,7 @@ from .exceptions import (
     CoatcheckError,
     SessionConflictError,
     SessionEndedError,
+    SessionLimitError,
     SessionTooLargeError,
     StoreError,
     StoreUnavailableError,
@@ -168,6 +169,13 @@ class SessionMiddleware:
             return False
         except (SessionEndedError, SessionConflictError) as exc:
             await self._answer_conflict(scope, receive, send, exc)
+            return False
+        except SessionLimitError as exc:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": "too many sessions"})
+                return False
+            body = json.dumps({"detail": str(exc).capitalize() + "."}).encode()
+            await _json_response(403, body, [])(scope, receive, send)
             return False
         if extra and not self._plain_http_warned and scope.get("scheme") in _PLAIN:
             self._plain_http_warned = True

@@ -354,6 +354,15 @@ class Session(MutableMapping[str, Any]):
         """The logged-in user's live sessions, this one marked ``current``."""
         return await _devices.list_devices(self)
 
+    async def can_login(self, user_id: str) -> bool:
+        """Whether :meth:`login` as ``user_id`` would be let through now.
+
+        False only with ``at_session_limit="refuse_login"`` while the user is at
+        ``max_sessions_per_user``: ask before logging in to answer in the app's own
+        words. A login refused anyway at save time becomes a 403.
+        """
+        return await _devices.can_login(self, user_id)
+
     async def revoke(self, public_id: str) -> bool:
         """End another session of this user by its public id; False if there is none."""
         return await _devices.revoke(self, public_id)
