@@ -21,3 +21,8 @@ current_session: ContextVar[Session | None] = ContextVar("coatcheck_session", de
 def current_cookie_name() -> str:
     session = current_session.get()
     return DEFAULT_COOKIE_NAME if session is None else session._persistence.config.cookie.name
+
+
+def current_token_header() -> str | None:
+    session = current_session.get()
+    return None if session is None else session._persistence.config.token_header

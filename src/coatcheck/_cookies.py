@@ -54,6 +54,23 @@ def read_cookie(headers: Headers, needle: bytes) -> str | None:
         return None
 
 
+def read_header_token(headers: Headers, name: bytes) -> str | None:
+    """The session token sent in header ``name``: None when the header is absent, and
+    ``""`` (no session) when its value is not one token of ASCII text."""
+    found: bytes | None = None
+    for key, value in headers:
+        if key == name:
+            if found is not None and value != found:
+                return ""  # sent twice over: neither is trusted
+            found = value
+    if found is None:
+        return None
+    found = found.strip(_BLANKS)
+    if len(found) > _MAX_COOKIE_HEADER or not found.isascii():
+        return ""
+    return found.decode("ascii")
+
+
 class CookieWriter:
     """Builds the two ``Set-Cookie`` values once the attributes are known."""
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 
-from ._asgi import Headers
-from ._cookies import CookieWriter, cookie_needle, read_cookie
+from ._asgi import Header, Headers
+from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
 from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._imports import importer_for
 from ._keys import Keyring
@@ -69,7 +69,11 @@ class Persistence:
         if self._importer is not None:
             credentials.append(self._importer.cookie_name)
         keyring = Keyring(config.secret_keys)
-        self.csrf = CSRFGuard(config.csrf, keyring, credentials, config.clock)
+        # Clients that are not browsers may carry the session in a header of their own.
+        self.token_header = config.token_header.encode("latin-1") if config.token_header else None
+        self.csrf = CSRFGuard(
+            config.csrf, keyring, credentials, config.clock, token_header=self.token_header
+        )
         # A store that lives in the cookie says so by how it seals; it is then the
         # cookie's value, not a lookup, that gives the record.
         sealer = cookie_sealer_of(store)
@@ -87,6 +91,8 @@ class Persistence:
         self._cookie_needle = cookie_needle(config.cookie.name)
         self._cookies = CookieWriter(config.cookie)
         self.clear_cookie = self._cookies.clear()
+        # What a response that read the session varies on, for caches.
+        self.vary = b"Cookie" if self.token_header is None else b"Cookie, " + self.token_header
         # Seconds after the last save when a read must refresh the sliding expiry.
         self._refresh_after = {
             remember: config.lifetime(remember).idle * config.refresh_fraction
@@ -95,7 +101,13 @@ class Persistence:
 
     async def load(self, session: Session) -> None:
         now = self.now()
-        session_id = read_cookie(session._headers, self._cookie_needle)
+        session_id = None
+        if self.token_header is not None:
+            session_id = read_header_token(session._headers, self.token_header)
+        # The header, when sent, is the only ticket looked at: the cookie is ignored.
+        session._by_header = session_id is not None
+        if not session._by_header:
+            session_id = read_cookie(session._headers, self._cookie_needle)
         if self._sealer is None:
             key = None if session_id is None else key_of(session_id)
             record = None if key is None else await self.store.load(key, now)
@@ -125,7 +137,7 @@ class Persistence:
                     )
                     record = None
         imported = None
-        if record is None and self._importer is not None:
+        if record is None and self._importer is not None and not session._by_header:
             imported = await self._importer.read(session._headers, now)
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
         if imported is not None and self._importer is not None:
@@ -174,7 +186,7 @@ class Persistence:
                 return []
             session._stored = None
             await self.emit(session, "logged_out", stored.user_id, stored.public_id)
-            return [(b"set-cookie", self.clear_cookie), _NO_STORE]
+            return [self._ticket(session, None, None), _NO_STORE]
 
         if session._id is None:
             session._id = new_session_id()
@@ -245,8 +257,18 @@ class Persistence:
         elif sealed is None:
             return []  # stored under the ID the browser already holds
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
-        cookie = (b"set-cookie", self._cookies.set(sealed or session._id, max_age))
-        return [cookie, *await self._end_imported(session, replaced=True), _NO_STORE]
+        ticket = self._ticket(session, sealed or session._id, max_age)
+        return [ticket, *await self._end_imported(session, replaced=True), _NO_STORE]
+
+    def _ticket(self, session: Session, value: str | None, max_age: int | None) -> Header:
+        """The header that hands the client its session's new ticket (None ends it):
+        ``Set-Cookie``, or the token header for a client that sent its ticket there."""
+        if session._by_header:
+            assert self.token_header is not None
+            return (self.token_header, b"" if value is None else value.encode("ascii"))
+        if value is None:
+            return (b"set-cookie", self.clear_cookie)
+        return (b"set-cookie", self._cookies.set(value, max_age))
 
     async def _rotated(
         self,

@@ -170,6 +170,22 @@ class StarsessionsImport:
         _check_import(self.cookie_name, self.until, self.path, self.domain)
 
 
+# Headers a client or proxy already gives another meaning.
+_TAKEN_HEADERS = frozenset(
+    {"authorization", "cookie", "set-cookie", "host", "origin", "sec-fetch-site", "vary"}
+)
+
+
+def _check_token_header(name: str, csrf_header: str) -> None:
+    if not _TOKEN.match(name):
+        raise ConfigurationError(f"token_header {name!r} is not a valid header name")
+    if name.lower() in _TAKEN_HEADERS or name.lower() == csrf_header:
+        raise ConfigurationError(
+            f"token_header {name!r} already means something else; "
+            "give the session a header of its own, such as 'X-Session-Token'"
+        )
+
+
 def _check_import(cookie_name: str, until: datetime | None, path: str, domain: str | None) -> None:
     if not _TOKEN.match(cookie_name):
         raise ConfigurationError(f"cookie name {cookie_name!r} is not a valid cookie name")
@@ -201,6 +217,10 @@ class SessionConfig:
     can shrink by at most that fraction, never grow. An open WebSocket checks its
     session against the store at its first message after each ``websocket_recheck``:
     it is closed once the session has ended elsewhere, and its messages count as use.
+
+    ``token_header`` (say ``"X-Session-Token"``) lets clients that are not browsers (a
+    mobile app, a CLI) carry the session in that header instead of the cookie: a
+    request that sends it is answered in it, and never gets a cookie.
     """
 
     cookie: CookieConfig = field(default_factory=CookieConfig)
@@ -216,6 +236,7 @@ class SessionConfig:
     at_session_limit: SessionLimitPolicy = "end_oldest"
     secret_keys: Sequence[str | bytes] = field(default=(), repr=False)
     csrf: CSRFConfig = field(default_factory=CSRFConfig)
+    token_header: str | None = None
     starlette_import: StarletteImport | None = None
     starsessions_import: StarsessionsImport | None = None
     websocket_recheck: Duration | None = timedelta(minutes=1)
@@ -261,6 +282,9 @@ class SessionConfig:
             raise ConfigurationError(
                 "import from Starlette's SessionMiddleware or from starsessions, not both"
             )
+        if self.token_header is not None:
+            _check_token_header(self.token_header, self.csrf.header_name)
+            object.__setattr__(self, "token_header", self.token_header.lower())
         if self.retry_after < 1:
             raise ConfigurationError("retry_after must be at least 1 second")
         if isinstance(self.secret_keys, (str, bytes)):

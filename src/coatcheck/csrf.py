@@ -53,8 +53,11 @@ class CSRFGuard:
         keyring: Keyring,
         cookie_names: Sequence[str],
         clock: Callable[[], float],
+        *,
+        token_header: bytes | None = None,
     ) -> None:
         self.config = config
+        self._token_header = token_header
         self._now = clock
         self._exempt = PathPrefixes(config.exempt_paths) if config.exempt_paths else None
         self._keys = keyring.derive("csrf")
@@ -104,7 +107,7 @@ class CSRFGuard:
         # ``_method`` in a link, so only that is looked for on every request.
         if scope["method"] in SAFE_METHODS and b"_method=" not in scope.get("query_string", b""):
             return False
-        return self.config.enabled and not self._exempted(scope)
+        return self.config.enabled and not self._exempted(scope) and not self._by_header(scope)
 
     def check_handshake(self, scope: Scope) -> str | None:
         """Why a websocket handshake is refused, or None.
@@ -113,12 +116,19 @@ class CSRFGuard:
         cookie and read or change their session (cross-site websocket hijacking). A
         handshake with neither ``Sec-Fetch-Site`` nor ``Origin`` is not a browser's.
         """
-        if not self.config.enabled or self._exempted(scope):
+        if not self.config.enabled or self._exempted(scope) or self._by_header(scope):
             return None
         return self._browser_verdict(scope) or None
 
     def _exempted(self, scope: Scope) -> bool:
         return self._exempt is not None and self._exempt.match(scope)
+
+    def _by_header(self, scope: Scope) -> bool:
+        """A request carrying its session in the token header cannot be forged: the
+        cookie is then ignored, and a page on another site cannot add that header
+        without a CORS preflight the app must have allowed."""
+        token_header = self._token_header
+        return token_header is not None and _header(scope["headers"], token_header) is not None
 
     async def check(
         self, scope: Scope, receive: Receive, session: Session

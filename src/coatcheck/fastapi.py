@@ -22,7 +22,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("fastapi", "fastapi") from exc
 
-from ._context import current_cookie_name, current_session
+from ._context import current_cookie_name, current_session, current_token_header
 from ._models import check_model
 from .session import Session
 
@@ -62,10 +62,18 @@ class SessionCookie(SecurityBase):
     @property
     def model(self) -> APIKey:  # type: ignore[override]
         # Built as FastAPI builds its own APIKeyCookie's, which Pydantic 1 and 2 both take.
+        description = "Opaque session ticket set by coatcheck at login (HttpOnly)."
+        token_header = current_token_header()
+        if token_header is not None:
+            description += (
+                f" Clients that are not browsers may carry the session in the {token_header} "
+                "header instead: sent with any value (such as `new`) to start, it brings "
+                "back each new ticket."
+            )
         return APIKey(
             **{"in": APIKeyIn.cookie},  # type: ignore[arg-type]  # "in" is a keyword
             name=current_cookie_name(),
-            description="Opaque session ticket set by coatcheck at login (HttpOnly).",
+            description=description,
         )
 
     async def __call__(self) -> str | None:

@@ -107,7 +107,7 @@ class SessionMiddleware:
                 status = message.get("status", 200)
                 if session._loaded:
                     if self._persistence.settled(session):
-                        _merge_headers(message, [])
+                        _merge_headers(message, [], self._persistence.vary)
                     elif not await self._commit(session, message, scope, receive, send):
                         failed = True
                         return
@@ -177,10 +177,15 @@ class SessionMiddleware:
             body = json.dumps({"detail": str(exc).capitalize() + "."}).encode()
             await _json_response(403, body, [])(scope, receive, send)
             return False
-        if extra and not self._plain_http_warned and scope.get("scheme") in _PLAIN:
+        if (
+            extra
+            and not session._by_header
+            and not self._plain_http_warned
+            and scope.get("scheme") in _PLAIN
+        ):
             self._plain_http_warned = True
             logger.warning(_PLAIN_HTTP_WARNING)
-        _merge_headers(message, extra)
+        _merge_headers(message, extra, self._persistence.vary)
         return True
 
     async def _check_forgery(
@@ -258,18 +263,19 @@ class SessionMiddleware:
         return wrapped
 
 
-def _merge_headers(message: Message, extra: Headers) -> None:
-    """Add the session's headers, and ``Vary: Cookie`` since the response read it."""
+def _merge_headers(message: Message, extra: Headers, vary: bytes) -> None:
+    """Add the session's headers, and ``Vary: Cookie`` (and the token header, when
+    there is one) since the response read the session."""
     headers: Headers = message.get("headers", [])
     if extra:
         if any(name == b"cache-control" for name, _ in extra):
             headers = [pair for pair in headers if pair[0].lower() != b"cache-control"]
         headers = [*headers, *extra]
     for name, value in headers:
-        if name.lower() == b"vary" and b"cookie" in value.lower():
+        if name.lower() == b"vary" and vary.lower() in value.lower():
             break
     else:
-        headers = [*headers, (b"vary", b"Cookie")]
+        headers = [*headers, (b"vary", vary)]
     message["headers"] = headers
 
 

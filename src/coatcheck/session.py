@@ -35,6 +35,7 @@ class Session(MutableMapping[str, Any]):
     """
 
     __slots__ = (
+        "_by_header",
         "_cookie_final",
         "_created_at",
         "_data",
@@ -63,6 +64,7 @@ class Session(MutableMapping[str, Any]):
     _headers: list[tuple[bytes, bytes]]
     _path: str
     _loaded: bool
+    _by_header: bool  # the client sent its token in SessionConfig.token_header, not a cookie
     _cookie_final: bool  # the response has started: the cookie can no longer change
     _data: dict[str, Any]
     _raw: bytes | None

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from .conftest import (
@@ -161,6 +162,35 @@ def test_secure_cookies_use_host_prefix(secure_server: DemoServer) -> None:
 
 
 # -- anonymous traffic ---------------------------------------------------------------------
+
+
+def test_an_api_client_keeps_its_session_in_the_token_header(server: DemoServer) -> None:
+    """curl or a mobile app: no cookie jar, no CSRF token, the ticket in X-Session-Token."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        start = {"x-session-token": "new"}
+        added = client.post("/cart/items", json={"item": "pear"}, headers=start)
+        assert added.status_code == 201
+        anonymous = added.headers["x-session-token"]
+        login = client.post(
+            "/login",
+            json={"username": "alice", "password": USERS["alice"]},
+            headers={"x-session-token": anonymous},
+        )
+        assert login.json() == {"user": "alice"}
+        assert "set-cookie" not in login.headers
+        ticket = login.headers["x-session-token"]
+        assert SESSION_ID.fullmatch(ticket)
+        assert ticket != anonymous
+        mine = {"x-session-token": ticket}
+        assert client.get("/me", headers=mine).json()["user"] == "alice"
+        assert client.get("/cart", headers=mine).json() == {"items": ["pear"]}
+        devices = client.get("/sessions", headers=mine).json()["sessions"]
+        assert [device["current"] for device in devices].count(True) == 1
+        assert client.get("/me", headers={"x-session-token": anonymous}).status_code == 401
+        logout = client.post("/logout", headers=mine)
+        assert logout.status_code == 204
+        assert logout.headers["x-session-token"] == ""
+        assert client.get("/me", headers=mine).status_code == 401
 
 
 def test_anonymous_reads_create_no_session(browser: Browser) -> None:

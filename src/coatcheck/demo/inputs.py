@@ -15,6 +15,8 @@ from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from .settings import SESSION_HEADER
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -45,9 +47,12 @@ def has_form_body(request: Request) -> bool:
 
 
 def wants_json(request: Request) -> bool:
-    """True for API callers: a JSON body, or ``application/json`` in ``Accept``."""
+    """True for API callers: a JSON body, ``application/json`` in ``Accept``, or the
+    session carried in the token header, which only clients that are not browsers send."""
     accept = request.headers.get("accept", "").lower()
-    return has_json_body(request) or "application/json" in accept
+    return (
+        has_json_body(request) or "application/json" in accept or SESSION_HEADER in request.headers
+    )
 
 
 async def read_input(request: Request, model: type[M]) -> M:

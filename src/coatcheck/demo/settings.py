@@ -15,6 +15,8 @@ from ..config import CookieConfig, SessionConfig
 from ..exceptions import ConfigurationError
 
 DEFAULT_STORE = "sqlite:///coatcheck-demo.db"
+# Where a client that is not a browser (curl, a mobile app) carries its session.
+SESSION_HEADER = "X-Session-Token"
 ENV_STORE = "COATCHECK_DEMO_STORE"
 ENV_SECURE = "COATCHECK_DEMO_SECURE"
 ENV_IDLE = "COATCHECK_DEMO_IDLE"
@@ -67,6 +69,7 @@ class DemoSettings:
             remember_idle_timeout=remember_idle,
             remember_absolute_timeout=remember_absolute,
             secret_keys=[self.secret] if self.secret else [],
+            token_header=SESSION_HEADER,
         )
 
     def to_env(self) -> dict[str, str]:
