@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
+import string
+
 import httpx
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from coatcheck import ConfigurationError, CSRFConfig, MemoryStore, SessionConfig, Store
+from coatcheck._asgi import Headers, Message
 from coatcheck._ids import store_key
 from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import TEST_WS_BASE_URL
@@ -19,6 +27,7 @@ NAME = "__Host-session"
 HEADER = "x-session-token"
 CONFIG = SessionConfig(token_header="X-Session-Token")
 CROSS_SITE = {"sec-fetch-site": "cross-site", "origin": "https://evil.example"}
+CROSS_SITE_BYTES = [(name.encode(), value.encode()) for name, value in CROSS_SITE.items()]
 
 
 def token(response: httpx.Response) -> str:
@@ -173,3 +182,84 @@ def test_the_token_header_may_not_be_the_csrf_header_whatever_it_is_called() -> 
     with pytest.raises(ConfigurationError, match="token_header"):
         SessionConfig(token_header="X-Token", csrf=CSRFConfig(header_name="x-token"))
     assert SessionConfig(token_header="X-Session-Token").token_header == "x-session-token"
+
+
+# -- junk in the header, with someone else's cookie alongside ------------------------------
+
+JUNK_STORE = MemoryStore()
+JUNK_APP = make_app(JUNK_STORE, CONFIG)
+
+
+async def _call(method: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, Headers, bytes]:
+    """One request straight into the ASGI app: nothing on the way normalises the header."""
+    sent: list[Message] = []
+    path = "/write" if method == "POST" else "/read"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 443),
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await JUNK_APP(scope, receive, send)
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], list(start.get("headers", [])), body
+
+
+async def _victim() -> str:
+    status, headers, _ = await _call("POST", [])
+    assert status == 200
+    cookie = dict(headers)[b"set-cookie"].split(b";", 1)[0]
+    return cookie.decode().split("=", 1)[1]
+
+
+@functools.cache
+def victim_id() -> str:
+    """A logged-out visitor's session, by cookie: the one junk must never reach."""
+    return asyncio.run(_victim())
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    value=st.binary(max_size=120)
+    | st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=40, max_size=46).map(
+        str.encode
+    )
+)
+def test_no_header_value_fails_or_rides_on_the_cookie(value: bytes) -> None:
+    """Any bytes in the header, beside a live cookie, from another site: a read finds no
+    session, a write starts a new one under a fresh ticket, and the cookie's is untouched."""
+    cookie = victim_id()
+    assume(value.strip(b" \t") != cookie.encode())
+    sent = [(HEADER.encode(), value), (b"cookie", f"{NAME}={cookie}".encode())]
+
+    status, headers, body = asyncio.run(_call("GET", [*sent, *CROSS_SITE_BYTES]))
+    assert status == 200
+    assert json.loads(body) == {"data": {}, "user": None}
+    assert [name for name, _ in headers if name in (b"set-cookie", HEADER.encode())] == []
+
+    status, headers, body = asyncio.run(_call("POST", [*sent, *CROSS_SITE_BYTES]))
+    assert status == 200  # no CSRF check: the cookie plays no part
+    assert json.loads(body) == {"data": {"n": 1}, "user": None}
+    names = dict(headers)
+    assert b"set-cookie" not in names
+    issued = names[HEADER.encode()].decode()
+    assert len(issued) == 43
+    assert issued not in (cookie, value.decode("latin-1").strip())
+    stored = asyncio.run(JUNK_STORE.load(store_key(cookie), CONFIG.clock()))
+    assert stored is not None
+    assert stored.data == b'{"n":1}'
