@@ -1,4 +1,4 @@
-"""FastAPI integration: typed dependencies and the cookie in the OpenAPI schema.
+"""FastAPI integration: typed dependencies and the session's ticket in the OpenAPI schema.
 
 from coatcheck.fastapi import SessionDep, RequiredUser
 
@@ -62,18 +62,23 @@ class SessionCookie(SecurityBase):
     @property
     def model(self) -> APIKey:  # type: ignore[override]
         # Built as FastAPI builds its own APIKeyCookie's, which Pydantic 1 and 2 both take.
-        description = "Opaque session ticket set by coatcheck at login (HttpOnly)."
         token_header = current_token_header()
-        if token_header is not None:
-            description += (
-                f" Clients that are not browsers may carry the session in the {token_header} "
-                "header instead: sent with any value (such as `new`) to start, it brings "
-                "back each new ticket."
+        if token_header is None:
+            return APIKey(
+                **{"in": APIKeyIn.cookie},  # type: ignore[arg-type]  # "in" is a keyword
+                name=current_cookie_name(),
+                description="Opaque session ticket set by coatcheck at login (HttpOnly).",
             )
+        # The header is what a generated client or the "Authorize" button of /docs can
+        # send; a browser sends its cookie by itself, declared or not.
         return APIKey(
-            **{"in": APIKeyIn.cookie},  # type: ignore[arg-type]  # "in" is a keyword
-            name=current_cookie_name(),
-            description=description,
+            **{"in": APIKeyIn.header},  # type: ignore[arg-type]
+            name=token_header,
+            description=(
+                "Opaque session ticket, for clients that are not browsers: send any value "
+                "(such as `new`) to start, and each new ticket comes back in this header. "
+                f"Browsers carry it in the {current_cookie_name()} cookie instead."
+            ),
         )
 
     async def __call__(self) -> str | None:
