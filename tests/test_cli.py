@@ -447,6 +447,7 @@ def test_demo_help_lists_its_options(runner: CliRunner) -> None:
         "--secure-cookies",
         "--idle-timeout",
         "--absolute-timeout",
+        "--max-sessions",
     ):
         assert option in result.output
     assert "sqlite:///coatcheck-demo.db" in result.output
@@ -497,6 +498,7 @@ def test_demo_with_secure_cookies_and_a_long_idle_timeout(
         (["--store", "memory://", "--workers", "2"], "one process"),
         (["--port", "0"], "--port"),
         (["--workers", "0"], "--workers"),
+        (["--max-sessions", "0"], "--max-sessions"),
     ],
 )
 def test_demo_rejects_bad_values_without_a_traceback(
@@ -591,12 +593,15 @@ def test_demo_refuses_a_short_shared_secret(
 def test_demo_settings_reach_the_app(
     runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
 ) -> None:
-    result = runner.invoke(app, ["demo", "--store", "memory://", "--absolute-timeout", "600"])
+    args = ["demo", "--store", "memory://", "--absolute-timeout", "600", "--max-sessions", "3"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "600s idle, 600s after login" in result.stdout  # idle lowered to match
+    assert "3 sessions per user; further logins are refused" in result.stdout
     demo = create_app_from_env()
     assert demo.state.cookie_name == "session"
     assert isinstance(demo.state.store, MemoryStore)
+    assert os.environ["COATCHECK_DEMO_MAX_SESSIONS"] == "3"
 
 
 def test_python_dash_m_runs_the_same_cli() -> None:

@@ -218,13 +218,23 @@ def demo(
             help="Log out this long after login [12 h]; remember-me sessions too [30 days].",
         ),
     ] = None,
+    max_sessions: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Refuse a login that would give its user more than N sessions [no limit].",
+        ),
+    ] = None,
 ) -> None:
     """Run the reference app: log in, fill a cart, and watch your devices."""
     # One CSRF signing key for all workers of this run (or the one the caller set).
     secret = os.environ.get(ENV_SECRET) or secrets.token_urlsafe(32)
     if len(secret.encode()) < 16:
         _fail(f"{ENV_SECRET} must be at least 16 bytes long")
-    settings = DemoSettings(store, secure_cookies, idle_timeout, absolute_timeout, secret)
+    settings = DemoSettings(
+        store, secure_cookies, idle_timeout, absolute_timeout, secret, max_sessions
+    )
     try:
         config = settings.session_config()
     except ConfigurationError as exc:
@@ -259,6 +269,8 @@ def demo(
     normal, remember = config.normal, config.remember
     out.print(f"  timeouts {normal.idle}s idle, {normal.absolute}s after login")
     out.print(f"           remember me: {remember.idle}s idle, {remember.absolute}s after login")
+    if max_sessions is not None:
+        out.print(f"  limit    {max_sessions} sessions per user; further logins are refused")
     logins = ", ".join(f"{name} / {password}" for name, password in DEMO_CREDENTIALS)
     out.print(f"  users    {logins}")
     # Each worker logs a WARNING about plain-HTTP cookies as it starts (see create_app).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from coatcheck import ConfigurationError, MemoryStore, SessionRecord, Store
 from coatcheck.demo import users
 from coatcheck.demo.app import create_app, create_app_from_env
 from coatcheck.demo.pages import device_name, friendly_utc, relative
+from coatcheck.demo.routes import TOO_MANY_SESSIONS
 from coatcheck.demo.settings import DemoSettings
 
 JSON = {"accept": "application/json"}
@@ -746,8 +748,26 @@ async def test_a_remembered_login_ends_at_the_demos_absolute_timeout() -> None:
     assert expires - created <= timedelta(seconds=3)
 
 
+@pytest.mark.anyio
+async def test_with_a_session_limit_a_login_past_it_is_refused_in_either_format() -> None:
+    app = create_app(store_url="memory://", max_sessions=1)
+    async with browser(app) as first, browser(app) as second:
+        await login(first)
+        refused = await second.post("/login", json={"username": "alice", "password": "wonderland"})
+        page = await second.post("/login", data={"username": "alice", "password": "wonderland"})
+        other = await login(second, "bob")
+        still = await first.get("/me")
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": TOO_MANY_SESSIONS}
+    assert "set-cookie" not in refused.headers
+    assert page.status_code == 403
+    assert html.escape(TOO_MANY_SESSIONS) in page.text
+    assert other.json() == {"user": "bob"}  # the limit is per user
+    assert still.json()["user"] == "alice"  # the first login stands
+
+
 def test_settings_survive_the_trip_through_the_environment() -> None:
-    settings = DemoSettings("memory://", True, 60, 120)
+    settings = DemoSettings("memory://", True, 60, 120, max_sessions=3)
     assert DemoSettings.from_env(settings.to_env()) == settings
     assert DemoSettings.from_env({}) == DemoSettings()
 

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .conftest import Browser, DemoServer, StartServer, child_pids, run_cli
@@ -202,6 +203,39 @@ def test_two_workers_share_one_sqlite_file(start_server: StartServer) -> None:
         ]
 
     assert sorted(server.worker_pids()) == sorted(workers), "a worker died or was replaced"
+
+
+def test_parallel_logins_on_two_workers_never_pass_the_session_limit(
+    start_server: StartServer,
+) -> None:
+    """Eight API clients log in as alice at once, on two workers sharing one SQLite file,
+    with ``--max-sessions 2``: each login answered 200 holds a live session, and they are
+    never more than two."""
+    server = start_server("--workers", "2", "--max-sessions", "2", name="limit")
+    server.started_workers(2)
+    credentials = {"username": "alice", "password": "wonderland"}
+
+    def log_in(_: int) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=30) as own:
+            return own.post("/login", json=credentials, headers={"x-session-token": "new"})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(log_in, range(8)))
+    assert {answer.status_code for answer in answers} <= {200, 403}, server.log()
+    tickets = [answer.headers["x-session-token"] for answer in answers if answer.is_success]
+    assert len(tickets) <= 2
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while len(tickets) < 2:  # racing logins may all have been refused: now one at a time
+            login = client.post("/login", json=credentials, headers={"x-session-token": "new"})
+            assert login.status_code == 200, login.text
+            tickets.append(login.headers["x-session-token"])
+        for ticket in tickets:
+            assert client.get("/me", headers={"x-session-token": ticket}).json()["user"] == "alice"
+        devices = client.get("/sessions", headers={"x-session-token": tickets[0]})
+        assert len(devices.json()["sessions"]) == 2
+        third = client.post("/login", json=credentials, headers={"x-session-token": "new"})
+    assert third.status_code == 403
+    assert "too many devices" in third.json()["detail"]
 
 
 def test_revoke_all_from_the_shell_logs_everyone_out(start_server: StartServer) -> None:

@@ -40,13 +40,17 @@ def create_app(
     idle_timeout: int | None = None,
     absolute_timeout: int | None = None,
     secret: str = "",
+    max_sessions: int | None = None,
 ) -> FastAPI:
     """The demo app; raises ``ConfigurationError`` for a bad store URL or timeouts.
 
     ``secret`` signs CSRF tokens; processes serving one site must share it, or a
     token from one worker fails on the next. Empty: a random key for this process.
+    ``max_sessions`` refuses a login that would give its user more sessions than that.
     """
-    settings = DemoSettings(store_url, secure_cookies, idle_timeout, absolute_timeout, secret)
+    settings = DemoSettings(
+        store_url, secure_cookies, idle_timeout, absolute_timeout, secret, max_sessions
+    )
     config = settings.session_config()
     store = store_from_url(store_url)
     if not secure_cookies:
@@ -78,6 +82,7 @@ def create_app_from_env() -> FastAPI:
         idle_timeout=settings.idle_timeout,
         absolute_timeout=settings.absolute_timeout,
         secret=settings.secret,
+        max_sessions=settings.max_sessions,
     )
 
 

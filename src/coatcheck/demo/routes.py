@@ -34,6 +34,7 @@ from .users import authenticate
 router = APIRouter()
 
 INVALID_LOGIN = "Invalid username or password"
+TOO_MANY_SESSIONS = "Signed in on too many devices already: sign out on one of them first"
 _NOT_AUTHENTICATED: dict[int | str, dict[str, Any]] = {401: {"description": "Nobody is signed in"}}
 
 
@@ -61,6 +62,7 @@ async def home(request: Request, session: SessionDep) -> Response:
     responses={
         303: {"description": "Form post: back to the page"},
         401: {"description": INVALID_LOGIN},
+        403: {"description": TOO_MANY_SESSIONS + " (only with --max-sessions)"},
     },
     openapi_extra=body_schema(Credentials),
 )
@@ -73,6 +75,10 @@ async def login(request: Request, session: SessionDep) -> Response | LoggedIn:
         if wants_json(request):
             raise not_authenticated(INVALID_LOGIN)
         raise PageError(INVALID_LOGIN, 401, username=credentials.username)
+    if not await session.can_login(user):
+        if wants_json(request):
+            raise HTTPException(403, TOO_MANY_SESSIONS)
+        raise PageError(TOO_MANY_SESSIONS, 403, username=credentials.username)
     # Logging in as someone else drops the data: bob must not inherit alice's cart.
     session.login(user, remember=credentials.remember)
     return LoggedIn(user=user) if wants_json(request) else _to_page()

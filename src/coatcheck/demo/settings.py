@@ -21,6 +21,7 @@ ENV_STORE = "COATCHECK_DEMO_STORE"
 ENV_SECURE = "COATCHECK_DEMO_SECURE"
 ENV_IDLE = "COATCHECK_DEMO_IDLE"
 ENV_ABSOLUTE = "COATCHECK_DEMO_ABSOLUTE"
+ENV_MAX_SESSIONS = "COATCHECK_DEMO_MAX_SESSIONS"
 ENV_SECRET = "COATCHECK_DEMO_SECRET"  # noqa: S105 - the variable's name, not a secret
 
 _TRUE = ("1", "true", "yes", "on")
@@ -37,6 +38,8 @@ class DemoSettings:
     absolute_timeout: int | None = None
     # Signs CSRF tokens; every worker must share it. Empty: a random per-process key.
     secret: str = field(default="", repr=False)
+    # Logins past this many sessions per user are refused; None: no limit.
+    max_sessions: int | None = None
 
     def session_config(self) -> SessionConfig:
         """Build the config, reconciling a lone timeout with the other default.
@@ -70,6 +73,8 @@ class DemoSettings:
             remember_absolute_timeout=remember_absolute,
             secret_keys=[self.secret] if self.secret else [],
             token_header=SESSION_HEADER,
+            max_sessions_per_user=self.max_sessions,
+            at_session_limit="end_oldest" if self.max_sessions is None else "refuse_login",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -78,6 +83,7 @@ class DemoSettings:
         env[ENV_IDLE] = "" if self.idle_timeout is None else str(self.idle_timeout)
         env[ENV_ABSOLUTE] = "" if self.absolute_timeout is None else str(self.absolute_timeout)
         env[ENV_SECRET] = self.secret
+        env[ENV_MAX_SESSIONS] = "" if self.max_sessions is None else str(self.max_sessions)
         return env
 
     @classmethod
@@ -90,17 +96,18 @@ class DemoSettings:
         return cls(
             store_url=env.get(ENV_STORE) or DEFAULT_STORE,
             secure_cookies=secure in _TRUE,
-            idle_timeout=_seconds(env, ENV_IDLE),
-            absolute_timeout=_seconds(env, ENV_ABSOLUTE),
+            idle_timeout=_whole(env, ENV_IDLE),
+            absolute_timeout=_whole(env, ENV_ABSOLUTE),
             secret=env.get(ENV_SECRET, ""),
+            max_sessions=_whole(env, ENV_MAX_SESSIONS),
         )
 
 
-def _seconds(env: Mapping[str, str], name: str) -> int | None:
+def _whole(env: Mapping[str, str], name: str) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
     try:
         return int(raw)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number of seconds, got {raw!r}") from None
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
