@@ -22,6 +22,7 @@ from .csrf import CSRFGuard
 from .events import EventBus, EventHook, EventKind, SessionEvent
 from .exceptions import (
     ConfigurationError,
+    ResponseStartedError,
     SessionEndedError,
     SessionLimitError,
     SessionTooLargeError,
@@ -168,7 +169,7 @@ class Persistence:
 
     async def commit(self, session: Session, status: int) -> Headers:
         """Write what changed and return the headers the response must carry."""
-        if not session._loaded or status >= 500 or self.settled(session):
+        if not session._loaded or status >= 500 or session._halted or self.settled(session):
             return []
         stored = session._stored
         old_key = stored.key if stored is not None else None
@@ -237,8 +238,10 @@ class Persistence:
             # Ended by another request (logout, revocation, a login's new ID) while this
             # one ran. No cookie is cleared: the browser may already hold a newer one.
             session._stored = None
+            ended = SessionEndedError("the session was ended by another request")
             if rotated or session._meta_changed or data != session._raw:
-                raise SessionEndedError("the session was ended by another request")
+                raise ended
+            session._halted = ended  # a later save() must not store it anew
             return []
         record = written[-1]
         if record.data != data:  # merged with a parallel save: adopt what was stored
@@ -374,6 +377,46 @@ class Persistence:
                 session._stored = touched
                 session._last_seen_at, session._expires_at = now, touched.expires_at
         return True
+
+    async def save_now(self, session: Session) -> None:
+        """:meth:`Session.save`: commit now, keeping the headers for the response.
+
+        A save that found the session ended, or its login refused, halts the request's
+        writes: what the app does after catching it is not stored, so an ended session
+        is not brought back, nor a refused login retried, when the response starts.
+        """
+        if session._halted is not None:
+            raise session._halted
+        if session._models:
+            session._sync_models()
+        if session._cookie_final:
+            self._check_late(session)
+        try:
+            extra = await self.commit(session, 200)
+        except (SessionEndedError, SessionLimitError) as exc:
+            session._halted = exc
+            raise
+        if not session._cookie_final:
+            session._outgoing = outgoing(session._outgoing, extra)
+
+    def _check_late(self, session: Session) -> None:
+        """Refuse a save, once the response started, that a new cookie would have to carry."""
+        nothing = not session._data and session._user_id is None
+        if self._sealer is None:
+            if nothing or (session._stored is not None and session._id is not None):
+                return  # at most a record to delete, or one to write under the same ID
+            where = "stored under a new cookie"
+        elif nothing and session._stored is None:
+            return
+        elif not session._meta_changed and self.serializer.dumps(session._data) == session._raw:
+            return  # unchanged: a due refresh of the sealed deadline is simply not sent
+        else:
+            where = "sealed in a new cookie"
+        raise ResponseStartedError(
+            f"the response has started, so this session cannot be saved: it would have "
+            f"to be {where}, which can no longer be sent; save() before responding (or "
+            f"before accepting a websocket)"
+        )
 
     async def commit_late(self, session: Session, status: int) -> None:
         """Store what changed after the response started: in a streaming body, a
@@ -514,6 +557,22 @@ class Persistence:
             return result
 
         return merge
+
+
+def outgoing(early: Headers, late: Headers) -> Headers:
+    """The headers of an early :meth:`Session.save` and of a later commit together.
+
+    Where both set the same header, or the same cookie, the later one stands.
+    """
+    if not early:
+        return late
+    later = {_slot(header) for header in late}
+    return [header for header in early if _slot(header) not in later] + late
+
+
+def _slot(header: Header) -> tuple[bytes, bytes]:
+    name, value = header
+    return name, value.split(b"=", 1)[0] if name == b"set-cookie" else b""
 
 
 def _record(

@@ -6,7 +6,7 @@ The tree is shallow on purpose::
     ├── ConfigurationError        bad settings, raised at start-up
     ├── MissingDependencyError    an optional extra is not installed (also an ImportError)
     ├── SessionNotLoadedError     session data touched before it was loaded
-    ├── ResponseStartedError      a new ID asked for once the cookie can no longer change
+    ├── ResponseStartedError      a new cookie needed once the response has started
     ├── SerializationError        a value cannot be stored as JSON
     ├── SessionTooLargeError      the encoded session passes the size limit (becomes a 413)
     ├── SessionEndedError         another request ended the session first (becomes a 409)
@@ -46,7 +46,8 @@ class SessionNotLoadedError(CoatcheckError, RuntimeError):
 class ResponseStartedError(CoatcheckError, RuntimeError):
     """Raised by ``login()`` and ``regenerate()`` once the response has started (in a
     streaming body, a background task, a websocket after its handshake): the new
-    cookie could no longer reach the browser, which would be left holding a dead one."""
+    cookie could no longer reach the browser, which would be left holding a dead one.
+    ``save()`` raises it then for a session that only a new cookie could carry."""
 
 
 class SerializationError(CoatcheckError, TypeError):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send
 from ._audit import security_event
 from ._context import current_session
-from ._persist import Persistence
+from ._persist import Persistence, outgoing
 from ._websocket import SocketWatch
 from .config import SessionConfig
 from .csrf import SAFE_METHODS
@@ -39,6 +39,14 @@ UnavailableApp = Callable[[int], ASGIApp]
 
 # The message that starts a response: the session is committed just before it goes out.
 _RESPONSE_START = ("http.response.start", "websocket.accept")
+# What a save can fail with, answered for the client rather than left to become a 500.
+_SAVE_FAILURES = (
+    StoreError,
+    SessionTooLargeError,
+    SessionEndedError,
+    SessionConflictError,
+    SessionLimitError,
+)
 # Schemes over which a Secure cookie is set but, by most clients, never sent back.
 _PLAIN = ("http", "ws")
 _PLAIN_HTTP_WARNING = (
@@ -106,7 +114,7 @@ class SessionMiddleware:
                 started = session._cookie_final = True
                 status = message.get("status", 200)
                 if session._loaded:
-                    if self._persistence.settled(session):
+                    if self._persistence.settled(session) and not session._outgoing:
                         _merge_headers(message, [], self._persistence.vary)
                     elif not await self._commit(session, message, scope, receive, send):
                         failed = True
@@ -140,10 +148,11 @@ class SessionMiddleware:
                     watch is not None and watch.closed
                 ):
                     await self._persistence.commit_late(session, status)
-        except StoreError as exc:
+        except _SAVE_FAILURES as exc:
+            # From the store, or from a save() the app did not catch.
             if started:
                 raise
-            await self._answer_unavailable(scope, receive, send, exc)
+            await self._answer_failure(scope, receive, send, exc)
         finally:
             # In-process callers (tests, mounted apps) share one context across requests.
             current_session.reset(token)
@@ -157,26 +166,11 @@ class SessionMiddleware:
         """
         try:
             extra = await self._persistence.commit(session, message.get("status", 200))
-        except StoreError as exc:
-            await self._answer_unavailable(scope, receive, send, exc)
+        except _SAVE_FAILURES as exc:
+            await self._answer_failure(scope, receive, send, exc)
             return False
-        except SessionTooLargeError as exc:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1009, "reason": "session too large"})
-                return False
-            body = json.dumps({"detail": str(exc).capitalize()}).encode()
-            await _json_response(413, body, [])(scope, receive, send)
-            return False
-        except (SessionEndedError, SessionConflictError) as exc:
-            await self._answer_conflict(scope, receive, send, exc)
-            return False
-        except SessionLimitError as exc:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": "too many sessions"})
-                return False
-            body = json.dumps({"detail": str(exc).capitalize() + "."}).encode()
-            await _json_response(403, body, [])(scope, receive, send)
-            return False
+        if session._outgoing:  # an early save() set the cookie, or this commit resets it
+            extra = outgoing(session._outgoing, extra)
         if (
             extra
             and not session._by_header
@@ -187,6 +181,28 @@ class SessionMiddleware:
             logger.warning(_PLAIN_HTTP_WARNING)
         _merge_headers(message, extra, self._persistence.vary)
         return True
+
+    async def _answer_failure(
+        self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError
+    ) -> None:
+        """The response to a save that failed: nothing of it was stored."""
+        websocket = scope["type"] == "websocket"
+        if isinstance(exc, StoreError):
+            await self._answer_unavailable(scope, receive, send, exc)
+        elif isinstance(exc, (SessionEndedError, SessionConflictError)):
+            await self._answer_conflict(scope, receive, send, exc)
+        elif isinstance(exc, SessionTooLargeError):
+            if websocket:
+                await send({"type": "websocket.close", "code": 1009, "reason": "session too large"})
+                return
+            body = json.dumps({"detail": str(exc).capitalize()}).encode()
+            await _json_response(413, body, [])(scope, receive, send)
+        else:  # SessionLimitError: a login past the user's limit
+            if websocket:
+                await send({"type": "websocket.close", "code": 1008, "reason": "too many sessions"})
+                return
+            body = json.dumps({"detail": str(exc).capitalize() + "."}).encode()
+            await _json_response(403, body, [])(scope, receive, send)
 
     async def _check_forgery(
         self, scope: Scope, receive: Receive, send: Send, session: Session

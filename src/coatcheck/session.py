@@ -16,7 +16,7 @@ from ._devices import Device, utc
 from ._flash import Flash
 from ._ids import new_public_id, new_session_id
 from ._models import Binding, check_model
-from .exceptions import ResponseStartedError, SessionNotLoadedError
+from .exceptions import CoatcheckError, ResponseStartedError, SessionNotLoadedError
 
 if TYPE_CHECKING:
     from ._persist import Persistence
@@ -42,6 +42,7 @@ class Session(MutableMapping[str, Any]):
         "_expires_at",
         "_exposed",
         "_fresh",
+        "_halted",
         "_headers",
         "_id",
         "_imported",
@@ -51,6 +52,7 @@ class Session(MutableMapping[str, Any]):
         "_meta_changed",
         "_models",
         "_modified",
+        "_outgoing",
         "_path",
         "_persistence",
         "_public_id",
@@ -84,6 +86,8 @@ class Session(MutableMapping[str, Any]):
     _fresh: bool  # the data no longer continues the stored record's (destroy, user switch)
     _imported: bool  # adopted from the old library's session, which the response ends
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
+    _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
+    _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
         self._persistence = persistence
@@ -107,6 +111,23 @@ class Session(MutableMapping[str, Any]):
     @property
     def is_loaded(self) -> bool:
         return self._loaded
+
+    async def save(self) -> None:
+        """Store the changes made so far now, rather than when the response starts.
+
+        For a websocket or a streaming response that lives long after it started, and
+        for a handler that must know its changes are stored before it goes on: a
+        failure is raised here (a :class:`~coatcheck.StoreError`, a
+        :class:`~coatcheck.SerializationError` naming the key, a
+        :class:`~coatcheck.SessionTooLargeError`, or a
+        :class:`~coatcheck.SessionEndedError` when another request ended the session).
+        The cookie of a new or rotated session still goes out with the response. Once
+        the response has started, only a session that is already stored can be saved:
+        a new one would need a cookie that can no longer be sent. Later changes are
+        saved as usual, and a save with nothing to store writes nothing.
+        """
+        self._require_loaded()
+        await self._persistence.save_now(self)
 
     def _require_loaded(self) -> None:
         if not self._loaded:
@@ -395,6 +416,8 @@ class Session(MutableMapping[str, Any]):
         self._imported = False
         self._updates = []
         self._models = None
+        self._outgoing = []
+        self._halted = None
         if record is None:
             self._raw = None
             self._public_id = ""
