@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Connection
 from redis.asyncio.cluster import RedisCluster
 
 from coatcheck import (
@@ -31,6 +32,7 @@ from coatcheck import (
 from coatcheck._ids import store_key
 from coatcheck.fastapi import SessionDep
 from coatcheck.stores import SessionRecord, _redis_codec
+from coatcheck.stores._redis_errors import translated
 from coatcheck.stores.redis import RedisStore
 
 from ..conftest import client_for
@@ -409,3 +411,27 @@ async def test_cluster_url_flags_are_read_as_booleans(tmp_path: Path) -> None:
     await off.aclose()
     await on.aclose()
     assert settings == [False, True]
+
+
+async def test_what_redis_py_leaks_from_a_broken_connection_is_an_outage() -> None:
+    """redis-py lets a bare AttributeError or TypeError out when a connection is closed
+    under a command in flight (redis/redis-py#4287, and a Cluster connection
+    disconnected while another request was connecting it): that is a 503, not a 500."""
+    never_connected = Connection(host="127.0.0.1", port=free_port())
+    with (
+        pytest.raises(StoreUnavailableError, match="connection broke") as caught,
+        translated(retry_after=1),
+    ):
+        await never_connected._send_packed_command([b"PING"])  # its writer is None
+    assert isinstance(caught.value.__cause__, AttributeError)
+    assert caught.value.retry_after == 1
+    with pytest.raises(StoreUnavailableError, match="connection broke"), translated(1):
+        await asyncio.sleep("soon")  # type: ignore[arg-type]  # fails inside asyncio
+
+
+async def test_a_type_or_attribute_error_of_coatcheck_itself_stays_a_bug() -> None:
+    record = make_record()
+    with pytest.raises(AttributeError, match="no_such_field"), translated(retry_after=1):
+        _ = record.no_such_field  # type: ignore[attr-defined]
+    with pytest.raises(TypeError), translated(retry_after=1):
+        _ = record.version + "1"  # type: ignore[operator]

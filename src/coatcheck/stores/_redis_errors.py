@@ -9,10 +9,12 @@ still answers 503, but logs it as an error for the operator to fix.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import redis
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -47,12 +49,34 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 _CREDENTIALS = (AuthenticationError, AuthorizationError)
+# What redis-py lets out, unwrapped, when a connection is closed under a command in
+# flight: its own writer gone, or asyncio's transport torn down (redis/redis-py#4287).
+_LEAKS = (AttributeError, TypeError)
 # Everything a call through redis-py may raise; a hot path catches these itself.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, RedisError, RedisClusterException)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    *_TRANSIENT,
+    RedisError,
+    RedisClusterException,
+    *_LEAKS,
+)
+_CONNECTION_CODE = tuple(
+    os.path.dirname(module.__file__ or "") + os.sep for module in (redis, asyncio)
+)
 
 
 def translate(exc: BaseException, retry_after: int | None) -> StoreError:
-    """The store error to raise (``from exc``) for one of :data:`REDIS_ERRORS`."""
+    """The store error to raise (``from exc``) for one of :data:`REDIS_ERRORS`.
+
+    An ``AttributeError`` or ``TypeError`` is a broken connection only when it was
+    raised inside redis-py or asyncio; from anywhere else it is a bug, raised again
+    as it is.
+    """
+    if isinstance(exc, _LEAKS):
+        if not _raised_in_connection_code(exc):
+            raise exc
+        return StoreUnavailableError(
+            f"Redis session store connection broke: {exc!r}", retry_after=retry_after
+        )
     # redis-py's Cluster client reports refused credentials at start-up as "cannot be
     # connected", with the AuthenticationError as the cause: a misconfiguration, which
     # waiting will not cure, so it must not pass for an outage.
@@ -71,6 +95,15 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
             f"Redis session store is unavailable: {exc}", retry_after=retry_after
         )
     return StoreError(f"Redis session store failed: {exc}")
+
+
+def _raised_in_connection_code(exc: BaseException) -> bool:
+    traceback = exc.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback.tb_frame.f_code.co_filename.startswith(_CONNECTION_CODE)
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
