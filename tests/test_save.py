@@ -46,7 +46,7 @@ def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
     now = config.clock
 
     def stored_under(request: Request) -> str:
-        return store_key(request.cookies[NAME])
+        return store_key(request.cookies[config.cookie.name])
 
     @app.get("/state")
     async def state(session: SessionDep) -> dict[str, Any]:
