@@ -135,7 +135,32 @@ def test_list_shows_public_ids_and_never_secrets(runner: CliRunner, filled: Fill
     assert "Firefox/128.0" in output
     assert "iPhone" in output
     assert time.strftime("%Y-%m-%d", time.gmtime()) in output
+    assert "127.0.0.1" in output  # the demo keeps where each session was used
     _assert_no_secrets(output, filled)
+
+
+def test_list_shows_addresses_once_sessions_keep_them(runner: CliRunner, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'addresses.db'}"
+
+    async def fill() -> None:
+        store = store_from_url(url)
+        now = time.time()
+        for n, address in enumerate(("2001:db8::42", "")):
+            record = SessionRecord(
+                key=f"{n}" * 64, public_id=f"addresspublicid{n}", data=b"{}", user_id="alice",
+                created_at=now + n, last_seen_at=now, expires_at=now + 600,
+                user_agent="Firefox", ip_address=address,
+            )  # fmt: skip
+            await store.save(record)
+        await store.aclose()
+
+    asyncio.run(fill())
+    result = runner.invoke(app, ["sessions", "list", "--store", url, "--user", "alice"])
+    assert result.exit_code == 0, result.output
+    assert "Address" in result.stdout
+    first, second = (line for line in result.stdout.splitlines() if "addresspublicid" in line)
+    assert "2001:db8::42" in first
+    assert " - " in second  # kept by no setting: shown as unknown
 
 
 def test_list_prints_markup_in_user_agents_and_names_as_text(
@@ -161,6 +186,7 @@ def test_list_prints_markup_in_user_agents_and_names_as_text(
     assert result.exit_code == 0, result.output
     assert agent in result.stdout
     assert f"Live sessions of {user}" in result.stdout
+    assert "Address" not in result.stdout  # no session kept one: no empty column
     revoked = runner.invoke(app, ["sessions", "revoke", "--store", url, "--user", user])
     assert revoked.exit_code == 0, revoked.output
     assert f"of {user}." in revoked.stdout

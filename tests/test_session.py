@@ -11,9 +11,12 @@ from coatcheck.testing import FakeClock
 pytestmark = pytest.mark.anyio
 
 
-def request_scope(cookie: str | None = None) -> dict[str, object]:
+def request_scope(
+    cookie: str | None = None, client: tuple[str, int] | None = ("192.0.2.10", 50123)
+) -> dict[str, object]:
     headers = [] if cookie is None else [(b"cookie", f"__Host-session={cookie}".encode())]
-    return {"type": "http", "headers": [*headers, (b"user-agent", b"pytest-browser/1.0")]}
+    headers.append((b"user-agent", b"pytest-browser/1.0"))
+    return {"type": "http", "headers": headers, "client": client}
 
 
 @pytest.fixture
@@ -320,3 +323,30 @@ async def test_a_default_handed_out_by_get_is_not_stored(persistence: Persistenc
     later.get("cart", []).append("apple")
     await persistence.commit(later, 200)
     assert dict(await fresh(persistence, sid)) == {"n": 1}
+
+
+async def test_addresses_are_kept_only_when_asked_and_follow_the_device(
+    clock: FakeClock,
+) -> None:
+    plain = await fresh(Persistence(MemoryStore(), SessionConfig(clock=clock), None))
+    plain.login("alice")
+    await saved(plain._persistence, plain)
+    assert [device.ip_address for device in await plain.devices()] == [""]
+
+    persistence = Persistence(MemoryStore(), SessionConfig(clock=clock, record_ip=True), None)
+    phone = await fresh(persistence)
+    phone.login("alice")
+    sid = await saved(persistence, phone)
+    assert [device.ip_address for device in await phone.devices()] == ["192.0.2.10"]
+
+    # Later, the same session saves from another network: the list follows it.
+    moved = await Session(persistence, request_scope(sid, ("2001:db8::7", 443))).load()
+    moved["cart"] = ["apple"]
+    await persistence.commit(moved, 200)
+    assert [device.ip_address for device in await moved.devices()] == ["2001:db8::7"]
+
+    # A server that reports no client (a Unix socket, some test clients) leaves it blank.
+    anonymous = await Session(persistence, request_scope(sid, None)).load()
+    anonymous["cart"] = ["apple", "pear"]
+    await persistence.commit(anonymous, 200)
+    assert [device.ip_address for device in await anonymous.devices()] == [""]

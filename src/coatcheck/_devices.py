@@ -29,6 +29,7 @@ class Device:
     user_agent: str
     remember: bool
     current: bool
+    ip_address: str = ""  # where it was last saved from, with SessionConfig(record_ip=True)
 
 
 async def list_devices(session: Session) -> list[Device]:
@@ -47,6 +48,7 @@ async def list_devices(session: Session) -> list[Device]:
             user_agent=record.user_agent,
             remember=record.remember,
             current=record.key == current,
+            ip_address=record.ip_address,
         )
         for record in records
     ]

@@ -40,6 +40,7 @@ security_log = logging.getLogger("coatcheck.security")
 
 _NO_STORE = (b"cache-control", b"no-store")
 _MAX_USER_AGENT = 256
+_MAX_IP_ADDRESS = 64  # an IPv6 address with a zone index fits; anything longer is not one
 _LATE_UNSEALED = (
     "session changes made after the response started were dropped: the cookie store "
     "keeps the session in the cookie, which can no longer be sent; change it before responding"
@@ -216,7 +217,7 @@ class Persistence:
                 await self.emit(session, "login_refused", session._user_id, "")
                 raise SessionLimitError(self._refuse_at)
         expires_at = lifetime.deadline(now, session._created_at)
-        record = _record(session, key, data, now, expires_at, stored)
+        record = _record(session, key, data, now, expires_at, stored, self._address(session))
         # Sealed before anything is written: a session too big for its cookie fails here.
         sealed = None if self._sealer is None else self._sealer.seal(session._id, record)
         written = [record]
@@ -262,6 +263,13 @@ class Persistence:
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         ticket = self._ticket(session, sealed or session._id, max_age)
         return [ticket, *await self._end_imported(session, replaced=True), _NO_STORE]
+
+    def _address(self, session: Session) -> str:
+        """The client address to keep with the record: only under ``record_ip``."""
+        client = session._client
+        if not self.config.record_ip or not client or not client[0]:
+            return ""
+        return str(client[0])[:_MAX_IP_ADDRESS]
 
     def _ticket(self, session: Session, value: str | None, max_age: int | None) -> Header:
         """The header that hands the client its session's new ticket (None ends it):
@@ -309,7 +317,7 @@ class Persistence:
         Only once the dead record stands is it deleted.
         """
         now = self.now()
-        record = _record(session, stored.key, self._empty, now, now, stored)
+        record = _record(session, stored.key, self._empty, now, now, stored, "")
         written = [record]
         merge_live = self._merger(session, stored, record, written)
 
@@ -582,6 +590,7 @@ def _record(
     now: float,
     expires_at: float,
     stored: SessionRecord | None,
+    ip_address: str,
 ) -> SessionRecord:
     """What a save of ``session`` writes at ``now``: the version after ``stored``'s."""
     return SessionRecord(
@@ -595,6 +604,7 @@ def _record(
         remember=session._remember,
         user_agent=_user_agent(session._headers),
         version=1 if stored is None else stored.version + 1,
+        ip_address=ip_address,
     )
 
 

@@ -128,13 +128,19 @@ def list_sessions(store: StoreOption, user: UserOption) -> None:
     table.add_column("Public ID", no_wrap=True, min_width=16)
     for heading in ("Created", "Last seen", "Expires"):
         table.add_column(heading, no_wrap=True, min_width=16 if wide else 12)
+    # Addresses are kept only under SessionConfig(record_ip=True): no empty column else.
+    addresses = any(record.ip_address for record in records)
+    if addresses:
+        table.add_column("Address", no_wrap=True)
     table.add_column("User agent", no_wrap=True, overflow="ellipsis")
     for record in records:
+        address = [escape(record.ip_address) or "-"] if addresses else []
         table.add_row(
             record.public_id,
             _when(record.created_at, wide),
             _when(record.last_seen_at, wide),
             _when(record.expires_at, wide),
+            *address,
             escape(record.user_agent) or "-",
         )
     out.print(table)

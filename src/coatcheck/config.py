@@ -221,6 +221,11 @@ class SessionConfig:
     ``token_header`` (say ``"X-Session-Token"``) lets clients that are not browsers (a
     mobile app, a CLI) carry the session in that header instead of the cookie: a
     request that sends it is answered in it, and never gets a cookie.
+
+    ``record_ip`` keeps, with each session, the client address its last save came
+    from (``scope["client"]``: behind a proxy, let the server trust the proxy's
+    forwarded headers), so a device list can say where each session is used. Off by
+    default, since an address is personal data.
     """
 
     cookie: CookieConfig = field(default_factory=CookieConfig)
@@ -237,6 +242,7 @@ class SessionConfig:
     secret_keys: Sequence[str | bytes] = field(default=(), repr=False)
     csrf: CSRFConfig = field(default_factory=CSRFConfig)
     token_header: str | None = None
+    record_ip: bool = False
     starlette_import: StarletteImport | None = None
     starsessions_import: StarsessionsImport | None = None
     websocket_recheck: Duration | None = timedelta(minutes=1)

@@ -36,6 +36,7 @@ class Session(MutableMapping[str, Any]):
 
     __slots__ = (
         "_by_header",
+        "_client",
         "_cookie_final",
         "_created_at",
         "_data",
@@ -64,6 +65,7 @@ class Session(MutableMapping[str, Any]):
     )
     _persistence: Persistence
     _headers: list[tuple[bytes, bytes]]
+    _client: tuple[str, int] | None  # scope["client"]: the address, for record_ip
     _path: str
     _loaded: bool
     _by_header: bool  # the client sent its token in SessionConfig.token_header, not a cookie
@@ -94,9 +96,10 @@ class Session(MutableMapping[str, Any]):
         # Only the headers: a reference to the scope would make a cycle (scope["session"])
         # that only the garbage collector can free, on every request.
         self._headers = scope.get("headers", [])
+        self._client = scope.get("client")
         self._path = scope.get("path", "")
         # Everything else is set by _adopt() when the session loads: a request that never
-        # touches its session pays for four attributes, not eighteen.
+        # touches its session pays for six attributes, not all of them.
         self._loaded = False
         self._cookie_final = False
 

@@ -44,9 +44,11 @@ async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
     await store.aclose()
 
 
-def browser(app: FastAPI, agent: str = FIREFOX, **kwargs: Any) -> httpx.AsyncClient:
+def browser(
+    app: FastAPI, agent: str = FIREFOX, address: str = "127.0.0.1", **kwargs: Any
+) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
+        transport=httpx.ASGITransport(app=app, client=(address, 49152)),
         base_url=kwargs.pop("base_url", "http://demo.test"),
         headers={"user-agent": agent, "sec-fetch-site": "same-origin"},
         **kwargs,
@@ -475,7 +477,10 @@ async def test_invalid_cart_item_from_the_page_shows_an_error(app: FastAPI) -> N
 
 @pytest.mark.anyio
 async def test_sessions_lists_every_device_and_marks_the_current_one(app: FastAPI) -> None:
-    async with browser(app, FIREFOX) as laptop, browser(app, PHONE) as phone:
+    async with (
+        browser(app, FIREFOX, "198.51.100.7") as laptop,
+        browser(app, PHONE, "2001:db8::5") as phone,
+    ):
         await login(laptop)
         await login(phone, remember=True)
         seen_by_laptop = (await laptop.get("/sessions")).json()["sessions"]
@@ -484,13 +489,16 @@ async def test_sessions_lists_every_device_and_marks_the_current_one(app: FastAP
         page = await phone.get("/")
     assert len(seen_by_laptop) == 2
     for entry in seen_by_laptop:
-        assert set(entry) == {"id", "created_at", "last_seen_at", "user_agent", "current"}
+        keys = {"id", "created_at", "last_seen_at", "user_agent", "ip_address", "current"}
+        assert set(entry) == keys
         assert entry["id"] not in secrets
     assert [entry["user_agent"] for entry in seen_by_laptop] == [FIREFOX, PHONE]
+    assert [entry["ip_address"] for entry in seen_by_laptop] == ["198.51.100.7", "2001:db8::5"]
     assert [entry["current"] for entry in seen_by_laptop] == [True, False]
     assert [entry["current"] for entry in seen_by_phone] == [False, True]
     assert "Safari on iOS" in page.text
     assert "Firefox on Linux" in page.text
+    assert "&middot; From 198.51.100.7" in page.text
     assert page.text.count("This device") == 1
 
 

@@ -470,6 +470,8 @@ def test_sessions_list_and_revoke_another_device(start_server: StartServer) -> N
         assert current[0]["id"] == laptop.me().json()["session"]["id"]
         (other,) = [s for s in sessions if s["current"] is False]
         assert other["user_agent"] == "phone"
+        # the demo keeps where each device was last used: here, loopback over real TCP
+        assert [s["ip_address"] for s in sessions] == ["127.0.0.1", "127.0.0.1"]
         # the public ids are not the secret cookie values, nor cut from them
         for secret in (laptop.session_id, phone.session_id):
             assert secret is not None

@@ -7,8 +7,9 @@ here (plus whatever server fixture it needs), not touching the tests.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ from coatcheck.stores import SessionRecord, Store
 
 from ..store_kinds import STORE_KINDS, build_store, fresh_store, unique_prefix
 
-__all__ = ["HOUR", "NOW", "STORE_KINDS", "fresh_store", "make_record", "unique_prefix"]
+__all__ = [
+    "HOUR",
+    "NOW",
+    "STORE_KINDS",
+    "assert_upgraded",
+    "fresh_store",
+    "make_record",
+    "unique_prefix",
+]
 
 # One clock for every test: stores take ``now`` from the caller. It sits near the real
 # time so that backends which also hand deadlines to a server (Redis TTLs) agree with it.
@@ -40,6 +49,16 @@ def make_record(**overrides: Any) -> SessionRecord:
     }
     fields.update(overrides)
     return SessionRecord(**fields)
+
+
+async def assert_upgraded(stores: Sequence[Store], old: SessionRecord) -> None:
+    """Two workers starting together on a table from before addresses: both read the
+    row written then, its address blank, and a new record with one is listed beside it."""
+    loaded = await asyncio.gather(*(store.load(old.key, NOW) for store in stores))
+    assert loaded == [old, old]
+    newer = make_record(user_id=old.user_id, created_at=old.created_at + 1, ip_address="::1")
+    await stores[1].save(newer)
+    assert await stores[0].list_user(str(old.user_id), NOW) == [old, newer]
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,7 @@ async def test_round_trip_keeps_every_field(store: Store) -> None:
         remember=True,
         user_agent="Mozilla/5.0 (X11; Linux x86_64) ünïcödé ☂",
         version=42,
+        ip_address="2001:db8::1%eth0",
     )
     await store.save(record)
 
@@ -57,7 +58,12 @@ async def test_round_trip_keeps_every_field(store: Store) -> None:
 
 async def test_round_trip_keeps_defaults_and_anonymous_user(store: Store) -> None:
     record = make_record(user_id=None)
-    assert (record.remember, record.user_agent, record.version) == (False, "", 1)
+    assert (record.remember, record.user_agent, record.version, record.ip_address) == (
+        False,
+        "",
+        1,
+        "",
+    )
     await store.save(record)
 
     loaded = await store.load(record.key, NOW)
@@ -365,7 +371,7 @@ async def test_delete_of_a_missing_key_is_a_no_op(store: Store) -> None:
 
 
 async def test_list_user_returns_live_sessions_oldest_first(store: Store) -> None:
-    newest = make_record(user_id="alice", created_at=NOW - 10)
+    newest = make_record(user_id="alice", created_at=NOW - 10, ip_address="198.51.100.7")
     oldest = make_record(user_id="alice", created_at=NOW - 1000)
     middle = make_record(user_id="alice", created_at=NOW - 100)
     expired = make_record(user_id="alice", created_at=NOW - 5000, expires_at=NOW - 1)

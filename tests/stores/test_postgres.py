@@ -21,7 +21,7 @@ from coatcheck.stores.postgres import PostgresStore
 
 from ..certificates import make_certificates
 from ..postgres_server import PostgresServer, PostgresServers
-from .conftest import HOUR, NOW, make_record, unique_prefix
+from .conftest import HOUR, NOW, assert_upgraded, make_record, unique_prefix
 
 pytestmark = pytest.mark.anyio
 
@@ -382,3 +382,49 @@ async def test_a_server_whose_certificate_cannot_be_verified_is_refused(
     assert isinstance(store, PostgresStore)
     with server.connect() as db:
         assert db.execute("SELECT to_regclass(%s)", (store.table,)).fetchone() == (None,)
+
+
+def _table_without_addresses(postgres: PostgresServer, table: str, old: SessionRecord) -> None:
+    """The table as coatcheck made it before sessions kept the client address, and a row."""
+    with postgres.connect() as db:
+        db.execute(
+            f'CREATE TABLE "{table}" ('
+            ' key text COLLATE "C" PRIMARY KEY, public_id text NOT NULL,'
+            " data bytea NOT NULL, user_id text, created_at double precision NOT NULL,"
+            " last_seen_at double precision NOT NULL, expires_at double precision NOT NULL,"
+            " remember boolean NOT NULL DEFAULT false, user_agent text NOT NULL DEFAULT '',"
+            " version bigint NOT NULL DEFAULT 1)"
+        )
+        db.execute(f'INSERT INTO "{table}" VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)', old[:10])
+
+
+async def test_a_table_from_before_addresses_is_brought_up_to_date(
+    postgres: PostgresServer,
+) -> None:
+    table = unique_prefix()
+    old = make_record(user_id="alice", user_agent="Firefox", version=3)
+    _table_without_addresses(postgres, table, old)
+    stores = [PostgresStore(postgres.url, table=table) for _ in range(2)]
+    try:
+        await assert_upgraded(stores, old)  # one adds the column, the other finds it there
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_without_create_table_an_old_table_names_the_statement_to_run(
+    postgres: PostgresServer,
+) -> None:
+    table = unique_prefix()
+    old = make_record(user_id="alice")
+    _table_without_addresses(postgres, table, old)
+    store = PostgresStore(postgres.url, table=table, create_table=False)
+    try:
+        with pytest.raises(StoreError, match="ADD COLUMN IF NOT EXISTS ip_address") as caught:
+            await store.load(old.key, NOW)
+        assert not isinstance(caught.value, StoreUnavailableError)
+        with postgres.connect() as db:
+            db.execute(store.schema_sql())  # the app's migration, run again after upgrading
+        assert await store.load(old.key, NOW) == old
+    finally:
+        await store.aclose()

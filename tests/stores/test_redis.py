@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -756,7 +757,7 @@ async def test_a_record_of_another_format_is_a_store_error(standalone: RedisStor
     name = session_key(standalone, record.key)
     packed = await standalone.client.hget(name, "b")
     assert isinstance(packed, bytes)
-    await standalone.client.hset(name, "b", b"\x02" + packed[1:])
+    await standalone.client.hset(name, "b", b"\x03" + packed[1:])
 
     with pytest.raises(StoreError, match="format") as caught:
         await standalone.load(record.key, NOW)
@@ -837,6 +838,7 @@ _texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
     remember=st.booleans(),
     user_agent=_texts,
     version=st.integers(1, 2**63),
+    ip_address=_texts,
 )
 @settings(max_examples=300, deadline=None)
 def test_packed_records_come_back_field_for_field(
@@ -847,6 +849,7 @@ def test_packed_records_come_back_field_for_field(
     remember: bool,
     user_agent: str,
     version: int,
+    ip_address: str,
 ) -> None:
     record = SessionRecord(
         key=store_key(new_session_id()),
@@ -859,16 +862,29 @@ def test_packed_records_come_back_field_for_field(
         remember=remember,
         user_agent=user_agent,
         version=version,
+        ip_address=ip_address,
     )
     loaded = _redis_codec.unpack(record.key, _redis_codec.pack(record))
     assert loaded == record
     assert type(loaded) is SessionRecord
 
 
-@pytest.mark.parametrize("fmt", [0, 2, 255])
+@pytest.mark.parametrize("fmt", [0, 3, 255])
 def test_a_packed_record_of_another_format_is_refused(fmt: int) -> None:
     record = make_record(user_id="alice")
     packed = _redis_codec.pack(record)
 
     with pytest.raises(StoreError, match=f"unknown record format {fmt}"):
         _redis_codec.unpack(record.key, bytes([fmt]) + packed[1:])
+
+
+def test_records_without_an_address_keep_the_format_earlier_versions_read() -> None:
+    """During a rolling deploy, workers of the previous release read what new ones
+    write: only a record that carries an address (record_ip) needs the new format."""
+    plain = make_record(user_id="alice", user_agent="Firefox")
+    packed = _redis_codec.pack(plain)
+    assert packed[0] == 1
+    assert packed[1:].startswith(struct.pack("!dddQ?", *plain[4:7], plain.version, False))
+    with_address = plain._replace(ip_address="198.51.100.7")
+    assert _redis_codec.pack(with_address)[0] == 2
+    assert _redis_codec.unpack(plain.key, _redis_codec.pack(with_address)) == with_address

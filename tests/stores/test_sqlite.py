@@ -22,7 +22,7 @@ from coatcheck._ids import new_session_id, store_key
 from coatcheck.exceptions import StoreError, StoreUnavailableError
 from coatcheck.stores import SQLiteStore
 
-from .conftest import HOUR, NOW, make_record
+from .conftest import HOUR, NOW, assert_upgraded, make_record
 
 pytestmark = pytest.mark.anyio
 
@@ -682,3 +682,33 @@ async def test_inline_reads_do_not_wait_behind_a_writer(db_path: Path) -> None:
             writer.execute("ROLLBACK")
     finally:
         await store.aclose()
+
+
+# A table as coatcheck made it before sessions kept the client address.
+_TABLE_WITHOUT_ADDRESSES = (
+    f"CREATE TABLE {TABLE} ("
+    " key TEXT PRIMARY KEY, public_id TEXT NOT NULL, data BLOB NOT NULL,"
+    " user_id TEXT, created_at REAL NOT NULL, last_seen_at REAL NOT NULL,"
+    " expires_at REAL NOT NULL, remember INTEGER NOT NULL DEFAULT 0,"
+    " user_agent TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 1"
+    ") WITHOUT ROWID"
+)
+
+
+async def test_a_file_from_before_addresses_is_brought_up_to_date(db_path: Path) -> None:
+    old = make_record(user_id="alice", user_agent="Firefox", version=3)
+    with connect(db_path) as db:
+        db.execute(_TABLE_WITHOUT_ADDRESSES)
+        db.execute(
+            f"INSERT INTO {TABLE} VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (*old[:7], 0, old.user_agent, old.version),
+        )
+    stores = [SQLiteStore(db_path) for _ in range(2)]  # two workers starting together
+    try:
+        await assert_upgraded(stores, old)
+    finally:
+        for store in stores:
+            await store.aclose()
+    with connect(db_path) as db:
+        columns = [row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")]
+    assert columns.count("ip_address") == 1

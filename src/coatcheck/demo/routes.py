@@ -148,6 +148,7 @@ async def sessions(user: RequiredUser, session: SessionDep) -> Devices:
                 created_at=device.created_at.isoformat(),
                 last_seen_at=device.last_seen_at.isoformat(),
                 user_agent=device.user_agent,
+                ip_address=device.ip_address,
                 current=device.current,
             )
             for device in await session.devices()

@@ -52,6 +52,7 @@ class DeviceInfo(BaseModel):
     created_at: Timestamp
     last_seen_at: Timestamp
     user_agent: str
+    ip_address: str = Field(description="Where the session was last used from")
     current: bool
 
 

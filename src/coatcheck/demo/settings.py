@@ -73,6 +73,7 @@ class DemoSettings:
             remember_absolute_timeout=remember_absolute,
             secret_keys=[self.secret] if self.secret else [],
             token_header=SESSION_HEADER,
+            record_ip=True,  # the device list says where each session was last used
             max_sessions_per_user=self.max_sessions,
             at_session_limit="end_oldest" if self.max_sessions is None else "refuse_login",
         )

@@ -61,11 +61,15 @@ def encode_fields(record: SessionRecord, token: str) -> list[str | bytes]:
 # A whole record in one value, so a load is one short reply that redis-py parses at
 # once: a hash of ten fields costs it a reply element each. Layout: format byte, then
 # created, last seen, expires, version, remember, and the lengths of the public id,
-# user id (0 when anonymous, else length + 1) and user agent; then those three strings
-# and the session data.
+# user id (0 when anonymous, else length + 1) and user agent (and, in the second
+# format, of the client address); then those strings and the session data. A record
+# without an address keeps the first format, which every earlier coatcheck reads.
 _FORMAT = 1
+_FORMAT_IP = 2
 _HEAD = struct.Struct("!BdddQ?HIH")
+_HEAD_IP = struct.Struct("!BdddQ?HIHB")
 _HEAD_SIZE = _HEAD.size
+_HEAD_IP_SIZE = _HEAD_IP.size
 _new_record = tuple.__new__
 
 
@@ -73,10 +77,10 @@ def pack(record: SessionRecord) -> bytes:
     public_id = record.public_id.encode()
     user = b"" if record.user_id is None else record.user_id.encode()
     agent = record.user_agent.encode()[:65_535]
+    ip = record.ip_address.encode()[:255]
     if len(user) >= 2**32 - 1 or len(public_id) > 65_535:
         raise StoreError("user id or public id too long to store")
-    head = _HEAD.pack(
-        _FORMAT,
+    fields = (
         record.created_at,
         record.last_seen_at,
         record.expires_at,
@@ -86,29 +90,40 @@ def pack(record: SessionRecord) -> bytes:
         0 if record.user_id is None else len(user) + 1,
         len(agent),
     )
-    return b"".join((head, public_id, user, agent, record.data))
+    if not ip:
+        return b"".join((_HEAD.pack(_FORMAT, *fields), public_id, user, agent, record.data))
+    head = _HEAD_IP.pack(_FORMAT_IP, *fields, len(ip))
+    return b"".join((head, public_id, user, agent, ip, record.data))
 
 
 def unpack(key: str, packed: Any) -> SessionRecord | None:
     if not packed:
         return None
     try:
-        fmt, created, seen, expires, version, remember, id_len, user_len, agent_len = (
-            _HEAD.unpack_from(packed)
-        )
-        if fmt != _FORMAT:
-            raise ValueError(f"unknown record format {fmt}")
-        id_end = _HEAD_SIZE + id_len
+        if packed[0] == _FORMAT_IP:
+            _, created, seen, expires, version, remember, id_len, user_len, agent_len, ip_len = (
+                _HEAD_IP.unpack_from(packed)
+            )
+            id_start = _HEAD_IP_SIZE
+        else:
+            fmt, created, seen, expires, version, remember, id_len, user_len, agent_len = (
+                _HEAD.unpack_from(packed)
+            )
+            if fmt != _FORMAT:
+                raise ValueError(f"unknown record format {fmt}")
+            ip_len, id_start = 0, _HEAD_SIZE
+        id_end = id_start + id_len
         user_end = id_end + user_len - 1 if user_len else id_end
         agent_end = user_end + agent_len
+        ip_end = agent_end + ip_len
         # Every load runs this: the tuple is built directly, in the field order of
         # SessionRecord, rather than through its keyword-taking constructor.
         return _new_record(
             SessionRecord,
             (
                 key,
-                packed[_HEAD_SIZE:id_end].decode(),
-                bytes(packed[agent_end:]),
+                packed[id_start:id_end].decode(),
+                bytes(packed[ip_end:]),
                 packed[id_end:user_end].decode() if user_len else None,
                 created,
                 seen,
@@ -116,9 +131,10 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
                 remember,
                 packed[user_end:agent_end].decode(errors="replace"),
                 version,
+                packed[agent_end:ip_end].decode(errors="replace") if ip_len else "",
             ),
         )
-    except (struct.error, ValueError) as exc:
+    except (struct.error, ValueError, IndexError) as exc:
         raise StoreError(f"malformed session record under key {key[:12]}...: {exc!r}") from exc
 
 

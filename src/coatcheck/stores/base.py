@@ -36,6 +36,7 @@ class SessionRecord(NamedTuple):
     remember: bool = False
     user_agent: str = ""
     version: int = 1
+    ip_address: str = ""
 
 
 Merge = Callable[[SessionRecord], SessionRecord]

@@ -51,11 +51,12 @@ Connection = psycopg.AsyncConnection[TupleRow]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _FIELDS = (
-    "public_id, data, user_id, created_at, last_seen_at, expires_at, remember, user_agent, version"
+    "public_id, data, user_id, created_at, last_seen_at, expires_at, remember, user_agent,"
+    " version, ip_address"
 )
 # A SessionRecord is a tuple in this order, so a record is its own row of parameters.
 _COLUMNS = f"key, {_FIELDS}"
-_VALUES = "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+_VALUES = ", ".join(["%s"] * 11)
 _UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
     f"{name} = EXCLUDED.{name}" for name in _FIELDS.split(", ")
 )
@@ -463,7 +464,31 @@ class PostgresStore:
                 if not await self._table_exists(db):
                     for statement in self._schema_statements():
                         await db.execute(statement)
+        elif not await self._has_ip_address(db):
+            await self._add_ip_address(db)
         self._ready = True
+
+    async def _has_ip_address(self, db: Connection) -> bool:
+        found = await db.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = 'ip_address' AND NOT attisdropped",
+            (self._sql_table,),
+        )
+        return bool((await _one(found))[0])
+
+    async def _add_ip_address(self, db: Connection) -> None:
+        """Bring a table made by an earlier coatcheck up to date: one column with a
+        constant default, which PostgreSQL adds without rewriting the rows."""
+        statement = self._schema_statements()[-1]
+        if not self.create_table:
+            raise StoreError(
+                f"the session table {self.table!r} predates the ip_address column; add it"
+                f" with your migrations: {statement}"
+            )
+        async with db.transaction():
+            lock = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+            await db.execute(lock, (f"coatcheck:{self.table}",))
+            await db.execute(statement)
 
     async def _table_exists(self, db: Connection) -> bool:
         found = await db.execute("SELECT to_regclass(%s) IS NOT NULL", (self._sql_table,))
@@ -482,10 +507,13 @@ class PostgresStore:
             " data bytea NOT NULL, user_id text, created_at double precision NOT NULL,"
             " last_seen_at double precision NOT NULL, expires_at double precision NOT NULL,"
             " remember boolean NOT NULL DEFAULT false, user_agent text NOT NULL DEFAULT '',"
-            " version bigint NOT NULL DEFAULT 1)",
+            " version bigint NOT NULL DEFAULT 1, ip_address text NOT NULL DEFAULT '')",
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_user" ON {name} (user_id)'
             " WHERE user_id IS NOT NULL",
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_expires" ON {name} (expires_at)',
+            # For a table made by an earlier coatcheck, which had no such column. Last:
+            # _add_ip_address runs it on its own.
+            f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS ip_address text NOT NULL DEFAULT ''",
         )
 
 
@@ -516,7 +544,7 @@ async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
 
 
 def _record(key: str, row: Sequence[Any]) -> SessionRecord:
-    public_id, data, user_id, created, seen, expires, remember, agent, version = row
+    public_id, data, user_id, created, seen, expires, remember, agent, version, ip = row
     return SessionRecord(
-        key, public_id, bytes(data), user_id, created, seen, expires, remember, agent, version
+        key, public_id, bytes(data), user_id, created, seen, expires, remember, agent, version, ip
     )

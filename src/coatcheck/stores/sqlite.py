@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 _COLUMNS = (
     "key, public_id, data, user_id, created_at, last_seen_at, expires_at,"
-    " remember, user_agent, version"
+    " remember, user_agent, version, ip_address"
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Errors that mean "try again later" (a lock, a full or missing disk), not a bug: a 503.
@@ -85,7 +85,7 @@ class SQLiteStore:
         self._delete_key = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
         self._insert = (
             f"INSERT OR REPLACE INTO {self._sql_table} ({_COLUMNS})"  # noqa: S608
-            " VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         )
         self.purge_every = purge_every
         self.purge_batch = purge_batch
@@ -246,7 +246,8 @@ class SQLiteStore:
             " key TEXT PRIMARY KEY, public_id TEXT NOT NULL, data BLOB NOT NULL,"
             " user_id TEXT, created_at REAL NOT NULL, last_seen_at REAL NOT NULL,"
             " expires_at REAL NOT NULL, remember INTEGER NOT NULL DEFAULT 0,"
-            " user_agent TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 1"
+            " user_agent TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 1,"
+            " ip_address TEXT NOT NULL DEFAULT ''"
             ") WITHOUT ROWID"
         )
         db.execute(
@@ -256,6 +257,18 @@ class SQLiteStore:
         db.execute(
             f'CREATE INDEX IF NOT EXISTS "{self.table}_expires" ON {self._sql_table} (expires_at)'
         )
+
+    def _has_ip_address(self, db: sqlite3.Connection) -> bool:
+        columns = db.execute(f"PRAGMA table_info({self._sql_table})").fetchall()
+        return any(column[1] == "ip_address" for column in columns)
+
+    def _add_ip_address(self, db: sqlite3.Connection) -> None:
+        """Bring a table made by an earlier coatcheck up to date: one column, added in
+        place (no rows are rewritten), by whichever process gets the write lock first."""
+        if not self._has_ip_address(db):
+            db.execute(
+                f"ALTER TABLE {self._sql_table} ADD COLUMN ip_address TEXT NOT NULL DEFAULT ''"
+            )
 
     def _purge_batch(self, db: sqlite3.Connection, now: float) -> int:
         # Small batches keep each write lock short, so requests never queue behind a purge.
@@ -314,6 +327,9 @@ class SQLiteStore:
                 if not db.execute(exists, (self.table,)).fetchall():
                     with _immediate(db):
                         self._create_schema(db)
+                elif not self._has_ip_address(db):
+                    with _immediate(db):
+                        self._add_ip_address(db)
                 break
             except sqlite3.OperationalError as exc:
                 if not _is_transient(exc) or time.monotonic() >= deadline:
@@ -358,11 +374,12 @@ def _values(record: SessionRecord) -> tuple[object, ...]:
         int(record.remember),
         record.user_agent,
         record.version,
+        record.ip_address,
     )
 
 
 def _record(row: tuple[object, ...]) -> SessionRecord:
-    key, public_id, data, user_id, created, seen, expires, remember, agent, version = row
+    key, public_id, data, user_id, created, seen, expires, remember, agent, version, ip = row
     return SessionRecord(
         key=str(key),
         public_id=str(public_id),
@@ -374,4 +391,5 @@ def _record(row: tuple[object, ...]) -> SessionRecord:
         remember=bool(remember),
         user_agent=str(agent),
         version=int(version),  # type: ignore[call-overload]
+        ip_address=str(ip),
     )
