@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
@@ -39,6 +40,10 @@ pytestmark = pytest.mark.anyio
 
 NAME = "__Host-session"
 CONFIG = SessionConfig(max_session_bytes=2048, secret_keys=["k" * 32], token_header="X-Token")
+
+
+class Cart(BaseModel):
+    items: list[str] = []
 
 
 def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
@@ -79,6 +84,16 @@ def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
         await session.save()
         devices = await store.list_user("alice", now())
         return {"listed": session.public_id in {record.public_id for record in devices}}
+
+    @app.post("/typed-early")
+    async def typed_early(session: SessionDep) -> dict[str, Any]:
+        """A typed value changed in place is stored by save(), like any change."""
+        session.login("alice")
+        cart = session.model("cart", Cart)
+        cart.items.append("typed")
+        await session.save()
+        (record,) = await store.list_user("alice", now())
+        return {"stored": json.loads(record.data)}
 
     @app.post("/save-unchanged")
     async def save_unchanged(session: SessionDep) -> dict[str, Any]:
@@ -168,6 +183,18 @@ def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
 
         return StreamingResponse(body())
 
+    @app.get("/stream-typed-new")
+    async def stream_typed_new(session: SessionDep) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"started;"
+            session.model("cart", Cart).items.append("pear")  # nothing stored to carry it
+            try:
+                await session.save()
+            except ResponseStartedError as exc:
+                yield str(exc).encode()
+
+        return StreamingResponse(body())
+
     @app.websocket("/ws")
     async def chat(websocket: WebSocket) -> None:
         session: Session = await websocket.scope["session"].load()
@@ -239,6 +266,16 @@ async def test_a_saved_login_is_in_the_device_list_before_the_response(any_store
         response = await client.post("/login-then-save")
         assert response.json() == {"listed": True}
         assert (await state(client, ticket(response)))["user"] == "alice"
+
+
+async def test_a_typed_value_changed_in_place_is_stored_by_save() -> None:
+    async with client_for(make_app(MemoryStore())) as client:
+        response = await client.post("/typed-early")
+        assert response.json() == {"stored": {"cart": {"items": ["typed"]}}}
+        assert await state(client, ticket(response)) == {
+            "user": "alice",
+            "data": {"cart": {"items": ["typed"]}},
+        }
 
 
 async def test_saving_an_unchanged_session_writes_nothing(any_store: Store) -> None:
@@ -321,10 +358,11 @@ async def test_save_in_a_streaming_body_stores_at_once(any_store: Store) -> None
         assert await state(client, sid) == {"user": None, "data": {"cart": ["apple", "pear"]}}
 
 
-async def test_a_new_session_cannot_be_saved_once_the_response_started() -> None:
+@pytest.mark.parametrize("path", ["/stream-new", "/stream-typed-new"])
+async def test_a_new_session_cannot_be_saved_once_the_response_started(path: str) -> None:
     store = MemoryStore()
     async with client_for(make_app(store)) as client:
-        response = await client.get("/stream-new")
+        response = await client.get(path)
         assert b"cannot be saved" in response.content
         assert b"new cookie" in response.content
         assert set_cookies(response) == []
