@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,26 @@ def test_list_shows_public_ids_and_never_secrets(runner: CliRunner, filled: Fill
     assert time.strftime("%Y-%m-%d", time.gmtime()) in output
     assert "127.0.0.1" in output  # the demo keeps where each session was used
     _assert_no_secrets(output, filled)
+
+
+def test_list_as_json_for_scripts(runner: CliRunner, filled: Filled) -> None:
+    result = runner.invoke(
+        app, ["sessions", "list", "--store", filled.url, "--user", "alice", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout)
+    assert [entry["id"] for entry in listed] == filled.public_ids["alice"]
+    assert [entry["user_agent"] for entry in listed] == [FIREFOX, PHONE]
+    assert {entry["ip_address"] for entry in listed} == {"127.0.0.1"}
+    assert {entry["user"] for entry in listed} == {"alice"}
+    for entry in listed:
+        created = datetime.fromisoformat(entry["created_at"])
+        assert created.utcoffset() == timedelta(0)
+        assert created < datetime.fromisoformat(entry["expires_at"])
+        assert entry["remember"] is False
+    _assert_no_secrets(result.stdout, filled)
+    nobody = ["sessions", "list", "--store", filled.url, "--user", "carol", "--json"]
+    assert json.loads(runner.invoke(app, nobody).stdout) == []
 
 
 def test_list_shows_addresses_once_sessions_keep_them(runner: CliRunner, tmp_path: Path) -> None:

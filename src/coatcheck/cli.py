@@ -8,6 +8,7 @@ uses, and none ever prints a session ID or a store key: only public ids.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import secrets
 import time
@@ -15,8 +16,9 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from . import __version__
+from ._devices import utc
 from .exceptions import ConfigurationError, MissingDependencyError
-from .stores import MemoryStore, SQLiteStore, Store
+from .stores import MemoryStore, SessionRecord, SQLiteStore, Store
 from .stores._redact import redact
 
 try:
@@ -71,6 +73,20 @@ def _when(timestamp: float, wide: bool = True) -> str:
     return moment.strftime("%Y-%m-%d %H:%M" if wide else "%d %b %H:%M")
 
 
+def _as_json(record: SessionRecord) -> dict[str, Any]:
+    """What ``list --json`` says of one session: what a device list shows, no secret."""
+    return {
+        "id": record.public_id,
+        "user": record.user_id,
+        "created_at": utc(record.created_at).isoformat(),
+        "last_seen_at": utc(record.last_seen_at).isoformat(),
+        "expires_at": utc(record.expires_at).isoformat(),
+        "remember": record.remember,
+        "user_agent": record.user_agent,
+        "ip_address": record.ip_address,
+    }
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -109,9 +125,18 @@ def purge(store: StoreOption) -> None:
 
 
 @sessions_app.command("list")
-def list_sessions(store: StoreOption, user: UserOption) -> None:
+def list_sessions(
+    store: StoreOption,
+    user: UserOption,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON array, for scripts (times in ISO 8601).")
+    ] = False,
+) -> None:
     """Show a user's live sessions, oldest first, by public id."""
     records = with_store(store, lambda s: s.list_user(user, time.time()))
+    if as_json:
+        typer.echo(json.dumps([_as_json(record) for record in records], indent=2))
+        return
     out = _out()
     if not records:
         out.print(f"No live sessions for {escape(user)}.")
