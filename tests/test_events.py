@@ -43,6 +43,10 @@ async def test_the_life_cycle_is_reported(any_store: Store, clock: FakeClock) ->
     assert {event.at for event in seen} == {clock()}
     assert [event.user_id for event in seen[:4]] == [None, "alice", "alice", "alice"]
     assert seen[1].path == "/login"
+    # The client behind each event: who signed in, from where, say for a notice.
+    assert {(event.ip_address, event.user_agent) for event in seen} == {
+        ("127.0.0.1", "python-httpx/" + httpx.__version__)
+    }
     assert seen[0].session  # a public id ...
     assert seen[0].session == seen[1].session  # ... that stays with the device
     for event in seen:

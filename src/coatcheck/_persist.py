@@ -266,10 +266,7 @@ class Persistence:
 
     def _address(self, session: Session) -> str:
         """The client address to keep with the record: only under ``record_ip``."""
-        client = session._client
-        if not self.config.record_ip or not client or not client[0]:
-            return ""
-        return str(client[0])[:_MAX_IP_ADDRESS]
+        return _client_address(session) if self.config.record_ip else ""
 
     def _ticket(self, session: Session, value: str | None, max_age: int | None) -> Header:
         """The header that hands the client its session's new ticket (None ends it):
@@ -473,7 +470,16 @@ class Persistence:
         count: int = 1,
     ) -> None:
         if self.events.hooks:
-            event = SessionEvent(kind, self.now(), user_id, public_id, session._path, count)
+            event = SessionEvent(
+                kind,
+                self.now(),
+                user_id,
+                public_id,
+                session._path,
+                count,
+                _client_address(session),
+                _user_agent(session._headers),
+            )
             await self.events.emit(event)
 
     async def _evict_oldest(self, user_id: str, keep: str, now: float) -> None:
@@ -606,6 +612,11 @@ def _record(
         version=1 if stored is None else stored.version + 1,
         ip_address=ip_address,
     )
+
+
+def _client_address(session: Session) -> str:
+    client = session._client
+    return str(client[0])[:_MAX_IP_ADDRESS] if client and client[0] else ""
 
 
 def _user_agent(headers: Headers) -> str:

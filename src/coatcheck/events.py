@@ -30,12 +30,18 @@ EventKind = Literal[
 
 @dataclass(frozen=True, slots=True)
 class SessionEvent:
+    """What happened, to whom, and from which client: ``ip_address`` and ``user_agent``
+    are those of the request that caused it (say, for a "new sign-in" notice), empty
+    when unknown. Events are handed to hooks, never stored by coatcheck."""
+
     kind: EventKind
     at: float
     user_id: str | None = None
     session: str = ""  # the public id, when there is one
     path: str = ""
     count: int = 1
+    ip_address: str = ""
+    user_agent: str = ""
 
 
 EventHook = Callable[[SessionEvent], Awaitable[None]]
