@@ -479,7 +479,7 @@ class PostgresStore:
     async def _add_ip_address(self, db: Connection) -> None:
         """Bring a table made by an earlier coatcheck up to date: one column with a
         constant default, which PostgreSQL adds without rewriting the rows."""
-        statement = self._schema_statements()[-1]
+        statement = self._ip_address_column()
         if not self.create_table:
             raise StoreError(
                 f"the session table {self.table!r} predates the ip_address column; add it"
@@ -511,9 +511,14 @@ class PostgresStore:
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_user" ON {name} (user_id)'
             " WHERE user_id IS NOT NULL",
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_expires" ON {name} (expires_at)',
-            # For a table made by an earlier coatcheck, which had no such column. Last:
-            # _add_ip_address runs it on its own.
-            f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS ip_address text NOT NULL DEFAULT ''",
+            self._ip_address_column(),
+        )
+
+    def _ip_address_column(self) -> str:
+        """For a table made by an earlier coatcheck, which had no such column."""
+        return (
+            f"ALTER TABLE {self._sql_table}"
+            " ADD COLUMN IF NOT EXISTS ip_address text NOT NULL DEFAULT ''"
         )
 
 
