@@ -22,6 +22,7 @@ from coatcheck import (
     SerializationError,
     SessionConfig,
     SessionEndedError,
+    SessionLimitError,
     SessionMiddleware,
     SessionNotLoadedError,
     SessionTooLargeError,
@@ -94,6 +95,18 @@ def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
         await session.save()
         (record,) = await store.list_user("alice", now())
         return {"stored": json.loads(record.data)}
+
+    @app.post("/login-at-limit")
+    async def login_at_limit(session: SessionDep, catch: bool = True) -> dict[str, Any]:
+        session.login("alice")
+        try:
+            await session.save()
+        except SessionLimitError:
+            if not catch:
+                raise
+            session["tried"] = True  # not stored: the refused login is not tried again
+            return {"refused": True}
+        return {"refused": False}
 
     @app.post("/save-unchanged")
     async def save_unchanged(session: SessionDep) -> dict[str, Any]:
@@ -346,6 +359,22 @@ async def test_a_due_refresh_finding_the_session_ended_does_not_revive_it(
         assert set_cookies(response) == []
         assert await state(client, sid) == {"user": None, "data": {}}
     assert await any_store.list_user("alice", clock()) == []
+
+
+async def test_a_login_refused_at_save_is_raised_and_not_tried_again(any_store: Store) -> None:
+    config = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
+    async with client_for(make_app(any_store, config)) as client:
+        first = ticket(await client.post("/login-then-save"))
+        handled = await client.post("/login-at-limit")
+        assert handled.json() == {"refused": True}
+        assert set_cookies(handled) == []
+        uncaught = await client.post("/login-at-limit?catch=false")
+        assert uncaught.status_code == 403
+        assert "at most 1" in uncaught.json()["detail"]
+        assert (await state(client, first))["user"] == "alice"
+    (kept,) = await any_store.list_user("alice", config.clock())
+    assert kept.key == store_key(first)
+    assert await any_store.count(config.clock()) == 1
 
 
 async def test_save_in_a_streaming_body_stores_at_once(any_store: Store) -> None:
