@@ -169,7 +169,8 @@ def flip(value: str, at: int) -> str:
         pytest.param(lambda v: "", id="empty"),
         pytest.param(lambda v: "AQ", id="too-short"),
         pytest.param(lambda v: "A" * 5000, id="oversized"),
-        pytest.param(lambda v: "Ag" + v[2:], id="unknown-format"),
+        pytest.param(lambda v: "Aw" + v[2:], id="unknown-format"),
+        pytest.param(lambda v: with_format(v, 2), id="switched-format"),
     ],
 )
 async def test_a_damaged_cookie_is_no_session_never_an_error(damage: object) -> None:
@@ -383,6 +384,34 @@ def seal_raw(plain: bytes, key: str = KEY_A) -> str:
     cipher = AESGCM(Keyring([key]).derive("cookie-store")[0])
     token = b"\x01" + nonce + cipher.encrypt(nonce, plain, NAME.encode())
     return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
+
+
+def with_format(value: str, fmt: int) -> str:
+    """``value`` with its (unencrypted) format byte set to ``fmt``."""
+    token = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    return base64.urlsafe_b64encode(bytes([fmt]) + token[1:]).rstrip(b"=").decode()
+
+
+def test_a_login_adopted_from_another_library_takes_the_second_format() -> None:
+    """The first format implies the login time (the creation time, or none for nobody),
+    so every other record keeps it and an earlier release opens it during a rolling
+    deploy. The format byte is sealed in: a cookie switched to the other one is nothing."""
+    sealer = opener(KEY_A)
+    session_id = new_session_id()
+    made_here = SessionRecord(store_key(session_id), "public", b"{}", "alice", 1.0, 2.0, 3.0)
+    made_here = made_here._replace(authenticated_at=1.0)
+    anonymous = made_here._replace(user_id=None, authenticated_at=0.0)
+    adopted = made_here._replace(authenticated_at=0.0)
+    for record, fmt in [(made_here, 1), (anonymous, 1), (adopted, 2)]:
+        value = sealer.seal(session_id, record)
+        assert base64.urlsafe_b64decode(value[:4])[0] == fmt
+        assert sealer.open(value) == (session_id, record)
+        assert sealer.open(with_format(value, 3 - fmt)) is None
+    # Sealed the way earlier releases seal: the cookie's name alone as associated data.
+    value = sealer.seal(session_id, made_here)
+    token = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    cipher = AESGCM(Keyring([KEY_A]).derive("cookie-store")[0])
+    assert cipher.decrypt(token[1:13], token[13:], NAME.encode()).startswith(session_id.encode())
 
 
 def test_a_record_of_another_shape_opens_as_nothing() -> None:

@@ -83,6 +83,24 @@ async def test_login_rejects_empty_user_ids(persistence: Persistence) -> None:
     session = await fresh(persistence)
     with pytest.raises(ValueError, match="non-empty string"):
         session.login("")
+    with pytest.raises(ValueError, match="NUL"):
+        session.login("alice\x00")  # PostgreSQL could not store it: refused on every store
+    assert session.user_id is None
+
+
+async def test_nul_bytes_from_the_client_are_left_out_on_every_store(
+    any_store: Store, clock: FakeClock
+) -> None:
+    """PostgreSQL's text refuses NUL: a user agent or an address carrying one must not
+    turn a login into a store error."""
+    persistence = Persistence(any_store, SessionConfig(clock=clock, record_ip=True), None)
+    scope = request_scope(client=("192.0.2.10\x00", 1))
+    scope["headers"] = [(b"user-agent", b"\x00Firefox\x00/1")]
+    session = await Session(persistence, scope).load()
+    session.login("alice")
+    await saved(persistence, session)
+    [device] = await session.devices()
+    assert (device.user_agent, device.ip_address) == ("Firefox/1", "192.0.2.10")
 
 
 async def test_login_restarts_the_absolute_lifetime(

@@ -58,7 +58,8 @@ class Importer:
         value = data.get(self.user_key)
         if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
             return None
-        return str(value)
+        user = str(value)
+        return None if "\x00" in user else user  # as login() refuses it
 
 
 def importer_for(config: SessionConfig) -> Importer | None:

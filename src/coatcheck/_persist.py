@@ -554,17 +554,15 @@ class Persistence:
             for key, change, default in session._updates:
                 start = merged[key] if key in merged else copy.deepcopy(default)
                 merged[key] = change(start)
-            if session._meta_changed:
-                user_id, remember, created_at = record.user_id, record.remember, record.created_at
-            else:
-                user_id, remember, created_at = base.user_id, base.remember, base.created_at
-            lifetime = self.config.lifetime(remember)
+            meta = record if session._meta_changed else base
+            lifetime = self.config.lifetime(meta.remember)
             result = record._replace(
                 data=encode(merged),
-                user_id=user_id,
-                remember=remember,
-                created_at=created_at,
-                expires_at=lifetime.deadline(record.last_seen_at, created_at),
+                user_id=meta.user_id,
+                remember=meta.remember,
+                created_at=meta.created_at,
+                authenticated_at=meta.authenticated_at,
+                expires_at=lifetime.deadline(record.last_seen_at, meta.created_at),
                 version=base.version + 1,
             )
             written.append(result)
@@ -611,19 +609,25 @@ def _record(
         user_agent=_user_agent(session._headers),
         version=1 if stored is None else stored.version + 1,
         ip_address=ip_address,
+        authenticated_at=session._authenticated_at,
     )
 
 
 def _client_address(session: Session) -> str:
     client = session._client
-    return str(client[0])[:_MAX_IP_ADDRESS] if client and client[0] else ""
+    return _text(str(client[0])[:_MAX_IP_ADDRESS]) if client and client[0] else ""
 
 
 def _user_agent(headers: Headers) -> str:
     for name, value in headers:
         if name == b"user-agent":
-            return value[:_MAX_USER_AGENT].decode("latin-1")
+            return _text(value[:_MAX_USER_AGENT].decode("latin-1"))
     return ""
+
+
+def _text(value: str) -> str:
+    """What the client sent, fit for every store: PostgreSQL's text holds no NUL."""
+    return value.replace("\x00", "") if "\x00" in value else value
 
 
 def cookie_keys(config: SessionConfig, keyring: Keyring) -> list[bytes]:

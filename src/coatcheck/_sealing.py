@@ -24,14 +24,21 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("cryptography", "cookie") from exc
 
-_FORMAT = b"\x01"  # the first byte of every sealed value: room for a later format
+_FORMAT = b"\x01"  # the first byte of every sealed value
+_FORMAT_AUTH = b"\x02"  # the same with a login time other than the creation time
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # Session ID, created, last seen, expires, remember, version, then the sizes of the
 # public ID and of the user ID (0: none, else one more than its length); then the two
 # IDs and the data. Fixed-size numbers: cheaper to open than JSON, and typed already.
+# The second format adds the login time after those sizes. The first implies it (the
+# creation time, or 0.0 for nobody), so the second is written only for a login adopted
+# from another library (0.0: unknown), and workers of an earlier release open every
+# other cookie during a rolling deploy. The format byte is sealed
+# into the associated data of the second, so it cannot be switched unnoticed.
 _HEAD = struct.Struct(f"<{ID_LENGTH}sddd?QHH")
+_HEAD_AUTH = struct.Struct(f"<{ID_LENGTH}sddd?QHHd")
 
 
 class CookieSealer:
@@ -54,25 +61,24 @@ class CookieSealer:
             raise SessionTooLargeError(
                 len(user_id), self._max_value, "the user ID alone is too long for a cookie"
             )
-        plain = b"".join(
-            (
-                _HEAD.pack(
-                    session_id.encode("ascii"),
-                    record.created_at,
-                    record.last_seen_at,
-                    record.expires_at,
-                    record.remember,
-                    record.version,
-                    len(public_id),
-                    0 if record.user_id is None else len(user_id) + 1,
-                ),
-                public_id,
-                user_id,
-                record.data,
-            )
+        fields = (
+            session_id.encode("ascii"),
+            record.created_at,
+            record.last_seen_at,
+            record.expires_at,
+            record.remember,
+            record.version,
+            len(public_id),
+            0 if record.user_id is None else len(user_id) + 1,
         )
+        if record.authenticated_at != (0.0 if record.user_id is None else record.created_at):
+            form, head = _FORMAT_AUTH, _HEAD_AUTH.pack(*fields, record.authenticated_at)
+        else:
+            form, head = _FORMAT, _HEAD.pack(*fields)
+        plain = b"".join((head, public_id, user_id, record.data))
         nonce = os.urandom(_NONCE_BYTES)
-        token = _FORMAT + nonce + self._ciphers[0].encrypt(nonce, plain, self._name)
+        sealed = self._ciphers[0].encrypt(nonce, plain, self._associated(form))
+        token = form + nonce + sealed
         value = base64.urlsafe_b64encode(token).rstrip(b"=")
         if len(value) > self._max_value:
             room = max(len(record.data) - (len(value) - self._max_value) * 3 // 4, 0)
@@ -93,30 +99,36 @@ class CookieSealer:
         if len(raw) % 4 == 1 or raw.translate(None, _BASE64URL):
             return None  # no base64 is one character past a whole group
         token = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
-        if len(token) < 1 + _NONCE_BYTES + _TAG_BYTES or token[:1] != _FORMAT:
+        form = token[:1]
+        if len(token) < 1 + _NONCE_BYTES + _TAG_BYTES or form not in (_FORMAT, _FORMAT_AUTH):
             return None
         nonce, sealed = token[1 : 1 + _NONCE_BYTES], token[1 + _NONCE_BYTES :]
+        associated = self._associated(form)
         for cipher in self._ciphers:
             try:
-                plain = cipher.decrypt(nonce, sealed, self._name)
+                plain = cipher.decrypt(nonce, sealed, associated)
             except InvalidTag:
                 continue
-            return _record(plain)
+            return _record(plain, _HEAD_AUTH if form == _FORMAT_AUTH else _HEAD)
         return None
 
+    def _associated(self, form: bytes) -> bytes:
+        # The first format's is the name alone, as every earlier release sealed it.
+        return self._name if form == _FORMAT else form + self._name
 
-def _record(plain: bytes) -> tuple[str, SessionRecord] | None:
+
+def _record(plain: bytes, head: struct.Struct) -> tuple[str, SessionRecord] | None:
     """Rebuild what :meth:`CookieSealer.seal` wrote; None if it is not that shape.
 
     Only our own key can have sealed it, so a bad shape means a bug or an old format,
     never an attack; it is still checked, since a 500 is never the answer to a cookie.
     """
     try:
-        raw_id, created, last_seen, expires, remember, version, public_size, user_size = (
-            _HEAD.unpack_from(plain)
+        raw_id, created, last_seen, expires, remember, version, public_size, user_size, *rest = (
+            head.unpack_from(plain)
         )
-        at = _HEAD.size + public_size
-        public_id = plain[_HEAD.size : at].decode()
+        at = head.size + public_size
+        public_id = plain[head.size : at].decode()
         user_id = None
         if user_size:
             user_id = plain[at : at + user_size - 1].decode()
@@ -137,5 +149,6 @@ def _record(plain: bytes) -> tuple[str, SessionRecord] | None:
         expires_at=expires,
         remember=remember,
         version=version,
+        authenticated_at=rest[0] if rest else created if user_id is not None else 0.0,
     )
     return session_id, record

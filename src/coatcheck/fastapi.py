@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Annotated, Any, Generic, TypeVar, cast
 
 from .exceptions import MissingDependencyError
@@ -24,6 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ._context import current_cookie_name, current_session, current_token_header
 from ._models import check_model
+from .config import Duration, _seconds
 from .session import Session
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "current_user",
     "get_session",
     "not_authenticated",
+    "recent_user",
     "require_user",
     "session_model",
     "user_loader",
@@ -161,6 +164,48 @@ def user_loader(
         return await run_in_threadpool(sync_load, user_id)
 
     return Security(_UserLoader(in_a_thread))
+
+
+class _RecentUser(SessionCookie):
+    """The logged-in user's id, if they logged in recently; see :func:`recent_user`."""
+
+    def __init__(self, max_age: int) -> None:
+        super().__init__(required=True)
+        self.max_age = max_age
+
+    async def __call__(self) -> str:
+        session = await get_session()
+        user_id = session.user_id
+        if user_id is None:
+            raise not_authenticated()
+        if not session.authenticated_within(self.max_age):
+            # RFC 9470's step-up challenge: signed in, but not recently enough.
+            challenge = f'APIKey error="insufficient_user_authentication", max_age={self.max_age}'
+            raise HTTPException(
+                status_code=401,
+                detail="Recent sign-in required",
+                headers={"WWW-Authenticate": challenge},
+            )
+        return user_id
+
+
+def recent_user(max_age: Duration = timedelta(minutes=10)) -> Any:
+    """A dependency that gives the logged-in user's id, if they logged in at most
+    ``max_age`` ago; for the actions an old or stolen cookie must not reach alone:
+
+        RecentUser = Annotated[str, recent_user(timedelta(minutes=5))]
+
+        @app.post("/account/email")
+        async def change_email(user: RecentUser, ...): ...
+
+    Nobody logged in gets the 401 of :data:`require_user`. A login older than
+    ``max_age`` gets a 401 whose ``detail`` is ``"Recent sign-in required"`` and whose
+    ``WWW-Authenticate`` challenge carries ``error="insufficient_user_authentication"``
+    and ``max_age`` (as RFC 9470 has it): ask for the password again, then call
+    ``session.login(user_id)``, which keeps the data and rotates the ID. A login
+    adopted from Starlette's or starsessions' session never counts as recent.
+    """
+    return Security(_RecentUser(_seconds("max_age", max_age)))
 
 
 # The cookie scheme rides on the user dependencies, the routes whose access it governs,

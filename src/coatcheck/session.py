@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, MutableMapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _devices, _flash
@@ -35,6 +35,7 @@ class Session(MutableMapping[str, Any]):
     """
 
     __slots__ = (
+        "_authenticated_at",
         "_by_header",
         "_client",
         "_cookie_final",
@@ -79,6 +80,7 @@ class Session(MutableMapping[str, Any]):
     _user_id: str | None
     _remember: bool
     _created_at: float
+    _authenticated_at: float  # 0.0: nobody logged in, or a login coatcheck did not see
     _last_seen_at: float
     _expires_at: float
     _modified: bool
@@ -296,6 +298,8 @@ class Session(MutableMapping[str, Any]):
         """
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty string")
+        if "\x00" in user_id:
+            raise ValueError("user_id must not contain NUL characters, which no SQL text holds")
         self.regenerate()
         if self._user_id is not None and self._user_id != user_id:
             self._data.clear()
@@ -304,7 +308,7 @@ class Session(MutableMapping[str, Any]):
             self._modified = self._fresh = True
         self._user_id = user_id
         self._remember = remember
-        self._created_at = self._persistence.now()
+        self._created_at = self._authenticated_at = self._persistence.now()
         self._meta_changed = True
 
     def logout(self) -> None:
@@ -320,6 +324,7 @@ class Session(MutableMapping[str, Any]):
         self._modified = self._fresh = True
         self._user_id = None
         self._remember = False
+        self._authenticated_at = 0.0
         self._id = None
         self._key = None
         self._public_id = ""
@@ -362,6 +367,34 @@ class Session(MutableMapping[str, Any]):
     def created_at(self) -> datetime:
         self._require_loaded()
         return utc(self._created_at)
+
+    @property
+    def authenticated_at(self) -> datetime | None:
+        """When the user last proved who they are: the last :meth:`login`.
+
+        ``None`` when nobody is logged in, and for a login adopted from Starlette's
+        or starsessions' session, whose time coatcheck never saw.
+        """
+        self._require_loaded()
+        if self._user_id is None or not self._authenticated_at:
+            return None
+        return utc(self._authenticated_at)
+
+    def authenticated_within(self, max_age: float | timedelta) -> bool:
+        """Whether the user logged in at most ``max_age`` (seconds or a timedelta) ago.
+
+        For actions that must not ride on an old or stolen cookie (changing the
+        password or the email address, revoking devices): when this is False, ask for
+        the password again and call :meth:`login` with the same user, which keeps the
+        data and rotates the ID. See also ``coatcheck.fastapi.recent_user``.
+        """
+        self._require_loaded()
+        seconds = max_age.total_seconds() if isinstance(max_age, timedelta) else max_age
+        if seconds < 0:
+            raise ValueError(f"max_age must not be negative, got {max_age!r}")
+        if self._user_id is None or not self._authenticated_at:
+            return False
+        return self._persistence.now() - self._authenticated_at <= seconds
 
     @property
     def last_seen_at(self) -> datetime:
@@ -427,6 +460,7 @@ class Session(MutableMapping[str, Any]):
             self._user_id = None
             self._remember = False
             self._created_at = self._last_seen_at = now
+            self._authenticated_at = 0.0
             self._expires_at = now + idle
         else:
             self._raw = record.data
@@ -434,6 +468,7 @@ class Session(MutableMapping[str, Any]):
             self._user_id = record.user_id
             self._remember = record.remember
             self._created_at = record.created_at
+            self._authenticated_at = record.authenticated_at
             self._last_seen_at = record.last_seen_at
             self._expires_at = record.expires_at
         self._loaded = True

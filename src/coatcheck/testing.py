@@ -108,6 +108,7 @@ async def create_session(
         expires_at=config.lifetime(remember).deadline(now, now),
         remember=remember,
         user_agent="coatcheck.testing",
+        authenticated_at=0.0 if user_id is None else now,
     )
     sealer = cookie_sealer_of(store)
     if sealer is not None:  # the cookie store: the record travels in the cookie

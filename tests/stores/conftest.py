@@ -37,7 +37,8 @@ HOUR = 3600.0
 
 
 def make_record(**overrides: Any) -> SessionRecord:
-    """A live anonymous record under a fresh key; any field can be overridden."""
+    """A live anonymous record under a fresh key; any field can be overridden. With a
+    ``user_id``, the login was made when the session was (as ``Session.login`` does)."""
     fields: dict[str, Any] = {
         "key": store_key(new_session_id()),
         "public_id": new_public_id(),
@@ -48,17 +49,22 @@ def make_record(**overrides: Any) -> SessionRecord:
         "expires_at": NOW + HOUR,
     }
     fields.update(overrides)
+    if fields["user_id"] is not None:
+        fields.setdefault("authenticated_at", fields["created_at"])
     return SessionRecord(**fields)
 
 
 async def assert_upgraded(stores: Sequence[Store], old: SessionRecord) -> None:
-    """Two workers starting together on a table from before addresses: both read the
-    row written then, its address blank, and a new record with one is listed beside it."""
+    """Two workers starting together on a table made by an earlier release: both read
+    the row written then (no address, and a login time that is its creation time), and
+    a new record that fills the new columns is listed beside it."""
     loaded = await asyncio.gather(*(store.load(old.key, NOW) for store in stores))
-    assert loaded == [old, old]
-    newer = make_record(user_id=old.user_id, created_at=old.created_at + 1, ip_address="::1")
+    assert loaded == [old._replace(authenticated_at=old.created_at)] * 2
+    newer = make_record(
+        user_id=old.user_id, created_at=old.created_at + 1, ip_address="::1", authenticated_at=0.0
+    )
     await stores[1].save(newer)
-    assert await stores[0].list_user(str(old.user_id), NOW) == [old, newer]
+    assert await stores[0].list_user(str(old.user_id), NOW) == [loaded[0], newer]
 
 
 @pytest.fixture(scope="session")

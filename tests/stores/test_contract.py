@@ -42,6 +42,7 @@ async def test_round_trip_keeps_every_field(store: Store) -> None:
         user_agent="Mozilla/5.0 (X11; Linux x86_64) ünïcödé ☂",
         version=42,
         ip_address="2001:db8::1%eth0",
+        authenticated_at=NOW - 600.5,  # signed in again since the session was made
     )
     await store.save(record)
 
@@ -58,12 +59,13 @@ async def test_round_trip_keeps_every_field(store: Store) -> None:
 
 async def test_round_trip_keeps_defaults_and_anonymous_user(store: Store) -> None:
     record = make_record(user_id=None)
-    assert (record.remember, record.user_agent, record.version, record.ip_address) == (
-        False,
-        "",
-        1,
-        "",
-    )
+    assert (
+        record.remember,
+        record.user_agent,
+        record.version,
+        record.ip_address,
+        record.authenticated_at,
+    ) == (False, "", 1, "", 0.0)
     await store.save(record)
 
     loaded = await store.load(record.key, NOW)
@@ -72,6 +74,19 @@ async def test_round_trip_keeps_defaults_and_anonymous_user(store: Store) -> Non
     assert loaded is not None
     assert loaded.user_id is None
     assert loaded.remember is False
+
+
+@pytest.mark.parametrize(
+    "authenticated_at",
+    [NOW - 60.0, NOW - 30.25, 0.0],
+    ids=["at-creation", "signed-in-again", "adopted-unknown"],
+)
+async def test_the_time_of_the_login_comes_back(store: Store, authenticated_at: float) -> None:
+    record = make_record(user_id="alice", created_at=NOW - 60.0, authenticated_at=authenticated_at)
+    await store.save(record)
+
+    assert await store.load(record.key, NOW) == record
+    assert await store.list_user("alice", NOW) == [record]
 
 
 async def test_load_of_missing_key_is_none(store: Store) -> None:

@@ -384,8 +384,12 @@ async def test_a_server_whose_certificate_cannot_be_verified_is_refused(
         assert db.execute("SELECT to_regclass(%s)", (store.table,)).fetchone() == (None,)
 
 
-def _table_without_addresses(postgres: PostgresServer, table: str, old: SessionRecord) -> None:
-    """The table as coatcheck made it before sessions kept the client address, and a row."""
+def _old_table(
+    postgres: PostgresServer, table: str, old: SessionRecord, *, addresses: bool
+) -> None:
+    """The table as an earlier release made it, and a row: before sessions kept the time
+    of the login, and (unless ``addresses``) before they kept the client address."""
+    columns = 11 if addresses else 10
     with postgres.connect() as db:
         db.execute(
             f'CREATE TABLE "{table}" ('
@@ -393,38 +397,48 @@ def _table_without_addresses(postgres: PostgresServer, table: str, old: SessionR
             " data bytea NOT NULL, user_id text, created_at double precision NOT NULL,"
             " last_seen_at double precision NOT NULL, expires_at double precision NOT NULL,"
             " remember boolean NOT NULL DEFAULT false, user_agent text NOT NULL DEFAULT '',"
-            " version bigint NOT NULL DEFAULT 1)"
+            " version bigint NOT NULL DEFAULT 1"
+            + (", ip_address text NOT NULL DEFAULT '')" if addresses else ")")
         )
-        db.execute(f'INSERT INTO "{table}" VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)', old[:10])
+        values = ",".join(["%s"] * columns)
+        db.execute(f'INSERT INTO "{table}" VALUES ({values})', old[:columns])
 
 
-async def test_a_table_from_before_addresses_is_brought_up_to_date(
-    postgres: PostgresServer,
+@pytest.mark.parametrize("addresses", [False, True], ids=["first", "addresses"])
+async def test_a_table_from_an_earlier_release_is_brought_up_to_date(
+    postgres: PostgresServer, addresses: bool
 ) -> None:
     table = unique_prefix()
     old = make_record(user_id="alice", user_agent="Firefox", version=3)
-    _table_without_addresses(postgres, table, old)
+    _old_table(postgres, table, old, addresses=addresses)
     stores = [PostgresStore(postgres.url, table=table) for _ in range(2)]
     try:
-        await assert_upgraded(stores, old)  # one adds the column, the other finds it there
+        await assert_upgraded(stores, old)  # one adds the columns, the other finds them
     finally:
         for store in stores:
             await store.aclose()
 
 
-async def test_without_create_table_an_old_table_names_the_statement_to_run(
-    postgres: PostgresServer,
+@pytest.mark.parametrize(
+    ("addresses", "named"),
+    [(False, "ip_address, authenticated_at columns"), (True, "authenticated_at column;")],
+    ids=["first", "addresses"],
+)
+async def test_without_create_table_an_old_table_names_the_statements_to_run(
+    postgres: PostgresServer, addresses: bool, named: str
 ) -> None:
     table = unique_prefix()
     old = make_record(user_id="alice")
-    _table_without_addresses(postgres, table, old)
+    _old_table(postgres, table, old, addresses=addresses)
     store = PostgresStore(postgres.url, table=table, create_table=False)
     try:
-        with pytest.raises(StoreError, match="ADD COLUMN IF NOT EXISTS ip_address") as caught:
+        with pytest.raises(StoreError, match="ADD COLUMN IF NOT EXISTS authenticated_at") as caught:
             await store.load(old.key, NOW)
+        assert named in str(caught.value)
+        assert ("ADD COLUMN IF NOT EXISTS ip_address" in str(caught.value)) is not addresses
         assert not isinstance(caught.value, StoreUnavailableError)
         with postgres.connect() as db:
             db.execute(store.schema_sql())  # the app's migration, run again after upgrading
-        assert await store.load(old.key, NOW) == old
+        assert await store.load(old.key, NOW) == old._replace(authenticated_at=old.created_at)
     finally:
         await store.aclose()

@@ -757,7 +757,7 @@ async def test_a_record_of_another_format_is_a_store_error(standalone: RedisStor
     name = session_key(standalone, record.key)
     packed = await standalone.client.hget(name, "b")
     assert isinstance(packed, bytes)
-    await standalone.client.hset(name, "b", b"\x03" + packed[1:])
+    await standalone.client.hset(name, "b", b"\x04" + packed[1:])
 
     with pytest.raises(StoreError, match="format") as caught:
         await standalone.load(record.key, NOW)
@@ -839,6 +839,7 @@ _texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
     user_agent=_texts,
     version=st.integers(1, 2**63),
     ip_address=_texts,
+    login=st.none() | st.floats(0, 4e9, allow_nan=False),
 )
 @settings(max_examples=300, deadline=None)
 def test_packed_records_come_back_field_for_field(
@@ -850,7 +851,11 @@ def test_packed_records_come_back_field_for_field(
     user_agent: str,
     version: int,
     ip_address: str,
+    login: float | None,
 ) -> None:
+    """``login``: None for the time the oldest format implies, else a time of its own."""
+    implied = 0.0 if user_id is None else times[0]
+    authenticated_at = implied if login is None else login
     record = SessionRecord(
         key=store_key(new_session_id()),
         public_id=public_id,
@@ -863,13 +868,14 @@ def test_packed_records_come_back_field_for_field(
         user_agent=user_agent,
         version=version,
         ip_address=ip_address,
+        authenticated_at=authenticated_at,
     )
     loaded = _redis_codec.unpack(record.key, _redis_codec.pack(record))
     assert loaded == record
     assert type(loaded) is SessionRecord
 
 
-@pytest.mark.parametrize("fmt", [0, 3, 255])
+@pytest.mark.parametrize("fmt", [0, 4, 255])
 def test_a_packed_record_of_another_format_is_refused(fmt: int) -> None:
     record = make_record(user_id="alice")
     packed = _redis_codec.pack(record)
@@ -878,13 +884,19 @@ def test_a_packed_record_of_another_format_is_refused(fmt: int) -> None:
         _redis_codec.unpack(record.key, bytes([fmt]) + packed[1:])
 
 
-def test_records_without_an_address_keep_the_format_earlier_versions_read() -> None:
+def test_records_keep_the_oldest_format_that_holds_them() -> None:
     """During a rolling deploy, workers of the previous release read what new ones
-    write: only a record that carries an address (record_ip) needs the new format."""
+    write: only a record with an address (record_ip) or with a login adopted from
+    another library (its time unknown) needs a newer format."""
     plain = make_record(user_id="alice", user_agent="Firefox")
     packed = _redis_codec.pack(plain)
     assert packed[0] == 1
     assert packed[1:].startswith(struct.pack("!dddQ?", *plain[4:7], plain.version, False))
+    assert _redis_codec.unpack(plain.key, packed) == plain  # logged in when it was made
+    anonymous = make_record(user_agent="Firefox")
+    assert _redis_codec.pack(anonymous)[0] == 1
     with_address = plain._replace(ip_address="198.51.100.7")
-    assert _redis_codec.pack(with_address)[0] == 2
-    assert _redis_codec.unpack(plain.key, _redis_codec.pack(with_address)) == with_address
+    adopted = plain._replace(authenticated_at=0.0)
+    for record, fmt in [(with_address, 2), (adopted, 3), (adopted._replace(ip_address="::1"), 3)]:
+        assert _redis_codec.pack(record)[0] == fmt
+        assert _redis_codec.unpack(plain.key, _redis_codec.pack(record)) == record

@@ -684,8 +684,9 @@ async def test_inline_reads_do_not_wait_behind_a_writer(db_path: Path) -> None:
         await store.aclose()
 
 
-# A table as coatcheck made it before sessions kept the client address.
-_TABLE_WITHOUT_ADDRESSES = (
+# Tables as earlier releases made them: before sessions kept the client address, and
+# before they kept the time of the login.
+_FIRST_TABLE = (
     f"CREATE TABLE {TABLE} ("
     " key TEXT PRIMARY KEY, public_id TEXT NOT NULL, data BLOB NOT NULL,"
     " user_id TEXT, created_at REAL NOT NULL, last_seen_at REAL NOT NULL,"
@@ -693,16 +694,20 @@ _TABLE_WITHOUT_ADDRESSES = (
     " user_agent TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 1"
     ") WITHOUT ROWID"
 )
+_ADDRESS_TABLE = _FIRST_TABLE.replace("DEFAULT 1", "DEFAULT 1, ip_address TEXT NOT NULL DEFAULT ''")
 
 
-async def test_a_file_from_before_addresses_is_brought_up_to_date(db_path: Path) -> None:
+@pytest.mark.parametrize("schema", [_FIRST_TABLE, _ADDRESS_TABLE], ids=["first", "addresses"])
+async def test_a_file_from_an_earlier_release_is_brought_up_to_date(
+    db_path: Path, schema: str
+) -> None:
     old = make_record(user_id="alice", user_agent="Firefox", version=3)
+    row = (*old[:7], 0, old.user_agent, old.version)
+    if "ip_address" in schema:
+        row += (old.ip_address,)
     with connect(db_path) as db:
-        db.execute(_TABLE_WITHOUT_ADDRESSES)
-        db.execute(
-            f"INSERT INTO {TABLE} VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (*old[:7], 0, old.user_agent, old.version),
-        )
+        db.execute(schema)
+        db.execute(f"INSERT INTO {TABLE} VALUES ({','.join('?' * len(row))})", row)
     stores = [SQLiteStore(db_path) for _ in range(2)]  # two workers starting together
     try:
         await assert_upgraded(stores, old)
@@ -711,4 +716,4 @@ async def test_a_file_from_before_addresses_is_brought_up_to_date(db_path: Path)
             await store.aclose()
     with connect(db_path) as db:
         columns = [row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")]
-    assert columns.count("ip_address") == 1
+    assert columns.count("ip_address") == columns.count("authenticated_at") == 1

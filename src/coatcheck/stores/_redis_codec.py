@@ -61,15 +61,22 @@ def encode_fields(record: SessionRecord, token: str) -> list[str | bytes]:
 # A whole record in one value, so a load is one short reply that redis-py parses at
 # once: a hash of ten fields costs it a reply element each. Layout: format byte, then
 # created, last seen, expires, version, remember, and the lengths of the public id,
-# user id (0 when anonymous, else length + 1) and user agent (and, in the second
-# format, of the client address); then those strings and the session data. A record
-# without an address keeps the first format, which every earlier coatcheck reads.
+# user id (0 when anonymous, else length + 1) and user agent (and, from the second
+# format, of the client address; in the third, the time of authentication); then those
+# strings and the session data. Each record is written in the oldest format that holds
+# it, so workers of earlier releases read what this one writes during a rolling deploy:
+# the first, unless there is an address or a login time the older formats imply wrongly
+# (they imply the creation time, or 0.0 for nobody): in practice only a login adopted
+# from another library, whose time is unknown (0.0).
 _FORMAT = 1
 _FORMAT_IP = 2
+_FORMAT_AUTH = 3
 _HEAD = struct.Struct("!BdddQ?HIH")
 _HEAD_IP = struct.Struct("!BdddQ?HIHB")
+_HEAD_AUTH = struct.Struct("!BdddQ?HIHBd")
 _HEAD_SIZE = _HEAD.size
 _HEAD_IP_SIZE = _HEAD_IP.size
+_HEAD_AUTH_SIZE = _HEAD_AUTH.size
 _new_record = tuple.__new__
 
 
@@ -90,9 +97,12 @@ def pack(record: SessionRecord) -> bytes:
         0 if record.user_id is None else len(user) + 1,
         len(agent),
     )
-    if not ip:
+    if record.authenticated_at != (0.0 if record.user_id is None else record.created_at):
+        head = _HEAD_AUTH.pack(_FORMAT_AUTH, *fields, len(ip), record.authenticated_at)
+    elif ip:
+        head = _HEAD_IP.pack(_FORMAT_IP, *fields, len(ip))
+    else:
         return b"".join((_HEAD.pack(_FORMAT, *fields), public_id, user, agent, record.data))
-    head = _HEAD_IP.pack(_FORMAT_IP, *fields, len(ip))
     return b"".join((head, public_id, user, agent, ip, record.data))
 
 
@@ -105,6 +115,22 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
                 _HEAD_IP.unpack_from(packed)
             )
             id_start = _HEAD_IP_SIZE
+            authenticated = created if user_len else 0.0
+        elif packed[0] == _FORMAT_AUTH:
+            (
+                _,
+                created,
+                seen,
+                expires,
+                version,
+                remember,
+                id_len,
+                user_len,
+                agent_len,
+                ip_len,
+                authenticated,
+            ) = _HEAD_AUTH.unpack_from(packed)
+            id_start = _HEAD_AUTH_SIZE
         else:
             fmt, created, seen, expires, version, remember, id_len, user_len, agent_len = (
                 _HEAD.unpack_from(packed)
@@ -112,6 +138,7 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
             if fmt != _FORMAT:
                 raise ValueError(f"unknown record format {fmt}")
             ip_len, id_start = 0, _HEAD_SIZE
+            authenticated = created if user_len else 0.0
         id_end = id_start + id_len
         user_end = id_end + user_len - 1 if user_len else id_end
         agent_end = user_end + agent_len
@@ -132,6 +159,7 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
                 packed[user_end:agent_end].decode(errors="replace"),
                 version,
                 packed[agent_end:ip_end].decode(errors="replace") if ip_len else "",
+                authenticated,
             ),
         )
     except (struct.error, ValueError, IndexError) as exc:

@@ -10,7 +10,7 @@ seconds since the epoch); the caller passes ``now`` so that a single clock rules
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .._sealing import CookieSealer
@@ -37,6 +37,18 @@ class SessionRecord(NamedTuple):
     user_agent: str = ""
     version: int = 1
     ip_address: str = ""
+    # When the user last proved who they are (``Session.login``); 0.0 when coatcheck
+    # cannot tell, as for a login adopted from another library's session.
+    authenticated_at: float = 0.0
+
+
+def legacy_login_time(stored: Any, created_at: Any, user_id: Any) -> float:
+    """``authenticated_at`` of a stored row, where NULL marks a row written by a release
+    that did not keep it. Every login of those was coatcheck's own, which starts the
+    session anew: a logged-in session was authenticated when it was made."""
+    if stored is not None:
+        return float(stored)
+    return float(created_at) if user_id is not None else 0.0
 
 
 Merge = Callable[[SessionRecord], SessionRecord]

@@ -34,7 +34,7 @@ from ..exceptions import (
 )
 from . import POSTGRES_SCHEMES
 from ._redact import redact
-from .base import Merge, SessionRecord
+from .base import Merge, SessionRecord, legacy_login_time
 
 try:
     import psycopg
@@ -52,11 +52,18 @@ Connection = psycopg.AsyncConnection[TupleRow]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _FIELDS = (
     "public_id, data, user_id, created_at, last_seen_at, expires_at, remember, user_agent,"
-    " version, ip_address"
+    " version, ip_address, authenticated_at"
 )
 # A SessionRecord is a tuple in this order, so a record is its own row of parameters.
 _COLUMNS = f"key, {_FIELDS}"
-_VALUES = ", ".join(["%s"] * 11)
+_VALUES = ", ".join(["%s"] * (_COLUMNS.count(",") + 1))
+# Columns added since the first release, with their declarations: a table made by an
+# earlier coatcheck gets them in place. A NULL authenticated_at, in a row written by
+# one, stands for the row's created_at, the time of the login that made it.
+_ADDED_COLUMNS = (
+    ("ip_address", "text NOT NULL DEFAULT ''"),
+    ("authenticated_at", "double precision"),
+)
 _UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
     f"{name} = EXCLUDED.{name}" for name in _FIELDS.split(", ")
 )
@@ -464,31 +471,35 @@ class PostgresStore:
                 if not await self._table_exists(db):
                     for statement in self._schema_statements():
                         await db.execute(statement)
-        elif not await self._has_ip_address(db):
-            await self._add_ip_address(db)
+        elif missing := await self._missing_columns(db):
+            await self._add_columns(db, missing)
         self._ready = True
 
-    async def _has_ip_address(self, db: Connection) -> bool:
+    async def _missing_columns(self, db: Connection) -> list[str]:
         found = await db.execute(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-            " AND attname = 'ip_address' AND NOT attisdropped",
-            (self._sql_table,),
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = ANY(%s) AND NOT attisdropped",
+            (self._sql_table, [name for name, _ in _ADDED_COLUMNS]),
         )
-        return bool((await _one(found))[0])
+        present = {row[0] for row in await found.fetchall()}
+        return [name for name, _ in _ADDED_COLUMNS if name not in present]
 
-    async def _add_ip_address(self, db: Connection) -> None:
-        """Bring a table made by an earlier coatcheck up to date: one column with a
-        constant default, which PostgreSQL adds without rewriting the rows."""
-        statement = self._ip_address_column()
+    async def _add_columns(self, db: Connection, missing: list[str]) -> None:
+        """Bring a table made by an earlier coatcheck up to date: columns with a constant
+        default or none, which PostgreSQL adds without rewriting the rows."""
+        statements = [self._added_column(name) for name in missing]
         if not self.create_table:
             raise StoreError(
-                f"the session table {self.table!r} predates the ip_address column; add it"
-                f" with your migrations: {statement}"
+                f"the session table {self.table!r} predates the {', '.join(missing)} "
+                f"column{'s' if len(missing) > 1 else ''}; add "
+                f"{'them' if len(missing) > 1 else 'it'} with your migrations: "
+                + "; ".join(statements)
             )
         async with db.transaction():
             lock = "SELECT pg_advisory_xact_lock(hashtext(%s))"
             await db.execute(lock, (f"coatcheck:{self.table}",))
-            await db.execute(statement)
+            for statement in statements:
+                await db.execute(statement)
 
     async def _table_exists(self, db: Connection) -> bool:
         found = await db.execute("SELECT to_regclass(%s) IS NOT NULL", (self._sql_table,))
@@ -507,19 +518,18 @@ class PostgresStore:
             " data bytea NOT NULL, user_id text, created_at double precision NOT NULL,"
             " last_seen_at double precision NOT NULL, expires_at double precision NOT NULL,"
             " remember boolean NOT NULL DEFAULT false, user_agent text NOT NULL DEFAULT '',"
-            " version bigint NOT NULL DEFAULT 1, ip_address text NOT NULL DEFAULT '')",
+            " version bigint NOT NULL DEFAULT 1, ip_address text NOT NULL DEFAULT '',"
+            " authenticated_at double precision)",
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_user" ON {name} (user_id)'
             " WHERE user_id IS NOT NULL",
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_expires" ON {name} (expires_at)',
-            self._ip_address_column(),
+            *(self._added_column(name) for name, _ in _ADDED_COLUMNS),
         )
 
-    def _ip_address_column(self) -> str:
+    def _added_column(self, name: str) -> str:
         """For a table made by an earlier coatcheck, which had no such column."""
-        return (
-            f"ALTER TABLE {self._sql_table}"
-            " ADD COLUMN IF NOT EXISTS ip_address text NOT NULL DEFAULT ''"
-        )
+        declaration = dict(_ADDED_COLUMNS)[name]
+        return f"ALTER TABLE {self._sql_table} ADD COLUMN IF NOT EXISTS {name} {declaration}"
 
 
 def _forget(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
@@ -549,7 +559,18 @@ async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
 
 
 def _record(key: str, row: Sequence[Any]) -> SessionRecord:
-    public_id, data, user_id, created, seen, expires, remember, agent, version, ip = row
+    public_id, data, user_id, created, seen, expires, remember, agent, version, ip, auth = row
     return SessionRecord(
-        key, public_id, bytes(data), user_id, created, seen, expires, remember, agent, version, ip
+        key,
+        public_id,
+        bytes(data),
+        user_id,
+        created,
+        seen,
+        expires,
+        remember,
+        agent,
+        version,
+        ip,
+        legacy_login_time(auth, created, user_id),
     )

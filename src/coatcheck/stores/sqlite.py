@@ -20,14 +20,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..exceptions import StoreError, StoreUnavailableError
-from .base import Merge, SessionRecord
+from .base import Merge, SessionRecord, legacy_login_time
 
 T = TypeVar("T")
 
 _COLUMNS = (
     "key, public_id, data, user_id, created_at, last_seen_at, expires_at,"
-    " remember, user_agent, version, ip_address"
+    " remember, user_agent, version, ip_address, authenticated_at"
 )
+# Columns added since the first release, with their declarations: a table made by an
+# earlier coatcheck gets them in place. A NULL authenticated_at, in a row written by
+# one, stands for the row's created_at, the time of the login that made it.
+_ADDED_COLUMNS = (("ip_address", "TEXT NOT NULL DEFAULT ''"), ("authenticated_at", "REAL"))
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Errors that mean "try again later" (a lock, a full or missing disk), not a bug: a 503.
 _UNAVAILABLE = {
@@ -85,7 +89,7 @@ class SQLiteStore:
         self._delete_key = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
         self._insert = (
             f"INSERT OR REPLACE INTO {self._sql_table} ({_COLUMNS})"  # noqa: S608
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            f" VALUES ({','.join('?' * (_COLUMNS.count(',') + 1))})"
         )
         self.purge_every = purge_every
         self.purge_batch = purge_batch
@@ -247,7 +251,7 @@ class SQLiteStore:
             " user_id TEXT, created_at REAL NOT NULL, last_seen_at REAL NOT NULL,"
             " expires_at REAL NOT NULL, remember INTEGER NOT NULL DEFAULT 0,"
             " user_agent TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 1,"
-            " ip_address TEXT NOT NULL DEFAULT ''"
+            " ip_address TEXT NOT NULL DEFAULT '', authenticated_at REAL"
             ") WITHOUT ROWID"
         )
         db.execute(
@@ -258,17 +262,15 @@ class SQLiteStore:
             f'CREATE INDEX IF NOT EXISTS "{self.table}_expires" ON {self._sql_table} (expires_at)'
         )
 
-    def _has_ip_address(self, db: sqlite3.Connection) -> bool:
-        columns = db.execute(f"PRAGMA table_info({self._sql_table})").fetchall()
-        return any(column[1] == "ip_address" for column in columns)
+    def _missing_columns(self, db: sqlite3.Connection) -> list[tuple[str, str]]:
+        present = {column[1] for column in db.execute(f"PRAGMA table_info({self._sql_table})")}
+        return [column for column in _ADDED_COLUMNS if column[0] not in present]
 
-    def _add_ip_address(self, db: sqlite3.Connection) -> None:
-        """Bring a table made by an earlier coatcheck up to date: one column, added in
-        place (no rows are rewritten), by whichever process gets the write lock first."""
-        if not self._has_ip_address(db):
-            db.execute(
-                f"ALTER TABLE {self._sql_table} ADD COLUMN ip_address TEXT NOT NULL DEFAULT ''"
-            )
+    def _add_columns(self, db: sqlite3.Connection) -> None:
+        """Bring a table made by an earlier coatcheck up to date: columns added in place
+        (no rows are rewritten), by whichever process gets the write lock first."""
+        for name, declaration in self._missing_columns(db):
+            db.execute(f"ALTER TABLE {self._sql_table} ADD COLUMN {name} {declaration}")
 
     def _purge_batch(self, db: sqlite3.Connection, now: float) -> int:
         # Small batches keep each write lock short, so requests never queue behind a purge.
@@ -327,9 +329,9 @@ class SQLiteStore:
                 if not db.execute(exists, (self.table,)).fetchall():
                     with _immediate(db):
                         self._create_schema(db)
-                elif not self._has_ip_address(db):
+                elif self._missing_columns(db):
                     with _immediate(db):
-                        self._add_ip_address(db)
+                        self._add_columns(db)
                 break
             except sqlite3.OperationalError as exc:
                 if not _is_transient(exc) or time.monotonic() >= deadline:
@@ -375,11 +377,12 @@ def _values(record: SessionRecord) -> tuple[object, ...]:
         record.user_agent,
         record.version,
         record.ip_address,
+        record.authenticated_at,
     )
 
 
 def _record(row: tuple[object, ...]) -> SessionRecord:
-    key, public_id, data, user_id, created, seen, expires, remember, agent, version, ip = row
+    key, public_id, data, user_id, created, seen, expires, remember, agent, version, ip, auth = row
     return SessionRecord(
         key=str(key),
         public_id=str(public_id),
@@ -392,4 +395,5 @@ def _record(row: tuple[object, ...]) -> SessionRecord:
         user_agent=str(agent),
         version=int(version),  # type: ignore[call-overload]
         ip_address=str(ip),
+        authenticated_at=legacy_login_time(auth, created, user_id),
     )
