@@ -214,6 +214,35 @@ def test_list_prints_markup_in_user_agents_and_names_as_text(
     assert f"of {user}." in revoked.stdout
 
 
+def test_list_shows_control_characters_from_clients_as_escapes(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """A user agent is the client's to choose: escape sequences in it must not reach the
+    operator's terminal (retitling it, hiding lines), and a newline must not add a row."""
+    url = f"sqlite:///{tmp_path / 'escapes.db'}"
+    agent = "\x1b]0;pwned\x07\x1b[2J\x1b[31mFirefox\nfake row\u2028\x7f"
+
+    async def fill() -> None:
+        store = store_from_url(url)
+        now = time.time()
+        record = SessionRecord(
+            key="e" * 64, public_id="escapepublicid00", data=b"{}", user_id="alice",
+            created_at=now, last_seen_at=now, expires_at=now + 600, user_agent=agent,
+            ip_address="192.0.2.1\r",
+        )  # fmt: skip
+        await store.save(record)
+        await store.aclose()
+
+    asyncio.run(fill())
+    result = runner.invoke(app, ["sessions", "list", "--store", url, "--user", "alice"])
+    assert result.exit_code == 0, result.output
+    for control in ("\x1b", "\x07", "\r", "\u2028", "\x7f"):
+        assert control not in result.stdout
+    [row] = [line for line in result.stdout.splitlines() if "escapepublicid00" in line]
+    assert "192.0.2.1\\r" in row
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mFirefox\\nfake row\\u2028\\x7f" in row
+
+
 def test_list_for_a_user_without_sessions(runner: CliRunner, filled: Filled) -> None:
     result = runner.invoke(app, ["sessions", "list", "--store", filled.url, "--user", "carol"])
     assert result.exit_code == 0

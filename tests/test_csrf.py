@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections import deque
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from coatcheck import CSRFConfig, MemoryStore, SessionConfig, SessionMiddleware, Store
+from coatcheck import CSRFConfig, MemoryStore, SessionConfig, SessionMiddleware, Store, _audit
 from coatcheck.fastapi import CSRFToken, SessionDep
 from coatcheck.session import Session
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
@@ -349,6 +350,24 @@ async def test_login_csrf_from_another_site_is_refused(app: FastAPI) -> None:
         by_origin = await client.post("/login", headers={"origin": "https://evil.example"})
     assert forged.status_code == by_origin.status_code == 403
     assert "set-cookie" not in forged.headers
+
+
+async def test_a_refusal_is_logged_with_the_clients_path_escaped(
+    app: FastAPI, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is the client's: a newline in it must not forge a second log line, nor
+    an escape sequence reach the terminal that tails the log."""
+    monkeypatch.setattr(_audit, "_recent", deque())  # the limiter must not drop this line
+    monkeypatch.setattr(_audit, "_dropped", 0)
+    path = "/login%0A2026-11-27 INFO coatcheck.security: all is well%1B[2J"
+    async with client_for(app) as client:
+        forged = await client.post(path, headers={"sec-fetch-site": "cross-site"})
+    assert forged.status_code == 403
+    (record,) = [r for r in caplog.records if r.name == "coatcheck.security"]
+    assert record.getMessage() == (
+        "CSRF check failed on POST /login\\n2026-11-27 INFO coatcheck.security: all is well"
+        "\\x1b[2J: cross-site request"
+    )
 
 
 async def test_method_overrides_never_make_a_request_safe(app: FastAPI) -> None:

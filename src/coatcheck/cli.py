@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from . import __version__
 from ._devices import utc
+from ._printable import printable
 from .exceptions import ConfigurationError, MissingDependencyError
 from .stores import MemoryStore, SessionRecord, SQLiteStore, Store
 from .stores._redact import redact
@@ -87,6 +88,12 @@ def _as_json(record: SessionRecord) -> dict[str, Any]:
     }
 
 
+def _shown(text: str) -> str:
+    """Stored text for the terminal: a user agent is the client's to choose, and may
+    carry escape sequences or Rich markup."""
+    return escape(printable(text))
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -139,10 +146,10 @@ def list_sessions(
         return
     out = _out()
     if not records:
-        out.print(f"No live sessions for {escape(user)}.")
+        out.print(f"No live sessions for {_shown(user)}.")
         return
     table = Table(
-        title=f"Live sessions of {escape(user)} (times in UTC)",
+        title=f"Live sessions of {_shown(user)} (times in UTC)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
@@ -159,14 +166,14 @@ def list_sessions(
         table.add_column("Address", no_wrap=True)
     table.add_column("User agent", no_wrap=True, overflow="ellipsis")
     for record in records:
-        address = [escape(record.ip_address) or "-"] if addresses else []
+        address = [_shown(record.ip_address) or "-"] if addresses else []
         table.add_row(
             record.public_id,
             _when(record.created_at, wide),
             _when(record.last_seen_at, wide),
             _when(record.expires_at, wide),
             *address,
-            escape(record.user_agent) or "-",
+            _shown(record.user_agent) or "-",
         )
     out.print(table)
 
@@ -196,7 +203,7 @@ def revoke(
     removed = with_store(store, work)
     if public_id is not None and not removed:
         _fail(f"{user!r} has no live session with public id {public_id!r}")
-    _out().print(f"Revoked {_plural(removed, 'session')} of {escape(user)}.")
+    _out().print(f"Revoked {_plural(removed, 'session')} of {_shown(user)}.")
 
 
 @sessions_app.command("revoke-all")

@@ -16,6 +16,7 @@ from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send
 from ._audit import security_event
 from ._context import current_session
 from ._persist import Persistence, outgoing
+from ._printable import printable
 from ._websocket import SocketWatch
 from .config import SessionConfig
 from .csrf import SAFE_METHODS
@@ -220,8 +221,9 @@ class SessionMiddleware:
         self, scope: Scope, receive: Receive, send: Send, session: Session, reason: str
     ) -> None:
         """403, with nothing in the session changed and no cookie touched."""
-        method = scope.get("method", "websocket handshake")
-        security_event(f"CSRF check failed on {method} {scope['path']}: {reason}")
+        method = printable(scope.get("method", "websocket handshake"))
+        path = printable(scope["path"])  # the client's: no forged line, no escape codes
+        security_event(f"CSRF check failed on {method} {path}: {reason}")
         if scope["type"] == "websocket":
             # Closing before accepting makes the server answer the handshake with a 403.
             await send({"type": "websocket.close", "code": 1008, "reason": "cross-site"})
