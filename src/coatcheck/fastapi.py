@@ -38,6 +38,7 @@ __all__ = [
     "current_user",
     "get_session",
     "not_authenticated",
+    "not_recently_authenticated",
     "recent_user",
     "require_user",
     "session_model",
@@ -179,13 +180,7 @@ class _RecentUser(SessionCookie):
         if user_id is None:
             raise not_authenticated()
         if not session.authenticated_within(self.max_age):
-            # RFC 9470's step-up challenge: signed in, but not recently enough.
-            challenge = f'APIKey error="insufficient_user_authentication", max_age={self.max_age}'
-            raise HTTPException(
-                status_code=401,
-                detail="Recent sign-in required",
-                headers={"WWW-Authenticate": challenge},
-            )
+            raise not_recently_authenticated(self.max_age)
         return user_id
 
 
@@ -225,6 +220,20 @@ def not_authenticated(detail: str = "Not authenticated") -> HTTPException:
     Browsers show no password prompt for it.
     """
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "APIKey"})
+
+
+def not_recently_authenticated(max_age: Duration) -> HTTPException:
+    """The 401 that :func:`recent_user` raises for a login older than ``max_age``.
+
+    Its challenge is RFC 9470's step-up one, ``error="insufficient_user_authentication"``
+    with the ``max_age`` in seconds: the user is signed in, only not recently enough, so
+    a client asks for the password again rather than signing them out.
+    """
+    seconds = _seconds("max_age", max_age)
+    challenge = f'APIKey error="insufficient_user_authentication", max_age={seconds}'
+    return HTTPException(
+        status_code=401, detail="Recent sign-in required", headers={"WWW-Authenticate": challenge}
+    )
 
 
 async def csrf_token() -> str:

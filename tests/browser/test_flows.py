@@ -7,7 +7,9 @@ save the screenshots that the README shows (``docs/images/*.png``).
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -243,6 +245,35 @@ def test_devices_list_marks_this_device_and_revokes_the_other(
     expect(laptop.get_by_role("status")).to_have_text("Signed out that device.")
     laptop.reload()
     expect(laptop.get_by_role("status")).to_have_count(0)
+
+
+def test_signing_out_everywhere_asks_an_old_sign_in_for_the_password(
+    start_server: StartServer, new_context: NewContext
+) -> None:
+    server = start_server(name="everywhere")
+    laptop = _open(new_context(), server.url)
+    sign_in(laptop, "alice")
+    phone = _open(new_context(user_agent=PHONE), server.url)
+    sign_in(phone, "alice")
+    laptop.reload()
+    region = laptop.get_by_role("region", name="Your devices")
+    everywhere = region.get_by_role("button", name="Sign out everywhere")
+    expect(everywhere).to_have_count(1)  # just signed in: no password asked
+
+    # Ten minutes pass, as far as the sign-ins are concerned.
+    with closing(sqlite3.connect(server.db)) as db, db:
+        db.execute("UPDATE coatcheck_sessions SET authenticated_at = authenticated_at - 600")
+    laptop.reload()
+    expect(everywhere).to_have_count(0)
+    password = region.get_by_label("To sign out everywhere, confirm your password")
+    password.fill("wonderland")
+    submit(laptop, region.get_by_role("button", name="Confirm"))
+    expect(laptop.get_by_role("status")).to_have_text("Password confirmed.")
+
+    submit(laptop, everywhere)
+    expect_login_form(laptop)
+    phone.reload()
+    expect_login_form(phone)
 
 
 # -- 5. another site ---------------------------------------------------------------------

@@ -562,6 +562,107 @@ async def test_revoke_others_does_not_count_an_expired_device(app: FastAPI) -> N
     assert [r.public_id for r in await store.list_user("alice", 0.0)] == [own_id]
 
 
+async def age_logins(app: FastAPI, seconds: float, user: str = "alice") -> None:
+    """Move the user's sign-ins ``seconds`` into the past, as time passing would."""
+    store: Store = app.state.store
+    for record in await store.list_user(user, time.time()):
+        await store.save(record._replace(authenticated_at=record.authenticated_at - seconds))
+
+
+@pytest.mark.anyio
+async def test_signing_out_everywhere_right_after_signing_in(app: FastAPI) -> None:
+    async with browser(app) as laptop, browser(app, PHONE) as phone:
+        await login(laptop)
+        await login(phone)
+        response = await laptop.post("/sessions/revoke-all", headers=JSON)
+        assert response.status_code == 200
+        assert response.json() == {"revoked": 2}
+        assert "session=;" in response.headers["set-cookie"]  # this device's cookie goes too
+        assert (await laptop.get("/me")).status_code == 401
+        assert (await phone.get("/me")).status_code == 401
+    assert await app.state.store.list_user("alice", time.time()) == []
+
+
+@pytest.mark.anyio
+async def test_an_old_sign_in_confirms_the_password_before_signing_out_everywhere(
+    app: FastAPI,
+) -> None:
+    async with browser(app) as laptop, browser(app, PHONE) as phone:
+        await laptop.post("/cart/items", json={"item": "scarf"})
+        await login(laptop)
+        await login(phone)
+        await age_logins(app, 301)
+        refused = await laptop.post("/sessions/revoke-all", headers=JSON)
+        assert refused.status_code == 401
+        assert refused.json() == {"detail": "Recent sign-in required"}
+        assert refused.headers["www-authenticate"] == (
+            'APIKey error="insufficient_user_authentication", max_age=300'
+        )
+        assert (await laptop.get("/me")).status_code == 200  # still signed in
+        assert (await phone.get("/me")).status_code == 200  # nobody signed out
+
+        wrong = await laptop.post("/confirm", json={"password": "builder"})
+        assert wrong.status_code == 401
+        assert wrong.json() == {"detail": "Wrong password"}
+        before = laptop.cookies["session"]
+        confirmed = await laptop.post("/confirm", json={"password": "wonderland"})
+        assert confirmed.status_code == 200
+        assert confirmed.json() == {"user": "alice"}
+        assert laptop.cookies["session"] != before  # a new proof, a new ID
+        assert (await laptop.get("/cart")).json() == {"items": ["scarf"]}
+
+        response = await laptop.post("/sessions/revoke-all", headers=JSON)
+        assert response.json() == {"revoked": 2}
+        assert (await phone.get("/me")).status_code == 401
+
+
+@pytest.mark.anyio
+async def test_confirming_needs_a_signed_in_user(app: FastAPI) -> None:
+    async with browser(app) as client:
+        api = await client.post("/confirm", json={"password": "wonderland"})
+        page = await client.post("/confirm", data={"password": "wonderland"})
+        everywhere = await client.post("/sessions/revoke-all", headers=JSON)
+    assert (api.status_code, api.json()) == (401, {"detail": "Not authenticated"})
+    assert (page.status_code, page.headers["location"]) == (303, "/")
+    assert (everywhere.status_code, everywhere.json()) == (401, {"detail": "Not authenticated"})
+
+
+@pytest.mark.anyio
+async def test_the_page_asks_for_the_password_once_the_sign_in_is_old(app: FastAPI) -> None:
+    async with browser(app) as laptop, browser(app, PHONE) as phone:
+        await login(laptop)
+        await login(phone)
+        page = (await laptop.get("/")).text
+        assert 'action="/sessions/revoke-all"' in page
+        assert 'action="/confirm"' not in page
+
+        await age_logins(app, 301)
+        page = (await laptop.get("/")).text
+        assert 'action="/sessions/revoke-all"' not in page
+        assert 'action="/confirm"' in page
+        # A page left open from before: its button is refused with the page, not JSON.
+        stale = await laptop.post("/sessions/revoke-all", headers=FORM)
+        assert stale.status_code == 401
+        assert stale.headers["content-type"].startswith("text/html")
+        assert "confirm your password first" in stale.text
+        assert "insufficient_user_authentication" in stale.headers["www-authenticate"]
+        assert (await phone.get("/me")).status_code == 200
+
+        wrong = await laptop.post("/confirm", data={"password": "nope"})
+        assert wrong.status_code == 401
+        assert '<p class="alert" role="alert">Wrong password</p>' in wrong.text
+        confirmed = await laptop.post("/confirm", data={"password": "wonderland"})
+        assert (confirmed.status_code, confirmed.headers["location"]) == (303, "/")
+        page = (await laptop.get("/")).text
+        assert "Password confirmed." in page
+        assert 'action="/sessions/revoke-all"' in page
+
+        everywhere = await laptop.post("/sessions/revoke-all", headers=FORM)
+        assert (everywhere.status_code, everywhere.headers["location"]) == (303, "/")
+        assert 'action="/login"' in (await laptop.get("/")).text
+        assert (await phone.get("/me")).status_code == 401
+
+
 @pytest.mark.anyio
 async def test_page_buttons_revoke_with_plain_forms(app: FastAPI) -> None:
     async with browser(app) as laptop, browser(app, PHONE) as phone, browser(app) as third:

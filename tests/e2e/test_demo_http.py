@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 
 import httpx
 import pytest
@@ -445,6 +447,30 @@ def test_unknown_well_formed_id_is_not_adopted(browser: Browser) -> None:
 
 
 # -- devices -------------------------------------------------------------------------------
+
+
+def test_signing_out_everywhere_asks_an_old_sign_in_for_the_password(
+    start_server: StartServer,
+) -> None:
+    server = start_server(name="everywhere")
+    with server.browser(user_agent="laptop") as laptop, server.browser() as phone:
+        laptop.login("alice")
+        phone.login("alice")
+        # Ten minutes pass, as far as the sign-ins are concerned.
+        with closing(sqlite3.connect(server.db)) as db, db:
+            db.execute("UPDATE coatcheck_sessions SET authenticated_at = authenticated_at - 600")
+        refused = laptop.post("/sessions/revoke-all")
+        assert refused.status_code == 401
+        assert "insufficient_user_authentication" in refused.headers["www-authenticate"]
+        old_ticket = laptop.session_id
+        confirmed = laptop.post("/confirm", json={"password": "wonderland"})
+        assert confirmed.status_code == 200
+        assert laptop.session_id not in (None, old_ticket)
+        everywhere = laptop.post("/sessions/revoke-all")
+        assert everywhere.json() == {"revoked": 2}
+        assert [c.clears for c in set_cookies(everywhere)] == [True]
+        assert laptop.me().status_code == 401
+        assert phone.me().status_code == 401
 
 
 def test_sessions_list_and_revoke_another_device(start_server: StartServer) -> None:

@@ -10,7 +10,9 @@ import logging
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__
@@ -20,9 +22,9 @@ from ..middleware import SessionMiddleware
 from ..session import Session
 from ..stores import store_from_url
 from ..stores.base import cookie_sealer_of
-from .inputs import PageError
+from .inputs import PageError, from_page
 from .pages import STATIC_DIR, render_home
-from .routes import router
+from .routes import CONFIRM_FIRST, router
 from .settings import DEFAULT_STORE, DemoSettings
 
 logger = logging.getLogger("coatcheck.demo")
@@ -67,6 +69,7 @@ def create_app(
     app.state.stateless = cookie_sealer_of(store) is not None  # sessions live in cookies
     app.add_middleware(SessionMiddleware, store=store, config=config)
     app.add_exception_handler(PageError, _show_page_error)
+    app.add_exception_handler(HTTPException, _page_for_form_posts)
     app.add_exception_handler(NotSupportedError, _not_supported)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -101,6 +104,18 @@ def describe_store(url: str) -> str:
 async def _not_supported(request: Request, exc: Exception) -> Response:
     """The device routes, on a store that keeps no sessions to list or end."""
     return JSONResponse({"detail": str(exc)}, status_code=501)
+
+
+async def _page_for_form_posts(request: Request, exc: Exception) -> Response:
+    """A page's form refused for a stale sign-in gets the page, which asks for the
+    password; everything else, and every API caller, gets FastAPI's JSON answer."""
+    assert isinstance(exc, HTTPException)
+    stale = exc.status_code == 401 and exc.detail == "Recent sign-in required"
+    if stale and from_page(request):
+        page = await _show_page_error(request, PageError(CONFIRM_FIRST, 401))
+        page.headers.update(exc.headers or {})  # the step-up challenge, not the plain one
+        return page
+    return await http_exception_handler(request, exc)
 
 
 async def _show_page_error(request: Request, exc: Exception) -> Response:

@@ -55,6 +55,11 @@ def wants_json(request: Request) -> bool:
     )
 
 
+def from_page(request: Request) -> bool:
+    """A plain form of the page, as opposed to an API call, with or without a body."""
+    return has_form_body(request) and not wants_json(request)
+
+
 async def read_input(request: Request, model: type[M]) -> M:
     """Parse and validate the body as ``model``; raise the right kind of 422 otherwise."""
     raw: Any

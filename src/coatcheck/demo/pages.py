@@ -14,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 
 from ..session import Session
+from .settings import RECENT_LOGIN
 from .users import DEMO_CREDENTIALS
 
 HERE = Path(__file__).parent
@@ -116,6 +117,9 @@ async def render_home(
         "user": user,
         "session": session,
         "devices": await session.devices() if user is not None and not stateless else [],
+        # Signing out everywhere asks for the password again past this.
+        "recent": user is not None and session.authenticated_within(RECENT_LOGIN),
+        "recent_minutes": int(RECENT_LOGIN.total_seconds() // 60),
         "stateless": stateless,
         "cart": list(session.get("cart", [])),
         "error": error,

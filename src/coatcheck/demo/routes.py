@@ -7,20 +7,27 @@ coatcheck's FastAPI dependencies, which load it from the store on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
-from ..fastapi import CurrentUser, RequiredUser, SessionDep, not_authenticated
+from ..fastapi import (
+    CurrentUser,
+    RequiredUser,
+    SessionDep,
+    not_authenticated,
+    recent_user,
+)
 from ..session import Session
-from .inputs import PageError, body_schema, has_form_body, read_input, wants_json
+from .inputs import PageError, body_schema, from_page, read_input, wants_json
 from .pages import render_home
 from .schemas import (
     MAX_CART_ITEMS,
     Cart,
     CartItem,
+    Confirmation,
     Credentials,
     DeviceInfo,
     Devices,
@@ -29,11 +36,14 @@ from .schemas import (
     Revoked,
     SessionInfo,
 )
+from .settings import RECENT_LOGIN
 from .users import authenticate
 
 router = APIRouter()
 
 INVALID_LOGIN = "Invalid username or password"
+WRONG_PASSWORD = "Wrong password"  # noqa: S105 - a message, not a password
+CONFIRM_FIRST = "Signing out everywhere needs a recent sign-in: confirm your password first."
 TOO_MANY_SESSIONS = "Signed in on too many devices already: sign out on one of them first"
 _NOT_AUTHENTICATED: dict[int | str, dict[str, Any]] = {401: {"description": "Nobody is signed in"}}
 
@@ -94,6 +104,34 @@ async def logout(request: Request, session: SessionDep) -> Response:
     """Delete the session from the store and clear the cookie."""
     session.logout()
     return Response(status_code=204) if wants_json(request) else _to_page()
+
+
+@router.post(
+    "/confirm",
+    response_model=LoggedIn,
+    responses={
+        303: {"description": "Form post: back to the page"},
+        401: {"description": f"Nobody is signed in, or {WRONG_PASSWORD.lower()}"},
+    },
+    openapi_extra=body_schema(Confirmation),
+)
+async def confirm(request: Request, user: CurrentUser, session: SessionDep) -> Response | LoggedIn:
+    """Prove again who you are: the sign-in is dated now, under a new ID, data kept."""
+    page = from_page(request)
+    if user is None:
+        if page:  # signed out meanwhile: the page will offer the login form
+            return _to_page()
+        raise not_authenticated()
+    password = (await read_input(request, Confirmation)).password
+    if await run_in_threadpool(authenticate, user, password) is None:
+        if page:
+            raise PageError(WRONG_PASSWORD, 401)
+        raise not_authenticated(WRONG_PASSWORD)
+    session.login(user, remember=session.remember)
+    if page:
+        session.flash("Password confirmed.")
+        return _to_page()
+    return LoggedIn(user=user)
 
 
 @router.get("/me", responses=_NOT_AUTHENTICATED)
@@ -165,13 +203,13 @@ async def revoke_others(
     request: Request, user: CurrentUser, session: SessionDep
 ) -> Response | Revoked:
     """Sign out every other device of this user."""
-    from_page = has_form_body(request) and not wants_json(request)
+    page = from_page(request)
     if user is None:
-        if from_page:  # signed out meanwhile: the page will offer the login form
+        if page:  # signed out meanwhile: the page will offer the login form
             return _to_page()
         raise not_authenticated()
     revoked = await session.revoke_others()
-    if not from_page:
+    if not page:
         return Revoked(revoked=revoked)
     session.flash(
         f"Signed out {revoked} other device{'s' if revoked != 1 else ''}."
@@ -179,6 +217,26 @@ async def revoke_others(
         else "No other device was signed in."
     )
     return _to_page()
+
+
+@router.post(
+    "/sessions/revoke-all",
+    response_model=Revoked,
+    responses={
+        303: {"description": "Form post: back to the page"},
+        401: {"description": "Nobody is signed in, or not recently: POST /confirm first"},
+    },
+)
+async def revoke_all(
+    request: Request, user: Annotated[str, recent_user(RECENT_LOGIN)], session: SessionDep
+) -> Response | Revoked:
+    """Sign out every device of this user, this one included; needs a recent sign-in.
+
+    Past it, a 401 asks for the password (``POST /confirm``); a page's form gets the
+    page back with that request (see ``app._page_for_form_posts``).
+    """
+    revoked = await session.revoke_all()
+    return _to_page() if from_page(request) else Revoked(revoked=revoked)
 
 
 @router.delete(

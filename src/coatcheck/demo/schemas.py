@@ -20,6 +20,12 @@ class Credentials(BaseModel):
     remember: bool = False
 
 
+class Confirmation(BaseModel):
+    """The signed-in user's password again, before an action that needs a recent sign-in."""
+
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
 class CartItem(BaseModel):
     """One thing to put in the cart."""
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from ..config import CookieConfig, SessionConfig
 from ..exceptions import ConfigurationError
 
 DEFAULT_STORE = "sqlite:///coatcheck-demo.db"
+# How recent a sign-in must be for signing out everywhere: older ones confirm the password.
+RECENT_LOGIN = timedelta(minutes=5)
 # Where a client that is not a browser (curl, a mobile app) carries its session.
 SESSION_HEADER = "X-Session-Token"
 ENV_STORE = "COATCHECK_DEMO_STORE"
