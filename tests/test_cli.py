@@ -161,22 +161,40 @@ def test_list_as_json_for_scripts(runner: CliRunner, filled: Filled) -> None:
     assert json.loads(runner.invoke(app, nobody).stdout) == []
 
 
-def test_list_shows_addresses_once_sessions_keep_them(runner: CliRunner, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'addresses.db'}"
+def _live(*, created_offset: float = 0.0, **fields: Any) -> SessionRecord:
+    """A live session of alice's, made now (plus ``created_offset``), for ten minutes."""
+    now = time.time()
+    defaults: dict[str, Any] = {
+        "data": b"{}",
+        "user_id": "alice",
+        "created_at": now + created_offset,
+        "last_seen_at": now,
+        "expires_at": now + 600,
+        "user_agent": "Firefox",
+    }
+    return SessionRecord(**{**defaults, **fields})
+
+
+def _stored(path: Path, *records: SessionRecord) -> str:
+    """The URL of a new SQLite store at ``path`` that holds ``records``."""
+    url = f"sqlite:///{path}"
 
     async def fill() -> None:
         store = store_from_url(url)
-        now = time.time()
-        for n, address in enumerate(("2001:db8::42", "")):
-            record = SessionRecord(
-                key=f"{n}" * 64, public_id=f"addresspublicid{n}", data=b"{}", user_id="alice",
-                created_at=now + n, last_seen_at=now, expires_at=now + 600,
-                user_agent="Firefox", ip_address=address,
-            )  # fmt: skip
+        for record in records:
             await store.save(record)
         await store.aclose()
 
     asyncio.run(fill())
+    return url
+
+
+def test_list_shows_addresses_once_sessions_keep_them(runner: CliRunner, tmp_path: Path) -> None:
+    url = _stored(
+        tmp_path / "addresses.db",
+        _live(key="0" * 64, public_id="addresspublicid0", ip_address="2001:db8::42"),
+        _live(key="1" * 64, public_id="addresspublicid1", created_offset=1),
+    )
     result = runner.invoke(app, ["sessions", "list", "--store", url, "--user", "alice"])
     assert result.exit_code == 0, result.output
     assert "Address" in result.stdout
@@ -190,20 +208,11 @@ def test_list_prints_markup_in_user_agents_and_names_as_text(
 ) -> None:
     """User agents come from clients: one holding Rich markup must neither break the
     listing nor restyle it."""
-    url = f"sqlite:///{tmp_path / 'marked.db'}"
     user, agent = "[/]al[bold]ice", "evil [/] [bold]x[red]"
-
-    async def fill() -> None:
-        store = store_from_url(url)
-        now = time.time()
-        record = SessionRecord(
-            key="a" * 64, public_id="markuppublicid00", data=b"{}", user_id=user,
-            created_at=now, last_seen_at=now, expires_at=now + 600, user_agent=agent,
-        )  # fmt: skip
-        await store.save(record)
-        await store.aclose()
-
-    asyncio.run(fill())
+    url = _stored(
+        tmp_path / "marked.db",
+        _live(key="a" * 64, public_id="markuppublicid00", user_id=user, user_agent=agent),
+    )
     result = runner.invoke(app, ["sessions", "list", "--store", url, "--user", user])
     assert result.exit_code == 0, result.output
     assert agent in result.stdout
@@ -219,21 +228,13 @@ def test_list_shows_control_characters_from_clients_as_escapes(
 ) -> None:
     """A user agent is the client's to choose: escape sequences in it must not reach the
     operator's terminal (retitling it, hiding lines), and a newline must not add a row."""
-    url = f"sqlite:///{tmp_path / 'escapes.db'}"
     agent = "\x1b]0;pwned\x07\x1b[2J\x1b[31mFirefox\nfake row\u2028\x7f"
-
-    async def fill() -> None:
-        store = store_from_url(url)
-        now = time.time()
-        record = SessionRecord(
-            key="e" * 64, public_id="escapepublicid00", data=b"{}", user_id="alice",
-            created_at=now, last_seen_at=now, expires_at=now + 600, user_agent=agent,
-            ip_address="192.0.2.1\r",
-        )  # fmt: skip
-        await store.save(record)
-        await store.aclose()
-
-    asyncio.run(fill())
+    url = _stored(
+        tmp_path / "escapes.db",
+        _live(
+            key="e" * 64, public_id="escapepublicid00", user_agent=agent, ip_address="192.0.2.1\r"
+        ),
+    )
     result = runner.invoke(app, ["sessions", "list", "--store", url, "--user", "alice"])
     assert result.exit_code == 0, result.output
     for control in ("\x1b", "\x07", "\r", "\u2028", "\x7f"):
