@@ -291,15 +291,18 @@ class Session(MutableMapping[str, Any]):
     def login(self, user_id: str, *, remember: bool = False) -> None:
         """Bind the session to ``user_id`` under a fresh ID, keeping its data (a cart).
 
-        The absolute lifetime starts now; ``remember=True`` gives a persistent cookie
-        and the longer remember-me limits. When another user was logged in on this
-        session, their data is dropped: the next person at a shared computer must not
-        inherit it.
+        The absolute lifetime starts now, and so does :attr:`authenticated_at`: call it
+        again for the same user once they confirm their password, before a sensitive
+        action. ``remember=True`` gives a persistent cookie and the longer remember-me
+        limits. When another user was logged in on this session, their data is
+        dropped: the next person at a shared computer must not inherit it.
         """
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty string")
         if "\x00" in user_id:
-            raise ValueError("user_id must not contain NUL characters, which no SQL text holds")
+            raise ValueError(
+                "user_id must not contain NUL characters: PostgreSQL cannot store them"
+            )
         self.regenerate()
         if self._user_id is not None and self._user_id != user_id:
             self._data.clear()
