@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from ._ids import ID_LENGTH, key_of
 from .exceptions import MissingDependencyError, SessionTooLargeError
-from .stores.base import SessionRecord
+from .stores.base import SessionRecord, implied_login_time
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -25,18 +25,18 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("cryptography", "cookie") from exc
 
 _FORMAT = b"\x01"  # the first byte of every sealed value
-_FORMAT_AUTH = b"\x02"  # the same with a login time other than the creation time
+_FORMAT_AUTH = b"\x02"  # the same with a login time of its own (see below)
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # Session ID, created, last seen, expires, remember, version, then the sizes of the
 # public ID and of the user ID (0: none, else one more than its length); then the two
 # IDs and the data. Fixed-size numbers: cheaper to open than JSON, and typed already.
-# The second format adds the login time after those sizes. The first implies it (the
-# creation time, or 0.0 for nobody), so the second is written only for a login adopted
-# from another library (0.0: unknown), and workers of an earlier release open every
-# other cookie during a rolling deploy. The format byte is sealed
-# into the associated data of the second, so it cannot be switched unnoticed.
+# The second format adds the login time after those sizes. The first implies it (see
+# ``implied_login_time``), so the second is written only for a login adopted from
+# another library (0.0: unknown), and workers of an earlier release open every other
+# cookie during a rolling deploy. The second seals its format byte into the associated
+# data, so a cookie cannot be switched to the other format unnoticed.
 _HEAD = struct.Struct(f"<{ID_LENGTH}sddd?QHH")
 _HEAD_AUTH = struct.Struct(f"<{ID_LENGTH}sddd?QHHd")
 
@@ -71,7 +71,9 @@ class CookieSealer:
             len(public_id),
             0 if record.user_id is None else len(user_id) + 1,
         )
-        if record.authenticated_at != (0.0 if record.user_id is None else record.created_at):
+        if record.authenticated_at != implied_login_time(
+            record.created_at, record.user_id is not None
+        ):
             form, head = _FORMAT_AUTH, _HEAD_AUTH.pack(*fields, record.authenticated_at)
         else:
             form, head = _FORMAT, _HEAD.pack(*fields)
@@ -149,6 +151,6 @@ def _record(plain: bytes, head: struct.Struct) -> tuple[str, SessionRecord] | No
         expires_at=expires,
         remember=remember,
         version=version,
-        authenticated_at=rest[0] if rest else created if user_id is not None else 0.0,
+        authenticated_at=rest[0] if rest else implied_login_time(created, user_id is not None),
     )
     return session_id, record

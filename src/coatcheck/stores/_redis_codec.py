@@ -8,7 +8,7 @@ import struct
 from typing import Any
 
 from ..exceptions import StoreError
-from .base import SessionRecord
+from .base import SessionRecord, implied_login_time
 
 
 class KeyNames:
@@ -65,9 +65,9 @@ def encode_fields(record: SessionRecord, token: str) -> list[str | bytes]:
 # format, of the client address; in the third, the time of authentication); then those
 # strings and the session data. Each record is written in the oldest format that holds
 # it, so workers of earlier releases read what this one writes during a rolling deploy:
-# the first, unless there is an address or a login time the older formats imply wrongly
-# (they imply the creation time, or 0.0 for nobody): in practice only a login adopted
-# from another library, whose time is unknown (0.0).
+# the first, unless there is an address, or a login time other than the one the older
+# formats imply (see ``implied_login_time``): in practice only a login adopted from
+# another library, whose time is unknown (0.0).
 _FORMAT = 1
 _FORMAT_IP = 2
 _FORMAT_AUTH = 3
@@ -97,7 +97,7 @@ def pack(record: SessionRecord) -> bytes:
         0 if record.user_id is None else len(user) + 1,
         len(agent),
     )
-    if record.authenticated_at != (0.0 if record.user_id is None else record.created_at):
+    if record.authenticated_at != implied_login_time(record.created_at, record.user_id is not None):
         head = _HEAD_AUTH.pack(_FORMAT_AUTH, *fields, len(ip), record.authenticated_at)
     elif ip:
         head = _HEAD_IP.pack(_FORMAT_IP, *fields, len(ip))
@@ -115,7 +115,7 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
                 _HEAD_IP.unpack_from(packed)
             )
             id_start = _HEAD_IP_SIZE
-            authenticated = created if user_len else 0.0
+            authenticated = implied_login_time(created, user_len > 0)
         elif packed[0] == _FORMAT_AUTH:
             (
                 _,
@@ -138,7 +138,7 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
             if fmt != _FORMAT:
                 raise ValueError(f"unknown record format {fmt}")
             ip_len, id_start = 0, _HEAD_SIZE
-            authenticated = created if user_len else 0.0
+            authenticated = implied_login_time(created, user_len > 0)
         id_end = id_start + id_len
         user_end = id_end + user_len - 1 if user_len else id_end
         agent_end = user_end + agent_len

@@ -42,13 +42,19 @@ class SessionRecord(NamedTuple):
     authenticated_at: float = 0.0
 
 
+def implied_login_time(created_at: float, logged_in: bool) -> float:
+    """``authenticated_at`` of a record that does not say, written by a release that did
+    not keep it. Every login of those was coatcheck's own, which starts the session
+    anew: a logged-in session was authenticated when it was made. Stores that can
+    write such records still do whenever this holds, for those releases to read."""
+    return created_at if logged_in else 0.0
+
+
 def legacy_login_time(stored: Any, created_at: Any, user_id: Any) -> float:
-    """``authenticated_at`` of a stored row, where NULL marks a row written by a release
-    that did not keep it. Every login of those was coatcheck's own, which starts the
-    session anew: a logged-in session was authenticated when it was made."""
+    """``authenticated_at`` of a SQL row, whose NULL marks a row of an earlier release."""
     if stored is not None:
         return float(stored)
-    return float(created_at) if user_id is not None else 0.0
+    return implied_login_time(float(created_at), user_id is not None)
 
 
 Merge = Callable[[SessionRecord], SessionRecord]
