@@ -110,8 +110,8 @@ async def _page_for_form_posts(request: Request, exc: Exception) -> Response:
     """A page's form refused for a stale sign-in gets the page, which asks for the
     password; everything else, and every API caller, gets FastAPI's JSON answer."""
     assert isinstance(exc, HTTPException)
-    stale = exc.status_code == 401 and exc.detail == "Recent sign-in required"
-    if stale and from_page(request):
+    challenge = (exc.headers or {}).get("WWW-Authenticate", "")
+    if "insufficient_user_authentication" in challenge and from_page(request):
         page = await _show_page_error(request, PageError(CONFIRM_FIRST, 401))
         page.headers.update(exc.headers or {})  # the step-up challenge, not the plain one
         return page
