@@ -475,24 +475,25 @@ class PostgresStore:
             await self._add_columns(db, missing)
         self._ready = True
 
-    async def _missing_columns(self, db: Connection) -> list[str]:
+    async def _missing_columns(self, db: Connection) -> list[tuple[str, str]]:
         found = await db.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
             " AND attname = ANY(%s) AND NOT attisdropped",
             (self._sql_table, [name for name, _ in _ADDED_COLUMNS]),
         )
         present = {row[0] for row in await found.fetchall()}
-        return [name for name, _ in _ADDED_COLUMNS if name not in present]
+        return [column for column in _ADDED_COLUMNS if column[0] not in present]
 
-    async def _add_columns(self, db: Connection, missing: list[str]) -> None:
+    async def _add_columns(self, db: Connection, missing: list[tuple[str, str]]) -> None:
         """Bring a table made by an earlier coatcheck up to date: columns with a constant
         default or none, which PostgreSQL adds without rewriting the rows."""
-        statements = [self._added_column(name) for name in missing]
+        statements = [self._added_column(*column) for column in missing]
         if not self.create_table:
+            names = ", ".join(name for name, _ in missing)
+            plural = len(missing) > 1
             raise StoreError(
-                f"the session table {self.table!r} predates the {', '.join(missing)} "
-                f"column{'s' if len(missing) > 1 else ''}; add "
-                f"{'them' if len(missing) > 1 else 'it'} with your migrations: "
+                f"the session table {self.table!r} predates the {names} column"
+                f"{'s; add them' if plural else '; add it'} with your migrations: "
                 + "; ".join(statements)
             )
         async with db.transaction():
@@ -523,12 +524,11 @@ class PostgresStore:
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_user" ON {name} (user_id)'
             " WHERE user_id IS NOT NULL",
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_expires" ON {name} (expires_at)',
-            *(self._added_column(name) for name, _ in _ADDED_COLUMNS),
+            *(self._added_column(*column) for column in _ADDED_COLUMNS),
         )
 
-    def _added_column(self, name: str) -> str:
+    def _added_column(self, name: str, declaration: str) -> str:
         """For a table made by an earlier coatcheck, which had no such column."""
-        declaration = dict(_ADDED_COLUMNS)[name]
         return f"ALTER TABLE {self._sql_table} ADD COLUMN IF NOT EXISTS {name} {declaration}"
 
 
