@@ -22,10 +22,12 @@ from .csrf import CSRFGuard
 from .events import EventBus, EventHook, EventKind, SessionEvent
 from .exceptions import (
     ConfigurationError,
+    NotSupportedError,
     ResponseStartedError,
     SessionEndedError,
     SessionLimitError,
     SessionTooLargeError,
+    StoreError,
     StoreUnavailableError,
 )
 from .serializers import JSONSerializer, Serializer
@@ -403,6 +405,59 @@ class Persistence:
             raise
         if not session._cookie_final:
             session._outgoing = outgoing(session._outgoing, extra)
+
+    async def reload(self, session: Session) -> None:
+        """:meth:`Session.reload`: adopt what is stored now, keeping the request's headers."""
+        if session._halted is not None:
+            raise session._halted
+        if self._sealer is not None:
+            raise NotSupportedError(
+                "the cookie store keeps no session on the server: other requests' changes "
+                "travel in their own cookies, which this request never sees"
+            )
+        if self._unsaved(session):
+            raise RuntimeError(
+                "this request changed the session: save() the changes before reload(), "
+                "which would otherwise drop them"
+            )
+        stored = session._stored
+        if stored is None:
+            return  # nothing stored, nor anything to store: nothing newer can exist
+        now = self.now()
+        record = await self.store.load(stored.key, now)
+        if record is None or now >= self.config.lifetime(record.remember).deadline(
+            record.last_seen_at, record.created_at
+        ):
+            # Ended elsewhere (a logout, a revocation, a login's new ID) or expired: like
+            # a save that finds it so, nothing more of this request may bring it back.
+            session._halted = SessionEndedError("the session was ended by another request")
+            raise session._halted
+        try:
+            data = self.serializer.loads(record.data)
+        except ValueError as exc:
+            raise StoreError(
+                f"session {record.public_id} holds data that cannot be decoded"
+            ) from exc
+        early = session._outgoing  # a save() made before: its cookie still goes out
+        session._adopt(session._id, record, data, now, self.config.normal.idle)
+        session._outgoing = early
+
+    def _unsaved(self, session: Session) -> bool:
+        """Whether the session holds changes that no save has stored yet."""
+        if session._models:
+            session._sync_models()
+        stored = session._stored
+        if stored is None:
+            return bool(session._data) or session._user_id is not None
+        return (
+            session._meta_changed
+            or session._fresh
+            or session._key != stored.key
+            or (
+                (session._modified or session._exposed)
+                and self.serializer.dumps(session._data) != session._raw
+            )
+        )
 
     def _check_late(self, session: Session) -> None:
         """Refuse a save, once the response started, that a new cookie would have to carry."""

@@ -113,6 +113,21 @@ class Session(MutableMapping[str, Any]):
             await self._persistence.load(self)
         return self
 
+    async def reload(self) -> None:
+        """Read the session again from the store, with what other requests saved since
+        this one loaded it.
+
+        For a websocket or a streaming response that lives for minutes: a cart filled in
+        another tab, or a login elsewhere that changed the data. Changes of this request
+        must be stored first (:meth:`save`), or ``RuntimeError`` says so rather than drop
+        them. A session ended meanwhile raises :class:`~coatcheck.SessionEndedError`, as
+        :meth:`save` does, and nothing more of this request is stored. Typed values
+        handed out before are not updated: ask :meth:`model` again. The cookie store
+        keeps nothing on the server to read again (:class:`~coatcheck.NotSupportedError`).
+        """
+        self._require_loaded()
+        await self._persistence.reload(self)
+
     @property
     def is_loaded(self) -> bool:
         return self._loaded
