@@ -41,7 +41,7 @@ CONFIG = SessionConfig(secret_keys=["k" * 32])
 OTHER_TAB = {"add-pear": "/add/pear", "login": "/login", "logout": "/logout"}
 
 
-def make_app(store: Store) -> FastAPI:
+def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
     app = FastAPI()
 
     def other_tab(cookie: str) -> httpx.AsyncClient:
@@ -119,7 +119,7 @@ def make_app(store: Store) -> FastAPI:
             await session.reload()
             await websocket.send_json(session.get("cart"))
 
-    app.add_middleware(SessionMiddleware, store=store, config=CONFIG)
+    app.add_middleware(SessionMiddleware, store=store, config=config)
     return app
 
 
