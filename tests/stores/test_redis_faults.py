@@ -429,6 +429,64 @@ async def test_what_redis_py_leaks_from_a_broken_connection_is_an_outage() -> No
         await asyncio.sleep("soon")  # type: ignore[arg-type]  # fails inside asyncio
 
 
+class BreaksUnder:
+    """Makes the next ``times`` commands of a real client fail as redis-py fails when
+    another task closed their connection mid-command: with the AttributeError its own
+    connection code raises, from a connection whose writer is gone."""
+
+    def __init__(self, store: RedisStore, times: int) -> None:
+        self.times = times
+        self.broken = 0
+        self._send = store.client.execute_command
+        store.client.execute_command = self  # type: ignore[method-assign]
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.broken < self.times:
+            self.broken += 1
+            writer_gone = Connection(host="127.0.0.1", port=free_port())
+            await writer_gone._send_packed_command([b"PING"])  # its writer is None
+        return await self._send(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_read_or_delete_broken_under_redis_py_is_made_once_more(
+    kind: str, tmp_path: Path
+) -> None:
+    """Parallel requests on Cluster met this when the scripts had to be loaded again:
+    a listing, a load or a delete then succeeds at the second try, not with a 503."""
+    store = build_store(kind, tmp_path)
+    assert isinstance(store, RedisStore)
+    try:
+        record = make_record(user_id="alice")
+        await store.save(record)
+        breaking = BreaksUnder(store, times=1)
+        assert await store.load(record.key, NOW) == record
+        breaking.times += 1
+        assert await store.list_user("alice", NOW) == [record]
+        breaking.times += 1
+        await store.delete(record.key)
+        assert breaking.broken == 3
+        assert await store.load(record.key, NOW) is None
+    finally:
+        await store.aclose()
+
+
+async def test_a_connection_broken_twice_is_an_outage(redis_server: RedisServer) -> None:
+    store = store_from_url(redis_server.url)
+    assert isinstance(store, RedisStore)
+    try:
+        record = make_record(user_id="alice")
+        await store.save(record)
+        BreaksUnder(store, times=2)
+        with pytest.raises(StoreUnavailableError, match="connection broke"):
+            await store.load(record.key, NOW)
+        BreaksUnder(store, times=2)
+        with pytest.raises(StoreUnavailableError, match="connection broke"):
+            await store.list_user("alice", NOW)
+    finally:
+        await store.aclose()
+
+
 async def test_a_type_or_attribute_error_of_coatcheck_itself_stays_a_bug() -> None:
     record = make_record()
     with pytest.raises(AttributeError, match="no_such_field"), translated(retry_after=1):

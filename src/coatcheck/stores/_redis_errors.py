@@ -97,6 +97,12 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     return StoreError(f"Redis session store failed: {exc}")
 
 
+def broken_under_us(exc: BaseException) -> bool:
+    """Whether ``exc`` is what redis-py lets out of a connection closed under a command:
+    the command went unanswered, so a read or a delete may simply be made again."""
+    return isinstance(exc, _LEAKS) and _raised_in_connection_code(exc)
+
+
 def _raised_in_connection_code(exc: BaseException) -> bool:
     traceback = exc.__traceback__
     if traceback is None:

@@ -26,7 +26,8 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from ..exceptions import ConfigurationError, MissingDependencyError, SessionConflictError
 from . import _redis_codec as codec
@@ -39,13 +40,15 @@ try:
 
     from ._redis_batch import Call, run_commands, run_scripts, scan_tagged
     from ._redis_cluster import ClusterWrites
-    from ._redis_errors import REDIS_ERRORS, translate, translated
+    from ._redis_errors import REDIS_ERRORS, broken_under_us, translate, translated
     from ._redis_scripts import Scripts
     from ._redis_url import RedisClient, client_from_url
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("redis", "redis") from exc
 
 __all__ = ["RedisStore"]
+
+T = TypeVar("T")
 
 DEFAULT_PREFIX = "coatcheck"
 
@@ -128,10 +131,14 @@ class RedisStore:
     async def load(self, key: str, now: float) -> SessionRecord | None:
         # try/except rather than ``with translated(...)``: this runs on every read, and a
         # generator-based context manager costs more than the rest of this method.
+        name = self._names.session(key)
         try:
-            packed = await self.client.execute_command("HGET", self._names.session(key), "b")
+            packed = await self.client.execute_command("HGET", name, "b")
         except REDIS_ERRORS as exc:
-            raise translate(exc, self.retry_after) from exc
+            if not broken_under_us(exc):
+                raise translate(exc, self.retry_after) from exc
+            with translated(self.retry_after):
+                packed = await self.client.execute_command("HGET", name, "b")
         record = codec.unpack(key, packed)
         return record if record is not None and record.expires_at > now else None
 
@@ -199,36 +206,57 @@ class RedisStore:
         )
         return codec.refusal(previous, reply) if not codec.done(reply) else True
 
-    async def delete(self, key: str) -> None:
+    async def _again_if_broken(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, made once more if redis-py let out a connection broken under it.
+
+        redis-py sends a command again by itself after a connection error, but not after
+        the bare ``AttributeError`` it lets out when another task closed the connection
+        mid-command (redis/redis-py#4287; parallel requests on Cluster meet it when the
+        scripts must be loaded again). Only reads and deletes come here: made twice,
+        they do what they do once. A second failure is an outage like any other.
+        """
         with translated(self.retry_after):
-            if self._on_cluster is not None:
-                await self._on_cluster.delete(key)
-            else:
-                script, keys, args = self._standalone_delete(key)
-                await script(keys=keys, args=args)
+            try:
+                return await call()
+            except REDIS_ERRORS as exc:
+                if not broken_under_us(exc):
+                    raise
+            return await call()
+
+    async def delete(self, key: str) -> None:
+        await self._again_if_broken(lambda: self._delete(key))
+
+    async def _delete(self, key: str) -> None:
+        if self._on_cluster is not None:
+            await self._on_cluster.delete(key)
+        else:
+            script, keys, args = self._standalone_delete(key)
+            await script(keys=keys, args=args)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        return await self._again_if_broken(lambda: self._list_user(user_id, now))
+
+    async def _list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         index = self._names.index(user_id)
-        with translated(self.retry_after):
-            entries = await self._scripts.entries(index)
-            if not entries:
-                return []
-            found = await run_commands(
-                self.client, [("HGET", self._names.session(member), "b") for member, _ in entries]
-            )
-            live: list[SessionRecord] = []
-            stale: list[str] = []
-            for (member, score), packed in zip(entries, found, strict=True):
-                record = codec.unpack(member, packed)
-                if record is not None and record.user_id == user_id:
-                    if record.expires_at > now:
-                        live.append(record)
-                elif float(score) <= now:
-                    # Gone, or moved to another user, and past its deadline. An entry with
-                    # a future score may belong to a Cluster save still in flight: kept.
-                    stale += [member, score]
-            if stale:
-                await self._scripts.unindex(keys=[index], args=stale)
+        entries = await self._scripts.entries(index)
+        if not entries:
+            return []
+        found = await run_commands(
+            self.client, [("HGET", self._names.session(member), "b") for member, _ in entries]
+        )
+        live: list[SessionRecord] = []
+        stale: list[str] = []
+        for (member, score), packed in zip(entries, found, strict=True):
+            record = codec.unpack(member, packed)
+            if record is not None and record.user_id == user_id:
+                if record.expires_at > now:
+                    live.append(record)
+            elif float(score) <= now:
+                # Gone, or moved to another user, and past its deadline. An entry with
+                # a future score may belong to a Cluster save still in flight: kept.
+                stale += [member, score]
+        if stale:
+            await self._scripts.unindex(keys=[index], args=stale)
         return sorted(live, key=lambda record: (record.created_at, record.key))
 
     async def delete_user(
