@@ -12,18 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 from coatcheck import (
-    MemoryStore,
     NotSupportedError,
     SessionConfig,
     SessionEndedError,
     SessionMiddleware,
-    SessionNotLoadedError,
     SQLiteStore,
     Store,
 )
@@ -231,18 +227,3 @@ def test_an_open_websocket_sees_the_cart_filled_in_another_tab(tmp_path: Path) -
             client.post("/add/pear", headers=cookie)  # another tab, while the socket is open
             socket.send_text("cart?")
             assert socket.receive_json() == ["apple", "pear"]
-
-
-def test_reload_before_load_says_how_to_load() -> None:
-    async def handler(request: Request) -> JSONResponse:
-        try:
-            await request.scope["session"].reload()
-        except SessionNotLoadedError as exc:
-            return JSONResponse({"error": str(exc)})
-        return JSONResponse({"error": None})
-
-    app = FastAPI()
-    app.add_api_route("/", handler)
-    app.add_middleware(SessionMiddleware, store=MemoryStore(), config=CONFIG)
-    with TestClient(app, base_url=TEST_BASE_URL) as client:
-        assert "the session is loaded lazily" in client.get("/").json()["error"]

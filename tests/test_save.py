@@ -457,10 +457,11 @@ def test_a_websocket_saved_before_accepting_gets_its_cookie_in_the_handshake() -
         assert seen["data"] == {"greeted": True}
 
 
-def test_save_before_load_says_how_to_load() -> None:
+@pytest.mark.parametrize("method", ["save", "reload"])
+def test_save_or_reload_before_load_says_how_to_load(method: str) -> None:
     async def handler(request: Request) -> JSONResponse:
         try:
-            await request.scope["session"].save()
+            await getattr(request.scope["session"], method)()
         except SessionNotLoadedError as exc:
             return JSONResponse({"error": str(exc)})
         return JSONResponse({"error": None})
