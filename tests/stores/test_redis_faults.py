@@ -235,7 +235,7 @@ async def _resend_after_revocation(clustered: RedisStore, how: str) -> None:
     names, scripts = clustered._names, clustered._scripts
     index = [names.index("alice")]
     await scripts.index_add(keys=index, args=[login.key, repr(login.expires_at), "60000"])
-    token = _redis_codec.save_token(True)
+    token = _redis_codec.save_token()
     keys = [names.session(login.key), names.receipt(login.key)]
     args = ["", repr(login.last_seen_at), "60000", token, *_redis_codec.encode_fields(login, token)]
     assert _redis_codec.done(await scripts.write(keys=keys, args=args))
@@ -430,19 +430,34 @@ async def test_what_redis_py_leaks_from_a_broken_connection_is_an_outage() -> No
 
 
 class BreaksUnder:
-    """Makes the next ``times`` commands of a real client fail as redis-py fails when
-    another task closed their connection mid-command: with the AttributeError its own
-    connection code raises, from a connection whose writer is gone."""
+    """Makes the next ``times`` commands of a real client, after the first ``after``,
+    fail as redis-py fails when another task closed their connection mid-command: with
+    the AttributeError its own connection code raises, from a connection whose writer
+    is gone."""
 
-    def __init__(self, store: RedisStore, times: int) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        times: int,
+        *,
+        after: int = 0,
+        landed: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.times = times
+        self.after = after
         self.broken = 0
+        self.landed = landed  # if given, the command runs and only its reply is lost
         self._send = store.client.execute_command
         store.client.execute_command = self  # type: ignore[method-assign]
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.broken < self.times:
+        if self.after:
+            self.after -= 1
+        elif self.broken < self.times:
             self.broken += 1
+            if self.landed is not None:
+                await self._send(*args, **kwargs)
+                await self.landed()
             writer_gone = Connection(host="127.0.0.1", port=free_port())
             await writer_gone._send_packed_command([b"PING"])  # its writer is None
         return await self._send(*args, **kwargs)
@@ -471,6 +486,64 @@ async def test_a_read_or_delete_broken_under_redis_py_is_made_once_more(
         await store.aclose()
 
 
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_save_broken_under_redis_py_is_made_once_more(kind: str, tmp_path: Path) -> None:
+    """A save is sent again with its token, so it lands once. A login broken at any of
+    its steps (on Cluster: index, take the old session, write the new one) is finished
+    by the second copy: the new session stored and listed, the old one gone."""
+    store = build_store(kind, tmp_path)
+    assert isinstance(store, RedisStore)
+    breaking = BreaksUnder(store, times=0)
+    steps = 3 if store.cluster else 1
+    try:
+        for step in range(steps):
+            anonymous = make_record(data=b'{"cart":["apple"]}')
+            breaking.times, breaking.after = breaking.times + 1, 0
+            assert await store.save(anonymous) is True
+            login = make_record(user_id="alice", data=anonymous.data, version=2)
+            breaking.times, breaking.after = breaking.times + 1, step
+            assert await store.save(login, replaces=anonymous.key, expected_version=1) is True
+            later = login._replace(data=b'{"cart":["apple","pear"]}', version=3)
+            breaking.times += 1
+            assert await store.save(later, expected_version=2) is True
+            assert breaking.broken == 3 * (step + 1)
+            assert await store.load(anonymous.key, NOW) is None
+            assert await store.load(later.key, NOW) == later
+            assert await store.list_user("alice", NOW) == [later]
+            await store.delete(later.key)
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+@pytest.mark.parametrize("how", ENDINGS)
+async def test_a_save_made_again_after_its_session_was_revoked_stays_refused(
+    kind: str, how: str, tmp_path: Path
+) -> None:
+    """The login's write landed and its reply was lost; another app server ended the
+    session before the second copy went out. That copy carries the first one's token,
+    so the session stays ended and the login is reported as not saved."""
+    store = build_store(kind, tmp_path)
+    assert isinstance(store, RedisStore)
+    elsewhere = RedisStore(store.client, prefix=store.prefix)
+    login = make_record(user_id="alice")
+    landed: list[bool] = []
+
+    async def log_out() -> None:
+        landed.append(await store.load(login.key, NOW) == login)
+        assert await end(elsewhere, how, login) == 1
+
+    breaking = BreaksUnder(store, times=1, after=1 if store.cluster else 0, landed=log_out)
+    try:
+        assert await store.save(login) is False
+        assert breaking.broken == 1
+        assert landed == [True]
+        assert await store.load(login.key, NOW) is None
+        assert await store.list_user("alice", NOW) == []
+    finally:
+        await store.aclose()
+
+
 async def test_a_connection_broken_twice_is_an_outage(redis_server: RedisServer) -> None:
     store = store_from_url(redis_server.url)
     assert isinstance(store, RedisStore)
@@ -483,6 +556,11 @@ async def test_a_connection_broken_twice_is_an_outage(redis_server: RedisServer)
         BreaksUnder(store, times=2)
         with pytest.raises(StoreUnavailableError, match="connection broke"):
             await store.list_user("alice", NOW)
+        BreaksUnder(store, times=2)
+        changed = record._replace(data=b'{"cart":[]}', version=2)
+        with pytest.raises(StoreUnavailableError, match="connection broke"):
+            await store.save(changed, expected_version=1)
+        assert await store.load(record.key, NOW) == record
     finally:
         await store.aclose()
 

@@ -36,6 +36,7 @@ class ClusterWrites:
         expected: str,
         ttl: str,
         index_ttl: str,
+        token: str,
     ) -> bool | SessionRecord:
         """Save across slots, in an order that fails safe.
 
@@ -75,7 +76,8 @@ class ClusterWrites:
                 unindex.append(("ZREM", self.names.index(owner), old))
         # A rotation's write needs no version check: the take above made it.
         checked = "" if old is not None else expected
-        token = codec.save_token(checked == "")
+        if checked:
+            token = ""
         written = await self.scripts.write(
             keys=self._keys(key),
             args=[

@@ -35,9 +35,10 @@ class KeyNames:
         return f"{self.prefix}:t:{{{key}}}"
 
 
-def save_token(unversioned: bool) -> str:
-    """A random token for a save without a version check, or '' (see ``_REVOKED``)."""
-    return secrets.token_hex(8) if unversioned else ""
+def save_token() -> str:
+    """The random token a save without a version check carries (see ``_REVOKED``); a
+    versioned one sends '' instead."""
+    return secrets.token_hex(8)
 
 
 def encode_fields(record: SessionRecord, token: str) -> list[str | bytes]:

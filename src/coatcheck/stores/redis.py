@@ -27,6 +27,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 from ..exceptions import ConfigurationError, MissingDependencyError, SessionConflictError
@@ -150,9 +151,11 @@ class RedisStore:
         expected_version: int | None = None,
         merge: Merge | None = None,
     ) -> bool:
+        # One token per save, the same in every copy sent: see _again_if_broken.
+        token = codec.save_token()
         if expected_version is None:
-            with translated(self.retry_after):
-                return await self._save_once(record, replaces, None) is True
+            again = partial(self._save_once, record, replaces, None, token)
+            return await self._again_if_broken(again) is True
         # Optimistic: the script refuses a stale version and hands back the winner in
         # the same reply, so a merge costs no extra read; then try again on top of it.
         continued = replaces or record.key
@@ -163,8 +166,9 @@ class RedisStore:
                     # Taking turns rules out rivals in this process: the rest is
                     # another process's burst, which a short random pause lets pass.
                     await asyncio.sleep(random.uniform(0, min(0.0005 * 2**lost, 0.016)))
-                with translated(self.retry_after):
-                    outcome = await self._save_once(record, replaces, expected_version)
+                outcome = await self._again_if_broken(
+                    partial(self._save_once, record, replaces, expected_version, token)
+                )
                 if isinstance(outcome, bool):
                     return outcome
                 if merge is None:
@@ -177,16 +181,20 @@ class RedisStore:
         )
 
     async def _save_once(
-        self, record: SessionRecord, replaces: str | None, expected: int | None
+        self, record: SessionRecord, replaces: str | None, expected: int | None, token: str
     ) -> bool | SessionRecord:
+        """One attempt; ``token`` goes with whichever write runs without a version check."""
         ttl_ms = max(math.ceil((record.expires_at - record.last_seen_at) * 1000), _MIN_TTL_MS)
         ttl, index_ttl = str(ttl_ms), str(ttl_ms + _INDEX_GRACE_MS)
         expected_arg = "" if expected is None else str(expected)
         if self._on_cluster is not None:
-            return await self._on_cluster.save(record, replaces, expected_arg, ttl, index_ttl)
+            return await self._on_cluster.save(
+                record, replaces, expected_arg, ttl, index_ttl, token
+            )
         previous = replaces or record.key
         user = record.user_id
-        token = codec.save_token(expected is None)
+        if expected is not None:
+            token = ""
         reply = await self._scripts.standalone_save(
             keys=[self._names.session(record.key), self._names.session(previous)],
             args=[
@@ -212,8 +220,10 @@ class RedisStore:
         redis-py sends a command again by itself after a connection error, but not after
         the bare ``AttributeError`` it lets out when another task closed the connection
         mid-command (redis/redis-py#4287; parallel requests on Cluster meet it when the
-        scripts must be loaded again). Only reads and deletes come here: made twice,
-        they do what they do once. A second failure is an outage like any other.
+        scripts must be loaded again). Every call that comes here does, made twice, what
+        it does once: reads, deletes, and saves, which carry a token that lets the
+        scripts recognise a copy that had landed. A second failure is an outage like
+        any other.
         """
         with translated(self.retry_after):
             try:
