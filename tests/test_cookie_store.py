@@ -392,21 +392,27 @@ def with_format(value: str, fmt: int) -> str:
     return base64.urlsafe_b64encode(bytes([fmt]) + token[1:]).rstrip(b"=").decode()
 
 
-def test_a_login_adopted_from_another_library_takes_the_second_format() -> None:
+def test_only_what_the_first_format_cannot_hold_takes_a_later_one() -> None:
     """The first format implies the login time (the creation time, or none for nobody),
     so every other record keeps it and an earlier release opens it during a rolling
-    deploy. The format byte is sealed in: a cookie switched to the other one is nothing."""
+    deploy. A login adopted from another library takes the second, one with limits of
+    its own the third. The format byte is sealed in: a cookie switched to another one
+    is nothing."""
     sealer = opener(KEY_A)
     session_id = new_session_id()
     made_here = SessionRecord(store_key(session_id), "public", b"{}", "alice", 1.0, 2.0, 3.0)
     made_here = made_here._replace(authenticated_at=1.0)
     anonymous = made_here._replace(user_id=None, authenticated_at=0.0)
     adopted = made_here._replace(authenticated_at=0.0)
-    for record, fmt in [(made_here, 1), (anonymous, 1), (adopted, 2)]:
+    shortened = made_here._replace(idle_timeout=300, absolute_timeout=3600)
+    cases = [(made_here, 1), (anonymous, 1), (adopted, 2), (shortened, 3)]
+    cases.append((adopted._replace(absolute_timeout=60), 3))
+    for record, fmt in cases:
         value = sealer.seal(session_id, record)
         assert base64.urlsafe_b64decode(value[:4])[0] == fmt
         assert sealer.open(value) == (session_id, record)
-        assert sealer.open(with_format(value, 3 - fmt)) is None
+        for other in {1, 2, 3} - {fmt}:
+            assert sealer.open(with_format(value, other)) is None
     # Sealed the way earlier releases seal: the cookie's name alone as associated data.
     value = sealer.seal(session_id, made_here)
     token = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))

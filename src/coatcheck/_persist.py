@@ -17,7 +17,7 @@ from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_toke
 from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._imports import importer_for
 from ._keys import Keyring
-from .config import SessionConfig
+from .config import Lifetime, SessionConfig
 from .csrf import CSRFGuard
 from .events import EventBus, EventHook, EventKind, SessionEvent
 from .exceptions import (
@@ -123,6 +123,8 @@ class Persistence:
         if record is not None and key is not None:
             # Written out rather than split into helpers: every read runs this.
             lifetime = self.config.remember if record.remember else self.config.normal
+            if record.idle_timeout or record.absolute_timeout:
+                lifetime = lifetime.shortened(record.idle_timeout, record.absolute_timeout)
             if not (
                 compare_digest(record.key, key)
                 and record.expires_at > now
@@ -167,8 +169,17 @@ class Persistence:
             and not (session._modified or session._exposed or session._meta_changed)
             and session._key == stored.key
             and (bool(session._data) or session._user_id is not None)
-            and self.now() - stored.last_seen_at < self._refresh_after[session._remember]
+            and self.now() - stored.last_seen_at < self._refresh_window(stored)
         )
+
+    def _refresh_window(self, record: SessionRecord) -> float:
+        """Seconds after the last save when a read must refresh the sliding expiry."""
+        if record.idle_timeout or record.absolute_timeout:
+            return self.lifetime_of(record).idle * self.config.refresh_fraction
+        return self._refresh_after[record.remember]
+
+    def lifetime_of(self, record: SessionRecord) -> Lifetime:
+        return self.config.lifetime(record.remember, record.idle_timeout, record.absolute_timeout)
 
     async def commit(self, session: Session, status: int) -> Headers:
         """Write what changed and return the headers the response must carry."""
@@ -204,10 +215,11 @@ class Persistence:
             if len(data) > self.config.max_session_bytes:
                 raise SessionTooLargeError(len(data), self.config.max_session_bytes)
         now = self.now()
-        lifetime = self.config.lifetime(session._remember)
-        refresh_due = (
-            stored is not None
-            and now - stored.last_seen_at >= self._refresh_after[session._remember]
+        lifetime = self.config.lifetime(
+            session._remember, session._idle_timeout, session._absolute_timeout
+        )
+        refresh_due = stored is not None and now - stored.last_seen_at >= self._refresh_window(
+            stored
         )
         if not (rotated or refresh_due or session._meta_changed or data != session._raw):
             return []
@@ -372,11 +384,10 @@ class Persistence:
             return now < stored.expires_at
         if await self.store.load(stored.key, now) is None:
             return False
-        lifetime = self.config.lifetime(stored.remember)
-        if now - stored.last_seen_at >= self._refresh_after[stored.remember]:
+        if now - stored.last_seen_at >= self._refresh_window(stored):
             touched = stored._replace(
                 last_seen_at=now,
-                expires_at=lifetime.deadline(now, stored.created_at),
+                expires_at=self.lifetime_of(stored).deadline(now, stored.created_at),
                 version=stored.version + 1,
             )
             saved = await self.store.save(touched, expected_version=stored.version)
@@ -425,7 +436,7 @@ class Persistence:
             return  # nothing stored, nor anything to store: nothing newer can exist
         now = self.now()
         record = await self.store.load(stored.key, now)
-        if record is None or now >= self.config.lifetime(record.remember).deadline(
+        if record is None or now >= self.lifetime_of(record).deadline(
             record.last_seen_at, record.created_at
         ):
             # Ended elsewhere (a logout, a revocation, a login's new ID) or expired: like
@@ -610,14 +621,15 @@ class Persistence:
                 start = merged[key] if key in merged else copy.deepcopy(default)
                 merged[key] = change(start)
             meta = record if session._meta_changed else base
-            lifetime = self.config.lifetime(meta.remember)
             result = record._replace(
                 data=encode(merged),
                 user_id=meta.user_id,
                 remember=meta.remember,
                 created_at=meta.created_at,
                 authenticated_at=meta.authenticated_at,
-                expires_at=lifetime.deadline(record.last_seen_at, meta.created_at),
+                idle_timeout=meta.idle_timeout,
+                absolute_timeout=meta.absolute_timeout,
+                expires_at=self.lifetime_of(meta).deadline(record.last_seen_at, meta.created_at),
                 version=base.version + 1,
             )
             written.append(result)
@@ -665,6 +677,8 @@ def _record(
         version=1 if stored is None else stored.version + 1,
         ip_address=ip_address,
         authenticated_at=session._authenticated_at,
+        idle_timeout=session._idle_timeout,
+        absolute_timeout=session._absolute_timeout,
     )
 
 

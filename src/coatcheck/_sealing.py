@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 _FORMAT = b"\x01"  # the first byte of every sealed value
 _FORMAT_AUTH = b"\x02"  # the same with a login time of its own (see below)
+_FORMAT_CUT = b"\x03"  # and with shorter limits its login chose
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -35,10 +36,13 @@ _BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # The second format adds the login time after those sizes. The first implies it (see
 # ``implied_login_time``), so the second is written only for a login adopted from
 # another library (0.0: unknown), and workers of an earlier release open every other
-# cookie during a rolling deploy. The second seals its format byte into the associated
-# data, so a cookie cannot be switched to the other format unnoticed.
+# cookie during a rolling deploy. The third adds the idle and absolute limits a login
+# chose, and is written only for such a login. The later formats seal their format
+# byte into the associated data, so a cookie cannot be switched to another unnoticed.
 _HEAD = struct.Struct(f"<{ID_LENGTH}sddd?QHH")
 _HEAD_AUTH = struct.Struct(f"<{ID_LENGTH}sddd?QHHd")
+_HEAD_CUT = struct.Struct(f"<{ID_LENGTH}sddd?QHHdII")
+_HEADS = {_FORMAT: _HEAD, _FORMAT_AUTH: _HEAD_AUTH, _FORMAT_CUT: _HEAD_CUT}
 
 
 class CookieSealer:
@@ -71,7 +75,12 @@ class CookieSealer:
             len(public_id),
             0 if record.user_id is None else len(user_id) + 1,
         )
-        if record.authenticated_at != implied_login_time(
+        if record.idle_timeout or record.absolute_timeout:
+            form = _FORMAT_CUT
+            head = _HEAD_CUT.pack(
+                *fields, record.authenticated_at, record.idle_timeout, record.absolute_timeout
+            )
+        elif record.authenticated_at != implied_login_time(
             record.created_at, record.user_id is not None
         ):
             form, head = _FORMAT_AUTH, _HEAD_AUTH.pack(*fields, record.authenticated_at)
@@ -102,7 +111,8 @@ class CookieSealer:
             return None  # no base64 is one character past a whole group
         token = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
         form = token[:1]
-        if len(token) < 1 + _NONCE_BYTES + _TAG_BYTES or form not in (_FORMAT, _FORMAT_AUTH):
+        head = _HEADS.get(form)
+        if len(token) < 1 + _NONCE_BYTES + _TAG_BYTES or head is None:
             return None
         nonce, sealed = token[1 : 1 + _NONCE_BYTES], token[1 + _NONCE_BYTES :]
         associated = self._associated(form)
@@ -111,7 +121,7 @@ class CookieSealer:
                 plain = cipher.decrypt(nonce, sealed, associated)
             except InvalidTag:
                 continue
-            return _record(plain, _HEAD_AUTH if form == _FORMAT_AUTH else _HEAD)
+            return _record(plain, head)
         return None
 
     def _associated(self, form: bytes) -> bytes:
@@ -152,5 +162,7 @@ def _record(plain: bytes, head: struct.Struct) -> tuple[str, SessionRecord] | No
         remember=remember,
         version=version,
         authenticated_at=rest[0] if rest else implied_login_time(created, user_id is not None),
+        idle_timeout=rest[1] if len(rest) > 1 else 0,
+        absolute_timeout=rest[2] if len(rest) > 1 else 0,
     )
     return session_id, record

@@ -205,6 +205,12 @@ class Lifetime:
         """When a session last seen at ``last_seen_at`` dies: the earlier of the limits."""
         return min(last_seen_at + self.idle, created_at + self.absolute)
 
+    def shortened(self, idle: int, absolute: int) -> Lifetime:
+        """These limits, cut to those a login chose (0: this one's); never longer, so a
+        configuration made stricter after that login still holds for it."""
+        cut = min(absolute or self.absolute, self.absolute)
+        return Lifetime(min(idle or self.idle, self.idle, cut), cut)
+
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
@@ -309,5 +315,40 @@ class SessionConfig:
         object.__setattr__(self, "normal", normal)
         object.__setattr__(self, "remember", remember)
 
-    def lifetime(self, remember: bool) -> Lifetime:
-        return self.remember if remember else self.normal
+    def login_limits(
+        self,
+        remember: bool,
+        idle: float | timedelta | None,
+        absolute: float | timedelta | None,
+    ) -> tuple[int, int]:
+        """The idle and absolute limits, in seconds, that a login asks for (0: none).
+
+        ``ValueError`` unless each is a positive whole number of seconds, at most the
+        configured limit of its kind: a login may tighten its limits, never loosen them.
+        """
+        lifetime = self.lifetime(remember)
+        prefix = "remember_" if remember else ""
+        return (
+            _shorter("idle_timeout", idle, lifetime.idle, prefix),
+            _shorter("absolute_timeout", absolute, lifetime.absolute, prefix),
+        )
+
+    def lifetime(self, remember: bool, idle: int = 0, absolute: int = 0) -> Lifetime:
+        """The limits of a session: of its kind, or shorter ones its login chose."""
+        lifetime = self.remember if remember else self.normal
+        return lifetime.shortened(idle, absolute) if idle or absolute else lifetime
+
+
+def _shorter(name: str, value: float | timedelta | None, configured: int, prefix: str) -> int:
+    """``value`` in whole seconds (0 for None); see :meth:`SessionConfig.login_limits`."""
+    if value is None:
+        return 0
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not seconds > 0 or int(seconds) != seconds:
+        raise ValueError(f"{name} must be a positive whole number of seconds, got {value!r}")
+    if seconds > configured:
+        raise ValueError(
+            f"{name} ({int(seconds)}s) exceeds the configured {prefix}{name} ({configured}s): "
+            "a login can shorten its session's limits, not lengthen them"
+        )
+    return int(seconds)

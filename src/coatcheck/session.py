@@ -20,6 +20,7 @@ from .exceptions import CoatcheckError, ResponseStartedError, SessionNotLoadedEr
 
 if TYPE_CHECKING:
     from ._persist import Persistence
+    from .config import Lifetime
     from .stores.base import SessionRecord
 
 _MUTABLE = (dict, list)
@@ -35,6 +36,7 @@ class Session(MutableMapping[str, Any]):
     """
 
     __slots__ = (
+        "_absolute_timeout",
         "_authenticated_at",
         "_by_header",
         "_client",
@@ -47,6 +49,7 @@ class Session(MutableMapping[str, Any]):
         "_halted",
         "_headers",
         "_id",
+        "_idle_timeout",
         "_imported",
         "_key",
         "_last_seen_at",
@@ -81,6 +84,8 @@ class Session(MutableMapping[str, Any]):
     _remember: bool
     _created_at: float
     _authenticated_at: float  # 0.0: nobody logged in, or a login coatcheck did not see
+    _idle_timeout: int  # seconds, shorter than configured, that the login chose; 0: none
+    _absolute_timeout: int
     _last_seen_at: float
     _expires_at: float
     _modified: bool
@@ -303,15 +308,27 @@ class Session(MutableMapping[str, Any]):
         if not self._public_id:
             self._public_id = new_public_id()
 
-    def login(self, user_id: str, *, remember: bool = False) -> None:
+    def login(
+        self,
+        user_id: str,
+        *,
+        remember: bool = False,
+        idle_timeout: float | timedelta | None = None,
+        absolute_timeout: float | timedelta | None = None,
+    ) -> None:
         """Bind the session to ``user_id`` under a fresh ID, keeping its data (a cart).
 
         The absolute lifetime starts now, and so does :attr:`authenticated_at`: call it
         again for the same user once they confirm their password, before a sensitive
         action. ``remember=True`` gives a persistent cookie and the longer remember-me
-        limits. When another user was logged in on this session, their data is
-        dropped: the next person at a shared computer must not inherit it.
+        limits. ``idle_timeout`` and ``absolute_timeout`` shorten this session's limits
+        below the configured ones (an administrator's, or one on a shared computer),
+        until the next login. When another user was logged in on this session, their
+        data is dropped: the next person at a shared computer must not inherit it.
         """
+        idle, absolute = self._persistence.config.login_limits(
+            remember, idle_timeout, absolute_timeout
+        )
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty string")
         if "\x00" in user_id:
@@ -326,6 +343,7 @@ class Session(MutableMapping[str, Any]):
             self._modified = self._fresh = True
         self._user_id = user_id
         self._remember = remember
+        self._idle_timeout, self._absolute_timeout = idle, absolute
         self._created_at = self._authenticated_at = self._persistence.now()
         self._meta_changed = True
 
@@ -343,6 +361,7 @@ class Session(MutableMapping[str, Any]):
         self._user_id = None
         self._remember = False
         self._authenticated_at = 0.0
+        self._idle_timeout = self._absolute_timeout = 0
         self._id = None
         self._key = None
         self._public_id = ""
@@ -425,6 +444,23 @@ class Session(MutableMapping[str, Any]):
         self._require_loaded()
         return utc(self._expires_at)
 
+    @property
+    def idle_timeout(self) -> timedelta:
+        """How long this session may go unused: the configured limit of its kind, or the
+        shorter one its login chose."""
+        return timedelta(seconds=self._lifetime().idle)
+
+    @property
+    def absolute_timeout(self) -> timedelta:
+        """How long after its login this session ends however active it is."""
+        return timedelta(seconds=self._lifetime().absolute)
+
+    def _lifetime(self) -> Lifetime:
+        self._require_loaded()
+        return self._persistence.config.lifetime(
+            self._remember, self._idle_timeout, self._absolute_timeout
+        )
+
     # -- the user's other sessions ------------------------------------------------------
 
     async def devices(self) -> list[Device]:
@@ -479,6 +515,7 @@ class Session(MutableMapping[str, Any]):
             self._remember = False
             self._created_at = self._last_seen_at = now
             self._authenticated_at = 0.0
+            self._idle_timeout = self._absolute_timeout = 0
             self._expires_at = now + idle
         else:
             self._raw = record.data
@@ -487,6 +524,8 @@ class Session(MutableMapping[str, Any]):
             self._remember = record.remember
             self._created_at = record.created_at
             self._authenticated_at = record.authenticated_at
+            self._idle_timeout = record.idle_timeout
+            self._absolute_timeout = record.absolute_timeout
             self._last_seen_at = record.last_seen_at
             self._expires_at = record.expires_at
         self._loaded = True

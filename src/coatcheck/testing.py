@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from ._ids import new_public_id, new_session_id, store_key
@@ -73,6 +74,8 @@ async def create_session(
     user_id: str | None = None,
     data: Mapping[str, Any] | None = None,
     remember: bool = False,
+    idle_timeout: float | timedelta | None = None,
+    absolute_timeout: float | timedelta | None = None,
     config: SessionConfig | None = None,
     serializer: Serializer | None = None,
 ) -> str:
@@ -83,7 +86,8 @@ async def create_session(
         client.cookies.set(config.cookie.name, session_id)
 
     Give the app's ``config`` (its clock and limits decide the expiry) and, if the
-    middleware has one, its ``serializer``. From a synchronous test, run it in the
+    middleware has one, its ``serializer``. ``idle_timeout`` and ``absolute_timeout``
+    shorten the limits as :meth:`Session.login` does. From a synchronous test, run it in the
     ``TestClient``'s event loop, which a Redis client needs:
     ``with TestClient(app) as client: client.portal.call(partial(create_session, ...))``.
     """
@@ -95,6 +99,7 @@ async def create_session(
             "give user_id, data or both"
         )
     config = config or SessionConfig()
+    idle, absolute = config.login_limits(remember, idle_timeout, absolute_timeout)
     encoded = (serializer or JSONSerializer()).dumps(dict(data or {}))
     now = config.clock()
     session_id = new_session_id()
@@ -105,10 +110,12 @@ async def create_session(
         user_id=user_id,
         created_at=now,
         last_seen_at=now,
-        expires_at=config.lifetime(remember).deadline(now, now),
+        expires_at=config.lifetime(remember, idle, absolute).deadline(now, now),
         remember=remember,
         user_agent="coatcheck.testing",
         authenticated_at=0.0 if user_id is None else now,
+        idle_timeout=idle,
+        absolute_timeout=absolute,
     )
     sealer = cookie_sealer_of(store)
     if sealer is not None:  # the cookie store: the record travels in the cookie

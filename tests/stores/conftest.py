@@ -61,7 +61,12 @@ async def assert_upgraded(stores: Sequence[Store], old: SessionRecord) -> None:
     loaded = await asyncio.gather(*(store.load(old.key, NOW) for store in stores))
     assert loaded == [old._replace(authenticated_at=old.created_at)] * 2
     newer = make_record(
-        user_id=old.user_id, created_at=old.created_at + 1, ip_address="::1", authenticated_at=0.0
+        user_id=old.user_id,
+        created_at=old.created_at + 1,
+        ip_address="::1",
+        authenticated_at=0.0,
+        idle_timeout=600,
+        absolute_timeout=3600,
     )
     await stores[1].save(newer)
     assert await stores[0].list_user(str(old.user_id), NOW) == [loaded[0], newer]

@@ -43,6 +43,8 @@ async def test_round_trip_keeps_every_field(store: Store) -> None:
         version=42,
         ip_address="2001:db8::1%eth0",
         authenticated_at=NOW - 600.5,  # signed in again since the session was made
+        idle_timeout=900,  # limits of its own, shorter than the configured ones
+        absolute_timeout=7 * 86400,
     )
     await store.save(record)
 
@@ -55,6 +57,7 @@ async def test_round_trip_keeps_every_field(store: Store) -> None:
     assert type(loaded.version) is int
     assert type(loaded.created_at) is float
     assert type(loaded.expires_at) is float
+    assert type(loaded.idle_timeout) is type(loaded.absolute_timeout) is int
 
 
 async def test_round_trip_keeps_defaults_and_anonymous_user(store: Store) -> None:
@@ -65,7 +68,9 @@ async def test_round_trip_keeps_defaults_and_anonymous_user(store: Store) -> Non
         record.version,
         record.ip_address,
         record.authenticated_at,
-    ) == (False, "", 1, "", 0.0)
+        record.idle_timeout,
+        record.absolute_timeout,
+    ) == (False, "", 1, "", 0.0, 0, 0)
     await store.save(record)
 
     loaded = await store.load(record.key, NOW)

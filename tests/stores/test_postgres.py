@@ -384,12 +384,20 @@ async def test_a_server_whose_certificate_cannot_be_verified_is_refused(
         assert db.execute("SELECT to_regclass(%s)", (store.table,)).fetchone() == (None,)
 
 
-def _old_table(
-    postgres: PostgresServer, table: str, old: SessionRecord, *, addresses: bool
-) -> None:
-    """The table as an earlier release made it, and a row: before sessions kept the time
-    of the login, and (unless ``addresses``) before they kept the client address."""
-    columns = 11 if addresses else 10
+# The number of columns of each earlier release's table: before sessions kept the
+# client address, before they kept the time of the login, and before a login could
+# shorten its limits.
+_EARLIER = [10, 11, 12]
+_EARLIER_IDS = ["first", "addresses", "login-times"]
+_EXTRA_COLUMNS = {
+    11: ", ip_address text NOT NULL DEFAULT ''",
+    12: ", authenticated_at double precision",
+}
+
+
+def _old_table(postgres: PostgresServer, table: str, old: SessionRecord, *, columns: int) -> None:
+    """The table as an earlier release made it, with its first ``columns``, and a row."""
+    extra = "".join(_EXTRA_COLUMNS[n] for n in range(11, columns + 1))
     with postgres.connect() as db:
         db.execute(
             f'CREATE TABLE "{table}" ('
@@ -397,20 +405,19 @@ def _old_table(
             " data bytea NOT NULL, user_id text, created_at double precision NOT NULL,"
             " last_seen_at double precision NOT NULL, expires_at double precision NOT NULL,"
             " remember boolean NOT NULL DEFAULT false, user_agent text NOT NULL DEFAULT '',"
-            " version bigint NOT NULL DEFAULT 1"
-            + (", ip_address text NOT NULL DEFAULT '')" if addresses else ")")
+            f" version bigint NOT NULL DEFAULT 1{extra})"
         )
         values = ",".join(["%s"] * columns)
         db.execute(f'INSERT INTO "{table}" VALUES ({values})', old[:columns])
 
 
-@pytest.mark.parametrize("addresses", [False, True], ids=["first", "addresses"])
+@pytest.mark.parametrize("columns", _EARLIER, ids=_EARLIER_IDS)
 async def test_a_table_from_an_earlier_release_is_brought_up_to_date(
-    postgres: PostgresServer, addresses: bool
+    postgres: PostgresServer, columns: int
 ) -> None:
     table = unique_prefix()
     old = make_record(user_id="alice", user_agent="Firefox", version=3)
-    _old_table(postgres, table, old, addresses=addresses)
+    _old_table(postgres, table, old, columns=columns)
     stores = [PostgresStore(postgres.url, table=table) for _ in range(2)]
     try:
         await assert_upgraded(stores, old)  # one adds the columns, the other finds them
@@ -420,22 +427,27 @@ async def test_a_table_from_an_earlier_release_is_brought_up_to_date(
 
 
 @pytest.mark.parametrize(
-    ("addresses", "named"),
-    [(False, "ip_address, authenticated_at columns"), (True, "authenticated_at column;")],
-    ids=["first", "addresses"],
+    ("columns", "named"),
+    [
+        (10, "ip_address, authenticated_at, idle_timeout, absolute_timeout columns"),
+        (11, "the authenticated_at, idle_timeout, absolute_timeout columns"),
+        (12, "the idle_timeout, absolute_timeout columns"),
+    ],
+    ids=_EARLIER_IDS,
 )
 async def test_without_create_table_an_old_table_names_the_statements_to_run(
-    postgres: PostgresServer, addresses: bool, named: str
+    postgres: PostgresServer, columns: int, named: str
 ) -> None:
     table = unique_prefix()
     old = make_record(user_id="alice")
-    _old_table(postgres, table, old, addresses=addresses)
+    _old_table(postgres, table, old, columns=columns)
     store = PostgresStore(postgres.url, table=table, create_table=False)
     try:
-        with pytest.raises(StoreError, match="ADD COLUMN IF NOT EXISTS authenticated_at") as caught:
+        with pytest.raises(StoreError, match="ADD COLUMN IF NOT EXISTS absolute_timeout") as caught:
             await store.load(old.key, NOW)
         assert named in str(caught.value)
-        assert ("ADD COLUMN IF NOT EXISTS ip_address" in str(caught.value)) is not addresses
+        statements = str(caught.value).count("ADD COLUMN IF NOT EXISTS")
+        assert statements == 14 - columns  # one for each missing column, and no other
         assert not isinstance(caught.value, StoreUnavailableError)
         with postgres.connect() as db:
             db.execute(store.schema_sql())  # the app's migration, run again after upgrading

@@ -757,7 +757,7 @@ async def test_a_record_of_another_format_is_a_store_error(standalone: RedisStor
     name = session_key(standalone, record.key)
     packed = await standalone.client.hget(name, "b")
     assert isinstance(packed, bytes)
-    await standalone.client.hset(name, "b", b"\x04" + packed[1:])
+    await standalone.client.hset(name, "b", b"\x05" + packed[1:])
 
     with pytest.raises(StoreError, match="format") as caught:
         await standalone.load(record.key, NOW)
@@ -840,6 +840,7 @@ _texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
     version=st.integers(1, 2**63),
     ip_address=_texts,
     login=st.none() | st.floats(0, 4e9, allow_nan=False),
+    limits=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
 )
 @settings(max_examples=300, deadline=None)
 def test_packed_records_come_back_field_for_field(
@@ -852,8 +853,10 @@ def test_packed_records_come_back_field_for_field(
     version: int,
     ip_address: str,
     login: float | None,
+    limits: tuple[int, int],
 ) -> None:
-    """``login``: None for the time the oldest format implies, else a time of its own."""
+    """``login``: None for the time the oldest format implies, else a time of its own;
+    ``limits``: those a login chose, 0 for the configured ones."""
     implied = 0.0 if user_id is None else times[0]
     authenticated_at = implied if login is None else login
     record = SessionRecord(
@@ -869,13 +872,15 @@ def test_packed_records_come_back_field_for_field(
         version=version,
         ip_address=ip_address,
         authenticated_at=authenticated_at,
+        idle_timeout=limits[0],
+        absolute_timeout=limits[1],
     )
     loaded = _redis_codec.unpack(record.key, _redis_codec.pack(record))
     assert loaded == record
     assert type(loaded) is SessionRecord
 
 
-@pytest.mark.parametrize("fmt", [0, 4, 255])
+@pytest.mark.parametrize("fmt", [0, 5, 255])
 def test_a_packed_record_of_another_format_is_refused(fmt: int) -> None:
     record = make_record(user_id="alice")
     packed = _redis_codec.pack(record)
@@ -886,8 +891,9 @@ def test_a_packed_record_of_another_format_is_refused(fmt: int) -> None:
 
 def test_records_keep_the_oldest_format_that_holds_them() -> None:
     """During a rolling deploy, workers of the previous release read what new ones
-    write: only a record with an address (record_ip) or with a login adopted from
-    another library (its time unknown) needs a newer format."""
+    write: only a record with an address (record_ip), with a login adopted from
+    another library (its time unknown), or with limits its login chose needs a newer
+    format."""
     plain = make_record(user_id="alice", user_agent="Firefox")
     packed = _redis_codec.pack(plain)
     assert packed[0] == 1
@@ -897,6 +903,13 @@ def test_records_keep_the_oldest_format_that_holds_them() -> None:
     assert _redis_codec.pack(anonymous)[0] == 1
     with_address = plain._replace(ip_address="198.51.100.7")
     adopted = plain._replace(authenticated_at=0.0)
-    for record, fmt in [(with_address, 2), (adopted, 3), (adopted._replace(ip_address="::1"), 3)]:
+    shortened = plain._replace(idle_timeout=600)
+    for record, fmt in [
+        (with_address, 2),
+        (adopted, 3),
+        (adopted._replace(ip_address="::1"), 3),
+        (shortened, 4),
+        (shortened._replace(idle_timeout=0, absolute_timeout=3600, ip_address="::1"), 4),
+    ]:
         assert _redis_codec.pack(record)[0] == fmt
         assert _redis_codec.unpack(plain.key, _redis_codec.pack(record)) == record

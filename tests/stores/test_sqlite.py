@@ -684,8 +684,8 @@ async def test_inline_reads_do_not_wait_behind_a_writer(db_path: Path) -> None:
         await store.aclose()
 
 
-# Tables as earlier releases made them: before sessions kept the client address, and
-# before they kept the time of the login.
+# Tables as earlier releases made them: before sessions kept the client address, before
+# they kept the time of the login, and before a login could shorten its limits.
 _FIRST_TABLE = (
     f"CREATE TABLE {TABLE} ("
     " key TEXT PRIMARY KEY, public_id TEXT NOT NULL, data BLOB NOT NULL,"
@@ -695,9 +695,14 @@ _FIRST_TABLE = (
     ") WITHOUT ROWID"
 )
 _ADDRESS_TABLE = _FIRST_TABLE.replace("DEFAULT 1", "DEFAULT 1, ip_address TEXT NOT NULL DEFAULT ''")
+_LOGIN_TIME_TABLE = _ADDRESS_TABLE.replace(") WITHOUT", ", authenticated_at REAL) WITHOUT")
 
 
-@pytest.mark.parametrize("schema", [_FIRST_TABLE, _ADDRESS_TABLE], ids=["first", "addresses"])
+@pytest.mark.parametrize(
+    "schema",
+    [_FIRST_TABLE, _ADDRESS_TABLE, _LOGIN_TIME_TABLE],
+    ids=["first", "addresses", "login-times"],
+)
 async def test_a_file_from_an_earlier_release_is_brought_up_to_date(
     db_path: Path, schema: str
 ) -> None:
@@ -705,6 +710,8 @@ async def test_a_file_from_an_earlier_release_is_brought_up_to_date(
     row = (*old[:7], 0, old.user_agent, old.version)
     if "ip_address" in schema:
         row += (old.ip_address,)
+    if "authenticated_at" in schema:
+        row += (old.authenticated_at,)
     with connect(db_path) as db:
         db.execute(schema)
         db.execute(f"INSERT INTO {TABLE} VALUES ({','.join('?' * len(row))})", row)
@@ -716,4 +723,5 @@ async def test_a_file_from_an_earlier_release_is_brought_up_to_date(
             await store.aclose()
     with connect(db_path) as db:
         columns = [row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")]
-    assert columns.count("ip_address") == columns.count("authenticated_at") == 1
+    added = ("ip_address", "authenticated_at", "idle_timeout", "absolute_timeout")
+    assert [columns.count(name) for name in added] == [1, 1, 1, 1]

@@ -63,18 +63,21 @@ def encode_fields(record: SessionRecord, token: str) -> list[str | bytes]:
 # once: a hash of ten fields costs it a reply element each. Layout: format byte, then
 # created, last seen, expires, version, remember, and the lengths of the public id,
 # user id (0 when anonymous, else length + 1) and user agent (and, from the second
-# format, of the client address; in the third, the time of authentication); then those
-# strings and the session data. Each record is written in the oldest format that holds
-# it, so workers of earlier releases read what this one writes during a rolling deploy:
-# the first, unless there is an address, or a login time other than the one the older
-# formats imply (see ``implied_login_time``): in practice only a login adopted from
-# another library, whose time is unknown (0.0).
+# format, of the client address; in the third, the time of authentication; in the
+# fourth, also the shorter limits a login chose); then those strings and the session
+# data. Each record is written in the oldest format that holds it, so workers of
+# earlier releases read what this one writes during a rolling deploy: the first, unless
+# there is an address, a login time other than the one the older formats imply (see
+# ``implied_login_time``: in practice only a login adopted from another library, whose
+# time is unknown, 0.0), or limits of its own.
 _FORMAT = 1
 _FORMAT_IP = 2
 _FORMAT_AUTH = 3
+_FORMAT_CUT = 4
 _HEAD = struct.Struct("!BdddQ?HIH")
 _HEAD_IP = struct.Struct("!BdddQ?HIHB")
 _HEAD_AUTH = struct.Struct("!BdddQ?HIHBd")
+_LIMITS = struct.Struct("!II")
 _HEAD_SIZE = _HEAD.size
 _HEAD_IP_SIZE = _HEAD_IP.size
 _HEAD_AUTH_SIZE = _HEAD_AUTH.size
@@ -98,7 +101,13 @@ def pack(record: SessionRecord) -> bytes:
         0 if record.user_id is None else len(user) + 1,
         len(agent),
     )
-    if record.authenticated_at != implied_login_time(record.created_at, record.user_id is not None):
+    if record.idle_timeout or record.absolute_timeout:
+        head = _HEAD_AUTH.pack(
+            _FORMAT_CUT, *fields, len(ip), record.authenticated_at
+        ) + _LIMITS.pack(record.idle_timeout, record.absolute_timeout)
+    elif record.authenticated_at != implied_login_time(
+        record.created_at, record.user_id is not None
+    ):
         head = _HEAD_AUTH.pack(_FORMAT_AUTH, *fields, len(ip), record.authenticated_at)
     elif ip:
         head = _HEAD_IP.pack(_FORMAT_IP, *fields, len(ip))
@@ -117,7 +126,8 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
             )
             id_start = _HEAD_IP_SIZE
             authenticated = implied_login_time(created, user_len > 0)
-        elif packed[0] == _FORMAT_AUTH:
+            idle = absolute = 0
+        elif packed[0] == _FORMAT_AUTH or packed[0] == _FORMAT_CUT:
             (
                 _,
                 created,
@@ -132,6 +142,10 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
                 authenticated,
             ) = _HEAD_AUTH.unpack_from(packed)
             id_start = _HEAD_AUTH_SIZE
+            idle = absolute = 0
+            if packed[0] == _FORMAT_CUT:  # the same head, then the limits
+                idle, absolute = _LIMITS.unpack_from(packed, id_start)
+                id_start += _LIMITS.size
         else:
             fmt, created, seen, expires, version, remember, id_len, user_len, agent_len = (
                 _HEAD.unpack_from(packed)
@@ -140,6 +154,7 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
                 raise ValueError(f"unknown record format {fmt}")
             ip_len, id_start = 0, _HEAD_SIZE
             authenticated = implied_login_time(created, user_len > 0)
+            idle = absolute = 0
         id_end = id_start + id_len
         user_end = id_end + user_len - 1 if user_len else id_end
         agent_end = user_end + agent_len
@@ -161,6 +176,8 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
                 version,
                 packed[agent_end:ip_end].decode(errors="replace") if ip_len else "",
                 authenticated,
+                idle,
+                absolute,
             ),
         )
     except (struct.error, ValueError, IndexError) as exc:

@@ -40,6 +40,10 @@ class SessionRecord(NamedTuple):
     # When the user last proved who they are (``Session.login``); 0.0 when coatcheck
     # cannot tell, as for a login adopted from another library's session.
     authenticated_at: float = 0.0
+    # Shorter limits, in seconds, that the login chose (``Session.login``); 0 for the
+    # configured ones of the session's kind.
+    idle_timeout: int = 0
+    absolute_timeout: int = 0
 
 
 def implied_login_time(created_at: float, logged_in: bool) -> float:

@@ -52,7 +52,7 @@ Connection = psycopg.AsyncConnection[TupleRow]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _FIELDS = (
     "public_id, data, user_id, created_at, last_seen_at, expires_at, remember, user_agent,"
-    " version, ip_address, authenticated_at"
+    " version, ip_address, authenticated_at, idle_timeout, absolute_timeout"
 )
 # A SessionRecord is a tuple in this order, so a record is its own row of parameters.
 _COLUMNS = f"key, {_FIELDS}"
@@ -63,6 +63,8 @@ _VALUES = ", ".join(["%s"] * (_COLUMNS.count(",") + 1))
 _ADDED_COLUMNS = (
     ("ip_address", "text NOT NULL DEFAULT ''"),
     ("authenticated_at", "double precision"),
+    ("idle_timeout", "integer NOT NULL DEFAULT 0"),
+    ("absolute_timeout", "integer NOT NULL DEFAULT 0"),
 )
 _UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
     f"{name} = EXCLUDED.{name}" for name in _FIELDS.split(", ")
@@ -520,7 +522,8 @@ class PostgresStore:
             " last_seen_at double precision NOT NULL, expires_at double precision NOT NULL,"
             " remember boolean NOT NULL DEFAULT false, user_agent text NOT NULL DEFAULT '',"
             " version bigint NOT NULL DEFAULT 1, ip_address text NOT NULL DEFAULT '',"
-            " authenticated_at double precision)",
+            " authenticated_at double precision, idle_timeout integer NOT NULL DEFAULT 0,"
+            " absolute_timeout integer NOT NULL DEFAULT 0)",
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_user" ON {name} (user_id)'
             " WHERE user_id IS NOT NULL",
             f'CREATE INDEX IF NOT EXISTS "{self._index_prefix}_expires" ON {name} (expires_at)',
@@ -559,7 +562,8 @@ async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
 
 
 def _record(key: str, row: Sequence[Any]) -> SessionRecord:
-    public_id, data, user_id, created, seen, expires, remember, agent, version, ip, auth = row
+    *fields, idle, absolute = row
+    public_id, data, user_id, created, seen, expires, remember, agent, version, ip, auth = fields
     return SessionRecord(
         key,
         public_id,
@@ -573,4 +577,6 @@ def _record(key: str, row: Sequence[Any]) -> SessionRecord:
         version,
         ip,
         legacy_login_time(auth, created, user_id),
+        idle,
+        absolute,
     )

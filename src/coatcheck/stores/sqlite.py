@@ -26,12 +26,18 @@ T = TypeVar("T")
 
 _COLUMNS = (
     "key, public_id, data, user_id, created_at, last_seen_at, expires_at,"
-    " remember, user_agent, version, ip_address, authenticated_at"
+    " remember, user_agent, version, ip_address, authenticated_at, idle_timeout,"
+    " absolute_timeout"
 )
 # Columns added since the first release, with their declarations: a table made by an
 # earlier coatcheck gets them in place. A NULL authenticated_at, in a row written by
 # one, stands for the row's created_at, the time of the login that made it.
-_ADDED_COLUMNS = (("ip_address", "TEXT NOT NULL DEFAULT ''"), ("authenticated_at", "REAL"))
+_ADDED_COLUMNS = (
+    ("ip_address", "TEXT NOT NULL DEFAULT ''"),
+    ("authenticated_at", "REAL"),
+    ("idle_timeout", "INTEGER NOT NULL DEFAULT 0"),
+    ("absolute_timeout", "INTEGER NOT NULL DEFAULT 0"),
+)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Errors that mean "try again later" (a lock, a full or missing disk), not a bug: a 503.
 _UNAVAILABLE = {
@@ -251,7 +257,9 @@ class SQLiteStore:
             " user_id TEXT, created_at REAL NOT NULL, last_seen_at REAL NOT NULL,"
             " expires_at REAL NOT NULL, remember INTEGER NOT NULL DEFAULT 0,"
             " user_agent TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 1,"
-            " ip_address TEXT NOT NULL DEFAULT '', authenticated_at REAL"
+            " ip_address TEXT NOT NULL DEFAULT '', authenticated_at REAL,"
+            " idle_timeout INTEGER NOT NULL DEFAULT 0,"
+            " absolute_timeout INTEGER NOT NULL DEFAULT 0"
             ") WITHOUT ROWID"
         )
         db.execute(
@@ -378,11 +386,16 @@ def _values(record: SessionRecord) -> tuple[object, ...]:
         record.version,
         record.ip_address,
         record.authenticated_at,
+        record.idle_timeout,
+        record.absolute_timeout,
     )
 
 
 def _record(row: tuple[object, ...]) -> SessionRecord:
-    key, public_id, data, user_id, created, seen, expires, remember, agent, version, ip, auth = row
+    *fields, idle, absolute = row
+    key, public_id, data, user_id, created, seen, expires, remember, agent, version, ip, auth = (
+        fields
+    )
     return SessionRecord(
         key=str(key),
         public_id=str(public_id),
@@ -396,4 +409,6 @@ def _record(row: tuple[object, ...]) -> SessionRecord:
         version=int(version),  # type: ignore[call-overload]
         ip_address=str(ip),
         authenticated_at=legacy_login_time(auth, created, user_id),
+        idle_timeout=int(idle),  # type: ignore[call-overload]
+        absolute_timeout=int(absolute),  # type: ignore[call-overload]
     )

@@ -1,0 +1,297 @@
+"""Shorter limits chosen at login: ``session.login(user, idle_timeout=..., absolute_timeout=...)``.
+
+An administrator's session, or one on a shared computer, may end sooner than the
+configured limits say. The chosen limits are kept with the session on every store,
+through every save, and only the next login (or a logout) changes them; the sliding
+refresh is throttled by the shorter window, so it never shrinks by more than a tenth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from coatcheck import MemoryStore, SessionConfig, SessionMiddleware, Store
+from coatcheck.fastapi import SessionDep
+from coatcheck.stores.cookie import CookieStore
+from coatcheck.testing import FakeClock, create_session
+
+from .conftest import client_for
+from .store_kinds import STORE_KINDS, build_store
+
+pytestmark = pytest.mark.anyio
+
+NAME = "__Host-session"
+IDLE = 1800  # the configured limits (SessionConfig's defaults)
+ABSOLUTE = 12 * 3600
+REMEMBER_ABSOLUTE = 30 * 86400
+
+
+@pytest.fixture(params=[*STORE_KINDS, "cookie"])
+async def every_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each server-side store in turn, and the cookie store, which seals the limits."""
+    store = CookieStore() if request.param == "cookie" else build_store(request.param, tmp_path)
+    yield store
+    await store.aclose()
+
+
+class LoginIn(BaseModel):
+    user: str = "alice"
+    remember: bool = False
+    idle: int | None = None
+    absolute: int | None = None
+
+
+def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/login")
+    async def login(session: SessionDep, body: LoginIn) -> dict[str, Any]:
+        session.login(
+            body.user,
+            remember=body.remember,
+            idle_timeout=body.idle,
+            absolute_timeout=body.absolute,
+        )
+        return {"user": body.user}
+
+    @app.post("/cart")
+    async def add(session: SessionDep) -> dict[str, Any]:
+        session["cart"] = [*session.get("cart", []), "pear"]
+        return {"cart": session["cart"]}
+
+    @app.post("/regenerate")
+    async def regenerate(session: SessionDep) -> dict[str, bool]:
+        session.regenerate()
+        return {"ok": True}
+
+    @app.post("/logout")
+    async def logout(session: SessionDep) -> dict[str, bool]:
+        session.logout()
+        session["cart"] = ["kept after logout"]  # an anonymous session goes on
+        return {"ok": True}
+
+    @app.get("/state")
+    async def state(session: SessionDep) -> dict[str, Any]:
+        return {
+            "user": session.user_id,
+            "idle": session.idle_timeout.total_seconds(),
+            "absolute": session.absolute_timeout.total_seconds(),
+            "expires_at": session.expires_at.timestamp(),
+        }
+
+    app.add_middleware(
+        SessionMiddleware,
+        store=store,
+        config=SessionConfig(clock=clock, secret_keys=["k" * 32], **config),
+    )
+    return app
+
+
+class Visitor:
+    """One browser: it sends the latest cookie it was given, as a real one would."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.cookie = ""
+
+    async def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"cookie": f"{NAME}={self.cookie}"} if self.cookie else {}
+        response = await self.client.request(method, path, headers=headers, **kwargs)
+        assert response.status_code < 400, response.text
+        for header in response.headers.get_list("set-cookie"):
+            if header.startswith(f"{NAME}="):
+                self.cookie = header.split(";", 1)[0].split("=", 1)[1]
+        return response
+
+    async def state(self) -> dict[str, Any]:
+        return (await self.send("GET", "/state")).json()  # type: ignore[no-any-return]
+
+
+def start_clock() -> FakeClock:
+    return FakeClock(float(int(time.time())))
+
+
+async def test_a_shorter_idle_limit_ends_the_session_sooner(every_store: Store) -> None:
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        short, usual = Visitor(client), Visitor(client)
+        signed_in_at = clock()
+        await short.send("POST", "/login", json={"idle": 600})
+        await usual.send("POST", "/login", json={"user": "bob"})
+        assert await short.state() == {
+            "user": "alice",
+            "idle": 600,
+            "absolute": ABSOLUTE,
+            "expires_at": signed_in_at + 600,
+        }
+        assert (await usual.state())["expires_at"] == signed_in_at + IDLE
+
+        clock.advance(601)
+        assert (await short.state())["user"] is None
+        assert (await usual.state())["user"] == "bob"
+
+
+async def test_the_refresh_follows_the_shorter_window(every_store: Store) -> None:
+    """A read a tenth of the chosen idle window after the last save writes the sliding
+    expiry back; the configured window's tenth (three minutes) would come too late
+    for a ten-minute limit, which would then be cut by almost a third."""
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/login", json={"idle": 600})
+        clock.advance(59)
+        assert (await visitor.state())["expires_at"] == clock() - 59 + 600  # not yet due
+        clock.advance(2)
+        refreshed_at = clock()
+        await visitor.state()  # due: written back
+        clock.advance(590)  # past the first deadline, within the refreshed one
+        state = await visitor.state()
+        assert state["user"] == "alice"
+        assert state["expires_at"] == refreshed_at + 600
+
+
+async def test_a_shorter_absolute_limit_ends_an_active_session(every_store: Store) -> None:
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        signed_in_at = clock()
+        await visitor.send("POST", "/login", json={"absolute": 3600})
+        for _ in range(5):
+            clock.advance(700)
+            await visitor.send("POST", "/cart")  # busy all along
+            state = await visitor.state()
+            assert state["user"] == "alice"
+            assert state["expires_at"] == min(clock() + IDLE, signed_in_at + 3600)
+        clock.advance(101)  # an hour after the login
+        assert (await visitor.state())["user"] is None
+
+
+async def test_the_limits_last_until_the_next_login(every_store: Store) -> None:
+    """Saves, a new ID and the user's changes keep them; a login without them brings
+    back the configured ones, a logout ends them with the session."""
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/login", json={"idle": 300, "absolute": 3000})
+        await visitor.send("POST", "/cart")
+        await visitor.send("POST", "/regenerate")
+        clock.advance(250)
+        await visitor.send("POST", "/cart")
+        state = await visitor.state()
+        assert (state["idle"], state["absolute"]) == (300, 3000)
+
+        await visitor.send("POST", "/login", json={"user": "alice"})
+        state = await visitor.state()
+        assert (state["idle"], state["absolute"]) == (IDLE, ABSOLUTE)
+
+        await visitor.send("POST", "/login", json={"idle": 300})
+        await visitor.send("POST", "/logout")
+        state = await visitor.state()
+        assert (state["user"], state["idle"], state["absolute"]) == (None, IDLE, ABSOLUTE)
+
+
+async def test_a_remembered_login_with_a_shorter_lifetime_gets_a_shorter_cookie(
+    every_store: Store,
+) -> None:
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        response = await client.post(
+            "/login", json={"remember": True, "absolute": 7 * 86400, "idle": 86400}
+        )
+        assert "Max-Age=604800;" in response.headers["set-cookie"]
+        usual = await client.post("/login", json={"remember": True})
+        assert f"Max-Age={REMEMBER_ABSOLUTE};" in usual.headers["set-cookie"]
+
+
+async def test_a_stricter_configuration_still_holds_for_earlier_logins(tmp_path: Path) -> None:
+    """The limits a login chose are kept as given, and the configured ones stay an upper
+    bound: made stricter after that login, the configuration wins."""
+    store = build_store("sqlite", tmp_path)
+    clock = start_clock()
+    try:
+        async with client_for(make_app(store, clock)) as client:
+            visitor = Visitor(client)
+            await visitor.send("POST", "/login", json={"idle": 900})
+        async with client_for(make_app(store, clock, idle_timeout=600)) as client:
+            visitor.client = client
+            assert (await visitor.state())["idle"] == 600
+            clock.advance(601)
+            assert (await visitor.state())["user"] is None
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"idle_timeout": IDLE + 1}, r"idle_timeout \(1801s\) exceeds the configured idle_timeout"),
+        (
+            {"absolute_timeout": timedelta(days=31), "remember": True},
+            r"exceeds the configured remember_absolute_timeout \(2592000s\)",
+        ),
+        ({"idle_timeout": 0}, "idle_timeout must be a positive whole number of seconds"),
+        ({"absolute_timeout": -5}, "absolute_timeout must be a positive"),
+        ({"idle_timeout": 1.5}, "idle_timeout must be a positive"),
+        ({"idle_timeout": True}, "idle_timeout must be a positive"),
+        ({"idle_timeout": timedelta(milliseconds=1)}, "idle_timeout must be a positive"),
+    ],
+)
+async def test_limits_a_login_cannot_have_are_refused(
+    keywords: dict[str, Any], message: str
+) -> None:
+    app = FastAPI()
+    refused: list[str] = []
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> dict[str, Any]:
+        with pytest.raises(ValueError, match=message) as caught:
+            session.login("alice", **keywords)
+        refused.append(str(caught.value))
+        return {"user": session.user_id}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        response = await client.post("/login")
+    assert refused
+    assert response.json() == {"user": None}  # nothing of the refused login happened
+    assert "set-cookie" not in response.headers
+
+
+async def test_the_limits_of_a_session_that_chose_none_are_the_configured_ones() -> None:
+    clock = start_clock()
+    async with client_for(make_app(MemoryStore(), clock)) as client:
+        anonymous = await client.get("/state")
+        assert (anonymous.json()["idle"], anonymous.json()["absolute"]) == (IDLE, ABSOLUTE)
+        remembered = Visitor(client)
+        await remembered.send("POST", "/login", json={"remember": True, "idle": 3600})
+        state = await remembered.state()
+        assert (state["idle"], state["absolute"]) == (3600, REMEMBER_ABSOLUTE)
+        # An idle limit longer than the absolute one ends with the absolute one.
+        await remembered.send("POST", "/login", json={"idle": 1800, "absolute": 900})
+        state = await remembered.state()
+        assert (state["idle"], state["absolute"]) == (900, 900)
+
+
+async def test_create_session_shortens_the_limits_as_a_login_does(every_store: Store) -> None:
+    clock = start_clock()
+    config = SessionConfig(clock=clock, secret_keys=["k" * 32])
+    ticket = await create_session(
+        every_store, user_id="alice", idle_timeout=300, absolute_timeout=900, config=config
+    )
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        visitor.cookie = ticket
+        state = await visitor.state()
+        assert (state["user"], state["idle"], state["absolute"]) == ("alice", 300, 900)
+        assert state["expires_at"] == clock() + 300
+    with pytest.raises(ValueError, match="exceeds the configured idle_timeout"):
+        await create_session(every_store, user_id="alice", idle_timeout=IDLE + 60, config=config)
