@@ -68,6 +68,18 @@ def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
         session["cart"] = [*session.get("cart", []), "pear"]
         return {"cart": session["cart"]}
 
+    @app.post("/confirm")
+    async def confirm(session: SessionDep) -> dict[str, bool]:
+        """A step-up login (the password checked again) that keeps what the session had."""
+        assert session.user_id is not None
+        session.login(
+            session.user_id,
+            remember=session.remember,
+            idle_timeout=session.idle_timeout,
+            absolute_timeout=session.absolute_timeout,
+        )
+        return {"ok": True}
+
     @app.post("/regenerate")
     async def regenerate(session: SessionDep) -> dict[str, bool]:
         session.regenerate()
@@ -197,6 +209,41 @@ async def test_the_limits_last_until_the_next_login(every_store: Store) -> None:
         await visitor.send("POST", "/logout")
         state = await visitor.state()
         assert (state["user"], state["idle"], state["absolute"]) == (None, IDLE, ABSOLUTE)
+
+
+@pytest.mark.parametrize(
+    ("login", "limits"),
+    [
+        ({"idle": 300, "absolute": 3000}, (300, 3000)),
+        ({"remember": True, "idle": 3600}, (3600, REMEMBER_ABSOLUTE)),
+        ({}, (IDLE, ABSOLUTE)),
+    ],
+    ids=["shortened", "remembered", "configured"],
+)
+async def test_a_step_up_login_can_keep_what_the_session_had(
+    login: dict[str, Any], limits: tuple[int, int], tmp_path: Path
+) -> None:
+    """Passing the session's own limits again keeps them. A limit that was the
+    configured one stays the configured one: a configuration loosened later applies."""
+    store = build_store("sqlite", tmp_path)
+    clock = start_clock()
+    try:
+        async with client_for(make_app(store, clock)) as client:
+            visitor = Visitor(client)
+            await visitor.send("POST", "/login", json=login)
+            clock.advance(200)
+            await visitor.send("POST", "/confirm")
+            state = await visitor.state()
+            assert (state["idle"], state["absolute"]) == limits
+            assert state["expires_at"] == clock() + limits[0]
+        looser = {"idle_timeout": 7200, "absolute_timeout": 86400}
+        async with client_for(make_app(store, clock, **looser)) as client:
+            visitor.client = client
+            state = await visitor.state()
+        # Chosen limits stay; the remember-me kind was not loosened; the configured follow.
+        assert (state["idle"], state["absolute"]) == (limits if login else (7200, 86400))
+    finally:
+        await store.aclose()
 
 
 async def test_a_remembered_login_with_a_shorter_lifetime_gets_a_shorter_cookie(

@@ -325,6 +325,8 @@ class SessionConfig:
 
         ``ValueError`` unless each is a positive whole number of seconds, at most the
         configured limit of its kind: a login may tighten its limits, never loosen them.
+        One equal to the configured limit is that limit (0), so a login made again with
+        a session's own ``idle_timeout`` and ``absolute_timeout`` keeps what it had.
         """
         lifetime = self.lifetime(remember)
         prefix = "remember_" if remember else ""
@@ -351,4 +353,4 @@ def _shorter(name: str, value: float | timedelta | None, configured: int, prefix
             f"{name} ({int(seconds)}s) exceeds the configured {prefix}{name} ({configured}s): "
             "a login can shorten its session's limits, not lengthen them"
         )
-    return int(seconds)
+    return 0 if seconds == configured else int(seconds)
