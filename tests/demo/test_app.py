@@ -73,7 +73,10 @@ async def test_anonymous_page_offers_login_and_cart_without_creating_a_session(
         response = await client.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    for field in ('name="username"', 'name="password"', 'name="remember"', 'name="item"'):
+    for field in ('name="username"', 'name="password"', 'name="remember"', 'name="shared"'):
+        assert field in response.text
+    assert "Shared computer: sign me out after 5 minutes unused" in response.text
+    for field in ('name="item"',):
         assert field in response.text
     assert 'action="/login"' in response.text
     assert 'action="/cart/items"' in response.text
@@ -614,6 +617,50 @@ async def test_an_old_sign_in_confirms_the_password_before_signing_out_everywher
         response = await laptop.post("/sessions/revoke-all", headers=JSON)
         assert response.json() == {"revoked": 2}
         assert (await phone.get("/me")).status_code == 401
+
+
+def session_span(body: dict[str, Any]) -> timedelta:
+    """How long after its login the session in ``GET /me``'s ``body`` ends if unused, to
+    the second (its last use came a moment after the login)."""
+    session = body["session"]
+    span = datetime.fromisoformat(session["expires_at"]) - datetime.fromisoformat(
+        session["created_at"]
+    )
+    return timedelta(seconds=round(span.total_seconds()))
+
+
+@pytest.mark.anyio
+async def test_a_sign_in_on_a_shared_computer_ends_after_five_idle_minutes(app: FastAPI) -> None:
+    """Asked for in JSON or by the form, a shared computer's sign-in is never remembered,
+    and keeps its short limit when the password is confirmed again."""
+    async with browser(app) as api, browser(app) as page, browser(app) as usual:
+        response = await login(api, shared=True, remember=True)
+        assert "Max-Age=" not in response.headers["set-cookie"]
+        assert session_span((await api.get("/me")).json()) == timedelta(minutes=5)
+
+        form = {"username": "bob", "password": "builder", "shared": "on", "remember": "on"}
+        response = await page.post("/login", data=form)
+        assert response.status_code == 303
+        assert "Max-Age=" not in response.headers["set-cookie"]
+        assert session_span((await page.get("/me")).json()) == timedelta(minutes=5)
+        assert "in 4 min if unused" in (await page.get("/")).text  # 5 min, rounded down
+
+        await login(usual)
+        assert session_span((await usual.get("/me")).json()) == timedelta(minutes=30)
+
+        confirmed = await api.post("/confirm", json={"password": "wonderland"})
+        assert confirmed.status_code == 200
+        assert session_span((await api.get("/me")).json()) == timedelta(minutes=5)
+
+
+@pytest.mark.anyio
+async def test_a_shared_computer_never_outlives_a_shorter_configured_limit() -> None:
+    app = create_app(store_url="memory://", idle_timeout=90)
+    async with browser(app) as client:
+        page = (await client.get("/")).text
+        assert "sign me out after 90 seconds unused" in page
+        await login(client, shared=True)
+        assert session_span((await client.get("/me")).json()) == timedelta(seconds=90)
 
 
 @pytest.mark.anyio

@@ -25,7 +25,7 @@ from ..stores.base import cookie_sealer_of
 from .inputs import PageError, from_page
 from .pages import STATIC_DIR, render_home
 from .routes import CONFIRM_FIRST, router
-from .settings import DEFAULT_STORE, DemoSettings
+from .settings import DEFAULT_STORE, SHARED_COMPUTER_IDLE, DemoSettings
 
 logger = logging.getLogger("coatcheck.demo")
 
@@ -67,6 +67,8 @@ def create_app(
     app.state.cookie_name = config.cookie.name
     app.state.store_label = describe_store(store_url)
     app.state.stateless = cookie_sealer_of(store) is not None  # sessions live in cookies
+    # What a sign-in on a shared computer asks for: never more than the configured limit.
+    app.state.shared_idle = min(int(SHARED_COMPUTER_IDLE.total_seconds()), config.normal.idle)
     app.add_middleware(SessionMiddleware, store=store, config=config)
     app.add_exception_handler(PageError, _show_page_error)
     app.add_exception_handler(HTTPException, _page_for_form_posts)

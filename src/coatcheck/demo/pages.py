@@ -120,6 +120,7 @@ async def render_home(
         # Signing out everywhere asks for the password again past this.
         "recent": user is not None and session.authenticated_within(RECENT_LOGIN),
         "recent_minutes": int(RECENT_LOGIN.total_seconds() // 60),
+        "shared_idle": _span(request.app.state.shared_idle),
         "stateless": stateless,
         "cart": list(session.get("cart", [])),
         "error": error,
@@ -135,3 +136,9 @@ async def render_home(
     return templates.TemplateResponse(
         request, "index.html", context, status_code=status_code, headers=HTML_HEADERS
     )
+
+
+def _span(seconds: int) -> str:
+    """``300`` as "5 minutes", ``3`` as "3 seconds"."""
+    count, unit = (seconds // 60, "minute") if seconds % 60 == 0 else (seconds, "second")
+    return f"{count} {unit}{'' if count == 1 else 's'}"

@@ -90,7 +90,10 @@ async def login(request: Request, session: SessionDep) -> Response | LoggedIn:
             raise HTTPException(403, TOO_MANY_SESSIONS)
         raise PageError(TOO_MANY_SESSIONS, 403, username=credentials.username)
     # Logging in as someone else drops the data: bob must not inherit alice's cart.
-    session.login(user, remember=credentials.remember)
+    if credentials.shared:
+        session.login(user, idle_timeout=request.app.state.shared_idle)
+    else:
+        session.login(user, remember=credentials.remember)
     return LoggedIn(user=user) if wants_json(request) else _to_page()
 
 
@@ -127,7 +130,13 @@ async def confirm(request: Request, user: CurrentUser, session: SessionDep) -> R
         if page:
             raise PageError(WRONG_PASSWORD, 401)
         raise not_authenticated(WRONG_PASSWORD)
-    session.login(user, remember=session.remember)
+    # Signed in anew, with the limits chosen at sign-in (a shared computer's).
+    session.login(
+        user,
+        remember=session.remember,
+        idle_timeout=session.idle_timeout,
+        absolute_timeout=session.absolute_timeout,
+    )
     if page:
         session.flash("Password confirmed.")
         return _to_page()

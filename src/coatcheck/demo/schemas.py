@@ -18,6 +18,10 @@ class Credentials(BaseModel):
     username: Annotated[str, Field(min_length=1, max_length=150)]
     password: Annotated[str, Field(min_length=1, max_length=1024)]
     remember: bool = False
+    shared: bool = Field(
+        False,
+        description="A shared computer: signed out after a few idle minutes, never remembered",
+    )
 
 
 class Confirmation(BaseModel):

@@ -18,6 +18,9 @@ from ..exceptions import ConfigurationError
 DEFAULT_STORE = "sqlite:///coatcheck-demo.db"
 # How recent a sign-in must be for signing out everywhere: older ones confirm the password.
 RECENT_LOGIN = timedelta(minutes=5)
+# A sign-in on a shared computer ends after this long unused (or the configured idle
+# limit, when that is shorter), and is never remembered.
+SHARED_COMPUTER_IDLE = timedelta(minutes=5)
 # Where a client that is not a browser (curl, a mobile app) carries its session.
 SESSION_HEADER = "X-Session-Token"
 ENV_STORE = "COATCHECK_DEMO_STORE"
