@@ -41,8 +41,8 @@ def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
     app = FastAPI()
 
     @app.post("/login")
-    async def login(session: SessionDep) -> dict[str, bool]:
-        session.login("alice")
+    async def login(session: SessionDep, idle: int | None = None) -> dict[str, bool]:
+        session.login("alice", idle_timeout=idle)
         return {"ok": True}
 
     @app.post("/logout")
@@ -144,6 +144,27 @@ def test_messages_count_as_use_and_keep_the_session_alive() -> None:
                 assert socket.receive_text() == f"alice: minute {minute}"
         me = client.get("/me").json()
     assert me == {"user": "alice", "data": {"said": "minute 25"}}
+
+
+def test_a_chat_outlasts_an_idle_limit_shorter_than_the_recheck_interval() -> None:
+    """A login chose 40 idle seconds, under the minute between rechecks: the socket
+    then looks its session up every 20 seconds, so messages every half minute keep it
+    alive, and a pause past the limit still ends it."""
+    clock, store = FakeClock(), MemoryStore()
+    app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
+    with client_for(app) as client:
+        client.post("/login", params={"idle": 40})
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            for second in range(30, 301, 30):
+                clock.advance(30)
+                socket.send_text(f"second {second}")
+                assert socket.receive_text() == f"alice: second {second}"
+            clock.advance(41)
+            socket.send_text("back")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+        assert client.get("/me").json()["user"] is None
+    assert closed.value.code == 1008
 
 
 def test_an_idle_socket_does_not_keep_the_session_alive() -> None:

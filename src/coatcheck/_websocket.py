@@ -4,7 +4,9 @@ A socket outlives the request that opened it: without a check, a user who logs o
 elsewhere, or whose sessions an administrator ends, keeps a live connection. So at the
 first message after each ``websocket_recheck`` seconds, either way, the session is
 looked up again: a socket whose session ended is closed (1008), and one whose session
-lives counts as use, so an active chat does not reach the idle timeout.
+lives counts as use, so an active chat does not reach the idle timeout. A session
+whose idle limit is shorter than two such intervals (a login may choose one) is looked
+up at least twice per idle window, or its chat would outlast it.
 """
 
 from __future__ import annotations
@@ -24,26 +26,29 @@ _CLOSE: Message = {"type": "websocket.close", "code": 1008, "reason": "session e
 class SocketWatch:
     """One per WebSocket connection whose app may touch the session."""
 
-    __slots__ = ("_due", "_interval", "_persistence", "_send", "_session", "closed")
+    __slots__ = ("_checked", "_interval", "_persistence", "_send", "_session", "closed")
 
     def __init__(self, persistence: Persistence, session: Session, interval: int, send: Send):
         self._persistence = persistence
         self._session = session
         self._interval = interval
         self._send = send
-        self._due = persistence.now() + interval
+        self._checked = persistence.now()
         self.closed = False
 
     async def ended(self) -> bool:
         """True once the session has ended elsewhere, after closing the socket."""
         if self.closed:
             return True
-        now = self._persistence.now()
-        if now < self._due or not self._session._loaded:
+        session = self._session
+        if not session._loaded:
             return False
-        self._due = now + self._interval  # before any await: one check per interval
+        now = self._persistence.now()
+        if now < self._checked + min(self._interval, session._lifetime().idle / 2):
+            return False
+        self._checked = now  # before any await: one check per interval
         try:
-            live = await self._persistence.recheck(self._session)
+            live = await self._persistence.recheck(session)
         except StoreError as exc:
             # An outage is not a logout: the socket stays, and the next interval asks again.
             logger.warning("could not recheck a websocket's session: %s", str(exc))

@@ -221,8 +221,9 @@ class SessionConfig:
     30 days in all. The sliding expiry is written back at most once per
     ``refresh_fraction`` of the idle window, so reads rarely write and the idle window
     can shrink by at most that fraction, never grow. An open WebSocket checks its
-    session against the store at its first message after each ``websocket_recheck``:
-    it is closed once the session has ended elsewhere, and its messages count as use.
+    session against the store at its first message after each ``websocket_recheck``
+    (or half the session's idle limit, when shorter): it is closed once the session has
+    ended elsewhere, and its messages count as use.
 
     ``token_header`` (say ``"X-Session-Token"``) lets clients that are not browsers (a
     mobile app, a CLI) carry the session in that header instead of the cookie: a
