@@ -289,6 +289,8 @@ async def test_a_stricter_configuration_still_holds_for_earlier_logins(tmp_path:
         ({"absolute_timeout": -5}, "absolute_timeout must be a positive"),
         ({"idle_timeout": 1.5}, "idle_timeout must be a positive"),
         ({"idle_timeout": True}, "idle_timeout must be a positive"),
+        ({"idle_timeout": float("inf")}, "idle_timeout must be a positive"),
+        ({"absolute_timeout": "600"}, "absolute_timeout must be a positive"),
         ({"idle_timeout": timedelta(milliseconds=1)}, "idle_timeout must be a positive"),
     ],
 )

@@ -7,6 +7,7 @@ instead of producing cookies that browsers silently drop.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -27,11 +28,21 @@ _ATTRIBUTE_VALUE = re.compile(r"^[\x21-\x3a\x3c-\x7e]+$")  # printable ASCII wit
 
 def _seconds(name: str, value: Duration) -> int:
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or seconds <= 0 or int(seconds) != seconds:
+    if not _whole_seconds(seconds):
         raise ConfigurationError(
             f"{name} must be a positive whole number of seconds, got {value!r}"
         )
     return int(seconds)
+
+
+def _whole_seconds(seconds: object) -> bool:
+    """Whether ``seconds`` is a positive whole number (not a bool, NaN or infinity)."""
+    return (
+        isinstance(seconds, (int, float))
+        and not isinstance(seconds, bool)
+        and 0 < seconds < math.inf
+        and int(seconds) == seconds
+    )
 
 
 def _check_attributes(**attributes: str | None) -> None:
@@ -347,7 +358,7 @@ def _shorter(name: str, value: float | timedelta | None, configured: int, prefix
     if value is None:
         return 0
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not seconds > 0 or int(seconds) != seconds:
+    if not _whole_seconds(seconds):
         raise ValueError(f"{name} must be a positive whole number of seconds, got {value!r}")
     if seconds > configured:
         raise ValueError(
