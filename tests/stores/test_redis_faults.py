@@ -468,7 +468,8 @@ async def test_a_read_or_delete_broken_under_redis_py_is_made_once_more(
     kind: str, tmp_path: Path
 ) -> None:
     """Parallel requests on Cluster met this when the scripts had to be loaded again:
-    a listing, a load or a delete then succeeds at the second try, not with a 503."""
+    a listing, a load, a delete or "log out my other devices" then succeeds at the
+    second try, not with a 503."""
     store = build_store(kind, tmp_path)
     assert isinstance(store, RedisStore)
     try:
@@ -482,6 +483,13 @@ async def test_a_read_or_delete_broken_under_redis_py_is_made_once_more(
         await store.delete(record.key)
         assert breaking.broken == 3
         assert await store.load(record.key, NOW) is None
+        others = [make_record(user_id="alice") for _ in range(3)]
+        for other in others:
+            await store.save(other)
+        breaking.times += 1
+        assert await store.delete_user("alice", keep=others[0].key, now=NOW) == 2
+        assert breaking.broken == 4
+        assert await store.list_user("alice", NOW) == [others[0]]
     finally:
         await store.aclose()
 

@@ -221,9 +221,9 @@ class RedisStore:
         the bare ``AttributeError`` it lets out when another task closed the connection
         mid-command (redis/redis-py#4287; parallel requests on Cluster meet it when the
         scripts must be loaded again). Every call that comes here does, made twice, what
-        it does once: reads, deletes, and saves, which carry a token that lets the
-        scripts recognise a copy that had landed. A second failure is an outage like
-        any other.
+        it does once: reads, deletes (of one session or of a user's), and saves, which
+        carry a token that lets the scripts recognise a copy that had landed. A second
+        failure is an outage like any other.
         """
         with translated(self.retry_after):
             try:
@@ -272,15 +272,19 @@ class RedisStore:
     async def delete_user(
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
+        # Made once more after redis-py's leaked error, like a delete: what the first
+        # attempt ended stays ended, though the count then leaves those out.
         moment = time.time() if now is None else now
-        with translated(self.retry_after):
-            if self._on_cluster is not None:
-                return await self._on_cluster.delete_user(user_id, keep, moment)
-            removed = await self._scripts.standalone_delete_user(
-                keys=[self._names.index(user_id)],
-                args=[self.prefix, user_id, keep or "", repr(moment)],
-            )
-            return int(removed)
+        return await self._again_if_broken(partial(self._delete_user, user_id, keep, moment))
+
+    async def _delete_user(self, user_id: str, keep: str | None, now: float) -> int:
+        if self._on_cluster is not None:
+            return await self._on_cluster.delete_user(user_id, keep, now)
+        removed = await self._scripts.standalone_delete_user(
+            keys=[self._names.index(user_id)],
+            args=[self.prefix, user_id, keep or "", repr(now)],
+        )
+        return int(removed)
 
     async def delete_all(self, now: float) -> int:
         """End every session under this prefix: a SCAN of every primary, each session
