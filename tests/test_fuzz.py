@@ -115,7 +115,13 @@ def make_app(
 
     @app.post("/login")
     async def login(request: Request, session: SessionDep) -> dict[str, str]:
-        keep(session).login("alice", remember="remember" in request.query_params)
+        shortened = "short" in request.query_params  # limits of its own: newer formats
+        keep(session).login(
+            "alice",
+            remember="remember" in request.query_params,
+            idle_timeout=600 if shortened else None,
+            absolute_timeout=3600 if shortened else None,
+        )
         return {"user": "alice"}
 
     @app.post("/write")
@@ -310,6 +316,7 @@ def targets(draw: st.DrawFn) -> tuple[str, str]:
 queries = st.one_of(
     st.just(b""),
     st.sampled_from([b"_method=DELETE", b"remember=1", b"a=1&_method=PUT", b"x=%ff%00"]),
+    st.sampled_from([b"short=1", b"remember=1&short=1"]),  # a login with limits of its own
     st.sampled_from([NAME.encode() + b"=" + ID, b"session=" + ID, b"sid=" + ID]),
     st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40).map(str.encode),
 )
