@@ -52,8 +52,10 @@ async def _fill(url: str, filled: Filled) -> None:
             base_url="http://demo.test",
             headers={"user-agent": agent, "sec-fetch-site": "same-origin"},
         ) as client:
+            # alice's phone is a shared computer: a login with an idle limit of its own.
+            shared = agent == PHONE
             response = await client.post(
-                "/login", json={"username": user, "password": PASSWORDS[user]}
+                "/login", json={"username": user, "password": PASSWORDS[user], "shared": shared}
             )
             assert response.status_code == 200
             session_id = client.cookies["session"]
@@ -156,6 +158,8 @@ def test_list_as_json_for_scripts(runner: CliRunner, filled: Filled) -> None:
         assert created.utcoffset() == timedelta(0)
         assert created < datetime.fromisoformat(entry["expires_at"])
         assert entry["remember"] is False
+        assert entry["absolute_timeout"] is None
+    assert [entry["idle_timeout"] for entry in listed] == [None, 300]
     _assert_no_secrets(result.stdout, filled)
     nobody = ["sessions", "list", "--store", filled.url, "--user", "carol", "--json"]
     assert json.loads(runner.invoke(app, nobody).stdout) == []

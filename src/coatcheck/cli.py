@@ -83,6 +83,9 @@ def _as_json(record: SessionRecord) -> dict[str, Any]:
         "last_seen_at": utc(record.last_seen_at).isoformat(),
         "expires_at": utc(record.expires_at).isoformat(),
         "remember": record.remember,
+        # Shorter limits its login chose, in seconds; null: the app's configured ones.
+        "idle_timeout": record.idle_timeout or None,
+        "absolute_timeout": record.absolute_timeout or None,
         "user_agent": record.user_agent,
         "ip_address": record.ip_address,
     }
