@@ -372,19 +372,25 @@ def coatcheck_app(
 
 
 async def add_coatcheck(
-    suite: Suite, label: str, store: Store, *, baselines: tuple[str, ...] = (BARE,)
+    suite: Suite,
+    label: str,
+    store: Store,
+    *,
+    baselines: tuple[str, ...] = (BARE,),
+    config: SessionConfig | None = None,
 ) -> None:
     """``coatcheck <label> read|read in body|write|untouched``, checked down to the store calls.
 
     Each variant is checked on the very app that is timed, one app per variant, all on
-    ``store``. The read and write variants are compared with ``baselines``; the
-    untouched one, which should cost what a bare endpoint does, with ``fastapi bare`` only.
+    ``store`` (and ``config``, if given). The read and write variants are compared with
+    ``baselines``; the untouched one, which should cost what a bare endpoint does, with
+    ``fastapi bare`` only.
     """
-    app, cookie = coatcheck_app(store, "/untouched")
+    app, cookie = coatcheck_app(store, "/untouched", config=config)
     await suite.start(app)
-    read_app, _ = coatcheck_app(store, "/read")
-    write_app, _ = coatcheck_app(store, "/write")
-    in_body, _ = coatcheck_app(store, "/read", read_in_body=True)
+    read_app, _ = coatcheck_app(store, "/read", config=config)
+    write_app, _ = coatcheck_app(store, "/write", config=config)
+    in_body, _ = coatcheck_app(store, "/read", read_in_body=True, config=config)
     prefix = f"coatcheck {label}"
     counter = CallCounter(store, "load", "save", "delete")
 
@@ -426,7 +432,7 @@ async def add_coatcheck(
 
     # A typed value (a Pydantic model) read through its dependency: validated on the
     # way in, and its dump compared on the way out, where it finds nothing to write.
-    typed_app, _ = coatcheck_app(store, "/tally")
+    typed_app, _ = coatcheck_app(store, "/tally", config=config)
     same_origin = [*BASE_HEADERS, (b"sec-fetch-site", b"same-origin")]
     seeded = ok(await request(typed_app, "/tally", same_origin, method="POST"), f"{prefix} typed")
     tallied = seeded.cookie(cookie)
@@ -443,7 +449,7 @@ async def add_coatcheck(
     )
 
     # A logged-in user, checked by the dependency that guards most authenticated routes.
-    me_app, _ = coatcheck_app(store, "/me")
+    me_app, _ = coatcheck_app(store, "/me", config=config)
     login = ok(await request(me_app, "/login", same_origin, method="POST"), f"{prefix} login")
     user = login.cookie(cookie)
     expect(user is not None, f"{prefix} login: no {cookie} cookie: {login.headers}")

@@ -165,6 +165,15 @@ async def build(suite: Suite, workdir: Path) -> None:
     await add_coatcheck(
         suite, "sqlite", SQLiteStore(workdir / "sessions.db"), baselines=(BARE, NOOP)
     )
+    # The same with each session's data sealed before it reaches the file.
+    sealed = SessionConfig(secret_keys=["benchmark-secret-" + "x" * 32], encrypt_data=True)
+    await add_coatcheck(
+        suite,
+        "sqlite sealed",
+        SQLiteStore(workdir / "sealed.db"),
+        baselines=(BARE, NOOP),
+        config=sealed,
+    )
     await add_cookie_peer(suite, "starlette cookie", starlette_app, "session", stateless=True)
     await add_cookie_peer(
         suite, "coatcheck cookie", coatcheck_cookie_app, "__Host-session", stateless=True

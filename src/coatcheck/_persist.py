@@ -85,6 +85,15 @@ class Persistence:
         if sealer is not None:
             self._sealer = sealer(cookie_keys(config, keyring), config.cookie.name)
         self.stateless = self._sealer is not None
+        if config.encrypt_data:
+            if self.stateless:
+                raise ConfigurationError(
+                    "encrypt_data is for server-side stores: the cookie store seals whole "
+                    "sessions already"
+                )
+            from ._data_sealing import sealing_data
+
+            self.store = sealing_data(store, config.secret_keys)
         # The limit a login is refused at, under at_session_limit="refuse_login".
         self._refuse_at = (
             config.max_sessions_per_user if config.at_session_limit == "refuse_login" else None

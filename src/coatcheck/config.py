@@ -244,6 +244,10 @@ class SessionConfig:
     from (``scope["client"]``: behind a proxy, let the server trust the proxy's
     forwarded headers), so a device list can say where each session is used. Off by
     default, since an address is personal data.
+
+    ``encrypt_data`` seals each session's data before it reaches a server-side store,
+    with a key derived from ``secret_keys`` (which it needs): a dump of the store then
+    shows neither a usable ticket nor what the sessions hold.
     """
 
     cookie: CookieConfig = field(default_factory=CookieConfig)
@@ -261,6 +265,7 @@ class SessionConfig:
     csrf: CSRFConfig = field(default_factory=CSRFConfig)
     token_header: str | None = None
     record_ip: bool = False
+    encrypt_data: bool = False
     starlette_import: StarletteImport | None = None
     starsessions_import: StarsessionsImport | None = None
     websocket_recheck: Duration | None = timedelta(minutes=1)
@@ -315,6 +320,12 @@ class SessionConfig:
             raise ConfigurationError("secret_keys takes a list: the first signs, all verify")
         if any(len(k.encode() if isinstance(k, str) else k) < 16 for k in self.secret_keys):
             raise ConfigurationError("each of secret_keys needs at least 16 bytes")
+        if self.encrypt_data and not self.secret_keys:
+            # A per-process key would leave every session unreadable after a restart,
+            # and to every other worker.
+            raise ConfigurationError(
+                "encrypt_data needs SessionConfig(secret_keys=[...]) shared by every process"
+            )
         object.__setattr__(self, "secret_keys", tuple(self.secret_keys))
         if self.websocket_recheck is not None:
             recheck = _seconds("websocket_recheck", self.websocket_recheck)

@@ -121,5 +121,9 @@ async def create_session(
     if sealer is not None:  # the cookie store: the record travels in the cookie
         keys = cookie_keys(config, Keyring(config.secret_keys))
         return sealer(keys, config.cookie.name).seal(session_id, record)
+    if config.encrypt_data:  # as the middleware would store it
+        from ._data_sealing import sealing_data
+
+        store = sealing_data(store, config.secret_keys)
     await store.save(record)
     return session_id
