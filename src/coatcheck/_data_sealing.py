@@ -3,14 +3,18 @@
 A server-side store keeps only a hash of each session ID, so a dump of it cannot be
 replayed; with this, the data in it (a cart, an OAuth state, whatever the app keeps)
 cannot be read either without the app's ``secret_keys``. Each record's data is sealed
-with AES-256-GCM before it reaches the store, under a fresh nonce, and bound to the
-record's key: data copied into another record does not open. The rest of the record
+with AES-256-GCM before it reaches the store, under a fresh nonce and a key of its own,
+derived from the app's key and the record's: data copied into another record does not
+open, and a random nonce repeats, if ever, only among one session's saves, however
+many sessions the app key seals in its lifetime. The rest of the record
 (user, times, device) stays readable, since listing and revoking a user's sessions
 and the CLI need it, and none of it is what the app put in the session.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Sequence
 
@@ -46,7 +50,7 @@ class DataSealingStore:
 
     def __init__(self, inner: Store, keys: Sequence[bytes]) -> None:
         self.inner = inner
-        self._ciphers = [AESGCM(key) for key in keys]
+        self._keys = list(keys)
 
     def __repr__(self) -> str:
         return f"DataSealingStore({self.inner!r})"
@@ -101,7 +105,7 @@ class DataSealingStore:
 
     def _seal(self, record: SessionRecord) -> SessionRecord:
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._ciphers[0].encrypt(nonce, record.data, record.key.encode())
+        sealed = _cipher(self._keys[0], record.key).encrypt(nonce, record.data, None)
         return record._replace(data=_SEALED + nonce + sealed)
 
     def _open(self, record: SessionRecord) -> SessionRecord:
@@ -109,12 +113,18 @@ class DataSealingStore:
         if not data.startswith(_SEALED):
             return record  # stored before encryption was turned on: read as it is
         nonce, sealed = data[2 : 2 + _NONCE_BYTES], data[2 + _NONCE_BYTES :]
-        for cipher in self._ciphers:
+        for key in self._keys:
             try:
-                return record._replace(data=cipher.decrypt(nonce, sealed, record.key.encode()))
+                opened = _cipher(key, record.key).decrypt(nonce, sealed, None)
+                return record._replace(data=opened)
             except (InvalidTag, ValueError):  # ValueError: a nonce cut short
                 continue
         # Not sealed for this record by any key of ours: a key dropped too soon, or data
         # moved from another record. Empty data, which the session refuses to decode.
         security_log.warning("session %s holds data none of the keys opens", record.public_id)
         return record._replace(data=b"")
+
+
+def _cipher(key: bytes, record_key: str) -> AESGCM:
+    """The cipher of one record: its own key, derived from ``key`` and the record's."""
+    return AESGCM(hmac.new(key, record_key.encode(), hashlib.sha256).digest())
