@@ -55,6 +55,15 @@ def make_app(store: Store, config: SessionConfig = SEALED) -> FastAPI:
         session["note"] = "plum wanted"
         return {"ok": True}
 
+    @app.post("/reload")
+    async def reload(session: SessionDep, cookie: str) -> dict[str, Any]:
+        """Load, let another request add a pear, then read the session again."""
+        before = session.get("cart")
+        async with client_for(app, headers={"cookie": f"{NAME}={cookie}"}) as tab:
+            assert (await tab.post("/add/pear")).status_code == 200
+        await session.reload()
+        return {"before": before, "after": session.get("cart")}
+
     @app.get("/state")
     async def state(session: SessionDep) -> dict[str, Any]:
         devices = await session.devices() if session.user_id else []
@@ -108,6 +117,14 @@ async def test_parallel_changes_still_merge(any_store: Store) -> None:
         state = (await client.get("/state", headers=cookie)).json()
     assert state["data"] == {"cart": ["apple", "pear"], "note": "plum wanted"}
     assert b"pear" not in await raw_data(any_store, session_id)
+
+
+async def test_a_reload_opens_what_another_request_sealed(any_store: Store) -> None:
+    async with client_for(make_app(any_store)) as client:
+        session_id = ticket(await client.post("/add/apple"))
+        cookie = {"cookie": f"{NAME}={session_id}"}
+        response = await client.post("/reload", params={"cookie": session_id}, headers=cookie)
+    assert response.json() == {"before": ["apple"], "after": ["apple", "pear"]}
 
 
 async def test_sessions_stored_before_the_switch_read_on_and_are_sealed_when_saved() -> None:
