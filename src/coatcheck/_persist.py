@@ -131,9 +131,7 @@ class Persistence:
         data: dict[str, Any] = {}
         if record is not None and key is not None:
             # Written out rather than split into helpers: every read runs this.
-            lifetime = self.config.remember if record.remember else self.config.normal
-            if record.idle_timeout or record.absolute_timeout:
-                lifetime = lifetime.shortened(record.idle_timeout, record.absolute_timeout)
+            lifetime = self.lifetime_of(record)
             if not (
                 compare_digest(record.key, key)
                 and record.expires_at > now
@@ -224,9 +222,7 @@ class Persistence:
             if len(data) > self.config.max_session_bytes:
                 raise SessionTooLargeError(len(data), self.config.max_session_bytes)
         now = self.now()
-        lifetime = self.config.lifetime(
-            session._remember, session._idle_timeout, session._absolute_timeout
-        )
+        lifetime = session._lifetime()
         refresh_due = stored is not None and now - stored.last_seen_at >= self._refresh_window(
             stored
         )
