@@ -415,6 +415,7 @@ def test_the_cookie_store_is_refused_for_it_keeps_nothing_here(
         "redis://:hunter2@127.0.0.1:{port}/0",
         "redis://admin:hunter2@127.0.0.1:{port}/0?colour=blue",
         "mongodb://admin:hunter2@127.0.0.1:{port}/sessions",
+        "postgresql://admin:hunter2%zz@127.0.0.1:{port}/sessions",
     ],
 )
 def test_store_errors_never_show_the_password(runner: CliRunner, url: str) -> None:

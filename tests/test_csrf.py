@@ -384,6 +384,37 @@ async def test_method_overrides_never_make_a_request_safe(app: FastAPI) -> None:
     assert plain.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "%5Fmethod=DELETE",  # what an override middleware decodes to _method=DELETE
+        "_%6Dethod=DELETE",
+        "_%6d%65thod=PUT",
+        "a=1&_METHOD=DELETE",
+        "_Method=PATCH&b=2",
+        "_method",  # blank, yet an override's name
+        "x=%ff&_method=DELETE",
+    ],
+)
+async def test_an_override_is_checked_in_every_spelling_a_query_decodes_to(
+    app: FastAPI, query: str
+) -> None:
+    async with client_for(app) as client:
+        cross = {**await logged_in(client), "sec-fetch-site": "cross-site"}
+        forged = await client.get(f"/anything?{query}", headers=cross)
+    assert forged.status_code == 403
+
+
+@pytest.mark.parametrize("query", ["q=%20apple", "q=_method", "sort=method&x=%5F", "_methods=1"])
+async def test_a_query_that_only_resembles_an_override_is_not_checked(
+    app: FastAPI, query: str
+) -> None:
+    async with client_for(app) as client:
+        cross = {**await logged_in(client), "sec-fetch-site": "cross-site"}
+        response = await client.get(f"/anything?{query}", headers=cross)
+    assert response.status_code == 200
+
+
 async def test_exempt_paths_skip_the_check(app: FastAPI) -> None:
     async with client_for(app) as client:
         response = await client.post("/hooks/payment", headers={"sec-fetch-site": "cross-site"})

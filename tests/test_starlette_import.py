@@ -28,7 +28,7 @@ from coatcheck import (
     StarletteImport,
     Store,
 )
-from coatcheck.fastapi import SessionDep
+from coatcheck.fastapi import CSRFToken, SessionDep
 from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
 
@@ -101,6 +101,10 @@ def coatcheck_app(store: Store, settings: StarletteImport, **config: Any) -> Fas
     async def logout(session: SessionDep) -> dict[str, bool]:
         session.logout()
         return {"ok": True}
+
+    @app.get("/token")
+    async def token(value: CSRFToken) -> dict[str, str]:
+        return {"token": value}
 
     app.add_middleware(
         SessionMiddleware,
@@ -283,6 +287,26 @@ async def test_the_old_cookie_counts_as_a_credential_for_csrf() -> None:
     assert cross_site.status_code == 403
     assert refused.status_code == 403
     assert set_cookies(refused) == set_cookies(cross_site) == []
+
+
+async def test_the_old_cookie_refuses_a_token_anyone_could_take() -> None:
+    """The adopted session is logged in but has no store key yet, so it has never
+    issued a bound token; the stateless kind is handed to any visitor."""
+    site = Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        site.app = coatcheck_app(MemoryStore(), StarletteImport(SECRET, user_key="user_id"))
+        transport = httpx.ASGITransport(app=site)
+        async with httpx.AsyncClient(transport=transport, base_url=TEST_BASE_URL) as stranger:
+            taken = (await stranger.get("/token")).json()["token"]
+        del client.headers["sec-fetch-site"]
+        forged = await client.post("/cart", headers={"x-csrf-token": taken})
+        client.headers["sec-fetch-site"] = "same-origin"
+        state = await client.get("/state")
+
+    assert forged.status_code == 403
+    assert state.json()["user"] == "alice"
+    assert "cart" not in state.json()["data"]
 
 
 async def test_one_cookie_name_for_both_is_replaced_not_cleared() -> None:

@@ -44,6 +44,18 @@ _FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
 _PAGE_SCHEME = {"ws": "http", "wss": "https"}
 
 
+def overrides_method(query: bytes | None) -> bool:
+    """Whether a query names a ``_method`` override, in any spelling an app's override
+    middleware would decode (``%5Fmethod``, ``_%6Dethod``) and in any letter case."""
+    if not query:
+        return False
+    lowered = query.lower()
+    if b"_method" not in lowered and b"%" not in lowered:
+        return False  # the usual query, told apart without parsing
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    return any(name.lower() == "_method" for name, _ in pairs)
+
+
 class CSRFGuard:
     """Issues tokens and checks requests; shared by every request of one middleware."""
 
@@ -82,7 +94,11 @@ class CSRFGuard:
         raw = _unmask(token)
         if raw is None:
             return False
-        if session._user_id is not None and session._key is not None:
+        if session._user_id is not None:
+            if session._key is None:
+                # Adopted from another middleware's cookie and not stored yet: it never
+                # issued a bound token, and an anonymous one is anyone's to take.
+                return False
             bound = [self._bound(key, session._key) for key in self._keys]
             return any(hmac.compare_digest(raw, expected) for expected in bound)
         body, mac = raw[:16], raw[16:]
@@ -105,7 +121,7 @@ class CSRFGuard:
         # A method override inside the app could make a safe request unsafe. A page on
         # another site cannot add a header without a CORS preflight, but it can put
         # ``_method`` in a link, so only that is looked for on every request.
-        if scope["method"] in SAFE_METHODS and b"_method=" not in scope.get("query_string", b""):
+        if scope["method"] in SAFE_METHODS and not overrides_method(scope.get("query_string")):
             return False
         return self.config.enabled and not self._exempted(scope) and not self._by_header(scope)
 

@@ -19,7 +19,7 @@ from ._persist import Persistence, outgoing
 from ._printable import printable
 from ._websocket import SocketWatch
 from .config import SessionConfig
-from .csrf import SAFE_METHODS
+from .csrf import SAFE_METHODS, overrides_method
 from .events import EventHook
 from .exceptions import (
     CoatcheckError,
@@ -128,7 +128,8 @@ class SessionMiddleware:
             # Safe methods skip the CSRF guard unless a ``_method`` override could make
             # them unsafe inside the app (see CSRFGuard.needs_check, which decides).
             if kind == "http" and (
-                scope["method"] not in SAFE_METHODS or b"_method=" in scope.get("query_string", b"")
+                scope["method"] not in SAFE_METHODS
+                or ((query := scope.get("query_string")) and overrides_method(query))
             ):
                 checked = await self._check_forgery(scope, receive, send, session)
                 if checked is None:

@@ -67,6 +67,8 @@ def test_from_url_keeps_its_own_options_and_passes_the_rest_to_libpq() -> None:
         ("postgresql://u:s3cret@db/web?table=a.b.c", "not a plain SQL identifier"),
         ("postgresql://u:s3cret@db/web?table=auth.", "not a plain SQL identifier"),
         ("postgresql://u:s3cret@db/web?sslmod=require", 'invalid URI query parameter: "sslmod"'),
+        # libpq quotes the whole token around a bad escape, here the password.
+        ("postgresql://u:s3cret%zz@db/web", "a value holds a % that is not followed"),
     ],
 )
 def test_bad_options_fail_at_start_up_without_the_password(url: str, complaint: str) -> None:

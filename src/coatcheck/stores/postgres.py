@@ -117,7 +117,8 @@ class PostgresStore:
         try:
             conninfo_to_dict(conninfo)  # a misspelt parameter fails now, not at each connect
         except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"invalid PostgreSQL connection string: {exc}") from None
+            told = _told(exc)
+            raise ConfigurationError(f"invalid PostgreSQL connection string: {told}") from None
         self.conninfo = conninfo
         self.table = table
         self.timeout = timeout
@@ -580,3 +581,12 @@ def _record(key: str, row: Sequence[Any]) -> SessionRecord:
         idle,
         absolute,
     )
+
+
+def _told(exc: psycopg.ProgrammingError) -> str:
+    """libpq's complaint about a connection string, without quoting a value that may be
+    the password: it names a bad percent-escape by the whole token that holds it."""
+    message = str(exc)
+    if "percent-encoded" in message:
+        return "a value holds a % that is not followed by two hexadecimal digits"
+    return message
