@@ -317,6 +317,54 @@ async def test_a_saved_modify_is_not_applied_again_by_a_later_merge(any_store: S
     assert stored == {"cart": ["apple"], "theme": "dark", "late": True}
 
 
+async def test_a_value_held_across_a_merged_save_stays_the_sessions(any_store: Store) -> None:
+    """A stream that saves as it goes and keeps appending to the list it was handed:
+    a save that merged with a parallel one must not leave that list behind."""
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first["cart"] = []
+    cookie = issued(await persistence.commit(first, 200))
+    a, other = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    cart = a["cart"]
+    cart.append("step 1")
+    other["theme"] = "dark"
+    assert await persistence.commit(other, 200) == []
+    assert await persistence.commit(a, 200) == []  # merged with the theme
+    assert a["cart"] is cart
+    cart.append("step 2")
+    assert await persistence.commit(a, 200) == []
+    stored = dict(await open_session(persistence, cookie))
+    assert stored == {"cart": ["step 1", "step 2"], "theme": "dark"}
+
+
+@pytest.mark.parametrize(
+    ("after_modify", "expected"),
+    [
+        (lambda session: session.__setitem__("n", 100), {"n": 100, "other": 1}),
+        (lambda session: session.__delitem__("n"), {"other": 1}),
+        (lambda session: session.clear(), {"other": 1}),
+        (lambda session: session.pop("n"), {"other": 1}),
+    ],
+    ids=["set", "del", "clear", "pop"],
+)
+async def test_a_value_set_after_modify_is_not_recomputed_by_a_merge(
+    any_store: Store, after_modify: Any, expected: dict[str, Any]
+) -> None:
+    """What the request did last to a key wins: a merge re-runs ``modify()`` only for
+    keys still left to it."""
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first["n"] = 5
+    cookie = issued(await persistence.commit(first, 200))
+    a, other = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    a.modify("n", lambda n: n + 1)
+    after_modify(a)
+    other["other"] = 1
+    assert await persistence.commit(other, 200) == []
+    await persistence.commit(a, 200)
+    assert dict(await open_session(persistence, cookie)) == expected
+
+
 @st.composite
 def schedules(draw: st.DrawFn) -> list[tuple[str, int]]:
     """A random interleaving of load i / save i (each load before its save)."""

@@ -152,10 +152,16 @@ def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
         return {"ended": None}
 
     @app.post("/refresh-ended")
-    async def refresh_ended(session: SessionDep) -> dict[str, Any]:
+    async def refresh_ended(session: SessionDep, catch: bool = False) -> dict[str, Any]:
         """Nothing changed, but the sliding expiry is due: the save finds the session gone."""
         await store.delete_user("alice")
-        await session.save()
+        try:
+            await session.save()
+        except SessionEndedError:
+            if not catch:
+                raise
+            session["cart"] = ["paid"]  # not stored: the ended session stays ended
+            await session.save()  # says so again
         return {"user": session.user_id}
 
     @app.get("/stream")
@@ -354,9 +360,17 @@ async def test_a_due_refresh_finding_the_session_ended_does_not_revive_it(
     async with client_for(make_app(any_store, config)) as client:
         sid = ticket(await client.post("/login-then-save"))
         clock.advance(config.normal.idle * config.refresh_fraction + 1)
-        response = await client.post("/refresh-ended", headers={"cookie": f"{NAME}={sid}"})
-        assert response.json() == {"user": "alice"}  # as loaded: it ended meanwhile
-        assert set_cookies(response) == []
+        uncaught = await client.post("/refresh-ended", headers={"cookie": f"{NAME}={sid}"})
+        # The handler learns it, so it cannot go on as if later changes were stored.
+        assert uncaught.status_code == 409
+        assert set_cookies(uncaught) == []
+        assert await state(client, sid) == {"user": None, "data": {}}
+        sid = ticket(await client.post("/login-then-save"))
+        clock.advance(config.normal.idle * config.refresh_fraction + 1)
+        cookie = {"cookie": f"{NAME}={sid}"}
+        caught = await client.post("/refresh-ended?catch=true", headers=cookie)
+        assert caught.status_code == 409  # the second save() raised it again
+        assert set_cookies(caught) == []
         assert await state(client, sid) == {"user": None, "data": {}}
     assert await any_store.list_user("alice", clock()) == []
 

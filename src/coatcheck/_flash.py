@@ -42,14 +42,17 @@ def take(session: Session, category: str | None) -> list[Flash]:
     ]
     if not shown:
         return []
+    from .session import _REMOVE  # here: the session module imports this one
+
     ids = {entry["id"] for entry in shown}
-    left = session.modify(
-        FLASH_KEY, lambda queue: [e for e in _entries(queue) if e["id"] not in ids], default=[]
-    )
-    if not left:
-        # Gone from this request's data; a parallel save that added one would re-run the
-        # change above on its queue instead, keeping its message.
-        del session[FLASH_KEY]
+
+    def without_shown(queue: Any) -> Any:
+        # An emptied queue goes; on a parallel save that added a message, this runs
+        # again on its queue, which keeps that message.
+        left = [entry for entry in _entries(queue) if entry["id"] not in ids]
+        return left or _REMOVE
+
+    session.modify(FLASH_KEY, without_shown, default=[])
     return [Flash(entry["message"], entry["category"]) for entry in shown]
 
 

@@ -31,7 +31,7 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .serializers import JSONSerializer, Serializer
-from .session import Session
+from .session import _REMOVE, Session
 from .stores.base import Merge, SessionRecord, Store, cookie_sealer_of
 
 if TYPE_CHECKING:
@@ -247,8 +247,11 @@ class Persistence:
                 raise SessionEndedError("the session was ended by another request")
         elif session._fresh:
             # Destroyed, or logged in as someone else: nothing of the old record carries
-            # over, so it is simply replaced, whatever happened to it meanwhile.
-            await self.store.save(record, replaces=old_key)
+            # over, so it is simply replaced, whatever happened to it meanwhile. Only a
+            # revocation racing this very write refuses it (Redis Cluster, as above).
+            if not await self.store.save(record, replaces=old_key):
+                session._stored = None
+                raise SessionEndedError("the session was ended by another request")
         elif not await self.store.save(
             record,
             replaces=old_key if rotated else None,
@@ -266,7 +269,7 @@ class Persistence:
         record = written[-1]
         if record.data != data:  # merged with a parallel save: adopt what was stored
             data = record.data
-            session._data = self.serializer.loads(data)
+            self._adopt_merged(session, self.serializer.loads(data))
         session._stored = record
         session._key = key
         session._fresh = False
@@ -419,6 +422,10 @@ class Persistence:
         except (SessionEndedError, SessionLimitError) as exc:
             session._halted = exc
             raise
+        if session._halted is not None:
+            # Found ended by a save with nothing but a refresh to store: what the
+            # handler changes next would be dropped, so it must know now.
+            raise session._halted
         if not session._cookie_final:
             session._outgoing = outgoing(session._outgoing, extra)
 
@@ -590,6 +597,17 @@ class Persistence:
         await self.emit(session, "login_refused", user_id, "")
         raise SessionLimitError(limit)
 
+    def _adopt_merged(self, session: Session, merged: dict[str, Any]) -> None:
+        """Take what a merge stored into the session's own mapping, in place: a value
+        the handler still holds (``cart = session["cart"]``) stays the session's where
+        the merge kept it, so what the handler changes in it next is saved too."""
+        data, encode = session._data, self.serializer.dumps
+        for key in [key for key in data if key not in merged]:
+            del data[key]
+        for key, value in merged.items():
+            if key not in data or encode({key: data[key]}) != encode({key: value}):
+                data[key] = value
+
     def _merger(
         self,
         session: Session,
@@ -624,7 +642,11 @@ class Persistence:
                     merged[key] = ours[key]
             for key, change, default in session._updates:
                 start = merged[key] if key in merged else copy.deepcopy(default)
-                merged[key] = change(start)
+                value = change(start)
+                if value is _REMOVE:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
             meta = record if session._meta_changed else base
             result = record._replace(
                 data=encode(merged),

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .stores.base import SessionRecord
 
 _MUTABLE = (dict, list)
+# What a modify() change returns to remove its key: flash queues, once emptied, go.
+_REMOVE: Any = object()
 M = TypeVar("M")
 
 
@@ -190,6 +192,8 @@ class Session(MutableMapping[str, Any]):
         self._modified = True
         if self._models:
             self._models.pop(key, None)  # what was set last wins
+        if self._updates:
+            self._forget_updates(key)
 
     def __delitem__(self, key: str) -> None:
         self._require_loaded()
@@ -197,6 +201,13 @@ class Session(MutableMapping[str, Any]):
         self._modified = True
         if self._models:
             self._models.pop(key, None)
+        if self._updates:
+            self._forget_updates(key)
+
+    def _forget_updates(self, key: str) -> None:
+        """A value set or deleted outright is no longer ``modify()``'s to recompute: a
+        merge with a parallel save must keep it as the request left it."""
+        self._updates = [update for update in self._updates if update[0] != key]
 
     def __iter__(self) -> Iterator[str]:
         self._require_loaded()
@@ -226,7 +237,10 @@ class Session(MutableMapping[str, Any]):
         """
         self._require_loaded()
         value = change(self._data[key] if key in self._data else copy.deepcopy(default))
-        self._data[key] = value
+        if value is _REMOVE:
+            self._data.pop(key, None)
+        else:
+            self._data[key] = value
         self._modified = True
         self._updates.append((key, change, default))
         if self._models:
@@ -270,6 +284,7 @@ class Session(MutableMapping[str, Any]):
         """Forget all data but keep the session, its ID and its user."""
         self._require_loaded()
         self._models = None
+        self._updates = []
         if self._data:
             self._data.clear()
             self._modified = True

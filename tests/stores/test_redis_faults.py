@@ -22,15 +22,19 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Connection
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from coatcheck import (
     SessionConfig,
+    SessionEndedError,
     SessionMiddleware,
     StoreUnavailableError,
     store_from_url,
 )
 from coatcheck._ids import store_key
+from coatcheck._persist import Persistence
 from coatcheck.fastapi import SessionDep
+from coatcheck.session import Session
 from coatcheck.stores import SessionRecord, _redis_codec
 from coatcheck.stores._redis_errors import translated
 from coatcheck.stores.redis import RedisStore
@@ -433,7 +437,7 @@ class BreaksUnder:
     """Makes the next ``times`` commands of a real client, after the first ``after``,
     fail as redis-py fails when another task closed their connection mid-command: with
     the AttributeError its own connection code raises, from a connection whose writer
-    is gone."""
+    is gone. With ``script`` (a SHA), only that script's calls count."""
 
     def __init__(
         self,
@@ -442,21 +446,30 @@ class BreaksUnder:
         *,
         after: int = 0,
         landed: Callable[[], Awaitable[None]] | None = None,
+        script: str | None = None,
     ) -> None:
         self.times = times
         self.after = after
         self.broken = 0
         self.landed = landed  # if given, the command runs and only its reply is lost
+        self.script = script
         self._send = store.client.execute_command
         store.client.execute_command = self  # type: ignore[method-assign]
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.script is not None and args[:2] != ("EVALSHA", self.script):
+            return await self._send(*args, **kwargs)
         if self.after:
             self.after -= 1
         elif self.broken < self.times:
             self.broken += 1
             if self.landed is not None:
-                await self._send(*args, **kwargs)
+                try:
+                    await self._send(*args, **kwargs)
+                except NoScriptError:
+                    if self.script is not None:
+                        self.broken -= 1  # redis-py loads it on that node and sends it again
+                    raise
                 await self.landed()
             writer_gone = Connection(host="127.0.0.1", port=free_port())
             await writer_gone._send_packed_command([b"PING"])  # its writer is None
@@ -548,6 +561,38 @@ async def test_a_save_made_again_after_its_session_was_revoked_stays_refused(
         assert landed == [True]
         assert await store.load(login.key, NOW) is None
         assert await store.list_user("alice", NOW) == []
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_login_as_someone_else_ended_before_its_resend_is_not_reported_stored(
+    kind: str, tmp_path: Path
+) -> None:
+    """Alice's browser signs in as bob. The write lands, its reply is lost, and "log out
+    everywhere" for bob runs before the second copy, which is refused: the login must
+    fail (a 409 for the request), not hand the browser a cookie that opens nothing."""
+    store = build_store(kind, tmp_path)
+    assert isinstance(store, RedisStore)
+    persistence = Persistence(store, SessionConfig(), None)
+    try:
+        first = await Session(persistence, {"headers": []}).load()
+        first.login("alice")
+        (header,) = [v for k, v in await persistence.commit(first, 200) if k == b"set-cookie"]
+        cookie = header.split(b";", 1)[0]
+        switching = await Session(persistence, {"headers": [(b"cookie", cookie)]}).load()
+        switching.login("bob")
+
+        async def log_out_everywhere() -> None:
+            assert await store.delete_user("bob", now=time.time()) == 1
+
+        scripts = store._scripts
+        write = scripts.write if store.cluster else scripts.standalone_save
+        BreaksUnder(store, times=1, landed=log_out_everywhere, script=write.sha)
+        with pytest.raises(SessionEndedError):
+            await persistence.commit(switching, 200)
+        assert await store.list_user("bob", time.time()) == []
+        assert await store.list_user("alice", time.time()) == []  # replaced by the login
     finally:
         await store.aclose()
 
