@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -190,6 +191,82 @@ async def test_parallel_logins_never_pass_the_limit(any_store: Store) -> None:
     assert statuses.count(200) <= 2
     assert all(state["user"] == "alice" for state in live)
     assert len(await any_store.list_user("alice", REFUSE.clock())) == len(live)
+
+
+class LockStep(CountingStore):
+    """A real store on which two logins of alice move in step: after its save and after
+    each count of her sessions, each waits until the other has done the same. Both are
+    stored before either counts, so each sees the other: the race at its closest."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self._waiting: dict[str, list[asyncio.Event]] = {"save": [], "list": []}
+
+    async def _meet(self, step: str) -> None:
+        arrived = asyncio.Event()
+        waiting = self._waiting[step]
+        waiting.append(arrived)
+        if len(waiting) == 2:
+            for event in waiting:
+                event.set()
+            waiting.clear()
+        await arrived.wait()
+
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        saved = await super().save(record, **options)
+        if self.armed and record.user_id == "alice":
+            await self._meet("save")
+        return saved
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        records = await super().list_user(user_id, now)
+        if self.armed:
+            await self._meet("list")
+        return records
+
+
+async def test_logins_racing_past_the_limit_do_not_end_each_other(any_store: Store) -> None:
+    """Each would end the other as "the oldest other session": both answered 200 and
+    the user had none left. They agree on who stays, and the other is told."""
+    store = LockStep(any_store)
+    config = SessionConfig(max_sessions_per_user=1)
+    async with client_for(make_app(store, config)) as client:
+        carts = [ticket(await client.post(f"/append?item={item}")) for item in ("tea", "jam")]
+        store.armed = True
+        responses = await asyncio.gather(
+            *(client.post("/login", headers={"cookie": f"{NAME}={sid}"}) for sid in carts)
+        )
+        store.armed = False
+        assert sorted(response.status_code for response in responses) == [200, 409]
+        (won,) = [response for response in responses if response.status_code == 200]
+        state = await client.get("/read", headers={"cookie": f"{NAME}={ticket(won)}"})
+        assert state.json()["user"] == "alice"
+        (lost,) = [response for response in responses if response.status_code == 409]
+        assert "set-cookie" not in lost.headers
+    (kept,) = await any_store.list_user("alice", config.clock())
+    assert kept.key == store_key(ticket(won))
+
+
+async def test_logins_refused_in_a_race_keep_their_carts(any_store: Store) -> None:
+    """Both count two sessions once stored, so both withdraw; each browser keeps the
+    anonymous session its login replaced, cart included, as a refused login promises."""
+    store = LockStep(any_store)
+    config = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
+    async with client_for(make_app(store, config)) as client:
+        carts = [ticket(await client.post(f"/append?item={item}")) for item in ("tea", "jam")]
+        store.armed = True
+        responses = await asyncio.gather(
+            *(client.post("/login", headers={"cookie": f"{NAME}={sid}"}) for sid in carts)
+        )
+        store.armed = False
+        assert [response.status_code for response in responses] == [403, 403]
+        states = [
+            (await client.get("/read", headers={"cookie": f"{NAME}={sid}"})).json() for sid in carts
+        ]
+    assert [state["data"] for state in states] == [{"cart": ["tea"]}, {"cart": ["jam"]}]
+    assert [state["user"] for state in states] == [None, None]
+    assert await any_store.list_user("alice", config.clock()) == []
 
 
 def test_a_websocket_login_past_the_limit_is_closed_with_1008() -> None:

@@ -313,9 +313,9 @@ class Persistence:
         if user_id is not None and self.config.max_sessions_per_user is not None:
             try:
                 if self._refuse_at is None:
-                    await self._evict_oldest(user_id, record.key, now)
+                    await self._evict_oldest(session, user_id, record.key, logged_in, now)
                 elif logged_in:
-                    await self._undo_past_limit(session, user_id, record.key, now)
+                    await self._undo_past_limit(session, user_id, stored, record.key, now)
             except StoreUnavailableError as exc:
                 # The login itself is stored: answering 503 now would lose its cookie.
                 logger.warning("could not count or end the sessions past the limit: %s", exc)
@@ -560,17 +560,31 @@ class Persistence:
             )
             await self.events.emit(event)
 
-    async def _evict_oldest(self, user_id: str, keep: str, now: float) -> None:
-        """Past ``max_sessions_per_user``, end the user's oldest other sessions.
+    async def _evict_oldest(
+        self, session: Session, user_id: str, key: str, logged_in: bool, now: float
+    ) -> None:
+        """Past ``max_sessions_per_user``, end the user's oldest sessions.
 
-        Runs only when a session gets a new ID (a login), so it costs nothing per request.
+        Runs only when a session gets a new ID, so it costs nothing per request. Logins
+        racing at the limit must agree on who stays, or each would end the other: the
+        newest by login time, then by key, stay. A login that is not among them was
+        overtaken by one that is, and ends with a 409 rather than a cookie for nothing.
+        A session given a new ID without a login always stays.
         """
         limit = self.config.max_sessions_per_user
         assert limit is not None
-        records = await self.store.list_user(user_id, now)
-        others = [record for record in records if record.key != keep]
-        for record in others[: max(len(records) - limit, 0)]:
+        records = sorted(await self.store.list_user(user_id, now), key=_age)
+        excess = len(records) - limit
+        if excess <= 0:
+            return
+        if not logged_in:
+            records = [record for record in records if record.key != key]
+        ended = records[:excess]
+        for record in ended:
             await self.store.delete(record.key)
+        if any(record.key == key for record in ended):
+            session._stored = None
+            raise SessionEndedError("a parallel login of this user took the last place")
 
     async def at_limit(self, user_id: str, replaced: str | None) -> bool:
         """Whether a login as ``user_id`` that replaces the session stored under
@@ -580,19 +594,32 @@ class Persistence:
         records = await self.store.list_user(user_id, self.now())
         return sum(record.key != replaced for record in records) >= limit
 
-    async def _undo_past_limit(self, session: Session, user_id: str, key: str, now: float) -> None:
+    async def _undo_past_limit(
+        self,
+        session: Session,
+        user_id: str,
+        replaced: SessionRecord | None,
+        key: str,
+        now: float,
+    ) -> None:
         """End a login that went past the limit after all, and refuse it.
 
         Logins racing the check before their saves can each pass it. Each one counts
         again once stored, and leaves if it sees more than the limit. The last of any
         survivors to be stored saw every other, so together they never pass the limit.
         At worst, two racing logins are both refused and their users try again.
+
+        The browser keeps the session it had: an anonymous one, which the login's save
+        replaced, is written back with its cart. One that was logged in stays ended, as
+        a "log out everywhere" meanwhile may have meant it to.
         """
         limit = self.config.max_sessions_per_user
         assert limit is not None
         if len(await self.store.list_user(user_id, now)) <= limit:
             return
         await self.store.delete(key)
+        if replaced is not None and replaced.user_id is None:
+            await self.store.save(replaced)
         session._stored = None
         await self.emit(session, "login_refused", user_id, "")
         raise SessionLimitError(limit)
@@ -740,3 +767,8 @@ def cookie_keys(config: SessionConfig, keyring: Keyring) -> list[bytes]:
             "or end a user's other sessions"
         )
     return keyring.derive("cookie-store")
+
+
+def _age(record: SessionRecord) -> tuple[float, str]:
+    """Oldest first, ties broken the same way in every process."""
+    return record.created_at, record.key
