@@ -16,9 +16,7 @@ from coatcheck.session import Session
 
 
 async def _session(request: Request) -> Session:
-    session = request.scope["session"]
-    assert isinstance(session, Session)
-    return await session.load()
+    return await Session.of(request).load()
 
 
 def _state(session: Session) -> dict[str, Any]:

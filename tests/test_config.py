@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from coatcheck import ConfigurationError, CookieConfig, SessionConfig
+from coatcheck import ConfigurationError, CookieConfig, CSRFConfig, SessionConfig
 
 
 def test_defaults_are_the_safe_ones() -> None:
@@ -42,6 +42,34 @@ def test_plain_http_development_cookie_drops_the_prefix() -> None:
 def test_contradictions_fail_at_start_up(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         CookieConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "example.com",
+        "https://example.com/app",
+        "https://user@example.com",
+        "*",
+        "null",
+        "https://example.com:port",
+        "ftp://example.com",
+        "https://example.com?x=1",
+    ],
+)
+def test_a_csrf_origin_a_browser_would_never_send_fails_at_start_up(origin: str) -> None:
+    """Accepted, it would match no request and refuse them all with no hint why."""
+    with pytest.raises(ConfigurationError, match="is not an origin"):
+        CSRFConfig(origins=[origin])
+
+
+def test_csrf_origins_are_kept_as_browsers_send_them() -> None:
+    origins = ["HTTPS://App.Example.com/", "http://127.0.0.1:8000", "https://[::1]:8443"]
+    assert CSRFConfig(origins=origins).origins == (
+        "https://app.example.com",
+        "http://127.0.0.1:8000",
+        "https://[::1]:8443",
+    )
 
 
 def test_prefix_rules_ignore_case() -> None:

@@ -315,9 +315,13 @@ async def test_device_lists_and_revocation_say_why_they_cannot_work() -> None:
         await store.delete_all(0)
 
 
-def test_it_needs_shared_secret_keys_and_no_per_user_limit() -> None:
+def test_it_needs_shared_secret_keys_and_no_per_user_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with pytest.raises(ConfigurationError, match="needs SessionConfig\\(secret_keys"):
         SessionMiddleware(FastAPI(), store=CookieStore(), config=SessionConfig())
+    # Not first a warning that a random key is used, which the error then contradicts.
+    assert not any("random per-process key" in line for line in caplog.messages)
     config = SessionConfig(secret_keys=[KEY_A], max_sessions_per_user=3)
     with pytest.raises(ConfigurationError, match="max_sessions_per_user needs a server-side"):
         SessionMiddleware(FastAPI(), store=CookieStore(), config=config)

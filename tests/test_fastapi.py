@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Any
 
 import httpx
 import pytest
@@ -10,7 +12,14 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from coatcheck import CookieConfig, MemoryStore, SessionConfig, SessionMiddleware
-from coatcheck.fastapi import CurrentUser, RequiredUser, SessionDep, user_loader
+from coatcheck.fastapi import (
+    CurrentUser,
+    RequiredUser,
+    SessionDep,
+    get_session,
+    openapi,
+    user_loader,
+)
 
 from .conftest import client_for
 
@@ -86,6 +95,39 @@ async def test_openapi_declares_the_token_header_when_there_is_one() -> None:
     assert "__Host-session cookie" in scheme["description"]
     assert schema["paths"]["/private"]["get"]["security"] == [{"coatcheck": []}]
     assert user.json() == {"user": "alice"}
+
+
+@pytest.mark.parametrize(
+    ("config", "where", "name"),
+    [
+        (SessionConfig(token_header="X-Session-Token"), "header", "x-session-token"),
+        (SessionConfig(cookie=CookieConfig(secure=False)), "cookie", "session"),
+        (None, "cookie", "__Host-session"),
+    ],
+)
+async def test_a_schema_exported_outside_a_request_names_the_apps_ticket(
+    config: SessionConfig | None, where: str, name: str
+) -> None:
+    """What a script that feeds a client generator does; FastAPI then serves the schema
+    it built there at /openapi.json too."""
+    app = make_app(config)
+    app.openapi()  # outside a request, as a script or an import-time customisation runs it
+    schema = openapi(app)
+    async with client_for(app) as client:
+        served = (await client.get("/openapi.json")).json()
+    scheme = schema["components"]["securitySchemes"]["coatcheck"]
+    assert (scheme["in"], scheme["name"]) == (where, name)
+    assert served == schema
+
+
+def test_a_schema_is_exported_only_for_an_app_with_the_middleware() -> None:
+    with pytest.raises(RuntimeError, match="SessionMiddleware is not installed"):
+        openapi(FastAPI())
+
+
+async def test_get_session_outside_a_request_says_where_it_works() -> None:
+    with pytest.raises(RuntimeError, match="outside a request it serves"):
+        await get_session()
 
 
 def test_a_user_check_costs_fastapi_one_dependency() -> None:
@@ -164,28 +206,39 @@ def load_sync(user_id: str) -> Account | None:
     return Account(user_id, threading.current_thread().name) if user_id in ACCOUNTS else None
 
 
-AsyncAccount = Annotated[Account, user_loader(load_async)]
-SyncAccount = Annotated[Account, user_loader(load_sync)]
+class Repository:
+    """A loader that holds what it needs, such as a connection pool."""
+
+    async def __call__(self, user_id: str) -> Account | None:
+        return await load_async(user_id)
 
 
-def loader_app(sync: bool) -> FastAPI:
+def load_later(user_id: str) -> Awaitable[Account | None]:
+    """A plain function that hands back a coroutine, as a wrapper may."""
+    return load_async(user_id)
+
+
+# Each loader, and whether it runs on the event loop (not in the thread pool).
+LOADERS: dict[str, tuple[Any, bool]] = {
+    "async": (load_async, True),
+    "def": (load_sync, False),
+    "async __call__": (Repository(), True),
+    "partial": (functools.partial(load_async), True),
+    "def giving a coroutine": (load_later, True),
+}
+
+
+def loader_app(kind: str = "async") -> FastAPI:
     app = FastAPI()
+    loaded = user_loader(LOADERS[kind][0])
 
     @app.post("/login/{user}")
     async def login(user: str, session: SessionDep) -> None:
         session.login(user)
 
-    if sync:
-
-        @app.get("/account")
-        async def account(current: SyncAccount) -> dict[str, str]:
-            return {"name": current.name, "thread": current.loaded_in}
-
-    else:
-
-        @app.get("/account")
-        async def account_async(current: AsyncAccount) -> dict[str, str]:
-            return {"name": current.name, "thread": current.loaded_in}
+    @app.get("/account")
+    async def account(current: Account = loaded) -> dict[str, str]:
+        return {"name": current.name, "thread": current.loaded_in}
 
     app.add_middleware(SessionMiddleware, store=MemoryStore())
     return app
@@ -195,23 +248,24 @@ def cookie_of(response: httpx.Response) -> dict[str, str]:
     return {"cookie": f"__Host-session={response.cookies['__Host-session']}"}
 
 
-@pytest.mark.parametrize("sync", [False, True], ids=["async", "def"])
-async def test_user_loader_gives_the_apps_own_user_object(sync: bool) -> None:
-    async with client_for(loader_app(sync)) as client:
+@pytest.mark.parametrize("kind", LOADERS)
+async def test_user_loader_gives_the_apps_own_user_object(kind: str) -> None:
+    async with client_for(loader_app(kind)) as client:
         alice = cookie_of(await client.post("/login/alice"))
         body = (await client.get("/account", headers=alice)).json()
         anonymous = await client.get("/account")
     assert body["name"] == "alice"
     # A plain def loader is kept off the event loop, as FastAPI keeps plain dependencies.
-    assert (body["thread"] == threading.main_thread().name) is not sync
+    assert (body["thread"] == threading.main_thread().name) is LOADERS[kind][1]
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"] == "APIKey"
     assert "set-cookie" not in anonymous.headers
 
 
-async def test_a_user_the_loader_no_longer_finds_is_signed_out_everywhere() -> None:
+@pytest.mark.parametrize("kind", LOADERS)
+async def test_a_user_the_loader_no_longer_finds_is_signed_out_everywhere(kind: str) -> None:
     ACCOUNTS.add("carol")
-    async with client_for(loader_app(sync=False)) as client:
+    async with client_for(loader_app(kind)) as client:
         laptop = cookie_of(await client.post("/login/carol"))
         phone = cookie_of(await client.post("/login/carol"))
         assert (await client.get("/account", headers=laptop)).status_code == 200
@@ -228,7 +282,7 @@ async def test_a_user_the_loader_no_longer_finds_is_signed_out_everywhere() -> N
 
 
 async def test_user_loader_routes_show_the_cookie_in_the_docs() -> None:
-    async with client_for(loader_app(sync=False)) as client:
+    async with client_for(loader_app()) as client:
         schema = (await client.get("/openapi.json")).json()
     assert schema["paths"]["/account"]["get"]["security"] == [{"coatcheck": []}]
     assert "parameters" not in schema["paths"]["/account"]["get"]

@@ -15,7 +15,9 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coatcheck import (
+    ConfigurationError,
     MemoryStore,
+    Session,
     SessionConfig,
     SessionConflictError,
     SessionMiddleware,
@@ -706,6 +708,32 @@ async def test_the_stores_own_retry_hint_reaches_the_client() -> None:
     assert response.headers["retry-after"] == "30"
 
 
+async def test_an_apps_own_outage_response_is_served_with_the_retry_hint() -> None:
+    def maintenance(retry_after: int) -> Response:
+        return PlainTextResponse(
+            f"Back in {retry_after} s.", 503, headers={"Retry-After": str(retry_after)}
+        )
+
+    app = make_app(_DownStore(), SessionConfig(), unavailable=maintenance)
+    async with client_for(app) as client:
+        response = await client.get("/read", headers=cookie("B" * 43))
+        untouched = await client.get("/untouched")
+    assert (response.status_code, response.text) == (503, "Back in 30 s.")
+    assert response.headers["retry-after"] == "30"
+    assert untouched.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "unavailable",
+    [PlainTextResponse("Down for maintenance.", 503), lambda scope, receive, send: None],
+    ids=["a response", "an ASGI app"],
+)
+def test_an_outage_response_of_the_wrong_shape_fails_at_start_up(unavailable: Any) -> None:
+    """Either would fail only at the first outage, as a 500."""
+    with pytest.raises(ConfigurationError, match="takes the Retry-After seconds"):
+        SessionMiddleware(PlainTextResponse("hi"), MemoryStore(), unavailable=unavailable)
+
+
 def test_a_websocket_whose_store_is_down_is_told_to_try_again() -> None:
     app = make_app(_DownStore(), SessionConfig())
     with (
@@ -833,3 +861,15 @@ async def test_a_record_filed_under_another_key_is_never_served(config: SessionC
         store.answer = None
         state = (await client.get("/read", headers=cookie(alice))).json()
         assert state == {"data": {"cart": ["apple"]}, "user": "alice"}
+
+
+async def test_session_of_a_request_without_the_middleware_says_so() -> None:
+    async def handler(request: Request) -> Response:
+        Session.of(request)
+        return PlainTextResponse("unreachable")
+
+    app = Starlette(routes=[Route("/", handler)])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=TEST_BASE_URL) as client:
+        with pytest.raises(RuntimeError, match="SessionMiddleware is not installed"):
+            await client.get("/")

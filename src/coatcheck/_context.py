@@ -3,7 +3,7 @@
 The middleware sets it once per request. FastAPI dependencies read it instead of
 asking for ``Request`` (which costs FastAPI a parameter to resolve on every call),
 and the OpenAPI schema, built while serving ``/openapi.json``, reads the cookie
-name each app really uses from it.
+name each app really uses from it (or, built outside a request, from ``described``).
 """
 
 from __future__ import annotations
@@ -12,17 +12,25 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .config import SessionConfig
     from .session import Session
 
 DEFAULT_COOKIE_NAME = "__Host-session"
 current_session: ContextVar[Session | None] = ContextVar("coatcheck_session", default=None)
+# The configuration a schema is built for outside any request (coatcheck.fastapi.openapi).
+described: ContextVar[SessionConfig | None] = ContextVar("coatcheck_described", default=None)
+
+
+def _config() -> SessionConfig | None:
+    session = current_session.get()
+    return described.get() if session is None else session._persistence.config
 
 
 def current_cookie_name() -> str:
-    session = current_session.get()
-    return DEFAULT_COOKIE_NAME if session is None else session._persistence.config.cookie.name
+    config = _config()
+    return DEFAULT_COOKIE_NAME if config is None else config.cookie.name
 
 
 def current_token_header() -> str | None:
-    session = current_session.get()
-    return None if session is None else session._persistence.config.token_header
+    config = _config()
+    return None if config is None else config.token_header

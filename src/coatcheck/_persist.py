@@ -72,18 +72,19 @@ class Persistence:
         credentials = [config.cookie.name]
         if self._importer is not None:
             credentials.append(self._importer.cookie_name)
+        # A store that lives in the cookie says so by how it seals; it is then the
+        # cookie's value, not a lookup, that gives the record. Its keys are checked
+        # first: a keyring made without keys would warn of a random one it never uses.
+        sealer = cookie_sealer_of(store)
+        self._sealer: CookieSealer | None = None
+        if sealer is not None:
+            self._sealer = sealer(cookie_keys(config), config.cookie.name)
         keyring = Keyring(config.secret_keys)
         # Clients that are not browsers may carry the session in a header of their own.
         self.token_header = config.token_header.encode("latin-1") if config.token_header else None
         self.csrf = CSRFGuard(
             config.csrf, keyring, credentials, config.clock, token_header=self.token_header
         )
-        # A store that lives in the cookie says so by how it seals; it is then the
-        # cookie's value, not a lookup, that gives the record.
-        sealer = cookie_sealer_of(store)
-        self._sealer: CookieSealer | None = None
-        if sealer is not None:
-            self._sealer = sealer(cookie_keys(config, keyring), config.cookie.name)
         self.stateless = self._sealer is not None
         if config.encrypt_data:
             if self.stateless:
@@ -753,7 +754,7 @@ def _text(value: str) -> str:
     return value.replace("\x00", "") if "\x00" in value else value
 
 
-def cookie_keys(config: SessionConfig, keyring: Keyring) -> list[bytes]:
+def cookie_keys(config: SessionConfig) -> list[bytes]:
     """The cookie store's keys: from the app's own secret keys, never a random one."""
     if not config.secret_keys:
         # A per-process key would log everyone out at each restart, and send each
@@ -766,7 +767,7 @@ def cookie_keys(config: SessionConfig, keyring: Keyring) -> list[bytes]:
             "max_sessions_per_user needs a server-side store: the cookie store cannot find "
             "or end a user's other sessions"
         )
-    return keyring.derive("cookie-store")
+    return Keyring(config.secret_keys).derive("cookie-store")
 
 
 def _age(record: SessionRecord) -> tuple[float, str]:

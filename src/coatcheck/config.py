@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
+from urllib.parse import urlsplit
 
 from .exceptions import ConfigurationError
 
@@ -112,9 +113,34 @@ class CSRFConfig:
     max_form_bytes: int = 1_000_000
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "origins", tuple(o.rstrip("/").lower() for o in self.origins))
+        object.__setattr__(self, "origins", tuple(_origin(o) for o in self.origins))
         object.__setattr__(self, "exempt_paths", tuple(self.exempt_paths))
         object.__setattr__(self, "header_name", self.header_name.lower())
+
+
+def _origin(value: str) -> str:
+    """An origin as a browser's ``Origin`` header names it: ``https://host[:port]``.
+    Anything else would never match one, refusing every request with no hint why."""
+    origin = value.rstrip("/").lower()
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018  # a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigurationError(
+            f"CSRF origin {value!r} is not an origin: give scheme, host and any port, "
+            "as a browser sends them (https://app.example.com, http://127.0.0.1:8000)"
+        )
+    return origin
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ async def me(user: RequiredUser, session: SessionDep) -> dict[str, str]: ...
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -16,16 +17,17 @@ from typing import Annotated, Any, Generic, TypeVar, cast
 from .exceptions import MissingDependencyError
 
 try:
-    from fastapi import Depends, HTTPException, Security
+    from fastapi import Depends, FastAPI, HTTPException, Security
     from fastapi.openapi.models import APIKey, APIKeyIn
     from fastapi.security.base import SecurityBase
     from starlette.concurrency import run_in_threadpool
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("fastapi", "fastapi") from exc
 
-from ._context import current_cookie_name, current_session, current_token_header
+from ._context import current_cookie_name, current_session, current_token_header, described
 from ._models import check_model
-from .config import Duration, _seconds
+from .config import Duration, SessionConfig, _seconds
+from .middleware import SessionMiddleware
 from .session import Session
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "get_session",
     "not_authenticated",
     "not_recently_authenticated",
+    "openapi",
     "recent_user",
     "require_user",
     "session_model",
@@ -96,8 +99,40 @@ async def get_session() -> Session:
     """The request's session, loaded from the store on first use."""
     session = current_session.get()
     if session is None:
-        raise RuntimeError("coatcheck.SessionMiddleware is not installed on this app")
+        raise RuntimeError(
+            "no request session here: either coatcheck.SessionMiddleware is not installed "
+            "on this app, or this code runs outside a request it serves (at start-up, in "
+            "a script, or in a task that outlived its request)"
+        )
     return await session.load()
+
+
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """``app.openapi()``, with the session's scheme named as ``app``'s middleware has it.
+
+    ``/openapi.json`` and ``/docs`` describe the cookie (or ``token_header``) of the
+    middleware serving them. A script that exports the schema for a client generator
+    runs outside any request, where plain ``app.openapi()`` can only assume the default
+    cookie, and FastAPI then keeps that schema for ``/openapi.json`` too. This builds it
+    afresh under the configuration given to ``app.add_middleware(SessionMiddleware)``.
+    """
+    for middleware in app.user_middleware:
+        factory: object = middleware.cls
+        if factory is SessionMiddleware:
+            config = middleware.kwargs.get("config")
+            if config is None and len(middleware.args) > 1:
+                config = middleware.args[1]
+            break
+    else:
+        raise RuntimeError("coatcheck.SessionMiddleware is not installed on this app")
+    if not isinstance(config, SessionConfig):
+        config = SessionConfig()
+    token = described.set(config)
+    try:
+        app.openapi_schema = None
+        return app.openapi()
+    finally:
+        described.reset(token)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -157,14 +192,25 @@ def user_loader(
     plain ``def`` loader runs in the thread pool, as FastAPI runs plain dependencies.
     Routes that use it show the session cookie in ``/docs``.
     """
-    if inspect.iscoroutinefunction(load):
-        return Security(_UserLoader(load))
+    if _is_async(load):
+        return Security(_UserLoader(cast("Callable[[str], Awaitable[U | None]]", load)))
     sync_load = cast("Callable[[str], U | None]", load)
 
     async def in_a_thread(user_id: str) -> U | None:
-        return await run_in_threadpool(sync_load, user_id)
+        user = await run_in_threadpool(sync_load, user_id)
+        if inspect.isawaitable(user):  # a plain function that hands back a coroutine
+            return cast("U | None", await user)
+        return user
 
     return Security(_UserLoader(in_a_thread))
+
+
+def _is_async(call: object) -> bool:
+    """Whether ``call`` is an ``async def``, or an object whose ``__call__`` is one
+    (a repository holding its connection pool), as FastAPI judges its dependencies."""
+    if inspect.isroutine(call) or isinstance(call, functools.partial):
+        return inspect.iscoroutinefunction(call)
+    return inspect.iscoroutinefunction(getattr(call, "__call__", None))  # noqa: B004
 
 
 class _RecentUser(SessionCookie):

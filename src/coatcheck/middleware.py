@@ -8,6 +8,7 @@ streaming body, a background task, a websocket) is stored once the app returns.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from .csrf import SAFE_METHODS, overrides_method
 from .events import EventHook
 from .exceptions import (
     CoatcheckError,
+    ConfigurationError,
     SessionConflictError,
     SessionEndedError,
     SessionLimitError,
@@ -59,6 +61,20 @@ _PLAIN_HTTP_WARNING = (
 )
 
 
+def _check_unavailable(unavailable: UnavailableApp) -> None:
+    """Refuse at start-up what would fail only at the first outage, as a 500."""
+    try:
+        inspect.signature(unavailable).bind(5)
+    except TypeError:
+        raise ConfigurationError(
+            "unavailable= takes the Retry-After seconds and returns the ASGI app that "
+            "answers, such as lambda retry_after: JSONResponse({...}, 503, "
+            'headers={"Retry-After": str(retry_after)}); it is not the response itself'
+        ) from None
+    except ValueError:  # no signature to check (a builtin): left to the first outage
+        pass
+
+
 class SessionMiddleware:
     """Server-side sessions for ``http`` and ``websocket`` scopes.
 
@@ -83,6 +99,8 @@ class SessionMiddleware:
         self.config = config or SessionConfig()
         self._persistence = Persistence(store, self.config, serializer, events)
         self._eager = PathPrefixes(self.config.eager_paths) if self.config.eager_paths else None
+        if unavailable is not None:
+            _check_unavailable(unavailable)
         self._unavailable = unavailable or _unavailable_response
         self._csrf = self._persistence.csrf
         self._plain_http_warned = not self.config.cookie.secure

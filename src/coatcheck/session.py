@@ -19,6 +19,8 @@ from ._models import Binding, check_model
 from .exceptions import CoatcheckError, ResponseStartedError, SessionNotLoadedError
 
 if TYPE_CHECKING:
+    from starlette.requests import HTTPConnection
+
     from ._persist import Persistence
     from .config import Lifetime
     from .stores.base import SessionRecord
@@ -111,6 +113,16 @@ class Session(MutableMapping[str, Any]):
         # touches its session pays for six attributes, not all of them.
         self._loaded = False
         self._cookie_final = False
+
+    @staticmethod
+    def of(connection: HTTPConnection) -> Session:
+        """The session of a Starlette ``Request`` or ``WebSocket``, typed as such:
+        ``await Session.of(request).load()``, or ``Session.of(request).login(user)`` on
+        an eager path, where Starlette's ``request.session`` is typed as a plain dict."""
+        session = connection.scope.get("session")
+        if not isinstance(session, Session):
+            raise RuntimeError("coatcheck.SessionMiddleware is not installed on this app")
+        return session
 
     # -- loading ------------------------------------------------------------------------
 

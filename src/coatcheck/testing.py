@@ -11,7 +11,7 @@ Two things trip up a first test, both on purpose:
   :data:`SAME_ORIGIN` with every request.
 
     from fastapi.testclient import TestClient
-    from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
+    from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
 
     client = TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN)
     with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN) as ws: ...
@@ -31,7 +31,6 @@ from datetime import timedelta
 from typing import Any
 
 from ._ids import new_public_id, new_session_id, store_key
-from ._keys import Keyring
 from ._persist import cookie_keys
 from .config import SessionConfig
 from .serializers import JSONSerializer, Serializer
@@ -119,7 +118,7 @@ async def create_session(
     )
     sealer = cookie_sealer_of(store)
     if sealer is not None:  # the cookie store: the record travels in the cookie
-        keys = cookie_keys(config, Keyring(config.secret_keys))
+        keys = cookie_keys(config)
         return sealer(keys, config.cookie.name).seal(session_id, record)
     if config.encrypt_data:  # as the middleware would store it
         from ._data_sealing import sealing_data

@@ -297,10 +297,10 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             if _is_transient(exc):
                 raise StoreUnavailableError(
-                    f"SQLite session store {self.path.name!r} is unavailable: {exc}",
+                    f"SQLite session store {str(self.path)!r} is unavailable: {exc}",
                     retry_after=self.retry_after,
                 ) from exc
-            raise StoreError(f"SQLite session store {self.path.name!r} failed: {exc}") from exc
+            raise StoreError(f"SQLite session store {str(self.path)!r} failed: {exc}") from exc
 
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
