@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 import pytest
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.testclient import TestClient
+from starlette.testclient import WebSocketTestSession
 
 from coatcheck import (
     ConfigurationError,
     MemoryStore,
     SessionConfig,
+    SessionEndedError,
     SessionMiddleware,
     SessionRecord,
     Store,
@@ -60,19 +63,48 @@ def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
         return {"user": session.user_id, "data": dict(session)}
 
     @app.websocket("/ws")
-    async def echo(websocket: WebSocket) -> None:
+    async def echo(websocket: WebSocket, save: bool = False) -> None:
+        """With ``save``, each message is saved at once, and the chat goes on when the
+        save finds the session ended."""
         session = await get_session()
         await websocket.accept()
         try:
             while True:
                 text = await websocket.receive_text()
                 session["said"] = text
-                await websocket.send_text(f"{session.user_id}: {text}")
+                if not save:
+                    await websocket.send_text(f"{session.user_id}: {text}")
+                    continue
+                try:
+                    await session.save()
+                    await websocket.send_text("saved")
+                except SessionEndedError:
+                    await websocket.send_text("not saved")
         except WebSocketDisconnect:
             return
 
+    @app.websocket("/push")
+    async def push(websocket: WebSocket) -> None:
+        """Only sends, as a feed does: it learns that the socket closed from a send."""
+        await get_session()
+        await websocket.accept()
+        app.state.pushed = 0
+        try:
+            for _ in range(2000):  # bounded, so that a send that never fails ends too
+                await websocket.send_text("tick")
+                app.state.pushed += 1
+                await asyncio.sleep(0.005)
+        finally:
+            app.state.push_ended.set()
+
+    app.state.push_ended = threading.Event()
     app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(clock=clock, **config))
     return app
+
+
+def read_until_closed(socket: WebSocketTestSession) -> None:
+    while True:
+        socket.receive_text()
 
 
 def client_for(app: FastAPI) -> TestClient:
@@ -199,6 +231,60 @@ def test_a_refresh_keeps_the_sockets_changes_and_other_requests_changes() -> Non
             assert socket.receive_text() == "alice: two"
         me = client.get("/me").json()
     assert me == {"user": "alice", "data": {"cart": ["apple", "pear"], "said": "two"}}
+
+
+def test_a_chat_stays_alive_after_another_tab_saved_the_session() -> None:
+    """Another request's save moves the stored version on: the socket's refreshes must
+    follow the record as stored, not its own copy, or each would be refused until the
+    idle limit ended the session under a busy chat."""
+    clock, store = FakeClock(), MemoryStore()
+    app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
+    with client_for(app) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            client.post("/cart/apple")  # another tab
+            for minute in range(5, 35, 5):
+                clock.advance(300)
+                socket.send_text(f"minute {minute}")
+                assert socket.receive_text() == f"alice: minute {minute}"
+        me = client.get("/me").json()
+    assert me == {"user": "alice", "data": {"cart": ["apple"], "said": "minute 30"}}
+
+
+def test_a_socket_whose_save_found_the_session_ended_is_closed() -> None:
+    """The app caught the SessionEndedError and went on; the socket must still close."""
+    clock, store = FakeClock(), MemoryStore()
+    with client_for(make_app(store, clock)) as client:
+        client.post("/login")
+        with client.websocket_connect(f"{WS}?save=true", headers=SAME_ORIGIN) as socket:
+            socket.send_text("one")
+            assert socket.receive_text() == "saved"
+            client.post("/logout")  # from another tab
+            socket.send_text("two")
+            assert socket.receive_text() == "not saved"
+            clock.advance(61)
+            socket.send_text("three")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+    assert closed.value.code == 1008
+    assert asyncio.run(store.count(clock())) == 0
+
+
+def test_a_feed_stops_once_its_socket_was_closed_for_it() -> None:
+    """Its next send fails as a send to a client that went away does."""
+    clock, store = FakeClock(), MemoryStore()
+    app = make_app(store, clock)
+    with client_for(app) as client:
+        client.post("/login")
+        with client.websocket_connect(f"{TEST_WS_BASE_URL}/push", headers=SAME_ORIGIN) as socket:
+            assert socket.receive_text() == "tick"
+            client.post("/logout")  # from another tab
+            clock.advance(61)
+            with pytest.raises(WebSocketDisconnect) as closed:
+                read_until_closed(socket)
+            assert app.state.push_ended.wait(10)
+    assert closed.value.code == 1008
+    assert app.state.pushed < 2000
 
 
 def test_an_outage_during_a_recheck_leaves_the_socket_open(

@@ -379,10 +379,14 @@ class Persistence:
         """Whether a long-lived connection's session is still stored and live; while it
         is, its sliding expiry is written back when due, as a request would.
 
-        The refresh writes the stored record as it was, not this connection's unsaved
-        changes, and only over the version it knows: changes made meanwhile, here or
-        by another request, are left for the usual save to merge.
+        The refresh writes the record as it is stored now, over the version just read,
+        not this connection's unsaved changes: another request's save (a tab's cart, its
+        own refresh) must not leave the socket refreshing a copy that is out of date,
+        refused each time until the idle limit ends a busy chat. The connection's own
+        changes are left for its usual save, which merges them.
         """
+        if isinstance(session._halted, SessionEndedError):
+            return False  # a save of this connection found it ended
         stored = session._stored
         if stored is None:
             return True  # nothing stored to end: an anonymous session that was only read
@@ -391,16 +395,18 @@ class Persistence:
             # Nothing on the server can end it, and no cookie can refresh it: its
             # deadline, sealed in the cookie the handshake brought, is all there is.
             return now < stored.expires_at
-        if await self.store.load(stored.key, now) is None:
+        current = await self.store.load(stored.key, now)
+        if current is None:
             return False
-        if now - stored.last_seen_at >= self._refresh_window(stored):
-            touched = stored._replace(
+        if now - current.last_seen_at >= self._refresh_window(current):
+            touched = current._replace(
                 last_seen_at=now,
-                expires_at=self.lifetime_of(stored).deadline(now, stored.created_at),
-                version=stored.version + 1,
+                expires_at=self.lifetime_of(current).deadline(now, current.created_at),
+                version=current.version + 1,
             )
-            saved = await self.store.save(touched, expected_version=stored.version)
-            if saved and session._stored is stored:
+            saved = await self.store.save(touched, expected_version=current.version)
+            if saved and session._stored is stored and stored.version == current.version:
+                # Nothing else changed it: the connection's copy moves on with it.
                 session._stored = touched
                 session._last_seen_at, session._expires_at = now, touched.expires_at
         return True

@@ -23,6 +23,12 @@ logger = logging.getLogger("coatcheck")
 _CLOSE: Message = {"type": "websocket.close", "code": 1008, "reason": "session ended"}
 
 
+class SocketClosed(OSError):
+    """What a send gets once the socket was closed because its session ended, as from a
+    server whose client went away: Starlette turns it into ``WebSocketDisconnect``, so
+    a handler that only pushes stops instead of sending into the void for ever."""
+
+
 class SocketWatch:
     """One per WebSocket connection whose app may touch the session."""
 

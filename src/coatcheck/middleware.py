@@ -13,12 +13,14 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 
+from starlette.websockets import WebSocketDisconnect
+
 from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send
 from ._audit import security_event
 from ._context import current_session
 from ._persist import Persistence, outgoing
 from ._printable import printable
-from ._websocket import SocketWatch
+from ._websocket import SocketClosed, SocketWatch
 from .config import SessionConfig
 from .csrf import SAFE_METHODS, overrides_method
 from .events import EventHook
@@ -139,7 +141,9 @@ class SessionMiddleware:
                         failed = True
                         return
             elif watch is not None and await watch.ended():
-                return  # closed for the app, whose messages now go nowhere
+                if message["type"] == "websocket.close":
+                    return  # closed already
+                raise SocketClosed(1008, "the session ended; coatcheck closed this websocket")
             await send(message)
 
         try:
@@ -173,6 +177,10 @@ class SessionMiddleware:
             if started:
                 raise
             await self._answer_failure(scope, receive, send, exc)
+        except (SocketClosed, WebSocketDisconnect):
+            if watch is None or not watch.closed:
+                raise
+            # The app stopped at a send after its socket was closed for it: done.
         finally:
             # In-process callers (tests, mounted apps) share one context across requests.
             current_session.reset(token)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from coatcheck import ConfigurationError, StoreError, StoreUnavailableError, store_from_url
@@ -66,6 +67,7 @@ def test_from_url_keeps_its_own_options_and_passes_the_rest_to_libpq() -> None:
         ("postgresql://u:s3cret@db/web?table=pg_class", "not a plain SQL identifier"),
         ("postgresql://u:s3cret@db/web?table=a.b.c", "not a plain SQL identifier"),
         ("postgresql://u:s3cret@db/web?table=auth.", "not a plain SQL identifier"),
+        (f"postgresql://u:s3cret@db/web?table={'t' * 56}", "longer than 55 characters"),
         ("postgresql://u:s3cret@db/web?sslmod=require", 'invalid URI query parameter: "sslmod"'),
         # libpq quotes the whole token around a bad escape, here the password.
         ("postgresql://u:s3cret%zz@db/web", "a value holds a % that is not followed"),
@@ -83,13 +85,28 @@ async def test_workers_starting_together_create_the_table_once(
     records = [make_record() for _ in stores]
     await asyncio.gather(*(store.save(r) for store, r in zip(stores, records, strict=True)))
     assert await stores[0].count(NOW) == len(stores)
-    with postgres.connect() as db:
-        indexes = db.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = %s ORDER BY indexname",
-            (stores[0].table,),
-        ).fetchall()
     table = stores[0].table
-    assert [name for (name,) in indexes] == [f"{table}_expires", f"{table}_pkey", f"{table}_user"]
+    assert indexes_of(postgres, table) == [f"{table}_expires", f"{table}_pkey", f"{table}_user"]
+
+
+def indexes_of(postgres: PostgresServer, table: str) -> list[str]:
+    with postgres.connect() as db:
+        rows = db.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s ORDER BY indexname", (table,)
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+async def test_the_longest_table_name_allowed_still_gets_both_indexes(
+    postgres: PostgresServer,
+) -> None:
+    table = unique_prefix() + "t" * (55 - len(unique_prefix()))
+    store = PostgresStore(postgres.url, table=table)
+    try:
+        await store.save(make_record())
+    finally:
+        await store.aclose()
+    assert indexes_of(postgres, table) == [f"{table}_expires", f"{table}_pkey", f"{table}_user"]
 
 
 async def test_rows_hold_the_hash_of_the_id_never_the_id(
@@ -189,6 +206,29 @@ async def test_revoking_a_user_kills_sessions_that_rotate_meanwhile(
     for round_ in range(6):
         await revoke_while_rotating(stores, f"user-{round_}")
     assert await stores[0].count(NOW) == 0
+
+
+async def test_ending_every_session_goes_on_past_a_batch_a_logout_cut_short(
+    postgres: PostgresServer,
+) -> None:
+    """A logout on another worker holds a row of the first batch, then commits: the
+    batch comes back short, which does not mean that no session is left."""
+    table = unique_prefix()
+    store = PostgresStore(postgres.url, table=table, purge_batch=2)
+    try:
+        for _ in range(6):
+            await store.save(make_record())
+        async with await psycopg.AsyncConnection.connect(postgres.url) as worker:
+            row = await (await worker.execute(f'SELECT key FROM "{table}" LIMIT 1')).fetchone()
+            assert row is not None
+            await worker.execute(f'DELETE FROM "{table}" WHERE key = %s', (row[0],))
+            ending = asyncio.ensure_future(store.delete_all(NOW))
+            await asyncio.sleep(0.5)  # delete_all now waits for that row
+            await worker.commit()
+        assert await ending == 5
+        assert await store.count(NOW) == 0
+    finally:
+        await store.aclose()
 
 
 async def loaded_once_back(store: PostgresStore, key: str) -> SessionRecord | None:

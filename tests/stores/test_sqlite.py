@@ -344,6 +344,31 @@ async def test_a_file_that_cannot_be_created_is_unavailable_not_a_crash(tmp_path
         await store.aclose()
 
 
+async def test_a_full_disk_is_an_outage_for_every_kind_of_save(db_path: Path) -> None:
+    """SQLite rolls back on a full disk itself; the store must report the full disk
+    (503, try again), not the failed second rollback, and keep no transaction open."""
+    store = SQLiteStore(db_path, threads=1)
+    try:
+        first = make_record(user_id="alice")
+        await store.save(first)
+        pages = await store._run(lambda db: db.execute("PRAGMA page_count").fetchone()[0])
+        await store._run(lambda db: db.execute(f"PRAGMA max_page_count = {pages}"))
+        big = first._replace(data=b'{"x": "' + b"x" * 200_000 + b'"}', version=2)
+        saves = {
+            "versioned": lambda: store.save(big, expected_version=1),
+            "rotation": lambda: store.save(make_record(data=big.data), replaces=first.key),
+            "new": lambda: store.save(make_record(data=big.data)),
+        }
+        for kind, save in saves.items():
+            with pytest.raises(StoreUnavailableError, match="full") as caught:
+                await save()
+            assert "rollback" not in str(caught.value), kind
+        assert not await store._run(lambda db: db.in_transaction)
+        assert await store.load(first.key, NOW) == first
+    finally:
+        await store.aclose()
+
+
 # -- purging ---------------------------------------------------------------------------
 
 

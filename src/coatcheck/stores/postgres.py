@@ -50,6 +50,8 @@ T = TypeVar("T")
 Connection = psycopg.AsyncConnection[TupleRow]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# 63 bytes, PostgreSQL's longest name, less "_expires": the longer index name's suffix.
+_LONGEST_TABLE = 63 - len("_expires")
 _FIELDS = (
     "public_id, data, user_id, created_at, last_seen_at, expires_at, remember, user_agent,"
     " version, ip_address, authenticated_at, idle_timeout, absolute_timeout"
@@ -107,6 +109,12 @@ class PostgresStore:
         ):
             raise ConfigurationError(
                 f"table name {table!r} is not a plain SQL identifier (or schema.identifier)"
+            )
+        if len(parts[-1]) > _LONGEST_TABLE:
+            # PostgreSQL cuts names at 63 bytes: the indexes' would collide, or go unmade.
+            raise ConfigurationError(
+                f"table name {parts[-1]!r} is longer than {_LONGEST_TABLE} characters, "
+                "which leaves no room for the names of its indexes"
             )
         if not 0 < timeout < 3600:  # also rejects NaN
             raise ConfigurationError(f"timeout must be between 0 and 3600 seconds, got {timeout}")
@@ -312,12 +320,14 @@ class PostgresStore:
         )
 
         async def remove(db: Connection) -> int:
-            # In batches, so no statement holds thousands of row locks for long.
+            # In batches, so no statement holds thousands of row locks for long. Until a
+            # batch finds nothing: one cut short by a parallel logout or rotation (its
+            # rows deleted under it) does not mean the table is empty.
             live = 0
             while True:
                 row = await _one(await db.execute(sql, (self.purge_batch, now)))
                 live += int(row[1])
-                if row[0] < self.purge_batch:
+                if not row[0]:
                     return live
 
         return await self._run(remove, idempotent=True)

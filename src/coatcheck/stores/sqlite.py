@@ -359,9 +359,19 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        db.execute("ROLLBACK")
+        # A full disk or an I/O error has rolled the transaction back already: a second
+        # ROLLBACK would fail and put its own error in place of the one that matters.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
+    try:
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        # Left open, the transaction would hold the write lock on this thread's
+        # connection, and every later write of every worker would wait for it.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _is_transient(exc: sqlite3.Error) -> bool:
