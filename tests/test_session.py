@@ -85,7 +85,11 @@ async def test_login_rejects_empty_user_ids(persistence: Persistence) -> None:
         session.login("")
     with pytest.raises(ValueError, match="NUL"):
         session.login("alice\x00")  # PostgreSQL could not store it: refused on every store
+    with pytest.raises(ValueError, match="lone surrogate"):
+        session.login("alice\ud800")  # no store can encode it
     assert session.user_id is None
+    session.login("zoë 🎉")  # any other text is fine
+    assert session.user_id == "zoë 🎉"
 
 
 async def test_nul_bytes_from_the_client_are_left_out_on_every_store(

@@ -362,6 +362,14 @@ class Session(MutableMapping[str, Any]):
             raise ValueError(
                 "user_id must not contain NUL characters: PostgreSQL cannot store them"
             )
+        if not user_id.isascii():
+            try:
+                user_id.encode()
+            except UnicodeEncodeError:
+                raise ValueError(
+                    "user_id must be valid Unicode text: a lone surrogate (as JSON's "
+                    '"\\ud800" decodes to) cannot be stored'
+                ) from None
         self.regenerate()
         if self._user_id is not None and self._user_id != user_id:
             self._data.clear()

@@ -39,7 +39,9 @@ pytestmark = pytest.mark.anyio
 # Commands that only ever run inside the store's Lua scripts; INFO commandstats counts
 # them too, so they are left out when counting what the client sent.
 # Scripts read fields with HMGET only, so an HGET in the counts is a client's load.
-SCRIPT_INTERNAL = {"hmget", "del", "hset", "pexpire", "pttl", "zadd", "zrem", "zrange"}
+SCRIPT_INTERNAL = {
+    "hmget", "del", "hset", "pexpire", "pttl", "zadd", "zrem", "zrange", "zremrangebyscore"
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -324,6 +326,26 @@ async def test_cluster_delete_user_kills_sessions_on_every_node(clustered: Redis
     assert await clustered.client.exists(index_key(clustered, "alice")) == 0
 
 
+async def test_a_users_index_lets_go_of_sessions_long_dead(any_redis: RedisStore) -> None:
+    """A script that logs in every hour and never lists its devices: Redis drops each
+    session at its deadline, and the index must not keep their entries for ever."""
+    index = index_key(any_redis, "alice")
+    for hours_ago in range(10, 1, -1):
+        then = NOW - hours_ago * HOUR
+        await any_redis.save(
+            make_record(user_id="alice", created_at=then, last_seen_at=then, expires_at=then + 60)
+        )
+    # Dead half an hour: kept, for an app server whose clock runs that much behind.
+    lately = NOW - HOUR
+    await any_redis.save(
+        make_record(user_id="alice", created_at=lately, last_seen_at=lately, expires_at=NOW - 1800)
+    )
+    now = make_record(user_id="alice", created_at=NOW, last_seen_at=NOW, expires_at=NOW + HOUR)
+    await any_redis.save(now)
+    assert await any_redis.client.zcard(index) == 2
+    assert await any_redis.list_user("alice", NOW) == [now]
+
+
 async def test_delete_all_sweeps_every_batch_and_only_its_own_prefix(
     any_redis: RedisStore,
 ) -> None:
@@ -363,7 +385,8 @@ async def test_cluster_revoke_all_bars_a_login_filed_but_not_yet_written(
     user's index (its first step) but not yet written it when the revocation runs."""
     alice = make_record(user_id="alice")
     index = index_key(clustered, "alice")
-    await clustered._scripts.index_add(keys=[index], args=[alice.key, repr(NOW + HOUR), "60000"])
+    entry = [alice.key, repr(NOW + HOUR), "60000", repr(NOW)]
+    await clustered._scripts.index_add(keys=[index], args=entry)
 
     assert await clustered.delete_user("alice", now=NOW) == 0  # nothing was live yet
     assert await clustered.save(alice) is False  # the rest of the save: refused
@@ -379,7 +402,7 @@ async def test_cluster_revoke_all_lets_go_of_entries_whose_session_redis_dropped
     a save in flight: its entry goes, and its key is not barred."""
     gone = make_record(user_id="alice", expires_at=NOW - 1)
     index = index_key(clustered, "alice")
-    entry = [gone.key, repr(gone.expires_at), "60000"]
+    entry = [gone.key, repr(gone.expires_at), "60000", repr(NOW)]
     await clustered._scripts.index_add(keys=[index], args=entry)
 
     assert await clustered.delete_user("alice", now=NOW) == 0

@@ -153,6 +153,42 @@ async def test_a_save_whose_reply_was_lost_is_applied_once(redis_server: RedisSe
     assert stored.json() == {"count": 2, "user": "alice"}  # not 3: applied once
 
 
+async def test_a_save_resent_after_another_saved_on_top_is_not_merged_again(
+    redis_server: RedisServer,
+) -> None:
+    """The count's save lands and its reply is lost; another app server saves over it
+    before redis-py sends it again. That copy must know its own write under the other's
+    and stop, not take it for a rival and count once more."""
+    prefix = unique_prefix()
+    elsewhere = RedisStore.from_url(redis_server.url, prefix=prefix)
+    async with CuttingProxy(redis_server.port) as proxy:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix)
+        try:
+            async with client_for(counter_app(store)) as client:
+                alice = cookie(await client.post("/login"))
+                assert (await client.post("/inc", headers=alice)).json() == {"count": 1}
+                key = store_key(alice["cookie"].split("=", 1)[1])
+
+                async def save_on_top() -> None:
+                    landed = await elsewhere.load(key, time.time())
+                    assert landed is not None  # the first copy ran
+                    theirs = landed._replace(
+                        data=b'{"count":2,"theme":"dark"}', version=landed.version + 1
+                    )
+                    assert await elsewhere.save(theirs, expected_version=landed.version)
+
+                proxy.on_cut = save_on_top
+                proxy.needle = b"EVALSHA"  # the next script: this save
+                second = await client.post("/inc", headers=alice)
+                stored = await client.get("/count", headers=alice)
+        finally:
+            await store.aclose()
+            await elsewhere.aclose()
+    assert proxy.cuts == 1
+    assert second.json() == {"count": 2}
+    assert stored.json() == {"count": 2, "user": "alice"}  # not 3: counted once
+
+
 @pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
 async def test_saves_sent_twice_are_applied_once(kind: str, tmp_path: Path) -> None:
     """What redis-py does when a reply is lost: the same call again, on a new connection.
@@ -238,7 +274,8 @@ async def _resend_after_revocation(clustered: RedisStore, how: str) -> None:
     login = make_record(user_id="alice")
     names, scripts = clustered._names, clustered._scripts
     index = [names.index("alice")]
-    await scripts.index_add(keys=index, args=[login.key, repr(login.expires_at), "60000"])
+    entry = [login.key, repr(login.expires_at), "60000", repr(login.last_seen_at)]
+    await scripts.index_add(keys=index, args=entry)
     token = _redis_codec.save_token()
     keys = [names.session(login.key), names.receipt(login.key)]
     args = ["", repr(login.last_seen_at), "60000", token, *_redis_codec.encode_fields(login, token)]

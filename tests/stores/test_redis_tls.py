@@ -108,8 +108,12 @@ def clients_by_port(node: RedisServer) -> dict[int, int]:
 
 
 def tls_cluster_url(cluster: RedisClusterServers, ca: Path) -> str:
+    """The cluster over TLS, with time to connect: redis-py builds an SSL context for
+    each new connection, loading the system's CA bundle in the event loop (some 40 ms
+    here), and a batch that opens a dozen at once, while the Sentinel and replica
+    servers of the other tests still run, can outlast the default second."""
     plain = cluster.url.removeprefix("redis+cluster://")
-    return f"rediss+cluster://{plain}?ssl_ca_certs={ca}"
+    return f"rediss+cluster://{plain}?ssl_ca_certs={ca}&timeout=5"
 
 
 async def test_a_cluster_is_reached_over_tls_on_every_node(

@@ -147,6 +147,21 @@ def test_unknown_option_is_named(url: str, option: str) -> None:
 @pytest.mark.parametrize(
     "url",
     [
+        "redis://127.0.0.1:6379/0?ssl_ca_certs=/ca.pem",
+        "redis+cluster://127.0.0.1:7000?ssl_cert_reqs=required",
+        "redis+sentinel://127.0.0.1:26379/main?ssl_check_hostname=no",
+        "unix:///run/redis.sock?ssl_certfile=/c.pem",
+    ],
+)
+def test_tls_options_without_tls_fail_at_start_up(url: str) -> None:
+    """redis-py would take them and fail at every command, a 503 that never ends."""
+    with pytest.raises(ConfigurationError, match="need TLS: use rediss://"):
+        store_from_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
         "sqlite://host/x.db",
         "sqlite://localhost/x.db",
         "sqlite:///",

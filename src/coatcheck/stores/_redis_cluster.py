@@ -61,7 +61,8 @@ class ClusterWrites:
         # on a timeout, waiting the whole timeout again each time.
         if user is not None:
             await self.scripts.index_add(
-                keys=[self.names.index(user)], args=[key, repr(record.expires_at), index_ttl]
+                keys=[self.names.index(user)],
+                args=[key, repr(record.expires_at), index_ttl, repr(record.last_seen_at)],
             )
         unindex: list[tuple[str, ...]] = []
         if old is not None:
@@ -76,8 +77,6 @@ class ClusterWrites:
                 unindex.append(("ZREM", self.names.index(owner), old))
         # A rotation's write needs no version check: the take above made it.
         checked = "" if old is not None else expected
-        if checked:
-            token = ""
         written = await self.scripts.write(
             keys=self._keys(key),
             args=[
@@ -85,7 +84,7 @@ class ClusterWrites:
                 repr(record.last_seen_at),
                 ttl,
                 token,
-                *codec.encode_fields(record, token),
+                *codec.encode_fields(record, "" if checked else token),
             ],
         )
         if not codec.done(written):

@@ -36,8 +36,8 @@ class KeyNames:
 
 
 def save_token() -> str:
-    """The random token a save without a version check carries (see ``_REVOKED``); a
-    versioned one sends '' instead."""
+    """The random token every save carries, the same in each copy sent (see ``wrote``
+    and ``_REVOKED`` in ``_redis_scripts``)."""
     return secrets.token_hex(8)
 
 

@@ -2,8 +2,9 @@
 
 A session is a hash under ``{prefix}:s:{<key>}``: ``b`` holds the whole record packed
 (see ``_redis_codec.pack``), and the scripts read ``e`` (expires, float seconds), ``u`` (user
-ID; absent when anonymous) and ``v`` (version), which repeat what ``b`` says, and ``k``,
-the token of the last save that ran without a version check (see ``_REVOKED``). A user's
+ID; absent when anonymous) and ``v`` (version), which repeat what ``b`` says; ``k``,
+the token of the last save that ran without a version check (see ``_REVOKED``); and
+``w``, the tokens of the last few saves (see ``wrote``). A user's
 index is a sorted set ``{prefix}:u:{<user>}`` of session keys scored by ``expires_at``.
 Scripts read fields with ``HMGET`` only, which lets tests tell a client's ``HGET`` (a
 load) from a script's reads in the server's command counts.
@@ -23,24 +24,28 @@ if TYPE_CHECKING:
     from ._redis_url import RedisClient
 
 # Files a session in its user's index and extends the index's own TTL, to ``ttl`` ms
-# (the session's plus a grace), so that it outlives every session it lists.
+# (the session's plus a grace), so that it outlives every session it lists. Entries an
+# hour past their deadline go: Redis dropped their sessions long ago, and a user who
+# logs in often without ever listing their devices would grow the index without end.
+# The hour leaves room for app servers whose clocks (``now``) disagree.
 _INDEX_ADD = """
-local function index_add(index, member, score, ttl)
+local function index_add(index, member, score, ttl, now)
   redis.call('ZADD', index, score, member)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (tonumber(now) - 3600))
   if redis.call('PTTL', index) < tonumber(ttl) then
     redis.call('PEXPIRE', index, ttl)
   end
 end
 """
 
-# Compare-and-set on the session a save continues. ``base`` reads its fields ``e``, ``v``
-# and ``u`` in one HMGET, the only read of a save, and returns them with the refusal: {0}
-# when the session is gone or dead at ``now``, the winner's packed record behind a 2 when
-# another save changed its version, or nil (go on) when ``expected`` is '' (no check) or
-# matches.
+# Compare-and-set on the session a save continues. ``base`` reads its fields ``e``, ``v``,
+# ``u`` and ``w`` in one HMGET, the only read of a save, and returns them with the
+# refusal: {0} when the session is gone or dead at ``now``, the winner's packed record
+# behind a 2 when another save changed its version, or nil (go on) when ``expected`` is
+# '' (no check) or matches.
 _BASE = """
 local function base(key, expected, now)
-  local fields = redis.call('HMGET', key, 'e', 'v', 'u')
+  local fields = redis.call('HMGET', key, 'e', 'v', 'u', 'w')
   if expected == '' then
     return fields, nil
   end
@@ -53,12 +58,28 @@ local function base(key, expected, now)
   return fields, nil
 end
 
--- A save that redis-py sent again after its connection broke may have run the first
--- time: then the record it writes is already in place, byte for byte, and the save is
--- done. Without this check the retry would see its own write as a parallel winner and
--- merge its changes in twice.
+-- Every save carries a random token, and a session keeps those of its last few saves,
+-- newest first, as ``w``. A save that redis-py sent again after the reply to the first
+-- copy was lost finds its token there and is done, whatever saves came in between:
+-- without this, it would take its own write, or a later one built on it, for a
+-- parallel winner and merge its changes in a second time.
+local function wrote(key, token)
+  local recent = redis.call('HMGET', key, 'w')[1]
+  return recent and string.find(' ' .. recent .. ' ', ' ' .. token .. ' ', 1, true) ~= nil
+end
+-- The same record already in place, byte for byte, is done as well (a save made twice).
 local function already_written(key, packed)
   return redis.call('HMGET', key, 'b')[1] == packed
+end
+local function note_written(key, token, recent)
+  local kept = {token}
+  if recent then
+    for earlier in string.gmatch(recent, '%S+') do
+      if #kept == 4 then break end
+      kept[#kept + 1] = earlier
+    end
+  end
+  redis.call('HSET', key, 'w', table.concat(kept, ' '))
 end
 """
 
@@ -83,21 +104,21 @@ end
 
 # KEYS: session to write, session it continues (the same key unless rotating).
 # ARGV: prefix, member, continued member, expected version ('' for none), last_seen_at,
-#       ttl ms, score, has user (1/0), user, index ttl ms, token ('' when versioned),
-#       then the hash's field/value pairs, ``b`` first. Returns {1} when written, else
-#       the refusal of base().
+#       ttl ms, score, has user (1/0), user, index ttl ms, token, then the hash's
+#       field/value pairs, ``b`` first. Returns {1} when written, else the refusal of
+#       base().
 STANDALONE_SAVE = (
     _INDEX_ADD
     + _BASE
     + _REVOKED
     + """
 local new, old = KEYS[1], KEYS[2]
-if revoked(ARGV[1] .. ':t:{' .. ARGV[2] .. '}', ARGV[11]) then
+if ARGV[4] == '' and revoked(ARGV[1] .. ':t:{' .. ARGV[2] .. '}', ARGV[11]) then
   return {0}
 end
 local previous, refused = base(old, ARGV[4], ARGV[5])
 if refused then
-  if already_written(new, ARGV[13]) then return {1} end
+  if wrote(new, ARGV[11]) or already_written(new, ARGV[13]) then return {1} end
   return refused
 end
 local user = false
@@ -117,9 +138,10 @@ elseif previous[3] and previous[3] ~= user then
   if not user then redis.call('HDEL', new, 'u') end
 end
 redis.call('HSET', new, unpack(ARGV, 12))
+note_written(new, ARGV[11], old == new and previous[4])
 redis.call('PEXPIRE', new, ARGV[6])
 if user then
-  index_add(ARGV[1] .. ':u:{' .. user .. '}', ARGV[2], ARGV[7], ARGV[10])
+  index_add(ARGV[1] .. ':u:{' .. user .. '}', ARGV[2], ARGV[7], ARGV[10], ARGV[5])
 end
 return {1}
 """
@@ -206,9 +228,9 @@ return {1, previous[3]}
 )
 
 # KEYS: session, its receipt. ARGV: expected version ('' for none), last_seen_at, ttl
-# ms, token ('' when versioned), then field/value pairs, ``b`` first. Returns {1,
-# previous owner or false}; else the refusal of base(), or {0} where REVOKE_MEMBER
-# barred the key or a revocation noted this save's token.
+# ms, token, then field/value pairs, ``b`` first. Returns {1, previous owner or false};
+# else the refusal of base(), or {0} where REVOKE_MEMBER barred the key or a revocation
+# noted this save's token.
 WRITE = (
     _BASE
     + _REVOKED
@@ -216,26 +238,27 @@ WRITE = (
 if redis.call('HEXISTS', KEYS[1], 'x') == 1 then
   return {0}
 end
-if revoked(KEYS[2], ARGV[4]) then
+if ARGV[1] == '' and revoked(KEYS[2], ARGV[4]) then
   return {0}
 end
 local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])
 if refused then
-  if already_written(KEYS[1], ARGV[6]) then return {1, false} end
+  if wrote(KEYS[1], ARGV[4]) or already_written(KEYS[1], ARGV[6]) then return {1, false} end
   return refused
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+note_written(KEYS[1], ARGV[4], previous[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, previous[3]}
 """
 )
 
-# KEYS: a user's index. ARGV: member, score, index ttl ms.
+# KEYS: a user's index. ARGV: member, score, index ttl ms, now.
 INDEX_ADD = (
     _INDEX_ADD
     + """
-index_add(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+index_add(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 )

@@ -64,6 +64,13 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
     unknown = sorted(set(options) - _PASSED_OPTIONS)
     if unknown:
         raise ConfigurationError(f"unknown option(s) {unknown} in store URL {url!r}")
+    tls = sorted(name for name in options if name.startswith("ssl_"))
+    if tls and not parts.scheme.startswith("rediss"):
+        # redis-py would take them, and fail at every command: an outage without end.
+        raise ConfigurationError(
+            f"option(s) {tls} need TLS: use rediss:// (or rediss+cluster://, "
+            f"rediss+sentinel://) in store URL {url!r}"
+        )
     seconds = _timeout(timeout if timeout is not None else url_timeout, url)
     settings: dict[str, Any] = {
         "socket_timeout": seconds,

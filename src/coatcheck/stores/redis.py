@@ -183,7 +183,8 @@ class RedisStore:
     async def _save_once(
         self, record: SessionRecord, replaces: str | None, expected: int | None, token: str
     ) -> bool | SessionRecord:
-        """One attempt; ``token`` goes with whichever write runs without a version check."""
+        """One attempt. Every copy of it carries ``token``; a write without a version
+        check also keeps it for revocations to note (see ``_REVOKED``)."""
         ttl_ms = max(math.ceil((record.expires_at - record.last_seen_at) * 1000), _MIN_TTL_MS)
         ttl, index_ttl = str(ttl_ms), str(ttl_ms + _INDEX_GRACE_MS)
         expected_arg = "" if expected is None else str(expected)
@@ -193,8 +194,6 @@ class RedisStore:
             )
         previous = replaces or record.key
         user = record.user_id
-        if expected is not None:
-            token = ""
         reply = await self._scripts.standalone_save(
             keys=[self._names.session(record.key), self._names.session(previous)],
             args=[
@@ -209,7 +208,7 @@ class RedisStore:
                 user or "",
                 index_ttl,
                 token,
-                *codec.encode_fields(record, token),
+                *codec.encode_fields(record, "" if expected is not None else token),
             ],
         )
         return codec.refusal(previous, reply) if not codec.done(reply) else True
