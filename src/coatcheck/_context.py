@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .session import Session
 
 DEFAULT_COOKIE_NAME = "__Host-session"
+NOT_INSTALLED = "coatcheck.SessionMiddleware is not installed on this app"
 current_session: ContextVar[Session | None] = ContextVar("coatcheck_session", default=None)
 # The configuration a schema is built for outside any request (coatcheck.fastapi.openapi).
 described: ContextVar[SessionConfig | None] = ContextVar("coatcheck_described", default=None)

@@ -24,7 +24,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("fastapi", "fastapi") from exc
 
-from ._context import current_cookie_name, current_session, current_token_header, described
+from ._context import (
+    NOT_INSTALLED,
+    current_cookie_name,
+    current_session,
+    current_token_header,
+    described,
+)
 from ._models import check_model
 from .config import Duration, SessionConfig, _seconds
 from .middleware import SessionMiddleware
@@ -124,7 +130,7 @@ def openapi(app: FastAPI) -> dict[str, Any]:
                 config = middleware.args[1]
             break
     else:
-        raise RuntimeError("coatcheck.SessionMiddleware is not installed on this app")
+        raise RuntimeError(NOT_INSTALLED)
     if not isinstance(config, SessionConfig):
         config = SessionConfig()
     token = described.set(config)

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _devices, _flash
+from ._context import NOT_INSTALLED
 from ._devices import Device, utc
 from ._flash import Flash
 from ._ids import new_public_id, new_session_id
@@ -121,7 +122,7 @@ class Session(MutableMapping[str, Any]):
         an eager path, where Starlette's ``request.session`` is typed as a plain dict."""
         session = connection.scope.get("session")
         if not isinstance(session, Session):
-            raise RuntimeError("coatcheck.SessionMiddleware is not installed on this app")
+            raise RuntimeError(NOT_INSTALLED)
         return session
 
     # -- loading ------------------------------------------------------------------------
