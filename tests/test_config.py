@@ -72,6 +72,23 @@ def test_csrf_origins_are_kept_as_browsers_send_them() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # Iterated, "/webhooks" would have been "/", "w", "e" ...: every path exempt.
+        ({"exempt_paths": "/webhooks"}, "exempt_paths takes a list of path prefixes"),
+        ({"exempt_paths": ["webhooks"]}, "start with '/'"),
+        ({"exempt_paths": [""]}, "start with '/'"),
+        ({"origins": "https://example.com"}, "origins takes a list of origins"),
+    ],
+)
+def test_csrf_lists_given_a_string_or_a_bare_path_fail_at_start_up(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        CSRFConfig(**options)  # type: ignore[arg-type]
+
+
 def test_prefix_rules_ignore_case() -> None:
     with pytest.raises(ConfigurationError):
         CookieConfig(name="__HOST-sid", secure=False)

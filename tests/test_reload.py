@@ -93,6 +93,20 @@ def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
         await session.reload()  # saved: nothing to lose now
         return {"cart": session["cart"]}
 
+    @app.post("/log/{count}")
+    async def log(count: int, session: SessionDep, cookie: str = "") -> dict[str, Any]:
+        """A long-lived loop: change the list it holds, save, and reload, as a stream
+        that also takes what other tabs store would."""
+        history = session.setdefault("history", [])
+        for number in range(count):
+            history.append(number)
+            await session.save()
+            if number == 1:
+                async with other_tab(f"{NAME}={cookie}") as tab:
+                    assert (await tab.post("/add/pear")).status_code == 200
+            await session.reload()
+        return {"history": history, "cart": session["cart"]}
+
     @app.post("/fresh")
     async def fresh(session: SessionDep) -> dict[str, Any]:
         await session.reload()  # nothing stored: nothing newer can exist
@@ -189,6 +203,18 @@ async def test_unsaved_changes_are_not_dropped_by_a_reload(any_store: Store) -> 
         assert response.json() == {"cart": ["apple", "fig"]}
         assert (await client.get("/state", headers=cookie)).json()["data"] == {
             "cart": ["apple", "fig"]
+        }
+
+
+async def test_a_list_held_across_reloads_stays_the_sessions(any_store: Store) -> None:
+    async with client_for(make_app(any_store)) as client:
+        sid = await started(client)
+        cookie = {"cookie": f"{NAME}={sid}"}
+        response = await client.post("/log/3", params={"cookie": sid}, headers=cookie)
+        assert response.json() == {"history": [0, 1, 2], "cart": ["apple", "pear"]}
+        assert (await client.get("/state", headers=cookie)).json()["data"] == {
+            "cart": ["apple", "pear"],
+            "history": [0, 1, 2],
         }
 
 

@@ -72,6 +72,17 @@ def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
         session["cart"].append("pear")  # in place, after the save
         return {}
 
+    @app.post("/early-then-more-by-reference")
+    async def early_then_more_by_reference(session: SessionDep) -> dict[str, Any]:
+        """The handler's own objects, set or returned by modify(), changed after the save
+        without being read from the session again."""
+        cart, notes = ["apple"], session.modify("notes", lambda notes: {**notes}, {})
+        session["cart"] = cart
+        await session.save()
+        cart.append("pear")
+        notes["gift"] = "wrap"
+        return {}
+
     @app.post("/early-then-login")
     async def early_then_login(session: SessionDep) -> dict[str, Any]:
         session["cart"] = ["apple"]
@@ -270,6 +281,17 @@ async def test_changes_after_save_are_saved_too_under_one_cookie(any_store: Stor
     record = await any_store.load(store_key(sid), CONFIG.clock())
     assert record is not None
     assert record.version == 2  # the save, then the commit of the change made after it
+
+
+async def test_objects_the_handler_set_and_changes_after_save_are_saved_too(
+    any_store: Store,
+) -> None:
+    async with client_for(make_app(any_store)) as client:
+        sid = ticket(await client.post("/early-then-more-by-reference"))
+        assert await state(client, sid) == {
+            "user": None,
+            "data": {"cart": ["apple", "pear"], "notes": {"gift": "wrap"}},
+        }
 
 
 async def test_a_login_after_save_sends_only_the_rotated_cookie(any_store: Store) -> None:

@@ -273,15 +273,17 @@ async def test_new_data_after_destroy_goes_to_a_new_record(
 
 
 async def test_a_session_started_after_logout_shares_nothing_with_the_old_one(
-    persistence: Persistence,
+    persistence: Persistence, clock: FakeClock
 ) -> None:
     """A note left after logging out (a flash message) starts a plain browser session:
-    not remembered, and under a public id that cannot be linked to the user's."""
+    not remembered, under a public id that cannot be linked to the user's, and with
+    its limits counted from the logout, not from a login long ago."""
     session = await fresh(persistence)
     session.login("alice", remember=True)
     old = await saved(persistence, session)
     alices = session.public_id
 
+    clock.advance(13 * 3600)  # past a browser session's absolute limit (12 h)
     session = await fresh(persistence, old)
     session.logout()
     session["flash"] = "logged out"
@@ -292,6 +294,8 @@ async def test_a_session_started_after_logout_shares_nothing_with_the_old_one(
     assert dict(new) == {"flash": "logged out"}
     assert new.remember is False
     assert new.public_id not in ("", alices)
+    assert new.created_at.timestamp() == clock()
+    assert new.expires_at.timestamp() == clock() + 30 * 60
 
 
 async def test_deleting_a_key_is_saved(persistence: Persistence) -> None:

@@ -91,6 +91,13 @@ def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
         session["cart"] = ["kept after logout"]  # an anonymous session goes on
         return {"ok": True}
 
+    @app.get("/devices")
+    async def devices(session: SessionDep) -> dict[str, Any]:
+        return {
+            "devices": [device.expires_at.timestamp() for device in await session.devices()],
+            "can_login": await session.can_login("alice"),
+        }
+
     @app.get("/state")
     async def state(session: SessionDep) -> dict[str, Any]:
         return {
@@ -273,6 +280,34 @@ async def test_a_stricter_configuration_still_holds_for_earlier_logins(tmp_path:
             assert (await visitor.state())["idle"] == 600
             clock.advance(601)
             assert (await visitor.state())["user"] is None
+    finally:
+        await store.aclose()
+
+
+async def test_sessions_a_stricter_configuration_ended_count_nowhere(tmp_path: Path) -> None:
+    """Ended by a configuration made stricter since, a session's record may outlive it
+    in the store until its stored deadline: it must not be listed, nor take a place
+    under the session limit, which would lock its user out with nothing to sign out."""
+    store = build_store("sqlite", tmp_path)
+    clock = start_clock()
+    limited = {"max_sessions_per_user": 2, "at_session_limit": "refuse_login"}
+    try:
+        async with client_for(make_app(store, clock, **limited)) as client:
+            phone, laptop = Visitor(client), Visitor(client)
+            await phone.send("POST", "/login", json={"remember": True})
+            clock.advance(3600)
+            await laptop.send("POST", "/login", json={"remember": True})
+        stricter = make_app(store, clock, remember_idle_timeout=2 * 3600, **limited)
+        async with client_for(stricter) as client:
+            laptop.client = client
+            clock.advance(5400)  # the phone is past the new limit, the laptop is not
+            state = await laptop.state()
+            # Its stored deadline, 14 days away, is cut to the new idle limit.
+            assert state["expires_at"] == clock() - 5400 + 2 * 3600
+            listed = (await laptop.send("GET", "/devices")).json()  # refreshed by that read
+            assert listed == {"devices": [clock() + 2 * 3600], "can_login": True}
+            await Visitor(client).send("POST", "/login", json={"remember": True})
+            assert len((await laptop.send("GET", "/devices")).json()["devices"]) == 2
     finally:
         await store.aclose()
 

@@ -199,6 +199,27 @@ def test_a_chat_outlasts_an_idle_limit_shorter_than_the_recheck_interval() -> No
     assert closed.value.code == 1008
 
 
+def test_a_chat_ends_its_session_at_most_a_tenth_of_the_idle_limit_early() -> None:
+    """Each message counts as use, as a request does: once a refresh is due, the next
+    message writes it back, whatever the time since the last recheck. A user who leaves
+    the chat is signed in for at least nine tenths of the idle limit after their last
+    message, as after their last request."""
+    clock, store = FakeClock(), MemoryStore()
+    app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
+    with client_for(app) as client:
+        client.post("/login", params={"idle": 120})  # rechecked every 60 s
+        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+            signed_in_at = clock()
+            for second in [*range(10, 111, 10), 119]:
+                clock.advance(signed_in_at + second - clock())
+                socket.send_text(f"second {second}")
+                assert socket.receive_text() == f"alice: second {second}"
+                # Read while the socket is open: its own save, once it closes, would
+                # refresh the session too.
+                [record] = asyncio.run(store.list_user("alice", clock()))
+                assert record.expires_at >= clock() + 0.9 * 120
+
+
 def test_an_idle_socket_does_not_keep_the_session_alive() -> None:
     clock, store = FakeClock(), MemoryStore()
     app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)

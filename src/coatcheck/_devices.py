@@ -38,13 +38,13 @@ async def list_devices(session: Session) -> list[Device]:
         return []
     current = session._stored.key if session._stored is not None else None
     persistence = session._persistence
-    records = await persistence.store.list_user(session._user_id, persistence.now())
+    records = await persistence.live_records(session._user_id, persistence.now())
     return [
         Device(
             id=record.public_id,
             created_at=utc(record.created_at),
             last_seen_at=utc(record.last_seen_at),
-            expires_at=utc(record.expires_at),
+            expires_at=utc(persistence.deadline(record)),
             user_agent=record.user_agent,
             remember=record.remember,
             current=record.key == current,
@@ -69,7 +69,7 @@ async def revoke(session: Session, public_id: str) -> bool:
     if user_id is None:
         return False
     persistence = session._persistence
-    for record in await persistence.store.list_user(user_id, persistence.now()):
+    for record in await persistence.live_records(user_id, persistence.now()):
         if record.public_id == public_id:
             if session._stored is not None and record.key == session._stored.key:
                 session.destroy()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
@@ -105,8 +106,9 @@ class Persistence:
         self._cookie_needle = cookie_needle(config.cookie.name)
         self._cookies = CookieWriter(config.cookie)
         self.clear_cookie = self._cookies.clear()
-        # What a response that read the session varies on, for caches.
-        self.vary = b"Cookie" if self.token_header is None else b"Cookie, " + self.token_header
+        # What a response that read the session varies on, for caches: the request's
+        # cookie, and its token header when clients may send one instead.
+        self.vary = (b"Cookie",) if self.token_header is None else (b"Cookie", self.token_header)
         # Seconds after the last save when a read must refresh the sliding expiry.
         self._refresh_after = {
             remember: config.lifetime(remember).idle * config.refresh_fraction
@@ -132,13 +134,14 @@ class Persistence:
         data: dict[str, Any] = {}
         if record is not None and key is not None:
             # Written out rather than split into helpers: every read runs this.
+            # The stored deadline, or an earlier one if the configuration became stricter.
             lifetime = self.lifetime_of(record)
-            if not (
-                compare_digest(record.key, key)
-                and record.expires_at > now
-                and now < record.created_at + lifetime.absolute
-                and now < record.last_seen_at + lifetime.idle
-            ):
+            deadline = min(
+                record.expires_at,
+                record.created_at + lifetime.absolute,
+                record.last_seen_at + lifetime.idle,
+            )
+            if not (compare_digest(record.key, key) and now < deadline):
                 await self.emit(session, "expired", record.user_id, record.public_id)
                 record = None
             else:
@@ -154,6 +157,8 @@ class Persistence:
         if record is None and self._importer is not None and not session._by_header:
             imported = await self._importer.read(session._headers, now)
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
+        if record is not None:
+            session._expires_at = deadline
         if imported is not None and self._importer is not None:
             # A new session with the old data: stored (and the old cookie cleared) when
             # this response starts, as any change would be.
@@ -180,6 +185,10 @@ class Persistence:
             and self.now() - stored.last_seen_at < self._refresh_window(stored)
         )
 
+    def refresh_at(self, record: SessionRecord) -> float:
+        """When a read of ``record`` must write its sliding expiry back."""
+        return record.last_seen_at + self._refresh_window(record)
+
     def _refresh_window(self, record: SessionRecord) -> float:
         """Seconds after the last save when a read must refresh the sliding expiry."""
         if record.idle_timeout or record.absolute_timeout:
@@ -188,6 +197,17 @@ class Persistence:
 
     def lifetime_of(self, record: SessionRecord) -> Lifetime:
         return self.config.lifetime(record.remember, record.idle_timeout, record.absolute_timeout)
+
+    async def live_records(self, user_id: str, now: float) -> list[SessionRecord]:
+        """The user's sessions alive at ``now``. The store leaves out those past their
+        stored deadline; a configuration made stricter since may have ended more."""
+        return [r for r in await self.store.list_user(user_id, now) if self.deadline(r) > now]
+
+    def deadline(self, record: SessionRecord) -> float:
+        """When ``record`` dies: its stored deadline, or an earlier one that a stricter
+        configuration gives it."""
+        lifetime = self.lifetime_of(record)
+        return min(record.expires_at, lifetime.deadline(record.last_seen_at, record.created_at))
 
     async def commit(self, session: Session, status: int) -> Headers:
         """Write what changed and return the headers the response must carry."""
@@ -375,9 +395,10 @@ class Persistence:
             return []
         return [(b"set-cookie", self._importer.clear_cookie)]
 
-    async def recheck(self, session: Session) -> bool:
-        """Whether a long-lived connection's session is still stored and live; while it
-        is, its sliding expiry is written back when due, as a request would.
+    async def recheck(self, session: Session) -> float | None:
+        """Whether a long-lived connection's session is still stored and live: None once
+        it has ended, else when its sliding expiry is next due for a refresh. While it
+        lives, the refresh is written back when due, as a request's would be.
 
         The refresh writes the record as it is stored now, over the version just read,
         not this connection's unsaved changes: another request's save (a tab's cart, its
@@ -386,30 +407,32 @@ class Persistence:
         changes are left for its usual save, which merges them.
         """
         if isinstance(session._halted, SessionEndedError):
-            return False  # a save of this connection found it ended
+            return None  # a save of this connection found it ended
         stored = session._stored
         if stored is None:
-            return True  # nothing stored to end: an anonymous session that was only read
+            return math.inf  # nothing stored to end: an anonymous session that was only read
         now = self.now()
         if self._sealer is not None:
             # Nothing on the server can end it, and no cookie can refresh it: its
             # deadline, sealed in the cookie the handshake brought, is all there is.
-            return now < stored.expires_at
+            return math.inf if now < stored.expires_at else None
         current = await self.store.load(stored.key, now)
         if current is None:
-            return False
-        if now - current.last_seen_at >= self._refresh_window(current):
-            touched = current._replace(
-                last_seen_at=now,
-                expires_at=self.lifetime_of(current).deadline(now, current.created_at),
-                version=current.version + 1,
-            )
-            saved = await self.store.save(touched, expected_version=current.version)
-            if saved and session._stored is stored and stored.version == current.version:
-                # Nothing else changed it: the connection's copy moves on with it.
-                session._stored = touched
-                session._last_seen_at, session._expires_at = now, touched.expires_at
-        return True
+            return None
+        if now < self.refresh_at(current):
+            return self.refresh_at(current)
+        touched = current._replace(
+            last_seen_at=now,
+            expires_at=self.lifetime_of(current).deadline(now, current.created_at),
+            version=current.version + 1,
+        )
+        if not await self.store.save(touched, expected_version=current.version):
+            return now  # saved meanwhile by another request: due again at the next message
+        if session._stored is stored and stored.version == current.version:
+            # Nothing else changed it: the connection's copy moves on with it.
+            session._stored = touched
+            session._last_seen_at, session._expires_at = now, touched.expires_at
+        return self.refresh_at(touched)
 
     async def save_now(self, session: Session) -> None:
         """:meth:`Session.save`: commit now, keeping the headers for the response.
@@ -455,9 +478,8 @@ class Persistence:
             return  # nothing stored, nor anything to store: nothing newer can exist
         now = self.now()
         record = await self.store.load(stored.key, now)
-        if record is None or now >= self.lifetime_of(record).deadline(
-            record.last_seen_at, record.created_at
-        ):
+        deadline = 0.0 if record is None else self.deadline(record)
+        if record is None or now >= deadline:
             # Ended elsewhere (a logout, a revocation, a login's new ID) or expired: like
             # a save that finds it so, nothing more of this request may bring it back.
             session._halted = SessionEndedError("the session was ended by another request")
@@ -469,8 +491,15 @@ class Persistence:
                 f"session {record.public_id} holds data that cannot be decoded"
             ) from exc
         early = session._outgoing  # a save() made before: its cookie still goes out
+        held, exposed = session._data, session._exposed
         session._adopt(session._id, record, data, now, self.config.normal.idle)
         session._outgoing = early
+        session._expires_at = deadline
+        # Values the handler holds (``history = session["history"]``) stay the session's
+        # where the stored data kept them, as after a merge: later changes to them count.
+        session._data = held
+        self._adopt_merged(session, data)
+        session._exposed = exposed
 
     def _unsaved(self, session: Session) -> bool:
         """Whether the session holds changes that no save has stored yet."""
@@ -580,7 +609,7 @@ class Persistence:
         """
         limit = self.config.max_sessions_per_user
         assert limit is not None
-        records = sorted(await self.store.list_user(user_id, now), key=_age)
+        records = sorted(await self.live_records(user_id, now), key=_age)
         excess = len(records) - limit
         if excess <= 0:
             return
@@ -598,7 +627,7 @@ class Persistence:
         ``replaced`` would take the user past ``max_sessions_per_user``."""
         limit = self.config.max_sessions_per_user
         assert limit is not None
-        records = await self.store.list_user(user_id, self.now())
+        records = await self.live_records(user_id, self.now())
         return sum(record.key != replaced for record in records) >= limit
 
     async def _undo_past_limit(
@@ -622,7 +651,7 @@ class Persistence:
         """
         limit = self.config.max_sessions_per_user
         assert limit is not None
-        if len(await self.store.list_user(user_id, now)) <= limit:
+        if len(await self.live_records(user_id, now)) <= limit:
             return
         await self.store.delete(key)
         if replaced is not None and replaced.user_id is None:

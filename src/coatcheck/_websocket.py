@@ -3,10 +3,11 @@
 A socket outlives the request that opened it: without a check, a user who logs out
 elsewhere, or whose sessions an administrator ends, keeps a live connection. So at the
 first message after each ``websocket_recheck`` seconds, either way, the session is
-looked up again: a socket whose session ended is closed (1008), and one whose session
-lives counts as use, so an active chat does not reach the idle timeout. A session
-whose idle limit is shorter than two such intervals (a login may choose one) is looked
-up at least twice per idle window, or its chat would outlast it.
+looked up again: a socket whose session ended is closed (1008). Messages count as use,
+as requests do: the first one after the sliding expiry falls due writes it back, so an
+active chat does not reach the idle timeout. A session whose idle limit is shorter than
+two such intervals (a login may choose one) is looked up at least twice per idle
+window, or its chat would outlast it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class SocketClosed(OSError):
 class SocketWatch:
     """One per WebSocket connection whose app may touch the session."""
 
-    __slots__ = ("_checked", "_interval", "_persistence", "_send", "_session", "closed")
+    __slots__ = ("_checked", "_due", "_interval", "_persistence", "_send", "_session", "closed")
 
     def __init__(self, persistence: Persistence, session: Session, interval: int, send: Send):
         self._persistence = persistence
@@ -40,6 +41,7 @@ class SocketWatch:
         self._interval = interval
         self._send = send
         self._checked = persistence.now()
+        self._due = 0.0  # when the stored record, as last looked up, needs a refresh
         self.closed = False
 
     async def ended(self) -> bool:
@@ -49,17 +51,23 @@ class SocketWatch:
         session = self._session
         if not session._loaded:
             return False
-        now = self._persistence.now()
-        if now < self._checked + min(self._interval, session._lifetime().idle / 2):
+        persistence, stored = self._persistence, session._stored
+        now = persistence.now()
+        # A message is use: once a refresh is due, this one writes it back, or the
+        # session would end up to an interval early, not a tenth of its idle window.
+        if now < self._checked + min(self._interval, session._lifetime().idle / 2) and (
+            stored is None or now < max(self._due, persistence.refresh_at(stored))
+        ):
             return False
         self._checked = now  # before any await: one check per interval
         try:
-            live = await self._persistence.recheck(session)
+            due = await persistence.recheck(session)
         except StoreError as exc:
             # An outage is not a logout: the socket stays, and the next interval asks again.
             logger.warning("could not recheck a websocket's session: %s", str(exc))
             return False
-        if live:
+        if due is not None:
+            self._due = due
             return False
         self.closed = True
         await self._send(_CLOSE)

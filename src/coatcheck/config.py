@@ -113,9 +113,26 @@ class CSRFConfig:
     max_form_bytes: int = 1_000_000
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "origins", tuple(_origin(o) for o in self.origins))
-        object.__setattr__(self, "exempt_paths", tuple(self.exempt_paths))
+        origins = _listed("origins", self.origins, "origins")
+        object.__setattr__(self, "origins", tuple(_origin(o) for o in origins))
+        object.__setattr__(self, "exempt_paths", _path_prefixes("exempt_paths", self.exempt_paths))
         object.__setattr__(self, "header_name", self.header_name.lower())
+
+
+def _listed(name: str, values: Sequence[str], what: str) -> tuple[str, ...]:
+    """``values`` as a tuple, refusing a lone string: iterated, it would give one
+    entry per character, and ``"/"`` among them would cover every path."""
+    if isinstance(values, str):
+        raise ConfigurationError(f"{name} takes a list of {what}, not a string; write [{values!r}]")
+    return tuple(values)
+
+
+def _path_prefixes(name: str, values: Sequence[str]) -> tuple[str, ...]:
+    prefixes = _listed(name, values, "path prefixes")
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ConfigurationError(f"every entry of {name} must start with '/', got {prefix!r}")
+    return prefixes
 
 
 def _origin(value: str) -> str:
@@ -316,10 +333,7 @@ class SessionConfig:
                 )
         if not 0 <= self.refresh_fraction <= 0.1:
             raise ConfigurationError("refresh_fraction must be between 0 and 0.1")
-        if isinstance(self.eager_paths, str):
-            raise ConfigurationError("eager_paths takes a list of path prefixes, not a string")
-        if any(not prefix.startswith("/") for prefix in self.eager_paths):
-            raise ConfigurationError("every entry of eager_paths must start with '/'")
+        object.__setattr__(self, "eager_paths", _path_prefixes("eager_paths", self.eager_paths))
         if self.max_session_bytes < 1024:
             raise ConfigurationError("max_session_bytes must be at least 1024")
         if self.max_sessions_per_user is not None and self.max_sessions_per_user < 1:
@@ -360,7 +374,6 @@ class SessionConfig:
         object.__setattr__(self, "absolute_timeout", normal.absolute)
         object.__setattr__(self, "remember_idle_timeout", remember.idle)
         object.__setattr__(self, "remember_absolute_timeout", remember.absolute)
-        object.__setattr__(self, "eager_paths", tuple(self.eager_paths))
         object.__setattr__(self, "normal", normal)
         object.__setattr__(self, "remember", remember)
 

@@ -308,7 +308,7 @@ class SessionMiddleware:
         return wrapped
 
 
-def _merge_headers(message: Message, extra: Headers, vary: bytes) -> None:
+def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) -> None:
     """Add the session's headers, and ``Vary: Cookie`` (and the token header, when
     there is one) since the response read the session."""
     headers: Headers = message.get("headers", [])
@@ -316,11 +316,17 @@ def _merge_headers(message: Message, extra: Headers, vary: bytes) -> None:
         if any(name == b"cache-control" for name, _ in extra):
             headers = [pair for pair in headers if pair[0].lower() != b"cache-control"]
         headers = [*headers, *extra]
-    for name, value in headers:
-        if name.lower() == b"vary" and vary.lower() in value.lower():
-            break
-    else:
-        headers = [*headers, (b"vary", vary)]
+    # Whole field names: an app's ``Vary: X-Cookie-Consent`` does not cover ``Cookie``.
+    present = {
+        field.strip().lower()
+        for name, value in headers
+        if name.lower() == b"vary"
+        for field in value.split(b",")
+    }
+    if b"*" not in present:
+        missing = [field for field in vary if field.lower() not in present]
+        if missing:
+            headers = [*headers, (b"vary", b", ".join(missing))]
     message["headers"] = headers
 
 

@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     from .config import Lifetime
     from .stores.base import SessionRecord
 
-_MUTABLE = (dict, list)
+_MUTABLE = (dict, list)  # what JSON reads back that can be changed in place
+# What cannot change in place: any other value set may be kept by the handler and
+# changed after a save, so the session must compare it again before it ends.
+_SCALAR = (str, int, float, bool, type(None))
 # What a modify() change returns to remove its key: flash queues, once emptied, go.
 _REMOVE: Any = object()
 M = TypeVar("M")
@@ -203,6 +206,8 @@ class Session(MutableMapping[str, Any]):
         self._require_loaded()
         self._data[key] = value
         self._modified = True
+        if type(value) not in _SCALAR:
+            self._exposed = True
         if self._models:
             self._models.pop(key, None)  # what was set last wins
         if self._updates:
@@ -254,6 +259,8 @@ class Session(MutableMapping[str, Any]):
             self._data.pop(key, None)
         else:
             self._data[key] = value
+            if type(value) not in _SCALAR:
+                self._exposed = True
         self._modified = True
         self._updates.append((key, change, default))
         if self._models:
@@ -401,6 +408,9 @@ class Session(MutableMapping[str, Any]):
         self._id = None
         self._key = None
         self._public_id = ""
+        # Data added after this starts a new session, with limits counted from now
+        # rather than from the login that just ended.
+        self._created_at = self._persistence.now()
 
     def csrf_token(self) -> str:
         """A token for forms (the ``csrf_token`` field) and API calls (``X-CSRF-Token``).
