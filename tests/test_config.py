@@ -112,6 +112,9 @@ def test_durations_accept_seconds_or_timedelta() -> None:
         ({"idle_timeout": True}, "whole number"),
         ({"idle_timeout": float("inf")}, "whole number"),
         ({"absolute_timeout": float("nan")}, "whole number"),
+        # Past 100 years, a deadline could pass the year 9999: a 500 at each read.
+        ({"idle_timeout": 10**12, "absolute_timeout": 10**12}, "at most 100 years"),
+        ({"remember_absolute_timeout": timedelta(days=365 * 101)}, "at most 100 years"),
         ({"idle_timeout": "1800"}, "whole number"),
         ({"idle_timeout": 100, "absolute_timeout": 50}, "exceeds"),
         ({"remember_idle_timeout": timedelta(days=60)}, "remember_idle_timeout"),

@@ -35,19 +35,28 @@ def test_cookies_split_over_several_headers() -> None:
     assert read_cookie(headers(b"a=1", b"session=z"), NEEDLE) == "z"
 
 
-def test_non_ascii_and_oversized_headers_are_ignored() -> None:
+def test_non_ascii_oversized_and_junk_sized_are_ignored() -> None:
     assert read_cookie(headers("session=é".encode()), NEEDLE) is None
-    assert read_cookie(headers(b"session=a; pad=" + b"x" * 20_000), NEEDLE) is None
-    # One oversized header voids the others: what it hid might have been a second value.
-    assert read_cookie(headers(b"session=a", b"pad=" + b"x" * 20_000), NEEDLE) is None
+    assert read_cookie(headers(b"session=" + b"a" * 4_097), NEEDLE) is None  # no browser keeps it
+    assert read_cookie(headers(b"session=a; pad=" + b"x" * 70_000), NEEDLE) is None
+    # One junk-sized header voids the others: what it hid might have been a second value.
+    assert read_cookie(headers(b"session=a", b"pad=" + b"x" * 70_000), NEEDLE) is None
 
 
-def test_a_header_of_exactly_8192_bytes_is_still_read() -> None:
+def test_large_other_cookies_do_not_hide_the_session() -> None:
+    """A site's analytics and preference cookies can fill many kilobytes: the session
+    cookie beside them is still read."""
+    assert read_cookie(headers(b"session=a; pad=" + b"x" * 20_000), NEEDLE) == "a"
+    assert read_cookie(headers(b"session=a", b"pad=" + b"x" * 20_000), NEEDLE) == "a"
+
+
+def test_the_limits_are_exact() -> None:
     pair = b"session=" + SID.encode() + b"; pad="
-    for size, expected in ((8_192, SID), (8_193, None)):
+    for size, expected in ((65_536, SID), (65_537, None)):
         raw = pair + b"x" * (size - len(pair))
         assert len(raw) == size
         assert read_cookie(headers(raw), NEEDLE) == expected, size
+    assert read_cookie(headers(b"session=" + b"a" * 4_096), NEEDLE) == "a" * 4_096
 
 
 def test_other_headers_are_not_cookies() -> None:
@@ -87,7 +96,7 @@ def _split_reference(headers: list[tuple[bytes, bytes]], needle: bytes) -> str |
     for key, raw in headers:
         if key != b"cookie":
             continue
-        if len(raw) > 8_192:
+        if len(raw) > 65_536:
             return None
         for part in raw.split(b";"):
             part = part.strip(b" \t")
@@ -95,8 +104,11 @@ def _split_reference(headers: list[tuple[bytes, bytes]], needle: bytes) -> str |
                 values.add(part[len(needle) :])
     if len(values) != 1:
         return None
+    value = values.pop()
+    if len(value) > 4_096:
+        return None
     try:
-        return values.pop().decode("ascii")
+        return value.decode("ascii")
     except UnicodeDecodeError:
         return None
 

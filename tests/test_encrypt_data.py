@@ -32,8 +32,13 @@ OLD_KEY = "an-older-sealing-key-" + "o" * 16
 SEALED = SessionConfig(secret_keys=[KEY], encrypt_data=True)
 
 
-def make_app(store: Store, config: SessionConfig = SEALED) -> FastAPI:
+def make_app(
+    store: Store, config: SessionConfig = SEALED, tab: SessionConfig | None = None
+) -> FastAPI:
+    """``tab``: the configuration of the process that serves the other tab in
+    ``/meanwhile``, as in a rolling deploy; this one's by default."""
     app = FastAPI()
+    other = app if tab is None else make_app(store, tab)
 
     @app.post("/add/{item}")
     async def add(item: str, session: SessionDep) -> dict[str, Any]:
@@ -50,7 +55,7 @@ def make_app(store: Store, config: SessionConfig = SEALED) -> FastAPI:
         """Load, let another request of the same browser add a pear, then add a plum:
         this save meets the other one's and merges with it."""
         session.get("cart")
-        async with client_for(app, headers={"cookie": f"{NAME}={cookie}"}) as tab:
+        async with client_for(other, headers={"cookie": f"{NAME}={cookie}"}) as tab:
             assert (await tab.post("/add/pear")).status_code == 200
         session["note"] = "plum wanted"
         return {"ok": True}
@@ -177,15 +182,56 @@ async def test_data_that_no_key_opens_is_no_session_and_never_an_error(
     assert mallory not in caplog.text
 
 
-async def test_turned_off_again_sealed_sessions_start_afresh_without_an_error() -> None:
+async def test_turned_off_again_sealed_sessions_read_on_and_are_stored_in_the_clear() -> None:
     store = MemoryStore()
     async with client_for(make_app(store)) as client:
         session_id = ticket(await client.post("/add/apple"))
-    plain = SessionConfig(secret_keys=[KEY])
-    async with client_for(make_app(store, plain)) as client:
-        response = await client.get("/state", headers={"cookie": f"{NAME}={session_id}"})
+    cookie = {"cookie": f"{NAME}={session_id}"}
+    async with client_for(make_app(store, SessionConfig(secret_keys=[KEY]))) as client:
+        assert (await client.get("/state", headers=cookie)).json()["data"] == {"cart": ["apple"]}
+        await client.post("/add/fig", headers=cookie)
+    assert b"apple" in await raw_data(store, session_id)
+    # Without the key that sealed it, it is no session, and never an error.
+    async with client_for(make_app(store, SessionConfig(secret_keys=[OLD_KEY]))) as client:
+        await client.post("/add/apple")  # sealed data turns up only now: nothing opens it
+    async with client_for(make_app(store)) as client:
+        sealed_id = ticket(await client.post("/add/apple"))
+    async with client_for(make_app(store, SessionConfig(secret_keys=[OLD_KEY]))) as client:
+        response = await client.get("/state", headers={"cookie": f"{NAME}={sealed_id}"})
     assert response.status_code == 200
     assert response.json()["data"] == {}
+
+
+async def test_switched_on_mid_deploy_a_process_that_does_not_seal_yet_merges_on(
+    any_store: Store,
+) -> None:
+    """During a rolling deploy, a process without encrypt_data meets data that an
+    upgraded one sealed: it reads it, and its merge loses nothing."""
+    plain = SessionConfig(secret_keys=[KEY])
+    async with client_for(make_app(any_store, plain, tab=SEALED)) as client:
+        session_id = ticket(await client.post("/add/apple"))
+        cookie = {"cookie": f"{NAME}={session_id}"}
+        response = await client.post("/meanwhile", params={"cookie": session_id}, headers=cookie)
+        assert response.status_code == 200
+        state = (await client.get("/state", headers=cookie)).json()
+    assert state["data"] == {"cart": ["apple", "pear"], "note": "plum wanted"}
+
+
+async def test_a_merge_with_data_this_process_cannot_open_is_refused_not_emptied(
+    any_store: Store,
+) -> None:
+    """A process that lacks the key a parallel save sealed with (a new key deployed to
+    some processes first) must not merge into nothing: 409, and that save stands."""
+    old = SessionConfig(secret_keys=[OLD_KEY], encrypt_data=True)
+    rotated = SessionConfig(secret_keys=[KEY, OLD_KEY], encrypt_data=True)
+    async with client_for(make_app(any_store, old, tab=rotated)) as client:
+        session_id = ticket(await client.post("/add/apple"))
+        cookie = {"cookie": f"{NAME}={session_id}"}
+        response = await client.post("/meanwhile", params={"cookie": session_id}, headers=cookie)
+    assert response.status_code == 409
+    async with client_for(make_app(any_store, rotated)) as client:
+        state = (await client.get("/state", headers=cookie)).json()
+    assert state["data"] == {"cart": ["apple", "pear"]}
 
 
 async def test_create_session_stores_what_the_app_would() -> None:

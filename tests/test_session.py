@@ -79,6 +79,28 @@ async def test_metadata_of_a_stored_session(persistence: Persistence, clock: Fak
     assert again.remember is False
 
 
+async def test_expires_at_counts_from_a_request_that_writes_the_session(
+    persistence: Persistence, clock: FakeClock
+) -> None:
+    """What a page shows as "ends at … if unused" must be what this request stores."""
+    session = await fresh(persistence)
+    session.login("alice")
+    sid = await saved(persistence, session)
+    clock.advance(200)  # past a tenth of the idle limit: this read refreshes it
+    again = await fresh(persistence, sid)
+    assert again.expires_at.timestamp() == clock() + 30 * 60
+    await persistence.commit(again, 200)
+    assert (await fresh(persistence, sid)).expires_at.timestamp() == clock() + 30 * 60
+
+    clock.advance(60)  # no refresh due: the stored deadline stands
+    again = await fresh(persistence, sid)
+    assert again.expires_at.timestamp() == clock() - 60 + 30 * 60
+    again["cart"] = ["apple"]  # ... until the request changes the session
+    assert again.expires_at.timestamp() == clock() + 30 * 60
+    again.login("alice", remember=True)
+    assert again.expires_at.timestamp() == clock() + 14 * 86400
+
+
 async def test_login_rejects_empty_user_ids(persistence: Persistence) -> None:
     session = await fresh(persistence)
     with pytest.raises(ValueError, match="non-empty string"):

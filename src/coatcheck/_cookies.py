@@ -7,7 +7,12 @@ from ._audit import security_event
 from .config import CookieConfig
 
 EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"  # an Expires in the past: the cookie is gone
-_MAX_COOKIE_HEADER = 8_192  # beyond this the header is junk: most servers refuse it too
+# Beyond this a Cookie header is junk; servers refuse far less (nginx 8 KB a line). A
+# smaller cap would read a session as absent on sites whose other cookies are large.
+_MAX_COOKIE_HEADER = 65_536
+# The longest cookie browsers keep, name included (RFC 6265 asks for at least this):
+# a longer session value was never set by us.
+_MAX_COOKIE = 4_096
 _BLANKS = b" \t"
 _SEMICOLON = ord(";")
 
@@ -22,7 +27,8 @@ def read_cookie(headers: Headers, needle: bytes) -> str | None:
 
     The name must match exactly (case-sensitive). Two different values for it
     (cookie tossing from a sibling host or a longer path) mean no value at all,
-    whatever their order. Non-ASCII or oversized headers are treated as absent.
+    whatever their order. A non-ASCII or oversized value, or a header of junk size,
+    is treated as absent.
     """
     found: bytes | None = None
     for key, raw in headers:
@@ -46,7 +52,7 @@ def read_cookie(headers: Headers, needle: bytes) -> str | None:
                     return None
                 found = value
             at = raw.find(needle, at + 1)
-    if found is None:
+    if found is None or len(found) > _MAX_COOKIE:
         return None
     try:
         return found.decode("ascii")
@@ -66,7 +72,7 @@ def read_header_token(headers: Headers, name: bytes) -> str | None:
     if found is None:
         return None
     found = found.strip(_BLANKS)
-    if len(found) > _MAX_COOKIE_HEADER or not found.isascii():
+    if len(found) > _MAX_COOKIE or not found.isascii():
         return ""
     return found.decode("ascii")
 

@@ -23,8 +23,10 @@ from .csrf import CSRFGuard
 from .events import EventBus, EventHook, EventKind, SessionEvent
 from .exceptions import (
     ConfigurationError,
+    MissingDependencyError,
     NotSupportedError,
     ResponseStartedError,
+    SessionConflictError,
     SessionEndedError,
     SessionLimitError,
     SessionTooLargeError,
@@ -36,6 +38,7 @@ from .session import _REMOVE, Session
 from .stores.base import Merge, SessionRecord, Store, cookie_sealer_of
 
 if TYPE_CHECKING:
+    from ._data_sealing import DataSealingStore  # needs the cookie extra, as below
     from ._sealing import CookieSealer  # needs the cookie extra: imported by the store
 
 logger = logging.getLogger("coatcheck")
@@ -87,6 +90,7 @@ class Persistence:
             config.csrf, keyring, credentials, config.clock, token_header=self.token_header
         )
         self.stateless = self._sealer is not None
+        self._unsealer: DataSealingStore | None = None  # made when sealed data turns up
         if config.encrypt_data:
             if self.stateless:
                 raise ConfigurationError(
@@ -148,11 +152,14 @@ class Persistence:
                 try:
                     data = self.serializer.loads(record.data)
                 except ValueError:
-                    security_log.warning(
-                        "undecodable data in session %s; starting an empty session",
-                        record.public_id,
-                    )
-                    record = None
+                    try:
+                        data = self._decode_sealed(record)
+                    except ValueError:
+                        security_log.warning(
+                            "undecodable data in session %s; starting an empty session",
+                            record.public_id,
+                        )
+                        record = None
         imported = None
         if record is None and self._importer is not None and not session._by_header:
             imported = await self._importer.read(session._headers, now)
@@ -184,6 +191,27 @@ class Persistence:
             and (bool(session._data) or session._user_id is not None)
             and self.now() - stored.last_seen_at < self._refresh_window(stored)
         )
+
+    def decode(self, record: SessionRecord) -> dict[str, Any]:
+        """The data of ``record``; ``ValueError`` when it cannot be decoded."""
+        try:
+            return self.serializer.loads(record.data)
+        except ValueError:
+            return self._decode_sealed(record)
+
+    def _decode_sealed(self, record: SessionRecord) -> dict[str, Any]:
+        """Data that ``encrypt_data`` sealed, read where it is off: turned off since, or
+        not on yet in this process of a rolling deploy. Its keys still open it, and the
+        next save stores it in the clear (or ``ValueError``, when nothing opens it)."""
+        if self._unsealer is None:
+            if self.config.encrypt_data or not self.config.secret_keys or self.stateless:
+                raise ValueError("undecodable session data")
+            try:
+                from ._data_sealing import sealing_data
+            except MissingDependencyError:
+                raise ValueError("sealed session data, and no cryptography to open it") from None
+            self._unsealer = sealing_data(self.store, self.config.secret_keys)
+        return self.serializer.loads(self._unsealer.opened(record))
 
     def refresh_at(self, record: SessionRecord) -> float:
         """When a read of ``record`` must write its sliding expiry back."""
@@ -485,7 +513,7 @@ class Persistence:
             session._halted = SessionEndedError("the session was ended by another request")
             raise session._halted
         try:
-            data = self.serializer.loads(record.data)
+            data = self.decode(record)
         except ValueError as exc:
             raise StoreError(
                 f"session {record.public_id} holds data that cannot be decoded"
@@ -688,10 +716,15 @@ class Persistence:
         def merge(base: SessionRecord) -> SessionRecord:
             encode = self.serializer.dumps
             try:
-                merged = self.serializer.loads(base.data)
+                merged = self.decode(base)
             except ValueError:
-                merged = {}
-            original = self.serializer.loads(loaded.data)
+                # Written by a process this one cannot read (sealed under a key it does
+                # not hold yet, mid-deploy): merged into nothing, it would be lost.
+                raise SessionConflictError(
+                    f"session {base.public_id} was saved meanwhile with data this "
+                    "process cannot decode; nothing was written"
+                ) from None
+            original = self.decode(loaded)
             ours = session._data
             recomputed = {key for key, _, _ in session._updates}
             for key in original.keys() | ours.keys():

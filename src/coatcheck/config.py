@@ -7,7 +7,6 @@ instead of producing cookies that browsers silently drop.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -27,21 +26,28 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token: a vali
 _ATTRIBUTE_VALUE = re.compile(r"^[\x21-\x3a\x3c-\x7e]+$")  # printable ASCII without ';'
 
 
+# The longest duration a setting may have: a deadline past it would be a date Python's
+# datetime cannot hold (past the year 9999), a 500 at the first read of expires_at.
+_LONGEST = 100 * 365 * 86400
+
+
 def _seconds(name: str, value: Duration) -> int:
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if not _whole_seconds(seconds):
         raise ConfigurationError(
-            f"{name} must be a positive whole number of seconds, got {value!r}"
+            f"{name} must be a positive whole number of seconds, at most 100 years, "
+            f"got {value!r}"
         )
     return int(seconds)
 
 
 def _whole_seconds(seconds: object) -> bool:
-    """Whether ``seconds`` is a positive whole number (not a bool, NaN or infinity)."""
+    """Whether ``seconds`` is a positive whole number (not a bool, NaN or infinity) of
+    at most a hundred years."""
     return (
         isinstance(seconds, (int, float))
         and not isinstance(seconds, bool)
-        and 0 < seconds < math.inf
+        and 0 < seconds <= _LONGEST
         and int(seconds) == seconds
     )
 

@@ -486,9 +486,22 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def expires_at(self) -> datetime:
-        """When the session dies if unused: the earlier of the idle and absolute limits."""
+        """When the session dies if unused: the earlier of the idle and absolute limits.
+
+        Counted from this request when it writes the session (a change, a login, a due
+        refresh of the sliding expiry), as the deadline it stores will be.
+        """
         self._require_loaded()
-        return utc(self._expires_at)
+        stored, persistence = self._stored, self._persistence
+        now = persistence.now()
+        if (
+            stored is not None
+            and self._key == stored.key
+            and not (self._modified or self._fresh or self._meta_changed)
+            and now < persistence.refresh_at(stored)
+        ):
+            return utc(self._expires_at)
+        return utc(self._lifetime().deadline(now, self._created_at))
 
     @property
     def idle_timeout(self) -> timedelta:

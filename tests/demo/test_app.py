@@ -167,6 +167,7 @@ async def test_the_cart_holds_at_most_a_hundred_items(app: FastAPI) -> None:
             *(client.post("/cart/items", json={"item": f"late{n}"}) for n in range(20))
         )
         assert {r.status_code for r in racing} <= {201, 422}
+        assert sum(r.status_code == 201 for r in racing) == 1  # only one found room
         full = await client.post("/cart/items", json={"item": "one more"})
         form = await client.post("/cart/items", data={"item": "by form"}, headers=FORM)
         cart = (await client.get("/cart")).json()["items"]
@@ -216,8 +217,11 @@ async def test_two_adds_that_both_saw_room_for_one_more_item_stop_at_a_hundred(
         )
         store.parties = 0
         cart = (await client.get("/cart")).json()["items"]
-    # The second save re-runs its add on the stored, now full, cart: it adds nothing.
-    assert [r.status_code for r in racing] == [201, 201]
+    # The second save re-runs its add on the stored, now full, cart: it adds nothing,
+    # and says so rather than answer 201 for an item the cart does not hold.
+    assert sorted(r.status_code for r in racing) == [201, 422]
+    added = next(r for r in racing if r.status_code == 201).json()["items"]
+    assert added == cart
     assert len(cart) == 100
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from coatcheck import ConfigurationError, StoreError, StoreUnavailableError, store_from_url
 from coatcheck._ids import new_session_id, store_key
@@ -51,6 +52,11 @@ def test_from_url_keeps_its_own_options_and_passes_the_rest_to_libpq() -> None:
         "postgresql://app:s3cret@db.internal:5433/web"
         "?sslmode=require&application_name=shop&connect_timeout=3"
     )
+    # As written: decoded and encoded again, "%20" came back as "+", which libpq keeps.
+    spaced = store_from_url("postgresql://db/web?options=-c%20search_path%3Dapp&timeout=3")
+    assert isinstance(spaced, PostgresStore)
+    assert spaced.conninfo == "postgresql://db/web?options=-c%20search_path%3Dapp&connect_timeout=3"
+    assert conninfo_to_dict(spaced.conninfo)["options"] == "-c search_path=app"
     short = store_from_url("postgres://db/web?connect_timeout=7")
     assert isinstance(short, PostgresStore)
     assert short.conninfo == "postgres://db/web?connect_timeout=7"

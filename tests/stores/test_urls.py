@@ -203,6 +203,11 @@ def test_malformed_sqlite_url_shows_the_right_form(
         "redis+sentinel://:hunter2@127.0.0.1:26379/main/1/2",
         "redis://:hunter2@[::1",  # urlsplit itself refuses it
         "redis://hunter2@[::1]:x/0",  # a password given without a user name
+        "redis://127.0.0.1:6379/0?password=hunter2&colour=blue",
+        "redis:/:hunter2@127.0.0.1:6379",
+        "postgresql://app@127.0.0.1/db?password=hunter2&timeout=abc",
+        "postgresql://app:hunter2@[::1]5432/db",  # libpq quotes the whole malformed URI
+        "postgresql:/app:hunter2@127.0.0.1/db",
     ],
 )
 def test_errors_never_show_a_password(url: str) -> None:
@@ -274,6 +279,14 @@ def test_bad_table_name_is_a_configuration_error() -> None:
             "redis+cluster://admin:secret@h1:7000,h2:7001",
             "redis+cluster://admin:***@h1:7000,h2:7001",
         ),
+        # libpq's, and redis-py's form for a socket: the password as a query option.
+        (
+            "postgresql://db/shop?sslmode=require&password=secret&PassWord=secret",
+            "postgresql://db/shop?sslmode=require&password=***&PassWord=***",
+        ),
+        ("unix:///run/redis.sock?db=0&password=secret", "unix:///run/redis.sock?db=0&password=***"),
+        ("postgresql://db/shop?sslpassword=secret", "postgresql://db/shop?sslpassword=***"),
+        ("postgresql://db/shop?pass%77ord=secret", "postgresql://db/shop?pass%77ord=***"),
     ],
 )
 def test_redact_masks_every_password(url: str, shown: str) -> None:
@@ -302,10 +315,13 @@ def test_redact_leaves_a_url_without_credentials_alone(url: str) -> None:
         "redis+cluster://u:secret@[::1:7000",
         "redis://user:sec/ret@host:6379",  # the "/" ends the network location early
         "redis://user:sec?ret@host:6379",
+        # A slash short: no network location, the credentials land in the path.
+        "redis:/:secret@127.0.0.1:6379",
+        "postgresql:/app:secret@127.0.0.1/db?connect_timeout=2",
     ],
 )
 def test_redact_masks_an_unparseable_url_from_the_scheme_on(url: str) -> None:
-    assert redact(url) == url.partition("://")[0] + "://***"
+    assert redact(url) == url.partition(":")[0] + "://***"
 
 
 # -- Redis client settings from the URL -------------------------------------------------

@@ -170,19 +170,27 @@ async def cart(session: SessionDep) -> Cart:
 async def add_item(request: Request, session: SessionDep) -> Response | Cart:
     """Works without an account: the first item starts an anonymous session."""
     item = (await read_input(request, CartItem)).item
-    if len(_cart(session)) >= MAX_CART_ITEMS:
+    added = len(_cart(session)) < MAX_CART_ITEMS
+
+    def add(cart: object) -> list[str]:
+        # Re-run on the stored cart if a parallel request saved first: the last run
+        # is what is stored, and says whether a parallel add took the last place.
+        nonlocal added
+        items = _items(cart)
+        added = len(items) < MAX_CART_ITEMS
+        return [*items, item] if added else items
+
+    if added:
+        session.modify("cart", add, default=[])
+        # Saved now rather than as the response starts, so the answer says what the
+        # store holds: 201 only for an item that is in the cart.
+        await session.save()
+    if not added:
         message = f"The cart is full ({MAX_CART_ITEMS} items)."
         if wants_json(request):
             raise HTTPException(status_code=422, detail=message)
         raise PageError(message, 422)
-
-    def add(cart: object) -> list[str]:
-        # Re-run on the stored cart if a parallel request saved first: no item is lost.
-        items = _items(cart)
-        return [*items, item] if len(items) < MAX_CART_ITEMS else items
-
-    items = session.modify("cart", add, default=[])
-    return Cart(items=items) if wants_json(request) else _to_page()
+    return Cart(items=_cart(session)) if wants_json(request) else _to_page()
 
 
 @router.get("/sessions", responses=_NOT_AUTHENTICATED)

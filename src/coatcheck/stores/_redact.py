@@ -2,31 +2,49 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+# Query options that hold a password: libpq's, and redis-py's for unix:// sockets.
+_SECRET_OPTIONS = frozenset({"password", "passwd", "sslpassword"})
 
 
 def redact(url: str) -> str:
-    """``url`` with the password of its userinfo replaced by ``***``.
+    """``url`` with the password of its userinfo, and of any ``?password=`` option,
+    replaced by ``***``.
 
     The userinfo is everything before the last ``@`` of the network location, as the
     Redis clients read it, so a password may hold ``@`` or ``,`` (Cluster URLs list
-    hosts after it). A URL that cannot be parsed, or whose ``@`` fell outside the
-    network location (a ``/`` or ``?`` in the password ends it early), is masked from
-    its scheme on.
+    hosts after it). A URL that cannot be parsed, or with an ``@`` outside the network
+    location before its query (a ``/`` or ``?`` in the password ends the location
+    early; ``redis:/:secret@host`` has none), is masked from its scheme on.
     """
     try:
         parts = urlsplit(url)
     except ValueError:
         return _masked(url)
     userinfo, at, hosts = parts.netloc.rpartition("@")
-    if not at:
-        return _masked(url) if parts.netloc and "@" in url else url
-    user, colon, _ = userinfo.partition(":")
-    # redis://secret@host gives a password without a user name.
-    shown = f"{user}:***" if colon else "***"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{hosts}"))
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        # redis://secret@host gives a password without a user name.
+        shown = f"{user}:***" if colon else "***"
+        url = urlunsplit(parts._replace(netloc=f"{shown}@{hosts}"))
+    elif "@" in url and (parts.netloc or "@" in url.partition("?")[0]):
+        return _masked(url)
+    # Pieces of the query are masked where they stand: parsed and joined again, a URL
+    # such as sqlite:///a.db would lose the slashes of its empty network location.
+    base, question, query = url.partition("?")
+    if not question:
+        return url
+    return base + question + "&".join(map(_option, query.split("&")))
+
+
+def _option(piece: str) -> str:
+    name, equals, _ = piece.partition("=")
+    if equals and unquote(name).strip().lower() in _SECRET_OPTIONS:
+        return f"{name}=***"
+    return piece
 
 
 def _masked(url: str) -> str:
-    scheme, _, _ = url.partition("://")
+    scheme, _, _ = url.partition(":")
     return f"{scheme}://***"

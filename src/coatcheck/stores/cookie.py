@@ -6,7 +6,8 @@ neither read nor change it, and every expiry is checked on the server as with an
 store. What it gives up, because the server keeps nothing:
 
 - a logout clears the cookie, but a copy taken before opens the session until its own
-  deadline (the idle timeout at most), and a stolen cookie cannot be revoked;
+  idle deadline, renewed by its use up to the absolute timeout, and a stolen cookie
+  cannot be revoked;
 - no device list, and no ending a user's other sessions (:class:`NotSupportedError`);
 - parallel requests of one session each send a whole cookie and the browser keeps the
   last, so one request's changes can undo another's;

@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from ..exceptions import (
     ConfigurationError,
@@ -175,18 +175,25 @@ class PostgresStore:
         parts = urlsplit(url)
         if parts.scheme not in POSTGRES_SCHEMES:
             raise ConfigurationError(f"not a PostgreSQL URL: {redact(url)!r}")
-        libpq = parse_qsl(parts.query, keep_blank_values=True)
-        own = {name: value for name, value in libpq if name in _OWN_OPTIONS}
-        rest = [(name, value) for name, value in libpq if name not in _OWN_OPTIONS]
+        # libpq's parameters are passed on as written: decoded and encoded again, a
+        # "%20" would come back as "+", which libpq does not read as a space.
+        own: dict[str, str] = {}
+        rest: list[str] = []
+        for piece in filter(None, parts.query.split("&")):
+            [(name, value)] = parse_qsl(piece, keep_blank_values=True) or [(piece, "")]
+            if name in _OWN_OPTIONS:
+                own[name] = value
+            else:
+                rest.append(piece)
         try:
             timeout = float(own.get("timeout", 2.0))
             max_connections = int(own.get("max_connections", 10))
         except ValueError as exc:
             raise ConfigurationError(f"invalid option in store URL {redact(url)!r}: {exc}") from exc
-        if not any(name == "connect_timeout" for name, _ in rest):
+        if not any(piece.startswith("connect_timeout=") for piece in rest):
             # libpq waits for a connection as long as the OS lets it: bound it as well.
-            rest.append(("connect_timeout", str(max(2, round(timeout)))))
-        conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+            rest.append(f"connect_timeout={max(2, round(timeout))}")
+        conninfo = urlunsplit(parts._replace(query="&".join(rest)))
         return cls(
             conninfo,
             table=table or own.get("table", "coatcheck_sessions"),
@@ -595,8 +602,30 @@ def _record(key: str, row: Sequence[Any]) -> SessionRecord:
 
 def _told(exc: psycopg.ProgrammingError) -> str:
     """libpq's complaint about a connection string, without quoting a value that may be
-    the password: it names a bad percent-escape by the whole token that holds it."""
+    the password.
+
+    libpq quotes what it choked on: a bad percent-escape by the whole token that holds
+    it, a malformed URI whole, a word without ``=`` as it is. An option's name or a
+    single character stays; a URI is shown with its password masked; anything else is
+    masked.
+    """
     message = str(exc)
     if "percent-encoded" in message:
         return "a value holds a % that is not followed by two hexadecimal digits"
-    return message
+    if message.startswith('missing "=" after'):
+        return "a word has no '=' after it (a value with spaces must be quoted)"
+    return _QUOTED.sub(_shown, message)
+
+
+# A double-quoted stretch of a libpq message, and what may be shown of one as it is.
+_QUOTED = re.compile(r'"([^"]*)"')
+_OPTION_NAME = re.compile(r"[a-z_]+|.")
+
+
+def _shown(match: re.Match[str]) -> str:
+    quoted = match.group(1)
+    if _OPTION_NAME.fullmatch(quoted):
+        return match.group(0)
+    if "://" in quoted:
+        return f'"{redact(quoted)}"'
+    return '"***"'
