@@ -274,6 +274,17 @@ async def test_logout_clears_the_cookie_but_a_copy_lives_until_its_idle_deadline
         assert (await client.get("/state", headers=cookie(value))).json()["user"] is None
 
 
+async def test_a_logout_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing was changed after the response started, so nothing was dropped."""
+    async with client_for(make_app()) as client:
+        value = sealed(await client.post("/login"))
+        value = sealed(await client.post("/add", headers=cookie(value)))
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            logout = await client.post("/logout", headers=cookie(value))
+    assert "Max-Age=0" in logout.headers["set-cookie"]
+    assert caplog.records == []
+
+
 async def test_a_session_too_big_for_its_cookie_is_a_413_and_the_old_cookie_stands() -> None:
     async with client_for(make_app()) as client:
         value = sealed(await client.post("/add", params={"item": "x" * 2880}))
@@ -291,6 +302,10 @@ def test_a_user_id_too_long_for_any_cookie_is_refused_when_sealed() -> None:
     session_id = new_session_id()
     record = SessionRecord(store_key(session_id), "p", b"{}", "u" * 70_000, 1.0, 2.0, 3.0)
     with pytest.raises(SessionTooLargeError, match="user ID alone is too long"):
+        sealer.seal(session_id, record)
+    # One that fits the size field but leaves no room for data: the user ID is named.
+    record = record._replace(user_id="u" * 3000)
+    with pytest.raises(SessionTooLargeError, match="user ID is too long for the session's"):
         sealer.seal(session_id, record)
 
 

@@ -49,6 +49,13 @@ def make_app(store: MemoryStore) -> FastAPI:
         session.flash("Welcome back.")
         return RedirectResponse("/", status_code=303)
 
+    @app.post("/switch/{user}")
+    async def switch(user: str, session: SessionDep) -> RedirectResponse:
+        """Another person signs in at the same browser: flashed, then logged in."""
+        session.flash(f"Welcome, {user}.")
+        session.login(user)
+        return RedirectResponse("/", status_code=303)
+
     @app.post("/logout")
     async def logout(session: SessionDep) -> RedirectResponse:
         session.logout()
@@ -115,6 +122,15 @@ async def test_messages_outlive_a_login_and_follow_a_logout() -> None:
         # The logged-in session is gone with its messages; the new one has only its own.
         assert (await client.get("/raw", headers=alice)).json() == {"data": {}, "user": None}
         assert (await client.get("/", headers=after)).json() == [["info", "Signed out."]]
+
+
+async def test_a_login_as_someone_else_keeps_only_the_messages_flashed_for_them() -> None:
+    store = MemoryStore()
+    async with client_for(make_app(store)) as client:
+        alice = cookie_of(await client.post("/login"))
+        await client.post("/flash/info/for%20alice%20only", headers=alice)
+        bob = cookie_of(await client.post("/switch/bob", headers=alice))
+        assert (await client.get("/", headers=bob)).json() == [["info", "Welcome, bob."]]
 
 
 async def test_a_message_flashed_by_a_parallel_request_is_not_lost() -> None:

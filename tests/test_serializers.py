@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import collections
 import dataclasses
+import enum
+import uuid
 from datetime import datetime, timezone
 
 import pytest
@@ -48,10 +51,52 @@ def test_values_json_cannot_hold_fail_naming_the_key(value: object) -> None:
     assert "'bad'" in str(caught.value)
 
 
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+Pair = collections.namedtuple("Pair", "a b")
+
+
+def _loop() -> list[object]:
+    loop: list[object] = []
+    loop.append(loop)
+    return loop
+
+
+def _deep(levels: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize("encoder", ["orjson", "json"])
 @pytest.mark.parametrize(
     "value",
-    [float("nan"), float("inf"), [None, float("-inf")], {"k": None, "n": float("nan")}, {1: 2}],
+    [
+        float("nan"),
+        float("inf"),
+        [None, float("-inf")],
+        {"k": None, "n": float("nan")},
+        {1: 2},
+        # Each install used to take some of these and refuse others: a UUID or an Enum
+        # read back as a str with orjson; the rest read back as plain values without.
+        uuid.UUID(int=1),
+        Colour.RED,
+        Level.HIGH,
+        collections.OrderedDict(a=1),
+        Pair(1, 2),
+        2**64,
+        -(2**63) - 1,
+        # Refused by a SerializationError naming the key, not a RecursionError.
+        _loop(),
+        _deep(300),
+    ],
 )
 def test_what_json_would_store_as_something_else_fails_naming_the_key(
     value: object, encoder: str, monkeypatch: pytest.MonkeyPatch
@@ -69,7 +114,13 @@ def test_nulls_and_finite_floats_are_stored_by_either_encoder(
     encoder: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(serializers, "HAVE_ORJSON", encoder == "orjson")
-    data = {"z": None, "f": [1.5, -0.0, 1e308], "d": {"n": None}}
+    data = {
+        "z": None,
+        "f": [1.5, -0.0, 1e308],
+        "d": {"n": None},
+        "i": [2**64 - 1, -(2**63)],
+        "deep": _deep(250),
+    }
     serializer = JSONSerializer()
     assert serializer.loads(serializer.dumps(data)) == data
 

@@ -255,7 +255,9 @@ class Persistence:
                 await self.store.delete(old_key)  # a logout wins over any parallel save
             elif not await self._end_emptied(session, stored):
                 return []
-            session._stored = None
+            # Settled on nothing: only what the app adds after this is a change.
+            session._stored, session._raw = None, self._empty
+            session._modified = session._exposed = session._meta_changed = False
             await self.emit(session, "logged_out", stored.user_id, stored.public_id)
             return [self._ticket(session, None, None), _NO_STORE]
 

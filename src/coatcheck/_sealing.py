@@ -92,7 +92,13 @@ class CookieSealer:
         token = form + nonce + sealed
         value = base64.urlsafe_b64encode(token).rstrip(b"=")
         if len(value) > self._max_value:
-            room = max(len(record.data) - (len(value) - self._max_value) * 3 // 4, 0)
+            room = len(record.data) - (len(value) - self._max_value) * 3 // 4
+            if room <= 2:  # not even "{}": the rest of the record takes the cookie
+                raise SessionTooLargeError(
+                    len(user_id),
+                    0,
+                    f"the user ID is too long for the session's cookie of {self._max_bytes} bytes",
+                )
             raise SessionTooLargeError(
                 len(record.data),
                 room,

@@ -35,8 +35,7 @@ def _seconds(name: str, value: Duration) -> int:
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if not _whole_seconds(seconds):
         raise ConfigurationError(
-            f"{name} must be a positive whole number of seconds, at most 100 years, "
-            f"got {value!r}"
+            f"{name} must be a positive whole number of seconds, at most 100 years, got {value!r}"
         )
     return int(seconds)
 

@@ -1,7 +1,8 @@
 """JSON encoding of session data; never pickle.
 
 ``orjson`` is used when installed (``coatcheck[fast]``), the standard library
-otherwise. Both reject values JSON cannot hold, and the error names the key.
+otherwise. Both reject the same values, those JSON cannot hold as they are, and the
+error names the key.
 """
 
 from __future__ import annotations
@@ -58,29 +59,52 @@ class JSONSerializer:
 
 
 def _dumps(data: Mapping[str, Any]) -> bytes:
+    # Checked before either encoder runs, so both installs accept the same values.
+    for key, value in data.items():
+        if type(key) is not str:
+            raise TypeError(f"key {key!r} is not a string")
+        if type(value) is not str:
+            _refuse_what_json_changes(value, 1)
     if HAVE_ORJSON:
         result: bytes = orjson.dumps(data, option=_ORJSON_STRICT)
-        # orjson writes NaN and infinities as null, which would read back as None: only
-        # data holding a null can hide one, so only such data is searched.
-        if b"null" in result:
-            _refuse_what_json_changes(data)
         return result
-    # The standard library would write integer keys as strings: refused, as by orjson.
-    _refuse_what_json_changes(data)
     return json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
-def _refuse_what_json_changes(value: Any) -> None:
-    """Raise for what an encoder would store as something else: NaN and infinities
-    (ValueError), mapping keys that are not strings (TypeError)."""
-    if isinstance(value, float):
+# orjson's limits, held to on both installs: integers of 64 bits, 255 levels of nesting.
+_LOWEST, _HIGHEST = -(2**63), 2**64 - 1
+_DEEPEST = 255
+
+
+def _refuse_what_json_changes(value: Any, depth: int) -> None:
+    """Raise for any value that would not read back as it is.
+
+    Exact types only: a subclass (an ``IntEnum``, an ``OrderedDict``, a namedtuple)
+    and anything else JSON has no type for (a UUID, an ``Enum``, a datetime, a set)
+    would come back as something else, or differently with orjson installed than
+    without. So would NaN and infinities (ValueError), and keys that are not strings.
+    A tuple reads back as a list, as documented.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return
+    if kind is int:
+        if not _LOWEST <= value <= _HIGHEST:
+            raise TypeError(f"integer {value} does not fit in 64 bits")
+    elif kind is float:
         if not math.isfinite(value):
             raise ValueError(f"{value!r} is not a JSON number")
-    elif isinstance(value, Mapping):
+    elif depth >= _DEEPEST:
+        raise ValueError(f"nested more than {_DEEPEST} levels deep (or contains itself)")
+    elif kind is dict:
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str:
                 raise TypeError(f"key {key!r} is not a string")
-            _refuse_what_json_changes(item)
-    elif isinstance(value, (list, tuple)):
+            if type(item) is not str:  # strings, the commonest, need no call
+                _refuse_what_json_changes(item, depth + 1)
+    elif kind is list or kind is tuple:
         for item in value:
-            _refuse_what_json_changes(item)
+            if type(item) is not str:
+                _refuse_what_json_changes(item, depth + 1)
+    else:
+        raise TypeError(f"type {kind.__name__} is not JSON: store a str, number, list or dict")

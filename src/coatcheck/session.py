@@ -380,10 +380,15 @@ class Session(MutableMapping[str, Any]):
                 ) from None
         self.regenerate()
         if self._user_id is not None and self._user_id != user_id:
+            # Messages this request flashed are for who signs in now ("Welcome, bob");
+            # everything else was the previous user's.
+            flashed = [update for update in self._updates if update[0] == _flash.FLASH_KEY]
             self._data.clear()
             self._models = None
             self._updates = []
             self._modified = self._fresh = True
+            for key, change, default in flashed:
+                self.modify(key, change, default)
         self._user_id = user_id
         self._remember = remember
         self._idle_timeout, self._absolute_timeout = idle, absolute
