@@ -227,6 +227,18 @@ def test_list_prints_markup_in_user_agents_and_names_as_text(
     assert f"of {user}." in revoked.stdout
 
 
+@pytest.mark.parametrize("command", ["list", "revoke"])
+def test_a_user_argument_that_is_not_utf8_is_a_clear_error(
+    runner: CliRunner, tmp_path: Path, command: str
+) -> None:
+    """argv hands such bytes over as a lone surrogate, which no store can look up."""
+    url = _stored(tmp_path / "odd.db", _live(key="b" * 64, public_id="oddpublicid00000"))
+    result = runner.invoke(app, ["sessions", command, "--store", url, "--user", "\udcff"])
+    assert result.exit_code == 2
+    assert "not valid UTF-8" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_list_shows_control_characters_from_clients_as_escapes(
     runner: CliRunner, tmp_path: Path
 ) -> None:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from coatcheck import MemoryStore, SessionConfig, SessionNotLoadedError, Store
-from coatcheck._ids import store_key
+from coatcheck import MemoryStore, SessionConfig, SessionNotLoadedError, SessionRecord, Store
+from coatcheck._ids import new_session_id, store_key
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
 from coatcheck.testing import FakeClock
@@ -109,9 +109,24 @@ async def test_login_rejects_empty_user_ids(persistence: Persistence) -> None:
         session.login("alice\x00")  # PostgreSQL could not store it: refused on every store
     with pytest.raises(ValueError, match="lone surrogate"):
         session.login("alice\ud800")  # no store can encode it
+    with pytest.raises(ValueError, match="at most 512 characters"):
+        session.login("é" * 513)  # PostgreSQL could not index it: refused on every store
     assert session.user_id is None
+    session.login("😀" * 512)  # 2 KB in UTF-8: within what PostgreSQL indexes
     session.login("zoë 🎉")  # any other text is fine
     assert session.user_id == "zoë 🎉"
+
+
+async def test_the_longest_user_id_is_stored_and_listed_on_every_store(
+    any_store: Store, clock: FakeClock
+) -> None:
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    session = await fresh(persistence)
+    longest = "😀" * 512  # 2 KB of UTF-8: within a PostgreSQL index entry
+    session.login(longest)
+    await saved(persistence, session)
+    assert [device.id for device in await session.devices()] == [session.public_id]
+    assert await session.revoke_all() == 1
 
 
 async def test_nul_bytes_from_the_client_are_left_out_on_every_store(
@@ -199,6 +214,41 @@ async def test_an_anonymous_session_reaches_no_ones_devices(
     assert [record.public_id for record in await any_store.list_user("None", clock())] == [
         device.id
     ]
+
+
+class _RotatingMidList(MemoryStore):
+    """Gives one device a new key just after listing it, as a login of that device
+    racing the revocation would: the list handed out names its old key."""
+
+    rotate: str | None = None
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        records = await super().list_user(user_id, now)
+        if self.rotate is not None:
+            key, self.rotate = self.rotate, None
+            old = await self.load(key, now)
+            assert old is not None
+            moved = old._replace(key=store_key(new_session_id()), version=old.version + 1)
+            assert await self.save(moved, replaces=key, expected_version=old.version)
+        return records
+
+
+async def test_revoking_a_device_that_gets_a_new_id_meanwhile_still_ends_it(
+    clock: FakeClock,
+) -> None:
+    store = _RotatingMidList()
+    persistence = Persistence(store, SessionConfig(clock=clock), None)
+    phone = await fresh(persistence)
+    phone.login("alice")
+    await saved(persistence, phone)
+    laptop = await fresh(persistence)
+    laptop.login("alice")
+    await saved(persistence, laptop)
+
+    assert phone._key is not None
+    store.rotate = phone._key
+    assert await laptop.revoke(phone.public_id) is True
+    assert [r.public_id for r in await store.list_user("alice", clock())] == [laptop.public_id]
 
 
 async def test_revoke_others_and_revoke_all(persistence: Persistence, clock: FakeClock) -> None:

@@ -63,21 +63,32 @@ async def can_login(session: Session, user_id: str) -> bool:
     return not await persistence.at_limit(user_id, replaced)
 
 
+# How many times revoke() looks again for a device that moved to a new key meanwhile.
+_REVOKE_PASSES = 5
+
+
 async def revoke(session: Session, public_id: str) -> bool:
     await session.load()
     user_id = session._user_id
     if user_id is None:
         return False
     persistence = session._persistence
-    for record in await persistence.live_records(user_id, persistence.now()):
-        if record.public_id == public_id:
-            if session._stored is not None and record.key == session._stored.key:
-                session.destroy()
-            else:
-                await persistence.store.delete(record.key)
-            await persistence.emit(session, "revoked", user_id, public_id)
-            return True
-    return False
+    revoked = False
+    # A device given a new ID meanwhile (a login, regenerate()) keeps its public id under
+    # a new key: the delete then missed it, and the next pass finds it.
+    for _ in range(_REVOKE_PASSES):
+        records = await persistence.live_records(user_id, persistence.now())
+        record = next((r for r in records if r.public_id == public_id), None)
+        if record is None:
+            break
+        revoked = True
+        if session._stored is not None and record.key == session._stored.key:
+            session.destroy()
+            break
+        await persistence.store.delete(record.key)
+    if revoked:
+        await persistence.emit(session, "revoked", user_id, public_id)
+    return revoked
 
 
 async def revoke_user(session: Session, *, keep_current: bool) -> int:

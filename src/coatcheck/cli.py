@@ -56,8 +56,23 @@ StoreOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _user_id(value: str) -> str:
+    """A user id a store can look up: argv hands bytes that are not UTF-8 over as lone
+    surrogates, which no store can encode, and no login could have stored."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise typer.BadParameter("not valid UTF-8 text: no user id can hold it") from None
+    return value
+
+
 UserOption = Annotated[
-    str, typer.Option("--user", metavar="USER", help="The user id the app logged in.")
+    str,
+    typer.Option(
+        "--user", metavar="USER", help="The user id the app logged in.", callback=_user_id
+    ),
 ]
 
 

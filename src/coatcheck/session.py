@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from .config import Lifetime
     from .stores.base import SessionRecord
 
+# Of a user id, in characters: 2 KB at most in UTF-8, within what a PostgreSQL index
+# entry may hold (2.7 KB), so a login is refused alike on every store.
+_LONGEST_USER_ID = 512
 _MUTABLE = (dict, list)  # what JSON reads back that can be changed in place
 # What cannot change in place: any other value set may be kept by the handler and
 # changed after a save, so the session must compare it again before it ends.
@@ -366,6 +369,11 @@ class Session(MutableMapping[str, Any]):
         )
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty string")
+        if len(user_id) > _LONGEST_USER_ID:
+            raise ValueError(
+                f"user_id must be at most {_LONGEST_USER_ID} characters: stores index it "
+                "(PostgreSQL refuses longer index entries)"
+            )
         if "\x00" in user_id:
             raise ValueError(
                 "user_id must not contain NUL characters: PostgreSQL cannot store them"

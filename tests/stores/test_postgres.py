@@ -126,6 +126,33 @@ async def test_rows_hold_the_hash_of_the_id_never_the_id(
     assert dump[0][0] == store_key(session_id)
 
 
+async def test_the_purge_a_save_runs_keeps_ahead_of_what_saves_create(
+    postgres: PostgresServer,
+) -> None:
+    """One record per save, all expired by the next purge: one batch per purge would
+    leave half behind for good; it runs more while they come back full, up to four."""
+    store = PostgresStore(postgres.url, table=unique_prefix(), purge_every=10, purge_batch=5)
+
+    def rows() -> int:
+        with postgres.connect() as db:
+            return int(db.execute(f'SELECT count(*) FROM "{store.table}"').fetchone()[0])
+
+    try:
+        for live in range(1, 4):
+            for _ in range(9):
+                await store.save(make_record(last_seen_at=NOW - 2 * HOUR, expires_at=NOW - HOUR))
+            await store.save(make_record(last_seen_at=NOW))  # the tenth save purges
+            assert rows() == live
+        store.purge_every = 0
+        for _ in range(30):
+            await store.save(make_record(last_seen_at=NOW - 2 * HOUR, expires_at=NOW - HOUR))
+        store.purge_every = 1
+        await store.save(make_record(last_seen_at=NOW))
+        assert rows() == 3 + 31 - 20
+    finally:
+        await store.aclose()
+
+
 async def test_without_create_table_a_missing_table_is_a_clear_error(
     postgres: PostgresServer,
 ) -> None:

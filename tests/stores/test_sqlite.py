@@ -469,6 +469,27 @@ async def test_purge_runs_by_itself_every_purge_every_saves(db_path: Path) -> No
         await store.aclose()
 
 
+async def test_the_purge_a_save_runs_keeps_ahead_of_what_saves_create(db_path: Path) -> None:
+    """One record per save, every one of them expired by the next purge: one batch per
+    purge would leave half of them behind for good, a few full batches do not."""
+    store = SQLiteStore(db_path, purge_every=10, purge_batch=5)
+    try:
+        for live in range(1, 4):
+            for _ in range(9):
+                await store.save(make_record(last_seen_at=NOW - 2 * HOUR, expires_at=NOW - HOUR))
+            await store.save(make_record(last_seen_at=NOW))  # the tenth save purges
+            assert raw_rows(db_path) == live  # all nine expired: two batches, not one
+        # Bounded all the same: at most four batches (20 rows) per purge.
+        store.purge_every = 0
+        for _ in range(30):
+            await store.save(make_record(last_seen_at=NOW - 2 * HOUR, expires_at=NOW - HOUR))
+        store.purge_every = 1
+        await store.save(make_record(last_seen_at=NOW))
+        assert raw_rows(db_path) == 3 + 31 - 20
+    finally:
+        await store.aclose()
+
+
 async def test_purge_every_zero_never_purges_by_itself(db_path: Path) -> None:
     store = SQLiteStore(db_path, purge_every=0)
     try:

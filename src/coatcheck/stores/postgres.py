@@ -74,6 +74,12 @@ _UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
 # Errors that mean "try again later": the server is down, restarting, overloaded or
 # slow, or the pool has no connection to give in time. Anything else is a fault.
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, asyncio.TimeoutError)
+# Batches a save's purge runs at most while each comes back full: with the defaults,
+# 2,000 rows per 1,000 saves, twice what those saves can create.
+_PURGE_ROUNDS = 4
+# SQLSTATE classes psycopg may raise as OperationalError that no retry cures: data
+# exceptions, integrity, syntax or access, and program limits (an index entry too big).
+_PERMANENT = ("22", "23", "42", "54")
 # Of those, the ones the pool raises without having used a connection.
 _POOL_ERRORS = (PoolTimeout, TooManyRequests)
 _OWN_OPTIONS = ("table", "timeout", "max_connections")
@@ -387,7 +393,11 @@ class PostgresStore:
     async def _purge_quietly(self, db: Connection, now: float) -> None:
         """The housekeeping a save does now and then: its failure must not fail the save."""
         try:
-            await self._purge_batch(db, now)
+            # Full batches mean more is waiting: a few more, so the purge keeps ahead of
+            # what saves create (at most one record each).
+            for _ in range(_PURGE_ROUNDS):
+                if await self._purge_batch(db, now) < self.purge_batch:
+                    break
         except psycopg.Error:
             return
 
@@ -403,6 +413,11 @@ class PostgresStore:
             try:
                 return await self._within(self._attempt(work))
             except _UNAVAILABLE as exc:
+                state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+                if state and state[:2] in _PERMANENT:
+                    # Refused for what was asked (a limit, bad data), not for the server
+                    # being away: waiting cures nothing, so no 503 that says it will.
+                    raise StoreError(f"PostgreSQL session store failed: {_describe(exc)}") from exc
                 pool = self._pool
                 used = isinstance(exc, psycopg.OperationalError) and not isinstance(
                     exc, _POOL_ERRORS
