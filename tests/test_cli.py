@@ -26,6 +26,7 @@ from coatcheck.cli import app
 from coatcheck.demo.app import create_app, create_app_from_env
 
 from .e2e.conftest import free_port
+from .redis_servers import RedisServer
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 PHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) Safari/604.1"
@@ -648,6 +649,32 @@ def test_demo_banner_masks_the_store_password(
     assert "hunter2" not in result.output
     assert ":***@127.0.0.1" in result.stdout
     assert os.environ["COATCHECK_DEMO_STORE"] == store  # the workers still get the real URL
+
+
+def test_demo_starts_on_an_unreachable_store_and_says_so(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    """An outage passes: the demo starts and answers 503 until the server is back."""
+    result = runner.invoke(app, ["demo", "--store", f"redis://:hunter2@127.0.0.1:{free_port()}/0"])
+    assert result.exit_code == 0, result.output
+    assert "Warning:" in result.stderr
+    assert "get 503 until the store answers" in result.stderr
+    assert "hunter2" not in result.output
+    assert len(uvicorn_calls) == 1
+
+
+def test_demo_refuses_a_store_that_refuses_it(
+    runner: CliRunner,
+    uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    redis_server: RedisServer,
+) -> None:
+    """A password the server refuses is no outage: waiting would not cure it."""
+    store = f"redis://nobody:hunter2@127.0.0.1:{redis_server.port}/0"
+    result = runner.invoke(app, ["demo", "--store", store])
+    assert result.exit_code == 1, result.output
+    assert "Error: cannot use the store at redis://nobody:***@127.0.0.1" in result.stderr
+    assert "hunter2" not in result.output
+    assert uvicorn_calls == []
 
 
 def test_demo_store_errors_mask_the_password(

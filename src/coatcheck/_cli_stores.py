@@ -1,8 +1,9 @@
 """How the ``coatcheck`` command finds a store, and refuses one it cannot use.
 
 The ``sessions`` commands only inspect: a file that is not already a coatcheck store
-is refused before anything opens it for writing. The demo opens its SQLite file once
-up front, so a bad path fails at start-up rather than as a 503 on every request.
+is refused before anything opens it for writing. The demo uses its store once up
+front, so a bad path or a refused password fails at start-up rather than as a 503 on
+every request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .exceptions import CoatcheckError, ConfigurationError, MissingDependencyError
+from .exceptions import (
+    CoatcheckError,
+    ConfigurationError,
+    MissingDependencyError,
+    StoreUnavailableError,
+)
 from .stores import POSTGRES_SCHEMES, MemoryStore, SQLiteStore, Store, store_from_url
 from .stores._redact import redact
 from .stores.base import cookie_sealer_of
@@ -117,9 +123,16 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str 
         fail(masked(exc, url))
 
 
-def try_sqlite(store: SQLiteStore) -> None:
-    """Open the file once before any worker starts: a missing folder, a read-only file
-    or something that is not a database fails here, not as a 503 on every request."""
+def try_store(store: Store, url: str) -> None:
+    """Use a server-side store once before any worker starts.
+
+    A missing folder or a file that is not a database, a password the server refuses or
+    an option it cannot use fails here, not as a 503 on every request. A server that is
+    only unreachable is an outage: the app starts, answers 503 until it is back, and
+    this says so now.
+    """
+    if isinstance(store, MemoryStore) or cookie_sealer_of(store) is not None:
+        return
 
     async def probe() -> None:
         try:
@@ -127,7 +140,19 @@ def try_sqlite(store: SQLiteStore) -> None:
         finally:
             await store.aclose()
 
+    where = (
+        f"SQLite store at {store.path}"
+        if isinstance(store, SQLiteStore)
+        else f"store at {redact(url)}"
+    )
     try:
         asyncio.run(probe())
+    except StoreUnavailableError as exc:
+        if isinstance(store, SQLiteStore):  # a file that cannot be opened stays so
+            fail(f"cannot use the {where}: {exc}")
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[bold yellow]Warning:[/] {escape(masked(exc, url))}; starting anyway: requests "
+            "that need a session get 503 until the store answers"
+        )
     except CoatcheckError as exc:
-        fail(f"cannot use the SQLite store at {store.path}: {exc}")
+        fail(f"cannot use the {where}: {masked(exc, url)}")

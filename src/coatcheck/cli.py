@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("typer", "cli") from exc
 
 from ._cli_stores import fail as _fail
-from ._cli_stores import parse_store, try_sqlite, with_store
+from ._cli_stores import parse_store, try_store, with_store
 from .demo.settings import DEFAULT_STORE, ENV_SECRET, DemoSettings
 
 app = typer.Typer(
@@ -301,8 +301,7 @@ def demo(
             "memory:// keeps sessions inside one process; use sqlite:/// with --workers",
             param_hint="--store",
         )
-    if isinstance(chosen, SQLiteStore):
-        try_sqlite(chosen)  # stores connect on first use: a bad file would only show as 503s
+    try_store(chosen, store)  # stores connect on first use: a bad one would only show as 503s
     try:
         import uvicorn
 

@@ -213,7 +213,7 @@ class SessionMiddleware:
     async def _answer_failure(
         self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError
     ) -> None:
-        """The response to a save that failed: nothing of it was stored."""
+        """The response to a save that failed or timed out: not known to be stored."""
         websocket = scope["type"] == "websocket"
         if isinstance(exc, StoreError):
             await self._answer_unavailable(scope, receive, send, exc)
