@@ -332,27 +332,29 @@ class PostgresStore:
             " SELECT count(*), count(*) FILTER (WHERE expires_at > %s) FROM gone"
         )
 
-        async def remove(db: Connection) -> int:
-            # In batches, so no statement holds thousands of row locks for long. Until a
-            # batch finds nothing: one cut short by a parallel logout or rotation (its
-            # rows deleted under it) does not mean the table is empty.
-            live = 0
-            while True:
-                row = await _one(await db.execute(sql, (self.purge_batch, now)))
-                live += int(row[1])
-                if not row[0]:
-                    return live
+        async def remove(db: Connection) -> tuple[int, int]:
+            row = await _one(await db.execute(sql, (self.purge_batch, now)))
+            return int(row[0]), int(row[1])
 
-        return await self._run(remove, idempotent=True)
+        # In batches, so no statement holds thousands of row locks for long, each within
+        # the timeout, so a table of millions is emptied rather than given up on. Until
+        # a batch finds nothing: one cut short by a parallel logout or rotation (its rows
+        # deleted under it) does not mean the table is empty.
+        live = 0
+        while True:
+            removed, alive = await self._run(remove, idempotent=True)
+            live += alive
+            if not removed:
+                return live
 
     async def purge_expired(self, now: float) -> int:
         async def purge(db: Connection) -> int:
-            total = 0
-            while removed := await self._purge_batch(db, now):
-                total += removed
-            return total
+            return await self._purge_batch(db, now)
 
-        return await self._run(purge, idempotent=True)
+        total = 0  # batch by batch, each within the timeout, as delete_all
+        while removed := await self._run(purge, idempotent=True):
+            total += removed
+        return total
 
     async def count(self, now: float) -> int:
         sql = f"SELECT count(*) FROM {self._sql_table} WHERE expires_at > %s"  # noqa: S608
