@@ -128,11 +128,14 @@ class PostgresStore:
             raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
         if pool is not None and conninfo:
             raise ConfigurationError("give PostgresStore a conninfo or a pool, not both")
+        told = None
         try:
             conninfo_to_dict(conninfo)  # a misspelt parameter fails now, not at each connect
         except psycopg.ProgrammingError as exc:
             told = _told(exc)
-            raise ConfigurationError(f"invalid PostgreSQL connection string: {told}") from None
+        if told is not None:  # raised out here: libpq's own text, which may quote the
+            # password, must not ride along as the error's __context__ either
+            raise ConfigurationError(f"invalid PostgreSQL connection string: {told}")
         self.conninfo = conninfo
         self.table = table
         self.timeout = timeout
