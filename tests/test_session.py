@@ -316,10 +316,12 @@ async def test_a_new_user_on_the_same_browser_ends_the_previous_users_session(
     session.login("alice")
     alices = await saved(persistence, session)
 
+    alices_device = session.public_id
     session = await fresh(persistence, alices)
     session.login("bob")
     bobs = await saved(persistence, session)
 
+    assert session.public_id not in ("", alices_device)  # her audit trail is not his
     assert (await fresh(persistence, alices)).user_id is None
     assert (await fresh(persistence, bobs)).user_id == "bob"
     assert await persistence.store.list_user("alice", clock()) == []

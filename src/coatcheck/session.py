@@ -395,6 +395,8 @@ class Session(MutableMapping[str, Any]):
             self._models = None
             self._updates = []
             self._modified = self._fresh = True
+            # Nor may audit logs and device lists link the new user's session to hers.
+            self._public_id = new_public_id()
             for key, change, default in flashed:
                 self.modify(key, change, default)
         self._user_id = user_id
