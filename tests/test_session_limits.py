@@ -172,10 +172,12 @@ async def test_the_refresh_follows_the_shorter_window(every_store: Store) -> Non
         clock.advance(2)
         refreshed_at = clock()
         await visitor.state()  # due: written back
-        clock.advance(590)  # past the first deadline, within the refreshed one
+        clock.advance(50)  # not due again yet: the refreshed deadline is what stands
+        assert (await visitor.state())["expires_at"] == refreshed_at + 600
+        clock.advance(540)  # past the first deadline, within the refreshed one
         state = await visitor.state()
         assert state["user"] == "alice"
-        assert state["expires_at"] == refreshed_at + 600
+        assert state["expires_at"] == clock() + 600  # due again: counted from this read
 
 
 async def test_a_shorter_absolute_limit_ends_an_active_session(every_store: Store) -> None:
@@ -300,12 +302,14 @@ async def test_sessions_a_stricter_configuration_ended_count_nowhere(tmp_path: P
         stricter = make_app(store, clock, remember_idle_timeout=2 * 3600, **limited)
         async with client_for(stricter) as client:
             laptop.client = client
-            clock.advance(5400)  # the phone is past the new limit, the laptop is not
+            signed_in_at = clock()
+            clock.advance(100)  # no refresh due yet: the stored deadline is what stands...
             state = await laptop.state()
-            # Its stored deadline, 14 days away, is cut to the new idle limit.
-            assert state["expires_at"] == clock() - 5400 + 2 * 3600
-            listed = (await laptop.send("GET", "/devices")).json()  # refreshed by that read
-            assert listed == {"devices": [clock() + 2 * 3600], "can_login": True}
+            # ...14 days away as stored, cut to the new idle limit.
+            assert state["expires_at"] == signed_in_at + 2 * 3600
+            clock.advance(5300)  # the phone is past the new limit, the laptop is not
+            listed = (await laptop.send("GET", "/devices")).json()  # as stored, cut
+            assert listed == {"devices": [signed_in_at + 2 * 3600], "can_login": True}
             await Visitor(client).send("POST", "/login", json={"remember": True})
             assert len((await laptop.send("GET", "/devices")).json()["devices"]) == 2
     finally:
