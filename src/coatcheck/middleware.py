@@ -316,14 +316,15 @@ def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) ->
         if any(name == b"cache-control" for name, _ in extra):
             headers = [pair for pair in headers if pair[0].lower() != b"cache-control"]
         headers = [*headers, *extra]
-    # Whole field names: an app's ``Vary: X-Cookie-Consent`` does not cover ``Cookie``.
-    present = {
-        field.strip().lower()
-        for name, value in headers
-        if name.lower() == b"vary"
-        for field in value.split(b",")
-    }
-    if b"*" not in present:
+    present: set[bytes] | None = None
+    for name, value in headers:
+        if name.lower() == b"vary":
+            # Whole field names: ``Vary: X-Cookie-Consent`` does not cover ``Cookie``.
+            present = present or set()
+            present.update(field.strip().lower() for field in value.split(b","))
+    if present is None:  # the usual response: no Vary of the app's own
+        headers = [*headers, (b"vary", b", ".join(vary))]
+    elif b"*" not in present:
         missing = [field for field in vary if field.lower() not in present]
         if missing:
             headers = [*headers, (b"vary", b", ".join(missing))]
