@@ -449,8 +449,9 @@ class Persistence:
         current = await self.store.load(stored.key, now)
         if current is None:
             return None
-        if now < self.refresh_at(current):
-            return self.refresh_at(current)
+        due = self.refresh_at(current)
+        if now < due:
+            return due
         touched = current._replace(
             last_seen_at=now,
             expires_at=self.lifetime_of(current).deadline(now, current.created_at),

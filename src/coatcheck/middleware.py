@@ -320,7 +320,8 @@ def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) ->
     for name, value in headers:
         if name.lower() == b"vary":
             # Whole field names: ``Vary: X-Cookie-Consent`` does not cover ``Cookie``.
-            present = present or set()
+            if present is None:
+                present = set()
             present.update(field.strip().lower() for field in value.split(b","))
     if present is None:  # the usual response: no Vary of the app's own
         headers = [*headers, (b"vary", b", ".join(vary))]
