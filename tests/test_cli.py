@@ -677,6 +677,20 @@ def test_demo_refuses_a_store_that_refuses_it(
     assert uvicorn_calls == []
 
 
+def test_demo_refuses_postgresql_options_that_libpq_refuses(
+    runner: CliRunner,
+    uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+) -> None:
+    """Not an outage: no connection can ever be made with ``sslmode=bogus``."""
+    store = f"postgresql://app:hunter2@127.0.0.1:{free_port()}/web?sslmode=bogus&timeout=0.5"
+    result = runner.invoke(app, ["demo", "--store", store])
+    assert result.exit_code == 1, result.output
+    assert "Error: cannot use the store at postgresql://app:***@127.0.0.1" in result.stderr
+    assert 'invalid sslmode value: "bogus"' in result.stderr
+    assert "hunter2" not in result.output
+    assert uvicorn_calls == []
+
+
 def test_demo_store_errors_mask_the_password(
     runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
 ) -> None:

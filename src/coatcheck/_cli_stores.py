@@ -126,10 +126,11 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str 
 def try_store(store: Store, url: str) -> None:
     """Use a server-side store once before any worker starts.
 
-    A missing folder or a file that is not a database, a password the server refuses or
-    an option it cannot use fails here, not as a 503 on every request. A server that is
-    only unreachable is an outage: the app starts, answers 503 until it is back, and
-    this says so now.
+    A missing folder or a file that is not a database, a password Redis refuses or an
+    option the client or server cannot use fails here, not as a 503 on every request. A
+    server that is only unreachable is an outage: the app starts, answers 503 until it
+    is back, and this says so now (with PostgreSQL's cause, a refused password included:
+    an operator may be changing it).
     """
     if isinstance(store, MemoryStore) or cookie_sealer_of(store) is not None:
         return

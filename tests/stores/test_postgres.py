@@ -350,6 +350,35 @@ async def test_an_unreachable_server_never_shows_the_password() -> None:
         await store.aclose()
 
 
+async def test_an_unreachable_server_is_named_as_the_cause_of_the_outage() -> None:
+    from ..redis_servers import free_port
+
+    store = store_from_url(f"postgresql://app:s3cret@127.0.0.1:{free_port()}/web?timeout=0.5")
+    try:
+        with pytest.raises(StoreUnavailableError, match=r"cannot connect: .*Connection refused"):
+            await store.count(NOW)
+    finally:
+        await store.aclose()
+
+
+async def test_options_libpq_refuses_are_a_store_error_not_an_outage(
+    postgres: PostgresServer,
+) -> None:
+    """``sslmode=bogus`` passes the URL's syntax check, but no connection can ever be made
+    with it: the cause is told, and later calls fail at once rather than wait."""
+    store = store_from_url(f"{postgres.url}?sslmode=bogus&timeout=0.5&table={unique_prefix()}")
+    try:
+        with pytest.raises(StoreError, match='invalid sslmode value: "bogus"') as caught:
+            await store.count(NOW)
+        assert not isinstance(caught.value, StoreUnavailableError)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="cannot connect"):
+            await store.load(make_record().key, NOW)
+        assert time.monotonic() - started < 0.1
+    finally:
+        await store.aclose()
+
+
 async def test_a_store_on_the_apps_own_pool_leaves_the_pool_to_the_app(
     postgres: PostgresServer,
 ) -> None:

@@ -23,7 +23,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from ..exceptions import (
@@ -43,6 +43,9 @@ try:
     from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("psycopg", "postgres") from exc
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["PostgresStore"]
 
@@ -150,6 +153,9 @@ class PostgresStore:
         self._ready = False  # the table is known to exist
         self._saves = 0
         self._abandoned: set[asyncio.Future[Any]] = set()  # timed out, still tidying up
+        # Why the pool's last attempt to connect failed, and whether for good: the pool
+        # logs the cause, but a request waiting for a connection only sees a timeout.
+        self._refused: tuple[str, bool] | None = None
         # Quoted, so reserved words such as "order" work; a schema may come first.
         name = ".".join(f'"{part}"' for part in parts)
         self._index_prefix = parts[-1]  # an index lives in its table's schema
@@ -415,6 +421,9 @@ class PostgresStore:
         more (a save never does: ``idempotent`` is false for it).
         """
         for attempt in (1, 2):
+            if self._refused is not None and self._refused[1]:
+                # libpq refused the options themselves: no later attempt can succeed.
+                raise StoreError(f"PostgreSQL session store cannot connect: {self._refused[0]}")
             try:
                 return await self._within(self._attempt(work))
             except _UNAVAILABLE as exc:
@@ -427,6 +436,17 @@ class PostgresStore:
                 used = isinstance(exc, psycopg.OperationalError) and not isinstance(
                     exc, _POOL_ERRORS
                 )
+                if not used and self._refused is not None:
+                    # Waited for a connection the pool could not make: say why.
+                    told, permanent = self._refused
+                    if permanent:
+                        raise StoreError(
+                            f"PostgreSQL session store cannot connect: {told}"
+                        ) from exc
+                    raise StoreUnavailableError(
+                        f"PostgreSQL session store is unavailable: cannot connect: {told}",
+                        retry_after=self.retry_after,
+                    ) from exc
                 if pool is not None and used and attempt == 1:
                     try:
                         await self._within(pool.check())
@@ -489,6 +509,7 @@ class PostgresStore:
                     # than back off for minutes while the server is already back.
                     reconnect_timeout=max(5.0, 2 * self.timeout),
                     name=f"coatcheck-{self.table}",
+                    connection_class=_recording(self),
                 )
                 await pool.open(wait=False)
                 self._pool = pool
@@ -583,6 +604,26 @@ def _forget(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], 
             task.exception()
 
     return forget
+
+
+def _recording(store: PostgresStore) -> type[Connection]:
+    """Connections that leave ``store`` the cause of the last attempt that failed."""
+
+    class Recorded(psycopg.AsyncConnection[TupleRow]):
+        @classmethod
+        async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+            try:
+                connection = await super().connect(conninfo, **kwargs)
+            except psycopg.Error as exc:
+                # "connection is bad" is libpq refusing an option's value before it
+                # reaches any server (``sslmode=bogus``): the same every time.
+                told = _describe(exc)
+                store._refused = (told, told.startswith("connection is bad:"))
+                raise
+            store._refused = None
+            return connection
+
+    return Recorded
 
 
 def _describe(exc: BaseException) -> str:
