@@ -137,3 +137,29 @@ async def test_a_failing_hook_is_logged_and_the_request_goes_on(
         record.name == "coatcheck.events" and record.levelno == logging.ERROR
         for record in caplog.records
     )
+
+
+async def test_sessions_a_login_past_the_limit_ends_are_reported(any_store: Store) -> None:
+    """Under ``end_oldest``, each session a login ends gets an event of its own, with its
+    public id: an audit log sees why the device was signed out."""
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    config = SessionConfig(max_sessions_per_user=2)
+    async with client_for(make_app(any_store, config, events=[hook])) as client:
+        first = ticket(await client.post("/login"))
+        oldest = seen[-1].session  # the first device's public id, from its logged_in
+        await client.post("/login")
+        seen.clear()
+        third = await client.post("/login", headers={"user-agent": "Tablet"})
+        assert third.status_code == 200
+        assert (await client.get("/read", headers=first)).json()["user"] is None
+    newest = seen[-1].session
+    assert [(e.kind, e.user_id, e.session) for e in seen] == [
+        ("evicted", "alice", oldest),
+        ("created", "alice", newest),
+        ("logged_in", "alice", newest),
+    ]
+    assert seen[0].user_agent == "Tablet"  # the login that ended it

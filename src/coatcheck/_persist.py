@@ -649,6 +649,9 @@ class Persistence:
         ended = records[:excess]
         for record in ended:
             await self.store.delete(record.key)
+        for record in ended:
+            if record.key != key:  # that one is this request's own: a 409, no event
+                await self.emit(session, "evicted", record.user_id, record.public_id)
         if any(record.key == key for record in ended):
             session._stored = None
             raise SessionEndedError("a parallel login of this user took the last place")

@@ -23,6 +23,7 @@ EventKind = Literal[
     "login_refused",  # a login past max_sessions_per_user, with at_session_limit="refuse_login"
     "logged_out",  # destroy()/logout() of a stored session
     "revoked",  # revoke(), revoke_others() or revoke_all(); ``count`` sessions
+    "evicted",  # ended for a login past max_sessions_per_user under "end_oldest"
     "expired",  # a stored session was presented after its deadline
     "csrf_rejected",  # an unsafe request failed the CSRF check
 ]
