@@ -6,6 +6,9 @@ import logging
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from coatcheck import SessionConfig, SessionEvent, Store
 from coatcheck._persist import Persistence
@@ -163,3 +166,43 @@ async def test_sessions_a_login_past_the_limit_ends_are_reported(any_store: Stor
         ("logged_in", "alice", newest),
     ]
     assert seen[0].user_agent == "Tablet"  # the login that ended it
+
+
+async def test_a_session_ended_and_stored_anew_in_one_request_is_reported_as_ended(
+    any_store: Store,
+) -> None:
+    """A logout followed by a flash ("You are signed out"), or a login as someone else,
+    ends the session the browser held as surely as a plain logout does."""
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    async def logout_with_message(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session.logout()
+        session.flash("You are signed out.")
+        return Response(status_code=204)
+
+    app = make_app(any_store, events=[hook])
+    app.router.routes.append(Route("/logout-with-message", logout_with_message, methods=["POST"]))
+    async with client_for(app) as client:
+        alice = ticket(await client.post("/login"))
+        alice_id = seen[-1].session
+        seen.clear()
+        bob = ticket(await client.post("/login?user=bob", headers=alice))
+        bob_id = seen[-1].session
+        assert [(e.kind, e.user_id, e.session) for e in seen] == [
+            ("logged_out", "alice", alice_id),
+            ("created", "bob", bob_id),
+            ("logged_in", "bob", bob_id),
+        ]
+        seen.clear()
+        response = await client.post("/logout-with-message", headers=bob)
+        assert response.status_code == 204
+        anonymous = seen[-1].session
+        assert [(e.kind, e.user_id, e.session) for e in seen] == [
+            ("logged_out", "bob", bob_id),
+            ("created", None, anonymous),
+        ]
+        assert anonymous not in (alice_id, bob_id)

@@ -318,6 +318,9 @@ class Persistence:
             session._halted = ended  # a later save() must not store it anew
             return []
         record = written[-1]
+        # Destroyed or logged in as someone else, then stored anew: the session the
+        # browser held has ended, as a plain logout's would.
+        ended = stored if session._fresh else None
         if record.data != data:  # merged with a parallel save: adopt what was stored
             data = record.data
             self._adopt_merged(session, self.serializer.loads(data))
@@ -330,7 +333,7 @@ class Persistence:
         session._last_seen_at = now
         session._expires_at = record.expires_at
         if rotated:
-            await self._rotated(session, stored, record, logged_in, now)
+            await self._rotated(session, stored, ended, record, logged_in, now)
         elif sealed is None:
             return []  # stored under the ID the browser already holds
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
@@ -355,11 +358,13 @@ class Persistence:
         self,
         session: Session,
         stored: SessionRecord | None,
+        ended: SessionRecord | None,
         record: SessionRecord,
         logged_in: bool,
         now: float,
     ) -> None:
-        """Apply the per-user limit to a session stored under a new ID, and announce it."""
+        """Apply the per-user limit to a session stored under a new ID, and announce it
+        (and the end of ``ended``, the session it replaced, if any)."""
         user_id = session._user_id
         if user_id is not None and self.config.max_sessions_per_user is not None:
             try:
@@ -370,11 +375,13 @@ class Persistence:
             except StoreUnavailableError as exc:
                 # The login itself is stored: answering 503 now would lose its cookie.
                 logger.warning("could not count or end the sessions past the limit: %s", exc)
-        if stored is None:
+        if ended is not None:
+            await self.emit(session, "logged_out", ended.user_id, ended.public_id)
+        if stored is None or ended is not None:
             await self.emit(session, "created", record.user_id, record.public_id)
         if logged_in:
             await self.emit(session, "logged_in", record.user_id, record.public_id)
-        elif stored is not None:
+        elif stored is not None and ended is None:
             await self.emit(session, "rotated", record.user_id, record.public_id)
 
     async def _end_emptied(self, session: Session, stored: SessionRecord) -> bool:

@@ -21,7 +21,7 @@ EventKind = Literal[
     "logged_in",  # login(): a new ID bound to a user
     "rotated",  # regenerate() without a login
     "login_refused",  # a login past max_sessions_per_user, with at_session_limit="refuse_login"
-    "logged_out",  # destroy()/logout() of a stored session
+    "logged_out",  # destroy()/logout() of a stored session, or a login as someone else
     "revoked",  # revoke(), revoke_others() or revoke_all(); ``count`` sessions
     "evicted",  # ended for a login past max_sessions_per_user under "end_oldest"
     "expired",  # a stored session was presented after its deadline
