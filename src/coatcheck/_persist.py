@@ -320,7 +320,7 @@ class Persistence:
         record = written[-1]
         # Destroyed or logged in as someone else, then stored anew: the session the
         # browser held has ended, as a plain logout's would.
-        ended = stored if session._fresh else None
+        replaced = stored if session._fresh else None
         if record.data != data:  # merged with a parallel save: adopt what was stored
             data = record.data
             self._adopt_merged(session, self.serializer.loads(data))
@@ -333,7 +333,7 @@ class Persistence:
         session._last_seen_at = now
         session._expires_at = record.expires_at
         if rotated:
-            await self._rotated(session, stored, ended, record, logged_in, now)
+            await self._rotated(session, stored, replaced, record, logged_in, now)
         elif sealed is None:
             return []  # stored under the ID the browser already holds
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
