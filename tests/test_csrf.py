@@ -615,6 +615,37 @@ def test_hidden_input_carries_a_fresh_token() -> None:
     assert first != second
 
 
+async def test_hidden_input_names_the_field_the_guard_reads() -> None:
+    """A page rendered with ``hidden_input`` posts back a token the guard accepts,
+    whatever ``form_field`` the app configured."""
+    import re
+
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+
+    from coatcheck.csrf import hidden_input
+
+    async def page(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session["seen"] = True
+        return HTMLResponse(f"<form method=post>{hidden_input(session)}</form>")
+
+    async def change(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    config = SessionConfig(secret_keys=[KEY_A], csrf=CSRFConfig(form_field="_token"))
+    app = Starlette(routes=[Route("/", page), Route("/change", change, methods=["POST"])])
+    app.add_middleware(SessionMiddleware, store=MemoryStore(), config=config)
+    async with no_browser(app) as client:
+        shown = await client.get("/")
+        found = re.search(r'name="([^"]+)" value="([^"]+)"', shown.text)
+        assert found is not None
+        assert found.group(1) == "_token"
+        cookie = {"cookie": shown.headers["set-cookie"].split(";", 1)[0]}
+        response = await client.post("/change", data=dict([found.groups()]), headers=cookie)
+    assert response.status_code == 200, response.text
+
+
 async def test_non_latin_form_tokens_are_simply_invalid(app: FastAPI) -> None:
     async with no_browser(app) as client:
         alice = await logged_in(client)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import secrets
 import struct
 from collections.abc import Callable, Sequence
@@ -213,14 +214,15 @@ class CSRFGuard:
         return await _multipart_field(scope, body, field), replay
 
 
-def hidden_input(session: Session, field: str = "csrf_token") -> str:
+def hidden_input(session: Session, field: str | None = None) -> str:
     """``<input type="hidden" ...>`` carrying a fresh token, for server-rendered forms.
 
-    The token is URL-safe base64, so the markup needs no escaping; in Jinja, mark it
-    safe (``{{ csrf_input | safe }}``) or write the input yourself with
-    ``session.csrf_token()``.
+    The field is the one the guard reads (``CSRFConfig.form_field``) unless named. The
+    token is URL-safe base64; in Jinja, mark the result safe (``{{ csrf_input | safe }}``)
+    or write the input yourself with ``session.csrf_token()``.
     """
-    return f'<input type="hidden" name="{field}" value="{session.csrf_token()}">'
+    name = html.escape(field or session._persistence.config.csrf.form_field)
+    return f'<input type="hidden" name="{name}" value="{session.csrf_token()}">'
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
