@@ -125,6 +125,19 @@ def test_nulls_and_finite_floats_are_stored_by_either_encoder(
     assert serializer.loads(serializer.dumps(data)) == data
 
 
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+def test_both_installs_draw_the_nesting_line_at_the_same_depth(
+    encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """253 lists inside the session's dict are stored; one more is refused, by name."""
+    monkeypatch.setattr(serializers, "HAVE_ORJSON", encoder == "orjson")
+    serializer = JSONSerializer()
+    deepest = {"k": _deep(252)}
+    assert serializer.loads(serializer.dumps(deepest)) == deepest
+    with pytest.raises(SerializationError, match="nested more than 253 levels deep"):
+        serializer.dumps({"k": _deep(253)})
+
+
 def test_loads_rejects_non_objects() -> None:
     with pytest.raises(ValueError, match="not a JSON object"):
         JSONSerializer().loads(b"[1, 2]")

@@ -71,9 +71,10 @@ def _dumps(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
-# orjson's limits, held to on both installs: integers of 64 bits, 255 levels of nesting.
+# orjson's limits, held to on both installs: integers of 64 bits, and lists or dicts
+# nested 254 deep, of which the session's own dict is the first.
 _LOWEST, _HIGHEST = -(2**63), 2**64 - 1
-_DEEPEST = 255
+_DEEPEST = 253
 
 
 def _refuse_what_json_changes(value: Any, depth: int) -> None:
@@ -94,7 +95,7 @@ def _refuse_what_json_changes(value: Any, depth: int) -> None:
     elif kind is float:
         if not math.isfinite(value):
             raise ValueError(f"{value!r} is not a JSON number")
-    elif depth >= _DEEPEST:
+    elif depth > _DEEPEST:
         raise ValueError(f"nested more than {_DEEPEST} levels deep (or contains itself)")
     elif kind is dict:
         for key, item in value.items():
