@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from _harness import (
@@ -211,6 +212,10 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     return report(suite, args, info)
 
 
+def _exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     add_timing_arguments(parser, rounds=20, requests=500, warmup=200)
@@ -218,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
     args = parser.parse_args(argv)
     check_timing_arguments(parser, args)
+    # SIGTERM unwinds as Ctrl-C does, through the ``finally`` that stops the server.
+    signal.signal(signal.SIGTERM, _exit)
     try:
         with contextlib.ExitStack() as stack:
             url = args.url or stack.enter_context(throwaway_server())
