@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -122,6 +123,13 @@ def test_durations_accept_seconds_or_timedelta() -> None:
         ({"eager_paths": "/admin"}, "list of path prefixes"),
         ({"eager_paths": ["admin"]}, "start with '/'"),
         ({"retry_after": 0}, "retry_after"),
+        # Retry-After takes whole seconds; a string would fail only at the first outage.
+        ({"retry_after": 2.5}, "retry_after must be a whole number"),
+        ({"retry_after": "5"}, "retry_after must be a whole number"),
+        ({"max_sessions_per_user": 2.5}, "max_sessions_per_user must be a whole number"),
+        ({"max_sessions_per_user": 0}, "max_sessions_per_user"),
+        ({"max_session_bytes": float("inf")}, "max_session_bytes must be a whole number"),
+        ({"max_session_bytes": 1000}, "at least 1024"),
         ({"secret_keys": "x" * 32}, "takes a list"),
         ({"secret_keys": b"x" * 32}, "takes a list"),
         ({"secret_keys": ["x" * 32, "too short"]}, "at least 16 bytes"),
@@ -131,6 +139,21 @@ def test_durations_accept_seconds_or_timedelta() -> None:
 def test_bad_session_settings_are_rejected(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         SessionConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"anonymous_token_max_age": -1}, "anonymous_token_max_age"),
+        ({"max_form_bytes": -1}, "max_form_bytes"),
+        ({"max_form_bytes": True}, "max_form_bytes"),
+        ({"header_name": "bad header"}, "not a header name"),
+        ({"form_field": ""}, "form_field"),
+    ],
+)
+def test_bad_csrf_settings_are_rejected(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        CSRFConfig(**options)  # type: ignore[arg-type]
 
 
 def test_the_bounds_themselves_are_allowed() -> None:
@@ -146,3 +169,22 @@ def test_the_keyring_refuses_a_short_key_however_it_is_built() -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         Keyring([b"fifteen bytes.."])
     assert Keyring([b"sixteen bytes..."]).derive("csrf")
+
+
+def test_a_stores_own_retry_after_is_whole_seconds_too(tmp_path: Path) -> None:
+    import redis.asyncio
+
+    from coatcheck.stores.postgres import PostgresStore
+    from coatcheck.stores.redis import RedisStore
+    from coatcheck.stores.sqlite import SQLiteStore
+
+    builders = [
+        lambda seconds: SQLiteStore(tmp_path / "s.db", retry_after=seconds),
+        lambda seconds: RedisStore(redis.asyncio.Redis(), retry_after=seconds),
+        lambda seconds: PostgresStore("postgresql://app@db/web", retry_after=seconds),
+    ]
+    for build in builders:
+        for seconds in (2.5, "5", 0):
+            with pytest.raises(ConfigurationError, match="retry_after must be a whole number"):
+                build(seconds)
+        assert build(7).retry_after == 7

@@ -40,6 +40,15 @@ def _seconds(name: str, value: Duration) -> int:
     return int(seconds)
 
 
+def _count(name: str, value: object, least: int) -> None:
+    """Refuse ``value`` unless it is a whole number of at least ``least``: a float or a
+    string would fail only later, mid-request, or go out as ``Retry-After: 2.5``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigurationError(
+            f"{name} must be a whole number of at least {least}, got {value!r}"
+        )
+
+
 def _whole_seconds(seconds: object) -> bool:
     """Whether ``seconds`` is a positive whole number (not a bool, NaN or infinity) of
     at most a hundred years."""
@@ -121,7 +130,13 @@ class CSRFConfig:
         origins = _listed("origins", self.origins, "origins")
         object.__setattr__(self, "origins", tuple(_origin(o) for o in origins))
         object.__setattr__(self, "exempt_paths", _path_prefixes("exempt_paths", self.exempt_paths))
+        if not isinstance(self.header_name, str) or not _TOKEN.match(self.header_name):
+            raise ConfigurationError(f"header_name {self.header_name!r} is not a header name")
         object.__setattr__(self, "header_name", self.header_name.lower())
+        if not isinstance(self.form_field, str) or not self.form_field:
+            raise ConfigurationError(f"form_field must name a form field, got {self.form_field!r}")
+        _count("anonymous_token_max_age", self.anonymous_token_max_age, 1)
+        _count("max_form_bytes", self.max_form_bytes, 1)
 
 
 def _listed(name: str, values: Sequence[str], what: str) -> tuple[str, ...]:
@@ -339,10 +354,9 @@ class SessionConfig:
         if not 0 <= self.refresh_fraction <= 0.1:
             raise ConfigurationError("refresh_fraction must be between 0 and 0.1")
         object.__setattr__(self, "eager_paths", _path_prefixes("eager_paths", self.eager_paths))
-        if self.max_session_bytes < 1024:
-            raise ConfigurationError("max_session_bytes must be at least 1024")
-        if self.max_sessions_per_user is not None and self.max_sessions_per_user < 1:
-            raise ConfigurationError("max_sessions_per_user must be at least 1, or None")
+        _count("max_session_bytes", self.max_session_bytes, 1024)
+        if self.max_sessions_per_user is not None:
+            _count("max_sessions_per_user", self.max_sessions_per_user, 1)
         if self.at_session_limit not in ("end_oldest", "refuse_login"):
             raise ConfigurationError(
                 f"at_session_limit must be 'end_oldest' or 'refuse_login', "
@@ -359,8 +373,7 @@ class SessionConfig:
         if self.token_header is not None:
             _check_token_header(self.token_header, self.csrf.header_name)
             object.__setattr__(self, "token_header", self.token_header.lower())
-        if self.retry_after < 1:
-            raise ConfigurationError("retry_after must be at least 1 second")
+        _count("retry_after", self.retry_after, 1)  # whole seconds: what Retry-After allows
         if isinstance(self.secret_keys, (str, bytes)):
             raise ConfigurationError("secret_keys takes a list: the first signs, all verify")
         if any(len(k.encode() if isinstance(k, str) else k) < 16 for k in self.secret_keys):

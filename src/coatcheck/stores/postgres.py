@@ -34,7 +34,7 @@ from ..exceptions import (
 )
 from . import POSTGRES_SCHEMES
 from ._redact import redact
-from .base import Merge, SessionRecord, legacy_login_time
+from .base import Merge, SessionRecord, checked_retry_after, legacy_login_time
 
 try:
     import psycopg
@@ -146,7 +146,7 @@ class PostgresStore:
         self.create_table = create_table
         self.purge_every = purge_every
         self.purge_batch = purge_batch
-        self.retry_after = retry_after
+        self.retry_after = checked_retry_after(retry_after)
         self._given_pool = pool
         self._pool: AsyncConnectionPool[Connection] | None = pool
         self._opening: asyncio.Lock | None = None

@@ -34,7 +34,7 @@ from ..exceptions import ConfigurationError, MissingDependencyError, SessionConf
 from . import _redis_codec as codec
 from ._redis_codec import KeyNames
 from ._turns import Turns
-from .base import Merge, SessionRecord
+from .base import Merge, SessionRecord, checked_retry_after
 
 try:
     from redis.asyncio.cluster import RedisCluster
@@ -91,7 +91,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self.owns_client = owns_client
-        self.retry_after = retry_after
+        self.retry_after = checked_retry_after(retry_after)
         self._names = KeyNames(prefix)
         self._scripts = Scripts(client)
         self._turns = Turns()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..exceptions import StoreError, StoreUnavailableError
-from .base import Merge, SessionRecord, legacy_login_time
+from .base import Merge, SessionRecord, checked_retry_after, legacy_login_time
 
 T = TypeVar("T")
 
@@ -102,7 +102,7 @@ class SQLiteStore:
         )
         self.purge_every = purge_every
         self.purge_batch = purge_batch
-        self.retry_after = retry_after
+        self.retry_after = checked_retry_after(retry_after)
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._local = threading.local()
