@@ -677,6 +677,16 @@ def test_demo_refuses_a_store_that_refuses_it(
     assert uvicorn_calls == []
 
 
+def test_demo_refuses_a_store_its_settings_contradict(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    """Checked before uvicorn starts: each worker would refuse it, at every request."""
+    result = runner.invoke(app, ["demo", "--store", "cookie://", "--max-sessions", "2"])
+    assert result.exit_code == 2, result.output
+    assert "max_sessions_per_user needs a server-side store" in result.output
+    assert uvicorn_calls == []
+
+
 def test_demo_refuses_postgresql_options_that_libpq_refuses(
     runner: CliRunner,
     uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]],

@@ -337,6 +337,10 @@ def test_it_needs_shared_secret_keys_and_no_per_user_limit(
         SessionMiddleware(FastAPI(), store=CookieStore(), config=SessionConfig())
     # Not first a warning that a random key is used, which the error then contradicts.
     assert not any("random per-process key" in line for line in caplog.messages)
+    # Logged as it is raised: under uvicorn's --lifespan auto, which swallows errors of
+    # the start-up, this line is what shows at start-up.
+    assert [(r.name, r.levelname) for r in caplog.records] == [("coatcheck", "ERROR")]
+    assert "coatcheck cannot start: the cookie store needs" in caplog.messages[0]
     config = SessionConfig(secret_keys=[KEY_A], max_sessions_per_user=3)
     with pytest.raises(ConfigurationError, match="max_sessions_per_user needs a server-side"):
         SessionMiddleware(FastAPI(), store=CookieStore(), config=config)

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from . import __version__
 from ._devices import utc
+from ._persist import Persistence
 from ._printable import printable
 from .exceptions import ConfigurationError, MissingDependencyError
 from .stores import MemoryStore, SessionRecord, SQLiteStore, Store
@@ -301,6 +302,10 @@ def demo(
             "memory:// keeps sessions inside one process; use sqlite:/// with --workers",
             param_hint="--store",
         )
+    try:
+        Persistence(chosen, config, None)  # what each worker's middleware checks, checked now
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--store/--max-sessions") from None
     try_store(chosen, store)  # stores connect on first use: a bad one would only show as 503s
     try:
         import uvicorn

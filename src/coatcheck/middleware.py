@@ -99,10 +99,17 @@ class SessionMiddleware:
         self.app = app
         self.store = store
         self.config = config or SessionConfig()
-        self._persistence = Persistence(store, self.config, serializer, events)
+        try:
+            self._persistence = Persistence(store, self.config, serializer, events)
+            if unavailable is not None:
+                _check_unavailable(unavailable)
+        except ConfigurationError as exc:
+            # Starlette builds middleware at the app's first call, the lifespan start-up,
+            # where uvicorn's default ``--lifespan auto`` swallows the error and serves
+            # on: logged, it shows at start-up rather than at the first request.
+            logger.error("coatcheck cannot start: %s", exc)
+            raise
         self._eager = PathPrefixes(self.config.eager_paths) if self.config.eager_paths else None
-        if unavailable is not None:
-            _check_unavailable(unavailable)
         self._unavailable = unavailable or _unavailable_response
         self._csrf = self._persistence.csrf
         self._plain_http_warned = not self.config.cookie.secure
