@@ -639,11 +639,13 @@ def test_demo_creates_and_checks_a_new_sqlite_store(
 
 
 @pytest.mark.parametrize(
-    "store", ["redis://:hunter2@127.0.0.1:6390/0", "redis+cluster://admin:hunter2@127.0.0.1:7000"]
+    "store",
+    ["redis://:hunter2@127.0.0.1:{port}/0", "redis+cluster://admin:hunter2@127.0.0.1:{port}"],
 )
 def test_demo_banner_masks_the_store_password(
     runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]], store: str
 ) -> None:
+    store = store.format(port=free_port())  # nothing listens: the demo warns and starts
     result = runner.invoke(app, ["demo", "--store", store])
     assert result.exit_code == 0, result.output
     assert "hunter2" not in result.output
