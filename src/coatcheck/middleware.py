@@ -324,18 +324,24 @@ def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) ->
             headers = [pair for pair in headers if pair[0].lower() != b"cache-control"]
         headers = [*headers, *extra]
     present: set[bytes] | None = None
-    for name, value in headers:
+    first = -1
+    for at, (name, value) in enumerate(headers):
         if name.lower() == b"vary":
             # Whole field names: ``Vary: X-Cookie-Consent`` does not cover ``Cookie``.
             if present is None:
-                present = set()
+                present, first = set(), at
             present.update(field.strip().lower() for field in value.split(b","))
     if present is None:  # the usual response: no Vary of the app's own
         headers = [*headers, (b"vary", b", ".join(vary))]
     elif b"*" not in present:
         missing = [field for field in vary if field.lower() not in present]
         if missing:
-            headers = [*headers, (b"vary", b", ".join(missing))]
+            # Added to the app's own line, not as a second one: Starlette before 1.0
+            # reads only the first Vary line, and GZip or CORS middleware outside
+            # this one would then drop ``Cookie`` as it rewrote the header.
+            name, value = headers[first]
+            headers = list(headers)
+            headers[first] = (name, b", ".join([value, *missing]))
     message["headers"] = headers
 
 
