@@ -136,6 +136,13 @@ def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
             return {"refused": str(exc)}
         return {"refused": None}
 
+    @app.post("/login-save-then-too-big")
+    async def login_save_then_too_big(session: SessionDep) -> dict[str, Any]:
+        session.login("alice")
+        await session.save()  # stored under a new ID; the old one is gone
+        session["blob"] = "x" * 4096  # refused when the response starts: a 413
+        return {}
+
     @app.post("/unencodable")
     async def unencodable(session: SessionDep) -> dict[str, Any]:
         session["when"] = object()
@@ -343,6 +350,22 @@ async def test_a_session_too_big_is_raised_at_save_and_the_stored_one_stands(
         assert uncaught.status_code == 413
         assert set_cookies(uncaught) == []
     assert await any_store.load(store_key(sid), CONFIG.clock()) == before
+
+
+async def test_an_error_answered_after_a_save_still_hands_over_its_new_cookie(
+    any_store: Store,
+) -> None:
+    """The save before did move the session to a new ID, and deleted the old one: the
+    413 carries the new cookie, or the browser would hold a ticket to nothing."""
+    async with client_for(make_app(any_store)) as client:
+        sid = ticket(await client.post("/early"))
+        refused = await client.post("/login-save-then-too-big", headers={"cookie": f"{NAME}={sid}"})
+        assert refused.status_code == 413
+        assert refused.headers["cache-control"] == "no-store"
+        assert await state(client, ticket(refused)) == {
+            "user": "alice",
+            "data": {"cart": ["apple"]},
+        }
 
 
 async def test_a_value_json_cannot_hold_is_named_at_save() -> None:

@@ -183,7 +183,7 @@ class SessionMiddleware:
             # From the store, or from a save() the app did not catch.
             if started:
                 raise
-            await self._answer_failure(scope, receive, send, exc)
+            await self._answer_failure(scope, receive, send, exc, session)
         except (SocketClosed, WebSocketDisconnect):
             if watch is None or not watch.closed:
                 raise
@@ -202,7 +202,7 @@ class SessionMiddleware:
         try:
             extra = await self._persistence.commit(session, message.get("status", 200))
         except _SAVE_FAILURES as exc:
-            await self._answer_failure(scope, receive, send, exc)
+            await self._answer_failure(scope, receive, send, exc, session)
             return False
         if session._outgoing:  # an early save() set the cookie, or this commit resets it
             extra = outgoing(session._outgoing, extra)
@@ -218,10 +218,17 @@ class SessionMiddleware:
         return True
 
     async def _answer_failure(
-        self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError
+        self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError, session: Session
     ) -> None:
-        """The response to a save that failed or timed out: not known to be stored."""
+        """The response to a save that failed or timed out: not known to be stored.
+
+        An earlier ``save()`` of this request did store its change, and may have moved
+        the session to a new ID: its cookie goes out with this answer too, or the
+        browser would be left holding the old ID, which that save deleted.
+        """
         websocket = scope["type"] == "websocket"
+        if session._outgoing and not websocket:
+            send = _adding(send, session._outgoing, self._persistence.vary)
         if isinstance(exc, StoreError):
             await self._answer_unavailable(scope, receive, send, exc)
         elif isinstance(exc, (SessionEndedError, SessionConflictError)):
@@ -343,6 +350,17 @@ def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) ->
             headers = list(headers)
             headers[first] = (name, b", ".join([value, *missing]))
     message["headers"] = headers
+
+
+def _adding(send: Send, extra: Headers, vary: tuple[bytes, ...]) -> Send:
+    """``send``, with ``extra`` headers added to the response's start."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            _merge_headers(message, extra, vary)
+        await send(message)
+
+    return wrapped
 
 
 def _unavailable_response(retry_after: int) -> ASGIApp:
