@@ -227,7 +227,7 @@ class SessionMiddleware:
         browser would be left holding the old ID, which that save deleted.
         """
         websocket = scope["type"] == "websocket"
-        if session._outgoing and not websocket:
+        if session._loaded and session._outgoing and not websocket:
             send = _adding(send, session._outgoing, self._persistence.vary)
         if isinstance(exc, StoreError):
             await self._answer_unavailable(scope, receive, send, exc)

@@ -4,12 +4,13 @@ the promoted replica by itself after a failover, with only 503s in between."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from coatcheck import store_from_url
+from coatcheck import StoreUnavailableError, store_from_url
 from coatcheck.stores.redis import RedisStore
 
 from .. import apps
@@ -82,5 +83,28 @@ async def test_a_failover_is_a_short_outage_that_keeps_every_session(tmp_path: P
             with servers.replica.client() as promoted:
                 assert promoted.info("replication")["role"] == "master"
     finally:
+        await store.aclose()
+        servers.stop()
+
+
+async def test_a_hung_sentinel_is_a_quick_outage(tmp_path: Path) -> None:
+    """The Sentinels are asked within the store's timeout, once: redis-py's default
+    would retry each on a timeout, with growing pauses, for up to a minute."""
+    servers = RedisSentinelServers(tmp_path / "sentinel").start()
+    store = RedisStore.from_url(servers.url, prefix=unique_prefix(), timeout=0.5)
+    sentinel = servers.sentinel.process
+    assert sentinel is not None
+    try:
+        sentinel.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            await store.load(make_record().key, NOW)
+        assert time.monotonic() - started < 3
+        sentinel.send_signal(signal.SIGCONT)
+        record = make_record()
+        assert await store.save(record)  # back by itself
+        assert await store.load(record.key, NOW) == record
+    finally:
+        sentinel.send_signal(signal.SIGCONT)
         await store.aclose()
         servers.stop()

@@ -136,6 +136,9 @@ def _sentinel_client(
     for name, value in options.items():
         settings[name] = _OPTION_TYPES.get(name, str)(value)
     asked = {name: value for name, value in settings.items() if name.startswith(("socket_", "ssl"))}
+    # Each Sentinel asked once, within the timeout: redis-py's default retries a hung
+    # one three times with growing pauses, which kept a request waiting for a minute.
+    asked["retry"] = Retry(NoBackoff(), 0)
     settings["db"] = int(db or settings.get("db", 0))
     # As for a single node: one quick retry, which asks the Sentinels where the master
     # is now, so requests find a promoted replica by themselves after a failover.
