@@ -470,6 +470,34 @@ async def test_what_redis_py_leaks_from_a_broken_connection_is_an_outage() -> No
         await asyncio.sleep("soon")  # type: ignore[arg-type]  # fails inside asyncio
 
 
+def test_what_uvloop_raises_from_a_closed_connection_is_an_outage(
+    redis_server: RedisServer,
+) -> None:
+    """uvicorn runs on uvloop where it is installed, and uvloop refuses a write to a
+    connection closed under it with a RuntimeError: a 503 as well, not a 500."""
+    import uvloop
+
+    async def write_to_a_closed_connection() -> None:
+        connection = Connection(host="127.0.0.1", port=redis_server.port)
+        await connection.connect()
+        assert connection._writer is not None
+        connection._writer.transport.abort()  # closed under the command about to go
+        try:
+            with pytest.raises(StoreUnavailableError, match="connection broke"), translated(1):
+                await connection.send_packed_command([b"*1\r\n$4\r\nPING\r\n"])
+        finally:
+            await connection.disconnect()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(write_to_a_closed_connection())
+    finally:
+        loop.close()
+    # Any other RuntimeError is a bug of its own, raised as it is.
+    with pytest.raises(RuntimeError, match="not an outage"), translated(1):
+        raise RuntimeError("not an outage")
+
+
 class BreaksUnder:
     """Makes the next ``times`` commands of a real client, after the first ``after``,
     fail as redis-py fails when another task closed their connection mid-command: with

@@ -50,8 +50,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 _CREDENTIALS = (AuthenticationError, AuthorizationError)
 # What redis-py lets out, unwrapped, when a connection is closed under a command in
-# flight: its own writer gone, or asyncio's transport torn down (redis/redis-py#4287).
-_LEAKS = (AttributeError, TypeError)
+# flight: its own writer gone, or asyncio's transport torn down (redis/redis-py#4287),
+# or under uvloop (uvicorn's default loop) a RuntimeError that "the handler is closed".
+_LEAKS = (AttributeError, TypeError, RuntimeError)
 # Everything a call through redis-py may raise; a hot path catches these itself.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     *_TRANSIENT,
@@ -59,8 +60,9 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     RedisClusterException,
     *_LEAKS,
 )
-_CONNECTION_CODE = tuple(
-    os.path.dirname(module.__file__ or "") + os.sep for module in (redis, asyncio)
+_CONNECTION_CODE = (
+    *(os.path.dirname(module.__file__ or "") + os.sep for module in (redis, asyncio)),
+    "uvloop" + os.sep,  # how uvloop's compiled frames name their files
 )
 
 
@@ -72,7 +74,7 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     as it is.
     """
     if isinstance(exc, _LEAKS):
-        if not _raised_in_connection_code(exc):
+        if not broken_under_us(exc):
             raise exc
         return StoreUnavailableError(
             f"Redis session store connection broke: {exc!r}", retry_after=retry_after
@@ -100,6 +102,8 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
 def broken_under_us(exc: BaseException) -> bool:
     """Whether ``exc`` is what redis-py lets out of a connection closed under a command:
     the command went unanswered, so a read or a delete may simply be made again."""
+    if isinstance(exc, RuntimeError) and "handler is closed" not in str(exc):
+        return False
     return isinstance(exc, _LEAKS) and _raised_in_connection_code(exc)
 
 
