@@ -598,6 +598,25 @@ async def test_cluster_url(redis_cluster: RedisClusterServers) -> None:
     await saves_and_loads(store)
 
 
+async def test_a_cluster_store_with_a_small_pool_still_lists_and_ends_a_users_sessions(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """A batch over a user's sessions must fit a pool of ``?max_connections=2`` per
+    node, which redis-py's Cluster client refuses to exceed rather than wait."""
+    url = f"{redis_cluster.url}?prefix={unique_prefix()}&timeout=2&max_connections=2"
+    store = store_from_url(url)
+    try:
+        records = [make_record(user_id="dave") for _ in range(12)]
+        for record in records:
+            assert await store.save(record)
+        assert len(await store.list_user("dave", NOW)) == 12
+        assert await store.count(NOW) == 12
+        assert await store.delete_user("dave", now=NOW) == 12
+        assert all([await store.load(r.key, NOW) is None for r in records])
+    finally:
+        await store.aclose()
+
+
 @pytest.mark.parametrize("scheme", stores.REDIS_SCHEMES)
 async def test_every_redis_scheme_reaches_the_redis_store(scheme: str) -> None:
     rest = {"unix": "/run/redis.sock"}.get(scheme, "127.0.0.1:6379")

@@ -70,20 +70,31 @@ async def _side_by_side(
     started is awaited before a failure is raised, so nothing is left running.
     """
     by_node: dict[str, list[int]] = {}
+    # A pool smaller than that (``?max_connections=2``) gets at most half its size, so
+    # a batch leaves room for the requests that run beside it.
+    width = _PER_NODE
     for position, (key, _) in enumerate(calls):
         node = client.get_node_from_key(key)
+        if node is not None:
+            width = min(width, max(1, node.max_connections // 2))
         by_node.setdefault("" if node is None else node.name, []).append(position)
     results: list[Any] = [None] * len(calls)
 
     async def run(positions: list[int]) -> None:
-        for start in range(0, len(positions), _PER_NODE):
-            chunk = positions[start : start + _PER_NODE]
+        for start in range(0, len(positions), width):
+            chunk = positions[start : start + width]
             done = await asyncio.gather(*(calls[i][1]() for i in chunk), return_exceptions=True)
             for position, result in zip(chunk, done, strict=True):
                 if isinstance(result, BaseException):
                     raise result
                 results[position] = result
 
+    if width < _PER_NODE:
+        # A small pool: one node at a time, since a script missing from a node is
+        # loaded onto every node, and would take a connection of each.
+        for positions in by_node.values():
+            await run(positions)
+        return results
     failures = await asyncio.gather(*(run(p) for p in by_node.values()), return_exceptions=True)
     for failure in failures:
         if isinstance(failure, BaseException):

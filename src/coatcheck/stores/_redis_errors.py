@@ -93,8 +93,10 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     if isinstance(exc, _TRANSIENT) or (
         isinstance(exc, RedisClusterException) and "connect" in str(exc).lower()
     ):
+        # redis-py's Cluster raises a pool at its size without a word.
+        told = str(exc) or f"{type(exc).__name__} (every connection of max_connections in use)"
         return StoreUnavailableError(
-            f"Redis session store is unavailable: {exc}", retry_after=retry_after
+            f"Redis session store is unavailable: {told}", retry_after=retry_after
         )
     return StoreError(f"Redis session store failed: {exc}")
 
