@@ -476,3 +476,41 @@ async def test_redis_gives_up_after_a_bounded_number_of_merges() -> None:
         with pytest.raises(SessionConflictError):
             await store.save(record._replace(version=2), expected_version=0, merge=merge)
         assert 2 <= merges <= 100
+
+
+async def test_tasks_of_one_request_that_load_at_once_share_one_load(any_store: Store) -> None:
+    """``asyncio.gather`` of two parts that each ask for the session: the second load
+    waits for the first, rather than replace the data the first part changed."""
+    import asyncio
+
+    async def part(session: Session, name: str) -> None:
+        await session.load()
+        session[name] = True
+
+    async def both(request: Request) -> Response:
+        session = request.scope["session"]
+        assert isinstance(session, Session)
+        await asyncio.gather(part(session, "a"), part(session, "b"))
+        return JSONResponse(dict(session))
+
+    async def read(request: Request) -> Response:
+        return JSONResponse(dict(await Session.of(request).load()))
+
+    async def reseed(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session.clear()
+        session["seed"] = 1
+        return JSONResponse({})
+
+    routes = [Route("/both", both, methods=["POST"]), Route("/read", read)]
+    app = Starlette(routes=[*routes, Route("/clear", reseed, methods=["POST"])])
+    app.add_middleware(SessionMiddleware, store=any_store)
+    async with client_for(app) as client:
+        response = await client.post("/both")
+        assert response.json() == {"a": True, "b": True}
+        cookie = {"cookie": response.headers["set-cookie"].split(";", 1)[0]}
+        await client.post("/clear", headers=cookie)
+        # A stored session, whose load takes a round trip to the store.
+        response = await client.post("/both", headers=cookie)
+        assert response.json() == {"a": True, "b": True, "seed": 1}
+        assert (await client.get("/read", headers=cookie)).json() == response.json()

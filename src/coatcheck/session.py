@@ -6,6 +6,7 @@ starts: that is when the old ID dies, the record is written and the cookie is se
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import datetime, timedelta
@@ -65,6 +66,7 @@ class Session(MutableMapping[str, Any]):
         "_key",
         "_last_seen_at",
         "_loaded",
+        "_loading",
         "_meta_changed",
         "_models",
         "_modified",
@@ -77,12 +79,15 @@ class Session(MutableMapping[str, Any]):
         "_stored",
         "_updates",
         "_user_id",
+        "_waiter",
     )
     _persistence: Persistence
     _headers: list[tuple[bytes, bytes]]
     _client: tuple[str, int] | None  # scope["client"]: the address, for record_ip
     _path: str
     _loaded: bool
+    _loading: bool  # a load is under way, in this task or another of the same request
+    _waiter: asyncio.Event | None  # set when it ends, made once a second load waits
     _by_header: bool  # the client sent its token in SessionConfig.token_header, not a cookie
     _cookie_final: bool  # the response has started: the cookie can no longer change
     _data: dict[str, Any]
@@ -118,7 +123,8 @@ class Session(MutableMapping[str, Any]):
         self._path = scope.get("path", "")
         # Everything else is set by _adopt() when the session loads: a request that never
         # touches its session pays for six attributes, not all of them.
-        self._loaded = False
+        self._loaded = self._loading = False
+        self._waiter = None
         self._cookie_final = False
 
     @staticmethod
@@ -134,9 +140,26 @@ class Session(MutableMapping[str, Any]):
     # -- loading ------------------------------------------------------------------------
 
     async def load(self) -> Session:
-        """Fetch the session from the store, once per request; later calls do nothing."""
-        if not self._loaded:
+        """Fetch the session from the store, once per request; later calls do nothing.
+
+        Tasks of one request that load at once (``asyncio.gather``) share one load:
+        a second would replace the data the first has changed meanwhile.
+        """
+        if self._loaded:
+            return self
+        if self._loading:
+            if self._waiter is None:
+                self._waiter = asyncio.Event()
+            await self._waiter.wait()
+            return await self.load()  # loaded now, or that load failed: this one tries
+        self._loading = True
+        try:
             await self._persistence.load(self)
+        finally:
+            self._loading = False
+            if self._waiter is not None:
+                self._waiter.set()
+                self._waiter = None
         return self
 
     async def reload(self) -> None:
