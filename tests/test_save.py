@@ -253,6 +253,16 @@ def make_app(store: Store, config: SessionConfig = CONFIG) -> FastAPI:
         await websocket.accept()
         await websocket.close()
 
+    @app.websocket("/ws-refused")
+    async def refused(websocket: WebSocket, saved: bool = False) -> None:
+        """Signs in, then refuses the socket with an HTTP response."""
+        session: Session = await websocket.scope["session"].load()
+        session.login("alice")
+        session.flash("Use the page, not the socket.")
+        if saved:
+            await session.save()
+        await websocket.send_denial_response(JSONResponse({"detail": "no"}, status_code=403))
+
     app.add_middleware(SessionMiddleware, store=store, config=config)
     return app
 
@@ -514,6 +524,32 @@ def test_a_websocket_saved_before_accepting_gets_its_cookie_in_the_handshake() -
         sid = cookie.split(";", 1)[0].split("=", 1)[1]
         seen = client.get("/state", headers={"cookie": f"{NAME}={sid}"}).json()
         assert seen["data"] == {"greeted": True}
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_a_websocket_refused_with_an_http_response_stores_and_hands_over_its_session(
+    saved: bool,
+) -> None:
+    """A denial response starts a response like any other: the change is stored, and
+    the new cookie (of the commit, or of an early save) goes with it."""
+    from starlette.testclient import WebSocketDenialResponse
+
+    store = MemoryStore()
+    with TestClient(make_app(store), base_url=TEST_BASE_URL) as client:
+        with (
+            pytest.raises(WebSocketDenialResponse) as caught,
+            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws-refused?saved={saved}"),
+        ):
+            pass  # pragma: no cover - refused before this
+        denial = caught.value
+        assert denial.status_code == 403
+        assert denial.headers["cache-control"] == "no-store"
+        assert denial.headers["vary"] == "Cookie, x-token"
+        sid = denial.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
+        seen = client.get("/state", headers={"cookie": f"{NAME}={sid}"}).json()
+        assert seen["user"] == "alice"
+        (flashed,) = seen["data"]["_flashes"]
+        assert flashed["message"] == "Use the page, not the socket."
 
 
 @pytest.mark.parametrize("method", ["save", "reload"])

@@ -43,7 +43,8 @@ logger = logging.getLogger("coatcheck")
 UnavailableApp = Callable[[int], ASGIApp]
 
 # The message that starts a response: the session is committed just before it goes out.
-_RESPONSE_START = ("http.response.start", "websocket.accept")
+# A WebSocket refused with an HTTP response (``send_denial_response``) starts one too.
+_RESPONSE_START = ("http.response.start", "websocket.accept", "websocket.http.response.start")
 # What a save can fail with, answered for the client rather than left to become a 500.
 _SAVE_FAILURES = (
     StoreError,
