@@ -184,3 +184,17 @@ SHORTENED = [
     pytest.param((10, 10_000), [], 11, id="idle"),
     pytest.param((1000, 1500), [500, 500], 600, id="absolute"),
 ]
+
+
+def without_denial_responses(app: Any) -> Any:
+    """``app`` as served by a server that cannot refuse a WebSocket with an HTTP
+    response (no ``websocket.http.response`` extension): refusals are close codes."""
+
+    async def served(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            extensions = dict(scope.get("extensions") or {})
+            extensions.pop("websocket.http.response", None)
+            scope = {**scope, "extensions": extensions}
+        await app(scope, receive, send)
+
+    return served

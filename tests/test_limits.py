@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coatcheck import (
@@ -28,7 +28,7 @@ from coatcheck._ids import store_key
 from coatcheck.testing import TEST_WS_BASE_URL, FakeClock
 
 from .apps import make_app
-from .conftest import CountingStore, client_for
+from .conftest import CountingStore, client_for, without_denial_responses
 
 pytestmark = pytest.mark.anyio
 NAME = "__Host-session"
@@ -283,10 +283,17 @@ def test_a_websocket_login_past_the_limit_is_closed_with_1008() -> None:
         with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws"):
             pass
         with (
-            pytest.raises(WebSocketDisconnect) as closed,
+            pytest.raises(WebSocketDenialResponse) as refused,
             client.websocket_connect(f"{TEST_WS_BASE_URL}/ws"),
         ):
-            pass
+            pass  # pragma: no cover - refused before this
+        assert refused.value.status_code == 403  # as a request's login past the limit
+    with (
+        TestClient(without_denial_responses(app)) as client,
+        pytest.raises(WebSocketDisconnect) as closed,
+        client.websocket_connect(f"{TEST_WS_BASE_URL}/ws"),
+    ):
+        pass
     assert closed.value.code == 1008
     assert closed.value.reason == "too many sessions"
 

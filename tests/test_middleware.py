@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -32,7 +32,7 @@ from coatcheck._ids import store_key
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
 
 from .apps import make_app
-from .conftest import SHORTENED, CountingStore, client_for, shut_down
+from .conftest import SHORTENED, CountingStore, client_for, shut_down, without_denial_responses
 
 pytestmark = pytest.mark.anyio
 
@@ -774,9 +774,18 @@ def test_an_outage_response_of_the_wrong_shape_fails_at_start_up(unavailable: An
 
 
 def test_a_websocket_whose_store_is_down_is_told_to_try_again() -> None:
+    """Over HTTP where the server can (a 503 with Retry-After), else by a close code."""
     app = make_app(_DownStore(), SessionConfig())
+    with TestClient(app) as client:
+        with (
+            pytest.raises(WebSocketDenialResponse) as refused,
+            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=cookie("B" * 43)),
+        ):
+            pass  # pragma: no cover - refused before this
+        assert refused.value.status_code == 503
+        assert refused.value.headers["retry-after"] == "30"  # what the store asks
     with (
-        TestClient(app) as client,
+        TestClient(without_denial_responses(app)) as client,
         pytest.raises(WebSocketDisconnect) as closed,
         client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=cookie("B" * 43)),
     ):
@@ -799,14 +808,53 @@ def test_a_websocket_session_too_large_to_store_is_closed_with_1009(
 
     app = Starlette(routes=[WebSocketRoute("/ws", hoard)])
     app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(max_session_bytes=1024))
+    with TestClient(app) as client:
+        with (
+            pytest.raises(WebSocketDenialResponse) as refused,
+            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws"),
+        ):
+            pass  # pragma: no cover - refused before this
+        assert refused.value.status_code == 413
     with (
-        TestClient(app) as client,
+        TestClient(without_denial_responses(app)) as client,
         pytest.raises(WebSocketDisconnect) as closed,
         client.websocket_connect(f"{TEST_WS_BASE_URL}/ws"),
     ):
         pass
     assert closed.value.code == 1009
     assert not store.calls["save"]
+
+
+@pytest.mark.parametrize("denial", [True, False], ids=["http-refusal", "close-code"])
+def test_a_feed_whose_socket_was_refused_stops_at_its_next_send(
+    store: CountingStore, denial: bool
+) -> None:
+    """A handler that only sends learns that its socket is gone, as when a client
+    leaves, rather than push into the void for ever."""
+    sent: list[int] = []
+
+    async def feed(websocket: WebSocket) -> None:
+        session = await websocket.scope["session"].load()
+        session["blob"] = "x" * 2000  # too big: refused at the accept
+        await websocket.accept()
+        for n in range(100):
+            try:
+                await websocket.send_text(str(n))
+            except WebSocketDisconnect:
+                return
+            sent.append(n)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", feed)])
+    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(max_session_bytes=1024))
+    served = app if denial else without_denial_responses(app)
+    refusal = WebSocketDenialResponse if denial else WebSocketDisconnect
+    with (
+        TestClient(served) as client,
+        pytest.raises(refusal),
+        client.websocket_connect(f"{TEST_WS_BASE_URL}/ws"),
+    ):
+        pass  # pragma: no cover - refused before this
+    assert sent == []
 
 
 async def test_websocket_reads_and_writes_the_session(
@@ -862,10 +910,20 @@ class _ContendedStore(MemoryStore):
 def test_a_websocket_whose_session_cannot_be_saved_is_closed_saying_why(
     kind: type[MemoryStore], code: int
 ) -> None:
-    """An ended session is final (1008, policy); a busy one is worth another try (1013)."""
+    """An ended session is final (1008, policy); a busy one is worth another try (1013).
+    A server that can refuse over HTTP gives the 409 a request would get."""
     app = make_app(kind(), SessionConfig())
     with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
         client.post("/write")  # stored by the busy store; the barring one refuses it
+        with (
+            pytest.raises(WebSocketDenialResponse) as refused,
+            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN),
+        ):
+            pass  # pragma: no cover - refused before this
+        assert refused.value.status_code == 409
+    served = without_denial_responses(app)
+    with TestClient(served, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+        client.post("/write")
         with (
             pytest.raises(WebSocketDisconnect) as closed,
             client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN),

@@ -138,7 +138,9 @@ class SessionMiddleware:
         async def send_wrapper(message: Message) -> None:
             nonlocal started, failed, status
             if failed:
-                return
+                if kind == "websocket":  # refused for it: a feed that only sends stops
+                    raise SocketClosed(1013, "coatcheck refused this websocket: see the log")
+                return  # the app's response, replaced by the error that went out
             if message["type"] in _RESPONSE_START:
                 started = session._cookie_final = True
                 status = message.get("status", 200)
@@ -186,7 +188,7 @@ class SessionMiddleware:
                 raise
             await self._answer_failure(scope, receive, send, exc, session)
         except (SocketClosed, WebSocketDisconnect):
-            if watch is None or not watch.closed:
+            if not (failed or (watch is not None and watch.closed)):
                 raise
             # The app stopped at a send after its socket was closed for it: done.
         finally:
@@ -228,12 +230,16 @@ class SessionMiddleware:
         browser would be left holding the old ID, which that save deleted.
         """
         websocket = scope["type"] == "websocket"
+        if websocket and "websocket.http.response" in scope.get("extensions", {}):
+            # Refused before it was accepted, by a server that can say why over HTTP:
+            # a 503 with Retry-After, as a request gets, rather than a bare 403.
+            send, websocket = _as_denial(send), False
         if session._loaded and session._outgoing and not websocket:
             send = _adding(send, session._outgoing, self._persistence.vary)
         if isinstance(exc, StoreError):
-            await self._answer_unavailable(scope, receive, send, exc)
+            await self._answer_unavailable(scope, receive, send, exc, websocket)
         elif isinstance(exc, (SessionEndedError, SessionConflictError)):
-            await self._answer_conflict(scope, receive, send, exc)
+            await self._answer_conflict(scope, receive, send, exc, websocket)
         elif isinstance(exc, SessionTooLargeError):
             if websocket:
                 await send({"type": "websocket.close", "code": 1009, "reason": "session too large"})
@@ -275,7 +281,7 @@ class SessionMiddleware:
         await self._persistence.emit(session, "csrf_rejected", None, "")
 
     async def _answer_unavailable(
-        self, scope: Scope, receive: Receive, send: Send, exc: StoreError
+        self, scope: Scope, receive: Receive, send: Send, exc: StoreError, websocket: bool
     ) -> None:
         """A 503 with Retry-After. An outage passes by itself; any other store failure (a
         file that is not a database, a damaged record) is logged as an error for the
@@ -288,18 +294,18 @@ class SessionMiddleware:
         else:
             logger.error("session store failed: %s", str(exc))
             retry_after = self.config.retry_after
-        if scope["type"] == "websocket":
+        if websocket:
             await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
             return
         await self._unavailable(retry_after)(scope, receive, send)
 
     async def _answer_conflict(
-        self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError
+        self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError, websocket: bool
     ) -> None:
         """A 409 that says nothing was saved. The cookie is left alone: after a parallel
         login the browser already holds a newer one, which clearing would log out."""
         ended = isinstance(exc, SessionEndedError)
-        if scope["type"] == "websocket":
+        if websocket:
             reason = "session ended" if ended else "session busy, try again"
             await send(
                 {"type": "websocket.close", "code": 1008 if ended else 1013, "reason": reason}
@@ -353,11 +359,24 @@ def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) ->
     message["headers"] = headers
 
 
+def _as_denial(send: Send) -> Send:
+    """``send`` for an HTTP response that refuses a WebSocket handshake (ASGI's
+    ``websocket.http.response`` extension); Starlette's responses name it so already."""
+
+    async def wrapped(message: Message) -> None:
+        kind = message["type"]
+        if kind.startswith("http.response."):
+            message = {**message, "type": "websocket." + kind}
+        await send(message)
+
+    return wrapped
+
+
 def _adding(send: Send, extra: Headers, vary: tuple[bytes, ...]) -> Send:
     """``send``, with ``extra`` headers added to the response's start."""
 
     async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start":
+        if message["type"] in ("http.response.start", "websocket.http.response.start"):
             _merge_headers(message, extra, vary)
         await send(message)
 
