@@ -19,7 +19,13 @@ from coatcheck import (
 )
 from coatcheck.fastapi import CurrentUser, RequiredUser, SessionDep
 from coatcheck.stores.redis import RedisStore
-from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock, create_session
+from coatcheck.testing import (
+    SAME_ORIGIN,
+    TEST_BASE_URL,
+    FakeClock,
+    create_session,
+    set_session_cookie,
+)
 
 from .conftest import client_for
 from .redis_servers import RedisServer
@@ -115,8 +121,29 @@ def guarded_app(store: Store, config: SessionConfig) -> FastAPI:
             "devices": [device.current for device in devices],
         }
 
+    @app.post("/confirm")
+    async def confirm(user: RequiredUser, session: SessionDep) -> dict[str, str]:
+        """A step-up login: a new ID, so a new cookie."""
+        session.login(user)
+        return {"user": user}
+
     app.add_middleware(SessionMiddleware, store=store, config=config)
     return app
+
+
+@pytest.mark.parametrize("base_url", [TEST_BASE_URL, "https://app.example.com"])
+def test_a_session_cookie_set_for_a_test_follows_the_apps_new_ids(base_url: str) -> None:
+    """The cookie of a login that gives the session a new ID replaces the one the test
+    set, rather than go beside it: two cookies would read as no session at all."""
+    config = SessionConfig()
+    store = MemoryStore()
+    app = guarded_app(store, config)
+    with TestClient(app, base_url=base_url, headers=SAME_ORIGIN) as client:
+        session_id = client.portal.call(partial(create_session, store, user_id="bob"))
+        set_session_cookie(client, session_id, config)
+        assert client.post("/confirm").json() == {"user": "bob"}
+        assert len(client.cookies.jar) == 1
+        assert client.get("/private").json()["user"] == "bob"
 
 
 @pytest.mark.anyio
@@ -147,7 +174,7 @@ def test_create_session_from_a_synchronous_test_on_redis(redis_server: RedisServ
     store = RedisStore.from_url(redis_server.url, prefix=unique_prefix())
     with TestClient(guarded_app(store, config), base_url=TEST_BASE_URL) as client:
         session_id = client.portal.call(partial(create_session, store, user_id="bob"))
-        client.cookies.set(config.cookie.name, session_id)
+        set_session_cookie(client, session_id, config)
         assert client.get("/private").json()["user"] == "bob"
 
 

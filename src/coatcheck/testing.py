@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from ._ids import new_public_id, new_session_id, store_key
 from ._persist import cookie_keys
@@ -36,7 +36,14 @@ from .config import SessionConfig
 from .serializers import JSONSerializer, Serializer
 from .stores.base import SessionRecord, Store, cookie_sealer_of
 
-__all__ = ["SAME_ORIGIN", "TEST_BASE_URL", "TEST_WS_BASE_URL", "FakeClock", "create_session"]
+__all__ = [
+    "SAME_ORIGIN",
+    "TEST_BASE_URL",
+    "TEST_WS_BASE_URL",
+    "FakeClock",
+    "create_session",
+    "set_session_cookie",
+]
 
 TEST_BASE_URL = "https://testserver"
 TEST_WS_BASE_URL = "wss://testserver"
@@ -82,7 +89,7 @@ async def create_session(
     cookie store, the sealed session, which needs the app's ``secret_keys`` in ``config``):
 
         session_id = await create_session(store, user_id="alice", data={"cart": []})
-        client.cookies.set(config.cookie.name, session_id)
+        set_session_cookie(client, session_id, config)
 
     Give the app's ``config`` (its clock and limits decide the expiry) and, if the
     middleware has one, its ``serializer``. ``idle_timeout`` and ``absolute_timeout``
@@ -126,3 +133,33 @@ async def create_session(
         store = sealing_data(store, config.secret_keys)
     await store.save(record)
     return session_id
+
+
+class _Cookies(Protocol):
+    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None: ...
+
+
+class _Client(Protocol):
+    """An httpx client, or Starlette's ``TestClient``, which is one."""
+
+    @property
+    def cookies(self) -> _Cookies: ...
+
+    @property
+    def base_url(self) -> Any: ...
+
+
+def set_session_cookie(client: _Client, value: str, config: SessionConfig | None = None) -> None:
+    """Put ``value`` (from :func:`create_session`) in ``client``'s cookie jar as the app's
+    own ``Set-Cookie`` would have.
+
+    A plain ``client.cookies.set(name, value)`` files it under no domain, and the
+    cookie of the app's next new ID (a login, ``regenerate()``) then goes beside it
+    rather than over it: the client sends both, and coatcheck, seeing two different
+    session cookies, reads neither.
+    """
+    host = client.base_url.host
+    # How the standard library's cookie jar names a host without a dot.
+    domain = host if "." in host else f"{host}.local"
+    name = (config or SessionConfig()).cookie.name
+    client.cookies.set(name, value, domain=domain, path="/")
