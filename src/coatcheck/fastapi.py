@@ -108,7 +108,9 @@ async def get_session() -> Session:
         raise RuntimeError(
             "no request session here: either coatcheck.SessionMiddleware is not installed "
             "on this app, or this code runs outside a request it serves (at start-up, in "
-            "a script, or in a task that outlived its request)"
+            "a script, in a task that outlived its request, or in a handler of unhandled "
+            "exceptions, which Starlette runs once every middleware is done: there, "
+            "Session.of(request) still reads what the request had)"
         )
     return await session.load()
 
