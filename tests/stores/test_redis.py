@@ -858,6 +858,17 @@ async def test_a_password_the_cluster_refuses_is_a_store_error_not_an_outage(
     assert type(error) is StoreError
 
 
+async def test_a_password_refused_over_a_unix_socket_is_a_store_error_not_an_outage(
+    redis_server: RedisServer,
+) -> None:
+    """redis-py wraps the refusal in a ConnectionError there, not over TCP."""
+    assert redis_server.unix_socket is not None
+    error = await first_load_error(f"unix://nobody:not-the-password@{redis_server.unix_socket}")
+    assert "not-the-password" not in str(error)
+    assert type(error) is StoreError
+    assert "refused the credentials" in str(error)
+
+
 async def test_a_record_dead_when_written_is_hidden_and_soon_gone(any_redis: RedisStore) -> None:
     record = make_record(expires_at=NOW - HOUR)
 

@@ -80,11 +80,12 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
             f"Redis session store connection broke: {exc!r}", retry_after=retry_after
         )
     # redis-py's Cluster client reports refused credentials at start-up as "cannot be
-    # connected", with the AuthenticationError as the cause: a misconfiguration, which
-    # waiting will not cure, so it must not pass for an outage.
-    cause = exc.__cause__ if isinstance(exc, RedisClusterException) else exc
-    if isinstance(cause, _CREDENTIALS):
-        return StoreError(f"Redis session store refused the credentials: {cause}")
+    # connected", and a unix socket's client as a ConnectionError, each with the
+    # AuthenticationError in its chain: a misconfiguration, which waiting will not
+    # cure, so it must not pass for an outage.
+    refused = _cause(exc, _CREDENTIALS)
+    if refused is not None:
+        return StoreError(f"Redis session store refused the credentials: {refused}")
     # A server certificate the client cannot verify (another CA, a wrong name, or a
     # man in the middle) stays unverifiable however long one waits. redis-py raises it
     # as a ConnectionError, with the SSL error in its chain.
@@ -120,14 +121,21 @@ def _raised_in_connection_code(exc: BaseException) -> bool:
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     """Whether ``kind`` is ``exc`` or among the errors it was raised from or during."""
+    return _cause(exc, kind) is not None
+
+
+def _cause(
+    exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """``exc``, or the first of the errors it was raised from or during, that is a ``kind``."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, kind):
-            return True
+            return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return False
+    return None
 
 
 @contextmanager
