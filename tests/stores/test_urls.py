@@ -14,6 +14,7 @@ from coatcheck.exceptions import ConfigurationError
 from coatcheck.stores import MemoryStore, SQLiteStore, Store
 from coatcheck.stores._redact import redact
 from coatcheck.stores._redis_url import RedisClient, client_from_url
+from coatcheck.stores.redis import RedisStore
 
 from .conftest import NOW, make_record
 
@@ -216,6 +217,41 @@ def test_errors_never_show_a_password(url: str) -> None:
 
     assert "hunter2" not in str(caught.value)
     assert "***" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunt#er2@127.0.0.1:6379/0",
+        "redis://user:hunt?er2@127.0.0.1:6379/0",
+        "redis://:hunt/er2@127.0.0.1:6379/0",
+        "redis+cluster://:hunt#er2@127.0.0.1:7000",
+    ],
+)
+def test_a_password_that_needs_escaping_is_neither_shown_nor_guessed_at(url: str) -> None:
+    """Cut at its "#", "?" or "/", a password is no longer where a URL keeps one: no
+    piece of it may reach the message, which says how to write it instead."""
+    with pytest.raises(ConfigurationError) as caught:
+        store_from_url(url)
+    message = str(caught.value)
+    assert "hunt" not in message
+    assert "er2" not in message
+    assert "percent-encoded" in message or "host:port" in message
+
+
+def test_a_database_named_twice_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="by path or by \\?db=, not both"):
+        store_from_url("redis://127.0.0.1:6379/3?db=5")
+
+
+async def test_a_unix_socket_takes_its_password_as_redis_py_documents_it() -> None:
+    store = store_from_url("unix:///run/redis.sock?db=2&password=hunter2")
+    try:
+        assert isinstance(store, RedisStore)
+        kwargs = store.client.connection_pool.connection_kwargs
+        assert (kwargs["password"], kwargs["db"]) == ("hunter2", 2)
+    finally:
+        await store.aclose()
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ RedisClient = Redis | RedisCluster
 _PASSED_OPTIONS = frozenset(
     {
         "db",
+        "password",  # redis-py's form for a unix socket, where a URL has no userinfo
         "max_connections",
         "ssl_cert_reqs",
         "ssl_ca_certs",
@@ -45,13 +46,19 @@ _PASSED_OPTIONS = frozenset(
 )
 
 
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENCODE_HINT = (
+    "a password holding # ? / or @ must be percent-encoded in a URL (%23 %3F %2F %40)"
+)
+
+
 def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str | None]:
     """The client a URL describes, and the key prefix it asks for (``?prefix=``).
 
     ``timeout`` (seconds, for connecting and for each command) wins over ``?timeout=``;
     without either it is :data:`DEFAULT_TIMEOUT`. Nothing connects until first use.
     """
-    parts = urlsplit(url)
+    raw, parts = url, urlsplit(url)
     url = redact(url)  # from here on, the URL is only ever shown
     if parts.scheme not in URL_SCHEMES:
         raise ConfigurationError(
@@ -63,6 +70,9 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
     url_timeout = options.pop("timeout", None)
     unknown = sorted(set(options) - _PASSED_OPTIONS)
     if unknown:
+        if not all(_OPTION_NAME.fullmatch(name) for name in unknown):
+            # Not a name: the rest of a password that holds a "?", cut there.
+            raise ConfigurationError(f"store URL {url!r} cannot be read: {_ENCODE_HINT}")
         raise ConfigurationError(f"unknown option(s) {unknown} in store URL {url!r}")
     tls = sorted(name for name in options if name.startswith("ssl_"))
     if tls and not parts.scheme.startswith("rediss"):
@@ -83,7 +93,12 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
         if parts.scheme.endswith("+sentinel"):
             return _sentinel_client(parts, options, settings, url), prefix
         if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
-            raise ConfigurationError(f"the path of a Redis URL is a database number, got {url!r}")
+            hint = f"; {_ENCODE_HINT}" if "@" in parts.path else ""
+            raise ConfigurationError(
+                f"the path of a Redis URL is a database number, got {url!r}{hint}"
+            )
+        if parts.scheme != "unix" and parts.path.strip("/") and "db" in options:
+            raise ConfigurationError(f"give the database by path or by ?db=, not both: {url!r}")
         plain = urlunsplit(parts._replace(query=urlencode(options)))
         # One quick retry on a broken connection (a server restart leaves the pooled
         # ones dead); none on a timeout, which has already waited.
@@ -97,7 +112,10 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
     except ConfigurationError:
         raise
     except (ValueError, TypeError, RedisClusterException) as exc:
-        raise ConfigurationError(f"invalid Redis URL {url!r}: {exc}") from exc
+        # redis-py quotes what it could not read, which after a "#" in a password is
+        # part of that password.
+        told = _ENCODE_HINT if "#" in raw else str(exc)
+        raise ConfigurationError(f"invalid Redis URL {url!r}: {told}") from None
 
 
 def _cluster_client(
