@@ -47,9 +47,7 @@ _PASSED_OPTIONS = frozenset(
 
 
 _OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ENCODE_HINT = (
-    "a password holding # ? / or @ must be percent-encoded in a URL (%23 %3F %2F %40)"
-)
+_ENCODE_HINT = "a password holding # ? / or @ must be percent-encoded in a URL (%23 %3F %2F %40)"
 
 
 def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str | None]:
