@@ -869,6 +869,14 @@ async def test_a_password_refused_over_a_unix_socket_is_a_store_error_not_an_out
     assert "refused the credentials" in str(error)
 
 
+async def test_a_cluster_url_naming_a_single_server_is_a_store_error_not_an_outage(
+    redis_server: RedisServer,
+) -> None:
+    error = await first_load_error(f"redis+cluster://127.0.0.1:{redis_server.port}")
+    assert type(error) is StoreError
+    assert "not a Cluster, use redis://" in str(error)
+
+
 async def test_a_record_dead_when_written_is_hidden_and_soon_gone(any_redis: RedisStore) -> None:
     record = make_record(expires_at=NOW - HOUR)
 

@@ -85,7 +85,13 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     # cure, so it must not pass for an outage.
     refused = _cause(exc, _CREDENTIALS)
     if refused is not None:
-        return StoreError(f"Redis session store refused the credentials: {refused}")
+        return StoreError(
+            "Redis session store refused the credentials (a wrong password, or none where "
+            f"one is required): {refused}"
+        )
+    if isinstance(exc, RedisClusterException) and "mode is not enabled" in str(exc):
+        # The URL names a server that is not a Cluster node: no wait will make it one.
+        return StoreError(f"Redis session store is not a Cluster, use redis://: {exc}")
     # A server certificate the client cannot verify (another CA, a wrong name, or a
     # man in the middle) stays unverifiable however long one waits. redis-py raises it
     # as a ConnectionError, with the SSL error in its chain.
