@@ -246,7 +246,7 @@ def stop_on_signals(server: RedisServer) -> None:
 
 # A MONITOR line: +<time> [<db> <client address, or "lua" inside a script>] "<command>" ...
 MONITOR_LINE = re.compile(rb'^\+\d+\.\d+ \[\d+ (?P<source>[^\]]+)\] "(?P<command>[^"]+)"')
-ADMIN_COMMANDS = frozenset({"info", "echo", "ping", "client"})
+ADMIN_COMMANDS = frozenset({"info", "echo", "ping", "client", "config"})
 
 
 @dataclass

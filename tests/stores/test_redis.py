@@ -877,6 +877,49 @@ async def test_a_cluster_url_naming_a_single_server_is_a_store_error_not_an_outa
     assert "not a Cluster, use redis://" in str(error)
 
 
+@pytest.mark.parametrize("policy", ["noeviction", "allkeys-lru", "volatile-ttl"])
+async def test_a_server_that_may_evict_a_users_index_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    """Under memory pressure such a server may drop a user's index while the sessions
+    stay, and signing out everywhere would miss them: said once, at the first login."""
+    server = RedisServer(tmp_path / "r", extra=("--maxmemory-policy", policy)).start()
+    store = RedisStore.from_url(server.url, prefix=unique_prefix())
+    try:
+        await store.save(make_record())  # anonymous: no index, no look
+        assert store._policy_check is None
+        for _ in range(2):
+            await store.save(make_record(user_id="alice"))
+        assert store._policy_check is not None
+        await store._policy_check
+    finally:
+        await store.aclose()
+        server.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "coatcheck"]
+    if policy == "noeviction":
+        assert warnings == []
+    else:
+        assert len(warnings) == 1
+        assert f"maxmemory-policy is {policy}" in warnings[0]
+
+
+async def test_a_cluster_is_asked_for_its_eviction_policy_node_by_node(
+    clustered: RedisStore, redis_cluster: RedisClusterServers, caplog: pytest.LogCaptureFixture
+) -> None:
+    (first, *_) = redis_cluster.nodes
+    with first.client() as node:
+        node.config_set("maxmemory-policy", "allkeys-random")
+    try:
+        await clustered.save(make_record(user_id="alice"))
+        assert clustered._policy_check is not None
+        await clustered._policy_check
+    finally:
+        with first.client() as node:
+            node.config_set("maxmemory-policy", "noeviction")
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "coatcheck"]
+    assert "maxmemory-policy is allkeys-random" in warning
+
+
 async def test_a_record_dead_when_written_is_hidden_and_soon_gone(any_redis: RedisStore) -> None:
     record = make_record(expires_at=NOW - HOUR)
 

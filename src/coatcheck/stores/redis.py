@@ -33,6 +33,7 @@ from typing import TypeVar
 from ..exceptions import ConfigurationError, MissingDependencyError, SessionConflictError
 from . import _redis_codec as codec
 from ._redis_codec import KeyNames
+from ._redis_policy import warn_if_evicting
 from ._turns import Turns
 from .base import Merge, SessionRecord, checked_retry_after
 
@@ -95,6 +96,8 @@ class RedisStore:
         self._names = KeyNames(prefix)
         self._scripts = Scripts(client)
         self._turns = Turns()
+        # The look at the eviction policy, started with the first login's save.
+        self._policy_check: asyncio.Future[None] | None = None
         # The fail-safe ordering Cluster needs; standalone, every write is one script.
         self._on_cluster = (
             ClusterWrites(client, self._scripts, self._names)
@@ -151,6 +154,8 @@ class RedisStore:
         expected_version: int | None = None,
         merge: Merge | None = None,
     ) -> bool:
+        if self._policy_check is None and record.user_id is not None:
+            self._policy_check = asyncio.ensure_future(warn_if_evicting(self.client))
         # One token per save, the same in every copy sent: see _again_if_broken.
         token = codec.save_token()
         if expected_version is None:
@@ -339,6 +344,10 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Close the connections of an owned client; its pool reconnects on next use."""
+        check = self._policy_check
+        if check is not None and not check.done():
+            check.cancel()
+            await asyncio.wait((check,))
         if self.owns_client:
             with translated(self.retry_after):
                 await self.client.aclose()
