@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from coatcheck import MemoryStore, SessionConfig, SessionNotLoadedError, SessionRecord, Store
@@ -249,6 +251,25 @@ async def test_revoking_a_device_that_gets_a_new_id_meanwhile_still_ends_it(
     store.rotate = phone._key
     assert await laptop.revoke(phone.public_id) is True
     assert [r.public_id for r in await store.list_user("alice", clock())] == [laptop.public_id]
+
+
+async def test_an_admin_revoke_by_public_id_ends_a_device_that_gets_a_new_id_meanwhile(
+    clock: FakeClock,
+) -> None:
+    """What ``coatcheck sessions revoke --id`` runs: the store's own listing, no session."""
+    from coatcheck._devices import end_device
+
+    store = _RotatingMidList()
+    persistence = Persistence(store, SessionConfig(clock=clock), None)
+    phone = await fresh(persistence)
+    phone.login("alice")
+    await saved(persistence, phone)
+    assert phone._key is not None
+    store.rotate = phone._key
+    listing = partial(store.list_user, "alice", clock())
+    assert await end_device(store, listing, phone.public_id) == (True, False)
+    assert await store.list_user("alice", clock()) == []
+    assert await end_device(store, listing, phone.public_id) == (False, False)
 
 
 async def test_revoke_others_and_revoke_all(persistence: Persistence, clock: FakeClock) -> None:

@@ -11,7 +11,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from .session import Session
+    from .stores.base import SessionRecord, Store
 
 
 def utc(timestamp: float) -> datetime:
@@ -73,22 +76,42 @@ async def revoke(session: Session, public_id: str) -> bool:
     if user_id is None:
         return False
     persistence = session._persistence
-    revoked = False
-    # A device given a new ID meanwhile (a login, regenerate()) keeps its public id under
-    # a new key: the delete then missed it, and the next pass finds it.
-    for _ in range(_REVOKE_PASSES):
-        records = await persistence.live_records(user_id, persistence.now())
-        record = next((r for r in records if r.public_id == public_id), None)
-        if record is None:
-            break
-        revoked = True
-        if session._stored is not None and record.key == session._stored.key:
-            session.destroy()
-            break
-        await persistence.store.delete(record.key)
+    current = session._stored.key if session._stored is not None else None
+    revoked, is_current = await end_device(
+        persistence.store,
+        lambda: persistence.live_records(user_id, persistence.now()),
+        public_id,
+        current,
+    )
+    if is_current:
+        session.destroy()
     if revoked:
         await persistence.emit(session, "revoked", user_id, public_id)
     return revoked
+
+
+async def end_device(
+    store: Store,
+    listing: Callable[[], Awaitable[list[SessionRecord]]],
+    public_id: str,
+    current: str | None = None,
+) -> tuple[bool, bool]:
+    """End the session with ``public_id`` among ``listing()``: whether one was found,
+    and whether it is ``current`` (the caller's own, left for it to end).
+
+    A device given a new ID meanwhile (a login, ``regenerate()``) keeps its public id
+    under a new key: the delete then missed it, and the next pass finds it.
+    """
+    found = False
+    for _ in range(_REVOKE_PASSES):
+        record = next((r for r in await listing() if r.public_id == public_id), None)
+        if record is None:
+            break
+        found = True
+        if record.key == current:
+            return True, True
+        await store.delete(record.key)
+    return found, False
 
 
 async def revoke_user(session: Session, *, keep_current: bool) -> int:

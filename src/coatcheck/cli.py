@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from . import __version__
-from ._devices import utc
+from ._devices import end_device, utc
 from ._persist import Persistence
 from ._printable import printable
 from .exceptions import ConfigurationError, MissingDependencyError
@@ -213,11 +213,8 @@ def revoke(
     async def work(s: Store) -> int:
         if public_id is None:
             return await s.delete_user(user, now=time.time())
-        for record in await s.list_user(user, time.time()):
-            if record.public_id == public_id:
-                await s.delete(record.key)
-                return 1
-        return 0
+        found, _ = await end_device(s, lambda: s.list_user(user, time.time()), public_id)
+        return int(found)
 
     removed = with_store(store, work)
     if public_id is not None and not removed:
