@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -62,6 +63,34 @@ async def test_file_uses_wal(sqlite_store: SQLiteStore, db_path: Path) -> None:
 
     with connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("first", ["save", "load"])
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_new_file_is_readable_by_its_owner_alone(
+    db_path: Path, first: str, inline: bool
+) -> None:
+    """It holds user ids, addresses and session data; its WAL files take its mode."""
+    store = SQLiteStore(db_path, inline_reads=inline)
+    try:
+        if first == "load":
+            assert await store.load(make_record().key, NOW) is None
+        await store.save(make_record())
+        for name in ("sessions.db", "sessions.db-wal", "sessions.db-shm"):  # while open
+            assert (db_path.parent / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        await store.aclose()
+
+
+async def test_an_existing_file_keeps_its_mode(db_path: Path) -> None:
+    os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o640))
+    os.chmod(db_path, 0o640)  # the umask may have taken some away
+    store = SQLiteStore(db_path)
+    try:
+        await store.save(make_record())
+    finally:
+        await store.aclose()
+    assert os.stat(db_path).st_mode & 0o777 == 0o640
 
 
 async def test_user_and_expiry_columns_are_indexed(

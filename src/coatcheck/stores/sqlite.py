@@ -9,13 +9,14 @@ a 503 with ``Retry-After`` instead of hanging or failing with a 500.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -247,6 +248,7 @@ class SQLiteStore:
         """Run a point read on this thread, or return None to send it to the pool."""
         try:
             if self._reader is None:
+                _create_private(self.path)  # a first read would make the file otherwise
                 reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 reader.execute("PRAGMA busy_timeout = 0")
                 reader.execute("PRAGMA query_only = 1")
@@ -317,6 +319,8 @@ class SQLiteStore:
         return work(db)
 
     def _connect(self) -> sqlite3.Connection:
+        if not self._ready:
+            _create_private(self.path)
         db = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -429,3 +433,12 @@ def _record(row: tuple[object, ...]) -> SessionRecord:
         idle_timeout=int(idle),  # type: ignore[call-overload]
         absolute_timeout=int(absolute),  # type: ignore[call-overload]
     )
+
+
+def _create_private(path: Path) -> None:
+    """Make a new database file readable by its owner alone (its WAL and shared-memory
+    files take the same mode): it holds user ids, addresses and session data. An
+    existing file keeps the mode it has; a folder that is missing is left for
+    SQLite to report."""
+    with suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
