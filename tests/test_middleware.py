@@ -201,6 +201,29 @@ async def test_a_vary_header_of_the_app_gains_cookie(
     assert sorted(value.strip().lower() for value in line.split(",")) == expected
 
 
+async def test_headers_an_app_gives_as_any_iterable_are_kept(
+    store: CountingStore, config: SessionConfig
+) -> None:
+    """ASGI lets an app send its headers as any iterable, a generator included."""
+
+    async def raw(scope: Scope, receive: Receive, send: Send) -> None:
+        session = scope["session"]
+        await session.load()
+        session.setdefault("n", 1)  # stored by the first request, only read after
+        pairs = [(b"content-type", b"text/plain"), (b"x-kept", b"yes")]
+        await send({"type": "http.response.start", "status": 200, "headers": iter(pairs)})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with client_for(SessionMiddleware(raw, store=store, config=config)) as client:
+        first = await client.get("/")
+        read = await client.get("/", headers=cookie(ticket(first)))
+    for response in (first, read):
+        assert response.headers["x-kept"] == "yes"
+        assert response.headers["content-type"] == "text/plain"
+        assert response.headers["vary"] == "Cookie"
+    assert "set-cookie" not in read.headers
+
+
 async def test_vary_cookie_survives_middleware_that_reads_only_the_first_vary_line(
     store: CountingStore, config: SessionConfig
 ) -> None:

@@ -333,6 +333,8 @@ def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) ->
     """Add the session's headers, and ``Vary: Cookie`` (and the token header, when
     there is one) since the response read the session."""
     headers: Headers = message.get("headers", [])
+    if type(headers) is not list:  # ASGI allows any iterable, read twice below
+        headers = list(headers)
     if extra:
         if any(name == b"cache-control" for name, _ in extra):
             headers = [pair for pair in headers if pair[0].lower() != b"cache-control"]
