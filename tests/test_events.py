@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import httpx
 import pytest
 from starlette.requests import Request
@@ -206,3 +207,33 @@ async def test_a_session_ended_and_stored_anew_in_one_request_is_reported_as_end
             ("created", None, anonymous),
         ]
         assert anonymous not in (alice_id, bob_id)
+
+
+async def test_a_hook_that_asks_for_the_session_during_its_load_is_told_not_to(
+    clock: FakeClock,
+) -> None:
+    """``expired`` is reported while the session loads; a hook asking for that session
+    there gets an error (logged, the request goes on), not a load waiting for itself."""
+    from coatcheck import MemoryStore
+    from coatcheck.fastapi import get_session
+
+    told: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        try:
+            await get_session()
+        except RuntimeError as exc:
+            told.append(str(exc))
+
+    store = MemoryStore()
+    long = SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
+    async with client_for(make_app(store, long)) as client:
+        alice = ticket(await client.post("/login"))
+    clock.advance(200)
+    short = SessionConfig(idle_timeout=100, absolute_timeout=10_000, clock=clock)
+    async with client_for(make_app(store, short, events=[hook])) as client:
+        with anyio.fail_after(5):
+            read = await client.get("/read", headers=alice)
+    assert read.json()["user"] is None
+    assert len(told) == 1
+    assert "still loading" in told[0]

@@ -86,7 +86,7 @@ class Session(MutableMapping[str, Any]):
     _client: tuple[str, int] | None  # scope["client"]: the address, for record_ip
     _path: str
     _loaded: bool
-    _loading: bool  # a load is under way, in this task or another of the same request
+    _loading: asyncio.Task[Any] | None  # the task loading it now, if one is
     _waiter: asyncio.Event | None  # set when it ends, made once a second load waits
     _by_header: bool  # the client sent its token in SessionConfig.token_header, not a cookie
     _cookie_final: bool  # the response has started: the cookie can no longer change
@@ -123,8 +123,8 @@ class Session(MutableMapping[str, Any]):
         self._path = scope.get("path", "")
         # Everything else is set by _adopt() when the session loads: a request that never
         # touches its session pays for six attributes, not all of them.
-        self._loaded = self._loading = False
-        self._waiter = None
+        self._loaded = False
+        self._loading = self._waiter = None
         self._cookie_final = False
 
     @staticmethod
@@ -147,16 +147,21 @@ class Session(MutableMapping[str, Any]):
         """
         if self._loaded:
             return self
-        if self._loading:
+        if self._loading is not None:
+            if self._loading is asyncio.current_task():
+                raise RuntimeError(
+                    "the session is still loading: code that runs during the load (an "
+                    "event hook, a user loader) cannot load it again"
+                )
             if self._waiter is None:
                 self._waiter = asyncio.Event()
             await self._waiter.wait()
             return await self.load()  # loaded now, or that load failed: this one tries
-        self._loading = True
+        self._loading = asyncio.current_task()
         try:
             await self._persistence.load(self)
         finally:
-            self._loading = False
+            self._loading = None
             if self._waiter is not None:
                 self._waiter.set()
                 self._waiter = None
