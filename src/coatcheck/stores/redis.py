@@ -33,7 +33,6 @@ from typing import TypeVar
 from ..exceptions import ConfigurationError, MissingDependencyError, SessionConflictError
 from . import _redis_codec as codec
 from ._redis_codec import KeyNames
-from ._redis_policy import warn_if_evicting
 from ._turns import Turns
 from .base import Merge, SessionRecord, checked_retry_after
 
@@ -43,6 +42,7 @@ try:
     from ._redis_batch import Call, run_commands, run_scripts, scan_tagged
     from ._redis_cluster import ClusterWrites
     from ._redis_errors import REDIS_ERRORS, broken_under_us, translate, translated
+    from ._redis_policy import warn_if_evicting
     from ._redis_scripts import Scripts
     from ._redis_url import RedisClient, client_from_url
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
@@ -96,8 +96,7 @@ class RedisStore:
         self._names = KeyNames(prefix)
         self._scripts = Scripts(client)
         self._turns = Turns()
-        # The look at the eviction policy, started with the first login's save.
-        self._policy_check: asyncio.Future[None] | None = None
+        self._policy_checked = False  # the eviction policy, looked at after a first login
         # The fail-safe ordering Cluster needs; standalone, every write is one script.
         self._on_cluster = (
             ClusterWrites(client, self._scripts, self._names)
@@ -154,8 +153,21 @@ class RedisStore:
         expected_version: int | None = None,
         merge: Merge | None = None,
     ) -> bool:
-        if self._policy_check is None and record.user_id is not None:
-            self._policy_check = asyncio.ensure_future(warn_if_evicting(self.client))
+        saved = await self._save(record, replaces, expected_version, merge)
+        if not self._policy_checked and record.user_id is not None:
+            # Once, after the save rather than beside it: a Cluster pool of one
+            # connection per node fails a second command at once.
+            self._policy_checked = True
+            await warn_if_evicting(self.client)
+        return saved
+
+    async def _save(
+        self,
+        record: SessionRecord,
+        replaces: str | None,
+        expected_version: int | None,
+        merge: Merge | None,
+    ) -> bool:
         # One token per save, the same in every copy sent: see _again_if_broken.
         token = codec.save_token()
         if expected_version is None:
@@ -344,10 +356,6 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Close the connections of an owned client; its pool reconnects on next use."""
-        check = self._policy_check
-        if check is not None and not check.done():
-            check.cancel()
-            await asyncio.wait((check,))
         if self.owns_client:
             with translated(self.retry_after):
                 await self.client.aclose()
