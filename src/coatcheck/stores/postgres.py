@@ -421,9 +421,6 @@ class PostgresStore:
         more (a save never does: ``idempotent`` is false for it).
         """
         for attempt in (1, 2):
-            if self._refused is not None and self._refused[1]:
-                # libpq refused the options themselves: no later attempt can succeed.
-                raise StoreError(f"PostgreSQL session store cannot connect: {self._refused[0]}")
             try:
                 return await self._within(self._attempt(work))
             except _UNAVAILABLE as exc:
@@ -615,10 +612,12 @@ def _recording(store: PostgresStore) -> type[Connection]:
             try:
                 connection = await super().connect(conninfo, **kwargs)
             except psycopg.Error as exc:
-                # "connection is bad" is libpq refusing an option's value before it
-                # reaches any server (``sslmode=bogus``): the same every time.
+                # "connection is bad" without a server named is libpq refusing an
+                # option's value (``sslmode=bogus``): the same every time. With one, it
+                # is a unix socket that is not there (yet): an outage.
                 told = _describe(exc)
-                store._refused = (told, told.startswith("connection is bad:"))
+                permanent = told.startswith("connection is bad:") and "server" not in told
+                store._refused = (told, permanent)
                 raise
             store._refused = None
             return connection
