@@ -198,8 +198,9 @@ class LockStep(CountingStore):
     each count of her sessions, each waits until the other has done the same. Both are
     stored before either counts, so each sees the other: the race at its closest."""
 
-    def __init__(self, inner: Store) -> None:
+    def __init__(self, inner: Store, user: str = "alice") -> None:
         super().__init__(inner)
+        self.user = user
         self.armed = False
         self._waiting: dict[str, list[asyncio.Event]] = {"save": [], "list": []}
 
@@ -215,7 +216,7 @@ class LockStep(CountingStore):
 
     async def save(self, record: SessionRecord, **options: Any) -> bool:
         saved = await super().save(record, **options)
-        if self.armed and record.user_id == "alice":
+        if self.armed and record.user_id == self.user:
             await self._meet("save")
         return saved
 
@@ -246,6 +247,59 @@ async def test_logins_racing_past_the_limit_do_not_end_each_other(any_store: Sto
         assert "set-cookie" not in lost.headers
     (kept,) = await any_store.list_user("alice", config.clock())
     assert kept.key == store_key(ticket(won))
+
+
+async def test_sessions_that_racing_logins_end_are_each_reported_once(any_store: Store) -> None:
+    """Both logins end the user's older session; the one that stays alone says so."""
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    store = LockStep(any_store)
+    config = SessionConfig(max_sessions_per_user=1)
+    async with client_for(make_app(store, config, events=[hook])) as client:
+        await client.post("/login")
+        (older,) = [event.session for event in seen if event.kind == "logged_in"]
+        carts = [ticket(await client.post(f"/append?item={item}")) for item in ("tea", "jam")]
+        store.armed = True
+        responses = await asyncio.gather(
+            *(client.post("/login", headers={"cookie": f"{NAME}={sid}"}) for sid in carts)
+        )
+        store.armed = False
+    assert sorted(response.status_code for response in responses) == [200, 409]
+    evicted = [event.session for event in seen if event.kind == "evicted"]
+    assert evicted.count(older) == 1
+    assert len(evicted) == len(set(evicted))
+
+
+async def test_a_switch_of_user_that_loses_a_race_still_reports_the_ended_session(
+    any_store: Store,
+) -> None:
+    """Alice's browser signs in as bob while another device of bob does, past his limit.
+    Whichever login stays, alice's session was replaced, and that is reported."""
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    store = LockStep(any_store, user="bob")
+    config = SessionConfig(max_sessions_per_user=1)
+    async with client_for(make_app(store, config, events=[hook])) as client:
+        alice = ticket(await client.post("/login"))
+        (alices,) = [event.session for event in seen if event.kind == "logged_in"]
+        other = ticket(await client.post("/append?item=tea"))
+        store.armed = True
+        responses = await asyncio.gather(
+            *(
+                client.post("/login?user=bob", headers={"cookie": f"{NAME}={sid}"})
+                for sid in (alice, other)
+            )
+        )
+        store.armed = False
+    assert sorted(response.status_code for response in responses) == [200, 409]
+    ended = [(e.user_id, e.session) for e in seen if e.kind == "logged_out"]
+    assert ended == [("alice", alices)]
 
 
 async def test_logins_refused_in_a_race_keep_their_carts(any_store: Store) -> None:

@@ -365,6 +365,8 @@ class Persistence:
     ) -> None:
         """Apply the per-user limit to a session stored under a new ID, and announce it
         (and the end of ``ended``, the session it replaced, if any)."""
+        if ended is not None:  # replaced already, whatever the limit decides next
+            await self.emit(session, "logged_out", ended.user_id, ended.public_id)
         user_id = session._user_id
         if user_id is not None and self.config.max_sessions_per_user is not None:
             try:
@@ -375,8 +377,6 @@ class Persistence:
             except StoreUnavailableError as exc:
                 # The login itself is stored: answering 503 now would lose its cookie.
                 logger.warning("could not count or end the sessions past the limit: %s", exc)
-        if ended is not None:
-            await self.emit(session, "logged_out", ended.user_id, ended.public_id)
         if stored is None or ended is not None:
             await self.emit(session, "created", record.user_id, record.public_id)
         if logged_in:
@@ -651,17 +651,19 @@ class Persistence:
         excess = len(records) - limit
         if excess <= 0:
             return
+        # Racing logins each end the same sessions; the newest alone reports them.
+        reports = not logged_in or records[-1].key == key
         if not logged_in:
             records = [record for record in records if record.key != key]
         ended = records[:excess]
         for record in ended:
             await self.store.delete(record.key)
-        for record in ended:
-            if record.key != key:  # that one is this request's own: a 409, no event
-                await self.emit(session, "evicted", record.user_id, record.public_id)
         if any(record.key == key for record in ended):
             session._stored = None
             raise SessionEndedError("a parallel login of this user took the last place")
+        if reports:
+            for record in ended:
+                await self.emit(session, "evicted", record.user_id, record.public_id)
 
     async def at_limit(self, user_id: str, replaced: str | None) -> bool:
         """Whether a login as ``user_id`` that replaces the session stored under
