@@ -149,6 +149,8 @@ def test_bad_session_settings_are_rejected(options: dict[str, object], message: 
         ({"max_form_bytes": True}, "max_form_bytes"),
         ({"header_name": "bad header"}, "not a header name"),
         ({"form_field": ""}, "form_field"),
+        ({"form_field": 'a"b'}, "plain field name"),  # escaped in a multipart body
+        ({"form_field": "csrf token"}, "plain field name"),
     ],
 )
 def test_bad_csrf_settings_are_rejected(options: dict[str, object], message: str) -> None:

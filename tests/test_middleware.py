@@ -182,6 +182,7 @@ async def test_cache_control_of_the_app_is_replaced_when_a_cookie_is_set(
         ("Origin, Set-Cookie", ["cookie", "origin", "set-cookie"]),
         ("Origin, cookie", ["cookie", "origin"]),  # already there: not repeated
         ("*", ["*"]),  # varies on everything already
+        ("", ["cookie"]),  # an empty line of the app's own
     ],
 )
 async def test_a_vary_header_of_the_app_gains_cookie(

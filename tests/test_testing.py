@@ -131,7 +131,9 @@ def guarded_app(store: Store, config: SessionConfig) -> FastAPI:
     return app
 
 
-@pytest.mark.parametrize("base_url", [TEST_BASE_URL, "https://app.example.com"])
+@pytest.mark.parametrize(
+    "base_url", [TEST_BASE_URL, "https://app.example.com", "https://[::1]:8443"]
+)
 def test_a_session_cookie_set_for_a_test_follows_the_apps_new_ids(base_url: str) -> None:
     """The cookie of a login that gives the session a new ID replaces the one the test
     set, rather than go beside it: two cookies would read as no session at all."""

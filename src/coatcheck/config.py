@@ -22,6 +22,7 @@ SameSite = Literal["lax", "strict", "none"]
 # What a login past ``max_sessions_per_user`` does: end the oldest others, or fail.
 SessionLimitPolicy = Literal["end_oldest", "refuse_login"]
 
+_FIELD = re.compile(r"[A-Za-z0-9_.\-]+")  # a form field's name, the same in any encoding
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token: a valid cookie name
 _ATTRIBUTE_VALUE = re.compile(r"^[\x21-\x3a\x3c-\x7e]+$")  # printable ASCII without ';'
 
@@ -133,8 +134,12 @@ class CSRFConfig:
         if not isinstance(self.header_name, str) or not _TOKEN.match(self.header_name):
             raise ConfigurationError(f"header_name {self.header_name!r} is not a header name")
         object.__setattr__(self, "header_name", self.header_name.lower())
-        if not isinstance(self.form_field, str) or not self.form_field:
-            raise ConfigurationError(f"form_field must name a form field, got {self.form_field!r}")
+        if not isinstance(self.form_field, str) or not _FIELD.fullmatch(self.form_field):
+            # A quote or a space would be escaped in a multipart body, and never match.
+            raise ConfigurationError(
+                f"form_field must be a plain field name (letters, digits, _ - .), "
+                f"got {self.form_field!r}"
+            )
         _count("anonymous_token_max_age", self.anonymous_token_max_age, 1)
         _count("max_form_bytes", self.max_form_bytes, 1)
 

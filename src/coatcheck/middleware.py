@@ -357,7 +357,7 @@ def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) ->
             # this one would then drop ``Cookie`` as it rewrote the header.
             name, value = headers[first]
             headers = list(headers)
-            headers[first] = (name, b", ".join([value, *missing]))
+            headers[first] = (name, b", ".join([value, *missing] if value.strip() else missing))
     message["headers"] = headers
 
 

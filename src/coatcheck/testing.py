@@ -159,6 +159,8 @@ def set_session_cookie(client: _Client, value: str, config: SessionConfig | None
     session cookies, reads neither.
     """
     host = client.base_url.host
+    if ":" in host:  # an IPv6 address, which the jar keeps in brackets
+        host = f"[{host}]"
     # How the standard library's cookie jar names a host without a dot.
     domain = host if "." in host else f"{host}.local"
     name = (config or SessionConfig()).cookie.name

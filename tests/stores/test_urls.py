@@ -239,9 +239,12 @@ def test_a_password_that_needs_escaping_is_neither_shown_nor_guessed_at(url: str
     assert "percent-encoded" in message or "host:port" in message
 
 
-def test_a_database_named_twice_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="by path or by \\?db=, not both"):
+async def test_two_databases_named_at_once_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="the path and \\?db= name two databases"):
         store_from_url("redis://127.0.0.1:6379/3?db=5")
+    store = store_from_url("redis://127.0.0.1:6379/3?db=3")  # the same one, twice: fine
+    assert isinstance(store, RedisStore)
+    assert store.client.connection_pool.connection_kwargs["db"] == 3
 
 
 async def test_a_unix_socket_takes_its_password_as_redis_py_documents_it() -> None:

@@ -95,8 +95,9 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
             raise ConfigurationError(
                 f"the path of a Redis URL is a database number, got {url!r}{hint}"
             )
-        if parts.scheme != "unix" and parts.path.strip("/") and "db" in options:
-            raise ConfigurationError(f"give the database by path or by ?db=, not both: {url!r}")
+        path_db = parts.path.strip("/")
+        if parts.scheme != "unix" and path_db and options.get("db", path_db) != path_db:
+            raise ConfigurationError(f"the path and ?db= name two databases: {url!r}")
         plain = urlunsplit(parts._replace(query=urlencode(options)))
         # One quick retry on a broken connection (a server restart leaves the pooled
         # ones dead); none on a timeout, which has already waited.
@@ -152,9 +153,9 @@ def _sentinel_client(
     for name, value in options.items():
         settings[name] = _OPTION_TYPES.get(name, str)(value)
     asked = {name: value for name, value in settings.items() if name.startswith(("socket_", "ssl"))}
-    # Each Sentinel asked once, within the timeout: redis-py's default retries a hung
-    # one three times with growing pauses, which kept a request waiting for a minute.
-    asked["retry"] = Retry(NoBackoff(), 0)
+    # A hung Sentinel is asked once, within the timeout (redis-py's default retries it
+    # three times with growing pauses: a minute); a broken connection, once more.
+    asked["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
     settings["db"] = int(db or settings.get("db", 0))
     # As for a single node: one quick retry, which asks the Sentinels where the master
     # is now, so requests find a promoted replica by themselves after a failover.
