@@ -381,8 +381,20 @@ async def test_logout_deletes_server_side_and_clears_the_cookie(
     assert "Max-Age=0" in header
     assert "Secure" in header
     assert response.headers["cache-control"] == "no-store"
+    # The pages the browser keeps for Back (its back/forward cache ignores no-store).
+    assert response.headers["clear-site-data"] == '"cache"'
     assert await store.inner.count(0) == 0
     assert (await client.get("/read", headers=cookie(sid))).json()["user"] is None
+
+
+async def test_a_login_as_someone_else_clears_the_previous_users_pages(
+    client: httpx.AsyncClient,
+) -> None:
+    alice = ticket(await client.post("/login"))
+    switched = await client.post("/login?user=bob", headers=cookie(alice))
+    assert switched.headers["clear-site-data"] == '"cache"'
+    again = await client.post("/login?user=bob", headers=cookie(ticket(switched)))
+    assert "clear-site-data" not in again.headers  # the same user: nothing of anyone else
 
 
 async def test_clearing_every_key_of_an_anonymous_session_deletes_it(
@@ -391,6 +403,7 @@ async def test_clearing_every_key_of_an_anonymous_session_deletes_it(
     sid = await start_session(client)
     response = await client.post("/clear", headers=cookie(sid))
     assert "Max-Age=0" in response.headers["set-cookie"]
+    assert "clear-site-data" not in response.headers  # no one signed out: a cart emptied
     assert await store.inner.count(0) == 0
 
 

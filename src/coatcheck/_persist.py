@@ -45,6 +45,9 @@ logger = logging.getLogger("coatcheck")
 security_log = logging.getLogger("coatcheck.security")
 
 _NO_STORE = (b"cache-control", b"no-store")
+# On a logout: browsers drop the origin's cached pages, the back/forward cache included,
+# which keeps signed-in pages even when they were sent ``no-store``.
+_CLEAR_CACHE = (b"clear-site-data", b'"cache"')
 _MAX_USER_AGENT = 256
 _MAX_IP_ADDRESS = 64  # an IPv6 address with a zone index fits; anything longer is not one
 _LATE_UNSEALED = (
@@ -259,7 +262,7 @@ class Persistence:
             session._stored, session._raw = None, self._empty
             session._modified = session._exposed = session._meta_changed = False
             await self.emit(session, "logged_out", stored.user_id, stored.public_id)
-            return [self._ticket(session, None, None), _NO_STORE]
+            return [self._ticket(session, None, None), _NO_STORE, *self._cleared(session, stored)]
 
         if session._id is None:
             session._id = new_session_id()
@@ -338,7 +341,15 @@ class Persistence:
             return []  # stored under the ID the browser already holds
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         ticket = self._ticket(session, sealed or session._id, max_age)
-        return [ticket, *await self._end_imported(session, replaced=True), _NO_STORE]
+        imported = await self._end_imported(session, replaced=True)
+        return [ticket, *imported, _NO_STORE, *self._cleared(session, replaced)]
+
+    def _cleared(self, session: Session, ended: SessionRecord | None) -> Headers:
+        """``Clear-Site-Data`` for a browser whose signed-in session just ended: the pages
+        it showed that user must not come back with the Back button."""
+        if ended is None or ended.user_id is None or session._by_header:
+            return []
+        return [_CLEAR_CACHE]
 
     def _address(self, session: Session) -> str:
         """The client address to keep with the record: only under ``record_ip``."""
