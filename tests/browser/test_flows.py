@@ -18,6 +18,7 @@ import pytest
 from .conftest import (
     PHONE,
     TEST_DOMAIN,
+    VIEWPORT,
     DemoServer,
     LaunchProfile,
     NewContext,
@@ -29,6 +30,7 @@ from .conftest import (
     expect_login_form,
     expect_signed_in,
     jar,
+    launch_options,
     named_url,
     new_profile,
     screenshot,
@@ -39,7 +41,7 @@ from .conftest import (
 )
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, Page
+    from playwright.sync_api import BrowserContext, Page, Playwright
 
 pytestmark = pytest.mark.e2e
 
@@ -346,6 +348,38 @@ def test_idle_session_ends_and_the_page_asks_to_sign_in_again(
 
     expect_login_form(page)
     expect(cart_items(page)).to_have_count(0)
+
+
+def test_back_after_logout_does_not_bring_the_signed_in_page_back(
+    start_server: StartServer, playwright: Playwright
+) -> None:
+    """A shared computer: the next person presses Back. Chromium's back/forward cache
+    keeps pages even when they were sent ``no-store``; the logout's ``Clear-Site-Data``
+    drops them. (Playwright turns that cache off by default; here it is on, as for users.)
+    """
+    server = start_server(name="back-button")
+    browser = playwright.chromium.launch(
+        **launch_options(), ignore_default_args=["--disable-back-forward-cache"]
+    )
+    try:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        page.goto(server.url)
+        add_item(page, "secret gift")
+        sign_in(page, "alice")
+        expect_signed_in(page, "alice")
+        submit(page, page.get_by_role("link", name="/docs"))  # away, so the page is kept
+        page.goto(server.url)
+        expect_signed_in(page, "alice")
+        sign_out(page)
+        expect_login_form(page)
+        for _ in range(3):
+            page.go_back(wait_until="commit")
+            page.wait_for_load_state()
+            body = page.inner_text("body")
+            assert "Signed in as alice" not in body
+            assert "secret gift" not in body
+    finally:
+        browser.close()
 
 
 # -- the sign-in form's error ------------------------------------------------------------
