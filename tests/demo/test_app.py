@@ -972,3 +972,64 @@ def test_environment_defaults_to_the_sqlite_file_and_plain_http_cookies() -> Non
     assert settings.store_url == "sqlite:///coatcheck-demo.db"
     assert settings.secure_cookies is False
     assert settings.session_config().cookie.name == "session"
+
+
+# -- answers a browser can read, whatever went wrong -------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_page_signed_out_meanwhile_gets_the_page_back_from_sign_out_everywhere(
+    app: FastAPI,
+) -> None:
+    """Its form posts for a user who is gone: the page, with the sign-in form, not JSON."""
+    async with browser(app) as client:
+        await login(client)
+        await client.post("/logout", headers=JSON)  # another tab signed out
+        stale = await client.post("/sessions/revoke-all", headers=FORM)
+        assert stale.status_code == 303
+        assert stale.headers["location"] == "/"
+        api = await client.post("/sessions/revoke-all", headers=JSON)
+    assert api.status_code == 401  # an API caller still gets the 401
+
+
+@pytest.mark.anyio
+async def test_a_cart_past_what_the_cookie_holds_gets_a_readable_page() -> None:
+    app = create_app(store_url="cookie://", secret="s" * 32)
+    item = "x" * 190
+    async with browser(app, base_url="http://demo.test") as client:
+        added = 0
+        while added < 100:
+            response = await client.post("/cart/items", data={"item": item}, headers=FORM)
+            if response.status_code != 303:
+                break
+            added += 1
+        assert response.status_code == 413
+        assert response.headers["content-type"].startswith("text/html")
+        assert "no more fits in the session" in response.text
+        cart = await client.get("/cart", headers=JSON)
+        api = await client.post("/cart/items", json={"item": item})
+    assert 0 < added < 100
+    assert len(cart.json()["items"]) == added  # the cart as it was
+    assert api.status_code == 413
+    assert "no more fits" in api.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_a_store_that_is_down_gets_browsers_a_page_and_api_callers_json() -> None:
+    from ..redis_servers import free_port
+
+    app = create_app(store_url=f"redis://127.0.0.1:{free_port()}/0?timeout=0.5")
+    try:
+        async with browser(app) as client:
+            ticket = {"cookie": f"session={'A' * 43}"}  # the session must be looked up
+            page = await client.get("/", headers={"accept": "text/html,*/*;q=0.8", **ticket})
+            api = await client.get("/me", headers={**JSON, **ticket})
+    finally:
+        await app.state.store.aclose()
+    assert page.status_code == 503
+    assert page.headers["retry-after"]
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Try again in a few seconds" in page.text
+    assert api.status_code == 503
+    assert api.headers["retry-after"]
+    assert api.json() == {"detail": "Session store unavailable, please retry shortly."}

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from .. import __version__
 from ..exceptions import NotSupportedError
@@ -23,7 +23,7 @@ from ..session import Session
 from ..stores import store_from_url
 from ..stores.base import cookie_sealer_of
 from .inputs import PageError, from_page
-from .pages import STATIC_DIR, render_home
+from .pages import STATIC_DIR, render_home, unavailable_page
 from .routes import CONFIRM_FIRST, router
 from .settings import DEFAULT_STORE, SHARED_COMPUTER_IDLE, DemoSettings
 
@@ -69,7 +69,12 @@ def create_app(
     app.state.stateless = cookie_sealer_of(store) is not None  # sessions live in cookies
     # What a sign-in on a shared computer asks for: never more than the configured limit.
     app.state.shared_idle = min(int(SHARED_COMPUTER_IDLE.total_seconds()), config.normal.idle)
-    app.add_middleware(SessionMiddleware, store=store, config=config)
+    app.add_middleware(
+        SessionMiddleware,
+        store=store,
+        config=config,
+        unavailable=unavailable_page(app.state.store_label),
+    )
     app.add_exception_handler(PageError, _show_page_error)
     app.add_exception_handler(HTTPException, _page_for_form_posts)
     app.add_exception_handler(NotSupportedError, _not_supported)
@@ -113,7 +118,11 @@ async def _page_for_form_posts(request: Request, exc: Exception) -> Response:
     password; everything else, and every API caller, gets FastAPI's JSON answer."""
     assert isinstance(exc, HTTPException)
     challenge = (exc.headers or {}).get("WWW-Authenticate", "")
-    if "insufficient_user_authentication" in challenge and from_page(request):
+    if exc.status_code == 401 and from_page(request):
+        if "insufficient_user_authentication" not in challenge:
+            # Signed out meanwhile (another tab, the idle limit): the page offers the
+            # sign-in form.
+            return RedirectResponse("/", status_code=303)
         page = await _show_page_error(request, PageError(CONFIRM_FIRST, 401))
         page.headers.update(exc.headers or {})  # the step-up challenge, not the plain one
         return page

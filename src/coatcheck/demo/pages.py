@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ from typing import Any
 import jinja2
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..session import Session
+from .inputs import wants_json
 from .settings import RECENT_LOGIN
 from .users import DEMO_CREDENTIALS
 
@@ -142,3 +145,30 @@ def _span(seconds: int) -> str:
     """``300`` as "5 minutes", ``3`` as "3 seconds"."""
     count, unit = (seconds // 60, "minute") if seconds % 60 == 0 else (seconds, "second")
     return f"{count} {unit}{'' if count == 1 else 's'}"
+
+
+def unavailable_page(store_label: str) -> Callable[[int], ASGIApp]:
+    """The middleware's ``unavailable=``: the store is down. Browsers get a page that
+    says so in words; API callers the library's JSON; both with ``Retry-After``."""
+
+    def answer(retry_after: int) -> ASGIApp:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            request = Request(scope, receive)
+            headers = {"Retry-After": str(retry_after), "Cache-Control": "no-store"}
+            if wants_json(request) or "text/html" not in request.headers.get("accept", ""):
+                detail = "Session store unavailable, please retry shortly."
+                response: Response = JSONResponse({"detail": detail}, 503, headers=headers)
+            else:
+                context = {"user": None, "store_label": store_label, "retry_after": retry_after}
+                response = templates.TemplateResponse(
+                    request,
+                    "unavailable.html",
+                    context,
+                    status_code=503,
+                    headers={**HTML_HEADERS, **headers},
+                )
+            await response(scope, receive, send)
+
+        return app
+
+    return answer

@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
+from ..exceptions import SessionTooLargeError
 from ..fastapi import (
     CurrentUser,
     RequiredUser,
@@ -181,10 +182,19 @@ async def add_item(request: Request, session: SessionDep) -> Response | Cart:
         return [*items, item] if added else items
 
     if added:
+        before = _cart(session)
         session.modify("cart", add, default=[])
         # Saved now rather than as the response starts, so the answer says what the
         # store holds: 201 only for an item that is in the cart.
-        await session.save()
+        try:
+            await session.save()
+        except SessionTooLargeError:
+            # Only the cookie store is this small: the cart as it was stays.
+            session["cart"] = before
+            message = "The cart is full: no more fits in the session's cookie."
+            if wants_json(request):
+                raise HTTPException(status_code=413, detail=message) from None
+            raise PageError(message, 413) from None
     if not added:
         message = f"The cart is full ({MAX_CART_ITEMS} items)."
         if wants_json(request):
