@@ -235,19 +235,22 @@ class _RotatingMidList(MemoryStore):
         return records
 
 
+async def _signed_in(persistence: Persistence) -> Session:
+    """A stored session of alice's, as a device of hers holds it."""
+    device = await fresh(persistence)
+    device.login("alice")
+    await saved(persistence, device)
+    assert device._key is not None
+    return device
+
+
 async def test_revoking_a_device_that_gets_a_new_id_meanwhile_still_ends_it(
     clock: FakeClock,
 ) -> None:
     store = _RotatingMidList()
     persistence = Persistence(store, SessionConfig(clock=clock), None)
-    phone = await fresh(persistence)
-    phone.login("alice")
-    await saved(persistence, phone)
-    laptop = await fresh(persistence)
-    laptop.login("alice")
-    await saved(persistence, laptop)
+    phone, laptop = await _signed_in(persistence), await _signed_in(persistence)
 
-    assert phone._key is not None
     store.rotate = phone._key
     assert await laptop.revoke(phone.public_id) is True
     assert [r.public_id for r in await store.list_user("alice", clock())] == [laptop.public_id]
@@ -260,11 +263,7 @@ async def test_an_admin_revoke_by_public_id_ends_a_device_that_gets_a_new_id_mea
     from coatcheck._devices import end_device
 
     store = _RotatingMidList()
-    persistence = Persistence(store, SessionConfig(clock=clock), None)
-    phone = await fresh(persistence)
-    phone.login("alice")
-    await saved(persistence, phone)
-    assert phone._key is not None
+    phone = await _signed_in(Persistence(store, SessionConfig(clock=clock), None))
     store.rotate = phone._key
     listing = partial(store.list_user, "alice", clock())
     assert await end_device(store, listing, phone.public_id) == (True, False)
