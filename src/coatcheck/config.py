@@ -41,7 +41,7 @@ def _seconds(name: str, value: Duration) -> int:
     return int(seconds)
 
 
-def _count(name: str, value: object, least: int) -> None:
+def check_count(name: str, value: object, least: int) -> None:
     """Refuse ``value`` unless it is a whole number of at least ``least``: a float or a
     string would fail only later, mid-request, or go out as ``Retry-After: 2.5``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -140,8 +140,8 @@ class CSRFConfig:
                 f"form_field must be a plain field name (letters, digits, _ - .), "
                 f"got {self.form_field!r}"
             )
-        _count("anonymous_token_max_age", self.anonymous_token_max_age, 1)
-        _count("max_form_bytes", self.max_form_bytes, 1)
+        check_count("anonymous_token_max_age", self.anonymous_token_max_age, 1)
+        check_count("max_form_bytes", self.max_form_bytes, 1)
 
 
 def _listed(name: str, values: Sequence[str], what: str) -> tuple[str, ...]:
@@ -359,9 +359,9 @@ class SessionConfig:
         if not 0 <= self.refresh_fraction <= 0.1:
             raise ConfigurationError("refresh_fraction must be between 0 and 0.1")
         object.__setattr__(self, "eager_paths", _path_prefixes("eager_paths", self.eager_paths))
-        _count("max_session_bytes", self.max_session_bytes, 1024)
+        check_count("max_session_bytes", self.max_session_bytes, 1024)
         if self.max_sessions_per_user is not None:
-            _count("max_sessions_per_user", self.max_sessions_per_user, 1)
+            check_count("max_sessions_per_user", self.max_sessions_per_user, 1)
         if self.at_session_limit not in ("end_oldest", "refuse_login"):
             raise ConfigurationError(
                 f"at_session_limit must be 'end_oldest' or 'refuse_login', "
@@ -378,7 +378,7 @@ class SessionConfig:
         if self.token_header is not None:
             _check_token_header(self.token_header, self.csrf.header_name)
             object.__setattr__(self, "token_header", self.token_header.lower())
-        _count("retry_after", self.retry_after, 1)  # whole seconds: what Retry-After allows
+        check_count("retry_after", self.retry_after, 1)  # whole seconds: what Retry-After allows
         if isinstance(self.secret_keys, (str, bytes)):
             raise ConfigurationError("secret_keys takes a list: the first signs, all verify")
         if any(len(k.encode() if isinstance(k, str) else k) < 16 for k in self.secret_keys):

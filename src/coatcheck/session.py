@@ -122,7 +122,7 @@ class Session(MutableMapping[str, Any]):
         self._client = scope.get("client")
         self._path = scope.get("path", "")
         # Everything else is set by _adopt() when the session loads: a request that never
-        # touches its session pays for six attributes, not all of them.
+        # touches its session pays for eight attributes, not all of them.
         self._loaded = False
         self._loading = self._waiter = None
         self._cookie_final = False

@@ -12,17 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from ..exceptions import ConfigurationError
+from ..config import check_count
 
 if TYPE_CHECKING:
     from .._sealing import CookieSealer
 
 
 def checked_retry_after(value: int | None) -> int | None:
-    """A store's own ``retry_after``: None (the middleware's), or whole seconds, which
-    is all a ``Retry-After`` header may carry."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigurationError(f"retry_after must be a whole number of at least 1, got {value!r}")
+    """A store's own ``retry_after``: None (the middleware's), or whole seconds, as
+    ``SessionConfig.retry_after`` is."""
+    if value is not None:
+        check_count("retry_after", value, 1)
     return value
 
 
