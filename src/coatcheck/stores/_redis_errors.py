@@ -95,7 +95,7 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     # A server certificate the client cannot verify (another CA, a wrong name, or a
     # man in the middle) stays unverifiable however long one waits. redis-py raises it
     # as a ConnectionError, with the SSL error in its chain.
-    if _caused_by(exc, ssl.SSLCertVerificationError):
+    if _cause(exc, ssl.SSLCertVerificationError) is not None:
         return StoreError(f"Redis session store's TLS certificate was not accepted: {exc}")
     if isinstance(exc, _TRANSIENT) or (
         isinstance(exc, RedisClusterException) and "connect" in str(exc).lower()
@@ -123,11 +123,6 @@ def _raised_in_connection_code(exc: BaseException) -> bool:
     while traceback.tb_next is not None:
         traceback = traceback.tb_next
     return traceback.tb_frame.f_code.co_filename.startswith(_CONNECTION_CODE)
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``kind`` is ``exc`` or among the errors it was raised from or during."""
-    return _cause(exc, kind) is not None
 
 
 def _cause(

@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from .._sealing import CookieSealer
 
 
+# Batches a save's own purge (SQL stores) runs at most while each comes back full: with
+# the defaults, 2,000 rows per 1,000 saves, twice what those saves can create.
+PURGE_ROUNDS = 4
+
+
 def checked_retry_after(value: int | None) -> int | None:
     """A store's own ``retry_after``: None (the middleware's), or whole seconds, as
     ``SessionConfig.retry_after`` is."""

@@ -34,7 +34,13 @@ from ..exceptions import (
 )
 from . import POSTGRES_SCHEMES
 from ._redact import redact
-from .base import Merge, SessionRecord, checked_retry_after, legacy_login_time
+from .base import (
+    PURGE_ROUNDS,
+    Merge,
+    SessionRecord,
+    checked_retry_after,
+    legacy_login_time,
+)
 
 try:
     import psycopg
@@ -77,9 +83,6 @@ _UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
 # Errors that mean "try again later": the server is down, restarting, overloaded or
 # slow, or the pool has no connection to give in time. Anything else is a fault.
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, asyncio.TimeoutError)
-# Batches a save's purge runs at most while each comes back full: with the defaults,
-# 2,000 rows per 1,000 saves, twice what those saves can create.
-_PURGE_ROUNDS = 4
 # SQLSTATE classes psycopg may raise as OperationalError that no retry cures: data
 # exceptions, integrity, syntax or access, and program limits (an index entry too big).
 _PERMANENT = ("22", "23", "42", "54")
@@ -406,7 +409,7 @@ class PostgresStore:
         try:
             # Full batches mean more is waiting: a few more, so the purge keeps ahead of
             # what saves create (at most one record each).
-            for _ in range(_PURGE_ROUNDS):
+            for _ in range(PURGE_ROUNDS):
                 if await self._purge_batch(db, now) < self.purge_batch:
                     break
         except psycopg.Error:

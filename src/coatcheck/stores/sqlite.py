@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..exceptions import StoreError, StoreUnavailableError
-from .base import Merge, SessionRecord, checked_retry_after, legacy_login_time
+from .base import (
+    PURGE_ROUNDS,
+    Merge,
+    SessionRecord,
+    checked_retry_after,
+    legacy_login_time,
+)
 
 T = TypeVar("T")
 
@@ -39,9 +45,6 @@ _ADDED_COLUMNS = (
     ("idle_timeout", "INTEGER NOT NULL DEFAULT 0"),
     ("absolute_timeout", "INTEGER NOT NULL DEFAULT 0"),
 )
-# Batches a save's purge runs at most while each comes back full: with the defaults,
-# 2,000 rows per 1,000 saves, twice what those saves can create.
-_PURGE_ROUNDS = 4
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Errors that mean "try again later" (a lock, a full or missing disk), not a bug: a 503.
 _UNAVAILABLE = {
@@ -160,7 +163,7 @@ class SQLiteStore:
                 try:
                     # Full batches mean more is waiting: a few more, so the purge keeps
                     # ahead of what saves create (at most one record each).
-                    for _ in range(_PURGE_ROUNDS):
+                    for _ in range(PURGE_ROUNDS):
                         if self._purge_batch(db, chosen.last_seen_at) < self.purge_batch:
                             break
                 except sqlite3.OperationalError as exc:
