@@ -12,9 +12,10 @@ from typing import Any
 import jinja2
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..middleware import _unavailable_response as unavailable_response
 from ..session import Session
 from .inputs import wants_json
 from .settings import RECENT_LOGIN
@@ -154,20 +155,15 @@ def unavailable_page(store_label: str) -> Callable[[int], ASGIApp]:
     def answer(retry_after: int) -> ASGIApp:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             request = Request(scope, receive)
-            headers = {"Retry-After": str(retry_after), "Cache-Control": "no-store"}
             if wants_json(request) or "text/html" not in request.headers.get("accept", ""):
-                detail = "Session store unavailable, please retry shortly."
-                response: Response = JSONResponse({"detail": detail}, 503, headers=headers)
-            else:
-                context = {"user": None, "store_label": store_label, "retry_after": retry_after}
-                response = templates.TemplateResponse(
-                    request,
-                    "unavailable.html",
-                    context,
-                    status_code=503,
-                    headers={**HTML_HEADERS, **headers},
-                )
-            await response(scope, receive, send)
+                await unavailable_response(retry_after)(scope, receive, send)
+                return
+            context = {"user": None, "store_label": store_label, "retry_after": retry_after}
+            headers = {**HTML_HEADERS, "Retry-After": str(retry_after)}
+            page = templates.TemplateResponse(
+                request, "unavailable.html", context, status_code=503, headers=headers
+            )
+            await page(scope, receive, send)
 
         return app
 
