@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from coatcheck._cookies import CookieWriter, cookie_needle, read_cookie
 from coatcheck._ids import key_of, new_session_id, store_key
 from coatcheck.config import CookieConfig
+from coatcheck.exceptions import ConfigurationError
 
 SID = "A" * 43
 NEEDLE = cookie_needle("session")
@@ -81,6 +82,14 @@ def test_writer_honours_every_attribute() -> None:
     assert (
         CookieWriter(config).set("v", None) == b"sid=v; Path=/app; Domain=a.test; SameSite=Strict"
     )
+
+
+def test_a_partitioned_cookie_says_so_and_needs_secure() -> None:
+    config = CookieConfig(samesite="none", partitioned=True)
+    assert CookieWriter(config).set("v", None).endswith(b"; Secure; SameSite=None; Partitioned")
+    assert CookieWriter(config).clear().endswith(b"; Partitioned")
+    with pytest.raises(ConfigurationError, match="partitioned=True requires secure=True"):
+        CookieConfig(secure=False, partitioned=True)
 
 
 def test_conflicting_duplicates_are_a_security_event(caplog: pytest.LogCaptureFixture) -> None:

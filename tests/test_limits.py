@@ -49,6 +49,7 @@ async def test_an_oversized_session_is_refused_with_413_and_kept_intact(any_stor
         assert response.status_code == 413
         assert "over the limit of 2048 bytes" in response.json()["detail"]
         assert "set-cookie" not in response.headers
+        assert response.headers["vary"] == "Cookie"  # it read the session, as any answer
         assert await any_store.load(store_key(sid), config.clock()) == before
 
 
@@ -421,3 +422,31 @@ async def test_an_oversized_user_agent_is_stored_cut_short(any_store: Store) -> 
 def test_limits_are_validated(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         SessionConfig(**options)  # type: ignore[arg-type]
+
+
+async def _spoil(store: Store, sid: str, clock: Any) -> None:
+    """Leave the record of ``sid`` holding data no process can decode."""
+    record = await store.load(store_key(sid), clock())
+    assert record is not None
+    assert await store.save(record._replace(data=b"\x80not json"))
+
+
+@pytest.mark.parametrize("next_step", ["/append", "/login"])
+async def test_an_undecodable_session_is_replaced_and_leaves_its_users_list(
+    any_store: Store, next_step: str
+) -> None:
+    """The browser is moved to a new session, so the record it named is unreachable: the
+    save that moves it deletes that record, which would otherwise hold a place in the
+    user's list until it expires and, under refuse_login, keep the user out."""
+    config = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
+    async with client_for(make_app(any_store, config)) as client:
+        sid = ticket(await client.post("/login"))
+        await _spoil(any_store, sid, config.clock)
+        moved = await client.post(next_step, headers={"cookie": f"{NAME}={sid}"})
+        assert moved.status_code == 200
+        assert ticket(moved) != sid
+        assert await any_store.load(store_key(sid), config.clock()) is None
+        elsewhere = await client.post("/login")
+        assert elsewhere.status_code == (200 if next_step == "/append" else 403)
+    owners = [record.user_id for record in await any_store.list_user("alice", config.clock())]
+    assert owners == ["alice"]

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coatcheck import (
     ConfigurationError,
+    CookieConfig,
     MemoryStore,
     Session,
     SessionConfig,
@@ -1007,3 +1008,36 @@ async def test_session_of_a_request_without_the_middleware_says_so() -> None:
     async with httpx.AsyncClient(transport=transport, base_url=TEST_BASE_URL) as client:
         with pytest.raises(RuntimeError, match="SessionMiddleware is not installed"):
             await client.get("/")
+
+
+def _scoped_app(store: Store) -> Starlette:
+    async def write(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session["n"] = 1
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/{path:path}", write, methods=["POST"])])
+    cookie = CookieConfig(name="__Secure-sid", path="/app")
+    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(cookie=cookie))
+    return app
+
+
+@pytest.mark.parametrize("path", ["/app", "/app/", "/app/cart/items"])
+async def test_a_session_changed_under_the_cookie_path_is_stored(path: str) -> None:
+    store = MemoryStore()
+    async with client_for(_scoped_app(store)) as client:
+        response = await client.post(path)
+    assert response.status_code == 200
+    assert "Path=/app;" in response.headers["set-cookie"]
+    assert await store.count(0) == 1
+
+
+@pytest.mark.parametrize("path", ["/public", "/apple", "/"])
+async def test_a_session_changed_outside_the_cookie_path_is_refused(path: str) -> None:
+    """The browser sends no cookie there, and the cookie that a save would set has the
+    same name and path as the one it holds: it would replace a login with nothing."""
+    store = MemoryStore()
+    async with client_for(_scoped_app(store)) as client:
+        with pytest.raises(ConfigurationError, match=r"outside the cookie's Path=/app"):
+            await client.post(path)
+    assert await store.count(0) == 0

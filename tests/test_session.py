@@ -60,6 +60,9 @@ async def test_mutable_mapping_behaviour(persistence: Persistence) -> None:
     assert list(session) == ["c"]
     assert session.get("missing", "default") == "default"
     assert session.setdefault("d", 4) == 4
+    copied = session.copy()  # Starlette's request.session is a dict: code calls .copy()
+    assert copied == {"c": [3], "d": 4}
+    assert type(copied) is dict
     session.clear()
     assert dict(session) == {}
     assert repr(session) == "<Session user=None keys=[]>"

@@ -89,6 +89,8 @@ class CookieWriter:
         if config.secure:
             attributes.append("Secure")
         attributes.append(f"SameSite={config.samesite.capitalize()}")
+        if config.partitioned:
+            attributes.append("Partitioned")
         self._name = config.name
         self._suffix = "; " + "; ".join(attributes)
 

@@ -113,6 +113,9 @@ class Persistence:
         self._cookie_needle = cookie_needle(config.cookie.name)
         self._cookies = CookieWriter(config.cookie)
         self.clear_cookie = self._cookies.clear()
+        # A cookie scoped below "/" must not be set from outside its path: the browser
+        # sends it no cookie there, and the new one would replace the one it holds.
+        self._cookie_path = None if config.cookie.path == "/" else config.cookie.path
         # What a response that read the session varies on, for caches: the request's
         # cookie, and its token header when clients may send one instead.
         self.vary = (b"Cookie",) if self.token_header is None else (b"Cookie", self.token_header)
@@ -139,6 +142,7 @@ class Persistence:
             session_id, record = (None, None) if opened is None else opened
             key = None if record is None else record.key
         data: dict[str, Any] = {}
+        orphan = None
         if record is not None and key is not None:
             # Written out rather than split into helpers: every read runs this.
             # The stored deadline, or an earlier one if the configuration became stricter.
@@ -162,11 +166,14 @@ class Persistence:
                             "undecodable data in session %s; starting an empty session",
                             record.public_id,
                         )
-                        record = None
+                        # Unreachable once the browser holds a new ID: the next save
+                        # deletes it, or it would take a place in its user's list.
+                        record, orphan = None, key
         imported = None
         if record is None and self._importer is not None and not session._by_header:
             imported = await self._importer.read(session._headers, now)
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
+        session._orphan = orphan
         if record is not None:
             session._expires_at = deadline
         if imported is not None and self._importer is not None:
@@ -264,6 +271,8 @@ class Persistence:
             await self.emit(session, "logged_out", stored.user_id, stored.public_id)
             return [self._ticket(session, None, None), _NO_STORE, *self._cleared(session, stored)]
 
+        if self._cookie_path is not None and not session._by_header:
+            _check_cookie_path(session._path, self._cookie_path)
         if session._id is None:
             session._id = new_session_id()
         if not session._public_id:
@@ -286,7 +295,7 @@ class Persistence:
         logged_in = rotated and session._meta_changed and session._user_id is not None
         if logged_in and self._refuse_at is not None:
             assert session._user_id is not None
-            if await self.at_limit(session._user_id, old_key):
+            if await self.at_limit(session._user_id, old_key or session._orphan):
                 await self.emit(session, "login_refused", session._user_id, "")
                 raise SessionLimitError(self._refuse_at)
         expires_at = lifetime.deadline(now, session._created_at)
@@ -295,7 +304,7 @@ class Persistence:
         sealed = None if self._sealer is None else self._sealer.seal(session._id, record)
         written = [record]
         if stored is None:
-            if not await self.store.save(record):
+            if not await self.store.save(record, replaces=session._orphan):
                 # Only a revocation racing this very login refuses a new record (Redis
                 # Cluster bars a key it found filed but not yet written).
                 raise SessionEndedError("the session was ended by another request")
@@ -801,6 +810,23 @@ def outgoing(early: Headers, late: Headers) -> Headers:
 def _slot(header: Header) -> tuple[bytes, bytes]:
     name, value = header
     return name, value.split(b"=", 1)[0] if name == b"set-cookie" else b""
+
+
+def _check_cookie_path(path: str, cookie_path: str) -> None:
+    """Refuse to set a cookie that the browser would not send back to ``path``.
+
+    Matched as browsers match (RFC 6265, 5.1.4): the path itself or one below it.
+    """
+    if path.startswith(cookie_path) and (
+        len(path) == len(cookie_path) or cookie_path[-1] == "/" or path[len(cookie_path)] == "/"
+    ):
+        return
+    raise ConfigurationError(
+        f"the session changed at {path!r}, outside the cookie's Path={cookie_path}: the "
+        "browser sends no session cookie there, and the one this response would set "
+        f"replaces the one it holds for {cookie_path}. Change the session only under "
+        "that path, or widen CookieConfig.path"
+    )
 
 
 def _record(

@@ -82,6 +82,7 @@ class CookieConfig:
     samesite: SameSite = "lax"
     path: str = "/"
     domain: str | None = None
+    partitioned: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -94,6 +95,8 @@ class CookieConfig:
             )
         if self.samesite == "none" and not self.secure:
             raise ConfigurationError("samesite='none' requires secure=True: browsers reject it")
+        if self.partitioned and not self.secure:
+            raise ConfigurationError("partitioned=True requires secure=True: browsers reject it")
         _check_attributes(path=self.path, domain=self.domain)
         if not self.path.startswith("/"):
             raise ConfigurationError(f"cookie path must start with '/', got {self.path!r}")

@@ -234,8 +234,9 @@ class SessionMiddleware:
             # Refused before it was accepted, by a server that can say why over HTTP:
             # a 503 with Retry-After, as a request gets, rather than a bare 403.
             send, websocket = _as_denial(send), False
-        if session._loaded and session._outgoing and not websocket:
-            send = _adding(send, session._outgoing, self._persistence.vary)
+        if not websocket:  # it read the session: Vary, and any earlier save's cookie
+            early = session._outgoing if session._loaded else []
+            send = _adding(send, early, self._persistence.vary)
         if isinstance(exc, StoreError):
             await self._answer_unavailable(scope, receive, send, exc, websocket)
         elif isinstance(exc, (SessionEndedError, SessionConflictError)):

@@ -70,6 +70,7 @@ class Session(MutableMapping[str, Any]):
         "_meta_changed",
         "_models",
         "_modified",
+        "_orphan",
         "_outgoing",
         "_path",
         "_persistence",
@@ -113,6 +114,7 @@ class Session(MutableMapping[str, Any]):
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
+    _orphan: str | None  # key of a record the cookie named that could not be decoded
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
         self._persistence = persistence
@@ -269,6 +271,10 @@ class Session(MutableMapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         self._require_loaded()
         return key in self._data
+
+    def copy(self) -> dict[str, Any]:
+        """A plain dict of the data, as Starlette's ``request.session.copy()`` gives."""
+        return dict(self)
 
     def __repr__(self) -> str:
         if not self._loaded:
@@ -609,7 +615,7 @@ class Session(MutableMapping[str, Any]):
         self._updates = []
         self._models = None
         self._outgoing = []
-        self._halted = None
+        self._halted = self._orphan = None
         if record is None:
             self._raw = None
             self._public_id = ""
