@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from coatcheck import ConfigurationError, CookieConfig, CSRFConfig, SessionConfig
+from coatcheck import ConfigurationError, CookieConfig, CSRFConfig, SessionConfig, StarletteImport
 
 
 def test_defaults_are_the_safe_ones() -> None:
@@ -134,6 +134,8 @@ def test_durations_accept_seconds_or_timedelta() -> None:
         ({"secret_keys": b"x" * 32}, "takes a list"),
         ({"secret_keys": ["x" * 32, "too short"]}, "at least 16 bytes"),
         ({"secret_keys": [b"fifteen bytes.."]}, "at least 16 bytes"),
+        ({"secret_keys": [None]}, "must be text or bytes, not NoneType"),
+        ({"secret_keys": [12345678901234567890]}, "must be text or bytes, not int"),
     ],
 )
 def test_bad_session_settings_are_rejected(options: dict[str, object], message: str) -> None:
@@ -163,6 +165,17 @@ def test_the_bounds_themselves_are_allowed() -> None:
     SessionConfig(refresh_fraction=0.1)
     SessionConfig(idle_timeout=60, absolute_timeout=60)
     SessionConfig(secret_keys=["x" * 16, b"y" * 16])
+
+
+def test_secret_keys_are_read_once_and_may_be_starlette_secrets() -> None:
+    from starlette.datastructures import Secret
+
+    # An iterator, as from splitting an environment variable: checked and kept.
+    keys = SessionConfig(secret_keys=map(str.strip, ["x" * 16 + " ", " " + "y" * 16]))  # type: ignore[arg-type]
+    assert keys.secret_keys == ("x" * 16, "y" * 16)
+    secret = SessionConfig(secret_keys=[Secret("z" * 16)])  # type: ignore[list-item]
+    assert secret.secret_keys == ("z" * 16,)
+    assert StarletteImport(Secret("q" * 16)).secret_key == "q" * 16  # type: ignore[arg-type]
 
 
 def test_the_keyring_refuses_a_short_key_however_it_is_built() -> None:

@@ -8,6 +8,7 @@ up (revocation elsewhere, device lists), each shown by a request through the mid
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import string
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 from coatcheck import (
     ConfigurationError,
+    CookieConfig,
     NotSupportedError,
     SessionConfig,
     SessionMiddleware,
@@ -281,7 +283,10 @@ async def test_a_logout_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> No
         value = sealed(await client.post("/add", headers=cookie(value)))
         with caplog.at_level(logging.WARNING, logger="coatcheck"):
             logout = await client.post("/logout", headers=cookie(value))
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            nobody = await client.post("/logout")  # no session at all: nothing to say
     assert "Max-Age=0" in logout.headers["set-cookie"]
+    assert nobody.status_code == 204
     assert caplog.records == []
 
 
@@ -317,12 +322,56 @@ async def test_max_bytes_bounds_the_cookie() -> None:
     assert too_big.status_code == 413
 
 
+@pytest.mark.parametrize("tail", [2, 3])
+def test_only_one_spelling_of_a_sealed_value_opens(tail: int) -> None:
+    """The last character of a value not a whole number of base64 groups long has bits
+    past the last byte: set, they spell the same bytes, but no seal wrote them."""
+    sealer, session_id = opener(KEY_A), new_session_id()
+    for size in range(2, 10):
+        record = SessionRecord(store_key(session_id), "p" * 16, b"x" * size, None, 1.0, 2.0, 3.0)
+        value = sealer.seal(session_id, record)
+        if len(value) % 4 == tail:
+            break
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    last = alphabet.index(value[-1])
+    assert sealer.open(value) == (session_id, record)
+    for spare in range(1, 16 if tail == 2 else 4):
+        assert sealer.open(value[:-1] + alphabet[last | spare]) is None
+
+
+def test_the_room_named_for_data_just_too_big_is_smaller_than_the_data() -> None:
+    """Rounded down, "2931 bytes; at most about 2931 fit" would contradict itself."""
+    sealer, session_id = opener(KEY_A), new_session_id()
+
+    def record(size: int) -> SessionRecord:
+        return SessionRecord(store_key(session_id), "p" * 16, b"x" * size, None, 1.0, 2.0, 3.0)
+
+    size = 2800
+    with contextlib.suppress(SessionTooLargeError):
+        while sealer.seal(session_id, record(size)):
+            size += 1  # up to the smallest that does not fit: a character too many
+    with pytest.raises(SessionTooLargeError) as refused:
+        sealer.seal(session_id, record(size))
+    assert refused.value.limit < size
+    assert f"at most about {refused.value.limit} fit" in str(refused.value)
+
+
+def test_a_cookie_name_that_leaves_no_room_fails_at_start_up() -> None:
+    config = SessionConfig(secret_keys=[KEY_A], cookie=CookieConfig(name="__Host-" + "n" * 470))
+    with pytest.raises(ConfigurationError, match="leaves no room for a session in 512 bytes"):
+        SessionMiddleware(FastAPI(), store=CookieStore(max_bytes=512), config=config)
+    SessionMiddleware(FastAPI(), store=CookieStore(max_bytes=4096), config=config)
+
+
 async def test_device_lists_and_revocation_say_why_they_cannot_work() -> None:
     store = CookieStore()
     async with client_for(make_app(store=store)) as client:
         value = sealed(await client.post("/login"))
         with pytest.raises(NotSupportedError, match="use a server-side store"):
             await client.get("/devices", headers=cookie(value))
+        # Logged out too: code tried that way must fail as it will in production.
+        with pytest.raises(NotSupportedError, match="use a server-side store"):
+            await client.get("/devices")
     for call in (store.list_user("alice", 0), store.delete_user("alice"), store.count(0)):
         with pytest.raises(NotSupportedError, match="keeps sessions in the browser's cookie"):
             await call

@@ -5,6 +5,7 @@ The old cookies are minted by Starlette's real middleware, with its real signer.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -168,6 +169,34 @@ async def test_a_starlette_cookie_moves_into_an_encrypted_one_on_the_cookie_stor
     assert added.json() == {"cart": ["apple", "pear"]}
     assert again.json()["data"]["cart"] == ["apple", "pear"]
     assert set_cookies(again) == []
+
+
+@pytest.mark.parametrize("kind", ["cookie", "memory"])
+async def test_an_old_session_too_big_to_store_keeps_its_login_not_its_data(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 413 would leave the old cookie in place, refused again on every request: the
+    data goes, with a warning, and the user stays logged in."""
+    site = Site()
+    async with browser(site) as client:
+        # Fits Starlette's 4 KB cookie, but not a sealed one, nor max_session_bytes.
+        await visit_before_the_switch(client, {"user_id": "alice", "notes": "n" * 2900})
+        settings = StarletteImport(SECRET, user_key="user_id")
+        keys = ["a-secret-key-of-at-least-16-bytes"]
+        store = CookieStore() if kind == "cookie" else MemoryStore()
+        site.app = coatcheck_app(store, settings, secret_keys=keys, max_session_bytes=2048)
+
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            first = await client.get("/state")
+        new, cleared = set_cookies(first)
+        again = await client.get("/state")
+
+    assert first.status_code == 200
+    assert new.startswith(f"{NEW_COOKIE}=")
+    assert cleared.startswith("session=null;")
+    assert again.json()["user"] == "alice"
+    assert again.json()["data"] == {}
+    assert "its data was dropped and its login kept" in caplog.text
 
 
 async def test_without_a_user_key_only_the_data_carries_over() -> None:

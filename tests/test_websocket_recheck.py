@@ -150,6 +150,27 @@ def test_on_the_cookie_store_a_socket_lives_until_the_deadline_sealed_in_its_coo
     assert closed.value.code == 1008
 
 
+@pytest.mark.parametrize("kind", ["memory", "cookie"])
+def test_a_socket_ends_by_a_stricter_configuration_than_its_session_had(kind: str) -> None:
+    """Logged in under a 1-hour idle limit, then redeployed with 5 minutes: a socket idle
+    longer than that closes, rather than refreshing (or trusting) the old deadline."""
+    clock = FakeClock()
+    keys = ["a-secret-key-of-at-least-16-bytes"]
+    store: Store = CookieStore() if kind == "cookie" else MemoryStore()
+    before = make_app(store, clock, secret_keys=keys, idle_timeout=3600)
+    with client_for(before) as client:
+        value = client.post("/login").cookies["__Host-session"]
+    after = make_app(store, clock, secret_keys=keys, idle_timeout=300)
+    with client_for(after) as client:
+        headers = {**SAME_ORIGIN, "cookie": f"__Host-session={value}"}
+        with client.websocket_connect(WS, headers=headers) as socket:
+            clock.advance(301)  # idle past the new limit, well inside the old one
+            socket.send_text("hello")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+    assert closed.value.code == 1008
+
+
 def test_a_socket_closes_when_an_administrator_ends_every_session() -> None:
     clock, store = FakeClock(), MemoryStore()
     with client_for(make_app(store, clock)) as client:

@@ -35,8 +35,18 @@ class Device:
     ip_address: str = ""  # where it was last saved from, with SessionConfig(record_ip=True)
 
 
+def _check_supported(session: Session, what: str) -> None:
+    """The cookie store refuses device lists even to nobody: code tried while logged
+    out must fail as it will once someone is."""
+    if session._persistence.stateless:
+        from .stores.cookie import not_supported
+
+        raise not_supported(what)
+
+
 async def list_devices(session: Session) -> list[Device]:
     await session.load()
+    _check_supported(session, "list")
     if session._user_id is None:
         return []
     current = session._stored.key if session._stored is not None else None
@@ -72,6 +82,7 @@ _REVOKE_PASSES = 5
 
 async def revoke(session: Session, public_id: str) -> bool:
     await session.load()
+    _check_supported(session, "end")
     user_id = session._user_id
     if user_id is None:
         return False
@@ -116,6 +127,7 @@ async def end_device(
 
 async def revoke_user(session: Session, *, keep_current: bool) -> int:
     await session.load()
+    _check_supported(session, "end")
     user_id = session._user_id
     if user_id is None:
         return 0

@@ -283,7 +283,9 @@ class Persistence:
         if data is None or session._modified or session._exposed:
             data = self.serializer.dumps(session._data)
             if len(data) > self.config.max_session_bytes:
-                raise SessionTooLargeError(len(data), self.config.max_session_bytes)
+                if not session._imported:
+                    raise SessionTooLargeError(len(data), self.config.max_session_bytes)
+                data = self._shed_import(session, len(data))
         now = self.now()
         lifetime = session._lifetime()
         refresh_due = stored is not None and now - stored.last_seen_at >= self._refresh_window(
@@ -301,7 +303,16 @@ class Persistence:
         expires_at = lifetime.deadline(now, session._created_at)
         record = _record(session, key, data, now, expires_at, stored, self._address(session))
         # Sealed before anything is written: a session too big for its cookie fails here.
-        sealed = None if self._sealer is None else self._sealer.seal(session._id, record)
+        sealed = None
+        if self._sealer is not None:
+            try:
+                sealed = self._sealer.seal(session._id, record)
+            except SessionTooLargeError:
+                if not (session._imported and session._data):
+                    raise
+                record = record._replace(data=self._shed_import(session, len(data)))
+                data = record.data
+                sealed = self._sealer.seal(session._id, record)
         written = [record]
         if stored is None:
             if not await self.store.save(record, replaces=session._orphan):
@@ -440,6 +451,19 @@ class Persistence:
         session._last_seen_at, session._expires_at = now, kept.expires_at
         return False
 
+    def _shed_import(self, session: Session, size: int) -> bytes:
+        """Drop the data of a session adopted from the old library that is too big to
+        store here, keeping its login: refused with a 413, the old cookie would stay,
+        and every request after it would be refused again."""
+        logger.warning(
+            "a session adopted from the old cookie held %d bytes of data, more than this "
+            "store takes; its data was dropped and its login kept",
+            size,
+        )
+        session._data = {}
+        session._models = None
+        return self._empty
+
     async def _end_imported(self, session: Session, *, replaced: bool) -> Headers:
         """End the old session once its data was adopted here (or ended at once), and
         return the header that clears its cookie; none when the new session's cookie,
@@ -472,10 +496,10 @@ class Persistence:
         if self._sealer is not None:
             # Nothing on the server can end it, and no cookie can refresh it: its
             # deadline, sealed in the cookie the handshake brought, is all there is.
-            return math.inf if now < stored.expires_at else None
+            return math.inf if now < self.deadline(stored) else None
         current = await self.store.load(stored.key, now)
-        if current is None:
-            return None
+        if current is None or now >= self.deadline(current):
+            return None  # ended, or past what a stricter configuration allows
         due = self.refresh_at(current)
         if now < due:
             return due
@@ -608,6 +632,9 @@ class Persistence:
         if status >= 500:
             return
         if self._sealer is not None:
+            nothing = not session._data and session._user_id is None
+            if nothing and session._stored is None:
+                return  # never had a cookie, and needs none
             if session._meta_changed or self.serializer.dumps(session._data) != session._raw:
                 logger.warning(_LATE_UNSEALED)
             return

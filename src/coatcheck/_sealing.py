@@ -14,8 +14,8 @@ import os
 import struct
 from collections.abc import Sequence
 
-from ._ids import ID_LENGTH, key_of
-from .exceptions import MissingDependencyError, SessionTooLargeError
+from ._ids import ID_LENGTH, key_of, new_session_id, store_key
+from .exceptions import ConfigurationError, MissingDependencyError, SessionTooLargeError
 from .stores.base import SessionRecord, implied_login_time
 
 try:
@@ -53,6 +53,14 @@ class CookieSealer:
         self._name = cookie_name.encode("latin-1")
         self._max_bytes = max_bytes
         self._max_value = max_bytes - len(self._name) - 1  # name=value
+        session_id = new_session_id()
+        smallest = SessionRecord(store_key(session_id), "p" * 16, b"{}", None, 0, 0, 0)
+        try:  # said now rather than at a first login
+            self.seal(session_id, smallest)
+        except SessionTooLargeError:
+            raise ConfigurationError(
+                f"a cookie named {cookie_name!r} leaves no room for a session in {max_bytes} bytes"
+            ) from None
 
     def seal(self, session_id: str, record: SessionRecord) -> str:
         """The cookie value carrying ``record``; raises SessionTooLargeError past the limit.
@@ -92,7 +100,8 @@ class CookieSealer:
         token = form + nonce + sealed
         value = base64.urlsafe_b64encode(token).rstrip(b"=")
         if len(value) > self._max_value:
-            room = len(record.data) - (len(value) - self._max_value) * 3 // 4
+            # Each base64 character past the limit is three quarters of a byte too many.
+            room = len(record.data) - -(-(len(value) - self._max_value) * 3 // 4)
             if room <= 2:  # not even "{}": the rest of the record takes the cookie
                 raise SessionTooLargeError(
                     len(user_id),
@@ -113,8 +122,11 @@ class CookieSealer:
         if len(value) > self._max_value or not value.isascii():
             return None
         raw = value.encode("ascii")
-        if len(raw) % 4 == 1 or raw.translate(None, _BASE64URL):
+        tail = len(raw) % 4
+        if tail == 1 or raw.translate(None, _BASE64URL):
             return None  # no base64 is one character past a whole group
+        if tail and _BASE64URL.index(raw[-1]) & (0x0F if tail == 2 else 0x03):
+            return None  # bits past the last byte set: only one spelling of a value opens
         token = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
         form = token[:1]
         head = _HEADS.get(form)

@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
 
+from starlette.datastructures import Secret
+
 from .exceptions import ConfigurationError
 
 Duration = int | timedelta
@@ -59,6 +61,15 @@ def _whole_seconds(seconds: object) -> bool:
         and 0 < seconds <= _LONGEST
         and int(seconds) == seconds
     )
+
+
+def _secret(key: object) -> str | bytes:
+    """A key as text or bytes; Starlette's ``Secret`` (from its ``Config``) as its text."""
+    if isinstance(key, (str, bytes)):
+        return key
+    if isinstance(key, Secret):
+        return str(key)
+    raise ConfigurationError(f"each secret key must be text or bytes, not {type(key).__name__}")
 
 
 def _check_attributes(**attributes: str | None) -> None:
@@ -214,6 +225,7 @@ class StarletteImport:
     domain: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "secret_key", _secret(self.secret_key))
         if not self.secret_key:
             raise ConfigurationError("StarletteImport needs the secret_key Starlette signed with")
         object.__setattr__(self, "max_age", _seconds("max_age", self.max_age))
@@ -384,15 +396,17 @@ class SessionConfig:
         check_count("retry_after", self.retry_after, 1)  # whole seconds: what Retry-After allows
         if isinstance(self.secret_keys, (str, bytes)):
             raise ConfigurationError("secret_keys takes a list: the first signs, all verify")
-        if any(len(k.encode() if isinstance(k, str) else k) < 16 for k in self.secret_keys):
+        # Read once: an iterator checked here would be empty by the time keys are made.
+        keys = tuple(_secret(key) for key in self.secret_keys)
+        if any(len(k.encode() if isinstance(k, str) else k) < 16 for k in keys):
             raise ConfigurationError("each of secret_keys needs at least 16 bytes")
-        if self.encrypt_data and not self.secret_keys:
+        if self.encrypt_data and not keys:
             # A per-process key would leave every session unreadable after a restart,
             # and to every other worker.
             raise ConfigurationError(
                 "encrypt_data needs SessionConfig(secret_keys=[...]) shared by every process"
             )
-        object.__setattr__(self, "secret_keys", tuple(self.secret_keys))
+        object.__setattr__(self, "secret_keys", keys)
         if self.websocket_recheck is not None:
             recheck = _seconds("websocket_recheck", self.websocket_recheck)
             object.__setattr__(self, "websocket_recheck", recheck)

@@ -31,6 +31,11 @@ _STATELESS = (
 )
 
 
+def not_supported(what: str) -> NotSupportedError:
+    """The refusal of an operation that needs sessions kept on the server."""
+    return NotSupportedError(_STATELESS.format(what))
+
+
 class CookieStore:
     """A store with nothing on the server: the middleware seals each record into the
     cookie, and the methods of the store contract have nothing to do.
@@ -69,12 +74,12 @@ class CookieStore:
         return None  # the middleware clears the cookie; a copy lives until its deadline
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
-        raise NotSupportedError(_STATELESS.format("list"))
+        raise not_supported("list")
 
     async def delete_user(
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
-        raise NotSupportedError(_STATELESS.format("end"))
+        raise not_supported("end")
 
     async def delete_all(self, now: float) -> int:
         raise NotSupportedError(
@@ -85,7 +90,7 @@ class CookieStore:
         return 0  # an expired cookie is refused when it comes back, and browsers drop it
 
     async def count(self, now: float) -> int:
-        raise NotSupportedError(_STATELESS.format("count"))
+        raise not_supported("count")
 
     async def aclose(self) -> None:
         return None
