@@ -178,6 +178,18 @@ def test_secret_keys_are_read_once_and_may_be_starlette_secrets() -> None:
     assert StarletteImport(Secret("q" * 16)).secret_key == "q" * 16  # type: ignore[arg-type]
 
 
+def test_csrf_origins_are_written_as_browsers_send_them() -> None:
+    origins = ["https://app.example.com:443", "http://app.example.com:80/", "https://a.test:8443"]
+    assert CSRFConfig(origins=origins).origins == (
+        "https://app.example.com",
+        "http://app.example.com",
+        "https://a.test:8443",
+    )
+    for never in ("https://bücher.example", "https://*.example.com"):
+        with pytest.raises(ConfigurationError, match="would never match"):
+            CSRFConfig(origins=[never])
+
+
 def test_the_keyring_refuses_a_short_key_however_it_is_built() -> None:
     from coatcheck._keys import Keyring
 

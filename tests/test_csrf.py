@@ -192,6 +192,39 @@ async def test_configured_origins_are_compared_without_case_or_a_trailing_slash(
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        # A front end on a sibling host the app lists, in a browser of today...
+        ({"sec-fetch-site": "same-site", "origin": "https://www.example.com"}, 200),
+        # ...or on another site altogether that the app lists: trusted all the same.
+        ({"sec-fetch-site": "cross-site", "origin": "https://partner.example.net"}, 200),
+        ({"origin": "https://www.example.com"}, 200),  # an older browser
+        ({"sec-fetch-site": "same-site", "origin": "https://other.example.com"}, 403),
+        ({"sec-fetch-site": "cross-site", "origin": "https://evil.example"}, 403),
+        ({"sec-fetch-site": "cross-site"}, 403),
+    ],
+)
+async def test_a_listed_origin_passes_whatever_sec_fetch_site_says(
+    headers: dict[str, str], status: int
+) -> None:
+    """As Django's CSRF_TRUSTED_ORIGINS and Go's trusted origins: otherwise the same
+    request would pass in an old browser and fail in a new one, or the reverse."""
+    origins = ["https://app.example.com", "https://www.example.com", "https://partner.example.net"]
+    async with no_browser(make_app(origins=origins)) as client:
+        alice = await logged_in(client)
+        response = await client.post("/anything", headers={**alice, **headers})
+    assert response.status_code == status
+
+
+def test_a_websocket_from_a_listed_sibling_passes_without_sec_fetch_site() -> None:
+    """Chromium sends only Origin on a handshake: listing the sibling admits it."""
+    sibling = {"origin": "https://www.example.com"}
+    assert websocket_user(make_app(), "/ws", sibling) == 1008
+    listed = make_app(origins=["https://testserver", "https://www.example.com"])
+    assert websocket_user(listed, "/ws", sibling) == "alice"
+
+
 async def test_clients_without_browser_headers_need_the_token(app: FastAPI) -> None:
     async with no_browser(app) as client:
         alice = await logged_in(client)

@@ -127,9 +127,12 @@ class CookieConfig:
 class CSRFConfig:
     """CSRF settings; on by default.
 
-    ``origins`` lists the exact origins (``https://app.example.com``) the app is served
-    from; when empty, the request's own scheme and ``Host`` are used. ``exempt_paths``
-    are path prefixes left unchecked (a webhook that authenticates by signature).
+    ``origins`` lists the exact origins (``https://app.example.com``) whose pages may
+    send unsafe requests and open websockets: the app's own, and any other it trusts (a
+    front end on another host). A listed ``Origin`` passes whatever ``Sec-Fetch-Site``
+    says; when the list is empty, the request's own scheme and ``Host`` are used.
+    ``exempt_paths`` are path prefixes left unchecked (a webhook that authenticates by
+    signature).
     """
 
     enabled: bool = True
@@ -196,7 +199,18 @@ def _origin(value: str) -> str:
             f"CSRF origin {value!r} is not an origin: give scheme, host and any port, "
             "as a browser sends them (https://app.example.com, http://127.0.0.1:8000)"
         )
+    if not origin.isascii() or "*" in origin:
+        raise ConfigurationError(
+            f"CSRF origin {value!r} would never match: browsers send a host in its ASCII "
+            "(xn--) form, and every origin is listed in full, with no wildcards"
+        )
+    if parts.port == _DEFAULT_PORTS[parts.scheme]:
+        # Browsers leave the scheme's own port out of Origin.
+        return origin.rsplit(":", 1)[0]
     return origin
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
