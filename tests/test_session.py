@@ -473,3 +473,16 @@ async def test_addresses_are_kept_only_when_asked_and_follow_the_device(
     anonymous["cart"] = ["apple", "pear"]
     await persistence.commit(anonymous, 200)
     assert [device.ip_address for device in await anonymous.devices()] == [""]
+
+
+async def test_remember_takes_only_a_bool_and_changes_the_id(persistence: Persistence) -> None:
+    session = await fresh(persistence)
+    session["cart"] = ["apple"]
+    sid = await saved(persistence, session)
+    again = await fresh(persistence, sid)
+    with pytest.raises(TypeError, match="remember must be True or False"):
+        again.remember = 1  # type: ignore[assignment]
+    again.remember = True
+    assert again._id != sid
+    headers = dict(await persistence.commit(again, 200))
+    assert b"Max-Age=" in headers[b"set-cookie"]

@@ -80,6 +80,11 @@ def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
         )
         return {"ok": True}
 
+    @app.post("/remember")
+    async def remember(session: SessionDep, on: bool = True) -> dict[str, bool]:
+        session.remember = on
+        return {"remember": session.remember}
+
     @app.post("/regenerate")
     async def regenerate(session: SessionDep) -> dict[str, bool]:
         session.regenerate()
@@ -102,6 +107,8 @@ def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
     async def state(session: SessionDep) -> dict[str, Any]:
         return {
             "user": session.user_id,
+            "cart": session.get("cart"),
+            "remember": session.remember,
             "idle": session.idle_timeout.total_seconds(),
             "absolute": session.absolute_timeout.total_seconds(),
             "expires_at": session.expires_at.timestamp(),
@@ -383,3 +390,42 @@ async def test_create_session_shortens_the_limits_as_a_login_does(every_store: S
         assert state["expires_at"] == clock() + 300
     with pytest.raises(ValueError, match="exceeds the configured idle_timeout"):
         await create_session(every_store, user_id="alice", idle_timeout=IDLE + 60, config=config)
+
+
+async def test_an_anonymous_cart_can_be_remembered_past_the_browsers_close(
+    every_store: Store,
+) -> None:
+    """Django's set_expiry, express's cookie.maxAge: a shop keeps its visitors' carts."""
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/cart")
+        before = visitor.cookie
+        remembered = await visitor.send("POST", "/remember")
+        assert f"Max-Age={30 * 24 * 3600}" in remembered.headers["set-cookie"]
+        assert visitor.cookie != before  # a new cookie, under a new ID
+        clock.advance(3 * 24 * 3600)  # far past the 30-minute idle limit of browser sessions
+        state = await visitor.state()
+        assert (state["cart"], state["remember"], state["user"]) == (["pear"], True, None)
+        assert state["idle"] == 14 * 24 * 3600
+        # The ID it had before is dead: only the new cookie holds the cart.
+        if not isinstance(every_store, CookieStore):
+            old = await client.get("/state", headers={"cookie": f"{NAME}={before}"})
+            assert old.json()["cart"] is None
+
+
+async def test_remember_can_be_turned_on_and_off_after_login(every_store: Store) -> None:
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/login", json={})
+        on = await visitor.send("POST", "/remember")
+        assert "Max-Age=" in on.headers["set-cookie"]
+        assert (await visitor.state())["remember"] is True
+        off = await visitor.send("POST", "/remember", params={"on": False})
+        assert "Max-Age=" not in off.headers["set-cookie"]
+        state = await visitor.state()
+        assert (state["user"], state["remember"], state["idle"]) == ("alice", False, 30 * 60)
+        # Unchanged: nothing to send.
+        same = await visitor.send("POST", "/remember", params={"on": False})
+        assert "set-cookie" not in same.headers

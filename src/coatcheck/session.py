@@ -486,8 +486,23 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def remember(self) -> bool:
+        """Whether the session outlives the browser: a cookie with ``Max-Age`` and the
+        remember-me limits. Set it to keep an anonymous cart across restarts, or when a
+        user ticks "keep me signed in" after logging in; the session gets a new ID,
+        since the browser must be sent a new cookie. An anonymous session is stored
+        (and remembered) once it holds data."""
         self._require_loaded()
         return self._remember
+
+    @remember.setter
+    def remember(self, value: bool) -> None:
+        self._require_loaded()
+        if not isinstance(value, bool):
+            raise TypeError(f"remember must be True or False, not {value!r}")
+        if value is not self._remember:
+            self.regenerate()
+            self._remember = value
+            self._meta_changed = True
 
     @property
     def is_new(self) -> bool:
