@@ -580,3 +580,83 @@ async def test_without_create_table_an_old_table_names_the_statements_to_run(
         assert await store.load(old.key, NOW) == old._replace(authenticated_at=old.created_at)
     finally:
         await store.aclose()
+
+
+async def test_a_column_migrated_to_another_type_is_read_on(postgres: PostgresServer) -> None:
+    """No statement is prepared behind the scenes (a cached plan would fail on the new
+    type until a restart), and values come back as the types the store needs."""
+    store = PostgresStore(postgres.url, table=unique_prefix(), max_connections=1)
+    try:
+        record = make_record(user_agent="Firefox")
+        await store.save(record)
+        for _ in range(10):  # psycopg prepares a statement from its fifth use on
+            assert await store.load(record.key, NOW) == record
+        with postgres.connect() as db:
+            db.execute(f"ALTER TABLE {store.table} ALTER COLUMN user_agent TYPE varchar(512)")
+            db.execute(f"ALTER TABLE {store.table} ALTER COLUMN last_seen_at TYPE numeric")
+        assert await store.load(record.key, NOW) == record
+        assert await store.save(record._replace(version=2), expected_version=1)
+    finally:
+        await store.aclose()
+
+
+async def test_a_table_dropped_under_a_running_store_is_made_again(
+    postgres: PostgresServer,
+) -> None:
+    store = PostgresStore(postgres.url, table=unique_prefix())
+    try:
+        await store.save(make_record())
+        with postgres.connect() as db:
+            db.execute(f"DROP TABLE {store.table}")
+        record = make_record()
+        await store.save(record)  # not a 503 until a restart
+        assert await store.load(record.key, NOW) == record
+    finally:
+        await store.aclose()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used_for_a_save(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save is never sent twice, so it must not meet a connection that an idle
+    timeout (``idle_session_timeout``, a firewall, a NAT) closed: one that sat unused is
+    checked first. Here, unused for a moment is enough."""
+    monkeypatch.setattr("coatcheck.stores.postgres._ASK_AFTER_IDLE", 0.0)
+    name = unique_prefix()
+    store = PostgresStore(f"{postgres.url}?application_name={name}", table=name)
+    try:
+        await store.load(make_record().key, NOW)  # a pooled connection, now idle
+        with postgres.connect() as db:
+            ended = db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (name,),
+            ).fetchall()
+        assert ended
+        assert all(done for (done,) in ended)
+        record = make_record()
+        assert await store.save(record)
+        assert await store.load(record.key, NOW) == record
+    finally:
+        await store.aclose()
+
+
+async def test_a_server_that_refuses_writes_for_a_while_is_an_outage(
+    postgres: PostgresServer,
+) -> None:
+    """A standby being promoted answers writes with "read-only transaction"."""
+    store = PostgresStore(postgres.url, table=unique_prefix())
+    try:
+        record = make_record()
+        await store.save(record)
+        read_only = PostgresStore(
+            f"{postgres.url}?options=-c%20default_transaction_read_only%3Don", table=store.table
+        )
+        try:
+            with pytest.raises(StoreUnavailableError, match="read-only transaction"):
+                await read_only.save(make_record())
+            assert await read_only.load(record.key, NOW) == record
+        finally:
+            await read_only.aclose()
+    finally:
+        await store.aclose()

@@ -153,6 +153,64 @@ async def test_records_survive_a_new_store_on_the_same_file(db_path: Path) -> No
         await second.aclose()
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_file_deleted_or_replaced_under_a_running_store_is_followed(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Writes through connections to a deleted file would each succeed, and be gone
+    with the last connection: once it notices (within a second, here at once), the
+    store reopens what is at the path, and what it writes there stays."""
+    monkeypatch.setattr("coatcheck.stores.sqlite._LOOK_EVERY", 0.0)
+    store = SQLiteStore(db_path)
+    try:
+        before = make_record()
+        await store.save(before)
+        assert await store.load(before.key, NOW) == before  # inline reader open too
+        for leftover in db_path.parent.glob(f"{db_path.name}*"):
+            leftover.unlink()
+        if how == "replaced":  # as by an operator's restore of an older copy
+            other = SQLiteStore(db_path)
+            await other.save(make_record(user_id="restored"))
+            await other.aclose()
+        after = make_record(user_id="alice")
+        await store.save(after)
+        assert await store.load(before.key, NOW) is None
+        assert await store.load(after.key, NOW) == after
+    finally:
+        await store.aclose()
+    restarted = SQLiteStore(db_path)
+    try:
+        assert await restarted.load(after.key, NOW) == after
+        assert await restarted.count(NOW) == (2 if how == "replaced" else 1)
+    finally:
+        await restarted.aclose()
+
+
+async def test_a_table_dropped_under_a_running_store_is_made_again(
+    sqlite_store: SQLiteStore, db_path: Path
+) -> None:
+    await sqlite_store.save(make_record())
+    with connect(db_path) as db:
+        db.execute(f"DROP TABLE {TABLE}")
+    record = make_record()
+    await sqlite_store.save(record)  # not a 503 until a restart
+    assert await sqlite_store.load(record.key, NOW) == record
+
+
+async def test_a_connection_that_cannot_write_is_replaced(sqlite_store: SQLiteStore) -> None:
+    """A connection opened while the file was read-only never writes through it, even
+    once the file is writable again. Made read-only here with query_only, since root,
+    which the tests may run as, opens a read-only file for writing all the same."""
+    await sqlite_store.save(make_record())
+    threads = sqlite_store._threads
+    for _ in range(threads * 4):  # reach every thread's connection
+        await sqlite_store._run(lambda db: db.execute("PRAGMA query_only = 1"))
+    for _ in range(threads * 4):
+        record = make_record()
+        await sqlite_store.save(record)
+        assert await sqlite_store.load(record.key, NOW) == record
+
+
 async def test_custom_table_is_used_and_kept_apart(db_path: Path) -> None:
     default = SQLiteStore(db_path)
     custom = SQLiteStore(db_path, table="my_sessions")

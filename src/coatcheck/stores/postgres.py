@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -89,6 +90,11 @@ _PERMANENT = ("22", "23", "42", "54")
 # Of those, the ones the pool raises without having used a connection.
 _POOL_ERRORS = (PoolTimeout, TooManyRequests)
 _OWN_OPTIONS = ("table", "timeout", "max_connections")
+_ASK_AFTER_IDLE = 1.0  # seconds a pooled connection may sit unused before it is checked
+# SQLSTATEs psycopg raises as other errors that pass all the same: a standby that is
+# being promoted refuses writes, and an idle transaction ended by the server.
+_PASSING = ("25006", "25P03")
+_NO_TABLE = "42P01"
 _MAX_REVOKE_ROUNDS = 20
 
 
@@ -159,6 +165,7 @@ class PostgresStore:
         # Why the pool's last attempt to connect failed, and whether for good: the pool
         # logs the cause, but a request waiting for a connection only sees a timeout.
         self._refused: tuple[str, bool] | None = None
+        self._used: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         # Quoted, so reserved words such as "order" work; a schema may come first.
         name = ".".join(f'"{part}"' for part in parts)
         self._index_prefix = parts[-1]  # an index lives in its table's schema
@@ -460,6 +467,17 @@ class PostgresStore:
                     retry_after=self.retry_after,
                 ) from exc
             except psycopg.Error as exc:
+                if exc.sqlstate == _NO_TABLE and self.create_table:
+                    # Dropped behind the store's back: nothing was written, so the
+                    # table is made again and the call run once more.
+                    self._ready = False
+                    if attempt == 1:
+                        continue
+                if exc.sqlstate in _PASSING:
+                    raise StoreUnavailableError(
+                        f"PostgreSQL session store is unavailable: {_describe(exc)}",
+                        retry_after=self.retry_after,
+                    ) from exc
                 raise StoreError(f"PostgreSQL session store failed: {_describe(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -489,9 +507,22 @@ class PostgresStore:
     async def _attempt(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         pool = self._pool or await self._open()
         async with pool.connection(timeout=self.timeout) as db:
-            if not self._ready:
-                await self._prepare(db)
-            return await work(db)
+            try:
+                if not self._ready:
+                    await self._prepare(db)
+                return await work(db)
+            finally:
+                self._used[db] = time.monotonic()
+
+    async def _check_if_idle(self, db: Connection) -> None:
+        """Ask a connection that sat idle whether it still works, before it is used.
+
+        The server (``idle_session_timeout``), a firewall or a NAT may have closed it
+        meanwhile; a save, which is never sent twice, would fail on it. One in steady
+        use is not asked: that would cost every request a round trip.
+        """
+        if time.monotonic() - self._used.get(db, 0.0) > _ASK_AFTER_IDLE:
+            await AsyncConnectionPool.check_connection(db)
 
     async def _open(self) -> AsyncConnectionPool[Connection]:
         if self._opening is None:
@@ -500,7 +531,12 @@ class PostgresStore:
             if self._pool is None:
                 pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
                     self.conninfo,
-                    kwargs={"autocommit": True},
+                    # No statements prepared behind the scenes: PgBouncer in transaction
+                    # mode hands them to other clients' server connections (a logout
+                    # could run another statement), and a column migrated to another
+                    # type would fail every cached plan until a restart.
+                    kwargs={"autocommit": True, "prepare_threshold": None},
+                    check=self._check_if_idle,
                     min_size=1,
                     max_size=self.max_connections,
                     open=False,
@@ -645,22 +681,28 @@ async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
 def _record(key: str, row: Sequence[Any]) -> SessionRecord:
     *fields, idle, absolute = row
     public_id, data, user_id, created, seen, expires, remember, agent, version, ip, auth = fields
-    return SessionRecord(
-        key,
-        public_id,
-        bytes(data),
-        user_id,
-        created,
-        seen,
-        expires,
-        remember,
-        agent,
-        version,
-        ip,
-        legacy_login_time(auth, created, user_id),
-        idle,
-        absolute,
-    )
+    try:
+        # Converted, as SQLite's are: a column altered to another type (numeric for
+        # double precision) must not hand the middleware a Decimal to add a float to.
+        created, seen = float(created), float(seen)
+        return SessionRecord(
+            key,
+            str(public_id),
+            bytes(data),
+            None if user_id is None else str(user_id),
+            created,
+            seen,
+            float(expires),
+            bool(remember),
+            str(agent),
+            int(version),
+            str(ip),
+            legacy_login_time(auth, created, user_id),
+            int(idle),
+            int(absolute),
+        )
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"a row of the PostgreSQL session table is malformed: {exc}") from None
 
 
 def _told(exc: psycopg.ProgrammingError) -> str:

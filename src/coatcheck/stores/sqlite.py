@@ -46,6 +46,7 @@ _ADDED_COLUMNS = (
     ("absolute_timeout", "INTEGER NOT NULL DEFAULT 0"),
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_LOOK_EVERY = 1.0  # seconds between looks at which file the path names
 # Errors that mean "try again later" (a lock, a full or missing disk), not a bug: a 503.
 _UNAVAILABLE = {
     "SQLITE_BUSY",
@@ -116,6 +117,14 @@ class SQLiteStore:
         self.inline_reads = inline_reads
         self._reader: sqlite3.Connection | None = None
         self._ready = False  # the file is in WAL mode and has the table
+        # The file the connections have open, by device and inode. A file deleted or
+        # replaced under a running app would otherwise take every later write, each
+        # answered with success, and vanish with the last connection; so it is looked
+        # at now and then, and connections made before it changed are made anew.
+        self._identity: tuple[int, int] | None = None
+        self._generation = 0  # counts the files the store has had open
+        self._looked_at = 0.0  # time.monotonic() of the last look
+        self._reader_generation = 0
 
     # -- the store contract -------------------------------------------------------------
 
@@ -250,7 +259,12 @@ class SQLiteStore:
     def _read_inline(self, sql: str, parameters: tuple[object, ...]) -> list[Any] | None:
         """Run a point read on this thread, or return None to send it to the pool."""
         try:
+            self._look_at_file()
+            if self._reader is not None and self._reader_generation != self._generation:
+                self._reader.close()
+                self._reader = None
             if self._reader is None:
+                self._reader_generation = self._generation
                 _create_private(self.path)  # a first read would make the file otherwise
                 reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 reader.execute("PRAGMA busy_timeout = 0")
@@ -315,15 +329,53 @@ class SQLiteStore:
             raise StoreError(f"SQLite session store {str(self.path)!r} failed: {exc}") from exc
 
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._connect()
-            self._local.db = db
-        return work(db)
+        self._look_at_file()
+        local = self._local
+        for attempt in (1, 2):
+            db: sqlite3.Connection | None = getattr(local, "db", None)
+            if db is not None and local.generation != self._generation:
+                self._drop(local)  # made on a file that is no longer at the path
+                db = None
+            if db is None:
+                generation = self._generation
+                db = self._connect()
+                local.db, local.generation = db, generation
+            try:
+                return work(db)
+            except sqlite3.Error as exc:
+                if not _stale(exc) or attempt == 2:
+                    raise
+                # Opened while the file was read-only (SQLite then never writes through
+                # it), or the table went: nothing was written, and a new connection
+                # sees the file as it is now.
+                self._drop(local)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop(self, local: threading.local) -> None:
+        db = local.db
+        local.db = None
+        with self._lock, suppress(ValueError):
+            self._connections.remove(db)
+        db.close()
+
+    def _look_at_file(self) -> None:
+        """Notice, within a second, that the file at the path is another one (or none)."""
+        now = time.monotonic()
+        if now - self._looked_at < _LOOK_EVERY:
+            return
+        self._looked_at = now
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            identity = None
+        else:
+            identity = (found.st_dev, found.st_ino)
+        if self._identity is not None and identity != self._identity:
+            self._identity = None
+            self._generation += 1
 
     def _connect(self) -> sqlite3.Connection:
-        if not self._ready:
-            _create_private(self.path)
+        _create_private(self.path)
         db = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -334,6 +386,9 @@ class SQLiteStore:
             raise
         with self._lock:
             self._connections.append(db)
+            if self._identity is None:
+                found = os.stat(self.path)
+                self._identity = (found.st_dev, found.st_ino)
         return db
 
     def _prepare(self, db: sqlite3.Connection) -> None:
@@ -386,6 +441,15 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _stale(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says that the connection no longer fits the file."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if isinstance(name, str) and name.startswith("SQLITE_READONLY"):
+        return True
+    message = str(exc).lower()
+    return "readonly database" in message or message.startswith("no such table")
 
 
 def _is_transient(exc: sqlite3.Error) -> bool:
