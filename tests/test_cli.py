@@ -208,6 +208,21 @@ def test_list_shows_addresses_once_sessions_keep_them(runner: CliRunner, tmp_pat
     assert " - " in second  # kept by no setting: shown as unknown
 
 
+def test_list_never_cuts_an_address(runner: CliRunner, tmp_path: Path) -> None:
+    address = "2001:db8:85a3::8a2e:370:7334"
+    agent = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 " * 3
+    url = _stored(
+        tmp_path / "addresses.db",
+        _live(key="0" * 64, public_id="addresspublicid0", ip_address=address, user_agent=agent),
+    )
+    for columns in ("200", "100"):
+        result = runner.invoke(
+            app, ["sessions", "list", "--store", url, "--user", "alice"], env={"COLUMNS": columns}
+        )
+        assert result.exit_code == 0, result.output
+        assert address in result.stdout
+
+
 def test_list_prints_markup_in_user_agents_and_names_as_text(
     runner: CliRunner, tmp_path: Path
 ) -> None:
@@ -291,6 +306,53 @@ def test_revoking_someone_elses_session_fails_cleanly(runner: CliRunner, filled:
     assert count.stdout.strip() == "3 live sessions"
 
 
+def test_a_session_id_given_for_a_public_id_is_never_shown_back(
+    runner: CliRunner, filled: Filled
+) -> None:
+    """An operator may paste a cookie's value: quoted in the error, it would land in
+    scrollback and logs."""
+    session_id = filled.secrets[0]
+    args = ["sessions", "revoke", "--store", filled.url, "--user", "alice", "--id", session_id]
+    result = runner.invoke(app, args)
+    count = runner.invoke(app, ["sessions", "count", "--store", filled.url])
+    assert result.exit_code == 2
+    assert "not a public id" in result.output
+    _assert_no_secrets(result.output, filled)
+    assert count.stdout.strip() == "3 live sessions"
+
+
+def test_an_empty_user_is_a_usage_error(runner: CliRunner, filled: Filled) -> None:
+    result = runner.invoke(app, ["sessions", "revoke", "--store", filled.url, "--user", ""])
+    assert result.exit_code == 2
+    assert "no login has an empty user id" in result.output
+
+
+def test_text_the_terminal_cannot_show_is_replaced_not_a_traceback(tmp_path: Path) -> None:
+    zoe = _live(key="2" * 64, public_id="zoepublicid00000", user_id="Zoë", user_agent="Café ☕")
+    url = _stored(tmp_path / "s.db", zoe)
+    for command in (["list", "--user", "Zoë"], ["list", "--user", "Zoë-nobody"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "coatcheck", "sessions", *command, "--store", url],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env={**os.environ, "PYTHONIOENCODING": "ascii", "NO_COLOR": "1"},
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Zo?" in result.stdout
+        assert "Traceback" not in result.stderr
+
+
+def test_revoke_all_fails_on_an_unreachable_store_before_asking(runner: CliRunner) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0?timeout=0.5"
+    result = runner.invoke(app, ["sessions", "revoke-all", "--store", url], input="y\n")
+    assert result.exit_code == 1
+    assert "unavailable" in result.stderr
+    assert "End every session" not in result.output
+    assert "s3cret" not in result.output
+
+
 def test_revoke_all_of_a_users_sessions(runner: CliRunner, filled: Filled) -> None:
     result = runner.invoke(app, ["sessions", "revoke", "--store", filled.url, "--user", "alice"])
     count = runner.invoke(app, ["sessions", "count", "--store", filled.url])
@@ -327,11 +389,17 @@ def test_revoke_all_asks_first(runner: CliRunner, filled: Filled, answer: str, l
     assert count.stdout.strip() == f"{left} live session{'' if left == 1 else 's'}"
 
 
-def test_revoke_all_asks_without_showing_the_password(runner: CliRunner) -> None:
-    store = f"redis://admin:hunter2@127.0.0.1:{free_port()}/0"  # nothing listens there
-    result = runner.invoke(app, ["sessions", "revoke-all", "--store", store], input="n\n")
+def test_revoke_all_asks_without_showing_the_password(runner: CliRunner, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "auth").start()
+    try:
+        with server.client() as admin:
+            admin.config_set("requirepass", "hunter2")
+        store = f"redis://:hunter2@127.0.0.1:{server.port}/0"
+        result = runner.invoke(app, ["sessions", "revoke-all", "--store", store], input="n\n")
+    finally:
+        server.stop()
     assert result.exit_code == 1
-    assert "End every session in redis://admin:***@127.0.0.1:" in result.output
+    assert "End every session in redis://:***@127.0.0.1:" in result.output
     assert "hunter2" not in result.output
 
 
@@ -367,16 +435,23 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
-@pytest.mark.parametrize("command", [["count"], ["purge"], ["list", "--user", "alice"]])
-def test_another_apps_database_is_refused_and_left_alone(
-    runner: CliRunner, tmp_path: Path, command: list[str]
-) -> None:
+def _other_app(tmp_path: Path, *statements: str) -> Path:
+    """Another app's SQLite database, alone in a folder of its own."""
     folder = tmp_path / "other-app"
     folder.mkdir()
     other = folder / "app.db"
     with contextlib.closing(sqlite3.connect(other)) as db, db:
-        db.execute("CREATE TABLE users (name TEXT)")
-        db.execute("INSERT INTO users VALUES ('alice')")
+        for statement in statements:
+            db.execute(statement)
+    return other
+
+
+@pytest.mark.parametrize("command", [["count"], ["purge"], ["list", "--user", "alice"]])
+def test_another_apps_database_is_refused_and_left_alone(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    other = _other_app(tmp_path, "CREATE TABLE users (name TEXT)", "INSERT INTO users VALUES ('a')")
+    folder = other.parent
     before = _snapshot(folder)
 
     result = runner.invoke(app, ["sessions", *command, "--store", f"sqlite:///{other}"])
@@ -390,6 +465,21 @@ def test_another_apps_database_is_refused_and_left_alone(
     assert _snapshot(folder) == before  # no WAL switch, no table, no side files
     with contextlib.closing(sqlite3.connect(other)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_another_apps_table_of_the_asked_name_is_refused_and_left_alone(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """A ``sessions`` table of another framework must not gain coatcheck's columns."""
+    other = _other_app(tmp_path, "CREATE TABLE sessions (session_key TEXT, expire_date TEXT)")
+    folder = other.parent
+    before = _snapshot(folder)
+    result = runner.invoke(
+        app, ["sessions", "count", "--store", f"sqlite:///{other}?table=sessions"]
+    )
+    assert result.exit_code == 1
+    assert "is not a coatcheck session table" in result.stderr
+    assert _snapshot(folder) == before
 
 
 def test_a_store_with_another_table_name_is_found(runner: CliRunner, filled: Filled) -> None:
@@ -725,6 +815,27 @@ def test_demo_timeouts_also_cap_remember_me_sessions(
     assert short.exit_code == 0, short.output
     assert "3s idle, 3s after login" in short.stdout
     assert "remember me: 3s idle, 3s after login" in short.stdout
+
+
+def test_demo_on_a_port_in_use_fails_before_it_starts(
+    runner: CliRunner, uvicorn_calls: list[tuple[tuple[Any, ...], dict[str, Any]]], tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["demo", "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1 port {port}" in result.stderr
+    assert "another server is using it" in result.stderr
+    assert "coatcheck demo on" not in result.stdout  # no banner for a server that is not
+    assert uvicorn_calls == []
+    assert not (tmp_path / "coatcheck-demo.db").exists()
+    empty = runner.invoke(app, ["demo", "--host", ""])
+    assert empty.exit_code == 2
+    assert "0.0.0.0 for every interface" in empty.output
 
 
 def test_demo_refuses_a_short_shared_secret(

@@ -28,7 +28,7 @@ from .exceptions import (
 )
 from .stores import POSTGRES_SCHEMES, MemoryStore, SQLiteStore, Store, store_from_url
 from .stores._redact import redact
-from .stores.base import cookie_sealer_of
+from .stores.base import CORE_COLUMNS, cookie_sealer_of, not_ours
 
 T = TypeVar("T")
 
@@ -87,17 +87,22 @@ def _check_session_table(store: SQLiteStore) -> None:
     Opening the store itself would switch another app's database to WAL and add
     coatcheck's table to it.
     """
-    found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
     try:
         with contextlib.closing(sqlite3.connect(f"{store.path.as_uri()}?mode=ro", uri=True)) as db:
-            tables = db.execute(found, (store.table,)).fetchall()
+            columns = {
+                row[1] for row in db.execute("SELECT * FROM pragma_table_info(?)", (store.table,))
+            }
     except sqlite3.Error as exc:
         fail(f"cannot read the SQLite file {store.path}: {exc}")
-    if not tables:
+    if not columns:
         fail(
             f"{store.path} is not a coatcheck session store (it has no {store.table!r} table);"
             " check --store"
         )
+    # Another app's table of the same name (a "sessions" table, say) must not gain
+    # coatcheck's newer columns, nor its file WAL mode.
+    if missing := CORE_COLUMNS - columns:
+        fail(f"{store.path}: {not_ours(store.table, missing)}")
 
 
 def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str | None = None) -> T:
@@ -107,9 +112,22 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str 
     wrong URL fails without one.
     """
     store = open_store(url)
-    if confirm is not None and not typer.confirm(confirm):
-        asyncio.run(store.aclose())
-        raise typer.Abort
+    if confirm is not None:
+        # The store answers first: an outage or a refused password fails before the
+        # question, not after the operator said yes.
+        async def reach() -> None:
+            try:
+                await store.count(time.time())
+            finally:
+                await store.aclose()
+
+        try:
+            asyncio.run(reach())
+        except CoatcheckError as exc:
+            fail(masked(exc, url))
+        if not typer.confirm(confirm):
+            raise typer.Abort
+        store = open_store(url)
 
     async def run() -> T:
         try:

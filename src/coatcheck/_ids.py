@@ -7,6 +7,7 @@ import secrets
 
 ID_BYTES = 32  # 256 bits
 ID_LENGTH = 43  # len(token_urlsafe(32))
+PUBLIC_ID_LENGTH = 16  # len(token_urlsafe(12))
 # What token_urlsafe() draws from; a well-formed ID is nothing else.
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -18,6 +19,15 @@ def new_session_id() -> str:
 def new_public_id() -> str:
     """A random handle for device lists: safe to show, useless as a credential."""
     return secrets.token_urlsafe(12)
+
+
+def is_public_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a public id (so it may be shown back)."""
+    return (
+        len(value) == PUBLIC_ID_LENGTH
+        and value.isascii()
+        and not value.encode("ascii").translate(None, _ALPHABET)
+    )
 
 
 def store_key(session_id: str) -> str:

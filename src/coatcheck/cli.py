@@ -8,15 +8,21 @@ uses, and none ever prints a session ID or a store key: only public ids.
 from __future__ import annotations
 
 import copy
+import errno
+import io
 import json
+import logging
 import os
 import secrets
+import socket
+import sys
 import time
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from . import __version__
 from ._devices import end_device, utc
+from ._ids import is_public_id
 from ._persist import Persistence
 from ._printable import printable
 from .exceptions import ConfigurationError, MissingDependencyError
@@ -36,14 +42,19 @@ from ._cli_stores import fail as _fail
 from ._cli_stores import parse_store, try_store, with_store
 from .demo.settings import DEFAULT_STORE, ENV_SECRET, DemoSettings
 
+# A traceback of a bug must not print its locals: a store URL holds a password, and a
+# record holds session data.
 app = typer.Typer(
     name="coatcheck",
     help="Server-side sessions for FastAPI and ASGI apps.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,
 )
 sessions_app = typer.Typer(
-    help="Count, list, purge and revoke the sessions in a store.", no_args_is_help=True
+    help="Count, list, purge and revoke the sessions in a store.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
 app.add_typer(sessions_app, name="sessions")
 
@@ -66,6 +77,8 @@ def _user_id(value: str) -> str:
         value.encode()
     except UnicodeEncodeError:
         raise typer.BadParameter("not valid UTF-8 text: no user id can hold it") from None
+    if not value:
+        raise typer.BadParameter("empty: no login has an empty user id")
     return value
 
 
@@ -182,7 +195,8 @@ def list_sessions(
     # Addresses are kept only under SessionConfig(record_ip=True): no empty column else.
     addresses = any(record.ip_address for record in records)
     if addresses:
-        table.add_column("Address", no_wrap=True)
+        longest = max(len(_shown(record.ip_address)) for record in records)
+        table.add_column("Address", no_wrap=True, min_width=max(longest, 7))
     table.add_column("User agent", no_wrap=True, overflow="ellipsis")
     for record in records:
         address = [_shown(record.ip_address) or "-"] if addresses else []
@@ -216,6 +230,13 @@ def revoke(
         found, _ = await end_device(s, lambda: s.list_user(user, time.time()), public_id)
         return int(found)
 
+    if public_id is not None and not is_public_id(public_id):
+        # Quoted back, a session ID pasted from a cookie would land in logs and scrollback.
+        raise typer.BadParameter(
+            "not a public id (16 letters, digits, - or _, as `sessions list` shows; a "
+            "cookie's value is not one)",
+            param_hint="--id",
+        )
     removed = with_store(store, work)
     if public_id is not None and not removed:
         _fail(f"{user!r} has no live session with public id {public_id!r}")
@@ -248,7 +269,7 @@ def demo(
         int, typer.Option(min=1, max=65535, metavar="PORT", help="Port to listen on.")
     ] = 8000,
     store: Annotated[str, typer.Option(metavar="URL", help="Session store URL.")] = DEFAULT_STORE,
-    workers: Annotated[int, typer.Option(min=1, metavar="N", help="Worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, max=64, metavar="N", help="Worker processes.")] = 1,
     secure_cookies: Annotated[
         bool,
         typer.Option(
@@ -277,7 +298,7 @@ def demo(
         typer.Option(
             min=1,
             metavar="N",
-            help="Refuse a login that would give its user more than N sessions [no limit].",
+            help="Refuse a login that would give its user more than N sessions \\[no limit].",
         ),
     ] = None,
 ) -> None:
@@ -303,6 +324,7 @@ def demo(
         Persistence(chosen, config, None)  # what each worker's middleware checks, checked now
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc), param_hint="--store/--max-sessions") from None
+    _check_listen(host, port)  # before anything is made or shown: uvicorn would say it late
     try_store(chosen, store)  # stores connect on first use: a bad one would only show as 503s
     try:
         import uvicorn
@@ -344,13 +366,49 @@ def demo(
     )
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Fail now, in one line, if the demo could not listen where it was asked to."""
+    if not host:
+        raise typer.BadParameter(
+            "give an address (0.0.0.0 for every interface)", param_hint="--host"
+        )
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise typer.BadParameter(f"{host}: {exc.strerror}", param_hint="--host") from None
+    family, kind, protocol, _, address = found[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            busy = " (another server is using it)" if exc.errno == errno.EADDRINUSE else ""
+            _fail(f"cannot listen on {host} port {port}: {exc.strerror}{busy}")
+
+
 def _log_config(uvicorn: Any) -> dict[str, Any]:
     """uvicorn's logging, extended so coatcheck's own warnings show up the same way."""
     config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config["loggers"]["coatcheck"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    # The PostgreSQL pool's own complaints (a refused connection) in the same format.
+    config["loggers"]["psycopg.pool"] = {
+        "handlers": ["default"],
+        "level": "WARNING",
+        "propagate": False,
+    }
     return config
 
 
 def main() -> None:
     """Entry point of the ``coatcheck`` script and ``python -m coatcheck``."""
+    # A command's own error names the cause once; the PostgreSQL pool would first log
+    # each attempt to connect through Python's last-resort handler.
+    pool_log = logging.getLogger("psycopg.pool")
+    pool_log.addHandler(logging.NullHandler())
+    pool_log.propagate = False
+    for stream in (sys.stdout, sys.stderr):
+        # A user id or user agent that the terminal's encoding cannot show (an ASCII
+        # locale, PYTHONIOENCODING) is shown with a replacement, not as a traceback.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     app(prog_name="coatcheck")

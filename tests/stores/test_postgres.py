@@ -660,3 +660,24 @@ async def test_a_server_that_refuses_writes_for_a_while_is_an_outage(
             await read_only.aclose()
     finally:
         await store.aclose()
+
+
+async def test_another_apps_table_of_the_same_name_is_refused_untouched(
+    postgres: PostgresServer,
+) -> None:
+    table = unique_prefix()
+    with postgres.connect() as db:
+        db.execute(f"CREATE TABLE {table} (session_key text PRIMARY KEY, expire_date text)")
+    store = PostgresStore(postgres.url, table=table)
+    try:
+        with pytest.raises(StoreError, match="not a coatcheck session table"):
+            await store.save(make_record())
+    finally:
+        await store.aclose()
+    with postgres.connect() as db:
+        columns = db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
+            " ORDER BY ordinal_position",
+            (table,),
+        ).fetchall()
+    assert columns == [("session_key",), ("expire_date",)]

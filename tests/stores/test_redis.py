@@ -1022,3 +1022,20 @@ def test_records_keep_the_oldest_format_that_holds_them() -> None:
     ]:
         assert _redis_codec.pack(record)[0] == fmt
         assert _redis_codec.unpack(plain.key, _redis_codec.pack(record)) == record
+
+
+async def test_a_burst_of_saves_on_a_new_cluster_client_all_land(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """The first requests after a start (or after an error that makes the client learn
+    the slots again) come in a burst. Sent before the client knows the slots, each
+    would meet a MOVED reply, and enough of those make redis-py start over, closing the
+    connections of every command in flight: 503s under load."""
+    store = RedisStore.from_url(redis_cluster.url, prefix=unique_prefix())
+    try:
+        records = [make_record(user_id="alice") for _ in range(40)]
+        results = await asyncio.gather(*(store.save(record) for record in records))
+        assert results == [True] * len(records)
+        assert len(await store.list_user("alice", NOW)) == len(records)
+    finally:
+        await store.aclose()

@@ -108,3 +108,17 @@ async def test_a_hung_sentinel_is_a_quick_outage(tmp_path: Path) -> None:
         sentinel.send_signal(signal.SIGCONT)
         await store.aclose()
         servers.stop()
+
+
+async def test_no_sentinel_to_ask_is_said_in_a_line_not_a_client_repr() -> None:
+    from ..redis_servers import free_port
+
+    store = store_from_url(f"redis+sentinel://127.0.0.1:{free_port()}/coatcheck?timeout=0.5")
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            await store.load(make_record().key, NOW)
+    finally:
+        await store.aclose()
+    assert "No master found for 'coatcheck'" in str(caught.value)
+    assert "<redis." not in str(caught.value)
+    assert len(str(caught.value)) < 200

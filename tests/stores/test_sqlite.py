@@ -858,3 +858,17 @@ async def test_a_file_from_an_earlier_release_is_brought_up_to_date(
         columns = [row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")]
     added = ("ip_address", "authenticated_at", "idle_timeout", "absolute_timeout")
     assert [columns.count(name) for name in added] == [1, 1, 1, 1]
+
+
+async def test_another_apps_table_of_the_same_name_is_refused_untouched(db_path: Path) -> None:
+    with connect(db_path) as db:
+        db.execute("CREATE TABLE sessions (session_key TEXT PRIMARY KEY, expire_date TEXT)")
+    store = SQLiteStore(db_path, table="sessions")
+    try:
+        with pytest.raises(StoreError, match="not a coatcheck session table"):
+            await store.save(make_record())
+    finally:
+        await store.aclose()
+    with connect(db_path) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(sessions)")]
+    assert columns == ["session_key", "expire_date"]

@@ -209,6 +209,11 @@ def test_malformed_sqlite_url_shows_the_right_form(
         "postgresql://app@127.0.0.1/db?password=hunter2&timeout=abc",
         "postgresql://app:hunter2@[::1]5432/db",  # libpq quotes the whole malformed URI
         "postgresql:/app:hunter2@127.0.0.1/db",
+        # Characters repr() escapes: the password must be masked before quoting.
+        "cookie://u:hunter2\\@x",
+        "sqlite://u:hunter2@x/a'b\".db",
+        "sqlite://u:hunter2@x/a\tb.db",
+        "sqlite://u:hunter2@x/a#b.db",
     ],
 )
 def test_errors_never_show_a_password(url: str) -> None:

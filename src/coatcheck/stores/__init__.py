@@ -55,7 +55,9 @@ def store_from_url(url: str) -> Store:
             from .cookie import CookieStore  # here: `import coatcheck` must not need cryptography
 
             if parts.netloc or parts.path:
-                raise ConfigurationError(f"cookie store URLs look like cookie://, got {url!r}")
+                raise ConfigurationError(
+                    f"cookie store URLs look like cookie://, got {redact(url)!r}"
+                )
             cookie = CookieStore(max_bytes=int(options.pop("max_bytes", 4096)))
             _no_leftovers(options, url)
             return cookie
@@ -87,12 +89,14 @@ def _check_sqlite_url(url: str, netloc: str, path: str) -> None:
     """Refuse the forms that would otherwise quietly open some other file."""
     if "#" in url:
         # urlsplit takes it for a fragment: sqlite:///a#b.db would open the file "a".
-        raise ConfigurationError(f"{_SQLITE_FORMS}, and a path cannot hold '#'; got {url!r}")
+        raise ConfigurationError(
+            f"{_SQLITE_FORMS}, and a path cannot hold '#'; got {redact(url)!r}"
+        )
     if not url.partition(":")[2].startswith("//"):
         # sqlite:/tmp/x.db would open the relative path tmp/x.db.
-        raise ConfigurationError(f"{_SQLITE_FORMS} (three slashes at least), got {url!r}")
+        raise ConfigurationError(f"{_SQLITE_FORMS} (three slashes at least), got {redact(url)!r}")
     if netloc or len(path) < 2:
-        raise ConfigurationError(f"{_SQLITE_FORMS}, got {url!r}")
+        raise ConfigurationError(f"{_SQLITE_FORMS}, got {redact(url)!r}")
 
 
 def _no_leftovers(options: dict[str, str], url: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,9 @@ _CONNECTION_CODE = (
 )
 
 
+_CLIENT_REPR = re.compile(r" : <redis\..*>(?= - |$)", re.DOTALL)
+
+
 def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     """The store error to raise (``from exc``) for one of :data:`REDIS_ERRORS`.
 
@@ -100,8 +104,11 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     if isinstance(exc, _TRANSIENT) or (
         isinstance(exc, RedisClusterException) and "connect" in str(exc).lower()
     ):
-        # redis-py's Cluster raises a pool at its size without a word.
-        told = str(exc) or f"{type(exc).__name__} (every connection of max_connections in use)"
+        # redis-py's Cluster raises a pool at its size without a word, and Sentinel names
+        # a lost primary with the whole repr of its client (a thousand characters).
+        told = _CLIENT_REPR.sub("", str(exc)) or (
+            f"{type(exc).__name__} (every connection of max_connections in use)"
+        )
         return StoreUnavailableError(
             f"Redis session store is unavailable: {told}", retry_after=retry_after
         )

@@ -206,6 +206,14 @@ class _Cluster(RedisCluster):
         if error not in (RedisTimeoutError, ClusterDownError)
     )
 
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Learn the slots before routing a command. redis-py routes a command sent
+        before it has (at start-up, or after an error made it start over) to any
+        node; a burst of them meets as many MOVED replies, which make it start over
+        again, closing the connections of every command in flight."""
+        await self.initialize()  # returns at once when the slots are known
+        return await super().execute_command(*args, **kwargs)
+
 
 def _flag(value: str) -> bool:
     """A boolean query option, read as redis-py reads one in a single-node URL."""

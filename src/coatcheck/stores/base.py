@@ -76,6 +76,23 @@ def legacy_login_time(stored: Any, created_at: Any, user_id: Any) -> float:
     return implied_login_time(float(created_at), user_id is not None)
 
 
+# The columns of every release's SQL table; those added since are added in place. A
+# table without them is another app's, which must not gain coatcheck's columns.
+CORE_COLUMNS = frozenset(
+    {"key", "public_id", "data", "user_id", "created_at", "last_seen_at", "expires_at"}
+    | {"remember", "user_agent", "version"}
+)
+
+
+def not_ours(table: str, missing: set[str] | frozenset[str]) -> str:
+    """Why a store refuses a table of that name that lacks ``missing`` core columns."""
+    names = ", ".join(sorted(missing))
+    return (
+        f"the table {table!r} is not a coatcheck session table (it has no {names} "
+        "column); check the store URL and its ?table="
+    )
+
+
 Merge = Callable[[SessionRecord], SessionRecord]
 """Given the stored record that won a race, return the record to write on top of it."""
 

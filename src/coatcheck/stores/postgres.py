@@ -36,11 +36,13 @@ from ..exceptions import (
 from . import POSTGRES_SCHEMES
 from ._redact import redact
 from .base import (
+    CORE_COLUMNS,
     PURGE_ROUNDS,
     Merge,
     SessionRecord,
     checked_retry_after,
     legacy_login_time,
+    not_ours,
 )
 
 try:
@@ -575,10 +577,12 @@ class PostgresStore:
     async def _missing_columns(self, db: Connection) -> list[tuple[str, str]]:
         found = await db.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-            " AND attname = ANY(%s) AND NOT attisdropped",
-            (self._sql_table, [name for name, _ in _ADDED_COLUMNS]),
+            " AND attnum > 0 AND NOT attisdropped",
+            (self._sql_table,),
         )
         present = {row[0] for row in await found.fetchall()}
+        if missing := CORE_COLUMNS - present:
+            raise StoreError(not_ours(self.table, missing))
         return [column for column in _ADDED_COLUMNS if column[0] not in present]
 
     async def _add_columns(self, db: Connection, missing: list[tuple[str, str]]) -> None:

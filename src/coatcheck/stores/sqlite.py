@@ -22,11 +22,13 @@ from typing import Any, TypeVar
 
 from ..exceptions import StoreError, StoreUnavailableError
 from .base import (
+    CORE_COLUMNS,
     PURGE_ROUNDS,
     Merge,
     SessionRecord,
     checked_retry_after,
     legacy_login_time,
+    not_ours,
 )
 
 T = TypeVar("T")
@@ -298,6 +300,8 @@ class SQLiteStore:
 
     def _missing_columns(self, db: sqlite3.Connection) -> list[tuple[str, str]]:
         present = {column[1] for column in db.execute(f"PRAGMA table_info({self._sql_table})")}
+        if missing := CORE_COLUMNS - present:
+            raise StoreError(not_ours(self.table, missing))
         return [column for column in _ADDED_COLUMNS if column[0] not in present]
 
     def _add_columns(self, db: sqlite3.Connection) -> None:
