@@ -19,12 +19,14 @@ from coatcheck import (
     Store,
 )
 from coatcheck.fastapi import CurrentUser, RequiredUser, SessionDep
+from coatcheck.stores.cookie import CookieStore
 from coatcheck.stores.redis import RedisStore
 from coatcheck.testing import (
     SAME_ORIGIN,
     TEST_BASE_URL,
     FakeClock,
     create_session,
+    read_session,
     set_session_cookie,
 )
 
@@ -199,3 +201,36 @@ async def test_create_session_refuses_what_would_not_work() -> None:
     with pytest.raises(SerializationError, match="'when'"):
         await create_session(store, user_id="alice", data={"when": time})
     assert await store.count(0) == 0
+
+
+async def _stored_and_read(store: Store, **options: Any) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    keys = ["a-secret-key-of-at-least-16-bytes"]
+    config = SessionConfig(clock=clock, idle_timeout=600, secret_keys=keys, **options)
+    app = FastAPI()
+
+    @app.post("/cart")
+    async def add(session: SessionDep) -> None:
+        session["cart"] = [*session.get("cart", []), "apple"]
+
+    app.add_middleware(SessionMiddleware, store=store, config=config)
+    async with client_for(app) as client:
+        response = await client.post("/cart")
+    value = response.cookies[config.cookie.name]
+    assert await read_session(store, value, config=config) == {"cart": ["apple"]}
+    assert await read_session(store, "not-a-session", config=config) is None
+    clock.advance(601)  # past the idle limit: what the app would no longer serve
+    assert await read_session(store, value, config=config) is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("encrypt_data", [False, True])
+async def test_read_session_shows_what_a_request_stored(
+    any_store: Store, encrypt_data: bool
+) -> None:
+    await _stored_and_read(any_store, encrypt_data=encrypt_data)
+
+
+@pytest.mark.anyio
+async def test_read_session_opens_the_cookie_stores_cookie() -> None:
+    await _stored_and_read(CookieStore())

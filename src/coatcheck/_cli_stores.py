@@ -170,7 +170,8 @@ def try_store(store: Store, url: str) -> None:
         if isinstance(store, SQLiteStore):  # a file that cannot be opened stays so
             fail(f"cannot use the {where}: {exc}")
         Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"[bold yellow]Warning:[/] {escape(masked(exc, url))}; starting anyway: requests "
+            f"[bold yellow]Warning:[/] {escape(masked(exc, url).rstrip('.'))}; starting "
+            "anyway: requests "
             "that need a session get 503 until the store answers"
         )
     except CoatcheckError as exc:

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Protocol
 
-from ._ids import new_public_id, new_session_id, store_key
+from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._persist import cookie_keys
 from .config import SessionConfig
 from .serializers import JSONSerializer, Serializer
@@ -42,6 +42,7 @@ __all__ = [
     "TEST_WS_BASE_URL",
     "FakeClock",
     "create_session",
+    "read_session",
     "set_session_cookie",
 ]
 
@@ -133,6 +134,46 @@ async def create_session(
         store = sealing_data(store, config.secret_keys)
     await store.save(record)
     return session_id
+
+
+async def read_session(
+    store: Store,
+    value: str,
+    *,
+    config: SessionConfig | None = None,
+    serializer: Serializer | None = None,
+) -> dict[str, Any] | None:
+    """The data of the live session a cookie's ``value`` names, None when there is
+    none (unknown, expired or ended), to check what a request stored:
+
+        await client.post("/cart/items", json={"item": "apple"})
+        assert await read_session(store, client.cookies["__Host-session"]) == {...}
+
+    Give the app's ``config`` (its clock and limits decide what is live; with the cookie
+    store or ``encrypt_data``, its ``secret_keys`` open the data) and, if the middleware
+    has one, its ``serializer``. Reading changes nothing, not even the sliding expiry.
+    """
+    config = config or SessionConfig()
+    now = config.clock()
+    sealer = cookie_sealer_of(store)
+    record: SessionRecord | None
+    if sealer is not None:
+        opened = sealer(cookie_keys(config), config.cookie.name).open(value)
+        record = None if opened is None else opened[1]
+    else:
+        if config.encrypt_data:
+            from ._data_sealing import sealing_data
+
+            store = sealing_data(store, config.secret_keys)
+        key = key_of(value)
+        record = None if key is None else await store.load(key, now)
+    if record is None:
+        return None
+    lifetime = config.lifetime(record.remember, record.idle_timeout, record.absolute_timeout)
+    if now >= min(record.expires_at, lifetime.deadline(record.last_seen_at, record.created_at)):
+        return None
+    data: dict[str, Any] = (serializer or JSONSerializer()).loads(record.data)
+    return data
 
 
 class _Cookies(Protocol):

@@ -251,6 +251,6 @@ def _timeout(value: float | str | None, url: str) -> float:
         seconds = math.nan
     if not 0 < seconds <= 3600:  # also rejects NaN and infinity
         raise ConfigurationError(
-            f"Redis timeout must be between 0 and 3600 seconds, got {value!r} in {url!r}"
+            f"Redis timeout must be over 0 and at most 3600 seconds, got {value!r} in {url!r}"
         )
     return seconds

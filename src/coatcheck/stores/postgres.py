@@ -137,7 +137,9 @@ class PostgresStore:
                 "which leaves no room for the names of its indexes"
             )
         if not 0 < timeout < 3600:  # also rejects NaN
-            raise ConfigurationError(f"timeout must be between 0 and 3600 seconds, got {timeout}")
+            raise ConfigurationError(
+                f"timeout must be over 0 and under 3600 seconds, got {timeout}"
+            )
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
         if pool is not None and conninfo:

@@ -91,7 +91,9 @@ class SQLiteStore:
         if not _IDENTIFIER.fullmatch(table) or table.lower().startswith("sqlite_"):
             raise ValueError(f"table name {table!r} is not a plain SQL identifier")
         if not 0 <= busy_timeout < 3600:  # also rejects NaN
-            raise ValueError(f"busy_timeout must be between 0 and 3600 seconds, got {busy_timeout}")
+            raise ValueError(
+                f"busy_timeout must be from 0 to under 3600 seconds, got {busy_timeout}"
+            )
         if str(path) in ("", ":memory:"):
             raise ValueError("SQLiteStore needs a file: use MemoryStore for in-memory sessions")
         self.path = Path(path).resolve()  # a later chdir must not move the sessions
