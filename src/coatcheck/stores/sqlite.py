@@ -485,26 +485,42 @@ def _values(record: SessionRecord) -> tuple[object, ...]:
     )
 
 
-def _record(row: tuple[object, ...]) -> SessionRecord:
-    *fields, idle, absolute = row
-    key, public_id, data, user_id, created, seen, expires, remember, agent, version, ip, auth = (
-        fields
-    )
-    return SessionRecord(
-        key=str(key),
-        public_id=str(public_id),
-        data=bytes(data),  # type: ignore[call-overload]
-        user_id=None if user_id is None else str(user_id),
-        created_at=float(created),  # type: ignore[arg-type]
-        last_seen_at=float(seen),  # type: ignore[arg-type]
-        expires_at=float(expires),  # type: ignore[arg-type]
-        remember=bool(remember),
-        user_agent=str(agent),
-        version=int(version),  # type: ignore[call-overload]
-        ip_address=str(ip),
-        authenticated_at=legacy_login_time(auth, created, user_id),
-        idle_timeout=int(idle),  # type: ignore[call-overload]
-        absolute_timeout=int(absolute),  # type: ignore[call-overload]
+def _record(row: tuple[Any, ...]) -> SessionRecord:
+    # Every load builds one: the fields are passed by position (``_make``), since a
+    # named tuple takes fourteen keywords several times slower than one tuple.
+    (
+        key,
+        public_id,
+        data,
+        user_id,
+        created,
+        seen,
+        expires,
+        remember,
+        agent,
+        version,
+        ip,
+        auth,
+        idle,
+        absolute,
+    ) = row
+    return SessionRecord._make(
+        (
+            str(key),
+            str(public_id),
+            bytes(data),
+            None if user_id is None else str(user_id),
+            float(created),
+            float(seen),
+            float(expires),
+            bool(remember),
+            str(agent),
+            int(version),
+            str(ip),
+            float(auth) if auth is not None else legacy_login_time(auth, created, user_id),
+            int(idle),
+            int(absolute),
+        )
     )
 
 
