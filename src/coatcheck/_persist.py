@@ -145,13 +145,19 @@ class Persistence:
         orphan = None
         if record is not None and key is not None:
             # Written out rather than split into helpers: every read runs this.
-            # The stored deadline, or an earlier one if the configuration became stricter.
-            lifetime = self.lifetime_of(record)
-            deadline = min(
-                record.expires_at,
-                record.created_at + lifetime.absolute,
-                record.last_seen_at + lifetime.idle,
-            )
+            # The stored deadline, or an earlier one if the configuration became stricter
+            # (as min() would pick it, without the call).
+            if record.idle_timeout or record.absolute_timeout:
+                lifetime = self.lifetime_of(record)
+            else:  # config.lifetime() of a session with its kind's own limits
+                lifetime = self.config.remember if record.remember else self.config.normal
+            deadline = record.expires_at
+            limit = record.created_at + lifetime.absolute
+            if limit < deadline:
+                deadline = limit
+            limit = record.last_seen_at + lifetime.idle
+            if limit < deadline:
+                deadline = limit
             if not (compare_digest(record.key, key) and now < deadline):
                 await self.emit(session, "expired", record.user_id, record.public_id)
                 record = None
