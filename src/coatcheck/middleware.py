@@ -340,17 +340,23 @@ def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) ->
         if any(name == b"cache-control" for name, _ in extra):
             headers = [pair for pair in headers if pair[0].lower() != b"cache-control"]
         headers = [*headers, *extra]
-    present: set[bytes] | None = None
+    # Every response that read the session comes here: its usual headers are told
+    # apart from ``Vary`` by length, without lowering each name.
+    for name, _ in headers:
+        if len(name) == 4 and name.lower() == b"vary":
+            break
+    else:  # the usual response: no Vary of the app's own
+        message["headers"] = [*headers, (b"vary", b", ".join(vary))]
+        return
+    present: set[bytes] = set()
     first = -1
     for at, (name, value) in enumerate(headers):
-        if name.lower() == b"vary":
+        if len(name) == 4 and name.lower() == b"vary":
             # Whole field names: ``Vary: X-Cookie-Consent`` does not cover ``Cookie``.
-            if present is None:
-                present, first = set(), at
+            if first == -1:
+                first = at
             present.update(field.strip().lower() for field in value.split(b","))
-    if present is None:  # the usual response: no Vary of the app's own
-        headers = [*headers, (b"vary", b", ".join(vary))]
-    elif b"*" not in present:
+    if b"*" not in present:
         missing = [field for field in vary if field.lower() not in present]
         if missing:
             # Added to the app's own line, not as a second one: Starlette before 1.0
