@@ -80,6 +80,14 @@ def clock() -> FakeClock:
     return FakeClock(1_800_000_000.0)
 
 
+@pytest.fixture(autouse=True)
+def _same_origin_untouched() -> Iterator[None]:
+    """A test that hands ``SAME_ORIGIN`` itself to Starlette's ``TestClient`` lets the
+    client add its headers to it, and every later test's clients send them."""
+    yield
+    assert SAME_ORIGIN == {"sec-fetch-site": "same-origin"}, "give clients {**SAME_ORIGIN}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def redis_servers_registry(
     tmp_path_factory: pytest.TempPathFactory,

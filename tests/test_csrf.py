@@ -495,7 +495,7 @@ async def test_an_anonymous_token_from_a_clock_ahead_is_refused(clock: FakeClock
 def websocket_user(app: FastAPI, path: str, headers: dict[str, str]) -> object:
     """The user a websocket handshake sees, after a same-origin login; 1008 if refused."""
     with TestClient(app, base_url=TEST_BASE_URL) as client:
-        client.post("/login", headers=SAME_ORIGIN)
+        client.post("/login", headers={**SAME_ORIGIN})
         try:
             with client.websocket_connect(f"{TEST_WS_BASE_URL}{path}", headers=headers) as ws:
                 return ws.receive_json()["user"]

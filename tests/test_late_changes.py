@@ -276,9 +276,9 @@ async def test_late_data_for_a_session_without_a_record_is_dropped_with_a_warnin
 
 
 def test_websocket_changes_after_accept_are_stored(app: FastAPI) -> None:
-    with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+    with TestClient(app, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}) as client:
         sid = client.post("/login").cookies[NAME]
-        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers={**SAME_ORIGIN}) as socket:
             socket.send_text("hello")
             assert socket.receive_text() == "stored"
         assert client.get("/state").json() == {
@@ -291,9 +291,9 @@ def test_websocket_changes_after_accept_are_stored(app: FastAPI) -> None:
 def test_websocket_login_after_accept_is_refused_and_keeps_the_session(
     app: FastAPI, store: MemoryStore, clock: FakeClock
 ) -> None:
-    with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+    with TestClient(app, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}) as client:
         client.post("/login")
-        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers={**SAME_ORIGIN}) as socket:
             socket.send_text("login")
             assert socket.receive_text().startswith("refused: the response has started")
             with pytest.raises(WebSocketDisconnect):

@@ -332,7 +332,7 @@ async def test_unstorable_value_fails_at_save_naming_the_key(
         before = await store.inner.load(store_key(sid), 0)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
         async with httpx.AsyncClient(
-            transport=transport, base_url="https://testserver", headers=SAME_ORIGIN
+            transport=transport, base_url="https://testserver", headers={**SAME_ORIGIN}
         ) as raw:
             with pytest.raises(TypeError, match="'when'"):
                 await raw.post("/bad-value", headers=cookie(sid))
@@ -951,20 +951,20 @@ def test_a_websocket_whose_session_cannot_be_saved_is_closed_saying_why(
     """An ended session is final (1008, policy); a busy one is worth another try (1013).
     A server that can refuse over HTTP gives the 409 a request would get."""
     app = make_app(kind(), SessionConfig())
-    with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+    with TestClient(app, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}) as client:
         client.post("/write")  # stored by the busy store; the barring one refuses it
         with (
             pytest.raises(WebSocketDenialResponse) as refused,
-            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN),
+            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers={**SAME_ORIGIN}),
         ):
             pass  # pragma: no cover - refused before this
         assert refused.value.status_code == 409
     served = without_denial_responses(app)
-    with TestClient(served, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+    with TestClient(served, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}) as client:
         client.post("/write")
         with (
             pytest.raises(WebSocketDisconnect) as closed,
-            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN),
+            client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers={**SAME_ORIGIN}),
         ):
             pass
     assert closed.value.code == code

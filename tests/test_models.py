@@ -343,9 +343,9 @@ def test_a_websocket_can_change_a_typed_value_after_accepting() -> None:
         await socket.send_text("added")
         await socket.close()
 
-    with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+    with TestClient(app, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}) as client:
         client.post("/cart/apple")
-        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers={**SAME_ORIGIN}) as socket:
             socket.send_text("pear")
             assert socket.receive_text() == "added"
         assert client.get("/raw").json() == {"cart": {"items": ["apple", "pear"], "coupon": None}}

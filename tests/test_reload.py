@@ -244,7 +244,7 @@ async def test_the_cookie_store_has_nothing_to_reload() -> None:
 
 def test_an_open_websocket_sees_the_cart_filled_in_another_tab(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "sessions.db")
-    with TestClient(make_app(store), base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+    with TestClient(make_app(store), base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}) as client:
         sid = client.post("/add/apple").cookies[NAME]
         cookie = {"cookie": f"{NAME}={sid}"}
         with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=cookie) as socket:

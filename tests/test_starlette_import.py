@@ -67,7 +67,7 @@ async def browser(site: Site) -> AsyncIterator[httpx.AsyncClient]:
     """A browser on the site, sending what browsers send with the app's own requests."""
     transport = httpx.ASGITransport(app=site)
     async with httpx.AsyncClient(
-        transport=transport, base_url=TEST_BASE_URL, headers=SAME_ORIGIN
+        transport=transport, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}
     ) as client:
         yield client
 

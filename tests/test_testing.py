@@ -61,7 +61,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_the_documented_test_client_keeps_the_session(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     app = make_app(SessionConfig(clock=clock, idle_timeout=600, secret_keys=["k" * 32]))
-    with TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN) as client:
+    with TestClient(app, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}) as client:
         assert client.post("/login").status_code == 200
         assert client.get("/me").json() == {"user": "alice"}
         # An unsafe request carrying the cookie passes the CSRF check, as a browser's does.
@@ -141,7 +141,7 @@ def test_a_session_cookie_set_for_a_test_follows_the_apps_new_ids(base_url: str)
     config = SessionConfig()
     store = MemoryStore()
     app = guarded_app(store, config)
-    with TestClient(app, base_url=base_url, headers=SAME_ORIGIN) as client:
+    with TestClient(app, base_url=base_url, headers={**SAME_ORIGIN}) as client:
         session_id = client.portal.call(partial(create_session, store, user_id="bob"))
         set_session_cookie(client, session_id, config)
         assert client.post("/confirm").json() == {"user": "bob"}

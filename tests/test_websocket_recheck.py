@@ -108,14 +108,14 @@ def read_until_closed(socket: WebSocketTestSession) -> None:
 
 
 def client_for(app: FastAPI) -> TestClient:
-    return TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN)
+    return TestClient(app, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN})
 
 
 def test_a_socket_closes_at_its_next_message_once_the_session_ended_elsewhere() -> None:
     clock, store = FakeClock(), MemoryStore()
     with client_for(make_app(store, clock)) as client:
         client.post("/login")
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             socket.send_text("hello")
             assert socket.receive_text() == "alice: hello"
             client.post("/logout")  # from another tab
@@ -138,7 +138,7 @@ def test_on_the_cookie_store_a_socket_lives_until_the_deadline_sealed_in_its_coo
     app = make_app(CookieStore(), clock, secret_keys=keys, idle_timeout=600)
     with client_for(app) as client:
         client.post("/login")
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             for _ in range(9):  # rechecked each minute: live
                 clock.advance(61)
                 socket.send_text("hello")
@@ -175,7 +175,7 @@ def test_a_socket_closes_when_an_administrator_ends_every_session() -> None:
     clock, store = FakeClock(), MemoryStore()
     with client_for(make_app(store, clock)) as client:
         client.post("/login")
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             assert asyncio.run(store.delete_all(clock())) == 1
             clock.advance(61)
             socket.send_text("hello")
@@ -190,7 +190,7 @@ def test_messages_count_as_use_and_keep_the_session_alive() -> None:
     app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
     with client_for(app) as client:
         client.post("/login")
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             for minute in range(0, 30, 5):
                 clock.advance(300)
                 socket.send_text(f"minute {minute}")
@@ -207,7 +207,7 @@ def test_a_chat_outlasts_an_idle_limit_shorter_than_the_recheck_interval() -> No
     app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
     with client_for(app) as client:
         client.post("/login", params={"idle": 40})
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             for second in range(30, 301, 30):
                 clock.advance(30)
                 socket.send_text(f"second {second}")
@@ -229,7 +229,7 @@ def test_a_chat_ends_its_session_at_most_a_tenth_of_the_idle_limit_early() -> No
     app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
     with client_for(app) as client:
         client.post("/login", params={"idle": 120})  # rechecked every 60 s
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             signed_in_at = clock()
             for second in [*range(10, 111, 10), 119]:
                 clock.advance(signed_in_at + second - clock())
@@ -246,7 +246,7 @@ def test_an_idle_socket_does_not_keep_the_session_alive() -> None:
     app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
     with client_for(app) as client:
         client.post("/login")
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             clock.advance(601)  # no message for longer than the idle timeout
             socket.send_text("back")
             with pytest.raises(WebSocketDisconnect) as closed:
@@ -263,7 +263,7 @@ def test_a_refresh_keeps_the_sockets_changes_and_other_requests_changes() -> Non
     with client_for(app) as client:
         client.post("/login")
         client.post("/cart/apple")
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             clock.advance(120)
             socket.send_text("one")  # a refresh is due: written here
             assert socket.receive_text() == "alice: one"
@@ -283,7 +283,7 @@ def test_a_chat_stays_alive_after_another_tab_saved_the_session() -> None:
     app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
     with client_for(app) as client:
         client.post("/login")
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             client.post("/cart/apple")  # another tab
             for minute in range(5, 35, 5):
                 clock.advance(300)
@@ -298,7 +298,7 @@ def test_a_socket_whose_save_found_the_session_ended_is_closed() -> None:
     clock, store = FakeClock(), MemoryStore()
     with client_for(make_app(store, clock)) as client:
         client.post("/login")
-        with client.websocket_connect(f"{WS}?save=true", headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(f"{WS}?save=true", headers={**SAME_ORIGIN}) as socket:
             socket.send_text("one")
             assert socket.receive_text() == "saved"
             client.post("/logout")  # from another tab
@@ -318,7 +318,9 @@ def test_a_feed_stops_once_its_socket_was_closed_for_it() -> None:
     app = make_app(store, clock)
     with client_for(app) as client:
         client.post("/login")
-        with client.websocket_connect(f"{TEST_WS_BASE_URL}/push", headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(
+            f"{TEST_WS_BASE_URL}/push", headers={**SAME_ORIGIN}
+        ) as socket:
             assert socket.receive_text() == "tick"
             client.post("/logout")  # from another tab
             clock.advance(61)
@@ -335,7 +337,7 @@ def test_an_outage_during_a_recheck_leaves_the_socket_open(
     clock, store = FakeClock(), FlakyStore()
     with client_for(make_app(store, clock)) as client:
         client.post("/login")
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             store.down = True
             clock.advance(61)
             with caplog.at_level(logging.WARNING, logger="coatcheck"):
@@ -349,7 +351,7 @@ def test_rechecks_can_be_turned_off() -> None:
     clock, store = FakeClock(), MemoryStore()
     with client_for(make_app(store, clock, websocket_recheck=None)) as client:
         client.post("/login")
-        with client.websocket_connect(WS, headers=SAME_ORIGIN) as socket:
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
             client.post("/logout")
             clock.advance(3600)
             socket.send_text("hello")

@@ -8,13 +8,14 @@ Two things trip up a first test, both on purpose:
   the base URL and uses ``ws://``: give it a whole URL under :data:`TEST_WS_BASE_URL`.
 - Once a request carries a session cookie, its unsafe requests must pass the CSRF
   check. Browsers do by sending ``Sec-Fetch-Site``; a test client does when it sends
-  :data:`SAME_ORIGIN` with every request.
+  :data:`SAME_ORIGIN` with every request. Give Starlette's ``TestClient`` a copy: it
+  adds its own headers (a user agent, a websocket's upgrade) to the dict it is given.
 
     from fastapi.testclient import TestClient
     from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
 
-    client = TestClient(app, base_url=TEST_BASE_URL, headers=SAME_ORIGIN)
-    with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers=SAME_ORIGIN) as ws: ...
+    client = TestClient(app, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN})
+    with client.websocket_connect(f"{TEST_WS_BASE_URL}/ws", headers={**SAME_ORIGIN}) as ws: ...
 
 For timeouts, build the app with ``SessionConfig(clock=clock)`` where ``clock`` is a
 :class:`FakeClock`, and move time with ``clock.advance(seconds)``. To test routes behind

@@ -33,7 +33,7 @@ CROSS_SITE = {"sec-fetch-site": "cross-site"}
 
 def login(client: httpx.Client) -> dict[str, str]:
     response = client.post(
-        "/login", json={"username": "alice", "password": "wonderland"}, headers=SAME_ORIGIN
+        "/login", json={"username": "alice", "password": "wonderland"}, headers={**SAME_ORIGIN}
     )
     assert response.status_code == 200
     return {"cookie": response.headers["set-cookie"].split(";", 1)[0]}
