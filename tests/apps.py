@@ -118,6 +118,12 @@ async def ws(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def remember(request: Request) -> Response:
+    session = await _session(request)
+    session.remember = request.query_params.get("on", "1") == "1"
+    return JSONResponse(_state(session))
+
+
 async def revoke_others(request: Request) -> Response:
     return JSONResponse({"revoked": await (await _session(request)).revoke_others()})
 
@@ -133,6 +139,7 @@ def make_app(store: Store, config: SessionConfig | None = None, **options: Any) 
         Route("/logout", logout, methods=["POST"]),
         Route("/revoke-others", revoke_others, methods=["POST"]),
         Route("/regenerate", regenerate, methods=["POST"]),
+        Route("/remember", remember, methods=["POST"]),
         Route("/clear", clear, methods=["POST"]),
         Route("/bad-value", bad_value, methods=["POST"]),
         Route("/crash", crash, methods=["POST"]),

@@ -237,3 +237,17 @@ async def test_a_hook_that_asks_for_the_session_during_its_load_is_told_not_to(
     assert read.json()["user"] is None
     assert len(told) == 1
     assert "still loading" in told[0]
+
+
+async def test_remember_turned_on_or_off_is_no_login(any_store: Store) -> None:
+    """A new ID, so ``rotated``; audit logs and "new sign-in" notices must not fire."""
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    async with client_for(make_app(any_store, SessionConfig(), events=[hook])) as client:
+        alice = ticket(await client.post("/login"))
+        remembered = ticket(await client.post("/remember?on=1", headers=alice))
+        await client.post("/remember?on=0", headers=remembered)
+    assert [event.kind for event in seen] == ["created", "logged_in", "rotated", "rotated"]

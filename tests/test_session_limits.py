@@ -155,6 +155,8 @@ async def test_a_shorter_idle_limit_ends_the_session_sooner(every_store: Store) 
         await usual.send("POST", "/login", json={"user": "bob"})
         assert await short.state() == {
             "user": "alice",
+            "cart": None,
+            "remember": False,
             "idle": 600,
             "absolute": ABSOLUTE,
             "expires_at": signed_in_at + 600,
@@ -429,3 +431,30 @@ async def test_remember_can_be_turned_on_and_off_after_login(every_store: Store)
         # Unchanged: nothing to send.
         same = await visitor.send("POST", "/remember", params={"on": False})
         assert "set-cookie" not in same.headers
+
+
+async def test_remember_turned_off_late_keeps_the_session_within_both_limits(
+    every_store: Store,
+) -> None:
+    """Thirteen hours after a remembered login, past the 12-hour limit of a browser
+    session counted from it: the session goes on, under the browser-session limits
+    from now, and never past the deadline it had."""
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/login", json={"remember": True})
+        clock.advance(13 * 3600)
+        off = await visitor.send("POST", "/remember", params={"on": False})
+        assert "Max-Age=" not in off.headers["set-cookie"]
+        state = await visitor.state()
+        assert (state["user"], state["remember"]) == ("alice", False)
+        assert state["expires_at"] == clock() + IDLE
+        assert state["absolute"] == ABSOLUTE
+        elapsed = 0
+        while elapsed < ABSOLUTE - 60:  # in use, in steps shorter than the idle limit
+            step = min(IDLE - 300, ABSOLUTE - 60 - elapsed)
+            clock.advance(step)
+            elapsed += step
+            assert (await visitor.state())["user"] == "alice"
+        clock.advance(120)  # used two minutes ago, but 12 hours after the switch
+        assert (await visitor.state())["user"] is None

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from ._asgi import Header, Headers
 from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
@@ -116,6 +117,7 @@ class Persistence:
         # A cookie scoped below "/" must not be set from outside its path: the browser
         # sends it no cookie there, and the new one would replace the one it holds.
         self._cookie_path = None if config.cookie.path == "/" else config.cookie.path
+        self._path_warned = False
         # What a response that read the session varies on, for caches: the request's
         # cookie, and its token header when clients may send one instead.
         self.vary = (b"Cookie",) if self.token_header is None else (b"Cookie", self.token_header)
@@ -188,7 +190,8 @@ class Persistence:
             session._imported = session._modified = True
             user = self._importer.user(imported)
             if user is not None:
-                session._user_id, session._meta_changed = user, True
+                session._user_id = user
+                session._meta_changed = session._signing_in = True
                 session._remember = self._importer.remember
 
     def settled(self, session: Session) -> bool:
@@ -277,8 +280,8 @@ class Persistence:
             await self.emit(session, "logged_out", stored.user_id, stored.public_id)
             return [self._ticket(session, None, None), _NO_STORE, *self._cleared(session, stored)]
 
-        if self._cookie_path is not None and not session._by_header:
-            _check_cookie_path(session._path, self._cookie_path)
+        if self._cookie_path is not None and not session._by_header and not self._path_warned:
+            self._path_warned = _outside_cookie_path(session, self._cookie_path)
         if session._id is None:
             session._id = new_session_id()
         if not session._public_id:
@@ -300,7 +303,7 @@ class Persistence:
         if not (rotated or refresh_due or session._meta_changed or data != session._raw):
             return []
 
-        logged_in = rotated and session._meta_changed and session._user_id is not None
+        logged_in = rotated and session._signing_in and session._user_id is not None
         if logged_in and self._refuse_at is not None:
             assert session._user_id is not None
             if await self.at_limit(session._user_id, old_key or session._orphan):
@@ -358,7 +361,7 @@ class Persistence:
         session._fresh = False
         session._updates = []
         session._raw = data
-        session._modified = session._meta_changed = False
+        session._modified = session._meta_changed = session._signing_in = False
         session._last_seen_at = now
         session._expires_at = record.expires_at
         if rotated:
@@ -845,21 +848,32 @@ def _slot(header: Header) -> tuple[bytes, bytes]:
     return name, value.split(b"=", 1)[0] if name == b"set-cookie" else b""
 
 
-def _check_cookie_path(path: str, cookie_path: str) -> None:
-    """Refuse to set a cookie that the browser would not send back to ``path``.
+def _outside_cookie_path(session: Session, cookie_path: str) -> bool:
+    """Warn, and say so, when the cookie a save sets is one the browser would not send
+    back to this request's path (matched as browsers match, RFC 6265 5.1.4).
 
-    Matched as browsers match (RFC 6265, 5.1.4): the path itself or one below it.
+    A warning, not an error: behind a proxy that strips a prefix the app cannot see the
+    path the browser used, and a wrong guess must not fail every login.
     """
-    if path.startswith(cookie_path) and (
-        len(path) == len(cookie_path) or cookie_path[-1] == "/" or path[len(cookie_path)] == "/"
-    ):
-        return
-    raise ConfigurationError(
-        f"the session changed at {path!r}, outside the cookie's Path={cookie_path}: the "
-        "browser sends no session cookie there, and the one this response would set "
-        f"replaces the one it holds for {cookie_path}. Change the session only under "
-        "that path, or widen CookieConfig.path"
+    path, root = session._path, session._root_path
+    if root and path != root and not path.startswith(root + "/"):
+        path = root + path  # servers that keep the mount point out of the path
+    for prefix in {cookie_path, unquote(cookie_path)}:
+        if path.startswith(prefix) and (
+            len(path) == len(prefix) or prefix[-1] == "/" or path[len(prefix)] == "/"
+        ):
+            return False
+    logger.warning(
+        "the session changed at %r, outside the cookie's Path=%s: the browser sends no "
+        "session cookie there, and the one this response sets replaces the one it holds "
+        "for %s, signing it out. Change the session only under that path, or widen "
+        "CookieConfig.path (behind a proxy that strips a prefix, give the server its "
+        "root path). Said once.",
+        path,
+        cookie_path,
+        cookie_path,
     )
+    return True
 
 
 def _record(

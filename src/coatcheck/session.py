@@ -77,6 +77,8 @@ class Session(MutableMapping[str, Any]):
         "_public_id",
         "_raw",
         "_remember",
+        "_root_path",
+        "_signing_in",
         "_stored",
         "_updates",
         "_user_id",
@@ -86,6 +88,7 @@ class Session(MutableMapping[str, Any]):
     _headers: list[tuple[bytes, bytes]]
     _client: tuple[str, int] | None  # scope["client"]: the address, for record_ip
     _path: str
+    _root_path: str  # where a proxy or server mounted the app: a cookie's path includes it
     _loaded: bool
     _loading: asyncio.Task[Any] | None  # the task loading it now, if one is
     _waiter: asyncio.Event | None  # set when it ends, made once a second load waits
@@ -115,6 +118,7 @@ class Session(MutableMapping[str, Any]):
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
     _orphan: str | None  # key of a record the cookie named that could not be decoded
+    _signing_in: bool  # login() (or an adopted login) waits for its save
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
         self._persistence = persistence
@@ -123,6 +127,7 @@ class Session(MutableMapping[str, Any]):
         self._headers = scope.get("headers", [])
         self._client = scope.get("client")
         self._path = scope.get("path", "")
+        self._root_path = scope.get("root_path", "")
         # Everything else is set by _adopt() when the session loads: a request that never
         # touches its session pays for eight attributes, not all of them.
         self._loaded = False
@@ -437,7 +442,7 @@ class Session(MutableMapping[str, Any]):
         self._remember = remember
         self._idle_timeout, self._absolute_timeout = idle, absolute
         self._created_at = self._authenticated_at = self._persistence.now()
-        self._meta_changed = True
+        self._meta_changed = self._signing_in = True
 
     def logout(self) -> None:
         """End the session: delete it server-side and clear the cookie."""
@@ -499,10 +504,20 @@ class Session(MutableMapping[str, Any]):
         self._require_loaded()
         if not isinstance(value, bool):
             raise TypeError(f"remember must be True or False, not {value!r}")
-        if value is not self._remember:
-            self.regenerate()
-            self._remember = value
-            self._meta_changed = True
+        if value is self._remember:
+            return
+        self.regenerate()
+        if not value:
+            # The browser-session limits, from now on, and never past the deadline the
+            # remembered session had: counted from its login, an old one would be over.
+            now = self._persistence.now()
+            left = int(self._created_at + self._lifetime().absolute - now)
+            usual = self._persistence.config.normal
+            self._created_at = now
+            self._absolute_timeout = max(left, 1) if left < usual.absolute else 0
+            self._idle_timeout = self._idle_timeout if self._idle_timeout < usual.idle else 0
+        self._remember = value
+        self._meta_changed = True
 
     @property
     def is_new(self) -> bool:
@@ -631,6 +646,7 @@ class Session(MutableMapping[str, Any]):
         self._models = None
         self._outgoing = []
         self._halted = self._orphan = None
+        self._signing_in = False
         if record is None:
             self._raw = None
             self._public_id = ""

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, closing
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -872,3 +873,59 @@ async def test_another_apps_table_of_the_same_name_is_refused_untouched(db_path:
     with connect(db_path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(sessions)")]
     assert columns == ["session_key", "expire_date"]
+
+
+def _save_until_stopped(path: str, tag: str, stop: Any, results: Any) -> None:
+    """One worker process: saves one session after another until told to stop."""
+    from coatcheck.stores.sqlite import SQLiteStore
+
+    async def run() -> None:
+        store = SQLiteStore(path)
+        saved, failed, number = [], 0, 0
+        while not stop.is_set():
+            now = time.time()
+            record = make_record(key=f"{tag}{number:063x}", created_at=now, last_seen_at=now)
+            try:
+                if await store.save(record):
+                    saved.append((record.key, now))
+            except StoreUnavailableError:
+                failed += 1
+            number += 1
+            await asyncio.sleep(0.005)
+        await store.aclose()
+        results.put((saved, failed))
+
+    asyncio.run(run())
+
+
+def test_workers_sharing_a_file_deleted_under_them_go_on_in_a_new_one(tmp_path: Path) -> None:
+    """Each worker notices within a second; SQLite leaves the deleted file's log behind,
+    which a new file at the path would take for its own and fail every write on."""
+    import multiprocessing
+
+    path = str(tmp_path / "sessions.db")
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    workers = [
+        context.Process(target=_save_until_stopped, args=(path, tag, stop, results)) for tag in "ab"
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1.5)
+        deleted_at = time.time()
+        os.remove(path)  # as `rm sessions.db` does: the -wal and -shm stay
+        time.sleep(4)
+    finally:
+        stop.set()
+        outcomes = [results.get(timeout=60) for _ in workers]
+        for worker in workers:
+            worker.join(30)
+    with connect(Path(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        stored = {key for (key,) in db.execute(f"SELECT key FROM {TABLE}")}
+    for saved, failed in outcomes:
+        later = [key for key, at in saved if at > deleted_at + 1.5]
+        assert len(later) > 100  # they went on saving...
+        assert set(later) <= stored  # ...into the file that is there now
+        assert failed < 10

@@ -381,6 +381,7 @@ class SQLiteStore:
             self._generation += 1
 
     def _connect(self) -> sqlite3.Connection:
+        _clear_orphaned_log(self.path)
         _create_private(self.path)
         db = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
@@ -450,12 +451,18 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
 
 
 def _stale(exc: sqlite3.Error) -> bool:
-    """Whether ``exc`` says that the connection no longer fits the file."""
+    """Whether ``exc`` says that the connection no longer fits the file: opened while
+    it was read-only, or on a file since deleted or replaced (whose left-over journal
+    another process may still hold), or the table went."""
     name = getattr(exc, "sqlite_errorname", None)
-    if isinstance(name, str) and name.startswith("SQLITE_READONLY"):
+    if isinstance(name, str) and name.startswith(_STALE):
         return True
     message = str(exc).lower()
-    return "readonly database" in message or message.startswith("no such table")
+    return any(sign in message for sign in _STALE_SIGNS)
+
+
+_STALE = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_NOTADB")
+_STALE_SIGNS = ("readonly database", "no such table", "disk i/o error", "not a database")
 
 
 def _is_transient(exc: sqlite3.Error) -> bool:
@@ -522,6 +529,42 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
             int(absolute),
         )
     )
+
+
+def _clear_orphaned_log(path: Path) -> None:
+    """Remove the write-ahead log and index of a database file deleted under running
+    processes, before a new file is made at its path.
+
+    SQLite leaves them when the file it belonged to has gone, and a new file would take
+    them for its own: every later write would fail. Under a lock on the folder, so that
+    of several processes reconnecting at once, one clears and creates, and none removes
+    the log of the file another has just made.
+    """
+    leftovers = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+    if path.exists() or not any(leftover.exists() for leftover in leftovers):
+        return
+    with _folder_lock(path.parent):
+        if path.exists():
+            return
+        for leftover in leftovers:
+            with suppress(FileNotFoundError):
+                leftover.unlink()
+        _create_private(path)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows has no flock: a rare race stays
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def _create_private(path: Path) -> None:
