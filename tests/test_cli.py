@@ -899,3 +899,29 @@ def test_without_the_cli_extra_the_script_says_what_to_install() -> None:
     assert result.stderr == (
         "coatcheck: 'typer' is not installed; install it with: pip install 'coatcheck[cli]'\n"
     )
+
+
+def test_a_postgresql_table_of_the_first_release_is_brought_up_to_date(
+    runner: CliRunner, postgres: Any
+) -> None:
+    """As SQLite's: during an incident, an operator must not be sent to migrations first."""
+    table = f"t{os.urandom(4).hex()}"
+    with postgres.connect() as db:
+        db.execute(
+            f"CREATE TABLE {table} (key text PRIMARY KEY, public_id text NOT NULL,"
+            " data bytea NOT NULL, user_id text, created_at double precision NOT NULL,"
+            " last_seen_at double precision NOT NULL, expires_at double precision NOT NULL,"
+            " remember boolean NOT NULL DEFAULT false, user_agent text NOT NULL DEFAULT '',"
+            " version bigint NOT NULL DEFAULT 1)"
+        )
+        now = time.time()
+        db.execute(
+            f"INSERT INTO {table} VALUES (%s, 'oldpublicid00000', '{{}}', 'alice', %s, %s, %s,"
+            " false, 'Firefox', 1)",
+            ("a" * 64, now, now, now + 600),
+        )
+    result = runner.invoke(
+        app, ["sessions", "list", "--store", f"{postgres.url}?table={table}", "--user", "alice"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "oldpublicid00000" in result.stdout

@@ -592,7 +592,7 @@ class Target:
         self.app = make_app(self.store)
 
     async def start(self) -> None:
-        reply = await call(self.app, path="/csrf", headers={**SAME_ORIGIN})
+        reply = await call(self.app, path="/csrf", headers=SAME_ORIGIN)
         assert reply.status == 200
         self.anonymous_token = _token(reply)
         assert await self.store.count(_now()) == 0, "rendering a token must store nothing"
@@ -602,7 +602,7 @@ class Target:
         if case.mint is None:
             return case.unknown_id, self.anonymous_token
         path = "/write" if case.mint == "anonymous" else "/login"
-        minted = await call(self.app, method="POST", path=path, headers={**SAME_ORIGIN})
+        minted = await call(self.app, method="POST", path=path, headers=SAME_ORIGIN)
         (session_id,) = minted.session_cookies()
         assert session_id not in self.issued, "an ID was issued twice"
         self.issued.add(session_id)

@@ -187,7 +187,7 @@ async def test_an_old_session_too_big_to_store_keeps_its_login_not_its_data(
         site.app = coatcheck_app(store, settings, secret_keys=keys, max_session_bytes=2048)
 
         with caplog.at_level(logging.WARNING, logger="coatcheck"):
-            first = await client.get("/state")
+            first = await client.post("/cart")  # the handler's own change is kept
         new, cleared = set_cookies(first)
         again = await client.get("/state")
 
@@ -195,8 +195,27 @@ async def test_an_old_session_too_big_to_store_keeps_its_login_not_its_data(
     assert new.startswith(f"{NEW_COOKIE}=")
     assert cleared.startswith("session=null;")
     assert again.json()["user"] == "alice"
-    assert again.json()["data"] == {}
-    assert "its data was dropped and its login kept" in caplog.text
+    assert again.json()["data"] == {"cart": ["pear"]}
+    assert "the 2 values it brought were dropped, its login kept" in caplog.text
+
+
+async def test_a_handlers_own_change_too_big_is_a_413_as_without_an_import() -> None:
+    site = Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice", "theme": "dark"})
+        settings = StarletteImport(SECRET, user_key="user_id")
+        app = coatcheck_app(MemoryStore(), settings, max_session_bytes=2048)
+
+        @app.post("/notes")
+        async def notes(session: SessionDep) -> dict[str, bool]:
+            session["notes"] = "n" * 2500
+            return {"ok": True}
+
+        site.app = app
+        refused = await client.post("/notes")
+        state = await client.get("/state")
+    assert refused.status_code == 413
+    assert state.json()["data"] == {"user_id": "alice", "theme": "dark"}  # adopted anew
 
 
 async def test_without_a_user_key_only_the_data_carries_over() -> None:

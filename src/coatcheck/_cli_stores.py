@@ -77,7 +77,9 @@ def open_store(url: str) -> Store:
 
         assert isinstance(store, PostgresStore)
         # Inspect only: a wrong database or ?table= must fail, not gain an empty table.
+        # A table of an earlier release gains its new columns, as SQLite's does.
         store.create_table = False
+        store._upgrade_in_place = True
     return store
 
 

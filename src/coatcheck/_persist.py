@@ -188,6 +188,7 @@ class Persistence:
             # A new session with the old data: stored (and the old cookie cleared) when
             # this response starts, as any change would be.
             session._imported = session._modified = True
+            session._imported_values = copy.deepcopy(imported)
             user = self._importer.user(imported)
             if user is not None:
                 session._user_id = user
@@ -295,6 +296,8 @@ class Persistence:
                 if not session._imported:
                     raise SessionTooLargeError(len(data), self.config.max_session_bytes)
                 data = self._shed_import(session, len(data))
+                if len(data) > self.config.max_session_bytes:  # the handler's own
+                    raise SessionTooLargeError(len(data), self.config.max_session_bytes)
         now = self.now()
         lifetime = session._lifetime()
         refresh_due = stored is not None and now - stored.last_seen_at >= self._refresh_window(
@@ -461,17 +464,25 @@ class Persistence:
         return False
 
     def _shed_import(self, session: Session, size: int) -> bytes:
-        """Drop the data of a session adopted from the old library that is too big to
-        store here, keeping its login: refused with a 413, the old cookie would stay,
-        and every request after it would be refused again."""
+        """Drop what a session adopted from the old library brought, when it is too big
+        to store here: refused with a 413, the old cookie would stay, and every request
+        after it would be refused again. The login stays (with ``user_key``), and so does
+        what this request's handler set; what then still does not fit is a 413."""
+        adopted = session._imported_values or {}
+        kept = {
+            key: value
+            for key, value in session._data.items()
+            if key not in adopted or adopted[key] != value
+        }
         logger.warning(
-            "a session adopted from the old cookie held %d bytes of data, more than this "
-            "store takes; its data was dropped and its login kept",
+            "a session adopted from the old cookie came to %d bytes, more than this store "
+            "takes; the %d values it brought were dropped, its login kept",
             size,
+            len(session._data) - len(kept),
         )
-        session._data = {}
+        session._data = kept
         session._models = None
-        return self._empty
+        return self.serializer.dumps(kept)
 
     async def _end_imported(self, session: Session, *, replaced: bool) -> Headers:
         """End the old session once its data was adopted here (or ended at once), and

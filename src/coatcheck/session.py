@@ -63,6 +63,7 @@ class Session(MutableMapping[str, Any]):
         "_id",
         "_idle_timeout",
         "_imported",
+        "_imported_values",
         "_key",
         "_last_seen_at",
         "_loaded",
@@ -114,6 +115,7 @@ class Session(MutableMapping[str, Any]):
     _models: dict[str, Binding] | None  # typed values handed out by model()
     _fresh: bool  # the data no longer continues the stored record's (destroy, user switch)
     _imported: bool  # adopted from the old library's session, which the response ends
+    _imported_values: dict[str, Any] | None  # the data adopted, as it came
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
@@ -642,6 +644,7 @@ class Session(MutableMapping[str, Any]):
         self._key = record.key if record is not None else None
         self._modified = self._exposed = self._meta_changed = self._fresh = False
         self._imported = False
+        self._imported_values = None
         self._updates = []
         self._models = None
         self._outgoing = []

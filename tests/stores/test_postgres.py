@@ -594,7 +594,8 @@ async def test_a_column_migrated_to_another_type_is_read_on(postgres: PostgresSe
         with postgres.connect() as db:
             db.execute(f"ALTER TABLE {store.table} ALTER COLUMN user_agent TYPE varchar(512)")
             db.execute(f"ALTER TABLE {store.table} ALTER COLUMN last_seen_at TYPE numeric")
-        assert await store.load(record.key, NOW) == record
+            db.execute(f"ALTER TABLE {store.table} ALTER COLUMN remember TYPE text")
+        assert await store.load(record.key, NOW) == record  # remember: 'false', not True
         assert await store.save(record._replace(version=2), expected_version=1)
     finally:
         await store.aclose()
@@ -681,3 +682,23 @@ async def test_another_apps_table_of_the_same_name_is_refused_untouched(
             (table,),
         ).fetchall()
     assert columns == [("session_key",), ("expire_date",)]
+
+
+async def test_saves_after_a_quiet_spell_meet_no_connection_the_server_closed(
+    postgres: PostgresServer,
+) -> None:
+    """The server ends sessions idle for 1.5 s (its ``idle_session_timeout``; a firewall
+    or a NAT does the same): after a quiet spell every pooled connection is dead, and
+    the first saves must neither fail nor wait out the timeout."""
+    url = f"{postgres.url}?options=-c%20idle_session_timeout%3D1500"
+    store = PostgresStore(url, table=unique_prefix(), max_connections=4)
+    try:
+        records = [make_record() for _ in range(8)]
+        await asyncio.gather(*(store.save(record) for record in records[:4]))  # four open
+        await asyncio.sleep(2)
+        started = time.monotonic()
+        assert await asyncio.gather(*(store.save(record) for record in records[4:])) == [True] * 4
+        assert time.monotonic() - started < 1.5
+        assert await store.count(NOW) == 8
+    finally:
+        await store.aclose()

@@ -20,6 +20,7 @@ and the pool reconnects by itself once the server is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import weakref
@@ -164,6 +165,9 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[Connection] | None = pool
         self._opening: asyncio.Lock | None = None
         self._ready = False  # the table is known to exist
+        # Columns added since the first release are added in place even without
+        # create_table: the CLI, which never creates a table, must work on an old one.
+        self._upgrade_in_place = False
         self._saves = 0
         self._abandoned: set[asyncio.Future[Any]] = set()  # timed out, still tidying up
         # Why the pool's last attempt to connect failed, and whether for good: the pool
@@ -437,6 +441,18 @@ class PostgresStore:
         for attempt in (1, 2):
             try:
                 return await self._within(self._attempt(work))
+            except _ClosedWhileIdle as exc:
+                # Nothing was sent: the pool drops the other idle connections that were
+                # closed too, and the work goes to one that answers, a save included.
+                pool = self._pool
+                if attempt == 1 and pool is not None:
+                    with contextlib.suppress(*_UNAVAILABLE):
+                        await self._within(pool.check())
+                    continue
+                raise StoreUnavailableError(
+                    f"PostgreSQL session store is unavailable: {_describe(exc.__cause__ or exc)}",
+                    retry_after=self.retry_after,
+                ) from exc
             except _UNAVAILABLE as exc:
                 state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
                 if state and state[:2] in _PERMANENT:
@@ -512,21 +528,21 @@ class PostgresStore:
         pool = self._pool or await self._open()
         async with pool.connection(timeout=self.timeout) as db:
             try:
+                # One that sat idle may have been closed meanwhile by the server
+                # (``idle_session_timeout``), a firewall or a NAT, and a save, never sent
+                # twice, would fail on it: it is asked first. One in steady use is not,
+                # which would cost every request a round trip.
+                used = self._used.get(db)
+                if used is not None and time.monotonic() - used > _ASK_AFTER_IDLE:
+                    try:
+                        await db.execute("")
+                    except psycopg.OperationalError as exc:
+                        raise _ClosedWhileIdle from exc
                 if not self._ready:
                     await self._prepare(db)
                 return await work(db)
             finally:
                 self._used[db] = time.monotonic()
-
-    async def _check_if_idle(self, db: Connection) -> None:
-        """Ask a connection that sat idle whether it still works, before it is used.
-
-        The server (``idle_session_timeout``), a firewall or a NAT may have closed it
-        meanwhile; a save, which is never sent twice, would fail on it. One in steady
-        use is not asked: that would cost every request a round trip.
-        """
-        if time.monotonic() - self._used.get(db, 0.0) > _ASK_AFTER_IDLE:
-            await AsyncConnectionPool.check_connection(db)
 
     async def _open(self) -> AsyncConnectionPool[Connection]:
         if self._opening is None:
@@ -540,7 +556,6 @@ class PostgresStore:
                     # could run another statement), and a column migrated to another
                     # type would fail every cached plan until a restart.
                     kwargs={"autocommit": True, "prepare_threshold": None},
-                    check=self._check_if_idle,
                     min_size=1,
                     max_size=self.max_connections,
                     open=False,
@@ -591,7 +606,7 @@ class PostgresStore:
         """Bring a table made by an earlier coatcheck up to date: columns with a constant
         default or none, which PostgreSQL adds without rewriting the rows."""
         statements = [self._added_column(*column) for column in missing]
-        if not self.create_table:
+        if not (self.create_table or self._upgrade_in_place):
             names = ", ".join(name for name, _ in missing)
             plural = len(missing) > 1
             raise StoreError(
@@ -636,6 +651,10 @@ class PostgresStore:
         return f"ALTER TABLE {self._sql_table} ADD COLUMN IF NOT EXISTS {name} {declaration}"
 
 
+class _ClosedWhileIdle(Exception):
+    """A pooled connection that sat idle no longer answers; nothing was sent on it."""
+
+
 def _forget(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
     """A done callback that drops a finished abandoned task, retrieving its outcome so
     that asyncio does not log an exception nobody was left to see."""
@@ -665,6 +684,7 @@ def _recording(store: PostgresStore) -> type[Connection]:
                 store._refused = (told, permanent)
                 raise
             store._refused = None
+            store._used[connection] = time.monotonic()
             return connection
 
     return Recorded
@@ -687,6 +707,10 @@ async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
 def _record(key: str, row: Sequence[Any]) -> SessionRecord:
     *fields, idle, absolute = row
     public_id, data, user_id, created, seen, expires, remember, agent, version, ip, auth = fields
+    if None in (public_id, data, created, seen, expires, remember, agent, version, ip):
+        raise StoreError("a row of the PostgreSQL session table holds NULL where none may be")
+    if not isinstance(remember, bool):  # a column altered to text: 'false' is no True
+        remember = str(remember).strip().lower() in ("t", "true", "1", "y", "yes", "on")
     try:
         # Converted, as SQLite's are: a column altered to another type (numeric for
         # double precision) must not hand the middleware a Decimal to add a float to.
