@@ -114,8 +114,8 @@ class Persistence:
         self._cookie_needle = cookie_needle(config.cookie.name)
         self._cookies = CookieWriter(config.cookie)
         self.clear_cookie = self._cookies.clear()
-        # A cookie scoped below "/" must not be set from outside its path: the browser
-        # sends it no cookie there, and the new one would replace the one it holds.
+        # A cookie scoped below "/" and set from outside its path is pointed out, once:
+        # the browser sends no cookie there, and the new one replaces the one it holds.
         self._cookie_path = None if config.cookie.path == "/" else config.cookie.path
         self._path_warned = False
         # What a response that read the session varies on, for caches: the request's

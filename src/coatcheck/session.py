@@ -131,7 +131,7 @@ class Session(MutableMapping[str, Any]):
         self._path = scope.get("path", "")
         self._root_path = scope.get("root_path", "")
         # Everything else is set by _adopt() when the session loads: a request that never
-        # touches its session pays for eight attributes, not all of them.
+        # touches its session pays for nine attributes, not all of them.
         self._loaded = False
         self._loading = self._waiter = None
         self._cookie_final = False
