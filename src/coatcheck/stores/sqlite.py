@@ -352,8 +352,8 @@ class SQLiteStore:
                 if not _stale(exc) or attempt == 2:
                     raise
                 # Opened while the file was read-only (SQLite then never writes through
-                # it), or the table went: nothing was written, and a new connection
-                # sees the file as it is now.
+                # it), or on a file since deleted or replaced, or the table went: nothing
+                # was written, and a new connection sees the file as it is now.
                 self._drop(local)
         raise AssertionError("unreachable")  # pragma: no cover
 
