@@ -116,7 +116,8 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str 
     store = open_store(url)
     if confirm is not None:
         # The store answers first: an outage or a refused password fails before the
-        # question, not after the operator said yes.
+        # question, not after the operator said yes. The job then gets a store of its
+        # own, since a Redis client's connections belong to the event loop that made them.
         async def reach() -> None:
             try:
                 await store.count(time.time())
