@@ -23,11 +23,7 @@ def new_public_id() -> str:
 
 def is_public_id(value: str) -> bool:
     """Whether ``value`` has the shape of a public id (so it may be shown back)."""
-    return (
-        len(value) == PUBLIC_ID_LENGTH
-        and value.isascii()
-        and not value.encode("ascii").translate(None, _ALPHABET)
-    )
+    return _minted(value, PUBLIC_ID_LENGTH) is not None
 
 
 def store_key(session_id: str) -> str:
@@ -40,9 +36,13 @@ def key_of(value: str) -> str | None:
 
     Only IDs this library could have minted ever reach a store.
     """
-    if len(value) != ID_LENGTH or not value.isascii():
+    raw = _minted(value, ID_LENGTH)
+    return None if raw is None else hashlib.sha256(raw).hexdigest()
+
+
+def _minted(value: str, length: int) -> bytes | None:
+    """``value`` as bytes if ``token_urlsafe`` could have made it at this length."""
+    if len(value) != length or not value.isascii():
         return None
     raw = value.encode("ascii")
-    if raw.translate(None, _ALPHABET):  # whatever is left is not ours
-        return None
-    return hashlib.sha256(raw).hexdigest()
+    return None if raw.translate(None, _ALPHABET) else raw  # anything left is not ours
