@@ -234,3 +234,16 @@ async def test_read_session_shows_what_a_request_stored(
 @pytest.mark.anyio
 async def test_read_session_opens_the_cookie_stores_cookie() -> None:
     await _stored_and_read(CookieStore())
+
+
+@pytest.mark.anyio
+async def test_read_session_with_other_settings_than_the_app_says_so() -> None:
+    """Sealed data read without the app's ``encrypt_data`` is an error, not None:
+    None would pass an ``is None`` check that the session ended."""
+    store = MemoryStore()
+    keys = ["a-secret-key-of-at-least-16-bytes"]
+    config = SessionConfig(secret_keys=keys, encrypt_data=True)
+    value = await create_session(store, data={"cart": ["apple"]}, config=config)
+    assert await read_session(store, value, config=config) == {"cart": ["apple"]}
+    with pytest.raises(ValueError, match="serializer= and config="):
+        await read_session(store, value, config=SessionConfig(secret_keys=keys))

@@ -152,7 +152,8 @@ async def read_session(
 
     Give the app's ``config`` (its clock and limits decide what is live; with the cookie
     store or ``encrypt_data``, its ``secret_keys`` open the data) and, if the middleware
-    has one, its ``serializer``. Reading changes nothing, not even the sliding expiry.
+    has one, its ``serializer``; data they cannot decode is a ``ValueError``. Reading
+    changes nothing, not even the sliding expiry.
     """
     config = config or SessionConfig()
     now = config.clock()
@@ -173,7 +174,15 @@ async def read_session(
     lifetime = config.lifetime(record.remember, record.idle_timeout, record.absolute_timeout)
     if now >= min(record.expires_at, lifetime.deadline(record.last_seen_at, record.created_at)):
         return None
-    data: dict[str, Any] = (serializer or JSONSerializer()).loads(record.data)
+    try:
+        data: dict[str, Any] = (serializer or JSONSerializer()).loads(record.data)
+    except ValueError:
+        # The app would start an empty session here; a test more likely read with
+        # other settings than the app's, which None would hide.
+        raise ValueError(
+            "the session's stored data cannot be decoded: give read_session the app's "
+            "serializer= and config= (its secret_keys and encrypt_data)"
+        ) from None
     return data
 
 
