@@ -142,6 +142,8 @@ def test_list_shows_public_ids_and_never_secrets(runner: CliRunner, filled: Fill
     assert time.strftime("%Y-%m-%d", time.gmtime()) in output
     assert "127.0.0.1" in output  # the demo keeps where each session was used
     _assert_no_secrets(output, filled)
+    # Piped, as here: one row per line, without padding for scripts to strip.
+    assert all(line == line.rstrip() for line in output.splitlines())
 
 
 def test_list_as_json_for_scripts(runner: CliRunner, filled: Filled) -> None:

@@ -208,7 +208,13 @@ def list_sessions(
             *address,
             _shown(record.user_agent) or "-",
         )
-    out.print(table)
+    if out.is_terminal:
+        out.print(table)
+        return
+    # Piped: lines without the padding Rich adds up to the table's width, for scripts.
+    with out.capture() as captured:
+        out.print(table)
+    typer.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
 @sessions_app.command("revoke")

@@ -346,6 +346,9 @@ def test_redact_masks_every_password(url: str, shown: str) -> None:
         "unix:///run/redis.sock?db=1",
         "sqlite:////var/lib/app/sessions.db",
         "memory://?max_entries=5",
+        # A lone name in a PostgreSQL URL is the user: libpq never reads it as a password.
+        "postgresql://app_user@db:5432/shop",
+        "postgres://app_user@db/shop?sslmode=require",
     ],
 )
 def test_redact_leaves_a_url_without_credentials_alone(url: str) -> None:

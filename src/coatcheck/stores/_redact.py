@@ -25,8 +25,12 @@ def redact(url: str) -> str:
     userinfo, at, hosts = parts.netloc.rpartition("@")
     if at:
         user, colon, _ = userinfo.partition(":")
-        # redis://secret@host gives a password without a user name.
-        shown = f"{user}:***" if colon else "***"
+        if colon:
+            shown = f"{user}:***"
+        elif parts.scheme.lower().startswith("postgres"):
+            shown = user  # libpq reads a lone name as the user, never as a password
+        else:
+            shown = "***"  # some Redis clients read redis://secret@host as a password
         url = urlunsplit(parts._replace(netloc=f"{shown}@{hosts}"))
     elif "@" in url and (parts.netloc or "@" in url.partition("?")[0]):
         return _masked(url)
