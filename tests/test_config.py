@@ -173,7 +173,7 @@ def test_secret_keys_are_read_once_and_may_be_starlette_secrets() -> None:
     # An iterator, as from splitting an environment variable: checked and kept.
     keys = SessionConfig(secret_keys=map(str.strip, ["x" * 16 + " ", " " + "y" * 16]))  # type: ignore[arg-type]
     assert keys.secret_keys == ("x" * 16, "y" * 16)
-    secret = SessionConfig(secret_keys=[Secret("z" * 16)])  # type: ignore[list-item]
+    secret = SessionConfig(secret_keys=[Secret("z" * 16)])
     assert secret.secret_keys == ("z" * 16,)
     assert StarletteImport(Secret("q" * 16)).secret_key == "q" * 16  # type: ignore[arg-type]
 

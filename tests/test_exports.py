@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import types
@@ -49,3 +50,24 @@ def test_an_optional_module_names_its_missing_extra(blocked: str, module: str, e
     code = f"import sys\nsys.modules[{blocked!r}] = None\nimport {module}\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert f"pip install 'coatcheck[{extra}]'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        coatcheck.MissingDependencyError("redis", "redis"),
+        coatcheck.SerializationError("when", "datetime is not JSON"),
+        coatcheck.SessionTooLargeError(5000, 4096),
+        coatcheck.SessionTooLargeError(5000, 4096, "at most about 2900 bytes fit"),
+        coatcheck.SessionLimitError(3),
+        coatcheck.StoreUnavailableError("store down", retry_after=4),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_errors_survive_pickling(error: coatcheck.CoatcheckError) -> None:
+    """Raised in a worker process or a task queue's job, an error is pickled on its way
+    back; one whose message is made from its arguments must come back the same."""
+    back = pickle.loads(pickle.dumps(error))  # noqa: S301 - what it made itself
+    assert type(back) is type(error)
+    assert str(back) == str(error)
+    assert vars(back) == vars(error)

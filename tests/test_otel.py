@@ -3,6 +3,7 @@ and exporter."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import httpx
@@ -145,6 +146,9 @@ async def test_the_instrumented_store_is_a_store_that_lets_its_own_attributes_th
     assert isinstance(store, Store)
     assert store.max_entries == 7  # type: ignore[attr-defined]
     assert await store.count(0) == 0
+    # Copied, it is the same store (its __getattr__ once recursed without ``inner``).
+    assert copy.copy(store).max_entries == 7  # type: ignore[attr-defined]
+    assert repr(store) == "<timed <MemoryStore 0 of at most 7 records>>"
     await store.aclose()
 
 

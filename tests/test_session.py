@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+import pickle
 from functools import partial
 
 import pytest
@@ -66,6 +68,24 @@ async def test_mutable_mapping_behaviour(persistence: Persistence) -> None:
     session.clear()
     assert dict(session) == {}
     assert repr(session) == "<Session user=None keys=[]>"
+
+
+async def test_a_session_copies_as_its_data_and_never_pickles(persistence: Persistence) -> None:
+    """A pickled session would carry its raw ID and the app's store into a job queue or
+    a cache; copies are of the data, as Starlette's dict session gives them."""
+    session = await fresh(persistence)
+    session.login("alice")
+    session["cart"] = ["apple"]
+    cookie = await saved(persistence, session)
+    shallow, deep = copy.copy(session), copy.deepcopy(session)
+    assert shallow == deep == {"cart": ["apple"]}
+    assert type(shallow) is type(deep) is dict
+    deep["cart"].append("pear")
+    assert session["cart"] == ["apple"]
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        with pytest.raises(TypeError, match=r"pickle session\.copy\(\)") as caught:
+            pickle.dumps(session, protocol)
+        assert cookie not in str(caught.value)
 
 
 async def test_metadata_of_a_stored_session(persistence: Persistence, clock: FakeClock) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from ._audit import security_log
 from ._keys import Keyring
+from .config import SecretKey
 from .exceptions import MissingDependencyError
 from .stores.base import Merge, SessionRecord, Store
 
@@ -35,7 +36,7 @@ _SEALED = b"\x00\x01"
 _NONCE_BYTES = 12
 
 
-def sealing_data(store: Store, secret_keys: Sequence[str | bytes]) -> DataSealingStore:
+def sealing_data(store: Store, secret_keys: Sequence[SecretKey]) -> DataSealingStore:
     """``store``, sealing the data of every session under keys derived from these."""
     return DataSealingStore(store, Keyring(secret_keys).derive("session-data"))
 

@@ -8,6 +8,8 @@ import logging
 import secrets
 from collections.abc import Sequence
 
+from starlette.datastructures import Secret
+
 logger = logging.getLogger("coatcheck")
 
 
@@ -19,7 +21,7 @@ class Keyring:
     derived with HMAC, so a token made for one purpose is worthless for another.
     """
 
-    def __init__(self, secrets_: Sequence[str | bytes]) -> None:
+    def __init__(self, secrets_: Sequence[str | bytes | Secret]) -> None:
         if not secrets_:
             # Works in one process; several workers or a restart would not share it.
             logger.warning(
@@ -27,7 +29,7 @@ class Keyring:
                 "Set SessionConfig(secret_keys=[...]) when running several workers."
             )
             secrets_ = [secrets.token_bytes(32)]
-        self._roots = [s.encode() if isinstance(s, str) else bytes(s) for s in secrets_]
+        self._roots = [bytes(s) if isinstance(s, bytes) else str(s).encode() for s in secrets_]
         for root in self._roots:
             if len(root) < 16:
                 raise ValueError("each secret key needs at least 16 bytes")

@@ -36,7 +36,7 @@ from .exceptions import (
 )
 from .serializers import JSONSerializer, Serializer
 from .session import _REMOVE, Session
-from .stores.base import Merge, SessionRecord, Store, cookie_sealer_of
+from .stores.base import Merge, SessionRecord, Store, check_store, cookie_sealer_of
 
 if TYPE_CHECKING:
     from ._data_sealing import DataSealingStore  # needs the cookie extra, as below
@@ -72,6 +72,7 @@ class Persistence:
         serializer: Serializer | None,
         events: Sequence[EventHook] = (),
     ) -> None:
+        check_store(store)
         self.events = EventBus(events)
         self.store = store
         self.config = config

@@ -20,6 +20,8 @@ from starlette.datastructures import Secret
 from .exceptions import ConfigurationError
 
 Duration = int | timedelta
+# A signing key: Starlette's ``Secret`` (from its ``Config``) is read as its text.
+SecretKey = str | bytes | Secret
 SameSite = Literal["lax", "strict", "none"]
 # What a login past ``max_sessions_per_user`` does: end the oldest others, or fail.
 SessionLimitPolicy = Literal["end_oldest", "refuse_login"]
@@ -358,7 +360,7 @@ class SessionConfig:
     max_session_bytes: int = 64 * 1024
     max_sessions_per_user: int | None = None
     at_session_limit: SessionLimitPolicy = "end_oldest"
-    secret_keys: Sequence[str | bytes] = field(default=(), repr=False)
+    secret_keys: Sequence[SecretKey] = field(default=(), repr=False)
     csrf: CSRFConfig = field(default_factory=CSRFConfig)
     token_header: str | None = None
     record_ip: bool = False

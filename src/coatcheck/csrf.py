@@ -38,6 +38,8 @@ from ._keys import Keyring
 from .config import CSRFConfig
 from .session import Session
 
+__all__ = ["hidden_input"]  # the rest serves the middleware
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _TOKEN_BYTES = 32
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")

@@ -19,6 +19,9 @@ The tree is shallow on purpose::
 
 from __future__ import annotations
 
+# Errors that format their message from their arguments say how to make them again
+# (``__reduce__``): raised in a worker process or a task queue, they are pickled.
+
 
 class CoatcheckError(Exception):
     """Base class of every error coatcheck raises on purpose."""
@@ -37,6 +40,9 @@ class MissingDependencyError(CoatcheckError, ImportError):
         super().__init__(
             f"{package!r} is not installed; install it with: pip install 'coatcheck[{extra}]'"
         )
+
+    def __reduce__(self) -> tuple[type[MissingDependencyError], tuple[str, str]]:
+        return type(self), (self.package, self.extra)
 
 
 class SessionNotLoadedError(CoatcheckError, RuntimeError):
@@ -58,6 +64,9 @@ class SerializationError(CoatcheckError, TypeError):
         self.reason = reason
         super().__init__(f"session value under key {key!r} cannot be stored as JSON: {reason}")
 
+    def __reduce__(self) -> tuple[type[SerializationError], tuple[str, str]]:
+        return type(self), (self.key, self.reason)
+
 
 class SessionTooLargeError(CoatcheckError):
     """Raised at save time when the encoded session is over ``max_session_bytes``.
@@ -71,6 +80,9 @@ class SessionTooLargeError(CoatcheckError):
         super().__init__(
             message or f"session data is {size} bytes, over the limit of {limit} bytes"
         )
+
+    def __reduce__(self) -> tuple[type[SessionTooLargeError], tuple[int, int, str]]:
+        return type(self), (self.size, self.limit, str(self))
 
 
 class SessionEndedError(CoatcheckError):
@@ -101,6 +113,9 @@ class SessionLimitError(CoatcheckError):
             f"signed in on too many devices: at most {limit} at once; "
             "sign out on another device first"
         )
+
+    def __reduce__(self) -> tuple[type[SessionLimitError], tuple[int]]:
+        return type(self), (self.limit,)
 
 
 class NotSupportedError(CoatcheckError, NotImplementedError):

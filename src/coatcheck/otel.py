@@ -89,7 +89,12 @@ class _MeteredStore:
 
     def __getattr__(self, name: str) -> Any:
         # The store's own attributes (a Redis client, a SQLite path) stay reachable.
+        if name == "inner":  # not set yet: a copy or an unpickling is making this one
+            raise AttributeError(name)
         return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"<timed {self.inner!r}>"
 
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         attributes = {"coatcheck.store.operation": operation, "coatcheck.store": self._store}

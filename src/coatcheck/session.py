@@ -10,7 +10,7 @@ import asyncio
 import copy
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import _devices, _flash
 from ._context import NOT_INSTALLED
@@ -193,6 +193,7 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def is_loaded(self) -> bool:
+        """Whether the session was read from the store in this request."""
         return self._loaded
 
     async def save(self) -> None:
@@ -230,6 +231,7 @@ class Session(MutableMapping[str, Any]):
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
+        """``session[key]``, or ``default`` when it holds no such key."""
         # Not MutableMapping's, which goes through __getitem__ and KeyError: reads are
         # the commonest thing done with a session.
         if not self._loaded:
@@ -282,6 +284,21 @@ class Session(MutableMapping[str, Any]):
     def copy(self) -> dict[str, Any]:
         """A plain dict of the data, as Starlette's ``request.session.copy()`` gives."""
         return dict(self)
+
+    def __copy__(self) -> dict[str, Any]:
+        """The data, as :meth:`copy` gives it: a second live session would save apart."""
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(self.copy(), memo)
+
+    def __reduce__(self) -> NoReturn:
+        # Pickled, a session would carry its ID, the app's keys and its store: a task
+        # queue's job or a cache would then hold a credential, or other users' data.
+        raise TypeError(
+            "a Session cannot be pickled: it holds its ID and the app's store; "
+            "pickle session.copy(), a plain dict of its data"
+        )
 
     def __repr__(self) -> str:
         if not self._loaded:
@@ -482,6 +499,7 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def user_id(self) -> str | None:
+        """Who logged in to this session (:meth:`login`), None when nobody has."""
         self._require_loaded()
         return self._user_id
 
@@ -529,6 +547,7 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def created_at(self) -> datetime:
+        """When the session began (a login begins a new one), in UTC."""
         self._require_loaded()
         return utc(self._created_at)
 
@@ -562,6 +581,8 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def last_seen_at(self) -> datetime:
+        """When the store last recorded use of the session, in UTC: the sliding expiry
+        is written back at most once per ``refresh_fraction`` of the idle limit."""
         self._require_loaded()
         return utc(self._last_seen_at)
 

@@ -68,6 +68,7 @@ class FakeClock:
         return self.now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward; it never goes back."""
         if seconds < 0:
             raise ValueError("a FakeClock only moves forward")
         self.now += seconds

@@ -494,3 +494,28 @@ async def test_timeouts_within_bounds_reach_the_client(
     finally:
         for client in clients:
             await client.aclose()
+
+
+def test_reprs_say_which_store_and_never_its_password(tmp_path: Path) -> None:
+    """A store shows up in logs and debuggers; redis-py's client repr, and a PostgreSQL
+    connection string, would carry the password."""
+    from coatcheck.stores.postgres import PostgresStore
+
+    shown = {
+        repr(store_from_url("redis://:s3cret@127.0.0.1:1/0?prefix=shop")): (
+            "<RedisStore prefix='shop' on a Redis server>"
+        ),
+        repr(PostgresStore("postgresql://app:s3cret@127.0.0.1/db", table="web.sessions")): (
+            "<PostgresStore table='web.sessions'>"
+        ),
+        repr(PostgresStore("host=127.0.0.1 password=s3cret")): (
+            "<PostgresStore table='coatcheck_sessions'>"
+        ),
+        repr(SQLiteStore(tmp_path / "s.db", table="web")): (
+            f"<SQLiteStore {str(tmp_path / 's.db')!r} table='web'>"
+        ),
+        repr(MemoryStore(max_entries=5)): "<MemoryStore 0 of at most 5 records>",
+    }
+    for text, expected in shown.items():
+        assert text == expected
+        assert "s3cret" not in text

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from ..config import check_count
+from ..exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .._sealing import CookieSealer
@@ -103,6 +104,7 @@ class Store(Protocol):
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
         """Return the live record under ``key``; missing or expired records return ``None``."""
+        ...
 
     async def save(
         self,
@@ -129,12 +131,15 @@ class Store(Protocol):
         Raises ``StoreUnavailableError`` when the write could not be made durable, and
         ``SessionConflictError`` when a store gives up retrying a contended merge.
         """
+        ...
 
     async def delete(self, key: str) -> None:
         """Remove the record; a missing key is not an error."""
+        ...
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         """The user's live sessions, oldest first."""
+        ...
 
     async def delete_user(
         self, user_id: str, *, keep: str | None = None, now: float | None = None
@@ -144,6 +149,7 @@ class Store(Protocol):
         Expired records go too, but only those live at ``now`` (default: the current
         time) are counted, so "revoked 2 sessions" means two devices really lost access.
         """
+        ...
 
     async def delete_all(self, now: float) -> int:
         """End every session, everyone's; return how many were live at ``now``.
@@ -152,15 +158,19 @@ class Store(Protocol):
         servers, a bug that leaked cookies): everyone must sign in again. A session
         created while it runs may survive it.
         """
+        ...
 
     async def purge_expired(self, now: float) -> int:
         """Drop records whose deadline has passed; return how many."""
+        ...
 
     async def count(self, now: float) -> int:
         """How many live records the store holds."""
+        ...
 
     async def aclose(self) -> None:
         """Release connections and threads; the store may be reopened by using it."""
+        ...
 
 
 def cookie_sealer_of(store: Store) -> Callable[[Sequence[bytes], str], CookieSealer] | None:
@@ -170,3 +180,39 @@ def cookie_sealer_of(store: Store) -> Callable[[Sequence[bytes], str], CookieSea
         store, "cookie_sealer", None
     )
     return sealer
+
+
+_PROTOCOL = (
+    "load",
+    "save",
+    "delete",
+    "list_user",
+    "delete_user",
+    "delete_all",
+    "purge_expired",
+    "count",
+    "aclose",
+)
+
+
+def check_store(store: object) -> None:
+    """Refuse at start-up what is not a store, rather than fail in the first request.
+
+    A method left out of a subclass of :class:`Store` is Store's own, which does nothing
+    and returns None: "log out everywhere" would then end no session, and say nothing.
+    """
+    if isinstance(store, str):
+        raise ConfigurationError(
+            "store= takes a store, not its URL: store=store_from_url(...) builds one"
+        )
+    missing = [
+        name
+        for name in _PROTOCOL
+        if not callable(getattr(store, name, None))
+        or getattr(type(store), name, None) is getattr(Store, name)
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"{type(store).__name__} is not a session store: it does not implement "
+            f"{', '.join(missing)} (see coatcheck.Store)"
+        )

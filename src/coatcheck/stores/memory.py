@@ -21,6 +21,9 @@ class MemoryStore:
         self._records: dict[str, SessionRecord] = {}
         self._by_user: dict[str, set[str]] = {}
 
+    def __repr__(self) -> str:
+        return f"<MemoryStore {len(self._records)} of at most {self.max_entries} records>"
+
     async def load(self, key: str, now: float) -> SessionRecord | None:
         record = self._records.get(key)
         if record is None or record.expires_at <= now:

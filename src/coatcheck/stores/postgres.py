@@ -234,6 +234,10 @@ class PostgresStore:
             max_connections=max_connections,
         )
 
+    def __repr__(self) -> str:
+        # Not the connection string, which may hold a password in any of its forms.
+        return f"<PostgresStore table={self.table!r}>"
+
     # -- the store contract -------------------------------------------------------------
 
     async def load(self, key: str, now: float) -> SessionRecord | None:

@@ -104,6 +104,11 @@ class RedisStore:
             else None
         )
 
+    def __repr__(self) -> str:
+        # Not the client's: redis-py's shows its connection settings, password included.
+        kind = "Cluster" if self.cluster else "server"
+        return f"<RedisStore prefix={self.prefix!r} on a Redis {kind}>"
+
     @property
     def cluster(self) -> bool:
         """Whether the client is a Redis Cluster client."""

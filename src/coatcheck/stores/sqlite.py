@@ -130,6 +130,9 @@ class SQLiteStore:
         self._looked_at = 0.0  # time.monotonic() of the last look
         self._reader_generation = 0
 
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {str(self.path)!r} table={self.table!r}>"
+
     # -- the store contract -------------------------------------------------------------
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
