@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -86,6 +87,53 @@ def _same_origin_untouched() -> Iterator[None]:
     client add its headers to it, and every later test's clients send them."""
     yield
     assert SAME_ORIGIN == {"sec-fetch-site": "same-origin"}, "give clients {**SAME_ORIGIN}"
+
+
+# A package that serves store URLs of its own, installed the way pip would leave it: a
+# module and a dist-info folder whose entry points name its schemes.
+_PLUGIN_MODULE = """
+from coatcheck import MemoryStore
+
+
+class ExampleStore:
+    def __init__(self, url):
+        self.url = url
+        self._inner = MemoryStore()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def from_url(url):
+    return ExampleStore(url)
+
+
+def not_a_store(url):
+    return object()
+"""
+_PLUGIN_ENTRY_POINTS = """
+[coatcheck.stores]
+example = coatcheck_plugin_example:from_url
+notastore = coatcheck_plugin_example:not_a_store
+missing = coatcheck_plugin_nowhere:from_url
+redis = coatcheck_plugin_example:from_url
+"""
+
+
+@pytest.fixture
+def store_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An installed package that serves ``example://`` (and tries to take ``redis://``)."""
+    folder = tmp_path / "site-packages"
+    info = folder / "coatcheck_plugin_example-1.0.dist-info"
+    info.mkdir(parents=True)
+    (folder / "coatcheck_plugin_example.py").write_text(_PLUGIN_MODULE)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: coatcheck-plugin-example\nVersion: 1.0\n"
+    )
+    (info / "entry_points.txt").write_text(_PLUGIN_ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(folder))
+    yield
+    sys.modules.pop("coatcheck_plugin_example", None)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -110,6 +110,14 @@ def test_count_ignores_expired_sessions(runner: CliRunner, filled: Filled) -> No
     assert result.stdout.strip() == "3 live sessions"
 
 
+def test_a_store_served_by_an_installed_package_is_reached_by_its_url(
+    runner: CliRunner, store_plugin: None
+) -> None:
+    result = runner.invoke(app, ["sessions", "count", "--store", "example://shop"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "0 live sessions"
+
+
 def test_store_can_come_from_the_environment(runner: CliRunner, filled: Filled) -> None:
     result = runner.invoke(app, ["sessions", "count"], env={"COATCHECK_STORE": filled.url})
     assert result.exit_code == 0, result.output

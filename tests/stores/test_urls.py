@@ -519,3 +519,33 @@ def test_reprs_say_which_store_and_never_its_password(tmp_path: Path) -> None:
     for text, expected in shown.items():
         assert text == expected
         assert "s3cret" not in text
+
+
+def test_an_installed_package_serves_a_scheme_of_its_own(store_plugin: None) -> None:
+    store = store_from_url("example://shop/sessions?pool=4")
+    assert type(store).__name__ == "ExampleStore"
+    assert store.url == "example://shop/sessions?pool=4"  # type: ignore[attr-defined]
+    # Built-in schemes are coatcheck's own, whatever a package claims.
+    assert isinstance(store_from_url("redis://127.0.0.1:1/0"), RedisStore)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("notastore://x", "object is not a session store: it does not implement load, save"),
+        ("missing://x", r"the store for missing:// \(coatcheck_plugin_nowhere:from_url\) cannot"),
+        ("unknown://x", "and those of installed packages that name them under 'coatcheck.stores'"),
+    ],
+)
+def test_a_scheme_no_package_serves_well_is_refused_clearly(
+    store_plugin: None, url: str, error: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=error):
+        store_from_url(url)
+
+
+@pytest.mark.parametrize("url", ["memory://host", "memory:///path", "memory://h/p?max_entries=3"])
+def test_a_memory_url_with_a_place_is_refused(url: str) -> None:
+    """It names no place: a host or path there is a mistake, as for cookie://."""
+    with pytest.raises(ConfigurationError, match="memory store URLs look like memory://"):
+        store_from_url(url)

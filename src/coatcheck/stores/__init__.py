@@ -8,15 +8,21 @@ Sentinel ``redis+sentinel://host:port,host:port/service``, each also with TLS as
 ``postgres://``) the ``postgres`` extra, each imported only when such a URL is used.
 ``cookie://`` (``?max_bytes=4096``) keeps each session, encrypted, in its cookie, with
 the ``cookie`` extra and the app's ``secret_keys``.
+
+A package can serve a scheme of its own: an entry point in the ``coatcheck.stores``
+group, named after the scheme, that takes the URL and returns the store. The CLI and
+the demo then reach that store by URL too. Built-in schemes cannot be taken over.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 from ..exceptions import ConfigurationError
 from ._redact import redact
-from .base import SessionRecord, Store
+from .base import SessionRecord, Store, check_store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
@@ -36,6 +42,7 @@ REDIS_SCHEMES = (
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 SUPPORTED_SCHEMES = ("memory", "sqlite", *REDIS_SCHEMES, *POSTGRES_SCHEMES, "cookie")
 _SQLITE_FORMS = "SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db"
+ENTRY_POINTS = "coatcheck.stores"  # where packages name the schemes of their stores
 
 
 def store_from_url(url: str) -> Store:
@@ -62,6 +69,10 @@ def store_from_url(url: str) -> Store:
             _no_leftovers(options, url)
             return cookie
         if parts.scheme == "memory":
+            if parts.netloc or parts.path:
+                raise ConfigurationError(
+                    f"memory store URLs look like memory://, got {redact(url)!r}"
+                )
             memory = MemoryStore(max_entries=int(options.pop("max_entries", 10_000)))
             _no_leftovers(options, url)
             return memory
@@ -75,6 +86,10 @@ def store_from_url(url: str) -> Store:
             )
             _no_leftovers(options, url)
             return store
+        if parts.scheme not in SUPPORTED_SCHEMES and (factory := _registered(parts.scheme)):
+            custom = factory(url)
+            check_store(custom)  # its package's promise, checked where a typo would hide
+            return cast(Store, custom)
     except ValueError as exc:
         if isinstance(exc, ConfigurationError):
             raise
@@ -82,7 +97,26 @@ def store_from_url(url: str) -> Store:
     raise ConfigurationError(
         f"unsupported store URL {redact(url)!r}; supported schemes: "
         + ", ".join(f"{scheme}://" for scheme in SUPPORTED_SCHEMES)
+        + f", and those of installed packages that name them under {ENTRY_POINTS!r}"
     )
+
+
+def _registered(scheme: str) -> Callable[[str], object] | None:
+    """The factory an installed package names for ``scheme``, if any."""
+    if not scheme:
+        return None
+    from importlib.metadata import entry_points  # here: it costs `import coatcheck` time
+
+    for point in entry_points(group=ENTRY_POINTS):
+        if point.name == scheme:
+            try:
+                factory: Callable[[str], object] = point.load()
+                return factory
+            except Exception as exc:  # any import failure of another package's code
+                raise ConfigurationError(
+                    f"the store for {scheme}:// ({point.value}) cannot be loaded: {exc}"
+                ) from exc
+    return None
 
 
 def _check_sqlite_url(url: str, netloc: str, path: str) -> None:
