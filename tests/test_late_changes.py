@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -173,6 +174,51 @@ async def test_changes_after_the_response_started_are_stored(
         assert await state(client, sid) == {"user": "alice", "data": expected}
 
 
+@pytest.mark.parametrize("path", ["/stream", "/stream-in-place"])
+async def test_a_streamed_change_is_stored_before_the_last_part_goes_out(
+    app: FastAPI, store: MemoryStore, path: str
+) -> None:
+    """A client that has read the whole body, and sends its next request at once, must
+    find the change: stored when the app returned, it could come too late."""
+    async with client_for(app) as client:
+        sid = await logged_in(client)
+    stored_at_end: list[SessionRecord | None] = []
+    requested, done = False, asyncio.Event()
+
+    async def receive() -> Message:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()  # the client stays until the whole response is in
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            stored_at_end.append(await store.load(store_key(sid), time.time()))
+            done.set()
+
+    headers = [(b"cookie", f"{NAME}={sid}".encode()), (b"host", b"testserver")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 443),
+    }
+    await app(scope, receive, send)
+    [record] = stored_at_end
+    assert record is not None
+    assert b"pear" in record.data
+
+
 async def test_a_new_id_after_the_response_started_is_refused(
     app: FastAPI, store: MemoryStore, clock: FakeClock
 ) -> None:
@@ -239,7 +285,9 @@ class _FailingLateStore(MemoryStore):
 
 async def test_a_store_failure_after_the_response_started_is_raised_not_answered_twice() -> None:
     """A 503 can no longer go out: a second response start would break the protocol, and
-    swallowing the failure would hide that the late change was lost."""
+    swallowing the failure would hide that the late change was lost. The save is made
+    before the body's last part, so the client gets an unfinished response, not a whole
+    one that says nothing of the loss."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         session = await scope["session"].load()
@@ -260,7 +308,7 @@ async def test_a_store_failure_after_the_response_started_is_raised_not_answered
     scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "scheme": "https"}
     with pytest.raises(StoreUnavailableError):
         await middleware(scope, receive, send)
-    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    assert [message["type"] for message in sent] == ["http.response.start"]
 
 
 async def test_late_data_for_a_session_without_a_record_is_dropped_with_a_warning(

@@ -2,8 +2,9 @@
 
 A request whose handler never asks for the session costs one small object and no
 store I/O. The session is committed when the response starts, so the new cookie and
-any store failure can still shape the response; what changes after that (in a
-streaming body, a background task, a websocket) is stored once the app returns.
+any store failure can still shape the response; what changes after that is stored
+before the last part of a streamed body goes out, and what changes later still (in a
+background task, a websocket) once the app returns.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class SessionMiddleware:
         session = Session(self._persistence, scope)
         scope["session"] = session
         token = current_session.set(session)
-        started = failed = False
+        started = failed = streamed = False
         status = 200
         watch = None
         if kind == "websocket" and self._recheck is not None:
@@ -136,7 +137,7 @@ class SessionMiddleware:
             receive = watch.receive(receive)
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started, failed, status
+            nonlocal started, failed, status, streamed
             if failed:
                 if kind == "websocket":  # refused for it: a feed that only sends stops
                     raise SocketClosed(1013, "coatcheck refused this websocket: see the log")
@@ -150,6 +151,11 @@ class SessionMiddleware:
                     elif not await self._commit(session, message, scope, receive, send):
                         failed = True
                         return
+            elif message["type"] == "http.response.body" and session._loaded:
+                if message.get("more_body", False):
+                    streamed = True
+                elif not self._persistence.stateless:
+                    await self._store_before_end(session, status, streamed)
             elif watch is not None and await watch.ended():
                 if message["type"] == "websocket.close":
                     return  # closed already
@@ -219,6 +225,15 @@ class SessionMiddleware:
             logger.warning(_PLAIN_HTTP_WARNING)
         _merge_headers(message, extra, self._persistence.vary)
         return True
+
+    async def _store_before_end(self, session: Session, status: int, streamed: bool) -> None:
+        """Store what changed while the body went out, before its last part does: a
+        client that has read the whole response then finds the change in its next
+        request. A failure now leaves the response unfinished rather than complete."""
+        if streamed and session._models:
+            session._sync_models()
+        if session._modified or (streamed and session._exposed):
+            await self._persistence.commit_late(session, status)
 
     async def _answer_failure(
         self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError, session: Session
