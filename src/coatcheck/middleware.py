@@ -154,7 +154,9 @@ class SessionMiddleware:
             elif message["type"] == "http.response.body" and session._loaded:
                 if message.get("more_body", False):
                     streamed = True
-                elif not self._persistence.stateless:
+                elif (
+                    session._modified or (streamed and (session._exposed or session._models))
+                ) and not self._persistence.stateless:
                     await self._store_before_end(session, status, streamed)
             elif watch is not None and await watch.ended():
                 if message["type"] == "websocket.close":
@@ -232,7 +234,7 @@ class SessionMiddleware:
         request. A failure now leaves the response unfinished rather than complete."""
         if streamed and session._models:
             session._sync_models()
-        if session._modified or (streamed and session._exposed):
+        if session._modified or streamed:
             await self._persistence.commit_late(session, status)
 
     async def _answer_failure(
