@@ -17,6 +17,9 @@ from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
 from . import postgres_server, redis_servers
 from .store_kinds import STORE_KINDS, build_store
 
+# The kit's asserts explain a failure as a test module's do; registered before its import.
+pytest.register_assert_rewrite("coatcheck.store_contract")
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -22,11 +22,27 @@ def test_all_is_sorted_and_importable() -> None:
     assert public - {"annotations"} == set(coatcheck.__all__)
 
 
+def test_the_store_kit_lists_what_it_offers() -> None:
+    from coatcheck import store_contract
+
+    assert store_contract.__all__ == sorted(store_contract.__all__)
+    public = {
+        name
+        for name, value in vars(store_contract).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and getattr(value, "__module__", store_contract.__name__) == store_contract.__name__
+    }
+    assert public == set(store_contract.__all__)
+
+
 def test_import_needs_no_optional_extra() -> None:
     code = (
         "import sys\n"
-        # cryptography too: the middleware tells the cookie store by its methods.
-        "for name in ('fastapi', 'orjson', 'typer', 'uvicorn', 'jinja2', 'cryptography'):\n"
+        # cryptography too: the middleware tells the cookie store by its methods. And
+        # pytest, which only the store kit (coatcheck.store_contract) imports.
+        "for name in ('fastapi', 'orjson', 'typer', 'uvicorn', 'jinja2', 'cryptography',"
+        " 'pytest'):\n"
         "    sys.modules[name] = None\n"
         "import coatcheck\n"
         "print(coatcheck.SessionMiddleware.__name__)\n"

@@ -1,21 +1,19 @@
 """Fixtures shared by the store tests.
 
-Every backend is listed in ``STORE_KINDS`` and built by ``build_store``; contract tests
-only ever see the ``Store`` protocol, so adding Redis or PostgreSQL means adding a kind
-here (plus whatever server fixture it needs), not touching the tests.
+Every backend is listed in ``STORE_KINDS`` and built by ``build_store`` (both in
+``store_kinds.py``); contract tests only ever see the ``Store`` protocol, so adding a
+backend means adding a kind there (plus whatever server fixture it needs), not touching
+the tests. The records and the clock are the public kit's, ``coatcheck.store_contract``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
-from coatcheck._ids import new_public_id, new_session_id, store_key
+from coatcheck.store_contract import HOUR, NOW, make_record
 from coatcheck.stores import SessionRecord, Store
 
 from ..store_kinds import STORE_KINDS, build_store, fresh_store, unique_prefix
@@ -25,33 +23,11 @@ __all__ = [
     "NOW",
     "STORE_KINDS",
     "assert_upgraded",
+    "build_store",
     "fresh_store",
     "make_record",
     "unique_prefix",
 ]
-
-# One clock for every test: stores take ``now`` from the caller. It sits near the real
-# time so that backends which also hand deadlines to a server (Redis TTLs) agree with it.
-NOW = float(int(time.time()))
-HOUR = 3600.0
-
-
-def make_record(**overrides: Any) -> SessionRecord:
-    """A live anonymous record under a fresh key; any field can be overridden. With a
-    ``user_id``, the login was made when the session was (as ``Session.login`` does)."""
-    fields: dict[str, Any] = {
-        "key": store_key(new_session_id()),
-        "public_id": new_public_id(),
-        "data": b'{"cart": [1, 2, 3]}',
-        "user_id": None,
-        "created_at": NOW - 60.0,
-        "last_seen_at": NOW - 10.0,
-        "expires_at": NOW + HOUR,
-    }
-    fields.update(overrides)
-    if fields["user_id"] is not None:
-        fields.setdefault("authenticated_at", fields["created_at"])
-    return SessionRecord(**fields)
 
 
 async def assert_upgraded(stores: Sequence[Store], old: SessionRecord) -> None:
@@ -75,12 +51,3 @@ async def assert_upgraded(stores: Sequence[Store], old: SessionRecord) -> None:
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    built = build_store(request.param, tmp_path)
-    try:
-        yield built
-    finally:
-        await built.aclose()
