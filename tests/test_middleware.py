@@ -855,6 +855,42 @@ def test_a_store_url_in_place_of_a_store_fails_at_start_up() -> None:
         SessionMiddleware(PlainTextResponse("hi"), "sqlite:///sessions.db")  # type: ignore[arg-type]
 
 
+def test_a_server_on_trio_is_told_at_start_up_and_at_each_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Starlette runs on trio, coatcheck's stores do not: said plainly, not as asyncio's
+    "no running event loop" in a 500."""
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return
+        try:
+            await scope["session"].load()
+        except RuntimeError as exc:
+            events.append(str(exc))
+
+    middleware = SessionMiddleware(app, MemoryStore())
+
+    async def serve() -> None:
+        async def receive() -> Message:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: Message) -> None:
+            events.append(message["type"])
+
+        with pytest.raises(ConfigurationError, match="coatcheck runs on asyncio"):
+            await middleware({"type": "lifespan"}, receive, send)
+        await middleware({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)
+
+    anyio.run(serve, backend="trio")
+    assert events == [
+        "coatcheck runs on asyncio (uvicorn, hypercorn's asyncio or uvloop worker, granian), "
+        "not on trio: its stores' drivers (redis-py, psycopg) are asyncio-only"
+    ]
+    assert "coatcheck cannot start: coatcheck runs on asyncio" in caplog.text
+
+
 def test_a_websocket_whose_store_is_down_is_told_to_try_again() -> None:
     """Over HTTP where the server can (a 503 with Retry-After), else by a close code."""
     app = make_app(_DownStore(), SessionConfig())

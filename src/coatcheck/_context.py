@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 DEFAULT_COOKIE_NAME = "__Host-session"
 NOT_INSTALLED = "coatcheck.SessionMiddleware is not installed on this app"
+ASYNCIO_ONLY = (
+    "coatcheck runs on asyncio (uvicorn, hypercorn's asyncio or uvloop worker, granian), "
+    "not on trio: its stores' drivers (redis-py, psycopg) are asyncio-only"
+)
 current_session: ContextVar[Session | None] = ContextVar("coatcheck_session", default=None)
 # The configuration a schema is built for outside any request (coatcheck.fastapi.openapi).
 described: ContextVar[SessionConfig | None] = ContextVar("coatcheck_described", default=None)

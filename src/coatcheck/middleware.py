@@ -9,6 +9,7 @@ background task, a websocket) once the app returns.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -18,7 +19,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send
 from ._audit import security_event
-from ._context import current_session
+from ._context import ASYNCIO_ONLY, current_session
 from ._persist import Persistence, outgoing
 from ._printable import printable
 from ._websocket import SocketClosed, SocketWatch
@@ -63,6 +64,15 @@ _PLAIN_HTTP_WARNING = (
     "proxy's forwarded headers (uvicorn --proxy-headers); for local development over HTTP, "
     "use CookieConfig(secure=False)."
 )
+
+
+def _require_asyncio() -> None:
+    """Refuse at start-up a server that runs the app on another event loop (trio)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        logger.error("coatcheck cannot start: %s", ASYNCIO_ONLY)
+        raise ConfigurationError(ASYNCIO_ONLY) from None
 
 
 def _check_unavailable(unavailable: UnavailableApp) -> None:
@@ -121,6 +131,7 @@ class SessionMiddleware:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             if kind == "lifespan":
+                _require_asyncio()
                 send = self._lifespan_send(send)
             await self.app(scope, receive, send)
             return

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import _devices, _flash
-from ._context import NOT_INSTALLED
+from ._context import ASYNCIO_ONLY, NOT_INSTALLED
 from ._devices import Device, utc
 from ._flash import Flash
 from ._ids import new_public_id, new_session_id
@@ -166,7 +166,10 @@ class Session(MutableMapping[str, Any]):
                 self._waiter = asyncio.Event()
             await self._waiter.wait()
             return await self.load()  # loaded now, or that load failed: this one tries
-        self._loading = asyncio.current_task()
+        try:
+            self._loading = asyncio.current_task()
+        except RuntimeError:  # not on asyncio: said at start-up, when the server told
+            raise RuntimeError(ASYNCIO_ONLY) from None
         try:
             await self._persistence.load(self)
         finally:
