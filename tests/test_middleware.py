@@ -881,7 +881,8 @@ def test_a_server_on_trio_is_told_at_start_up_and_at_each_load(
 
         with pytest.raises(ConfigurationError, match="coatcheck runs on asyncio"):
             await middleware({"type": "lifespan"}, receive, send)
-        await middleware({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)
+        request = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        await middleware(request, receive, send)
 
     anyio.run(serve, backend="trio")
     assert events == [
