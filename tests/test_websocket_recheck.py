@@ -131,6 +131,39 @@ def test_a_socket_closes_at_its_next_message_once_the_session_ended_elsewhere() 
     assert asyncio.run(store.count(clock())) == 0
 
 
+def _closing_as_daphne_does(app: Any) -> Any:
+    """``app`` behind a server that lets an application close a socket only with 1000
+    or 3000-4999, as Daphne (through autobahn) does; 1008 raises in its send."""
+
+    async def served(scope: Any, receive: Any, send: Any) -> None:
+        async def strict_send(message: Any) -> None:
+            code = message.get("code", 1000)
+            if message["type"] == "websocket.close" and code != 1000 and code < 3000:
+                raise Exception(f"invalid close code {code} (must be 1000 or from [3000, 4999])")
+            await send(message)
+
+        await app(scope, receive, strict_send)
+
+    return served
+
+
+def test_a_server_that_refuses_1008_gets_a_normal_close_that_says_why() -> None:
+    clock, store = FakeClock(), MemoryStore()
+    app = make_app(store, clock)
+    with TestClient(
+        _closing_as_daphne_does(app), base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}
+    ) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
+            client.post("/logout")
+            clock.advance(60)
+            socket.send_text("anyone?")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+    assert (closed.value.code, closed.value.reason) == (1000, "session ended")
+    assert asyncio.run(store.count(clock())) == 0
+
+
 def test_on_the_cookie_store_a_socket_lives_until_the_deadline_sealed_in_its_cookie() -> None:
     """Nothing on the server can end it, and no message can renew a cookie."""
     clock = FakeClock()

@@ -12,6 +12,7 @@ window, or its chat would outlast it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from ._asgi import Message, Receive, Send
@@ -22,6 +23,8 @@ from .session import Session
 logger = logging.getLogger("coatcheck")
 
 _CLOSE: Message = {"type": "websocket.close", "code": 1008, "reason": "session ended"}
+# For a server that lets an app close only with 1000 or 3000-4999 (Daphne).
+_CLOSE_NORMALLY: Message = {"type": "websocket.close", "code": 1000, "reason": "session ended"}
 
 
 class SocketClosed(OSError):
@@ -70,7 +73,11 @@ class SocketWatch:
             self._due = due
             return False
         self.closed = True
-        await self._send(_CLOSE)
+        try:
+            await self._send(_CLOSE)
+        except Exception:  # refused by the server, or the client is gone
+            with contextlib.suppress(Exception):  # gone: the app is told so all the same
+                await self._send(_CLOSE_NORMALLY)
         return True
 
     def receive(self, receive: Receive) -> Receive:
