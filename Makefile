@@ -10,8 +10,11 @@ PORT ?= 8000
 
 .PHONY: demo test test-oldest lint typecheck pytest system-deps bench clean
 
+# A venv left half made (no python3-venv, apt-get refused) is removed, so the next run
+# starts over rather than find a .venv/bin/python without pip.
+.DELETE_ON_ERROR:
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 demo: $(BIN)/python
@@ -25,11 +28,12 @@ test: $(BIN)/python system-deps
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(MAKE) lint typecheck pytest
 
-# The suite again on the lowest versions pyproject.toml allows. Deprecation warnings are
-# let through: old releases raise them against today's anyio, click and the like.
+# The suite again on the lowest versions pyproject.toml allows, on Python 3.11 (some of
+# those releases have no wheels for 3.13). Deprecation warnings are let through: old
+# releases raise them against today's anyio, click and the like.
 OLDEST := .venv-oldest
 test-oldest: system-deps
-	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	test -x $(OLDEST)/bin/pip || { rm -rf $(OLDEST) && $(PYTHON) -m venv $(OLDEST); }
 	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
 	$(OLDEST)/bin/python -m pip install --quiet -e ".[dev]" -c scripts/oldest-versions.txt
 	$(OLDEST)/bin/pytest -p no:cacheprovider -W "ignore::DeprecationWarning"
