@@ -125,8 +125,6 @@ def run_kit(pytester: pytest.Pytester) -> tuple[Outcomes, Outcomes]:
     for report in recorder.getreports("pytest_runtest_logreport"):
         if report.when == "call" or report.outcome != "passed":
             _, cls, test = report.nodeid.split("::")
-            # anyio's own anyio_backend fixture adds its backend to every test's id.
-            test = test.replace("[asyncio]", "").replace("[asyncio-", "[")
             by_class[cls].setdefault(test, (report.when, report.outcome))
     return by_class["TestDictStore"], by_class["TestMemoryStore"]
 

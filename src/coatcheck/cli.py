@@ -214,7 +214,8 @@ def list_sessions(
     # Piped: lines without the padding Rich adds up to the table's width, for scripts.
     with out.capture() as captured:
         out.print(table)
-    typer.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+    # Through the console's own stream, where text it cannot encode is replaced.
+    print("\n".join(line.rstrip() for line in captured.get().splitlines()), file=out.file)
 
 
 @sessions_app.command("revoke")
