@@ -28,7 +28,14 @@ from coatcheck import (
 from coatcheck._ids import store_key
 from coatcheck.fastapi import SessionDep
 from coatcheck.session import Session
-from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
+from coatcheck.testing import (
+    SAME_ORIGIN,
+    TEST_BASE_URL,
+    TEST_WS_BASE_URL,
+    FakeClock,
+    create_session,
+    read_session,
+)
 
 from .conftest import client_for
 
@@ -349,3 +356,60 @@ def test_websocket_login_after_accept_is_refused_and_keeps_the_session(
         # Still alice, under the same cookie, with one record: no ghost device.
         assert client.get("/state").json()["user"] == "alice"
     assert asyncio.run(store.count(clock())) == 1
+
+
+class _LandsWhenCancelled(MemoryStore):
+    """A store whose write, once sent, lands even if the request waiting for it is
+    cancelled meanwhile, as a database's does; ``sent`` says when one is under way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: asyncio.Event | None = None
+
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        if self.sent is None:
+            return await super().save(record, **options)
+        write = asyncio.ensure_future(super().save(record, **options))
+        self.sent.set()
+        await asyncio.sleep(0.05)  # the answer is on its way: a cancel lands here
+        return await write
+
+
+async def test_a_save_cut_short_by_a_client_gone_is_never_applied_twice() -> None:
+    """Starlette cancels a streamed body when its client goes away (on servers of ASGI
+    spec 2.3, uvicorn's): a save under way then may have landed, and another would
+    merge onto it, counting this download twice."""
+    store = _LandsWhenCancelled()
+
+    async def download(scope: Scope, receive: Receive, send: Send) -> None:
+        session = await scope["session"].load()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"file contents"
+            session.modify("downloads", lambda n: n + 1, 0)
+
+        await StreamingResponse(body())(scope, receive, send)
+
+    middleware = SessionMiddleware(download, store=store)
+    value = await create_session(store, data={"downloads": 0})
+    store.sent = asyncio.Event()
+
+    async def receive() -> Message:
+        assert store.sent is not None
+        await store.sent.wait()  # the client goes away as the save is sent
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "method": "GET",
+        "path": "/download",
+        "headers": [(b"cookie", f"{NAME}={value}".encode())],
+        "scheme": "https",
+    }
+    await middleware(scope, receive, send)
+    await asyncio.sleep(0.1)  # the write sent before the cancel has landed
+    assert await read_session(store, value) == {"downloads": 1}

@@ -6,6 +6,7 @@ ID was rotated, the session was destroyed, or the sliding expiry is due.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import math
@@ -260,6 +261,16 @@ class Persistence:
 
     async def commit(self, session: Session, status: int) -> Headers:
         """Write what changed and return the headers the response must carry."""
+        try:
+            return await self._write(session, status)
+        except asyncio.CancelledError:
+            # Cut short (a client gone from a streamed response cancels its body), its
+            # writes may or may not have landed: another would merge onto them and
+            # apply this request's changes, a modify() among them, a second time.
+            session._halted = StoreUnavailableError("a save of this request was cancelled")
+            raise
+
+    async def _write(self, session: Session, status: int) -> Headers:
         if not session._loaded or status >= 500 or session._halted or self.settled(session):
             return []
         stored = session._stored
