@@ -26,7 +26,7 @@ from coatcheck import (
     StoreUnavailableError,
 )
 from coatcheck._ids import store_key
-from coatcheck.fastapi import SessionDep
+from coatcheck.fastapi import SessionDep, get_session
 from coatcheck.session import Session
 from coatcheck.testing import (
     SAME_ORIGIN,
@@ -78,6 +78,15 @@ def make_app(store: MemoryStore, clock: FakeClock) -> FastAPI:
             yield b"working..."
             session["cart"].append("pear")  # in place only: no assignment marks it
             yield b"done"
+
+        return StreamingResponse(body())
+
+    @app.get("/stream-loads-late")
+    async def stream_loads_late() -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"working..."
+            session = await get_session()  # first asked for after the body's last part
+            session["cart"].append("pear")
 
         return StreamingResponse(body())
 
@@ -181,7 +190,7 @@ async def test_changes_after_the_response_started_are_stored(
         assert await state(client, sid) == {"user": "alice", "data": expected}
 
 
-@pytest.mark.parametrize("path", ["/stream", "/stream-in-place"])
+@pytest.mark.parametrize("path", ["/stream", "/stream-in-place", "/stream-loads-late"])
 async def test_a_streamed_change_is_stored_before_the_last_part_goes_out(
     app: FastAPI, store: MemoryStore, path: str
 ) -> None:

@@ -162,12 +162,14 @@ class SessionMiddleware:
                     elif not await self._commit(session, message, scope, receive, send):
                         failed = True
                         return
-            elif message["type"] == "http.response.body" and session._loaded:
+            elif message["type"] == "http.response.body":
                 if message.get("more_body", False):
-                    streamed = True
+                    streamed = True  # loaded or not yet: the body may load it later
                 elif (
-                    session._modified or (streamed and (session._exposed or session._models))
-                ) and not self._persistence.stateless:
+                    session._loaded
+                    and (session._modified or (streamed and (session._exposed or session._models)))
+                    and not self._persistence.stateless
+                ):
                     await self._store_before_end(session, status, streamed)
             elif watch is not None and await watch.ended():
                 if message["type"] == "websocket.close":
