@@ -850,6 +850,21 @@ def test_a_store_that_leaves_out_a_method_fails_at_start_up() -> None:
         SessionMiddleware(PlainTextResponse("hi"), _HalfStore())
 
 
+class _BoundPerInstance(Store):
+    """A store whose methods are another's, bound as it is made: nothing is left out."""
+
+    def __init__(self) -> None:
+        inner = MemoryStore()
+        self.load, self.save, self.delete = inner.load, inner.save, inner.delete  # type: ignore[method-assign]
+        self.list_user, self.delete_user = inner.list_user, inner.delete_user  # type: ignore[method-assign]
+        self.delete_all, self.purge_expired = inner.delete_all, inner.purge_expired  # type: ignore[method-assign]
+        self.count, self.aclose = inner.count, inner.aclose  # type: ignore[method-assign]
+
+
+def test_a_store_whose_methods_are_bound_per_instance_is_taken() -> None:
+    SessionMiddleware(PlainTextResponse("hi"), _BoundPerInstance())
+
+
 def test_a_store_url_in_place_of_a_store_fails_at_start_up() -> None:
     with pytest.raises(ConfigurationError, match="store_from_url"):
         SessionMiddleware(PlainTextResponse("hi"), "sqlite:///sessions.db")  # type: ignore[arg-type]

@@ -205,11 +205,12 @@ def check_store(store: object) -> None:
         raise ConfigurationError(
             "store= takes a store, not its URL: store=store_from_url(...) builds one"
         )
+    # Looked up on the store itself: a method may be bound per instance, or delegated.
     missing = [
         name
         for name in _PROTOCOL
-        if not callable(getattr(store, name, None))
-        or getattr(type(store), name, None) is getattr(Store, name)
+        if not callable(method := getattr(store, name, None))
+        or getattr(method, "__func__", None) is getattr(Store, name)
     ]
     if missing:
         raise ConfigurationError(
