@@ -275,7 +275,7 @@ class StoreContract:
         old = make_record(user_id="alice")
         await store.save(old)
         new = make_record(user_id="alice")
-        await store.delete_user("alice")
+        await store.delete_user("alice", now=NOW)
         assert await store.save(new, replaces=old.key, expected_version=1) is False
         assert await store.load(new.key, NOW) is None
         await store.save(old)
@@ -457,7 +457,7 @@ class StoreContract:
         for record in [*alices, *bobs, anonymous]:
             await store.save(record)
 
-        assert await store.delete_user("alice") == 3
+        assert await store.delete_user("alice", now=NOW) == 3
 
         assert await store.list_user("alice", NOW) == []
         for record in alices:
@@ -466,7 +466,7 @@ class StoreContract:
         assert await store.load(anonymous.key, NOW) == anonymous
         assert await store.count(NOW) == 3
         # A second call finds nothing left.
-        assert await store.delete_user("alice") == 0
+        assert await store.delete_user("alice", now=NOW) == 0
 
     async def test_delete_user_can_keep_one_session(self, store: Store) -> None:
         alices = [make_record(user_id="alice", created_at=NOW - 10 * i) for i in range(4)]
@@ -474,7 +474,7 @@ class StoreContract:
         for record in [*alices, bob]:
             await store.save(record)
 
-        assert await store.delete_user("alice", keep=alices[2].key) == 3
+        assert await store.delete_user("alice", keep=alices[2].key, now=NOW) == 3
 
         assert await store.list_user("alice", NOW) == [alices[2]]
         assert await store.load(alices[2].key, NOW) == alices[2]
@@ -488,7 +488,7 @@ class StoreContract:
         for record in [*alices, bob]:
             await store.save(record)
 
-        assert await store.delete_user("alice", keep=bob.key) == 2
+        assert await store.delete_user("alice", keep=bob.key, now=NOW) == 2
 
         assert await store.list_user("alice", NOW) == []
         assert await store.load(bob.key, NOW) == bob
@@ -521,21 +521,24 @@ class StoreContract:
         assert await store.list_user("alice", NOW) == []
 
     async def test_delete_user_without_now_uses_the_current_time(self, store: Store) -> None:
-        live = make_record(user_id="alice")
-        expired = make_record(user_id="alice", last_seen_at=NOW - HOUR, expires_at=NOW - 60)
+        now = time.time()  # the clock delete_user reads, not the one the kit was loaded at
+        live = make_record(
+            user_id="alice", created_at=now - 60, last_seen_at=now - 10, expires_at=now + HOUR
+        )
+        expired = make_record(user_id="alice", last_seen_at=now - HOUR, expires_at=now - 60)
         for record in (live, expired):
             await store.save(record)
 
         assert await store.delete_user("alice") == 1
 
-        assert await store.list_user("alice", NOW - 2 * HOUR) == []
+        assert await store.list_user("alice", now - 2 * HOUR) == []
 
     async def test_delete_user_of_unknown_user_returns_zero(self, store: Store) -> None:
         record = make_record(user_id="alice")
         await store.save(record)
 
-        assert await store.delete_user("mallory") == 0
-        assert await store.delete_user("mallory", keep=record.key) == 0
+        assert await store.delete_user("mallory", now=NOW) == 0
+        assert await store.delete_user("mallory", keep=record.key, now=NOW) == 0
         assert await store.load(record.key, NOW) == record
 
     async def test_delete_all_ends_every_session_and_counts_the_live_ones(
@@ -599,7 +602,7 @@ class StoreContract:
         assert await store.list_user("alice", NOW) == []
         assert await store.list_user("bob", NOW) == [as_bob]
         # A stale index entry would make delete_user("alice") take Bob's session with it.
-        assert await store.delete_user("alice") == 0
+        assert await store.delete_user("alice", now=NOW) == 0
         assert await store.load(record.key, NOW) == as_bob
 
     async def test_resaving_as_anonymous_leaves_the_user_index(self, store: Store) -> None:
@@ -610,7 +613,7 @@ class StoreContract:
         await store.save(logged_out)
 
         assert await store.list_user("alice", NOW) == []
-        assert await store.delete_user("alice") == 0
+        assert await store.delete_user("alice", now=NOW) == 0
         assert await store.load(record.key, NOW) == logged_out
         assert await store.count(NOW) == 1
 
@@ -624,7 +627,7 @@ class StoreContract:
         for user, record in records.items():
             assert await store.list_user(user, NOW) == [record]
         assert await store.list_user("al", NOW) == []
-        assert await store.delete_user("al%") == 1
+        assert await store.delete_user("al%", now=NOW) == 1
         assert await store.count(NOW) == 4
 
     # -- lifecycle ---------------------------------------------------------------------
