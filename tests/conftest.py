@@ -113,6 +113,10 @@ def from_url(url):
 
 def not_a_store(url):
     return object()
+
+
+def unreachable(url):
+    raise RuntimeError(f"cannot reach {url}")
 """
 _PLUGIN_ENTRY_POINTS = """
 [coatcheck.stores]
@@ -120,6 +124,7 @@ example = coatcheck_plugin_example:from_url
 notastore = coatcheck_plugin_example:not_a_store
 missing = coatcheck_plugin_nowhere:from_url
 redis = coatcheck_plugin_example:from_url
+Unreachable = coatcheck_plugin_example:unreachable
 """
 
 

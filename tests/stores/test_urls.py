@@ -535,6 +535,13 @@ def test_an_installed_package_serves_a_scheme_of_its_own(store_plugin: None) -> 
         ("notastore://x", "object is not a session store: it does not implement load, save"),
         ("missing://x", r"the store for missing:// \(coatcheck_plugin_nowhere:from_url\) cannot"),
         ("unknown://x", "and those of installed packages that name them under 'coatcheck.stores'"),
+        # Its own error, whatever its type, with the password masked where it quotes the
+        # URL; the entry point's name matches whatever its case, as schemes do.
+        (
+            "unreachable://app:s3cret@db/x",
+            r"^invalid store URL 'unreachable://app:\*\*\*@db/x': cannot reach "
+            r"unreachable://app:\*\*\*@db/x$",
+        ),
     ],
 )
 def test_a_scheme_no_package_serves_well_is_refused_clearly(

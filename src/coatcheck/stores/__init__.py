@@ -87,9 +87,7 @@ def store_from_url(url: str) -> Store:
             _no_leftovers(options, url)
             return store
         if parts.scheme not in SUPPORTED_SCHEMES and (factory := _registered(parts.scheme)):
-            custom = factory(url)
-            check_store(custom)  # its package's promise, checked where a typo would hide
-            return cast(Store, custom)
+            return _built_by(factory, url)
     except ValueError as exc:
         if isinstance(exc, ConfigurationError):
             raise
@@ -101,6 +99,18 @@ def store_from_url(url: str) -> Store:
     )
 
 
+def _built_by(factory: Callable[[str], object], url: str) -> Store:
+    """The store another package's ``factory`` makes of ``url``: whatever it raises is a
+    configuration error, with the password masked wherever the URL is quoted."""
+    try:
+        custom = factory(url)
+    except Exception as exc:  # another package's code: any error, said the same way
+        told = str(exc).replace(url, redact(url))
+        raise ConfigurationError(f"invalid store URL {redact(url)!r}: {told}") from None
+    check_store(custom)  # its package's promise, checked where a typo would hide
+    return cast(Store, custom)
+
+
 def _registered(scheme: str) -> Callable[[str], object] | None:
     """The factory an installed package names for ``scheme``, if any."""
     if not scheme:
@@ -108,7 +118,7 @@ def _registered(scheme: str) -> Callable[[str], object] | None:
     from importlib.metadata import entry_points  # here: it costs `import coatcheck` time
 
     for point in entry_points(group=ENTRY_POINTS):
-        if point.name == scheme:
+        if point.name.lower() == scheme:  # a URL's scheme arrives lowercased
             try:
                 factory: Callable[[str], object] = point.load()
                 return factory
