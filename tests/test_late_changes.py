@@ -90,6 +90,14 @@ def make_app(store: MemoryStore, clock: FakeClock) -> FastAPI:
 
         return StreamingResponse(body())
 
+    @app.get("/stream-note")
+    async def stream_note(session: SessionDep) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"working..."
+            session["note"] = "streamed"
+
+        return StreamingResponse(body())
+
     @app.get("/background")
     async def background(session: SessionDep, tasks: BackgroundTasks) -> dict[str, str]:
         tasks.add_task(session.__setitem__, "background", True)
@@ -327,16 +335,22 @@ async def test_a_store_failure_after_the_response_started_is_raised_not_answered
     assert [message["type"] for message in sent] == ["http.response.start"]
 
 
+@pytest.mark.parametrize("path", ["/background", "/stream-note"])
 async def test_late_data_for_a_session_without_a_record_is_dropped_with_a_warning(
-    app: FastAPI, store: MemoryStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    app: FastAPI,
+    store: MemoryStore,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
 ) -> None:
     async with client_for(app) as client:
         with caplog.at_level(logging.WARNING, logger="coatcheck"):
-            response = await client.get("/background")
+            response = await client.get(path)
         assert response.status_code == 200
         assert "set-cookie" not in response.headers
     assert await store.count(clock()) == 0
-    assert any("after the response started" in line for line in caplog.messages)
+    said = [line for line in caplog.messages if "after the response started" in line]
+    assert len(said) == 1, said
 
 
 def test_websocket_changes_after_accept_are_stored(app: FastAPI) -> None:

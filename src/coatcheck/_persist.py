@@ -675,6 +675,7 @@ class Persistence:
             changed = session._modified or session._meta_changed
             if changed and (session._data or session._user_id is not None):
                 logger.warning(_LATE_DROPPED)
+                session._modified = session._meta_changed = False  # dropped: said once
             if session._stored is None:
                 return
             session._data = {}  # destroyed: the record is deleted, whatever came after

@@ -19,6 +19,8 @@ The tree is shallow on purpose::
 
 from __future__ import annotations
 
+from typing import Any
+
 # Errors that format their message from their arguments say how to make them again
 # (``__reduce__``): raised in a worker process or a task queue, they are pickled.
 
@@ -41,8 +43,8 @@ class MissingDependencyError(CoatcheckError, ImportError):
             f"{package!r} is not installed; install it with: pip install 'coatcheck[{extra}]'"
         )
 
-    def __reduce__(self) -> tuple[type[MissingDependencyError], tuple[str, str]]:
-        return type(self), (self.package, self.extra)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.package, self.extra), self.__dict__
 
 
 class SessionNotLoadedError(CoatcheckError, RuntimeError):
@@ -64,8 +66,8 @@ class SerializationError(CoatcheckError, TypeError):
         self.reason = reason
         super().__init__(f"session value under key {key!r} cannot be stored as JSON: {reason}")
 
-    def __reduce__(self) -> tuple[type[SerializationError], tuple[str, str]]:
-        return type(self), (self.key, self.reason)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.key, self.reason), self.__dict__
 
 
 class SessionTooLargeError(CoatcheckError):
@@ -81,8 +83,8 @@ class SessionTooLargeError(CoatcheckError):
             message or f"session data is {size} bytes, over the limit of {limit} bytes"
         )
 
-    def __reduce__(self) -> tuple[type[SessionTooLargeError], tuple[int, int, str]]:
-        return type(self), (self.size, self.limit, str(self))
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.size, self.limit, str(self)), self.__dict__
 
 
 class SessionEndedError(CoatcheckError):
@@ -114,8 +116,8 @@ class SessionLimitError(CoatcheckError):
             "sign out on another device first"
         )
 
-    def __reduce__(self) -> tuple[type[SessionLimitError], tuple[int]]:
-        return type(self), (self.limit,)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.limit,), self.__dict__
 
 
 class NotSupportedError(CoatcheckError, NotImplementedError):
