@@ -11,7 +11,9 @@ class MemoryStore:
     """Keeps records in a dict; loses them on restart and is not shared between workers.
 
     At ``max_entries`` it first drops expired records, then the least recently
-    written ones, so an anonymous flood cannot grow memory without bound.
+    written ones, so an anonymous flood cannot grow memory without bound. Expired
+    records are looked for at most once a second: a full store under a flood of new
+    sessions would otherwise read every record at every save.
     """
 
     def __init__(self, max_entries: int = 10_000) -> None:
@@ -20,6 +22,7 @@ class MemoryStore:
         self.max_entries = max_entries
         self._records: dict[str, SessionRecord] = {}
         self._by_user: dict[str, set[str]] = {}
+        self._swept_at = float("-inf")  # when _make_room last looked for expired records
 
     def __repr__(self) -> str:
         return f"<MemoryStore {len(self._records)} of at most {self.max_entries} records>"
@@ -51,7 +54,9 @@ class MemoryStore:
         self._remove(record.key)
         if len(self._records) >= self.max_entries:
             self._make_room(record.last_seen_at)
-        self._records[record.key] = record
+        # A copy of exactly its size: orjson's result may hold a far larger buffer, kept
+        # here for as long as the record is.
+        self._records[record.key] = record._replace(data=bytes(memoryview(record.data)))
         if record.user_id is not None:
             self._by_user.setdefault(record.user_id, set()).add(record.key)
         return True
@@ -103,8 +108,10 @@ class MemoryStore:
                 del self._by_user[record.user_id]
 
     def _make_room(self, now: float) -> None:
-        expired = [key for key, record in self._records.items() if record.expires_at <= now]
-        for key in expired:
-            self._remove(key)
+        if not now - 1.0 < self._swept_at <= now:
+            self._swept_at = now
+            expired = [key for key, record in self._records.items() if record.expires_at <= now]
+            for key in expired:
+                self._remove(key)
         while len(self._records) >= self.max_entries:
             self._remove(next(iter(self._records)))
