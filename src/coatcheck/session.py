@@ -316,6 +316,8 @@ class Session(MutableMapping[str, Any]):
         runs again on the value that request stored, so neither change is lost. It may
         therefore run more than once: make it a pure function of its argument, such as
         ``lambda cart: [*cart, item]``. A missing key starts from a copy of ``default``.
+        Each call is kept, to be run again, until the session is saved: a WebSocket or a
+        stream that keeps modifying should ``await session.save()`` now and then.
         """
         self._require_loaded()
         value = change(self._data[key] if key in self._data else copy.deepcopy(default))
