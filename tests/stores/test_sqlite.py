@@ -912,6 +912,10 @@ def test_workers_sharing_a_file_deleted_under_them_go_on_in_a_new_one(tmp_path: 
     for worker in workers:
         worker.start()
     try:
+        # Spawned workers start slowly on a busy machine: the file must be there first.
+        started = time.monotonic()
+        while not os.path.exists(path) and time.monotonic() - started < 60:
+            time.sleep(0.1)
         time.sleep(1.5)
         deleted_at = time.time()
         os.remove(path)  # as `rm sessions.db` does: the -wal and -shm stay
