@@ -17,7 +17,8 @@ empty store; every contract test then runs against it::
 The kit needs pytest. Its tests are async and run on anyio's pytest plugin, which
 comes with anyio (a Starlette dependency), on asyncio: the loop coatcheck runs on,
 even where trio is installed too. pytest-asyncio's auto mode would take the ``store``
-fixture onto an event loop of its own: run the kit with ``-o asyncio_mode=strict``. For pytest's detailed assertion messages, add
+fixture onto an event loop of its own: run the kit with ``-o asyncio_mode=strict``.
+For pytest's detailed assertion messages, add
 ``pytest.register_assert_rewrite("coatcheck.store_contract")`` to a ``conftest.py``.
 Tests of your own can build records with :func:`make_record`, live at :data:`NOW`.
 """
