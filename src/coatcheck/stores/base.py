@@ -182,17 +182,7 @@ def cookie_sealer_of(store: Store) -> Callable[[Sequence[bytes], str], CookieSea
     return sealer
 
 
-_PROTOCOL = (
-    "load",
-    "save",
-    "delete",
-    "list_user",
-    "delete_user",
-    "delete_all",
-    "purge_expired",
-    "count",
-    "aclose",
-)
+_PROTOCOL = tuple(name for name, value in vars(Store).items() if not name.startswith("_"))
 
 
 def check_store(store: object) -> None:
