@@ -338,6 +338,36 @@ async def test_a_hung_server_is_a_503_within_the_timeout(own_postgres: PostgresS
         await store.aclose()
 
 
+@pytest.mark.parametrize("rotated", [False, True], ids=["update", "login"])
+async def test_a_save_that_answered_503_never_lands_later(
+    postgres: PostgresServer, rotated: bool
+) -> None:
+    """A lock held past the timeout (a migration, ``VACUUM FULL``) makes a save wait. The
+    503 must mean it did not happen: landing later, it would count a retried change twice,
+    or move a login's session away from the cookie the client still holds."""
+    store = PostgresStore(postgres.url, table=unique_prefix(), timeout=0.5)
+    try:
+        stored = make_record(data=b'{"cart":["book"]}')
+        await store.save(stored)
+        changed = stored._replace(data=b'{"cart":["book","ink"]}', version=2)
+        if rotated:
+            changed = changed._replace(key=store_key(new_session_id()), user_id="alice")
+        with postgres.connect() as locker, locker.transaction():
+            locker.execute(f"LOCK TABLE {store.table} IN SHARE MODE")  # reads pass, writes wait
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="no answer in time"):
+                await store.save(changed, replaces=stored.key, expected_version=1)
+            assert time.monotonic() - started < 2.5
+        await asyncio.sleep(0.5)  # long enough for a write the server still held to land
+        assert await store.load(stored.key, NOW) == stored
+        if rotated:
+            assert await store.load(changed.key, NOW) is None
+        assert await store.save(changed, replaces=stored.key, expected_version=1)  # the retry
+        assert await store.load(changed.key, NOW) == changed
+    finally:
+        await store.aclose()
+
+
 async def test_an_unreachable_server_never_shows_the_password() -> None:
     from ..redis_servers import free_port
 
@@ -369,6 +399,29 @@ async def test_options_libpq_refuses_are_a_store_error_not_an_outage(
     store = store_from_url(f"{postgres.url}?sslmode=bogus&timeout=0.5&table={unique_prefix()}")
     try:
         with pytest.raises(StoreError, match='invalid sslmode value: "bogus"') as caught:
+            await store.count(NOW)
+        assert not isinstance(caught.value, StoreUnavailableError)
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("user", "database", "complaint"),
+    [
+        ("nobody_here", "postgres", 'role "nobody_here" does not exist'),
+        ("postgres", "nowhere", 'database "nowhere" does not exist'),
+    ],
+    ids=["role", "database"],
+)
+async def test_a_server_that_refuses_who_connects_is_a_store_error_not_an_outage(
+    postgres: PostgresServer, user: str, database: str, complaint: str
+) -> None:
+    """No wait lets in a role or a database that is not there: an error to fix, logged
+    as one, and no 503 that promises the outage will pass."""
+    url = f"postgresql://{user}@127.0.0.1:{postgres.port}/{database}"
+    store = store_from_url(f"{url}?timeout=0.5&table={unique_prefix()}")
+    try:
+        with pytest.raises(StoreError, match=complaint) as caught:
             await store.count(NOW)
         assert not isinstance(caught.value, StoreUnavailableError)
     finally:

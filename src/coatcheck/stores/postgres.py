@@ -98,6 +98,11 @@ _ASK_AFTER_IDLE = 1.0  # seconds a pooled connection may sit unused before it is
 # being promoted refuses writes, and an idle transaction ended by the server.
 _PASSING = ("25006", "25P03")
 _NO_TABLE = "42P01"
+# Refusals at connect that no wait cures; psycopg gives them no SQLSTATE, only the text.
+_REFUSED_FOR_GOOD = re.compile(
+    r"FATAL: +(password authentication failed|no pg_hba\.conf entry|role .* does not exist"
+    r"|database .* does not exist|unsupported startup parameter|no such user)"
+)
 _MAX_REVOKE_ROUNDS = 20
 
 
@@ -443,8 +448,9 @@ class PostgresStore:
         more (a save never does: ``idempotent`` is false for it).
         """
         for attempt in (1, 2):
+            call = None if idempotent else _Write()
             try:
-                return await self._within(self._attempt(work))
+                return await self._within(self._attempt(work, call), call)
             except _ClosedWhileIdle as exc:
                 # Nothing was sent: the pool drops the other idle connections that were
                 # closed too, and the work goes to one that answers, a save included.
@@ -505,7 +511,7 @@ class PostgresStore:
                 raise StoreError(f"PostgreSQL session store failed: {_describe(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _within(self, work: Coroutine[Any, Any, T]) -> T:
+    async def _within(self, work: Coroutine[Any, Any, T], write: _Write | None = None) -> T:
         """Await ``work`` for at most ``timeout`` seconds.
 
         A cancelled psycopg query asks the server to cancel it and waits up to ten
@@ -515,10 +521,25 @@ class PostgresStore:
         and its connection then goes back to the pool. A server that hangs for good
         holds at most ``max_connections`` of them; later requests get the 503 as soon
         as the pool has none to give.
+
+        A write is not simply abandoned: one waiting on a lock would land after the 503,
+        and the client's retry would then run it twice (or a login would move the
+        session away from the cookie the client still holds). A write that has not
+        started never will; one that has is cancelled on the server, and its outcome
+        awaited for up to ``timeout`` more: either it landed, and that is the answer, or
+        it did not, and the 503 says so truthfully. Only a server that answers nothing
+        at all leaves it undecided.
         """
         task = asyncio.ensure_future(work)
         try:
             await asyncio.wait((task,), timeout=self.timeout)
+            if write is not None and not task.done():
+                write.given_up = True
+                if write.connection is not None:
+                    write.stopping = asyncio.ensure_future(self._cancel(write.connection))
+                    await asyncio.wait((task,), timeout=self.timeout)
+                    if task.done() and task.exception() is not None:
+                        raise asyncio.TimeoutError from task.exception()
         finally:
             unfinished = not task.done()  # timed out, or this request was cancelled
             if unfinished:
@@ -528,9 +549,24 @@ class PostgresStore:
             raise asyncio.TimeoutError
         return task.result()
 
-    async def _attempt(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+    async def _cancel(self, db: Connection) -> None:
+        """Ask the server to stop what ``db`` runs, without blocking the event loop."""
+        # A connection already broken has nothing left to stop.
+        with contextlib.suppress(psycopg.Error, OSError):
+            if psycopg.pq.version() >= 170000:
+                await db.cancel_safe(timeout=self.timeout)
+            else:  # pragma: no cover - an older libpq only has the blocking call
+                await asyncio.to_thread(db.pgconn.get_cancel().cancel)
+
+    async def _attempt(
+        self, work: Callable[[Connection], Awaitable[T]], write: _Write | None = None
+    ) -> T:
         pool = self._pool or await self._open()
         async with pool.connection(timeout=self.timeout) as db:
+            if write is not None:
+                if write.given_up:  # the request answered while this waited for a connection
+                    raise asyncio.TimeoutError
+                write.connection = db
             try:
                 # One that sat idle may have been closed meanwhile by the server
                 # (``idle_session_timeout``), a firewall or a NAT, and a save, never sent
@@ -544,9 +580,18 @@ class PostgresStore:
                         raise _ClosedWhileIdle from exc
                 if not self._ready:
                     await self._prepare(db)
+                if write is not None and write.given_up:
+                    raise asyncio.TimeoutError
                 return await work(db)
             finally:
                 self._used[db] = time.monotonic()
+                if write is not None:
+                    write.connection = None
+                    if write.stopping is not None:
+                        # A cancel may still be on its way: were the connection pooled
+                        # again, it could stop another request's statement.
+                        await asyncio.wait((write.stopping,))
+                        await db.close()
 
     async def _open(self) -> AsyncConnectionPool[Connection]:
         if self._opening is None:
@@ -659,6 +704,17 @@ class _ClosedWhileIdle(Exception):
     """A pooled connection that sat idle no longer answers; nothing was sent on it."""
 
 
+class _Write:
+    """A save under way: where it runs, so that a timeout can stop it there."""
+
+    __slots__ = ("connection", "given_up", "stopping")
+
+    def __init__(self) -> None:
+        self.connection: Connection | None = None
+        self.given_up = False
+        self.stopping: asyncio.Future[None] | None = None
+
+
 def _forget(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
     """A done callback that drops a finished abandoned task, retrieving its outcome so
     that asyncio does not log an exception nobody was left to see."""
@@ -682,9 +738,12 @@ def _recording(store: PostgresStore) -> type[Connection]:
             except psycopg.Error as exc:
                 # "connection is bad" without a server named is libpq refusing an
                 # option's value (``sslmode=bogus``): the same every time. With one, it
-                # is a unix socket that is not there (yet): an outage.
+                # is a unix socket that is not there (yet): an outage. A server (or
+                # PgBouncer) that refuses these credentials will go on refusing them.
                 told = _describe(exc)
-                permanent = told.startswith("connection is bad:") and "server" not in told
+                permanent = bool(
+                    told.startswith("connection is bad:") and "server" not in told
+                ) or bool(_REFUSED_FOR_GOOD.search(str(exc)))
                 store._refused = (told, permanent)
                 raise
             store._refused = None
