@@ -83,6 +83,20 @@ def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
         except WebSocketDisconnect:
             return
 
+    @app.websocket("/ws-strict")
+    async def strict(websocket: WebSocket, how: str) -> None:
+        """Saves, or reloads, after each message, catching nothing coatcheck raises."""
+        session = await get_session()
+        await websocket.accept()
+        while True:
+            text = await websocket.receive_text()
+            if how == "save":
+                session["said"] = text
+                await session.save()
+            else:
+                await session.reload()
+            await websocket.send_text(how)
+
     @app.websocket("/push")
     async def push(websocket: WebSocket) -> None:
         """Only sends, as a feed does: it learns that the socket closed from a send."""
@@ -343,6 +357,37 @@ def test_a_socket_whose_save_found_the_session_ended_is_closed() -> None:
                 socket.receive_text()
     assert closed.value.code == 1008
     assert asyncio.run(store.count(clock())) == 0
+
+
+@pytest.mark.parametrize("how", ["save", "reload"])
+def test_a_socket_whose_uncaught_save_found_the_session_ended_is_closed(how: str) -> None:
+    """Not dropped with a traceback: closed with 1008, as the recheck closes it."""
+    clock, store = FakeClock(), MemoryStore()
+    with client_for(make_app(store, clock)) as client:
+        client.post("/login")
+        url = f"{TEST_WS_BASE_URL}/ws-strict?how={how}"
+        with client.websocket_connect(url, headers={**SAME_ORIGIN}) as socket:
+            socket.send_text("one")
+            assert socket.receive_text() == how
+            client.post("/logout")  # from another tab
+            socket.send_text("two")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+    assert (closed.value.code, closed.value.reason) == (1008, "session ended")
+    assert asyncio.run(store.count(clock())) == 0
+
+
+def test_a_socket_whose_uncaught_save_met_an_outage_is_told_to_come_back() -> None:
+    clock, store = FakeClock(), FlakyStore()
+    with client_for(make_app(store, clock)) as client:
+        client.post("/login")
+        url = f"{TEST_WS_BASE_URL}/ws-strict?how=reload"
+        with client.websocket_connect(url, headers={**SAME_ORIGIN}) as socket:
+            store.down = True
+            socket.send_text("one")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+    assert (closed.value.code, closed.value.reason) == (1013, "try again later")
 
 
 def test_a_feed_stops_once_its_socket_was_closed_for_it() -> None:

@@ -22,15 +22,21 @@ from .session import Session
 
 logger = logging.getLogger("coatcheck")
 
-_CLOSE: Message = {"type": "websocket.close", "code": 1008, "reason": "session ended"}
-# For a server that lets an app close only with 1000 or 3000-4999 (Daphne).
-_CLOSE_NORMALLY: Message = {"type": "websocket.close", "code": 1000, "reason": "session ended"}
-
 
 class SocketClosed(OSError):
     """What a send gets once the socket was closed because its session ended, as from a
     server whose client went away: Starlette turns it into ``WebSocketDisconnect``, so
     a handler that only pushes stops instead of sending into the void for ever."""
+
+
+async def close_socket(send: Send, code: int, reason: str) -> None:
+    """Close a socket with ``code``, or with 1000 where the server lets an app close only
+    with 1000 or 3000-4999 (Daphne). A client already gone is told nothing more."""
+    try:
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+    except Exception:
+        with contextlib.suppress(Exception):  # gone: the app is told so all the same
+            await send({"type": "websocket.close", "code": 1000, "reason": reason})
 
 
 class SocketWatch:
@@ -73,11 +79,7 @@ class SocketWatch:
             self._due = due
             return False
         self.closed = True
-        try:
-            await self._send(_CLOSE)
-        except Exception:  # refused by the server, or the client is gone
-            with contextlib.suppress(Exception):  # gone: the app is told so all the same
-                await self._send(_CLOSE_NORMALLY)
+        await close_socket(self._send, 1008, "session ended")
         return True
 
     def receive(self, receive: Receive) -> Receive:

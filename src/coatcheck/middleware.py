@@ -22,7 +22,7 @@ from ._audit import security_event
 from ._context import ASYNCIO_ONLY, current_session
 from ._persist import Persistence, outgoing
 from ._printable import printable
-from ._websocket import SocketClosed, SocketWatch
+from ._websocket import SocketClosed, SocketWatch, close_socket
 from .config import SessionConfig
 from .csrf import SAFE_METHODS, overrides_method
 from .events import EventHook
@@ -204,10 +204,15 @@ class SessionMiddleware:
                 ):
                     await self._persistence.commit_late(session, status)
         except _SAVE_FAILURES as exc:
-            # From the store, or from a save() the app did not catch.
-            if started:
+            # From the store, or from a save() or reload() the app did not catch.
+            if not started:
+                await self._answer_failure(scope, receive, send, exc, session)
+            elif kind != "websocket":
                 raise
-            await self._answer_failure(scope, receive, send, exc, session)
+            elif not (watch is not None and watch.closed):
+                # An accepted socket is closed with the code it would get before being
+                # accepted, where the server would drop it with a traceback.
+                await self._answer_failure(scope, receive, send, exc, session, accepted=True)
         except (SocketClosed, WebSocketDisconnect):
             if not (failed or (watch is not None and watch.closed)):
                 raise
@@ -251,7 +256,14 @@ class SessionMiddleware:
             await self._persistence.commit_late(session, status)
 
     async def _answer_failure(
-        self, scope: Scope, receive: Receive, send: Send, exc: CoatcheckError, session: Session
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exc: CoatcheckError,
+        session: Session,
+        *,
+        accepted: bool = False,
     ) -> None:
         """The response to a save that failed or timed out: not known to be stored.
 
@@ -260,7 +272,7 @@ class SessionMiddleware:
         browser would be left holding the old ID, which that save deleted.
         """
         websocket = scope["type"] == "websocket"
-        if websocket and "websocket.http.response" in scope.get("extensions", {}):
+        if websocket and not accepted and "websocket.http.response" in scope.get("extensions", {}):
             # Refused before it was accepted, by a server that can say why over HTTP:
             # a 503 with Retry-After, as a request gets, rather than a bare 403.
             send, websocket = _as_denial(send), False
@@ -273,13 +285,13 @@ class SessionMiddleware:
             await self._answer_conflict(scope, receive, send, exc, websocket)
         elif isinstance(exc, SessionTooLargeError):
             if websocket:
-                await send({"type": "websocket.close", "code": 1009, "reason": "session too large"})
+                await close_socket(send, 1009, "session too large")
                 return
             body = json.dumps({"detail": str(exc).capitalize()}).encode()
             await _json_response(413, body, [])(scope, receive, send)
         else:  # SessionLimitError: a login past the user's limit
             if websocket:
-                await send({"type": "websocket.close", "code": 1008, "reason": "too many sessions"})
+                await close_socket(send, 1008, "too many sessions")
                 return
             body = json.dumps({"detail": str(exc).capitalize() + "."}).encode()
             await _json_response(403, body, [])(scope, receive, send)
@@ -326,7 +338,7 @@ class SessionMiddleware:
             logger.error("session store failed: %s", str(exc))
             retry_after = self.config.retry_after
         if websocket:
-            await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
+            await close_socket(send, 1013, "try again later")
             return
         await self._unavailable(retry_after)(scope, receive, send)
 
@@ -338,9 +350,7 @@ class SessionMiddleware:
         ended = isinstance(exc, SessionEndedError)
         if websocket:
             reason = "session ended" if ended else "session busy, try again"
-            await send(
-                {"type": "websocket.close", "code": 1008 if ended else 1013, "reason": reason}
-            )
+            await close_socket(send, 1008 if ended else 1013, reason)
             return
         if ended:
             body = b'{"detail":"This session was ended by another request; nothing was saved."}'
