@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -16,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from coatcheck import ConfigurationError, MemoryStore, SessionRecord, Store
-from coatcheck.demo import users
+from coatcheck.demo import routes, users
 from coatcheck.demo.app import create_app, create_app_from_env
 from coatcheck.demo.pages import device_name, friendly_utc, relative
 from coatcheck.demo.routes import TOO_MANY_SESSIONS
@@ -243,6 +245,49 @@ async def test_json_login_rotates_the_id_and_keeps_the_cart(app: FastAPI) -> Non
     async with browser(app, cookies={"session": anonymous_id}) as replay:
         assert (await replay.get("/me")).status_code == 401
         assert (await replay.get("/cart")).json() == {"items": []}
+
+
+@pytest.mark.anyio
+async def test_no_answer_of_the_json_api_is_kept_by_a_cache(app: FastAPI) -> None:
+    """Not even one that sets no cookie: Back must not show a cart, devices and their
+    addresses once the session has ended elsewhere."""
+    async with browser(app) as client:
+        await client.post("/cart/items", json={"item": "apple"})
+        await login(client)
+        for path in ("/me", "/cart", "/sessions"):
+            response = await client.get(path)
+            assert response.status_code == 200, path
+            assert "set-cookie" not in response.headers, path
+            assert response.headers["cache-control"] == "no-store", path
+
+
+@pytest.mark.anyio
+async def test_a_flood_of_logins_checks_only_as_many_passwords_at_once_as_there_are_cores(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each argon2 check holds 64 MiB: unbounded, eight parallel logins held half a GiB."""
+    lock, running, most = threading.Lock(), [0], [0]
+    real = routes.authenticate
+
+    def counted(username: str, password: str) -> str | None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return real(username, password)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(routes, "authenticate", counted)
+    async with browser(app) as client:
+        attempts = [
+            client.post("/login", json={"username": "mallory", "password": "guess"})
+            for _ in range(3 * (os.cpu_count() or 1) + 2)
+        ]
+        answers = await asyncio.gather(*attempts)
+    assert {answer.status_code for answer in answers} == {401}
+    assert 1 <= most[0] <= (os.cpu_count() or 1)
 
 
 @pytest.mark.anyio

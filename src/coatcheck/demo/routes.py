@@ -7,10 +7,12 @@ coatcheck's FastAPI dependencies, which load it from the store on first use.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
-from starlette.concurrency import run_in_threadpool
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.responses import RedirectResponse, Response
 
 from ..exceptions import SessionTooLargeError
@@ -40,13 +42,30 @@ from .schemas import (
 from .settings import RECENT_LOGIN
 from .users import authenticate
 
-router = APIRouter()
+
+async def _not_cached(response: Response) -> None:
+    """Every answer here is one user's (a cart, devices and their addresses): no cache
+    keeps it, nor shows it again on Back once the session has ended elsewhere."""
+    response.headers["Cache-Control"] = "no-store"
+
+
+router = APIRouter(dependencies=[Depends(_not_cached)])
 
 INVALID_LOGIN = "Invalid username or password"
 WRONG_PASSWORD = "Wrong password"  # noqa: S105 - a message, not a password
 CONFIRM_FIRST = "Signing out everywhere needs a recent sign-in: confirm your password first."
 TOO_MANY_SESSIONS = "Signed in on too many devices already: sign out on one of them first"
 _NOT_AUTHENTICATED: dict[int | str, dict[str, Any]] = {401: {"description": "Nobody is signed in"}}
+
+
+async def _check_password(request: Request, username: str, password: str) -> str | None:
+    """:func:`authenticate`, off the event loop: argon2 takes a tenth of a second of CPU
+    and 64 MiB. Only as many run at once as there are cores, so that a flood of logins
+    queues instead of taking a worker's memory."""
+    state = request.app.state
+    if getattr(state, "hashing", None) is None:  # made in the app's event loop
+        state.hashing = anyio.CapacityLimiter(os.cpu_count() or 1)
+    return await anyio.to_thread.run_sync(authenticate, username, password, limiter=state.hashing)
 
 
 def _to_page() -> RedirectResponse:
@@ -80,8 +99,7 @@ async def home(request: Request, session: SessionDep) -> Response:
 async def login(request: Request, session: SessionDep) -> Response | LoggedIn:
     """Check the password, then bind the session to the user under a new ID."""
     credentials = await read_input(request, Credentials)
-    # argon2 takes a tenth of a second of CPU: keep it off the event loop.
-    user = await run_in_threadpool(authenticate, credentials.username, credentials.password)
+    user = await _check_password(request, credentials.username, credentials.password)
     if user is None:
         if wants_json(request):
             raise not_authenticated(INVALID_LOGIN)
@@ -127,7 +145,7 @@ async def confirm(request: Request, user: CurrentUser, session: SessionDep) -> R
             return _to_page()
         raise not_authenticated()
     password = (await read_input(request, Confirmation)).password
-    if await run_in_threadpool(authenticate, user, password) is None:
+    if await _check_password(request, user, password) is None:
         if page:
             raise PageError(WRONG_PASSWORD, 401)
         raise not_authenticated(WRONG_PASSWORD)
