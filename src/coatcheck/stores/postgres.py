@@ -24,7 +24,7 @@ import contextlib
 import re
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -169,6 +169,8 @@ class PostgresStore:
         self._given_pool = pool
         self._pool: AsyncConnectionPool[Connection] | None = pool
         self._opening: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the pool is in use
+        self._closer: AsyncIterator[None] | None = None
         self._ready = False  # the table is known to exist
         # Columns added since the first release are added in place even without
         # create_table: the CLI, which never creates a table, must work on an old one.
@@ -401,6 +403,12 @@ class PostgresStore:
         return await self._run(read, idempotent=True)
 
     async def aclose(self) -> None:
+        if self._loop is not asyncio.get_running_loop():
+            # What is open belongs to a loop that is gone: nothing left to close here.
+            self._abandoned.clear()
+            if self._pool is not self._given_pool:
+                self._pool = None
+            return
         if self._abandoned:
             # Calls given up on may still be waiting for a hung server: give them a
             # last chance, then cancel them.
@@ -561,7 +569,9 @@ class PostgresStore:
     async def _attempt(
         self, work: Callable[[Connection], Awaitable[T]], write: _Write | None = None
     ) -> T:
-        pool = self._pool or await self._open()
+        pool = self._pool
+        if pool is None or self._loop is not asyncio.get_running_loop():
+            pool = await self._open()
         async with pool.connection(timeout=self.timeout) as db:
             if write is not None:
                 if write.given_up:  # the request answered while this waited for a connection
@@ -594,8 +604,10 @@ class PostgresStore:
                         await db.close()
 
     async def _open(self) -> AsyncConnectionPool[Connection]:
-        if self._opening is None:
-            self._opening = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            await self._enter(loop)
+        assert self._opening is not None
         async with self._opening:
             if self._pool is None:
                 pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
@@ -618,6 +630,34 @@ class PostgresStore:
                 await pool.open(wait=False)
                 self._pool = pool
             return self._pool
+
+    async def _enter(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Ready the store for its first use in ``loop``.
+
+        A pool's connections and workers belong to the loop that opened it, and a test
+        suite runs each test in a loop of its own, often without the app's lifespan,
+        whose end would close the store. So an owned pool is closed as its loop ends
+        (asyncio.run, pytest's plugins and Starlette's TestClient all finalise async
+        generators then), and the next loop opens another. Should a loop end without
+        that, its pool is left to the garbage collector.
+        """
+        self._opening = asyncio.Lock()
+        if self._pool is not self._given_pool:
+            self._pool = None
+        self._loop = loop
+        if self._given_pool is None:
+            closer = self._close_with(loop)
+            await closer.__anext__()
+            self._closer = closer  # held here; the loop finalises it as it ends
+
+    async def _close_with(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if self._loop is loop:
+                self._loop = None
+                with contextlib.suppress(Exception):
+                    await self.aclose()
 
     async def _prepare(self, db: Connection) -> None:
         if not await self._table_exists(db):

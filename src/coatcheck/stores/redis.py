@@ -22,6 +22,7 @@ revocation cannot reach; see ``_redis_cluster``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import re
@@ -89,20 +90,58 @@ class RedisStore:
             )
         if client.get_encoder().decode_responses:
             raise ConfigurationError("RedisStore needs a client with decode_responses=False")
-        self.client = client
         self.prefix = prefix
         self.owns_client = owns_client
         self.retry_after = checked_retry_after(retry_after)
         self._names = KeyNames(prefix)
-        self._scripts = Scripts(client)
         self._turns = Turns()
         self._policy_checked = False  # the eviction policy, looked at after a first login
+        self._use(client)
+        # How :meth:`from_url` makes the client again for another event loop.
+        self._remake: Callable[[], RedisClient] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the client is in use
+        self._closer: AsyncIterator[None] | None = None
+
+    def _use(self, client: RedisClient) -> None:
+        self.client = client
+        self._scripts = Scripts(client)
         # The fail-safe ordering Cluster needs; standalone, every write is one script.
         self._on_cluster = (
             ClusterWrites(client, self._scripts, self._names)
             if isinstance(client, RedisCluster)
             else None
         )
+
+    async def _in_this_loop(self) -> None:
+        """Ready an owned client for the running event loop, on its first use there.
+
+        A pooled connection belongs to the loop that opened it and fails in any other,
+        and a test suite runs each test in a loop of its own, often without the app's
+        lifespan, whose end would close the store. So the client is closed as its loop
+        ends (asyncio.run, pytest's plugins and Starlette's TestClient all finalise
+        async generators then), and reconnects in the next. Should a loop end without
+        that, the next loop gets a new client, and the old connections are left to the
+        garbage collector.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._remake is not None:
+            self._use(self._remake())
+        self._loop = loop
+        if self.owns_client:
+            closer = self._close_with(loop, self.client)
+            await closer.__anext__()
+            self._closer = closer  # held here; the loop finalises it as it ends
+
+    async def _close_with(
+        self, loop: asyncio.AbstractEventLoop, client: RedisClient
+    ) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if self._loop is loop:
+                self._loop = None  # closed in its own loop: the next one may reuse it
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     def __repr__(self) -> str:
         # Not the client's: redis-py's shows its connection settings, password included.
@@ -132,11 +171,15 @@ class RedisStore:
         client, url_prefix = client_from_url(url, timeout)
         if prefix is None:
             prefix = DEFAULT_PREFIX if url_prefix is None else url_prefix
-        return cls(client, prefix=prefix, owns_client=True)
+        store = cls(client, prefix=prefix, owns_client=True)
+        store._remake = lambda: client_from_url(url, timeout)[0]
+        return store
 
     # -- the store contract -------------------------------------------------------------
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
+        if asyncio.get_running_loop() is not self._loop:
+            await self._in_this_loop()
         # try/except rather than ``with translated(...)``: this runs on every read, and a
         # generator-based context manager costs more than the rest of this method.
         name = self._names.session(key)
@@ -158,6 +201,8 @@ class RedisStore:
         expected_version: int | None = None,
         merge: Merge | None = None,
     ) -> bool:
+        if asyncio.get_running_loop() is not self._loop:
+            await self._in_this_loop()
         saved = await self._save(record, replaces, expected_version, merge)
         if not self._policy_checked and record.user_id is not None:
             # Once, after the save rather than beside it: a Cluster pool of one
@@ -255,6 +300,8 @@ class RedisStore:
             return await call()
 
     async def delete(self, key: str) -> None:
+        if asyncio.get_running_loop() is not self._loop:
+            await self._in_this_loop()
         await self._again_if_broken(lambda: self._delete(key))
 
     async def _delete(self, key: str) -> None:
@@ -265,6 +312,8 @@ class RedisStore:
             await script(keys=keys, args=args)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        if asyncio.get_running_loop() is not self._loop:
+            await self._in_this_loop()
         return await self._again_if_broken(lambda: self._list_user(user_id, now))
 
     async def _list_user(self, user_id: str, now: float) -> list[SessionRecord]:
@@ -293,6 +342,8 @@ class RedisStore:
     async def delete_user(
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
+        if asyncio.get_running_loop() is not self._loop:
+            await self._in_this_loop()
         # Made once more after redis-py's leaked error, like a delete: what the first
         # attempt ended stays ended, though the count then leaves those out.
         moment = time.time() if now is None else now
@@ -310,6 +361,8 @@ class RedisStore:
     async def delete_all(self, now: float) -> int:
         """End every session under this prefix: a SCAN of every primary, each session
         deleted as :meth:`delete` does, so a save still in flight cannot bring it back."""
+        if asyncio.get_running_loop() is not self._loop:
+            await self._in_this_loop()
         ended = 0
         with translated(self.retry_after):
             async for batch in self._scan_sessions():
@@ -335,6 +388,8 @@ class RedisStore:
         Never needed for correctness (Redis drops every record at its TTL, and nothing
         dead is ever served); it is an admin sweep that SCANs the whole keyspace.
         """
+        if asyncio.get_running_loop() is not self._loop:
+            await self._in_this_loop()
         removed = 0
         with translated(self.retry_after):
             async for batch in self._scan_sessions():
@@ -350,6 +405,8 @@ class RedisStore:
 
     async def count(self, now: float) -> int:
         """Live records: a SCAN of every primary, meant for admin tools, not requests."""
+        if asyncio.get_running_loop() is not self._loop:
+            await self._in_this_loop()
         total = 0
         with translated(self.retry_after):
             async for batch in self._scan_sessions():
@@ -361,6 +418,8 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Close the connections of an owned client; its pool reconnects on next use."""
+        if asyncio.get_running_loop() is not self._loop:
+            await self._in_this_loop()
         if self.owns_client:
             with translated(self.retry_after):
                 await self.client.aclose()
