@@ -43,6 +43,8 @@ __all__ = ["hidden_input"]  # the rest serves the middleware
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _TOKEN_BYTES = 32
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
+# A form body too large to search for the token; compared by identity.
+_TOO_LARGE = b"<too large>"
 # The origin a browser names for a page of the app that opened a websocket.
 _PAGE_SCHEME = {"ws": "http", "wss": "https"}
 
@@ -166,6 +168,12 @@ class CSRFGuard:
         token = _header(headers, self._header)
         if token is None:
             token, receive = await self._form_token(scope, receive)
+        if token is _TOO_LARGE:
+            return (
+                f"form body over max_form_bytes ({self.config.max_form_bytes}), not searched"
+                f" for the CSRF token: send it in the {self.config.header_name} header",
+                receive,
+            )
         if token is None:
             return "missing CSRF token", receive
         if not self.valid(token.decode("latin-1"), session):
@@ -211,8 +219,8 @@ class CSRFGuard:
         if content_type.strip().lower() not in _FORM_TYPES:
             return None, receive
         body, replay = await _read_body(receive, self.config.max_form_bytes)
-        if body is None:
-            return None, replay
+        if body is None or body is _TOO_LARGE:
+            return body, replay
         field = self.config.form_field
         if content_type.strip().lower() == _FORM_TYPES[0]:
             for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True):
@@ -254,7 +262,8 @@ def _unmask(token: str) -> bytes | None:
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
-    """Read the whole body (up to ``limit``) and give back a ``receive`` that replays it."""
+    """Read the whole body and give back a ``receive`` that replays it: ``_TOO_LARGE``
+    past ``limit``, None when the client went away."""
     chunks: list[bytes] = []
     size = 0
     more = True
@@ -265,7 +274,7 @@ async def _read_body(receive: Receive, limit: int) -> tuple[bytes | None, Receiv
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return None, receive
+            return _TOO_LARGE, receive
         chunks.append(chunk)
         more = message.get("more_body", False)
     body = b"".join(chunks)
