@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from coatcheck import CookieConfig, MemoryStore, SessionConfig, SessionMiddleware
@@ -279,6 +279,63 @@ async def test_a_user_the_loader_no_longer_finds_is_signed_out_everywhere(kind: 
                 assert (await client.get("/account", headers=device)).status_code == 401
         finally:
             ACCOUNTS.discard("carol")
+
+
+class Database:
+    """Stands for a request's database session: opened per request, closed after."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
+async def open_database() -> AsyncIterator[Database]:
+    database = Database()
+    try:
+        yield database
+    finally:
+        database.closed = True
+
+
+DB = Annotated[Database, Depends(open_database)]
+
+
+async def load_with_db(user_id: str, db: DB) -> tuple[str, Database] | None:
+    assert not db.closed
+    return (user_id, db) if user_id in ACCOUNTS else None
+
+
+def load_with_db_in_a_thread(user_id: str, db: DB) -> tuple[str, Database] | None:
+    assert not db.closed
+    return (user_id, db) if user_id in ACCOUNTS else None
+
+
+@pytest.mark.parametrize("load", [load_with_db, load_with_db_in_a_thread])
+async def test_a_user_loader_shares_the_routes_own_dependencies(load: Any) -> None:
+    """A loader that reads the account with the request's database session: the one the
+    route changes it with, or the route's change would go to a session nobody commits."""
+    app = loader_app()
+    loaded = user_loader(load)
+
+    @app.get("/same-db")
+    async def same_db(db: DB, current: tuple[str, Database] = loaded) -> dict[str, Any]:
+        return {"user": current[0], "same": current[1] is db}
+
+    async with client_for(app) as client:
+        alice = cookie_of(await client.post("/login/alice"))
+        body = (await client.get("/same-db", headers=alice)).json()
+        anonymous = await client.get("/same-db")
+        schema = (await client.get("/openapi.json")).json()
+    assert body == {"user": "alice", "same": True}
+    assert anonymous.status_code == 401
+    assert "parameters" not in schema["paths"]["/same-db"]["get"]  # no db= in the query
+
+
+def test_a_user_loader_that_takes_no_user_id_is_refused_at_once() -> None:
+    async def load() -> None:
+        return None
+
+    with pytest.raises(TypeError, match="must take the user id as its first argument"):
+        user_loader(load)
 
 
 async def test_user_loader_routes_show_the_cookie_in_the_docs() -> None:

@@ -12,7 +12,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any, Generic, TypeVar, cast
+from typing import Annotated, Any, Generic, TypeVar, cast, get_type_hints
 
 from .exceptions import MissingDependencyError
 
@@ -165,16 +165,21 @@ def session_model(key: str, model: type[M]) -> Any:
 class _UserLoader(SessionCookie, Generic[U]):
     """The logged-in user as the app's own object, loaded by ``load``; see :func:`user_loader`."""
 
-    def __init__(self, load: Callable[[str], Awaitable[U | None]]) -> None:
+    def __init__(
+        self, load: Callable[..., Awaitable[U | None]], dependencies: list[inspect.Parameter]
+    ) -> None:
         super().__init__(required=True)
         self.load = load
+        # What FastAPI reads to resolve the loader's own dependencies (a database
+        # session), which reach ``load`` after the user id.
+        self.__signature__ = inspect.Signature(dependencies)
 
-    async def __call__(self) -> U:  # type: ignore[override]
+    async def __call__(self, **dependencies: Any) -> U:  # type: ignore[override]
         session = await get_session()
         user_id = session.user_id
         if user_id is None:
             raise not_authenticated()
-        user = await self.load(user_id)
+        user = await self.load(user_id, **dependencies)
         if user is None:
             # The account is gone or disabled: none of its sessions may outlive it. A
             # cookie store cannot reach the others; each gets this 401 when it comes.
@@ -187,30 +192,61 @@ class _UserLoader(SessionCookie, Generic[U]):
 
 
 def user_loader(
-    load: Callable[[str], Awaitable[U | None]] | Callable[[str], U | None],
+    load: Callable[..., Awaitable[U | None]] | Callable[..., U | None],
 ) -> Any:
     """A dependency that gives the logged-in user as your own object:
 
-        async def load_user(user_id: str) -> User | None: ...  # None: deleted or disabled
+        async def load_user(user_id: str, db: DB) -> User | None: ...  # None: gone
         CurrentAccount = Annotated[User, user_loader(load_user)]
 
     Nobody logged in gets the 401 of :data:`require_user`. So does a session whose user
     ``load`` no longer finds (returns ``None``): every session of that user is ended
-    on the spot, so a deleted or disabled account cannot stay signed in anywhere. A
-    plain ``def`` loader runs in the thread pool, as FastAPI runs plain dependencies.
-    Routes that use it show the session cookie in ``/docs``.
+    on the spot, so a deleted or disabled account cannot stay signed in anywhere. The
+    parameters after the user id are FastAPI dependencies, resolved as a route's are,
+    so ``load`` shares the request's database session with the route. A plain ``def``
+    loader runs in the thread pool, as FastAPI runs plain dependencies. Routes that use
+    it show the session cookie in ``/docs``.
     """
+    dependencies = _after_user_id(load)
     if _is_async(load):
-        return Security(_UserLoader(cast("Callable[[str], Awaitable[U | None]]", load)))
-    sync_load = cast("Callable[[str], U | None]", load)
+        return Security(_UserLoader(cast("Callable[..., Awaitable[U | None]]", load), dependencies))
+    sync_load = cast("Callable[..., U | None]", load)
 
-    async def in_a_thread(user_id: str) -> U | None:
-        user = await run_in_threadpool(sync_load, user_id)
+    async def in_a_thread(user_id: str, **resolved: Any) -> U | None:
+        user = await run_in_threadpool(sync_load, user_id, **resolved)
         if inspect.isawaitable(user):  # a plain function that hands back a coroutine
             return cast("U | None", await user)
         return user
 
-    return Security(_UserLoader(in_a_thread))
+    return Security(_UserLoader(in_a_thread, dependencies))
+
+
+def _after_user_id(load: Callable[..., object]) -> list[inspect.Parameter]:
+    """The parameters of ``load`` after the user id, with their annotations resolved
+    (a module with ``from __future__ import annotations`` leaves them as text), as
+    keyword parameters, the way they are then passed."""
+    try:
+        parameters = list(inspect.signature(load).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: the user id only
+        return []
+    if not parameters or parameters[0].kind not in _POSITIONAL:
+        raise TypeError(f"user_loader: {load!r} must take the user id as its first argument")
+    target = load if inspect.isroutine(load) else getattr(load, "__call__", load)  # noqa: B004
+    try:
+        hints = get_type_hints(target, include_extras=True)
+    except Exception:  # names it cannot resolve: FastAPI then reports them as it would
+        hints = {}
+    return [
+        parameter.replace(
+            kind=inspect.Parameter.KEYWORD_ONLY,
+            annotation=hints.get(parameter.name, parameter.annotation),
+        )
+        for parameter in parameters[1:]
+        if parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def _is_async(call: object) -> bool:
