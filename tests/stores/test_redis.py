@@ -378,6 +378,42 @@ async def test_cluster_delete_all_reaches_every_node(clustered: RedisStore) -> N
     assert await clustered.client.exists(index_key(clustered, "alice")) == 0
 
 
+async def test_cluster_delete_all_is_not_done_while_a_slot_is_moving(
+    clustered: RedisStore, redis_cluster: RedisClusterServers
+) -> None:
+    """A reshard moves keys between nodes while the SCAN goes from node to node: a key
+    moved to a node already scanned is missed. "Everyone is signed out" must then not
+    be said; once the slot has moved, it is true."""
+    record = make_record(user_id="alice")
+    await clustered.save(record)
+    # A slot next to the session's, holding none of this store's keys: moving it makes
+    # no command fail, so only the sweep's own look at the slots can tell.
+    slot = (clustered.client.keyslot(session_key(clustered, record.key)) + 1) % 16384
+    nodes = {}  # node id -> server
+    for node in redis_cluster.nodes:
+        with node.client() as raw:
+            nodes[raw.execute_command("CLUSTER MYID").decode()] = node
+    with redis_cluster.nodes[0].client() as raw:
+        # Each entry: first slot, last slot, then [host, port, node id] of its primary.
+        slots = raw.execute_command("CLUSTER SLOTS")
+    holder = next(entry[2][2].decode() for entry in slots if entry[0] <= slot <= entry[1])
+    source = nodes[holder]
+    target_id, target = next((id_, node) for id_, node in nodes.items() if id_ != holder)
+    with source.client() as from_, target.client() as to:
+        to.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", holder)
+        from_.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        try:
+            with pytest.raises(StoreUnavailableError, match="moving slots"):
+                await clustered.delete_all(NOW)
+        finally:
+            for raw in (to, from_):
+                raw.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    await clustered.save(make_record(user_id="bob"))
+    assert await clustered.delete_all(NOW) == 1  # bob; alice's went in the sweeps above
+    assert await clustered.count(NOW) == 0
+    assert await clustered.load(record.key, NOW) is None
+
+
 async def test_cluster_revoke_all_bars_a_login_filed_but_not_yet_written(
     clustered: RedisStore,
 ) -> None:
@@ -798,6 +834,52 @@ async def test_other_redis_errors_are_store_errors(
 
     assert not isinstance(caught.value, StoreUnavailableError)
     assert isinstance(caught.value.__cause__, redis.ResponseError)
+
+
+async def test_a_primary_short_of_replicas_is_an_outage_that_passes(
+    standalone: RedisStore, redis_server: RedisServer
+) -> None:
+    """``min-replicas-to-write`` refuses writes while too few replicas answer: an
+    outage that ends once they are back, not an error to fix."""
+    record = make_record()
+    await standalone.save(record)
+    with redis_server.client() as raw:
+        raw.config_set("min-replicas-to-write", 1)
+        try:
+            with pytest.raises(StoreUnavailableError, match="NOREPLICAS"):
+                await standalone.save(record._replace(version=2), expected_version=1)
+            assert await standalone.load(record.key, NOW) == record  # reads still pass
+        finally:
+            raw.config_set("min-replicas-to-write", 0)
+    assert await standalone.save(record._replace(version=2), expected_version=1)
+
+
+async def test_the_acl_the_readme_gives_is_enough_for_every_store_operation(
+    redis_server: RedisServer,
+) -> None:
+    prefix, password = unique_prefix(), "s3cret-" + unique_prefix()
+    with redis_server.client() as raw:
+        raw.execute_command(
+            "ACL", "SETUSER", prefix, "on", f">{password}", f"~{prefix}:*",
+            "+@read", "+@write", "+@scripting", "-@dangerous",
+        )  # fmt: skip
+    url = redis_server.url.replace("redis://", f"redis://{prefix}:{password}@", 1)
+    store = RedisStore.from_url(url, prefix=prefix)
+    try:
+        laptop, phone = make_record(user_id="alice"), make_record(user_id="alice")
+        for record in (laptop, phone):
+            assert await store.save(record)
+        assert await store.load(laptop.key, NOW) == laptop
+        assert await store.save(laptop._replace(version=2), expected_version=1)
+        assert len(await store.list_user("alice", NOW)) == 2
+        assert await store.delete_user("alice", keep=laptop.key, now=NOW) == 1
+        assert await store.count(NOW) == 1
+        assert await store.purge_expired(NOW) == 0
+        await store.delete(laptop.key)
+        assert await store.save(make_record())
+        assert await store.delete_all(NOW) == 1
+    finally:
+        await store.aclose()
 
 
 async def test_a_record_of_another_format_is_a_store_error(standalone: RedisStore) -> None:

@@ -27,6 +27,7 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -67,6 +68,7 @@ _CONNECTION_CODE = (
 )
 
 
+_WAIT_FOR_REPLICAS = ("NOREPLICAS", "MASTERDOWN")
 _CLIENT_REPR = re.compile(r" : <redis\..*>(?= - |$)", re.DOTALL)
 
 
@@ -101,8 +103,12 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     # as a ConnectionError, with the SSL error in its chain.
     if _cause(exc, ssl.SSLCertVerificationError) is not None:
         return StoreError(f"Redis session store's TLS certificate was not accepted: {exc}")
-    if isinstance(exc, _TRANSIENT) or (
-        isinstance(exc, RedisClusterException) and "connect" in str(exc).lower()
+    if (
+        isinstance(exc, _TRANSIENT)
+        or (isinstance(exc, RedisClusterException) and "connect" in str(exc).lower())
+        # A primary without enough replicas in reach (min-replicas-to-write), or a
+        # replica cut off from its primary: both pass once the link is back.
+        or (isinstance(exc, ResponseError) and str(exc).startswith(_WAIT_FOR_REPLICAS))
     ):
         # redis-py's Cluster raises a pool at its size without a word, and Sentinel names
         # a lost primary with the whole repr of its client (a thousand characters).

@@ -24,7 +24,8 @@ import contextlib
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -35,6 +36,7 @@ from ..exceptions import (
     StoreUnavailableError,
 )
 from . import POSTGRES_SCHEMES
+from ._loops import close_with_loop
 from ._redact import redact
 from .base import (
     CORE_COLUMNS,
@@ -170,7 +172,7 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[Connection] | None = pool
         self._opening: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # where the pool is in use
-        self._closer: AsyncIterator[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._ready = False  # the table is known to exist
         # Columns added since the first release are added in place even without
         # create_table: the CLI, which never creates a table, must work on an old one.
@@ -606,7 +608,7 @@ class PostgresStore:
     async def _open(self) -> AsyncConnectionPool[Connection]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            await self._enter(loop)
+            self._enter(loop)
         assert self._opening is not None
         async with self._opening:
             if self._pool is None:
@@ -631,33 +633,40 @@ class PostgresStore:
                 self._pool = pool
             return self._pool
 
-    async def _enter(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _enter(self, loop: asyncio.AbstractEventLoop) -> None:
         """Ready the store for its first use in ``loop``.
 
-        A pool's connections and workers belong to the loop that opened it, and a test
-        suite runs each test in a loop of its own, often without the app's lifespan,
-        whose end would close the store. So an owned pool is closed as its loop ends
-        (asyncio.run, pytest's plugins and Starlette's TestClient all finalise async
-        generators then), and the next loop opens another. Should a loop end without
-        that, its pool is left to the garbage collector.
+        A pool's connections and workers belong to the loop that opened it. An owned
+        pool is closed as its loop ends (see ``_loops``): left open, its workers may
+        even keep that loop from ending, since they take no cancellation while they
+        connect. Should a loop end without cancelling what is left in it, its pool is
+        left to the garbage collector and the next loop opens another.
         """
         self._opening = asyncio.Lock()
         if self._pool is not self._given_pool:
             self._pool = None
         self._loop = loop
         if self._given_pool is None:
-            closer = self._close_with(loop)
-            await closer.__anext__()
-            self._closer = closer  # held here; the loop finalises it as it ends
+            self._closer = close_with_loop(partial(self._close_in, loop))
 
-    async def _close_with(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            if self._loop is loop:
-                self._loop = None
-                with contextlib.suppress(Exception):
-                    await self.aclose()
+    async def _close_in(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the pool of ``loop`` as the loop cancels its tasks, the pool's own
+        workers among them; so the pool's ``close()``, which waits for its workers,
+        fails. Its idle connections are closed one by one first, and its workers,
+        which may have taken no cancellation, are still told to stop."""
+        pool = self._pool
+        if self._loop is not loop or pool is None:
+            return
+        self._loop = self._pool = None
+        for _ in range(pool.get_stats().get("pool_available", 0)):
+            connection = await pool.getconn(timeout=self.timeout)
+            await connection.close()
+            await pool.putconn(connection)
+        # Stops a worker that took no cancellation; the others ended cancelled, which
+        # close() passes on once it has waited for them. Without a limit (``None``,
+        # which it takes though typed ``float``), it leaves asyncio nothing to log.
+        with contextlib.suppress(asyncio.CancelledError):
+            await pool.close(timeout=None)  # type: ignore[arg-type]
 
     async def _prepare(self, db: Connection) -> None:
         if not await self._table_exists(db):

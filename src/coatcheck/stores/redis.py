@@ -22,7 +22,6 @@ revocation cannot reach; see ``_redis_cluster``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import re
@@ -31,9 +30,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TypeVar
 
-from ..exceptions import ConfigurationError, MissingDependencyError, SessionConflictError
+from ..exceptions import (
+    ConfigurationError,
+    MissingDependencyError,
+    SessionConflictError,
+    StoreUnavailableError,
+)
 from . import _redis_codec as codec
-from ._redis_codec import KeyNames
+from ._loops import close_with_loop
+from ._redis_codec import KeyNames, text
 from ._turns import Turns
 from .base import Merge, SessionRecord, checked_retry_after
 
@@ -65,6 +70,10 @@ _SCAN_BATCH = 500
 # Merges before a save gives up with a 409: each lost race means another save landed.
 _MAX_MERGES = 32
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# How many sweeps "end every session" makes on Cluster before a reshard that goes on
+# makes it give up, and the pause before each sweep after the first.
+_SETTLED_SWEEPS = 5
+_SETTLE_PAUSE = 0.2
 
 
 class RedisStore:
@@ -100,7 +109,7 @@ class RedisStore:
         # How :meth:`from_url` makes the client again for another event loop.
         self._remake: Callable[[], RedisClient] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # where the client is in use
-        self._closer: AsyncIterator[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     def _use(self, client: RedisClient) -> None:
         self.client = client
@@ -112,36 +121,25 @@ class RedisStore:
             else None
         )
 
-    async def _in_this_loop(self) -> None:
+    def _in_this_loop(self) -> None:
         """Ready an owned client for the running event loop, on its first use there.
 
-        A pooled connection belongs to the loop that opened it and fails in any other,
-        and a test suite runs each test in a loop of its own, often without the app's
-        lifespan, whose end would close the store. So the client is closed as its loop
-        ends (asyncio.run, pytest's plugins and Starlette's TestClient all finalise
-        async generators then), and reconnects in the next. Should a loop end without
-        that, the next loop gets a new client, and the old connections are left to the
-        garbage collector.
+        Its connections are closed as the loop ends (see ``_loops``), and reconnect in
+        the next. Should a loop end without cancelling what is left in it, the next
+        loop gets a new client, and the old connections are left to the garbage
+        collector.
         """
         loop = asyncio.get_running_loop()
         if self._loop is not None and self._remake is not None:
             self._use(self._remake())
         self._loop = loop
         if self.owns_client:
-            closer = self._close_with(loop, self.client)
-            await closer.__anext__()
-            self._closer = closer  # held here; the loop finalises it as it ends
+            self._closer = close_with_loop(partial(self._close_in, loop, self.client))
 
-    async def _close_with(
-        self, loop: asyncio.AbstractEventLoop, client: RedisClient
-    ) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            if self._loop is loop:
-                self._loop = None  # closed in its own loop: the next one may reuse it
-            with contextlib.suppress(Exception):
-                await client.aclose()
+    async def _close_in(self, loop: asyncio.AbstractEventLoop, client: RedisClient) -> None:
+        if self._loop is loop:
+            self._loop = None  # closed in its own loop: the next one may reuse it
+        await client.aclose()
 
     def __repr__(self) -> str:
         # Not the client's: redis-py's shows its connection settings, password included.
@@ -179,7 +177,7 @@ class RedisStore:
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
         if asyncio.get_running_loop() is not self._loop:
-            await self._in_this_loop()
+            self._in_this_loop()
         # try/except rather than ``with translated(...)``: this runs on every read, and a
         # generator-based context manager costs more than the rest of this method.
         name = self._names.session(key)
@@ -202,7 +200,7 @@ class RedisStore:
         merge: Merge | None = None,
     ) -> bool:
         if asyncio.get_running_loop() is not self._loop:
-            await self._in_this_loop()
+            self._in_this_loop()
         saved = await self._save(record, replaces, expected_version, merge)
         if not self._policy_checked and record.user_id is not None:
             # Once, after the save rather than beside it: a Cluster pool of one
@@ -301,7 +299,7 @@ class RedisStore:
 
     async def delete(self, key: str) -> None:
         if asyncio.get_running_loop() is not self._loop:
-            await self._in_this_loop()
+            self._in_this_loop()
         await self._again_if_broken(lambda: self._delete(key))
 
     async def _delete(self, key: str) -> None:
@@ -313,7 +311,7 @@ class RedisStore:
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         if asyncio.get_running_loop() is not self._loop:
-            await self._in_this_loop()
+            self._in_this_loop()
         return await self._again_if_broken(lambda: self._list_user(user_id, now))
 
     async def _list_user(self, user_id: str, now: float) -> list[SessionRecord]:
@@ -343,7 +341,7 @@ class RedisStore:
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
         if asyncio.get_running_loop() is not self._loop:
-            await self._in_this_loop()
+            self._in_this_loop()
         # Made once more after redis-py's leaked error, like a delete: what the first
         # attempt ended stays ended, though the count then leaves those out.
         moment = time.time() if now is None else now
@@ -360,9 +358,31 @@ class RedisStore:
 
     async def delete_all(self, now: float) -> int:
         """End every session under this prefix: a SCAN of every primary, each session
-        deleted as :meth:`delete` does, so a save still in flight cannot bring it back."""
+        deleted as :meth:`delete` does, so a save still in flight cannot bring it back.
+
+        On Cluster, a key moved by a reshard from a node not yet scanned to one already
+        scanned would be missed: the sweep counts only when no slot moved while it ran,
+        and is made again until one did not. A reshard that goes on past a few sweeps
+        is a ``StoreUnavailableError``, so that nobody is told everyone is signed out.
+        """
         if asyncio.get_running_loop() is not self._loop:
-            await self._in_this_loop()
+            self._in_this_loop()
+        if self._on_cluster is None:
+            return await self._sweep(now)
+        ended = 0
+        for _ in range(_SETTLED_SWEEPS):
+            before = await self._slot_map()
+            ended += await self._sweep(now)
+            if before is not None and before == await self._slot_map():
+                return ended
+            await asyncio.sleep(_SETTLE_PAUSE)
+        raise StoreUnavailableError(
+            f"Redis Cluster is moving slots: {ended} sessions ended, others may have been"
+            " missed; end them again once the move is done",
+            retry_after=self.retry_after,
+        )
+
+    async def _sweep(self, now: float) -> int:
         ended = 0
         with translated(self.retry_after):
             async for batch in self._scan_sessions():
@@ -382,6 +402,22 @@ class RedisStore:
                 )
         return ended
 
+    async def _slot_map(self) -> list[str] | None:
+        """Which primary holds which slots, or None while a slot is being moved."""
+        with translated(self.retry_after):
+            answers = await self.client.execute_command(
+                "CLUSTER NODES", target_nodes=RedisCluster.PRIMARIES
+            )
+        owned = []
+        for view in answers.values():  # each primary's view, parsed by redis-py
+            for node in view.values():
+                if "myself" not in node["flags"]:
+                    continue
+                if node["migrations"]:
+                    return None  # a slot it is handing over or taking in
+                owned.append(f"{node['node_id']} {node['slots']}")
+        return sorted(owned)
+
     async def purge_expired(self, now: float) -> int:
         """Delete records dead by ``now`` that Redis has not expired yet.
 
@@ -389,7 +425,7 @@ class RedisStore:
         dead is ever served); it is an admin sweep that SCANs the whole keyspace.
         """
         if asyncio.get_running_loop() is not self._loop:
-            await self._in_this_loop()
+            self._in_this_loop()
         removed = 0
         with translated(self.retry_after):
             async for batch in self._scan_sessions():
@@ -406,7 +442,7 @@ class RedisStore:
     async def count(self, now: float) -> int:
         """Live records: a SCAN of every primary, meant for admin tools, not requests."""
         if asyncio.get_running_loop() is not self._loop:
-            await self._in_this_loop()
+            self._in_this_loop()
         total = 0
         with translated(self.retry_after):
             async for batch in self._scan_sessions():
@@ -419,7 +455,7 @@ class RedisStore:
     async def aclose(self) -> None:
         """Close the connections of an owned client; its pool reconnects on next use."""
         if asyncio.get_running_loop() is not self._loop:
-            await self._in_this_loop()
+            self._in_this_loop()
         if self.owns_client:
             with translated(self.retry_after):
                 await self.client.aclose()
