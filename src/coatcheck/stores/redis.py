@@ -38,7 +38,7 @@ from ..exceptions import (
 )
 from . import _redis_codec as codec
 from ._loops import close_with_loop
-from ._redis_codec import KeyNames, text
+from ._redis_codec import KeyNames
 from ._turns import Turns
 from .base import Merge, SessionRecord, checked_retry_after
 
