@@ -4,7 +4,7 @@ import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import pytest
@@ -22,6 +22,9 @@ from coatcheck.fastapi import (
 )
 
 from .conftest import client_for
+
+if TYPE_CHECKING:
+    from decimal import Decimal as OnlyForTypeCheckers
 
 pytestmark = pytest.mark.anyio
 
@@ -328,6 +331,61 @@ async def test_a_user_loader_shares_the_routes_own_dependencies(load: Any) -> No
     assert body == {"user": "alice", "same": True}
     assert anonymous.status_code == 401
     assert "parameters" not in schema["paths"]["/same-db"]["get"]  # no db= in the query
+
+
+async def load_unless_disabled(user_id: str, include_disabled: bool = False) -> str | None:
+    """A default the app means for its own calls, never for a client to set."""
+    return user_id if include_disabled or user_id != "mallory" else None
+
+
+async def load_from(user_id: str, table: str) -> str | None:
+    return f"{user_id} in {table}"
+
+
+async def load_only_typed(user_id: str, db: DB) -> OnlyForTypeCheckers | None:
+    """Its return type exists for type checkers alone, as one imported to avoid a cycle."""
+    return user_id if not db.closed else None
+
+
+@pytest.mark.parametrize(
+    ("load", "expected"),
+    [
+        (load_unless_disabled, {"alice": 200, "mallory": 401}),
+        (functools.partial(load_from, table="users"), {"alice": 200, "mallory": 200}),
+        ({"alice": "alice"}.get, {"alice": 200, "mallory": 401}),
+        (load_only_typed, {"alice": 200, "mallory": 200}),
+    ],
+    ids=["plain default", "partial", "dict.get", "type-checking only"],
+)
+async def test_only_a_loaders_dependencies_reach_fastapi(load: Any, expected: Any) -> None:
+    """Not its plain defaults, nor what a partial bound: as query parameters, a client
+    could set them (``?include_disabled=true`` let a disabled account back in)."""
+    app = loader_app()
+    loaded = user_loader(load)
+
+    @app.get("/who")
+    async def who(current: Any = loaded) -> dict[str, Any]:
+        return {"user": current}
+
+    query = "?include_disabled=true&table=admins&default=alice&db=1"
+    async with client_for(app) as client:
+        answers = {}
+        for user in expected:
+            cookie = cookie_of(await client.post(f"/login/{user}"))
+            answers[user] = await client.get(f"/who{query}", headers=cookie)
+        schema = (await client.get("/openapi.json")).json()
+    assert {user: answer.status_code for user, answer in answers.items()} == expected
+    if isinstance(load, functools.partial):
+        assert answers["alice"].json() == {"user": "alice in users"}
+    assert "parameters" not in schema["paths"]["/who"]["get"]
+
+
+def test_a_loader_parameter_fastapi_cannot_give_is_refused_at_once() -> None:
+    async def load(user_id: str, table: str) -> None:
+        return None
+
+    with pytest.raises(TypeError, match=r"'table' .* is neither the user id nor a FastAPI"):
+        user_loader(load)
 
 
 def test_a_user_loader_that_takes_no_user_id_is_refused_at_once() -> None:

@@ -8,19 +8,25 @@ async def me(user: RequiredUser, session: SessionDep) -> dict[str, str]: ...
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any, Generic, TypeVar, cast, get_type_hints
+from typing import Annotated, Any, Generic, TypeVar, cast, get_args, get_origin
 
 from .exceptions import MissingDependencyError
 
 try:
-    from fastapi import Depends, FastAPI, HTTPException, Security
+    from fastapi import Depends, FastAPI, HTTPException, Security, params
+    from fastapi.dependencies.utils import get_typed_signature
     from fastapi.openapi.models import APIKey, APIKeyIn
+    from fastapi.security import SecurityScopes
     from fastapi.security.base import SecurityBase
+    from starlette.background import BackgroundTasks
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import HTTPConnection
+    from starlette.responses import Response
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("fastapi", "fastapi") from exc
 
@@ -222,31 +228,60 @@ def user_loader(
 
 
 def _after_user_id(load: Callable[..., object]) -> list[inspect.Parameter]:
-    """The parameters of ``load`` after the user id, with their annotations resolved
-    (a module with ``from __future__ import annotations`` leaves them as text), as
-    keyword parameters, the way they are then passed."""
+    """The parameters of ``load`` that FastAPI is to resolve: each one after the user id
+    that is a dependency (``Depends``, ``Security``) or one of the objects FastAPI hands
+    over (``Request``, ``SecurityScopes``…), as a keyword, the way it is then passed.
+
+    Annotations are resolved as FastAPI resolves its own dependencies', one by one in
+    ``load``'s module. A plain default is left to Python: as a query parameter, the
+    client could set it. Any other parameter without a default is an error now, where
+    each request would fail.
+    """
     try:
-        parameters = list(inspect.signature(load).parameters.values())
+        parameters = list(inspect.signature(load).parameters.values())  # left to pass
     except (TypeError, ValueError):  # a builtin without a signature: the user id only
         return []
+    if isinstance(load, functools.partial):
+        defined: Callable[..., object] = load.func
+    else:
+        defined = load if inspect.isroutine(load) else getattr(load, "__call__", load)  # noqa: B004
+    with contextlib.suppress(TypeError, ValueError):
+        typed = get_typed_signature(defined).parameters
+        parameters = [
+            p.replace(annotation=typed[p.name].annotation) if p.name in typed else p
+            for p in parameters
+        ]
     if not parameters or parameters[0].kind not in _POSITIONAL:
         raise TypeError(f"user_loader: {load!r} must take the user id as its first argument")
-    target = load if inspect.isroutine(load) else getattr(load, "__call__", load)  # noqa: B004
-    try:
-        hints = get_type_hints(target, include_extras=True)
-    except Exception:  # names it cannot resolve: FastAPI then reports them as it would
-        hints = {}
-    return [
-        parameter.replace(
-            kind=inspect.Parameter.KEYWORD_ONLY,
-            annotation=hints.get(parameter.name, parameter.annotation),
-        )
-        for parameter in parameters[1:]
-        if parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    ]
+    resolved = []
+    for parameter in parameters[1:]:
+        if _resolved_by_fastapi(parameter):
+            resolved.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        elif parameter.default is inspect.Parameter.empty and parameter.kind not in _SPREAD:
+            raise TypeError(
+                f"user_loader: parameter {parameter.name!r} of {load!r} is neither the"
+                " user id nor a FastAPI dependency (Depends, Security, Request…)"
+            )
+    return resolved
+
+
+def _resolved_by_fastapi(parameter: inspect.Parameter) -> bool:
+    if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, *_SPREAD):
+        return False
+    if isinstance(parameter.default, params.Depends):
+        return True
+    annotation = parameter.annotation
+    if get_origin(annotation) is Annotated:
+        if any(isinstance(extra, params.Depends) for extra in get_args(annotation)[1:]):
+            return True
+        annotation = get_args(annotation)[0]
+    return isinstance(annotation, type) and issubclass(annotation, _HANDED_OVER)
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_SPREAD = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+# The objects FastAPI passes to a dependency by their type alone.
+_HANDED_OVER = (HTTPConnection, Response, BackgroundTasks, SecurityScopes)
 
 
 def _is_async(call: object) -> bool:
