@@ -259,6 +259,12 @@ async def test_no_answer_of_the_json_api_is_kept_by_a_cache(app: FastAPI) -> Non
             assert response.status_code == 200, path
             assert "set-cookie" not in response.headers, path
             assert response.headers["cache-control"] == "no-store", path
+        refusals = [
+            await client.post("/cart/items", json={"item": ""}),  # 422
+            await client.post("/login", json={"username": "alice", "password": "no"}),  # 401
+        ]
+    for refusal in refusals:
+        assert refusal.headers["cache-control"] == "no-store", refusal.status_code
 
 
 @pytest.mark.anyio

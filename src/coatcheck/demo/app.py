@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from .. import __version__
+from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from ..exceptions import NotSupportedError
 from ..fastapi import not_authenticated
 from ..middleware import SessionMiddleware
@@ -69,6 +70,7 @@ def create_app(
     app.state.stateless = cookie_sealer_of(store) is not None  # sessions live in cookies
     # What a sign-in on a shared computer asks for: never more than the configured limit.
     app.state.shared_idle = min(int(SHARED_COMPUTER_IDLE.total_seconds()), config.normal.idle)
+    app.add_middleware(_JSONNotCached)
     app.add_middleware(
         SessionMiddleware,
         store=store,
@@ -81,6 +83,32 @@ def create_app(
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+class _JSONNotCached:
+    """Every JSON answer here is one visitor's (a cart, devices and their addresses, or
+    a refusal): no cache keeps it, nor shows it again on Back once the session ended
+    elsewhere. The pages set their own headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower(): value for name, value in headers}
+                json = names.get(b"content-type", b"").startswith(b"application/json")
+                if json and b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 def create_app_from_env() -> FastAPI:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from starlette.responses import RedirectResponse, Response
 
 from ..exceptions import SessionTooLargeError
@@ -42,14 +42,7 @@ from .schemas import (
 from .settings import RECENT_LOGIN
 from .users import authenticate
 
-
-async def _not_cached(response: Response) -> None:
-    """Every answer here is one user's (a cart, devices and their addresses): no cache
-    keeps it, nor shows it again on Back once the session has ended elsewhere."""
-    response.headers["Cache-Control"] = "no-store"
-
-
-router = APIRouter(dependencies=[Depends(_not_cached)])
+router = APIRouter()
 
 INVALID_LOGIN = "Invalid username or password"
 WRONG_PASSWORD = "Wrong password"  # noqa: S105 - a message, not a password

@@ -172,7 +172,11 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[Connection] | None = pool
         self._opening: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # where the pool is in use
-        self._closer: asyncio.Task[None] | None = None
+        self._aside: dict[  # the pools of other loops
+            asyncio.AbstractEventLoop, tuple[AsyncConnectionPool[Connection], asyncio.Lock | None]
+        ] = {}
+        self._watched: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        self._closers: set[asyncio.Task[None]] = set()
         self._ready = False  # the table is known to exist
         # Columns added since the first release are added in place even without
         # create_table: the CLI, which never creates a table, must work on an old one.
@@ -405,12 +409,11 @@ class PostgresStore:
         return await self._run(read, idempotent=True)
 
     async def aclose(self) -> None:
-        if self._loop is not asyncio.get_running_loop():
-            # What is open belongs to a loop that is gone: nothing left to close here.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # What is open belongs to another loop, and is closed as that one ends.
             self._abandoned.clear()
-            if self._pool is not self._given_pool:
-                self._pool = None
-            return
+            self._enter(loop)
         if self._abandoned:
             # Calls given up on may still be waiting for a hung server: give them a
             # last chance, then cancel them.
@@ -545,13 +548,17 @@ class PostgresStore:
             await asyncio.wait((task,), timeout=self.timeout)
             if write is not None and not task.done():
                 write.given_up = True
-                if write.connection is not None:
-                    write.stopping = asyncio.ensure_future(self._cancel(write.connection))
+                running = None if write.landed else write.connection
+                if running is not None:
+                    write.stopping = asyncio.ensure_future(self._cancel(running))
+                if write.landed or running is not None:
                     await asyncio.wait((task,), timeout=self.timeout)
                     if task.done() and task.exception() is not None:
                         raise asyncio.TimeoutError from task.exception()
         finally:
             unfinished = not task.done()  # timed out, or this request was cancelled
+            if unfinished and write is not None:
+                write.given_up = True  # what has not started yet never will
             if unfinished:
                 self._abandoned.add(task)
                 task.add_done_callback(_forget(self._abandoned))
@@ -594,7 +601,10 @@ class PostgresStore:
                     await self._prepare(db)
                 if write is not None and write.given_up:
                     raise asyncio.TimeoutError
-                return await work(db)
+                result = await work(db)
+                if write is not None:
+                    write.landed = True  # what is left is handing the connection back
+                return result
             finally:
                 self._used[db] = time.monotonic()
                 if write is not None:
@@ -631,37 +641,58 @@ class PostgresStore:
                 )
                 await pool.open(wait=False)
                 self._pool = pool
+                # Its first connection, before the first request takes one: were the pool
+                # to grow meanwhile, a loop ending right after (a test's) would cut that
+                # growth short. On a timeout, the pool closes itself; the next request
+                # opens another.
+                try:
+                    await pool.wait(timeout=self.timeout)
+                except PoolTimeout:
+                    if self._pool is pool:
+                        self._pool = None
+                    raise
             return self._pool
 
     def _enter(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Ready the store for its first use in ``loop``.
+        """Ready the store for its first use in ``loop`` since another loop used it.
 
         A pool's connections and workers belong to the loop that opened it. An owned
         pool is closed as its loop ends (see ``_loops``): left open, its workers may
         even keep that loop from ending, since they take no cancellation while they
-        connect. Should a loop end without cancelling what is left in it, its pool is
-        left to the garbage collector and the next loop opens another.
+        connect. The pool of a loop that is still open (a ``TestClient`` between calls
+        of ``asyncio.run``) is set aside for its return; one whose loop ended without
+        cancelling what was left in it is left to the garbage collector.
         """
-        self._opening = asyncio.Lock()
-        if self._pool is not self._given_pool:
+        previous, pool = self._loop, self._pool
+        if pool is not None and pool is not self._given_pool:
+            if previous is not None and not previous.is_closed():
+                self._aside[previous] = (pool, self._opening)
             self._pool = None
+        self._pool, self._opening = self._aside.pop(loop, (self._pool, asyncio.Lock()))
+        for ended in [other for other in self._aside if other.is_closed()]:
+            del self._aside[ended]
         self._loop = loop
-        if self._given_pool is None:
-            self._closer = close_with_loop(partial(self._close_in, loop))
+        if self._given_pool is None and loop not in self._watched:
+            self._watched.add(loop)
+            closer = close_with_loop(partial(self._close_in, loop))
+            self._closers.add(closer)  # held here: a loop keeps only weak references
+            closer.add_done_callback(self._closers.discard)
 
     async def _close_in(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close the pool of ``loop`` as the loop cancels its tasks, the pool's own
         workers among them; so the pool's ``close()``, which waits for its workers,
-        fails. Its idle connections are closed one by one first, and its workers,
+        fails. Its idle connections are taken out and closed first, and its workers,
         which may have taken no cancellation, are still told to stop."""
-        pool = self._pool
-        if self._loop is not loop or pool is None:
+        self._watched.discard(loop)
+        pool, _ = self._aside.pop(loop, (None, None))
+        if self._loop is loop:
+            pool, self._pool, self._loop = self._pool, None, None
+        if pool is None:
             return
-        self._loop = self._pool = None
         for _ in range(pool.get_stats().get("pool_available", 0)):
+            # Never handed back: the pool would log each closed one it is given.
             connection = await pool.getconn(timeout=self.timeout)
             await connection.close()
-            await pool.putconn(connection)
         # Stops a worker that took no cancellation; the others ended cancelled, which
         # close() passes on once it has waited for them. Without a limit (``None``,
         # which it takes though typed ``float``), it leaves asyncio nothing to log.
@@ -756,11 +787,12 @@ class _ClosedWhileIdle(Exception):
 class _Write:
     """A save under way: where it runs, so that a timeout can stop it there."""
 
-    __slots__ = ("connection", "given_up", "stopping")
+    __slots__ = ("connection", "given_up", "landed", "stopping")
 
     def __init__(self) -> None:
         self.connection: Connection | None = None
         self.given_up = False
+        self.landed = False
         self.stopping: asyncio.Future[None] | None = None
 
 

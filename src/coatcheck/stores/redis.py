@@ -26,6 +26,7 @@ import math
 import random
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TypeVar
@@ -109,7 +110,9 @@ class RedisStore:
         # How :meth:`from_url` makes the client again for another event loop.
         self._remake: Callable[[], RedisClient] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # where the client is in use
-        self._closer: asyncio.Task[None] | None = None
+        self._aside: dict[asyncio.AbstractEventLoop, RedisClient] = {}  # of other loops
+        self._watched: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        self._closers: set[asyncio.Task[None]] = set()
 
     def _use(self, client: RedisClient) -> None:
         self.client = client
@@ -122,24 +125,41 @@ class RedisStore:
         )
 
     def _in_this_loop(self) -> None:
-        """Ready an owned client for the running event loop, on its first use there.
+        """Give an owned client's work, in the running event loop, to that loop's own
+        client, on its first use there since another loop used the store.
 
-        Its connections are closed as the loop ends (see ``_loops``), and reconnect in
-        the next. Should a loop end without cancelling what is left in it, the next
-        loop gets a new client, and the old connections are left to the garbage
-        collector.
+        A connection belongs to the loop that opened it. Each loop's client is closed as
+        that loop ends (see ``_loops``); one closed so may serve the next loop. The
+        client of a loop that is still open (a ``TestClient`` between calls of
+        ``asyncio.run``) is set aside for its return. One whose loop ended without
+        that is left to the garbage collector.
         """
         loop = asyncio.get_running_loop()
-        if self._loop is not None and self._remake is not None:
-            self._use(self._remake())
+        if self._remake is not None:
+            previous = self._loop
+            if previous is not None and not previous.is_closed():
+                self._aside[previous] = self.client
+            client = self._aside.pop(loop, None)
+            if client is None and previous is not None:
+                client = self._remake()
+            if client is not None:
+                self._use(client)
+            for ended in [other for other in self._aside if other.is_closed()]:
+                del self._aside[ended]
         self._loop = loop
-        if self.owns_client:
-            self._closer = close_with_loop(partial(self._close_in, loop, self.client))
+        if self.owns_client and loop not in self._watched:
+            self._watched.add(loop)
+            closer = close_with_loop(partial(self._close_in, loop))
+            self._closers.add(closer)  # held here: a loop keeps only weak references
+            closer.add_done_callback(self._closers.discard)
 
-    async def _close_in(self, loop: asyncio.AbstractEventLoop, client: RedisClient) -> None:
+    async def _close_in(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watched.discard(loop)
+        client = self._aside.pop(loop, None)
         if self._loop is loop:
-            self._loop = None  # closed in its own loop: the next one may reuse it
-        await client.aclose()
+            client, self._loop = self.client, None  # closed here: the next loop may reuse it
+        if client is not None:
+            await client.aclose()
 
     def __repr__(self) -> str:
         # Not the client's: redis-py's shows its connection settings, password included.
