@@ -11,27 +11,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Awaitable, Callable
 
-__all__ = ["close_with_loop"]
+__all__ = ["LoopWatch"]
 
 
-def close_with_loop(close: Callable[[], Awaitable[object]]) -> asyncio.Task[None]:
-    """Run ``close`` in the running loop once that loop cancels what is left in it.
+class LoopWatch:
+    """For each event loop a store is used in, one task that runs the store's ``close``
+    for that loop once the loop cancels what is left in it."""
 
-    Keep the task: a loop holds only weak references to its tasks.
-    """
+    __slots__ = ("_close", "_tasks", "_watched")
 
-    async def wait_then_close() -> None:
+    def __init__(self, close: Callable[[asyncio.AbstractEventLoop], Awaitable[object]]) -> None:
+        self._close = close
+        self._watched: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        self._tasks: set[asyncio.Task[None]] = set()  # a loop holds its tasks weakly
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the store's part in ``loop``, the running one, as it ends; once."""
+        if loop in self._watched:
+            return
+        self._watched.add(loop)
+        task = loop.create_task(
+            self._wait_then_close(loop), name="coatcheck: close the store with its event loop"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wait_then_close(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             # Not when the loop was closed without a word and the task is collected:
             # there is no loop left to close anything in.
+            self._watched.discard(loop)
             with contextlib.suppress(Exception):
-                await close()
+                await self._close(loop)
             raise
-
-    return asyncio.get_running_loop().create_task(
-        wait_then_close(), name="coatcheck: close the store with its event loop"
-    )

@@ -25,7 +25,6 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -36,7 +35,7 @@ from ..exceptions import (
     StoreUnavailableError,
 )
 from . import POSTGRES_SCHEMES
-from ._loops import close_with_loop
+from ._loops import LoopWatch
 from ._redact import redact
 from .base import (
     CORE_COLUMNS,
@@ -175,8 +174,7 @@ class PostgresStore:
         self._aside: dict[  # the pools of other loops
             asyncio.AbstractEventLoop, tuple[AsyncConnectionPool[Connection], asyncio.Lock | None]
         ] = {}
-        self._watched: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-        self._closers: set[asyncio.Task[None]] = set()
+        self._loops = LoopWatch(self._close_in)
         self._ready = False  # the table is known to exist
         # Columns added since the first release are added in place even without
         # create_table: the CLI, which never creates a table, must work on an old one.
@@ -672,18 +670,14 @@ class PostgresStore:
         for ended in [other for other in self._aside if other.is_closed()]:
             del self._aside[ended]
         self._loop = loop
-        if self._given_pool is None and loop not in self._watched:
-            self._watched.add(loop)
-            closer = close_with_loop(partial(self._close_in, loop))
-            self._closers.add(closer)  # held here: a loop keeps only weak references
-            closer.add_done_callback(self._closers.discard)
+        if self._given_pool is None:
+            self._loops.watch(loop)
 
     async def _close_in(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close the pool of ``loop`` as the loop cancels its tasks, the pool's own
         workers among them; so the pool's ``close()``, which waits for its workers,
         fails. Its idle connections are taken out and closed first, and its workers,
         which may have taken no cancellation, are still told to stop."""
-        self._watched.discard(loop)
         pool, _ = self._aside.pop(loop, (None, None))
         if self._loop is loop:
             pool, self._pool, self._loop = self._pool, None, None

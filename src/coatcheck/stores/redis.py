@@ -26,7 +26,6 @@ import math
 import random
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TypeVar
@@ -38,7 +37,7 @@ from ..exceptions import (
     StoreUnavailableError,
 )
 from . import _redis_codec as codec
-from ._loops import close_with_loop
+from ._loops import LoopWatch
 from ._redis_codec import KeyNames
 from ._turns import Turns
 from .base import Merge, SessionRecord, checked_retry_after
@@ -111,8 +110,7 @@ class RedisStore:
         self._remake: Callable[[], RedisClient] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # where the client is in use
         self._aside: dict[asyncio.AbstractEventLoop, RedisClient] = {}  # of other loops
-        self._watched: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-        self._closers: set[asyncio.Task[None]] = set()
+        self._loops = LoopWatch(self._close_in)
 
     def _use(self, client: RedisClient) -> None:
         self.client = client
@@ -147,14 +145,10 @@ class RedisStore:
             for ended in [other for other in self._aside if other.is_closed()]:
                 del self._aside[ended]
         self._loop = loop
-        if self.owns_client and loop not in self._watched:
-            self._watched.add(loop)
-            closer = close_with_loop(partial(self._close_in, loop))
-            self._closers.add(closer)  # held here: a loop keeps only weak references
-            closer.add_done_callback(self._closers.discard)
+        if self.owns_client:
+            self._loops.watch(loop)
 
     async def _close_in(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._watched.discard(loop)
         client = self._aside.pop(loop, None)
         if self._loop is loop:
             client, self._loop = self.client, None  # closed here: the next loop may reuse it
