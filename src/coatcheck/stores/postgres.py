@@ -662,11 +662,9 @@ class PostgresStore:
         cancelling what was left in it is left to the garbage collector.
         """
         previous, pool = self._loop, self._pool
-        if pool is not None and pool is not self._given_pool:
-            if previous is not None and not previous.is_closed():
-                self._aside[previous] = (pool, self._opening)
-            self._pool = None
-        self._pool, self._opening = self._aside.pop(loop, (self._pool, asyncio.Lock()))
+        if pool not in (None, self._given_pool) and previous and not previous.is_closed():
+            self._aside[previous] = (pool, self._opening)
+        self._pool, self._opening = self._aside.pop(loop, (self._given_pool, asyncio.Lock()))
         for ended in [other for other in self._aside if other.is_closed()]:
             del self._aside[ended]
         self._loop = loop
