@@ -5,9 +5,12 @@ The old cookies are minted by Starlette's real middleware, with its real signer.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import sys
 import time
+from base64 import b64encode
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
@@ -393,6 +396,144 @@ async def test_one_cookie_name_for_both_and_a_logout_at_once_ends_it() -> None:
         after = await client.get("/state")
 
     assert after.json()["user"] is None
+
+
+def gated(app: FastAPI, change: bool) -> tuple[asyncio.Event, asyncio.Event]:
+    """A route that holds its request, session loaded, until the test lets it go on;
+    with ``change``, it then adds "pear" to the cart."""
+    loaded, go_on = asyncio.Event(), asyncio.Event()
+
+    @app.post("/held")
+    async def held(session: SessionDep) -> dict[str, Any]:
+        loaded.set()
+        await go_on.wait()
+        if change:
+            session["cart"] = [*session.get("cart", []), "pear"]
+        return dict(session)
+
+    return loaded, go_on
+
+
+def new_cookie(response: httpx.Response) -> str:
+    (value,) = [c for c in set_cookies(response) if c.startswith(f"{NEW_COOKIE}=")]
+    return value.split(";")[0]
+
+
+@pytest.mark.parametrize("held_changes", [True, False], ids=["held-adds", "other-adds"])
+@pytest.mark.parametrize("limit", [None, 1])
+async def test_a_pages_parallel_first_requests_share_one_session(
+    held_changes: bool, limit: int | None
+) -> None:
+    """A page's first requests each bring the old cookie alone. One is held while the
+    other imports and is stored: they end in one session, one device, no lost change,
+    and at a limit of one device neither is refused as a second."""
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice", "cart": ["apple"]})
+        extra: dict[str, Any] = {}
+        if limit is not None:
+            extra = {"max_sessions_per_user": limit, "at_session_limit": "refuse_login"}
+        app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"), **extra)
+        loaded, go_on = gated(app, held_changes)
+        site.app = app
+        first = asyncio.create_task(client.post("/held"))
+        await loaded.wait()
+        second = await (client.get("/state") if held_changes else client.post("/cart"))
+        go_on.set()
+        held = await first
+        after = await client.get("/state")
+
+    assert held.status_code == second.status_code == 200
+    assert new_cookie(held) == new_cookie(second)
+    assert after.json()["user"] == "alice"
+    assert after.json()["data"]["cart"] == ["apple", "pear"]
+    assert len(await store.list_user("alice", time.time())) == 1
+
+
+async def test_a_logout_also_clears_an_old_cookie_set_again_mid_deploy() -> None:
+    """A process of the old app may set its cookie again beside the new one; a logout
+    on the new side must end both, or the next request adopts the old one."""
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        old_app = site.app
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        site.app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
+        await client.get("/state")
+        site.app = old_app
+        await visit_before_the_switch(client, {"user_id": "alice"})  # an old process again
+        site.app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
+        response = await client.post("/logout")
+        after = await client.get("/state")
+
+    assert sorted(cookie.split(";")[0] for cookie in set_cookies(response)) == [
+        f"{NEW_COOKIE}=",
+        "session=null",
+    ]
+    assert not client.cookies
+    assert after.json()["user"] is None
+
+
+async def test_values_coatcheck_cannot_store_are_dropped_from_an_import(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Starlette's JSON took them; kept, every save would fail and the old cookie would
+    bring them back at every request."""
+    site = Site()
+    big, long_user = 2**70, "u" * 600
+    data = {"user_id": long_user, "big": big, "nan": float("nan"), "cart": ["apple"]}
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"theme": "dark"})
+        # Signed as Starlette signs: its json.dumps writes NaN, which httpx would not send.
+        signed = TimestampSigner(SECRET).sign(b64encode(json.dumps(data).encode()))
+        replace_cookie(client, "session", signed.decode())
+        site.app = coatcheck_app(MemoryStore(), StarletteImport(SECRET, user_key="user_id"))
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            first = await client.get("/state")
+        again = await client.get("/state")
+
+    assert first.status_code == again.status_code == 200
+    # A user id login() refuses logs nobody in; it stays a value like any other.
+    assert again.json() == {
+        "user": None,
+        "data": {"user_id": long_user, "cart": ["apple"]},
+        "remember": False,
+    }
+    assert "key 'big' dropped" in caplog.text
+    assert "key 'nan' dropped" in caplog.text
+    assert set_cookies(again) == []
+
+
+async def test_a_partitioned_old_cookie_is_cleared_as_partitioned() -> None:
+    site = Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"theme": "dark"})
+        site.app = coatcheck_app(MemoryStore(), StarletteImport(SECRET, partitioned=True))
+        response = await client.get("/state")
+
+    assert response.json()["data"] == {"theme": "dark"}
+    cleared = [c for c in set_cookies(response) if c.startswith("session=null")]
+    assert cleared == [
+        "session=null; expires=Thu, 01 Jan 1970 00:00:00 GMT; path=/; Secure; Partitioned"
+    ]
+
+
+@pytest.mark.parametrize("then", ["logout", "login"])
+async def test_ending_an_adopted_login_clears_the_cache_as_any_logout(then: str) -> None:
+    site = Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        app = coatcheck_app(MemoryStore(), StarletteImport(SECRET, user_key="user_id"))
+
+        @app.post("/login-bob")
+        async def login_bob(session: SessionDep) -> dict[str, bool]:
+            session.login("bob")
+            return {"ok": True}
+
+        site.app = app
+        response = await client.post("/logout" if then == "logout" else "/login-bob")
+
+    assert response.status_code == 200
+    assert response.headers["clear-site-data"] == '"cache"'
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,8 @@ from coatcheck import (
     StarletteImport,
     StarsessionsImport,
 )
+from coatcheck._imports import JOIN_WINDOW
+from coatcheck.testing import FakeClock
 
 from . import apps
 from .conftest import client_for, shut_down
@@ -67,9 +69,14 @@ async def mint(redis_server: RedisServer, prefix: str, data: dict[str, Any]) -> 
 
 
 @asynccontextmanager
-async def coatcheck_client(settings: StarsessionsImport) -> AsyncIterator[httpx.AsyncClient]:
+async def coatcheck_client(
+    settings: StarsessionsImport, clock: FakeClock | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the app after the switch, whose shutdown closes the importer's client."""
-    app = apps.make_app(MemoryStore(), SessionConfig(starsessions_import=settings))
+    config = SessionConfig(starsessions_import=settings)
+    if clock is not None:
+        config = SessionConfig(starsessions_import=settings, clock=clock)
+    app = apps.make_app(MemoryStore(), config)
     try:
         async with client_for(app) as client:
             yield client
@@ -89,7 +96,8 @@ async def test_a_starsessions_session_is_adopted_once_and_logged_in(
     old_id = await mint(redis_server, prefix, {"user": "alice", "cart": ["apple"]})
     assert await old_keys(redis_server, prefix) == [f"{prefix}{old_id}".encode()]
     settings = StarsessionsImport(url=redis_server.url, prefix=prefix, user_key="user")
-    async with coatcheck_client(settings) as client:
+    clock = FakeClock()
+    async with coatcheck_client(settings, clock) as client:
         response = await client.get("/read", headers={"cookie": f"{OLD}={old_id}"})
         # starsessions' bookkeeping stays behind; the data and the login come over.
         assert response.json() == {"data": {"user": "alice", "cart": ["apple"]}, "user": "alice"}
@@ -97,8 +105,14 @@ async def test_a_starsessions_session_is_adopted_once_and_logged_in(
         assert [c.split("=", 1)[0] for c in cookies] == [NEW, OLD]
         assert cookies[1].startswith(f"{OLD}=null; expires=Thu, 01 Jan 1970")
         new_cookie = {"cookie": f"{NEW}={response.cookies[NEW]}"}
-        # The old key is gone: a copy of the old cookie adopts nothing any more.
+        # The old key is gone. For a minute, the old cookie joins the session it
+        # started (the rest of a page's parallel requests); then it adopts nothing.
         assert await old_keys(redis_server, prefix) == []
+        clock.advance(JOIN_WINDOW - 1)
+        parallel = await client.get("/read", headers={"cookie": f"{OLD}={old_id}"})
+        assert parallel.json() == {"data": {"user": "alice", "cart": ["apple"]}, "user": "alice"}
+        assert parallel.cookies[NEW] == response.cookies[NEW]
+        clock.advance(1)
         replay = await client.get("/read", headers={"cookie": f"{OLD}={old_id}"})
         assert replay.json() == {"data": {}, "user": None}
         assert "set-cookie" not in replay.headers

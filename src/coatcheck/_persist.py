@@ -18,7 +18,7 @@ from urllib.parse import unquote
 from ._asgi import Header, Headers
 from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
 from ._ids import key_of, new_public_id, new_session_id, store_key
-from ._imports import importer_for
+from ._imports import JOIN_WINDOW, importer_for
 from ._keys import Keyring
 from .config import Lifetime, SessionConfig
 from .csrf import CSRFGuard
@@ -77,7 +77,8 @@ class Persistence:
         self.events = EventBus(events)
         self.store = store
         self.config = config
-        self._importer = importer_for(config)
+        keyring = Keyring(config.secret_keys)
+        self._importer = importer_for(config, keyring)
         # The old cookie is a credential too while it can still be adopted.
         credentials = [config.cookie.name]
         if self._importer is not None:
@@ -89,7 +90,6 @@ class Persistence:
         self._sealer: CookieSealer | None = None
         if sealer is not None:
             self._sealer = sealer(cookie_keys(config), config.cookie.name)
-        keyring = Keyring(config.secret_keys)
         # Clients that are not browsers may carry the session in a header of their own.
         self.token_header = config.token_header.encode("latin-1") if config.token_header else None
         self.csrf = CSRFGuard(
@@ -179,23 +179,91 @@ class Persistence:
                         # Unreachable once the browser holds a new ID: the next save
                         # deletes it, or it would take a place in its user's list.
                         record, orphan = None, key
-        imported = None
-        if record is None and self._importer is not None and not session._by_header:
-            imported = await self._importer.read(session._headers, now)
+        imported = import_id = None
+        importer = self._importer
+        if (
+            record is None
+            and importer is not None
+            and not session._by_header
+            and importer.open(now)
+            and importer.carried(session._headers)
+        ):
+            if self._sealer is None:
+                derived = importer.session_id(session._headers)
+                assert derived is not None
+                joined, import_id = await self._join_import(session, derived, now)
+                if joined:
+                    session._orphan = orphan
+                    return
+            imported = await importer.read(session._headers, now)
+            if imported is not None:
+                imported = self._storable(imported) or None
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
         session._orphan = orphan
         if record is not None:
             session._expires_at = deadline
-        if imported is not None and self._importer is not None:
+        if imported is not None and importer is not None:
             # A new session with the old data: stored (and the old cookie cleared) when
             # this response starts, as any change would be.
             session._imported = session._modified = True
             session._imported_values = copy.deepcopy(imported)
-            user = self._importer.user(imported)
+            session._id = session._import_id = import_id
+            user = importer.user(imported)
             if user is not None:
                 session._user_id = user
                 session._meta_changed = session._signing_in = True
-                session._remember = self._importer.remember
+                session._remember = importer.remember
+
+    async def _join_import(
+        self, session: Session, derived: str, now: float
+    ) -> tuple[bool, str | None]:
+        """Join the session that another request with the same old cookie started a
+        moment ago, rather than start a second one: a page's parallel requests then
+        share one session, whichever of them is stored first.
+
+        Returns whether it joined, and else the ID this request's import may take:
+        ``derived`` when no session holds it. A session this old cookie started long
+        ago keeps it, and a copy of that cookie starts a session of its own, as before.
+        """
+        existing = await self.store.load(store_key(derived), now)
+        if existing is None:
+            return False, derived
+        if now - existing.created_at >= JOIN_WINDOW or now >= self.deadline(existing):
+            return False, None
+        try:
+            data = self.decode(existing)
+        except ValueError:
+            return False, None
+        session._adopt(derived, existing, data, now, self.config.normal.idle)
+        session._expires_at = self.deadline(existing)
+        # The browser holds only the old cookie: this response hands it the new one,
+        # and clears the old one, as the import's first response does.
+        session._imported = session._meta_changed = True
+        return True, None
+
+    def _storable(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The imported values this store can keep. The old library took values (a
+        128-bit integer, NaN) that coatcheck refuses: kept, every save would fail, and
+        the old cookie would bring them back at every request."""
+        try:
+            self.serializer.dumps(data)
+            return data
+        except (TypeError, ValueError):
+            pass
+        kept = {}
+        for key, value in data.items():
+            try:
+                self.serializer.dumps({key: value})
+            except (TypeError, ValueError) as exc:
+                logger.warning(
+                    "a value adopted from the old session cannot be stored here; key %r "
+                    "dropped (%s)",
+                    key,
+                    exc,
+                )
+            else:
+                kept[key] = value
+        return kept
 
     def settled(self, session: Session) -> bool:
         """True for a plain read, the common case: nothing to write, no cookie to send.
@@ -280,6 +348,9 @@ class Persistence:
                 # Never clear a cookie that matched nothing: a parallel login may have
                 # just replaced it in the browser, and this response would log it out.
                 # The old one, once adopted, goes: ended here, it must not come back.
+                if session._import_id is not None:
+                    # Nor may the session a parallel request of this import started.
+                    await self.store.delete(store_key(session._import_id))
                 cleared = await self._end_imported(session, replaced=False)
                 return [*cleared, _NO_STORE] if cleared else []
             assert stored is not None
@@ -291,7 +362,12 @@ class Persistence:
             session._stored, session._raw = None, self._empty
             session._modified = session._exposed = session._meta_changed = False
             await self.emit(session, "logged_out", stored.user_id, stored.public_id)
-            return [self._ticket(session, None, None), _NO_STORE, *self._cleared(session, stored)]
+            return [
+                self._ticket(session, None, None),
+                *await self._end_old_cookie(session),
+                _NO_STORE,
+                *self._cleared(session, stored),
+            ]
 
         if self._cookie_path is not None and not session._by_header and not self._path_warned:
             self._path_warned = _outside_cookie_path(session, self._cookie_path)
@@ -311,6 +387,11 @@ class Persistence:
                 if len(data) > self.config.max_session_bytes:  # the handler's own
                     raise SessionTooLargeError(len(data), self.config.max_session_bytes)
         now = self.now()
+        twin = None
+        if stored is None and session._import_id is not None and self._sealer is None:
+            # A parallel request with the same old cookie may have stored its import
+            # since this one looked: this request's changes then go on top of it.
+            twin = await self._import_twin(session, key, now)
         lifetime = session._lifetime()
         refresh_due = stored is not None and now - stored.last_seen_at >= self._refresh_window(
             stored
@@ -321,7 +402,7 @@ class Persistence:
         logged_in = rotated and session._signing_in and session._user_id is not None
         if logged_in and self._refuse_at is not None:
             assert session._user_id is not None
-            if await self.at_limit(session._user_id, old_key or session._orphan):
+            if await self.at_limit(session._user_id, old_key or session._orphan, key):
                 await self.emit(session, "login_refused", session._user_id, "")
                 raise SessionLimitError(self._refuse_at)
         expires_at = lifetime.deadline(now, session._created_at)
@@ -338,7 +419,14 @@ class Persistence:
                 data = record.data
                 sealed = self._sealer.seal(session._id, record)
         written = [record]
-        if stored is None:
+        if twin is not None:
+            # Merged as onto a parallel save: what this request changed since the import.
+            assert session._imported_values is not None
+            loaded = twin._replace(data=self.serializer.dumps(session._imported_values))
+            merge = self._merger(session, loaded, record, written)
+            if not await self.store.save(merge(twin), expected_version=twin.version, merge=merge):
+                raise SessionEndedError("the session was ended by another request")
+        elif stored is None:
             if not await self.store.save(record, replaces=session._orphan):
                 # Only a revocation racing this very login refuses a new record (Redis
                 # Cluster bars a key it found filed but not yet written).
@@ -379,14 +467,17 @@ class Persistence:
         session._modified = session._meta_changed = session._signing_in = False
         session._last_seen_at = now
         session._expires_at = record.expires_at
-        if rotated:
+        if rotated and twin is None:  # a twin was announced by the request storing it
             await self._rotated(session, stored, replaced, record, logged_in, now)
-        elif sealed is None:
+        elif sealed is None and not session._imported:
             return []  # stored under the ID the browser already holds
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
         ticket = self._ticket(session, sealed or session._id, max_age)
-        imported = await self._end_imported(session, replaced=True)
-        return [ticket, *imported, _NO_STORE, *self._cleared(session, replaced)]
+        if session._imported:
+            gone = await self._end_imported(session, replaced=True)
+        else:
+            gone = await self._end_old_cookie(session) if replaced is not None else []
+        return [ticket, *gone, _NO_STORE, *self._cleared(session, replaced)]
 
     def _cleared(self, session: Session, ended: SessionRecord | None) -> Headers:
         """``Clear-Site-Data`` for a browser whose signed-in session just ended: the pages
@@ -499,14 +590,43 @@ class Persistence:
     async def _end_imported(self, session: Session, *, replaced: bool) -> Headers:
         """End the old session once its data was adopted here (or ended at once), and
         return the header that clears its cookie; none when the new session's cookie,
-        of the same name, ``replaced`` it."""
-        if not session._imported or self._importer is None:
+        of the same name, ``replaced`` it. A user signed in by the old session who is
+        no longer is signed out as any other, ``Clear-Site-Data`` included."""
+        importer = self._importer
+        if not session._imported or importer is None:
             return []
         session._imported = False
-        await self._importer.consumed(session._headers)
-        if replaced and self._importer.shares_name:
+        await importer.consumed(session._headers)
+        headers: Headers = []
+        if not (replaced and importer.shares_name):
+            headers.append((b"set-cookie", importer.clear_cookie))
+        adopted = session._imported_values
+        user = None if adopted is None else importer.user(adopted)
+        if user is not None and user != session._user_id and not session._by_header:
+            headers.append(_CLEAR_CACHE)
+        return headers
+
+    async def _end_old_cookie(self, session: Session) -> Headers:
+        """Clear an old cookie that a request ending its session still brings (set
+        again by a process of the old library, mid-deploy): the next request must not
+        adopt it and bring the ended login back."""
+        importer = self._importer
+        if importer is None or importer.shares_name or not importer.carried(session._headers):
             return []
-        return [(b"set-cookie", self._importer.clear_cookie)]
+        await importer.consumed(session._headers)
+        return [(b"set-cookie", importer.clear_cookie)]
+
+    async def _import_twin(self, session: Session, key: str, now: float) -> SessionRecord | None:
+        """The live session a parallel request with the same old cookie stored under
+        this import's ``key`` meanwhile, if any; this session then takes its identity."""
+        assert session._import_id is not None
+        if key != store_key(session._import_id):
+            return None  # the handler gave the session a new ID: no twin can share it
+        twin = await self.store.load(key, now)
+        if twin is None or now >= self.deadline(twin):
+            return None
+        session._public_id, session._created_at = twin.public_id, twin.created_at
+        return twin
 
     async def recheck(self, session: Session) -> float | None:
         """Whether a long-lived connection's session is still stored and live: None once
@@ -745,13 +865,14 @@ class Persistence:
             for record in ended:
                 await self.emit(session, "evicted", record.user_id, record.public_id)
 
-    async def at_limit(self, user_id: str, replaced: str | None) -> bool:
+    async def at_limit(self, user_id: str, replaced: str | None, key: str | None = None) -> bool:
         """Whether a login as ``user_id`` that replaces the session stored under
-        ``replaced`` would take the user past ``max_sessions_per_user``."""
+        ``replaced`` would take the user past ``max_sessions_per_user``; one stored
+        under the login's own ``key`` already (an import's twin) is this session."""
         limit = self.config.max_sessions_per_user
         assert limit is not None
         records = await self.live_records(user_id, self.now())
-        return sum(record.key != replaced for record in records) >= limit
+        return sum(record.key not in (replaced, key) for record in records) >= limit
 
     async def _undo_past_limit(
         self,

@@ -8,6 +8,8 @@ trustworthy as it was to Starlette, so its data may start a server-side session.
 from __future__ import annotations
 
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 from base64 import b64decode
@@ -31,7 +33,11 @@ class StarletteImporter(Importer):
             from itsdangerous import BadSignature, TimestampSigner
         except ImportError as exc:
             raise MissingDependencyError("itsdangerous", "starlette-import") from exc
-        super().__init__(settings, cookie)
+        # Every process holds Starlette's key, whether or not coatcheck has keys of its own.
+        secret = settings.secret_key
+        root = secret if isinstance(secret, bytes) else secret.encode()
+        key = hmac.new(root, b"coatcheck:starlette-import", hashlib.sha256).digest()
+        super().__init__(settings, cookie, key)
         self._signer = TimestampSigner(settings.secret_key)
         self._bad_signature = BadSignature
         max_age = settings.max_age  # whole seconds once validated; a timedelta before

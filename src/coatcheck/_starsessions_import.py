@@ -35,8 +35,8 @@ _METADATA = "__metadata__"
 class StarsessionsImporter(Importer):
     """Shared by all requests of one middleware; owns a Redis client."""
 
-    def __init__(self, settings: StarsessionsImport, cookie: CookieConfig) -> None:
-        super().__init__(settings, cookie)
+    def __init__(self, settings: StarsessionsImport, cookie: CookieConfig, key: bytes) -> None:
+        super().__init__(settings, cookie, key)
         self._client, url_prefix = client_from_url(settings.url, None)
         if url_prefix is not None:
             raise ConfigurationError(

@@ -239,6 +239,7 @@ class StarletteImport:
     remember: bool = True
     path: str = "/"
     domain: str | None = None
+    partitioned: bool = False  # as Starlette's own setting: its clearing must say so too
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "secret_key", _secret(self.secret_key))
@@ -258,7 +259,8 @@ class StarsessionsImport:
     :meth:`~coatcheck.stores.redis.RedisStore.from_url`'s forms), gets a new server-side
     session holding its data, without starsessions' ``__metadata__``. Once that session
     is stored, the old key is deleted and the old cookie cleared, so no copy of it
-    adopts anything again. ``user_key``, ``until`` and ``remember`` work as for
+    adopts anything again (a page's parallel requests still join that session for a
+    minute). ``user_key``, ``until`` and ``remember`` work as for
     :class:`StarletteImport`; starsessions' cookies end with the browser by default, and
     so do the adopted sessions unless ``remember=True``. Needs the ``redis`` extra.
     """
@@ -271,6 +273,7 @@ class StarsessionsImport:
     remember: bool = False
     path: str = "/"
     domain: str | None = None
+    partitioned: bool = False  # the old cookie was set Partitioned
 
     def __post_init__(self) -> None:
         if not self.url:

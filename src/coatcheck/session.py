@@ -18,6 +18,7 @@ from ._devices import Device, utc
 from ._flash import Flash
 from ._ids import new_public_id, new_session_id
 from ._models import Binding, check_model
+from ._user_ids import check_user_id
 from .exceptions import CoatcheckError, ResponseStartedError, SessionNotLoadedError
 
 if TYPE_CHECKING:
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
     from .config import Lifetime
     from .stores.base import SessionRecord
 
-# Of a user id, in characters: 2 KB at most in UTF-8, within what a PostgreSQL index
-# entry may hold (2.7 KB), so a login is refused alike on every store.
-_LONGEST_USER_ID = 512
 _MUTABLE = (dict, list)  # what JSON reads back that can be changed in place
 # What cannot change in place: any other value set may be kept by the handler and
 # changed after a save, so the session must compare it again before it ends.
@@ -62,6 +60,7 @@ class Session(MutableMapping[str, Any]):
         "_headers",
         "_id",
         "_idle_timeout",
+        "_import_id",
         "_imported",
         "_imported_values",
         "_key",
@@ -116,6 +115,7 @@ class Session(MutableMapping[str, Any]):
     _fresh: bool  # the data no longer continues the stored record's (destroy, user switch)
     _imported: bool  # adopted from the old library's session, which the response ends
     _imported_values: dict[str, Any] | None  # the data adopted, as it came
+    _import_id: str | None  # the ID derived from the old cookie, when the import took it
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
@@ -430,25 +430,7 @@ class Session(MutableMapping[str, Any]):
         idle, absolute = self._persistence.config.login_limits(
             remember, idle_timeout, absolute_timeout
         )
-        if not isinstance(user_id, str) or not user_id:
-            raise ValueError("user_id must be a non-empty string")
-        if len(user_id) > _LONGEST_USER_ID:
-            raise ValueError(
-                f"user_id must be at most {_LONGEST_USER_ID} characters: stores index it "
-                "(PostgreSQL refuses longer index entries)"
-            )
-        if "\x00" in user_id:
-            raise ValueError(
-                "user_id must not contain NUL characters: PostgreSQL cannot store them"
-            )
-        if not user_id.isascii():
-            try:
-                user_id.encode()
-            except UnicodeEncodeError:
-                raise ValueError(
-                    "user_id must be valid Unicode text: a lone surrogate (as JSON's "
-                    '"\\ud800" decodes to) cannot be stored'
-                ) from None
+        check_user_id(user_id)
         self.regenerate()
         if self._user_id is not None and self._user_id != user_id:
             # Messages this request flashed are for who signs in now ("Welcome, bob");
@@ -671,6 +653,7 @@ class Session(MutableMapping[str, Any]):
         self._modified = self._exposed = self._meta_changed = self._fresh = False
         self._imported = False
         self._imported_values = None
+        self._import_id = None
         self._updates = []
         self._models = None
         self._outgoing = []

@@ -1,0 +1,28 @@
+"""What a user id may be: the same on every store, whoever hands it over."""
+
+from __future__ import annotations
+
+# Of a user id, in characters: 2 KB at most in UTF-8, within what a PostgreSQL index
+# entry may hold (2.7 KB), so a login is refused alike on every store.
+LONGEST_USER_ID = 512
+
+
+def check_user_id(user_id: object) -> None:
+    """Raise ``ValueError`` for a user id that some store cannot keep or index."""
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("user_id must be a non-empty string")
+    if len(user_id) > LONGEST_USER_ID:
+        raise ValueError(
+            f"user_id must be at most {LONGEST_USER_ID} characters: stores index it "
+            "(PostgreSQL refuses longer index entries)"
+        )
+    if "\x00" in user_id:
+        raise ValueError("user_id must not contain NUL characters: PostgreSQL cannot store them")
+    if not user_id.isascii():
+        try:
+            user_id.encode()
+        except UnicodeEncodeError:
+            raise ValueError(
+                "user_id must be valid Unicode text: a lone surrogate (as JSON's "
+                '"\\ud800" decodes to) cannot be stored'
+            ) from None
