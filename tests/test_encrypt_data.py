@@ -194,6 +194,28 @@ async def test_data_that_no_key_opens_is_no_session_and_never_an_error(
     assert mallory not in caplog.text
 
 
+@pytest.mark.parametrize("old", ["no keys", "other keys"])
+async def test_a_process_that_cannot_open_a_session_leaves_it_to_those_that_can(
+    any_store: Store, old: str
+) -> None:
+    """A rolling deploy that turns encrypt_data on along with secret_keys: a process
+    still on the old settings reads a sealed session as none, and its write starts
+    another. The sealed one must live on for the processes that hold the keys."""
+    config = SessionConfig() if old == "no keys" else SessionConfig(secret_keys=[OLD_KEY])
+    async with (
+        client_for(make_app(any_store)) as new,
+        client_for(make_app(any_store, config)) as previous,
+    ):
+        session_id = ticket(await new.post("/login"))
+        await new.post("/add/apple", headers={"cookie": f"{NAME}={session_id}"})
+        cookie = {"cookie": f"{NAME}={session_id}"}
+        assert (await previous.get("/state", headers=cookie)).json()["user"] is None
+        moved = await previous.post("/add/fig", headers=cookie)
+        assert ticket(moved) != session_id
+        state = (await new.get("/state", headers=cookie)).json()
+    assert state == {"user": "alice", "data": {"cart": ["apple"]}, "devices": 1}
+
+
 async def test_turned_off_again_sealed_sessions_read_on_and_are_stored_in_the_clear() -> None:
     store = MemoryStore()
     async with client_for(make_app(store)) as client:

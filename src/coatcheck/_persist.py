@@ -172,13 +172,7 @@ class Persistence:
                     try:
                         data = self._decode_sealed(record)
                     except ValueError:
-                        security_log.warning(
-                            "undecodable data in session %s; starting an empty session",
-                            record.public_id,
-                        )
-                        # Unreachable once the browser holds a new ID: the next save
-                        # deletes it, or it would take a place in its user's list.
-                        record, orphan = None, key
+                        record, orphan = self._undecodable(record)
         imported = import_id = None
         importer = self._importer
         if (
@@ -264,6 +258,29 @@ class Persistence:
             else:
                 kept[key] = value
         return kept
+
+    def _undecodable(self, record: SessionRecord) -> tuple[None, str | None]:
+        """No session for a record whose data cannot be decoded, and the key to delete
+        with the next save, if any.
+
+        Damaged data goes: unreachable once the browser holds a new ID, it would take a
+        place in its user's list. Data sealed under keys this process does not hold, or
+        by a later release (both start with a NUL byte, as no serializer's output does),
+        is left as it is: in a rolling deploy, the processes that can read it serve the
+        session on.
+        """
+        if not record.data or record.data.startswith(b"\x00"):
+            security_log.warning(
+                "session %s holds data this process cannot open (sealed under keys it "
+                "does not hold, or by a later release); no session here, and the record "
+                "is left as it is",
+                record.public_id,
+            )
+            return None, None
+        security_log.warning(
+            "undecodable data in session %s; starting an empty session", record.public_id
+        )
+        return None, record.key
 
     def settled(self, session: Session) -> bool:
         """True for a plain read, the common case: nothing to write, no cookie to send.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import struct
@@ -882,20 +883,6 @@ async def test_the_acl_the_readme_gives_is_enough_for_every_store_operation(
         await store.aclose()
 
 
-async def test_a_record_of_another_format_is_a_store_error(standalone: RedisStore) -> None:
-    record = make_record()
-    await standalone.save(record)
-    name = session_key(standalone, record.key)
-    packed = await standalone.client.hget(name, "b")
-    assert isinstance(packed, bytes)
-    await standalone.client.hset(name, "b", b"\x05" + packed[1:])
-
-    with pytest.raises(StoreError, match="format") as caught:
-        await standalone.load(record.key, NOW)
-
-    assert not isinstance(caught.value, StoreUnavailableError)
-
-
 PASSWORD = "correct-horse-battery"
 
 
@@ -1072,12 +1059,43 @@ def test_packed_records_come_back_field_for_field(
 
 
 @pytest.mark.parametrize("fmt", [0, 5, 255])
-def test_a_packed_record_of_another_format_is_refused(fmt: int) -> None:
+def test_a_packed_record_of_another_format_is_no_session_said_once(
+    fmt: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Written by a later release (read after a rollback): a 503 would last until the
+    record expires, whatever the user did; no session lets them sign in again."""
     record = make_record(user_id="alice")
     packed = _redis_codec.pack(record)
+    _redis_codec._reported.clear()
 
-    with pytest.raises(StoreError, match=f"unknown record format {fmt}"):
-        _redis_codec.unpack(record.key, bytes([fmt]) + packed[1:])
+    with caplog.at_level(logging.ERROR, logger="coatcheck"):
+        assert _redis_codec.unpack(record.key, bytes([fmt]) + packed[1:]) is None
+        assert _redis_codec.unpack(record.key, bytes([fmt]) + packed[1:]) is None
+        assert _redis_codec.unpack(record.key, packed[:20]) is None  # cut short
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert f"unknown record format {fmt}" in messages[0]
+    assert "cannot be read" in messages[1]
+
+
+async def test_a_record_of_a_later_format_leaves_a_new_login_possible(
+    any_redis: RedisStore,
+) -> None:
+    redis_store = any_redis
+    record = live_record(user_id="alice")
+    assert await redis_store.save(record)
+    name = redis_store._names.session(record.key)
+    packed = await redis_store.client.execute_command("HGET", name, "b")
+    await redis_store.client.execute_command("HSET", name, "b", b"\x09" + packed[1:])
+
+    assert await redis_store.load(record.key, time.time()) is None
+    assert await redis_store.list_user("alice", time.time()) == []
+    # Left as it is, for the release that wrote it.
+    assert await redis_store.client.execute_command("HGET", name, "b") == b"\x09" + packed[1:]
+    fresh = live_record(user_id="alice")
+    assert await redis_store.save(fresh)
+    assert await redis_store.list_user("alice", time.time()) == [fresh]
 
 
 def test_records_keep_the_oldest_format_that_holds_them() -> None:

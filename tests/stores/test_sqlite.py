@@ -861,6 +861,27 @@ async def test_a_file_from_an_earlier_release_is_brought_up_to_date(
     assert [columns.count(name) for name in added] == [1, 1, 1, 1]
 
 
+async def test_a_column_a_later_release_added_keeps_its_value_when_this_one_writes(
+    db_path: Path,
+) -> None:
+    """In a rolling deploy, or after a rollback, this release saves rows that a later
+    one made: what it does not know of them must stay as the later release left it."""
+    store = SQLiteStore(db_path)
+    try:
+        record = make_record(user_id="alice", version=1)
+        await store.save(record)
+        with connect(db_path) as db:
+            db.execute(f"ALTER TABLE {TABLE} ADD COLUMN future INTEGER NOT NULL DEFAULT 0")
+            db.execute(f"UPDATE {TABLE} SET future = 300")
+        changed = record._replace(data=b'{"cart":["pear"]}', version=2)
+        assert await store.save(changed, expected_version=1)
+        assert await store.load(record.key, NOW) == changed
+    finally:
+        await store.aclose()
+    with connect(db_path) as db:
+        assert db.execute(f"SELECT future FROM {TABLE}").fetchall() == [(300,)]
+
+
 async def test_another_apps_table_of_the_same_name_is_refused_untouched(db_path: Path) -> None:
     with connect(db_path) as db:
         db.execute("CREATE TABLE sessions (session_key TEXT PRIMARY KEY, expire_date TEXT)")

@@ -3,6 +3,7 @@ the replies of its scripts."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import struct
 from typing import Any
@@ -70,6 +71,8 @@ def encode_fields(record: SessionRecord, token: str) -> list[str | bytes]:
 # there is an address, a login time other than the one the older formats imply (see
 # ``implied_login_time``: in practice only a login adopted from another library, whose
 # time is unknown, 0.0), or limits of its own.
+logger = logging.getLogger("coatcheck")
+
 _FORMAT = 1
 _FORMAT_IP = 2
 _FORMAT_AUTH = 3
@@ -151,7 +154,7 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
                 _HEAD.unpack_from(packed)
             )
             if fmt != _FORMAT:
-                raise ValueError(f"unknown record format {fmt}")
+                raise _UnknownFormat(f"unknown record format {fmt}: a later release's?")
             ip_len, id_start = 0, _HEAD_SIZE
             authenticated = implied_login_time(created, user_len > 0)
             idle = absolute = 0
@@ -181,7 +184,31 @@ def unpack(key: str, packed: Any) -> SessionRecord | None:
             ),
         )
     except (struct.error, ValueError, IndexError) as exc:
-        raise StoreError(f"malformed session record under key {key[:12]}...: {exc!r}") from exc
+        # No session, rather than a 503 that no wait cures: the browser may sign in
+        # again. The record is left as it is, for the release that can read it.
+        _unreadable(key, exc)
+        return None
+
+
+_reported: set[str] = set()
+
+
+def _unreadable(key: str, exc: Exception) -> None:
+    """Log a record this release cannot read: once per kind of problem, not per request."""
+    problem = str(exc) if isinstance(exc, _UnknownFormat) else type(exc).__name__
+    if problem in _reported:
+        return
+    _reported.add(problem)
+    logger.error(
+        "session record under key %s... cannot be read (%s): treated as no session and "
+        "left as it is; said once",
+        key[:12],
+        exc,
+    )
+
+
+class _UnknownFormat(ValueError):
+    """A record of a format this release does not know: a later one wrote it."""
 
 
 def done(result: Any) -> bool:

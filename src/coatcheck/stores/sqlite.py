@@ -105,9 +105,13 @@ class SQLiteStore:
             f"SELECT {_COLUMNS} FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
         )
         self._delete_key = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
+        # An upsert rather than INSERT OR REPLACE: a column a later release adds keeps
+        # its value when this one writes the row, in a rolling deploy or a rollback.
+        updated = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
         self._insert = (
-            f"INSERT OR REPLACE INTO {self._sql_table} ({_COLUMNS})"  # noqa: S608
+            f"INSERT INTO {self._sql_table} ({_COLUMNS})"  # noqa: S608
             f" VALUES ({','.join('?' * (_COLUMNS.count(',') + 1))})"
+            f" ON CONFLICT(key) DO UPDATE SET {updated}"
         )
         self.purge_every = purge_every
         self.purge_batch = purge_batch
