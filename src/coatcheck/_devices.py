@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from ._user_ids import user_text
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -68,6 +70,7 @@ async def list_devices(session: Session) -> list[Device]:
 
 
 async def can_login(session: Session, user_id: str) -> bool:
+    user_id = user_text(user_id)  # as login() takes it
     persistence = session._persistence
     if persistence.config.at_session_limit != "refuse_login":
         return True

@@ -30,7 +30,13 @@ class Flash:
 def add(session: Session, message: str, category: str) -> None:
     if not isinstance(message, str) or not isinstance(category, str):
         raise TypeError("a flash message and its category must be strings")
-    entry = {"id": secrets.token_urlsafe(6), "category": category, "message": message}
+    # Kept as the text they hold: JSON stores no str subclass (a str Enum, Markup),
+    # and the save would fail with the whole request's changes.
+    entry = {
+        "id": secrets.token_urlsafe(6),
+        "category": str.__str__(category),
+        "message": str.__str__(message),
+    }
     session.modify(FLASH_KEY, lambda queue: [*_entries(queue), entry], default=[])
 
 

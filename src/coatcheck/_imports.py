@@ -95,12 +95,10 @@ class Importer:
         value = data.get(self.user_key)
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             return None
-        user = str(value)
         try:
-            check_user_id(user)
+            return check_user_id(str(value))
         except ValueError:
             return None
-        return user
 
 
 def importer_for(config: SessionConfig, keyring: Keyring) -> Importer | None:

@@ -7,10 +7,27 @@ from __future__ import annotations
 LONGEST_USER_ID = 512
 
 
-def check_user_id(user_id: object) -> None:
-    """Raise ``ValueError`` for a user id that some store cannot keep or index."""
+def user_text(user_id: object) -> str:
+    """``user_id`` as a plain ``str``, or ``TypeError``.
+
+    A ``str`` subclass (a ``str`` Enum, ``Markup``) is taken as the text it holds: stores
+    that format it would file it under another name (``f"{Role.ADMIN}"`` is
+    ``"Role.ADMIN"``) than those that send its text, and a revocation would miss it. An
+    ``int`` matches ``"42"`` in some stores and nothing in others: refused alike.
+    """
+    if type(user_id) is str:
+        return user_id
+    if isinstance(user_id, str):
+        return str.__str__(user_id)
+    raise TypeError(f"user_id must be a string, not {type(user_id).__name__}")
+
+
+def check_user_id(user_id: object) -> str:
+    """``user_id`` as a plain ``str``; ``ValueError`` for one that some store cannot
+    keep or index."""
     if not isinstance(user_id, str) or not user_id:
         raise ValueError("user_id must be a non-empty string")
+    user_id = user_text(user_id)
     if len(user_id) > LONGEST_USER_ID:
         raise ValueError(
             f"user_id must be at most {LONGEST_USER_ID} characters: stores index it "
@@ -26,3 +43,4 @@ def check_user_id(user_id: object) -> None:
                 "user_id must be valid Unicode text: a lone surrogate (as JSON's "
                 '"\\ud800" decodes to) cannot be stored'
             ) from None
+    return user_id

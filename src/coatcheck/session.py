@@ -430,7 +430,7 @@ class Session(MutableMapping[str, Any]):
         idle, absolute = self._persistence.config.login_limits(
             remember, idle_timeout, absolute_timeout
         )
-        check_user_id(user_id)
+        user_id = check_user_id(user_id)
         self.regenerate()
         if self._user_id is not None and self._user_id != user_id:
             # Messages this request flashed are for who signs in now ("Welcome, bob");

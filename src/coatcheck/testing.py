@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._persist import cookie_keys
+from ._user_ids import check_user_id
 from .config import SessionConfig
 from .serializers import JSONSerializer, Serializer
 from .stores.base import SessionRecord, Store, cookie_sealer_of
@@ -100,8 +101,8 @@ async def create_session(
     ``TestClient``'s event loop, which a Redis client needs:
     ``with TestClient(app) as client: client.portal.call(partial(create_session, ...))``.
     """
-    if user_id is not None and (not isinstance(user_id, str) or not user_id):
-        raise ValueError("user_id must be a non-empty string, or None for an anonymous session")
+    if user_id is not None:
+        user_id = check_user_id(user_id)  # as login() takes it
     if user_id is None and not data:
         raise ValueError(
             "an anonymous session without data would end at its first request: "

@@ -510,6 +510,28 @@ async def test_the_user_index_lists_only_what_is_stored(any_redis: RedisStore) -
     assert await store.client.zrange(index, 0, -1) == []
 
 
+async def test_a_server_whose_clock_runs_ahead_drops_no_live_session_from_the_index(
+    any_redis: RedisStore,
+) -> None:
+    """Deadlines are on the writers' clocks, while Redis ends sessions by its own TTL:
+    a login on a server two hours ahead must not prune the others' live sessions from
+    the index, or "log out everywhere" would miss them."""
+    store = any_redis
+    laptop = make_record(user_id="alice", last_seen_at=NOW, expires_at=NOW + 1800)
+    phone = make_record(user_id="alice", last_seen_at=NOW, expires_at=NOW + 1800)
+    ahead = NOW + 2 * HOUR
+    tablet = make_record(
+        user_id="alice", created_at=ahead, last_seen_at=ahead, expires_at=ahead + 1800
+    )
+    for record in (laptop, phone, tablet):
+        await store.save(record)
+
+    assert len(await store.list_user("alice", NOW + 60)) == 3
+    assert await store.delete_user("alice", now=NOW + 60) == 3
+    for record in (laptop, phone, tablet):
+        assert await store.load(record.key, NOW + 60) is None
+
+
 async def test_a_stale_index_entry_never_reaches_another_users_session(
     any_redis: RedisStore,
 ) -> None:

@@ -24,14 +24,17 @@ if TYPE_CHECKING:
     from ._redis_url import RedisClient
 
 # Files a session in its user's index and extends the index's own TTL, to ``ttl`` ms
-# (the session's plus a grace), so that it outlives every session it lists. Entries an
-# hour past their deadline go: Redis dropped their sessions long ago, and a user who
+# (the session's plus a grace), so that it outlives every session it lists. Entries a
+# day past their deadline go: Redis dropped their sessions long ago, and a user who
 # logs in often without ever listing their devices would grow the index without end.
-# The hour leaves room for app servers whose clocks (``now``) disagree.
+# Deadlines are on the clocks of the app servers that wrote them, while Redis ends a
+# session by a TTL on its own: the day lets a server whose clock runs hours ahead
+# prune without dropping live sessions of the others, which "log out everywhere" would
+# then miss.
 _INDEX_ADD = """
 local function index_add(index, member, score, ttl, now)
   redis.call('ZADD', index, score, member)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (tonumber(now) - 3600))
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (tonumber(now) - 86400))
   if redis.call('PTTL', index) < tonumber(ttl) then
     redis.call('PEXPIRE', index, ttl)
   end

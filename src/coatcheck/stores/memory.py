@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from .._user_ids import user_text
 from .base import Merge, SessionRecord
 
 
@@ -65,6 +66,7 @@ class MemoryStore:
         self._remove(key)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        user_id = user_text(user_id)
         records = (self._records[key] for key in self._by_user.get(user_id, ()))
         live = [record for record in records if record.expires_at > now]
         return sorted(live, key=lambda record: record.created_at)
@@ -72,6 +74,7 @@ class MemoryStore:
     async def delete_user(
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
+        user_id = user_text(user_id)
         moment = time.time() if now is None else now
         doomed = [key for key in self._by_user.get(user_id, ()) if key != keep]
         live = sum(1 for key in doomed if self._records[key].expires_at > moment)

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from .._user_ids import user_text
 from ..exceptions import (
     ConfigurationError,
     MissingDependencyError,
@@ -329,6 +330,7 @@ class PostgresStore:
         await self._run(remove, idempotent=True)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        user_id = user_text(user_id)
         sql = (
             f"SELECT key, {_FIELDS} FROM {self._sql_table}"  # noqa: S608
             " WHERE user_id = %s AND expires_at > %s ORDER BY created_at, key"
@@ -343,6 +345,7 @@ class PostgresStore:
     async def delete_user(
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
+        user_id = user_text(user_id)
         where = f"FROM {self._sql_table} WHERE user_id = %s AND key IS DISTINCT FROM %s"
         delete = (
             f"WITH gone AS (DELETE {where} RETURNING expires_at)"  # noqa: S608

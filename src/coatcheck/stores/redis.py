@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TypeVar
 
+from .._user_ids import user_text
 from ..exceptions import (
     ConfigurationError,
     MissingDependencyError,
@@ -324,6 +325,7 @@ class RedisStore:
             await script(keys=keys, args=args)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        user_id = user_text(user_id)
         if asyncio.get_running_loop() is not self._loop:
             self._in_this_loop()
         return await self._again_if_broken(lambda: self._list_user(user_id, now))
@@ -354,6 +356,7 @@ class RedisStore:
     async def delete_user(
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
+        user_id = user_text(user_id)
         if asyncio.get_running_loop() is not self._loop:
             self._in_this_loop()
         # Made once more after redis-py's leaked error, like a delete: what the first

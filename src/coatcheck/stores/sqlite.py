@@ -20,6 +20,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._user_ids import user_text
 from ..exceptions import StoreError, StoreUnavailableError
 from .base import (
     CORE_COLUMNS,
@@ -198,6 +199,7 @@ class SQLiteStore:
         await self._run(lambda db: db.execute(self._delete_key, (key,)))
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        user_id = user_text(user_id)
         sql = (
             f"SELECT {_COLUMNS} FROM {self._sql_table}"  # noqa: S608
             " WHERE user_id = ? AND expires_at > ? ORDER BY created_at"
@@ -208,6 +210,7 @@ class SQLiteStore:
     async def delete_user(
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
+        user_id = user_text(user_id)
         moment = time.time() if now is None else now
         where = f"FROM {self._sql_table} WHERE user_id = ? AND key IS NOT ?"
 
