@@ -535,6 +535,7 @@ async def test_purge_under_a_held_lock_is_unavailable_and_loses_nothing(db_path:
 
 async def test_purge_runs_by_itself_every_purge_every_saves(db_path: Path) -> None:
     store = SQLiteStore(db_path, purge_every=5)
+    store._saves = 0  # where in the cycle a store starts is random (below)
     try:
         for _ in range(3):
             await store.save(make_record(last_seen_at=NOW - 2 * HOUR, expires_at=NOW - HOUR))
@@ -561,6 +562,7 @@ async def test_the_purge_a_save_runs_keeps_ahead_of_what_saves_create(db_path: P
     """One record per save, every one of them expired by the next purge: one batch per
     purge would leave half of them behind for good, a few full batches do not."""
     store = SQLiteStore(db_path, purge_every=10, purge_batch=5)
+    store._saves = 0  # where in the cycle a store starts is random (below)
     try:
         for live in range(1, 4):
             for _ in range(9):
@@ -576,6 +578,19 @@ async def test_the_purge_a_save_runs_keeps_ahead_of_what_saves_create(db_path: P
         assert raw_rows(db_path) == 3 + 31 - 20
     finally:
         await store.aclose()
+
+
+async def test_workers_recycled_before_purge_every_saves_still_purge(db_path: Path) -> None:
+    """gunicorn's --max-requests and short-lived pods end workers before their
+    thousandth save: each starts somewhere in the cycle, so some of them purge."""
+    for _ in range(20):  # each with half a cycle: all twenty miss it once in a million
+        store = SQLiteStore(db_path, purge_every=10)
+        try:
+            for _ in range(5):  # each dead by the time of the next save
+                await store.save(make_record(last_seen_at=NOW, expires_at=NOW))
+        finally:
+            await store.aclose()
+    assert raw_rows(db_path) < 100
 
 
 async def test_purge_every_zero_never_purges_by_itself(db_path: Path) -> None:
@@ -628,6 +643,62 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+FORKED = r"""
+import asyncio, os, sys, time, traceback
+
+from coatcheck.stores import SessionRecord, SQLiteStore
+
+store = SQLiteStore(sys.argv[1])
+
+
+def record(tag):
+    now = time.time()
+    return SessionRecord(tag * 64, "p", b"{}", tag, now, now, now + 600)
+
+
+async def busy():
+    # Every thread of the pool at work, then the app forks (gunicorn --preload).
+    await asyncio.gather(*(store.purge_expired(time.time()) for _ in range(8)))
+    await store.save(record("a"))
+
+
+async def use(tag):
+    mine = record(tag)
+    await asyncio.wait_for(store.save(mine), 10)
+    assert await asyncio.wait_for(store.load(mine.key, time.time()), 10) == mine
+    assert await asyncio.wait_for(store.count(time.time()), 10) >= 2
+
+
+asyncio.run(busy())
+pid = os.fork()
+if pid == 0:
+    try:
+        asyncio.run(use("b"))
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+asyncio.run(use("c"))  # the parent goes on with its own pool
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_store_used_before_a_fork_works_in_the_child(tmp_path: Path) -> None:
+    """gunicorn --preload: an app that used its store at import forks its workers.
+    The pool's threads stay behind in the parent; the child's first write waited for
+    them for ever."""
+    db_path = tmp_path / "forked.db"
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED, str(db_path)], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    with connect(db_path) as db:
+        keys = sorted(row[0][0] for row in db.execute(f"SELECT key FROM {TABLE}"))
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert keys == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("fresh", [True, False], ids=["new-file", "existing-file"])

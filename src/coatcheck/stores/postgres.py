@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import time
 import weakref
@@ -180,7 +181,9 @@ class PostgresStore:
         # Columns added since the first release are added in place even without
         # create_table: the CLI, which never creates a table, must work on an old one.
         self._upgrade_in_place = False
-        self._saves = 0
+        # Started anywhere in the cycle: a worker recycled before its thousandth save
+        # (gunicorn's --max-requests, short-lived pods) would otherwise never purge.
+        self._saves = random.randrange(purge_every) if purge_every > 0 else 0
         self._abandoned: set[asyncio.Future[Any]] = set()  # timed out, still tidying up
         # Why the pool's last attempt to connect failed, and whether for good: the pool
         # logs the cause, but a request waiting for a connection only sees a timeout.

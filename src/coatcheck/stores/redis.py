@@ -246,6 +246,12 @@ class RedisStore:
                     # Taking turns rules out rivals in this process: the rest is
                     # another process's burst, which a short random pause lets pass.
                     await asyncio.sleep(random.uniform(0, min(0.0005 * 2**lost, 0.016)))
+                    # What won during the pause: the winner seen before it is likely
+                    # stale, and a try on top of it sure to lose again.
+                    latest = await self.load(continued, record.last_seen_at)
+                    if latest is not None and latest.version != expected_version:
+                        assert merge is not None
+                        record, expected_version = merge(latest), latest.version
                 outcome = await self._again_if_broken(
                     partial(self._save_once, record, replaces, expected_version, token)
                 )

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -33,6 +35,18 @@ from .base import (
 )
 
 T = TypeVar("T")
+
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _COLUMNS = (
     "key, public_id, data, user_id, created_at, last_seen_at, expires_at,"
@@ -122,7 +136,9 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._saves = 0
+        # Where the count of saves starts: workers recycled before their thousandth
+        # save (gunicorn's --max-requests, short-lived pods) would otherwise never purge.
+        self._saves = random.randrange(purge_every) if purge_every > 0 else 0
         self.inline_reads = inline_reads
         self._reader: sqlite3.Connection | None = None
         self._ready = False  # the file is in WAL mode and has the table
@@ -134,9 +150,25 @@ class SQLiteStore:
         self._generation = 0  # counts the files the store has had open
         self._looked_at = 0.0  # time.monotonic() of the last look
         self._reader_generation = 0
+        _STORES.add(self)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {str(self.path)!r} table={self.table!r}>"
+
+    def _forget_after_fork(self) -> None:
+        """In a child forked from a process that used this store (gunicorn's --preload):
+        start again. The pool's threads did not come along, so work sent to it would
+        wait for ever; a lock held by one of them would stay held; and SQLite forbids
+        using a connection made before the fork. Those are kept, unused and unclosed:
+        closing one could checkpoint and reset the parent's log under it."""
+        _INHERITED.extend(self._connections)
+        if self._reader is not None:
+            _INHERITED.append(self._reader)
+        self._executor = None
+        self._local = threading.local()
+        self._connections = []
+        self._reader = None
+        self._lock = threading.Lock()
 
     # -- the store contract -------------------------------------------------------------
 
