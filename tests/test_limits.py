@@ -96,6 +96,29 @@ async def test_the_session_getting_a_new_id_is_never_the_one_ended(
     assert len(await any_store.list_user("alice", clock())) == 2
 
 
+async def test_a_longer_idle_timeout_applies_to_sessions_stored_before_it(
+    any_store: Store,
+) -> None:
+    """Raised from 20 s to 600 s at a restart: a session read every 3 s must live on,
+    not end at the deadline it was stored with, which the throttle would otherwise
+    move out only once 60 s (10% of the new window) had passed."""
+    clock = FakeClock()
+    short = SessionConfig(idle_timeout=20, clock=clock)
+    async with client_for(make_app(any_store, short)) as client:
+        sid = ticket(await client.post("/login"))
+    longer = SessionConfig(idle_timeout=600, clock=clock)
+    users = []
+    async with client_for(make_app(any_store, longer)) as client:
+        for _ in range(10):
+            clock.advance(3)
+            read = await client.get("/read", headers={"cookie": f"{NAME}={sid}"})
+            users.append(read.json()["user"])
+    assert users == ["alice"] * 10
+    record = await any_store.load(store_key(sid), clock())
+    assert record is not None
+    assert record.expires_at > clock() + 500
+
+
 REFUSE = SessionConfig(max_sessions_per_user=2, at_session_limit="refuse_login")
 
 
@@ -134,6 +157,27 @@ async def test_at_the_limit_a_user_may_log_in_again_on_a_session_of_theirs(
         state = await client.get("/read", headers={"cookie": f"{NAME}={ticket(response)}"})
     assert state.json()["user"] == "alice"
     assert len(await any_store.list_user("alice", REFUSE.clock())) == 2
+
+
+async def test_after_the_limit_was_lowered_a_user_may_still_log_in_again_on_a_device(
+    any_store: Store,
+) -> None:
+    """Over a limit lowered since, a login again on one of the user's own sessions (a
+    password confirmed before "sign out everywhere") adds no device: it passes, and
+    only a login from another device is refused."""
+    async with client_for(make_app(any_store, REFUSE)) as client:
+        first, _ = [ticket(await client.post("/login")) for _ in range(2)]
+    lowered = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
+    async with client_for(make_app(any_store, lowered)) as client:
+        asked = await client.get("/can-login?user=alice", headers={"cookie": f"{NAME}={first}"})
+        again = await client.post("/login", headers={"cookie": f"{NAME}={first}"})
+        state = await client.get("/read", headers={"cookie": f"{NAME}={ticket(again)}"})
+        elsewhere = await client.post("/login")
+    assert asked.json() == {"can_login": True}
+    assert again.status_code == 200
+    assert state.json()["user"] == "alice"
+    assert elsewhere.status_code == 403
+    assert len(await any_store.list_user("alice", lowered.clock())) == 2
 
 
 async def test_can_login_tells_before_the_login_whether_it_would_pass(any_store: Store) -> None:

@@ -77,12 +77,6 @@ class Persistence:
         self.events = EventBus(events)
         self.store = store
         self.config = config
-        keyring = Keyring(config.secret_keys)
-        self._importer = importer_for(config, keyring)
-        # The old cookie is a credential too while it can still be adopted.
-        credentials = [config.cookie.name]
-        if self._importer is not None:
-            credentials.append(self._importer.cookie_name)
         # A store that lives in the cookie says so by how it seals; it is then the
         # cookie's value, not a lookup, that gives the record. Its keys are checked
         # first: a keyring made without keys would warn of a random one it never uses.
@@ -90,6 +84,12 @@ class Persistence:
         self._sealer: CookieSealer | None = None
         if sealer is not None:
             self._sealer = sealer(cookie_keys(config), config.cookie.name)
+        keyring = Keyring(config.secret_keys)
+        self._importer = importer_for(config, keyring)
+        # The old cookie is a credential too while it can still be adopted.
+        credentials = [config.cookie.name]
+        if self._importer is not None:
+            credentials.append(self._importer.cookie_name)
         # Clients that are not browsers may carry the session in a header of their own.
         self.token_header = config.token_header.encode("latin-1") if config.token_header else None
         self.csrf = CSRFGuard(
@@ -156,12 +156,12 @@ class Persistence:
             else:  # config.lifetime() of a session with its kind's own limits
                 lifetime = self.config.remember if record.remember else self.config.normal
             deadline = record.expires_at
-            limit = record.created_at + lifetime.absolute
-            if limit < deadline:
-                deadline = limit
+            configured = record.created_at + lifetime.absolute
             limit = record.last_seen_at + lifetime.idle
-            if limit < deadline:
-                deadline = limit
+            if limit < configured:
+                configured = limit
+            if configured < deadline:
+                deadline = configured
             if not (compare_digest(record.key, key) and now < deadline):
                 await self.emit(session, "expired", record.user_id, record.public_id)
                 record = None
@@ -196,6 +196,11 @@ class Persistence:
         session._orphan = orphan
         if record is not None:
             session._expires_at = deadline
+            # Limits loosened since the last save (a longer idle timeout): the stored
+            # deadline, which Redis also keeps as a TTL, must move out now, not only
+            # once the throttle's window has passed, or a busy session dies at the old one.
+            if configured - deadline > lifetime.idle * self.config.refresh_fraction:
+                session._refresh_now = True
         if imported is not None and importer is not None:
             # A new session with the old data: stored (and the old cookie cleared) when
             # this response starts, as any change would be.
@@ -297,6 +302,7 @@ class Persistence:
             and session._key == stored.key
             and (bool(session._data) or session._user_id is not None)
             and self.now() - stored.last_seen_at < self._refresh_window(stored)
+            and not session._refresh_now
         )
 
     def decode(self, record: SessionRecord) -> dict[str, Any]:
@@ -410,8 +416,8 @@ class Persistence:
             # since this one looked: this request's changes then go on top of it.
             twin = await self._import_twin(session, key, now)
         lifetime = session._lifetime()
-        refresh_due = stored is not None and now - stored.last_seen_at >= self._refresh_window(
-            stored
+        refresh_due = stored is not None and (
+            session._refresh_now or now - stored.last_seen_at >= self._refresh_window(stored)
         )
         if not (rotated or refresh_due or session._meta_changed or data != session._raw):
             return []
@@ -482,6 +488,7 @@ class Persistence:
         session._updates = []
         session._raw = data
         session._modified = session._meta_changed = session._signing_in = False
+        session._refresh_now = False
         session._last_seen_at = now
         session._expires_at = record.expires_at
         if rotated and twin is None:  # a twin was announced by the request storing it
@@ -535,7 +542,7 @@ class Persistence:
             try:
                 if self._refuse_at is None:
                     await self._evict_oldest(session, user_id, record.key, logged_in, now)
-                elif logged_in:
+                elif logged_in and (stored is None or stored.user_id != user_id):
                     await self._undo_past_limit(session, user_id, stored, record.key, now)
             except StoreUnavailableError as exc:
                 # The login itself is stored: answering 503 now would lose its cookie.
@@ -889,6 +896,10 @@ class Persistence:
         limit = self.config.max_sessions_per_user
         assert limit is not None
         records = await self.live_records(user_id, self.now())
+        if replaced is not None and any(record.key == replaced for record in records):
+            # A login again on one of the user's own sessions (to confirm the password)
+            # adds no device, even to a user above a limit lowered since.
+            return False
         return sum(record.key not in (replaced, key) for record in records) >= limit
 
     async def _undo_past_limit(

@@ -42,6 +42,9 @@ __all__ = ["hidden_input"]  # the rest serves the middleware
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _TOKEN_BYTES = 32
+# Seconds an anonymous token's stamp may lie ahead of this server's clock: another
+# server stamped it, and no two clocks quite agree.
+_CLOCK_SKEW = 60
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
 # A form body too large to search for the token; compared by identity.
 _TOO_LARGE = b"<too large>"
@@ -108,7 +111,7 @@ class CSRFGuard:
             return any(hmac.compare_digest(raw, expected) for expected in bound)
         body, mac = raw[:16], raw[16:]
         (stamp,) = struct.unpack("!Q", body[8:])
-        if not 0 <= self._now() - stamp <= self.config.anonymous_token_max_age:
+        if not -_CLOCK_SKEW <= self._now() - stamp <= self.config.anonymous_token_max_age:
             return False
         return any(hmac.compare_digest(mac, self._anonymous_mac(k, body)) for k in self._keys)
 

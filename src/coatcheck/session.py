@@ -76,6 +76,7 @@ class Session(MutableMapping[str, Any]):
         "_persistence",
         "_public_id",
         "_raw",
+        "_refresh_now",
         "_remember",
         "_root_path",
         "_signing_in",
@@ -116,6 +117,7 @@ class Session(MutableMapping[str, Any]):
     _imported: bool  # adopted from the old library's session, which the response ends
     _imported_values: dict[str, Any] | None  # the data adopted, as it came
     _import_id: str | None  # the ID derived from the old cookie, when the import took it
+    _refresh_now: bool  # the stored deadline is earlier than the configured limits give
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
@@ -654,6 +656,7 @@ class Session(MutableMapping[str, Any]):
         self._imported = False
         self._imported_values = None
         self._import_id = None
+        self._refresh_now = False
         self._updates = []
         self._models = None
         self._outgoing = []
