@@ -7,7 +7,9 @@ the assertions read the session's plain JSON rather than a model's dump.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from typing import Annotated, Any
 
 import httpx
@@ -41,7 +43,13 @@ class Account(BaseModel):
     email: str  # no default: a session without it could not be given one
 
 
+class Extra(BaseModel):
+    values: dict[str, Any] = {}
+
+
 CartDep = Annotated[Cart, session_model("cart", Cart)]
+ExtraDep = Annotated[Extra, session_model("extra", Extra)]
+VALUES: dict[str, Any] = {"one": 1, "true": True, "float": 1.0, "zero": 0.0, "minus-zero": -0.0}
 PrefsDep = Annotated[Prefs, session_model("prefs", Prefs)]
 
 
@@ -118,6 +126,11 @@ def make_app(store: Any, config: SessionConfig | None = None) -> FastAPI:
     async def raw(session: SessionDep) -> dict[str, Any]:
         return dict(session)
 
+    @app.post("/extra/{name}")
+    async def set_extra(name: str, extra: ExtraDep) -> dict[str, bool]:
+        extra.values["n"] = VALUES[name]
+        return {"ok": True}
+
     app.add_middleware(SessionMiddleware, store=store, config=config)
     return app
 
@@ -174,6 +187,23 @@ async def test_an_unchanged_model_writes_nothing() -> None:
             assert response.json()["items"] == ["apple"]
             assert "set-cookie" not in response.headers
     assert store.calls["save"] == saves == 1
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [("one", "true"), ("one", "float"), ("zero", "minus-zero")]
+)
+async def test_a_change_python_calls_equal_is_stored_all_the_same(before: str, after: str) -> None:
+    """1 == True == 1.0 and 0.0 == -0.0 in Python, but JSON tells them apart: a typed
+    value set to the other must be stored, as a plain ``session[...]`` is."""
+    store = MemoryStore()
+    async with client_for(make_app(store)) as client:
+        headers = cookie_of(await client.post(f"/extra/{before}"))
+        await client.post(f"/extra/{after}", headers=headers)
+        raw = await store.load(store_key(headers["cookie"].partition("=")[2]), time.time())
+    assert raw is not None
+    assert json.loads(raw.data) == {"extra": {"values": {"n": VALUES[after]}}}
+    stored = json.loads(raw.data)["extra"]["values"]["n"]
+    assert (type(stored), str(stored)) == (type(VALUES[after]), str(VALUES[after]))
 
 
 async def test_one_instance_per_key_per_request_and_several_keys_at_once() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError
@@ -86,8 +87,23 @@ class Binding:
         """Put the model's dump in ``data`` if it changed since it was handed out or
         last synced; True when it did."""
         current = dump(self.instance)
-        if current == self.initial:
+        if current == self.initial and _identical(current, self.initial):
             return False
         data[key] = current
         self.initial = current
         return True
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """Equal as JSON sees it, for values Python already calls equal: ``True``, ``1``
+    and ``1.0`` are equal in Python and three different values in JSON, and ``0.0``
+    and ``-0.0`` two."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return all(_identical(value, b[key]) for key, value in a.items())
+    if type(a) is list:
+        return all(_identical(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is float:
+        return math.copysign(1.0, a) == math.copysign(1.0, b)
+    return True

@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -561,6 +562,25 @@ async def test_saves_of_several_processes_on_one_session_all_land(
     assert json.loads(final.data) == {"n": 1200}
 
 
+async def test_revoking_a_user_with_many_sessions_takes_short_scripts(
+    standalone: RedisStore, stats: CommandStats
+) -> None:
+    """A script blocks the whole server while it runs: a bot account with a hundred
+    thousand sessions, revoked in one, held every other client for seconds."""
+    records = [live_record(user_id="bot") for _ in range(1201)]
+    kept = records[0]
+    for record in records:
+        await standalone.save(record)
+    assert await standalone.delete_user("nobody") == 0  # the script is loaded
+    stats.reset()
+
+    assert await standalone.delete_user("bot", keep=kept.key) == 1200
+
+    assert stats.sent()["evalsha"] == 3  # 500, 500 and 200 sessions
+    assert await standalone.list_user("bot", time.time()) == [kept]
+    assert await standalone.count(time.time()) == 1
+
+
 async def test_a_stale_index_entry_never_reaches_another_users_session(
     any_redis: RedisStore,
 ) -> None:
@@ -904,6 +924,34 @@ async def test_a_primary_short_of_replicas_is_an_outage_that_passes(
         finally:
             raw.config_set("min-replicas-to-write", 0)
     assert await standalone.save(record._replace(version=2), expected_version=1)
+
+
+async def test_a_server_busy_with_a_long_script_is_an_outage_that_passes(
+    standalone: RedisStore, redis_server: RedisServer
+) -> None:
+    """Redis answers BUSY to everyone while a script runs past busy-reply-threshold:
+    it ends by itself, so it must not be logged as an error waiting cannot cure."""
+    record = live_record()
+    await standalone.save(record)
+    with redis_server.client() as raw:
+        raw.config_set("busy-reply-threshold", 50)
+
+        def loop_until_killed() -> None:
+            with pytest.raises(redis.ResponseError):
+                raw.eval("while true do end", 0)
+
+        looping = threading.Thread(target=loop_until_killed, daemon=True)
+        try:
+            looping.start()
+            await asyncio.sleep(0.3)
+            with pytest.raises(StoreUnavailableError, match="BUSY"):
+                await standalone.load(record.key, time.time())
+        finally:
+            with redis_server.client() as killer:
+                killer.script_kill()
+                killer.config_set("busy-reply-threshold", 5000)
+            looping.join(5)
+    assert await standalone.load(record.key, time.time()) == record
 
 
 async def test_the_acl_the_readme_gives_is_enough_for_every_store_operation(

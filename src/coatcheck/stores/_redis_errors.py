@@ -68,7 +68,9 @@ _CONNECTION_CODE = (
 )
 
 
-_WAIT_FOR_REPLICAS = ("NOREPLICAS", "MASTERDOWN")
+# A primary without enough replicas in reach (min-replicas-to-write), a replica cut off
+# from its primary, a server busy with a long script: each passes by itself.
+_PASSING = ("NOREPLICAS", "MASTERDOWN", "BUSY ")
 _CLIENT_REPR = re.compile(r" : <redis\..*>(?= - |$)", re.DOTALL)
 
 
@@ -106,9 +108,7 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     if (
         isinstance(exc, _TRANSIENT)
         or (isinstance(exc, RedisClusterException) and "connect" in str(exc).lower())
-        # A primary without enough replicas in reach (min-replicas-to-write), or a
-        # replica cut off from its primary: both pass once the link is back.
-        or (isinstance(exc, ResponseError) and str(exc).startswith(_WAIT_FOR_REPLICAS))
+        or (isinstance(exc, ResponseError) and str(exc).startswith(_PASSING))
     ):
         # redis-py's Cluster raises a pool at its size without a word, and Sentinel names
         # a lost primary with the whole repr of its client (a thousand characters).

@@ -163,15 +163,18 @@ return redis.call('DEL', KEYS[1])
 """
 )
 
-# KEYS: the user's index. ARGV: prefix, user, member to keep ('' for none), now.
+# KEYS: the user's index. ARGV: prefix, user, member to keep ('' for none), now, batch.
 # Deletes only sessions the user still owns, so a stale entry cannot take another's;
-# returns how many of them were live at ``now``.
+# returns how many of them were live at ``now``, and how many entries are left. At most
+# ``batch`` a call: a script blocks the whole server while it runs, and a user with a
+# hundred thousand sessions (a bot) would hold every other client for seconds.
 STANDALONE_DELETE_USER = (
     _REVOKED
     + """
-local removed = 0
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if member ~= ARGV[3] then
+local removed, batch = 0, tonumber(ARGV[5])
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, batch)) do
+  if member ~= ARGV[3] and batch > 0 then
+    batch = batch - 1
     local key = ARGV[1] .. ':s:{' .. member .. '}'
     local fields = redis.call('HMGET', key, 'u', 'e', 'k')
     if fields[1] == ARGV[2] then
@@ -182,7 +185,9 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     redis.call('ZREM', KEYS[1], member)
   end
 end
-return removed
+local left = redis.call('ZCARD', KEYS[1])
+if ARGV[3] ~= '' and redis.call('ZSCORE', KEYS[1], ARGV[3]) then left = left - 1 end
+return {removed, left}
 """
 )
 

@@ -68,6 +68,9 @@ _MIN_TTL_MS = 1000
 # and its TTL must still cover the session written a round trip later.
 _INDEX_GRACE_MS = 60_000
 _SCAN_BATCH = 500
+# Sessions one script of "revoke all of a user's sessions" ends: about 10 ms of the
+# server's time, which every other client waits for.
+_REVOKE_BATCH = 500
 # Merges before a save gives up with a 409: each lost race means another save landed.
 _MAX_MERGES = 32
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -373,11 +376,14 @@ class RedisStore:
     async def _delete_user(self, user_id: str, keep: str | None, now: float) -> int:
         if self._on_cluster is not None:
             return await self._on_cluster.delete_user(user_id, keep, now)
-        removed = await self._scripts.standalone_delete_user(
-            keys=[self._names.index(user_id)],
-            args=[self.prefix, user_id, keep or "", repr(now)],
-        )
-        return int(removed)
+        removed, left = 0, 1
+        while left > 0:
+            reply = await self._scripts.standalone_delete_user(
+                keys=[self._names.index(user_id)],
+                args=[self.prefix, user_id, keep or "", repr(now), str(_REVOKE_BATCH)],
+            )
+            removed, left = removed + int(reply[0]), int(reply[1])
+        return removed
 
     async def delete_all(self, now: float) -> int:
         """End every session under this prefix: a SCAN of every primary, each session
