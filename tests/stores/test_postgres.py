@@ -131,6 +131,24 @@ async def test_rows_hold_the_hash_of_the_id_never_the_id(
     assert dump[0][0] == store_key(session_id)
 
 
+async def test_revoking_a_user_works_through_every_batch(postgres: PostgresServer) -> None:
+    """A bot's million sessions in one statement outlasted the timeout: a batch at a
+    time, each counted, until one finds nothing."""
+    store = PostgresStore(postgres.url, table=unique_prefix(), purge_batch=5, purge_every=0)
+    try:
+        kept, *doomed = [make_record(user_id="bot") for _ in range(24)]
+        for record in [kept, *doomed, make_record(user_id="alice")]:
+            await store.save(record)
+        await store.save(make_record(user_id="bot", expires_at=NOW - 1))
+
+        assert await store.delete_user("bot", keep=kept.key, now=NOW) == 23
+
+        assert await store.list_user("bot", NOW) == [kept]
+        assert len(await store.list_user("alice", NOW)) == 1
+    finally:
+        await store.aclose()
+
+
 async def test_the_purge_a_save_runs_keeps_ahead_of_what_saves_create(
     postgres: PostgresServer,
 ) -> None:

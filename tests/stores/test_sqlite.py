@@ -503,6 +503,38 @@ async def test_delete_all_works_through_every_batch(
         await store.aclose()
 
 
+async def test_revoking_a_user_takes_the_write_lock_a_batch_at_a_time(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bot account's hundred thousand sessions in one transaction held the write lock
+    for seconds, past the busy timeout of every other worker's saves."""
+    from coatcheck.stores import sqlite as module
+
+    transactions = 0
+    immediate = module._immediate
+
+    def counted(db: sqlite3.Connection) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return immediate(db)
+
+    store = SQLiteStore(db_path, purge_batch=5, purge_every=0)
+    try:
+        kept, *doomed = [make_record(user_id="bot") for _ in range(24)]
+        others = [make_record(user_id="alice") for _ in range(2)]
+        for record in [kept, *doomed, *others, make_record(user_id="bot", expires_at=NOW - 1)]:
+            await store.save(record)
+        monkeypatch.setattr(module, "_immediate", counted)
+
+        assert await store.delete_user("bot", keep=kept.key, now=NOW) == 23
+
+        assert transactions == 5  # 24 rows, the dead one too: 5, 5, 5, 5 and 4
+        assert await store.list_user("bot", NOW) == [kept]
+        assert len(await store.list_user("alice", NOW)) == 2
+    finally:
+        await store.aclose()
+
+
 async def test_purge_under_a_held_lock_is_unavailable_and_loses_nothing(db_path: Path) -> None:
     store = SQLiteStore(db_path, busy_timeout=BUSY, purge_batch=2, purge_every=0, retry_after=7)
     try:

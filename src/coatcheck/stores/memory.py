@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 from .._user_ids import user_text
 from .base import Merge, SessionRecord
@@ -21,7 +22,9 @@ class MemoryStore:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
-        self._records: dict[str, SessionRecord] = {}
+        # Ordered, so the oldest write is found at once: a plain dict skips every slot
+        # freed at its front, which at capacity is one more for each save.
+        self._records: OrderedDict[str, SessionRecord] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
         self._swept_at = float("-inf")  # when _make_room last looked for expired records
 

@@ -106,7 +106,9 @@ _REFUSED_FOR_GOOD = re.compile(
     r"FATAL: +(password authentication failed|no pg_hba\.conf entry|role .* does not exist"
     r"|database .* does not exist|unsupported startup parameter|no such user)"
 )
-_MAX_REVOKE_ROUNDS = 20
+# Batches (of ``purge_batch``) that revoking one user's sessions runs at most: millions
+# of sessions. A user who goes on logging in without pause may outlive that.
+_MAX_REVOKE_BATCHES = 10_000
 
 
 class PostgresStore:
@@ -349,29 +351,30 @@ class PostgresStore:
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
         user_id = user_text(user_id)
-        where = f"FROM {self._sql_table} WHERE user_id = %s AND key IS DISTINCT FROM %s"
         delete = (
-            f"WITH gone AS (DELETE {where} RETURNING expires_at)"  # noqa: S608
-            " SELECT count(*) FILTER (WHERE expires_at > %s) FROM gone"
+            f"WITH gone AS (DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
+            f" (SELECT key FROM {self._sql_table}"
+            "  WHERE user_id = %s AND key IS DISTINCT FROM %s LIMIT %s)"
+            " RETURNING expires_at)"
+            " SELECT count(*), count(*) FILTER (WHERE expires_at > %s) FROM gone"
         )
-        remaining = f"SELECT EXISTS (SELECT 1 {where})"
+        moment = time.time() if now is None else now
 
-        async def remove(db: Connection) -> int:
-            moment = time.time() if now is None else now
-            live = 0
-            # A session that rotated while the DELETE ran is committed under a key that
-            # statement could not see. A later statement sees it: repeat until none of
-            # the user's rows is left, so every device really loses access. (Bounded:
-            # the user's fresh logins arriving without pause may outlive it.)
-            for _ in range(_MAX_REVOKE_ROUNDS):
-                cursor = await db.execute(delete, (user_id, keep, moment))
-                live += int((await _one(cursor))[0])
-                cursor = await db.execute(remaining, (user_id, keep))
-                if not (await _one(cursor))[0]:
-                    break
-            return live
+        async def remove(db: Connection) -> tuple[int, int]:
+            row = await _one(await db.execute(delete, (user_id, keep, self.purge_batch, moment)))
+            return int(row[0]), int(row[1])
 
-        return await self._run(remove, idempotent=True)
+        # In batches, each within the timeout: a bot's million sessions in one statement
+        # outlasted it, and the revocation was reported failed after it had landed.
+        # Until a batch finds nothing: a session that rotated while one ran is
+        # committed under a key it could not see, and the next one sees it.
+        live = 0
+        for _ in range(_MAX_REVOKE_BATCHES):
+            removed, alive = await self._run(remove, idempotent=True)
+            live += alive
+            if not removed:
+                break
+        return live
 
     async def delete_all(self, now: float) -> int:
         sql = (

@@ -244,15 +244,23 @@ class SQLiteStore:
     ) -> int:
         user_id = user_text(user_id)
         moment = time.time() if now is None else now
-        where = f"FROM {self._sql_table} WHERE user_id = ? AND key IS NOT ?"
+        select = (
+            f"SELECT key, expires_at FROM {self._sql_table}"  # noqa: S608
+            " WHERE user_id = ? AND key IS NOT ? LIMIT ?"
+        )
 
         def remove(db: sqlite3.Connection) -> int:
-            # One transaction, so the count is of exactly the rows deleted.
-            with _immediate(db):
-                live = f"SELECT count(*) {where} AND expires_at > ?"
-                counted = db.execute(live, (user_id, keep, moment)).fetchone()[0]
-                db.execute(f"DELETE {where}", (user_id, keep))
-            return int(counted)
+            # In batches, each counted as it is deleted: a bot's hundred thousand
+            # sessions in one transaction held the write lock for seconds, past the
+            # busy timeout of every other worker's saves.
+            live = 0
+            while True:
+                with _immediate(db):
+                    rows = db.execute(select, (user_id, keep, self.purge_batch)).fetchall()
+                    db.executemany(self._delete_key, [(key,) for key, _ in rows])
+                live += sum(1 for _, expires_at in rows if expires_at > moment)
+                if len(rows) < self.purge_batch:
+                    return live
 
         return await self._run(remove)
 
