@@ -120,3 +120,17 @@ async def test_create_session_takes_a_str_enum_as_its_text() -> None:
     await create_session(store, user_id=Role.ADMIN)
     (record,) = await store.list_user("admin", time.time())
     assert type(record.user_id) is str
+
+
+async def test_a_str_enum_key_is_stored_as_its_text() -> None:
+    async def put(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session[Role.ADMIN] = ["x"]
+        return JSONResponse({"keys": [type(key).__name__ for key in session]})
+
+    app = Starlette(routes=[Route("/put", put, methods=["POST"])])
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        response = await client.post("/put")
+    assert response.status_code == 200
+    assert response.json() == {"keys": ["str"]}

@@ -251,6 +251,8 @@ class Session(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._require_loaded()
+        if type(key) is not str and isinstance(key, str):
+            key = str.__str__(key)  # a str Enum: JSON keeps its text, not the Enum
         self._data[key] = value
         self._modified = True
         if type(value) not in _SCALAR:
