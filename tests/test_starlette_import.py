@@ -32,9 +32,14 @@ from coatcheck import (
     StarletteImport,
     Store,
 )
+from coatcheck.events import SessionEvent
 from coatcheck.fastapi import CSRFToken, SessionDep
+from coatcheck.stores import SessionRecord
+from coatcheck.stores.base import creator_of
 from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
+
+from .conftest import CountingStore
 
 pytestmark = pytest.mark.anyio
 
@@ -110,10 +115,12 @@ def coatcheck_app(store: Store, settings: StarletteImport, **config: Any) -> Fas
     async def token(value: CSRFToken) -> dict[str, str]:
         return {"token": value}
 
+    events = config.pop("events", ())
     app.add_middleware(
         SessionMiddleware,
         store=store,
         config=SessionConfig(starlette_import=settings, **config),
+        events=events,
     )
     return app
 
@@ -448,6 +455,98 @@ async def test_a_pages_parallel_first_requests_share_one_session(
     assert after.json()["user"] == "alice"
     assert after.json()["data"]["cart"] == ["apple", "pear"]
     assert len(await store.list_user("alice", time.time())) == 1
+
+
+class Slow(CountingStore):
+    """A real store whose every call takes a while, as over a network: the parallel
+    imports below each look for the other's session before either has stored it."""
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        await asyncio.sleep(0.01)
+        return await super().load(key, now)
+
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        await asyncio.sleep(0.01)
+        return await super().save(record, **options)
+
+    async def create(self, record: SessionRecord) -> bool:
+        await asyncio.sleep(0.01)
+        create = creator_of(self.inner)
+        assert create is not None
+        return await create(record)
+
+
+async def test_parallel_imports_stored_at_once_keep_both_changes_and_one_creation() -> None:
+    """Both requests find nothing stored yet and store the session at the same time:
+    the second must merge onto the first, not write over it, and only the first
+    announces the session."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append((event.kind, event.user_id))
+
+    store, site = Slow(MemoryStore()), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice", "cart": ["apple"]})
+        app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"), events=[hook])
+        both_loaded, go_on, loaded = asyncio.Event(), asyncio.Event(), []
+
+        @app.post("/mark/{name}")
+        async def mark(name: str, session: SessionDep) -> dict[str, bool]:
+            loaded.append(name)
+            if len(loaded) == 2:
+                both_loaded.set()
+            await go_on.wait()
+            session[name] = True
+            return {"ok": True}
+
+        site.app = app
+        requests = [asyncio.create_task(client.post(f"/mark/{name}")) for name in ("a", "b")]
+        await both_loaded.wait()
+        go_on.set()
+        responses = await asyncio.gather(*requests)
+        after = await client.get("/state")
+
+    assert [response.status_code for response in responses] == [200, 200]
+    assert new_cookie(responses[0]) == new_cookie(responses[1])
+    assert after.json()["data"] == {"user_id": "alice", "cart": ["apple"], "a": True, "b": True}
+    assert seen.count(("created", "alice")) == 1
+    assert seen.count(("logged_in", "alice")) == 1
+
+
+@pytest.mark.parametrize("then", ["logout", "login-bob"])
+async def test_ending_the_import_in_its_own_request_ends_a_parallel_ones_session(
+    then: str,
+) -> None:
+    """A logout (followed by a flash, which keeps an anonymous session) in the request
+    that imported: the session a parallel request of the same import stored must end
+    too, or that request's cookie keeps alice signed in."""
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
+        loaded, go_on = asyncio.Event(), asyncio.Event()
+
+        @app.post("/end")
+        async def end(session: SessionDep) -> dict[str, bool]:
+            loaded.set()
+            await go_on.wait()
+            if then == "logout":
+                session.logout()
+                session.flash("Signed out.")
+            else:
+                session.login("bob")
+            return {"ok": True}
+
+        site.app = app
+        ending = asyncio.create_task(client.post("/end"))
+        await loaded.wait()
+        parallel = await client.get("/state")
+        go_on.set()
+        await ending
+
+    assert parallel.json()["user"] == "alice"
+    assert await store.list_user("alice", time.time()) == []
 
 
 async def test_a_logout_also_clears_an_old_cookie_set_again_mid_deploy() -> None:

@@ -22,7 +22,7 @@ from ._audit import security_log
 from ._keys import Keyring
 from .config import SecretKey
 from .exceptions import MissingDependencyError
-from .stores.base import Merge, SessionRecord, Store
+from .stores.base import Merge, SessionRecord, Store, creator_of
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -80,6 +80,12 @@ class DataSealingStore:
             expected_version=expected_version,
             merge=sealed_merge,
         )
+
+    async def create(self, record: SessionRecord) -> bool:
+        create = creator_of(self.inner)
+        if create is None:
+            return await self.inner.save(self._seal(record))
+        return await create(self._seal(record))
 
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)

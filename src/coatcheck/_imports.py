@@ -8,8 +8,9 @@ session where it can.
 A browser's first page often sends several requests at once, each with the old cookie
 alone. They must not each start a session of their own: one's changes would be lost
 under the other's cookie, and the user would count as two devices. So the new session's
-ID is derived from the old cookie with a key of the server's, and requests that bring
-the same old cookie within a short while of each other join one session.
+ID is derived from the old cookie with a key from the app's ``secret_keys`` (not the old
+library's, which is often retired or shared), and requests that bring the same old
+cookie within a short while of each other join one session.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def importer_for(config: SessionConfig, keyring: Keyring) -> Importer | None:
     if config.starlette_import is not None:
         from ._starlette_import import StarletteImporter
 
-        return StarletteImporter(config.starlette_import, config.cookie)
+        key = keyring.derive("starlette-import")[0]
+        return StarletteImporter(config.starlette_import, config.cookie, key)
     if config.starsessions_import is not None:
         from ._starsessions_import import StarsessionsImporter
 

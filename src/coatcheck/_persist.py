@@ -37,7 +37,14 @@ from .exceptions import (
 )
 from .serializers import JSONSerializer, Serializer
 from .session import _REMOVE, Session
-from .stores.base import Merge, SessionRecord, Store, check_store, cookie_sealer_of
+from .stores.base import (
+    Merge,
+    SessionRecord,
+    Store,
+    check_store,
+    cookie_sealer_of,
+    creator_of,
+)
 
 if TYPE_CHECKING:
     from ._data_sealing import DataSealingStore  # needs the cookie extra, as below
@@ -410,8 +417,11 @@ class Persistence:
                 if len(data) > self.config.max_session_bytes:  # the handler's own
                     raise SessionTooLargeError(len(data), self.config.max_session_bytes)
         now = self.now()
-        twin = None
+        twin = import_key = None
         if stored is None and session._import_id is not None and self._sealer is None:
+            import_key = store_key(session._import_id)
+        importing = key == import_key
+        if importing:
             # A parallel request with the same old cookie may have stored its import
             # since this one looked: this request's changes then go on top of it.
             twin = await self._import_twin(session, key, now)
@@ -442,6 +452,17 @@ class Persistence:
                 data = record.data
                 sealed = self._sealer.seal(session._id, record)
         written = [record]
+        created = False
+        if importing and twin is None and (create := creator_of(self.store)) is not None:
+            # Only if no parallel request stored it first; if one did, merged onto it.
+            created = await create(record)
+            if not created:
+                twin = await self._import_twin(session, key, now)
+                if twin is None:
+                    raise SessionEndedError("the session was ended by another request")
+                expires_at = lifetime.deadline(now, session._created_at)
+                record = _record(session, key, data, now, expires_at, stored, record.ip_address)
+                written = [record]
         if twin is not None:
             # Merged as onto a parallel save: what this request changed since the import.
             assert session._imported_values is not None
@@ -450,7 +471,16 @@ class Persistence:
             if not await self.store.save(merge(twin), expected_version=twin.version, merge=merge):
                 raise SessionEndedError("the session was ended by another request")
         elif stored is None:
-            if not await self.store.save(record, replaces=session._orphan):
+            replaces = session._orphan
+            if session._fresh and import_key is not None and not importing:
+                # Logged out (or in as someone else) in the import's own request: the
+                # session a parallel request of the import stored must end too.
+                if replaces is not None:
+                    await self.store.delete(replaces)
+                replaces = import_key
+            elif created and replaces is not None:
+                await self.store.delete(replaces)
+            if not created and not await self.store.save(record, replaces=replaces):
                 # Only a revocation racing this very login refuses a new record (Redis
                 # Cluster bars a key it found filed but not yet written).
                 raise SessionEndedError("the session was ended by another request")
@@ -643,9 +673,6 @@ class Persistence:
     async def _import_twin(self, session: Session, key: str, now: float) -> SessionRecord | None:
         """The live session a parallel request with the same old cookie stored under
         this import's ``key`` meanwhile, if any; this session then takes its identity."""
-        assert session._import_id is not None
-        if key != store_key(session._import_id):
-            return None  # the handler gave the session a new ID: no twin can share it
         twin = await self.store.load(key, now)
         if twin is None or now >= self.deadline(twin):
             return None

@@ -8,8 +8,6 @@ trustworthy as it was to Starlette, so its data may start a server-side session.
 from __future__ import annotations
 
 import binascii
-import hashlib
-import hmac
 import json
 import logging
 from base64 import b64decode
@@ -28,15 +26,11 @@ logger = logging.getLogger("coatcheck")
 class StarletteImporter(Importer):
     """Shared by all requests of one middleware."""
 
-    def __init__(self, settings: StarletteImport, cookie: CookieConfig) -> None:
+    def __init__(self, settings: StarletteImport, cookie: CookieConfig, key: bytes) -> None:
         try:
             from itsdangerous import BadSignature, TimestampSigner
         except ImportError as exc:
             raise MissingDependencyError("itsdangerous", "starlette-import") from exc
-        # Every process holds Starlette's key, whether or not coatcheck has keys of its own.
-        secret = settings.secret_key
-        root = secret if isinstance(secret, bytes) else secret.encode()
-        key = hmac.new(root, b"coatcheck:starlette-import", hashlib.sha256).digest()
         super().__init__(settings, cookie, key)
         self._signer = TimestampSigner(settings.secret_key)
         self._bad_signature = BadSignature

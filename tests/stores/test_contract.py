@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coatcheck.store_contract import HOUR, NOW, StoreContract
+from coatcheck.store_contract import HOUR, NOW, StoreContract, make_record
 from coatcheck.stores import SessionRecord, Store
+from coatcheck.stores.base import creator_of
 
 from ..store_kinds import STORE_KINDS, build_store, fresh_store
 
@@ -173,3 +174,35 @@ async def test_store_behaves_like_a_dict(kind: str, ops: list[object]) -> None:
             else:
                 await check_state(store, model)
         await check_state(store, model)
+
+
+# -- creation, for a page's parallel first requests after a switch ----------------------
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def own_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    built = build_store(request.param, tmp_path)
+    try:
+        yield built
+    finally:
+        await built.aclose()
+
+
+async def test_create_writes_only_where_no_live_session_is(own_store: Store) -> None:
+    """Every store of coatcheck's own can create: the first of the parallel requests
+    that import one old cookie stores the session, and the others merge onto it."""
+    create = creator_of(own_store)
+    assert create is not None
+    first = make_record(user_id="alice", data=b'{"from":"first"}')
+    assert await create(first) is True
+    assert await own_store.load(first.key, NOW) == first
+    assert [r.key for r in await own_store.list_user("alice", NOW)] == [first.key]
+
+    second = first._replace(public_id="second-public", data=b'{"from":"second"}')
+    assert await create(second) is False
+    assert await own_store.load(first.key, NOW) == first
+
+    # A dead record under the key is written over, as a save would.
+    later = first._replace(last_seen_at=first.expires_at + 1, expires_at=first.expires_at + HOUR)
+    assert await create(later) is True
+    assert await own_store.load(first.key, later.last_seen_at) == later

@@ -718,6 +718,41 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
+PURGE_PHASES = r"""
+import os, sys
+
+from coatcheck.stores import SQLiteStore
+from coatcheck.stores.postgres import PostgresStore
+
+stores = [SQLiteStore(sys.argv[1]), PostgresStore("postgresql://127.0.0.1:1/none")]
+print("parent", *[store._saves for store in stores], flush=True)
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        print("child", *[store._saves for store in stores], flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_forked_workers_each_start_their_own_purge_cycle(tmp_path: Path) -> None:
+    """Workers forked from one parent (gunicorn --preload) and recycled before their
+    thousandth save: had each inherited the parent's point in the cycle, none would
+    purge whenever that point was early."""
+    done = subprocess.run(
+        [sys.executable, "-c", PURGE_PHASES, str(tmp_path / "phases.db")],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    lines = [line.split() for line in done.stdout.decode().splitlines()]
+    parent = lines[0][1:]
+    children = [line[1:] for line in lines[1:]]
+    assert len(children) == 4
+    for kind in (0, 1):  # SQLite, PostgreSQL: four draws of 1,000 all equal to the parent's
+        assert any(child[kind] != parent[kind] for child in children)
+
+
 def test_a_store_used_before_a_fork_works_in_the_child(tmp_path: Path) -> None:
     """gunicorn --preload: an app that used its store at import forks its workers.
     The pool's threads stay behind in the parent; the child's first write waited for

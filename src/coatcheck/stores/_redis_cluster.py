@@ -84,7 +84,7 @@ class ClusterWrites:
                 repr(record.last_seen_at),
                 ttl,
                 token,
-                *codec.encode_fields(record, "" if checked else token),
+                *codec.encode_fields(record, token if checked in ("", "new") else ""),
             ],
         )
         if not codec.done(written):

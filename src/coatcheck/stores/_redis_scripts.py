@@ -45,11 +45,19 @@ end
 # ``u`` and ``w`` in one HMGET, the only read of a save, and returns them with the
 # refusal: {0} when the session is gone or dead at ``now``, the winner's packed record
 # behind a 2 when another save changed its version, or nil (go on) when ``expected`` is
-# '' (no check) or matches.
+# '' (no check) or matches. ``expected`` 'new' is a creation: refused, with the winner,
+# while a live session holds the key.
 _BASE = """
 local function base(key, expected, now)
   local fields = redis.call('HMGET', key, 'e', 'v', 'u', 'w')
   if expected == '' then
+    return fields, nil
+  end
+  if expected == 'new' then
+    -- Only where no live session holds the key: else the one there is the winner.
+    if fields[1] and tonumber(fields[1]) > tonumber(now) then
+      return fields, {2, redis.call('HMGET', key, 'b')[1]}
+    end
     return fields, nil
   end
   if not fields[1] or tonumber(fields[1]) <= tonumber(now) then
@@ -116,7 +124,8 @@ STANDALONE_SAVE = (
     + _REVOKED
     + """
 local new, old = KEYS[1], KEYS[2]
-if ARGV[4] == '' and revoked(ARGV[1] .. ':t:{' .. ARGV[2] .. '}', ARGV[11]) then
+local unchecked = ARGV[4] == '' or ARGV[4] == 'new'
+if unchecked and revoked(ARGV[1] .. ':t:{' .. ARGV[2] .. '}', ARGV[11]) then
   return {0}
 end
 local previous, refused = base(old, ARGV[4], ARGV[5])
@@ -246,7 +255,7 @@ WRITE = (
 if redis.call('HEXISTS', KEYS[1], 'x') == 1 then
   return {0}
 end
-if ARGV[1] == '' and revoked(KEYS[2], ARGV[4]) then
+if (ARGV[1] == '' or ARGV[1] == 'new') and revoked(KEYS[2], ARGV[4]) then
   return {0}
 end
 local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])

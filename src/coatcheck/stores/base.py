@@ -9,7 +9,7 @@ seconds since the epoch); the caller passes ``now`` so that a single clock rules
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from ..config import check_count
@@ -171,6 +171,22 @@ class Store(Protocol):
     async def aclose(self) -> None:
         """Release connections and threads; the store may be reopened by using it."""
         ...
+
+
+Create = Callable[[SessionRecord], Awaitable[bool]]
+
+
+def creator_of(store: Store) -> Create | None:
+    """The store's ``create(record) -> bool``, if it has one: write ``record`` only if no
+    live record holds its key, else write nothing and return False, in one atomic step.
+
+    Optional: the requests of one browser that bring the old cookie of a library the
+    app switched from derive one session ID from it, and the first of them to store
+    the session must not be overwritten by the others. A store without it is written
+    to as by a plain save, and such a race can lose one request's changes.
+    """
+    create: Create | None = getattr(store, "create", None)
+    return create
 
 
 def cookie_sealer_of(store: Store) -> Callable[[Sequence[bytes], str], CookieSealer] | None:

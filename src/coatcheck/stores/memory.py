@@ -65,6 +65,13 @@ class MemoryStore:
             self._by_user.setdefault(record.user_id, set()).add(record.key)
         return True
 
+    async def create(self, record: SessionRecord) -> bool:
+        """Write ``record`` only if no live record holds its key; False when one does."""
+        existing = self._records.get(record.key)
+        if existing is not None and existing.expires_at > record.last_seen_at:
+            return False
+        return await self.save(record)
+
     async def delete(self, key: str) -> None:
         self._remove(key)
 

@@ -37,6 +37,7 @@ from ..exceptions import (
     StoreUnavailableError,
 )
 from . import POSTGRES_SCHEMES
+from ._forks import after_fork
 from ._loops import LoopWatch
 from ._redact import redact
 from .base import (
@@ -186,6 +187,7 @@ class PostgresStore:
         # Started anywhere in the cycle: a worker recycled before its thousandth save
         # (gunicorn's --max-requests, short-lived pods) would otherwise never purge.
         self._saves = random.randrange(purge_every) if purge_every > 0 else 0
+        after_fork(self)
         self._abandoned: set[asyncio.Future[Any]] = set()  # timed out, still tidying up
         # Why the pool's last attempt to connect failed, and whether for good: the pool
         # logs the cause, but a request waiting for a connection only sees a timeout.
@@ -199,6 +201,11 @@ class PostgresStore:
         self._select = f"SELECT {_FIELDS} FROM {name} WHERE key = %s AND expires_at > %s"  # noqa: S608
         self._select_locked = f"SELECT {_FIELDS} FROM {name} WHERE key = %s FOR UPDATE"  # noqa: S608
         self._insert = f"INSERT INTO {name} ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"  # noqa: S608
+        # Only where no live row holds the key; a dead one is written over.
+        self._create = (
+            f"INSERT INTO {name} AS t ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"  # noqa: S608
+            " WHERE t.expires_at <= EXCLUDED.last_seen_at"
+        )
         self._delete_key = f"DELETE FROM {name} WHERE key = %s"  # noqa: S608
         self._replace = (
             f"WITH gone AS (DELETE FROM {name} WHERE key = %s)"  # noqa: S608
@@ -254,6 +261,10 @@ class PostgresStore:
     def __repr__(self) -> str:
         # Not the connection string, which may hold a password in any of its forms.
         return f"<PostgresStore table={self.table!r}>"
+
+    def _after_fork(self) -> None:
+        """In a forked worker: its own point in the purge cycle, not the parent's."""
+        self._saves = random.randrange(self.purge_every) if self.purge_every > 0 else 0
 
     # -- the store contract -------------------------------------------------------------
 
@@ -327,6 +338,15 @@ class PostgresStore:
                 await db.execute(self._delete_key, (previous,))
             await db.execute(self._insert, chosen)
         return True
+
+    async def create(self, record: SessionRecord) -> bool:
+        """Write ``record`` only if no live record holds its key; False when one does."""
+
+        async def write(db: Connection) -> bool:
+            return (await db.execute(self._create, record)).rowcount == 1
+
+        # Never sent twice: had the first copy run, the second would find it and say no.
+        return await self._run(write, idempotent=False)
 
     async def delete(self, key: str) -> None:
         async def remove(db: Connection) -> None:

@@ -68,6 +68,9 @@ _MIN_TTL_MS = 1000
 # and its TTL must still cover the session written a round trip later.
 _INDEX_GRACE_MS = 60_000
 _SCAN_BATCH = 500
+# The expected version of a save that creates its session: refused if one lives there.
+_CREATE = "new"
+_UNCHECKED = ("", _CREATE)  # saves that keep their token for revocations to note
 # Sessions one script of "revoke all of a user's sessions" ends: about 10 ms of the
 # server's time, which every other client waits for.
 _REVOKE_BATCH = 500
@@ -269,11 +272,19 @@ class RedisStore:
             f"gave up after {_MAX_MERGES} parallel saves of the same session won the race"
         )
 
+    async def create(self, record: SessionRecord) -> bool:
+        """Write ``record`` only if no live record holds its key; False when one does."""
+        if asyncio.get_running_loop() is not self._loop:
+            self._in_this_loop()
+        token = codec.save_token()
+        again = partial(self._save_once, record, None, _CREATE, token)
+        return await self._again_if_broken(again) is True
+
     async def _save_once(
-        self, record: SessionRecord, replaces: str | None, expected: int | None, token: str
+        self, record: SessionRecord, replaces: str | None, expected: int | str | None, token: str
     ) -> bool | SessionRecord:
         """One attempt. Every copy of it carries ``token``; a write without a version
-        check also keeps it for revocations to note (see ``_REVOKED``)."""
+        check (or a creation) also keeps it for revocations to note (see ``_REVOKED``)."""
         ttl_ms = max(math.ceil((record.expires_at - record.last_seen_at) * 1000), _MIN_TTL_MS)
         ttl, index_ttl = str(ttl_ms), str(ttl_ms + _INDEX_GRACE_MS)
         expected_arg = "" if expected is None else str(expected)
@@ -297,7 +308,7 @@ class RedisStore:
                 user or "",
                 index_ttl,
                 token,
-                *codec.encode_fields(record, "" if expected is not None else token),
+                *codec.encode_fields(record, token if expected_arg in _UNCHECKED else ""),
             ],
         )
         return codec.refusal(previous, reply) if not codec.done(reply) else True

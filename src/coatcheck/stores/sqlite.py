@@ -15,7 +15,6 @@ import re
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 
 from .._user_ids import user_text
 from ..exceptions import StoreError, StoreUnavailableError
+from ._forks import after_fork
 from .base import (
     CORE_COLUMNS,
     PURGE_ROUNDS,
@@ -36,17 +36,8 @@ from .base import (
 
 T = TypeVar("T")
 
-_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+# Connections a forked child inherited: never used, and never closed (see _after_fork).
 _INHERITED: list[sqlite3.Connection] = []
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_STORES):
-        store._forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _COLUMNS = (
     "key, public_id, data, user_id, created_at, last_seen_at, expires_at,"
@@ -128,6 +119,11 @@ class SQLiteStore:
             f" VALUES ({','.join('?' * (_COLUMNS.count(',') + 1))})"
             f" ON CONFLICT(key) DO UPDATE SET {updated}"
         )
+        # Only where no live row holds the key; a dead one is written over.
+        self._create = (
+            self._insert.replace(f"INTO {self._sql_table}", f"INTO {self._sql_table} AS t")
+            + " WHERE t.expires_at <= excluded.last_seen_at"
+        )
         self.purge_every = purge_every
         self.purge_batch = purge_batch
         self.retry_after = checked_retry_after(retry_after)
@@ -150,12 +146,12 @@ class SQLiteStore:
         self._generation = 0  # counts the files the store has had open
         self._looked_at = 0.0  # time.monotonic() of the last look
         self._reader_generation = 0
-        _STORES.add(self)
+        after_fork(self)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {str(self.path)!r} table={self.table!r}>"
 
-    def _forget_after_fork(self) -> None:
+    def _after_fork(self) -> None:
         """In a child forked from a process that used this store (gunicorn's --preload):
         start again. The pool's threads did not come along, so work sent to it would
         wait for ever; a lock held by one of them would stay held; and SQLite forbids
@@ -169,6 +165,8 @@ class SQLiteStore:
         self._connections = []
         self._reader = None
         self._lock = threading.Lock()
+        # Each worker its own point in the purge cycle, not the parent's.
+        self._saves = random.randrange(self.purge_every) if self.purge_every > 0 else 0
 
     # -- the store contract -------------------------------------------------------------
 
@@ -226,6 +224,10 @@ class SQLiteStore:
             return True
 
         return await self._run(write)
+
+    async def create(self, record: SessionRecord) -> bool:
+        """Write ``record`` only if no live record holds its key; False when one does."""
+        return await self._run(lambda db: db.execute(self._create, _values(record)).rowcount == 1)
 
     async def delete(self, key: str) -> None:
         await self._run(lambda db: db.execute(self._delete_key, (key,)))
