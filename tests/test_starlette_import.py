@@ -324,8 +324,14 @@ async def test_logging_out_at_once_ends_the_old_cookie_too() -> None:
         await visit_before_the_switch(client, {"user_id": "alice"})
         site.app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
         response = await client.post("/logout")
-        assert [cookie.split(";")[0] for cookie in set_cookies(response)] == ["session=null"]
-        assert "session" not in client.cookies
+        # The session the import stored as the request loaded ends as any other: its
+        # cookie (never sent) is cleared along with the old one.
+        assert sorted(cookie.split(";")[0] for cookie in set_cookies(response)) == [
+            f"{NEW_COOKIE}=",
+            "session=null",
+        ]
+        assert response.headers["clear-site-data"] == '"cache"'
+        assert not client.cookies
         after = await client.get("/state")
 
     assert after.json()["user"] is None
@@ -398,7 +404,8 @@ async def test_one_cookie_name_for_both_and_a_logout_at_once_ends_it() -> None:
             cookie=CookieConfig(secure=False),
         )
         response = await client.post("/logout")
-        assert [cookie.split(";")[0] for cookie in set_cookies(response)] == ["session=null"]
+        # One clearing of the one name: a response must not set a name twice.
+        assert [cookie.split(";")[0] for cookie in set_cookies(response)] == ["session="]
         assert "session" not in client.cookies
         after = await client.get("/state")
 
@@ -547,6 +554,118 @@ async def test_ending_the_import_in_its_own_request_ends_a_parallel_ones_session
 
     assert parallel.json()["user"] == "alice"
     assert await store.list_user("alice", time.time()) == []
+
+
+def held_route(app: FastAPI, action: Any) -> tuple[asyncio.Event, asyncio.Event]:
+    """``POST /act``: loads the session, waits for the test, then runs ``action`` on it."""
+    loaded, go_on = asyncio.Event(), asyncio.Event()
+
+    @app.post("/act")
+    async def act(session: SessionDep) -> dict[str, bool]:
+        loaded.set()
+        await go_on.wait()
+        action(session)
+        return {"ok": True}
+
+    return loaded, go_on
+
+
+async def test_a_logout_wins_over_a_slower_request_of_the_same_first_page() -> None:
+    """The page's slow request loaded with the old cookie alone; meanwhile another one
+    imported, and the user signed out. The slow one must not sign them in again."""
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice", "cart": ["apple"]})
+        app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
+        loaded, go_on = held_route(app, lambda session: session.update(report_seen=True))
+        site.app = app
+        slow = asyncio.create_task(client.post("/act"))
+        await loaded.wait()
+        await client.post("/cart")
+        await client.post("/logout")
+        go_on.set()
+        late = await slow
+        after = await client.get("/state")
+
+    assert not [c for c in set_cookies(late) if not c.split(";")[0].endswith(("=", "=null"))]
+    assert after.json()["user"] is None
+    assert await store.list_user("alice", time.time()) == []
+
+
+@pytest.mark.parametrize("action", ["regenerate", "login-again"])
+async def test_a_new_id_in_the_importing_request_keeps_one_device_and_every_change(
+    action: str,
+) -> None:
+    def rotate(session: Any) -> None:
+        session["confirmed"] = True
+        if action == "regenerate":
+            session.regenerate()
+        else:
+            session.login("alice")
+
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        settings = StarletteImport(SECRET, user_key="user_id")
+        app = coatcheck_app(
+            store, settings, max_sessions_per_user=1, at_session_limit="refuse_login"
+        )
+        loaded, go_on = held_route(app, rotate)
+        site.app = app
+        first = asyncio.create_task(client.post("/act"))
+        await loaded.wait()
+        added = await client.post("/cart")
+        go_on.set()
+        rotated = await first
+        after = await client.get("/state")
+
+    assert (added.status_code, rotated.status_code) == (200, 200)
+    assert after.json()["data"] == {"user_id": "alice", "cart": ["pear"], "confirmed": True}
+    assert len(await store.list_user("alice", time.time())) == 1
+
+
+async def test_emptying_an_imported_session_keeps_what_a_parallel_request_added() -> None:
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"theme": "dark"})
+        app = coatcheck_app(store, StarletteImport(SECRET))
+        loaded, go_on = held_route(app, lambda session: session.pop("theme"))
+        site.app = app
+        emptying = asyncio.create_task(client.post("/act"))
+        await loaded.wait()
+        await client.post("/cart")
+        go_on.set()
+        await emptying
+        after = await client.get("/state")
+
+    assert after.json()["data"] == {"cart": ["pear"]}
+
+
+@pytest.mark.parametrize("then", ["logout", "login-bob"])
+async def test_ending_an_import_in_its_own_request_is_announced(then: str) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append((event.kind, event.user_id))
+
+    def end(session: Any) -> None:
+        if then == "logout":
+            session.logout()
+        else:
+            session.login("bob")
+
+    site = Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        settings = StarletteImport(SECRET, user_key="user_id")
+        app = coatcheck_app(MemoryStore(), settings, events=[hook])
+        _, go_on = held_route(app, end)
+        go_on.set()
+        site.app = app
+        await client.post("/act")
+
+    assert ("created", "alice") in seen
+    assert ("logged_out", "alice") in seen
 
 
 async def test_a_logout_also_clears_an_old_cookie_set_again_mid_deploy() -> None:

@@ -159,8 +159,9 @@ async def test_keys_hold_only_the_hash_of_the_session_id(any_redis: RedisStore) 
     names = sorted([raw.decode() async for raw in store.client.scan_iter(f"{store.prefix}:*")])
 
     session, index = f"{store.prefix}:s:{{{key}}}", f"{store.prefix}:u:{{alice}}"
-    # On Cluster a rotation leaves a short-lived receipt in the old session's slot.
-    receipt = [f"{store.prefix}:t:{{{store_key(old_id)}}}"] if store.cluster else []
+    # A rotation leaves a short-lived receipt in the old session's slot: a resent copy
+    # of the save that made the old session must not bring it back.
+    receipt = [f"{store.prefix}:t:{{{store_key(old_id)}}}"]
     assert names == sorted([session, index, *receipt])
     assert re.fullmatch(r"[0-9a-f]{64}", key)
     stored = await store.client.hgetall(session)
@@ -579,6 +580,25 @@ async def test_revoking_a_user_with_many_sessions_takes_short_scripts(
     assert stats.sent()["evalsha"] == 3  # 500, 500 and 200 sessions
     assert await standalone.list_user("bot", time.time()) == [kept]
     assert await standalone.count(time.time()) == 1
+
+
+async def test_a_resent_creation_does_not_bring_back_a_session_moved_away(
+    any_redis: RedisStore,
+) -> None:
+    """redis-py sends a command again when its reply was lost. A creation whose first
+    copy landed, and whose session then moved to a new ID (a login), must not come
+    back under the old one when the copy arrives."""
+    store = any_redis
+    first = live_record(user_id="alice")
+    token = _redis_codec.save_token()
+    assert await store._save_once(first, None, "new", token) is True
+    moved = live_record(user_id="alice", version=first.version + 1)
+    assert await store.save(moved, replaces=first.key, expected_version=first.version)
+
+    assert await store._save_once(first, None, "new", token) is not True
+
+    assert await store.load(first.key, time.time()) is None
+    assert [r.key for r in await store.list_user("alice", time.time())] == [moved.key]
 
 
 async def test_a_stale_index_entry_never_reaches_another_users_session(

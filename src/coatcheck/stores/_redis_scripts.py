@@ -140,6 +140,8 @@ local function unindex(owner, member)
 end
 if old ~= new then
   if previous[3] then unindex(previous[3], ARGV[3]) end
+  -- A resent copy of the save that made the old session must not bring it back.
+  note_revoked(ARGV[1] .. ':t:{' .. ARGV[3] .. '}', redis.call('HMGET', old, 'k')[1])
   redis.call('DEL', old)
   local owner = redis.call('HMGET', new, 'u')[1]
   if owner and owner ~= user then unindex(owner, ARGV[2]) end
@@ -231,9 +233,9 @@ if refused then
   end
   return refused
 end
-if ARGV[3] == '' then
-  note_revoked(KEYS[2], redis.call('HMGET', KEYS[1], 'k')[1])
-end
+-- Ended, or moved to a new key: either way a resent copy of the save that made it
+-- must not bring it back.
+note_revoked(KEYS[2], redis.call('HMGET', KEYS[1], 'k')[1])
 redis.call('DEL', KEYS[1])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], 't', ARGV[3])

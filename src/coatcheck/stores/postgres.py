@@ -378,21 +378,29 @@ class PostgresStore:
             " RETURNING expires_at)"
             " SELECT count(*), count(*) FILTER (WHERE expires_at > %s) FROM gone"
         )
+        remaining = (
+            f"SELECT EXISTS (SELECT 1 FROM {self._sql_table}"  # noqa: S608
+            " WHERE user_id = %s AND key IS DISTINCT FROM %s)"
+        )
         moment = time.time() if now is None else now
 
         async def remove(db: Connection) -> tuple[int, int]:
             row = await _one(await db.execute(delete, (user_id, keep, self.purge_batch, moment)))
             return int(row[0]), int(row[1])
 
+        async def left(db: Connection) -> bool:
+            return bool((await _one(await db.execute(remaining, (user_id, keep))))[0])
+
         # In batches, each within the timeout: a bot's million sessions in one statement
         # outlasted it, and the revocation was reported failed after it had landed.
-        # Until a batch finds nothing: a session that rotated while one ran is
-        # committed under a key it could not see, and the next one sees it.
+        # Until none of the user's rows is left: a session that rotated while a batch
+        # ran is committed under a key that batch could not see, and its old row
+        # vanished under it, so a short batch alone does not mean the end.
         live = 0
         for _ in range(_MAX_REVOKE_BATCHES):
             removed, alive = await self._run(remove, idempotent=True)
             live += alive
-            if not removed:
+            if removed < self.purge_batch and not await self._run(left, idempotent=True):
                 break
         return live
 
