@@ -1,9 +1,9 @@
 """Adopting the sessions of the library an app used before, so switching logs nobody out.
 
 An importer finds the old session of a request that has no coatcheck session yet. Its
-data starts a new coatcheck session, stored as the request loads it (in the cookie
-store, when the response starts); the response clears the old cookie, and the importer
-then ends the old session where it can.
+data starts a new coatcheck session, stored when the response starts as any change
+is; the same response clears the old cookie, and the importer then ends the old
+session where it can.
 
 A browser's first page often sends several requests at once, each with the old cookie
 alone. They must not each start a session of their own: one's changes would be lost

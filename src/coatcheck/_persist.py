@@ -213,13 +213,12 @@ class Persistence:
             # this response starts, as any change would be.
             session._imported = session._modified = True
             session._imported_values = copy.deepcopy(imported)
+            session._id = session._import_id = import_id
             user = importer.user(imported)
             if user is not None:
                 session._user_id = user
                 session._meta_changed = session._signing_in = True
                 session._remember = importer.remember
-            if import_id is not None:
-                await self._store_import(session, import_id, now)
 
     async def _join_import(
         self, session: Session, derived: str, now: float
@@ -247,49 +246,6 @@ class Persistence:
         # and clears the old one, as the import's first response does.
         session._imported = session._refresh_now = True
         return True, None
-
-    async def _store_import(self, session: Session, derived: str, now: float) -> None:
-        """Store the session an import starts, under ``derived``, as the request loads it.
-
-        From then on it is a stored session like any other: a parallel request of the
-        same page joins it, a save of this request is a compare-and-set on it, and a
-        logout elsewhere wins over this request, as it would over any other. Only where
-        no live session holds the ID (the store's ``create``): a parallel request that
-        stored it first is joined instead.
-        """
-        key = store_key(derived)
-        session._id, session._public_id = derived, new_public_id()
-        data = self.serializer.dumps(session._data)
-        if len(data) > self.config.max_session_bytes:
-            data = self._shed_import(session, len(data))
-        user = session._user_id
-        if (
-            user is not None
-            and self._refuse_at is not None
-            and await self.at_limit(user, None, key)
-        ):
-            await self.emit(session, "login_refused", user, "")
-            raise SessionLimitError(self._refuse_at)
-        expires_at = session._lifetime().deadline(now, session._created_at)
-        record = _record(session, key, data, now, expires_at, None, self._address(session))
-        create = creator_of(self.store)
-        if not (await create(record) if create is not None else await self.store.save(record)):
-            # Stored first by a parallel request of the same page: that one is joined.
-            existing = await self.store.load(key, now)
-            if existing is None or now >= self.deadline(existing):
-                raise SessionEndedError("the session was ended by another request")
-            session._adopt(derived, existing, self.decode(existing), now, self.config.normal.idle)
-            session._expires_at = self.deadline(existing)
-            session._imported = session._refresh_now = True
-            return
-        if session._orphan is not None:
-            await self.store.delete(session._orphan)
-            session._orphan = None
-        session._stored, session._key, session._raw = record, key, data
-        session._modified = session._meta_changed = session._signing_in = False
-        session._last_seen_at, session._expires_at = now, record.expires_at
-        session._refresh_now = True  # the cookie still has to go out, at the response
-        await self._rotated(session, None, None, record, user is not None, now)
 
     def _storable(self, data: dict[str, Any]) -> dict[str, Any]:
         """The imported values this store can keep. The old library took values (a
@@ -422,6 +378,9 @@ class Persistence:
                 # Never clear a cookie that matched nothing: a parallel login may have
                 # just replaced it in the browser, and this response would log it out.
                 # The old one, once adopted, goes: ended here, it must not come back.
+                if session._import_id is not None and session._fresh and self._sealer is None:
+                    # Nor may the session a parallel request of this import started.
+                    await self._end_import_twin(session, store_key(session._import_id))
                 cleared = await self._end_imported(session, replaced=False)
                 return [*cleared, _NO_STORE] if cleared else []
             assert stored is not None
@@ -458,6 +417,23 @@ class Persistence:
                 if len(data) > self.config.max_session_bytes:  # the handler's own
                     raise SessionTooLargeError(len(data), self.config.max_session_bytes)
         now = self.now()
+        twin = import_key = None
+        if stored is None and session._import_id is not None and self._sealer is None:
+            import_key = store_key(session._import_id)
+        importing = key == import_key
+        if importing:
+            # A parallel request with the same old cookie may have stored its import
+            # since this one looked: this request's changes then go on top of it.
+            twin = await self._import_twin(session, key, now)
+        elif import_key is not None and session._fresh:
+            # Logged out, or in as someone else, in the import's own request: the
+            # session a parallel request of the import stored ends too.
+            await self._end_import_twin(session, import_key)
+            import_key = None
+        elif import_key is not None:
+            # A new ID (regenerate(), a login again): the session a parallel request
+            # of the import stored moves to it, with its changes, as any session would.
+            twin = await self._import_twin(session, import_key, now, adopt=False)
         lifetime = session._lifetime()
         refresh_due = stored is not None and (
             session._refresh_now or now - stored.last_seen_at >= self._refresh_window(stored)
@@ -468,7 +444,8 @@ class Persistence:
         logged_in = rotated and session._signing_in and session._user_id is not None
         if logged_in and self._refuse_at is not None:
             assert session._user_id is not None
-            if await self.at_limit(session._user_id, old_key or session._orphan, key):
+            replaced_key = old_key or session._orphan or import_key
+            if await self.at_limit(session._user_id, replaced_key, key):
                 await self.emit(session, "login_refused", session._user_id, "")
                 raise SessionLimitError(self._refuse_at)
         expires_at = lifetime.deadline(now, session._created_at)
@@ -485,8 +462,33 @@ class Persistence:
                 data = record.data
                 sealed = self._sealer.seal(session._id, record)
         written = [record]
-        if stored is None:
-            if not await self.store.save(record, replaces=session._orphan):
+        created = False
+        if importing and twin is None and (create := creator_of(self.store)) is not None:
+            # Only if no parallel request stored it first; if one did, merged onto it.
+            created = await create(record)
+            if not created:
+                twin = await self._import_twin(session, key, now)
+                if twin is None:
+                    raise SessionEndedError("the session was ended by another request")
+                expires_at = lifetime.deadline(now, session._created_at)
+                record = _record(session, key, data, now, expires_at, stored, record.ip_address)
+                written = [record]
+        if twin is not None:
+            # Merged as onto a parallel save: what this request changed since the import.
+            assert session._imported_values is not None
+            loaded = twin._replace(data=self.serializer.dumps(session._imported_values))
+            merge = self._merger(session, loaded, record, written)
+            first = merge(twin)
+            moved_from = None if importing else import_key
+            if not await self.store.save(
+                first, replaces=moved_from, expected_version=twin.version, merge=merge
+            ):
+                raise SessionEndedError("the session was ended by another request")
+        elif stored is None:
+            replaces = session._orphan
+            if created and replaces is not None:
+                await self.store.delete(replaces)
+            if not created and not await self.store.save(record, replaces=replaces):
                 # Only a revocation racing this very login refuses a new record (Redis
                 # Cluster bars a key it found filed but not yet written).
                 raise SessionEndedError("the session was ended by another request")
@@ -527,8 +529,10 @@ class Persistence:
         session._refresh_now = False
         session._last_seen_at = now
         session._expires_at = record.expires_at
-        if rotated:
+        if rotated and twin is None:
             await self._rotated(session, stored, replaced, record, logged_in, now)
+        elif rotated and not importing:  # moved on from the session a parallel import stored
+            await self._rotated(session, twin, None, record, logged_in, now)
         elif sealed is None and not session._imported:
             return []  # stored under the ID the browser already holds
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
@@ -676,6 +680,26 @@ class Persistence:
             return []
         await importer.consumed(session._headers)
         return [(b"set-cookie", importer.clear_cookie)]
+
+    async def _import_twin(
+        self, session: Session, key: str, now: float, *, adopt: bool = True
+    ) -> SessionRecord | None:
+        """The live session a parallel request with the same old cookie stored under
+        this import's ``key`` meanwhile, if any; with ``adopt``, this session then takes
+        its identity."""
+        twin = await self.store.load(key, now)
+        if twin is None or now >= self.deadline(twin):
+            return None
+        if adopt:
+            session._public_id, session._created_at = twin.public_id, twin.created_at
+        return twin
+
+    async def _end_import_twin(self, session: Session, key: str) -> None:
+        """End the session a parallel request of this import stored, if any, and say so."""
+        twin = await self.store.load(key, self.now())
+        await self.store.delete(key)
+        if twin is not None:
+            await self.emit(session, "logged_out", twin.user_id, twin.public_id)
 
     async def recheck(self, session: Session) -> float | None:
         """Whether a long-lived connection's session is still stored and live: None once
@@ -917,7 +941,7 @@ class Persistence:
     async def at_limit(self, user_id: str, replaced: str | None, key: str | None = None) -> bool:
         """Whether a login as ``user_id`` that replaces the session stored under
         ``replaced`` would take the user past ``max_sessions_per_user``; one stored
-        under the login's own ``key`` already (an import's, joined) is this session."""
+        under the login's own ``key`` already (an import's twin) is this session."""
         limit = self.config.max_sessions_per_user
         assert limit is not None
         records = await self.live_records(user_id, self.now())

@@ -60,6 +60,7 @@ class Session(MutableMapping[str, Any]):
         "_headers",
         "_id",
         "_idle_timeout",
+        "_import_id",
         "_imported",
         "_imported_values",
         "_key",
@@ -115,6 +116,7 @@ class Session(MutableMapping[str, Any]):
     _fresh: bool  # the data no longer continues the stored record's (destroy, user switch)
     _imported: bool  # adopted from the old library's session, which the response ends
     _imported_values: dict[str, Any] | None  # the data adopted, as it came
+    _import_id: str | None  # the ID derived from the old cookie, when the import took it
     _refresh_now: bool  # the stored deadline is earlier than the configured limits give
     _updates: list[tuple[str, Callable[[Any], Any], Any]]
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
@@ -655,6 +657,7 @@ class Session(MutableMapping[str, Any]):
         self._modified = self._exposed = self._meta_changed = self._fresh = False
         self._imported = False
         self._imported_values = None
+        self._import_id = None
         self._refresh_now = False
         self._updates = []
         self._models = None
