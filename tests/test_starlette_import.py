@@ -37,7 +37,7 @@ from coatcheck.fastapi import CSRFToken, SessionDep
 from coatcheck.stores import SessionRecord
 from coatcheck.stores.base import creator_of
 from coatcheck.stores.cookie import CookieStore
-from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
+from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock, create_session
 
 from .conftest import CountingStore
 
@@ -592,6 +592,62 @@ async def test_a_new_id_in_the_importing_request_keeps_one_device_and_every_chan
 
     assert (added.status_code, rotated.status_code) == (200, 200)
     assert after.json()["data"] == {"user_id": "alice", "cart": ["pear"], "confirmed": True}
+    assert len(await store.list_user("alice", time.time())) == 1
+
+
+async def test_a_regenerate_after_a_parallel_import_is_a_rotation_of_that_session() -> None:
+    """The import's login was announced by the request that stored it: moving that
+    session to a new ID is a rotation, under the same public id."""
+    seen: list[tuple[str, str | None, str]] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append((event.kind, event.user_id, event.session))
+
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        settings = StarletteImport(SECRET, user_key="user_id")
+        app = coatcheck_app(store, settings, events=[hook])
+        loaded, go_on = held_route(app, lambda session: session.regenerate())
+        site.app = app
+        moving = asyncio.create_task(client.post("/act"))
+        await loaded.wait()
+        await client.get("/state")
+        go_on.set()
+        await moving
+
+    assert [(kind, user) for kind, user, _ in seen] == [
+        ("created", "alice"),
+        ("logged_in", "alice"),
+        ("rotated", "alice"),
+    ]
+    assert len({public_id for *_, public_id in seen}) == 1
+    (record,) = await store.list_user("alice", time.time())
+    assert record.public_id == seen[0][2]
+
+
+async def test_a_refused_login_as_someone_else_leaves_a_parallel_imports_session() -> None:
+    """Under refuse_login, a login as bob refused at the limit must not end alice's
+    session, which a parallel request of the import stored."""
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        settings = StarletteImport(SECRET, user_key="user_id")
+        app = coatcheck_app(
+            store, settings, max_sessions_per_user=1, at_session_limit="refuse_login"
+        )
+        await create_session(store, user_id="bob")
+        loaded, go_on = held_route(app, lambda session: session.login("bob"))
+        site.app = app
+        switching = asyncio.create_task(client.post("/act"))
+        await loaded.wait()
+        await client.get("/state")
+        go_on.set()
+        refused = await switching
+        after = await client.get("/state")
+
+    assert refused.status_code == 403
+    assert after.json()["user"] == "alice"
     assert len(await store.list_user("alice", time.time())) == 1
 
 

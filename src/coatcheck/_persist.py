@@ -417,7 +417,7 @@ class Persistence:
                 if len(data) > self.config.max_session_bytes:  # the handler's own
                     raise SessionTooLargeError(len(data), self.config.max_session_bytes)
         now = self.now()
-        twin = import_key = None
+        twin = import_key = ending = None
         if stored is None and session._import_id is not None and self._sealer is None:
             import_key = store_key(session._import_id)
         importing = key == import_key
@@ -427,13 +427,18 @@ class Persistence:
             twin = await self._import_twin(session, key, now)
         elif import_key is not None and session._fresh:
             # Logged out, or in as someone else, in the import's own request: the
-            # session a parallel request of the import stored ends too.
-            await self._end_import_twin(session, import_key)
-            import_key = None
+            # session a parallel request of the import stored ends too, once this
+            # request's own session is stored (a refused login ends nothing).
+            ending, import_key = import_key, None
         elif import_key is not None:
             # A new ID (regenerate(), a login again): the session a parallel request
-            # of the import stored moves to it, with its changes, as any session would.
+            # of the import stored moves to it, with its changes, as any session would,
+            # keeping its public id (and its age, unless this request logged in).
             twin = await self._import_twin(session, import_key, now, adopt=False)
+            if twin is not None:
+                session._public_id = twin.public_id
+                if not session._authenticated_at:
+                    session._created_at = twin.created_at
         lifetime = session._lifetime()
         refresh_due = stored is not None and (
             session._refresh_now or now - stored.last_seen_at >= self._refresh_window(stored)
@@ -492,6 +497,8 @@ class Persistence:
                 # Only a revocation racing this very login refuses a new record (Redis
                 # Cluster bars a key it found filed but not yet written).
                 raise SessionEndedError("the session was ended by another request")
+            if ending is not None:
+                await self._end_import_twin(session, ending)
         elif session._fresh:
             # Destroyed, or logged in as someone else: nothing of the old record carries
             # over, so it is simply replaced, whatever happened to it meanwhile. Only a
@@ -532,7 +539,9 @@ class Persistence:
         if rotated and twin is None:
             await self._rotated(session, stored, replaced, record, logged_in, now)
         elif rotated and not importing:  # moved on from the session a parallel import stored
-            await self._rotated(session, twin, None, record, logged_in, now)
+            # A login only if this request made one: the import's was announced already.
+            relogged = logged_in and bool(session._authenticated_at)
+            await self._rotated(session, twin, None, record, relogged, now)
         elif sealed is None and not session._imported:
             return []  # stored under the ID the browser already holds
         max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
