@@ -563,6 +563,22 @@ def held_route(app: FastAPI, action: Any) -> tuple[asyncio.Event, asyncio.Event]
     return loaded, go_on
 
 
+async def act_beside(
+    site: Site, client: httpx.AsyncClient, app: FastAPI, action: Any, **beside: str
+) -> tuple[httpx.Response, httpx.Response]:
+    """``POST /act`` (``action`` on its session, see ``held_route``), held after its load
+    while another request of the same browser runs (``get="/path"`` or ``post=...``):
+    the responses of both."""
+    loaded, go_on = held_route(app, action)
+    site.app = app
+    acting = asyncio.create_task(client.post("/act"))
+    await loaded.wait()
+    ((method, path),) = beside.items()
+    other = await client.request(method.upper(), path)
+    go_on.set()
+    return await acting, other
+
+
 @pytest.mark.parametrize("action", ["regenerate", "login-again"])
 async def test_a_new_id_in_the_importing_request_keeps_one_device_and_every_change(
     action: str,
@@ -581,13 +597,7 @@ async def test_a_new_id_in_the_importing_request_keeps_one_device_and_every_chan
         app = coatcheck_app(
             store, settings, max_sessions_per_user=1, at_session_limit="refuse_login"
         )
-        loaded, go_on = held_route(app, rotate)
-        site.app = app
-        first = asyncio.create_task(client.post("/act"))
-        await loaded.wait()
-        added = await client.post("/cart")
-        go_on.set()
-        rotated = await first
+        rotated, added = await act_beside(site, client, app, rotate, post="/cart")
         after = await client.get("/state")
 
     assert (added.status_code, rotated.status_code) == (200, 200)
@@ -608,13 +618,7 @@ async def test_a_regenerate_after_a_parallel_import_is_a_rotation_of_that_sessio
         await visit_before_the_switch(client, {"user_id": "alice"})
         settings = StarletteImport(SECRET, user_key="user_id")
         app = coatcheck_app(store, settings, events=[hook])
-        loaded, go_on = held_route(app, lambda session: session.regenerate())
-        site.app = app
-        moving = asyncio.create_task(client.post("/act"))
-        await loaded.wait()
-        await client.get("/state")
-        go_on.set()
-        await moving
+        await act_beside(site, client, app, lambda session: session.regenerate(), get="/state")
 
     assert [(kind, user) for kind, user, _ in seen] == [
         ("created", "alice"),
@@ -637,13 +641,9 @@ async def test_a_refused_login_as_someone_else_leaves_a_parallel_imports_session
             store, settings, max_sessions_per_user=1, at_session_limit="refuse_login"
         )
         await create_session(store, user_id="bob")
-        loaded, go_on = held_route(app, lambda session: session.login("bob"))
-        site.app = app
-        switching = asyncio.create_task(client.post("/act"))
-        await loaded.wait()
-        await client.get("/state")
-        go_on.set()
-        refused = await switching
+        refused, _ = await act_beside(
+            site, client, app, lambda session: session.login("bob"), get="/state"
+        )
         after = await client.get("/state")
 
     assert refused.status_code == 403
@@ -659,13 +659,7 @@ async def test_emptying_an_imported_session_keeps_what_a_parallel_request_added(
     async with browser(site) as client:
         await visit_before_the_switch(client, {"theme": "dark"})
         app = coatcheck_app(store, StarletteImport(SECRET))
-        loaded, go_on = held_route(app, lambda session: session.pop("theme"))
-        site.app = app
-        emptying = asyncio.create_task(client.post("/act"))
-        await loaded.wait()
-        await client.post("/cart")
-        go_on.set()
-        await emptying
+        await act_beside(site, client, app, lambda session: session.pop("theme"), post="/cart")
         after = await client.get("/state")
 
     assert after.json()["data"]["cart"] == ["pear"]
@@ -691,13 +685,8 @@ async def test_ending_an_import_in_its_own_request_is_announced(then: str) -> No
         await visit_before_the_switch(client, {"user_id": "alice"})
         settings = StarletteImport(SECRET, user_key="user_id")
         app = coatcheck_app(store, settings, events=[hook])
-        loaded, go_on = held_route(app, end)
-        site.app = app
-        ending = asyncio.create_task(client.post("/act"))
-        await loaded.wait()
-        await client.get("/state")  # stores alice's session, and announces it
-        go_on.set()
-        await ending
+        # The read beside it stores alice's session, and announces it.
+        await act_beside(site, client, app, end, get="/state")
 
     assert seen.count(("created", "alice")) == 1
     assert seen.count(("logged_out", "alice")) == 1
