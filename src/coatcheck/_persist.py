@@ -179,7 +179,8 @@ class Persistence:
                     try:
                         data = self._decode_sealed(record)
                     except ValueError:
-                        record, orphan = self._undecodable(record)
+                        orphan = self._undecodable(record)
+                        record = None
         imported = import_id = None
         importer = self._importer
         if (
@@ -271,9 +272,9 @@ class Persistence:
                 kept[key] = value
         return kept
 
-    def _undecodable(self, record: SessionRecord) -> tuple[None, str | None]:
-        """No session for a record whose data cannot be decoded, and the key to delete
-        with the next save, if any.
+    def _undecodable(self, record: SessionRecord) -> str | None:
+        """For a record whose data cannot be decoded (no session, then), the key to
+        delete with the next save, if any.
 
         Damaged data goes: unreachable once the browser holds a new ID, it would take a
         place in its user's list. Data sealed under keys this process does not hold, or
@@ -288,11 +289,11 @@ class Persistence:
                 "is left as it is",
                 record.public_id,
             )
-            return None, None
+            return None
         security_log.warning(
             "undecodable data in session %s; starting an empty session", record.public_id
         )
-        return None, record.key
+        return record.key
 
     def settled(self, session: Session) -> bool:
         """True for a plain read, the common case: nothing to write, no cookie to send.

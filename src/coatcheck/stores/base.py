@@ -9,6 +9,7 @@ seconds since the epoch); the caller passes ``now`` so that a single clock rules
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
 # Batches a save's own purge (SQL stores) runs at most while each comes back full: with
 # the defaults, 2,000 rows per 1,000 saves, twice what those saves can create.
 PURGE_ROUNDS = 4
+
+
+def purge_start(every: int) -> int:
+    """Where a process starts counting saves towards its next purge: anywhere in the
+    cycle, so that workers recycled before ``every`` saves (gunicorn's --max-requests,
+    short-lived pods, each forked worker) purge too."""
+    return random.randrange(every) if every > 0 else 0
 
 
 def checked_retry_after(value: int | None) -> int | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
 import time
 import weakref
@@ -48,6 +47,7 @@ from .base import (
     checked_retry_after,
     legacy_login_time,
     not_ours,
+    purge_start,
 )
 
 try:
@@ -184,9 +184,7 @@ class PostgresStore:
         # Columns added since the first release are added in place even without
         # create_table: the CLI, which never creates a table, must work on an old one.
         self._upgrade_in_place = False
-        # Started anywhere in the cycle: a worker recycled before its thousandth save
-        # (gunicorn's --max-requests, short-lived pods) would otherwise never purge.
-        self._saves = random.randrange(purge_every) if purge_every > 0 else 0
+        self._saves = purge_start(purge_every)
         after_fork(self)
         self._abandoned: set[asyncio.Future[Any]] = set()  # timed out, still tidying up
         # Why the pool's last attempt to connect failed, and whether for good: the pool
@@ -264,7 +262,7 @@ class PostgresStore:
 
     def _after_fork(self) -> None:
         """In a forked worker: its own point in the purge cycle, not the parent's."""
-        self._saves = random.randrange(self.purge_every) if self.purge_every > 0 else 0
+        self._saves = purge_start(self.purge_every)
 
     # -- the store contract -------------------------------------------------------------
 

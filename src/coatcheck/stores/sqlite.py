@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import sqlite3
 import threading
@@ -32,6 +31,7 @@ from .base import (
     checked_retry_after,
     legacy_login_time,
     not_ours,
+    purge_start,
 )
 
 T = TypeVar("T")
@@ -132,9 +132,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        # Where the count of saves starts: workers recycled before their thousandth
-        # save (gunicorn's --max-requests, short-lived pods) would otherwise never purge.
-        self._saves = random.randrange(purge_every) if purge_every > 0 else 0
+        self._saves = purge_start(purge_every)
         self.inline_reads = inline_reads
         self._reader: sqlite3.Connection | None = None
         self._ready = False  # the file is in WAL mode and has the table
@@ -165,8 +163,7 @@ class SQLiteStore:
         self._connections = []
         self._reader = None
         self._lock = threading.Lock()
-        # Each worker its own point in the purge cycle, not the parent's.
-        self._saves = random.randrange(self.purge_every) if self.purge_every > 0 else 0
+        self._saves = purge_start(self.purge_every)  # its own point in the cycle
 
     # -- the store contract -------------------------------------------------------------
 
