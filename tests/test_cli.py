@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from rich.cells import cell_len
 from typer.testing import CliRunner
 
 from coatcheck import MemoryStore, SessionRecord, SQLiteStore, store_from_url
@@ -231,6 +232,25 @@ def test_list_never_cuts_an_address(runner: CliRunner, tmp_path: Path) -> None:
         )
         assert result.exit_code == 0, result.output
         assert address in result.stdout
+
+
+def test_list_draws_every_device_of_a_user_with_thousands_one_line_each(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """A bot that logged in 10,000 times took Rich's table 19 s to draw; each row is
+    still one line within the width, a long or wide user agent cut with an ellipsis."""
+    agent = "Mozilla/5.0 (Linux; Android 14) 浏览器 " * 8
+    records = [
+        _live(key=f"{n:064x}", public_id=f"manypublicid{n:04d}", user_agent=agent, created_offset=n)
+        for n in range(2000)
+    ]
+    url = _stored(tmp_path / "many.db", *records)
+    result = runner.invoke(app, ["sessions", "list", "--store", url, "--user", "alice"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if "manypublicid" in line]
+    assert [row.split()[0] for row in rows] == [f"manypublicid{n:04d}" for n in range(2000)]
+    assert all(row.endswith("…") and 190 < cell_len(row) <= 200 for row in rows)
+    assert max(cell_len(line) for line in result.stdout.splitlines()) <= 200  # COLUMNS
 
 
 def test_list_prints_markup_in_user_agents_and_names_as_text(

@@ -31,10 +31,9 @@ from .stores._redact import redact
 
 try:
     import typer
-    from rich import box
+    from rich.cells import cell_len, set_cell_size
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("typer", "cli") from exc
 
@@ -180,42 +179,54 @@ def list_sessions(
     if not records:
         out.print(f"No live sessions for {_shown(user)}.")
         return
-    table = Table(
-        title=f"Live sessions of {_shown(user)} (times in UTC)",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-    )
     # One line per session, IDs never cut: narrow terminals get shorter dates and a
     # truncated user agent instead of a table folded into confetti.
     wide = out.width >= 110
-    table.add_column("Public ID", no_wrap=True, min_width=16)
-    for heading in ("Created", "Last seen", "Expires"):
-        table.add_column(heading, no_wrap=True, min_width=16 if wide else 12)
+    headings = ["Public ID", "Created", "Last seen", "Expires"]
     # Addresses are kept only under SessionConfig(record_ip=True): no empty column else.
     addresses = any(record.ip_address for record in records)
     if addresses:
-        longest = max(len(_shown(record.ip_address)) for record in records)
-        table.add_column("Address", no_wrap=True, min_width=max(longest, 7))
-    table.add_column("User agent", no_wrap=True, overflow="ellipsis")
-    for record in records:
-        address = [_shown(record.ip_address) or "-"] if addresses else []
-        table.add_row(
+        headings.append("Address")
+    rows = [
+        [
             record.public_id,
             _when(record.created_at, wide),
             _when(record.last_seen_at, wide),
             _when(record.expires_at, wide),
-            *address,
-            _shown(record.user_agent) or "-",
-        )
-    if out.is_terminal:
-        out.print(table)
-        return
-    # Piped: lines without the padding Rich adds up to the table's width, for scripts.
-    with out.capture() as captured:
-        out.print(table)
+            *([printable(record.ip_address) or "-"] if addresses else []),
+            printable(record.user_agent) or "-",
+        ]
+        for record in records
+    ]
+    lines = _columns([*headings, "User agent"], rows, out.width)
+    title = f"Live sessions of {printable(user)} (times in UTC)"
     # Through the console's own stream, where text it cannot encode is replaced.
-    print("\n".join(line.rstrip() for line in captured.get().splitlines()), file=out.file)
+    print("\n".join([title, "", *lines]), file=out.file)
+
+
+def _columns(headings: list[str], rows: list[list[str]], width: int) -> list[str]:
+    """``rows`` under ``headings``, each column as wide as its longest cell, the last
+    one cut with an ellipsis to keep each row within ``width``.
+
+    Drawn here rather than by Rich's table, which takes seconds per thousand rows:
+    a user with 10,000 devices is listed in well under a second.
+    """
+    gap = "   "
+    widths = [cell_len(heading) for heading in headings[:-1]]
+    for row in rows:
+        widths = [max(w, cell_len(cell)) for w, cell in zip(widths, row[:-1], strict=True)]
+    room = max(width - sum(widths) - len(gap) * len(widths) - 1, len(headings[-1]))
+
+    def line(cells: list[str]) -> str:
+        *fixed, last = cells
+        if cell_len(last) > room:
+            last = set_cell_size(last, room - 1) + "…"
+        padded = [cell + " " * (w - cell_len(cell)) for cell, w in zip(fixed, widths, strict=True)]
+        return " " + gap.join([*padded, last]).rstrip()
+
+    longest = max(cell_len(row[-1]) for row in [headings, *rows])
+    rule = " " + "─" * (sum(widths) + len(gap) * len(widths) + min(longest, room))
+    return [line(headings), rule, *(line(row) for row in rows)]
 
 
 @sessions_app.command("revoke")
