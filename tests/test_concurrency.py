@@ -22,6 +22,7 @@ from coatcheck import (
     SessionRecord,
     Store,
 )
+from coatcheck._ids import key_of
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
 from coatcheck.stores.base import Merge
@@ -282,6 +283,27 @@ async def test_the_next_user_inherits_nothing_from_a_parallel_save(
     else:
         assert (after.user_id, dict(after)) == (None, {"flash": "logged out"})
     assert await any_store.list_user("alice", persistence.now()) == []
+
+
+async def test_of_two_parallel_logins_as_someone_else_the_second_is_refused(
+    any_store: Store,
+) -> None:
+    """A double-submitted "log in as bob" from alice's browser: each login replaces her
+    session, and the second found it gone. Stored anyway, it was a device no browser
+    held, which under ``max_sessions_per_user`` could sign bob's phone out."""
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first.login("alice")
+    cookie = issued(await persistence.commit(first, 200))
+    a, b = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    a.login("bob")
+    b.login("bob")
+    kept = issued(await persistence.commit(a, 200))
+    with pytest.raises(SessionEndedError):
+        await persistence.commit(b, 200)
+    now = persistence.now()
+    assert [record.key for record in await any_store.list_user("bob", now)] == [key_of(kept)]
+    assert await any_store.list_user("alice", now) == []
 
 
 async def test_a_login_that_merges_with_a_parallel_save_stays_logged_in(any_store: Store) -> None:

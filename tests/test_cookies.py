@@ -44,6 +44,22 @@ def test_non_ascii_oversized_and_junk_sized_are_ignored() -> None:
     assert read_cookie(headers(b"session=a", b"pad=" + b"x" * 70_000), NEEDLE) is None
 
 
+def test_junk_split_over_many_headers_is_judged_as_one() -> None:
+    """Each header under the cap, together far over it: a hundred of them cost the
+    server a second of CPU when each was judged alone."""
+    junk = b"session=;" * 7_000
+    assert read_cookie(headers(b"session=a", *[junk] * 2), NEEDLE) is None
+    assert (
+        read_cookie(headers(b"session=a", b"pad=" + b"x" * 40_000, b"y" * 30_000), NEEDLE) is None
+    )
+
+
+def test_the_name_repeated_past_any_browsers_habit_is_junk() -> None:
+    assert read_cookie(headers(b"; ".join([b"session=a"] * 16)), NEEDLE) == "a"
+    assert read_cookie(headers(b"; ".join([b"session=a"] * 17)), NEEDLE) is None
+    assert read_cookie(headers(*[b"session=a"] * 17), NEEDLE) is None
+
+
 def test_large_other_cookies_do_not_hide_the_session() -> None:
     """A site's analytics and preference cookies can fill many kilobytes: the session
     cookie beside them is still read."""
@@ -102,11 +118,10 @@ def test_conflicting_duplicates_are_a_security_event(caplog: pytest.LogCaptureFi
 def _split_reference(headers: list[tuple[bytes, bytes]], needle: bytes) -> str | None:
     """The plain reading of RFC 6265 pairs that the fast scan must agree with."""
     values = set()
-    for key, raw in headers:
-        if key != b"cookie":
-            continue
-        if len(raw) > 65_536:
-            return None
+    cookies = [raw for key, raw in headers if key == b"cookie"]
+    if sum(map(len, cookies)) > 65_536 or sum(raw.count(needle) for raw in cookies) > 16:
+        return None
+    for raw in cookies:
         for part in raw.split(b";"):
             part = part.strip(b" \t")
             if part.startswith(needle):

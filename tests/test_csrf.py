@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections import deque
 from typing import Any
@@ -291,6 +292,43 @@ async def test_a_form_is_searched_for_the_token_only_up_to_max_form_bytes() -> N
         "CSRF check failed: form body over max_form_bytes (200), not searched for the"
         " CSRF token: send it in the x-csrf-token header"
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ("{junk}&csrf_token={token}", 200),  # after 100,000 fields, as the browser put it
+        ("csrf_token={token}&csrf_token=forged", 200),  # the first one counts
+        ("csrf_token=forged&csrf_token={token}", 403),
+        ("xcsrf_token={token}", 403),  # another field whose name ends like it
+        ("note=csrf_token={token}", 403),  # or a value that reads like it
+        ("csrf_token=%{token}", 403),
+        ("item=a+b&csrf_token={token}&", 200),
+    ],
+)
+async def test_a_form_token_is_found_as_a_browser_sends_it(body: str, status: int) -> None:
+    """Searched for, not parsed: a junk body of 100,000 fields cost a second of CPU
+    to parse field by field, for any client that sends a session cookie."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    async with no_browser(make_app(max_form_bytes=1_000_000)) as client:
+        alice = await logged_in(client)
+        token = (await client.get("/csrf", headers=alice)).json()["token"]
+        content = body.format(junk="a&" * 100_000, token=token).encode()
+        response = await client.post("/anything", content=content, headers={**alice, **form})
+    assert response.status_code == status
+
+
+async def test_a_multipart_body_without_the_field_is_not_parsed(
+    app: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its parser logs a warning for each malformed body, which any client could send."""
+    junk = {"content-type": "multipart/form-data; boundary=xyz"}
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        with caplog.at_level(logging.DEBUG):
+            response = await client.post("/anything", content=b"garbage", headers={**alice, **junk})
+    assert response.json()["detail"] == "CSRF check failed: missing CSRF token"
+    assert not [r for r in caplog.records if r.name.startswith("python_multipart")]
 
 
 async def test_tokens_are_compared_in_constant_time(

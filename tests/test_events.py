@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
@@ -81,8 +82,10 @@ async def test_expiry_is_reported_when_an_expired_session_is_presented(
             assert (await client.get("/read", headers=alice)).json()["user"] == "alice"
     clock.advance(then)
     async with client_for(make_app(any_store, short, events=[hook])) as client:
-        assert (await client.get("/read", headers=alice)).json()["user"] is None
+        for _ in range(3):  # its record went at the first: one event, not one a request
+            assert (await client.get("/read", headers=alice)).json()["user"] is None
     assert [(event.kind, event.user_id) for event in seen] == [("expired", "alice")]
+    assert await any_store.list_user("alice", clock() - then) == []
 
 
 async def test_revocations_are_reported_with_their_count(any_store: Store) -> None:
@@ -101,6 +104,54 @@ async def test_revocations_are_reported_with_their_count(any_store: Store) -> No
     session = await Session(persistence, scope).load()
     assert await session.revoke_others() == 2
     assert [(e.kind, e.count, e.user_id) for e in seen] == [("revoked", 2, "alice")]
+
+
+async def events_of(
+    store: Store, cookie: dict[str, str], act: Callable[[Session], Awaitable[object]]
+) -> list[tuple[str, int, str | None]]:
+    """The events of one request of ``cookie`` that does ``act`` to its session."""
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    persistence = Persistence(store, SessionConfig(), None, [hook])
+    scope = {"headers": [(b"cookie", cookie["cookie"].encode())]}
+    session = await Session(persistence, scope).load()
+    await act(session)
+    await persistence.commit(session, 200)
+    return [(event.kind, event.count, event.user_id) for event in seen]
+
+
+async def test_each_ended_session_is_counted_once(any_store: Store) -> None:
+    """The request's own session, ended with the others, is announced as logged_out;
+    ``revoked`` counts the others, and a revocation that ended nothing says nothing."""
+    async with client_for(make_app(any_store)) as client:
+        devices = [ticket(await client.post("/login")) for _ in range(3)]
+        alone = ticket(await client.post("/login?user=bob"))
+    assert await events_of(any_store, devices[0], Session.revoke_all) == [
+        ("revoked", 2, "alice"),
+        ("logged_out", 1, "alice"),
+    ]
+    assert await events_of(any_store, alone, Session.revoke_others) == []
+
+    async def own(session: Session) -> None:
+        (device,) = await session.devices()
+        assert await session.revoke(device.id)
+
+    assert await events_of(any_store, alone, own) == [("logged_out", 1, "bob")]
+
+
+async def test_a_visitors_session_that_empties_is_not_a_logout(any_store: Store) -> None:
+    """A flash shown to a visitor who never signed in, or a cleared cart, ends that
+    session's record, but nobody logged out: the counter of logouts must not say so."""
+    async with client_for(make_app(any_store)) as client:
+        visitor = ticket(await client.post("/write"))
+    assert await events_of(any_store, visitor, _clear) == []
+
+
+async def _clear(session: Session) -> None:
+    session.clear()
 
 
 async def test_revoking_one_device_is_reported_with_its_public_id(any_store: Store) -> None:

@@ -4,6 +4,7 @@ and exporter."""
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import httpx
@@ -16,8 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 
-from coatcheck import MemoryStore, Store
+from coatcheck import MemoryStore, SessionRecord, Store
 from coatcheck.otel import SessionTelemetry
+from coatcheck.stores.base import creator_of
 from coatcheck.stores.redis import RedisStore
 
 from . import apps
@@ -177,3 +179,34 @@ async def test_each_store_call_is_a_client_span_and_a_failure_marks_it(
     assert failed.status.status_code is StatusCode.ERROR
     assert dict(failed.attributes or {})["error.type"] == "StoreUnavailableError"
     assert [event.name for event in failed.events] == ["exception"]
+
+
+async def test_the_optional_create_is_timed_where_the_store_has_one(
+    reader: InMemoryMetricReader, telemetry: SessionTelemetry
+) -> None:
+    """An import's first write goes through ``create()``: it is a store call like any."""
+    store = telemetry.instrument(MemoryStore())
+    create = creator_of(store)
+    assert create is not None
+    now = time.time()
+    record = SessionRecord(
+        key="c" * 64,
+        public_id="createdpublicid0",
+        user_id=None,
+        data=b"{}",
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + 60,
+    )
+    assert await create(record)
+    assert not await create(record)  # held by a live record now
+    found = [
+        (attributes["coatcheck.store.operation"], point.count)
+        for attributes, point in points(reader, "coatcheck.store.duration")
+    ]
+    assert found == [("create", 2)]
+
+    class WithoutCreate(MemoryStore):
+        create = None  # type: ignore[assignment]
+
+    assert creator_of(telemetry.instrument(WithoutCreate())) is None

@@ -13,6 +13,9 @@ _MAX_COOKIE_HEADER = 65_536
 # The longest cookie browsers keep, name included (RFC 6265 asks for at least this):
 # a longer session value was never set by us.
 _MAX_COOKIE = 4_096
+# More hits of the name than this is junk too: each costs a step in Python, and no
+# browser sends one cookie name more than a few times (once per matching path).
+_MAX_HITS = 16
 _BLANKS = b" \t"
 _SEMICOLON = ord(";")
 
@@ -27,18 +30,23 @@ def read_cookie(headers: Headers, needle: bytes) -> str | None:
 
     The name must match exactly (case-sensitive). Two different values for it
     (cookie tossing from a sibling host or a longer path) mean no value at all,
-    whatever their order. A non-ASCII or oversized value, or a header of junk size,
-    is treated as absent.
+    whatever their order. A non-ASCII or oversized value, Cookie headers of junk size
+    together, or a name repeated past any browser's habit, is treated as absent.
     """
     found: bytes | None = None
+    size = hits = 0
     for key, raw in headers:
         if key != b"cookie":
             continue
-        if len(raw) > _MAX_COOKIE_HEADER:
+        size += len(raw)  # over every Cookie header: HTTP/2 sends one per cookie
+        if size > _MAX_COOKIE_HEADER:
             return None  # decided by length alone: no work in proportion to the junk
         # Searching beats splitting the header into pairs: this runs on every read.
         at = raw.find(needle)
         while at != -1:
+            hits += 1
+            if hits > _MAX_HITS:
+                return None
             start = at
             while start and raw[start - 1] in _BLANKS:
                 start -= 1

@@ -46,6 +46,23 @@ def _validate(model: type[M], raw: Any) -> M:
     return validate(raw) if validate is not None else model.parse_obj(raw)  # type: ignore[attr-defined,no-any-return]
 
 
+def _problems(exc: ValueError) -> str:
+    """Where and why validation failed, without the values: session data can be secret
+    (``encrypt_data`` keeps it from the store, and must not see it logged instead)."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return type(exc).__name__
+    try:
+        found = errors(include_input=False, include_url=False)  # Pydantic 2
+    except TypeError:
+        found = errors()  # Pydantic 1, whose errors hold no input
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error.get('loc', ())) or '(value)'}: "
+        f"{error.get('type', 'invalid')}"
+        for error in found
+    )
+
+
 def dump(instance: Any) -> Any:
     """The value as JSON types, as the session stores it."""
     model_dump = getattr(instance, "model_dump", None)
@@ -76,7 +93,7 @@ class Binding:
                     "session value %r is not a valid %s; starting from its defaults: %s",
                     key,
                     model.__name__,
-                    str(exc).replace("\n", " "),
+                    _problems(exc),
                 )
             else:
                 return cls(model, instance, dump(instance))

@@ -170,6 +170,10 @@ class Persistence:
             if configured < deadline:
                 deadline = configured
             if not (compare_digest(record.key, key) and now < deadline):
+                if self._sealer is None and compare_digest(record.key, key):
+                    # Past limits shortened since it was stored: its record goes now,
+                    # so the next request finds nothing and ``expired`` fires once.
+                    await self.store.delete(key)
                 await self.emit(session, "expired", record.user_id, record.public_id)
                 record = None
             else:
@@ -385,14 +389,17 @@ class Persistence:
                 cleared = await self._end_imported(session, replaced=False)
                 return [*cleared, _NO_STORE] if cleared else []
             assert stored is not None
-            if session._fresh or session._key != old_key:
+            fresh = session._fresh  # destroy() or logout(), which the event names
+            if fresh or session._key != old_key:
                 await self.store.delete(old_key)  # a logout wins over any parallel save
             elif not await self._end_emptied(session, stored):
                 return []
             # Settled on nothing: only what the app adds after this is a change.
             session._stored, session._raw = None, self._empty
             session._modified = session._exposed = session._meta_changed = False
-            await self.emit(session, "logged_out", stored.user_id, stored.public_id)
+            if fresh or stored.user_id is not None:
+                # Not a visitor's session that merely emptied (its flash was shown).
+                await self.emit(session, "logged_out", stored.user_id, stored.public_id)
             return [
                 self._ticket(session, None, None),
                 *await self._end_old_cookie(session),
@@ -502,9 +509,22 @@ class Persistence:
                 await self._end_import_twin(session, ending)
         elif session._fresh:
             # Destroyed, or logged in as someone else: nothing of the old record carries
-            # over, so it is simply replaced, whatever happened to it meanwhile. Only a
-            # revocation racing this very write refuses it (Redis Cluster, as above).
-            if not await self.store.save(record, replaces=old_key):
+            # over, so it is replaced whatever was saved to it meanwhile. A login still
+            # needs it alive, as any login does: of two parallel logins as bob from
+            # alice's browser, the second finds it gone and gets a 409, rather than
+            # storing a device no browser holds (one that may evict bob's phone).
+            # Otherwise only a revocation racing this write refuses it (Redis Cluster).
+            def overwrite(base: SessionRecord) -> SessionRecord:
+                written.append(record._replace(version=base.version + 1))
+                return written[-1]
+
+            if session._signing_in:
+                saved = await self.store.save(
+                    record, replaces=old_key, expected_version=stored.version, merge=overwrite
+                )
+            else:
+                saved = await self.store.save(record, replaces=old_key)
+            if not saved:
                 session._stored = None
                 raise SessionEndedError("the session was ended by another request")
         elif not await self.store.save(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any, TypeVar
 
 from .exceptions import MissingDependencyError
@@ -38,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("opentelemetry-api", "otel") from exc
 
 from .events import SessionEvent
-from .stores.base import Merge, SessionRecord, Store
+from .stores.base import Create, Merge, SessionRecord, Store
 
 __all__ = ["SessionTelemetry"]
 
@@ -91,7 +92,13 @@ class _MeteredStore:
         # The store's own attributes (a Redis client, a SQLite path) stay reachable.
         if name == "inner":  # not set yet: a copy or an unpickling is making this one
             raise AttributeError(name)
-        return getattr(self.inner, name)
+        value = getattr(self.inner, name)
+        if name == "create" and value is not None:  # optional: timed where it exists
+            return partial(self._create, value)
+        return value
+
+    async def _create(self, create: Create, record: SessionRecord) -> bool:
+        return await self._timed("create", create(record))
 
     def __repr__(self) -> str:
         return f"<timed {self.inner!r}>"

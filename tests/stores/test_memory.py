@@ -112,12 +112,13 @@ async def test_user_index_stays_consistent_after_eviction() -> None:
     for record in (alice_old, alice_new, bob_only):
         await store.save(record)
 
-    await store.save(make_record())  # evicts alice_old
+    # Signed-in newcomers: no anonymous session is left to go first.
+    await store.save(make_record(user_id="carol"))  # evicts alice_old
     assert await store.list_user("alice", NOW) == [alice_new]
     assert await store.delete_user("alice", keep=alice_new.key) == 0
 
-    await store.save(make_record())  # evicts alice_new
-    await store.save(make_record())  # evicts bob_only, Bob's last session
+    await store.save(make_record(user_id="carol"))  # evicts alice_new
+    await store.save(make_record(user_id="carol"))  # evicts bob_only, Bob's last session
     assert await store.list_user("alice", NOW) == []
     assert await store.list_user("bob", NOW) == []
     assert await store.delete_user("alice") == 0
@@ -129,6 +130,22 @@ async def test_user_index_stays_consistent_after_eviction() -> None:
     await store.save(back)
     assert await store.list_user("bob", NOW) == [back]
     assert await store.delete_user("bob") == 1
+
+
+async def test_an_anonymous_flood_never_pushes_out_a_signed_in_session() -> None:
+    """Reads write nothing, so an active user's record may well be the oldest written:
+    a client looping over an anonymous cart route signed everyone out."""
+    store = MemoryStore(max_entries=50)
+    alice = make_record(user_id="alice")
+    await store.save(alice)
+    flood = [make_record() for _ in range(500)]
+    for record in flood:
+        await store.save(record)
+    assert await store.list_user("alice", NOW) == [alice]
+    assert await store.count(LONG_AGO) == 50
+    assert [await held(store, record) for record in flood[-49:]] == [True] * 49
+    await store.delete(flood[-1].key)
+    assert await store.count(LONG_AGO) == 49
 
 
 async def test_a_flood_stays_within_max_entries() -> None:

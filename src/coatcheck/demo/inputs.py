@@ -14,10 +14,15 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.types import Message, Receive
 
 from .settings import SESSION_HEADER
 
 M = TypeVar("M", bound=BaseModel)
+
+# Each input is a name, a password or a cart item: far below this. Read only up to it,
+# so that no client can make the app hold megabytes per request (Django: 2.5 MB).
+MAX_BODY = 16_384
 
 
 class PageError(Exception):
@@ -67,22 +72,45 @@ async def read_input(request: Request, model: type[M]) -> M:
     if sent and not (has_json_body(request) or has_form_body(request)):
         # text/plain is what a cross-site "simple" request can send without a preflight.
         raise HTTPException(status_code=415, detail="Send JSON or a form")
+    body = await _bounded_body(request)
     if has_json_body(request):
         try:
-            raw = json.loads(await request.body())
+            raw = json.loads(body)
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise RequestValidationError(
                 [{"type": "json_invalid", "loc": ("body",), "msg": "Invalid JSON"}]
             ) from None
     else:
-        form = await request.form()
+        form = await Request(request.scope, _replay(body)).form()
         raw = {key: value for key, value in form.items() if isinstance(value, str)}
+        await form.close()
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         if wants_json(request):
             raise RequestValidationError(_without_input(exc)) from None
         raise PageError(_describe(exc), 422, username=_username(raw)) from None
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The body, or a 413 as soon as it is known to pass :data:`MAX_BODY`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise HTTPException(status_code=413, detail="Request body too large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise HTTPException(status_code=413, detail="Request body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 def _without_input(exc: ValidationError) -> list[dict[str, Any]]:

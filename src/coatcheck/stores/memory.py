@@ -13,7 +13,8 @@ class MemoryStore:
     """Keeps records in a dict; loses them on restart and is not shared between workers.
 
     At ``max_entries`` it first drops expired records, then the least recently
-    written ones, so an anonymous flood cannot grow memory without bound. Expired
+    written anonymous ones, so an anonymous flood can neither grow memory without
+    bound nor sign users out; a signed-in session goes only when none is left. Expired
     records are looked for at most once a second: a full store under a flood of new
     sessions would otherwise read every record at every save.
     """
@@ -26,6 +27,7 @@ class MemoryStore:
         # freed at its front, which at capacity is one more for each save.
         self._records: OrderedDict[str, SessionRecord] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
+        self._anonymous: OrderedDict[str, None] = OrderedDict()  # keys, in write order
         self._swept_at = float("-inf")  # when _make_room last looked for expired records
 
     def __repr__(self) -> str:
@@ -63,6 +65,8 @@ class MemoryStore:
         self._records[record.key] = record._replace(data=bytes(memoryview(record.data)))
         if record.user_id is not None:
             self._by_user.setdefault(record.user_id, set()).add(record.key)
+        else:
+            self._anonymous[record.key] = None
         return True
 
     async def create(self, record: SessionRecord) -> bool:
@@ -96,6 +100,7 @@ class MemoryStore:
         live = sum(1 for record in self._records.values() if record.expires_at > now)
         self._records.clear()
         self._by_user.clear()
+        self._anonymous.clear()
         return live
 
     async def purge_expired(self, now: float) -> int:
@@ -112,7 +117,10 @@ class MemoryStore:
 
     def _remove(self, key: str) -> None:
         record = self._records.pop(key, None)
-        if record is None or record.user_id is None:
+        if record is None:
+            return
+        if record.user_id is None:
+            self._anonymous.pop(key, None)
             return
         keys = self._by_user.get(record.user_id)
         if keys is not None:
@@ -127,4 +135,4 @@ class MemoryStore:
             for key in expired:
                 self._remove(key)
         while len(self._records) >= self.max_entries:
-            self._remove(next(iter(self._records)))
+            self._remove(next(iter(self._anonymous or self._records)))
