@@ -335,6 +335,43 @@ async def test_a_store_failure_after_the_response_started_is_raised_not_answered
     assert [message["type"] for message in sent] == ["http.response.start"]
 
 
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
+async def test_a_streamed_change_is_stored_before_the_byte_that_completes_the_body(
+    length: bool,
+) -> None:
+    """With a Content-Length, the client has the whole body at its last byte: the empty
+    part Starlette sends after it came too late, and a client that left at once had the
+    stream cancelled, with the save, and a complete 200 that said nothing of it."""
+    store = MemoryStore()
+    cookie = await create_session(store, data={"downloads": 0})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        session = await scope["session"].load()
+        headers = [(b"content-length", b"8")] if length else []
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"1234", "more_body": True})
+        session["downloads"] += 1
+        await send({"type": "http.response.body", "body": b"5678", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    stored_when_sent: list[Any] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            data = await read_session(store, cookie)
+            assert data is not None
+            stored_when_sent.append((message["body"], data["downloads"]))
+
+    headers = [(b"cookie", f"{NAME}={cookie}".encode())]
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": headers, "scheme": "https"}
+    await SessionMiddleware(app, store=store)(scope, receive, send)
+    last = 1 if length else 0  # the byte completing the declared length, or the end
+    assert stored_when_sent == [(b"1234", 0), (b"5678", last), (b"", 1)]
+
+
 @pytest.mark.parametrize("path", ["/background", "/stream-note"])
 async def test_late_data_for_a_session_without_a_record_is_dropped_with_a_warning(
     app: FastAPI,

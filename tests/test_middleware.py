@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,37 @@ async def test_a_cookie_that_matches_nothing_is_left_alone(client: httpx.AsyncCl
     assert "set-cookie" not in response.headers
 
 
+NAVIGATE = {"sec-fetch-mode": "navigate", "sec-fetch-dest": "document"}
+
+
+async def test_a_page_load_with_an_ended_session_clears_its_cookie_and_the_cache(
+    client: httpx.AsyncClient, store: CountingStore, clock: FakeClock
+) -> None:
+    """Signed out elsewhere, or idle past the limit on a shared computer: without
+    ``Clear-Site-Data``, Back showed the signed-in page from the cache. Only at a page
+    load, which no parallel login races, and so only once."""
+    alice = ticket(await client.post("/login"))
+    revoked = ticket(await client.post("/login"))
+    await store.delete(store_key(revoked))
+    clock.advance(1001)  # alice's idle limit passes
+    for dead in (alice, revoked):
+        fetched = await client.get("/read", headers=cookie(dead))
+        assert "set-cookie" not in fetched.headers  # a fetch may race a parallel login
+        page = await client.get("/read", headers={**cookie(dead), **NAVIGATE})
+        assert page.json() == {"data": {}, "user": None}
+        assert page.headers["set-cookie"].startswith(f"{NAME}=;")
+        assert page.headers["clear-site-data"] == '"cache"'
+    # A page that starts a visitor's session at once hands out its cookie instead.
+    fresh = await client.post("/write", headers={**cookie(alice), **NAVIGATE})
+    assert ticket(fresh) not in ("", alice)
+    assert fresh.headers["clear-site-data"] == '"cache"'
+    # A live session's page loads do neither.
+    live = ticket(fresh)
+    again = await client.get("/read", headers={**cookie(live), **NAVIGATE})
+    assert "set-cookie" not in again.headers
+    assert "clear-site-data" not in again.headers
+
+
 async def test_a_slow_read_does_not_clobber_the_cookie_of_a_parallel_login(
     any_store: Store, config: SessionConfig, clock: FakeClock
 ) -> None:
@@ -344,6 +376,36 @@ async def test_server_errors_do_not_save(client: httpx.AsyncClient, store: Count
     response = await client.post("/crash", headers=cookie(sid))
     assert response.status_code == 500
     assert (await client.get("/read", headers=cookie(sid))).json()["data"] == {"n": 1}
+
+
+async def _logout_then_fail(request: Request) -> Response:
+    session = await request.scope["session"].load()
+    session.logout()
+    session["flash"] = "bye"  # part of the page that failed: not kept
+    if request.query_params.get("how") == "raise":
+        raise RuntimeError("the page after the logout broke")
+    return PlainTextResponse("failed", status_code=503)
+
+
+@pytest.mark.parametrize("how", ["answer", "raise"])
+async def test_a_logout_stands_when_the_response_after_it_fails(
+    store: CountingStore, config: SessionConfig, how: str
+) -> None:
+    """Django's logout deletes at once; here the user stayed signed in after a 5xx."""
+    app = make_app(store, config)
+    app.routes.append(Route("/logout-fails", _logout_then_fail, methods=["POST"]))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}
+    ) as client:
+        alice = ticket(await client.post("/login"))
+        response = await client.post(f"/logout-fails?how={how}", headers=cookie(alice))
+        assert response.status_code == (503 if how == "answer" else 500)
+        if how == "answer":  # a response the middleware sees: the cookie goes too
+            assert response.headers["set-cookie"].startswith(f"{NAME}=;")
+        after = (await client.get("/read", headers=cookie(alice))).json()
+    assert after == {"data": {}, "user": None}
+    assert await store.inner.count(0) == 0  # no record left, live or not
 
 
 # -- the life cycle ------------------------------------------------------------------------
@@ -931,6 +993,56 @@ def test_a_websocket_session_too_large_to_store_is_closed_with_1009(
         pass
     assert closed.value.code == 1009
     assert not store.calls["save"]
+
+
+async def _kick(websocket: WebSocket) -> None:
+    """Refuses the socket, as an app does for a user it just signed out."""
+    session = await websocket.scope["session"].load()
+    action = websocket.query_params["then"]
+    if action == "logout":
+        session.logout()
+    elif action == "login":
+        session.login("mallory")
+    else:
+        session["refused"] = True
+    await websocket.close(code=1008)
+
+
+@pytest.mark.parametrize("denial", [True, False], ids=["http-refusal", "close-code"])
+async def test_a_websocket_refused_before_accept_keeps_its_logout(denial: bool) -> None:
+    """A logout before the refusal was dropped with the handshake: the user stayed in."""
+    store = MemoryStore()
+    app = make_app(store)
+    app.routes.append(WebSocketRoute("/kick", _kick))
+    async with client_for(app) as client:
+        alice = ticket(await client.post("/login"))
+        marked, rotated = ticket(await client.post("/write")), ticket(await client.post("/write"))
+    served = app if denial else without_denial_responses(app)
+    answers = []
+    for value, then in ((marked, "mark"), (rotated, "login"), (alice, "logout")):
+        url = f"{TEST_WS_BASE_URL}/kick?then={then}"
+        with (
+            TestClient(served) as tc,
+            pytest.raises((WebSocketDenialResponse, WebSocketDisconnect)) as refused,
+            tc.websocket_connect(url, headers=cookie(value)),
+        ):
+            pass  # pragma: no cover - refused before this
+        answers.append(refused.value)
+    if denial:  # the 403 a server sends for it, now with the session's headers
+        assert [answer.status_code for answer in answers] == [403, 403, 403]  # type: ignore[union-attr]
+        assert "set-cookie" not in answers[0].headers  # type: ignore[union-attr]
+        assert answers[1].headers["set-cookie"].startswith(f"{NAME}=")  # type: ignore[union-attr]
+        assert answers[2].headers["set-cookie"].startswith(f"{NAME}=;")  # type: ignore[union-attr]
+    else:
+        assert [answer.code for answer in answers] == [1008, 1008, 1008]  # type: ignore[union-attr]
+    async with client_for(app) as client:
+        assert (await client.get("/read", headers=cookie(alice))).json()["user"] is None
+        mark = (await client.get("/read", headers=cookie(marked))).json()["data"]
+        left = (await client.get("/read", headers=cookie(rotated))).json()["data"]
+    assert mark == {"n": 1, "refused": True}  # no new cookie needed: stored either way
+    # A login needs its new cookie to reach the browser: stored only where it can.
+    mallory = await store.list_user("mallory", time.time())
+    assert (len(mallory), left) == ((1, {}) if denial else (0, {"n": 1}))
 
 
 @pytest.mark.parametrize("denial", [True, False], ids=["http-refusal", "close-code"])

@@ -14,6 +14,14 @@ Header = tuple[bytes, bytes]
 Headers = list[Header]
 
 
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of the header ``name`` (lower case, as ASGI gives names)."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
 def route_path(scope: Scope) -> str:
     """The path the app's routes see: ``scope["path"]`` less the ``root_path`` that a
     proxy prefix (``uvicorn --root-path``) or a Starlette ``Mount`` put in front."""

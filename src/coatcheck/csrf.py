@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from ._asgi import Message, PathPrefixes, Receive, Scope
+from ._asgi import header as _header
 from ._audit import security_event
 from ._ids import store_key
 from ._keys import Keyring
@@ -248,13 +249,6 @@ def hidden_input(session: Session, field: str | None = None) -> str:
     """
     name = html.escape(field or session._persistence.config.csrf.form_field)
     return f'<input type="hidden" name="{name}" value="{session.csrf_token()}">'
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
 
 
 def _unmask(token: str) -> bytes | None:

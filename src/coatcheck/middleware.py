@@ -10,6 +10,7 @@ background task, a websocket) once the app returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -140,15 +141,17 @@ class SessionMiddleware:
         session = Session(self._persistence, scope)
         scope["session"] = session
         token = current_session.set(session)
-        started = failed = streamed = False
+        started = failed = streamed = ended = False
         status = 200
+        left: int | None = None  # of a streamed body's declared Content-Length
+        head: Message = {}
         watch = None
         if kind == "websocket" and self._recheck is not None:
             watch = SocketWatch(self._persistence, session, self._recheck, send)
             receive = watch.receive(receive)
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started, failed, status, streamed
+            nonlocal started, failed, status, streamed, ended, left, head
             if failed:
                 if kind == "websocket":  # refused for it: a feed that only sends stops
                     raise SocketClosed(1013, "coatcheck refused this websocket: see the log")
@@ -156,20 +159,40 @@ class SessionMiddleware:
             if message["type"] in _RESPONSE_START:
                 started = session._cookie_final = True
                 status = message.get("status", 200)
+                head = message
                 if session._loaded:
                     if self._persistence.settled(session) and not session._outgoing:
                         _merge_headers(message, [], self._persistence.vary)
                     elif not await self._commit(session, message, scope, receive, send):
                         failed = True
                         return
+            elif message["type"] == "websocket.close" and not started:
+                # Refused before accept(): the handshake's answer, a 403. What the app
+                # changed first (a logout above all) must not be dropped with it.
+                started = session._cookie_final = True
+                status = 403
+                if session._loaded and not self._persistence.settled(session):
+                    await self._refuse_socket(session, message, scope, receive, send)
+                    return
             elif message["type"] == "http.response.body":
+                complete = True
                 if message.get("more_body", False):
-                    streamed = True  # loaded or not yet: the body may load it later
-                elif (
-                    session._loaded
+                    if not streamed:
+                        streamed = True  # loaded or not yet: the body may load it later
+                        left = _declared_length(head)
+                    # With a Content-Length, the client has it all at its last byte,
+                    # before the empty part that ends a stream: stored before that byte.
+                    if left is not None:
+                        left -= len(message.get("body", b""))
+                    complete = left is not None and left <= 0
+                if (
+                    complete
+                    and not ended
+                    and session._loaded
                     and (session._modified or (streamed and (session._exposed or session._models)))
                     and not self._persistence.stateless
                 ):
+                    ended = True
                     await self._store_before_end(session, status, streamed)
             elif watch is not None and await watch.ended():
                 if message["type"] == "websocket.close":
@@ -217,6 +240,13 @@ class SessionMiddleware:
             if not (failed or (watch is not None and watch.closed)):
                 raise
             # The app stopped at a send after its socket was closed for it: done.
+        except Exception:
+            if not started and session._loaded:
+                # The error page goes out past this middleware, without its headers,
+                # but a logout made before the error still ends the session.
+                with contextlib.suppress(*_SAVE_FAILURES):
+                    await self._persistence.commit(session, 500)
+            raise
         finally:
             # In-process callers (tests, mounted apps) share one context across requests.
             current_session.reset(token)
@@ -245,6 +275,28 @@ class SessionMiddleware:
             logger.warning(_PLAIN_HTTP_WARNING)
         _merge_headers(message, extra, self._persistence.vary)
         return True
+
+    async def _refuse_socket(
+        self, session: Session, close: Message, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Commit a session changed by a handshake the app refused with ``close``.
+
+        A server that can answer the handshake over HTTP gets the 403 it would have
+        sent, with the session's headers (a new or cleared cookie). Elsewhere no cookie
+        can go out: only changes that need none are stored, as a logout's delete is.
+        """
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            start = {"type": "websocket.http.response.start", "status": 403, "headers": []}
+            if await self._commit(session, start, scope, receive, send):
+                await send(start)
+                await send({"type": "websocket.http.response.body", "body": b""})
+            return
+        if not self._persistence.needs_new_cookie(session):
+            try:
+                await self._persistence.commit(session, 403)
+            except _SAVE_FAILURES as exc:
+                logger.warning("a refused websocket's session change was not stored: %s", exc)
+        await send(close)
 
     async def _store_before_end(self, session: Session, status: int, streamed: bool) -> None:
         """Store what changed while the body went out, before its last part does: a
@@ -406,6 +458,14 @@ def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) ->
             headers = list(headers)
             headers[first] = (name, b", ".join([value, *missing] if value.strip() else missing))
     message["headers"] = headers
+
+
+def _declared_length(start: Message) -> int | None:
+    """The Content-Length a response start declares, if any."""
+    for name, value in start.get("headers", ()):
+        if name.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _as_denial(send: Send) -> Send:

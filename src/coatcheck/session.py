@@ -53,6 +53,7 @@ class Session(MutableMapping[str, Any]):
         "_cookie_final",
         "_created_at",
         "_data",
+        "_dead_ticket",
         "_expires_at",
         "_exposed",
         "_fresh",
@@ -122,6 +123,7 @@ class Session(MutableMapping[str, Any]):
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
     _orphan: str | None  # key of a record the cookie named that could not be decoded
+    _dead_ticket: bool  # a page load brought a cookie of no live session (ended, expired)
     _signing_in: bool  # login() (or an adopted login) waits for its save
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
@@ -663,7 +665,7 @@ class Session(MutableMapping[str, Any]):
         self._models = None
         self._outgoing = []
         self._halted = self._orphan = None
-        self._signing_in = False
+        self._signing_in = self._dead_ticket = False
         if record is None:
             self._raw = None
             self._public_id = ""
