@@ -9,6 +9,7 @@ from collections import deque
 from typing import Any
 
 import httpx
+import jinja2
 import pytest
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -692,6 +693,9 @@ def test_hidden_input_carries_a_fresh_token() -> None:
     first, second = hidden_input(session), hidden_input(session)
     assert first.startswith('<input type="hidden" name="csrf_token" value="')
     assert first != second
+    # Put in a Jinja template as it is, not escaped into visible text.
+    rendered = jinja2.Environment(autoescape=True).from_string("{{ csrf }}").render(csrf=first)
+    assert rendered == first
 
 
 async def test_hidden_input_names_the_field_the_guard_reads() -> None:

@@ -873,6 +873,54 @@ def test_an_outage_response_of_the_wrong_shape_fails_at_start_up(unavailable: An
         SessionMiddleware(PlainTextResponse("hi"), MemoryStore(), unavailable=unavailable)
 
 
+async def test_an_apps_own_refusal_page_answers_409_413_and_403() -> None:
+    """A form post refused by coatcheck showed its JSON to a person: the app may answer
+    in words instead, with the same status and the reason."""
+    seen: list[tuple[int, str]] = []
+
+    def refused(status: int, detail: str) -> Response:
+        seen.append((status, detail))
+        return PlainTextResponse(f"Sorry ({status}). Please try again.", status)
+
+    store = MemoryStore()
+
+    async def overtaken(request: Request) -> Response:
+        """A write that a logout elsewhere overtook."""
+        session = await request.scope["session"].load()
+        await store.delete_user("alice")
+        session["late"] = True
+        return PlainTextResponse("kept")
+
+    async def hoard(request: Request) -> Response:
+        session = await request.scope["session"].load()
+        session["blob"] = "x" * 2000
+        return PlainTextResponse("kept")
+
+    app = make_app(store, SessionConfig(max_session_bytes=1024), refused=refused)
+    app.routes.extend(
+        [Route("/overtaken", overtaken, methods=["POST"]), Route("/hoard", hoard, methods=["POST"])]
+    )
+    async with client_for(app) as client:
+        answers = [
+            await client.post("/overtaken", headers=cookie(ticket(await client.post("/login")))),
+            await client.post("/hoard"),
+            await client.post(
+                "/write", headers={"sec-fetch-site": "cross-site", **cookie("B" * 43)}
+            ),
+        ]
+    assert [(answer.status_code, answer.text) for answer in answers] == [
+        (status, f"Sorry ({status}). Please try again.") for status in (409, 413, 403)
+    ]
+    assert [status for status, _ in seen] == [409, 413, 403]
+    assert "another request" in seen[0][1]
+    assert seen[2][1] == "CSRF check failed: cross-site request"
+
+
+def test_a_refusal_page_of_the_wrong_shape_fails_at_start_up() -> None:
+    with pytest.raises(ConfigurationError, match="refused= takes the status"):
+        SessionMiddleware(PlainTextResponse("hi"), MemoryStore(), refused=lambda status: None)
+
+
 class _HalfStore(CountingStore):
     """A store that forgot one method and took the protocol's, which does nothing."""
 
@@ -1110,7 +1158,7 @@ async def test_a_refused_new_session_gets_409_and_no_cookie() -> None:
     async with client_for(make_app(store, SessionConfig())) as client:
         response = await client.post("/login")
     assert response.status_code == 409
-    assert "ended by another request" in response.json()["detail"]
+    assert "ended or moved by another request" in response.json()["detail"]
     assert "set-cookie" not in response.headers
     assert await store.count(0) == 0
 

@@ -166,7 +166,7 @@ async def test_a_reload_sees_a_login_made_meanwhile_as_an_ended_session(
         cookie = {"cookie": f"{NAME}={sid}"}
         response = await client.post(f"/meanwhile/login?cookie={sid}", headers=cookie)
         assert response.status_code == 409
-        assert "ended by another request" in response.json()["detail"]
+        assert "ended or moved by another request" in response.json()["detail"]
         assert "set-cookie" not in response.headers
         # Nothing of this request brought the old session back.
         assert (await client.get("/state", headers=cookie)).json() == {"user": None, "data": {}}

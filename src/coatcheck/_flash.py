@@ -37,7 +37,30 @@ def add(session: Session, message: str, category: str) -> None:
         "category": str.__str__(category),
         "message": str.__str__(message),
     }
+    _queue(session, entry)
+    # Remembered past a save, which forgets its pending changes: a login as someone else
+    # later in this request keeps this request's messages ("Welcome, bob").
+    try:
+        session._flashed.append(entry["id"])
+    except AttributeError:  # the first of this request (a slot unset until then)
+        session._flashed = [entry["id"]]
+
+
+def _queue(session: Session, entry: dict[str, str]) -> None:
     session.modify(FLASH_KEY, lambda queue: [*_entries(queue), entry], default=[])
+
+
+def flashed_here(session: Session) -> list[dict[str, str]]:
+    """This request's messages still waiting, to queue again after the data goes."""
+    ids = set(getattr(session, "_flashed", ()))
+    if not ids:
+        return []
+    return [entry for entry in _entries(session._data.get(FLASH_KEY)) if entry["id"] in ids]
+
+
+def queue_again(session: Session, entries: list[dict[str, str]]) -> None:
+    for entry in entries:
+        _queue(session, entry)
 
 
 def take(session: Session, category: str | None) -> list[Flash]:

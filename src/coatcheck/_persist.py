@@ -1051,6 +1051,11 @@ class Persistence:
         for key, value in merged.items():
             if key not in data or encode({key: data[key]}) != encode({key: value}):
                 data[key] = value
+        if list(data) != list(merged):
+            # In the stored order too: encoded again, it must match what was stored, or
+            # reload() would find "unsaved" changes where there are none.
+            for key in merged:
+                data[key] = data.pop(key)
 
     def _merger(
         self,

@@ -240,15 +240,24 @@ class CSRFGuard:
         return await _multipart_field(scope, body, self.config.form_field), replay
 
 
-def hidden_input(session: Session, field: str | None = None) -> str:
-    """``<input type="hidden" ...>`` carrying a fresh token, for server-rendered forms.
+class _Markup(str):
+    """Text that is already HTML: Jinja and MarkupSafe insert what ``__html__`` gives
+    as it is, where they escape a plain ``str`` into visible text."""
 
-    The field is the one the guard reads (``CSRFConfig.form_field``) unless named. The
-    token is URL-safe base64; in Jinja, mark the result safe (``{{ csrf_input | safe }}``)
-    or write the input yourself with ``session.csrf_token()``.
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        return str(self)
+
+
+def hidden_input(session: Session, field: str | None = None) -> str:
+    """``<input type="hidden" ...>`` carrying a fresh token, for server-rendered forms:
+    ``{{ csrf_input }}`` in a Jinja template (it is marked as HTML, so not escaped).
+
+    The field is the one the guard reads (``CSRFConfig.form_field``) unless named.
     """
     name = html.escape(field or session._persistence.config.csrf.form_field)
-    return f'<input type="hidden" name="{name}" value="{session.csrf_token()}">'
+    return _Markup(f'<input type="hidden" name="{name}" value="{session.csrf_token()}">')
 
 
 def _unmask(token: str) -> bytes | None:

@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from starlette.websockets import WebSocketDisconnect
 
@@ -44,6 +45,7 @@ from .stores.base import Store
 logger = logging.getLogger("coatcheck")
 
 UnavailableApp = Callable[[int], ASGIApp]
+RefusedApp = Callable[[int, str], ASGIApp]
 
 # The message that starts a response: the session is committed just before it goes out.
 # A WebSocket refused with an HTTP response (``send_denial_response``) starts one too.
@@ -76,18 +78,25 @@ def _require_asyncio() -> None:
         raise ConfigurationError(ASYNCIO_ONLY) from None
 
 
-def _check_unavailable(unavailable: UnavailableApp) -> None:
-    """Refuse at start-up what would fail only at the first outage, as a 500."""
+def _check_answer(answer: Callable[..., ASGIApp], arguments: tuple[Any, ...], usage: str) -> None:
+    """Refuse at start-up what would fail only at the first outage or refusal, as a 500."""
     try:
-        inspect.signature(unavailable).bind(5)
+        inspect.signature(answer).bind(*arguments)
     except TypeError:
-        raise ConfigurationError(
-            "unavailable= takes the Retry-After seconds and returns the ASGI app that "
-            "answers, such as lambda retry_after: JSONResponse({...}, 503, "
-            'headers={"Retry-After": str(retry_after)}); it is not the response itself'
-        ) from None
-    except ValueError:  # no signature to check (a builtin): left to the first outage
+        raise ConfigurationError(usage) from None
+    except ValueError:  # no signature to check (a builtin): left to the first call
         pass
+
+
+_UNAVAILABLE_USAGE = (
+    "unavailable= takes the Retry-After seconds and returns the ASGI app that "
+    "answers, such as lambda retry_after: JSONResponse({...}, 503, "
+    'headers={"Retry-After": str(retry_after)}); it is not the response itself'
+)
+_REFUSED_USAGE = (
+    "refused= takes the status (403, 409 or 413) and the reason, and returns the ASGI app "
+    "that answers, such as lambda status, detail: JSONResponse({'detail': detail}, status)"
+)
 
 
 class SessionMiddleware:
@@ -107,6 +116,7 @@ class SessionMiddleware:
         *,
         serializer: Serializer | None = None,
         unavailable: UnavailableApp | None = None,
+        refused: RefusedApp | None = None,
         events: Sequence[EventHook] = (),
     ) -> None:
         self.app = app
@@ -115,7 +125,9 @@ class SessionMiddleware:
         try:
             self._persistence = Persistence(store, self.config, serializer, events)
             if unavailable is not None:
-                _check_unavailable(unavailable)
+                _check_answer(unavailable, (5,), _UNAVAILABLE_USAGE)
+            if refused is not None:
+                _check_answer(refused, (409, "why"), _REFUSED_USAGE)
         except ConfigurationError as exc:
             # Starlette builds middleware at the app's first call, the lifespan start-up,
             # where uvicorn's default ``--lifespan auto`` swallows the error and serves
@@ -124,6 +136,7 @@ class SessionMiddleware:
             raise
         self._eager = PathPrefixes(self.config.eager_paths) if self.config.eager_paths else None
         self._unavailable = unavailable or _unavailable_response
+        self._refused = refused or _refusal
         self._csrf = self._persistence.csrf
         self._plain_http_warned = not self.config.cookie.secure
         self._recheck: int | None = self.config.websocket_recheck  # type: ignore[assignment]
@@ -339,14 +352,12 @@ class SessionMiddleware:
             if websocket:
                 await close_socket(send, 1009, "session too large")
                 return
-            body = json.dumps({"detail": str(exc).capitalize()}).encode()
-            await _json_response(413, body, [])(scope, receive, send)
+            await self._refused(413, str(exc).capitalize())(scope, receive, send)
         else:  # SessionLimitError: a login past the user's limit
             if websocket:
                 await close_socket(send, 1008, "too many sessions")
                 return
-            body = json.dumps({"detail": str(exc).capitalize() + "."}).encode()
-            await _json_response(403, body, [])(scope, receive, send)
+            await self._refused(403, str(exc).capitalize() + ".")(scope, receive, send)
 
     async def _check_forgery(
         self, scope: Scope, receive: Receive, send: Send, session: Session
@@ -371,8 +382,7 @@ class SessionMiddleware:
             # Closing before accepting makes the server answer the handshake with a 403.
             await send({"type": "websocket.close", "code": 1008, "reason": "cross-site"})
         else:
-            body = json.dumps({"detail": f"CSRF check failed: {reason}"}).encode()
-            await _json_response(403, body, [])(scope, receive, send)
+            await self._refused(403, f"CSRF check failed: {reason}")(scope, receive, send)
         await self._persistence.emit(session, "csrf_rejected", None, "")
 
     async def _answer_unavailable(
@@ -405,11 +415,14 @@ class SessionMiddleware:
             await close_socket(send, 1008 if ended else 1013, reason)
             return
         if ended:
-            body = b'{"detail":"This session was ended by another request; nothing was saved."}'
+            detail = (
+                "This session was ended or moved by another request (a sign-in or sign-out "
+                "elsewhere); nothing was saved."
+            )
         else:
             logger.warning("session save gave up after repeated conflicts: %s", exc)
-            body = b'{"detail":"Too many parallel changes; nothing was saved, please retry."}'
-        await _json_response(409, body, [])(scope, receive, send)
+            detail = "Too many parallel changes; nothing was saved, please retry."
+        await self._refused(409, detail)(scope, receive, send)
 
     def _lifespan_send(self, send: Send) -> Send:
         """Close the store once the app's own shutdown handlers have run."""
@@ -495,6 +508,10 @@ def _adding(send: Send, extra: Headers, vary: tuple[bytes, ...]) -> Send:
 def _unavailable_response(retry_after: int) -> ASGIApp:
     body = b'{"detail":"Session store unavailable, please retry shortly."}'
     return _json_response(503, body, [(b"retry-after", str(retry_after).encode())])
+
+
+def _refusal(status: int, detail: str) -> ASGIApp:
+    return _json_response(status, json.dumps({"detail": detail}).encode(), [])
 
 
 def _json_response(status: int, body: bytes, extra: Headers) -> ASGIApp:

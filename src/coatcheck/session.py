@@ -56,6 +56,7 @@ class Session(MutableMapping[str, Any]):
         "_dead_ticket",
         "_expires_at",
         "_exposed",
+        "_flashed",
         "_fresh",
         "_halted",
         "_headers",
@@ -124,6 +125,7 @@ class Session(MutableMapping[str, Any]):
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
     _orphan: str | None  # key of a record the cookie named that could not be decoded
     _dead_ticket: bool  # a page load brought a cookie of no live session (ended, expired)
+    _flashed: list[str]  # ids of the messages this request flashed; unset until the first
     _signing_in: bool  # login() (or an adopted login) waits for its save
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
@@ -441,15 +443,14 @@ class Session(MutableMapping[str, Any]):
         if self._user_id is not None and self._user_id != user_id:
             # Messages this request flashed are for who signs in now ("Welcome, bob");
             # everything else was the previous user's.
-            flashed = [update for update in self._updates if update[0] == _flash.FLASH_KEY]
+            flashed = _flash.flashed_here(self)
             self._data.clear()
             self._models = None
             self._updates = []
             self._modified = self._fresh = True
             # Nor may audit logs and device lists link the new user's session to hers.
             self._public_id = new_public_id()
-            for key, change, default in flashed:
-                self.modify(key, change, default)
+            _flash.queue_again(self, flashed)
         self._user_id = user_id
         self._remember = remember
         self._idle_timeout, self._absolute_timeout = idle, absolute

@@ -6,6 +6,7 @@ import asyncio
 import html
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -106,9 +107,14 @@ async def test_form_login_redirects_and_page_shows_account_devices_and_cart(
         assert "Max-Age=" in cookie  # remember me: a persistent cookie
         assert "Secure" not in cookie  # development cookies
         session_id = client.cookies["session"]
+        async with browser(app) as phone:
+            await login(phone, "bob")
         page = await client.get("/")
     assert page.status_code == 200
     text = page.text
+    # A screen reader hears which device each button signs out, not "Sign out" twice.
+    assert 'aria-label="Sign out here"' in text
+    assert re.search(r'aria-label="Sign out Firefox on Linux, session [\w-]{16}"', text)
     assert "Signed in as bob" in text
     assert "This device" in text
     assert "Signed in since" in text
@@ -208,6 +214,23 @@ async def test_a_body_past_what_any_input_needs_is_refused_unread(
         assert fig.status_code == 303
         assert (await client.get("/cart")).json()["items"] == ["fig"]
     assert read < 10
+
+
+@pytest.mark.anyio
+async def test_a_refusal_of_a_form_post_is_a_page_and_of_an_api_call_json(app: FastAPI) -> None:
+    """coatcheck's own 403 (here a cross-site form post) showed its JSON to a person."""
+    forged = {**FORM, "sec-fetch-site": "cross-site", "accept": "text/html"}
+    async with browser(app) as client:
+        await login(client)
+        page = await client.post("/cart/items", data={"item": "fig"}, headers=forged)
+        api = await client.post(
+            "/cart/items", json={"item": "fig"}, headers={"sec-fetch-site": "cross-site"}
+        )
+    assert page.status_code == 403
+    assert page.headers["content-type"].startswith("text/html")
+    assert "That was refused" in page.text
+    assert api.status_code == 403
+    assert api.json() == {"detail": "CSRF check failed: cross-site request"}
 
 
 class _HoldingStore(MemoryStore):
@@ -1034,6 +1057,27 @@ def test_friendly_times() -> None:
         ("curl/8.5.0", "curl"),
         ("", "Unknown device"),
         ("SomeBot/1.0 (+https://example.com)", "SomeBot"),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) CriOS/126.0.6478.54 Mobile/15E148 Safari/604.1",
+            "Chrome on iOS",
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) FxiOS/127.0 Mobile/15E148 Safari/605.1.15",
+            "Firefox on iOS",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
+            "Gecko) Chrome/70.0.3538.102 Safari/537.36 Edge/18.19582",
+            "Edge on Windows",
+        ),
+        (
+            "Mozilla/5.0 (Windows Phone 10.0; Android 6.0.1; Microsoft; Lumia 950) "
+            "AppleWebKit/537.36 (KHTML, like Gecko) Chrome/52.0.2743.116 Mobile "
+            "Safari/537.36 Edge/15.15063",
+            "Edge on Windows Phone",
+        ),
     ],
 )
 def test_device_names(agent: str, name: str) -> None:

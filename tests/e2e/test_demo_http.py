@@ -654,7 +654,8 @@ def test_ended_session_is_not_resurrected_by_an_in_flight_request(
         if status != 403:
             break
     assert status == 409, answer  # loaded before the end, refused at save: nothing stored
-    assert b"ended by another request" in answer
+    assert b"by another request" in answer
+    assert b"nothing was saved" in answer
 
 
 # -- validation ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..session import Session
 from ..stores import store_from_url
 from ..stores.base import cookie_sealer_of
 from .inputs import PageError, from_page
-from .pages import STATIC_DIR, render_home, unavailable_page
+from .pages import STATIC_DIR, refused_page, render_home, unavailable_page
 from .routes import CONFIRM_FIRST, router
 from .settings import DEFAULT_STORE, SHARED_COMPUTER_IDLE, DemoSettings
 
@@ -76,6 +76,7 @@ def create_app(
         store=store,
         config=config,
         unavailable=unavailable_page(app.state.store_label),
+        refused=refused_page,
     )
     app.add_exception_handler(PageError, _show_page_error)
     app.add_exception_handler(HTTPException, _page_for_form_posts)

@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..middleware import _refusal as refusal
 from ..middleware import _unavailable_response as unavailable_response
 from ..session import Session
 from .inputs import wants_json
@@ -56,16 +57,22 @@ def relative(moment: datetime, now: float | None = None) -> str:
     return f"in {amount}" if delta > 0 else f"{amount} ago"
 
 
-_BROWSERS = (
+_BROWSERS = (  # first match wins: each browser's token comes before those it copies
     ("Edg/", "Edge"),
+    ("EdgiOS/", "Edge"),
+    ("EdgA/", "Edge"),
+    ("Edge/", "Edge"),  # the one before Chromium
     ("OPR/", "Opera"),
     ("Firefox/", "Firefox"),
+    ("FxiOS/", "Firefox"),
+    ("CriOS/", "Chrome"),
     ("Chrome/", "Chrome"),
     ("Safari/", "Safari"),
     ("curl/", "curl"),
     ("python-httpx/", "HTTPX"),
 )
 _SYSTEMS = (
+    ("Windows Phone", "Windows Phone"),
     ("Android", "Android"),
     ("iPhone", "iOS"),
     ("iPad", "iPadOS"),
@@ -168,3 +175,44 @@ def unavailable_page(store_label: str) -> Callable[[int], ASGIApp]:
         return app
 
     return answer
+
+
+# What each refusal of the middleware means to a person at the page.
+_REFUSALS = {
+    409: (
+        "Something changed in another tab",
+        "You signed in or out in another tab or window while this page was sending, so "
+        "nothing was saved. Go back to the page, which shows where you are now, and try "
+        "again.",
+    ),
+    413: ("That was too much", "Your session cannot hold more; nothing was saved."),
+    403: (
+        "That was refused",
+        "This request could not be accepted (it may come from another site, or from a "
+        "page open too long). Go back to the page and try again.",
+    ),
+}
+
+
+def refused_page(status: int, detail: str) -> ASGIApp:
+    """The middleware's ``refused=``: a 409, 413 or 403 of its own. Browsers get a page
+    in words; API callers the library's JSON, with the same status and reason."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        known = _REFUSALS.get(status)
+        if (
+            known is None
+            or wants_json(request)
+            or "text/html" not in request.headers.get("accept", "")
+        ):
+            await refusal(status, detail)(scope, receive, send)
+            return
+        heading, explanation = known
+        context = {"user": None, "heading": heading, "explanation": explanation}
+        page = templates.TemplateResponse(
+            request, "refused.html", context, status_code=status, headers=HTML_HEADERS
+        )
+        await page(scope, receive, send)
+
+    return app

@@ -78,10 +78,6 @@ local function wrote(key, token)
   local recent = redis.call('HMGET', key, 'w')[1]
   return recent and string.find(' ' .. recent .. ' ', ' ' .. token .. ' ', 1, true) ~= nil
 end
--- The same record already in place, byte for byte, is done as well (a save made twice).
-local function already_written(key, packed)
-  return redis.call('HMGET', key, 'b')[1] == packed
-end
 local function note_written(key, token, recent)
   local kept = {token}
   if recent then
@@ -130,7 +126,7 @@ if unchecked and revoked(ARGV[1] .. ':t:{' .. ARGV[2] .. '}', ARGV[11]) then
 end
 local previous, refused = base(old, ARGV[4], ARGV[5])
 if refused then
-  if wrote(new, ARGV[11]) or already_written(new, ARGV[13]) then return {1} end
+  if wrote(new, ARGV[11]) then return {1} end
   return refused
 end
 local user = false
@@ -262,7 +258,7 @@ if (ARGV[1] == '' or ARGV[1] == 'new') and revoked(KEYS[2], ARGV[4]) then
 end
 local previous, refused = base(KEYS[1], ARGV[1], ARGV[2])
 if refused then
-  if wrote(KEYS[1], ARGV[4]) or already_written(KEYS[1], ARGV[6]) then return {1, false} end
+  if wrote(KEYS[1], ARGV[4]) then return {1, false} end
   return refused
 end
 redis.call('DEL', KEYS[1])
