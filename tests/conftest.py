@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from coatcheck import SessionRecord, Store
+from coatcheck import SessionRecord, Store, _audit
 from coatcheck.stores.base import Merge
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
 
@@ -90,6 +90,14 @@ def _same_origin_untouched() -> Iterator[None]:
     client add its headers to it, and every later test's clients send them."""
     yield
     assert SAME_ORIGIN == {"sec-fetch-site": "same-origin"}, "give clients {**SAME_ORIGIN}"
+
+
+@pytest.fixture(autouse=True)
+def _security_log_unspent() -> None:
+    """The security log's 60 lines a minute are shared by the process: a test that
+    looks for its line must not find them spent by the tests before it."""
+    _audit._recent.clear()
+    _audit._dropped = 0
 
 
 # A package that serves store URLs of its own, installed the way pip would leave it: a

@@ -955,3 +955,15 @@ def test_a_postgresql_table_of_the_first_release_is_brought_up_to_date(
     )
     assert result.exit_code == 0, result.output
     assert "oldpublicid00000" in result.stdout
+
+
+def test_list_draws_its_rule_in_ascii_where_the_terminal_has_no_unicode(
+    filled: Filled,
+) -> None:
+    ascii_runner = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"}, charset="ascii")
+    result = ascii_runner.invoke(
+        app, ["sessions", "list", "--store", filled.url, "--user", "alice"]
+    )
+    assert result.exit_code == 0, result.output
+    rule = result.stdout.splitlines()[3]
+    assert set(rule.strip()) == {"-"}

@@ -23,6 +23,7 @@ from coatcheck import (
     Session,
     SessionConfig,
     SessionConflictError,
+    SessionEvent,
     SessionMiddleware,
     SessionNotLoadedError,
     SessionRecord,
@@ -275,37 +276,6 @@ async def test_a_cookie_that_matches_nothing_is_left_alone(client: httpx.AsyncCl
     assert "set-cookie" not in response.headers
 
 
-NAVIGATE = {"sec-fetch-mode": "navigate", "sec-fetch-dest": "document"}
-
-
-async def test_a_page_load_with_an_ended_session_clears_its_cookie_and_the_cache(
-    client: httpx.AsyncClient, store: CountingStore, clock: FakeClock
-) -> None:
-    """Signed out elsewhere, or idle past the limit on a shared computer: without
-    ``Clear-Site-Data``, Back showed the signed-in page from the cache. Only at a page
-    load, which no parallel login races, and so only once."""
-    alice = ticket(await client.post("/login"))
-    revoked = ticket(await client.post("/login"))
-    await store.delete(store_key(revoked))
-    clock.advance(1001)  # alice's idle limit passes
-    for dead in (alice, revoked):
-        fetched = await client.get("/read", headers=cookie(dead))
-        assert "set-cookie" not in fetched.headers  # a fetch may race a parallel login
-        page = await client.get("/read", headers={**cookie(dead), **NAVIGATE})
-        assert page.json() == {"data": {}, "user": None}
-        assert page.headers["set-cookie"].startswith(f"{NAME}=;")
-        assert page.headers["clear-site-data"] == '"cache"'
-    # A page that starts a visitor's session at once hands out its cookie instead.
-    fresh = await client.post("/write", headers={**cookie(alice), **NAVIGATE})
-    assert ticket(fresh) not in ("", alice)
-    assert fresh.headers["clear-site-data"] == '"cache"'
-    # A live session's page loads do neither.
-    live = ticket(fresh)
-    again = await client.get("/read", headers={**cookie(live), **NAVIGATE})
-    assert "set-cookie" not in again.headers
-    assert "clear-site-data" not in again.headers
-
-
 async def test_a_slow_read_does_not_clobber_the_cookie_of_a_parallel_login(
     any_store: Store, config: SessionConfig, clock: FakeClock
 ) -> None:
@@ -387,17 +357,19 @@ async def _logout_then_fail(request: Request) -> Response:
     return PlainTextResponse("failed", status_code=503)
 
 
+def _failing_after_logout(app: Starlette) -> httpx.AsyncClient:
+    """A client of ``app`` with ``/logout-fails``, given the server's 500 for an error."""
+    app.routes.append(Route("/logout-fails", _logout_then_fail, methods=["POST"]))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN})
+
+
 @pytest.mark.parametrize("how", ["answer", "raise"])
 async def test_a_logout_stands_when_the_response_after_it_fails(
     store: CountingStore, config: SessionConfig, how: str
 ) -> None:
     """Django's logout deletes at once; here the user stayed signed in after a 5xx."""
-    app = make_app(store, config)
-    app.routes.append(Route("/logout-fails", _logout_then_fail, methods=["POST"]))
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(
-        transport=transport, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}
-    ) as client:
+    async with _failing_after_logout(make_app(store, config)) as client:
         alice = ticket(await client.post("/login"))
         response = await client.post(f"/logout-fails?how={how}", headers=cookie(alice))
         assert response.status_code == (503 if how == "answer" else 500)
@@ -406,6 +378,30 @@ async def test_a_logout_stands_when_the_response_after_it_fails(
         after = (await client.get("/read", headers=cookie(alice))).json()
     assert after == {"data": {}, "user": None}
     assert await store.inner.count(0) == 0  # no record left, live or not
+
+
+@pytest.mark.parametrize("how", ["answer", "raise"])
+async def test_a_logout_in_the_cookie_store_needs_its_response(how: str) -> None:
+    """There the cookie is the session: a 5xx the middleware sees clears it; an error
+    that passes it by sends no cookie, so nothing is announced as ended."""
+    from coatcheck.stores.cookie import CookieStore
+
+    seen: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event.kind)
+
+    config = SessionConfig(secret_keys=["k" * 40])
+    async with _failing_after_logout(make_app(CookieStore(), config, events=[hook])) as client:
+        alice = ticket(await client.post("/login"))
+        seen.clear()
+        response = await client.post(f"/logout-fails?how={how}", headers=cookie(alice))
+    if how == "answer":
+        assert response.headers["set-cookie"].startswith(f"{NAME}=;")
+        assert seen == ["logged_out"]
+    else:
+        assert "set-cookie" not in response.headers
+        assert seen == []
 
 
 # -- the life cycle ------------------------------------------------------------------------
@@ -1050,7 +1046,11 @@ async def _kick(websocket: WebSocket) -> None:
     if action == "logout":
         session.logout()
     elif action == "login":
+        session["via"] = "socket"  # a change too, which a late commit would store
         session.login("mallory")
+    elif action == "saved-login":
+        session.login("mallory")
+        await session.save()  # stored already: its cookie must reach the browser
     else:
         session["refused"] = True
     await websocket.close(code=1008)
@@ -1091,6 +1091,24 @@ async def test_a_websocket_refused_before_accept_keeps_its_logout(denial: bool) 
     # A login needs its new cookie to reach the browser: stored only where it can.
     mallory = await store.list_user("mallory", time.time())
     assert (len(mallory), left) == ((1, {}) if denial else (0, {"n": 1}))
+
+
+def test_a_refused_handshake_carries_the_cookie_of_a_save_made_before() -> None:
+    store = MemoryStore()
+    app = make_app(store)
+    app.routes.append(WebSocketRoute("/kick", _kick))
+    with TestClient(app, base_url=TEST_BASE_URL, headers={**SAME_ORIGIN}) as tc:
+        visitor = ticket(tc.post("/write"))
+        with (
+            pytest.raises(WebSocketDenialResponse) as refused,
+            tc.websocket_connect(
+                f"{TEST_WS_BASE_URL}/kick?then=saved-login", headers=cookie(visitor)
+            ),
+        ):
+            pass  # pragma: no cover - refused before this
+    issued = refused.value.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
+    [record] = anyio.run(store.list_user, "mallory", time.time())
+    assert record.key == store_key(issued)
 
 
 @pytest.mark.parametrize("denial", [True, False], ids=["http-refusal", "close-code"])

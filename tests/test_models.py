@@ -384,3 +384,21 @@ def test_a_websocket_can_change_a_typed_value_after_accepting() -> None:
             socket.send_text("pear")
             assert socket.receive_text() == "added"
         assert client.get("/raw").json() == {"cart": {"items": ["apple", "pear"], "coupon": None}}
+
+
+class Tokens(BaseModel):
+    scopes: dict[str, int] = {}
+
+
+def test_a_warning_names_fields_and_positions_never_keys_of_the_data(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dict's keys are data too: an OAuth token kept as one reached the log."""
+    from coatcheck._models import Binding
+
+    stored = {"tokens": {"scopes": {"ya29.secret-oauth-token": "x"}}}
+    with caplog.at_level(logging.WARNING, logger="coatcheck"):
+        binding = Binding.of("tokens", Tokens, stored)
+    assert binding.instance == Tokens()
+    assert "scopes.[key]: " in caplog.text  # int_parsing, or type_error.integer on Pydantic 1
+    assert "ya29" not in caplog.text

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from itsdangerous import TimestampSigner
 from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
 
@@ -110,6 +111,11 @@ def coatcheck_app(store: Store, settings: StarletteImport, **config: Any) -> Fas
     async def logout(session: SessionDep) -> dict[str, bool]:
         session.logout()
         return {"ok": True}
+
+    @app.post("/logout-fails")
+    async def logout_fails(session: SessionDep) -> JSONResponse:
+        session.logout()
+        return JSONResponse({"detail": "the page after the logout broke"}, 500)
 
     @app.get("/token")
     async def token(value: CSRFToken) -> dict[str, str]:
@@ -330,6 +336,19 @@ async def test_logging_out_at_once_ends_the_old_cookie_too() -> None:
 
     assert after.json()["user"] is None
     assert await store.count(time.time()) == 0
+
+
+async def test_a_logout_of_an_adopted_login_stands_through_a_5xx() -> None:
+    """The old cookie goes with the failed answer: kept, it would sign alice in again."""
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        site.app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
+        response = await client.post("/logout-fails")
+        assert response.status_code == 500
+        assert [cookie.split(";")[0] for cookie in set_cookies(response)] == ["session=null"]
+        after = await client.get("/state")
+    assert after.json()["user"] is None
 
 
 async def test_the_old_cookie_counts_as_a_credential_for_csrf() -> None:

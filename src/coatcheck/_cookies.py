@@ -13,8 +13,9 @@ _MAX_COOKIE_HEADER = 65_536
 # The longest cookie browsers keep, name included (RFC 6265 asks for at least this):
 # a longer session value was never set by us.
 _MAX_COOKIE = 4_096
-# More hits of the name than this is junk too: each costs a step in Python, and no
-# browser sends one cookie name more than a few times (once per matching path).
+# More cookies of the name than this is junk too: no browser sends one name more than a
+# few times (once per matching path). Other matches (``my_session=``) only cost a step
+# each, bounded by the size limit.
 _MAX_HITS = 16
 _BLANKS = b" \t"
 _SEMICOLON = ord(";")
@@ -44,14 +45,14 @@ def read_cookie(headers: Headers, needle: bytes) -> str | None:
         # Searching beats splitting the header into pairs: this runs on every read.
         at = raw.find(needle)
         while at != -1:
-            hits += 1
-            if hits > _MAX_HITS:
-                return None
             start = at
             while start and raw[start - 1] in _BLANKS:
                 start -= 1
             # Only a pair's start counts: ``xsession=`` or ``a=b session=c`` is not ours.
             if start == 0 or raw[start - 1] == _SEMICOLON:
+                hits += 1
+                if hits > _MAX_HITS:
+                    return None
                 end = raw.find(b";", at)
                 value = raw[at + len(needle) : None if end == -1 else end].rstrip(b" \t")
                 if found is not None and value != found:

@@ -98,8 +98,9 @@ async def revoke(session: Session, public_id: str) -> bool:
         current,
     )
     if is_current:
-        session.destroy()  # announced as logged_out by the commit that ends it
-    elif revoked:
+        session.destroy()
+        session._announced = True  # as revoked, below: its commit adds no logged_out
+    if revoked:
         await persistence.emit(session, "revoked", user_id, public_id)
     return revoked
 
@@ -137,13 +138,10 @@ async def revoke_user(session: Session, *, keep_current: bool) -> int:
     keep = session._stored.key if keep_current and session._stored is not None else None
     persistence = session._persistence
     removed = await persistence.store.delete_user(user_id, keep=keep, now=persistence.now())
-    others = removed
     if not keep_current:
-        stored = session._stored
-        if stored is not None and stored.user_id == user_id:
-            # Counted once: as logged_out, by the commit that ends this session.
-            others = max(removed - 1, 0)
         session.destroy()
-    if others:
-        await persistence.emit(session, "revoked", user_id, "", others)
+        # Counted once, in ``revoked``, even if no commit follows (a closed websocket).
+        session._announced = True
+    if removed:
+        await persistence.emit(session, "revoked", user_id, "", removed)
     return removed

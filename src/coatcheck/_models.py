@@ -46,9 +46,11 @@ def _validate(model: type[M], raw: Any) -> M:
     return validate(raw) if validate is not None else model.parse_obj(raw)  # type: ignore[attr-defined,no-any-return]
 
 
-def _problems(exc: ValueError) -> str:
+def _problems(model: type[Any], exc: ValueError) -> str:
     """Where and why validation failed, without the values: session data can be secret
-    (``encrypt_data`` keeps it from the store, and must not see it logged instead)."""
+    (``encrypt_data`` keeps it from the store, and must not see it logged instead). A
+    location names the model's own fields and list positions; a key of the data (a
+    dict's, or an extra field's) is data too, and shows as ``[key]``."""
     errors = getattr(exc, "errors", None)
     if errors is None:
         return type(exc).__name__
@@ -56,9 +58,16 @@ def _problems(exc: ValueError) -> str:
         found = errors(include_input=False, include_url=False)  # Pydantic 2
     except TypeError:
         found = errors()  # Pydantic 1, whose errors hold no input
+    fields = set(getattr(model, "model_fields", None) or getattr(model, "__fields__", {}))
+
+    def shown(at: int, part: Any) -> str:
+        if isinstance(part, int) or (at == 0 and part in fields):
+            return str(part)
+        return "[key]"
+
     return "; ".join(
-        f"{'.'.join(str(part) for part in error.get('loc', ())) or '(value)'}: "
-        f"{error.get('type', 'invalid')}"
+        f"{'.'.join(shown(at, part) for at, part in enumerate(error.get('loc', ()))) or '(value)'}"
+        f": {error.get('type', 'invalid')}"
         for error in found
     )
 
@@ -93,7 +102,7 @@ class Binding:
                     "session value %r is not a valid %s; starting from its defaults: %s",
                     key,
                     model.__name__,
-                    _problems(exc),
+                    _problems(model, exc),
                 )
             else:
                 return cls(model, instance, dump(instance))

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from ._asgi import Header, Headers
-from ._asgi import header as header_value
 from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
 from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._imports import JOIN_WINDOW, importer_for
@@ -146,7 +145,6 @@ class Persistence:
         session._by_header = session_id is not None
         if not session._by_header:
             session_id = read_cookie(session._headers, self._cookie_needle)
-        presented = session_id is not None and not session._by_header
         if self._sealer is None:
             key = None if session_id is None else key_of(session_id)
             record = None if key is None else await self.store.load(key, now)
@@ -172,10 +170,6 @@ class Persistence:
             if configured < deadline:
                 deadline = configured
             if not (compare_digest(record.key, key) and now < deadline):
-                if self._sealer is None and compare_digest(record.key, key):
-                    # Past limits shortened since it was stored: its record goes now,
-                    # so the next request finds nothing and ``expired`` fires once.
-                    await self.store.delete(key)
                 await self.emit(session, "expired", record.user_id, record.public_id)
                 record = None
             else:
@@ -187,7 +181,6 @@ class Persistence:
                     except ValueError:
                         orphan = self._undecodable(record)
                         record = None
-                        presented = False  # live for processes that can read it
         imported = import_id = None
         importer = self._importer
         if (
@@ -209,10 +202,6 @@ class Persistence:
                 imported = self._storable(imported) or None
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
         session._orphan = orphan
-        if record is None and presented and imported is None:
-            # A page load with a cookie of an ended or expired session: the cache goes,
-            # or Back shows the signed-in pages of a session that ended elsewhere.
-            session._dead_ticket = header_value(session._headers, b"sec-fetch-mode") == b"navigate"
         if record is not None:
             session._expires_at = deadline
             # Limits loosened since the last save (a longer idle timeout): the stored
@@ -326,11 +315,14 @@ class Persistence:
 
     def needs_new_cookie(self, session: Session) -> bool:
         """Whether committing ``session`` would hand the browser a new ID or sealed
-        session, which a response that cannot carry a cookie must not store."""
+        session (or clear its cookie, where the cookie is the session), which a
+        response that cannot carry a cookie must not store."""
+        if self._sealer is not None or session._imported:
+            return True
         stored = session._stored
         if not session._data and session._user_id is None:
             return False  # ended, or never stored: nothing the browser must learn
-        return self._sealer is not None or stored is None or session._key != stored.key
+        return stored is None or session._key != stored.key
 
     def decode(self, record: SessionRecord) -> dict[str, Any]:
         """The data of ``record``; ``ValueError`` when it cannot be decoded."""
@@ -395,9 +387,8 @@ class Persistence:
         if status >= 500:
             # Nothing a failed response changed is stored, except a logout: a user who
             # signed out must not stay signed in because the page after it failed.
-            if not (session._fresh and session._user_id is None and stored is not None):
-                return []
-            if stored.user_id is None:
+            signed_in = session._imported or (stored is not None and stored.user_id is not None)
+            if not (session._fresh and session._user_id is None and signed_in):
                 return []
             session.destroy()  # what it added since (a flash) went with the failure
         old_key = stored.key if stored is not None else None
@@ -410,11 +401,6 @@ class Persistence:
                     # Nor may the session a parallel request of this import started.
                     await self._end_import_twin(session, store_key(session._import_id))
                 cleared = await self._end_imported(session, replaced=False)
-                if session._dead_ticket:
-                    # Cleared, at a page load only, so that the cache goes once: a fetch
-                    # may race a parallel login, whose new cookie this would remove.
-                    unset = self._ticket(session, None, None)
-                    return [*cleared, unset, _NO_STORE, _CLEAR_CACHE]
                 return [*cleared, _NO_STORE] if cleared else []
             assert stored is not None
             fresh = session._fresh  # destroy() or logout(), which the event names
@@ -425,8 +411,9 @@ class Persistence:
             # Settled on nothing: only what the app adds after this is a change.
             session._stored, session._raw = None, self._empty
             session._modified = session._exposed = session._meta_changed = False
-            if fresh or stored.user_id is not None:
-                # Not a visitor's session that merely emptied (its flash was shown).
+            if (fresh or stored.user_id is not None) and not session._announced:
+                # Not a visitor's session that merely emptied (its flash was shown), nor
+                # one a revocation of this request has announced.
                 await self.emit(session, "logged_out", stored.user_id, stored.public_id)
             return [
                 self._ticket(session, None, None),
@@ -605,8 +592,6 @@ class Persistence:
     def _cleared(self, session: Session, ended: SessionRecord | None) -> Headers:
         """``Clear-Site-Data`` for a browser whose signed-in session just ended: the pages
         it showed that user must not come back with the Back button."""
-        if session._dead_ticket:
-            return [_CLEAR_CACHE]  # its session ended elsewhere, or expired
         if ended is None or ended.user_id is None or session._by_header:
             return []
         return [_CLEAR_CACHE]

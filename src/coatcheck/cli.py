@@ -198,13 +198,14 @@ def list_sessions(
         ]
         for record in records
     ]
-    lines = _columns([*headings, "User agent"], rows, out.width)
+    rule = "─" if out.encoding.lower().startswith("utf") else "-"
+    lines = _columns([*headings, "User agent"], rows, out.width, rule)
     title = f"Live sessions of {printable(user)} (times in UTC)"
     # Through the console's own stream, where text it cannot encode is replaced.
     print("\n".join([title, "", *lines]), file=out.file)
 
 
-def _columns(headings: list[str], rows: list[list[str]], width: int) -> list[str]:
+def _columns(headings: list[str], rows: list[list[str]], width: int, rule: str) -> list[str]:
     """``rows`` under ``headings``, each column as wide as its longest cell, the last
     one cut with an ellipsis to keep each row within ``width``.
 
@@ -225,8 +226,8 @@ def _columns(headings: list[str], rows: list[list[str]], width: int) -> list[str
         return " " + gap.join([*padded, last]).rstrip()
 
     longest = max(cell_len(row[-1]) for row in [headings, *rows])
-    rule = " " + "─" * (sum(widths) + len(gap) * len(widths) + min(longest, room))
-    return [line(headings), rule, *(line(row) for row in rows)]
+    under = " " + rule * (sum(widths) + len(gap) * len(widths) + min(longest, room))
+    return [line(headings), under, *(line(row) for row in rows)]
 
 
 @sessions_app.command("revoke")

@@ -184,8 +184,11 @@ class SessionMiddleware:
                 # changed first (a logout above all) must not be dropped with it.
                 started = session._cookie_final = True
                 status = 403
-                if session._loaded and not self._persistence.settled(session):
-                    await self._refuse_socket(session, message, scope, receive, send)
+                if session._loaded and (
+                    session._outgoing or not self._persistence.settled(session)
+                ):
+                    # Nothing more is stored unless the refusal carried the session.
+                    failed = not await self._refuse_socket(session, message, scope, receive, send)
                     return
             elif message["type"] == "http.response.body":
                 complete = True
@@ -254,9 +257,16 @@ class SessionMiddleware:
                 raise
             # The app stopped at a send after its socket was closed for it: done.
         except Exception:
-            if not started and session._loaded:
+            if (
+                not started
+                and session._loaded
+                and not self._persistence.stateless
+                and not session._imported
+            ):
                 # The error page goes out past this middleware, without its headers,
-                # but a logout made before the error still ends the session.
+                # but a logout made before the error still ends a server-side session
+                # (at status 500 nothing else is stored). Where the cookie is the
+                # session, or an old library's cookie must go, it cannot.
                 with contextlib.suppress(*_SAVE_FAILURES):
                     await self._persistence.commit(session, 500)
             raise
@@ -291,8 +301,9 @@ class SessionMiddleware:
 
     async def _refuse_socket(
         self, session: Session, close: Message, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """Commit a session changed by a handshake the app refused with ``close``.
+    ) -> bool:
+        """Commit a session changed by a handshake the app refused with ``close``, and
+        say whether it was: if not, nothing the app changes later may be stored.
 
         A server that can answer the handshake over HTTP gets the 403 it would have
         sent, with the session's headers (a new or cleared cookie). Elsewhere no cookie
@@ -300,16 +311,20 @@ class SessionMiddleware:
         """
         if "websocket.http.response" in (scope.get("extensions") or {}):
             start = {"type": "websocket.http.response.start", "status": 403, "headers": []}
-            if await self._commit(session, start, scope, receive, send):
-                await send(start)
-                await send({"type": "websocket.http.response.body", "body": b""})
-            return
-        if not self._persistence.needs_new_cookie(session):
+            if not await self._commit(session, start, scope, receive, send):
+                return False  # answered with the failure instead
+            await send(start)
+            await send({"type": "websocket.http.response.body", "body": b""})
+            return True
+        stored = False
+        if not session._outgoing and not self._persistence.needs_new_cookie(session):
             try:
                 await self._persistence.commit(session, 403)
+                stored = True
             except _SAVE_FAILURES as exc:
                 logger.warning("a refused websocket's session change was not stored: %s", exc)
         await send(close)
+        return stored
 
     async def _store_before_end(self, session: Session, status: int, streamed: bool) -> None:
         """Store what changed while the body went out, before its last part does: a
@@ -352,12 +367,12 @@ class SessionMiddleware:
             if websocket:
                 await close_socket(send, 1009, "session too large")
                 return
-            await self._refused(413, str(exc).capitalize())(scope, receive, send)
+            await self._refuse(413, str(exc).capitalize(), scope, receive, send)
         else:  # SessionLimitError: a login past the user's limit
             if websocket:
                 await close_socket(send, 1008, "too many sessions")
                 return
-            await self._refused(403, str(exc).capitalize() + ".")(scope, receive, send)
+            await self._refuse(403, str(exc).capitalize() + ".", scope, receive, send)
 
     async def _check_forgery(
         self, scope: Scope, receive: Receive, send: Send, session: Session
@@ -382,8 +397,16 @@ class SessionMiddleware:
             # Closing before accepting makes the server answer the handshake with a 403.
             await send({"type": "websocket.close", "code": 1008, "reason": "cross-site"})
         else:
-            await self._refused(403, f"CSRF check failed: {reason}")(scope, receive, send)
+            await self._refuse(403, f"CSRF check failed: {reason}", scope, receive, send)
         await self._persistence.emit(session, "csrf_rejected", None, "")
+
+    async def _refuse(
+        self, status: int, detail: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """coatcheck's own 403, 409 or 413: the app's ``refused=`` answers requests; a
+        WebSocket handshake refused over HTTP gets the JSON, as no page is shown there."""
+        answer = self._refused if scope["type"] == "http" else _refusal
+        await answer(status, detail)(scope, receive, send)
 
     async def _answer_unavailable(
         self, scope: Scope, receive: Receive, send: Send, exc: StoreError, websocket: bool
@@ -422,7 +445,7 @@ class SessionMiddleware:
         else:
             logger.warning("session save gave up after repeated conflicts: %s", exc)
             detail = "Too many parallel changes; nothing was saved, please retry."
-        await self._refused(409, detail)(scope, receive, send)
+        await self._refuse(409, detail, scope, receive, send)
 
     def _lifespan_send(self, send: Send) -> Send:
         """Close the store once the app's own shutdown handlers have run."""

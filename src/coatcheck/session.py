@@ -47,13 +47,13 @@ class Session(MutableMapping[str, Any]):
 
     __slots__ = (
         "_absolute_timeout",
+        "_announced",
         "_authenticated_at",
         "_by_header",
         "_client",
         "_cookie_final",
         "_created_at",
         "_data",
-        "_dead_ticket",
         "_expires_at",
         "_exposed",
         "_flashed",
@@ -124,9 +124,9 @@ class Session(MutableMapping[str, Any]):
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
     _orphan: str | None  # key of a record the cookie named that could not be decoded
-    _dead_ticket: bool  # a page load brought a cookie of no live session (ended, expired)
     _flashed: list[str]  # ids of the messages this request flashed; unset until the first
     _signing_in: bool  # login() (or an adopted login) waits for its save
+    _announced: bool  # its end was announced already (revoked), not again as logged_out
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
         self._persistence = persistence
@@ -666,7 +666,7 @@ class Session(MutableMapping[str, Any]):
         self._models = None
         self._outgoing = []
         self._halted = self._orphan = None
-        self._signing_in = self._dead_ticket = False
+        self._signing_in = self._announced = False
         if record is None:
             self._raw = None
             self._public_id = ""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -235,7 +236,9 @@ def test_devices_list_marks_this_device_and_revokes_the_other(
         expect(device).to_contain_text("Last active")
     screenshot(laptop, "devices")
 
-    submit(laptop, other_device.get_by_role("button", name="Sign out", exact=True))
+    # Named for a screen reader by the device it signs out, not "Sign out" alone.
+    label = f"Sign out Safari on iOS, session {phone_id}"
+    submit(laptop, other_device.get_by_role("button", name=label, exact=True))
 
     phone.reload()  # the phone's next navigation finds its session gone
     expect_login_form(phone)
@@ -350,14 +353,13 @@ def test_idle_session_ends_and_the_page_asks_to_sign_in_again(
     expect(cart_items(page)).to_have_count(0)
 
 
-def test_back_after_logout_does_not_bring_the_signed_in_page_back(
-    start_server: StartServer, playwright: Playwright
-) -> None:
-    """A shared computer: the next person presses Back. Chromium's back/forward cache
-    keeps pages even when they were sent ``no-store``; the logout's ``Clear-Site-Data``
-    drops them. (Playwright turns that cache off by default; here it is on, as for users.)
-    """
-    server = start_server(name="back-button")
+@contextmanager
+def _alices_page_in_the_back_forward_cache(
+    playwright: Playwright, server: DemoServer
+) -> Iterator[Page]:
+    """A page of alice's with her cart, kept in Chromium's back/forward cache, which
+    keeps pages even when they were sent ``no-store`` (Playwright turns that cache off
+    by default; here it is on, as for users)."""
     browser = playwright.chromium.launch(
         **launch_options(), ignore_default_args=["--disable-back-forward-cache"]
     )
@@ -370,16 +372,45 @@ def test_back_after_logout_does_not_bring_the_signed_in_page_back(
         submit(page, page.get_by_role("link", name="/docs"))  # away, so the page is kept
         page.goto(server.url)
         expect_signed_in(page, "alice")
+        yield page
+    finally:
+        browser.close()
+
+
+def _shows_nothing_of_alices(page: Page) -> None:
+    body = page.inner_text("body")
+    assert "Signed in as alice" not in body
+    assert "secret gift" not in body
+
+
+def test_back_after_logout_does_not_bring_the_signed_in_page_back(
+    start_server: StartServer, playwright: Playwright
+) -> None:
+    """A shared computer: the next person presses Back. The logout's
+    ``Clear-Site-Data`` drops the kept pages."""
+    server = start_server(name="back-button")
+    with _alices_page_in_the_back_forward_cache(playwright, server) as page:
         sign_out(page)
         expect_login_form(page)
         for _ in range(3):
             page.go_back(wait_until="commit")
             page.wait_for_load_state()
-            body = page.inner_text("body")
-            assert "Signed in as alice" not in body
-            assert "secret gift" not in body
-    finally:
-        browser.close()
+            _shows_nothing_of_alices(page)
+
+
+def test_back_after_the_idle_limit_does_not_show_the_signed_in_page(
+    start_server: StartServer, playwright: Playwright
+) -> None:
+    """The session ended by itself, so no response carried ``Clear-Site-Data``: the
+    page, restored from the back/forward cache, asks the server again and shows the
+    sign-in form the next person already saw."""
+    server = start_server("--idle-timeout", "2", "--absolute-timeout", "60", name="idle-back")
+    with _alices_page_in_the_back_forward_cache(playwright, server) as page:
+        time.sleep(3.0)  # idle past the limit; the next person opens the site
+        submit(page, page.get_by_role("link", name="/docs"))
+        page.go_back(wait_until="commit")  # to alice's page, kept in the browser's memory
+        expect_login_form(page)  # asked again once shown: her session has ended
+        _shows_nothing_of_alices(page)
 
 
 # -- the sign-in form's error ------------------------------------------------------------

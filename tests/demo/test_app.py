@@ -112,6 +112,9 @@ async def test_form_login_redirects_and_page_shows_account_devices_and_cart(
         page = await client.get("/")
     assert page.status_code == 200
     text = page.text
+    # Brought back by Back after the session ended elsewhere, the page asks again.
+    assert '<script src="/static/restore.js" defer></script>' in text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
     # A screen reader hears which device each button signs out, not "Sign out" twice.
     assert 'aria-label="Sign out here"' in text
     assert re.search(r'aria-label="Sign out Firefox on Linux, session [\w-]{16}"', text)
@@ -209,7 +212,9 @@ async def test_a_body_past_what_any_input_needs_is_refused_unread(
             )
             assert response.status_code == 413, path
             big_form = {"item": "x" * 20_000}
-            assert (await client.post(path, data=big_form, headers=FORM)).status_code == 413
+            page = await client.post(path, data=big_form, headers=FORM)
+            assert page.status_code == 413
+            assert "more than this page takes" in page.text  # a page, for a person
         fig = await client.post("/cart/items", data={"item": "fig"}, headers=FORM)
         assert fig.status_code == 303
         assert (await client.get("/cart")).json()["items"] == ["fig"]

@@ -25,7 +25,7 @@ from ..stores import store_from_url
 from ..stores.base import cookie_sealer_of
 from .inputs import PageError, from_page
 from .pages import STATIC_DIR, refused_page, render_home, unavailable_page
-from .routes import CONFIRM_FIRST, router
+from .routes import CONFIRM_FIRST, TOO_LARGE, router
 from .settings import DEFAULT_STORE, SHARED_COMPUTER_IDLE, DemoSettings
 
 logger = logging.getLogger("coatcheck.demo")
@@ -155,6 +155,8 @@ async def _page_for_form_posts(request: Request, exc: Exception) -> Response:
         page = await _show_page_error(request, PageError(CONFIRM_FIRST, 401))
         page.headers.update(exc.headers or {})  # the step-up challenge, not the plain one
         return page
+    if exc.status_code == 413 and from_page(request):
+        return await _show_page_error(request, PageError(TOO_LARGE, 413))
     return await http_exception_handler(request, exc)
 
 

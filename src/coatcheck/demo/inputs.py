@@ -16,13 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.types import Message, Receive
 
-from .settings import SESSION_HEADER
+from .settings import MAX_BODY, SESSION_HEADER
 
 M = TypeVar("M", bound=BaseModel)
-
-# Each input is a name, a password or a cart item: far below this. Read only up to it,
-# so that no client can make the app hold megabytes per request (Django: 2.5 MB).
-MAX_BODY = 16_384
 
 
 class PageError(Exception):

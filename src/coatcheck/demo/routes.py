@@ -47,6 +47,7 @@ router = APIRouter()
 INVALID_LOGIN = "Invalid username or password"
 WRONG_PASSWORD = "Wrong password"  # noqa: S105 - a message, not a password
 CONFIRM_FIRST = "Signing out everywhere needs a recent sign-in: confirm your password first."
+TOO_LARGE = "That was more than this page takes; nothing was saved."
 TOO_MANY_SESSIONS = "Signed in on too many devices already: sign out on one of them first"
 _NOT_AUTHENTICATED: dict[int | str, dict[str, Any]] = {401: {"description": "Nobody is signed in"}}
 

@@ -12,8 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from ..config import CookieConfig, SessionConfig
+from ..config import CookieConfig, CSRFConfig, SessionConfig
 from ..exceptions import ConfigurationError
+
+# Each input is a name, a password or a cart item: far below this. Bodies are read only
+# up to it, by the CSRF check too, so that no client can make the app hold megabytes per
+# request (Django's limit: 2.5 MB).
+MAX_BODY = 16_384
 
 DEFAULT_STORE = "sqlite:///coatcheck-demo.db"
 # How recent a sign-in must be for signing out everywhere: older ones confirm the password.
@@ -80,6 +85,7 @@ class DemoSettings:
             secret_keys=[self.secret] if self.secret else [],
             token_header=SESSION_HEADER,
             record_ip=True,  # the device list says where each session was last used
+            csrf=CSRFConfig(max_form_bytes=MAX_BODY),
             max_sessions_per_user=self.max_sessions,
             at_session_limit="end_oldest" if self.max_sessions is None else "refuse_login",
         )

@@ -13,8 +13,9 @@ class MemoryStore:
     """Keeps records in a dict; loses them on restart and is not shared between workers.
 
     At ``max_entries`` it first drops expired records, then the least recently
-    written anonymous ones, so an anonymous flood can neither grow memory without
-    bound nor sign users out; a signed-in session goes only when none is left. Expired
+    written anonymous ones, so an anonymous flood cannot grow memory without bound,
+    and signs nobody out while it has anonymous records to drop; a signed-in session
+    goes only when none is left. Expired
     records are looked for at most once a second: a full store under a flood of new
     sessions would otherwise read every record at every save.
     """
