@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -12,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from coatcheck import SessionConfig, SessionEvent, Store
+from coatcheck import MemoryStore, SessionConfig, SessionEvent, Store, StoreUnavailableError
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
 from coatcheck.testing import FakeClock
@@ -139,6 +140,80 @@ async def test_each_ended_session_is_counted_once(any_store: Store) -> None:
         assert await session.revoke(device.id)
 
     assert await events_of(any_store, alone, own) == [("revoked", 1, "bob")]
+
+
+async def test_signing_back_in_after_ending_every_session_is_one_request(
+    any_store: Store,
+) -> None:
+    """A password change: every session ends, this browser signs in again. The login
+    found its own request had ended the session it replaces, and is no race."""
+    async with client_for(make_app(any_store)) as client:
+        devices = [ticket(await client.post("/login")) for _ in range(2)]
+
+    async def change_password(session: Session) -> None:
+        await session.revoke_all()
+        session.login("alice")
+
+    assert await events_of(any_store, devices[0], change_password) == [
+        ("revoked", 2, "alice"),
+        ("logged_in", 1, "alice"),
+    ]
+    assert len(await any_store.list_user("alice", time.time())) == 1
+
+
+async def test_each_end_in_a_long_request_is_announced_once(any_store: Store) -> None:
+    """Revoked, then a new login stored, then that one logged out: three ends and
+    starts, each said once (a websocket can do all of this in one request)."""
+    async with client_for(make_app(any_store)) as client:
+        alice = ticket(await client.post("/login"))
+
+    async def story(session: Session) -> None:
+        (device,) = await session.devices()
+        assert await session.revoke(device.id)
+        session.login("alice")
+        await session.save()
+        session.logout()
+
+    assert await events_of(any_store, alice, story) == [
+        ("revoked", 1, "alice"),
+        ("logged_in", 1, "alice"),
+        ("logged_out", 1, "alice"),
+    ]
+
+
+class _DeleteFails(MemoryStore):
+    down = False
+
+    async def delete(self, key: str) -> None:
+        if self.down:
+            raise StoreUnavailableError("the store went away")
+        await super().delete(key)
+
+
+async def test_revoking_this_device_is_announced_only_once_it_has_ended() -> None:
+    store = _DeleteFails()
+    async with client_for(make_app(store)) as client:
+        alice = ticket(await client.post("/login"))
+    store.down = True
+
+    async def own(session: Session) -> None:
+        (device,) = await session.devices()
+        await session.revoke(device.id)
+
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    persistence = Persistence(store, SessionConfig(), None, [hook])
+    session = await Session(
+        persistence, {"headers": [(b"cookie", alice["cookie"].encode())]}
+    ).load()
+    with pytest.raises(StoreUnavailableError):
+        await own(session)
+    assert seen == []  # not revoked: alice is still signed in there
+    store.down = False
+    assert await events_of(store, alice, own) == [("revoked", 1, "alice")]
 
 
 async def test_a_visitors_session_that_empties_is_not_a_logout(any_store: Store) -> None:

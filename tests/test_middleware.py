@@ -1048,6 +1048,9 @@ async def _kick(websocket: WebSocket) -> None:
     elif action == "login":
         session["via"] = "socket"  # a change too, which a late commit would store
         session.login("mallory")
+    elif action == "logout-flash":
+        session.logout()
+        session.flash("Signed out.")  # needs a new cookie, which a refusal may not carry
     elif action == "saved-login":
         session.login("mallory")
         await session.save()  # stored already: its cookie must reach the browser
@@ -1063,11 +1066,19 @@ async def test_a_websocket_refused_before_accept_keeps_its_logout(denial: bool) 
     app = make_app(store)
     app.routes.append(WebSocketRoute("/kick", _kick))
     async with client_for(app) as client:
-        alice = ticket(await client.post("/login"))
+        alice, bob = (
+            ticket(await client.post("/login")),
+            ticket(await client.post("/login?user=bob")),
+        )
         marked, rotated = ticket(await client.post("/write")), ticket(await client.post("/write"))
     served = app if denial else without_denial_responses(app)
     answers = []
-    for value, then in ((marked, "mark"), (rotated, "login"), (alice, "logout")):
+    for value, then in (
+        (marked, "mark"),
+        (rotated, "login"),
+        (alice, "logout"),
+        (bob, "logout-flash"),
+    ):
         url = f"{TEST_WS_BASE_URL}/kick?then={then}"
         with (
             TestClient(served) as tc,
@@ -1077,14 +1088,15 @@ async def test_a_websocket_refused_before_accept_keeps_its_logout(denial: bool) 
             pass  # pragma: no cover - refused before this
         answers.append(refused.value)
     if denial:  # the 403 a server sends for it, now with the session's headers
-        assert [answer.status_code for answer in answers] == [403, 403, 403]  # type: ignore[union-attr]
+        assert [answer.status_code for answer in answers] == [403] * 4  # type: ignore[union-attr]
         assert "set-cookie" not in answers[0].headers  # type: ignore[union-attr]
         assert answers[1].headers["set-cookie"].startswith(f"{NAME}=")  # type: ignore[union-attr]
         assert answers[2].headers["set-cookie"].startswith(f"{NAME}=;")  # type: ignore[union-attr]
     else:
-        assert [answer.code for answer in answers] == [1008, 1008, 1008]  # type: ignore[union-attr]
+        assert [answer.code for answer in answers] == [1008] * 4  # type: ignore[union-attr]
     async with client_for(app) as client:
         assert (await client.get("/read", headers=cookie(alice))).json()["user"] is None
+        assert (await client.get("/read", headers=cookie(bob))).json()["user"] is None
         mark = (await client.get("/read", headers=cookie(marked))).json()["data"]
         left = (await client.get("/read", headers=cookie(rotated))).json()["data"]
     assert mark == {"n": 1, "refused": True}  # no new cookie needed: stored either way

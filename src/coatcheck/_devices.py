@@ -98,6 +98,8 @@ async def revoke(session: Session, public_id: str) -> bool:
         current,
     )
     if is_current:
+        assert current is not None
+        await persistence.store.delete(current)  # now, so that the event below is true
         session.destroy()
         session._announced = True  # as revoked, below: its commit adds no logged_out
     if revoked:

@@ -411,7 +411,8 @@ class Persistence:
             # Settled on nothing: only what the app adds after this is a change.
             session._stored, session._raw = None, self._empty
             session._modified = session._exposed = session._meta_changed = False
-            if (fresh or stored.user_id is not None) and not session._announced:
+            announced, session._announced = session._announced, False
+            if (fresh or stored.user_id is not None) and not announced:
                 # Not a visitor's session that merely emptied (its flash was shown), nor
                 # one a revocation of this request has announced.
                 await self.emit(session, "logged_out", stored.user_id, stored.public_id)
@@ -533,7 +534,7 @@ class Persistence:
                 written.append(record._replace(version=base.version + 1))
                 return written[-1]
 
-            if session._signing_in:
+            if session._signing_in and not session._announced:
                 saved = await self.store.save(
                     record, replaces=old_key, expected_version=stored.version, merge=overwrite
                 )
@@ -566,6 +567,7 @@ class Persistence:
         session._stored = record
         session._key = key
         session._fresh = False
+        announced, session._announced = session._announced, False  # for the next end
         session._updates = []
         session._raw = data
         session._modified = session._meta_changed = session._signing_in = False
@@ -573,7 +575,9 @@ class Persistence:
         session._last_seen_at = now
         session._expires_at = record.expires_at
         if rotated and twin is None:
-            await self._rotated(session, stored, replaced, record, logged_in, now)
+            # Revoked by this request: said so then, not again as logged_out.
+            said = None if announced else replaced
+            await self._rotated(session, stored, said, record, logged_in, now)
         elif rotated and not importing:  # moved on from the session a parallel import stored
             # A login only if this request made one: the import's was announced already.
             relogged = logged_in and bool(session._authenticated_at)

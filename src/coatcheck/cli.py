@@ -198,14 +198,14 @@ def list_sessions(
         ]
         for record in records
     ]
-    rule = "─" if out.encoding.lower().startswith("utf") else "-"
-    lines = _columns([*headings, "User agent"], rows, out.width, rule)
+    unicode = out.encoding.lower().startswith("utf")
+    lines = _columns([*headings, "User agent"], rows, out.width, unicode)
     title = f"Live sessions of {printable(user)} (times in UTC)"
     # Through the console's own stream, where text it cannot encode is replaced.
     print("\n".join([title, "", *lines]), file=out.file)
 
 
-def _columns(headings: list[str], rows: list[list[str]], width: int, rule: str) -> list[str]:
+def _columns(headings: list[str], rows: list[list[str]], width: int, unicode: bool) -> list[str]:
     """``rows`` under ``headings``, each column as wide as its longest cell, the last
     one cut with an ellipsis to keep each row within ``width``.
 
@@ -213,6 +213,7 @@ def _columns(headings: list[str], rows: list[list[str]], width: int, rule: str) 
     a user with 10,000 devices is listed in well under a second.
     """
     gap = "   "
+    cut, rule = ("…", "─") if unicode else ("...", "-")  # ASCII where it cannot show more
     widths = [cell_len(heading) for heading in headings[:-1]]
     for row in rows:
         widths = [max(w, cell_len(cell)) for w, cell in zip(widths, row[:-1], strict=True)]
@@ -221,7 +222,7 @@ def _columns(headings: list[str], rows: list[list[str]], width: int, rule: str) 
     def line(cells: list[str]) -> str:
         *fixed, last = cells
         if cell_len(last) > room:
-            last = set_cell_size(last, room - 1) + "…"
+            last = set_cell_size(last, room - len(cut)) + cut
         padded = [cell + " " * (w - cell_len(cell)) for cell, w in zip(fixed, widths, strict=True)]
         return " " + gap.join([*padded, last]).rstrip()
 

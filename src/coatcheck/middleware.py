@@ -316,10 +316,19 @@ class SessionMiddleware:
             await send(start)
             await send({"type": "websocket.http.response.body", "body": b""})
             return True
+        persistence = self._persistence
+        if (
+            session._fresh
+            and session._user_id is None
+            and session._stored is not None
+            and not (persistence.stateless or session._imported)
+        ):
+            # A logout stands; what the app added after it needs a cookie that cannot go.
+            session.destroy()
         stored = False
-        if not session._outgoing and not self._persistence.needs_new_cookie(session):
+        if not session._outgoing and not persistence.needs_new_cookie(session):
             try:
-                await self._persistence.commit(session, 403)
+                await persistence.commit(session, 403)
                 stored = True
             except _SAVE_FAILURES as exc:
                 logger.warning("a refused websocket's session change was not stored: %s", exc)
