@@ -15,9 +15,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from coatcheck import (
+    MemoryStore,
     SessionConfig,
     SessionConflictError,
     SessionEndedError,
+    SessionLimitError,
     SessionMiddleware,
     SessionRecord,
     Store,
@@ -347,6 +349,70 @@ async def test_reload_after_a_save_that_merged_finds_nothing_unsaved(any_store: 
     await a.save()  # merged onto b's save
     await a.reload()
     assert dict(a) == {"list": [], "theirs": 1, "ours": 2}
+
+
+@pytest.mark.parametrize("elsewhere", ["logout", "login as bob"])
+async def test_a_password_change_that_a_parallel_end_overtook_is_refused(
+    any_store: Store, elsewhere: str
+) -> None:
+    """ "Sign out everywhere, then sign me back in", while another tab of the browser
+    signed out (or in as bob): that end wins, as any logout does, and the password
+    change gets a 409 rather than signing the browser in again."""
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first.login("alice")
+    cookie = issued(await persistence.commit(first, 200))
+    a, b = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    if elsewhere == "logout":
+        b.logout()
+    else:
+        b.login("bob")
+    await persistence.commit(b, 200)
+    assert await a.revoke_all() == 0  # nothing of alice's left to end
+    a.login("alice")
+    with pytest.raises(SessionEndedError):
+        await persistence.commit(a, 200)
+    now = persistence.now()
+    assert await any_store.list_user("alice", now) == []
+    assert len(await any_store.list_user("bob", now)) == (elsewhere == "login as bob")
+
+
+class _CountThenLogin(MemoryStore):
+    """Runs ``meanwhile`` once, right after the next count of a user's sessions: a
+    login from another browser landing between a login's check and its save."""
+
+    meanwhile: Any = None
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        found = await super().list_user(user_id, now)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return found
+
+
+async def test_a_password_change_is_counted_against_a_refusing_limit() -> None:
+    """Its login replaces a session it ended itself: a new device, which a login from
+    another browser between its check and its save may have taken the last place of."""
+    store = _CountThenLogin()
+    config = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
+    persistence = Persistence(store, config, None)
+    first = await open_session(persistence, None)
+    first.login("alice")
+    cookie = issued(await persistence.commit(first, 200))
+    changing = await open_session(persistence, cookie)
+    assert await changing.revoke_all() == 1
+    changing.login("alice")
+
+    async def other_browser() -> None:
+        other = await open_session(persistence, None)
+        other.login("alice")  # the place is free: alice's one session has ended
+        await persistence.commit(other, 200)
+
+    store.meanwhile = other_browser
+    with pytest.raises(SessionLimitError):
+        await persistence.commit(changing, 200)
+    assert len(await store.list_user("alice", persistence.now())) == 1
 
 
 async def test_a_login_that_merges_with_a_parallel_save_stays_logged_in(any_store: Store) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -13,7 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from coatcheck import MemoryStore, SessionConfig, SessionEvent, Store, StoreUnavailableError
+from coatcheck import (
+    MemoryStore,
+    SessionConfig,
+    SessionEvent,
+    SessionRecord,
+    Store,
+    StoreUnavailableError,
+)
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
 from coatcheck.testing import FakeClock
@@ -156,6 +164,7 @@ async def test_signing_back_in_after_ending_every_session_is_one_request(
 
     assert await events_of(any_store, devices[0], change_password) == [
         ("revoked", 2, "alice"),
+        ("created", 1, "alice"),
         ("logged_in", 1, "alice"),
     ]
     assert len(await any_store.list_user("alice", time.time())) == 1
@@ -176,22 +185,23 @@ async def test_each_end_in_a_long_request_is_announced_once(any_store: Store) ->
 
     assert await events_of(any_store, alice, story) == [
         ("revoked", 1, "alice"),
+        ("created", 1, "alice"),
         ("logged_in", 1, "alice"),
         ("logged_out", 1, "alice"),
     ]
 
 
-class _DeleteFails(MemoryStore):
+class _WritesFail(MemoryStore):
     down = False
 
-    async def delete(self, key: str) -> None:
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
         if self.down:
             raise StoreUnavailableError("the store went away")
-        await super().delete(key)
+        return await super().save(record, **options)
 
 
 async def test_revoking_this_device_is_announced_only_once_it_has_ended() -> None:
-    store = _DeleteFails()
+    store = _WritesFail()
     async with client_for(make_app(store)) as client:
         alice = ticket(await client.post("/login"))
     store.down = True

@@ -98,10 +98,11 @@ async def revoke(session: Session, public_id: str) -> bool:
         current,
     )
     if is_current:
-        assert current is not None
-        await persistence.store.delete(current)  # now, so that the event below is true
+        # Ended now, so that the event below is true; a parallel logout or login that
+        # ended or moved it first leaves this request nothing to end or announce.
+        revoked = await persistence.end_own(session)
         session.destroy()
-        session._announced = True  # as revoked, below: its commit adds no logged_out
+        session._announced = revoked  # its commit adds no logged_out, nor a race check
     if revoked:
         await persistence.emit(session, "revoked", user_id, public_id)
     return revoked
@@ -139,11 +140,15 @@ async def revoke_user(session: Session, *, keep_current: bool) -> int:
         return 0
     keep = session._stored.key if keep_current and session._stored is not None else None
     persistence = session._persistence
-    removed = await persistence.store.delete_user(user_id, keep=keep, now=persistence.now())
+    removed = 0
     if not keep_current:
+        # This session first, as revoke() ends it; counted once, in ``revoked``, even if
+        # no commit follows (a closed websocket).
+        ended = await persistence.end_own(session)
+        removed += ended
         session.destroy()
-        # Counted once, in ``revoked``, even if no commit follows (a closed websocket).
-        session._announced = True
+        session._announced = ended
+    removed += await persistence.store.delete_user(user_id, keep=keep, now=persistence.now())
     if removed:
         await persistence.emit(session, "revoked", user_id, "", removed)
     return removed

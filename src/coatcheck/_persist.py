@@ -7,6 +7,7 @@ ID was rotated, the session was destroyed, or the sliding expiry is due.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import math
@@ -575,9 +576,7 @@ class Persistence:
         session._last_seen_at = now
         session._expires_at = record.expires_at
         if rotated and twin is None:
-            # Revoked by this request: said so then, not again as logged_out.
-            said = None if announced else replaced
-            await self._rotated(session, stored, said, record, logged_in, now)
+            await self._rotated(session, stored, replaced, record, logged_in, now, announced)
         elif rotated and not importing:  # moved on from the session a parallel import stored
             # A login only if this request made one: the import's was announced already.
             relogged = logged_in and bool(session._authenticated_at)
@@ -622,17 +621,21 @@ class Persistence:
         record: SessionRecord,
         logged_in: bool,
         now: float,
+        announced: bool = False,
     ) -> None:
         """Apply the per-user limit to a session stored under a new ID, and announce it
-        (and the end of ``ended``, the session it replaced, if any)."""
-        if ended is not None:  # replaced already, whatever the limit decides next
+        (and the end of ``ended``, the session it replaced, if any, unless this request
+        ``announced`` that end already: a revocation of its own session)."""
+        if ended is not None and not announced:  # replaced already, whatever comes next
             await self.emit(session, "logged_out", ended.user_id, ended.public_id)
         user_id = session._user_id
         if user_id is not None and self.config.max_sessions_per_user is not None:
             try:
                 if self._refuse_at is None:
                     await self._evict_oldest(session, user_id, record.key, logged_in, now)
-                elif logged_in and (stored is None or stored.user_id != user_id):
+                elif logged_in and (stored is None or stored.user_id != user_id or announced):
+                    # A login that replaced a session this request had ended is a new
+                    # device, counted as one.
                     await self._undo_past_limit(session, user_id, stored, record.key, now)
             except StoreUnavailableError as exc:
                 # The login itself is stored: answering 503 now would lose its cookie.
@@ -643,6 +646,29 @@ class Persistence:
             await self.emit(session, "logged_in", record.user_id, record.public_id)
         elif stored is not None and ended is None:
             await self.emit(session, "rotated", record.user_id, record.public_id)
+
+    async def end_own(self, session: Session) -> bool:
+        """End the record this request loaded, unless another request ended or moved it
+        first: True when this request ended it.
+
+        A dead record is written over the version loaded, so a parallel save gives way
+        (a revocation wins, as a logout does), while a parallel logout or login that got
+        there first is seen: then this request ended nothing, and says so.
+        """
+        stored = session._stored
+        if stored is None:
+            return False
+        now = self.now()
+        dead = stored._replace(last_seen_at=now, expires_at=now, version=stored.version + 1)
+
+        def overrule(base: SessionRecord) -> SessionRecord:
+            return dead._replace(version=base.version + 1)
+
+        if not await self.store.save(dead, expected_version=stored.version, merge=overrule):
+            return False
+        with contextlib.suppress(StoreUnavailableError):  # dead already: this is tidying
+            await self.store.delete(stored.key)
+        return True
 
     async def _end_emptied(self, session: Session, stored: SessionRecord) -> bool:
         """End an anonymous session whose data was all removed (not destroyed), unless a
