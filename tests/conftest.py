@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from coatcheck import SessionRecord, Store, _audit
+from coatcheck import MemoryStore, SessionRecord, Store, _audit
 from coatcheck.stores.base import Merge
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
 
@@ -90,6 +90,20 @@ def _same_origin_untouched() -> Iterator[None]:
     client add its headers to it, and every later test's clients send them."""
     yield
     assert SAME_ORIGIN == {"sec-fetch-site": "same-origin"}, "give clients {**SAME_ORIGIN}"
+
+
+class MeanwhileStore(MemoryStore):
+    """Runs ``meanwhile`` once, right after the next listing of a user's sessions: a
+    parallel request landing between a check of the list and what follows from it."""
+
+    meanwhile: Any = None
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        found = await super().list_user(user_id, now)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return found
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from coatcheck import (
-    MemoryStore,
     SessionConfig,
     SessionConflictError,
     SessionEndedError,
@@ -31,7 +30,7 @@ from coatcheck.stores.base import Merge
 from coatcheck.testing import FakeClock
 
 from . import redis_servers
-from .conftest import client_for
+from .conftest import MeanwhileStore, client_for
 from .store_kinds import STORE_KINDS, fresh_store
 
 pytestmark = pytest.mark.anyio
@@ -377,24 +376,10 @@ async def test_a_password_change_that_a_parallel_end_overtook_is_refused(
     assert len(await any_store.list_user("bob", now)) == (elsewhere == "login as bob")
 
 
-class _CountThenLogin(MemoryStore):
-    """Runs ``meanwhile`` once, right after the next count of a user's sessions: a
-    login from another browser landing between a login's check and its save."""
-
-    meanwhile: Any = None
-
-    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
-        found = await super().list_user(user_id, now)
-        if self.meanwhile is not None:
-            meanwhile, self.meanwhile = self.meanwhile, None
-            await meanwhile()
-        return found
-
-
 async def test_a_password_change_is_counted_against_a_refusing_limit() -> None:
     """Its login replaces a session it ended itself: a new device, which a login from
     another browser between its check and its save may have taken the last place of."""
-    store = _CountThenLogin()
+    store = MeanwhileStore()
     config = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
     persistence = Persistence(store, config, None)
     first = await open_session(persistence, None)

@@ -27,7 +27,7 @@ from coatcheck.session import Session
 from coatcheck.testing import FakeClock
 
 from .apps import make_app
-from .conftest import SHORTENED, client_for
+from .conftest import SHORTENED, MeanwhileStore, client_for
 
 pytestmark = pytest.mark.anyio
 NAME = "__Host-session"
@@ -189,6 +189,65 @@ async def test_each_end_in_a_long_request_is_announced_once(any_store: Store) ->
         ("logged_in", 1, "alice"),
         ("logged_out", 1, "alice"),
     ]
+
+
+async def test_a_revocation_a_parallel_request_overtook_says_and_clears_nothing(
+    any_store: Store,
+) -> None:
+    """A logout (or a login as bob) in another tab ended this session first, announced
+    it, and gave the browser its cookie: "sign out everywhere" here ends nothing of
+    its own, announces nothing again, and leaves the browser's cookie alone."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append((event.kind, event.user_id))
+
+    persistence = Persistence(any_store, SessionConfig(), None, [hook])
+    async with client_for(make_app(any_store)) as client:
+        alice = ticket(await client.post("/login"))
+    scope = {"headers": [(b"cookie", alice["cookie"].encode())]}
+    here, there = await Session(persistence, scope).load(), await Session(persistence, scope).load()
+    there.logout()
+    await persistence.commit(there, 200)
+    assert await here.revoke_all() == 0
+    assert await persistence.commit(here, 200) == []  # no cookie cleared
+    assert seen == [("logged_out", "alice")]
+
+
+async def test_revoking_this_device_ends_it_after_another_tab_signed_in_again() -> None:
+    """Another tab's login moved the device to a new key, with its public id, after
+    the revocation had found it under this request's key: it is ended there, rather
+    than reported missing while it stays signed in."""
+    store = MeanwhileStore()
+    persistence = Persistence(store, SessionConfig(), None)
+    async with client_for(make_app(store)) as client:
+        alice = ticket(await client.post("/login"))
+    scope = {"headers": [(b"cookie", alice["cookie"].encode())]}
+    here, there = await Session(persistence, scope).load(), await Session(persistence, scope).load()
+    (device,) = await here.devices()
+
+    async def confirm_password() -> None:
+        there.login("alice")
+        await persistence.commit(there, 200)
+
+    store.meanwhile = confirm_password
+    assert await here.revoke(device.id)
+    assert await store.list_user("alice", persistence.now()) == []
+
+
+async def test_a_login_of_this_request_is_not_whose_session_a_revocation_counts(
+    any_store: Store,
+) -> None:
+    """The record a request loaded before its login(bob) was alice's: bob's
+    "sign out everywhere" ended none of bob's sessions."""
+    async with client_for(make_app(any_store)) as client:
+        alice = ticket(await client.post("/login"))
+
+    async def become_bob(session: Session) -> None:
+        session.login("bob")
+        assert await session.revoke_all() == 0
+
+    assert await events_of(any_store, alice, become_bob) == [("logged_out", 1, "alice")]
 
 
 class _WritesFail(MemoryStore):

@@ -98,11 +98,20 @@ async def revoke(session: Session, public_id: str) -> bool:
         current,
     )
     if is_current:
-        # Ended now, so that the event below is true; a parallel logout or login that
-        # ended or moved it first leaves this request nothing to end or announce.
+        # Ended now, so that the event below is true. A parallel login of this browser
+        # may have moved it (same public id, new key): then it is ended as any other is.
+        # One a parallel logout ended was announced there, and is not found again.
         revoked = await persistence.end_own(session)
+        if not revoked:
+            revoked, _ = await end_device(
+                persistence.store,
+                lambda: persistence.live_records(user_id, persistence.now()),
+                public_id,
+            )
         session.destroy()
-        session._announced = revoked  # its commit adds no logged_out, nor a race check
+        # None: ended or moved by a parallel request, which announced it and gave the
+        # browser its cookie; the commit leaves both alone, and a login after gets a 409.
+        session._announced = True if revoked else None
     if revoked:
         await persistence.emit(session, "revoked", user_id, public_id)
     return revoked
@@ -140,15 +149,30 @@ async def revoke_user(session: Session, *, keep_current: bool) -> int:
         return 0
     keep = session._stored.key if keep_current and session._stored is not None else None
     persistence = session._persistence
-    removed = 0
+    stored = session._stored
+    own = stored is not None and stored.user_id == user_id  # not a login of this request
+    # The others first: a failure then has ended nothing of this browser's.
+    removed = await persistence.store.delete_user(
+        user_id, keep=stored.key if own and stored is not None else keep, now=persistence.now()
+    )
     if not keep_current:
-        # This session first, as revoke() ends it; counted once, in ``revoked``, even if
-        # no commit follows (a closed websocket).
-        ended = await persistence.end_own(session)
-        removed += ended
+        ended: bool | None = None
+        try:
+            # This session, as revoke() ends it: counted once, in ``revoked``, even if
+            # no commit follows (a closed websocket).
+            if own:
+                ended = await persistence.end_own(session)
+                if not ended:  # moved meanwhile by a login of this browser: ended here
+                    removed += await persistence.store.delete_user(user_id, now=persistence.now())
+        finally:
+            removed += bool(ended)
+            if removed:
+                await persistence.emit(session, "revoked", user_id, "", removed)
         session.destroy()
-        session._announced = ended
-    removed += await persistence.store.delete_user(user_id, keep=keep, now=persistence.now())
+        # None: ended or moved by a parallel request (see revoke()); False: not this
+        # user's yet, and ended by the commit as a logout of whoever held it.
+        session._announced = (True if ended else None) if own else False
+        return removed
     if removed:
         await persistence.emit(session, "revoked", user_id, "", removed)
     return removed

@@ -404,6 +404,13 @@ class Persistence:
                 cleared = await self._end_imported(session, replaced=False)
                 return [*cleared, _NO_STORE] if cleared else []
             assert stored is not None
+            if session._announced is None:
+                # A revocation that a parallel logout or login overtook: that request
+                # ended the record, announced it, and answered with the browser's cookie.
+                session._stored, session._raw = None, self._empty
+                session._modified = session._exposed = session._meta_changed = False
+                session._announced = False
+                return []
             fresh = session._fresh  # destroy() or logout(), which the event names
             if fresh or session._key != old_key:
                 await self.store.delete(old_key)  # a logout wins over any parallel save
@@ -568,7 +575,8 @@ class Persistence:
         session._stored = record
         session._key = key
         session._fresh = False
-        announced, session._announced = session._announced, False  # for the next end
+        announced = bool(session._announced)
+        session._announced = False  # for the next end
         session._updates = []
         session._raw = data
         session._modified = session._meta_changed = session._signing_in = False

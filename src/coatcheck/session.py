@@ -126,7 +126,9 @@ class Session(MutableMapping[str, Any]):
     _orphan: str | None  # key of a record the cookie named that could not be decoded
     _flashed: list[str]  # ids of the messages this request flashed; unset until the first
     _signing_in: bool  # login() (or an adopted login) waits for its save
-    _announced: bool  # its end was announced already (revoked), not again as logged_out
+    # Its end was announced already (revoked), not again as logged_out; None: a parallel
+    # request ended it first, and announced it and set the browser's cookie itself.
+    _announced: bool | None
 
     def __init__(self, persistence: Persistence, scope: MutableMapping[str, Any]) -> None:
         self._persistence = persistence

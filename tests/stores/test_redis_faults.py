@@ -216,6 +216,28 @@ async def test_saves_sent_twice_are_applied_once(kind: str, tmp_path: Path) -> N
         await store.aclose()
 
 
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_session_saved_again_then_ended_refuses_its_first_save_resent(
+    kind: str, tmp_path: Path
+) -> None:
+    """The creating save's token stays with the session through later saves, so that
+    ending it notes that token: on Cluster a later save with a version check dropped
+    it, and redis-py's resent copy of the first save brought the session back."""
+    store = build_store(kind, tmp_path)
+    assert isinstance(store, RedisStore)
+    try:
+        created = make_record(user_id="alice")
+        token = _redis_codec.save_token()
+        assert await store._save_once(created, None, None, token) is True
+        later = created._replace(data=b'{"cart":["fig"]}', version=created.version + 1)
+        assert await store.save(later, expected_version=created.version)
+        await store.delete(created.key)
+        assert await store._save_once(created, None, None, token) is False  # resent
+        assert await store.load(created.key, NOW) is None
+    finally:
+        await store.aclose()
+
+
 # Two ways to end a session from another app server: "log out everywhere" for its user,
 # or a logout or a device revocation of this one session.
 ENDINGS = ["delete_user", "delete"]

@@ -261,8 +261,14 @@ if refused then
   if wrote(KEYS[1], ARGV[4]) then return {1, false} end
   return refused
 end
+-- The token of the save that made the session stays with it (a later save carries
+-- none): ending the session notes it, so that a resent copy of that save is refused.
+local made = redis.call('HGET', KEYS[1], 'k')
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if made and redis.call('HEXISTS', KEYS[1], 'k') == 0 then
+  redis.call('HSET', KEYS[1], 'k', made)
+end
 note_written(KEYS[1], ARGV[4], previous[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, previous[3]}
