@@ -147,32 +147,28 @@ async def revoke_user(session: Session, *, keep_current: bool) -> int:
     user_id = session._user_id
     if user_id is None:
         return 0
-    keep = session._stored.key if keep_current and session._stored is not None else None
     persistence = session._persistence
     stored = session._stored
     own = stored is not None and stored.user_id == user_id  # not a login of this request
-    # The others first: a failure then has ended nothing of this browser's.
-    removed = await persistence.store.delete_user(
-        user_id, keep=stored.key if own and stored is not None else keep, now=persistence.now()
-    )
+    # The others first, this session kept for its own end below: a failure then has
+    # ended nothing of this browser's.
+    keep = stored.key if stored is not None and (own or keep_current) else None
+    removed = await persistence.store.delete_user(user_id, keep=keep, now=persistence.now())
+    ended: bool | None = None
+    try:
+        if own and not keep_current:
+            # As revoke() ends it: counted once, in ``revoked``, even if no commit
+            # follows (a closed websocket).
+            ended = await persistence.end_own(session)
+            if not ended:  # moved meanwhile by a login of this browser: ended here
+                removed += await persistence.store.delete_user(user_id, now=persistence.now())
+    finally:
+        removed += bool(ended)
+        if removed:
+            await persistence.emit(session, "revoked", user_id, "", removed)
     if not keep_current:
-        ended: bool | None = None
-        try:
-            # This session, as revoke() ends it: counted once, in ``revoked``, even if
-            # no commit follows (a closed websocket).
-            if own:
-                ended = await persistence.end_own(session)
-                if not ended:  # moved meanwhile by a login of this browser: ended here
-                    removed += await persistence.store.delete_user(user_id, now=persistence.now())
-        finally:
-            removed += bool(ended)
-            if removed:
-                await persistence.emit(session, "revoked", user_id, "", removed)
         session.destroy()
         # None: ended or moved by a parallel request (see revoke()); False: not this
         # user's yet, and ended by the commit as a logout of whoever held it.
         session._announced = (True if ended else None) if own else False
-        return removed
-    if removed:
-        await persistence.emit(session, "revoked", user_id, "", removed)
     return removed

@@ -314,11 +314,16 @@ class Persistence:
             and not session._refresh_now
         )
 
+    def ended_by_cookie(self, session: Session) -> bool:
+        """Whether ending ``session`` needs the response's cookie: where the cookie is
+        the session (the cookie store), or an old library's adopted cookie must go."""
+        return self._sealer is not None or session._imported
+
     def needs_new_cookie(self, session: Session) -> bool:
         """Whether committing ``session`` would hand the browser a new ID or sealed
         session (or clear its cookie, where the cookie is the session), which a
         response that cannot carry a cookie must not store."""
-        if self._sealer is not None or session._imported:
+        if self.ended_by_cookie(session):
             return True
         stored = session._stored
         if not session._data and session._user_id is None:

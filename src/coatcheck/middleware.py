@@ -257,12 +257,7 @@ class SessionMiddleware:
                 raise
             # The app stopped at a send after its socket was closed for it: done.
         except Exception:
-            if (
-                not started
-                and session._loaded
-                and not self._persistence.stateless
-                and not session._imported
-            ):
+            if not started and session._loaded and not self._persistence.ended_by_cookie(session):
                 # The error page goes out past this middleware, without its headers,
                 # but a logout made before the error still ends a server-side session
                 # (at status 500 nothing else is stored). Where the cookie is the
@@ -321,7 +316,7 @@ class SessionMiddleware:
             session._fresh
             and session._user_id is None
             and session._stored is not None
-            and not (persistence.stateless or session._imported)
+            and not persistence.ended_by_cookie(session)
         ):
             # A logout stands; what the app added after it needs a cookie that cannot go.
             session.destroy()
