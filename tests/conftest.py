@@ -108,10 +108,9 @@ class MeanwhileStore(MemoryStore):
 
 @pytest.fixture(autouse=True)
 def _security_log_unspent() -> None:
-    """The security log's 60 lines a minute are shared by the process: a test that
-    looks for its line must not find them spent by the tests before it."""
-    _audit._recent.clear()
-    _audit._dropped = 0
+    """The security log's lines a minute are shared by the process: a test that looks
+    for its line must not find them spent by the tests before it."""
+    _audit._budgets.clear()
 
 
 # A package that serves store URLs of its own, installed the way pip would leave it: a

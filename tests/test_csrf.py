@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections import deque
 from typing import Any
 
 import httpx
@@ -432,8 +431,7 @@ async def test_a_refusal_is_logged_with_the_clients_path_escaped(
 ) -> None:
     """The path is the client's: a newline in it must not forge a second log line, nor
     an escape sequence reach the terminal that tails the log."""
-    monkeypatch.setattr(_audit, "_recent", deque())  # the limiter must not drop this line
-    monkeypatch.setattr(_audit, "_dropped", 0)
+    monkeypatch.setattr(_audit, "_budgets", {})  # the limiter must not drop this line
     path = "/login%0A2026-11-27 INFO coatcheck.security: all is well%1B[2J"
     async with client_for(app) as client:
         forged = await client.post(path, headers={"sec-fetch-site": "cross-site"})
@@ -443,6 +441,30 @@ async def test_a_refusal_is_logged_with_the_clients_path_escaped(
         "CSRF check failed on POST /login\\n2026-11-27 INFO coatcheck.security: all is well"
         "\\x1b[2J: cross-site request"
     )
+
+
+async def test_a_flood_of_forgeries_does_not_hide_a_tossed_cookie(
+    app: FastAPI, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each kind of security line has its own budget: 70 forged posts spend the forgery
+    lines of the minute, and the cookie-tossing line of the same minute still shows."""
+    monkeypatch.setattr(_audit, "_budgets", {})
+    clock = [1000.0]
+    monkeypatch.setattr(_audit.time, "monotonic", lambda: clock[0])
+    cross_site = {"sec-fetch-site": "cross-site"}
+    async with client_for(app) as client:
+        for _ in range(70):
+            assert (await client.post("/cart", headers=cross_site)).status_code == 403
+        tossed = {"cookie": f"{NAME}=one; {NAME}=two"}
+        assert (await client.get("/state", headers=tossed)).json()["user"] is None
+        clock[0] += 61  # a minute on: the forgeries' budget is back, with their count
+        assert (await client.post("/cart", headers=cross_site)).status_code == 403
+    lines = [r.getMessage() for r in caplog.records if r.name == "coatcheck.security"]
+    assert lines[:60] == ["CSRF check failed on POST /cart: cross-site request"] * 60
+    assert lines[60:] == [
+        "two different session cookies in one request: ignoring both",
+        "CSRF check failed on POST /cart: cross-site request (10 similar events not logged)",
+    ]
 
 
 async def test_method_overrides_never_make_a_request_safe(app: FastAPI) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -706,8 +705,7 @@ def _token(reply: Reply) -> bytes:
 def security_log_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fresh budget of security log lines for this test, and the old one back after it:
     earlier floods must not mute this test's lines, nor this test's flood later tests'."""
-    monkeypatch.setattr(_audit, "_recent", deque())
-    monkeypatch.setattr(_audit, "_dropped", 0)
+    monkeypatch.setattr(_audit, "_budgets", {})
 
 
 @pytest.mark.parametrize("kind", STORE_KINDS)

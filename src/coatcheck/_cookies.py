@@ -57,7 +57,9 @@ def read_cookie(headers: Headers, needle: bytes) -> str | None:
                 value = raw[at + len(needle) : None if end == -1 else end].rstrip(b" \t")
                 if found is not None and value != found:
                     # A sibling host or a longer path tossing a cookie of the same name.
-                    security_event("two different session cookies in one request: ignoring both")
+                    security_event(
+                        "cookie", "two different session cookies in one request: ignoring both"
+                    )
                     return None
                 found = value
             at = raw.find(needle, at + 1)

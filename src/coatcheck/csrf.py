@@ -319,7 +319,7 @@ async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | Non
     try:
         form = await Request(scope, once).form()
     except Exception:  # any parse failure simply means "no token"
-        security_event("unparseable multipart body in a CSRF check")
+        security_event("forgery", "unparseable multipart body in a CSRF check")
         return None
     value = form.get(field)
     await form.close()

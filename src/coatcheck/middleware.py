@@ -396,7 +396,7 @@ class SessionMiddleware:
         """403, with nothing in the session changed and no cookie touched."""
         method = printable(scope.get("method", "websocket handshake"))
         path = printable(scope["path"])  # the client's: no forged line, no escape codes
-        security_event(f"CSRF check failed on {method} {path}: {reason}")
+        security_event("forgery", f"CSRF check failed on {method} {path}: {reason}")
         if scope["type"] == "websocket":
             # Closing before accepting makes the server answer the handshake with a 403.
             await send({"type": "websocket.close", "code": 1008, "reason": "cross-site"})
