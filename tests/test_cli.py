@@ -234,6 +234,38 @@ def test_list_never_cuts_an_address(runner: CliRunner, tmp_path: Path) -> None:
         assert address in result.stdout
 
 
+def test_list_stacks_each_device_on_a_terminal_too_narrow_for_the_table(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """An 80-column terminal cannot hold the table once addresses are kept: each device
+    becomes a block of lines, none wider than the terminal, rather than wrapped rows."""
+    agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120"
+    url = _stored(
+        tmp_path / "narrow.db",
+        _live(key="0" * 64, public_id="narrowpublicid00", ip_address="203.0.113.7"),
+        _live(key="1" * 64, public_id="narrowpublicid01", user_agent=agent, created_offset=1),
+    )
+    for columns in ("80", "40"):
+        # A terminal (a pipe gets at least 160 columns), without colours (NO_COLOR).
+        terminal = {"COLUMNS": columns, "FORCE_COLOR": "1"}
+        result = runner.invoke(
+            app, ["sessions", "list", "--store", url, "--user", "alice"], env=terminal
+        )
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert max(cell_len(line) for line in lines) <= int(columns)
+        assert [line.strip() for line in lines if "narrowpublicid" in line] == [
+            "narrowpublicid00",
+            "narrowpublicid01",
+        ]
+        assert "   Address     203.0.113.7" in lines
+        (shown,) = [line for line in lines if line.startswith("   User agent  Mozilla/5.0")]
+        assert shown.endswith("…")
+        assert agent.startswith(shown.removeprefix("   User agent  ")[:-1])
+    wide = runner.invoke(app, ["sessions", "list", "--store", url, "--user", "alice"])
+    assert "Public ID" in wide.stdout  # 200 columns: still the table
+
+
 def test_list_draws_every_device_of_a_user_with_thousands_one_line_each(
     runner: CliRunner, tmp_path: Path
 ) -> None:

@@ -207,7 +207,8 @@ def list_sessions(
 
 def _columns(headings: list[str], rows: list[list[str]], width: int, unicode: bool) -> list[str]:
     """``rows`` under ``headings``, each column as wide as its longest cell, the last
-    one cut with an ellipsis to keep each row within ``width``.
+    one cut with an ellipsis to keep each row within ``width``; on a terminal too
+    narrow for that, one block of lines per row (:func:`_stacked`).
 
     Drawn here rather than by Rich's table, which takes seconds per thousand rows:
     a user with 10,000 devices is listed in well under a second.
@@ -217,18 +218,45 @@ def _columns(headings: list[str], rows: list[list[str]], width: int, unicode: bo
     widths = [cell_len(heading) for heading in headings[:-1]]
     for row in rows:
         widths = [max(w, cell_len(cell)) for w, cell in zip(widths, row[:-1], strict=True)]
-    room = max(width - sum(widths) - len(gap) * len(widths) - 1, len(headings[-1]))
+    room = width - sum(widths) - len(gap) * len(widths) - 1
+    if room < len(headings[-1]):
+        return _stacked(headings, rows, width, cut)
 
     def line(cells: list[str]) -> str:
         *fixed, last = cells
         if cell_len(last) > room:
-            last = set_cell_size(last, room - len(cut)) + cut
+            last = _fit(last, room, cut)
         padded = [cell + " " * (w - cell_len(cell)) for cell, w in zip(fixed, widths, strict=True)]
         return " " + gap.join([*padded, last]).rstrip()
 
     longest = max(cell_len(row[-1]) for row in [headings, *rows])
     under = " " + rule * (sum(widths) + len(gap) * len(widths) + min(longest, room))
     return [line(headings), under, *(line(row) for row in rows)]
+
+
+def _stacked(headings: list[str], rows: list[list[str]], width: int, cut: str) -> list[str]:
+    """Each row as its first cell, then one indented line per other cell under its
+    heading: what fits a narrow terminal (a phone's SSH client) without wrapping.
+
+    The first cell (the public ID) is never cut; the others are, with ``cut``, where
+    even this is too wide.
+    """
+    label = max(cell_len(heading) for heading in headings[1:]) + 2
+    room = max(width - 3 - label - 1, len(cut) + 1)
+    lines: list[str] = []
+    for row in rows:
+        if lines:
+            lines.append("")
+        lines.append(" " + row[0])
+        for heading, cell in zip(headings[1:], row[1:], strict=True):
+            shown = cell if cell_len(cell) <= room else _fit(cell, room, cut)
+            lines.append("   " + heading + " " * (label - cell_len(heading)) + shown)
+    return lines
+
+
+def _fit(text: str, room: int, cut: str) -> str:
+    """``text`` cut to ``room`` cells, ``cut`` included."""
+    return set_cell_size(text, room - len(cut)) + cut
 
 
 @sessions_app.command("revoke")
