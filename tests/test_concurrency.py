@@ -26,7 +26,7 @@ from coatcheck import (
 from coatcheck._ids import key_of
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
-from coatcheck.stores.base import Merge
+from coatcheck.stores.base import MOVED_FOR, Merge
 from coatcheck.testing import FakeClock
 
 from . import redis_servers
@@ -306,6 +306,89 @@ async def test_of_two_parallel_logins_as_someone_else_the_second_is_refused(
     now = persistence.now()
     assert [record.key for record in await any_store.list_user("bob", now)] == [key_of(kept)]
     assert await any_store.list_user("alice", now) == []
+
+
+async def test_a_request_that_loads_after_a_parallel_login_does_not_sign_it_out(
+    any_store: Store,
+) -> None:
+    """The browser sent it before the login's answer arrived, and it first loads its
+    session once the login is stored: a slow upload, a handler that awaits something
+    first. It finds no session under the old cookie; a new anonymous one would put its
+    cookie over the login's. Told the session moved, its write is refused instead."""
+    clock = FakeClock()
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    first = await open_session(persistence, None)
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    login = await open_session(persistence, cookie)
+    login.login("alice")
+    kept = issued(await persistence.commit(login, 200))
+
+    late = await open_session(persistence, cookie)
+    assert late.user_id is None  # the old cookie is no session
+    assert dict(late) == {}
+    late["seen"] = True
+    with pytest.raises(SessionEndedError, match="moved to a new ID"):
+        await persistence.commit(late, 200)
+    assert await any_store.count(clock()) == 1
+    again = await open_session(persistence, kept)
+    assert again.user_id == "alice"
+    assert again["cart"] == ["apple"]
+
+    # A login from the old cookie goes through: the retry of one whose answer was lost.
+    retried = await open_session(persistence, cookie)
+    retried.login("alice")
+    assert issued(await persistence.commit(retried, 200)) not in (cookie, kept)
+
+    # A minute on, the old cookie is any unknown cookie: its write starts a new session.
+    clock.advance(MOVED_FOR)
+    later = await open_session(persistence, cookie)
+    later["seen"] = True
+    assert issued(await persistence.commit(later, 200)) not in (cookie, kept)
+
+
+async def test_the_refused_late_write_leaves_the_browsers_login_cookie_alone(
+    any_store: Store,
+) -> None:
+    """The same over HTTP: the late request's answer is a 409 that sets no cookie, so the
+    browser keeps the one the login gave it, and stays signed in."""
+    held = anyio.Event()
+    loaded_late = anyio.Event()
+
+    async def late(request: Request) -> Response:
+        await held.wait()  # awaits something before it touches the session
+        session = Session.of(request)
+        await session.load()
+        loaded_late.set()
+        session["seen"] = True
+        return JSONResponse({"user": session.user_id})
+
+    async def login(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session.login("alice")
+        return JSONResponse({})
+
+    app = make_app(any_store, parties=1)
+    app.router.routes.extend([Route("/late", late), Route("/login", login, methods=["POST"])])
+    async with client_for(app) as client:
+        cookie = await seeded(client, {"cart": ["apple"]})
+        answers: list[httpx.Response] = []
+
+        async def slow() -> None:
+            answers.append(await client.get("/late", headers=cookie))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(slow)
+            await anyio.sleep(0.05)
+            signed_in = await client.post("/login", headers=cookie)
+            held.set()
+        (answer,) = answers
+        assert loaded_late.is_set()
+        assert answer.status_code == 409, answer.text
+        assert "set-cookie" not in answer.headers
+        name, _, rest = signed_in.headers["set-cookie"].partition("=")
+        body = await final(client, {"cookie": f"{name}={rest.split(';', 1)[0]}"})
+    assert body == {"data": {"cart": ["apple"]}, "user": "alice"}
 
 
 async def test_a_save_that_builds_the_very_record_a_merge_stored_still_merges(

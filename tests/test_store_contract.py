@@ -108,6 +108,12 @@ BROKEN_BY_DICT_STORE = {
     "test_a_merge_never_resurrects_a_deleted_session",
     "test_delete_all_leaves_no_way_back_for_a_request_in_flight",
 }
+# What a store without the optional moved() skips (see coatcheck.stores.base.mover_of).
+SKIPPED_WITHOUT_MOVES = {
+    "test_a_key_a_save_replaced_is_moved_for_a_while",
+    "test_a_checked_rotation_marks_its_move_and_a_refused_one_nothing",
+    "test_deletes_and_saves_in_place_are_no_moves",
+}
 
 Outcomes = dict[str, tuple[str, str]]
 
@@ -135,7 +141,9 @@ def test_a_dict_store_fails_exactly_the_promises_it_breaks(pytester: pytest.Pyte
     failed = {test for test, outcome in dict_store.items() if outcome == ("call", "failed")}
     assert failed == BROKEN_BY_DICT_STORE
     passed = {test for test, outcome in dict_store.items() if outcome == ("call", "passed")}
-    assert passed == set(dict_store) - BROKEN_BY_DICT_STORE
+    assert passed == set(dict_store) - BROKEN_BY_DICT_STORE - SKIPPED_WITHOUT_MOVES
+    skipped = {test for test, outcome in dict_store.items() if outcome == ("call", "skipped")}
+    assert skipped == SKIPPED_WITHOUT_MOVES
     assert "test_every_store_satisfies_the_protocol" in passed
 
 

@@ -22,7 +22,7 @@ from ._audit import security_log
 from ._keys import Keyring
 from .config import SecretKey
 from .exceptions import MissingDependencyError
-from .stores.base import Merge, SessionRecord, Store, creator_of
+from .stores.base import Merge, SessionRecord, Store, creator_of, mover_of
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -89,6 +89,10 @@ class DataSealingStore:
 
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)
+
+    async def moved(self, key: str, now: float) -> bool:
+        moved = mover_of(self.inner)
+        return moved is not None and await moved(key, now)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         return [self._open(record) for record in await self.inner.list_user(user_id, now)]

@@ -45,6 +45,7 @@ from .stores.base import (
     check_store,
     cookie_sealer_of,
     creator_of,
+    mover_of,
 )
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class Persistence:
             config.max_sessions_per_user if config.at_session_limit == "refuse_login" else None
         )
         self.now = config.clock
+        self._moved = mover_of(self.store)
         self.serializer: Serializer = serializer or JSONSerializer()
         self._empty = self.serializer.dumps({})
         self._cookie_needle = cookie_needle(config.cookie.name)
@@ -155,6 +157,7 @@ class Persistence:
             key = None if record is None else record.key
         data: dict[str, Any] = {}
         orphan = None
+        expired = False
         if record is not None and key is not None:
             # Written out rather than split into helpers: every read runs this.
             # The stored deadline, or an earlier one if the configuration became stricter
@@ -173,6 +176,7 @@ class Persistence:
             if not (compare_digest(record.key, key) and now < deadline):
                 await self.emit(session, "expired", record.user_id, record.public_id)
                 record = None
+                expired = True
             else:
                 try:
                     data = self.serializer.loads(record.data)
@@ -203,6 +207,8 @@ class Persistence:
                 imported = self._storable(imported) or None
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
         session._orphan = orphan
+        if key is not None and record is None and orphan is None and not expired:
+            session._missed = key  # ended, or moved by a login: see _refuse_if_moved()
         if record is not None:
             session._expires_at = deadline
             # Limits loosened since the last save (a longer idle timeout): the stored
@@ -484,6 +490,8 @@ class Persistence:
             return []
 
         logged_in = rotated and session._signing_in and session._user_id is not None
+        if stored is None and session._missed is not None and not logged_in:
+            await self._refuse_if_moved(session._missed, now)
         if logged_in and self._refuse_at is not None:
             assert session._user_id is not None
             replaced_key = old_key or session._orphan or import_key
@@ -625,6 +633,19 @@ class Persistence:
         if value is None:
             return (b"set-cookie", self.clear_cookie)
         return (b"set-cookie", self._cookies.set(value, max_age))
+
+    async def _refuse_if_moved(self, key: str, now: float) -> None:
+        """Refuse to start a session for a cookie whose session a parallel login (or
+        ``regenerate()``) just moved to a new ID.
+
+        The browser sent this request before the login's response reached it, and
+        holds the new cookie by now: a new anonymous session's cookie would replace
+        it and sign the user out. A login is let through, whatever the store says: it
+        may be the retry of one whose response never arrived.
+        """
+        moved = self._moved
+        if moved is not None and await moved(key, now):
+            raise SessionEndedError("the session was moved to a new ID by another request")
 
     async def _rotated(
         self,

@@ -26,7 +26,7 @@ metrics are for counting, and their attributes must stay few. Needs the ``otel``
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -39,11 +39,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("opentelemetry-api", "otel") from exc
 
 from .events import SessionEvent
-from .stores.base import Create, Merge, SessionRecord, Store
+from .stores.base import Merge, SessionRecord, Store
 
 __all__ = ["SessionTelemetry"]
 
 T = TypeVar("T")
+
+# Methods a store may have (see coatcheck.stores.base.creator_of and mover_of).
+_OPTIONAL = ("create", "moved")
 
 
 class SessionTelemetry:
@@ -93,12 +96,12 @@ class _MeteredStore:
         if name == "inner":  # not set yet: a copy or an unpickling is making this one
             raise AttributeError(name)
         value = getattr(self.inner, name)
-        if name == "create" and value is not None:  # optional: timed where it exists
-            return partial(self._create, value)
+        if name in _OPTIONAL and value is not None:  # timed where the store has them
+            return partial(self._optional, name, value)
         return value
 
-    async def _create(self, create: Create, record: SessionRecord) -> bool:
-        return await self._timed("create", create(record))
+    async def _optional(self, name: str, method: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return await self._timed(name, method(*args))
 
     def __repr__(self) -> str:
         return f"<timed {self.inner!r}>"

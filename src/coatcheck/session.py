@@ -70,6 +70,7 @@ class Session(MutableMapping[str, Any]):
         "_loaded",
         "_loading",
         "_meta_changed",
+        "_missed",
         "_models",
         "_modified",
         "_orphan",
@@ -124,6 +125,7 @@ class Session(MutableMapping[str, Any]):
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
     _orphan: str | None  # key of a record the cookie named that could not be decoded
+    _missed: str | None  # key the cookie named where the store had no record at all
     _flashed: list[str]  # ids of the messages this request flashed; unset until the first
     _signing_in: bool  # login() (or an adopted login) waits for its save
     # Its end was announced already (revoked), not again as logged_out; None: a parallel
@@ -667,7 +669,7 @@ class Session(MutableMapping[str, Any]):
         self._updates = []
         self._models = None
         self._outgoing = []
-        self._halted = self._orphan = None
+        self._halted = self._orphan = self._missed = None
         self._signing_in = self._announced = False
         if record is None:
             self._raw = None

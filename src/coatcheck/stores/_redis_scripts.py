@@ -107,6 +107,12 @@ end
 local function revoked(receipt, token)
   return token ~= '' and redis.call('HMGET', receipt, 'r')[1] == token
 end
+-- A session moved to a new key (a login) notes when, as ``m`` in its old key's
+-- receipt, for as long as coatcheck.stores.base.MOVED_FOR says (a minute).
+local function note_moved(receipt, at)
+  redis.call('HSET', receipt, 'm', at)
+  redis.call('PEXPIRE', receipt, 60000)
+end
 """
 
 # KEYS: session to write, session it continues (the same key unless rotating).
@@ -137,7 +143,9 @@ end
 if old ~= new then
   if previous[3] then unindex(previous[3], ARGV[3]) end
   -- A resent copy of the save that made the old session must not bring it back.
-  note_revoked(ARGV[1] .. ':t:{' .. ARGV[3] .. '}', redis.call('HMGET', old, 'k')[1])
+  local receipt = ARGV[1] .. ':t:{' .. ARGV[3] .. '}'
+  note_revoked(receipt, redis.call('HMGET', old, 'k')[1])
+  if previous[1] then note_moved(receipt, ARGV[5]) end
   redis.call('DEL', old)
   local owner = redis.call('HMGET', new, 'u')[1]
   if owner and owner ~= user then unindex(owner, ARGV[2]) end
@@ -236,6 +244,7 @@ redis.call('DEL', KEYS[1])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], 't', ARGV[3])
   if previous[3] then redis.call('HSET', KEYS[2], 'o', previous[3]) end
+  if previous[1] then note_moved(KEYS[2], ARGV[2]) end
   redis.call('PEXPIRE', KEYS[2], 60000)
 end
 return {1, previous[3]}

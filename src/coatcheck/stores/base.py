@@ -122,7 +122,8 @@ class Store(Protocol):
         expected_version: int | None = None,
         merge: Merge | None = None,
     ) -> bool:
-        """Write ``record``; when ``replaces`` is given, delete that key in the same step.
+        """Write ``record``; when ``replaces`` is given, delete that key in the same step
+        (a store with ``moved()`` remembers it as moved: see :func:`mover_of`).
 
         Without ``expected_version`` the write is unconditional (a brand-new session).
         With it, the write continues a stored session, the *base*: the record under
@@ -182,6 +183,18 @@ class Store(Protocol):
 
 
 Create = Callable[[SessionRecord], Awaitable[bool]]
+Moved = Callable[[str, float], Awaitable[bool]]
+
+MOVED_FOR = 60.0
+"""Seconds a store that tracks moves remembers the key a save ``replaces`` (see
+:func:`mover_of`): long enough for the requests a browser sent before a login's
+response reached it, short enough that a browser which never got that response (its
+connection dropped) is not kept from writing for long.
+
+The SQL stores keep a moved key as its old row, emptied: version -1, no user and no
+data, ``expires_at`` at the move, so that every query of live rows passes it by, and
+``last_seen_at`` ``MOVED_FOR`` seconds later, before which no purge drops it."""
+MOVED_VERSION = -1
 
 
 def creator_of(store: Store) -> Create | None:
@@ -195,6 +208,21 @@ def creator_of(store: Store) -> Create | None:
     """
     create: Create | None = getattr(store, "create", None)
     return create
+
+
+def mover_of(store: Store) -> Moved | None:
+    """The store's ``moved(key, now) -> bool``, if it has one: whether a save that
+    ``replaces`` the session under ``key`` (a login, ``regenerate()``) wrote it under a
+    new key less than :data:`MOVED_FOR` seconds before ``now``.
+
+    Optional: a request the browser sent before a login's response arrived, and that
+    first loads its session after the login was stored, finds no session under its
+    old cookie. Told that the session moved, it refuses to write (409) rather than
+    start an anonymous session whose cookie would replace the login's. A store without
+    it lets that request sign the user out.
+    """
+    moved: Moved | None = getattr(store, "moved", None)
+    return moved
 
 
 def cookie_sealer_of(store: Store) -> Callable[[Sequence[bytes], str], CookieSealer] | None:

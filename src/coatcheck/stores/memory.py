@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 
 from .._user_ids import user_text
-from .base import Merge, SessionRecord
+from .base import MOVED_FOR, Merge, SessionRecord
 
 
 class MemoryStore:
@@ -30,6 +30,8 @@ class MemoryStore:
         self._by_user: dict[str, set[str]] = {}
         self._anonymous: OrderedDict[str, None] = OrderedDict()  # keys, in write order
         self._swept_at = float("-inf")  # when _make_room last looked for expired records
+        # Keys that saves moved to new ones, in the order moved, with when they ended.
+        self._moved: OrderedDict[str, float] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<MemoryStore {len(self._records)} of at most {self.max_entries} records>"
@@ -58,6 +60,7 @@ class MemoryStore:
                 record = merge(base)  # no await since the read: nothing can interleave
         if replaces is not None and replaces != record.key:
             self._remove(replaces)
+            self._note_move(replaces, record.last_seen_at)
         self._remove(record.key)
         if len(self._records) >= self.max_entries:
             self._make_room(record.last_seen_at)
@@ -79,6 +82,12 @@ class MemoryStore:
 
     async def delete(self, key: str) -> None:
         self._remove(key)
+
+    async def moved(self, key: str, now: float) -> bool:
+        """Whether a save moved the session under ``key`` to a new key in the last
+        ``MOVED_FOR`` seconds (see :func:`~coatcheck.stores.base.mover_of`)."""
+        moved_at = self._moved.get(key)
+        return moved_at is not None and moved_at <= now < moved_at + MOVED_FOR
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         user_id = user_text(user_id)
@@ -102,6 +111,7 @@ class MemoryStore:
         self._records.clear()
         self._by_user.clear()
         self._anonymous.clear()
+        self._moved.clear()
         return live
 
     async def purge_expired(self, now: float) -> int:
@@ -128,6 +138,18 @@ class MemoryStore:
             keys.discard(key)
             if not keys:
                 del self._by_user[record.user_id]
+
+    def _note_move(self, key: str, now: float) -> None:
+        """Remember ``key`` as moved at ``now``; forget moves long past, and the oldest
+        beyond ``max_entries``, so that a flood of logins cannot grow this either."""
+        moves = self._moved
+        moves[key] = now
+        moves.move_to_end(key)
+        while moves:
+            oldest, moved_at = next(iter(moves.items()))
+            if moved_at + MOVED_FOR > now and len(moves) <= self.max_entries:
+                break
+            del moves[oldest]
 
     def _make_room(self, now: float) -> None:
         if not now - 1.0 < self._swept_at <= now:

@@ -41,6 +41,8 @@ from ._loops import LoopWatch
 from ._redact import redact
 from .base import (
     CORE_COLUMNS,
+    MOVED_FOR,
+    MOVED_VERSION,
     PURGE_ROUNDS,
     Merge,
     SessionRecord,
@@ -88,6 +90,13 @@ _ADDED_COLUMNS = (
 _UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
     f"{name} = EXCLUDED.{name}" for name in _FIELDS.split(", ")
 )
+# A moved key's row (see coatcheck.stores.base.MOVED_FOR): set with the move's time and
+# the end of its mark, and looked up at a time ``now``.
+_MOVED_ROW = (
+    f"version = {MOVED_VERSION}, user_id = NULL, data = ''::bytea,"
+    " expires_at = %s, last_seen_at = %s"
+)
+_MOVED_AT = f"version = {MOVED_VERSION} AND expires_at <= %s AND last_seen_at > %s"
 # Errors that mean "try again later": the server is down, restarting, overloaded or
 # slow, or the pool has no connection to give in time. Anything else is a fault.
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, asyncio.TimeoutError)
@@ -196,7 +205,10 @@ class PostgresStore:
         self._index_prefix = parts[-1]  # an index lives in its table's schema
         self._sql_table = name
         # The statements of the per-request path, built once.
-        self._select = f"SELECT {_FIELDS} FROM {name} WHERE key = %s AND expires_at > %s"  # noqa: S608
+        self._select = (
+            f"SELECT {_FIELDS} FROM {name}"  # noqa: S608
+            f" WHERE key = %s AND expires_at > %s AND version != {MOVED_VERSION}"
+        )
         self._select_locked = f"SELECT {_FIELDS} FROM {name} WHERE key = %s FOR UPDATE"  # noqa: S608
         self._insert = f"INSERT INTO {name} ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"  # noqa: S608
         # Only where no live row holds the key; a dead one is written over.
@@ -205,8 +217,11 @@ class PostgresStore:
             " WHERE t.expires_at <= EXCLUDED.last_seen_at"
         )
         self._delete_key = f"DELETE FROM {name} WHERE key = %s"  # noqa: S608
+        # A rotation leaves the old key's row as the mark of its move: see _MOVED_ROW.
+        self._mark_moved = f"UPDATE {name} SET {_MOVED_ROW} WHERE key = %s"  # noqa: S608
+        self._select_moved = f"SELECT 1 FROM {name} WHERE key = %s AND {_MOVED_AT}"  # noqa: S608
         self._replace = (
-            f"WITH gone AS (DELETE FROM {name} WHERE key = %s)"  # noqa: S608
+            f"WITH gone AS ({self._mark_moved})"  # noqa: S608
             f" INSERT INTO {name} ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"
         )
         self._update_if = (
@@ -214,7 +229,7 @@ class PostgresStore:
             " WHERE key = %s AND version = %s AND expires_at > %s"
         )
         self._rotate_if = (
-            f"WITH base AS (DELETE FROM {name}"  # noqa: S608
+            f"WITH base AS (UPDATE {name} SET {_MOVED_ROW}"  # noqa: S608
             " WHERE key = %s AND version = %s AND expires_at > %s RETURNING 1)"
             f" INSERT INTO {name} ({_COLUMNS}) SELECT {_VALUES} FROM base{_UPSERT}"
         )
@@ -303,18 +318,19 @@ class PostgresStore:
         expected: int | None,
         merge: Merge | None,
     ) -> bool:
+        moved = (record.last_seen_at, record.last_seen_at + MOVED_FOR)
         if expected is None:
             if previous == record.key:
                 await db.execute(self._insert, record)
             else:
-                await db.execute(self._replace, (previous, *record))
+                await db.execute(self._replace, (*moved, previous, *record))
             return True
         # Optimistic: one statement that writes only over the version this request read.
         condition = (previous, expected, record.last_seen_at)
         if previous == record.key:
             done = await db.execute(self._update_if, (*record, *condition))
         else:
-            done = await db.execute(self._rotate_if, (*condition, *record))
+            done = await db.execute(self._rotate_if, (*moved, *condition, *record))
         if done.rowcount == 1:
             return True
         # The base is gone, dead, or another save got there first: settle it under the
@@ -325,7 +341,7 @@ class PostgresStore:
             if row is None:
                 return False
             base = _record(previous, row)
-            if base.expires_at <= record.last_seen_at:
+            if base.expires_at <= record.last_seen_at or base.version == MOVED_VERSION:
                 return False
             chosen = record
             if base.version != expected:
@@ -333,7 +349,8 @@ class PostgresStore:
                     return False
                 chosen = merge(base)
             if previous != chosen.key:
-                await db.execute(self._delete_key, (previous,))
+                moved = (chosen.last_seen_at, chosen.last_seen_at + MOVED_FOR)
+                await db.execute(self._mark_moved, (*moved, previous))
             await db.execute(self._insert, chosen)
         return True
 
@@ -351,6 +368,16 @@ class PostgresStore:
             await db.execute(self._delete_key, (key,))
 
         await self._run(remove, idempotent=True)
+
+    async def moved(self, key: str, now: float) -> bool:
+        """Whether a save moved the session under ``key`` to a new key in the last
+        ``MOVED_FOR`` seconds (see :func:`~coatcheck.stores.base.mover_of`)."""
+
+        async def read(db: Connection) -> bool:
+            cursor = await db.execute(self._select_moved, (key, now, now))
+            return await cursor.fetchone() is not None
+
+        return await self._run(read, idempotent=True)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         user_id = user_text(user_id)
@@ -468,10 +495,10 @@ class PostgresStore:
         # saving right now are skipped rather than waited for.
         sql = (
             f"DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
-            f" (SELECT key FROM {self._sql_table} WHERE expires_at <= %s"
+            f" (SELECT key FROM {self._sql_table} WHERE expires_at <= %s AND last_seen_at <= %s"
             " LIMIT %s FOR UPDATE SKIP LOCKED)"
         )
-        cursor = await db.execute(sql, (now, self.purge_batch))
+        cursor = await db.execute(sql, (now, now, self.purge_batch))
         return max(cursor.rowcount, 0)
 
     async def _purge_quietly(self, db: Connection, now: float) -> None:

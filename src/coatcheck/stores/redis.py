@@ -41,7 +41,7 @@ from . import _redis_codec as codec
 from ._loops import LoopWatch
 from ._redis_codec import KeyNames
 from ._turns import Turns
-from .base import Merge, SessionRecord, checked_retry_after
+from .base import MOVED_FOR, Merge, SessionRecord, checked_retry_after
 
 try:
     from redis.asyncio.cluster import RedisCluster
@@ -336,6 +336,17 @@ class RedisStore:
         if asyncio.get_running_loop() is not self._loop:
             self._in_this_loop()
         await self._again_if_broken(lambda: self._delete(key))
+
+    async def moved(self, key: str, now: float) -> bool:
+        """Whether a save moved the session under ``key`` to a new key in the last
+        ``MOVED_FOR`` seconds (see :func:`~coatcheck.stores.base.mover_of`)."""
+        if asyncio.get_running_loop() is not self._loop:
+            self._in_this_loop()
+        receipt = self._names.receipt(key)
+        moved_at = await self._again_if_broken(
+            lambda: self.client.execute_command("HGET", receipt, "m")
+        )
+        return moved_at is not None and float(moved_at) <= now < float(moved_at) + MOVED_FOR
 
     async def _delete(self, key: str) -> None:
         if self._on_cluster is not None:

@@ -25,6 +25,8 @@ from ..exceptions import StoreError, StoreUnavailableError
 from ._forks import after_fork
 from .base import (
     CORE_COLUMNS,
+    MOVED_FOR,
+    MOVED_VERSION,
     PURGE_ROUNDS,
     Merge,
     SessionRecord,
@@ -53,6 +55,12 @@ _ADDED_COLUMNS = (
     ("idle_timeout", "INTEGER NOT NULL DEFAULT 0"),
     ("absolute_timeout", "INTEGER NOT NULL DEFAULT 0"),
 )
+# A moved key's row (see coatcheck.stores.base.MOVED_FOR): set with the move's time and
+# the end of its mark, and looked up at a time ``now``.
+_MOVED_ROW = (
+    f"version = {MOVED_VERSION}, user_id = NULL, data = x'', expires_at = ?, last_seen_at = ?"
+)
+_MOVED_AT = f"version = {MOVED_VERSION} AND expires_at <= ? AND last_seen_at > ?"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _LOOK_EVERY = 1.0  # seconds between looks at which file the path names
 # Errors that mean "try again later" (a lock, a full or missing disk), not a bug: a 503.
@@ -108,9 +116,13 @@ class SQLiteStore:
         self._sql_table = f'"{table}"'  # quoted, so reserved words such as "order" work
         # The statements of the per-request path, built once.
         self._select_live = (
-            f"SELECT {_COLUMNS} FROM {self._sql_table} WHERE key = ? AND expires_at > ?"  # noqa: S608
+            f"SELECT {_COLUMNS} FROM {self._sql_table}"  # noqa: S608
+            f" WHERE key = ? AND expires_at > ? AND version != {MOVED_VERSION}"
         )
         self._delete_key = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
+        # A key a save moved to a new one: see _MOVED_ROW.
+        self._mark_moved = f"UPDATE {self._sql_table} SET {_MOVED_ROW} WHERE key = ?"  # noqa: S608
+        self._select_moved = f"SELECT 1 FROM {self._sql_table} WHERE key = ? AND {_MOVED_AT}"  # noqa: S608
         # An upsert rather than INSERT OR REPLACE: a column a later release adds keeps
         # its value when this one writes the row, in a rolling deploy or a rollback.
         updated = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
@@ -205,7 +217,8 @@ class SQLiteStore:
                                 return False
                             chosen = merge(base)
                     if previous != chosen.key:
-                        db.execute(self._delete_key, (previous,))
+                        moved_at = chosen.last_seen_at
+                        db.execute(self._mark_moved, (moved_at, moved_at + MOVED_FOR, previous))
                     db.execute(self._insert, _values(chosen))
             if purge:
                 try:
@@ -228,6 +241,13 @@ class SQLiteStore:
 
     async def delete(self, key: str) -> None:
         await self._run(lambda db: db.execute(self._delete_key, (key,)))
+
+    async def moved(self, key: str, now: float) -> bool:
+        """Whether a save moved the session under ``key`` to a new key in the last
+        ``MOVED_FOR`` seconds (see :func:`~coatcheck.stores.base.mover_of`)."""
+        sql = self._select_moved
+        rows = await self._run(lambda db: db.execute(sql, (key, now, now)).fetchall())
+        return bool(rows)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         user_id = user_text(user_id)
@@ -365,9 +385,10 @@ class SQLiteStore:
         # Small batches keep each write lock short, so requests never queue behind a purge.
         sql = (
             f"DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
-            f" (SELECT key FROM {self._sql_table} WHERE expires_at <= ? LIMIT ?)"
+            f" (SELECT key FROM {self._sql_table}"
+            "  WHERE expires_at <= ? AND last_seen_at <= ? LIMIT ?)"
         )
-        return db.execute(sql, (now, self.purge_batch)).rowcount
+        return db.execute(sql, (now, now, self.purge_batch)).rowcount
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._executor is None:
