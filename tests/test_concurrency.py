@@ -30,7 +30,7 @@ from coatcheck.stores.base import MOVED_FOR, Merge
 from coatcheck.testing import FakeClock
 
 from . import redis_servers
-from .conftest import MeanwhileStore, client_for
+from .conftest import CountingStore, MeanwhileStore, client_for
 from .store_kinds import STORE_KINDS, fresh_store
 
 pytestmark = pytest.mark.anyio
@@ -713,3 +713,149 @@ async def test_tasks_of_one_request_that_load_at_once_share_one_load(any_store: 
         response = await client.post("/both", headers=cookie)
         assert response.json() == {"a": True, "b": True, "seed": 1}
         assert (await client.get("/read", headers=cookie)).json() == response.json()
+
+
+class SaveMeanwhile(CountingStore):
+    """Runs ``meanwhile`` once, while the next save awaits the store: another task of the
+    same request (a stream's producer, ``asyncio.gather``) acting at that moment."""
+
+    meanwhile: Any = None
+
+    async def save(
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
+    ) -> bool:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return await super().save(
+            record, replaces=replaces, expected_version=expected_version, merge=merge
+        )
+
+
+async def _stored_data(persistence: Persistence, cookie: str) -> dict[str, Any] | None:
+    record = await persistence.store.load(key_of(cookie), persistence.now())
+    return None if record is None else persistence.serializer.loads(record.data)
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["alone", "after-a-parallel-save"])
+async def test_a_change_made_while_a_save_is_on_its_way_is_stored_by_the_next(
+    any_store: Store, merged: bool
+) -> None:
+    """The save stores what it sent; what another task of the request changed while it
+    awaited the store stays unsaved, for the next save, rather than being taken for
+    saved. After a parallel request's save too, whose change the merge keeps."""
+    store = SaveMeanwhile(any_store)
+    persistence = persistence_for(store)
+    first = await open_session(persistence, None)
+    first["seed"] = 0
+    cookie = issued(await persistence.commit(first, 200))
+    session = await open_session(persistence, cookie)
+    if merged:
+        other = await open_session(persistence, cookie)
+        other["other"] = True
+        await persistence.commit(other, 200)
+    session["order"] = "pending"
+    session.modify("count", lambda n: n + 1, default=0)
+
+    async def meanwhile() -> None:
+        session["coupon"] = "used"
+        session.modify("count", lambda n: n + 10, default=0)
+
+    store.meanwhile = meanwhile
+    await persistence.commit(session, 200)
+    assert session["coupon"] == "used"
+    await persistence.commit(session, 200)
+
+    expected = {"seed": 0, "order": "pending", "count": 11, "coupon": "used"}
+    assert await _stored_data(persistence, cookie) == (
+        {**expected, "other": True} if merged else expected
+    )
+    assert await persistence.commit(session, 200) == []  # nothing left to store
+    assert store.calls["save"] == 3 + merged
+
+
+async def test_a_logout_made_while_a_save_is_on_its_way_ends_the_session(
+    any_store: Store,
+) -> None:
+    store = SaveMeanwhile(any_store)
+    persistence = persistence_for(store)
+    first = await open_session(persistence, None)
+    first.login("alice")
+    cookie = issued(await persistence.commit(first, 200))
+    session = await open_session(persistence, cookie)
+    session["progress"] = 1
+
+    async def meanwhile() -> None:
+        session.logout()
+
+    store.meanwhile = meanwhile
+    await persistence.commit(session, 200)
+    headers = await persistence.commit(session, 200)
+    assert dict(headers)[b"set-cookie"].startswith(b"__Host-session=;")
+    assert await _stored_data(persistence, cookie) is None
+    assert await any_store.list_user("alice", persistence.now()) == []
+
+
+async def test_two_saves_of_one_request_at_once_apply_a_modify_once(any_store: Store) -> None:
+    """A stream's producer saving while the response start commits: the second save
+    waits for the first, rather than merge onto it and count the modify() again."""
+    import asyncio
+
+    store = SaveMeanwhile(any_store)
+    persistence = persistence_for(store)
+    first = await open_session(persistence, None)
+    first["opened"] = 0
+    cookie = issued(await persistence.commit(first, 200))
+    session = await open_session(persistence, cookie)
+    session.modify("opened", lambda n: n + 1, default=0)
+
+    async def meanwhile() -> None:
+        await asyncio.sleep(0.01)  # the other save starts now
+
+    store.meanwhile = meanwhile
+    await asyncio.gather(persistence.commit(session, 200), persistence.commit(session, 200))
+    assert await _stored_data(persistence, cookie) == {"opened": 1}
+    assert store.calls["save"] == 2
+
+
+async def test_a_stream_producer_changing_the_session_as_the_response_starts(
+    any_store: Store,
+) -> None:
+    """FastAPI's EventSourceResponse runs its generator in a task of its own, which
+    goes on while the response start awaits the store: its change is stored too."""
+
+    store = SaveMeanwhile(any_store)
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        session = await Session.of(Request(scope)).load()
+        session["visits"] = session.get("visits", 0) + 1
+
+        async def producer() -> None:
+            session["progress"] = 1
+
+        store.meanwhile = producer
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def read(request: Request) -> Response:
+        return JSONResponse(dict(await Session.of(request).load()))
+
+    inner = Starlette(routes=[Route("/read", read), Route("/seed", seed, methods=["POST"])])
+    app = SessionMiddleware(
+        lambda scope, receive, send: (
+            stream(scope, receive, send)
+            if scope.get("path") == "/stream"
+            else inner(scope, receive, send)
+        ),
+        store=store,
+    )
+    async with client_for(app) as client:
+        cookie = await seeded(client, {"visits": 0})
+        assert (await client.get("/stream", headers=cookie)).status_code == 200
+        assert (await client.get("/read", headers=cookie)).json() == {"visits": 1, "progress": 1}

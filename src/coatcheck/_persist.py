@@ -382,15 +382,36 @@ class Persistence:
         return min(record.expires_at, lifetime.deadline(record.last_seen_at, record.created_at))
 
     async def commit(self, session: Session, status: int) -> Headers:
-        """Write what changed and return the headers the response must carry."""
+        """Write what changed and return the headers the response must carry.
+
+        One save of a session at a time: tasks of one request (a stream's producer and
+        the response start, ``asyncio.gather``) that save at once would both start from
+        the same stored version, and the second would apply the first's ``modify()``
+        calls again when it merged onto it.
+        """
         try:
-            return await self._write(session, status)
-        except asyncio.CancelledError:
-            # Cut short (a client gone from a streamed response cancels its body), its
-            # writes may or may not have landed: another would merge onto them and
-            # apply this request's changes, a modify() among them, a second time.
-            session._halted = StoreUnavailableError("a save of this request was cancelled")
-            raise
+            writing = session._writing
+        except AttributeError:
+            writing = session._writing = asyncio.Lock()
+            session._writer = None
+        task = asyncio.current_task()
+        if session._writer is task and task is not None:
+            raise RuntimeError(
+                "the session is being saved: code that runs during a save (an event hook) "
+                "cannot save it again"
+            )
+        async with writing:
+            session._writer = task
+            try:
+                return await self._write(session, status)
+            except asyncio.CancelledError:
+                # Cut short (a client gone from a streamed response cancels its body),
+                # its writes may or may not have landed: another would merge onto them
+                # and apply this request's changes, a modify() among them, a second time.
+                session._halted = StoreUnavailableError("a save of this request was cancelled")
+                raise
+            finally:
+                session._writer = None
 
     async def _write(self, session: Session, status: int) -> Headers:
         if not session._loaded or session._halted or self.settled(session):
@@ -423,13 +444,16 @@ class Persistence:
                 session._announced = False
                 return []
             fresh = session._fresh  # destroy() or logout(), which the event names
+            edits = session._edits
             if fresh or session._key != old_key:
                 await self.store.delete(old_key)  # a logout wins over any parallel save
             elif not await self._end_emptied(session, stored):
                 return []
-            # Settled on nothing: only what the app adds after this is a change.
+            # Settled on nothing: only what the app adds after this is a change, such as
+            # what another task of this request added while the record was deleted.
             session._stored, session._raw = None, self._empty
-            session._modified = session._exposed = session._meta_changed = False
+            session._modified = session._edits != edits
+            session._exposed = session._meta_changed = False
             announced, session._announced = session._announced, False
             if (fresh or stored.user_id is not None) and not announced:
                 # Not a visitor's session that merely emptied (its flash was shown), nor
@@ -459,6 +483,10 @@ class Persistence:
                 data = self._shed_import(session, len(data))
                 if len(data) > self.config.max_session_bytes:  # the handler's own
                     raise SessionTooLargeError(len(data), self.config.max_session_bytes)
+        # What this save sends. Another task of the request may change the session while
+        # the save awaits the store: those changes stay unsaved, for the next save.
+        edits, sent_id, fresh = session._edits, session._id, session._fresh
+        pending = {id(update) for update in session._updates}
         now = self.now()
         twin = import_key = ending = None
         if stored is None and session._import_id is not None and self._sealer is None:
@@ -581,18 +609,33 @@ class Persistence:
         record = written[-1]
         # Destroyed or logged in as someone else, then stored anew: the session the
         # browser held has ended, as a plain logout's would.
-        replaced = stored if session._fresh else None
-        if record.data != data:  # merged with a parallel save: adopt what was stored
+        replaced = stored if fresh else None
+        # Changed by another task while the save ran. A value changed in place is
+        # found later by comparing with ``_raw``, the data sent; only a merge, which
+        # replaces such values, must look now.
+        meanwhile = session._edits != edits
+        if record.data == data:
+            session._stored = record
+        elif not meanwhile and (
+            not session._exposed or _encodes_to(self.serializer, session._data, data)
+        ):  # merged with a parallel save: adopt what was stored
             data = record.data
             self._adopt_merged(session, self.serializer.loads(data))
-        session._stored = record
-        session._key = key
-        session._fresh = False
+            session._stored = record
+        else:
+            # Merged, and changed meanwhile: the session keeps the changes, and the next
+            # save merges them onto the stored record, as if loaded before that merge
+            # (a version the store no longer holds, with the data this save sent).
+            session._stored = record._replace(data=data, version=record.version - 1)
+            meanwhile = True
+        if session._id == sent_id:  # else destroyed or given a new ID meanwhile
+            session._key = key
+            session._fresh = session._meta_changed = session._signing_in = False
         announced = bool(session._announced)
         session._announced = False  # for the next end
-        session._updates = []
+        session._updates = [u for u in session._updates if id(u) not in pending]
         session._raw = data
-        session._modified = session._meta_changed = session._signing_in = False
+        session._modified = meanwhile
         session._refresh_now = False
         session._last_seen_at = now
         session._expires_at = record.expires_at
@@ -1120,6 +1163,11 @@ class Persistence:
         through :meth:`Session.modify` are recomputed from the winner's value.
         """
 
+        # This save's own changes, as it sends them (``record.data``): not those another
+        # task of the request makes while it awaits the store, which the next save stores.
+        updates = list(session._updates)
+        meta = session._meta_changed
+
         def merge(base: SessionRecord) -> SessionRecord:
             encode = self.serializer.dumps
             try:
@@ -1132,8 +1180,8 @@ class Persistence:
                     "process cannot decode; nothing was written"
                 ) from None
             original = self.decode(loaded)
-            ours = session._data
-            recomputed = {key for key, _, _ in session._updates}
+            ours = self.serializer.loads(record.data)
+            recomputed = {key for key, _, _ in updates}
             for key in original.keys() | ours.keys():
                 if key in recomputed:
                     continue
@@ -1143,29 +1191,40 @@ class Persistence:
                     {key: original[key]}
                 ):
                     merged[key] = ours[key]
-            for key, change, default in session._updates:
+            for key, change, default in updates:
                 start = merged[key] if key in merged else copy.deepcopy(default)
                 value = change(start)
                 if value is _REMOVE:
                     merged.pop(key, None)
                 else:
                     merged[key] = value
-            meta = record if session._meta_changed else base
+            fields = record if meta else base
             result = record._replace(
                 data=encode(merged),
-                user_id=meta.user_id,
-                remember=meta.remember,
-                created_at=meta.created_at,
-                authenticated_at=meta.authenticated_at,
-                idle_timeout=meta.idle_timeout,
-                absolute_timeout=meta.absolute_timeout,
-                expires_at=self.lifetime_of(meta).deadline(record.last_seen_at, meta.created_at),
+                user_id=fields.user_id,
+                remember=fields.remember,
+                created_at=fields.created_at,
+                authenticated_at=fields.authenticated_at,
+                idle_timeout=fields.idle_timeout,
+                absolute_timeout=fields.absolute_timeout,
+                expires_at=self.lifetime_of(fields).deadline(
+                    record.last_seen_at, fields.created_at
+                ),
                 version=base.version + 1,
             )
             written.append(result)
             return result
 
         return merge
+
+
+def _encodes_to(serializer: Serializer, data: dict[str, Any], sent: bytes) -> bool:
+    """Whether ``data`` still encodes to ``sent``: values handed out may have been
+    changed in place since (one that no longer encodes at all has)."""
+    try:
+        return serializer.dumps(data) == sent
+    except (TypeError, ValueError):
+        return False
 
 
 def outgoing(early: Headers, late: Headers) -> Headers:

@@ -54,6 +54,7 @@ class Session(MutableMapping[str, Any]):
         "_cookie_final",
         "_created_at",
         "_data",
+        "_edits",
         "_expires_at",
         "_exposed",
         "_flashed",
@@ -87,6 +88,8 @@ class Session(MutableMapping[str, Any]):
         "_updates",
         "_user_id",
         "_waiter",
+        "_writer",
+        "_writing",
     )
     _persistence: Persistence
     _headers: list[tuple[bytes, bytes]]
@@ -113,6 +116,9 @@ class Session(MutableMapping[str, Any]):
     _last_seen_at: float
     _expires_at: float
     _modified: bool
+    _edits: int  # changes made so far, so a save can tell those made while it ran
+    _writing: asyncio.Lock  # one save at a time: set by the first (see Persistence.commit)
+    _writer: asyncio.Task[Any] | None  # the task saving it now, if one is
     _exposed: bool
     _meta_changed: bool
     _models: dict[str, Binding] | None  # typed values handed out by model()
@@ -263,6 +269,7 @@ class Session(MutableMapping[str, Any]):
             key = str.__str__(key)  # a str Enum: JSON keeps its text, not the Enum
         self._data[key] = value
         self._modified = True
+        self._edits += 1
         if type(value) not in _SCALAR:
             self._exposed = True
         if self._models:
@@ -274,6 +281,7 @@ class Session(MutableMapping[str, Any]):
         self._require_loaded()
         del self._data[key]
         self._modified = True
+        self._edits += 1
         if self._models:
             self._models.pop(key, None)
         if self._updates:
@@ -340,6 +348,7 @@ class Session(MutableMapping[str, Any]):
             if type(value) not in _SCALAR:
                 self._exposed = True
         self._modified = True
+        self._edits += 1
         self._updates.append((key, change, default))
         if self._models:
             self._models.pop(key, None)
@@ -377,6 +386,7 @@ class Session(MutableMapping[str, Any]):
         for key, binding in self._models.items():
             if binding.sync(key, self._data):
                 self._modified = True
+                self._edits += 1
 
     def clear(self) -> None:
         """Forget all data but keep the session, its ID and its user."""
@@ -386,6 +396,7 @@ class Session(MutableMapping[str, Any]):
         if self._data:
             self._data.clear()
             self._modified = True
+            self._edits += 1
 
     # -- messages for the next page ----------------------------------------------------
 
@@ -418,6 +429,7 @@ class Session(MutableMapping[str, Any]):
             )
         self._id = new_session_id()
         self._key = None
+        self._edits += 1
         if not self._public_id:
             self._public_id = new_public_id()
 
@@ -472,6 +484,7 @@ class Session(MutableMapping[str, Any]):
         self._models = None
         self._updates = []
         self._modified = self._fresh = True
+        self._edits += 1
         self._user_id = None
         self._remember = False
         self._authenticated_at = 0.0
@@ -670,6 +683,8 @@ class Session(MutableMapping[str, Any]):
         self._models = None
         self._outgoing = []
         self._halted = self._orphan = self._missed = None
+        if not self._loaded:  # a reload() goes on counting
+            self._edits = 0
         self._signing_in = self._announced = False
         if record is None:
             self._raw = None
