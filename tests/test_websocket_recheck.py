@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -298,6 +299,36 @@ def test_an_idle_socket_does_not_keep_the_session_alive() -> None:
             socket.send_text("back")
             with pytest.raises(WebSocketDisconnect) as closed:
                 socket.receive_text()
+        assert client.get("/me").json()["user"] is None
+    assert closed.value.code == 1008
+
+
+def test_a_feed_nobody_answers_does_not_keep_the_session_alive() -> None:
+    """A tab left open on a live feed: the app's sends are not use, so the session ends
+    at its idle limit, however long the feed runs, and the socket closes with it."""
+    clock, store = FakeClock(), MemoryStore()
+    app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200)
+    with client_for(app) as client:
+        client.post("/login")
+        start = clock()
+        with client.websocket_connect(
+            f"{TEST_WS_BASE_URL}/push", headers={**SAME_ORIGIN}
+        ) as socket:
+            assert socket.receive_text() == "tick"
+            ended_after = None
+            for _ in range(10):  # 100 s at a time, with ticks in between
+                clock.advance(100)
+                sent = app.state.pushed
+                deadline = time.monotonic() + 10
+                while app.state.pushed < sent + 2 and not app.state.push_ended.is_set():
+                    assert time.monotonic() < deadline, "the feed stopped sending"
+                    time.sleep(0.005)
+                if app.state.push_ended.is_set():
+                    ended_after = clock() - start
+                    break
+            assert ended_after == 600  # the first check at the limit
+            with pytest.raises(WebSocketDisconnect) as closed:
+                read_until_closed(socket)
         assert client.get("/me").json()["user"] is None
     assert closed.value.code == 1008
 

@@ -853,10 +853,11 @@ class Persistence:
         if twin is not None:
             await self.emit(session, "logged_out", twin.user_id, twin.public_id)
 
-    async def recheck(self, session: Session) -> float | None:
+    async def recheck(self, session: Session, *, refresh: bool = True) -> float | None:
         """Whether a long-lived connection's session is still stored and live: None once
         it has ended, else when its sliding expiry is next due for a refresh. While it
-        lives, the refresh is written back when due, as a request's would be.
+        lives, the refresh is written back when due, as a request's would be, unless
+        the connection was not used (``refresh`` False: only the app sent).
 
         The refresh writes the record as it is stored now, over the version just read,
         not this connection's unsaved changes: another request's save (a tab's cart, its
@@ -878,7 +879,7 @@ class Persistence:
         if current is None or now >= self.deadline(current):
             return None  # ended, or past what a stricter configuration allows
         due = self.refresh_at(current)
-        if now < due:
+        if now < due or not refresh:
             return due
         touched = current._replace(
             last_seen_at=now,

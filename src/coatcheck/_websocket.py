@@ -3,11 +3,12 @@
 A socket outlives the request that opened it: without a check, a user who logs out
 elsewhere, or whose sessions an administrator ends, keeps a live connection. So at the
 first message after each ``websocket_recheck`` seconds, either way, the session is
-looked up again: a socket whose session ended is closed (1008). Messages count as use,
-as requests do: the first one after the sliding expiry falls due writes it back, so an
-active chat does not reach the idle timeout. A session whose idle limit is shorter than
-two such intervals (a login may choose one) is looked up at least twice per idle
-window, or its chat would outlast it.
+looked up again: a socket whose session ended is closed (1008). Messages from the client
+count as use, as requests do: the first one after the sliding expiry falls due writes it
+back, so an active chat does not reach the idle timeout. The app's own sends do not: a
+feed or a server's heartbeat on a tab nobody looks at must not keep its user signed in.
+A session whose idle limit is shorter than two such intervals (a login may choose one)
+is looked up at least twice per idle window, or its chat would outlast it.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ class SocketWatch:
         self._due = 0.0  # when the stored record, as last looked up, needs a refresh
         self.closed = False
 
-    async def ended(self) -> bool:
-        """True once the session has ended elsewhere, after closing the socket."""
+    async def ended(self, *, use: bool) -> bool:
+        """True once the session has ended elsewhere, after closing the socket. ``use``:
+        the message is the client's, which counts as use of the session."""
         if self.closed:
             return True
         session = self._session
@@ -62,19 +64,22 @@ class SocketWatch:
             return False
         persistence, stored = self._persistence, session._stored
         now = persistence.now()
-        # A message is use: once a refresh is due, this one writes it back, or the
+        # A client's message is use: once a refresh is due, it writes it back, or the
         # session would end up to an interval early, not a tenth of its idle window.
         if now < self._checked + min(self._interval, session._lifetime().idle / 2) and (
-            stored is None or now < max(self._due, persistence.refresh_at(stored))
+            not use or stored is None or now < max(self._due, persistence.refresh_at(stored))
         ):
             return False
         self._checked = now  # before any await: one check per interval
         try:
-            due = await persistence.recheck(session)
+            due = await persistence.recheck(session, refresh=use)
         except StoreError as exc:
             # An outage is not a logout: the socket stays, and the next interval asks again.
             logger.warning("could not recheck a websocket's session: %s", str(exc))
             return False
+        finally:
+            # A slow store must not make the next message due for a check at once.
+            self._checked = persistence.now()
         if due is not None:
             self._due = due
             return False
@@ -87,7 +92,7 @@ class SocketWatch:
 
         async def watched() -> Message:
             message = await receive()
-            if message["type"] == "websocket.receive" and await self.ended():
+            if message["type"] == "websocket.receive" and await self.ended(use=True):
                 return {"type": "websocket.disconnect", "code": 1008}
             return message
 

@@ -336,7 +336,7 @@ class SessionConfig:
     can shrink by at most that fraction, never grow. An open WebSocket checks its
     session against the store at its first message after each ``websocket_recheck``
     (or half the session's idle limit, when shorter): it is closed once the session has
-    ended elsewhere, and its messages count as use.
+    ended elsewhere, and the client's messages count as use (the app's sends do not).
 
     ``token_header`` (say ``"X-Session-Token"``) lets clients that are not browsers (a
     mobile app, a CLI) carry the session in that header instead of the cookie: a

@@ -210,7 +210,7 @@ class SessionMiddleware:
                 ):
                     ended = True
                     await self._store_before_end(session, status, streamed)
-            elif watch is not None and await watch.ended():
+            elif watch is not None and await watch.ended(use=False):
                 if message["type"] == "websocket.close":
                     return  # closed already
                 raise SocketClosed(1008, "the session ended; coatcheck closed this websocket")
