@@ -684,6 +684,19 @@ def test_each_purpose_gets_its_own_keys() -> None:
     assert not {KEY_A.encode(), KEY_B.encode()} & set(csrf)
 
 
+def test_without_keys_every_middleware_of_a_process_shares_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two sub-apps mounted side by side, each with its middleware and no configured
+    keys: a token one of them issued is good at the other, as within one app."""
+    from coatcheck._keys import Keyring
+
+    shop, account = Keyring([]), Keyring([])
+    assert shop.derive("csrf") == account.derive("csrf")
+    assert shop.derive("csrf") != Keyring([KEY_A]).derive("csrf")
+    assert "random per-process key" in caplog.text
+
+
 async def test_plain_starlette_apps_get_the_token_from_the_session() -> None:
     async def page(request: Request) -> Response:
         session = request.scope["session"]

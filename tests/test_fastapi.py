@@ -124,8 +124,30 @@ async def test_a_schema_exported_outside_a_request_names_the_apps_ticket(
 
 
 def test_a_schema_is_exported_only_for_an_app_with_the_middleware() -> None:
-    with pytest.raises(RuntimeError, match="SessionMiddleware is not installed"):
+    with pytest.raises(RuntimeError, match=r"SessionMiddleware is not installed.*config="):
         openapi(FastAPI())
+
+
+def test_a_schema_is_exported_for_a_subclass_of_the_middleware_or_a_mounted_app() -> None:
+    """An app's own subclass is its middleware; an API mounted in an app that has the
+    middleware takes that app's configuration."""
+
+    class AuditedSessions(SessionMiddleware):
+        pass
+
+    config = SessionConfig(cookie=CookieConfig(secure=False, name="sid"))
+    own = make_app(None)
+    own.user_middleware.clear()
+    own.add_middleware(AuditedSessions, store=MemoryStore(), config=config)
+    api = FastAPI()
+
+    @api.get("/me")
+    async def me(user: CurrentUser) -> dict[str, str | None]:
+        return {"user": user}
+
+    for app, given in ((own, None), (api, config)):
+        scheme = openapi(app, config=given)["components"]["securitySchemes"]["coatcheck"]
+        assert (scheme["in"], scheme["name"]) == ("cookie", "sid")
 
 
 async def test_get_session_outside_a_request_says_where_it_works() -> None:

@@ -12,6 +12,17 @@ from starlette.datastructures import Secret
 
 logger = logging.getLogger("coatcheck")
 
+# Without configured keys: one random key for the whole process, made at first use, so
+# that every middleware of it (sub-apps mounted side by side) accepts the others' tokens.
+_process_key: bytes | None = None
+
+
+def _random_process_key() -> bytes:
+    global _process_key
+    if _process_key is None:
+        _process_key = secrets.token_bytes(32)
+    return _process_key
+
 
 class Keyring:
     """Signs with the first key and verifies with all of them, so a key can be rotated
@@ -28,7 +39,7 @@ class Keyring:
                 "coatcheck: no secret_keys configured; using a random per-process key. "
                 "Set SessionConfig(secret_keys=[...]) when running several workers."
             )
-            secrets_ = [secrets.token_bytes(32)]
+            secrets_ = [_random_process_key()]
         self._roots = [bytes(s) if isinstance(s, bytes) else str(s).encode() for s in secrets_]
         for root in self._roots:
             if len(root) < 16:

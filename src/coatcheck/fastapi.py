@@ -121,32 +121,39 @@ async def get_session() -> Session:
     return await session.load()
 
 
-def openapi(app: FastAPI) -> dict[str, Any]:
+def openapi(app: FastAPI, *, config: SessionConfig | None = None) -> dict[str, Any]:
     """``app.openapi()``, with the session's scheme named as ``app``'s middleware has it.
 
     ``/openapi.json`` and ``/docs`` describe the cookie (or ``token_header``) of the
     middleware serving them. A script that exports the schema for a client generator
     runs outside any request, where plain ``app.openapi()`` can only assume the default
     cookie, and FastAPI then keeps that schema for ``/openapi.json`` too. This builds it
-    afresh under the configuration given to ``app.add_middleware(SessionMiddleware)``.
+    afresh under the configuration given to ``app.add_middleware(SessionMiddleware)``
+    (or a subclass of it), or under ``config``: that of an app ``app`` is mounted in,
+    whose middleware serves it.
     """
-    for middleware in app.user_middleware:
-        factory: object = middleware.cls
-        if factory is SessionMiddleware:
-            config = middleware.kwargs.get("config")
-            if config is None and len(middleware.args) > 1:
-                config = middleware.args[1]
-            break
-    else:
-        raise RuntimeError(NOT_INSTALLED)
-    if not isinstance(config, SessionConfig):
-        config = SessionConfig()
+    if config is None:
+        config = _middleware_config(app)
     token = described.set(config)
     try:
         app.openapi_schema = None
         return app.openapi()
     finally:
         described.reset(token)
+
+
+def _middleware_config(app: FastAPI) -> SessionConfig:
+    for middleware in app.user_middleware:
+        factory: object = middleware.cls
+        if isinstance(factory, type) and issubclass(factory, SessionMiddleware):
+            config = middleware.kwargs.get("config")
+            if config is None and len(middleware.args) > 1:
+                config = middleware.args[1]
+            return config if isinstance(config, SessionConfig) else SessionConfig()
+    raise RuntimeError(
+        f"{NOT_INSTALLED}: for an app mounted in another that has it, pass that "
+        "middleware's configuration, openapi(app, config=...)"
+    )
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
