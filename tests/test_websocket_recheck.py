@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.testclient import TestClient
-from starlette.testclient import WebSocketTestSession
+from starlette.routing import WebSocketRoute
+from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 
 from coatcheck import (
     ConfigurationError,
@@ -331,6 +332,34 @@ def test_a_feed_nobody_answers_does_not_keep_the_session_alive() -> None:
                 read_until_closed(socket)
         assert client.get("/me").json()["user"] is None
     assert closed.value.code == 1008
+
+
+def test_a_slow_handshake_refused_over_http_gets_its_whole_answer() -> None:
+    """A handshake that took longer than the recheck interval, and whose session ended
+    meanwhile, answers with its own HTTP response: the watch, which looks at sockets'
+    messages, must not close a socket in the middle of that answer."""
+    clock, store = FakeClock(), MemoryStore()
+
+    async def slow(websocket: WebSocket) -> None:
+        await websocket.scope["session"].load()
+        clock.advance(120)  # checking credentials with a slow service
+        await store.delete_user("alice")  # signed out everywhere meanwhile
+        await websocket.send(
+            {"type": "websocket.http.response.start", "status": 401, "headers": []}
+        )
+        await websocket.send({"type": "websocket.http.response.body", "body": b"who are you?"})
+
+    app = make_app(store, clock)
+    app.router.routes.append(WebSocketRoute("/slow", slow))
+    with client_for(app) as client:
+        client.post("/login")
+        with (
+            pytest.raises(WebSocketDenialResponse) as refused,
+            client.websocket_connect(f"{TEST_WS_BASE_URL}/slow", headers={**SAME_ORIGIN}),
+        ):
+            pass  # pragma: no cover - refused before this
+    assert refused.value.status_code == 401
+    assert refused.value.content == b"who are you?"
 
 
 def test_a_refresh_keeps_the_sockets_changes_and_other_requests_changes() -> None:

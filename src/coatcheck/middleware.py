@@ -50,6 +50,9 @@ RefusedApp = Callable[[int, str], ASGIApp]
 # The message that starts a response: the session is committed just before it goes out.
 # A WebSocket refused with an HTTP response (``send_denial_response``) starts one too.
 _RESPONSE_START = ("http.response.start", "websocket.accept", "websocket.http.response.start")
+# What the app sends on an open socket: a refusal's HTTP answer is none, and a socket
+# closed in its middle would cut it short.
+_SOCKET_SENDS = ("websocket.send", "websocket.close")
 # What a save can fail with, answered for the client rather than left to become a 500.
 _SAVE_FAILURES = (
     StoreError,
@@ -210,7 +213,11 @@ class SessionMiddleware:
                 ):
                     ended = True
                     await self._store_before_end(session, status, streamed)
-            elif watch is not None and await watch.ended(use=False):
+            elif (
+                watch is not None
+                and message["type"] in _SOCKET_SENDS
+                and await watch.ended(use=False)
+            ):
                 if message["type"] == "websocket.close":
                     return  # closed already
                 raise SocketClosed(1008, "the session ended; coatcheck closed this websocket")
