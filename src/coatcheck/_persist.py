@@ -37,7 +37,7 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .serializers import JSONSerializer, Serializer
-from .session import _REMOVE, Session
+from .session import _REMOVE, Session, Update
 from .stores.base import (
     Merge,
     SessionRecord,
@@ -486,7 +486,8 @@ class Persistence:
         # What this save sends. Another task of the request may change the session while
         # the save awaits the store: those changes stay unsaved, for the next save.
         edits, sent_id, fresh = session._edits, session._id, session._fresh
-        pending = {id(update) for update in session._updates}
+        updates = list(session._updates)
+        pending = {id(update) for update in updates}
         now = self.now()
         twin = import_key = ending = None
         if stored is None and session._import_id is not None and self._sealer is None:
@@ -555,7 +556,7 @@ class Persistence:
             # Merged as onto a parallel save: what this request changed since the import.
             assert session._imported_values is not None
             loaded = twin._replace(data=self.serializer.dumps(session._imported_values))
-            merge = self._merger(session, loaded, record, written)
+            merge = self._merger(session, loaded, record, written, updates)
             first = merge(twin)
             moved_from = None if importing else import_key
             if not await self.store.save(
@@ -596,7 +597,7 @@ class Persistence:
             record,
             replaces=old_key if rotated else None,
             expected_version=stored.version,
-            merge=self._merger(session, stored, record, written),
+            merge=self._merger(session, stored, record, written, updates),
         ):
             # Ended by another request (logout, revocation, a login's new ID) while this
             # one ran. No cookie is cleared: the browser may already hold a newer one.
@@ -1156,6 +1157,7 @@ class Persistence:
         loaded: SessionRecord,
         record: SessionRecord,
         written: list[SessionRecord],
+        updates: list[Update] | None = None,
     ) -> Merge:
         """Re-apply this request's changes on top of a parallel save that got there first.
 
@@ -1164,9 +1166,11 @@ class Persistence:
         through :meth:`Session.modify` are recomputed from the winner's value.
         """
 
-        # This save's own changes, as it sends them (``record.data``): not those another
-        # task of the request makes while it awaits the store, which the next save stores.
-        updates = list(session._updates)
+        # This save's own changes, as it sends them (``record.data``, and the ``modify()``
+        # calls made until then): not those another task of the request makes while it
+        # awaits the store, which the next save stores.
+        if updates is None:
+            updates = list(session._updates)
         meta = session._meta_changed
 
         def merge(base: SessionRecord) -> SessionRecord:

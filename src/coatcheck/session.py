@@ -35,6 +35,8 @@ _SCALAR = (str, int, float, bool, type(None))
 # What a modify() change returns to remove its key: flash queues, once emptied, go.
 _REMOVE: Any = object()
 M = TypeVar("M")
+# A modify() call, kept to run again on a parallel save's value: key, change, default.
+Update = tuple[str, Callable[[Any], Any], Any]
 
 
 class Session(MutableMapping[str, Any]):
@@ -127,7 +129,7 @@ class Session(MutableMapping[str, Any]):
     _imported_values: dict[str, Any] | None  # the data adopted, as it came
     _import_id: str | None  # the ID derived from the old cookie, when the import took it
     _refresh_now: bool  # the stored deadline is earlier than the configured limits give
-    _updates: list[tuple[str, Callable[[Any], Any], Any]]
+    _updates: list[Update]
     _outgoing: list[tuple[bytes, bytes]]  # headers of a save() made before the response
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
     _orphan: str | None  # key of a record the cookie named that could not be decoded
