@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -15,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from coatcheck import (
+    MemoryStore,
     SessionConfig,
     SessionConflictError,
     SessionEndedError,
@@ -24,7 +26,7 @@ from coatcheck import (
     Store,
 )
 from coatcheck._ids import key_of
-from coatcheck._persist import Persistence
+from coatcheck._persist import ARRIVAL_SLACK, Persistence
 from coatcheck.session import Session
 from coatcheck.stores.base import MOVED_FOR, Merge
 from coatcheck.testing import FakeClock
@@ -314,17 +316,21 @@ async def test_a_request_that_loads_after_a_parallel_login_does_not_sign_it_out(
     """The browser sent it before the login's answer arrived, and it first loads its
     session once the login is stored: a slow upload, a handler that awaits something
     first. It finds no session under the old cookie; a new anonymous one would put its
-    cookie over the login's. Told the session moved, its write is refused instead."""
+    cookie over the login's. Told the session moved after it came, its write is refused."""
     clock = FakeClock()
     persistence = Persistence(any_store, SessionConfig(clock=clock), None)
     first = await open_session(persistence, None)
     first["cart"] = ["apple"]
     cookie = issued(await persistence.commit(first, 200))
+    # Two requests come with the first cookie; the login is stored while they wait.
+    late = Session(persistence, {"headers": [(b"cookie", f"__Host-session={cookie}".encode())]})
+    later = Session(persistence, {"headers": [(b"cookie", f"__Host-session={cookie}".encode())]})
+    clock.advance(5)
     login = await open_session(persistence, cookie)
     login.login("alice")
     kept = issued(await persistence.commit(login, 200))
 
-    late = await open_session(persistence, cookie)
+    await late.load()
     assert late.user_id is None  # the old cookie is no session
     assert dict(late) == {}
     late["seen"] = True
@@ -335,16 +341,34 @@ async def test_a_request_that_loads_after_a_parallel_login_does_not_sign_it_out(
     assert again.user_id == "alice"
     assert again["cart"] == ["apple"]
 
-    # A login from the old cookie goes through: the retry of one whose answer was lost.
+    # The other one loads nine minutes on (a slow upload): refused all the same.
+    clock.advance(MOVED_FOR - 60)
+    await later.load()
+    later["seen"] = True
+    with pytest.raises(SessionEndedError, match="moved to a new ID"):
+        await persistence.commit(later, 200)
+
+
+async def test_a_browser_that_never_got_its_logins_answer_goes_on(any_store: Store) -> None:
+    """Its connection dropped: it holds the old cookie, and its next requests, sent
+    after the login was stored, are no late part of the page. A login goes through at
+    once; any other write once the login's answer is surely lost (ARRIVAL_SLACK)."""
+    clock = FakeClock()
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    first = await open_session(persistence, None)
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    lost = await open_session(persistence, cookie)
+    lost.login("alice")
+    kept = issued(await persistence.commit(lost, 200))
+
     retried = await open_session(persistence, cookie)
     retried.login("alice")
     assert issued(await persistence.commit(retried, 200)) not in (cookie, kept)
-
-    # A minute on, the old cookie is any unknown cookie: its write starts a new session.
-    clock.advance(MOVED_FOR)
-    later = await open_session(persistence, cookie)
-    later["seen"] = True
-    assert issued(await persistence.commit(later, 200)) not in (cookie, kept)
+    clock.advance(ARRIVAL_SLACK)
+    browsing = await open_session(persistence, cookie)
+    browsing["seen"] = True
+    assert issued(await persistence.commit(browsing, 200)) not in (cookie, kept)
 
 
 async def test_the_refused_late_write_leaves_the_browsers_login_cookie_alone(
@@ -737,6 +761,21 @@ class SaveMeanwhile(CountingStore):
         )
 
 
+async def _reopened(
+    inner: Store, data: dict[str, Any] | None = None, user: str | None = None
+) -> tuple[SaveMeanwhile, Persistence, str, Session]:
+    """A session stored with ``data`` (and ``user`` logged in), opened again by a new
+    request: the store, the persistence, the cookie and that request's session."""
+    store = SaveMeanwhile(inner)
+    persistence = persistence_for(store)
+    first = await open_session(persistence, None)
+    first.update(data or {})
+    if user is not None:
+        first.login(user)
+    cookie = issued(await persistence.commit(first, 200))
+    return store, persistence, cookie, await open_session(persistence, cookie)
+
+
 async def _stored_data(persistence: Persistence, cookie: str) -> dict[str, Any] | None:
     record = await persistence.store.load(key_of(cookie), persistence.now())
     return None if record is None else persistence.serializer.loads(record.data)
@@ -749,12 +788,7 @@ async def test_a_change_made_while_a_save_is_on_its_way_is_stored_by_the_next(
     """The save stores what it sent; what another task of the request changed while it
     awaited the store stays unsaved, for the next save, rather than being taken for
     saved. After a parallel request's save too, whose change the merge keeps."""
-    store = SaveMeanwhile(any_store)
-    persistence = persistence_for(store)
-    first = await open_session(persistence, None)
-    first["seed"] = 0
-    cookie = issued(await persistence.commit(first, 200))
-    session = await open_session(persistence, cookie)
+    store, persistence, cookie, session = await _reopened(any_store, {"seed": 0})
     if merged:
         other = await open_session(persistence, cookie)
         other["other"] = True
@@ -782,12 +816,7 @@ async def test_a_change_made_while_a_save_is_on_its_way_is_stored_by_the_next(
 async def test_a_logout_made_while_a_save_is_on_its_way_ends_the_session(
     any_store: Store,
 ) -> None:
-    store = SaveMeanwhile(any_store)
-    persistence = persistence_for(store)
-    first = await open_session(persistence, None)
-    first.login("alice")
-    cookie = issued(await persistence.commit(first, 200))
-    session = await open_session(persistence, cookie)
+    store, persistence, cookie, session = await _reopened(any_store, user="alice")
     session["progress"] = 1
 
     async def meanwhile() -> None:
@@ -806,12 +835,7 @@ async def test_two_saves_of_one_request_at_once_apply_a_modify_once(any_store: S
     waits for the first, rather than merge onto it and count the modify() again."""
     import asyncio
 
-    store = SaveMeanwhile(any_store)
-    persistence = persistence_for(store)
-    first = await open_session(persistence, None)
-    first["opened"] = 0
-    cookie = issued(await persistence.commit(first, 200))
-    session = await open_session(persistence, cookie)
+    store, persistence, cookie, session = await _reopened(any_store, {"opened": 0})
     session.modify("opened", lambda n: n + 1, default=0)
 
     async def meanwhile() -> None:
@@ -859,3 +883,81 @@ async def test_a_stream_producer_changing_the_session_as_the_response_starts(
         cookie = await seeded(client, {"visits": 0})
         assert (await client.get("/stream", headers=cookie)).status_code == 200
         assert (await client.get("/read", headers=cookie)).json() == {"visits": 1, "progress": 1}
+
+
+async def test_an_event_hook_that_saves_from_another_task_does_not_hang() -> None:
+    """Hooks run once the save is done: one that waits for a task saving the session
+    would otherwise wait for the save it is part of, for ever."""
+    import asyncio
+
+    from coatcheck._context import current_session
+    from coatcheck.events import SessionEvent
+
+    seen: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        session = current_session.get()
+        assert session is not None
+        session["welcomed"] = True
+        await asyncio.gather(session.save())
+        seen.append(event.kind)
+
+    async def login(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session.login("alice")
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/login", login, methods=["POST"]), Route("/read", read)])
+    app.add_middleware(SessionMiddleware, store=MemoryStore(), events=[hook])
+    async with client_for(app) as client:
+        signed_in = await asyncio.wait_for(client.post("/login"), 10)
+        assert signed_in.status_code == 200
+        cookie = {"cookie": signed_in.headers["set-cookie"].split(";", 1)[0]}
+        assert (await client.get("/read", headers=cookie)).json() == {
+            "data": {"welcomed": True},
+            "user": "alice",
+        }
+    assert seen == ["created", "logged_in"]
+
+
+async def test_a_reload_waits_for_a_save_another_task_is_making(any_store: Store) -> None:
+    import asyncio
+
+    store, persistence, _, session = await _reopened(any_store, {"n": 0})
+    session["n"] = 1
+    reloads: list[asyncio.Task[None]] = []
+
+    async def meanwhile() -> None:
+        reloads.append(asyncio.create_task(session.reload()))
+        await asyncio.sleep(0.01)  # the reload starts while the save is on its way
+
+    store.meanwhile = meanwhile
+    await persistence.commit(session, 200)
+    await reloads[0]  # not "this request changed the session"
+    assert dict(session) == {"n": 1}
+
+
+async def test_changes_after_a_save_the_app_cancelled_are_not_answered_as_stored() -> None:
+    """The handler gave its save a deadline, caught the timeout and went on: what it
+    stored is not known, and what it changed after cannot be stored. A 503 says so."""
+    import asyncio
+
+    class SlowSaves(MemoryStore):
+        async def save(self, record: SessionRecord, **kwargs: Any) -> bool:
+            await asyncio.sleep(0.5)
+            return await super().save(record, **kwargs)
+
+    async def checkout(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session["order"] = "pending"
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(session.save(), 0.05)
+        session["coupon"] = "used"
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/checkout", checkout, methods=["POST"])])
+    app.add_middleware(SessionMiddleware, store=SlowSaves())
+    async with client_for(app) as client:
+        answer = await client.post("/checkout")
+    assert answer.status_code == 503
+    assert "set-cookie" not in answer.headers

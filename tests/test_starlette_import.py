@@ -818,3 +818,35 @@ def test_without_itsdangerous_the_error_names_the_extra(monkeypatch: pytest.Monk
     config = SessionConfig(starlette_import=StarletteImport(SECRET))
     with pytest.raises(MissingDependencyError, match=r"coatcheck\[starlette-import\]"):
         SessionMiddleware(FastAPI(), store=MemoryStore(), config=config)
+
+
+async def test_a_late_request_with_the_old_cookie_after_a_login_is_not_imported_again() -> None:
+    """A page's first request imported the old cookie and the user logged in; another
+    request of that page, sent with the old cookie before the browser had the new one,
+    must not import it again: its session would take the ID the login retired, and its
+    cookie would replace the login's. Its write is refused, as any late request's is."""
+    store, site = MemoryStore(), Site()
+    async with browser(site) as client:
+        old = await visit_before_the_switch(client, {"cart": ["apple"]})
+        app = coatcheck_app(store, StarletteImport(SECRET))
+
+        @app.post("/login")
+        async def login(session: SessionDep) -> dict[str, bool]:
+            session.login("alice")
+            return {"ok": True}
+
+        site.app = app
+        assert (await client.get("/state")).json()["data"] == {"cart": ["apple"]}
+        assert (await client.post("/login")).status_code == 200
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=site),
+            base_url=TEST_BASE_URL,
+            headers={**SAME_ORIGIN, "cookie": f"session={old}"},
+        ) as late_page:
+            late = await late_page.post("/cart")
+        assert late.status_code == 409, late.text
+        assert set_cookies(late) == []
+        state = (await client.get("/state")).json()
+    assert state["user"] == "alice"
+    assert state["data"] == {"cart": ["apple"]}
+    assert await store.count(time.time()) == 1

@@ -108,9 +108,9 @@ BROKEN_BY_DICT_STORE = {
     "test_a_merge_never_resurrects_a_deleted_session",
     "test_delete_all_leaves_no_way_back_for_a_request_in_flight",
 }
-# What a store without the optional moved() skips (see coatcheck.stores.base.mover_of).
+# What a store without the optional moved_at() skips (see coatcheck.stores.base.mover_of).
 SKIPPED_WITHOUT_MOVES = {
-    "test_a_key_a_save_replaced_is_moved_for_a_while",
+    "test_a_key_a_save_replaced_is_remembered_as_moved",
     "test_a_checked_rotation_marks_its_move_and_a_refused_one_nothing",
     "test_deletes_and_saves_in_place_are_no_moves",
 }

@@ -90,9 +90,9 @@ class DataSealingStore:
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)
 
-    async def moved(self, key: str, now: float) -> bool:
-        moved = mover_of(self.inner)
-        return moved is not None and await moved(key, now)
+    async def moved_at(self, key: str, now: float) -> float | None:
+        moved_at = mover_of(self.inner)
+        return None if moved_at is None else await moved_at(key, now)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         return [self._open(record) for record in await self.inner.list_user(user_id, now)]

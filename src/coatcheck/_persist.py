@@ -55,6 +55,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger("coatcheck")
 security_log = logging.getLogger("coatcheck.security")
 
+
+class _SaveCancelled(StoreUnavailableError):
+    """Why a request stores nothing more once one of its saves was cancelled."""
+
+
+# Seconds after a login moved a session within which a request bringing the old cookie
+# counts as sent before the login's answer reached the browser: the answer's way back,
+# and the clocks of two app servers that differ, take that long at most.
+ARRIVAL_SLACK = 10.0
+
 _NO_STORE = (b"cache-control", b"no-store")
 # On a logout: browsers drop the origin's cached pages, the back/forward cache included,
 # which keeps signed-in pages even when they were sent ``no-store``.
@@ -188,6 +198,7 @@ class Persistence:
                         record = None
         imported = import_id = None
         importer = self._importer
+        spent = None  # the key of an import that a login moved since this request came
         if (
             record is None
             and importer is not None
@@ -202,12 +213,22 @@ class Persistence:
                 if joined:
                     session._orphan = orphan
                     return
-            imported = await importer.read(session._headers, now)
-            if imported is not None:
-                imported = self._storable(imported) or None
+                if import_id is not None and await self._moved_since(
+                    session, store_key(import_id), now
+                ):
+                    # Another request of the page imported the old cookie, and the user
+                    # logged in since: imported again, its session would take the ID
+                    # the login retired, and its cookie would replace the login's.
+                    spent, import_id = store_key(import_id), None
+            if spent is None:
+                imported = await importer.read(session._headers, now)
+                if imported is not None:
+                    imported = self._storable(imported) or None
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
         session._orphan = orphan
-        if key is not None and record is None and orphan is None and not expired:
+        if spent is not None:
+            session._missed = spent
+        elif key is not None and record is None and orphan is None and not expired:
             session._missed = key  # ended, or moved by a login: see _refuse_if_moved()
         if record is not None:
             session._expires_at = deadline
@@ -389,32 +410,55 @@ class Persistence:
         the same stored version, and the second would apply the first's ``modify()``
         calls again when it merged onto it.
         """
+        if not session._loaded:
+            return []
+        await self._turn_to_write(session)
         try:
-            writing = session._writing
-        except AttributeError:
-            writing = session._writing = asyncio.Lock()
-            session._writer = None
-        task = asyncio.current_task()
-        if session._writer is task and task is not None:
-            raise RuntimeError(
-                "the session is being saved: code that runs during a save (an event hook) "
-                "cannot save it again"
+            return await self._write(session, status)
+        except asyncio.CancelledError:
+            # Cut short (a client gone from a streamed response cancels its body), its
+            # writes may or may not have landed: another would merge onto them and
+            # apply this request's changes, a modify() among them, a second time.
+            session._halted = _SaveCancelled(
+                "a save of this request was cancelled, so what it stored is not known"
             )
-        async with writing:
-            session._writer = task
-            try:
-                return await self._write(session, status)
-            except asyncio.CancelledError:
-                # Cut short (a client gone from a streamed response cancels its body),
-                # its writes may or may not have landed: another would merge onto them
-                # and apply this request's changes, a modify() among them, a second time.
-                session._halted = StoreUnavailableError("a save of this request was cancelled")
-                raise
-            finally:
-                session._writer = None
+            raise
+        finally:
+            await self._done_writing(session)
+
+    async def _turn_to_write(self, session: Session) -> None:
+        """Wait until no other task of the request is saving ``session``, then take the
+        turn. No lock is made unless a second task comes: the usual save pays nothing."""
+        task = asyncio.current_task()
+        while session._writer is not None:
+            if session._writer is task:
+                raise RuntimeError(
+                    "the session is being saved: code that runs during a save cannot save it again"
+                )
+            if session._written is None:
+                session._written = asyncio.Event()
+            await session._written.wait()
+        session._writer = task
+
+    async def _done_writing(self, session: Session) -> None:
+        """Give up the turn, then run the event hooks of the save: a hook that waits
+        for another task saving the session would otherwise wait for ever."""
+        session._writer = None
+        written, session._written = session._written, None
+        if written is not None:
+            written.set()
+        deferred, session._deferred = session._deferred, None
+        for event in deferred or ():
+            await self.events.emit(event)
 
     async def _write(self, session: Session, status: int) -> Headers:
-        if not session._loaded or session._halted or self.settled(session):
+        if session._halted is not None:
+            if isinstance(session._halted, _SaveCancelled) and self._unsaved(session):
+                # The app went on after its save was cancelled (its own timeout): what
+                # it changed since cannot be stored, and must not be answered as stored.
+                raise session._halted
+            return []
+        if not session._loaded or self.settled(session):
             return []
         stored = session._stored
         if status >= 500:
@@ -520,7 +564,7 @@ class Persistence:
 
         logged_in = rotated and session._signing_in and session._user_id is not None
         if stored is None and session._missed is not None and not logged_in:
-            await self._refuse_if_moved(session._missed, now)
+            await self._refuse_if_moved(session, session._missed, now)
         if logged_in and self._refuse_at is not None:
             assert session._user_id is not None
             replaced_key = old_key or session._orphan or import_key
@@ -678,18 +722,26 @@ class Persistence:
             return (b"set-cookie", self.clear_cookie)
         return (b"set-cookie", self._cookies.set(value, max_age))
 
-    async def _refuse_if_moved(self, key: str, now: float) -> None:
+    async def _refuse_if_moved(self, session: Session, key: str, now: float) -> None:
         """Refuse to start a session for a cookie whose session a parallel login (or
-        ``regenerate()``) just moved to a new ID.
+        ``regenerate()``) moved to a new ID after this request came.
 
         The browser sent this request before the login's response reached it, and
         holds the new cookie by now: a new anonymous session's cookie would replace
-        it and sign the user out. A login is let through, whatever the store says: it
-        may be the retry of one whose response never arrived.
+        it and sign the user out. A request that came later than that brings the old
+        cookie because the login's response never reached the browser: it goes on as
+        any request with an unknown cookie does, as a login always does.
         """
-        moved = self._moved
-        if moved is not None and await moved(key, now):
+        if await self._moved_since(session, key, now):
             raise SessionEndedError("the session was moved to a new ID by another request")
+
+    async def _moved_since(self, session: Session, key: str, now: float) -> bool:
+        """Whether a login moved the session under ``key`` after this request came."""
+        moved_at = self._moved
+        if moved_at is None:
+            return False
+        at = await moved_at(key, now)
+        return at is not None and session._arrived < at + ARRIVAL_SLACK
 
     async def _rotated(
         self,
@@ -922,6 +974,15 @@ class Persistence:
 
     async def reload(self, session: Session) -> None:
         """:meth:`Session.reload`: adopt what is stored now, keeping the request's headers."""
+        # After a save another task of the request is making: what it stores is not
+        # this request's unsaved change, and the reload must find it stored.
+        await self._turn_to_write(session)
+        try:
+            await self._reload(session)
+        finally:
+            await self._done_writing(session)
+
+    async def _reload(self, session: Session) -> None:
         if session._halted is not None:
             raise session._halted
         if self._sealer is not None:
@@ -1031,6 +1092,9 @@ class Persistence:
             await self.commit(session, status)
         except SessionEndedError:
             logger.info("the session was ended elsewhere; its late changes are dropped")
+        except _SaveCancelled:
+            # A client gone from a stream cancels its save: nothing more is stored.
+            logger.info("a save of this request was cancelled; its later changes are dropped")
 
     async def aclose(self) -> None:
         """Close the store, and what an importer holds open."""
@@ -1059,6 +1123,12 @@ class Persistence:
                 _client_address(session),
                 _user_agent(session._headers),
             )
+            if session._loaded and session._writer is not None:
+                # During a save: run once it is done (see _done_writing).
+                if session._deferred is None:
+                    session._deferred = []
+                session._deferred.append(event)
+                return
             await self.events.emit(event)
 
     async def _evict_oldest(

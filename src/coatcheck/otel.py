@@ -46,7 +46,7 @@ __all__ = ["SessionTelemetry"]
 T = TypeVar("T")
 
 # Methods a store may have (see coatcheck.stores.base.creator_of and mover_of).
-_OPTIONAL = ("create", "moved")
+_OPTIONAL = ("create", "moved_at")
 
 
 class SessionTelemetry:

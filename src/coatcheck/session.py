@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ._persist import Persistence
     from .config import Lifetime
+    from .events import SessionEvent
     from .stores.base import SessionRecord
 
 _MUTABLE = (dict, list)  # what JSON reads back that can be changed in place
@@ -50,12 +51,14 @@ class Session(MutableMapping[str, Any]):
     __slots__ = (
         "_absolute_timeout",
         "_announced",
+        "_arrived",
         "_authenticated_at",
         "_by_header",
         "_client",
         "_cookie_final",
         "_created_at",
         "_data",
+        "_deferred",
         "_edits",
         "_expires_at",
         "_exposed",
@@ -91,7 +94,7 @@ class Session(MutableMapping[str, Any]):
         "_user_id",
         "_waiter",
         "_writer",
-        "_writing",
+        "_written",
     )
     _persistence: Persistence
     _headers: list[tuple[bytes, bytes]]
@@ -119,8 +122,10 @@ class Session(MutableMapping[str, Any]):
     _expires_at: float
     _modified: bool
     _edits: int  # changes made so far, so a save can tell those made while it ran
-    _writing: asyncio.Lock  # one save at a time: set by the first (see Persistence.commit)
-    _writer: asyncio.Task[Any] | None  # the task saving it now, if one is
+    _writer: asyncio.Task[Any] | None  # the task saving it now: one at a time
+    _written: asyncio.Event | None  # set when that save ends, made once another waits
+    _deferred: list[SessionEvent] | None  # events of that save, for after it
+    _arrived: float  # when the request came, on the configured clock
     _exposed: bool
     _meta_changed: bool
     _models: dict[str, Binding] | None  # typed values handed out by model()
@@ -148,6 +153,7 @@ class Session(MutableMapping[str, Any]):
         self._client = scope.get("client")
         self._path = scope.get("path", "")
         self._root_path = scope.get("root_path", "")
+        self._arrived = persistence.now()
         # Everything else is set by _adopt() when the session loads: a request that never
         # touches its session pays for nine attributes, not all of them.
         self._loaded = False
@@ -685,8 +691,9 @@ class Session(MutableMapping[str, Any]):
         self._models = None
         self._outgoing = []
         self._halted = self._orphan = self._missed = None
-        if not self._loaded:  # a reload() goes on counting
+        if not self._loaded:  # a reload() goes on counting, and may wait for a save
             self._edits = 0
+            self._writer = self._written = self._deferred = None
         self._signing_in = self._announced = False
         if record is None:
             self._raw = None

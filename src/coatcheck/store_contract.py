@@ -33,7 +33,7 @@ import pytest
 
 from ._ids import new_public_id, new_session_id, store_key
 from .stores.base import MOVED_FOR as _MOVED_FOR
-from .stores.base import Moved, SessionRecord, Store, mover_of
+from .stores.base import MovedAt, SessionRecord, Store, mover_of
 
 __all__ = ["HOUR", "NOW", "StoreContract", "make_record"]
 
@@ -65,12 +65,12 @@ def _keys(records: list[SessionRecord]) -> list[str]:
     return [record.key for record in records]
 
 
-def _mover(store: Store) -> Moved:
-    """The store's optional ``moved()``; a store without one skips the tests of it."""
-    moved = mover_of(store)
-    if moved is None:
+def _mover(store: Store) -> MovedAt:
+    """The store's optional ``moved_at()``; a store without one skips the tests of it."""
+    moved_at = mover_of(store)
+    if moved_at is None:
         pytest.skip("the store does not track moves (optional: see mover_of)")
-    return moved
+    return moved_at
 
 
 class StoreContract:
@@ -643,57 +643,59 @@ class StoreContract:
 
     # -- moves: optional (see coatcheck.stores.base.mover_of) ---------------------------
 
-    async def test_a_key_a_save_replaced_is_moved_for_a_while(self, store: Store) -> None:
-        moved = _mover(store)
+    async def test_a_key_a_save_replaced_is_remembered_as_moved(self, store: Store) -> None:
+        moved_at = _mover(store)
         old = make_record(user_id=None, data=b"anonymous")
         await store.save(old)
         new = make_record(user_id="alice", last_seen_at=NOW, created_at=old.created_at)
 
         await store.save(new, replaces=old.key)
 
-        assert await moved(old.key, NOW)
-        assert await moved(old.key, NOW + _MOVED_FOR - 1)
-        assert not await moved(old.key, NOW + _MOVED_FOR)
-        assert not await moved(old.key, NOW - 1)  # not yet moved then
-        assert not await moved(new.key, NOW)
+        assert await moved_at(old.key, NOW) == NOW
+        assert await moved_at(old.key, NOW + _MOVED_FOR - 1) == NOW
+        assert await moved_at(old.key, NOW + _MOVED_FOR) is None
+        assert await moved_at(old.key, NOW - 1) == NOW  # a server whose clock is behind
+        assert await moved_at(new.key, NOW) is None
         # The mark is no session: nothing loads, counts, lists or purges it.
         assert await store.load(old.key, NOW) is None
         assert await store.count(NOW) == 1
         assert await store.list_user("alice", NOW) == [new]
         assert await store.purge_expired(NOW) == 0
-        assert await moved(old.key, NOW)
+        assert await moved_at(old.key, NOW) == NOW
         assert await store.delete_user("alice", now=NOW) == 1
         assert await store.count(NOW) == 0
-        assert await moved(old.key, NOW)  # the browser's login cookie is dead, not moved
+        assert await moved_at(old.key, NOW) == NOW  # the login's session ended, not moved
+        # Nor is it counted once purged, its time over.
+        assert await store.purge_expired(NOW + _MOVED_FOR + 1) == 0
 
     async def test_a_checked_rotation_marks_its_move_and_a_refused_one_nothing(
         self, store: Store
     ) -> None:
-        moved = _mover(store)
+        moved_at = _mover(store)
         old = make_record(user_id="alice")
         await store.save(old)
         new = make_record(user_id="alice", last_seen_at=NOW)
 
         assert await store.save(new, replaces=old.key, expected_version=old.version)
-        assert await moved(old.key, NOW)
+        assert await moved_at(old.key, NOW) == NOW
 
         gone = store_key(new_session_id())
         refused = make_record(user_id="bob", last_seen_at=NOW)
         assert not await store.save(refused, replaces=gone, expected_version=1)
-        assert not await moved(gone, NOW)
+        assert await moved_at(gone, NOW) is None
         assert await store.load(refused.key, NOW) is None
 
     async def test_deletes_and_saves_in_place_are_no_moves(self, store: Store) -> None:
-        moved = _mover(store)
+        moved_at = _mover(store)
         record = make_record(user_id="alice", last_seen_at=NOW)
         await store.save(record)
         updated = record._replace(data=b"updated", version=2)
         assert await store.save(updated, replaces=record.key, expected_version=1)
-        assert not await moved(record.key, NOW)
+        assert await moved_at(record.key, NOW) is None
 
         await store.delete(record.key)
-        assert not await moved(record.key, NOW)
-        assert not await moved(store_key(new_session_id()), NOW)
+        assert await moved_at(record.key, NOW) is None
+        assert await moved_at(store_key(new_session_id()), NOW) is None
 
     # -- lifecycle ---------------------------------------------------------------------
 

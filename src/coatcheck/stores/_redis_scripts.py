@@ -108,10 +108,10 @@ local function revoked(receipt, token)
   return token ~= '' and redis.call('HMGET', receipt, 'r')[1] == token
 end
 -- A session moved to a new key (a login) notes when, as ``m`` in its old key's
--- receipt, for as long as coatcheck.stores.base.MOVED_FOR says (a minute).
+-- receipt, for as long as coatcheck.stores.base.MOVED_FOR says (ten minutes).
 local function note_moved(receipt, at)
   redis.call('HSET', receipt, 'm', at)
-  redis.call('PEXPIRE', receipt, 60000)
+  redis.call('PEXPIRE', receipt, 600000)
 end
 """
 
@@ -244,8 +244,8 @@ redis.call('DEL', KEYS[1])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], 't', ARGV[3])
   if previous[3] then redis.call('HSET', KEYS[2], 'o', previous[3]) end
-  if previous[1] then note_moved(KEYS[2], ARGV[2]) end
   redis.call('PEXPIRE', KEYS[2], 60000)
+  if previous[1] then note_moved(KEYS[2], ARGV[2]) end
 end
 return {1, previous[3]}
 """

@@ -123,7 +123,7 @@ class Store(Protocol):
         merge: Merge | None = None,
     ) -> bool:
         """Write ``record``; when ``replaces`` is given, delete that key in the same step
-        (a store with ``moved()`` remembers it as moved: see :func:`mover_of`).
+        (a store with ``moved_at()`` remembers when it moved: see :func:`mover_of`).
 
         Without ``expected_version`` the write is unconditional (a brand-new session).
         With it, the write continues a stored session, the *base*: the record under
@@ -183,13 +183,12 @@ class Store(Protocol):
 
 
 Create = Callable[[SessionRecord], Awaitable[bool]]
-Moved = Callable[[str, float], Awaitable[bool]]
+MovedAt = Callable[[str, float], Awaitable[float | None]]
 
-MOVED_FOR = 60.0
+MOVED_FOR = 600.0
 """Seconds a store that tracks moves remembers the key a save ``replaces`` (see
-:func:`mover_of`): long enough for the requests a browser sent before a login's
-response reached it, short enough that a browser which never got that response (its
-connection dropped) is not kept from writing for long.
+:func:`mover_of`): as long as a request the browser sent before a login's answer
+reached it may take to load its session (one still receiving a slow upload).
 
 The SQL stores keep a moved key as its old row, emptied: version -1, no user and no
 data, ``expires_at`` at the move, so that every query of live rows passes it by, and
@@ -210,19 +209,19 @@ def creator_of(store: Store) -> Create | None:
     return create
 
 
-def mover_of(store: Store) -> Moved | None:
-    """The store's ``moved(key, now) -> bool``, if it has one: whether a save that
-    ``replaces`` the session under ``key`` (a login, ``regenerate()``) wrote it under a
-    new key less than :data:`MOVED_FOR` seconds before ``now``.
+def mover_of(store: Store) -> MovedAt | None:
+    """The store's ``moved_at(key, now) -> float | None``, if it has one: when a save
+    that ``replaces`` the session under ``key`` (a login, ``regenerate()``) wrote it
+    under a new key, if that was less than :data:`MOVED_FOR` seconds before ``now``.
 
     Optional: a request the browser sent before a login's response arrived, and that
     first loads its session after the login was stored, finds no session under its
-    old cookie. Told that the session moved, it refuses to write (409) rather than
-    start an anonymous session whose cookie would replace the login's. A store without
-    it lets that request sign the user out.
+    old cookie. Told that the session moved after the request arrived, it refuses to
+    write (409) rather than start an anonymous session whose cookie would replace the
+    login's. A store without it lets that request sign the user out.
     """
-    moved: Moved | None = getattr(store, "moved", None)
-    return moved
+    moved_at: MovedAt | None = getattr(store, "moved_at", None)
+    return moved_at
 
 
 def cookie_sealer_of(store: Store) -> Callable[[Sequence[bytes], str], CookieSealer] | None:

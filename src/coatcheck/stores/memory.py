@@ -83,11 +83,11 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self._remove(key)
 
-    async def moved(self, key: str, now: float) -> bool:
-        """Whether a save moved the session under ``key`` to a new key in the last
-        ``MOVED_FOR`` seconds (see :func:`~coatcheck.stores.base.mover_of`)."""
+    async def moved_at(self, key: str, now: float) -> float | None:
+        """When a save moved the session under ``key`` to a new key, if less than
+        ``MOVED_FOR`` seconds before ``now`` (see :func:`~coatcheck.stores.base.mover_of`)."""
         moved_at = self._moved.get(key)
-        return moved_at is not None and moved_at <= now < moved_at + MOVED_FOR
+        return moved_at if moved_at is not None and now < moved_at + MOVED_FOR else None
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         user_id = user_text(user_id)

@@ -96,7 +96,7 @@ _MOVED_ROW = (
     f"version = {MOVED_VERSION}, user_id = NULL, data = ''::bytea,"
     " expires_at = %s, last_seen_at = %s"
 )
-_MOVED_AT = f"version = {MOVED_VERSION} AND expires_at <= %s AND last_seen_at > %s"
+_MOVED_AT = f"version = {MOVED_VERSION} AND last_seen_at > %s"
 # Errors that mean "try again later": the server is down, restarting, overloaded or
 # slow, or the pool has no connection to give in time. Anything else is a fault.
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, asyncio.TimeoutError)
@@ -219,7 +219,7 @@ class PostgresStore:
         self._delete_key = f"DELETE FROM {name} WHERE key = %s"  # noqa: S608
         # A rotation leaves the old key's row as the mark of its move: see _MOVED_ROW.
         self._mark_moved = f"UPDATE {name} SET {_MOVED_ROW} WHERE key = %s"  # noqa: S608
-        self._select_moved = f"SELECT 1 FROM {name} WHERE key = %s AND {_MOVED_AT}"  # noqa: S608
+        self._select_moved = f"SELECT expires_at FROM {name} WHERE key = %s AND {_MOVED_AT}"  # noqa: S608
         self._replace = (
             f"WITH gone AS ({self._mark_moved})"  # noqa: S608
             f" INSERT INTO {name} ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"
@@ -369,13 +369,14 @@ class PostgresStore:
 
         await self._run(remove, idempotent=True)
 
-    async def moved(self, key: str, now: float) -> bool:
-        """Whether a save moved the session under ``key`` to a new key in the last
-        ``MOVED_FOR`` seconds (see :func:`~coatcheck.stores.base.mover_of`)."""
+    async def moved_at(self, key: str, now: float) -> float | None:
+        """When a save moved the session under ``key`` to a new key, if less than
+        ``MOVED_FOR`` seconds before ``now`` (see :func:`~coatcheck.stores.base.mover_of`)."""
 
-        async def read(db: Connection) -> bool:
-            cursor = await db.execute(self._select_moved, (key, now, now))
-            return await cursor.fetchone() is not None
+        async def read(db: Connection) -> float | None:
+            cursor = await db.execute(self._select_moved, (key, now))
+            row = await cursor.fetchone()
+            return None if row is None else float(row[0])
 
         return await self._run(read, idempotent=True)
 
@@ -452,13 +453,15 @@ class PostgresStore:
                 return live
 
     async def purge_expired(self, now: float) -> int:
-        async def purge(db: Connection) -> int:
+        async def purge(db: Connection) -> tuple[int, int]:
             return await self._purge_batch(db, now)
 
         total = 0  # batch by batch, each within the timeout, as delete_all
-        while removed := await self._run(purge, idempotent=True):
-            total += removed
-        return total
+        while True:
+            rows, sessions = await self._run(purge, idempotent=True)
+            total += sessions
+            if not rows:
+                return total
 
     async def count(self, now: float) -> int:
         sql = f"SELECT count(*) FROM {self._sql_table} WHERE expires_at > %s"  # noqa: S608
@@ -490,16 +493,19 @@ class PostgresStore:
 
     # -- mechanics ----------------------------------------------------------------------
 
-    async def _purge_batch(self, db: Connection, now: float) -> int:
+    async def _purge_batch(self, db: Connection, now: float) -> tuple[int, int]:
+        """Rows deleted, and how many of them were sessions rather than the marks of
+        moves (see _MOVED_ROW), which no count of sessions includes."""
         # Small batches keep each statement short; rows another worker is purging or
         # saving right now are skipped rather than waited for.
         sql = (
-            f"DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
+            f"WITH gone AS (DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
             f" (SELECT key FROM {self._sql_table} WHERE expires_at <= %s AND last_seen_at <= %s"
-            " LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING version)"
+            f" SELECT count(*), count(*) FILTER (WHERE version != {MOVED_VERSION}) FROM gone"
         )
-        cursor = await db.execute(sql, (now, now, self.purge_batch))
-        return max(cursor.rowcount, 0)
+        rows, sessions = await _one(await db.execute(sql, (now, now, self.purge_batch)))
+        return int(rows), int(sessions)
 
     async def _purge_quietly(self, db: Connection, now: float) -> None:
         """The housekeeping a save does now and then: its failure must not fail the save."""
@@ -507,7 +513,7 @@ class PostgresStore:
             # Full batches mean more is waiting: a few more, so the purge keeps ahead of
             # what saves create (at most one record each).
             for _ in range(PURGE_ROUNDS):
-                if await self._purge_batch(db, now) < self.purge_batch:
+                if (await self._purge_batch(db, now))[0] < self.purge_batch:
                     break
         except psycopg.Error:
             return

@@ -337,16 +337,18 @@ class RedisStore:
             self._in_this_loop()
         await self._again_if_broken(lambda: self._delete(key))
 
-    async def moved(self, key: str, now: float) -> bool:
-        """Whether a save moved the session under ``key`` to a new key in the last
-        ``MOVED_FOR`` seconds (see :func:`~coatcheck.stores.base.mover_of`)."""
+    async def moved_at(self, key: str, now: float) -> float | None:
+        """When a save moved the session under ``key`` to a new key, if less than
+        ``MOVED_FOR`` seconds before ``now`` (see :func:`~coatcheck.stores.base.mover_of`)."""
         if asyncio.get_running_loop() is not self._loop:
             self._in_this_loop()
         receipt = self._names.receipt(key)
         moved_at = await self._again_if_broken(
             lambda: self.client.execute_command("HGET", receipt, "m")
         )
-        return moved_at is not None and float(moved_at) <= now < float(moved_at) + MOVED_FOR
+        if moved_at is None or now >= float(moved_at) + MOVED_FOR:
+            return None
+        return float(moved_at)
 
     async def _delete(self, key: str) -> None:
         if self._on_cluster is not None:

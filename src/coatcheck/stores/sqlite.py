@@ -60,7 +60,7 @@ _ADDED_COLUMNS = (
 _MOVED_ROW = (
     f"version = {MOVED_VERSION}, user_id = NULL, data = x'', expires_at = ?, last_seen_at = ?"
 )
-_MOVED_AT = f"version = {MOVED_VERSION} AND expires_at <= ? AND last_seen_at > ?"
+_MOVED_AT = f"version = {MOVED_VERSION} AND last_seen_at > ?"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _LOOK_EVERY = 1.0  # seconds between looks at which file the path names
 # Errors that mean "try again later" (a lock, a full or missing disk), not a bug: a 503.
@@ -122,7 +122,9 @@ class SQLiteStore:
         self._delete_key = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
         # A key a save moved to a new one: see _MOVED_ROW.
         self._mark_moved = f"UPDATE {self._sql_table} SET {_MOVED_ROW} WHERE key = ?"  # noqa: S608
-        self._select_moved = f"SELECT 1 FROM {self._sql_table} WHERE key = ? AND {_MOVED_AT}"  # noqa: S608
+        self._select_moved = (
+            f"SELECT expires_at FROM {self._sql_table} WHERE key = ? AND {_MOVED_AT}"  # noqa: S608
+        )
         # An upsert rather than INSERT OR REPLACE: a column a later release adds keeps
         # its value when this one writes the row, in a rolling deploy or a rollback.
         updated = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
@@ -225,7 +227,7 @@ class SQLiteStore:
                     # Full batches mean more is waiting: a few more, so the purge keeps
                     # ahead of what saves create (at most one record each).
                     for _ in range(PURGE_ROUNDS):
-                        if self._purge_batch(db, chosen.last_seen_at) < self.purge_batch:
+                        if self._purge_batch(db, chosen.last_seen_at)[0] < self.purge_batch:
                             break
                 except sqlite3.OperationalError as exc:
                     # The record is saved; the purge is housekeeping and waits for next time.
@@ -242,12 +244,12 @@ class SQLiteStore:
     async def delete(self, key: str) -> None:
         await self._run(lambda db: db.execute(self._delete_key, (key,)))
 
-    async def moved(self, key: str, now: float) -> bool:
-        """Whether a save moved the session under ``key`` to a new key in the last
-        ``MOVED_FOR`` seconds (see :func:`~coatcheck.stores.base.mover_of`)."""
+    async def moved_at(self, key: str, now: float) -> float | None:
+        """When a save moved the session under ``key`` to a new key, if less than
+        ``MOVED_FOR`` seconds before ``now`` (see :func:`~coatcheck.stores.base.mover_of`)."""
         sql = self._select_moved
-        rows = await self._run(lambda db: db.execute(sql, (key, now, now)).fetchall())
-        return bool(rows)
+        rows = await self._run(lambda db: db.execute(sql, (key, now)).fetchall())
+        return float(rows[0][0]) if rows else None
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         user_id = user_text(user_id)
@@ -303,9 +305,11 @@ class SQLiteStore:
     async def purge_expired(self, now: float) -> int:
         def purge(db: sqlite3.Connection) -> int:
             total = 0
-            while removed := self._purge_batch(db, now):
-                total += removed
-            return total
+            while True:
+                rows, sessions = self._purge_batch(db, now)
+                total += sessions
+                if not rows:
+                    return total
 
         return await self._run(purge)
 
@@ -381,14 +385,17 @@ class SQLiteStore:
         for name, declaration in self._missing_columns(db):
             db.execute(f"ALTER TABLE {self._sql_table} ADD COLUMN {name} {declaration}")
 
-    def _purge_batch(self, db: sqlite3.Connection, now: float) -> int:
+    def _purge_batch(self, db: sqlite3.Connection, now: float) -> tuple[int, int]:
+        """Rows deleted, and how many of them were sessions rather than the marks of
+        moves (see _MOVED_ROW), which no count of sessions includes."""
         # Small batches keep each write lock short, so requests never queue behind a purge.
         sql = (
             f"DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
             f" (SELECT key FROM {self._sql_table}"
-            "  WHERE expires_at <= ? AND last_seen_at <= ? LIMIT ?)"
+            "  WHERE expires_at <= ? AND last_seen_at <= ? LIMIT ?) RETURNING version"
         )
-        return db.execute(sql, (now, now, self.purge_batch)).rowcount
+        versions = db.execute(sql, (now, now, self.purge_batch)).fetchall()
+        return len(versions), sum(1 for (version,) in versions if version != MOVED_VERSION)
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._executor is None:
