@@ -961,3 +961,94 @@ async def test_changes_after_a_save_the_app_cancelled_are_not_answered_as_stored
         answer = await client.post("/checkout")
     assert answer.status_code == 503
     assert "set-cookie" not in answer.headers
+
+
+async def test_a_login_whose_save_outran_the_apps_deadline_still_gets_its_cookie() -> None:
+    """The login was stored, and only its event hooks, run after it, outlasted the
+    handler's ``wait_for``: the cookie must go out, or the browser is signed out."""
+    import asyncio
+
+    from coatcheck.events import SessionEvent
+
+    async def slow_hook(event: SessionEvent) -> None:
+        await asyncio.sleep(0.3)
+
+    async def login(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session.login("alice")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(session.save(), 0.1)
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/login", login, methods=["POST"]), Route("/read", read)])
+    app.add_middleware(SessionMiddleware, store=MemoryStore(), events=[slow_hook])
+    async with client_for(app) as client:
+        signed_in = await client.post("/login")
+        assert signed_in.status_code == 200
+        cookie = {"cookie": signed_in.headers["set-cookie"].split(";", 1)[0]}
+        assert (await client.get("/read", headers=cookie)).json()["user"] == "alice"
+
+
+async def _heard_session(
+    heard: list[tuple[str, str | None]],
+) -> tuple[Persistence, Session]:
+    """bob's stored session, opened again, with hooks that take a moment and note what
+    they heard."""
+    import asyncio
+
+    from coatcheck.events import SessionEvent
+
+    async def hook(event: SessionEvent) -> None:
+        await asyncio.sleep(0.01)
+        heard.append((event.kind, event.user_id))
+
+    persistence = Persistence(MemoryStore(), SessionConfig(), None, (hook,))
+    first = await open_session(persistence, None)
+    first.login("bob")
+    cookie = issued(await persistence.commit(first, 200))
+    heard.clear()
+    return persistence, await open_session(persistence, cookie)
+
+
+async def test_events_of_two_tasks_saving_one_session_reach_hooks_in_order() -> None:
+    """One task logs in while another waits for its turn to log out: the hooks hear
+    the login before the logout."""
+    import asyncio
+
+    heard: list[tuple[str, str | None]] = []
+    persistence, session = await _heard_session(heard)
+
+    async def log_in() -> None:
+        session.login("alice")
+        await persistence.commit(session, 200)
+
+    async def log_out() -> None:
+        await asyncio.sleep(0)
+        session.logout()
+        await persistence.commit(session, 200)
+
+    await asyncio.gather(log_in(), log_out())
+    assert heard == [
+        ("logged_out", "bob"),
+        ("created", "alice"),
+        ("logged_in", "alice"),
+        ("logged_out", "alice"),
+    ]
+
+
+async def test_events_of_a_save_are_heard_though_its_request_is_cut_short() -> None:
+    import asyncio
+
+    heard: list[tuple[str, str | None]] = []
+    persistence, session = await _heard_session(heard)
+    session.login("alice")
+    task = asyncio.ensure_future(persistence.commit(session, 200))
+    await asyncio.sleep(0.005)  # stored; the hooks are running
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if len(heard) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert heard == [("logged_out", "bob"), ("created", "alice"), ("logged_in", "alice")]

@@ -820,30 +820,45 @@ def test_without_itsdangerous_the_error_names_the_extra(monkeypatch: pytest.Monk
         SessionMiddleware(FastAPI(), store=MemoryStore(), config=config)
 
 
-async def test_a_late_request_with_the_old_cookie_after_a_login_is_not_imported_again() -> None:
-    """A page's first request imported the old cookie and the user logged in; another
-    request of that page, sent with the old cookie before the browser had the new one,
+def _with_login(store: Store) -> FastAPI:
+    app = coatcheck_app(store, StarletteImport(SECRET))
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> dict[str, bool]:
+        session.login("alice")
+        return {"ok": True}
+
+    return app
+
+
+async def _late_cart(site: Site, old: str) -> httpx.Response:
+    """A request of the first page, sent with the old cookie alone before the browser
+    had the new one."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=site),
+        base_url=TEST_BASE_URL,
+        headers={**SAME_ORIGIN, "cookie": f"session={old}"},
+    ) as late_page:
+        return await late_page.post("/cart")
+
+
+@pytest.mark.parametrize("imported_by", ["a page", "the login"])
+async def test_a_late_request_with_the_old_cookie_after_a_login_is_not_imported_again(
+    imported_by: str,
+) -> None:
+    """The old cookie was imported (by a page's first request, or by the login request
+    itself, when nothing was ever stored under the import's ID) and the user logged in.
+    Another request of that page, sent with the old cookie before the login's answer,
     must not import it again: its session would take the ID the login retired, and its
     cookie would replace the login's. Its write is refused, as any late request's is."""
     store, site = MemoryStore(), Site()
     async with browser(site) as client:
         old = await visit_before_the_switch(client, {"cart": ["apple"]})
-        app = coatcheck_app(store, StarletteImport(SECRET))
-
-        @app.post("/login")
-        async def login(session: SessionDep) -> dict[str, bool]:
-            session.login("alice")
-            return {"ok": True}
-
-        site.app = app
-        assert (await client.get("/state")).json()["data"] == {"cart": ["apple"]}
+        site.app = _with_login(store)
+        if imported_by == "a page":
+            assert (await client.get("/state")).json()["data"] == {"cart": ["apple"]}
         assert (await client.post("/login")).status_code == 200
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=site),
-            base_url=TEST_BASE_URL,
-            headers={**SAME_ORIGIN, "cookie": f"session={old}"},
-        ) as late_page:
-            late = await late_page.post("/cart")
+        late = await _late_cart(site, old)
         assert late.status_code == 409, late.text
         assert set_cookies(late) == []
         state = (await client.get("/state")).json()

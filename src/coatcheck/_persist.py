@@ -414,17 +414,25 @@ class Persistence:
             return []
         await self._turn_to_write(session)
         try:
-            return await self._write(session, status)
-        except asyncio.CancelledError:
-            # Cut short (a client gone from a streamed response cancels its body), its
-            # writes may or may not have landed: another would merge onto them and
-            # apply this request's changes, a modify() among them, a second time.
-            session._halted = _SaveCancelled(
-                "a save of this request was cancelled, so what it stored is not known"
-            )
+            headers = await self._write(session, status)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                # Cut short (a client gone from a streamed response cancels its body),
+                # its writes may or may not have landed: another would merge onto them
+                # and apply this request's changes, a modify() among them, a second time.
+                session._halted = _SaveCancelled(
+                    "a save of this request was cancelled, so what it stored is not known"
+                )
+            self._end_turn(session)
+            await self._announce(session)  # what it did announce (a refused login)
             raise
-        finally:
-            await self._done_writing(session)
+        self._end_turn(session)
+        if headers and not session._cookie_final:
+            # Stored: its cookie goes out with the response, even if what follows (the
+            # event hooks, the caller) is cut short.
+            session._outgoing = outgoing(session._outgoing, headers)
+        await self._announce(session)
+        return headers
 
     async def _turn_to_write(self, session: Session) -> None:
         """Wait until no other task of the request is saving ``session``, then take the
@@ -440,16 +448,29 @@ class Persistence:
             await session._written.wait()
         session._writer = task
 
-    async def _done_writing(self, session: Session) -> None:
-        """Give up the turn, then run the event hooks of the save: a hook that waits
-        for another task saving the session would otherwise wait for ever."""
+    def _end_turn(self, session: Session) -> None:
+        """Give up the turn; the events of the save stay queued for :meth:`_announce`,
+        which runs the hooks after it: a hook that waits for another task saving the
+        session would otherwise wait for ever."""
         session._writer = None
         written, session._written = session._written, None
         if written is not None:
             written.set()
-        deferred, session._deferred = session._deferred, None
-        for event in deferred or ():
-            await self.events.emit(event)
+
+    async def _announce(self, session: Session) -> None:
+        """Run the hooks of the queued events, in order, unless another task of the
+        request is at it already (it takes these too). Shielded: a request cut short
+        meanwhile still has each event announced."""
+        if session._deferred and not session._announcing:
+            session._announcing = True
+            await asyncio.shield(self._drain(session))
+
+    async def _drain(self, session: Session) -> None:
+        try:
+            while session._deferred:
+                await self.events.emit(session._deferred.pop(0))
+        finally:
+            session._announcing = False
 
     async def _write(self, session: Session, status: int) -> Headers:
         if session._halted is not None:
@@ -571,6 +592,10 @@ class Persistence:
             if await self.at_limit(session._user_id, replaced_key, key):
                 await self.emit(session, "login_refused", session._user_id, "")
                 raise SessionLimitError(self._refuse_at)
+        if rotated:
+            # The store dates the move by this record: after the checks above, which
+            # wait on the store, so that requests that came meanwhile count as before it.
+            now = self.now()
         expires_at = lifetime.deadline(now, session._created_at)
         record = _record(session, key, data, now, expires_at, stored, self._address(session))
         # Sealed before anything is written: a session too big for its cookie fails here.
@@ -608,7 +633,9 @@ class Persistence:
             ):
                 raise SessionEndedError("the session was ended by another request")
         elif stored is None:
-            replaces = session._orphan
+            # A login or regenerate() in the import's own request moves its ID on: the
+            # old cookie of a late request of the same page must find it moved.
+            replaces = session._orphan or (None if importing else import_key)
             if created and replaces is not None:
                 await self.store.delete(replaces)
             if not created and not await self.store.save(record, replaces=replaces):
@@ -980,7 +1007,7 @@ class Persistence:
         try:
             await self._reload(session)
         finally:
-            await self._done_writing(session)
+            self._end_turn(session)
 
     async def _reload(self, session: Session) -> None:
         if session._halted is not None:
@@ -1123,11 +1150,14 @@ class Persistence:
                 _client_address(session),
                 _user_agent(session._headers),
             )
-            if session._loaded and session._writer is not None:
-                # During a save: run once it is done (see _done_writing).
+            if session._loaded and (session._deferred or session._writer is asyncio.current_task()):
+                # During this task's save, or behind events queued before: in order,
+                # once the save is done (see _announce).
                 if session._deferred is None:
                     session._deferred = []
                 session._deferred.append(event)
+                if session._writer is not asyncio.current_task():
+                    await self._announce(session)
                 return
             await self.events.emit(event)
 

@@ -2,8 +2,9 @@
 
 Hooks are async callables the app registers with the middleware
 (``SessionMiddleware(app, store=..., events=[hook])``). They run inline, in order, as
-each event happens: keep them quick, or hand the event to a queue. A hook that raises
-is logged and skipped; it never breaks the request. Events name sessions by their
+each event happens, or, for the events of a save, once that save is done (so a hook
+may save the session itself): keep them quick, or hand the event to a queue. A hook
+that raises is logged and skipped; it never breaks the request. Events name sessions by their
 public id only, never by a credential.
 """
 

@@ -51,6 +51,7 @@ class Session(MutableMapping[str, Any]):
     __slots__ = (
         "_absolute_timeout",
         "_announced",
+        "_announcing",
         "_arrived",
         "_authenticated_at",
         "_by_header",
@@ -125,6 +126,7 @@ class Session(MutableMapping[str, Any]):
     _writer: asyncio.Task[Any] | None  # the task saving it now: one at a time
     _written: asyncio.Event | None  # set when that save ends, made once another waits
     _deferred: list[SessionEvent] | None  # events of that save, for after it
+    _announcing: bool  # a task is running the hooks of those events
     _arrived: float  # when the request came, on the configured clock
     _exposed: bool
     _meta_changed: bool
@@ -694,6 +696,7 @@ class Session(MutableMapping[str, Any]):
         if not self._loaded:  # a reload() goes on counting, and may wait for a save
             self._edits = 0
             self._writer = self._written = self._deferred = None
+            self._announcing = False
         self._signing_in = self._announced = False
         if record is None:
             self._raw = None

@@ -659,6 +659,7 @@ class StoreContract:
         # The mark is no session: nothing loads, counts, lists or purges it.
         assert await store.load(old.key, NOW) is None
         assert await store.count(NOW) == 1
+        assert await store.count(NOW - 5) == 1  # nor on a clock that runs behind
         assert await store.list_user("alice", NOW) == [new]
         assert await store.purge_expired(NOW) == 0
         assert await moved_at(old.key, NOW) == NOW
@@ -684,6 +685,22 @@ class StoreContract:
         assert not await store.save(refused, replaces=gone, expected_version=1)
         assert await moved_at(gone, NOW) is None
         assert await store.load(refused.key, NOW) is None
+
+    async def test_a_key_replaced_without_a_record_is_remembered_as_moved(
+        self, store: Store
+    ) -> None:
+        """A login in the request that first brings an old library's cookie moves the ID
+        derived from it, under which nothing was stored yet."""
+        moved_at = _mover(store)
+        derived = store_key(new_session_id())
+        new = make_record(user_id="alice", last_seen_at=NOW)
+
+        assert await store.save(new, replaces=derived)
+
+        assert await moved_at(derived, NOW) == NOW
+        assert await store.load(derived, NOW) is None
+        assert await store.count(NOW - 5) == 1
+        assert await store.delete_all(NOW - 5) == 1
 
     async def test_deletes_and_saves_in_place_are_no_moves(self, store: Store) -> None:
         moved_at = _mover(store)

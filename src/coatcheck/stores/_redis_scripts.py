@@ -145,7 +145,7 @@ if old ~= new then
   -- A resent copy of the save that made the old session must not bring it back.
   local receipt = ARGV[1] .. ':t:{' .. ARGV[3] .. '}'
   note_revoked(receipt, redis.call('HMGET', old, 'k')[1])
-  if previous[1] then note_moved(receipt, ARGV[5]) end
+  note_moved(receipt, ARGV[5])
   redis.call('DEL', old)
   local owner = redis.call('HMGET', new, 'u')[1]
   if owner and owner ~= user then unindex(owner, ARGV[2]) end
@@ -245,7 +245,7 @@ if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], 't', ARGV[3])
   if previous[3] then redis.call('HSET', KEYS[2], 'o', previous[3]) end
   redis.call('PEXPIRE', KEYS[2], 60000)
-  if previous[1] then note_moved(KEYS[2], ARGV[2]) end
+  note_moved(KEYS[2], ARGV[2])
 end
 return {1, previous[3]}
 """

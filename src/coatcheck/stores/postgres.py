@@ -90,11 +90,18 @@ _ADDED_COLUMNS = (
 _UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
     f"{name} = EXCLUDED.{name}" for name in _FIELDS.split(", ")
 )
-# A moved key's row (see coatcheck.stores.base.MOVED_FOR): set with the move's time and
-# the end of its mark, and looked up at a time ``now``.
+# A moved key's row (see coatcheck.stores.base.MOVED_FOR): the old row set with the
+# move's time and the end of its mark (_MOVED_ROW), or, where there is none, a row made
+# of the key and those times (_MARK); looked up at a time ``now``.
 _MOVED_ROW = (
     f"version = {MOVED_VERSION}, user_id = NULL, data = ''::bytea,"
     " expires_at = %s, last_seen_at = %s"
+)
+_MARK = (
+    "(key, public_id, data, user_id, created_at, expires_at, last_seen_at, version)"
+    f" VALUES (%s, '', ''::bytea, NULL, %s, %s, %s, {MOVED_VERSION}) ON CONFLICT (key)"
+    f" DO UPDATE SET version = {MOVED_VERSION}, user_id = NULL, data = ''::bytea,"
+    " expires_at = EXCLUDED.expires_at, last_seen_at = EXCLUDED.last_seen_at"
 )
 _MOVED_AT = f"version = {MOVED_VERSION} AND last_seen_at > %s"
 # Errors that mean "try again later": the server is down, restarting, overloaded or
@@ -214,11 +221,11 @@ class PostgresStore:
         # Only where no live row holds the key; a dead one is written over.
         self._create = (
             f"INSERT INTO {name} AS t ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"  # noqa: S608
-            " WHERE t.expires_at <= EXCLUDED.last_seen_at"
+            f" WHERE t.expires_at <= EXCLUDED.last_seen_at OR t.version = {MOVED_VERSION}"
         )
         self._delete_key = f"DELETE FROM {name} WHERE key = %s"  # noqa: S608
-        # A rotation leaves the old key's row as the mark of its move: see _MOVED_ROW.
-        self._mark_moved = f"UPDATE {name} SET {_MOVED_ROW} WHERE key = %s"  # noqa: S608
+        # A rotation leaves the old key marked as moved: see _MARK.
+        self._mark_moved = f"INSERT INTO {name} {_MARK}"
         self._select_moved = f"SELECT expires_at FROM {name} WHERE key = %s AND {_MOVED_AT}"  # noqa: S608
         self._replace = (
             f"WITH gone AS ({self._mark_moved})"  # noqa: S608
@@ -323,7 +330,7 @@ class PostgresStore:
             if previous == record.key:
                 await db.execute(self._insert, record)
             else:
-                await db.execute(self._replace, (*moved, previous, *record))
+                await db.execute(self._replace, (previous, moved[0], *moved, *record))
             return True
         # Optimistic: one statement that writes only over the version this request read.
         condition = (previous, expected, record.last_seen_at)
@@ -350,7 +357,7 @@ class PostgresStore:
                 chosen = merge(base)
             if previous != chosen.key:
                 moved = (chosen.last_seen_at, chosen.last_seen_at + MOVED_FOR)
-                await db.execute(self._mark_moved, (*moved, previous))
+                await db.execute(self._mark_moved, (previous, moved[0], *moved))
             await db.execute(self._insert, chosen)
         return True
 
@@ -433,8 +440,9 @@ class PostgresStore:
     async def delete_all(self, now: float) -> int:
         sql = (
             f"WITH gone AS (DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
-            f" (SELECT key FROM {self._sql_table} LIMIT %s) RETURNING expires_at)"
-            " SELECT count(*), count(*) FILTER (WHERE expires_at > %s) FROM gone"
+            f" (SELECT key FROM {self._sql_table} LIMIT %s) RETURNING expires_at, version)"
+            " SELECT count(*),"
+            f" count(*) FILTER (WHERE expires_at > %s AND version != {MOVED_VERSION}) FROM gone"
         )
 
         async def remove(db: Connection) -> tuple[int, int]:
@@ -464,7 +472,10 @@ class PostgresStore:
                 return total
 
     async def count(self, now: float) -> int:
-        sql = f"SELECT count(*) FROM {self._sql_table} WHERE expires_at > %s"  # noqa: S608
+        sql = (
+            f"SELECT count(*) FROM {self._sql_table}"  # noqa: S608
+            f" WHERE expires_at > %s AND version != {MOVED_VERSION}"
+        )
 
         async def read(db: Connection) -> int:
             return int((await _one(await db.execute(sql, (now,))))[0])

@@ -55,12 +55,16 @@ _ADDED_COLUMNS = (
     ("idle_timeout", "INTEGER NOT NULL DEFAULT 0"),
     ("absolute_timeout", "INTEGER NOT NULL DEFAULT 0"),
 )
-# A moved key's row (see coatcheck.stores.base.MOVED_FOR): set with the move's time and
-# the end of its mark, and looked up at a time ``now``.
+# A moved key's row (see coatcheck.stores.base.MOVED_FOR), made of the key, the move's
+# time and the end of its mark, over the old row if there is one; looked up at ``now``.
 _MOVED_ROW = (
-    f"version = {MOVED_VERSION}, user_id = NULL, data = x'', expires_at = ?, last_seen_at = ?"
+    "(key, public_id, data, user_id, created_at, expires_at, last_seen_at, version)"
+    f" VALUES (?, '', x'', NULL, ?, ?, ?, {MOVED_VERSION}) ON CONFLICT(key) DO UPDATE SET"
+    f" version = {MOVED_VERSION}, user_id = NULL, data = x'',"
+    " expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at"
 )
 _MOVED_AT = f"version = {MOVED_VERSION} AND last_seen_at > ?"
+_LIVE = f"expires_at > ? AND version != {MOVED_VERSION}"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _LOOK_EVERY = 1.0  # seconds between looks at which file the path names
 # Errors that mean "try again later" (a lock, a full or missing disk), not a bug: a 503.
@@ -117,11 +121,11 @@ class SQLiteStore:
         # The statements of the per-request path, built once.
         self._select_live = (
             f"SELECT {_COLUMNS} FROM {self._sql_table}"  # noqa: S608
-            f" WHERE key = ? AND expires_at > ? AND version != {MOVED_VERSION}"
+            f" WHERE key = ? AND {_LIVE}"
         )
         self._delete_key = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
         # A key a save moved to a new one: see _MOVED_ROW.
-        self._mark_moved = f"UPDATE {self._sql_table} SET {_MOVED_ROW} WHERE key = ?"  # noqa: S608
+        self._mark_moved = f"INSERT INTO {self._sql_table} {_MOVED_ROW}"
         self._select_moved = (
             f"SELECT expires_at FROM {self._sql_table} WHERE key = ? AND {_MOVED_AT}"  # noqa: S608
         )
@@ -136,7 +140,7 @@ class SQLiteStore:
         # Only where no live row holds the key; a dead one is written over.
         self._create = (
             self._insert.replace(f"INTO {self._sql_table}", f"INTO {self._sql_table} AS t")
-            + " WHERE t.expires_at <= excluded.last_seen_at"
+            + f" WHERE t.expires_at <= excluded.last_seen_at OR t.version = {MOVED_VERSION}"
         )
         self.purge_every = purge_every
         self.purge_batch = purge_batch
@@ -220,7 +224,8 @@ class SQLiteStore:
                             chosen = merge(base)
                     if previous != chosen.key:
                         moved_at = chosen.last_seen_at
-                        db.execute(self._mark_moved, (moved_at, moved_at + MOVED_FOR, previous))
+                        until = moved_at + MOVED_FOR
+                        db.execute(self._mark_moved, (previous, moved_at, moved_at, until))
                     db.execute(self._insert, _values(chosen))
             if purge:
                 try:
@@ -286,7 +291,7 @@ class SQLiteStore:
         return await self._run(remove)
 
     async def delete_all(self, now: float) -> int:
-        select = f"SELECT key, expires_at FROM {self._sql_table} LIMIT ?"  # noqa: S608
+        select = f"SELECT key, expires_at, version FROM {self._sql_table} LIMIT ?"  # noqa: S608
         delete = f"DELETE FROM {self._sql_table} WHERE key = ?"  # noqa: S608
 
         def remove(db: sqlite3.Connection) -> int:
@@ -295,8 +300,8 @@ class SQLiteStore:
             while True:
                 with _immediate(db):
                     rows = db.execute(select, (self.purge_batch,)).fetchall()
-                    db.executemany(delete, [(key,) for key, _ in rows])
-                live += sum(1 for _, expires_at in rows if expires_at > now)
+                    db.executemany(delete, [(key,) for key, _, _ in rows])
+                live += sum(1 for _, ends, version in rows if ends > now and version >= 0)
                 if len(rows) < self.purge_batch:
                     return live
 
@@ -314,7 +319,7 @@ class SQLiteStore:
         return await self._run(purge)
 
     async def count(self, now: float) -> int:
-        sql = f"SELECT count(*) FROM {self._sql_table} WHERE expires_at > ?"  # noqa: S608
+        sql = f"SELECT count(*) FROM {self._sql_table} WHERE {_LIVE}"  # noqa: S608
         rows = await self._run(lambda db: db.execute(sql, (now,)).fetchall())
         return int(rows[0][0])
 
@@ -389,13 +394,20 @@ class SQLiteStore:
         """Rows deleted, and how many of them were sessions rather than the marks of
         moves (see _MOVED_ROW), which no count of sessions includes."""
         # Small batches keep each write lock short, so requests never queue behind a purge.
-        sql = (
+        # Two statements rather than one with RETURNING, which SQLite before 3.35 lacks.
+        sessions = (
             f"DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
             f" (SELECT key FROM {self._sql_table}"
-            "  WHERE expires_at <= ? AND last_seen_at <= ? LIMIT ?) RETURNING version"
+            f"  WHERE expires_at <= ? AND version != {MOVED_VERSION} LIMIT ?)"
         )
-        versions = db.execute(sql, (now, now, self.purge_batch)).fetchall()
-        return len(versions), sum(1 for (version,) in versions if version != MOVED_VERSION)
+        marks = (
+            f"DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
+            f" (SELECT key FROM {self._sql_table}"
+            f"  WHERE expires_at <= ? AND version = {MOVED_VERSION} AND last_seen_at <= ? LIMIT ?)"
+        )
+        ended = db.execute(sessions, (now, self.purge_batch)).rowcount
+        gone = db.execute(marks, (now, now, self.purge_batch)).rowcount
+        return max(ended, gone), ended
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._executor is None:
