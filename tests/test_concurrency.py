@@ -1052,3 +1052,87 @@ async def test_events_of_a_save_are_heard_though_its_request_is_cut_short() -> N
             break
         await asyncio.sleep(0.01)
     assert heard == [("logged_out", "bob"), ("created", "alice"), ("logged_in", "alice")]
+
+
+def _saving_login(scopes: list[Any], hook: Any, config: SessionConfig | None = None) -> Starlette:
+    """An app whose ``/login`` logs alice in and saves at once, noting each request's
+    scope in ``scopes`` for ``hook`` to reach the session by."""
+
+    async def login(request: Request) -> Response:
+        scopes.append(request.scope)
+        session = await Session.of(request).load()
+        session.login("alice")
+        await session.save()
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/login", login, methods=["POST"]), Route("/read", read)])
+    app.add_middleware(SessionMiddleware, store=MemoryStore(), config=config, events=[hook])
+    return app
+
+
+async def test_a_hook_that_moves_the_session_on_sends_its_own_cookie() -> None:
+    """The handler's save logs alice in; its ``logged_in`` hook gives the session a new
+    ID and saves: the browser must get that newer cookie, not the login's."""
+    from coatcheck.events import SessionEvent
+
+    async def hook(event: SessionEvent) -> None:
+        if event.kind == "logged_in":
+            session = Session.of(Request(request_scope[0]))
+            session.regenerate()
+            await session.save()
+
+    request_scope: list[Any] = []
+    app = _saving_login(request_scope, hook)
+    async with client_for(app) as client:
+        signed_in = await client.post("/login")
+        (cookie,) = signed_in.headers.get_list("set-cookie")
+        jar = {"cookie": cookie.split(";", 1)[0]}
+        assert (await client.get("/read", headers=jar)).json()["user"] == "alice"
+
+
+async def test_a_refused_login_is_announced_once_though_a_hook_saves() -> None:
+    from coatcheck.events import SessionEvent
+
+    refused: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        if event.kind == "login_refused":
+            refused.append(event.kind)
+            session = Session.of(Request(request_scope[-1]))
+            session.flash("Sign out of another device first")
+            with contextlib.suppress(SessionLimitError):
+                await session.save()
+
+    request_scope: list[Any] = []
+    config = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
+    app = _saving_login(request_scope, hook, config)  # its save refused past the limit: 403
+    async with client_for(app) as client:
+        assert (await client.post("/login")).status_code == 200
+        assert (await client.post("/login")).status_code == 403
+    assert refused == ["login_refused"]
+
+
+async def test_an_event_of_another_task_waits_for_the_one_being_heard() -> None:
+    """Hooks never overlap: an event emitted while the last queued one is being heard
+    is heard after it."""
+    import asyncio
+
+    from coatcheck.events import SessionEvent
+
+    log: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        log.append(f"start {event.kind}")
+        await asyncio.sleep(0.05)
+        log.append(f"end {event.kind}")
+
+    persistence = Persistence(MemoryStore(), SessionConfig(), None, (hook,))
+    session = await open_session(persistence, None)
+    session["cart"] = ["apple"]
+
+    async def other() -> None:
+        await asyncio.sleep(0.02)  # while "created" is being heard
+        await persistence.emit(session, "csrf_rejected", None, "")
+
+    await asyncio.gather(persistence.commit(session, 200), other())
+    assert log == ["start created", "end created", "start csrf_rejected", "end csrf_rejected"]

@@ -423,6 +423,8 @@ class Persistence:
                 session._halted = _SaveCancelled(
                     "a save of this request was cancelled, so what it stored is not known"
                 )
+            elif isinstance(exc, (SessionEndedError, SessionLimitError)):
+                session._halted = exc  # before the hooks: a hook's save must not retry it
             self._end_turn(session)
             await self._announce(session)  # what it did announce (a refused login)
             raise
@@ -987,17 +989,14 @@ class Persistence:
             session._sync_models()
         if session._cookie_final:
             self._check_late(session)
-        try:
-            extra = await self.commit(session, 200)
-        except (SessionEndedError, SessionLimitError) as exc:
-            session._halted = exc
-            raise
+        # commit() keeps the headers for the response itself, before the event hooks,
+        # which may save again: their newer cookie must stand. A save found ended or
+        # refused halts the request's writes (commit() sets _halted).
+        await self.commit(session, 200)
         if session._halted is not None:
             # Found ended by a save with nothing but a refresh to store: what the
             # handler changes next would be dropped, so it must know now.
             raise session._halted
-        if not session._cookie_final:
-            session._outgoing = outgoing(session._outgoing, extra)
 
     async def reload(self, session: Session) -> None:
         """:meth:`Session.reload`: adopt what is stored now, keeping the request's headers."""
@@ -1150,9 +1149,13 @@ class Persistence:
                 _client_address(session),
                 _user_agent(session._headers),
             )
-            if session._loaded and (session._deferred or session._writer is asyncio.current_task()):
-                # During this task's save, or behind events queued before: in order,
-                # once the save is done (see _announce).
+            if session._loaded and (
+                session._deferred
+                or session._announcing
+                or session._writer is asyncio.current_task()
+            ):
+                # During this task's save, or behind events being heard: in order, once
+                # the save is done (see _announce).
                 if session._deferred is None:
                     session._deferred = []
                 session._deferred.append(event)
