@@ -745,20 +745,11 @@ class SaveMeanwhile(CountingStore):
 
     meanwhile: Any = None
 
-    async def save(
-        self,
-        record: SessionRecord,
-        *,
-        replaces: str | None = None,
-        expected_version: int | None = None,
-        merge: Merge | None = None,
-    ) -> bool:
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
         if self.meanwhile is not None:
             meanwhile, self.meanwhile = self.meanwhile, None
             await meanwhile()
-        return await super().save(
-            record, replaces=replaces, expected_version=expected_version, merge=merge
-        )
+        return await super().save(record, **options)
 
 
 async def _reopened(
