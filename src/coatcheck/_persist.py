@@ -481,7 +481,7 @@ class Persistence:
                 # it changed since cannot be stored, and must not be answered as stored.
                 raise session._halted
             return []
-        if not session._loaded or self.settled(session):
+        if self.settled(session):  # commit() saw to it that the session is loaded
             return []
         stored = session._stored
         if status >= 500:

@@ -190,9 +190,10 @@ MOVED_FOR = 600.0
 :func:`mover_of`): as long as a request the browser sent before a login's answer
 reached it may take to load its session (one still receiving a slow upload).
 
-The SQL stores keep a moved key as its old row, emptied: version -1, no user and no
-data, ``expires_at`` at the move, so that every query of live rows passes it by, and
-``last_seen_at`` ``MOVED_FOR`` seconds later, before which no purge drops it."""
+The SQL stores keep a moved key as a row of its own (the old one emptied, or a new one
+where there was none): version -1, no user and no data, ``expires_at`` at the move, so
+that every query of live rows passes it by, and ``last_seen_at`` ``MOVED_FOR`` seconds
+later, before which no purge drops it."""
 MOVED_VERSION = -1
 
 

@@ -325,12 +325,13 @@ class PostgresStore:
         expected: int | None,
         merge: Merge | None,
     ) -> bool:
-        moved = (record.last_seen_at, record.last_seen_at + MOVED_FOR)
+        at = record.last_seen_at
+        moved = (at, at + MOVED_FOR)  # the move's time, and the end of its mark
         if expected is None:
             if previous == record.key:
                 await db.execute(self._insert, record)
             else:
-                await db.execute(self._replace, (previous, moved[0], *moved, *record))
+                await db.execute(self._replace, (previous, at, *moved, *record))
             return True
         # Optimistic: one statement that writes only over the version this request read.
         condition = (previous, expected, record.last_seen_at)
@@ -356,8 +357,8 @@ class PostgresStore:
                     return False
                 chosen = merge(base)
             if previous != chosen.key:
-                moved = (chosen.last_seen_at, chosen.last_seen_at + MOVED_FOR)
-                await db.execute(self._mark_moved, (previous, moved[0], *moved))
+                at = chosen.last_seen_at
+                await db.execute(self._mark_moved, (previous, at, at, at + MOVED_FOR))
             await db.execute(self._insert, chosen)
         return True
 

@@ -223,9 +223,8 @@ class SQLiteStore:
                                 return False
                             chosen = merge(base)
                     if previous != chosen.key:
-                        moved_at = chosen.last_seen_at
-                        until = moved_at + MOVED_FOR
-                        db.execute(self._mark_moved, (previous, moved_at, moved_at, until))
+                        at = chosen.last_seen_at  # the move's time; its mark ends later
+                        db.execute(self._mark_moved, (previous, at, at, at + MOVED_FOR))
                     db.execute(self._insert, _values(chosen))
             if purge:
                 try:
@@ -301,7 +300,9 @@ class SQLiteStore:
                 with _immediate(db):
                     rows = db.execute(select, (self.purge_batch,)).fetchall()
                     db.executemany(delete, [(key,) for key, _, _ in rows])
-                live += sum(1 for _, ends, version in rows if ends > now and version >= 0)
+                live += sum(
+                    1 for _, ends, version in rows if ends > now and version != MOVED_VERSION
+                )
                 if len(rows) < self.purge_batch:
                     return live
 
