@@ -94,7 +94,7 @@ async def test_openapi_declares_the_token_header_when_there_is_one() -> None:
         ticket = login.headers["x-session-token"]
         user = await client.get("/private", headers={"x-session-token": ticket})
     scheme = schema["components"]["securitySchemes"]["coatcheck"]
-    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "x-session-token")
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "X-Session-Token")
     assert "__Host-session cookie" in scheme["description"]
     assert schema["paths"]["/private"]["get"]["security"] == [{"coatcheck": []}]
     assert user.json() == {"user": "alice"}
@@ -103,7 +103,7 @@ async def test_openapi_declares_the_token_header_when_there_is_one() -> None:
 @pytest.mark.parametrize(
     ("config", "where", "name"),
     [
-        (SessionConfig(token_header="X-Session-Token"), "header", "x-session-token"),
+        (SessionConfig(token_header="X-Session-Token"), "header", "X-Session-Token"),
         (SessionConfig(cookie=CookieConfig(secure=False)), "cookie", "session"),
         (None, "cookie", "__Host-session"),
     ],

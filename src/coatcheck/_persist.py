@@ -109,8 +109,10 @@ class Persistence:
         credentials = [config.cookie.name]
         if self._importer is not None:
             credentials.append(self._importer.cookie_name)
-        # Clients that are not browsers may carry the session in a header of their own.
-        self.token_header = config.token_header.encode("latin-1") if config.token_header else None
+        # Clients that are not browsers may carry the session in a header of their own,
+        # matched as ASGI spells names (the config keeps the app's spelling, for OpenAPI).
+        header = config.token_header
+        self.token_header = header.lower().encode("latin-1") if header else None
         self.csrf = CSRFGuard(
             config.csrf, keyring, credentials, config.clock, token_header=self.token_header
         )

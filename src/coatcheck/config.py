@@ -411,7 +411,6 @@ class SessionConfig:
             )
         if self.token_header is not None:
             _check_token_header(self.token_header, self.csrf.header_name)
-            object.__setattr__(self, "token_header", self.token_header.lower())
         check_count("retry_after", self.retry_after, 1)  # whole seconds: what Retry-After allows
         if isinstance(self.secret_keys, (str, bytes)):
             raise ConfigurationError("secret_keys takes a list: the first signs, all verify")
