@@ -415,6 +415,84 @@ async def test_the_refused_late_write_leaves_the_browsers_login_cookie_alone(
     assert body == {"data": {"cart": ["apple"]}, "user": "alice"}
 
 
+async def test_a_logout_ends_the_session_a_parallel_login_moved_it_to(any_store: Store) -> None:
+    """Sign out in one tab while another confirms the password (a login again, which
+    moves the session to a new ID): the logout loaded the old record, now a mark, and
+    must end the session the login's cookie names, or the user stays signed in."""
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first.login("alice")
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    relogin, logout = (
+        await open_session(persistence, cookie),
+        await open_session(persistence, cookie),
+    )
+    relogin.login("alice")
+    moved = issued(await persistence.commit(relogin, 200))
+    logout.logout()
+    assert issued(await persistence.commit(logout, 200)) == ""  # its cookie cleared
+    assert await any_store.list_user("alice", persistence.now()) == []
+    assert (await open_session(persistence, moved)).user_id is None
+
+
+async def test_a_logout_that_finds_the_session_moved_is_refused(any_store: Store) -> None:
+    """The same logout, had it loaded its session only after the login was stored: it
+    finds nothing, and ends nothing, so it answers 409 rather than a sign-out that did
+    not happen; the browser, which holds the login's cookie by then, tries again. So
+    does "log out everywhere", and ending a device, from such a page."""
+    clock = FakeClock()
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    first = await open_session(persistence, None)
+    first.login("alice")
+    cookie = issued(await persistence.commit(first, 200))
+    header = {"headers": [(b"cookie", f"__Host-session={cookie}".encode())]}
+    late = [Session(persistence, header) for _ in range(3)]
+    clock.advance(1)
+    relogin = await open_session(persistence, cookie)
+    relogin.login("alice")
+    moved = issued(await persistence.commit(relogin, 200))
+
+    logout, everywhere, device = late
+    await logout.load()
+    logout.logout()
+    with pytest.raises(SessionEndedError, match="moved to a new ID"):
+        await persistence.commit(logout, 200)
+    await everywhere.load()
+    with pytest.raises(SessionEndedError, match="moved to a new ID"):
+        await everywhere.revoke_all()
+    await device.load()
+    with pytest.raises(SessionEndedError, match="moved to a new ID"):
+        await device.revoke("any")
+    assert (await open_session(persistence, moved)).user_id == "alice"
+    # A browser that never got the login's answer is not refused for ever: signing
+    # out from the old cookie ends nothing, as for any unknown cookie.
+    clock.advance(ARRIVAL_SLACK)
+    gone = await open_session(persistence, cookie)
+    gone.logout()
+    assert await persistence.commit(gone, 200) == []
+
+
+async def test_a_logout_of_a_visitor_whose_session_a_login_moved_is_refused(
+    any_store: Store,
+) -> None:
+    """An anonymous session destroyed while another tab logs in: the moved session is
+    now the user's, found in no list this request can name, so it answers 409 and the
+    login stands rather than being ended by a page of the visitor it was."""
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    login, forget = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    login.login("alice")
+    moved = issued(await persistence.commit(login, 200))
+    forget.destroy()
+    with pytest.raises(SessionEndedError, match="moved to a new ID"):
+        await persistence.commit(forget, 200)
+    kept = await open_session(persistence, moved)
+    assert (kept.user_id, dict(kept)) == ("alice", {"cart": ["apple"]})
+
+
 async def test_a_save_that_builds_the_very_record_a_merge_stored_still_merges(
     any_store: Store,
 ) -> None:

@@ -88,6 +88,7 @@ async def revoke(session: Session, public_id: str) -> bool:
     _check_supported(session, "end")
     user_id = session._user_id
     if user_id is None:
+        await session._persistence.refuse_if_moved_away(session)
         return False
     persistence = session._persistence
     current = session._stored.key if session._stored is not None else None
@@ -146,6 +147,7 @@ async def revoke_user(session: Session, *, keep_current: bool) -> int:
     _check_supported(session, "end")
     user_id = session._user_id
     if user_id is None:
+        await session._persistence.refuse_if_moved_away(session)
         return 0
     persistence = session._persistence
     stored = session._stored

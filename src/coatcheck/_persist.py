@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from ._asgi import Header, Headers
 from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
+from ._devices import end_device
 from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._imports import JOIN_WINDOW, importer_for
 from ._keys import Keyring
@@ -496,6 +497,10 @@ class Persistence:
         old_key = stored.key if stored is not None else None
         if not session._data and session._user_id is None:
             if old_key is None:
+                if session._fresh and session._missed is not None:
+                    # A logout from a page that left before a parallel login moved the
+                    # session: ending nothing here would leave that login signed in.
+                    await self._refuse_if_moved(session, session._missed, self.now())
                 # Never clear a cookie that matched nothing: a parallel login may have
                 # just replaced it in the browser, and this response would log it out.
                 # The old one, once adopted, goes: ended here, it must not come back.
@@ -514,7 +519,9 @@ class Persistence:
                 return []
             fresh = session._fresh  # destroy() or logout(), which the event names
             edits = session._edits
-            if fresh or session._key != old_key:
+            if fresh and self._moved is not None:
+                await self._end_moved_too(session, stored)
+            elif fresh or session._key != old_key:
                 await self.store.delete(old_key)  # a logout wins over any parallel save
             elif not await self._end_emptied(session, stored):
                 return []
@@ -830,6 +837,35 @@ class Persistence:
         with contextlib.suppress(StoreUnavailableError):  # dead already: this is tidying
             await self.store.delete(stored.key)
         return True
+
+    async def _end_moved_too(self, session: Session, stored: SessionRecord) -> None:
+        """End the record a logout loaded, or the session a parallel login moved it to.
+
+        A logout wins over whatever happened in parallel: a plain delete would only
+        find the move's mark, and leave that login signed in. The moved session keeps
+        its public id in its user's list; one moved to another user (or not found)
+        gets a 409, and the browser, which holds its new cookie by then, tries again.
+        """
+        if await self.end_own(session):
+            return
+        now = self.now()
+        if not await self._moved_since(session, stored.key, now):
+            return  # ended by a parallel logout or revocation
+        user_id = stored.user_id
+        if user_id is not None:
+            found, _ = await end_device(
+                self.store, lambda: self.live_records(user_id, now), stored.public_id
+            )
+            if found:
+                return
+        raise SessionEndedError("the session was moved to a new ID by another request")
+
+    async def refuse_if_moved_away(self, session: Session) -> None:
+        """Refuse an action on all of a user's sessions (or one of them) from a page
+        that left before a parallel login moved its session: it found no user, and
+        doing nothing would leave that login's devices signed in."""
+        if session._missed is not None and session._user_id is None:
+            await self._refuse_if_moved(session, session._missed, self.now())
 
     async def _end_emptied(self, session: Session, stored: SessionRecord) -> bool:
         """End an anonymous session whose data was all removed (not destroyed), unless a
