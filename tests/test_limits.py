@@ -294,6 +294,51 @@ async def test_logins_racing_past_the_limit_do_not_end_each_other(any_store: Sto
     assert kept.key == store_key(ticket(won))
 
 
+class HeldAfterSave(CountingStore):
+    """A real store that holds the first save of ``user``'s session, once it has landed,
+    until ``go`` is set: another login can then run from start to end meanwhile."""
+
+    def __init__(self, inner: Store, user: str = "alice") -> None:
+        super().__init__(inner)
+        self.user = user
+        self.saved = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        saved = await super().save(record, **options)
+        if record.user_id == self.user and not self.saved.is_set():
+            self.saved.set()
+            await self.go.wait()
+        return saved
+
+
+async def test_a_login_ended_by_a_later_one_at_the_limit_is_told_and_keeps_its_cart(
+    any_store: Store,
+) -> None:
+    """The first login is stored; a second, of another browser, is stored after it and
+    ends it as the older session, all before the first counts alice's sessions. The
+    first then finds itself gone: it answered 200 with a cookie naming nothing, and the
+    cart its browser had was lost with the session the login replaced."""
+    store = HeldAfterSave(any_store)
+    config = SessionConfig(max_sessions_per_user=1)
+    async with client_for(make_app(store, config)) as client:
+        tea, jam = [ticket(await client.post(f"/append?item={item}")) for item in ("tea", "jam")]
+        first = asyncio.ensure_future(client.post("/login", headers={"cookie": f"{NAME}={tea}"}))
+        await store.saved.wait()
+        second = await client.post("/login", headers={"cookie": f"{NAME}={jam}"})
+        store.go.set()
+        overtaken = await first
+        assert second.status_code == 200
+        assert overtaken.status_code == 409, overtaken.text
+        assert "set-cookie" not in overtaken.headers
+        kept = await client.get("/read", headers={"cookie": f"{NAME}={tea}"})
+        assert kept.json() == {"user": None, "data": {"cart": ["tea"]}}
+        won = await client.get("/read", headers={"cookie": f"{NAME}={ticket(second)}"})
+        assert won.json()["user"] == "alice"
+    (alice,) = await any_store.list_user("alice", config.clock())
+    assert alice.key == store_key(ticket(second))
+
+
 async def test_sessions_that_racing_logins_end_are_each_reported_once(any_store: Store) -> None:
     """Both logins end the user's older session; the one that stays alone says so."""
     seen: list[SessionEvent] = []

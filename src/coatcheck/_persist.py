@@ -800,7 +800,7 @@ class Persistence:
         if user_id is not None and self.config.max_sessions_per_user is not None:
             try:
                 if self._refuse_at is None:
-                    await self._evict_oldest(session, user_id, record.key, logged_in, now)
+                    await self._evict_oldest(session, user_id, stored, record.key, logged_in, now)
                 elif logged_in and (stored is None or stored.user_id != user_id or announced):
                     # A login that replaced a session this request had ended is a new
                     # device, counted as one.
@@ -1203,19 +1203,29 @@ class Persistence:
             await self.events.emit(event)
 
     async def _evict_oldest(
-        self, session: Session, user_id: str, key: str, logged_in: bool, now: float
+        self,
+        session: Session,
+        user_id: str,
+        replaced: SessionRecord | None,
+        key: str,
+        logged_in: bool,
+        now: float,
     ) -> None:
         """Past ``max_sessions_per_user``, end the user's oldest sessions.
 
         Runs only when a session gets a new ID, so it costs nothing per request. Logins
         racing at the limit must agree on who stays, or each would end the other: the
         newest by login time, then by key, stay. A login that is not among them was
-        overtaken by one that is, and ends with a 409 rather than a cookie for nothing.
-        A session given a new ID without a login always stays.
+        overtaken by one that is (which may have ended it already), and ends with a 409
+        rather than a cookie for nothing; an anonymous session it replaced is written
+        back, so the browser keeps its cart. A session given a new ID without a login
+        always stays.
         """
         limit = self.config.max_sessions_per_user
         assert limit is not None
         records = sorted(await self.live_records(user_id, now), key=_age)
+        if logged_in and all(record.key != key for record in records):
+            await self._overtaken(session, replaced)
         excess = len(records) - limit
         if excess <= 0:
             return
@@ -1227,11 +1237,23 @@ class Persistence:
         for record in ended:
             await self.store.delete(record.key)
         if any(record.key == key for record in ended):
-            session._stored = None
-            raise SessionEndedError("a parallel login of this user took the last place")
+            await self._overtaken(session, replaced)
         if reports:
             for record in ended:
                 await self.emit(session, "evicted", record.user_id, record.public_id)
+
+    async def _overtaken(self, session: Session, replaced: SessionRecord | None) -> None:
+        """Refuse a login that a parallel one pushed out of the user's last place."""
+        await self._give_back(replaced)
+        session._stored = None
+        raise SessionEndedError("a parallel login of this user took the last place")
+
+    async def _give_back(self, replaced: SessionRecord | None) -> None:
+        """Write back the anonymous session a refused login replaced, with its cart. One
+        that was logged in stays ended, as a "log out everywhere" meanwhile may have
+        meant it to."""
+        if replaced is not None and replaced.user_id is None:
+            await self.store.save(replaced)
 
     async def at_limit(self, user_id: str, replaced: str | None, key: str | None = None) -> bool:
         """Whether a login as ``user_id`` that replaces the session stored under
@@ -1261,17 +1283,14 @@ class Persistence:
         survivors to be stored saw every other, so together they never pass the limit.
         At worst, two racing logins are both refused and their users try again.
 
-        The browser keeps the session it had: an anonymous one, which the login's save
-        replaced, is written back with its cart. One that was logged in stays ended, as
-        a "log out everywhere" meanwhile may have meant it to.
+        The browser keeps the session it had (see :meth:`_give_back`).
         """
         limit = self.config.max_sessions_per_user
         assert limit is not None
         if len(await self.live_records(user_id, now)) <= limit:
             return
         await self.store.delete(key)
-        if replaced is not None and replaced.user_id is None:
-            await self.store.save(replaced)
+        await self._give_back(replaced)
         session._stored = None
         await self.emit(session, "login_refused", user_id, "")
         raise SessionLimitError(limit)
