@@ -882,6 +882,34 @@ async def test_a_change_made_while_a_save_is_on_its_way_is_stored_by_the_next(
     assert store.calls["save"] == 3 + merged
 
 
+async def test_a_change_made_while_an_emptying_save_is_on_its_way_is_kept(
+    any_store: Store,
+) -> None:
+    """A visitor's last value removed (the flash shown), while a parallel request of
+    the browser added one, so the session lives on: what another task of this request
+    set while that save awaited the store was taken for the merge's outcome and lost."""
+    store, persistence, cookie, session = await _reopened(any_store, {"flash": "hi"})
+    other = await open_session(persistence, cookie)
+    other["theme"] = "dark"
+    await persistence.commit(other, 200)
+    del session["flash"]
+
+    async def meanwhile() -> None:
+        session["coupon"] = "used"
+        session.modify("count", lambda n: n + 1, default=0)
+
+    store.meanwhile = meanwhile
+    await persistence.commit(session, 200)
+    assert dict(session) == {"coupon": "used", "count": 1}
+    await persistence.commit(session, 200)
+    assert await _stored_data(persistence, cookie) == {
+        "theme": "dark",
+        "coupon": "used",
+        "count": 1,
+    }
+    assert await persistence.commit(session, 200) == []
+
+
 async def test_a_logout_made_while_a_save_is_on_its_way_ends_the_session(
     any_store: Store,
 ) -> None:
@@ -1004,6 +1032,51 @@ async def test_a_reload_waits_for_a_save_another_task_is_making(any_store: Store
     await persistence.commit(session, 200)
     await reloads[0]  # not "this request changed the session"
     assert dict(session) == {"n": 1}
+
+
+class LoadMeanwhile(CountingStore):
+    """Runs ``meanwhile`` once, while the next load awaits the store."""
+
+    meanwhile: Any = None
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return await super().load(key, now)
+
+
+@pytest.mark.parametrize("change", ["set", "in place", "login"])
+async def test_a_change_made_while_a_reload_is_on_its_way_is_not_dropped(
+    any_store: Store, change: str
+) -> None:
+    """reload() refuses to drop the request's unsaved changes; one that another task
+    made while it read the store was dropped all the same (a login undone too)."""
+    store = LoadMeanwhile(any_store)
+    persistence = persistence_for(store)
+    first = await open_session(persistence, None)
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    session = await open_session(persistence, cookie)
+
+    async def meanwhile() -> None:
+        if change == "set":
+            session["coupon"] = "used"
+        elif change == "in place":
+            session["cart"].append("pear")
+        else:
+            session.login("alice")
+
+    store.meanwhile = meanwhile
+    with pytest.raises(RuntimeError, match="during reload"):
+        await session.reload()
+    await persistence.commit(session, 200)
+    if change == "login":
+        assert session.user_id == "alice"
+        (alice,) = await any_store.list_user("alice", persistence.now())
+        assert persistence.decode(alice) == {"cart": ["apple"]}
+    else:
+        assert await _stored_data(persistence, cookie) == dict(session) != {"cart": ["apple"]}
 
 
 async def test_changes_after_a_save_the_app_cancelled_are_not_answered_as_stored() -> None:

@@ -880,6 +880,7 @@ class Persistence:
         record = _record(session, stored.key, self._empty, now, now, stored, "")
         written = [record]
         merge_live = self._merger(session, stored, record, written)
+        edits, pending = session._edits, {id(update) for update in session._updates}
 
         def merge(base: SessionRecord) -> SessionRecord:
             merged = merge_live(base)
@@ -895,11 +896,17 @@ class Persistence:
             # Dead already, so no save can land on it any more: removing it is tidying.
             await self.store.delete(stored.key)
             return True
-        session._data = self.serializer.loads(kept.data)
-        session._stored = kept
-        session._raw = kept.data
-        session._updates = []
-        session._modified = False
+        session._updates = [u for u in session._updates if id(u) not in pending]
+        if session._edits == edits:
+            session._data = self.serializer.loads(kept.data)
+            session._stored = kept
+            session._modified = False
+        else:
+            # Changed by another task while the save ran: as in _write, the changes stay
+            # for the next save, merged onto the stored record as if loaded before it.
+            session._stored = kept._replace(data=self._empty, version=kept.version - 1)
+            session._modified = True
+        session._raw = session._stored.data
         session._last_seen_at, session._expires_at = now, kept.expires_at
         return False
 
@@ -1063,7 +1070,13 @@ class Persistence:
         if stored is None:
             return  # nothing stored, nor anything to store: nothing newer can exist
         now = self.now()
+        edits = session._edits
         record = await self.store.load(stored.key, now)
+        if session._edits != edits or self._unsaved(session):
+            raise RuntimeError(
+                "another task of this request changed the session during reload(), which "
+                "would have dropped that change: save() it, then reload() again"
+            )
         deadline = 0.0 if record is None else self.deadline(record)
         if record is None or now >= deadline:
             # Ended elsewhere (a logout, a revocation, a login's new ID) or expired: like
