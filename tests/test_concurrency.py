@@ -1278,3 +1278,35 @@ async def test_an_event_of_another_task_waits_for_the_one_being_heard() -> None:
 
     await asyncio.gather(persistence.commit(session, 200), other())
     assert log == ["start created", "end created", "start csrf_rejected", "end csrf_rejected"]
+
+
+async def test_a_saves_events_wait_for_one_another_task_is_hearing() -> None:
+    """The converse: an event heard outside any save ("revoked" from revoke_others())
+    holds back the events of a save another task makes meanwhile."""
+    import asyncio
+
+    from coatcheck.events import SessionEvent
+
+    log: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        log.append(f"start {event.kind}")
+        await asyncio.sleep(0.05 if event.kind == "revoked" else 0.01)
+        log.append(f"end {event.kind}")
+
+    persistence = Persistence(MemoryStore(), SessionConfig(), None, (hook,))
+    phone = await open_session(persistence, None)
+    phone.login("alice")
+    await persistence.commit(phone, 200)
+    laptop = await open_session(persistence, None)
+    laptop.login("alice")
+    session = await open_session(persistence, issued(await persistence.commit(laptop, 200)))
+    log.clear()
+
+    async def relogin() -> None:
+        await asyncio.sleep(0.02)  # while "revoked" is being heard
+        session.login("alice")
+        await session.save()
+
+    await asyncio.gather(session.revoke_others(), relogin())
+    assert log == ["start revoked", "end revoked", "start logged_in", "end logged_in"]

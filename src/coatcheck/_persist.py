@@ -1200,13 +1200,9 @@ class Persistence:
                 _client_address(session),
                 _user_agent(session._headers),
             )
-            if session._loaded and (
-                session._deferred
-                or session._announcing
-                or session._writer is asyncio.current_task()
-            ):
-                # During this task's save, or behind events being heard: in order, once
-                # the save is done (see _announce).
+            if session._loaded:
+                # In order, one at a time, whichever task emits them; during this task's
+                # save, once the save is done (see _announce).
                 if session._deferred is None:
                     session._deferred = []
                 session._deferred.append(event)
