@@ -1131,6 +1131,61 @@ async def test_a_login_whose_save_outran_the_apps_deadline_still_gets_its_cookie
         assert (await client.get("/read", headers=cookie)).json()["user"] == "alice"
 
 
+@pytest.mark.parametrize("policy", ["end_oldest", "refuse_login"])
+async def test_a_login_cut_short_after_its_save_landed_still_gets_its_cookie(
+    any_store: Store, policy: str
+) -> None:
+    """The login was stored, and the handler's ``wait_for`` ran out while it counted the
+    user's sessions (a slow index): its cookie went nowhere and no event was heard, so
+    the browser was signed out of a login that stands, with its cart in it."""
+    import asyncio
+
+    from coatcheck.events import SessionEvent
+
+    heard: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        heard.append(event.kind)
+
+    class SlowIndex(CountingStore):
+        """Slow to list alice's sessions once her login is stored: the count that
+        follows the save under either policy (refuse_login counts before it too)."""
+
+        slow = False
+
+        async def save(self, record: SessionRecord, **options: Any) -> bool:
+            saved = await super().save(record, **options)
+            self.slow = self.slow or record.user_id == "alice"
+            return saved
+
+        async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+            if self.slow:
+                await asyncio.sleep(0.3)
+            return await super().list_user(user_id, now)
+
+    async def login(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session.login("alice")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(session.save(), 0.1)
+        return JSONResponse({})
+
+    store = SlowIndex(any_store)
+    config = SessionConfig(max_sessions_per_user=2, at_session_limit=policy)  # type: ignore[arg-type]
+    app = make_app(store, parties=1)
+    app.router.routes.append(Route("/login", login, methods=["POST"]))
+    app.user_middleware.clear()
+    app.add_middleware(SessionMiddleware, store=store, config=config, events=[hook])
+    async with client_for(app) as client:
+        cart = await seeded(client, {"cart": ["apple"]})
+        assert heard == ["created"]
+        signed_in = await client.post("/login", headers=cart)
+        assert signed_in.status_code == 200
+        cookie = {"cookie": signed_in.headers["set-cookie"].split(";", 1)[0]}
+        assert await final(client, cookie) == {"data": {"cart": ["apple"]}, "user": "alice"}
+    assert heard == ["created", "logged_in"]
+
+
 async def _heard_session(
     heard: list[tuple[str, str | None]],
 ) -> tuple[Persistence, Session]:

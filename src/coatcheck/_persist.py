@@ -11,7 +11,7 @@ import contextlib
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -722,22 +722,55 @@ class Persistence:
         session._refresh_now = False
         session._last_seen_at = now
         session._expires_at = record.expires_at
-        if rotated and twin is None:
-            await self._rotated(session, stored, replaced, record, logged_in, now, announced)
-        elif rotated and not importing:  # moved on from the session a parallel import stored
-            # A login only if this request made one: the import's was announced already.
-            relogged = logged_in and bool(session._authenticated_at)
-            await self._rotated(session, twin, None, record, relogged, now)
-        elif sealed is None and not session._imported:
+        moves = rotated and (twin is None or not importing)
+        if not moves and sealed is None and not session._imported:
             return []  # stored under the ID the browser already holds
-        max_age = int(session._created_at + lifetime.absolute - now) if session._remember else None
-        ticket = self._ticket(session, sealed or session._id, max_age)
-        if session._imported:
-            gone = await self._end_imported(session, replaced=True)
-        else:
-            gone = await self._end_old_cookie(session) if replaced is not None else []
-        cleared = [header for header in self._cleared(session, replaced) if header not in gone]
-        return [ticket, *gone, _NO_STORE, *cleared]
+
+        async def finish() -> Headers:
+            if moves and twin is None:
+                await self._rotated(session, stored, replaced, record, logged_in, now, announced)
+            elif moves:  # moved on from the session a parallel import stored
+                # A login only if this request made one: the import's was announced already.
+                relogged = logged_in and bool(session._authenticated_at)
+                await self._rotated(session, twin, None, record, relogged, now)
+            remember = session._remember
+            max_age = int(session._created_at + lifetime.absolute - now) if remember else None
+            ticket = self._ticket(session, sealed or session._id, max_age)
+            if session._imported:
+                gone = await self._end_imported(session, replaced=True)
+            else:
+                gone = await self._end_old_cookie(session) if replaced is not None else []
+            cleared = [header for header in self._cleared(session, replaced) if header not in gone]
+            return [ticket, *gone, _NO_STORE, *cleared]
+
+        if moves or session._imported:  # awaits on the store, after the save landed
+            return await self._to_the_end(session, finish())
+        return await finish()
+
+    async def _to_the_end(self, session: Session, work: Coroutine[Any, Any, Headers]) -> Headers:
+        """Run what follows a save the store took (the per-user limit, the events, the end
+        of the old library's cookie) to its end, even if the request is cancelled
+        meanwhile: a login stored but answered without its cookie, and never announced,
+        would sign the user out. Its cookie is then kept for the response, as commit()
+        keeps a stored save's, and the cancellation goes on. A second cancellation (of a
+        store that hangs) stops it."""
+        task = asyncio.ensure_future(work)
+        writer, session._writer = session._writer, task  # its events are this save's
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+            if not task.cancelled() and task.exception() is None:
+                headers = task.result()
+                if headers and not session._cookie_final:
+                    session._outgoing = outgoing(session._outgoing, headers)
+            raise
+        finally:
+            session._writer = writer
 
     def _cleared(self, session: Session, ended: SessionRecord | None) -> Headers:
         """``Clear-Site-Data`` for a browser whose signed-in session just ended: the pages
