@@ -266,6 +266,25 @@ def test_list_stacks_each_device_on_a_terminal_too_narrow_for_the_table(
     assert "Public ID" in wide.stdout  # 200 columns: still the table
 
 
+def test_stacked_devices_are_set_apart_by_a_blank_line(runner: CliRunner, tmp_path: Path) -> None:
+    url = _stored(
+        tmp_path / "narrow.db",
+        _live(key="0" * 64, public_id="narrowpublicid00", ip_address="203.0.113.7"),
+        _live(
+            key="1" * 64, public_id="narrowpublicid01", ip_address="203.0.113.8", created_offset=1
+        ),
+    )
+    terminal = {"COLUMNS": "40", "FORCE_COLOR": "1"}
+    result = runner.invoke(
+        app, ["sessions", "list", "--store", url, "--user", "alice"], env=terminal
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    second = lines.index(" narrowpublicid01")
+    assert lines[second - 1] == ""
+    assert lines.count("") == 2  # and the title from the first
+
+
 def test_list_draws_every_device_of_a_user_with_thousands_one_line_each(
     runner: CliRunner, tmp_path: Path
 ) -> None:

@@ -371,6 +371,63 @@ async def test_a_browser_that_never_got_its_logins_answer_goes_on(any_store: Sto
     assert issued(await persistence.commit(browsing, 200)) not in (cookie, kept)
 
 
+async def test_the_slack_for_a_logins_answer_is_ten_seconds(any_store: Store) -> None:
+    """What docs/concurrency.md promises, in seconds rather than by the constant's name:
+    a request that came nine seconds after the move is taken for one sent before the
+    login's answer arrived, and refused; one that came ten seconds after is not."""
+    clock = FakeClock()
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    first = await open_session(persistence, None)
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    login = await open_session(persistence, cookie)
+    login.login("alice")
+    kept = issued(await persistence.commit(login, 200))
+
+    clock.advance(9)
+    early = await open_session(persistence, cookie)
+    early["seen"] = True
+    with pytest.raises(SessionEndedError, match="moved to a new ID"):
+        await persistence.commit(early, 200)
+    clock.advance(1)
+    browsing = await open_session(persistence, cookie)
+    browsing["seen"] = True
+    assert issued(await persistence.commit(browsing, 200)) not in (cookie, kept)
+
+
+async def test_a_move_is_dated_after_a_slow_check_of_the_users_sessions() -> None:
+    """Under ``refuse_login`` a login counts the user's sessions before it is stored. A
+    request of the page that came while that count took a minute came before the move,
+    whose answer had not left yet: it is refused, rather than start an anonymous
+    session whose cookie would replace the login's."""
+    clock = FakeClock()
+    store = MeanwhileStore()
+    config = SessionConfig(clock=clock, max_sessions_per_user=3, at_session_limit="refuse_login")
+    persistence = Persistence(store, config, None)
+    first = await open_session(persistence, None)
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    login = await open_session(persistence, cookie)
+    login.login("alice")
+    came: list[Session] = []
+
+    async def slow_count() -> None:
+        clock.advance(60)
+        came.append(
+            Session(persistence, {"headers": [(b"cookie", f"__Host-session={cookie}".encode())]})
+        )
+
+    store.meanwhile = slow_count
+    kept = issued(await persistence.commit(login, 200))
+    (late,) = came
+    await late.load()
+    late["seen"] = True
+    with pytest.raises(SessionEndedError, match="moved to a new ID"):
+        await persistence.commit(late, 200)
+    again = await open_session(persistence, kept)
+    assert (again.user_id, dict(again)) == ("alice", {"cart": ["apple"]})
+
+
 async def test_the_refused_late_write_leaves_the_browsers_login_cookie_alone(
     any_store: Store,
 ) -> None:
@@ -910,6 +967,52 @@ async def test_a_change_made_while_an_emptying_save_is_on_its_way_is_kept(
     assert await persistence.commit(session, 200) == []
 
 
+@pytest.mark.parametrize("parallel", ["before", "after"])
+async def test_a_modify_made_while_a_save_is_on_its_way_is_merged_as_a_modify(
+    any_store: Store, parallel: str
+) -> None:
+    """A ``modify()`` another task made while the save awaited the store is left for the
+    next save as a ``modify()``: recomputed on what a parallel request stored (before
+    the first save, which merges, or after it), not written over it as a plain value,
+    nor counted twice."""
+    store, persistence, cookie, session = await _reopened(any_store, {"count": 0})
+    session["order"] = "pending"
+
+    async def parallel_increment() -> None:
+        other = await open_session(persistence, cookie)
+        other.modify("count", lambda n: n + 1, default=0)
+        assert await persistence.commit(other, 200) == []
+
+    async def meanwhile() -> None:
+        session.modify("count", lambda n: n + 10, default=0)
+
+    if parallel == "before":
+        await parallel_increment()
+    store.meanwhile = meanwhile
+    await persistence.commit(session, 200)
+    if parallel == "after":
+        await parallel_increment()
+    await persistence.commit(session, 200)
+    assert await _stored_data(persistence, cookie) == {"count": 11, "order": "pending"}
+    assert session["count"] == 11
+
+
+async def test_a_save_from_code_that_runs_during_the_same_save_is_an_error(
+    any_store: Store,
+) -> None:
+    """A store (or anything else the save awaits) that saves the session again, in the
+    save's own task: told so, rather than waiting for ever on its own turn."""
+    store, persistence, _, session = await _reopened(any_store, {"count": 0})
+    session["count"] = 1
+
+    async def meanwhile() -> None:
+        await persistence.commit(session, 200)
+
+    store.meanwhile = meanwhile
+    with anyio.fail_after(5), pytest.raises(RuntimeError, match="being saved"):
+        await persistence.commit(session, 200)
+
+
 async def test_a_logout_made_while_a_save_is_on_its_way_ends_the_session(
     any_store: Store,
 ) -> None:
@@ -925,6 +1028,166 @@ async def test_a_logout_made_while_a_save_is_on_its_way_ends_the_session(
     assert dict(headers)[b"set-cookie"].startswith(b"__Host-session=;")
     assert await _stored_data(persistence, cookie) is None
     assert await any_store.list_user("alice", persistence.now()) == []
+
+
+async def test_a_value_deleted_while_a_save_is_on_its_way_is_deleted_by_the_next(
+    any_store: Store,
+) -> None:
+    store, persistence, cookie, session = await _reopened(any_store, {"coupon": "new"})
+    session["order"] = "pending"
+
+    async def meanwhile() -> None:
+        del session["coupon"]
+
+    store.meanwhile = meanwhile
+    await persistence.commit(session, 200)
+    await persistence.commit(session, 200)
+    assert await _stored_data(persistence, cookie) == {"order": "pending"}
+
+
+async def test_a_typed_value_another_task_saves_during_a_save_is_stored(
+    any_store: Store,
+) -> None:
+    """The other task's ``save()`` writes its typed value into the data, then waits for
+    the save on its way: that one must leave the change unsaved, for it."""
+    import asyncio
+
+    from pydantic import BaseModel
+
+    class Cart(BaseModel):
+        items: list[str] = []
+
+    store, persistence, cookie, session = await _reopened(any_store, {"seen": 1})
+    cart = session.model("cart", Cart)
+    session["order"] = "pending"
+    saving: list[asyncio.Task[None]] = []
+
+    async def meanwhile() -> None:
+        cart.items.append("pear")
+        saving.append(asyncio.ensure_future(session.save()))
+        await asyncio.sleep(0)  # it syncs the cart, then waits for its turn
+
+    store.meanwhile = meanwhile
+    await persistence.commit(session, 200)
+    await saving[0]
+    assert await _stored_data(persistence, cookie) == {
+        "seen": 1,
+        "order": "pending",
+        "cart": {"items": ["pear"]},
+    }
+
+
+async def test_a_clear_made_while_a_save_is_on_its_way_is_stored_by_the_next(
+    any_store: Store,
+) -> None:
+    store, persistence, cookie, session = await _reopened(any_store, {"cart": ["apple"]}, "alice")
+    session["order"] = "pending"
+
+    async def meanwhile() -> None:
+        session.clear()
+
+    store.meanwhile = meanwhile
+    await persistence.commit(session, 200)
+    await persistence.commit(session, 200)
+    assert await _stored_data(persistence, cookie) == {}
+
+
+class DeleteMeanwhile(SaveMeanwhile):
+    """Runs ``meanwhile`` once, while the next delete awaits the store."""
+
+    async def delete(self, key: str) -> None:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        await super().delete(key)
+
+
+async def test_a_value_set_while_a_logout_deletes_the_record_is_stored_next() -> None:
+    """Another task of the request leaves a note while the logout's save deletes the
+    session: the note is the new session's, stored by the next save, not dropped."""
+    store = DeleteMeanwhile(MemoryStore())
+    persistence = persistence_for(store)
+    first = await open_session(persistence, None)
+    first.login("alice")
+    cookie = issued(await persistence.commit(first, 200))
+    session = await open_session(persistence, cookie)
+    session.logout()
+
+    async def meanwhile() -> None:
+        session["flash"] = "signed out"
+
+    store.meanwhile = meanwhile
+    headers = await persistence.commit(session, 200)
+    assert dict(headers)[b"set-cookie"].startswith(b"__Host-session=;")
+    after = await open_session(persistence, issued(await persistence.commit(session, 200)))
+    assert (after.user_id, dict(after)) == (None, {"flash": "signed out"})
+
+
+async def test_a_login_made_while_a_save_is_on_its_way_is_stored_by_the_next(
+    any_store: Store,
+) -> None:
+    """Another task logs the user in while a save of the anonymous session awaits the
+    store: the next save moves the session to a new ID, as any login does."""
+    store, persistence, cookie, session = await _reopened(any_store, {"cart": ["apple"]})
+    session["lang"] = "fr"
+
+    async def meanwhile() -> None:
+        session.login("alice")
+
+    store.meanwhile = meanwhile
+    assert await persistence.commit(session, 200) == []
+    kept = issued(await persistence.commit(session, 200))
+    assert kept != cookie
+    after = await open_session(persistence, kept)
+    assert (after.user_id, dict(after)) == ("alice", {"cart": ["apple"], "lang": "fr"})
+    assert await _stored_data(persistence, cookie) is None
+
+
+async def test_a_merged_save_of_handed_out_values_adopts_the_parallel_change(
+    any_store: Store,
+) -> None:
+    """A request holding a list it was handed merges with a parallel save: it goes on
+    with what was stored, and has nothing left to store."""
+    store, persistence, cookie, session = await _reopened(any_store, {"cart": ["apple"]})
+    other = await open_session(persistence, cookie)
+    other["lang"] = "fr"
+    assert await persistence.commit(other, 200) == []
+    session["cart"].append("pear")
+    assert await persistence.commit(session, 200) == []
+    assert dict(session) == {"cart": ["apple", "pear"], "lang": "fr"}
+    saves = store.calls["save"]
+    assert await persistence.commit(session, 200) == []
+    assert store.calls["save"] == saves
+
+
+class SlowLoads(CountingStore):
+    """Loads that take a moment, as a store over the network does."""
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        import asyncio
+
+        await asyncio.sleep(0.01)
+        return await super().load(key, now)
+
+
+async def test_a_task_that_waits_for_another_tasks_reload_is_not_left_waiting(
+    any_store: Store,
+) -> None:
+    """Two tasks of a websocket reload at once: the second waits for the first's turn,
+    and gets it when that reload is done."""
+    import asyncio
+
+    persistence = persistence_for(SlowLoads(any_store))
+    first = await open_session(persistence, None)
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    session = await open_session(persistence, cookie)
+    other = await open_session(persistence, cookie)
+    other["lang"] = "fr"
+    await persistence.commit(other, 200)
+    with anyio.fail_after(5):
+        await asyncio.gather(session.reload(), session.reload(), session.save())
+    assert dict(session) == {"cart": ["apple"], "lang": "fr"}
 
 
 async def test_two_saves_of_one_request_at_once_apply_a_modify_once(any_store: Store) -> None:

@@ -123,6 +123,19 @@ async def test_a_schema_exported_outside_a_request_names_the_apps_ticket(
     assert served == schema
 
 
+def test_a_schema_names_the_ticket_of_a_configuration_given_by_position() -> None:
+    """``app.add_middleware(SessionMiddleware, store, config)``, as Starlette allows."""
+    app = FastAPI()
+
+    @app.get("/whoami")
+    async def whoami(user: CurrentUser) -> dict[str, str | None]:
+        return {"user": user}
+
+    app.add_middleware(SessionMiddleware, MemoryStore(), SessionConfig(token_header="X-Token"))
+    scheme = openapi(app)["components"]["securitySchemes"]["coatcheck"]
+    assert (scheme["in"], scheme["name"]) == ("header", "X-Token")
+
+
 def test_a_schema_is_exported_only_for_an_app_with_the_middleware() -> None:
     with pytest.raises(RuntimeError, match=r"SessionMiddleware is not installed.*config="):
         openapi(FastAPI())

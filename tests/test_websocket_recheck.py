@@ -334,6 +334,61 @@ def test_a_feed_nobody_answers_does_not_keep_the_session_alive() -> None:
     assert closed.value.code == 1008
 
 
+class CountingLoads(MemoryStore):
+    loads = 0
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        self.loads += 1
+        return await super().load(key, now)
+
+
+def test_a_feed_past_its_sessions_refresh_time_looks_it_up_once_an_interval() -> None:
+    """The app's sends are no use of the session: past the time its sliding expiry
+    would be refreshed, they still look the session up once per interval, not at
+    every send."""
+    clock, store = FakeClock(), CountingLoads()
+    app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200, websocket_recheck=300)
+    with client_for(app) as client:
+        client.post("/login")
+        with client.websocket_connect(
+            f"{TEST_WS_BASE_URL}/push", headers={**SAME_ORIGIN}
+        ) as socket:
+            assert socket.receive_text() == "tick"
+            clock.advance(120)  # a refresh is due; the next check is not
+            looked_up = store.loads
+            for _ in range(20):
+                assert socket.receive_text() == "tick"
+            assert store.loads == looked_up
+
+
+def test_a_slow_recheck_does_not_make_the_next_message_due_for_another() -> None:
+    """A lookup that took longer than the interval (a store under load): the interval
+    counts from its answer, not its start, so the next message is not checked again."""
+    clock = FakeClock()
+
+    class SlowLoads(CountingLoads):
+        slow = False
+
+        async def load(self, key: str, now: float) -> SessionRecord | None:
+            if self.slow:
+                clock.advance(61)
+            return await super().load(key, now)
+
+    store = SlowLoads()
+    app = make_app(store, clock, websocket_recheck=60)
+    with client_for(app) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
+            store.slow = True
+            clock.advance(61)
+            socket.send_text("one")
+            assert socket.receive_text() == "alice: one"
+            looked_up = store.loads
+            socket.send_text("two")
+            assert socket.receive_text() == "alice: two"
+            assert store.loads == looked_up
+
+
 def test_a_slow_handshake_refused_over_http_gets_its_whole_answer() -> None:
     """A handshake that took longer than the recheck interval, and whose session ended
     meanwhile, answers with its own HTTP response: the watch, which looks at sockets'

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from coatcheck.store_contract import HOUR, NOW, StoreContract, make_record
 from coatcheck.stores import SessionRecord, Store
-from coatcheck.stores.base import creator_of
+from coatcheck.stores.base import creator_of, mover_of
 
 from ..store_kinds import STORE_KINDS, build_store, fresh_store
 
@@ -32,6 +32,39 @@ class TestContract(StoreContract):
             yield built
         finally:
             await built.aclose()
+
+    async def test_a_move_is_remembered_for_ten_minutes(self, store: Store) -> None:
+        """What the docs promise in minutes: a slow upload that loads its session nine
+        minutes after the login that moved it still finds the move."""
+        moved_at = mover_of(store)
+        assert moved_at is not None  # each of coatcheck's own stores tracks moves
+        old = make_record(user_id=None)
+        await store.save(old)
+        await store.save(make_record(user_id="alice", last_seen_at=NOW), replaces=old.key)
+        assert await moved_at(old.key, NOW + 9 * 60) == NOW
+        assert await moved_at(old.key, NOW + 10 * 60) is None
+        assert await store.load(old.key, NOW - 5) is None  # nor on a clock behind
+
+    async def test_a_rotation_that_merges_with_a_parallel_save_marks_its_move(
+        self, store: Store
+    ) -> None:
+        """A login whose session another request saved meanwhile: merged, and moved."""
+        moved_at = mover_of(store)
+        assert moved_at is not None
+        old = make_record(user_id=None, data=b"first")
+        await store.save(old)
+        parallel = old._replace(data=b"parallel", version=2)
+        assert await store.save(parallel, expected_version=1)
+        new = make_record(user_id="alice", last_seen_at=NOW, created_at=old.created_at)
+
+        def merge(base: SessionRecord) -> SessionRecord:
+            return new._replace(data=base.data + b"+login", version=base.version + 1)
+
+        assert await store.save(new, replaces=old.key, expected_version=1, merge=merge)
+        assert await moved_at(old.key, NOW) == NOW
+        loaded = await store.load(new.key, NOW)
+        assert loaded is not None
+        assert loaded.data == b"parallel+login"
 
 
 # -- a model-based property test -------------------------------------------------------

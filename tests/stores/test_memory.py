@@ -188,3 +188,16 @@ async def test_a_record_holds_only_the_memory_its_data_needs() -> None:
     finally:
         tracemalloc.stop()
     assert per_record < 1500, per_record
+
+
+async def test_moves_are_remembered_for_at_most_max_entries_keys() -> None:
+    """A flood of logins cannot grow what the store remembers of moves without bound."""
+    store = MemoryStore(max_entries=3)
+    olds = []
+    for _ in range(4):
+        old = make_record(user_id=None)
+        olds.append(old)
+        await store.save(old)
+        await store.save(make_record(user_id=None, last_seen_at=NOW), replaces=old.key)
+    assert await store.moved_at(olds[0].key, NOW) is None
+    assert await store.moved_at(olds[-1].key, NOW) == NOW

@@ -149,6 +149,31 @@ async def test_revoking_a_user_works_through_every_batch(postgres: PostgresServe
         await store.aclose()
 
 
+async def test_purge_expired_works_through_every_batch_of_marks_of_moves(
+    postgres: PostgresServer,
+) -> None:
+    """Logins leave a row for each key they moved: once its ten minutes are over, a
+    purge removes every one, batch after batch, not only the first batch."""
+    store = PostgresStore(postgres.url, table=unique_prefix(), purge_batch=2, purge_every=0)
+
+    def rows() -> int:
+        with postgres.connect() as db:
+            return int(db.execute(f'SELECT count(*) FROM "{store.table}"').fetchone()[0])
+
+    try:
+        for _ in range(5):
+            old = make_record(user_id=None)
+            await store.save(old)
+            await store.save(make_record(user_id="alice", last_seen_at=NOW), replaces=old.key)
+        assert rows() == 10
+
+        assert await store.purge_expired(NOW + 601) == 0  # marks are no sessions
+
+        assert rows() == 5  # alice's five, still live
+    finally:
+        await store.aclose()
+
+
 async def test_the_purge_a_save_runs_keeps_ahead_of_what_saves_create(
     postgres: PostgresServer,
 ) -> None:

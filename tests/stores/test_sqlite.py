@@ -483,6 +483,24 @@ async def test_purge_expired_works_through_every_batch(
         await store.aclose()
 
 
+async def test_purge_expired_works_through_every_batch_of_marks_of_moves(db_path: Path) -> None:
+    """Logins leave a row for each key they moved: once its ten minutes are over, a
+    purge removes every one, batch after batch, not only the first batch."""
+    store = SQLiteStore(db_path, purge_batch=2, purge_every=0)
+    try:
+        for _ in range(5):
+            old = make_record(user_id=None)
+            await store.save(old)
+            await store.save(make_record(user_id="alice", last_seen_at=NOW), replaces=old.key)
+        assert raw_rows(db_path) == 10
+
+        assert await store.purge_expired(NOW + 601) == 0  # marks are no sessions
+
+        assert raw_rows(db_path) == 5  # alice's five, still live
+    finally:
+        await store.aclose()
+
+
 @pytest.mark.parametrize("batch", [10, 1])
 @pytest.mark.parametrize("sessions", [25, 20, 10, 1, 0])
 async def test_delete_all_works_through_every_batch(
