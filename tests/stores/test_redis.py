@@ -28,7 +28,7 @@ from coatcheck import store_from_url, stores
 from coatcheck._ids import new_session_id, store_key
 from coatcheck.exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from coatcheck.stores import SessionRecord, _redis_codec
-from coatcheck.stores.base import Merge
+from coatcheck.stores.base import MOVED_FOR, Merge
 from coatcheck.stores.redis import RedisStore
 
 from ..apps import make_app
@@ -135,6 +135,18 @@ async def test_redis_expires_sessions_and_indexes_by_itself(any_redis: RedisStor
     assert await store.save(later, expected_version=1)
     assert 1_195_000 < await store.client.pttl(session_key(store, record.key)) <= 1_200_000
     assert await store.client.pttl(index_key(store, "alice")) > 1_195_000
+
+
+async def test_redis_forgets_a_move_by_itself_after_ten_minutes(any_redis: RedisStore) -> None:
+    """The note that a login moved a session (``moved_at``) lives in the old key's
+    receipt for MOVED_FOR, by Redis's own clock: kept that long, and no longer."""
+    old = live_record(user_id="alice")
+    await any_redis.save(old)
+    moved = live_record(user_id="alice", key=store_key(new_session_id()), version=2)
+    assert await any_redis.save(moved, replaces=old.key, expected_version=old.version)
+    receipt = f"{any_redis.prefix}:t:{{{old.key}}}"
+    assert 595_000 < await any_redis.client.pttl(receipt) <= MOVED_FOR * 1000
+    assert await any_redis.moved_at(old.key, moved.last_seen_at) is not None
 
 
 async def test_the_ttl_follows_the_callers_clock_not_the_servers(any_redis: RedisStore) -> None:
