@@ -16,6 +16,8 @@ from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import anyio
+
 from ._asgi import Header, Headers
 from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
 from ._devices import end_device
@@ -416,10 +418,11 @@ class Persistence:
         if not session._loaded:
             return []
         await self._turn_to_write(session)
+        session._landed = False
         try:
             headers = await self._write(session, status)
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, asyncio.CancelledError) and not session._landed:
                 # Cut short (a client gone from a streamed response cancels its body),
                 # its writes may or may not have landed: another would merge onto them
                 # and apply this request's changes, a modify() among them, a second time.
@@ -752,20 +755,21 @@ class Persistence:
         of the old library's cookie) to its end, even if the request is cancelled
         meanwhile: a login stored but answered without its cookie, and never announced,
         would sign the user out. Its cookie is then kept for the response, as commit()
-        keeps a stored save's, and the cancellation goes on. A second cancellation (of a
-        store that hangs) stops it."""
+        keeps a stored save's, and the cancellation goes on. That waits for the store,
+        whose own timeout bounds it."""
         task = asyncio.ensure_future(work)
         writer, session._writer = session._writer, task  # its events are this save's
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            try:
-                await asyncio.wait((task,))
-            except asyncio.CancelledError:
-                task.cancel()
-                raise
+            # anyio cancels again at every await of a cancelled scope (Starlette's
+            # stream of a client gone): shielded from that as from asyncio's.
+            while not task.done():
+                with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait((task,))
             if not task.cancelled() and task.exception() is None:
                 headers = task.result()
+                session._landed = True  # known to be stored: nothing left to halt
                 if headers and not session._cookie_final:
                     session._outgoing = outgoing(session._outgoing, headers)
             raise

@@ -73,6 +73,7 @@ class Session(MutableMapping[str, Any]):
         "_imported",
         "_imported_values",
         "_key",
+        "_landed",
         "_last_seen_at",
         "_loaded",
         "_loading",
@@ -127,6 +128,7 @@ class Session(MutableMapping[str, Any]):
     _written: asyncio.Event | None  # set when that save ends, made once another waits
     _deferred: list[SessionEvent] | None  # events of that save, for after it
     _announcing: bool  # a task is running the hooks of those events
+    _landed: bool  # the save was cancelled once the store took it, and finished anyway
     _arrived: float  # when the request came, on the configured clock
     _exposed: bool
     _meta_changed: bool
@@ -696,7 +698,7 @@ class Session(MutableMapping[str, Any]):
         if not self._loaded:  # a reload() goes on counting, and may wait for a save
             self._edits = 0
             self._writer = self._written = self._deferred = None
-            self._announcing = False
+            self._announcing = self._landed = False
         self._signing_in = self._announced = False
         if record is None:
             self._raw = None
