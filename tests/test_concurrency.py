@@ -27,6 +27,7 @@ from coatcheck import (
 )
 from coatcheck._ids import key_of
 from coatcheck._persist import ARRIVAL_SLACK, Persistence
+from coatcheck.events import SessionEvent
 from coatcheck.session import Session
 from coatcheck.stores.base import MOVED_FOR, Merge
 from coatcheck.testing import FakeClock
@@ -491,6 +492,58 @@ async def test_a_logout_ends_the_session_a_parallel_login_moved_it_to(any_store:
     assert issued(await persistence.commit(logout, 200)) == ""  # its cookie cleared
     assert await any_store.list_user("alice", persistence.now()) == []
     assert (await open_session(persistence, moved)).user_id is None
+
+
+async def test_a_logout_whose_moved_session_another_logout_ended_is_no_conflict(
+    any_store: Store,
+) -> None:
+    """Tab 1 signs out slowly, tab 2 logs in again, tab 3 signs out with the new cookie:
+    the user is signed out, as tab 1 asked, so it gets no 409, and nobody hears the
+    end twice."""
+    heard: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        heard.append(event.kind)
+
+    persistence = Persistence(any_store, SessionConfig(), None, (hook,))
+    first = await open_session(persistence, None)
+    first.login("alice")
+    cookie = issued(await persistence.commit(first, 200))
+    relogin, slow = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    relogin.login("alice")
+    moved = issued(await persistence.commit(relogin, 200))
+    quick = await open_session(persistence, moved)
+    quick.logout()
+    await persistence.commit(quick, 200)
+    heard.clear()
+    slow.logout()
+    assert await persistence.commit(slow, 200) == []  # the browser's cookie left alone
+    assert heard == []
+    assert await any_store.list_user("alice", persistence.now()) == []
+
+
+@pytest.mark.parametrize("second", ["logout", "destroy", "revoke_all"])
+async def test_two_requests_ending_one_session_announce_its_end_once(
+    any_store: Store, second: str
+) -> None:
+    heard: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        heard.append(event.kind)
+
+    persistence = Persistence(any_store, SessionConfig(), None, (hook,))
+    first = await open_session(persistence, None)
+    first.login("alice")
+    cookie = issued(await persistence.commit(first, 200))
+    one, two = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    one.logout()
+    await persistence.commit(one, 200)
+    if second == "revoke_all":
+        assert await two.revoke_all() == 0
+    else:
+        getattr(two, second)()
+    await persistence.commit(two, 200)
+    assert heard == ["created", "logged_in", "logged_out"]
 
 
 async def test_a_logout_that_finds_the_session_moved_is_refused(any_store: Store) -> None:
@@ -1251,7 +1304,6 @@ async def test_an_event_hook_that_saves_from_another_task_does_not_hang() -> Non
     import asyncio
 
     from coatcheck._context import current_session
-    from coatcheck.events import SessionEvent
 
     seen: list[str] = []
 
@@ -1373,8 +1425,6 @@ async def test_a_login_whose_save_outran_the_apps_deadline_still_gets_its_cookie
     handler's ``wait_for``: the cookie must go out, or the browser is signed out."""
     import asyncio
 
-    from coatcheck.events import SessionEvent
-
     async def slow_hook(event: SessionEvent) -> None:
         await asyncio.sleep(0.3)
 
@@ -1405,8 +1455,6 @@ async def test_a_login_cut_short_after_its_save_landed_still_gets_its_cookie(
     deadline (Starlette's, for a stream whose client left) cancels at every await.
     What the handler changes after it is stored as usual: the login is known."""
     import asyncio
-
-    from coatcheck.events import SessionEvent
 
     heard: list[str] = []
 
@@ -1466,8 +1514,6 @@ async def _heard_session(
     """bob's stored session, opened again, with hooks that take a moment and note what
     they heard."""
     import asyncio
-
-    from coatcheck.events import SessionEvent
 
     async def hook(event: SessionEvent) -> None:
         await asyncio.sleep(0.01)
@@ -1544,7 +1590,6 @@ def _saving_login(scopes: list[Any], hook: Any, config: SessionConfig | None = N
 async def test_a_hook_that_moves_the_session_on_sends_its_own_cookie() -> None:
     """The handler's save logs alice in; its ``logged_in`` hook gives the session a new
     ID and saves: the browser must get that newer cookie, not the login's."""
-    from coatcheck.events import SessionEvent
 
     async def hook(event: SessionEvent) -> None:
         if event.kind == "logged_in":
@@ -1562,7 +1607,6 @@ async def test_a_hook_that_moves_the_session_on_sends_its_own_cookie() -> None:
 
 
 async def test_a_refused_login_is_announced_once_though_a_hook_saves() -> None:
-    from coatcheck.events import SessionEvent
 
     refused: list[str] = []
 
@@ -1588,8 +1632,6 @@ async def test_an_event_of_another_task_waits_for_the_one_being_heard() -> None:
     is heard after it."""
     import asyncio
 
-    from coatcheck.events import SessionEvent
-
     log: list[str] = []
 
     async def hook(event: SessionEvent) -> None:
@@ -1613,8 +1655,6 @@ async def test_a_saves_events_wait_for_one_another_task_is_hearing() -> None:
     """The converse: an event heard outside any save ("revoked" from revoke_others())
     holds back the events of a save another task makes meanwhile."""
     import asyncio
-
-    from coatcheck.events import SessionEvent
 
     log: list[str] = []
 

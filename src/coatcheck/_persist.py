@@ -522,8 +522,10 @@ class Persistence:
                 return []
             fresh = session._fresh  # destroy() or logout(), which the event names
             edits = session._edits
-            if fresh and self._moved is not None:
-                await self._end_moved_too(session, stored)
+            ours = True
+            if fresh and self._moved is not None and not session._announced:
+                # (Not one this request's revocation ended already.)
+                ours = await self._end_moved_too(session, stored)
             elif fresh or session._key != old_key:
                 await self.store.delete(old_key)  # a logout wins over any parallel save
             elif not await self._end_emptied(session, stored):
@@ -534,6 +536,10 @@ class Persistence:
             session._modified = session._edits != edits
             session._exposed = session._meta_changed = False
             announced, session._announced = session._announced, False
+            if not ours:
+                # A parallel logout or revocation ended it first, announced it and gave
+                # the browser its cookie: both are left alone, as after a revocation.
+                return []
             if (fresh or stored.user_id is not None) and not announced:
                 # Not a visitor's session that merely emptied (its flash was shown), nor
                 # one a revocation of this request has announced.
@@ -875,27 +881,28 @@ class Persistence:
             await self.store.delete(stored.key)
         return True
 
-    async def _end_moved_too(self, session: Session, stored: SessionRecord) -> None:
-        """End the record a logout loaded, or the session a parallel login moved it to.
+    async def _end_moved_too(self, session: Session, stored: SessionRecord) -> bool:
+        """End the record a logout loaded, or the session a parallel login moved it to:
+        whether this request ended it (not a parallel logout or revocation).
 
         A logout wins over whatever happened in parallel: a plain delete would only
         find the move's mark, and leave that login signed in. The moved session keeps
-        its public id in its user's list; one moved to another user (or not found)
-        gets a 409, and the browser, which holds its new cookie by then, tries again.
+        its public id in its user's list; one no longer there has ended since, or
+        belongs to another user now. A visitor's session moved to a login cannot be
+        followed: a 409, and the browser, which holds the new cookie by then, tries again.
         """
         if await self.end_own(session):
-            return
+            return True
         now = self.now()
         if not await self._moved_since(session, stored.key, now):
-            return  # ended by a parallel logout or revocation
+            return False  # ended by a parallel logout or revocation
         user_id = stored.user_id
-        if user_id is not None:
-            found, _ = await end_device(
-                self.store, lambda: self.live_records(user_id, now), stored.public_id
-            )
-            if found:
-                return
-        raise SessionEndedError("the session was moved to a new ID by another request")
+        if user_id is None:
+            raise SessionEndedError("the session was moved to a new ID by another request")
+        found, _ = await end_device(
+            self.store, lambda: self.live_records(user_id, now), stored.public_id
+        )
+        return found
 
     async def refuse_if_moved_away(self, session: Session) -> None:
         """Refuse an action on all of a user's sessions (or one of them) from a page
