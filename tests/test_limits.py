@@ -296,15 +296,20 @@ async def test_logins_racing_past_the_limit_do_not_end_each_other(any_store: Sto
 
 class HeldAfterSave(CountingStore):
     """A real store that holds the first save of ``user``'s session, once it has landed,
-    until ``go`` is set: another login can then run from start to end meanwhile."""
+    until ``go`` is set: another login can then run from start to end meanwhile. Before
+    that save, it runs ``before`` (a parallel request's save) if given."""
 
     def __init__(self, inner: Store, user: str = "alice") -> None:
         super().__init__(inner)
         self.user = user
         self.saved = asyncio.Event()
         self.go = asyncio.Event()
+        self.before: Any = None
 
     async def save(self, record: SessionRecord, **options: Any) -> bool:
+        if record.user_id == self.user and self.before is not None:
+            before, self.before = self.before, None
+            await before()
         saved = await super().save(record, **options)
         if record.user_id == self.user and not self.saved.is_set():
             self.saved.set()
@@ -312,17 +317,24 @@ class HeldAfterSave(CountingStore):
         return saved
 
 
+@pytest.mark.parametrize("parallel_cart", [False, True], ids=["alone", "cart-added-meanwhile"])
 async def test_a_login_ended_by_a_later_one_at_the_limit_is_told_and_keeps_its_cart(
-    any_store: Store,
+    any_store: Store, parallel_cart: bool
 ) -> None:
     """The first login is stored; a second, of another browser, is stored after it and
     ends it as the older session, all before the first counts alice's sessions. The
     first then finds itself gone: it answered 200 with a cookie naming nothing, and the
-    cart its browser had was lost with the session the login replaced."""
+    cart its browser had was lost with the session the login replaced. What another tab
+    added to that cart as the login was saved (the login merged it) is given back too."""
     store = HeldAfterSave(any_store)
     config = SessionConfig(max_sessions_per_user=1)
     async with client_for(make_app(store, config)) as client:
         tea, jam = [ticket(await client.post(f"/append?item={item}")) for item in ("tea", "jam")]
+
+        async def other_tab() -> None:
+            await client.post("/append?item=milk", headers={"cookie": f"{NAME}={tea}"})
+
+        store.before = other_tab if parallel_cart else None
         first = asyncio.ensure_future(client.post("/login", headers={"cookie": f"{NAME}={tea}"}))
         await store.saved.wait()
         second = await client.post("/login", headers={"cookie": f"{NAME}={jam}"})
@@ -332,7 +344,8 @@ async def test_a_login_ended_by_a_later_one_at_the_limit_is_told_and_keeps_its_c
         assert overtaken.status_code == 409, overtaken.text
         assert "set-cookie" not in overtaken.headers
         kept = await client.get("/read", headers={"cookie": f"{NAME}={tea}"})
-        assert kept.json() == {"user": None, "data": {"cart": ["tea"]}}
+        cart = ["tea", "milk"] if parallel_cart else ["tea"]
+        assert kept.json() == {"user": None, "data": {"cart": cart}}
         won = await client.get("/read", headers={"cookie": f"{NAME}={ticket(second)}"})
         assert won.json()["user"] == "alice"
     (alice,) = await any_store.list_user("alice", config.clock())

@@ -630,6 +630,7 @@ class Persistence:
                 data = record.data
                 sealed = self._sealer.seal(session._id, record)
         written = [record]
+        winners: list[SessionRecord] = []  # parallel saves this one merged onto
         created = False
         if importing and twin is None and (create := creator_of(self.store)) is not None:
             # Only if no parallel request stored it first; if one did, merged onto it.
@@ -688,7 +689,7 @@ class Persistence:
             record,
             replaces=old_key if rotated else None,
             expected_version=stored.version,
-            merge=self._merger(session, stored, record, written, updates),
+            merge=self._merger(session, stored, record, written, updates, winners),
         ):
             # Ended by another request (logout, revocation, a login's new ID) while this
             # one ran. No cookie is cleared: the browser may already hold a newer one.
@@ -737,7 +738,9 @@ class Persistence:
 
         async def finish() -> Headers:
             if moves and twin is None:
-                await self._rotated(session, stored, replaced, record, logged_in, now, announced)
+                # As stored when the move replaced it: with what a parallel save merged.
+                moved = winners[-1] if winners else stored
+                await self._rotated(session, moved, replaced, record, logged_in, now, announced)
             elif moves:  # moved on from the session a parallel import stored
                 # A login only if this request made one: the import's was announced already.
                 relogged = logged_in and bool(session._authenticated_at)
@@ -1371,6 +1374,7 @@ class Persistence:
         record: SessionRecord,
         written: list[SessionRecord],
         updates: list[Update] | None = None,
+        seen: list[SessionRecord] | None = None,
     ) -> Merge:
         """Re-apply this request's changes on top of a parallel save that got there first.
 
@@ -1387,6 +1391,8 @@ class Persistence:
         meta = session._meta_changed
 
         def merge(base: SessionRecord) -> SessionRecord:
+            if seen is not None:  # the winners merged onto, latest last
+                seen.append(base)
             encode = self.serializer.dumps
             try:
                 merged = self.decode(base)
