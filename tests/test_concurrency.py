@@ -546,6 +546,28 @@ async def test_two_requests_ending_one_session_announce_its_end_once(
     assert heard == ["created", "logged_in", "logged_out"]
 
 
+async def test_signing_out_other_devices_keeps_the_session_a_parallel_login_moved(
+    any_store: Store,
+) -> None:
+    """ "Sign out other devices" from a page that loaded before this browser logged in
+    again: the session it must keep has moved to a new key, which it ended with the
+    phone's, signing the user out here too."""
+    persistence = persistence_for(any_store)
+    phone = await open_session(persistence, None)
+    phone.login("alice")
+    await persistence.commit(phone, 200)
+    laptop = await open_session(persistence, None)
+    laptop.login("alice")
+    cookie = issued(await persistence.commit(laptop, 200))
+    page, relogin = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    relogin.login("alice")
+    moved = issued(await persistence.commit(relogin, 200))
+    assert await page.revoke_others() == 1
+    await persistence.commit(page, 200)
+    (kept,) = await any_store.list_user("alice", persistence.now())
+    assert kept.key == key_of(moved)
+
+
 async def test_a_logout_that_finds_the_session_moved_is_refused(any_store: Store) -> None:
     """The same logout, had it loaded its session only after the login was stored: it
     finds nothing, and ends nothing, so it answers 409 rather than a sign-out that did

@@ -155,6 +155,8 @@ async def revoke_user(session: Session, *, keep_current: bool) -> int:
     # The others first, this session kept for its own end below: a failure then has
     # ended nothing of this browser's.
     keep = stored.key if stored is not None and (own or keep_current) else None
+    if keep is not None and keep_current:
+        keep = await persistence.followed(session, keep, user_id)
     removed = await persistence.store.delete_user(user_id, keep=keep, now=persistence.now())
     ended: bool | None = None
     try:

@@ -907,6 +907,17 @@ class Persistence:
         )
         return found
 
+    async def followed(self, session: Session, key: str, user_id: str) -> str:
+        """The key that the session this request loaded under ``key`` has now: itself,
+        or the one a parallel login of this browser moved it to (the same public id),
+        which "sign out other devices" must keep."""
+        now = self.now()
+        if session._stored is None or not await self._moved_since(session, key, now):
+            return key
+        public_id = session._stored.public_id
+        moved = [r.key for r in await self.live_records(user_id, now) if r.public_id == public_id]
+        return moved[0] if moved else key
+
     async def refuse_if_moved_away(self, session: Session) -> None:
         """Refuse an action on all of a user's sessions (or one of them) from a page
         that left before a parallel login moved its session: it found no user, and
