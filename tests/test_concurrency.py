@@ -494,21 +494,27 @@ async def test_a_logout_ends_the_session_a_parallel_login_moved_it_to(any_store:
     assert (await open_session(persistence, moved)).user_id is None
 
 
+async def _alice_heard(store: Store) -> tuple[Persistence, list[str], str]:
+    """alice signed in on ``store``, with a hook that notes the kind of every event:
+    the persistence, what it heard, and her cookie."""
+    heard: list[str] = []
+
+    async def hook(event: SessionEvent) -> None:
+        heard.append(event.kind)
+
+    persistence = Persistence(store, SessionConfig(), None, (hook,))
+    first = await open_session(persistence, None)
+    first.login("alice")
+    return persistence, heard, issued(await persistence.commit(first, 200))
+
+
 async def test_a_logout_whose_moved_session_another_logout_ended_is_no_conflict(
     any_store: Store,
 ) -> None:
     """Tab 1 signs out slowly, tab 2 logs in again, tab 3 signs out with the new cookie:
     the user is signed out, as tab 1 asked, so it gets no 409, and nobody hears the
     end twice."""
-    heard: list[str] = []
-
-    async def hook(event: SessionEvent) -> None:
-        heard.append(event.kind)
-
-    persistence = Persistence(any_store, SessionConfig(), None, (hook,))
-    first = await open_session(persistence, None)
-    first.login("alice")
-    cookie = issued(await persistence.commit(first, 200))
+    persistence, heard, cookie = await _alice_heard(any_store)
     relogin, slow = await open_session(persistence, cookie), await open_session(persistence, cookie)
     relogin.login("alice")
     moved = issued(await persistence.commit(relogin, 200))
@@ -526,15 +532,7 @@ async def test_a_logout_whose_moved_session_another_logout_ended_is_no_conflict(
 async def test_two_requests_ending_one_session_announce_its_end_once(
     any_store: Store, second: str
 ) -> None:
-    heard: list[str] = []
-
-    async def hook(event: SessionEvent) -> None:
-        heard.append(event.kind)
-
-    persistence = Persistence(any_store, SessionConfig(), None, (hook,))
-    first = await open_session(persistence, None)
-    first.login("alice")
-    cookie = issued(await persistence.commit(first, 200))
+    persistence, heard, cookie = await _alice_heard(any_store)
     one, two = await open_session(persistence, cookie), await open_session(persistence, cookie)
     one.logout()
     await persistence.commit(one, 200)
