@@ -473,10 +473,14 @@ async def test_the_refused_late_write_leaves_the_browsers_login_cookie_alone(
     assert body == {"data": {"cart": ["apple"]}, "user": "alice"}
 
 
-async def test_a_logout_ends_the_session_a_parallel_login_moved_it_to(any_store: Store) -> None:
+@pytest.mark.parametrize("flash", [False, True], ids=["plain", "with-a-flash"])
+async def test_a_logout_ends_the_session_a_parallel_login_moved_it_to(
+    any_store: Store, flash: bool
+) -> None:
     """Sign out in one tab while another confirms the password (a login again, which
     moves the session to a new ID): the logout loaded the old record, now a mark, and
-    must end the session the login's cookie names, or the user stays signed in."""
+    must end the session the login's cookie names, or the user stays signed in. So
+    must one that leaves a message for the page after it."""
     persistence = persistence_for(any_store)
     first = await open_session(persistence, None)
     first.login("alice")
@@ -489,9 +493,15 @@ async def test_a_logout_ends_the_session_a_parallel_login_moved_it_to(any_store:
     relogin.login("alice")
     moved = issued(await persistence.commit(relogin, 200))
     logout.logout()
-    assert issued(await persistence.commit(logout, 200)) == ""  # its cookie cleared
+    if flash:
+        logout["flash"] = "signed out"
+    left = issued(await persistence.commit(logout, 200))
     assert await any_store.list_user("alice", persistence.now()) == []
     assert (await open_session(persistence, moved)).user_id is None
+    if flash:
+        assert dict(await open_session(persistence, left)) == {"flash": "signed out"}
+    else:
+        assert left == ""  # its cookie cleared
 
 
 async def _alice_heard(store: Store) -> tuple[Persistence, list[str], str]:
@@ -528,7 +538,7 @@ async def test_a_logout_whose_moved_session_another_logout_ended_is_no_conflict(
     assert await any_store.list_user("alice", persistence.now()) == []
 
 
-@pytest.mark.parametrize("second", ["logout", "destroy", "revoke_all"])
+@pytest.mark.parametrize("second", ["logout", "destroy", "revoke_all", "logout-flash"])
 async def test_two_requests_ending_one_session_announce_its_end_once(
     any_store: Store, second: str
 ) -> None:
@@ -538,10 +548,14 @@ async def test_two_requests_ending_one_session_announce_its_end_once(
     await persistence.commit(one, 200)
     if second == "revoke_all":
         assert await two.revoke_all() == 0
+    elif second == "logout-flash":
+        two.logout()
+        two["flash"] = "signed out"  # a new visitor's session, as after any logout
     else:
         getattr(two, second)()
     await persistence.commit(two, 200)
-    assert heard == ["created", "logged_in", "logged_out"]
+    created = ["created"] if second == "logout-flash" else []
+    assert heard == ["created", "logged_in", "logged_out", *created]
 
 
 async def test_signing_out_other_devices_keeps_the_session_a_parallel_login_moved(
@@ -1526,6 +1540,39 @@ async def test_a_login_cut_short_after_its_save_landed_still_gets_its_cookie(
             "user": "alice",
         }
     assert heard == ["created", "logged_in"]
+
+
+async def test_a_login_cut_short_while_its_store_hangs_ends_all_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What follows a stored login outlives a cancellation, but not for ever: a store
+    that never answers (no timeout of its own) lets the request end after a while."""
+    import asyncio
+
+    from coatcheck import _persist
+
+    monkeypatch.setattr(_persist, "_FINISH_WITHIN", 0.3)
+
+    class Hangs(MemoryStore):
+        hung = False
+
+        async def save(self, record: SessionRecord, **options: Any) -> bool:
+            saved = await super().save(record, **options)
+            self.hung = self.hung or record.user_id == "alice"
+            return saved
+
+        async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+            if self.hung:
+                await asyncio.Event().wait()
+            return await super().list_user(user_id, now)
+
+    persistence = Persistence(Hangs(), SessionConfig(max_sessions_per_user=2), None)
+    session = await open_session(persistence, None)
+    session.login("alice")
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(persistence.commit(session, 200), 0.1)
+    assert asyncio.get_running_loop().time() - started < 5
 
 
 async def _heard_session(

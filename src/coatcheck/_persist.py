@@ -67,6 +67,8 @@ class _SaveCancelled(StoreUnavailableError):
 # counts as sent before the login's answer reached the browser: the answer's way back,
 # and the clocks of two app servers that differ, take that long at most.
 ARRIVAL_SLACK = 10.0
+# Seconds that what follows a stored login may still take once its request is cancelled.
+_FINISH_WITHIN = 10.0
 
 _NO_STORE = (b"cache-control", b"no-store")
 # On a logout: browsers drop the origin's cached pages, the back/forward cache included,
@@ -631,6 +633,7 @@ class Persistence:
                 sealed = self._sealer.seal(session._id, record)
         written = [record]
         winners: list[SessionRecord] = []  # parallel saves this one merged onto
+        ended_here = True  # False: a parallel request ended the session this one ends
         created = False
         if importing and twin is None and (create := creator_of(self.store)) is not None:
             # Only if no parallel request stored it first; if one did, merged onto it.
@@ -681,6 +684,10 @@ class Persistence:
                     record, replaces=old_key, expected_version=stored.version, merge=overwrite
                 )
             else:
+                if self._moved is not None and not session._announced:
+                    # A logout that leaves something (a flash) ends the old session as
+                    # a plain logout does, following a parallel login's move.
+                    ended_here = await self._end_moved_too(session, stored)
                 saved = await self.store.save(record, replaces=old_key)
             if not saved:
                 session._stored = None
@@ -702,7 +709,7 @@ class Persistence:
         record = written[-1]
         # Destroyed or logged in as someone else, then stored anew: the session the
         # browser held has ended, as a plain logout's would.
-        replaced = stored if fresh else None
+        replaced = stored if fresh and ended_here else None
         # Changed by another task while the save ran. A value changed in place is
         # found later by comparing with ``_raw``, the data sent; only a merge, which
         # replaces such values, must look now.
@@ -738,8 +745,9 @@ class Persistence:
 
         async def finish() -> Headers:
             if moves and twin is None:
-                # As stored when the move replaced it: with what a parallel save merged.
-                moved = winners[-1] if winners else stored
+                # As stored when the move replaced it: with what a parallel save merged
+                # (none, as new, when another request ended it first).
+                moved = (winners[-1] if winners else stored) if ended_here else None
                 await self._rotated(session, moved, replaced, record, logged_in, now, announced)
             elif moves:  # moved on from the session a parallel import stored
                 # A login only if this request made one: the import's was announced already.
@@ -765,18 +773,23 @@ class Persistence:
         meanwhile: a login stored but answered without its cookie, and never announced,
         would sign the user out. Its cookie is then kept for the response, as commit()
         keeps a stored save's, and the cancellation goes on. That waits for the store,
-        whose own timeout bounds it."""
+        whose own timeout bounds it, or at most ``_FINISH_WITHIN`` for one that hangs."""
         task = asyncio.ensure_future(work)
         writer, session._writer = session._writer, task  # its events are this save's
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             # anyio cancels again at every await of a cancelled scope (Starlette's
-            # stream of a client gone): shielded from that as from asyncio's.
-            while not task.done():
+            # stream of a client gone): shielded from that as from asyncio's, for as
+            # long as a store that answers at all takes.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _FINISH_WITHIN
+            while not task.done() and (left := deadline - loop.time()) > 0:
                 with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait((task,))
-            if not task.cancelled() and task.exception() is None:
+                    await asyncio.wait((task,), timeout=left)
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is None:
                 headers = task.result()
                 session._landed = True  # known to be stored: nothing left to halt
                 if headers and not session._cookie_final:
