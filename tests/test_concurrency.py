@@ -1478,6 +1478,27 @@ async def test_a_login_whose_save_outran_the_apps_deadline_still_gets_its_cookie
         assert (await client.get("/read", headers=cookie)).json()["user"] == "alice"
 
 
+class SlowListingAfterLogin(CountingStore):
+    """A real store slow to list alice's sessions once her login is stored (the count
+    that follows the save under either policy; refuse_login counts before it too): by
+    ``delay`` seconds, or for ever when None."""
+
+    def __init__(self, inner: Store, delay: float | None) -> None:
+        super().__init__(inner)
+        self.delay = delay
+        self.slow = False
+
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        saved = await super().save(record, **options)
+        self.slow = self.slow or record.user_id == "alice"
+        return saved
+
+    async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
+        if self.slow:
+            await (anyio.sleep_forever() if self.delay is None else anyio.sleep(self.delay))
+        return await super().list_user(user_id, now)
+
+
 @pytest.mark.parametrize("deadline", ["asyncio", "anyio"])
 @pytest.mark.parametrize("policy", ["end_oldest", "refuse_login"])
 async def test_a_login_cut_short_after_its_save_landed_still_gets_its_cookie(
@@ -1495,22 +1516,6 @@ async def test_a_login_cut_short_after_its_save_landed_still_gets_its_cookie(
     async def hook(event: SessionEvent) -> None:
         heard.append(event.kind)
 
-    class SlowIndex(CountingStore):
-        """Slow to list alice's sessions once her login is stored: the count that
-        follows the save under either policy (refuse_login counts before it too)."""
-
-        slow = False
-
-        async def save(self, record: SessionRecord, **options: Any) -> bool:
-            saved = await super().save(record, **options)
-            self.slow = self.slow or record.user_id == "alice"
-            return saved
-
-        async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
-            if self.slow:
-                await asyncio.sleep(0.3)
-            return await super().list_user(user_id, now)
-
     async def login(request: Request) -> Response:
         session = await Session.of(request).load()
         session.login("alice")
@@ -1523,7 +1528,7 @@ async def test_a_login_cut_short_after_its_save_landed_still_gets_its_cookie(
         session["welcome"] = True
         return JSONResponse({})
 
-    store = SlowIndex(any_store)
+    store = SlowListingAfterLogin(any_store, 0.3)
     config = SessionConfig(max_sessions_per_user=2, at_session_limit=policy)  # type: ignore[arg-type]
     app = make_app(store, parties=1)
     app.router.routes.append(Route("/login", login, methods=["POST"]))
@@ -1553,20 +1558,8 @@ async def test_a_login_cut_short_while_its_store_hangs_ends_all_the_same(
 
     monkeypatch.setattr(_persist, "_FINISH_WITHIN", 0.3)
 
-    class Hangs(MemoryStore):
-        hung = False
-
-        async def save(self, record: SessionRecord, **options: Any) -> bool:
-            saved = await super().save(record, **options)
-            self.hung = self.hung or record.user_id == "alice"
-            return saved
-
-        async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
-            if self.hung:
-                await asyncio.Event().wait()
-            return await super().list_user(user_id, now)
-
-    persistence = Persistence(Hangs(), SessionConfig(max_sessions_per_user=2), None)
+    store = SlowListingAfterLogin(MemoryStore(), None)
+    persistence = Persistence(store, SessionConfig(max_sessions_per_user=2), None)
     session = await open_session(persistence, None)
     session.login("alice")
     started = asyncio.get_running_loop().time()
