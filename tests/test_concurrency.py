@@ -350,18 +350,24 @@ async def test_a_request_that_loads_after_a_parallel_login_does_not_sign_it_out(
         await persistence.commit(later, 200)
 
 
+async def _cart_moved_by_a_login(store: Store) -> tuple[FakeClock, Persistence, str, str]:
+    """A visitor's cart on ``store``, then moved by alice's login: the clock, the
+    persistence, the old cookie and the login's."""
+    clock = FakeClock()
+    persistence = Persistence(store, SessionConfig(clock=clock), None)
+    first = await open_session(persistence, None)
+    first["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(first, 200))
+    login = await open_session(persistence, cookie)
+    login.login("alice")
+    return clock, persistence, cookie, issued(await persistence.commit(login, 200))
+
+
 async def test_a_browser_that_never_got_its_logins_answer_goes_on(any_store: Store) -> None:
     """Its connection dropped: it holds the old cookie, and its next requests, sent
     after the login was stored, are no late part of the page. A login goes through at
     once; any other write once the login's answer is surely lost (ARRIVAL_SLACK)."""
-    clock = FakeClock()
-    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
-    first = await open_session(persistence, None)
-    first["cart"] = ["apple"]
-    cookie = issued(await persistence.commit(first, 200))
-    lost = await open_session(persistence, cookie)
-    lost.login("alice")
-    kept = issued(await persistence.commit(lost, 200))
+    clock, persistence, cookie, kept = await _cart_moved_by_a_login(any_store)
 
     retried = await open_session(persistence, cookie)
     retried.login("alice")
@@ -376,14 +382,7 @@ async def test_the_slack_for_a_logins_answer_is_ten_seconds(any_store: Store) ->
     """What docs/concurrency.md promises, in seconds rather than by the constant's name:
     a request that came nine seconds after the move is taken for one sent before the
     login's answer arrived, and refused; one that came ten seconds after is not."""
-    clock = FakeClock()
-    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
-    first = await open_session(persistence, None)
-    first["cart"] = ["apple"]
-    cookie = issued(await persistence.commit(first, 200))
-    login = await open_session(persistence, cookie)
-    login.login("alice")
-    kept = issued(await persistence.commit(login, 200))
+    clock, persistence, cookie, kept = await _cart_moved_by_a_login(any_store)
 
     clock.advance(9)
     early = await open_session(persistence, cookie)
