@@ -404,11 +404,9 @@ def test_back_after_the_idle_limit_does_not_show_the_signed_in_page(
     """The session ended by itself, so no response carried ``Clear-Site-Data``: the
     page, restored from the back/forward cache, asks the server again and shows the
     sign-in form the next person already saw."""
-    # Idle long enough for the set-up's pages (/docs waits on Swagger's CDN, which is
-    # out of reach here) on a loaded machine, and not much longer.
-    server = start_server("--idle-timeout", "5", "--absolute-timeout", "60", name="idle-back")
+    server = start_server("--idle-timeout", "2", "--absolute-timeout", "60", name="idle-back")
     with _alices_page_in_the_back_forward_cache(playwright, server) as page:
-        time.sleep(6.0)  # idle past the limit; the next person opens the site
+        time.sleep(3.0)  # idle past the limit; the next person opens the site
         submit(page, page.get_by_role("link", name="/docs"))
         page.go_back(wait_until="commit")  # to alice's page, kept in the browser's memory
         expect_login_form(page)  # asked again once shown: her session has ended
