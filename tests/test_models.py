@@ -10,13 +10,14 @@ import asyncio
 import json
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import httpx
+import pydantic
 import pytest
 from fastapi import BackgroundTasks, FastAPI, WebSocket
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, SecretStr
 
 from coatcheck import ConfigurationError, MemoryStore, SessionConfig, SessionMiddleware
 from coatcheck._ids import store_key
@@ -402,3 +403,164 @@ def test_a_warning_names_fields_and_positions_never_keys_of_the_data(
     assert binding.instance == Tokens()
     assert "scopes.[key]: " in caplog.text  # int_parsing, or type_error.integer on Pydantic 1
     assert "ya29" not in caplog.text
+
+
+# -- models whose JSON dump is not what validation takes ------------------------------------
+
+PYDANTIC_2 = pydantic.VERSION.startswith("2")
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+class Aliased(BaseModel):  # an API model reused as a session value
+    cart_items: list[str] = Field(default_factory=list, alias="cartItems")
+
+
+if PYDANTIC_2:
+
+    class Camel(BaseModel):  # FastAPI's usual camelCase models
+        model_config = {"alias_generator": _camel}
+        cart_items: list[str] = []
+
+else:
+
+    class Camel(BaseModel):  # type: ignore[no-redef]
+        class Config:
+            alias_generator = _camel
+
+        cart_items: list[str] = []
+
+
+AliasedDep = Annotated[Aliased, session_model("aliased", Aliased)]
+CamelDep = Annotated[Camel, session_model("camel", Camel)]
+
+
+def aliased_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/aliased/{item}")
+    async def add_aliased(item: str, value: AliasedDep) -> dict[str, Any]:
+        value.cart_items.append(item)
+        return {"items": value.cart_items}
+
+    @app.post("/camel/{item}")
+    async def add_camel(item: str, value: CamelDep) -> dict[str, Any]:
+        value.cart_items.append(item)
+        return {"items": value.cart_items}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    return app
+
+
+@pytest.mark.parametrize("kind", ["aliased", "camel"])
+async def test_a_model_with_aliases_reads_back_what_it_stored(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stored by field name, such a model failed validation by alias at every request,
+    silently: each request started from an empty cart."""
+    async with client_for(aliased_app()) as client:
+        headers = cookie_of(await client.post(f"/{kind}/apple"))
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            second = await client.post(f"/{kind}/pear", headers=headers)
+    assert second.json() == {"items": ["apple", "pear"]}
+    assert "not a valid" not in caplog.text
+
+
+if PYDANTIC_2:
+
+    class Counted(BaseModel):  # a cart that shows its size, and refuses unknown fields
+        model_config = {"extra": "forbid"}
+        items: list[str] = []
+
+        @pydantic.computed_field  # type: ignore[prop-decorator]
+        @property
+        def count(self) -> int:
+            return len(self.items)
+
+    CountedDep = Annotated[Counted, session_model("counted", Counted)]
+
+
+@pytest.mark.skipif(not PYDANTIC_2, reason="computed fields are Pydantic 2's")
+async def test_a_computed_field_stays_out_of_the_store(caplog: pytest.LogCaptureFixture) -> None:
+    """Stored, ``count`` made the next read fail ``extra="forbid"``: the cart restarted."""
+    app = FastAPI()
+
+    @app.post("/counted/{item}")
+    async def add(item: str, cart: CountedDep, session: SessionDep) -> dict[str, Any]:
+        cart.items.append(item)
+        return {"count": cart.count}
+
+    @app.get("/raw")
+    async def raw(session: SessionDep) -> dict[str, Any]:
+        return dict(session)
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        headers = cookie_of(await client.post("/counted/a"))
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            counts = [(await client.post(f"/counted/{x}", headers=headers)).json() for x in "bc"]
+        stored = (await client.get("/raw", headers=headers)).json()
+    assert counts == [{"count": 2}, {"count": 3}]
+    assert "not a valid" not in caplog.text
+    assert stored == {"counted": {"items": ["a", "b", "c"]}}
+
+
+class OAuthTokens(BaseModel):
+    access_token: SecretStr = SecretStr("")
+
+
+class Wallet(BaseModel):
+    cards: list[OAuthTokens | None] = []
+
+
+@pytest.mark.parametrize("model", [OAuthTokens, Wallet])
+def test_a_secret_field_fails_when_declared_rather_than_store_its_mask(
+    model: type[BaseModel],
+) -> None:
+    """Its JSON dump is ``'**********'``: the next request got the mask as its token."""
+    with pytest.raises(ConfigurationError, match=r"OAuthTokens\.access_token is a Pydantic"):
+        session_model("tokens", model)
+
+
+if PYDANTIC_2:
+
+    class Revealed(BaseModel):
+        access_token: SecretStr = SecretStr("")
+
+        @pydantic.field_serializer("access_token", when_used="json")
+        def _reveal(self, value: SecretStr) -> str:
+            return value.get_secret_value()
+
+else:
+
+    class Revealed(BaseModel):  # type: ignore[no-redef]
+        access_token: SecretStr = SecretStr("")
+
+        class Config:
+            json_encoders: ClassVar[dict[Any, Any]] = {
+                SecretStr: lambda value: value.get_secret_value()
+            }
+
+
+RevealedDep = Annotated[Revealed, session_model("revealed", Revealed)]
+
+
+async def test_a_secret_the_model_writes_out_itself_is_stored_and_read_back() -> None:
+    app = FastAPI()
+
+    @app.post("/token/{value}")
+    async def set_token(value: str, tokens: RevealedDep) -> dict[str, bool]:
+        tokens.access_token = SecretStr(value)
+        return {"ok": True}
+
+    @app.get("/token")
+    async def get_token(tokens: RevealedDep) -> dict[str, str]:
+        return {"token": tokens.access_token.get_secret_value()}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        headers = cookie_of(await client.post("/token/real-token"))
+        assert (await client.get("/token", headers=headers)).json() == {"token": "real-token"}

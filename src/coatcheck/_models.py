@@ -8,9 +8,12 @@ are both served, as FastAPI serves both; Pydantic is imported by the app, not he
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import math
+import typing
 from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError
@@ -38,12 +41,99 @@ def check_model(model: type[Any]) -> None:
             f"{model.__name__} cannot be built without arguments, which a session without "
             f"that value needs: give every field a default ({exc.__class__.__name__})"
         ) from None
+    masked = _masked_field(model, set())
+    if masked is not None:
+        raise ConfigurationError(
+            f"{masked} is a Pydantic secret, whose JSON dump is a mask ('**********'): the "
+            "session would store the mask and lose the secret. Type it as str (and keep "
+            "the data sealed with encrypt_data=True), or give it a field_serializer that "
+            "returns the secret's value"
+        )
     _checked.add(model)
+
+
+def _masked_field(model: type[Any], seen: set[type[Any]]) -> str | None:
+    """``Model.field`` of the first secret field, nested models included, that no
+    serializer of the app's own writes out: what the session would store as a mask."""
+    seen.add(model)
+    decorators = getattr(model, "__pydantic_decorators__", None)
+    if decorators is not None and decorators.model_serializers:
+        return None  # the app writes the model itself
+    revealed = {
+        name
+        for serializer in getattr(decorators, "field_serializers", {}).values()
+        for name in serializer.info.fields
+    }
+    fields = getattr(model, "model_fields", None)
+    if fields is not None:
+        annotations = {name: field.annotation for name, field in fields.items()}
+    elif model.__config__.json_encoders:  # Pydantic 1, whose encoders may write secrets out
+        return None
+    else:
+        annotations = {name: field.outer_type_ for name, field in model.__fields__.items()}
+    for name, annotation in annotations.items():
+        if name in revealed:
+            continue
+        for part in _types_in(annotation):
+            if _is_secret(part):
+                return f"{model.__name__}.{name}"
+            if _is_model(part) and part not in seen:
+                found = _masked_field(part, seen)
+                if found is not None:
+                    return found
+    return None
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    """``annotation`` and every type inside it: ``list[Card | None]`` gives ``Card`` too."""
+    found = [annotation]
+    for argument in typing.get_args(annotation):
+        found.extend(_types_in(argument))
+    return found
+
+
+def _is_secret(tp: Any) -> bool:
+    return isinstance(tp, type) and any(
+        base.__module__.startswith("pydantic")
+        and base.__name__ in ("SecretStr", "SecretBytes", "Secret", "_SecretBase")
+        for base in tp.__mro__
+    )
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and (hasattr(tp, "model_fields") or hasattr(tp, "__fields__"))
+
+
+@functools.cache
+def _pydantic_2_options() -> tuple[dict[str, Any], dict[str, Any]]:
+    """How a Pydantic 2 model is dumped and validated so that what is stored reads back.
+
+    Stored by field name and read by name or alias where Pydantic can (2.11 and later),
+    else stored by alias, which validation takes by default: an API model with aliases
+    (``alias_generator=to_camel``) would otherwise lose its data at every request.
+    Computed fields stay out of the store; read back, ``extra="forbid"`` refuses them.
+    """
+    from pydantic import BaseModel  # imported by the app already, since it has models
+
+    dumps = inspect.signature(BaseModel.model_dump).parameters
+    validates = inspect.signature(BaseModel.model_validate).parameters
+    dump_options: dict[str, Any] = {"mode": "json", "round_trip": True}
+    validate_options: dict[str, Any] = {}
+    if "by_name" in validates:
+        dump_options["by_alias"] = False
+        validate_options.update(by_alias=True, by_name=True)
+    else:
+        dump_options["by_alias"] = True
+    if "exclude_computed_fields" in dumps:
+        dump_options["exclude_computed_fields"] = True
+    return dump_options, validate_options
 
 
 def _validate(model: type[M], raw: Any) -> M:
     validate = getattr(model, "model_validate", None)
-    return validate(raw) if validate is not None else model.parse_obj(raw)  # type: ignore[attr-defined,no-any-return]
+    if validate is None:
+        return model.parse_obj(raw)  # type: ignore[attr-defined,no-any-return]
+    return validate(raw, **_pydantic_2_options()[1])  # type: ignore[no-any-return]
 
 
 def _problems(model: type[Any], exc: ValueError) -> str:
@@ -75,9 +165,16 @@ def _problems(model: type[Any], exc: ValueError) -> str:
 def dump(instance: Any) -> Any:
     """The value as JSON types, as the session stores it."""
     model_dump = getattr(instance, "model_dump", None)
-    if model_dump is not None:
-        return model_dump(mode="json")
-    return json.loads(instance.json())  # Pydantic 1: only its JSON encoder knows every type
+    if model_dump is None:  # Pydantic 1: only its JSON encoder knows every type
+        return json.loads(instance.json(by_alias=True))
+    options = _pydantic_2_options()[0]
+    if "exclude_computed_fields" not in options:  # before Pydantic 2.12: the top level's
+        computed = getattr(type(instance), "model_computed_fields", None)
+        if not isinstance(computed, dict):  # a property of instances before Pydantic 2.10
+            computed = instance.model_computed_fields
+        if computed:
+            return model_dump(**options, exclude=set(computed))
+    return model_dump(**options)
 
 
 class Binding:
