@@ -248,6 +248,8 @@ async def test_a_merge_with_data_this_process_cannot_open_is_refused_not_emptied
         cookie = {"cookie": f"{NAME}={session_id}"}
         response = await client.post("/meanwhile", params={"cookie": session_id}, headers=cookie)
     assert response.status_code == 409
+    # No "too many parallel changes": one change, which this process cannot read.
+    assert response.json()["detail"].startswith("This session was changed by another request")
     async with client_for(make_app(any_store, rotated)) as client:
         state = (await client.get("/state", headers=cookie)).json()
     assert state["data"] == {"cart": ["apple", "pear"]}

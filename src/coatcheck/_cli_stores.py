@@ -33,10 +33,16 @@ from .stores.base import CORE_COLUMNS, cookie_sealer_of, not_ours
 T = TypeVar("T")
 
 
+DECLINED = 3
+"""The exit code when the operator answered no: nothing was changed."""
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
 def fail(message: str) -> NoReturn:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[bold red]Error:[/] {escape(message)}"
-    )
+    _stderr().print(f"[bold red]Error:[/] {escape(message)}")
     raise typer.Exit(1)
 
 
@@ -129,7 +135,9 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str 
         except CoatcheckError as exc:
             fail(masked(exc, url))
         if not typer.confirm(confirm):
-            raise typer.Abort
+            # A code of its own: a script can tell "declined" from "the store failed".
+            _stderr().print("Declined: nothing changed.")
+            raise typer.Exit(DECLINED)
         store = open_store(url)
 
     async def run() -> T:

@@ -95,7 +95,9 @@ class SessionEndedError(CoatcheckError):
 
 
 class SessionConflictError(CoatcheckError):
-    """Raised when a save kept losing races to parallel saves of the same session.
+    """Raised when a save kept losing races to parallel saves of the same session, or
+    found it saved meanwhile with data this process cannot decode (sealed under a key it
+    does not hold yet, during a key rotation).
 
     Nothing was written; the request is answered with a 409 so the client can retry.
     """

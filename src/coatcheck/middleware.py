@@ -454,8 +454,13 @@ class SessionMiddleware:
                 "elsewhere); nothing was saved."
             )
         else:
-            logger.warning("session save gave up after repeated conflicts: %s", exc)
-            detail = "Too many parallel changes; nothing was saved, please retry."
+            # Parallel saves kept winning, or one wrote what this process cannot read
+            # (sealed under a key it does not hold yet, mid-deploy): the log says which.
+            logger.warning("session save gave up: %s", exc)
+            detail = (
+                "This session was changed by another request meanwhile; nothing was saved, "
+                "please retry."
+            )
         await self._refuse(409, detail, scope, receive, send)
 
     def _lifespan_send(self, send: Send) -> Send:

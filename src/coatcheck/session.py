@@ -234,8 +234,10 @@ class Session(MutableMapping[str, Any]):
         for a handler that must know its changes are stored before it goes on: a
         failure is raised here (a :class:`~coatcheck.StoreError`, a
         :class:`~coatcheck.SerializationError` naming the key, a
-        :class:`~coatcheck.SessionTooLargeError`, or a
-        :class:`~coatcheck.SessionEndedError` when another request ended the session).
+        :class:`~coatcheck.SessionTooLargeError`, a
+        :class:`~coatcheck.SessionEndedError` when another request ended the session, a
+        :class:`~coatcheck.SessionConflictError` when parallel saves kept winning, or a
+        :class:`~coatcheck.SessionLimitError` for a login past ``max_sessions_per_user``).
         The cookie of a new or rotated session still goes out with the response. Once
         the response has started, only a session that is already stored can be saved:
         a new one would need a cookie that can no longer be sent. Later changes are
