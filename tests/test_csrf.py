@@ -778,3 +778,36 @@ async def test_non_latin_form_tokens_are_simply_invalid(app: FastAPI) -> None:
         )
     assert response.status_code == 403
     assert multipart.status_code == 403
+
+
+@pytest.mark.parametrize("cors_outside", [True, False])
+async def test_a_refusal_carries_cors_headers_when_cors_is_added_after(cors_outside: bool) -> None:
+    """The README's order: CORSMiddleware added after coatcheck wraps it, so a page on
+    the front end's origin can read coatcheck's own 403; added before, it cannot."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    front = "https://front.example"
+    app = FastAPI()
+
+    @app.post("/cart")
+    async def cart(session: SessionDep) -> dict[str, bool]:
+        session["cart"] = ["apple"]
+        return {"ok": True}
+
+    def add_cors() -> None:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=[front], allow_credentials=True, allow_methods=["*"]
+        )
+
+    if not cors_outside:
+        add_cors()
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    if cors_outside:
+        add_cors()
+    async with client_for(app) as client:
+        refused = await client.post(
+            "/cart", headers={"origin": front, "sec-fetch-site": "cross-site"}
+        )
+    assert refused.status_code == 403
+    allowed = refused.headers.get("access-control-allow-origin")
+    assert allowed == (front if cors_outside else None)
