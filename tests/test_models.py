@@ -19,7 +19,13 @@ from fastapi import BackgroundTasks, FastAPI, WebSocket
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field, SecretStr
 
-from coatcheck import ConfigurationError, MemoryStore, SessionConfig, SessionMiddleware
+from coatcheck import (
+    ConfigurationError,
+    MemoryStore,
+    SerializationError,
+    SessionConfig,
+    SessionMiddleware,
+)
 from coatcheck._ids import store_key
 from coatcheck.fastapi import SessionDep, session_model
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL
@@ -564,3 +570,36 @@ async def test_a_secret_the_model_writes_out_itself_is_stored_and_read_back() ->
     async with client_for(app) as client:
         headers = cookie_of(await client.post("/token/real-token"))
         assert (await client.get("/token", headers=headers)).json() == {"token": "real-token"}
+
+
+class Upload(BaseModel):
+    name: str = ""
+    content: bytes = b""
+
+
+UploadDep = Annotated[Upload, session_model("upload", Upload)]
+
+
+async def test_a_model_that_cannot_be_dumped_fails_naming_its_key_and_keeps_the_stored_one() -> (
+    None
+):
+    """Pydantic dumps bytes as UTF-8 text: other bytes raised its own error, unnamed."""
+    app = FastAPI()
+
+    @app.post("/upload/{name}")
+    async def upload(name: str, value: UploadDep) -> dict[str, bool]:
+        value.name = name
+        value.content = name.encode() if name != "binary" else b"\xff\xfe"
+        return {"ok": True}
+
+    @app.get("/upload")
+    async def show(value: UploadDep) -> dict[str, str]:
+        return {"name": value.name}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        headers = cookie_of(await client.post("/upload/notes"))
+        with pytest.raises(SerializationError, match="under key 'upload'") as raised:
+            await client.post("/upload/binary", headers=headers)
+        assert raised.value.key == "upload"
+        assert (await client.get("/upload", headers=headers)).json() == {"name": "notes"}

@@ -16,7 +16,7 @@ import math
 import typing
 from typing import Any, TypeVar
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, SerializationError
 
 logger = logging.getLogger("coatcheck")
 
@@ -209,7 +209,12 @@ class Binding:
     def sync(self, key: str, data: dict[str, Any]) -> bool:
         """Put the model's dump in ``data`` if it changed since it was handed out or
         last synced; True when it did."""
-        current = dump(self.instance)
+        try:
+            current = dump(self.instance)
+        except ValueError as exc:  # Pydantic's own: bytes that are not UTF-8, say
+            raise SerializationError(
+                key, f"its {self.model.__name__} cannot be dumped: {exc}"
+            ) from None
         if current == self.initial and _identical(current, self.initial):
             return False
         data[key] = current
