@@ -552,9 +552,31 @@ async def test_two_requests_ending_one_session_announce_its_end_once(
         two["flash"] = "signed out"  # a new visitor's session, as after any logout
     else:
         getattr(two, second)()
-    await persistence.commit(two, 200)
-    created = ["created"] if second == "logout-flash" else []
-    assert heard == ["created", "logged_in", "logged_out", *created]
+    # The first gave the browser its cookie; a second, even with a flash to leave for
+    # a new visitor's session, must not replace it.
+    assert await persistence.commit(two, 200) == []
+    assert heard == ["created", "logged_in", "logged_out"]
+
+
+async def test_a_logout_with_a_flash_leaves_the_browser_to_another_users_parallel_login(
+    any_store: Store,
+) -> None:
+    """alice signs out in one tab (leaving "Signed out" for the next page) while bob
+    signs in on another tab of the same browser: bob's login moved the session, so the
+    logout ends nothing, and a visitor's session for its flash would replace bob's
+    cookie and sign him out in this browser."""
+    persistence, heard, cookie = await _alice_heard(any_store)
+    logout, bobs = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    bobs.login("bob")
+    bob = issued(await persistence.commit(bobs, 200))
+    heard.clear()
+    logout.logout()
+    logout.flash("Signed out.")
+    assert await persistence.commit(logout, 200) == []  # bob's cookie left alone
+    assert heard == []
+    assert (await open_session(persistence, bob)).user_id == "bob"
+    assert len(await any_store.list_user("bob", persistence.now())) == 1
+    assert not logout.pop_flashes()  # nothing of it left to store later
 
 
 async def test_signing_out_other_devices_keeps_the_session_a_parallel_login_moved(

@@ -532,12 +532,7 @@ class Persistence:
                 await self.store.delete(old_key)  # a logout wins over any parallel save
             elif not await self._end_emptied(session, stored):
                 return []
-            # Settled on nothing: only what the app adds after this is a change, such as
-            # what another task of this request added while the record was deleted.
-            session._stored, session._raw = None, self._empty
-            session._modified = session._edits != edits
-            session._exposed = session._meta_changed = False
-            announced, session._announced = session._announced, False
+            announced = self._settle_on_nothing(session, edits)
             if not ours:
                 # A parallel logout or revocation ended it first, announced it and gave
                 # the browser its cookie: both are left alone, as after a revocation.
@@ -688,6 +683,14 @@ class Persistence:
                     # A logout that leaves something (a flash) ends the old session as
                     # a plain logout does, following a parallel login's move.
                     ended_here = await self._end_moved_too(session, stored)
+                if not ended_here:
+                    # Ended first by a parallel logout, or moved to another user's
+                    # login: that request gave the browser its cookie, which a new
+                    # visitor's session for this flash would replace (signing bob out).
+                    self._settle_on_nothing(session, edits)
+                    if not session._modified:
+                        session._data.clear()
+                    return []
                 saved = await self.store.save(record, replaces=old_key)
             if not saved:
                 session._stored = None
@@ -896,6 +899,16 @@ class Persistence:
         with contextlib.suppress(StoreUnavailableError):  # dead already: this is tidying
             await self.store.delete(stored.key)
         return True
+
+    def _settle_on_nothing(self, session: Session, edits: int) -> bool | None:
+        """Nothing is stored for the session now: only what the app changes after this
+        is a change, such as what another task of this request changed while the store
+        was awaited. Returns the end it had announced, now reset for the next end."""
+        session._stored, session._raw = None, self._empty
+        session._modified = session._edits != edits
+        session._exposed = session._meta_changed = False
+        announced, session._announced = session._announced, False
+        return announced
 
     async def _end_moved_too(self, session: Session, stored: SessionRecord) -> bool:
         """End the record a logout loaded, or the session a parallel login moved it to:
