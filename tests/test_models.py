@@ -7,9 +7,14 @@ the assertions read the session's plain JSON rather than a model's dump.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
+import enum
+import inspect
 import json
 import logging
 import time
+import uuid
 from typing import Annotated, Any, ClassVar
 
 import httpx
@@ -603,3 +608,203 @@ async def test_a_model_that_cannot_be_dumped_fails_naming_its_key_and_keeps_the_
             await client.post("/upload/binary", headers=headers)
         assert raised.value.key == "upload"
         assert (await client.get("/upload", headers=headers)).json() == {"name": "notes"}
+
+
+# -- keys, strict models, old shapes, exact decimals ----------------------------------------
+
+
+class Key(str, enum.Enum):
+    CART = "cart"
+
+
+async def test_a_str_enum_key_is_stored_as_its_text_by_model_and_modify() -> None:
+    """``session[Key.CART] = v`` stored the text; ``model()`` and ``modify()`` stored the
+    Enum itself, which JSON refuses as a key: the save failed."""
+    app = FastAPI()
+
+    @app.post("/typed")
+    async def typed(session: SessionDep) -> dict[str, bool]:
+        session.model(Key.CART, Cart).items.append("apple")
+        return {"ok": True}
+
+    @app.post("/modified")
+    async def modified(session: SessionDep) -> dict[str, bool]:
+        session.modify(Key.CART, lambda cart: {**cart, "coupon": "SAVE10"}, default={})
+        return {"ok": True}
+
+    @app.get("/raw")
+    async def raw(session: SessionDep) -> dict[str, Any]:
+        return {"keys": [type(key).__name__ for key in session], "data": dict(session)}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        for path in ("/typed", "/modified"):
+            headers = cookie_of(await client.post(path))
+            assert (await client.get("/raw", headers=headers)).json()["keys"] == ["str"]
+
+
+async def test_a_plain_read_and_modify_see_a_change_made_in_place() -> None:
+    """After ``cart.coupon = ...`` a plain read of the key gave the old value, and a
+    ``modify()`` of it ran on the old value, which dropped the coupon."""
+    app = FastAPI()
+
+    @app.post("/checkout")
+    async def checkout(cart: CartDep, session: SessionDep) -> dict[str, Any]:
+        cart.coupon = "SAVE10"
+        seen = {"in": "cart" in session, "get": session.get("cart"), "keys": list(session)}
+        session.modify("cart", lambda value: {**value, "items": [*value["items"], "pear"]})
+        return seen
+
+    @app.get("/raw")
+    async def raw(session: SessionDep) -> dict[str, Any]:
+        return dict(session)
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        response = await client.post("/checkout")
+        stored = (await client.get("/raw", headers=cookie_of(response))).json()
+    assert response.json() == {
+        "in": True,
+        "get": {"items": [], "coupon": "SAVE10"},
+        "keys": ["cart"],
+    }
+    assert stored == {"cart": {"items": ["pear"], "coupon": "SAVE10"}}
+
+
+class Money(BaseModel):
+    price: decimal.Decimal = decimal.Decimal("0")
+
+
+MoneyDep = Annotated[Money, session_model("money", Money)]
+
+
+@pytest.mark.parametrize("price", ["19.90", "12345678901234567890.12"])
+async def test_a_decimal_reads_back_exactly(price: str) -> None:
+    """Pydantic 1 wrote a Decimal as a float: 19.90 came back as 19.9, and larger
+    amounts lost digits."""
+    app = FastAPI()
+
+    @app.post("/price/{value}")
+    async def set_price(value: str, money: MoneyDep) -> dict[str, bool]:
+        money.price = decimal.Decimal(value)
+        return {"ok": True}
+
+    @app.get("/price")
+    async def get_price(money: MoneyDep) -> dict[str, str]:
+        return {"price": str(money.price)}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        headers = cookie_of(await client.post(f"/price/{price}"))
+        assert (await client.get("/price", headers=headers)).json() == {"price": price}
+
+
+if PYDANTIC_2:
+
+    class StrictVisit(BaseModel):
+        model_config = {"strict": True}
+        at: datetime.datetime | None = None
+        visitor: uuid.UUID | None = None
+        pages: tuple[str, ...] = ()
+
+    StrictDep = Annotated[StrictVisit, session_model("visit", StrictVisit)]
+
+
+@pytest.mark.skipif(not PYDANTIC_2, reason="strict models are Pydantic 2's")
+async def test_a_strict_model_reads_back_the_text_its_values_are_stored_as(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A strict model takes a datetime or a UUID only as itself, or as JSON's text:
+    checked as Python values, the stored text failed, and every request restarted."""
+    app = FastAPI()
+
+    @app.post("/visit/{page}")
+    async def visit(page: str, value: StrictDep) -> dict[str, Any]:
+        if value.visitor is None:
+            value.at = datetime.datetime(2026, 5, 1, tzinfo=datetime.timezone.utc)
+            value.visitor = uuid.UUID(int=7)
+        value.pages = (*value.pages, page)
+        return {"pages": list(value.pages), "visitor": str(value.visitor)}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        headers = cookie_of(await client.post("/visit/home"))
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            second = (await client.post("/visit/cart", headers=headers)).json()
+    assert second == {"pages": ["home", "cart"], "visitor": str(uuid.UUID(int=7))}
+    assert "not a valid" not in caplog.text
+
+
+if PYDANTIC_2:
+
+    class Reshaped(BaseModel):  # a deploy moved "items" under "lines"
+        lines: list[str] = []
+
+        @pydantic.model_validator(mode="before")
+        @classmethod
+        def _from_lines(cls, value: Any) -> Any:
+            return {"lines": value["lines"]} if value else value  # KeyError on the old shape
+
+else:
+
+    class Reshaped(BaseModel):  # type: ignore[no-redef]
+        lines: list[str] = []
+
+        @pydantic.root_validator(pre=True)
+        def _from_lines(cls, value: Any) -> Any:
+            return {"lines": value["lines"]} if value else value
+
+
+ReshapedDep = Annotated[Reshaped, session_model("cart", Reshaped)]
+
+
+async def test_a_validator_that_breaks_on_an_old_shape_gives_the_defaults_not_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pydantic lets a validator's KeyError through: every request of that user
+    answered 500, where a value that no longer validates gives the defaults."""
+    app = FastAPI()
+
+    @app.get("/lines")
+    async def lines(cart: ReshapedDep) -> dict[str, Any]:
+        return {"lines": cart.lines}
+
+    store = MemoryStore()
+    app.add_middleware(SessionMiddleware, store=store)
+    async with client_for(make_app(store)) as client:
+        headers = cookie_of(await client.post("/cart/apple"))  # {"items": [...]}
+    async with client_for(app) as client:
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            response = await client.get("/lines", headers=headers)
+    assert response.json() == {"lines": []}
+    assert "'cart' is not a valid Reshaped; starting from its defaults: KeyError" in caplog.text
+    assert "apple" not in caplog.text
+
+
+if PYDANTIC_2:
+
+    class OneSided(BaseModel):  # answers in camelCase, reads snake_case
+        display_name: str = pydantic.Field("", serialization_alias="displayName")
+
+
+@pytest.mark.skipif(not PYDANTIC_2, reason="Pydantic 1 has one alias per field")
+async def test_a_field_with_a_serialization_alias_alone_reads_back_or_is_refused() -> None:
+    """Before Pydantic 2.11, stored under ``displayName`` and looked for under
+    ``display_name``: lost at every request, silently. There it is refused when
+    declared; from 2.11, stored and read by name."""
+    if "by_name" not in inspect.signature(BaseModel.model_validate).parameters:
+        with pytest.raises(ConfigurationError, match=r"OneSided\.display_name would be stored"):
+            session_model("profile", OneSided)
+        return
+    app = FastAPI()
+
+    @app.post("/name/{name}")
+    async def rename(name: str, session: SessionDep) -> dict[str, str]:
+        profile = session.model("profile", OneSided)
+        before, profile.display_name = profile.display_name, name
+        return {"before": before}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        headers = cookie_of(await client.post("/name/alice"))
+        assert (await client.post("/name/bob", headers=headers)).json() == {"before": "alice"}

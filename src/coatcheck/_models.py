@@ -8,12 +8,14 @@ are both served, as FastAPI serves both; Pydantic is imported by the app, not he
 
 from __future__ import annotations
 
+import decimal
 import functools
 import inspect
 import json
 import logging
 import math
 import typing
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError, SerializationError
@@ -41,7 +43,7 @@ def check_model(model: type[Any]) -> None:
             f"{model.__name__} cannot be built without arguments, which a session without "
             f"that value needs: give every field a default ({exc.__class__.__name__})"
         ) from None
-    masked = _masked_field(model, set())
+    masked = _masked_field(model)
     if masked is not None:
         raise ConfigurationError(
             f"{masked} is a Pydantic secret, whose JSON dump is a mask ('**********'): the "
@@ -49,38 +51,70 @@ def check_model(model: type[Any]) -> None:
             "the data sealed with encrypt_data=True), or give it a field_serializer that "
             "returns the secret's value"
         )
+    unread = _unread_alias(model)
+    if unread is not None:
+        raise ConfigurationError(
+            f"{unread} would be stored under its serialization alias and read under "
+            "another name, and lost at every request: before Pydantic 2.11 give it one "
+            "alias for both (alias=...), or upgrade Pydantic"
+        )
     _checked.add(model)
 
 
-def _masked_field(model: type[Any], seen: set[type[Any]]) -> str | None:
-    """``Model.field`` of the first secret field, nested models included, that no
-    serializer of the app's own writes out: what the session would store as a mask."""
+def _models_within(model: type[Any], seen: set[type[Any]] | None = None) -> Iterator[type[Any]]:
+    """``model`` and every model its fields hold, however nested (``list[Card | None]``)."""
+    seen = set() if seen is None else seen
     seen.add(model)
-    decorators = getattr(model, "__pydantic_decorators__", None)
-    if decorators is not None and decorators.model_serializers:
-        return None  # the app writes the model itself
-    revealed = {
-        name
-        for serializer in getattr(decorators, "field_serializers", {}).values()
-        for name in serializer.info.fields
-    }
+    yield model
+    for annotation in _annotations(model).values():
+        for part in _types_in(annotation):
+            if _is_model(part) and part not in seen:
+                yield from _models_within(part, seen)
+
+
+def _annotations(model: type[Any]) -> dict[str, Any]:
     fields = getattr(model, "model_fields", None)
     if fields is not None:
-        annotations = {name: field.annotation for name, field in fields.items()}
-    elif model.__config__.json_encoders:  # Pydantic 1, whose encoders may write secrets out
-        return None
-    else:
-        annotations = {name: field.outer_type_ for name, field in model.__fields__.items()}
-    for name, annotation in annotations.items():
-        if name in revealed:
-            continue
-        for part in _types_in(annotation):
-            if _is_secret(part):
-                return f"{model.__name__}.{name}"
-            if _is_model(part) and part not in seen:
-                found = _masked_field(part, seen)
-                if found is not None:
-                    return found
+        return {name: field.annotation for name, field in fields.items()}
+    return {name: field.outer_type_ for name, field in model.__fields__.items()}  # Pydantic 1
+
+
+def _masked_field(model: type[Any]) -> str | None:
+    """``Model.field`` of the first secret field, nested models included, that no
+    serializer of the app's own writes out: what the session would store as a mask."""
+    for owner in _models_within(model):
+        decorators = getattr(owner, "__pydantic_decorators__", None)
+        if decorators is not None and decorators.model_serializers:
+            continue  # the app writes this model itself
+        if decorators is None and owner.__config__.json_encoders:
+            continue  # Pydantic 1, whose encoders may write secrets out
+        revealed = {
+            name
+            for serializer in getattr(decorators, "field_serializers", {}).values()
+            for name in serializer.info.fields
+        }
+        for name, annotation in _annotations(owner).items():
+            if name not in revealed and any(map(_is_secret, _types_in(annotation))):
+                return f"{owner.__name__}.{name}"
+    return None
+
+
+def _unread_alias(model: type[Any]) -> str | None:
+    """``Model.field`` of the first field that Pydantic 2 before 2.11 would store under
+    one name (its serialization alias) and look for under another."""
+    if not hasattr(model, "model_fields") or _pydantic_2_options()[1]:
+        return None  # Pydantic 1 has one alias per field; 2.11 reads by name
+    for owner in _models_within(model):
+        by_name = owner.model_config.get("populate_by_name", False)
+        for name, field in owner.model_fields.items():
+            stored = field.serialization_alias or field.alias or name
+            read = field.validation_alias or field.alias or name
+            if isinstance(read, str):
+                taken = {read}
+            else:  # AliasChoices: its plain names; an AliasPath finds nothing flat
+                taken = {c for c in getattr(read, "choices", ()) if isinstance(c, str)}
+            if stored not in taken and not (by_name and stored == name):
+                return f"{owner.__name__}.{name}"
     return None
 
 
@@ -133,10 +167,16 @@ def _validate(model: type[M], raw: Any) -> M:
     validate = getattr(model, "model_validate", None)
     if validate is None:
         return model.parse_obj(raw)  # type: ignore[attr-defined,no-any-return]
-    return validate(raw, **_pydantic_2_options()[1])  # type: ignore[no-any-return]
+    options = _pydantic_2_options()[1]
+    try:
+        return validate(raw, **options)  # type: ignore[no-any-return]
+    except ValueError:
+        # A strict model takes a datetime, a UUID or a tuple only from JSON's text, the
+        # form the store holds them in: read as JSON before the value counts as invalid.
+        return model.model_validate_json(json.dumps(raw), **options)  # type: ignore[attr-defined,no-any-return]
 
 
-def _problems(model: type[Any], exc: ValueError) -> str:
+def _problems(model: type[Any], exc: Exception) -> str:
     """Where and why validation failed, without the values: session data can be secret
     (``encrypt_data`` keeps it from the store, and must not see it logged instead). A
     location names the model's own fields and list positions; a key of the data (a
@@ -166,7 +206,8 @@ def dump(instance: Any) -> Any:
     """The value as JSON types, as the session stores it."""
     model_dump = getattr(instance, "model_dump", None)
     if model_dump is None:  # Pydantic 1: only its JSON encoder knows every type
-        return json.loads(instance.json(by_alias=True))
+        encoder = functools.partial(_exact, instance.__json_encoder__)
+        return json.loads(instance.json(by_alias=True, encoder=encoder))
     options = _pydantic_2_options()[0]
     if "exclude_computed_fields" not in options:  # before Pydantic 2.12: the top level's
         computed = getattr(type(instance), "model_computed_fields", None)
@@ -175,6 +216,12 @@ def dump(instance: Any) -> Any:
         if computed:
             return model_dump(**options, exclude=set(computed))
     return model_dump(**options)
+
+
+def _exact(encode: Any, value: Any) -> Any:
+    """Pydantic 1 writes a ``Decimal`` as a float, which loses digits (money); as text,
+    it reads back exactly, as Pydantic 2 writes it."""
+    return str(value) if isinstance(value, decimal.Decimal) else encode(value)
 
 
 class Binding:
@@ -194,7 +241,7 @@ class Binding:
         if key in data:
             try:
                 instance = _validate(model, data[key])
-            except ValueError as exc:
+            except Exception as exc:  # a validator of the app's may raise anything on an old shape
                 logger.warning(
                     "session value %r is not a valid %s; starting from its defaults: %s",
                     key,

@@ -40,6 +40,11 @@ M = TypeVar("M")
 Update = tuple[str, Callable[[Any], Any], Any]
 
 
+def _text(key: str) -> str:
+    """A str Enum as its text, which JSON keeps: stored as the Enum, the save fails."""
+    return key if type(key) is str or not isinstance(key, str) else str.__str__(key)
+
+
 class Session(MutableMapping[str, Any]):
     """Session data (JSON values under string keys) and who it belongs to.
 
@@ -258,6 +263,8 @@ class Session(MutableMapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         self._require_loaded()
+        if self._models:
+            self._sync_model(key)
         value = self._data[key]
         if type(value) in _MUTABLE:
             self._exposed = True
@@ -269,6 +276,8 @@ class Session(MutableMapping[str, Any]):
         # the commonest thing done with a session.
         if not self._loaded:
             self._require_loaded()
+        if self._models:
+            self._sync_model(key)
         try:
             value = self._data[key]
         except KeyError:
@@ -279,8 +288,7 @@ class Session(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._require_loaded()
-        if type(key) is not str and isinstance(key, str):
-            key = str.__str__(key)  # a str Enum: JSON keeps its text, not the Enum
+        key = _text(key)
         self._data[key] = value
         self._modified = True
         self._edits += 1
@@ -308,14 +316,20 @@ class Session(MutableMapping[str, Any]):
 
     def __iter__(self) -> Iterator[str]:
         self._require_loaded()
+        if self._models:
+            self._sync_models()
         return iter(list(self._data))
 
     def __len__(self) -> int:
         self._require_loaded()
+        if self._models:
+            self._sync_models()
         return len(self._data)
 
     def __contains__(self, key: object) -> bool:
         self._require_loaded()
+        if self._models and isinstance(key, str):
+            self._sync_model(key)
         return key in self._data
 
     def copy(self) -> dict[str, Any]:
@@ -354,6 +368,9 @@ class Session(MutableMapping[str, Any]):
         stream that keeps modifying should ``await session.save()`` now and then.
         """
         self._require_loaded()
+        key = _text(key)
+        if self._models:
+            self._sync_model(key)  # a change made in place to its typed value counts
         value = change(self._data[key] if key in self._data else copy.deepcopy(default))
         if value is _REMOVE:
             self._data.pop(key, None)
@@ -380,6 +397,7 @@ class Session(MutableMapping[str, Any]):
         :meth:`clear`, :meth:`destroy` and a login as another user.
         """
         self._require_loaded()
+        key = _text(key)
         if self._models is None:
             self._models = {}
         binding = self._models.get(key)
@@ -392,6 +410,15 @@ class Session(MutableMapping[str, Any]):
                 f"in this request, not a {model.__name__}"
             )
         return binding.instance  # type: ignore[no-any-return]
+
+    def _sync_model(self, key: str) -> None:
+        """Before the data is read under ``key``: what its typed value holds now, for a
+        plain read or ``modify()`` in the same request after a change made in place."""
+        assert self._models is not None
+        binding = self._models.get(key)
+        if binding is not None and binding.sync(key, self._data):
+            self._modified = True
+            self._edits += 1
 
     def _sync_models(self) -> None:
         """Write the typed values that changed back into the data, before a save.
