@@ -471,6 +471,18 @@ def test_revoke_all_asks_first(runner: CliRunner, filled: Filled, answer: str, l
     assert count.stdout.strip() == f"{left} live session{'' if left == 1 else 's'}"
 
 
+def test_revoke_all_without_an_answer_changes_nothing_and_exits_3(
+    runner: CliRunner, filled: Filled
+) -> None:
+    """No terminal (cron, CI): the question meets the end of its input. That exited 1,
+    which says the store failed."""
+    result = runner.invoke(app, ["sessions", "revoke-all", "--store", filled.url], input="")
+    count = runner.invoke(app, ["sessions", "count", "--store", filled.url])
+    assert result.exit_code == 3
+    assert "No answer: nothing changed. Without a terminal, pass --yes." in result.output
+    assert count.stdout.strip() == "3 live sessions"
+
+
 def test_revoke_all_asks_without_showing_the_password(runner: CliRunner, tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "auth").start()
     try:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -215,3 +216,20 @@ def test_a_stores_own_retry_after_is_whole_seconds_too(tmp_path: Path) -> None:
             with pytest.raises(ConfigurationError, match="retry_after must be a whole number"):
                 build(seconds)
         assert build(7).retry_after == 7
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"csrf": None}, r"csrf takes a CSRFConfig, not None; .*CSRFConfig\(enabled=False\)"),
+        ({"cookie": {"secure": False}}, "cookie takes a CookieConfig, not {'secure': False}"),
+        ({"clock": None}, "clock takes a function returning seconds, not None"),
+        ({"starlette_import": "session"}, "starlette_import takes a StarletteImport or None"),
+        ({"starsessions_import": True}, "starsessions_import takes a StarsessionsImport or None"),
+    ],
+)
+def test_a_wrong_kind_of_value_fails_at_start_up(options: dict[str, Any], message: str) -> None:
+    """Accepted, ``csrf=None`` (a guess at turning CSRF off) failed every request with
+    a 500 instead, and uvicorn's ``--lifespan auto`` started the app all the same."""
+    with pytest.raises(ConfigurationError, match=message):
+        SessionConfig(**options)

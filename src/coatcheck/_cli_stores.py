@@ -134,10 +134,14 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str 
             asyncio.run(reach())
         except CoatcheckError as exc:
             fail(masked(exc, url))
-        if not typer.confirm(confirm):
-            # A code of its own: a script can tell "declined" from "the store failed".
-            _stderr().print("Declined: nothing changed.")
-            raise typer.Exit(DECLINED)
+        # A code of its own: a script can tell "declined" from "the store failed".
+        try:
+            if not typer.confirm(confirm):
+                _stderr().print("Declined: nothing changed.")
+                raise typer.Exit(DECLINED)
+        except typer.Abort:  # no terminal to answer (cron, CI), or Ctrl-C
+            _stderr().print("No answer: nothing changed. Without a terminal, pass --yes.")
+            raise typer.Exit(DECLINED) from None
         store = open_store(url)
 
     async def run() -> T:

@@ -376,6 +376,22 @@ class SessionConfig:
     remember: Lifetime = field(init=False)
 
     def __post_init__(self) -> None:
+        # Checked first, and by type: a wrong kind of value here (csrf=None, a dict for
+        # cookie) would otherwise pass start-up and fail every request with a 500.
+        for name, kind, hint in (
+            ("cookie", CookieConfig, ""),
+            ("csrf", CSRFConfig, "; to turn the check off, csrf=CSRFConfig(enabled=False)"),
+            ("starlette_import", (StarletteImport, type(None)), ""),
+            ("starsessions_import", (StarsessionsImport, type(None)), ""),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                wanted = kind.__name__ if isinstance(kind, type) else f"{kind[0].__name__} or None"
+                raise ConfigurationError(f"{name} takes a {wanted}, not {value!r}{hint}")
+        if not callable(self.clock):
+            raise ConfigurationError(
+                f"clock takes a function returning seconds, not {self.clock!r}"
+            )
         normal = Lifetime(
             _seconds("idle_timeout", self.idle_timeout),
             _seconds("absolute_timeout", self.absolute_timeout),

@@ -63,6 +63,23 @@ def test_from_url_keeps_its_own_options_and_passes_the_rest_to_libpq() -> None:
     assert (short.table, short.timeout) == ("coatcheck_sessions", 2.0)
 
 
+@pytest.mark.parametrize("password", ["se#cret", "se?cret", "se#c?ret&x=1"])
+def test_a_password_holding_a_hash_or_a_question_mark_reaches_libpq_as_written(
+    password: str,
+) -> None:
+    """libpq ends the password at its "@"; cut at "#" or "?" as a generic URL is, then
+    joined again, it lost its tail, or sent the database name "postgres&connect_timeout=2"."""
+    store = store_from_url(
+        f"postgresql://app:{password}@db.internal/shop?sslmode=require&timeout=3"
+    )
+    assert isinstance(store, PostgresStore)
+    settings = conninfo_to_dict(store.conninfo)
+    assert settings["password"] == password
+    assert settings["dbname"] == "shop"
+    assert (settings["sslmode"], settings["connect_timeout"]) == ("require", "3")
+    assert store.timeout == 3.0
+
+
 @pytest.mark.parametrize(
     ("url", "complaint"),
     [

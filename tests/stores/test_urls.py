@@ -160,6 +160,19 @@ def test_tls_options_without_tls_fail_at_start_up(url: str) -> None:
         store_from_url(url)
 
 
+@pytest.mark.parametrize("option", ["ssl_ca_certs", "ssl_certfile", "ssl_keyfile"])
+@pytest.mark.parametrize("scheme", ["rediss", "rediss+cluster", "rediss+sentinel"])
+def test_a_certificate_file_that_is_not_there_fails_at_start_up(
+    tmp_path: Path, option: str, scheme: str
+) -> None:
+    """A mistyped path failed each connection as an outage: 503s, and the demo's
+    "starting anyway", for a mistake that waiting never cures."""
+    missing = tmp_path / "ca.pem"
+    url = f"{scheme}://127.0.0.1:6379/{'main' if 'sentinel' in scheme else '0'}"
+    with pytest.raises(ConfigurationError, match=rf"\?{option}= names no file: .*ca\.pem"):
+        store_from_url(f"{url}?{option}={missing}")
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -365,10 +378,39 @@ def test_redact_leaves_a_url_without_credentials_alone(url: str) -> None:
         # A slash short: no network location, the credentials land in the path.
         "redis:/:secret@127.0.0.1:6379",
         "postgresql:/app:secret@127.0.0.1/db?connect_timeout=2",
+        # An "@", then "#", "?" or "/" in the password: its tail was shown after the
+        # masked part, in errors, the demo's banner and revoke-all's question.
+        "postgres://app:p@ss#secret@db/app",
+        "postgresql://app:p@ss?secret@db/app",
+        "redis://app:p@ss/secret@cache:6379/0",
+        "redis://app:p@ss?secret@127.0.0.1:6379/0",
     ],
 )
 def test_redact_masks_an_unparseable_url_from_the_scheme_on(url: str) -> None:
     assert redact(url) == url.partition(":")[0] + "://***"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "dbname=app user=app password=secret host=db",
+            "dbname=app user=app password=*** host=db",
+        ),
+        ("host=db PASSWORD = 'se cr\\'et' port=5432", "host=db PASSWORD = *** port=5432"),
+        ("host=db sslpassword=secret", "host=db sslpassword=***"),
+        ("sessions.db", "sessions.db"),
+    ],
+)
+def test_redact_masks_the_password_of_a_string_that_is_no_url(text: str, shown: str) -> None:
+    """libpq's keyword form, given where a URL goes, was quoted whole in the error."""
+    assert redact(text) == shown
+
+
+def test_a_store_url_error_never_quotes_a_keyword_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        store_from_url("dbname=app user=app password=secret host=db.internal")
+    assert "secret" not in str(caught.value)
 
 
 # -- Redis client settings from the URL -------------------------------------------------
@@ -430,15 +472,17 @@ async def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database(
         await client.aclose()
 
 
-async def test_a_tls_sentinel_url_puts_sentinels_and_master_behind_tls() -> None:
+async def test_a_tls_sentinel_url_puts_sentinels_and_master_behind_tls(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
     client, _ = client_from_url(
-        "rediss+sentinel://127.0.0.1:26379/main?ssl_ca_certs=/ca.pem&ssl_check_hostname=no",
+        f"rediss+sentinel://127.0.0.1:26379/main?ssl_ca_certs={ca}&ssl_check_hostname=no",
         None,
     )
     try:
         (sentinel,) = [s.connection_pool for s in client.sentinels.sentinels]  # type: ignore[attr-defined]
         for pool in (client.connection_pool, sentinel):
-            assert pool.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
+            assert pool.connection_kwargs["ssl_ca_certs"] == str(ca)
             assert pool.connection_kwargs["ssl_check_hostname"] is False
             assert "SSL" in pool.connection_class.__name__, pool.connection_class
     finally:

@@ -7,6 +7,7 @@ quick 503 with Retry-After, never a request that hangs.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,10 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
             f"option(s) {tls} need TLS: use rediss:// (or rediss+cluster://, "
             f"rediss+sentinel://) in store URL {url!r}"
         )
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        # Missing, it fails each connection as if the server were down: a 503 for ever.
+        if options.get(name) and not os.path.isfile(options[name]):
+            raise ConfigurationError(f"?{name}= names no file: {options[name]!r}")
     seconds = _timeout(timeout if timeout is not None else url_timeout, url)
     settings: dict[str, Any] = {
         "socket_timeout": seconds,

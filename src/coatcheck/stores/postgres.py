@@ -26,7 +26,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .._user_ids import user_text
 from ..exceptions import (
@@ -126,6 +126,20 @@ _REFUSED_FOR_GOOD = re.compile(
 # Batches (of ``purge_batch``) that revoking one user's sessions runs at most: millions
 # of sessions. A user who goes on logging in without pause may outlive that.
 _MAX_REVOKE_BATCHES = 10_000
+
+
+def _libpq_query(url: str) -> tuple[str, str]:
+    """``url`` cut at its query as libpq reads it: the user's part ends at the first
+    ``@`` (before any ``/``), so a password may hold ``?`` or ``#``, which a generic
+    URL parser takes for the start of the query or of a fragment."""
+    scheme, sep, rest = url.partition("://")
+    start = 0
+    for at, char in enumerate(rest):
+        if char in "@/":
+            start = at + 1 if char == "@" else 0
+            break
+    base, _, query = rest[start:].partition("?")
+    return f"{scheme}{sep}{rest[:start]}{base}", query
 
 
 class PostgresStore:
@@ -249,14 +263,14 @@ class PostgresStore:
         (10) are the store's own options; every other query parameter (``sslmode``,
         ``application_name``…) goes to libpq. Nothing connects until first use.
         """
-        parts = urlsplit(url)
-        if parts.scheme not in POSTGRES_SCHEMES:
+        if urlsplit(url).scheme not in POSTGRES_SCHEMES:
             raise ConfigurationError(f"not a PostgreSQL URL: {redact(url)!r}")
+        head, query = _libpq_query(url)
         # libpq's parameters are passed on as written: decoded and encoded again, a
         # "%20" would come back as "+", which libpq does not read as a space.
         own: dict[str, str] = {}
         rest: list[str] = []
-        for piece in filter(None, parts.query.split("&")):
+        for piece in filter(None, query.split("&")):
             [(name, value)] = parse_qsl(piece, keep_blank_values=True) or [(piece, "")]
             if name in _OWN_OPTIONS:
                 own[name] = value
@@ -270,7 +284,7 @@ class PostgresStore:
         if not any(piece.startswith("connect_timeout=") for piece in rest):
             # libpq waits for a connection as long as the OS lets it: bound it as well.
             rest.append(f"connect_timeout={max(2, round(timeout))}")
-        conninfo = urlunsplit(parts._replace(query="&".join(rest)))
+        conninfo = f"{head}?{'&'.join(rest)}"
         return cls(
             conninfo,
             table=table or own.get("table", "coatcheck_sessions"),
