@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from coatcheck import (
 )
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
-from coatcheck.testing import FakeClock
+from coatcheck.testing import TEST_BASE_URL, FakeClock
 
 from .apps import make_app
 from .conftest import SHORTENED, MeanwhileStore, client_for
@@ -335,6 +336,45 @@ async def test_a_failing_hook_is_logged_and_the_request_goes_on(
         record.name == "coatcheck.events" and record.levelno == logging.ERROR
         for record in caplog.records
     )
+
+
+async def test_a_plain_function_is_a_hook_too(caplog: pytest.LogCaptureFixture) -> None:
+    """``queue.put_nowait``, the quick hand-off the docs advise, did its work and was
+    then logged as a failed hook at every event: it returns no awaitable."""
+    queue: asyncio.Queue[SessionEvent] = asyncio.Queue()
+    audited: list[str] = []
+
+    def audit(event: SessionEvent) -> None:
+        audited.append(event.kind)
+
+    app = make_app(MemoryStore(), events=[queue.put_nowait, audit])
+    with caplog.at_level(logging.ERROR, logger="coatcheck.events"):
+        async with client_for(app) as client:
+            assert (await client.post("/login")).status_code == 200
+    assert [queue.get_nowait().kind for _ in range(queue.qsize())] == ["created", "logged_in"]
+    assert audited == ["created", "logged_in"]
+    assert not caplog.records
+
+
+async def test_a_rejected_token_names_the_session_it_was_aimed_at() -> None:
+    """A client that sends neither ``Sec-Fetch-Site`` nor ``Origin`` is checked by its
+    token, which loads the session: the event said nobody's."""
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    app = make_app(MemoryStore(), events=[hook])
+    async with client_for(app) as client:
+        alice = ticket(await client.post("/login"))
+    plain = httpx.ASGITransport(app=app)  # what curl sends: neither header
+    async with httpx.AsyncClient(transport=plain, base_url=TEST_BASE_URL) as client:
+        forged = await client.post("/write", headers={**alice, "x-csrf-token": "forged"})
+    assert forged.status_code == 403
+    assert "token" in forged.json()["detail"]
+    login, rejected = seen[1], seen[-1]
+    assert rejected.kind == "csrf_rejected"
+    assert (rejected.user_id, rejected.session) == ("alice", login.session)
 
 
 async def test_sessions_a_login_past_the_limit_ends_are_reported(any_store: Store) -> None:

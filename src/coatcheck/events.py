@@ -10,6 +10,7 @@ public id only, never by a credential.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ class SessionEvent:
     user_agent: str = ""
 
 
-EventHook = Callable[[SessionEvent], Awaitable[None]]
+EventHook = Callable[[SessionEvent], Awaitable[None] | None]
+"""An ``async def`` or a plain function: ``queue.put_nowait`` hands events on as they come."""
 
 
 class EventBus:
@@ -58,6 +60,8 @@ class EventBus:
     async def emit(self, event: SessionEvent) -> None:
         for hook in self.hooks:
             try:
-                await hook(event)
+                answer = hook(event)
+                if inspect.isawaitable(answer):
+                    await answer
             except Exception:
                 logger.exception("session event hook %r failed on %r", hook, event.kind)

@@ -409,7 +409,12 @@ class SessionMiddleware:
             await send({"type": "websocket.close", "code": 1008, "reason": "cross-site"})
         else:
             await self._refuse(403, f"CSRF check failed: {reason}", scope, receive, send)
-        await self._persistence.emit(session, "csrf_rejected", None, "")
+        # Whose session it targeted, where the token check loaded it: an audit log of
+        # forged requests names the user they were aimed at.
+        loaded = session._loaded
+        user_id = session._user_id if loaded else None
+        public_id = (session._public_id or "") if loaded and session._stored else ""
+        await self._persistence.emit(session, "csrf_rejected", user_id, public_id)
 
     async def _refuse(
         self, status: int, detail: str, scope: Scope, receive: Receive, send: Send
