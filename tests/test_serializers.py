@@ -110,6 +110,28 @@ def test_what_json_would_store_as_something_else_fails_naming_the_key(
 
 
 @pytest.mark.parametrize("encoder", ["orjson", "json"])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (147690576549554478236585100746003668591, "an integer does not fit in 64 bits"),
+        ({"codes": {123456: "used"}}, "a key of type int is not a string"),
+    ],
+)
+def test_a_refused_value_is_named_by_its_key_and_never_shown(
+    value: object, reason: str, encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error reaches the server's log, and the data may be secret (a nonce, recovery
+    codes): ``encrypt_data`` keeps it from the store, so the log must not show it."""
+    monkeypatch.setattr(serializers, "HAVE_ORJSON", encoder == "orjson")
+    with pytest.raises(SerializationError) as caught:
+        JSONSerializer().dumps({"secret": value})
+    assert caught.value.key == "secret"
+    assert reason in str(caught.value)
+    assert "14769057654955447823" not in str(caught.value)
+    assert "123456" not in str(caught.value)
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
 def test_nulls_and_finite_floats_are_stored_by_either_encoder(
     encoder: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

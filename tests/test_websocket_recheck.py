@@ -555,3 +555,26 @@ def test_rechecks_can_be_turned_off() -> None:
 def test_a_recheck_interval_must_be_whole_positive_seconds(value: Any) -> None:
     with pytest.raises(ConfigurationError, match="websocket_recheck"):
         SessionConfig(websocket_recheck=value)
+
+
+def test_a_socket_on_a_process_that_cannot_open_its_session_leaves_the_data_alone() -> None:
+    """``encrypt_data`` with a new key on some processes first: the socket's refresh on
+    an old process read the data, newly sealed under that key, as nothing, and wrote
+    that back sealed under its own key, emptying the session for every process."""
+    clock, store = FakeClock(), MemoryStore()
+    old_key, new_key = "an-old-key-of-at-least-16-bytes", "a-new-key-of-at-least-16-bytes"
+    old = make_app(store, clock, secret_keys=[old_key], encrypt_data=True)
+    new = make_app(store, clock, secret_keys=[new_key, old_key], encrypt_data=True)
+    with client_for(old) as previous, client_for(new) as upgraded:
+        previous.post("/login")
+        previous.post("/cart/apple")
+        cookie = {"cookie": "; ".join(f"{k}={v}" for k, v in previous.cookies.items())}
+        with previous.websocket_connect(WS, headers={**SAME_ORIGIN, **cookie}) as socket:
+            socket.send_text("hello")
+            assert socket.receive_text() == "alice: hello"
+            upgraded.post("/cart/pear", headers=cookie)  # sealed under the new key now
+            clock.advance(400)  # past the recheck and the refresh window
+            socket.send_text("still there?")
+            assert socket.receive_text() == "alice: still there?"
+        state = upgraded.get("/me", headers=cookie).json()
+    assert state == {"user": "alice", "data": {"cart": ["apple", "pear"]}}

@@ -1092,6 +1092,12 @@ class Persistence:
         due = self.refresh_at(current)
         if now < due or not refresh:
             return due
+        try:
+            self.decode(current)
+        except ValueError:
+            # Sealed under a key this process lacks (mid-rotation): written back from
+            # here, it would be sealed anew around nothing, lost to every process.
+            return due
         touched = current._replace(
             last_seen_at=now,
             expires_at=self.lifetime_of(current).deadline(now, current.created_at),

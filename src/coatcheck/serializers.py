@@ -91,7 +91,9 @@ def _refuse_what_json_changes(value: Any, depth: int) -> None:
         return
     if kind is int:
         if not _LOWEST <= value <= _HIGHEST:
-            raise TypeError(f"integer {value} does not fit in 64 bits")
+            # Never the value itself, nor a key below (errors reach logs; the data may
+            # be secret): where it is, the error's key says.
+            raise TypeError("an integer does not fit in 64 bits: store it as a string")
     elif kind is float:
         if not math.isfinite(value):
             raise ValueError(f"{value!r} is not a JSON number")
@@ -100,7 +102,7 @@ def _refuse_what_json_changes(value: Any, depth: int) -> None:
     elif kind is dict:
         for key, item in value.items():
             if type(key) is not str:
-                raise TypeError(f"key {key!r} is not a string")
+                raise TypeError(f"a key of type {type(key).__name__} is not a string")
             if type(item) is not str:  # strings, the commonest, need no call
                 _refuse_what_json_changes(item, depth + 1)
     elif kind is list or kind is tuple:
