@@ -83,6 +83,7 @@ async def test_openapi_declares_the_cookie_the_app_really_uses(secure: bool, nam
     assert scheme["name"] == name
     for route in ("/private", "/whoami"):
         assert schema["paths"][route]["get"]["security"] == [{"coatcheck": []}], route
+    assert schema["paths"]["/login"]["post"]["security"] == [{"coatcheck": []}]
     assert "security" not in schema["paths"]["/public"]["get"]
 
 
@@ -97,6 +98,9 @@ async def test_openapi_declares_the_token_header_when_there_is_one() -> None:
     assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "X-Session-Token")
     assert "__Host-session cookie" in scheme["description"]
     assert schema["paths"]["/private"]["get"]["security"] == [{"coatcheck": []}]
+    # A route that only uses the session declares it too: a client generated from the
+    # schema sent no header to /login or /logout, whose 204 then ended nothing.
+    assert schema["paths"]["/login"]["post"]["security"] == [{"coatcheck": []}]
     assert user.json() == {"user": "alice"}
 
 

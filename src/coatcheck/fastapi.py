@@ -64,19 +64,12 @@ M = TypeVar("M")
 U = TypeVar("U")
 
 
-class SessionCookie(SecurityBase):
-    """The logged-in user's id, as a dependency that also declares the session cookie
-    as an ``apiKey`` scheme, so ``/docs`` shows it on the routes it guards.
-
-    One object does both because FastAPI charges for every dependency it resolves, on
-    every request: a user check over the session and the scheme would cost it three.
-    With ``required``, a request nobody is logged in on gets a 401.
-    """
+class _Ticket(SecurityBase):
+    """A dependency that also declares the session's ticket (its cookie, or the
+    ``token_header``) as an ``apiKey`` scheme, so ``/docs`` shows it on the routes that
+    use it, and a client generated from the schema sends the header there."""
 
     scheme_name = "coatcheck"
-
-    def __init__(self, *, required: bool = False) -> None:
-        self.required = required
 
     @property
     def model(self) -> APIKey:  # type: ignore[override]
@@ -100,6 +93,29 @@ class SessionCookie(SecurityBase):
             ),
         )
 
+
+class _SessionTicket(_Ticket):
+    """The request's session: :data:`SessionDep`, declaring its ticket."""
+
+    async def __call__(self) -> Session:
+        # get_session()'s body, without a second coroutine: every session read runs this.
+        session = current_session.get()
+        if session is None:
+            raise RuntimeError(_NO_SESSION)
+        return await session.load()
+
+
+class SessionCookie(_Ticket):
+    """The logged-in user's id, as a dependency that also declares the session's ticket.
+
+    One object does both because FastAPI charges for every dependency it resolves, on
+    every request: a user check over the session and the scheme would cost it three.
+    With ``required``, a request nobody is logged in on gets a 401.
+    """
+
+    def __init__(self, *, required: bool = False) -> None:
+        self.required = required
+
     async def __call__(self) -> str | None:
         session = await get_session()
         if session.user_id is None and self.required:
@@ -107,17 +123,20 @@ class SessionCookie(SecurityBase):
         return session.user_id
 
 
+_NO_SESSION = (
+    "no request session here: either coatcheck.SessionMiddleware is not installed "
+    "on this app, or this code runs outside a request it serves (at start-up, in "
+    "a script, in a task that outlived its request, or in a handler of unhandled "
+    "exceptions, which Starlette runs once every middleware is done: there, "
+    "Session.of(request) still reads what the request had)"
+)
+
+
 async def get_session() -> Session:
     """The request's session, loaded from the store on first use."""
     session = current_session.get()
     if session is None:
-        raise RuntimeError(
-            "no request session here: either coatcheck.SessionMiddleware is not installed "
-            "on this app, or this code runs outside a request it serves (at start-up, in "
-            "a script, in a task that outlived its request, or in a handler of unhandled "
-            "exceptions, which Starlette runs once every middleware is done: there, "
-            "Session.of(request) still reads what the request had)"
-        )
+        raise RuntimeError(_NO_SESSION)
     return await session.load()
 
 
@@ -156,7 +175,9 @@ def _middleware_config(app: FastAPI) -> SessionConfig:
     )
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Declares the ticket: with a token_header, a generated client must send it on every
+# route that uses the session, a login or a cart as much as a guarded page.
+SessionDep = Annotated[Session, Security(_SessionTicket())]
 
 
 def session_model(key: str, model: type[M]) -> Any:

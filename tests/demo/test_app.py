@@ -411,6 +411,54 @@ async def test_form_login_with_wrong_password_shows_the_page_with_an_error(
     assert 'value="alice"' in response.text  # the username is kept, the password is not
     assert "nope" not in response.text
     assert "set-cookie" not in response.headers
+    # Said where a screen reader looks: the title, and the field, which has the focus.
+    assert "<title>Error: Invalid username or password" in response.text
+    assert _invalid_input(response.text) == "password"
+
+
+def _invalid_input(page: str) -> str:
+    """The id of the one input the page marks invalid, tied to its error and focused."""
+    [found] = re.findall(r'<input id="([\w-]+)"[^>]*aria-invalid="true"[^>]*>', page)
+    tag = re.search(rf'<input id="{found}"[^>]*>', page)
+    assert tag is not None
+    assert 'aria-describedby="form-error"' in tag[0]
+    assert "autofocus" in tag[0]
+    return found
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ticked", [{"shared": "on"}, {"remember": "on"}, {}])
+async def test_a_wrong_password_keeps_what_the_form_had_ticked(
+    app: FastAPI, ticked: dict[str, str]
+) -> None:
+    """A typo lost "Shared computer": the next try made an ordinary session."""
+    async with browser(app) as client:
+        form = {"username": "alice", "password": "nope", **ticked}
+        page = (await client.post("/login", data=form)).text
+    for name in ("remember", "shared"):
+        box = f'<input type="checkbox" name="{name}" value="on" checked>'
+        assert (box in page) == (name in ticked), name
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://192.168.1.20:8000", True),  # the demo on a LAN address
+        ("http://demo.local:8000", True),
+        ("http://127.0.0.1:8000", False),  # browsers take Secure cookies from these
+        ("http://localhost:8000", False),
+        ("https://demo.test", False),
+    ],
+)
+async def test_secure_cookies_over_plain_http_say_why_signing_in_cannot_work(
+    url: str, warned: bool
+) -> None:
+    """The browser drops the cookie, so the right password showed the form again."""
+    app = create_app(store_url="memory://", secure_cookies=True)
+    async with browser(app, base_url=url) as client:
+        page = (await client.get("/")).text
+    assert ("restart the demo without <code>--secure-cookies</code>" in page) == warned
 
 
 @pytest.mark.anyio
@@ -585,6 +633,7 @@ async def test_invalid_cart_item_from_the_page_shows_an_error(app: FastAPI) -> N
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("text/html")
     assert 'role="alert"' in response.text
+    assert _invalid_input(response.text) == "item"
 
 
 # -- devices ----------------------------------------------------------------------------
@@ -809,7 +858,8 @@ async def test_the_page_asks_for_the_password_once_the_sign_in_is_old(app: FastA
 
         wrong = await laptop.post("/confirm", data={"password": "nope"})
         assert wrong.status_code == 401
-        assert '<p class="alert" role="alert">Wrong password</p>' in wrong.text
+        assert '<p class="alert" role="alert" id="form-error">Wrong password</p>' in wrong.text
+        assert _invalid_input(wrong.text) == "confirm-password"
         confirmed = await laptop.post("/confirm", data={"password": "wonderland"})
         assert (confirmed.status_code, confirmed.headers["location"]) == (303, "/")
         page = (await laptop.get("/")).text
@@ -931,6 +981,10 @@ async def test_secure_cookies_use_the_host_prefix() -> None:
     assert "; Secure" in cookie
     assert me.json()["user"] == "alice"
     assert "<code>__Host-session</code>" in page.text
+    # HTML's datetime takes at most three digits of a second.
+    stamps = re.findall(r'datetime="([^"]+)"', page.text)
+    assert stamps
+    assert all(re.fullmatch(r"[\d-]{10}T[\d:]{8}\.\d{3}\+00:00", stamp) for stamp in stamps)
 
 
 @pytest.mark.parametrize("secure", [False, True])

@@ -66,6 +66,7 @@ def create_app(
     )
     app.state.store = store  # for tests and admin code; the middleware closes it at shutdown
     app.state.cookie_name = config.cookie.name
+    app.state.secure_cookies = config.cookie.secure
     app.state.store_label = describe_store(store_url)
     app.state.stateless = cookie_sealer_of(store) is not None  # sessions live in cookies
     # What a sign-in on a shared computer asks for: never more than the configured limit.
@@ -152,7 +153,8 @@ async def _page_for_form_posts(request: Request, exc: Exception) -> Response:
             # Signed out meanwhile (another tab, the idle limit): the page offers the
             # sign-in form.
             return RedirectResponse("/", status_code=303)
-        page = await _show_page_error(request, PageError(CONFIRM_FIRST, 401))
+        asked = PageError(CONFIRM_FIRST, 401, field="confirm-password")
+        page = await _show_page_error(request, asked)
         page.headers.update(exc.headers or {})  # the step-up challenge, not the plain one
         return page
     if exc.status_code == 413 and from_page(request):
@@ -171,6 +173,8 @@ async def _show_page_error(request: Request, exc: Exception) -> Response:
         error=exc.message,
         status_code=exc.status_code,
         username=exc.username,
+        error_field=exc.field,
+        ticked=exc.ticked,
     )
     if exc.status_code == 401:  # a 401 names its scheme, HTML page or not
         response.headers.update(not_authenticated().headers or {})

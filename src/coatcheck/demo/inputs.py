@@ -22,13 +22,24 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class PageError(Exception):
-    """A problem to show on the HTML page, with the status the response should carry."""
+    """A problem to show on the HTML page, with the status the response should carry,
+    the input it is about (marked invalid, and focused) and what the form had ticked."""
 
-    def __init__(self, message: str, status_code: int, *, username: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        status_code: int,
+        *,
+        username: str = "",
+        field: str | None = None,
+        ticked: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.username = username
+        self.field = field
+        self.ticked = ticked
 
 
 def _media_type(request: Request, header: str) -> str:
@@ -85,7 +96,9 @@ async def read_input(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         if wants_json(request):
             raise RequestValidationError(_without_input(exc)) from None
-        raise PageError(_describe(exc), 422, username=_username(raw)) from None
+        loc = exc.errors(include_url=False)[0]["loc"]
+        field = str(loc[0]) if loc else None  # the page's inputs are named as the fields
+        raise PageError(_describe(exc), 422, username=_username(raw), field=field) from None
 
 
 async def _bounded_body(request: Request) -> bytes:

@@ -111,6 +111,7 @@ def _environment() -> jinja2.Environment:
 
 
 templates = Jinja2Templates(env=_environment())
+_TRUSTED_HOSTS = ("localhost", "127.0.0.1", "::1")  # where browsers take Secure cookies over HTTP
 
 
 async def render_home(
@@ -120,6 +121,8 @@ async def render_home(
     error: str | None = None,
     status_code: int = 200,
     username: str = "",
+    error_field: str | None = None,
+    ticked: frozenset[str] = frozenset(),
 ) -> Response:
     """The whole page for this visitor: sign-in form or account, devices and cart."""
     user = session.user_id
@@ -135,6 +138,8 @@ async def render_home(
         "stateless": stateless,
         "cart": list(session.get("cart", [])),
         "error": error,
+        "error_field": error_field,  # the input the error is about: marked, and focused
+        "ticked": ticked,
         # Messages left by the form that redirected here; shown once.
         "flashes": session.pop_flashes(),
         "username": username,
@@ -143,6 +148,11 @@ async def render_home(
         "store_label": request.app.state.store_label,
         # One masked token per page; the forms send it for clients without Fetch Metadata.
         "csrf_token": session.csrf_token(),
+        # Secure cookies over plain HTTP: browsers drop them (localhost aside, which they
+        # trust), and the sign-in would fail without a word.
+        "cookies_dropped": request.app.state.secure_cookies
+        and request.url.scheme == "http"
+        and request.url.hostname not in _TRUSTED_HOSTS,
     }
     return templates.TemplateResponse(
         request, "index.html", context, status_code=status_code, headers=HTML_HEADERS

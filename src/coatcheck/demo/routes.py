@@ -94,14 +94,18 @@ async def login(request: Request, session: SessionDep) -> Response | LoggedIn:
     """Check the password, then bind the session to the user under a new ID."""
     credentials = await read_input(request, Credentials)
     user = await _check_password(request, credentials.username, credentials.password)
+    # A typo must not lose "Shared computer": the page comes back as it was sent.
+    ticked = frozenset(name for name in ("remember", "shared") if getattr(credentials, name))
     if user is None:
         if wants_json(request):
             raise not_authenticated(INVALID_LOGIN)
-        raise PageError(INVALID_LOGIN, 401, username=credentials.username)
+        raise PageError(
+            INVALID_LOGIN, 401, username=credentials.username, field="password", ticked=ticked
+        )
     if not await session.can_login(user):
         if wants_json(request):
             raise HTTPException(403, TOO_MANY_SESSIONS)
-        raise PageError(TOO_MANY_SESSIONS, 403, username=credentials.username)
+        raise PageError(TOO_MANY_SESSIONS, 403, username=credentials.username, ticked=ticked)
     # Logging in as someone else drops the data: bob must not inherit alice's cart.
     if credentials.shared:
         session.login(user, idle_timeout=request.app.state.shared_idle)
@@ -141,7 +145,7 @@ async def confirm(request: Request, user: CurrentUser, session: SessionDep) -> R
     password = (await read_input(request, Confirmation)).password
     if await _check_password(request, user, password) is None:
         if page:
-            raise PageError(WRONG_PASSWORD, 401)
+            raise PageError(WRONG_PASSWORD, 401, field="confirm-password")
         raise not_authenticated(WRONG_PASSWORD)
     # Signed in anew, with the limits chosen at sign-in (a shared computer's).
     session.login(
@@ -206,12 +210,12 @@ async def add_item(request: Request, session: SessionDep) -> Response | Cart:
             message = "The cart is full: no more fits in the session's cookie."
             if wants_json(request):
                 raise HTTPException(status_code=413, detail=message) from None
-            raise PageError(message, 413) from None
+            raise PageError(message, 413, field="item") from None
     if not added:
         message = f"The cart is full ({MAX_CART_ITEMS} items)."
         if wants_json(request):
             raise HTTPException(status_code=422, detail=message)
-        raise PageError(message, 422)
+        raise PageError(message, 422, field="item")
     return Cart(items=_cart(session)) if wants_json(request) else _to_page()
 
 
