@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import anyio
@@ -1008,6 +1009,46 @@ async def _reopened(
         first.login(user)
     cookie = issued(await persistence.commit(first, 200))
     return store, persistence, cookie, await open_session(persistence, cookie)
+
+
+class BeforeDelete(CountingStore):
+    """Runs ``meanwhile`` once, right before the next delete reaches the store (and
+    not at a save, as :class:`DeleteMeanwhile` would)."""
+
+    meanwhile: Any = None
+
+    async def delete(self, key: str) -> None:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        await super().delete(key)
+
+
+async def test_a_save_a_moment_behind_an_emptying_is_refused_rather_than_deleted_after_it(
+    any_store: Store,
+) -> None:
+    """A visitor's flash shown (the session emptied) while another tab stores a theme,
+    on a process whose clock is half a second behind: the record written to end the
+    session was dead only from the emptying request's "now", so that save merged onto
+    it, answered 200, and was deleted with it. A 409 says it was not stored."""
+    store = BeforeDelete(any_store)
+    emptying = Persistence(store, SessionConfig(), None)
+    behind = Persistence(store, SessionConfig(clock=lambda: time.time() - 0.5), None)
+    first = await open_session(emptying, None)
+    first["flash"] = "hi"
+    cookie = issued(await emptying.commit(first, 200))
+    tab, shown = await open_session(behind, cookie), await open_session(emptying, cookie)
+    del shown["flash"]
+
+    async def meanwhile() -> None:
+        tab["theme"] = "dark"
+        with pytest.raises(SessionEndedError):
+            await behind.commit(tab, 200)
+
+    store.meanwhile = meanwhile
+    await emptying.commit(shown, 200)
+    assert store.meanwhile is None  # the tab's save ran between the end and the delete
+    assert await _stored_data(emptying, cookie) is None
 
 
 async def _stored_data(persistence: Persistence, cookie: str) -> dict[str, Any] | None:

@@ -87,6 +87,10 @@ _LATE_DROPPED = (
 )
 
 
+# The deadline of a record written only to end a session: long past for any clock.
+_DEAD = 1.0
+
+
 class Persistence:
     """Shared by all requests of one middleware; keeps no per-request state."""
 
@@ -961,7 +965,10 @@ class Persistence:
         Only once the dead record stands is it deleted.
         """
         now = self.now()
-        record = _record(session, stored.key, self._empty, now, now, stored, "")
+        # Dead by every clock, not only by this request's: a parallel save that read the
+        # time a moment earlier (or on a host whose clock is behind) would take a record
+        # dead "now" for live, merge onto it, and be deleted with it below.
+        record = _record(session, stored.key, self._empty, now, _DEAD, stored, "")
         written = [record]
         merge_live = self._merger(session, stored, record, written)
         edits, pending = session._edits, {id(update) for update in session._updates}
@@ -969,7 +976,7 @@ class Persistence:
         def merge(base: SessionRecord) -> SessionRecord:
             merged = merge_live(base)
             if merged.data == self._empty and merged.user_id is None:
-                merged = written[-1] = merged._replace(expires_at=now)
+                merged = written[-1] = merged._replace(expires_at=_DEAD)
             return merged
 
         if not await self.store.save(record, expected_version=stored.version, merge=merge):

@@ -1216,3 +1216,27 @@ async def test_a_store_that_is_down_gets_browsers_a_page_and_api_callers_json() 
     assert api.status_code == 503
     assert api.headers["retry-after"]
     assert api.json() == {"detail": "Session store unavailable, please retry shortly."}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("action", ["revoke-all", "revoke-others"])
+async def test_a_tab_left_open_for_alice_cannot_sign_bob_out(app: FastAPI, action: str) -> None:
+    """alice's page stays open in one tab; in another, she signs out and bob signs in.
+    Her "Sign out everywhere" then signed out bob's phone, without a word."""
+    async with browser(app) as shared, browser(app, PHONE) as phone:
+        await login(shared)
+        page = (await shared.get("/")).text
+        assert '<input type="hidden" name="account" value="alice">' in page
+        await shared.post("/logout", headers=JSON)
+        await login(shared, "bob")
+        await login(phone, "bob")
+        stale = await shared.post(f"/sessions/{action}", data={"account": "alice"})
+        assert stale.status_code == 409
+        assert "nothing was changed" in stale.text
+        assert "Signed in as <strong>bob</strong>" in stale.text
+        assert (await phone.get("/me")).json()["user"] == "bob"
+        assert (await shared.get("/me")).json()["user"] == "bob"
+        # bob's own page works as before.
+        mine = await shared.post(f"/sessions/{action}", data={"account": "bob"})
+        assert mine.status_code == 303
+        assert (await phone.get("/me")).status_code == 401

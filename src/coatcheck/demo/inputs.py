@@ -101,6 +101,14 @@ async def read_input(request: Request, model: type[M]) -> M:
         raise PageError(_describe(exc), 422, username=_username(raw), field=field) from None
 
 
+async def form_field(request: Request, name: str) -> str | None:
+    """One text field of a form post, read within :data:`MAX_BODY`."""
+    form = await Request(request.scope, _replay(await _bounded_body(request))).form()
+    value = form.get(name)
+    await form.close()
+    return value if isinstance(value, str) else None
+
+
 async def _bounded_body(request: Request) -> bytes:
     """The body, or a 413 as soon as it is known to pass :data:`MAX_BODY`."""
     declared = request.headers.get("content-length", "")

@@ -24,7 +24,15 @@ from ..fastapi import (
     recent_user,
 )
 from ..session import Session
-from .inputs import PageError, body_schema, from_page, read_input, wants_json
+from .inputs import (
+    PageError,
+    body_schema,
+    form_field,
+    from_page,
+    has_form_body,
+    read_input,
+    wants_json,
+)
 from .pages import render_home
 from .schemas import (
     MAX_CART_ITEMS,
@@ -44,6 +52,10 @@ from .users import authenticate
 
 router = APIRouter()
 
+OTHER_ACCOUNT = (
+    "That page was open for another account than the one signed in now, so nothing was "
+    "changed. This is the page of who is signed in."
+)
 INVALID_LOGIN = "Invalid username or password"
 WRONG_PASSWORD = "Wrong password"  # noqa: S105 - a message, not a password
 CONFIRM_FIRST = "Signing out everywhere needs a recent sign-in: confirm your password first."
@@ -251,6 +263,7 @@ async def revoke_others(
         if page:  # signed out meanwhile: the page will offer the login form
             return _to_page()
         raise not_authenticated()
+    await _refuse_if_for_another_account(request, user)
     revoked = await session.revoke_others()
     if not page:
         return Revoked(revoked=revoked)
@@ -278,8 +291,19 @@ async def revoke_all(
     Past it, a 401 asks for the password (``POST /confirm``); a page's form gets the
     page back with that request (see ``app._page_for_form_posts``).
     """
+    await _refuse_if_for_another_account(request, user)
     revoked = await session.revoke_all()
     return _to_page() if from_page(request) else Revoked(revoked=revoked)
+
+
+async def _refuse_if_for_another_account(request: Request, user: str) -> None:
+    """A page's button, from a tab left open on alice's page after bob signed in on
+    this browser: it would sign bob's devices out. Refused, and the page shown is his."""
+    if not (from_page(request) and has_form_body(request)):
+        return
+    account = await form_field(request, "account")
+    if account and account != user:
+        raise PageError(OTHER_ACCOUNT, 409)
 
 
 @router.delete(
