@@ -326,6 +326,18 @@ async def test_the_openapi_schema_gains_no_parameter() -> None:
     assert [(p["name"], p["in"]) for p in parameters] == [("item", "path")]
 
 
+async def test_a_route_with_a_typed_value_declares_the_sessions_ticket() -> None:
+    """A client generated with a token_header sends it only where the schema asks: a
+    typed cart without it started a new session at every call."""
+    config = SessionConfig(token_header="X-Session-Token")
+    async with client_for(make_app(MemoryStore(), config)) as client:
+        schema = (await client.get("/openapi.json")).json()
+    for path, method in (("/cart", "get"), ("/cart/{item}", "post")):
+        assert schema["paths"][path][method]["security"] == [{"coatcheck": []}], path
+    scheme = schema["components"]["securitySchemes"]["coatcheck"]
+    assert (scheme["in"], scheme["name"]) == ("header", "X-Session-Token")
+
+
 async def test_a_valid_value_in_an_older_shape_is_not_rewritten_by_a_read() -> None:
     store = CountingStore(MemoryStore())
     async with client_for(make_app(store)) as client:

@@ -3,13 +3,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import time
 import uuid
 from datetime import datetime, timezone
 
 import pytest
 from pydantic import BaseModel
 
-from coatcheck import JSONSerializer, SerializationError, serializers
+from coatcheck import JSONSerializer, MemoryStore, SerializationError, SessionConfig, serializers
+from coatcheck._ids import store_key
+from coatcheck._persist import Persistence
+from coatcheck.session import Session
+from coatcheck.testing import create_session
 
 
 @dataclasses.dataclass
@@ -163,3 +168,31 @@ def test_both_installs_draw_the_nesting_line_at_the_same_depth(
 def test_loads_rejects_non_objects() -> None:
     with pytest.raises(ValueError, match="not a JSON object"):
         JSONSerializer().loads(b"[1, 2]")
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+def test_data_nested_past_the_stack_is_undecodable_not_a_crash(
+    encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written by something else (saves refuse 253 levels): the standard library's
+    RecursionError got past every ``except ValueError``, a 500 at every request."""
+    monkeypatch.setattr(serializers, "HAVE_ORJSON", encoder == "orjson")
+    with pytest.raises(ValueError, match=r"deep|depth"):
+        JSONSerializer().loads(b'{"x":' + b"[" * 100_000)
+
+
+@pytest.mark.anyio
+async def test_a_stored_record_nested_past_the_stack_reads_as_no_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(serializers, "HAVE_ORJSON", False)
+    store = MemoryStore()
+    session_id = await create_session(store, user_id="alice")
+    record = await store.load(store_key(session_id), time.time())
+    assert record is not None
+    bomb = record._replace(data=b'{"x":' + b"[" * 100_000, version=record.version + 1)
+    assert await store.save(bomb, expected_version=record.version)
+    persistence = Persistence(store, SessionConfig(), None)
+    headers = [(b"cookie", f"__Host-session={session_id}".encode())]
+    session = await Session(persistence, {"headers": headers}).load()
+    assert (session.user_id, dict(session)) == (None, {})

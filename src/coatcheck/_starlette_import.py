@@ -17,7 +17,7 @@ from typing import Any
 from ._asgi import Headers
 from ._cookies import read_cookie
 from ._imports import Importer
-from .config import CookieConfig, StarletteImport
+from .config import CookieConfig, StarletteImport, _secret
 from .exceptions import MissingDependencyError
 
 logger = logging.getLogger("coatcheck")
@@ -32,7 +32,7 @@ class StarletteImporter(Importer):
         except ImportError as exc:
             raise MissingDependencyError("itsdangerous", "starlette-import") from exc
         super().__init__(settings, cookie, key)
-        self._signer = TimestampSigner(settings.secret_key)
+        self._signer = TimestampSigner(_secret(settings.secret_key))  # text by now
         self._bad_signature = BadSignature
         max_age = settings.max_age  # whole seconds once validated; a timedelta before
         self._max_age = int(max_age.total_seconds() if isinstance(max_age, timedelta) else max_age)

@@ -19,7 +19,8 @@ from starlette.datastructures import Secret
 
 from .exceptions import ConfigurationError
 
-Duration = int | timedelta
+# Seconds (a whole number, as an int or a float such as 1800.0) or a timedelta.
+Duration = float | timedelta
 # A signing key: Starlette's ``Secret`` (from its ``Config``) is read as its text.
 SecretKey = str | bytes | Secret
 SameSite = Literal["lax", "strict", "none"]
@@ -231,7 +232,7 @@ class StarletteImport:
     the limits of a browser session instead.
     """
 
-    secret_key: str | bytes = field(repr=False)
+    secret_key: SecretKey = field(repr=False)
     cookie_name: str = "session"
     max_age: Duration = timedelta(days=14)  # Starlette's default
     until: datetime | None = None

@@ -189,11 +189,18 @@ def session_model(key: str, model: type[M]) -> Any:
     checked here, so one that cannot serve fails when the app is imported.
     """
     check_model(model)
+    return Security(_TypedValue(key, model))
 
-    async def typed_value() -> M:
-        return (await get_session()).model(key, model)
 
-    return Depends(typed_value)
+class _TypedValue(_Ticket):
+    """``session[key]`` as a model: :func:`session_model`'s dependency, which declares
+    the ticket as :data:`SessionDep` does, since its route uses the session too."""
+
+    def __init__(self, key: str, kind: type[Any]) -> None:
+        self.key, self.kind = key, kind  # not "model": SecurityBase's, the OpenAPI scheme
+
+    async def __call__(self) -> Any:
+        return (await get_session()).model(self.key, self.kind)
 
 
 class _UserLoader(SessionCookie, Generic[U]):
@@ -225,9 +232,7 @@ class _UserLoader(SessionCookie, Generic[U]):
         return user
 
 
-def user_loader(
-    load: Callable[..., Awaitable[U | None]] | Callable[..., U | None],
-) -> Any:
+def user_loader(load: Callable[..., object]) -> Any:
     """A dependency that gives the logged-in user as your own object:
 
         async def load_user(user_id: str, db: DB) -> User | None: ...  # None: gone
@@ -241,15 +246,17 @@ def user_loader(
     loader runs in the thread pool, as FastAPI runs plain dependencies. Routes that use
     it show the session cookie in ``/docs``.
     """
+    # Typed loosely: an async loader's type is a union mypy cannot solve against a
+    # plain one's, and the dependency gives Any to the Annotated alias anyway.
     dependencies = _after_user_id(load)
     if _is_async(load):
-        return Security(_UserLoader(cast("Callable[..., Awaitable[U | None]]", load), dependencies))
-    sync_load = cast("Callable[..., U | None]", load)
+        return Security(_UserLoader(cast("Callable[..., Awaitable[Any]]", load), dependencies))
+    sync_load = load
 
-    async def in_a_thread(user_id: str, **resolved: Any) -> U | None:
+    async def in_a_thread(user_id: str, **resolved: Any) -> Any:
         user = await run_in_threadpool(sync_load, user_id, **resolved)
         if inspect.isawaitable(user):  # a plain function that hands back a coroutine
-            return cast("U | None", await user)
+            return await user
         return user
 
     return Security(_UserLoader(in_a_thread, dependencies))

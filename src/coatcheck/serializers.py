@@ -52,7 +52,13 @@ class JSONSerializer:
             raise SerializationError("<keys>", str(exc)) from exc
 
     def loads(self, raw: bytes) -> dict[str, Any]:
-        data = orjson.loads(raw) if HAVE_ORJSON else json.loads(raw)
+        if HAVE_ORJSON:
+            data = orjson.loads(raw)
+        else:
+            try:
+                data = json.loads(raw)
+            except RecursionError:  # nested past Python's stack: undecodable, as orjson says
+                raise ValueError("session data nested too deeply") from None
         if not isinstance(data, dict):
             raise ValueError("session data is not a JSON object")
         return data
