@@ -136,6 +136,18 @@ def test_a_refused_value_is_named_by_its_key_and_never_shown(
     assert "123456" not in str(caught.value)
 
 
+def test_a_dict_of_its_own_kind_is_refused_with_what_to_store_instead() -> None:
+    """Authlib's token and userinfo are dict subclasses: "store a ... dict" was no help."""
+
+    class UserInfo(dict[str, object]):
+        pass
+
+    with pytest.raises(SerializationError) as caught:
+        JSONSerializer().dumps({"user": UserInfo(sub="alice")})
+    assert "UserInfo is a dict of its own kind" in str(caught.value)
+    assert "store dict(value)" in str(caught.value)
+
+
 @pytest.mark.parametrize("encoder", ["orjson", "json"])
 def test_nulls_and_finite_floats_are_stored_by_either_encoder(
     encoder: str, monkeypatch: pytest.MonkeyPatch

@@ -70,6 +70,26 @@ async def test_mutable_mapping_behaviour(persistence: Persistence) -> None:
     assert repr(session) == "<Session user=None keys=[]>"
 
 
+async def test_what_a_dict_does_beyond_a_mapping(persistence: Persistence) -> None:
+    """Starlette's ``request.session`` is a dict, and code written for it pops the
+    newest key, reverses the keys, and merges with ``|``."""
+    session = await fresh(persistence)
+    session.update(a=1, b=2)
+    assert list(reversed(session)) == ["b", "a"]
+    assert session | {"c": 3} == {"a": 1, "b": 2, "c": 3}
+    assert {"a": 0, "z": 9} | session == {"a": 1, "z": 9, "b": 2}
+    assert type(session | {}) is dict
+    session |= {"c": 3}
+    assert isinstance(session, Session)
+    assert session.popitem() == ("c", 3)
+    assert session.popitem() == ("b", 2)
+    assert dict(session) == {"a": 1}
+    assert session._modified
+    session.clear()
+    with pytest.raises(KeyError):
+        session.popitem()
+
+
 async def test_a_session_copies_as_its_data_and_never_pickles(persistence: Persistence) -> None:
     """A pickled session would carry its raw ID and the app's store into a job queue or
     a cache; copies are of the data, as Starlette's dict session gives them."""

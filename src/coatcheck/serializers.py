@@ -116,4 +116,13 @@ def _refuse_what_json_changes(value: Any, depth: int) -> None:
             if type(item) is not str:
                 _refuse_what_json_changes(item, depth + 1)
     else:
+        for plain in (dict, list, str, int, float):
+            if isinstance(value, plain):
+                # Authlib's token and userinfo are dicts of their own kind, say: stored,
+                # they would read back as the plain type, so the app must say so itself.
+                raise TypeError(
+                    f"type {kind.__name__} is a {plain.__name__} of its own kind, which would "
+                    f"read back as a plain {plain.__name__}: store {plain.__name__}(value), "
+                    "converting what it holds as well"
+                )
         raise TypeError(f"type {kind.__name__} is not JSON: store a str, number, list or dict")

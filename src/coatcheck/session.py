@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -331,6 +331,34 @@ class Session(MutableMapping[str, Any]):
         if self._models and isinstance(key, str):
             self._sync_model(key)
         return key in self._data
+
+    # What a dict has beyond MutableMapping, for code written for Starlette's session
+    # (a dict): the newest key pops first, and "|" gives a plain dict.
+
+    def popitem(self) -> tuple[str, Any]:
+        """Remove and return the newest key and its value, as ``dict.popitem`` does."""
+        self._require_loaded()
+        if self._models:
+            self._sync_models()
+        if not self._data:
+            raise KeyError("popitem(): session is empty")
+        key = next(reversed(self._data))
+        value = self[key]
+        del self[key]
+        return key, value
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(list(self))
+
+    def __or__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self, **other}
+
+    def __ror__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        return {**other, **self}
+
+    def __ior__(self, other: Mapping[str, Any]) -> Session:
+        self.update(other)
+        return self
 
     def copy(self) -> dict[str, Any]:
         """A plain dict of the data, as Starlette's ``request.session.copy()`` gives."""
