@@ -92,3 +92,41 @@ def test_a_store_works_on_in_each_new_event_loop(
     assert (result.returncode, result.stdout) == (0, "done\n"), result.stderr
     if ending != "by hand":  # each loop's connections closed in it, and nothing logged
         assert result.stderr == ""
+
+
+CLOSED = """
+import asyncio, gc, sys
+from coatcheck import store_from_url
+from coatcheck.store_contract import NOW, make_record
+
+async def main():
+    for _ in range(3):  # a store per tenant, or per test on one loop: made, used, closed
+        store = store_from_url(sys.argv[1])
+        await store.save(make_record())
+        await store.aclose()
+        del store
+        gc.collect()
+        await asyncio.sleep(0)
+    store = store_from_url(sys.argv[1])
+    await store.aclose()
+    await store.count(NOW)  # used again once closed: closed again as the loop ends
+
+asyncio.run(main())
+print("done")
+"""
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_a_store_closed_by_aclose_leaves_no_task_pending(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """Its watch on the loop stayed pending, and was collected with the store: asyncio
+    logged "Task was destroyed but it is pending!" for each store made and closed."""
+    result = subprocess.run(
+        [sys.executable, "-W", "default", "-c", CLOSED, store_url(request, kind)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, "done\n"), result.stderr
+    assert result.stderr == ""

@@ -1110,3 +1110,27 @@ def test_workers_sharing_a_file_deleted_under_them_go_on_in_a_new_one(tmp_path: 
         assert len(later) > 100  # they went on saving...
         assert set(later) <= stored  # ...into the file that is there now
         assert failed < 10
+
+
+async def test_the_wal_file_shrinks_back_after_a_vacuum_while_the_app_runs(tmp_path: Path) -> None:
+    """The README's ``sqlite3 sessions.db VACUUM`` writes the whole database into the
+    -wal file; with no size limit on the store's connections it kept that size until
+    every process closed, so the VACUUM gave almost nothing back on a running app."""
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path, purge_every=0)
+    blob = b'{"cart": "' + b"y" * 3000 + b'"}'
+    for _ in range(8):  # about 10 MB of sessions
+        await asyncio.gather(*(store.save(make_record(data=blob)) for _ in range(400)))
+    await store.aclose()
+    store = SQLiteStore(path, purge_every=0)  # the app, started again
+    try:
+        await store.count(NOW)
+        with closing(sqlite3.connect(path)) as operator:
+            operator.execute("VACUUM")
+        wal = anyio.Path(f"{path}-wal")
+        assert (await wal.stat()).st_size > 9_000_000  # the whole database, written again
+        for _ in range(3):
+            await store.save(make_record())
+        assert (await wal.stat()).st_size <= 8 * 1024 * 1024 + 64 * 1024
+    finally:
+        await store.aclose()

@@ -21,12 +21,13 @@ class LoopWatch:
     """For each event loop a store is used in, one task that runs the store's ``close``
     for that loop once the loop cancels what is left in it."""
 
-    __slots__ = ("_close", "_tasks", "_watched")
+    __slots__ = ("_close", "_released", "_tasks", "_watched")
 
     def __init__(self, close: Callable[[asyncio.AbstractEventLoop], Awaitable[object]]) -> None:
         self._close = close
         self._watched: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[None]] = set()  # a loop holds its tasks weakly
+        self._released: set[asyncio.Task[None]] = set()
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close the store's part in ``loop``, the running one, as it ends; once."""
@@ -39,10 +40,23 @@ class LoopWatch:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The store was closed in ``loop`` by ``aclose()``: its watcher ends there and
+        then, rather than stay pending until the loop or the store is collected (which
+        asyncio reports as a task destroyed while pending). A later use watches anew."""
+        self._watched.discard(loop)
+        for task in [task for task in self._tasks if task.get_loop() is loop]:
+            self._released.add(task)
+            task.cancel()
+
     async def _wait_then_close(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task in self._released:
+                self._released.discard(task)  # closed already, by aclose()
+                raise
             # Not when the loop was closed without a word and the task is collected:
             # there is no loop left to close anything in.
             self._watched.discard(loop)

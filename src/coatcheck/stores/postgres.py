@@ -511,6 +511,9 @@ class PostgresStore:
                 task.cancel()
             if self._abandoned:
                 await asyncio.wait(self._abandoned, timeout=self.timeout)
+        # Closed in this loop: a later use enters it again, and watches it again.
+        self._loops.release(loop)
+        self._loop = None
         pool = self._pool
         if pool is None or pool is self._given_pool:
             return

@@ -509,6 +509,9 @@ class RedisStore:
         """Close the connections of an owned client; its pool reconnects on next use."""
         if asyncio.get_running_loop() is not self._loop:
             self._in_this_loop()
+        # Closed in this loop: a later use enters it again, and watches it again.
+        self._loops.release(asyncio.get_running_loop())
+        self._loop = None
         if self.owns_client:
             with translated(self.retry_after):
                 await self.client.aclose()

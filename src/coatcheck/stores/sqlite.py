@@ -79,6 +79,9 @@ _UNAVAILABLE = {
 }
 
 
+_WAL_LIMIT = 8 * 1024 * 1024  # bytes of -wal file kept after a checkpoint
+
+
 class SQLiteStore:
     """Sessions in one SQLite file (WAL, busy timeout, indexes on user and expiry).
 
@@ -514,6 +517,10 @@ class SQLiteStore:
         # NORMAL is durable across process crashes in WAL mode; only power loss can
         # roll back the last commits, which for sessions means a re-login.
         db.execute("PRAGMA synchronous = NORMAL")
+        # A checkpoint cuts the -wal file back to this: without a limit it keeps its
+        # largest size (a VACUUM writes the whole database into it) until every
+        # connection of every process closes, which a running app never does.
+        db.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
         self._ready = True
 
 
