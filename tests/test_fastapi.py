@@ -440,3 +440,20 @@ async def test_user_loader_routes_show_the_cookie_in_the_docs() -> None:
         schema = (await client.get("/openapi.json")).json()
     assert schema["paths"]["/account"]["get"]["security"] == [{"coatcheck": []}]
     assert "parameters" not in schema["paths"]["/account"]["get"]
+
+
+async def test_overriding_get_session_reaches_session_dep() -> None:
+    """FastAPI's way to stub a dependency in tests: SessionDep had become a dependency of
+    its own, which an override of get_session no longer reached."""
+    app = make_app()
+
+    @app.get("/who")
+    async def who(session: SessionDep) -> dict[str, Any]:
+        return {"user": session.get("user")}
+
+    async def stub() -> dict[str, str]:
+        return {"user": "alice"}
+
+    app.dependency_overrides[get_session] = stub
+    async with client_for(app) as client:
+        assert (await client.get("/who")).json() == {"user": "alice"}

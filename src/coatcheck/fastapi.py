@@ -95,10 +95,13 @@ class _Ticket(SecurityBase):
 
 
 class _SessionTicket(_Ticket):
-    """The request's session: :data:`SessionDep`, declaring its ticket."""
+    """``await get_session()``: the request's session, loaded from the store on first use.
+
+    As a dependency (:data:`SessionDep`) it declares the session's ticket, and
+    ``app.dependency_overrides[get_session]`` replaces it, as for any dependency.
+    """
 
     async def __call__(self) -> Session:
-        # get_session()'s body, without a second coroutine: every session read runs this.
         session = current_session.get()
         if session is None:
             raise RuntimeError(_NO_SESSION)
@@ -132,12 +135,9 @@ _NO_SESSION = (
 )
 
 
-async def get_session() -> Session:
-    """The request's session, loaded from the store on first use."""
-    session = current_session.get()
-    if session is None:
-        raise RuntimeError(_NO_SESSION)
-    return await session.load()
+# An object rather than a function, so that the dependency that overrides replace is
+# the one SessionDep declares: one dependency for FastAPI to resolve, not two.
+get_session = _SessionTicket()
 
 
 def openapi(app: FastAPI, *, config: SessionConfig | None = None) -> dict[str, Any]:
@@ -177,7 +177,7 @@ def _middleware_config(app: FastAPI) -> SessionConfig:
 
 # Declares the ticket: with a token_header, a generated client must send it on every
 # route that uses the session, a login or a cart as much as a guarded page.
-SessionDep = Annotated[Session, Security(_SessionTicket())]
+SessionDep = Annotated[Session, Security(get_session)]
 
 
 def session_model(key: str, model: type[M]) -> Any:
