@@ -251,10 +251,9 @@ def user_loader(load: Callable[..., object]) -> Any:
     dependencies = _after_user_id(load)
     if _is_async(load):
         return Security(_UserLoader(cast("Callable[..., Awaitable[Any]]", load), dependencies))
-    sync_load = load
 
     async def in_a_thread(user_id: str, **resolved: Any) -> Any:
-        user = await run_in_threadpool(sync_load, user_id, **resolved)
+        user = await run_in_threadpool(load, user_id, **resolved)
         if inspect.isawaitable(user):  # a plain function that hands back a coroutine
             return await user
         return user

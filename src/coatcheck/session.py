@@ -337,15 +337,9 @@ class Session(MutableMapping[str, Any]):
 
     def popitem(self) -> tuple[str, Any]:
         """Remove and return the newest key and its value, as ``dict.popitem`` does."""
-        self._require_loaded()
-        if self._models:
-            self._sync_models()
-        if not self._data:
-            raise KeyError("popitem(): session is empty")
-        key = next(reversed(self._data))
-        value = self[key]
-        del self[key]
-        return key, value
+        for key in reversed(self):  # the newest only
+            return key, self.pop(key)
+        raise KeyError("popitem(): session is empty")
 
     def __reversed__(self) -> Iterator[str]:
         return reversed(list(self))
@@ -452,10 +446,8 @@ class Session(MutableMapping[str, Any]):
         """Write the typed values that changed back into the data, before a save.
         Callers check ``_models`` first, sparing the call on the usual request."""
         assert self._models is not None
-        for key, binding in self._models.items():
-            if binding.sync(key, self._data):
-                self._modified = True
-                self._edits += 1
+        for key in self._models:
+            self._sync_model(key)
 
     def clear(self) -> None:
         """Forget all data but keep the session, its ID and its user."""

@@ -88,9 +88,7 @@ async def read_input(request: Request, model: type[M]) -> M:
                 [{"type": "json_invalid", "loc": ("body",), "msg": "Invalid JSON"}]
             ) from None
     else:
-        form = await Request(request.scope, _replay(body)).form()
-        raw = {key: value for key, value in form.items() if isinstance(value, str)}
-        await form.close()
+        raw = await _text_fields(request, body)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -103,10 +101,15 @@ async def read_input(request: Request, model: type[M]) -> M:
 
 async def form_field(request: Request, name: str) -> str | None:
     """One text field of a form post, read within :data:`MAX_BODY`."""
-    form = await Request(request.scope, _replay(await _bounded_body(request))).form()
-    value = form.get(name)
+    return (await _text_fields(request, await _bounded_body(request))).get(name)
+
+
+async def _text_fields(request: Request, body: bytes) -> dict[str, str]:
+    """The text fields of a form post whose ``body`` has been read (files left out)."""
+    form = await Request(request.scope, _replay(body)).form()
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
     await form.close()
-    return value if isinstance(value, str) else None
+    return fields
 
 
 async def _bounded_body(request: Request) -> bytes:
