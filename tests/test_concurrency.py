@@ -351,11 +351,15 @@ async def test_a_request_that_loads_after_a_parallel_login_does_not_sign_it_out(
         await persistence.commit(later, 200)
 
 
-async def _cart_moved_by_a_login(store: Store) -> tuple[FakeClock, Persistence, str, str]:
+async def _cart_moved_by_a_login(
+    store: Store, events: list[SessionEvent] | None = None, **options: Any
+) -> tuple[FakeClock, Persistence, str, str]:
     """A visitor's cart on ``store``, then moved by alice's login: the clock, the
-    persistence, the old cookie and the login's."""
+    persistence (with ``options`` for its config; ``events`` hears what it announces),
+    the old cookie and the login's."""
     clock = FakeClock()
-    persistence = Persistence(store, SessionConfig(clock=clock), None)
+    hooks = () if events is None else (events.append,)
+    persistence = Persistence(store, SessionConfig(clock=clock, **options), None, hooks)
     first = await open_session(persistence, None)
     first["cart"] = ["apple"]
     cookie = issued(await persistence.commit(first, 200))
@@ -377,6 +381,48 @@ async def test_a_browser_that_never_got_its_logins_answer_goes_on(any_store: Sto
     browsing = await open_session(persistence, cookie)
     browsing["seen"] = True
     assert issued(await persistence.commit(browsing, 200)) not in (cookie, kept)
+
+
+@pytest.mark.parametrize("limit", ["refuse_login", "end_oldest", None])
+async def test_a_login_again_after_a_lost_answer_replaces_the_unheard_one(
+    any_store: Store, limit: str | None
+) -> None:
+    """Its connection dropped, so the browser never got its login's cookie and signs in
+    again with the old one. The first login's session, which no browser holds, ends:
+    it neither refuses alice at ``max_sessions_per_user=1`` (she would be locked out
+    until it idled out) nor stays listed as a device of hers."""
+    options: dict[str, Any] = {}
+    if limit is not None:
+        options = {"max_sessions_per_user": 1, "at_session_limit": limit}
+    events: list[SessionEvent] = []
+    clock, persistence, cookie, unheard = await _cart_moved_by_a_login(any_store, events, **options)
+    clock.advance(30)
+    (first,) = await any_store.list_user("alice", clock())
+    del events[:]
+
+    retried = await open_session(persistence, cookie)
+    retried.login("alice")
+    heard = issued(await persistence.commit(retried, 200))
+
+    (device,) = await any_store.list_user("alice", clock())
+    assert device.key == key_of(heard)
+    assert (await open_session(persistence, unheard)).user_id is None
+    assert [(e.kind, e.session) for e in events] == [
+        ("logged_out", first.public_id),
+        ("created", device.public_id),
+        ("logged_in", device.public_id),
+    ]
+
+
+async def test_a_lost_answer_gives_no_hold_on_another_users_session(any_store: Store) -> None:
+    """The old cookie alone is no credential for the session a login made of it: bob
+    signing in with it ends nothing of alice's."""
+    clock, persistence, cookie, alices = await _cart_moved_by_a_login(any_store)
+    retried = await open_session(persistence, cookie)
+    retried.login("bob")
+    issued(await persistence.commit(retried, 200))
+    assert (await open_session(persistence, alices)).user_id == "alice"
+    assert len(await any_store.list_user("alice", clock())) == 1
 
 
 async def test_the_slack_for_a_logins_answer_is_ten_seconds(any_store: Store) -> None:

@@ -108,12 +108,14 @@ BROKEN_BY_DICT_STORE = {
     "test_a_merge_never_resurrects_a_deleted_session",
     "test_delete_all_leaves_no_way_back_for_a_request_in_flight",
 }
-# What a store without the optional moved_at() skips (see coatcheck.stores.base.mover_of).
+# What a store without the optional moved_at() and moved_to() skips (see
+# coatcheck.stores.base.mover_of and follower_of).
 SKIPPED_WITHOUT_MOVES = {
     "test_a_key_a_save_replaced_is_remembered_as_moved",
     "test_a_checked_rotation_marks_its_move_and_a_refused_one_nothing",
     "test_a_key_replaced_without_a_record_is_remembered_as_moved",
     "test_deletes_and_saves_in_place_are_no_moves",
+    "test_a_move_names_the_key_it_went_to",
 }
 
 Outcomes = dict[str, tuple[str, str]]

@@ -22,7 +22,7 @@ from ._audit import security_log
 from ._keys import Keyring
 from .config import SecretKey
 from .exceptions import MissingDependencyError
-from .stores.base import Merge, SessionRecord, Store, creator_of, mover_of
+from .stores.base import Merge, SessionRecord, Store, creator_of, follower_of, mover_of
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -93,6 +93,10 @@ class DataSealingStore:
     async def moved_at(self, key: str, now: float) -> float | None:
         moved_at = mover_of(self.inner)
         return None if moved_at is None else await moved_at(key, now)
+
+    async def moved_to(self, key: str, now: float) -> str | None:
+        moved_to = follower_of(self.inner)
+        return None if moved_to is None else await moved_to(key, now)
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         return [self._open(record) for record in await self.inner.list_user(user_id, now)]

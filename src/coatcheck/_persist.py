@@ -48,6 +48,7 @@ from .stores.base import (
     check_store,
     cookie_sealer_of,
     creator_of,
+    follower_of,
     mover_of,
 )
 
@@ -142,6 +143,7 @@ class Persistence:
         )
         self.now = config.clock
         self._moved = mover_of(self.store)
+        self._follow = follower_of(self.store)
         self.serializer: Serializer = serializer or JSONSerializer()
         self._empty = self.serializer.dumps({})
         self._cookie_needle = cookie_needle(config.cookie.name)
@@ -607,9 +609,15 @@ class Persistence:
         logged_in = rotated and session._signing_in and session._user_id is not None
         if stored is None and session._missed is not None and not logged_in:
             await self._refuse_if_moved(session, session._missed, now)
+        unheard = None  # the session of an earlier login whose answer never came back
+        if logged_in and stored is None and session._orphan is None and import_key is None:
+            assert session._user_id is not None
+            unheard = await self._unheard_login(session, session._user_id, now)
         if logged_in and self._refuse_at is not None:
             assert session._user_id is not None
             replaced_key = old_key or session._orphan or import_key
+            if unheard is not None:
+                replaced_key = unheard.key
             if await self.at_limit(session._user_id, replaced_key, key):
                 await self.emit(session, "login_refused", session._user_id, "")
                 raise SessionLimitError(self._refuse_at)
@@ -659,6 +667,8 @@ class Persistence:
             # A login or regenerate() in the import's own request moves its ID on: the
             # old cookie of a late request of the same page must find it moved.
             replaces = session._orphan or (None if importing else import_key)
+            if unheard is not None:
+                replaces = unheard.key
             if created and replaces is not None:
                 await self.store.delete(replaces)
             if not created and not await self.store.save(record, replaces=replaces):
@@ -755,7 +765,8 @@ class Persistence:
                 # As stored when the move replaced it: with what a parallel save merged
                 # (none, as new, when another request ended it first).
                 moved = (winners[-1] if winners else stored) if ended_here else None
-                await self._rotated(session, moved, replaced, record, logged_in, now, announced)
+                ended = replaced or unheard
+                await self._rotated(session, moved, ended, record, logged_in, now, announced)
             elif moves:  # moved on from the session a parallel import stored
                 # A login only if this request made one: the import's was announced already.
                 relogged = logged_in and bool(session._authenticated_at)
@@ -838,6 +849,23 @@ class Persistence:
         """
         if await self._moved_since(session, key, now):
             raise SessionEndedError("the session was moved to a new ID by another request")
+
+    async def _unheard_login(
+        self, session: Session, user_id: str, now: float
+    ) -> SessionRecord | None:
+        """The session an earlier login as ``user_id`` stored for this browser, when that
+        login's answer never reached it: the browser still sends the cookie the login
+        moved, and logs in again. No browser holds that session; this login replaces it
+        (and says it ended), rather than count it as another device, which under
+        ``"refuse_login"`` would refuse the user until it idles out. Only a login as the
+        same user does: the old cookie alone gives no hold on a session made from it."""
+        if session._missed is None or self._follow is None:
+            return None
+        key = await self._follow(session._missed, now)
+        record = None if key is None else await self.store.load(key, now)
+        if record is None or record.user_id != user_id or self.deadline(record) <= now:
+            return None
+        return record
 
     async def _moved_since(self, session: Session, key: str, now: float) -> bool:
         """Whether a login moved the session under ``key`` after this request came."""

@@ -45,8 +45,8 @@ __all__ = ["SessionTelemetry"]
 
 T = TypeVar("T")
 
-# Methods a store may have (see coatcheck.stores.base.creator_of and mover_of).
-_OPTIONAL = ("create", "moved_at")
+# Methods a store may have (see coatcheck.stores.base: creator_of, mover_of, follower_of).
+_OPTIONAL = ("create", "moved_at", "moved_to")
 
 
 class SessionTelemetry:

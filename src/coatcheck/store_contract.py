@@ -33,7 +33,7 @@ import pytest
 
 from ._ids import new_public_id, new_session_id, store_key
 from .stores.base import MOVED_FOR as _MOVED_FOR
-from .stores.base import MovedAt, SessionRecord, Store, mover_of
+from .stores.base import MovedAt, MovedTo, SessionRecord, Store, follower_of, mover_of
 
 __all__ = ["HOUR", "NOW", "StoreContract", "make_record"]
 
@@ -71,6 +71,14 @@ def _mover(store: Store) -> MovedAt:
     if moved_at is None:
         pytest.skip("the store does not track moves (optional: see mover_of)")
     return moved_at
+
+
+def _follower(store: Store) -> MovedTo:
+    """The store's optional ``moved_to()``; a store without one skips the tests of it."""
+    moved_to = follower_of(store)
+    if moved_to is None:
+        pytest.skip("the store does not say where moves went (optional: see follower_of)")
+    return moved_to
 
 
 class StoreContract:
@@ -713,6 +721,33 @@ class StoreContract:
         await store.delete(record.key)
         assert await moved_at(record.key, NOW) is None
         assert await moved_at(store_key(new_session_id()), NOW) is None
+
+    async def test_a_move_names_the_key_it_went_to(self, store: Store) -> None:
+        moved_to = _follower(store)
+        old = make_record(user_id=None, data=b"anonymous")
+        await store.save(old)
+        new = make_record(user_id="alice", last_seen_at=NOW, created_at=old.created_at)
+        await store.save(new, replaces=old.key)
+        assert await moved_to(old.key, NOW) == new.key
+        assert await moved_to(old.key, NOW + _MOVED_FOR - 1) == new.key
+        assert await moved_to(old.key, NOW + _MOVED_FOR) is None
+        assert await moved_to(new.key, NOW) is None
+
+        # A checked rotation (a login again), and a key under which nothing was stored.
+        again = make_record(user_id="alice", last_seen_at=NOW)
+        assert await store.save(again, replaces=new.key, expected_version=new.version)
+        assert await moved_to(new.key, NOW) == again.key
+        derived = store_key(new_session_id())
+        other = make_record(user_id="bob", last_seen_at=NOW)
+        assert await store.save(other, replaces=derived)
+        assert await moved_to(derived, NOW) == other.key
+
+        # Deletes and saves in place are no moves.
+        await store.delete(again.key)
+        assert await moved_to(again.key, NOW) is None
+        assert await store.save(other._replace(data=b"updated", version=2), expected_version=1)
+        assert await moved_to(other.key, NOW) is None
+        assert await moved_to(store_key(new_session_id()), NOW) is None
 
     # -- lifecycle ---------------------------------------------------------------------
 

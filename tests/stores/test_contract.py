@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from coatcheck.store_contract import HOUR, NOW, StoreContract, make_record
 from coatcheck.stores import SessionRecord, Store
-from coatcheck.stores.base import creator_of, mover_of
+from coatcheck.stores.base import creator_of, follower_of, mover_of
 
 from ..store_kinds import STORE_KINDS, build_store, fresh_store
 
@@ -62,6 +62,9 @@ class TestContract(StoreContract):
 
         assert await store.save(new, replaces=old.key, expected_version=1, merge=merge)
         assert await moved_at(old.key, NOW) == NOW
+        moved_to = follower_of(store)
+        assert moved_to is not None
+        assert await moved_to(old.key, NOW) == new.key
         loaded = await store.load(new.key, NOW)
         assert loaded is not None
         assert loaded.data == b"parallel+login"

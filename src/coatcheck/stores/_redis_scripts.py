@@ -108,9 +108,10 @@ local function revoked(receipt, token)
   return token ~= '' and redis.call('HMGET', receipt, 'r')[1] == token
 end
 -- A session moved to a new key (a login) notes when, as ``m`` in its old key's
--- receipt, for as long as coatcheck.stores.base.MOVED_FOR says (ten minutes).
-local function note_moved(receipt, at)
-  redis.call('HSET', receipt, 'm', at)
+-- receipt, and the new key, as ``t``, for as long as coatcheck.stores.base.MOVED_FOR
+-- says (ten minutes).
+local function note_moved(receipt, at, to)
+  redis.call('HSET', receipt, 'm', at, 't', to)
   redis.call('PEXPIRE', receipt, 600000)
 end
 """
@@ -145,7 +146,7 @@ if old ~= new then
   -- A resent copy of the save that made the old session must not bring it back.
   local receipt = ARGV[1] .. ':t:{' .. ARGV[3] .. '}'
   note_revoked(receipt, redis.call('HMGET', old, 'k')[1])
-  note_moved(receipt, ARGV[5])
+  note_moved(receipt, ARGV[5], ARGV[2])
   redis.call('DEL', old)
   local owner = redis.call('HMGET', new, 'u')[1]
   if owner and owner ~= user then unindex(owner, ARGV[2]) end
@@ -245,7 +246,7 @@ if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], 't', ARGV[3])
   if previous[3] then redis.call('HSET', KEYS[2], 'o', previous[3]) end
   redis.call('PEXPIRE', KEYS[2], 60000)
-  note_moved(KEYS[2], ARGV[2])
+  note_moved(KEYS[2], ARGV[2], ARGV[3])
 end
 return {1, previous[3]}
 """

@@ -184,6 +184,7 @@ class Store(Protocol):
 
 Create = Callable[[SessionRecord], Awaitable[bool]]
 MovedAt = Callable[[str, float], Awaitable[float | None]]
+MovedTo = Callable[[str, float], Awaitable[str | None]]
 
 MOVED_FOR = 600.0
 """Seconds a store that tracks moves remembers the key a save ``replaces`` (see
@@ -193,7 +194,7 @@ reached it may take to load its session (one still receiving a slow upload).
 The SQL stores keep a moved key as a row of its own (the old one emptied, or a new one
 where there was none): version -1, no user and no data, ``expires_at`` at the move, so
 that every query of live rows passes it by, and ``last_seen_at`` ``MOVED_FOR`` seconds
-later, before which no purge drops it."""
+later, before which no purge drops it. Its ``data`` holds the key the session moved to."""
 MOVED_VERSION = -1
 
 
@@ -223,6 +224,21 @@ def mover_of(store: Store) -> MovedAt | None:
     """
     moved_at: MovedAt | None = getattr(store, "moved_at", None)
     return moved_at
+
+
+def follower_of(store: Store) -> MovedTo | None:
+    """The store's ``moved_to(key, now) -> str | None``, if it has one: the key that a
+    save which ``replaces`` ``key`` wrote the session under, while :func:`mover_of`'s
+    ``moved_at`` still remembers that move.
+
+    Optional: a browser whose login's answer never reached it logs in again with its
+    old cookie. The login it never heard of is then found and replaced by the new
+    one, rather than left to count against ``max_sessions_per_user`` (a refused login,
+    under ``"refuse_login"``) and to show as a device nobody holds. A store without it
+    leaves that session until it idles out.
+    """
+    moved_to: MovedTo | None = getattr(store, "moved_to", None)
+    return moved_to
 
 
 def cookie_sealer_of(store: Store) -> Callable[[Sequence[bytes], str], CookieSealer] | None:

@@ -30,8 +30,9 @@ class MemoryStore:
         self._by_user: dict[str, set[str]] = {}
         self._anonymous: OrderedDict[str, None] = OrderedDict()  # keys, in write order
         self._swept_at = float("-inf")  # when _make_room last looked for expired records
-        # Keys that saves moved to new ones, in the order moved, with when they ended.
-        self._moved: OrderedDict[str, float] = OrderedDict()
+        # Keys that saves moved to new ones, in the order moved, with when they ended
+        # and the key each moved to.
+        self._moved: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<MemoryStore {len(self._records)} of at most {self.max_entries} records>"
@@ -60,7 +61,7 @@ class MemoryStore:
                 record = merge(base)  # no await since the read: nothing can interleave
         if replaces is not None and replaces != record.key:
             self._remove(replaces)
-            self._note_move(replaces, record.last_seen_at)
+            self._note_move(replaces, record.last_seen_at, record.key)
         self._remove(record.key)
         if len(self._records) >= self.max_entries:
             self._make_room(record.last_seen_at)
@@ -86,8 +87,13 @@ class MemoryStore:
     async def moved_at(self, key: str, now: float) -> float | None:
         """When a save moved the session under ``key`` to a new key, if less than
         ``MOVED_FOR`` seconds before ``now`` (see :func:`~coatcheck.stores.base.mover_of`)."""
-        moved_at = self._moved.get(key)
-        return moved_at if moved_at is not None and now < moved_at + MOVED_FOR else None
+        move = self._moved.get(key)
+        return move[0] if move is not None and now < move[0] + MOVED_FOR else None
+
+    async def moved_to(self, key: str, now: float) -> str | None:
+        """The key that move went to (see :func:`~coatcheck.stores.base.follower_of`)."""
+        move = self._moved.get(key)
+        return move[1] if move is not None and now < move[0] + MOVED_FOR else None
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         user_id = user_text(user_id)
@@ -139,14 +145,14 @@ class MemoryStore:
             if not keys:
                 del self._by_user[record.user_id]
 
-    def _note_move(self, key: str, now: float) -> None:
-        """Remember ``key`` as moved at ``now``; forget moves long past, and the oldest
-        beyond ``max_entries``, so that a flood of logins cannot grow this either."""
+    def _note_move(self, key: str, now: float, to: str) -> None:
+        """Remember ``key`` as moved to ``to`` at ``now``; forget moves long past, and the
+        oldest beyond ``max_entries``, so that a flood of logins cannot grow this either."""
         moves = self._moved
-        moves[key] = now
+        moves[key] = (now, to)
         moves.move_to_end(key)
         while moves:
-            oldest, moved_at = next(iter(moves.items()))
+            oldest, (moved_at, _) = next(iter(moves.items()))
             if moved_at + MOVED_FOR > now and len(moves) <= self.max_entries:
                 break
             del moves[oldest]

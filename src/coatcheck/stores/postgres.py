@@ -90,17 +90,16 @@ _ADDED_COLUMNS = (
 _UPSERT = " ON CONFLICT (key) DO UPDATE SET " + ", ".join(
     f"{name} = EXCLUDED.{name}" for name in _FIELDS.split(", ")
 )
-# A moved key's row (see coatcheck.stores.base.MOVED_FOR): the old row set with the
-# move's time and the end of its mark (_MOVED_ROW), or, where there is none, a row made
-# of the key and those times (_MARK); looked up at a time ``now``.
+# A moved key's row (see coatcheck.stores.base.MOVED_FOR): the old row set with the key
+# it moved to, the move's time and the end of its mark (_MOVED_ROW), or, where there is
+# none, a row made of the key and those (_MARK); looked up at a time ``now``.
 _MOVED_ROW = (
-    f"version = {MOVED_VERSION}, user_id = NULL, data = ''::bytea,"
-    " expires_at = %s, last_seen_at = %s"
+    f"version = {MOVED_VERSION}, user_id = NULL, data = %s, expires_at = %s, last_seen_at = %s"
 )
 _MARK = (
     "(key, public_id, data, user_id, created_at, expires_at, last_seen_at, version)"
-    f" VALUES (%s, '', ''::bytea, NULL, %s, %s, %s, {MOVED_VERSION}) ON CONFLICT (key)"
-    f" DO UPDATE SET version = {MOVED_VERSION}, user_id = NULL, data = ''::bytea,"
+    f" VALUES (%s, '', %s, NULL, %s, %s, %s, {MOVED_VERSION}) ON CONFLICT (key)"
+    f" DO UPDATE SET version = {MOVED_VERSION}, user_id = NULL, data = EXCLUDED.data,"
     " expires_at = EXCLUDED.expires_at, last_seen_at = EXCLUDED.last_seen_at"
 )
 _MOVED_AT = f"version = {MOVED_VERSION} AND last_seen_at > %s"
@@ -240,7 +239,7 @@ class PostgresStore:
         self._delete_key = f"DELETE FROM {name} WHERE key = %s"  # noqa: S608
         # A rotation leaves the old key marked as moved: see _MARK.
         self._mark_moved = f"INSERT INTO {name} {_MARK}"
-        self._select_moved = f"SELECT expires_at FROM {name} WHERE key = %s AND {_MOVED_AT}"  # noqa: S608
+        self._select_moved = f"SELECT expires_at, data FROM {name} WHERE key = %s AND {_MOVED_AT}"  # noqa: S608
         self._replace = (
             f"WITH gone AS ({self._mark_moved})"  # noqa: S608
             f" INSERT INTO {name} ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"
@@ -340,12 +339,13 @@ class PostgresStore:
         merge: Merge | None,
     ) -> bool:
         at = record.last_seen_at
-        moved = (at, at + MOVED_FOR)  # the move's time, and the end of its mark
+        # The key it moved to, the move's time, and the end of its mark.
+        moved = (record.key.encode(), at, at + MOVED_FOR)
         if expected is None:
             if previous == record.key:
                 await db.execute(self._insert, record)
             else:
-                await db.execute(self._replace, (previous, at, *moved, *record))
+                await db.execute(self._replace, (previous, moved[0], at, *moved[1:], *record))
             return True
         # Optimistic: one statement that writes only over the version this request read.
         condition = (previous, expected, record.last_seen_at)
@@ -372,7 +372,8 @@ class PostgresStore:
                 chosen = merge(base)
             if previous != chosen.key:
                 at = chosen.last_seen_at
-                await db.execute(self._mark_moved, (previous, at, at, at + MOVED_FOR))
+                mark = (previous, chosen.key.encode(), at, at, at + MOVED_FOR)
+                await db.execute(self._mark_moved, mark)
             await db.execute(self._insert, chosen)
         return True
 
@@ -395,10 +396,20 @@ class PostgresStore:
         """When a save moved the session under ``key`` to a new key, if less than
         ``MOVED_FOR`` seconds before ``now`` (see :func:`~coatcheck.stores.base.mover_of`)."""
 
-        async def read(db: Connection) -> float | None:
+        row = await self._move(key, now)
+        return None if row is None else float(row[0])
+
+    async def moved_to(self, key: str, now: float) -> str | None:
+        """The key that move went to (see :func:`~coatcheck.stores.base.follower_of`);
+        None for a mark an earlier coatcheck made, which did not keep it."""
+        row = await self._move(key, now)
+        return bytes(row[1]).decode() if row is not None and row[1] else None
+
+    async def _move(self, key: str, now: float) -> tuple[Any, ...] | None:
+        async def read(db: Connection) -> tuple[Any, ...] | None:
             cursor = await db.execute(self._select_moved, (key, now))
-            row = await cursor.fetchone()
-            return None if row is None else float(row[0])
+            row: tuple[Any, ...] | None = await cursor.fetchone()
+            return row
 
         return await self._run(read, idempotent=True)
 

@@ -340,15 +340,25 @@ class RedisStore:
     async def moved_at(self, key: str, now: float) -> float | None:
         """When a save moved the session under ``key`` to a new key, if less than
         ``MOVED_FOR`` seconds before ``now`` (see :func:`~coatcheck.stores.base.mover_of`)."""
+        moved_at, _ = await self._move(key, now)
+        return moved_at
+
+    async def moved_to(self, key: str, now: float) -> str | None:
+        """The key that move went to (see :func:`~coatcheck.stores.base.follower_of`);
+        None for a mark an earlier coatcheck made, which did not keep it."""
+        _, to = await self._move(key, now)
+        return to
+
+    async def _move(self, key: str, now: float) -> tuple[float | None, str | None]:
         if asyncio.get_running_loop() is not self._loop:
             self._in_this_loop()
         receipt = self._names.receipt(key)
-        moved_at = await self._again_if_broken(
-            lambda: self.client.execute_command("HGET", receipt, "m")
+        moved_at, to = await self._again_if_broken(
+            lambda: self.client.execute_command("HMGET", receipt, "m", "t")
         )
         if moved_at is None or now >= float(moved_at) + MOVED_FOR:
-            return None
-        return float(moved_at)
+            return None, None
+        return float(moved_at), None if to is None else codec.text(to)
 
     async def _delete(self, key: str) -> None:
         if self._on_cluster is not None:

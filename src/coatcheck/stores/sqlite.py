@@ -55,12 +55,13 @@ _ADDED_COLUMNS = (
     ("idle_timeout", "INTEGER NOT NULL DEFAULT 0"),
     ("absolute_timeout", "INTEGER NOT NULL DEFAULT 0"),
 )
-# A moved key's row (see coatcheck.stores.base.MOVED_FOR), made of the key, the move's
-# time and the end of its mark, over the old row if there is one; looked up at ``now``.
+# A moved key's row (see coatcheck.stores.base.MOVED_FOR), made of the key, the key it
+# moved to, the move's time and the end of its mark, over the old row if there is one;
+# looked up at ``now``.
 _MOVED_ROW = (
     "(key, public_id, data, user_id, created_at, expires_at, last_seen_at, version)"
-    f" VALUES (?, '', x'', NULL, ?, ?, ?, {MOVED_VERSION}) ON CONFLICT(key) DO UPDATE SET"
-    f" version = {MOVED_VERSION}, user_id = NULL, data = x'',"
+    f" VALUES (?, '', ?, NULL, ?, ?, ?, {MOVED_VERSION}) ON CONFLICT(key) DO UPDATE SET"
+    f" version = {MOVED_VERSION}, user_id = NULL, data = excluded.data,"
     " expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at"
 )
 _MOVED_AT = f"version = {MOVED_VERSION} AND last_seen_at > ?"
@@ -130,7 +131,7 @@ class SQLiteStore:
         # A key a save moved to a new one: see _MOVED_ROW.
         self._mark_moved = f"INSERT INTO {self._sql_table} {_MOVED_ROW}"
         self._select_moved = (
-            f"SELECT expires_at FROM {self._sql_table} WHERE key = ? AND {_MOVED_AT}"  # noqa: S608
+            f"SELECT expires_at, data FROM {self._sql_table} WHERE key = ? AND {_MOVED_AT}"  # noqa: S608
         )
         # An upsert rather than INSERT OR REPLACE: a column a later release adds keeps
         # its value when this one writes the row, in a rolling deploy or a rollback.
@@ -227,7 +228,8 @@ class SQLiteStore:
                             chosen = merge(base)
                     if previous != chosen.key:
                         at = chosen.last_seen_at  # the move's time; its mark ends later
-                        db.execute(self._mark_moved, (previous, at, at, at + MOVED_FOR))
+                        mark = (previous, chosen.key.encode(), at, at, at + MOVED_FOR)
+                        db.execute(self._mark_moved, mark)
                     db.execute(self._insert, _values(chosen))
             if purge:
                 try:
@@ -254,9 +256,18 @@ class SQLiteStore:
     async def moved_at(self, key: str, now: float) -> float | None:
         """When a save moved the session under ``key`` to a new key, if less than
         ``MOVED_FOR`` seconds before ``now`` (see :func:`~coatcheck.stores.base.mover_of`)."""
-        sql = self._select_moved
-        rows = await self._run(lambda db: db.execute(sql, (key, now)).fetchall())
+        rows = await self._moves(key, now)
         return float(rows[0][0]) if rows else None
+
+    async def moved_to(self, key: str, now: float) -> str | None:
+        """The key that move went to (see :func:`~coatcheck.stores.base.follower_of`);
+        None for a mark an earlier coatcheck made, which did not keep it."""
+        rows = await self._moves(key, now)
+        return bytes(rows[0][1]).decode() if rows and rows[0][1] else None
+
+    async def _moves(self, key: str, now: float) -> list[Any]:
+        sql = self._select_moved
+        return await self._run(lambda db: db.execute(sql, (key, now)).fetchall())
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         user_id = user_text(user_id)
