@@ -323,15 +323,17 @@ class SQLiteStore:
         return await self._run(remove)
 
     async def purge_expired(self, now: float) -> int:
-        def purge(db: sqlite3.Connection) -> int:
-            total = 0
-            while True:
-                rows, sessions = self._purge_batch(db, now)
-                total += sessions
-                if not rows:
-                    return total
-
-        return await self._run(purge)
+        total = 0
+        while True:
+            started = time.monotonic()
+            rows, sessions = await self._run(lambda db: self._purge_batch(db, now))
+            total += sessions
+            if rows < self.purge_batch:
+                return total
+            # As long again before the next batch: a writer of another process, whose
+            # busy handler looks again only every few milliseconds, gets the lock
+            # between batches instead of waiting out its timeout behind a long purge.
+            await asyncio.sleep(time.monotonic() - started)
 
     async def count(self, now: float) -> int:
         sql = f"SELECT count(*) FROM {self._sql_table} WHERE {_LIVE}"  # noqa: S608
@@ -389,9 +391,28 @@ class SQLiteStore:
             f'CREATE INDEX IF NOT EXISTS "{self.table}_user"'
             f" ON {self._sql_table} (user_id) WHERE user_id IS NOT NULL"
         )
+        self._add_indexes(db)
+
+    def _add_indexes(self, db: sqlite3.Connection) -> None:
+        # Sessions and the marks of moves, each by when a purge may drop them, apart: in
+        # one index, each batch of a purge would walk past every row of the other kind
+        # (a backlog of expired sessions, or the logins of the last ten minutes), which
+        # takes seconds under the write lock. The one index of earlier releases goes.
         db.execute(
-            f'CREATE INDEX IF NOT EXISTS "{self.table}_expires" ON {self._sql_table} (expires_at)'
+            f'CREATE INDEX IF NOT EXISTS "{self.table}_expiry" ON {self._sql_table}'
+            f" (expires_at) WHERE version != {MOVED_VERSION}"
         )
+        db.execute(
+            f'CREATE INDEX IF NOT EXISTS "{self.table}_moved" ON {self._sql_table}'
+            f" (last_seen_at) WHERE version = {MOVED_VERSION}"
+        )
+        db.execute(f'DROP INDEX IF EXISTS "{self.table}_expires"')
+
+    def _old_indexes(self, db: sqlite3.Connection) -> bool:
+        """Whether the table has the indexes of an earlier release (see _add_indexes)."""
+        listed = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+        names = {row[0] for row in db.execute(listed, (self.table,))}
+        return f"{self.table}_moved" not in names or f"{self.table}_expires" in names
 
     def _missing_columns(self, db: sqlite3.Connection) -> list[tuple[str, str]]:
         present = {column[1] for column in db.execute(f"PRAGMA table_info({self._sql_table})")}
@@ -415,13 +436,14 @@ class SQLiteStore:
             f" (SELECT key FROM {self._sql_table}"
             f"  WHERE expires_at <= ? AND version != {MOVED_VERSION} LIMIT ?)"
         )
+        # A mark's expires_at (the move) comes before its last_seen_at (its end).
         marks = (
             f"DELETE FROM {self._sql_table} WHERE key IN"  # noqa: S608
             f" (SELECT key FROM {self._sql_table}"
-            f"  WHERE expires_at <= ? AND version = {MOVED_VERSION} AND last_seen_at <= ? LIMIT ?)"
+            f"  WHERE version = {MOVED_VERSION} AND last_seen_at <= ? LIMIT ?)"
         )
         ended = db.execute(sessions, (now, self.purge_batch)).rowcount
-        gone = db.execute(marks, (now, now, self.purge_batch)).rowcount
+        gone = db.execute(marks, (now, self.purge_batch)).rowcount
         return max(ended, gone), ended
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -517,9 +539,10 @@ class SQLiteStore:
                 if not db.execute(exists, (self.table,)).fetchall():
                     with _immediate(db):
                         self._create_schema(db)
-                elif self._missing_columns(db):
+                elif self._missing_columns(db) or self._old_indexes(db):
                     with _immediate(db):
                         self._add_columns(db)
+                        self._add_indexes(db)
                 break
             except sqlite3.OperationalError as exc:
                 if not _is_transient(exc) or time.monotonic() >= deadline:
