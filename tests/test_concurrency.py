@@ -414,6 +414,42 @@ async def test_a_login_again_after_a_lost_answer_replaces_the_unheard_one(
     ]
 
 
+async def test_logins_after_lost_answers_in_a_row_each_replace_the_last(any_store: Store) -> None:
+    """The connection dropped twice: the third login follows both moves to the session
+    the second one made, which no browser holds either."""
+    clock, persistence, cookie, _ = await _cart_moved_by_a_login(
+        any_store, max_sessions_per_user=1, at_session_limit="refuse_login"
+    )
+    for _ in range(2):
+        clock.advance(30)
+        retried = await open_session(persistence, cookie)
+        retried.login("alice")
+        heard = issued(await persistence.commit(retried, 200))
+        (device,) = await any_store.list_user("alice", clock())
+        assert device.key == key_of(heard)
+
+
+async def test_a_double_clicked_login_ends_neither_login(any_store: Store) -> None:
+    """Both clicks bring the visitor's cookie, and the second loads its session only
+    once the first login is stored. It was sent before that answer could arrive, and
+    the browser may take either answer last: both sessions stay."""
+    clock = FakeClock()
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    visitor = await open_session(persistence, None)
+    visitor["cart"] = ["apple"]
+    cookie = issued(await persistence.commit(visitor, 200))
+    first = await open_session(persistence, cookie)
+    second = Session(persistence, {"headers": [(b"cookie", f"__Host-session={cookie}".encode())]})
+    first.login("alice")
+    one = issued(await persistence.commit(first, 200))
+    clock.advance(0.5)
+    await second.load()
+    second.login("alice")
+    two = issued(await persistence.commit(second, 200))
+    assert (await open_session(persistence, one)).user_id == "alice"
+    assert (await open_session(persistence, two)).user_id == "alice"
+
+
 async def test_a_lost_answer_gives_no_hold_on_another_users_session(any_store: Store) -> None:
     """The old cookie alone is no credential for the session a login made of it: bob
     signing in with it ends nothing of alice's."""

@@ -70,6 +70,9 @@ class _SaveCancelled(StoreUnavailableError):
 ARRIVAL_SLACK = 10.0
 # Seconds that what follows a stored login may still take once its request is cancelled.
 _FINISH_WITHIN = 10.0
+# How many moves a login after a lost answer follows to the session it never heard of:
+# each earlier login whose answer was lost too moved it once more.
+_FOLLOWED_MOVES = 4
 
 _NO_STORE = (b"cache-control", b"no-store")
 # On a logout: browsers drop the origin's cached pages, the back/forward cache included,
@@ -858,14 +861,25 @@ class Persistence:
         moved, and logs in again. No browser holds that session; this login replaces it
         (and says it ended), rather than count it as another device, which under
         ``"refuse_login"`` would refuse the user until it idles out. Only a login as the
-        same user does: the old cookie alone gives no hold on a session made from it."""
-        if session._missed is None or self._follow is None:
+        same user does: the old cookie alone gives no hold on a session made from it.
+
+        A request that came before the move (give or take ``ARRIVAL_SLACK``) was sent
+        before that answer could arrive, as a double-clicked login is: the browser may
+        hold the other login's cookie by the end, so that session stays. Moves are
+        followed a few steps, past the logins of earlier lost answers."""
+        key = session._missed
+        if key is None or self._follow is None or await self._moved_since(session, key, now):
             return None
-        key = await self._follow(session._missed, now)
-        record = None if key is None else await self.store.load(key, now)
-        if record is None or record.user_id != user_id or self.deadline(record) <= now:
-            return None
-        return record
+        for _ in range(_FOLLOWED_MOVES):
+            key = await self._follow(key, now)
+            if key is None:
+                return None
+            record = await self.store.load(key, now)
+            if record is not None:
+                if record.user_id != user_id or self.deadline(record) <= now:
+                    return None
+                return record
+        return None
 
     async def _moved_since(self, session: Session, key: str, now: float) -> bool:
         """Whether a login moved the session under ``key`` after this request came."""
