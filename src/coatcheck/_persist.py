@@ -32,7 +32,6 @@ from .exceptions import (
     MissingDependencyError,
     NotSupportedError,
     ResponseStartedError,
-    SerializationError,
     SessionConflictError,
     SessionEndedError,
     SessionLimitError,
@@ -562,17 +561,6 @@ class Persistence:
             self._path_warned = _outside_cookie_path(session, self._cookie_path)
         if session._id is None:
             session._id = new_session_id()
-        unheard = None  # the session of an earlier login whose answer never came back
-        if (
-            stored is None
-            and session._signing_in
-            and session._user_id is not None
-            and session._orphan is None
-            and session._import_id is None
-        ):
-            unheard = await self._unheard_login(session, session._user_id, self.now())
-            if unheard is not None:
-                self._go_on_from(session, unheard)
         if not session._public_id:
             session._public_id = new_public_id()
         key = session._key or store_key(session._id)
@@ -624,6 +612,10 @@ class Persistence:
         logged_in = rotated and session._signing_in and session._user_id is not None
         if stored is None and session._missed is not None and not logged_in:
             await self._refuse_if_moved(session, session._missed, now)
+        unheard = None  # the session of an earlier login whose answer never came back
+        if logged_in and stored is None and session._orphan is None and import_key is None:
+            assert session._user_id is not None
+            unheard = await self._unheard_login(session, session._user_id, now)
         if logged_in and self._refuse_at is not None:
             assert session._user_id is not None
             replaced_key = old_key or session._orphan or import_key
@@ -776,8 +768,8 @@ class Persistence:
                 # As stored when the move replaced it: with what a parallel save merged
                 # (none, as new, when another request ended it first).
                 moved = (winners[-1] if winners else stored) if ended_here else None
-                moved = moved or unheard  # a login again on it, as its answer was lost
-                await self._rotated(session, moved, replaced, record, logged_in, now, announced)
+                ended = replaced or unheard
+                await self._rotated(session, moved, ended, record, logged_in, now, announced)
             elif moves:  # moved on from the session a parallel import stored
                 # A login only if this request made one: the import's was announced already.
                 relogged = logged_in and bool(session._authenticated_at)
@@ -866,11 +858,10 @@ class Persistence:
     ) -> SessionRecord | None:
         """The session an earlier login as ``user_id`` stored for this browser, when that
         login's answer never reached it: the browser still sends the cookie the login
-        moved, and logs in again. No browser holds that session; this login goes on from
-        it (see :meth:`_go_on_from`) and replaces it, rather than count it as another
-        device, which under ``"refuse_login"`` would refuse the user until it idles out.
-        Only a login as the same user does: the old cookie alone gives no hold on a
-        session made from it.
+        moved, and logs in again. No browser holds that session; this login replaces it
+        (and says it ended), rather than count it as another device, which under
+        ``"refuse_login"`` would refuse the user until it idles out. Only a login as the
+        same user does: the old cookie alone gives no hold on a session made from it.
 
         A request that came before the move (give or take ``ARRIVAL_SLACK``) was sent
         before that answer could arrive, as a double-clicked login is: the browser may
@@ -889,24 +880,6 @@ class Persistence:
                     return None
                 return record
         return None
-
-    def _go_on_from(self, session: Session, unheard: SessionRecord) -> None:
-        """Continue the session of a login whose answer was lost, as a login again on it
-        would have: its data (a cart) under what this request set, and its public id,
-        so that the user's device list and events show one device signing in again.
-        Data that cannot be read here, or that would take the session past
-        ``max_session_bytes``, stays behind."""
-        try:
-            carried = self.decode(unheard)
-            merged = {**carried, **session._data}
-            fits = len(self.serializer.dumps(merged)) <= self.config.max_session_bytes
-        except (ValueError, SerializationError):
-            fits = False
-        if fits and carried:
-            for key, value in carried.items():
-                session._data.setdefault(key, value)
-            session._modified = True
-        session._public_id = unheard.public_id
 
     async def _moved_since(self, session: Session, key: str, now: float) -> bool:
         """Whether a login moved the session under ``key`` after this request came."""
