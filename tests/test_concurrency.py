@@ -461,6 +461,88 @@ async def test_a_lost_answer_gives_no_hold_on_another_users_session(any_store: S
     assert len(await any_store.list_user("alice", clock())) == 1
 
 
+async def test_a_session_written_since_its_login_is_no_lost_answer(any_store: Store) -> None:
+    """A browser that got the login's answer shows that it holds that session by its
+    first write (a second factor confirmed, say). Whoever still holds the old cookie,
+    such as someone who planted it before alice signed in, gets a session of their
+    own by signing in as her, and her session stays as it is."""
+    clock, persistence, cookie, alices = await _cart_moved_by_a_login(any_store)
+    clock.advance(1)
+    confirmed = await open_session(persistence, alices)
+    confirmed["second_factor"] = True
+    await persistence.commit(confirmed, 200)
+    clock.advance(30)
+
+    planted = await open_session(persistence, cookie)
+    planted.login("alice")
+    theirs = issued(await persistence.commit(planted, 200))
+
+    assert dict(await open_session(persistence, alices)) == {
+        "cart": ["apple"],
+        "second_factor": True,
+    }
+    assert dict(await open_session(persistence, theirs)) == {}
+    assert len(await any_store.list_user("alice", clock())) == 2
+
+
+async def test_a_double_clicked_login_again_after_a_lost_answer_keeps_the_first_click(
+    any_store: Store,
+) -> None:
+    """Both clicks bring the old cookie of a login whose answer was lost. The first
+    replaces that login's session; the second, sent before the first one's answer could
+    arrive, leaves the first one's session alone, so either answer may come last."""
+    clock, persistence, cookie, _ = await _cart_moved_by_a_login(any_store)
+    clock.advance(30)
+    first = await open_session(persistence, cookie)
+    second = Session(persistence, {"headers": [(b"cookie", f"__Host-session={cookie}".encode())]})
+    first.login("alice")
+    one = issued(await persistence.commit(first, 200))
+    clock.advance(0.5)
+    await second.load()
+    second.login("alice")
+    two = issued(await persistence.commit(second, 200))
+    assert (await open_session(persistence, one)).user_id == "alice"
+    assert (await open_session(persistence, two)).user_id == "alice"
+
+
+@pytest.mark.parametrize("meanwhile", ["the other click", "a revocation"])
+async def test_a_login_again_after_a_lost_answer_yields_to_a_parallel_change(
+    meanwhile: str,
+) -> None:
+    """Between the retry's look at the unheard session and its save, the other click of
+    a double click replaced that session, or alice revoked it from her phone: the retry
+    gets a 409 rather than a second session under the limit, or the revoked one back."""
+    store = MeanwhileStore()
+    clock, persistence, cookie, _ = await _cart_moved_by_a_login(
+        store, max_sessions_per_user=2, at_session_limit="refuse_login"
+    )
+    phone = await open_session(persistence, None)
+    phone.login("alice")
+    phone_cookie = issued(await persistence.commit(phone, 200))
+    clock.advance(30)
+    winners: list[str] = []
+
+    async def parallel() -> None:
+        if meanwhile == "the other click":
+            other = await open_session(persistence, cookie)
+            other.login("alice")
+            winners.append(issued(await persistence.commit(other, 200)))
+        else:
+            from_phone = await open_session(persistence, phone_cookie)
+            assert await from_phone.revoke_others() == 1
+            winners.append(phone_cookie)
+
+    retried = await open_session(persistence, cookie)
+    retried.login("alice")
+    store.meanwhile = parallel  # at the retry's count of alice's sessions
+    with pytest.raises(SessionEndedError):
+        await persistence.commit(retried, 200)
+    live = await store.list_user("alice", clock())
+    assert sorted(record.key for record in live) == sorted(
+        {key_of(phone_cookie), *map(key_of, winners)}
+    )
+
+
 async def test_the_slack_for_a_logins_answer_is_ten_seconds(any_store: Store) -> None:
     """What docs/concurrency.md promises, in seconds rather than by the constant's name:
     a request that came nine seconds after the move is taken for one sent before the

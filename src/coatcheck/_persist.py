@@ -670,11 +670,17 @@ class Persistence:
             # A login or regenerate() in the import's own request moves its ID on: the
             # old cookie of a late request of the same page must find it moved.
             replaces = session._orphan or (None if importing else import_key)
+            # The session of a lost answer is replaced only as it was found: a parallel
+            # request that wrote or ended it meanwhile (the other click of a double
+            # click, a revocation) wins, and this login gets a 409.
+            expected = None
             if unheard is not None:
-                replaces = unheard.key
+                replaces, expected = unheard.key, unheard.version
             if created and replaces is not None:
                 await self.store.delete(replaces)
-            if not created and not await self.store.save(record, replaces=replaces):
+            if not created and not await self.store.save(
+                record, replaces=replaces, expected_version=expected
+            ):
                 # Only a revocation racing this very login refuses a new record (Redis
                 # Cluster bars a key it found filed but not yet written).
                 raise SessionEndedError("the session was ended by another request")
@@ -860,25 +866,36 @@ class Persistence:
         login's answer never reached it: the browser still sends the cookie the login
         moved, and logs in again. No browser holds that session; this login replaces it
         (and says it ended), rather than count it as another device, which under
-        ``"refuse_login"`` would refuse the user until it idles out. Only a login as the
-        same user does: the old cookie alone gives no hold on a session made from it.
+        ``"refuse_login"`` would refuse the user until it idles out.
 
-        A request that came before the move (give or take ``ARRIVAL_SLACK``) was sent
-        before that answer could arrive, as a double-clicked login is: the browser may
-        hold the other login's cookie by the end, so that session stays. Moves are
-        followed a few steps, past the logins of earlier lost answers."""
+        Moves are followed a few steps, past the logins of earlier lost answers, and
+        each must pass three checks, or the session found stays as it is:
+        - this request came after the move and its answer's way back (``ARRIVAL_SLACK``):
+          one sent earlier, as the second click of a double click is, may be followed
+          by the other login's answer, whose cookie the browser then holds;
+        - nothing wrote the session since the move: a browser that got the answer
+          shows that it holds it by its first write, a refresh of its expiry included;
+        - it is the same user's: the old cookie alone gives no hold on a session made
+          from it, whoever planted it.
+        Its data (a cart) stays with it: what a browser held under the old cookie is no
+        credential for what the login added.
+        """
         key = session._missed
-        if key is None or self._follow is None or await self._moved_since(session, key, now):
+        if key is None or self._moved is None or self._follow is None:
             return None
         for _ in range(_FOLLOWED_MOVES):
-            key = await self._follow(key, now)
-            if key is None:
+            at = await self._moved(key, now)
+            if at is None or session._arrived < at + ARRIVAL_SLACK:
                 return None
-            record = await self.store.load(key, now)
+            followed = await self._follow(key, now)
+            if followed is None:
+                return None
+            record = await self.store.load(followed, now)
             if record is not None:
-                if record.user_id != user_id or self.deadline(record) <= now:
+                if record.user_id != user_id or record.last_seen_at != at:
                     return None
-                return record
+                return record if self.deadline(record) > now else None
+            key = followed
         return None
 
     async def _moved_since(self, session: Session, key: str, now: float) -> bool:
