@@ -108,9 +108,9 @@ class MeanwhileStore(MemoryStore):
 
 @pytest.fixture(autouse=True)
 def _security_log_unspent() -> None:
-    """The security log's lines a minute are shared by the process: a test that looks
-    for its line must not find them spent by the tests before it."""
-    _audit._budgets.clear()
+    """The log's budgets of lines a minute, and what it said once, are the process's: a
+    test that looks for its line must not find it spent or said by the tests before."""
+    _audit.forget()
 
 
 # A package that serves store URLs of its own, installed the way pip would leave it: a

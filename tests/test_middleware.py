@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -841,6 +843,46 @@ async def test_the_stores_own_retry_hint_reaches_the_client() -> None:
         response = await client.get("/read", headers=cookie("B" * 43))
     assert response.status_code == 503
     assert response.headers["retry-after"] == "30"
+
+
+class _OutageStore(MemoryStore):
+    """Fails every load while ``down``: a Redis server killed, then started again."""
+
+    down = False
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        if self.down:
+            raise StoreUnavailableError("the store is restarting", retry_after=3)
+        return await super().load(key, now)
+
+
+async def test_an_outage_is_logged_once_a_minute_and_its_end_when_the_store_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every request that needs the store fails in an outage: a line each would flood
+    the log, at a thousand requests a second. Its first line comes at once, the rest
+    are counted, and the store's first answer after it says how long it lasted."""
+    store = _OutageStore()
+    async with client_for(make_app(store)) as client:
+        sid = ticket(await client.post("/write"))
+        store.down = True
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            statuses = [
+                (await client.get("/read", headers=cookie(sid))).status_code for _ in range(5)
+            ]
+            store.down = False
+            assert (await client.get("/read", headers=cookie(sid))).status_code == 200
+            await client.get("/read", headers=cookie(sid))
+    assert statuses == [503] * 5
+    lines = [r.getMessage() for r in caplog.records if "store" in r.getMessage()]
+    assert lines[0] == (
+        "the store is restarting; answering 503"
+        " (more like this within a minute are counted, not logged)"
+    )
+    assert re.fullmatch(
+        r"the session store answers again, after \d+ s; 5 requests were answered 503", lines[1]
+    ), lines[1]
+    assert len(lines) == 2
 
 
 async def test_an_apps_own_outage_response_is_served_with_the_retry_hint() -> None:

@@ -36,7 +36,7 @@ class Keyring:
         if not secrets_:
             # Works in one process; several workers or a restart would not share it.
             logger.warning(
-                "coatcheck: no secret_keys configured; using a random per-process key. "
+                "no secret_keys configured; using a random per-process key. "
                 "Set SessionConfig(secret_keys=[...]) when running several workers."
             )
             secrets_ = [_random_process_key()]

@@ -18,6 +18,7 @@ import typing
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
+from ._audit import once
 from .exceptions import ConfigurationError, SerializationError
 
 logger = logging.getLogger("coatcheck")
@@ -242,11 +243,14 @@ class Binding:
             try:
                 instance = _validate(model, data[key])
             except Exception as exc:  # a validator of the app's may raise anything on an old shape
-                logger.warning(
-                    "session value %r is not a valid %s; starting from its defaults: %s",
-                    key,
-                    model.__name__,
-                    _problems(model, exc),
+                # Once: the value stays stored until the app changes it, so each read of
+                # each session that holds one would say it again.
+                problems = _problems(model, exc)
+                once(
+                    logger,
+                    ("invalid", key, model, problems),
+                    f"session value {key!r} is not a valid {model.__name__}; starting from "
+                    f"its defaults: {problems} (said once for this key, model and problem)",
                 )
             else:
                 return cls(model, instance, dump(instance))

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import math
+import time
 from collections.abc import Coroutine, Sequence
 from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from urllib.parse import unquote
 import anyio
 
 from ._asgi import Header, Headers
+from ._audit import once, security_event
 from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
 from ._devices import end_device
 from ._ids import key_of, new_public_id, new_session_id, store_key
@@ -57,7 +59,6 @@ if TYPE_CHECKING:
     from ._sealing import CookieSealer  # needs the cookie extra: imported by the store
 
 logger = logging.getLogger("coatcheck")
-security_log = logging.getLogger("coatcheck.security")
 
 
 class _SaveCancelled(StoreUnavailableError):
@@ -80,14 +81,18 @@ _NO_STORE = (b"cache-control", b"no-store")
 _CLEAR_CACHE = (b"clear-site-data", b'"cache"')
 _MAX_USER_AGENT = 256
 _MAX_IP_ADDRESS = 64  # an IPv6 address with a zone index fits; anything longer is not one
+# Said once for each path: each request of a route that changes its session too late
+# drops its changes alike.
 _LATE_UNSEALED = (
-    "session changes made after the response started were dropped: the cookie store "
-    "keeps the session in the cookie, which can no longer be sent; change it before responding"
+    "session changes made at {path!r} after the response started were dropped: the cookie "
+    "store keeps the session in the cookie, which can no longer be sent; change it before "
+    "responding (said once for this path)"
 )
 _LATE_DROPPED = (
-    "session changes made after the response started were dropped: the session had no "
-    "live record to continue (it was new, destroyed, or ended by another request), and a "
-    "new one would need a cookie, which can no longer be sent; change it before responding"
+    "session changes made at {path!r} after the response started were dropped: the session "
+    "had no live record to continue (it was new, destroyed, or ended by another request), "
+    "and a new one would need a cookie, which can no longer be sent; change it before "
+    "responding (said once for this path)"
 )
 
 
@@ -147,6 +152,9 @@ class Persistence:
         self.now = config.clock
         self._moved = mover_of(self.store)
         self._follow = follower_of(self.store)
+        # Since when requests have been answered 503 for want of the store, and how many.
+        self._down_since: float | None = None
+        self._answered_503 = 0
         self.serializer: Serializer = serializer or JSONSerializer()
         self._empty = self.serializer.dumps({})
         self._cookie_needle = cookie_needle(config.cookie.name)
@@ -177,6 +185,8 @@ class Persistence:
         if self._sealer is None:
             key = None if session_id is None else key_of(session_id)
             record = None if key is None else await self.store.load(key, now)
+            if self._down_since is not None and key is not None:
+                self._store_answers()
         else:
             opened = None if session_id is None else self._sealer.open(session_id)
             session_id, record = (None, None) if opened is None else opened
@@ -327,15 +337,17 @@ class Persistence:
         session on.
         """
         if not record.data or record.data.startswith(b"\x00"):
-            security_log.warning(
-                "session %s holds data this process cannot open (sealed under keys it "
-                "does not hold, or by a later release); no session here, and the record "
-                "is left as it is",
-                record.public_id,
+            security_event(
+                "sealed",
+                f"session {record.public_id} holds data that none of this process's keys "
+                "opens (sealed under a key missing from its secret_keys, by a later "
+                "release, or copied from another session): no session here, and the "
+                "record is left as it is. Every process needs a key in secret_keys before "
+                "any process seals with it",
             )
             return None
-        security_log.warning(
-            "undecodable data in session %s; starting an empty session", record.public_id
+        security_event(
+            "sealed", f"undecodable data in session {record.public_id}; starting an empty session"
         )
         return record.key
 
@@ -446,12 +458,32 @@ class Persistence:
             await self._announce(session)  # what it did announce (a refused login)
             raise
         self._end_turn(session)
+        if headers and self._down_since is not None:
+            self._store_answers()
         if headers and not session._cookie_final:
             # Stored: its cookie goes out with the response, even if what follows (the
             # event hooks, the caller) is cut short.
             session._outgoing = outgoing(session._outgoing, headers)
         await self._announce(session)
         return headers
+
+    def unavailable(self) -> None:
+        """Count a request answered 503 because the store did not answer."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._answered_503 += 1
+
+    def _store_answers(self) -> None:
+        """Say that the store answers again, which the lines of its outage, a minute
+        apart at most, would otherwise leave to be guessed from their end."""
+        assert self._down_since is not None
+        lasted = time.monotonic() - self._down_since
+        logger.warning(
+            "the session store answers again, after %.0f s; %d requests were answered 503",
+            lasted,
+            self._answered_503,
+        )
+        self._down_since, self._answered_503 = None, 0
 
     async def _turn_to_write(self, session: Session) -> None:
         """Wait until no other task of the request is saving ``session``, then take the
@@ -1309,13 +1341,13 @@ class Persistence:
             if nothing and session._stored is None:
                 return  # never had a cookie, and needs none
             if session._meta_changed or self.serializer.dumps(session._data) != session._raw:
-                logger.warning(_LATE_UNSEALED)
+                once(logger, (_LATE_UNSEALED, session._path), _late(_LATE_UNSEALED, session))
             return
         if session._stored is None or session._id is None:
             # No live record under the cookie the browser holds.
             changed = session._modified or session._meta_changed
             if changed and (session._data or session._user_id is not None):
-                logger.warning(_LATE_DROPPED)
+                once(logger, (_LATE_DROPPED, session._path), _late(_LATE_DROPPED, session))
                 session._modified = session._meta_changed = False  # dropped: said once
             if session._stored is None:
                 return
@@ -1672,3 +1704,7 @@ def cookie_keys(config: SessionConfig) -> list[bytes]:
 def _age(record: SessionRecord) -> tuple[float, str]:
     """Oldest first, ties broken the same way in every process."""
     return record.created_at, record.key
+
+
+def _late(message: str, session: Session) -> str:
+    return message.format(path=session._path)
