@@ -465,7 +465,10 @@ async def test_a_flood_of_forgeries_does_not_hide_a_tossed_cookie(
     assert lines[:59] == [forged] * 59
     # The last line the minute allows says so, and the next gives the count, since when.
     assert lines[59] == f"{forged} (more like this within a minute are counted, not logged)"
-    assert lines[60] == "two different session cookies in one request: ignoring both"
+    assert lines[60] == (
+        f"two different session cookies {NAME!r} in one request (one left by an earlier Path"
+        " or Domain setting, or tossed by a sibling host): ignoring both"
+    )
     assert re.fullmatch(
         re.escape(f"{forged} (10 similar events not logged since ") + r"\d\d:\d\d:\d\d UTC\)",
         lines[61],

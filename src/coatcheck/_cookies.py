@@ -57,8 +57,12 @@ def read_cookie(headers: Headers, needle: bytes) -> str | None:
                 value = raw[at + len(needle) : None if end == -1 else end].rstrip(b" \t")
                 if found is not None and value != found:
                     # A sibling host or a longer path tossing a cookie of the same name.
+                    name = needle[:-1].decode("latin-1")
                     security_event(
-                        "cookie", "two different session cookies in one request: ignoring both"
+                        "cookie",
+                        f"two different session cookies {name!r} in one request (one left by "
+                        "an earlier Path or Domain setting, or tossed by a sibling host): "
+                        "ignoring both",
                     )
                     return None
                 found = value
