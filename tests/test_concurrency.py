@@ -34,6 +34,7 @@ from coatcheck.stores.base import MOVED_FOR, Merge
 from coatcheck.testing import FakeClock
 
 from . import redis_servers
+from .apps import make_app as make_test_app
 from .conftest import CountingStore, MeanwhileStore, client_for
 from .store_kinds import STORE_KINDS, fresh_store
 
@@ -467,11 +468,14 @@ async def test_a_lost_answer_gives_no_hold_on_another_users_session(any_store: S
     assert len(await any_store.list_user("alice", clock())) == 1
 
 
-async def test_a_session_written_since_its_login_is_no_lost_answer(any_store: Store) -> None:
-    """A browser that got the login's answer shows that it holds that session by its
-    first write (a second factor confirmed, say). Whoever still holds the old cookie,
-    such as someone who planted it before alice signed in, gets a session of their
-    own by signing in as her, and her session stays as it is."""
+async def test_a_planted_cookie_gains_nothing_the_password_does_not_give(
+    any_store: Store,
+) -> None:
+    """Mallory planted the visitor's cookie in alice's browser, and has her password.
+    Signing in as alice with it ends alice's session, as signing in with the password
+    and ending her other devices would, but hands over nothing of it: not the second
+    factor alice confirmed there. (That session was written since the login, as a
+    login's own hook that notes the sign-in writes it: no sign of a lost answer.)"""
     clock, persistence, cookie, alices = await _cart_moved_by_a_login(any_store)
     clock.advance(1)
     confirmed = await open_session(persistence, alices)
@@ -483,12 +487,39 @@ async def test_a_session_written_since_its_login_is_no_lost_answer(any_store: St
     planted.login("alice")
     theirs = issued(await persistence.commit(planted, 200))
 
-    assert dict(await open_session(persistence, alices)) == {
-        "cart": ["apple"],
-        "second_factor": True,
-    }
     assert dict(await open_session(persistence, theirs)) == {}
-    assert len(await any_store.list_user("alice", clock())) == 2
+    assert (await open_session(persistence, alices)).user_id is None
+    (device,) = await any_store.list_user("alice", clock())
+    assert device.key == key_of(theirs)
+
+
+async def test_a_lost_answer_is_one_whatever_a_hook_of_that_login_wrote() -> None:
+    """A ``logged_in`` hook that notes the sign-in in the session (as the README shows)
+    writes it a moment after the move, in the login's own request: the browser that
+    never got the answer still signs in again, under ``max_sessions_per_user=1``."""
+    from coatcheck.fastapi import get_session
+
+    clock = FakeClock()
+
+    async def note_the_sign_in(event: SessionEvent) -> None:
+        if event.kind == "logged_in":
+            clock.advance(0.2)
+            session = await get_session()
+            session["signed_in_at"] = event.at
+            await session.save()
+
+    config = SessionConfig(clock=clock, max_sessions_per_user=1, at_session_limit="refuse_login")
+    store = MemoryStore()
+    app = make_test_app(store, config, events=[note_the_sign_in])
+    async with client_for(app) as client:
+        visitor = (await client.post("/write")).headers["set-cookie"].split(";")[0]
+        lost = await client.post("/login", headers={"cookie": visitor})
+        assert lost.status_code == 200
+        clock.advance(30)
+        again = await client.post("/login", headers={"cookie": visitor})
+    assert again.status_code == 200
+    (device,) = await store.list_user("alice", clock())
+    assert device.data != b"{}"  # noted by the hook
 
 
 async def test_a_double_clicked_login_again_after_a_lost_answer_keeps_the_first_click(

@@ -846,43 +846,95 @@ async def test_the_stores_own_retry_hint_reaches_the_client() -> None:
 
 
 class _OutageStore(MemoryStore):
-    """Fails every load while ``down``: a Redis server killed, then started again."""
+    """Fails loads while ``down`` names why, and saves while ``full`` (a Redis server
+    out of memory, which serves reads and refuses writes)."""
 
-    down = False
+    down = ""
+    full = False
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
         if self.down:
-            raise StoreUnavailableError("the store is restarting", retry_after=3)
+            raise StoreUnavailableError(self.down, retry_after=3)
         return await super().load(key, now)
+
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        if self.full:
+            raise StoreUnavailableError("the store is out of memory", retry_after=3)
+        return await super().save(record, **options)
+
+
+def _store_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "store" in r.getMessage()]
 
 
 async def test_an_outage_is_logged_once_a_minute_and_its_end_when_the_store_answers(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every request that needs the store fails in an outage: a line each would flood
     the log, at a thousand requests a second. Its first line comes at once, the rest
-    are counted, and the store's first answer after it says how long it lasted."""
+    are counted, and the store's first answer after it says how long it lasted. A
+    later outage, or a failure of another kind, is logged at once again."""
+    from coatcheck import _persist
+
+    monkeypatch.setattr(_persist, "_QUIET_AFTER_OUTAGE", 0.0)
     store = _OutageStore()
     async with client_for(make_app(store)) as client:
         sid = ticket(await client.post("/write"))
-        store.down = True
         with caplog.at_level(logging.WARNING, logger="coatcheck"):
-            statuses = [
-                (await client.get("/read", headers=cookie(sid))).status_code for _ in range(5)
-            ]
-            store.down = False
-            assert (await client.get("/read", headers=cookie(sid))).status_code == 200
+            store.down = "the store is restarting"
+            statuses = [(await client.get("/read", headers=cookie(sid))).status_code]
+            store.down = "the store refuses the password"  # another failure, at once
+            statuses += [(await client.get("/read", headers=cookie(sid))).status_code]
+            statuses += [(await client.get("/read", headers=cookie(sid))).status_code]
+            store.down = ""
+            statuses += [(await client.get("/read", headers=cookie(sid))).status_code]
             await client.get("/read", headers=cookie(sid))
-    assert statuses == [503] * 5
-    lines = [r.getMessage() for r in caplog.records if "store" in r.getMessage()]
-    assert lines[0] == (
-        "the store is restarting; answering 503"
-        " (more like this within a minute are counted, not logged)"
-    )
+            store.down = "the store is restarting"  # the next outage
+            statuses += [(await client.get("/read", headers=cookie(sid))).status_code]
+    assert statuses == [503, 503, 503, 200, 503]
+    counted = " (more like this within a minute are counted, not logged)"
+    lines = _store_lines(caplog)
+    assert lines[:2] == [
+        f"the store is restarting; answering 503{counted}",
+        f"the store refuses the password; answering 503{counted}",
+    ]
     assert re.fullmatch(
-        r"the session store answers again, after \d+ s; 5 requests were answered 503", lines[1]
-    ), lines[1]
-    assert len(lines) == 2
+        r"the session store answers again, after \d+ s; 3 requests were answered 503", lines[2]
+    ), lines[2]
+    assert lines[3:] == [f"the store is restarting; answering 503{counted}"]
+
+
+async def test_a_store_that_serves_reads_and_refuses_writes_is_still_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Reads that pass between failed writes do not end the outage in the log."""
+    store = _OutageStore()
+    async with client_for(make_app(store)) as client:
+        sid = ticket(await client.post("/write"))
+        store.full = True
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            for _ in range(5):
+                assert (await client.get("/read", headers=cookie(sid))).status_code == 200
+                assert (await client.post("/write", headers=cookie(sid))).status_code == 503
+    assert _store_lines(caplog) == [
+        "the store is out of memory; answering 503"
+        " (more like this within a minute are counted, not logged)"
+    ]
+
+
+async def test_each_apps_store_has_its_own_outage_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stores = [_OutageStore(), _OutageStore()]
+    with caplog.at_level(logging.WARNING, logger="coatcheck"):
+        for number, store in enumerate(stores, 1):
+            store.down = f"store {number} is restarting"
+            async with client_for(make_app(store)) as client:
+                assert (await client.get("/read", headers=cookie("B" * 43))).status_code == 503
+    assert [line.split(";")[0] for line in _store_lines(caplog)] == [
+        "store 1 is restarting",
+        "store 2 is restarting",
+    ]
 
 
 async def test_an_apps_own_outage_response_is_served_with_the_retry_hint() -> None:

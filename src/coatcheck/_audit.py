@@ -38,7 +38,8 @@ class _Budget:
         self.since = 0.0
 
 
-_budgets: dict[tuple[str, str], _Budget] = {}
+_budgets: dict[tuple[str, Hashable], _Budget] = {}
+_BUDGETS_AT_MOST = 1024  # kinds with a budget; then every budget starts afresh
 _said: set[Hashable] = set()
 
 
@@ -48,7 +49,7 @@ def security_event(kind: Kind, message: str) -> None:
 
 def limited(
     log: logging.Logger,
-    kind: str,
+    kind: Hashable,
     message: str,
     *,
     per_minute: int = _PER_MINUTE,
@@ -60,6 +61,8 @@ def limited(
     minute gives their number, since when, so that it cannot read as one event."""
     budget = _budgets.get((log.name, kind))
     if budget is None:
+        if len(_budgets) >= _BUDGETS_AT_MOST:
+            _budgets.clear()
         budget = _budgets[log.name, kind] = _Budget()
     now = time.monotonic()
     recent = budget.recent

@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import anyio
 
 from ._asgi import Header, Headers
-from ._audit import once, security_event
+from ._audit import limited, once, security_event
 from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
 from ._devices import end_device
 from ._ids import key_of, new_public_id, new_session_id, store_key
@@ -71,6 +71,8 @@ class _SaveCancelled(StoreUnavailableError):
 ARRIVAL_SLACK = 10.0
 # Seconds that what follows a stored login may still take once its request is cancelled.
 _FINISH_WITHIN = 10.0
+# Seconds without a 503 after which a store call that succeeds ends an outage.
+_QUIET_AFTER_OUTAGE = 5.0
 # How many moves a login after a lost answer follows to the session it never heard of:
 # each earlier login whose answer was lost too moved it once more.
 _FOLLOWED_MOVES = 4
@@ -152,9 +154,12 @@ class Persistence:
         self.now = config.clock
         self._moved = mover_of(self.store)
         self._follow = follower_of(self.store)
-        # Since when requests have been answered 503 for want of the store, and how many.
+        # Since when requests have been answered 503 for want of the store, how many, and
+        # when the last one was; how many outages ended before (each has its own lines).
         self._down_since: float | None = None
         self._answered_503 = 0
+        self._last_503 = 0.0
+        self._outages = 0
         self.serializer: Serializer = serializer or JSONSerializer()
         self._empty = self.serializer.dumps({})
         self._cookie_needle = cookie_needle(config.cookie.name)
@@ -467,23 +472,41 @@ class Persistence:
         await self._announce(session)
         return headers
 
-    def unavailable(self) -> None:
-        """Count a request answered 503 because the store did not answer."""
+    def unavailable(self, exc: StoreError) -> None:
+        """Count a request answered 503 because the store failed, and log why: each
+        failure's first line at once, then a line a minute at most, since an outage
+        fails every request that needs the store. Only its text is kept, not the error:
+        a handler that keeps records (pytest, a buffer) would keep its traceback, and
+        every connection in it, alive."""
+        now = time.monotonic()
         if self._down_since is None:
-            self._down_since = time.monotonic()
+            self._down_since = now
         self._answered_503 += 1
+        self._last_503 = now
+        text = str(exc)
+        kind = ("store", id(self), self._outages, text)
+        if isinstance(exc, StoreUnavailableError):
+            limited(logger, kind, f"{text}; answering 503", per_minute=1)
+        else:  # waiting will not cure it: the operator's to fix
+            message = f"session store failed: {text}; answering 503"
+            limited(logger, kind, message, per_minute=1, level=logging.ERROR)
 
     def _store_answers(self) -> None:
         """Say that the store answers again, which the lines of its outage, a minute
-        apart at most, would otherwise leave to be guessed from their end."""
+        apart at most, would otherwise leave to be guessed from their end: once no
+        request has been answered 503 for a while, not while some calls still fail
+        (a Redis server that is out of memory serves reads and refuses writes)."""
         assert self._down_since is not None
-        lasted = time.monotonic() - self._down_since
+        now = time.monotonic()
+        if now - self._last_503 < _QUIET_AFTER_OUTAGE:
+            return
         logger.warning(
             "the session store answers again, after %.0f s; %d requests were answered 503",
-            lasted,
+            self._last_503 - self._down_since,
             self._answered_503,
         )
         self._down_since, self._answered_503 = None, 0
+        self._outages += 1
 
     async def _turn_to_write(self, session: Session) -> None:
         """Wait until no other task of the request is saving ``session``, then take the
@@ -900,17 +923,14 @@ class Persistence:
         (and says it ended), rather than count it as another device, which under
         ``"refuse_login"`` would refuse the user until it idles out.
 
-        Moves are followed a few steps, past the logins of earlier lost answers, and
-        each must pass three checks, or the session found stays as it is:
-        - this request came after the move and its answer's way back (``ARRIVAL_SLACK``):
-          one sent earlier, as the second click of a double click is, may be followed
-          by the other login's answer, whose cookie the browser then holds;
-        - nothing wrote the session since the move: a browser that got the answer
-          shows that it holds it by its first write, a refresh of its expiry included;
-        - it is the same user's: the old cookie alone gives no hold on a session made
-          from it, whoever planted it.
-        Its data (a cart) stays with it: what a browser held under the old cookie is no
-        credential for what the login added.
+        Moves are followed a few steps, past the logins of earlier lost answers. This
+        request must have come after each of them and its answer's way back
+        (``ARRIVAL_SLACK``): one sent earlier, as the second click of a double click is,
+        may be followed by the other login's answer, whose cookie the browser then
+        holds. And the session found must be the same user's: the old cookie alone
+        gives no hold on a session made from it. Whoever planted it in the user's
+        browser gains nothing the password alone does not give: the session's data (a
+        cart) ends with it, and the password lets anyone end the user's other sessions.
         """
         key = session._missed
         if key is None or self._moved is None or self._follow is None:
@@ -924,9 +944,9 @@ class Persistence:
                 return None
             record = await self.store.load(followed, now)
             if record is not None:
-                if record.user_id != user_id or record.last_seen_at != at:
+                if record.user_id != user_id or self.deadline(record) <= now:
                     return None
-                return record if self.deadline(record) > now else None
+                return record
             key = followed
         return None
 

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.websockets import WebSocketDisconnect
 
 from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send
-from ._audit import limited, security_event
+from ._audit import security_event
 from ._context import ASYNCIO_ONLY, current_session
 from ._persist import Persistence, outgoing
 from ._printable import printable
@@ -430,18 +430,10 @@ class SessionMiddleware:
         """A 503 with Retry-After. An outage passes by itself; any other store failure (a
         file that is not a database, a damaged record) is logged as an error for the
         operator, but the client still gets a clear answer rather than a 500."""
-        # Its text, not the error: a handler that keeps records (pytest, a buffer) would
-        # otherwise keep its traceback, and every connection in it, alive. Once a minute
-        # at most: an outage fails every request that needs the store.
+        retry_after = self.config.retry_after
         if isinstance(exc, StoreUnavailableError):
-            retry_after = exc.retry_after or self.config.retry_after
-            limited(logger, "unavailable", f"{exc}; answering 503", per_minute=1)
-        else:
-            retry_after = self.config.retry_after
-            limited(
-                logger, "failed", f"session store failed: {exc}", per_minute=1, level=logging.ERROR
-            )
-        self._persistence.unavailable()
+            retry_after = exc.retry_after or retry_after
+        self._persistence.unavailable(exc)  # logged there, a line a minute at most
         if websocket:
             await close_socket(send, 1013, "try again later")
             return
