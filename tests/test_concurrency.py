@@ -402,6 +402,7 @@ async def test_a_login_again_after_a_lost_answer_replaces_the_unheard_one(
     del events[:]
 
     retried = await open_session(persistence, cookie)
+    assert await retried.can_login("alice")  # as the login then finds, asked first
     retried.login("alice")
     heard = issued(await persistence.commit(retried, 200))
 

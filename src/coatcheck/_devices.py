@@ -76,6 +76,10 @@ async def can_login(session: Session, user_id: str) -> bool:
         return True
     await session.load()
     replaced = session._stored.key if session._stored is not None else None
+    if replaced is None:
+        # As the login would: the session of a login whose answer was lost is replaced.
+        unheard = await persistence.unheard_login(session, user_id, persistence.now())
+        replaced = unheard.key if unheard is not None else None
     return not await persistence.at_limit(user_id, replaced)
 
 

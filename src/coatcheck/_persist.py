@@ -670,7 +670,7 @@ class Persistence:
         unheard = None  # the session of an earlier login whose answer never came back
         if logged_in and stored is None and session._orphan is None and import_key is None:
             assert session._user_id is not None
-            unheard = await self._unheard_login(session, session._user_id, now)
+            unheard = await self.unheard_login(session, session._user_id, now)
         if logged_in and self._refuse_at is not None:
             assert session._user_id is not None
             replaced_key = old_key or session._orphan or import_key
@@ -914,7 +914,7 @@ class Persistence:
         if await self._moved_since(session, key, now):
             raise SessionEndedError("the session was moved to a new ID by another request")
 
-    async def _unheard_login(
+    async def unheard_login(
         self, session: Session, user_id: str, now: float
     ) -> SessionRecord | None:
         """The session an earlier login as ``user_id`` stored for this browser, when that
