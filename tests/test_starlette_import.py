@@ -351,6 +351,39 @@ async def test_a_logout_of_an_adopted_login_stands_through_a_5xx() -> None:
     assert after.json()["user"] is None
 
 
+async def test_a_login_again_after_a_lost_answer_replaces_the_unheard_one(
+    any_store: Store,
+) -> None:
+    """The browser holds only Starlette's cookie, signs in, and the answer (coatcheck's
+    cookie, the old one cleared) is lost. Signing in again with the old cookie replaces
+    the session it never got, as with a coatcheck cookie, so one device at a limit of
+    one is no lockout."""
+    from coatcheck._persist import Persistence
+    from coatcheck.session import Session
+
+    clock = FakeClock()
+    config = SessionConfig(
+        clock=clock,
+        starlette_import=StarletteImport(secret_key=SECRET),
+        max_sessions_per_user=1,
+        at_session_limit="refuse_login",
+    )
+    persistence = Persistence(any_store, config, None)
+    signed = TimestampSigner(SECRET).sign(b64encode(json.dumps({"cart": ["apple"]}).encode()))
+    old = [(b"cookie", b"session=" + signed)]
+    lost = await Session(persistence, {"headers": old}).load()
+    lost.login("alice")
+    await persistence.commit(lost, 200)
+    clock.advance(30)
+
+    again = await Session(persistence, {"headers": old}).load()
+    assert await again.can_login("alice")
+    again.login("alice")
+    await persistence.commit(again, 200)
+    (device,) = await any_store.list_user("alice", clock())
+    assert device.public_id == again.public_id
+
+
 async def test_the_old_cookie_counts_as_a_credential_for_csrf() -> None:
     """A client that sends neither Sec-Fetch-Site nor Origin needs a token to use it."""
     site = Site()

@@ -84,13 +84,14 @@ def limited(
 
 
 def once(log: logging.Logger, what: Hashable, message: str) -> None:
-    """Log ``message`` the first time ``what`` comes up in this process."""
+    """Log ``message`` the first time ``what`` comes up in this process, within the
+    budget of such lines: a client can make up new paths faster than anyone reads."""
     if what in _said:
         return
     if len(_said) >= _ONCE_AT_MOST:
         _said.clear()
     _said.add(what)
-    log.warning(message)
+    limited(log, "once", message)
 
 
 def forget() -> None:

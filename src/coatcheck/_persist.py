@@ -71,8 +71,6 @@ class _SaveCancelled(StoreUnavailableError):
 ARRIVAL_SLACK = 10.0
 # Seconds that what follows a stored login may still take once its request is cancelled.
 _FINISH_WITHIN = 10.0
-# Seconds without a 503 after which a store call that succeeds ends an outage.
-_QUIET_AFTER_OUTAGE = 5.0
 # How many moves a login after a lost answer follows to the session it never heard of:
 # each earlier login whose answer was lost too moved it once more.
 _FOLLOWED_MOVES = 4
@@ -83,18 +81,18 @@ _NO_STORE = (b"cache-control", b"no-store")
 _CLEAR_CACHE = (b"clear-site-data", b'"cache"')
 _MAX_USER_AGENT = 256
 _MAX_IP_ADDRESS = 64  # an IPv6 address with a zone index fits; anything longer is not one
-# Said once for each path: each request of a route that changes its session too late
-# drops its changes alike.
+# Said once for each route (its pattern, such as /items/{item_id}, where the app routed
+# the request; else its path): each request of it drops its changes alike.
 _LATE_UNSEALED = (
-    "session changes made at {path!r} after the response started were dropped: the cookie "
+    "session changes made at {route!r} after the response started were dropped: the cookie "
     "store keeps the session in the cookie, which can no longer be sent; change it before "
-    "responding (said once for this path)"
+    "responding (said once for this route)"
 )
 _LATE_DROPPED = (
-    "session changes made at {path!r} after the response started were dropped: the session "
+    "session changes made at {route!r} after the response started were dropped: the session "
     "had no live record to continue (it was new, destroyed, or ended by another request), "
     "and a new one would need a cookie, which can no longer be sent; change it before "
-    "responding (said once for this path)"
+    "responding (said once for this route)"
 )
 
 
@@ -160,6 +158,7 @@ class Persistence:
         self._answered_503 = 0
         self._last_503 = 0.0
         self._outages = 0
+        self._writes_failing = False  # a save failed in this outage: reads prove nothing
         self.serializer: Serializer = serializer or JSONSerializer()
         self._empty = self.serializer.dumps({})
         self._cookie_needle = cookie_needle(config.cookie.name)
@@ -191,7 +190,7 @@ class Persistence:
             key = None if session_id is None else key_of(session_id)
             record = None if key is None else await self.store.load(key, now)
             if self._down_since is not None and key is not None:
-                self._store_answers()
+                self._store_answers(wrote=False)
         else:
             opened = None if session_id is None else self._sealer.open(session_id)
             session_id, record = (None, None) if opened is None else opened
@@ -447,6 +446,7 @@ class Persistence:
             return []
         await self._turn_to_write(session)
         session._landed = False
+        loaded = session._stored
         try:
             headers = await self._write(session, status)
         except BaseException as exc:
@@ -459,12 +459,14 @@ class Persistence:
                 )
             elif isinstance(exc, (SessionEndedError, SessionLimitError)):
                 session._halted = exc  # before the hooks: a hook's save must not retry it
+            elif isinstance(exc, StoreError):
+                self._writes_failing = True
             self._end_turn(session)
             await self._announce(session)  # what it did announce (a refused login)
             raise
         self._end_turn(session)
-        if headers and self._down_since is not None:
-            self._store_answers()
+        if self._down_since is not None and session._stored is not loaded:
+            self._store_answers(wrote=True)  # something was written (or deleted)
         if headers and not session._cookie_final:
             # Stored: its cookie goes out with the response, even if what follows (the
             # event hooks, the caller) is cut short.
@@ -491,21 +493,20 @@ class Persistence:
             message = f"session store failed: {text}; answering 503"
             limited(logger, kind, message, per_minute=1, level=logging.ERROR)
 
-    def _store_answers(self) -> None:
+    def _store_answers(self, *, wrote: bool) -> None:
         """Say that the store answers again, which the lines of its outage, a minute
-        apart at most, would otherwise leave to be guessed from their end: once no
-        request has been answered 503 for a while, not while some calls still fail
-        (a Redis server that is out of memory serves reads and refuses writes)."""
+        apart at most, would otherwise leave to be guessed from their end. Once a save
+        failed in the outage, only a save that lands says so: a Redis server out of
+        memory serves reads and refuses writes."""
         assert self._down_since is not None
-        now = time.monotonic()
-        if now - self._last_503 < _QUIET_AFTER_OUTAGE:
+        if self._writes_failing and not wrote:
             return
         logger.warning(
             "the session store answers again, after %.0f s; %d requests were answered 503",
             self._last_503 - self._down_since,
             self._answered_503,
         )
-        self._down_since, self._answered_503 = None, 0
+        self._down_since, self._answered_503, self._writes_failing = None, 0, False
         self._outages += 1
 
     async def _turn_to_write(self, session: Session) -> None:
@@ -668,7 +669,7 @@ class Persistence:
         if stored is None and session._missed is not None and not logged_in:
             await self._refuse_if_moved(session, session._missed, now)
         unheard = None  # the session of an earlier login whose answer never came back
-        if logged_in and stored is None and session._orphan is None and import_key is None:
+        if logged_in and stored is None and session._orphan is None and twin is None:
             assert session._user_id is not None
             unheard = await self.unheard_login(session, session._user_id, now)
         if logged_in and self._refuse_at is not None:
@@ -933,6 +934,8 @@ class Persistence:
         cart) ends with it, and the password lets anyone end the user's other sessions.
         """
         key = session._missed
+        if key is None and session._import_id is not None and self._sealer is None:
+            key = store_key(session._import_id)  # a login moved the ID an import derived
         if key is None or self._moved is None or self._follow is None:
             return None
         for _ in range(_FOLLOWED_MOVES):
@@ -1344,7 +1347,7 @@ class Persistence:
             f"before accepting a websocket)"
         )
 
-    async def commit_late(self, session: Session, status: int) -> None:
+    async def commit_late(self, session: Session, status: int, route: str = "") -> None:
         """Store what changed after the response started: in a streaming body, a
         background task, a dependency's teardown, or a websocket after its handshake.
 
@@ -1361,13 +1364,15 @@ class Persistence:
             if nothing and session._stored is None:
                 return  # never had a cookie, and needs none
             if session._meta_changed or self.serializer.dumps(session._data) != session._raw:
-                once(logger, (_LATE_UNSEALED, session._path), _late(_LATE_UNSEALED, session))
+                where = route or session._path
+                once(logger, (_LATE_UNSEALED, where), _LATE_UNSEALED.format(route=where))
             return
         if session._stored is None or session._id is None:
             # No live record under the cookie the browser holds.
             changed = session._modified or session._meta_changed
             if changed and (session._data or session._user_id is not None):
-                once(logger, (_LATE_DROPPED, session._path), _late(_LATE_DROPPED, session))
+                where = route or session._path
+                once(logger, (_LATE_DROPPED, where), _LATE_DROPPED.format(route=where))
                 session._modified = session._meta_changed = False  # dropped: said once
             if session._stored is None:
                 return
@@ -1724,7 +1729,3 @@ def cookie_keys(config: SessionConfig) -> list[bytes]:
 def _age(record: SessionRecord) -> tuple[float, str]:
     """Oldest first, ties broken the same way in every process."""
     return record.created_at, record.key
-
-
-def _late(message: str, session: Session) -> str:
-    return message.format(path=session._path)

@@ -212,7 +212,7 @@ class SessionMiddleware:
                     and not self._persistence.stateless
                 ):
                     ended = True
-                    await self._store_before_end(session, status, streamed)
+                    await self._store_before_end(session, status, streamed, scope)
             elif (
                 watch is not None
                 and message["type"] in _SOCKET_SENDS
@@ -248,7 +248,7 @@ class SessionMiddleware:
                 if (session._modified or session._exposed) and not (
                     watch is not None and watch.closed
                 ):
-                    await self._persistence.commit_late(session, status)
+                    await self._persistence.commit_late(session, status, _route(scope))
         except _SAVE_FAILURES as exc:
             # From the store, or from a save() or reload() the app did not catch.
             if not started:
@@ -337,14 +337,16 @@ class SessionMiddleware:
         await send(close)
         return stored
 
-    async def _store_before_end(self, session: Session, status: int, streamed: bool) -> None:
+    async def _store_before_end(
+        self, session: Session, status: int, streamed: bool, scope: Scope
+    ) -> None:
         """Store what changed while the body went out, before its last part does: a
         client that has read the whole response then finds the change in its next
         request. A failure now leaves the response unfinished rather than complete."""
         if streamed and session._models:
             session._sync_models()
         if session._modified or streamed:
-            await self._persistence.commit_late(session, status)
+            await self._persistence.commit_late(session, status, _route(scope))
 
     async def _answer_failure(
         self,
@@ -473,6 +475,13 @@ class SessionMiddleware:
             await send(message)
 
         return wrapped
+
+
+def _route(scope: Scope) -> str:
+    """What a log line names a request's route by: its pattern (``/items/{item_id}``)
+    where the app routed the request, else its path."""
+    pattern = getattr(scope.get("route"), "path", None)
+    return pattern if isinstance(pattern, str) else str(scope.get("path", ""))
 
 
 def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) -> None:
