@@ -12,7 +12,8 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Coroutine, Sequence
+import weakref
+from collections.abc import Coroutine, Hashable, Sequence
 from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -71,6 +72,8 @@ class _SaveCancelled(StoreUnavailableError):
 ARRIVAL_SLACK = 10.0
 # Seconds that what follows a stored login may still take once its request is cancelled.
 _FINISH_WITHIN = 10.0
+# Seconds without a 503 after which a read that the store answers ends an outage.
+_QUIET_AFTER_OUTAGE = 5.0
 # How many moves a login after a lost answer follows to the session it never heard of:
 # each earlier login whose answer was lost too moved it once more.
 _FOLLOWED_MOVES = 4
@@ -81,15 +84,15 @@ _NO_STORE = (b"cache-control", b"no-store")
 _CLEAR_CACHE = (b"clear-site-data", b'"cache"')
 _MAX_USER_AGENT = 256
 _MAX_IP_ADDRESS = 64  # an IPv6 address with a zone index fits; anything longer is not one
-# Said once for each route (its pattern, such as /items/{item_id}, where the app routed
-# the request; else its path): each request of it drops its changes alike.
+# Said once for each route the app matched (else each path): each request of it drops
+# its changes alike.
 _LATE_UNSEALED = (
-    "session changes made at {route!r} after the response started were dropped: the cookie "
+    "session changes made at {where} after the response started were dropped: the cookie "
     "store keeps the session in the cookie, which can no longer be sent; change it before "
     "responding (said once for this route)"
 )
 _LATE_DROPPED = (
-    "session changes made at {route!r} after the response started were dropped: the session "
+    "session changes made at {where} after the response started were dropped: the session "
     "had no live record to continue (it was new, destroyed, or ended by another request), "
     "and a new one would need a cookie, which can no longer be sent; change it before "
     "responding (said once for this route)"
@@ -153,12 +156,13 @@ class Persistence:
         self._moved = mover_of(self.store)
         self._follow = follower_of(self.store)
         # Since when requests have been answered 503 for want of the store, how many, and
-        # when the last one was; how many outages ended before (each has its own lines).
+        # when the last one was; whether a save failed since the last one landed.
         self._down_since: float | None = None
         self._answered_503 = 0
         self._last_503 = 0.0
-        self._outages = 0
-        self._writes_failing = False  # a save failed in this outage: reads prove nothing
+        self._writes_failing = False
+        # Errors of saves that failed: held weakly, as their tracebacks hold connections.
+        self._failed_saves: weakref.WeakSet[StoreError] = weakref.WeakSet()
         self.serializer: Serializer = serializer or JSONSerializer()
         self._empty = self.serializer.dumps({})
         self._cookie_needle = cookie_needle(config.cookie.name)
@@ -460,13 +464,15 @@ class Persistence:
             elif isinstance(exc, (SessionEndedError, SessionLimitError)):
                 session._halted = exc  # before the hooks: a hook's save must not retry it
             elif isinstance(exc, StoreError):
-                self._writes_failing = True
+                self._failed_saves.add(exc)
             self._end_turn(session)
             await self._announce(session)  # what it did announce (a refused login)
             raise
         self._end_turn(session)
-        if self._down_since is not None and session._stored is not loaded:
-            self._store_answers(wrote=True)  # something was written (or deleted)
+        if session._stored is not loaded:  # something was written (or deleted)
+            self._writes_failing = False
+            if self._down_since is not None:
+                self._store_answers(wrote=True)
         if headers and not session._cookie_final:
             # Stored: its cookie goes out with the response, even if what follows (the
             # event hooks, the caller) is cut short.
@@ -485,8 +491,10 @@ class Persistence:
             self._down_since = now
         self._answered_503 += 1
         self._last_503 = now
+        if exc in self._failed_saves:  # a save failed: reads that pass prove nothing
+            self._writes_failing = True
         text = str(exc)
-        kind = ("store", id(self), self._outages, text)
+        kind = ("store", id(self), text)  # another failure has lines of its own
         if isinstance(exc, StoreUnavailableError):
             limited(logger, kind, f"{text}; answering 503", per_minute=1)
         else:  # waiting will not cure it: the operator's to fix
@@ -495,19 +503,23 @@ class Persistence:
 
     def _store_answers(self, *, wrote: bool) -> None:
         """Say that the store answers again, which the lines of its outage, a minute
-        apart at most, would otherwise leave to be guessed from their end. Once a save
-        failed in the outage, only a save that lands says so: a Redis server out of
-        memory serves reads and refuses writes."""
+        apart at most, would otherwise leave to be guessed from their end. A save that
+        lands says so at once. A read does only once no request has been answered 503
+        for a few seconds, and no save has failed since one landed: a Redis server out
+        of memory serves reads and refuses writes, and one Cluster shard down fails
+        only the sessions it holds. Said once a minute at most, as the outage is."""
         assert self._down_since is not None
-        if self._writes_failing and not wrote:
+        quiet = time.monotonic() - self._last_503 >= _QUIET_AFTER_OUTAGE
+        if not wrote and (self._writes_failing or not quiet):
             return
-        logger.warning(
-            "the session store answers again, after %.0f s; %d requests were answered 503",
-            self._last_503 - self._down_since,
-            self._answered_503,
+        limited(
+            logger,
+            ("answers", id(self)),
+            f"the session store answers again, after {self._last_503 - self._down_since:.0f}"
+            f" s; {self._answered_503} requests were answered 503",
+            per_minute=1,
         )
-        self._down_since, self._answered_503, self._writes_failing = None, 0, False
-        self._outages += 1
+        self._down_since, self._answered_503 = None, 0
 
     async def _turn_to_write(self, session: Session) -> None:
         """Wait until no other task of the request is saving ``session``, then take the
@@ -1347,7 +1359,9 @@ class Persistence:
             f"before accepting a websocket)"
         )
 
-    async def commit_late(self, session: Session, status: int, route: str = "") -> None:
+    async def commit_late(
+        self, session: Session, status: int, route: tuple[Hashable, str] | None = None
+    ) -> None:
         """Store what changed after the response started: in a streaming body, a
         background task, a dependency's teardown, or a websocket after its handshake.
 
@@ -1364,15 +1378,15 @@ class Persistence:
             if nothing and session._stored is None:
                 return  # never had a cookie, and needs none
             if session._meta_changed or self.serializer.dumps(session._data) != session._raw:
-                where = route or session._path
-                once(logger, (_LATE_UNSEALED, where), _LATE_UNSEALED.format(route=where))
+                what, where = route or (session._path, repr(session._path))
+                once(logger, (_LATE_UNSEALED, what), _LATE_UNSEALED.format(where=where))
             return
         if session._stored is None or session._id is None:
             # No live record under the cookie the browser holds.
             changed = session._modified or session._meta_changed
             if changed and (session._data or session._user_id is not None):
-                where = route or session._path
-                once(logger, (_LATE_DROPPED, where), _LATE_DROPPED.format(route=where))
+                what, where = route or (session._path, repr(session._path))
+                once(logger, (_LATE_DROPPED, what), _LATE_DROPPED.format(where=where))
                 session._modified = session._meta_changed = False  # dropped: said once
             if session._stored is None:
                 return

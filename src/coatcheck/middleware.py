@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from starlette.websockets import WebSocketDisconnect
@@ -477,11 +477,17 @@ class SessionMiddleware:
         return wrapped
 
 
-def _route(scope: Scope) -> str:
-    """What a log line names a request's route by: its pattern (``/items/{item_id}``)
-    where the app routed the request, else its path."""
-    pattern = getattr(scope.get("route"), "path", None)
-    return pattern if isinstance(pattern, str) else str(scope.get("path", ""))
+def _route(scope: Scope) -> tuple[Hashable, str]:
+    """What a line said once for each route is keyed by, and how it names the request:
+    the route the app matched (one for every path of ``/items/{item_id}``), else the
+    path. Named by path and pattern, since a pattern alone leaves out the prefix of a
+    router or a mount."""
+    path = str(scope.get("path", ""))
+    route = scope.get("route")
+    pattern = getattr(route, "path", None)
+    if route is None or not isinstance(pattern, str):
+        return path, repr(path)
+    return ("route", id(route)), f"{path!r} (route {pattern!r})"
 
 
 def _merge_headers(message: Message, extra: Headers, vary: tuple[bytes, ...]) -> None:
