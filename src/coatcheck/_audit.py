@@ -54,11 +54,14 @@ def limited(
     *,
     per_minute: int = _PER_MINUTE,
     level: int = logging.WARNING,
-) -> None:
-    """Log ``message`` unless ``kind`` has had ``per_minute`` lines in the last minute.
+    counted: bool = True,
+) -> bool:
+    """Log ``message`` unless ``kind`` has had ``per_minute`` lines in the last minute;
+    whether it was logged.
 
-    The last line a budget allows says that more are counted; the next line after the
-    minute gives their number, since when, so that it cannot read as one event."""
+    The last line a budget allows says that more are counted (unless not ``counted``:
+    a line whose next one the caller holds back itself); the next line after the minute
+    gives their number, since when, so that it cannot read as one event."""
     budget = _budgets.get((log.name, kind))
     if budget is None:
         if len(_budgets) >= _BUDGETS_AT_MOST:
@@ -72,15 +75,16 @@ def limited(
         if not budget.dropped:
             budget.since = time.time()
         budget.dropped += 1
-        return
+        return False
     recent.append(now)
     if budget.dropped:
         since = time.strftime("%H:%M:%S UTC", time.gmtime(budget.since))
         message = f"{message} ({budget.dropped} similar events not logged since {since})"
         budget.dropped = 0
-    elif len(recent) == per_minute:
+    elif len(recent) == per_minute and counted:
         message = f"{message} (more like this within a minute are counted, not logged)"
     log.log(level, message)
+    return True
 
 
 def once(log: logging.Logger, what: Hashable, message: str) -> None:

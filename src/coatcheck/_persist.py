@@ -72,7 +72,7 @@ class _SaveCancelled(StoreUnavailableError):
 ARRIVAL_SLACK = 10.0
 # Seconds that what follows a stored login may still take once its request is cancelled.
 _FINISH_WITHIN = 10.0
-# Seconds without a 503 after which a read that the store answers ends an outage.
+# Seconds without a 503 after which a store call that succeeds ends an outage.
 _QUIET_AFTER_OUTAGE = 5.0
 # How many moves a login after a lost answer follows to the session it never heard of:
 # each earlier login whose answer was lost too moved it once more.
@@ -156,11 +156,13 @@ class Persistence:
         self._moved = mover_of(self.store)
         self._follow = follower_of(self.store)
         # Since when requests have been answered 503 for want of the store, how many, and
-        # when the last one was; whether a save failed since the last one landed.
+        # when the last one was; whether a save failed in that outage; how many outages
+        # ended before (each outage's lines have a budget of their own).
         self._down_since: float | None = None
         self._answered_503 = 0
         self._last_503 = 0.0
         self._writes_failing = False
+        self._outages = 0
         # Errors of saves that failed: held weakly, as their tracebacks hold connections.
         self._failed_saves: weakref.WeakSet[StoreError] = weakref.WeakSet()
         self.serializer: Serializer = serializer or JSONSerializer()
@@ -469,10 +471,8 @@ class Persistence:
             await self._announce(session)  # what it did announce (a refused login)
             raise
         self._end_turn(session)
-        if session._stored is not loaded:  # something was written (or deleted)
-            self._writes_failing = False
-            if self._down_since is not None:
-                self._store_answers(wrote=True)
+        if self._down_since is not None and session._stored is not loaded:
+            self._store_answers(wrote=True)  # something was written (or deleted)
         if headers and not session._cookie_final:
             # Stored: its cookie goes out with the response, even if what follows (the
             # event hooks, the caller) is cut short.
@@ -494,7 +494,7 @@ class Persistence:
         if exc in self._failed_saves:  # a save failed: reads that pass prove nothing
             self._writes_failing = True
         text = str(exc)
-        kind = ("store", id(self), text)  # another failure has lines of its own
+        kind = ("store", id(self), self._outages, text)  # another failure: its own lines
         if isinstance(exc, StoreUnavailableError):
             limited(logger, kind, f"{text}; answering 503", per_minute=1)
         else:  # waiting will not cure it: the operator's to fix
@@ -503,23 +503,30 @@ class Persistence:
 
     def _store_answers(self, *, wrote: bool) -> None:
         """Say that the store answers again, which the lines of its outage, a minute
-        apart at most, would otherwise leave to be guessed from their end. A save that
-        lands says so at once. A read does only once no request has been answered 503
-        for a few seconds, and no save has failed since one landed: a Redis server out
-        of memory serves reads and refuses writes, and one Cluster shard down fails
-        only the sessions it holds. Said once a minute at most, as the outage is."""
+        apart at most, would otherwise leave to be guessed from their end.
+
+        Only once no request has been answered 503 for a few seconds, since one Redis
+        Cluster shard down fails only the sessions it holds while the others answer;
+        and, once a save failed in the outage, only when a save lands, since a Redis
+        server out of memory serves reads and refuses writes. Said once a minute at
+        most: a store that flaps keeps its outage open, and its count, until it may be
+        said. Then the next outage is logged at once.
+        """
         assert self._down_since is not None
-        quiet = time.monotonic() - self._last_503 >= _QUIET_AFTER_OUTAGE
-        if not wrote and (self._writes_failing or not quiet):
+        now = time.monotonic()
+        if now - self._last_503 < _QUIET_AFTER_OUTAGE or (self._writes_failing and not wrote):
             return
-        limited(
+        said = limited(
             logger,
             ("answers", id(self)),
-            f"the session store answers again, after {self._last_503 - self._down_since:.0f}"
-            f" s; {self._answered_503} requests were answered 503",
+            f"the session store answers again, after {now - self._down_since:.0f} s;"
+            f" {self._answered_503} requests were answered 503",
             per_minute=1,
+            counted=False,
         )
-        self._down_since, self._answered_503 = None, 0
+        if said:
+            self._down_since, self._answered_503, self._writes_failing = None, 0, False
+            self._outages += 1
 
     async def _turn_to_write(self, session: Session) -> None:
         """Wait until no other task of the request is saving ``session``, then take the

@@ -17,6 +17,7 @@ import contextlib
 import logging
 
 from ._asgi import Message, Receive, Send
+from ._audit import limited
 from ._persist import Persistence
 from .exceptions import StoreError
 from .session import Session
@@ -75,7 +76,10 @@ class SocketWatch:
             due = await persistence.recheck(session, refresh=use)
         except StoreError as exc:
             # An outage is not a logout: the socket stays, and the next interval asks again.
-            logger.warning("could not recheck a websocket's session: %s", str(exc))
+            # A line a minute at most: every open socket asks at every interval.
+            limited(
+                logger, "recheck", f"could not recheck a websocket's session: {exc}", per_minute=1
+            )
             return False
         finally:
             # A slow store must not make the next message due for a check at once.
