@@ -1366,9 +1366,7 @@ class Persistence:
             f"before accepting a websocket)"
         )
 
-    async def commit_late(
-        self, session: Session, status: int, route: tuple[Hashable, str] | None = None
-    ) -> None:
+    async def commit_late(self, session: Session, status: int, route: tuple[Hashable, str]) -> None:
         """Store what changed after the response started: in a streaming body, a
         background task, a dependency's teardown, or a websocket after its handshake.
 
@@ -1376,7 +1374,8 @@ class Persistence:
         nothing is created: a session that never had a record, or was destroyed,
         keeps none of it, and one that another request ended stays ended. The caller
         has brought its typed values up to date, and checked that the session is
-        loaded and was changed, or may have been.
+        loaded and was changed, or may have been. ``route`` keys and names the request
+        in a line about changes dropped (see ``middleware._route``).
         """
         if status >= 500:
             return
@@ -1385,15 +1384,13 @@ class Persistence:
             if nothing and session._stored is None:
                 return  # never had a cookie, and needs none
             if session._meta_changed or self.serializer.dumps(session._data) != session._raw:
-                what, where = route or (session._path, repr(session._path))
-                once(logger, (_LATE_UNSEALED, what), _LATE_UNSEALED.format(where=where))
+                once(logger, (_LATE_UNSEALED, route[0]), _LATE_UNSEALED.format(where=route[1]))
             return
         if session._stored is None or session._id is None:
             # No live record under the cookie the browser holds.
             changed = session._modified or session._meta_changed
             if changed and (session._data or session._user_id is not None):
-                what, where = route or (session._path, repr(session._path))
-                once(logger, (_LATE_DROPPED, what), _LATE_DROPPED.format(where=where))
+                once(logger, (_LATE_DROPPED, route[0]), _LATE_DROPPED.format(where=route[1]))
                 session._modified = session._meta_changed = False  # dropped: said once
             if session._stored is None:
                 return
