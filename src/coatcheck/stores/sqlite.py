@@ -508,6 +508,14 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         _clear_orphaned_log(self.path)
+        if _is_new(self.path):
+            # Workers starting together make a new file one at a time: one that opens it
+            # while another has it empty, not yet in WAL mode, must not go on without.
+            with _folder_lock(self.path.parent):
+                return self._open()
+        return self._open()
+
+    def _open(self) -> sqlite3.Connection:
         _create_private(self.path)
         db = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
@@ -531,8 +539,12 @@ class SQLiteStore:
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
-                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    db.execute("PRAGMA journal_mode = WAL")
+                # A switch that cannot be made now answers with the mode it keeps.
+                if (
+                    db.execute("PRAGMA journal_mode").fetchone()[0] != "wal"
+                    and db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal"
+                ):
+                    raise sqlite3.OperationalError("database is locked (not in WAL mode yet)")
                 # Only a new file needs the schema: taking the write lock on every connect
                 # would make readers wait behind a writer, which WAL exists to avoid.
                 exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
@@ -690,12 +702,24 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows has no flock: a rare race stays
         yield
         return
-    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # a missing folder, which SQLite reports when it opens the file
+        yield
+        return
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def _is_new(path: Path) -> bool:
+    """Whether the file is missing or empty: not a database yet."""
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return True
 
 
 def _create_private(path: Path) -> None:
