@@ -198,6 +198,14 @@ later, before which no purge drops it. Its ``data`` holds the key the session mo
 MOVED_VERSION = -1
 
 
+def mark_of(old: str, record: SessionRecord) -> tuple[str, bytes, float, float, float]:
+    """The SQL stores' row for ``old``, moved to ``record``: the key, the key it moved
+    to, and as created_at, expires_at and last_seen_at the move's time, twice, and the
+    end of its mark (see :data:`MOVED_FOR`)."""
+    at = record.last_seen_at
+    return old, record.key.encode(), at, at, at + MOVED_FOR
+
+
 def creator_of(store: Store) -> Create | None:
     """The store's ``create(record) -> bool``, if it has one: write ``record`` only if no
     live record holds its key, else write nothing and return False, in one atomic step.

@@ -41,13 +41,13 @@ from ._loops import LoopWatch
 from ._redact import redact
 from .base import (
     CORE_COLUMNS,
-    MOVED_FOR,
     MOVED_VERSION,
     PURGE_ROUNDS,
     Merge,
     SessionRecord,
     checked_retry_after,
     legacy_login_time,
+    mark_of,
     not_ours,
     purge_start,
 )
@@ -338,14 +338,13 @@ class PostgresStore:
         expected: int | None,
         merge: Merge | None,
     ) -> bool:
-        at = record.last_seen_at
-        # The key it moved to, the move's time, and the end of its mark.
-        moved = (record.key.encode(), at, at + MOVED_FOR)
+        mark = mark_of(previous, record)
+        moved = (mark[1], *mark[3:])  # the key it moved to, the move's time, its end
         if expected is None:
             if previous == record.key:
                 await db.execute(self._insert, record)
             else:
-                await db.execute(self._replace, (previous, moved[0], at, *moved[1:], *record))
+                await db.execute(self._replace, (*mark, *record))
             return True
         # Optimistic: one statement that writes only over the version this request read.
         condition = (previous, expected, record.last_seen_at)
@@ -371,9 +370,7 @@ class PostgresStore:
                     return False
                 chosen = merge(base)
             if previous != chosen.key:
-                at = chosen.last_seen_at
-                mark = (previous, chosen.key.encode(), at, at, at + MOVED_FOR)
-                await db.execute(self._mark_moved, mark)
+                await db.execute(self._mark_moved, mark_of(previous, chosen))
             await db.execute(self._insert, chosen)
         return True
 

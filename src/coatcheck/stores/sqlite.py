@@ -25,13 +25,13 @@ from ..exceptions import StoreError, StoreUnavailableError
 from ._forks import after_fork
 from .base import (
     CORE_COLUMNS,
-    MOVED_FOR,
     MOVED_VERSION,
     PURGE_ROUNDS,
     Merge,
     SessionRecord,
     checked_retry_after,
     legacy_login_time,
+    mark_of,
     not_ours,
     purge_start,
 )
@@ -227,9 +227,7 @@ class SQLiteStore:
                                 return False
                             chosen = merge(base)
                     if previous != chosen.key:
-                        at = chosen.last_seen_at  # the move's time; its mark ends later
-                        mark = (previous, chosen.key.encode(), at, at, at + MOVED_FOR)
-                        db.execute(self._mark_moved, mark)
+                        db.execute(self._mark_moved, mark_of(previous, chosen))
                     db.execute(self._insert, _values(chosen))
             if purge:
                 try:
