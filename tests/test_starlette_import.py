@@ -29,6 +29,7 @@ from coatcheck import (
     MemoryStore,
     MissingDependencyError,
     SessionConfig,
+    SessionLimitError,
     SessionMiddleware,
     StarletteImport,
     Store,
@@ -382,6 +383,72 @@ async def test_a_login_again_after_a_lost_answer_replaces_the_unheard_one(
     await persistence.commit(again, 200)
     (device,) = await any_store.list_user("alice", clock())
     assert device.public_id == again.public_id
+
+
+def _import_login(store: Store, clock: FakeClock) -> tuple[Any, list[tuple[bytes, bytes]]]:
+    """A Persistence whose imports log in (at most one device, refused past it), and
+    the header of an old cookie of alice's."""
+    from coatcheck._persist import Persistence
+
+    config = SessionConfig(
+        clock=clock,
+        starlette_import=StarletteImport(secret_key=SECRET, user_key="user_id"),
+        max_sessions_per_user=1,
+        at_session_limit="refuse_login",
+    )
+    signed = TimestampSigner(SECRET).sign(b64encode(json.dumps({"user_id": "alice"}).encode()))
+    return Persistence(store, config, None), [(b"cookie", b"session=" + signed)]
+
+
+async def test_an_import_that_logged_in_and_went_unheard_is_replaced_by_the_next(
+    any_store: Store,
+) -> None:
+    """The import of the old cookie is the login. Its answer is lost, and the browser
+    comes back with the old cookie after the window in which it would join that
+    session: it is let in, in place of the session no browser took, rather than
+    refused as a second device until that one idles out."""
+    from coatcheck.session import Session
+
+    clock = FakeClock()
+    persistence, old = _import_login(any_store, clock)
+    lost = await Session(persistence, {"headers": old}).load()
+    await persistence.commit(lost, 200)
+    clock.advance(120)
+
+    again = await Session(persistence, {"headers": old}).load()
+    assert again.user_id == "alice"
+    assert await again.can_login("alice")
+    await persistence.commit(again, 200)
+    (device,) = await any_store.list_user("alice", clock())
+    assert device.public_id == again.public_id != lost.public_id
+
+
+async def test_a_copy_of_the_old_cookie_is_another_device_once_its_session_was_used(
+    any_store: Store,
+) -> None:
+    """Once a browser used the session the import started (a refresh, a write), it is
+    held: a copy of the old cookie that comes later is a device of its own, refused
+    at the limit, and the session stays with its holder."""
+    from coatcheck.session import Session
+
+    clock = FakeClock()
+    persistence, old = _import_login(any_store, clock)
+    first = await Session(persistence, {"headers": old}).load()
+    await persistence.commit(first, 200)
+    assert first._id is not None
+    held = [(b"cookie", f"{NEW_COOKIE}={first._id}".encode())]
+    clock.advance(600)
+    used = await Session(persistence, {"headers": held}).load()
+    used["cart"] = ["pear"]
+    await persistence.commit(used, 200)
+    clock.advance(60)
+
+    copy = await Session(persistence, {"headers": old}).load()
+    with pytest.raises(SessionLimitError):
+        await persistence.commit(copy, 200)
+    (device,) = await any_store.list_user("alice", clock())
+    assert device.public_id == first.public_id
+    assert (await Session(persistence, {"headers": held}).load())["cart"] == ["pear"]
 
 
 async def test_the_old_cookie_counts_as_a_credential_for_csrf() -> None:

@@ -119,6 +119,40 @@ async def test_a_starsessions_session_is_adopted_once_and_logged_in(
         assert (await client.get("/read", headers=new_cookie)).json()["user"] == "alice"
 
 
+async def test_a_login_again_after_the_imports_answer_was_lost_replaces_its_session(
+    redis_server: RedisServer,
+) -> None:
+    """The adopting request logged the user in, and its answer never came back: the old
+    key is gone, so the browser, holding only the old cookie, comes back anonymous. Its
+    login replaces the session no browser took rather than count as a second device."""
+    prefix = f"{unique_prefix()}."
+    old_id = await mint(redis_server, prefix, {"user": "alice", "cart": ["apple"]})
+    settings = StarsessionsImport(url=redis_server.url, prefix=prefix, user_key="user")
+    clock, store = FakeClock(), MemoryStore()
+    config = SessionConfig(
+        starsessions_import=settings,
+        clock=clock,
+        max_sessions_per_user=1,
+        at_session_limit="refuse_login",
+    )
+    app = apps.make_app(store, config)
+    old = {"cookie": f"{OLD}={old_id}"}
+    try:
+        async with client_for(app) as client:
+            lost = await client.get("/read", headers=old)
+            assert lost.json()["user"] == "alice"
+            (unheard,) = await store.list_user("alice", clock())
+            clock.advance(JOIN_WINDOW + 60)
+            assert (await client.get("/read", headers=old)).json() == {"data": {}, "user": None}
+            assert (await client.get("/can-login?user=alice", headers=old)).json()["can_login"]
+            login = await client.post("/login", headers=old)
+            assert login.json()["user"] == "alice", login.text
+    finally:
+        await shut_down(app)
+    (device,) = await store.list_user("alice", clock())
+    assert device.public_id != unheard.public_id
+
+
 async def test_nothing_is_adopted_after_until_or_from_a_cookie_starsessions_never_set(
     redis_server: RedisServer,
 ) -> None:

@@ -235,6 +235,7 @@ class Persistence:
         imported = import_id = None
         importer = self._importer
         spent = None  # the key of an import that a login moved since this request came
+        earlier = None  # the live session an import of the same old cookie started long ago
         if (
             record is None
             and importer is not None
@@ -245,7 +246,7 @@ class Persistence:
             if self._sealer is None:
                 derived = importer.session_id(session._headers)
                 assert derived is not None
-                joined, import_id = await self._join_import(session, derived, now)
+                joined, import_id, earlier = await self._join_import(session, derived, now)
                 if joined:
                     session._orphan = orphan
                     return
@@ -262,6 +263,7 @@ class Persistence:
                     imported = self._storable(imported) or None
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
         session._orphan = orphan
+        session._earlier_import = earlier
         if spent is not None:
             session._missed = spent
         elif key is not None and record is None and orphan is None and not expired:
@@ -287,30 +289,34 @@ class Persistence:
 
     async def _join_import(
         self, session: Session, derived: str, now: float
-    ) -> tuple[bool, str | None]:
+    ) -> tuple[bool, str | None, SessionRecord | None]:
         """Join the session that another request with the same old cookie started a
         moment ago, rather than start a second one: a page's parallel requests then
         share one session, whichever of them is stored first.
 
         Returns whether it joined, and else the ID this request's import may take:
         ``derived`` when no session holds it. A session this old cookie started long
-        ago keeps it, and a copy of that cookie starts a session of its own, as before.
+        ago keeps it, and a copy of that cookie starts a session of its own, as before;
+        that session comes third, for a login to replace if it went unheard (see
+        unheard_login).
         """
         existing = await self.store.load(store_key(derived), now)
         if existing is None:
-            return False, derived
-        if now - existing.created_at >= JOIN_WINDOW or now >= self.deadline(existing):
-            return False, None
+            return False, derived, None
+        if now >= self.deadline(existing):
+            return False, None, None
+        if now - existing.created_at >= JOIN_WINDOW:
+            return False, None, existing
         try:
             data = self.decode(existing)
         except ValueError:
-            return False, None
+            return False, None, None
         session._adopt(derived, existing, data, now, self.config.normal.idle)
         session._expires_at = self.deadline(existing)
         # The browser holds only the old cookie: this response hands it the new one,
         # and clears the old one, as the import's first response does.
         session._imported = session._refresh_now = True
-        return True, None
+        return True, None, None
 
     def _storable(self, data: dict[str, Any]) -> dict[str, Any]:
         """The imported values this store can keep. The old library took values (a
@@ -953,6 +959,16 @@ class Persistence:
         cart) ends with it, and the password lets anyone end the user's other sessions.
         """
         key = session._missed
+        earlier = session._earlier_import
+        if key is None and earlier is not None:
+            # The old cookie's import was itself the login, long enough ago that this
+            # request did not join it. Unseen since (its requests refresh it only within
+            # JOIN_WINDOW), it is the session of a lost answer; seen, someone holds it,
+            # and a copy of the old cookie is another device, counted as one.
+            unseen = earlier.last_seen_at < earlier.created_at + JOIN_WINDOW
+            if earlier.user_id == user_id and unseen and now < self.deadline(earlier):
+                return earlier
+            return None
         if key is None and session._import_id is not None and self._sealer is None:
             key = store_key(session._import_id)  # a login moved the ID an import derived
         if key is None or self._moved is None or self._follow is None:

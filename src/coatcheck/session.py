@@ -65,6 +65,7 @@ class Session(MutableMapping[str, Any]):
         "_created_at",
         "_data",
         "_deferred",
+        "_earlier_import",
         "_edits",
         "_expires_at",
         "_exposed",
@@ -148,6 +149,9 @@ class Session(MutableMapping[str, Any]):
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
     _orphan: str | None  # key of a record the cookie named that could not be decoded
     _missed: str | None  # key the cookie named where the store had no record at all
+    # The live session an import of this request's old cookie started, past the window
+    # in which a request with that cookie joins it: the import's, if its answer was lost.
+    _earlier_import: SessionRecord | None
     _flashed: list[str]  # ids of the messages this request flashed; unset until the first
     _signing_in: bool  # login() (or an adopted login) waits for its save
     # Its end was announced already (revoked), not again as logged_out; None: a parallel
@@ -743,7 +747,7 @@ class Session(MutableMapping[str, Any]):
         self._updates = []
         self._models = None
         self._outgoing = []
-        self._halted = self._orphan = self._missed = None
+        self._halted = self._orphan = self._missed = self._earlier_import = None
         if not self._loaded:  # a reload() goes on counting, and may wait for a save
             self._edits = 0
             self._writer = self._written = self._deferred = None
