@@ -203,7 +203,7 @@ class Persistence:
             key = None if record is None else record.key
         data: dict[str, Any] = {}
         orphan = None
-        expired = False
+        unserved = None  # the record the cookie named, when this process does not serve it
         if record is not None and key is not None:
             # Written out rather than split into helpers: every read runs this.
             # The stored deadline, or an earlier one if the configuration became stricter
@@ -221,8 +221,7 @@ class Persistence:
                 deadline = configured
             if not (compare_digest(record.key, key) and now < deadline):
                 await self.emit(session, "expired", record.user_id, record.public_id)
-                record = None
-                expired = True
+                unserved, record = record, None
             else:
                 try:
                     data = self.serializer.loads(record.data)
@@ -231,7 +230,7 @@ class Persistence:
                         data = self._decode_sealed(record)
                     except ValueError:
                         orphan = self._undecodable(record)
-                        record = None
+                        unserved, record = record, None
         imported = import_id = None
         importer = self._importer
         spent = None  # the key of an import that a login moved since this request came
@@ -264,9 +263,10 @@ class Persistence:
         session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
         session._orphan = orphan
         session._earlier_import = earlier
+        session._unserved = unserved
         if spent is not None:
             session._missed = spent
-        elif key is not None and record is None and orphan is None and not expired:
+        elif key is not None and record is None and unserved is None:
             session._missed = key  # ended, or moved by a login: see _refuse_if_moved()
         if record is not None:
             session._expires_at = deadline
@@ -381,7 +381,10 @@ class Persistence:
             and not (session._modified or session._exposed or session._meta_changed)
             and session._key == stored.key
             and (bool(session._data) or session._user_id is not None)
-            and self.now() - stored.last_seen_at < self._refresh_window(stored)
+            # A save dated in this clock's future (another server's clock runs ahead, or
+            # this one was set back) is refreshed too: Redis ends the session by a TTL
+            # on its own clock, whatever the stored times say.
+            and abs(self.now() - stored.last_seen_at) < self._refresh_window(stored)
             and not session._refresh_now
         )
 
@@ -596,6 +599,7 @@ class Persistence:
                     # A logout from a page that left before a parallel login moved the
                     # session: ending nothing here would leave that login signed in.
                     await self._refuse_if_moved(session, session._missed, self.now())
+                unserved = await self._end_unserved(session) if session._fresh else None
                 # Never clear a cookie that matched nothing: a parallel login may have
                 # just replaced it in the browser, and this response would log it out.
                 # The old one, once adopted, goes: ended here, it must not come back.
@@ -603,6 +607,9 @@ class Persistence:
                     # Nor may the session a parallel request of this import started.
                     await self._end_import_twin(session, store_key(session._import_id))
                 cleared = await self._end_imported(session, replaced=False)
+                if unserved is not None:
+                    ticket = self._ticket(session, None, None)
+                    return [ticket, *cleared, _NO_STORE, *self._cleared(session, unserved)]
                 return [*cleared, _NO_STORE] if cleared else []
             assert stored is not None
             if session._announced is None:
@@ -685,7 +692,7 @@ class Persistence:
                     session._created_at = twin.created_at
         lifetime = session._lifetime()
         refresh_due = stored is not None and (
-            session._refresh_now or now - stored.last_seen_at >= self._refresh_window(stored)
+            session._refresh_now or abs(now - stored.last_seen_at) >= self._refresh_window(stored)
         )
         if not (rotated or refresh_due or session._meta_changed or data != session._raw):
             return []
@@ -767,6 +774,8 @@ class Persistence:
                 raise SessionEndedError("the session was ended by another request")
             if ending is not None:
                 await self._end_import_twin(session, ending)
+            if session._fresh:  # a logout, then new data (a flash): a new session
+                await self._end_unserved(session)
         elif session._fresh:
             # Destroyed, or logged in as someone else: nothing of the old record carries
             # over, so it is replaced whatever was saved to it meanwhile. A login still
@@ -926,6 +935,22 @@ class Persistence:
         if value is None:
             return (b"set-cookie", self.clear_cookie)
         return (b"set-cookie", self._cookies.set(value, max_age))
+
+    async def _end_unserved(self, session: Session) -> SessionRecord | None:
+        """For a logout, end the record its cookie named where this process serves no
+        session, and return it. Dead by this process's clock, which may run ahead of the
+        other servers', or sealed under a key it does not hold yet (a rolling deploy),
+        the record may be live to the servers that serve it: they would keep the user
+        signed in. (Its end was announced here as an expiry, if at all.)"""
+        record = session._unserved
+        if record is None and session._missed is not None and not self.stateless:
+            record = await self.store.load(session._missed, 0.0)  # whatever its deadline
+        if record is None:
+            return None
+        session._unserved = None
+        if not self.stateless:  # else the cleared cookie is the end of it
+            await self.store.delete(record.key)
+        return record
 
     async def _refuse_if_moved(self, session: Session, key: str, now: float) -> None:
         """Refuse to start a session for a cookie whose session a parallel login (or

@@ -98,6 +98,7 @@ class Session(MutableMapping[str, Any]):
         "_root_path",
         "_signing_in",
         "_stored",
+        "_unserved",
         "_updates",
         "_user_id",
         "_waiter",
@@ -149,6 +150,9 @@ class Session(MutableMapping[str, Any]):
     _halted: CoatcheckError | None  # why save() stopped this request's writes, if it did
     _orphan: str | None  # key of a record the cookie named that could not be decoded
     _missed: str | None  # key the cookie named where the store had no record at all
+    # The record the cookie named where this process serves no session: dead by its
+    # clock, or data it cannot open. Another process may serve it; a logout ends it.
+    _unserved: SessionRecord | None
     # The live session an import of this request's old cookie started, past the window
     # in which a request with that cookie joins it: the import's, if its answer was lost.
     _earlier_import: SessionRecord | None
@@ -748,6 +752,7 @@ class Session(MutableMapping[str, Any]):
         self._models = None
         self._outgoing = []
         self._halted = self._orphan = self._missed = self._earlier_import = None
+        self._unserved = None
         if not self._loaded:  # a reload() goes on counting, and may wait for a save
             self._edits = 0
             self._writer = self._written = self._deferred = None
