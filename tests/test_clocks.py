@@ -14,6 +14,7 @@ import pytest
 from coatcheck import SessionConfig, Store
 from coatcheck._ids import store_key
 from coatcheck._persist import Persistence
+from coatcheck.events import SessionEvent
 from coatcheck.session import Session
 from coatcheck.testing import FakeClock
 
@@ -23,8 +24,11 @@ NAME = "__Host-session"
 KEY, NEWER_KEY = "k" * 32, "n" * 32
 
 
-def server(store: Store, clock: FakeClock, **config: Any) -> Persistence:
-    return Persistence(store, SessionConfig(clock=clock, **config), None)
+def server(
+    store: Store, clock: FakeClock, events: list[SessionEvent] | None = None, **config: Any
+) -> Persistence:
+    hooks = () if events is None else (events.append,)
+    return Persistence(store, SessionConfig(clock=clock, **config), None, hooks)
 
 
 def cookie(session_id: str | None) -> dict[str, Any]:
@@ -51,8 +55,9 @@ async def test_a_logout_on_a_server_whose_clock_runs_ahead_ends_the_session_ever
     """To a server ten minutes ahead, a five-minute session is over, but not to the
     others. Its logout must end it all the same: the next person at a shared computer
     would otherwise find the user signed in, on every other server."""
-    now = time.time()
-    on_time, ahead = server(any_store, FakeClock(now)), server(any_store, FakeClock(now + 600))
+    now, events = time.time(), list[SessionEvent]()
+    on_time = server(any_store, FakeClock(now))
+    ahead = server(any_store, FakeClock(now + 600), events)
     session_id = await sign_in(on_time, idle_timeout=300)
 
     leaving = await Session(ahead, cookie(session_id)).load()
@@ -63,6 +68,8 @@ async def test_a_logout_on_a_server_whose_clock_runs_ahead_ends_the_session_ever
     headers = await ahead.commit(leaving, 200)
     assert await user_on(on_time, session_id) is None
     assert await any_store.load(store_key(session_id), 0.0) is None
+    ended = [(event.kind, event.user_id) for event in events if event.kind != "created"]
+    assert ended == [("logged_out", "alice")]
     if then == "nothing":
         assert (b"set-cookie", ahead.clear_cookie) in headers
 
@@ -99,27 +106,42 @@ async def test_a_logout_on_a_process_that_serves_no_session_ends_it_for_those_th
     assert await user_on(serving, session_id) is None
 
 
-async def test_a_save_dated_in_this_clocks_future_is_refreshed_by_a_read(
+async def test_a_save_dated_far_in_this_clocks_future_is_refreshed_by_a_read(
     any_store: Store,
 ) -> None:
-    """A server whose clock is behind (or was set back) by more than the refresh
-    window sees the last save in its future, and would never refresh the session
-    while Redis, on its own clock, ends it at the idle timeout: the first read writes
-    the expiry back. A save less far ahead is left to the usual throttle."""
+    """A server whose clock is behind (or was set back) by most of the idle timeout
+    sees the last save far in its future: by its own throttle it would refresh the
+    session only after Redis, on its own clock, had ended it at the idle timeout. The
+    first read writes the expiry back."""
     now = time.time()
-    ahead, on_time = FakeClock(now + 170), FakeClock(now)
-    session_id = await sign_in(server(any_store, ahead))  # refreshes every 180 s
+    ahead, on_time = FakeClock(now + 1450), FakeClock(now)  # idle 1800 s, refreshes at 180
+    session_id = await sign_in(server(any_store, ahead))
     persistence = server(any_store, on_time)
     reading = await Session(persistence, cookie(session_id)).load()
     assert reading.user_id == "alice"
-    assert persistence.settled(reading)
-
-    ahead.advance(20)  # its next save is 190 s in the future of the other clock
-    session_id = await sign_in(server(any_store, ahead))
-    reading = await Session(persistence, cookie(session_id)).load()
-    assert not persistence.settled(reading)
     await persistence.commit(reading, 200)
     stored = await any_store.load(store_key(session_id), 0.0)
     assert stored is not None
     assert stored.last_seen_at == on_time()
     assert stored.expires_at == on_time() + 1800
+
+
+async def test_servers_minutes_apart_refresh_a_session_once_per_window(any_store: Store) -> None:
+    """Reads that alternate between two servers 200 s apart: each finds the last save
+    old or in its future by more than the 180 s refresh window, and would write it back
+    every time if both counted. The session is written back as often as on one server."""
+    now = time.time()
+    clocks = FakeClock(now + 200), FakeClock(now)
+    servers = [server(any_store, clock) for clock in clocks]
+    session_id = await sign_in(servers[0])
+    first = await any_store.load(store_key(session_id), 0.0)
+    for turn in range(40):  # 400 s
+        for clock in clocks:
+            clock.advance(10)
+        reading = await Session(servers[turn % 2], cookie(session_id)).load()
+        assert reading.user_id == "alice"
+        await servers[turn % 2].commit(reading, 200)
+    last = await any_store.load(store_key(session_id), 0.0)
+    assert first is not None
+    assert last is not None
+    assert 1 <= last.version - first.version <= 3

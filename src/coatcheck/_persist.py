@@ -275,6 +275,15 @@ class Persistence:
             # once the throttle's window has passed, or a busy session dies at the old one.
             if configured - deadline > lifetime.idle * self.config.refresh_fraction:
                 session._refresh_now = True
+            elif (
+                not record.authenticated_at
+                and record.user_id is not None
+                and record.last_seen_at < record.created_at + JOIN_WINDOW <= now
+            ):
+                # A login adopted from an old cookie, brought by its new cookie for the
+                # first time since: stored as seen, a copy of the old cookie cannot take
+                # it for the session of a lost answer (see unheard_login).
+                session._refresh_now = True
         if imported is not None and importer is not None:
             # A new session with the old data: stored (and the old cookie cleared) when
             # this response starts, as any change would be.
@@ -381,10 +390,8 @@ class Persistence:
             and not (session._modified or session._exposed or session._meta_changed)
             and session._key == stored.key
             and (bool(session._data) or session._user_id is not None)
-            # A save dated in this clock's future (another server's clock runs ahead, or
-            # this one was set back) is refreshed too: Redis ends the session by a TTL
-            # on its own clock, whatever the stored times say.
-            and abs(self.now() - stored.last_seen_at) < self._refresh_window(stored)
+            # (A save dated in this clock's future is left to _refresh_due.)
+            and 0 <= self.now() - stored.last_seen_at < self._refresh_window(stored)
             and not session._refresh_now
         )
 
@@ -428,6 +435,19 @@ class Persistence:
     def refresh_at(self, record: SessionRecord) -> float:
         """When a read of ``record`` must write its sliding expiry back."""
         return record.last_seen_at + self._refresh_window(record)
+
+    def _refresh_due(self, record: SessionRecord, now: float) -> bool:
+        """Whether a read at ``now`` must write ``record``'s sliding expiry back: once per
+        refresh window, and also when its last save is dated so far in this clock's
+        future (another server's clock runs ahead, or this one was set back) that the
+        window would pass only after Redis, whose TTL runs on its own clock, has ended a
+        busy session. Less far ahead, that window still leaves a whole one to refresh
+        in, and two servers a few minutes apart do not write on every request."""
+        window = self._refresh_window(record)
+        ago = now - record.last_seen_at
+        if ago >= 0:
+            return ago >= window
+        return -ago >= self.lifetime_of(record).idle - 2 * window
 
     def _refresh_window(self, record: SessionRecord) -> float:
         """Seconds after the last save when a read must refresh the sliding expiry."""
@@ -692,7 +712,7 @@ class Persistence:
                     session._created_at = twin.created_at
         lifetime = session._lifetime()
         refresh_due = stored is not None and (
-            session._refresh_now or abs(now - stored.last_seen_at) >= self._refresh_window(stored)
+            session._refresh_now or self._refresh_due(stored, now)
         )
         if not (rotated or refresh_due or session._meta_changed or data != session._raw):
             return []
@@ -941,7 +961,7 @@ class Persistence:
         session, and return it. Dead by this process's clock, which may run ahead of the
         other servers', or sealed under a key it does not hold yet (a rolling deploy),
         the record may be live to the servers that serve it: they would keep the user
-        signed in. (Its end was announced here as an expiry, if at all.)"""
+        signed in."""
         record = session._unserved
         if record is None and session._missed is not None and not self.stateless:
             record = await self.store.load(session._missed, 0.0)  # whatever its deadline
@@ -950,6 +970,9 @@ class Persistence:
         session._unserved = None
         if not self.stateless:  # else the cleared cookie is the end of it
             await self.store.delete(record.key)
+        if record.user_id is not None:
+            # Other servers still served it: a logout, whatever this one took it for.
+            await self.emit(session, "logged_out", record.user_id, record.public_id)
         return record
 
     async def _refuse_if_moved(self, session: Session, key: str, now: float) -> None:
