@@ -970,8 +970,10 @@ class Persistence:
         session._unserved = None
         if not self.stateless:  # else the cleared cookie is the end of it
             await self.store.delete(record.key)
-        if record.user_id is not None:
-            # Other servers still served it: a logout, whatever this one took it for.
+        if record.user_id is not None and self.now() < self.deadline(record):
+            # Live here too, unserved only for its data: a logout. One dead by this
+            # clock is not announced again (expired, or dropped with no event, as a
+            # store drops any session at its deadline), even if others still served it.
             await self.emit(session, "logged_out", record.user_id, record.public_id)
         return record
 
