@@ -135,7 +135,10 @@ class CSRFConfig:
     front end on another host). A listed ``Origin`` passes whatever ``Sec-Fetch-Site``
     says; when the list is empty, the request's own scheme and ``Host`` are used.
     ``exempt_paths`` are path prefixes left unchecked (a webhook that authenticates by
-    signature).
+    signature). At ``relay_paths``, a form that another site's page posted (an identity
+    provider's ``form_post``, a SAML POST binding) is posted again from a page of the
+    app's own, with the session cookie; its handler must check what the provider's
+    protocol binds to the session, such as OAuth's ``state``.
     """
 
     enabled: bool = True
@@ -144,6 +147,7 @@ class CSRFConfig:
     header_name: str = "x-csrf-token"
     form_field: str = "csrf_token"
     exempt_paths: Sequence[str] = ()
+    relay_paths: Sequence[str] = ()
     anonymous_token_max_age: int = 24 * 3600
     max_form_bytes: int = 1_000_000
 
@@ -151,6 +155,7 @@ class CSRFConfig:
         origins = _listed("origins", self.origins, "origins")
         object.__setattr__(self, "origins", tuple(_origin(o) for o in origins))
         object.__setattr__(self, "exempt_paths", _path_prefixes("exempt_paths", self.exempt_paths))
+        object.__setattr__(self, "relay_paths", _path_prefixes("relay_paths", self.relay_paths))
         if not isinstance(self.header_name, str) or not _TOKEN.match(self.header_name):
             raise ConfigurationError(f"header_name {self.header_name!r} is not a header name")
         object.__setattr__(self, "header_name", self.header_name.lower())

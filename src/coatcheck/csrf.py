@@ -32,11 +32,12 @@ import struct
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-from ._asgi import Message, PathPrefixes, Receive, Scope
+from ._asgi import Message, PathPrefixes, Receive, Scope, Send
 from ._asgi import header as _header
 from ._audit import security_event
 from ._ids import store_key
 from ._keys import Keyring
+from ._relay import relay_page, relayable
 from .config import CSRFConfig
 from .session import Session
 
@@ -82,6 +83,7 @@ class CSRFGuard:
         self._token_header = token_header
         self._now = clock
         self._exempt = PathPrefixes(config.exempt_paths) if config.exempt_paths else None
+        self._relayed = PathPrefixes(config.relay_paths) if config.relay_paths else None
         self._keys = keyring.derive("csrf")
         self._cookie_needles = tuple(name.encode("latin-1") + b"=" for name in cookie_names)
         self._header = config.header_name.encode("latin-1")
@@ -149,6 +151,21 @@ class CSRFGuard:
         if not self.config.enabled or self._exempted(scope) or self._by_header(scope):
             return None
         return self._browser_verdict(scope) or None
+
+    async def relay(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """For a form another site posted to a path of ``relay_paths``, answer with a page
+        that posts it again from the app's own origin (see ``coatcheck._relay``). False,
+        with nothing sent, where that does not apply: the guard then refuses the post."""
+        if self._relayed is None or not self._relayed.match(scope) or not relayable(scope):
+            return False
+        body, _ = await _read_body(receive, self.config.max_form_bytes)
+        answer = None if body is None or body is _TOO_LARGE else relay_page(body)
+        if answer is None:
+            return False
+        headers, page = answer
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": page})
+        return True
 
     def _exempted(self, scope: Scope) -> bool:
         return self._exempt is not None and self._exempt.match(scope)

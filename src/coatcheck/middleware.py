@@ -19,8 +19,8 @@ from typing import Any
 
 from starlette.websockets import WebSocketDisconnect
 
-from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send
-from ._audit import security_event
+from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send, header
+from ._audit import once, security_event
 from ._context import ASYNCIO_ONLY, current_session
 from ._persist import Persistence, outgoing
 from ._printable import printable
@@ -283,11 +283,14 @@ class SessionMiddleware:
 
         Returns False when the save failed and an error response went out instead.
         """
+        starting = session._stored is None
         try:
             extra = await self._persistence.commit(session, message.get("status", 200))
         except _SAVE_FAILURES as exc:
             await self._answer_failure(scope, receive, send, exc, session)
             return False
+        if starting and extra and session._stored is not None and session._user_id is None:
+            _warn_if_cross_site_start(scope)
         if session._outgoing:  # an early save() set the cookie, or this commit resets it
             extra = outgoing(session._outgoing, extra)
         if (
@@ -396,7 +399,8 @@ class SessionMiddleware:
         failure, receive = await self._csrf.check(scope, receive, session)
         if failure is None:
             return receive
-        await self._reject_forgery(scope, receive, send, session, failure)
+        if not await self._csrf.relay(scope, receive, send):
+            await self._reject_forgery(scope, receive, send, session, failure)
         return None
 
     async def _reject_forgery(
@@ -475,6 +479,26 @@ class SessionMiddleware:
             await send(message)
 
         return wrapped
+
+
+def _warn_if_cross_site_start(scope: Scope) -> None:
+    """Point out, once per route, a session started by a form another site posted: the
+    browser sent no ``SameSite`` cookie with it, so the new cookie replaces the one it
+    holds, and its user is signed out (see CSRFConfig.relay_paths)."""
+    if scope.get("method") in SAFE_METHODS or scope["type"] != "http":
+        return
+    if header(scope["headers"], b"sec-fetch-site") != b"cross-site":
+        return
+    key, name = _route(scope)
+    once(
+        logger,
+        ("cross-site start", key),
+        f"a post from another site to {name} started a new session: the browser sent no "
+        "session cookie with it (SameSite), and the new cookie replaces the one it holds, "
+        "signing its user out. For a provider's answer posted back (OpenID Connect "
+        "form_post, SAML), list the path in CSRFConfig(relay_paths=[...]) instead of "
+        "exempt_paths.",
+    )
 
 
 def _route(scope: Scope) -> tuple[Hashable, str]:
