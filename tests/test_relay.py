@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 
 from coatcheck import (
     ConfigurationError,
+    CookieConfig,
     CSRFConfig,
     MemoryStore,
     SessionConfig,
@@ -198,3 +199,27 @@ async def test_a_session_started_by_another_sites_post_is_pointed_out_once(
         "(OpenID Connect form_post, SAML), list the path in CSRFConfig(relay_paths=[...]) "
         "instead of exempt_paths."
     ]
+
+
+async def test_under_samesite_none_a_cross_site_start_is_no_replacement(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With ``SameSite=None`` the browser sends its cookie with such a post: a session
+    started there is the browser's first, and nothing is pointed out."""
+    app = FastAPI()
+
+    @app.post("/widget")
+    async def widget(session: SessionDep) -> dict[str, bool]:
+        session["seen"] = True
+        return {}
+
+    config = SessionConfig(
+        cookie=CookieConfig(samesite="none"), csrf=CSRFConfig(exempt_paths=["/widget"])
+    )
+    app.add_middleware(SessionMiddleware, store=MemoryStore(), config=config)
+    async with client_for(app) as client:
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            answer = await client.post("/widget", headers=PROVIDER_POST)
+    assert answer.status_code == 200
+    assert "set-cookie" in answer.headers
+    assert not [r for r in caplog.records if "from another site" in r.getMessage()]

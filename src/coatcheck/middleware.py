@@ -289,7 +289,13 @@ class SessionMiddleware:
         except _SAVE_FAILURES as exc:
             await self._answer_failure(scope, receive, send, exc, session)
             return False
-        if starting and extra and session._stored is not None and session._user_id is None:
+        if (
+            starting
+            and extra
+            and session._stored is not None
+            and session._user_id is None
+            and self._persistence.config.cookie.samesite != "none"  # else it came along
+        ):
             _warn_if_cross_site_start(scope)
         if session._outgoing:  # an early save() set the cookie, or this commit resets it
             extra = outgoing(session._outgoing, extra)
