@@ -16,6 +16,7 @@ from coatcheck.fastapi import (
     CurrentUser,
     RequiredUser,
     SessionDep,
+    dependency_of,
     get_session,
     openapi,
     user_loader,
@@ -288,6 +289,27 @@ def loader_app(kind: str = "async") -> FastAPI:
 
 def cookie_of(response: httpx.Response) -> dict[str, str]:
     return {"cookie": f"__Host-session={response.cookies['__Host-session']}"}
+
+
+CurrentAccount = Annotated[Account, user_loader(load_async)]
+
+
+async def test_a_test_overrides_a_user_loader_through_dependency_of() -> None:
+    """``app.dependency_overrides[load_user]`` cannot reach the dependency that wraps the
+    loader; ``dependency_of`` names the one FastAPI resolves."""
+    app = FastAPI()
+
+    @app.get("/account")
+    async def read(current: CurrentAccount) -> dict[str, str]:
+        return {"name": current.name}
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    app.dependency_overrides[dependency_of(CurrentAccount)] = lambda: Account("admin", "test")
+    async with client_for(app) as client:
+        assert (await client.get("/account")).json() == {"name": "admin"}
+    assert dependency_of(CurrentAccount) is dependency_of(CurrentAccount.__metadata__[0])
+    with pytest.raises(TypeError, match="names no dependency"):
+        dependency_of(Account)
 
 
 @pytest.mark.parametrize("kind", LOADERS)

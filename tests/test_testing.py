@@ -101,7 +101,9 @@ def test_fake_clock_starts_now_and_only_moves_forward() -> None:
     clock.advance(30)
     assert clock() == clock.now
     assert FakeClock(100.0)() == 100.0
-    assert FakeClock(0.0)() == 0.0  # the epoch is a start like any other
+    # At the epoch, a login's time (0.0) would read as no login at all.
+    with pytest.raises(ValueError, match="after the epoch"):
+        FakeClock(0.0)
     clock.advance(0)
     with pytest.raises(ValueError, match="forward"):
         clock.advance(-1)
@@ -147,6 +149,53 @@ def test_a_session_cookie_set_for_a_test_follows_the_apps_new_ids(base_url: str)
         assert client.post("/confirm").json() == {"user": "bob"}
         assert len(client.cookies.jar) == 1
         assert client.get("/private").json()["user"] == "bob"
+
+
+@pytest.mark.parametrize(
+    ("cookie", "base_url", "prefix"),
+    [
+        (CookieConfig(name="__Secure-session", path="/app"), TEST_BASE_URL, "/app"),
+        (
+            CookieConfig(name="__Secure-session", domain="example.com"),
+            "https://app.example.com",
+            "",
+        ),
+    ],
+    ids=["path", "domain"],
+)
+def test_a_session_cookie_set_for_a_test_takes_the_cookies_path_and_domain(
+    cookie: CookieConfig, base_url: str, prefix: str
+) -> None:
+    """Filed where the app's own cookie goes, the login's cookie replaces it."""
+    config = SessionConfig(cookie=cookie)
+    store = MemoryStore()
+    app = FastAPI()
+
+    @app.post(prefix + "/login")
+    async def login(session: SessionDep) -> None:
+        session.login("bob")
+
+    @app.get(prefix + "/me")
+    async def me(user: CurrentUser) -> dict[str, str | None]:
+        return {"user": user}
+
+    app.add_middleware(SessionMiddleware, store=store, config=config)
+    with TestClient(app, base_url=base_url, headers={**SAME_ORIGIN}) as client:
+        session_id = client.portal.call(partial(create_session, store, user_id="alice"))
+        set_session_cookie(client, session_id, config)
+        assert client.get(prefix + "/me").json() == {"user": "alice"}
+        assert client.post(prefix + "/login").status_code == 200
+        assert client.get(prefix + "/me").json() == {"user": "bob"}
+        assert len(client.cookies.jar) == 1
+
+
+def test_the_default_clock_follows_a_time_time_replaced_in_tests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As freezegun replaces it: the app's clock and coatcheck's move together."""
+    clock = SessionConfig().clock
+    monkeypatch.setattr(time, "time", lambda: 1_900_000_000.0)
+    assert clock() == 1_900_000_000.0
 
 
 def test_a_session_cookie_for_an_ipv6_host_is_filed_as_the_jar_names_that_host() -> None:

@@ -331,6 +331,12 @@ class Lifetime:
         return Lifetime(min(idle or self.idle, self.idle, cut), cut)
 
 
+def _wall_clock() -> float:
+    """``time.time()``, looked up at each call, so that a library that replaces
+    ``time.time`` in tests (freezegun) moves coatcheck's clock too."""
+    return time.time()
+
+
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     """Everything the middleware needs to know besides the store.
@@ -377,7 +383,7 @@ class SessionConfig:
     starlette_import: StarletteImport | None = None
     starsessions_import: StarsessionsImport | None = None
     websocket_recheck: Duration | None = timedelta(minutes=1)
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = _wall_clock
     normal: Lifetime = field(init=False)
     remember: Lifetime = field(init=False)
 

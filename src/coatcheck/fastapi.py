@@ -50,6 +50,7 @@ __all__ = [
     "SessionDep",
     "csrf_token",
     "current_user",
+    "dependency_of",
     "get_session",
     "not_authenticated",
     "not_recently_authenticated",
@@ -369,6 +370,19 @@ current_user = SessionCookie()
 
 require_user = SessionCookie(required=True)
 """The logged-in user's id; anyone else gets a 401 with a JSON ``detail``."""
+
+
+def dependency_of(alias: Any) -> Callable[..., Any]:
+    """The callable FastAPI resolves for ``alias``, to key ``app.dependency_overrides``
+    with in tests: ``dependency_of(CurrentAccount)`` for ``Annotated[User,
+    user_loader(load_user)]``, as for ``recent_user()`` and ``session_model()``. Their
+    dependency wraps the function you wrote, so overriding that function changes nothing.
+    """
+    for meta in getattr(alias, "__metadata__", (alias,)):
+        dependency = getattr(meta, "dependency", None)
+        if callable(dependency):
+            return cast("Callable[..., Any]", dependency)
+    raise TypeError(f"{alias!r} names no dependency: pass an Annotated alias or a Depends()")
 
 
 def not_authenticated(detail: str = "Not authenticated") -> HTTPException:

@@ -63,6 +63,9 @@ class FakeClock:
     """
 
     def __init__(self, start: float | None = None) -> None:
+        if start is not None and start <= 0:
+            # A login stamped 0.0 would read as no login at all (see Session.authenticated_at).
+            raise ValueError(f"a FakeClock starts after the epoch, not at {start!r}")
         self.now = time.time() if start is None else start
 
     def __call__(self) -> float:
@@ -216,5 +219,7 @@ def set_session_cookie(client: _Client, value: str, config: SessionConfig | None
         host = f"[{host}]"
     # How the standard library's cookie jar names a host without a dot.
     domain = host if "." in host else f"{host}.local"
-    name = (config or SessionConfig()).cookie.name
-    client.cookies.set(name, value, domain=domain, path="/")
+    cookie = (config or SessionConfig()).cookie
+    if cookie.domain:  # a Domain attribute: the jar files it under a leading dot
+        domain = "." + cookie.domain.lstrip(".")
+    client.cookies.set(cookie.name, value, domain=domain, path=cookie.path)

@@ -88,8 +88,9 @@ _PROVIDER = """<!doctype html>
 <title>Provider</title>
 <form method="post" action="{action}">
 <input type="hidden" name="code" value="c-42"><input type="hidden" name="state" value="s1">
+<input type="hidden" name="submit" value="Continue to the shop">
 </form>
-<script>document.forms[0].submit()</script>
+<script>HTMLFormElement.prototype.submit.call(document.forms[0])</script>
 """
 
 
