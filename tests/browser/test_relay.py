@@ -44,6 +44,17 @@ def make_app(relay_paths: list[str]) -> FastAPI:
         session["linked"] = str(code)
         return f"<p id=outcome>linked {html.escape(str(code))} for {session.user_id}</p>"
 
+    @app.get("/checkout", response_class=HTMLResponse)
+    async def checkout(challenge: str) -> str:
+        """The card issuer's challenge, framed in the app's own page (3-D Secure 2)."""
+        return f'<iframe name=issuer src="{html.escape(challenge)}"></iframe>'
+
+    @app.post("/pay/return", response_class=HTMLResponse)
+    async def paid(request: Request, session: SessionDep) -> str:
+        async with request.form() as form:
+            answer = form.get("cres")
+        return f"<p id=outcome>{html.escape(str(answer))} for {session.user_id}</p>"
+
     @app.get("/me")
     async def me(session: SessionDep) -> dict[str, Any]:
         return {"user": session.user_id, "linked": session.get("linked")}
@@ -76,7 +87,7 @@ def served(app: FastAPI) -> Iterator[str]:
 
 @pytest.fixture
 def relaying() -> Iterator[str]:
-    yield from served(make_app(["/sso/callback"]))
+    yield from served(make_app(["/sso/callback", "/pay/return"]))
 
 
 @pytest.fixture
@@ -138,3 +149,25 @@ def test_without_a_relay_path_the_post_is_refused_and_the_user_stays_signed_in(
     assert "CSRF check failed" in page.content()
     assert len(posts) == 1
     assert context.request.get(not_relaying + "/me").json() == {"user": "alice", "linked": None}
+
+
+_ISSUER = """<!doctype html>
+<title>Card issuer</title>
+<form method="post" action="{action}"><input type="hidden" name="cres" value="Y-abc"></form>
+<script>document.forms[0].submit()</script>
+"""
+
+
+def test_a_card_issuers_answer_in_a_frame_of_the_checkout_reaches_the_session(
+    new_context: NewContext, other_site: OtherSite, relaying: str
+) -> None:
+    """3-D Secure 2: the issuer's page, in a frame of the app's checkout, posts its answer
+    to the app. The relay page, framed by the app's own page, posts it on with the
+    session."""
+    context = new_context()
+    page = context.new_page()
+    page.goto(relaying + "/start")
+    other_site.pages["/challenge"] = _ISSUER.format(action=relaying + "/pay/return")
+    page.goto(relaying + "/checkout?challenge=" + other_site.url("/challenge"))
+    frame = page.frame_locator("iframe[name=issuer]")
+    assert frame.locator("#outcome").inner_text() == "Y-abc for alice"
