@@ -1012,9 +1012,10 @@ class Persistence:
         earlier = session._earlier_import
         if key is None and earlier is not None:
             # The old cookie's import was itself the login, long enough ago that this
-            # request did not join it. Unseen since (its requests refresh it only within
-            # JOIN_WINDOW), it is the session of a lost answer; seen, someone holds it,
-            # and a copy of the old cookie is another device, counted as one.
+            # request did not join it. Unseen since its first minute (the first request
+            # with its new cookie after that stores it as seen: see load()), it is the
+            # session of a lost answer; seen, someone holds it, and a copy of the old
+            # cookie is another device, counted as one.
             unseen = earlier.last_seen_at < earlier.created_at + JOIN_WINDOW
             if earlier.user_id == user_id and unseen and now < self.deadline(earlier):
                 return earlier
