@@ -620,14 +620,15 @@ class Persistence:
                     # session: ending nothing here would leave that login signed in.
                     await self._refuse_if_moved(session, session._missed, self.now())
                 unserved = await self._end_unserved(session) if session._fresh else None
-                # Never clear a cookie that matched nothing: a parallel login may have
-                # just replaced it in the browser, and this response would log it out.
+                # Never clear a cookie that matched nothing here, a record ended above
+                # included: a parallel login may have just replaced it in the browser, and
+                # this response would log it out. (Where the cookie is the session, it is.)
                 # The old one, once adopted, goes: ended here, it must not come back.
                 if session._import_id is not None and session._fresh and self._sealer is None:
                     # Nor may the session a parallel request of this import started.
                     await self._end_import_twin(session, store_key(session._import_id))
                 cleared = await self._end_imported(session, replaced=False)
-                if unserved is not None:
+                if unserved is not None and self.stateless:
                     ticket = self._ticket(session, None, None)
                     return [ticket, *cleared, _NO_STORE, *self._cleared(session, unserved)]
                 return [*cleared, _NO_STORE] if cleared else []
