@@ -22,6 +22,23 @@ def header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+def response(status: int, content_type: bytes, body: bytes, extra: Headers) -> ASGIApp:
+    """A whole response of coatcheck's own (a refusal, a 503, a relay page): never kept
+    by a cache."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
 def route_path(scope: Scope) -> str:
     """The path the app's routes see: ``scope["path"]`` less the ``root_path`` that a
     proxy prefix (``uvicorn --root-path``) or a Starlette ``Mount`` put in front."""

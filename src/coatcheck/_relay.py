@@ -16,7 +16,7 @@ import html
 import secrets
 from urllib.parse import parse_qsl
 
-from ._asgi import Headers, Scope, header
+from ._asgi import ASGIApp, Scope, header, response
 
 _FORM = b"application/x-www-form-urlencoded"
 
@@ -35,9 +35,9 @@ def relayable(scope: Scope) -> bool:
     )
 
 
-def relay_page(body: bytes) -> tuple[Headers, bytes] | None:
-    """The headers and page that post the fields of ``body`` again, or None when they
-    are not the UTF-8 text a browser's page could post as they are."""
+def relay_page(body: bytes) -> ASGIApp | None:
+    """The page that posts the fields of ``body`` again, or None when they are not the
+    UTF-8 text a browser's page could post as they are."""
     try:
         fields = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError):
@@ -56,16 +56,11 @@ def relay_page(body: bytes) -> tuple[Headers, bytes] | None:
         f'<script nonce="{nonce}">HTMLFormElement.prototype.submit.call(document.forms[0])'
         "</script></body></html>"
     ).encode()
-    headers: Headers = [
-        (b"content-type", b"text/html; charset=utf-8"),
-        (b"content-length", str(len(page)).encode()),
-        (b"cache-control", b"no-store"),
-        (
-            b"content-security-policy",
-            # Framed only by the app's own pages: a card issuer's 3-D Secure challenge
-            # answers in a frame of the checkout page.
-            f"default-src 'none'; script-src 'nonce-{nonce}'; base-uri 'none'; "
-            "frame-ancestors 'self'".encode(),
-        ),
-    ]
-    return headers, page
+    # Framed only by the app's own pages: a card issuer's 3-D Secure challenge answers
+    # in a frame of the checkout page.
+    policy = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; base-uri 'none'; frame-ancestors 'self'"
+    )
+    return response(
+        200, b"text/html; charset=utf-8", page, [(b"content-security-policy", policy.encode())]
+    )

@@ -159,12 +159,10 @@ class CSRFGuard:
         if self._relayed is None or not self._relayed.match(scope) or not relayable(scope):
             return False
         body, _ = await _read_body(receive, self.config.max_form_bytes)
-        answer = None if body is None or body is _TOO_LARGE else relay_page(body)
-        if answer is None:
+        page = None if body is None or body is _TOO_LARGE else relay_page(body)
+        if page is None:
             return False
-        headers, page = answer
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": page})
+        await page(scope, receive, send)
         return True
 
     def _exempted(self, scope: Scope) -> bool:

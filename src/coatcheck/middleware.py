@@ -19,7 +19,17 @@ from typing import Any
 
 from starlette.websockets import WebSocketDisconnect
 
-from ._asgi import ASGIApp, Headers, Message, PathPrefixes, Receive, Scope, Send, header
+from ._asgi import (
+    ASGIApp,
+    Headers,
+    Message,
+    PathPrefixes,
+    Receive,
+    Scope,
+    Send,
+    header,
+    response,
+)
 from ._audit import once, security_event
 from ._context import ASYNCIO_ONLY, current_session
 from ._persist import Persistence, outgoing
@@ -63,6 +73,7 @@ _SAVE_FAILURES = (
 )
 # Schemes over which a Secure cookie is set but, by most clients, never sent back.
 _PLAIN = ("http", "ws")
+_JSON = b"application/json"
 _PLAIN_HTTP_WARNING = (
     "a Secure session cookie went out in reply to a plain-HTTP request; most clients will "
     "not send it back over plain HTTP. In tests, give the client "
@@ -592,22 +603,8 @@ def _adding(send: Send, extra: Headers, vary: tuple[bytes, ...]) -> Send:
 
 def _unavailable_response(retry_after: int) -> ASGIApp:
     body = b'{"detail":"Session store unavailable, please retry shortly."}'
-    return _json_response(503, body, [(b"retry-after", str(retry_after).encode())])
+    return response(503, _JSON, body, [(b"retry-after", str(retry_after).encode())])
 
 
 def _refusal(status: int, detail: str) -> ASGIApp:
-    return _json_response(status, json.dumps({"detail": detail}).encode(), [])
-
-
-def _json_response(status: int, body: bytes, extra: Headers) -> ASGIApp:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-            *extra,
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    return app
+    return response(status, _JSON, json.dumps({"detail": detail}).encode(), [])
