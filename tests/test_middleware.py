@@ -33,6 +33,7 @@ from coatcheck import (
     Store,
     StoreUnavailableError,
 )
+from coatcheck._context import ASYNCIO_ONLY
 from coatcheck._ids import store_key
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
 
@@ -810,6 +811,44 @@ async def test_locked_sqlite_gives_503_with_retry_after_and_recovers(
         await store.aclose()
 
 
+async def test_a_read_due_a_refresh_is_served_while_the_store_refuses_writes(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lock held past the busy timeout (or a server that is read-only for a while)
+    lets reads through: a read that only had to move the sliding expiry is served, and
+    the session ends no later than stored; a write still gets its 503."""
+    path = tmp_path / "locked.db"
+    store = SQLiteStore(path, busy_timeout=0.1)
+    config = SessionConfig(idle_timeout=1000, absolute_timeout=10_000, clock=clock)
+    try:
+        async with client_for(make_app(store, config)) as client:
+            sid = await start_session(client)
+            stored = await store.load(store_key(sid), clock())
+            assert stored is not None
+            clock.advance(500)  # past the refresh threshold, within the idle timeout
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                read = await client.get("/read", headers=cookie(sid))
+                write = await client.post("/write", headers=cookie(sid))
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            assert read.status_code == 200
+            assert read.json()["data"] == {"n": 1}
+            assert "set-cookie" not in read.headers
+            assert write.status_code == 503
+            assert await store.load(store_key(sid), clock()) == stored  # not moved
+            assert "served without moving its session's expiry" in caplog.text
+            # The store writes again: the next read moves the expiry.
+            assert (await client.get("/read", headers=cookie(sid))).status_code == 200
+            refreshed = await store.load(store_key(sid), clock())
+            assert refreshed is not None
+            assert refreshed.expires_at == clock() + 1000
+    finally:
+        await store.aclose()
+
+
 async def test_a_store_that_fails_outright_gives_503_not_500(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1148,17 +1187,20 @@ def test_a_server_on_trio_is_told_at_start_up_and_at_each_load(
 
         async def send(message: Message) -> None:
             events.append(message["type"])
+            assert message.get("message", ASYNCIO_ONLY) == ASYNCIO_ONLY
 
-        with pytest.raises(ConfigurationError, match="coatcheck runs on asyncio"):
-            await middleware({"type": "lifespan"}, receive, send)
+        # The server is told its start-up failed, and stops (a raised error would make
+        # it go on without a lifespan): see tests/e2e/test_servers.py.
+        await middleware({"type": "lifespan"}, receive, send)
         request = {"type": "http", "method": "GET", "path": "/", "headers": []}
         await middleware(request, receive, send)
 
     anyio.run(serve, backend="trio")
-    assert events == [
+    assert events == ["lifespan.startup.failed", ASYNCIO_ONLY]
+    assert ASYNCIO_ONLY == (
         "coatcheck runs on asyncio (uvicorn, hypercorn's asyncio or uvloop worker, granian), "
         "not on trio: its stores' drivers (redis-py, psycopg) are asyncio-only"
-    ]
+    )
     assert "coatcheck cannot start: coatcheck runs on asyncio" in caplog.text
 
 

@@ -829,20 +829,37 @@ class Persistence:
             if not saved:
                 session._stored = None
                 raise SessionEndedError("the session was ended by another request")
-        elif not await self.store.save(
-            record,
-            replaces=old_key if rotated else None,
-            expected_version=stored.version,
-            merge=self._merger(session, stored, record, written, updates, winners),
-        ):
-            # Ended by another request (logout, revocation, a login's new ID) while this
-            # one ran. No cookie is cleared: the browser may already hold a newer one.
-            session._stored = None
-            ended = SessionEndedError("the session was ended by another request")
-            if rotated or session._meta_changed or data != session._raw:
-                raise ended
-            session._halted = ended  # a later save() must not store it anew
-            return []
+        else:
+            refresh = not (rotated or session._meta_changed or data != session._raw)
+            try:
+                saved = await self.store.save(
+                    record,
+                    replaces=old_key if rotated else None,
+                    expected_version=stored.version,
+                    merge=self._merger(session, stored, record, written, updates, winners),
+                )
+            except StoreUnavailableError as exc:
+                if not refresh:
+                    raise
+                # Only the sliding expiry was due, and the store answers reads but not
+                # writes (a lock held, a server read-only while it fails over, a full
+                # Redis): the read is served, the session ends no later than stored.
+                limited(
+                    logger,
+                    ("refresh", id(self), str(exc)),
+                    f"{exc}; a read was served without moving its session's expiry",
+                    per_minute=1,
+                )
+                return []
+            if not saved:
+                # Ended by another request (logout, revocation, a login's new ID) while
+                # this one ran. No cookie is cleared: the browser may hold a newer one.
+                session._stored = None
+                ended = SessionEndedError("the session was ended by another request")
+                if not refresh:
+                    raise ended
+                session._halted = ended  # a later save() must not store it anew
+                return []
         record = written[-1]
         # Destroyed or logged in as someone else, then stored anew: the session the
         # browser held has ended, as a plain logout's would.

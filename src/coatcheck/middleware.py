@@ -83,13 +83,24 @@ _PLAIN_HTTP_WARNING = (
 )
 
 
-def _require_asyncio() -> None:
-    """Refuse at start-up a server that runs the app on another event loop (trio)."""
+def _on_asyncio() -> bool:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        logger.error("coatcheck cannot start: %s", ASYNCIO_ONLY)
-        raise ConfigurationError(ASYNCIO_ONLY) from None
+        return False
+    return True
+
+
+async def _refuse_start(receive: Receive, send: Send) -> None:
+    """Fail the start-up of a server that runs the app on another event loop (trio).
+
+    Told by ``lifespan.startup.failed``, the server stops; an error raised here instead
+    would only make it go on without a lifespan, as ASGI asks, and answer 500 to every
+    request that needs a session.
+    """
+    logger.error("coatcheck cannot start: %s", ASYNCIO_ONLY)
+    if (await receive())["type"] == "lifespan.startup":
+        await send({"type": "lifespan.startup.failed", "message": ASYNCIO_ONLY})
 
 
 def _check_answer(answer: Callable[..., ASGIApp], arguments: tuple[Any, ...], usage: str) -> None:
@@ -159,7 +170,9 @@ class SessionMiddleware:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             if kind == "lifespan":
-                _require_asyncio()
+                if not _on_asyncio():
+                    await _refuse_start(receive, send)
+                    return
                 send = self._lifespan_send(send)
             await self.app(scope, receive, send)
             return

@@ -50,17 +50,27 @@ def test_from_url_keeps_its_own_options_and_passes_the_rest_to_libpq() -> None:
     assert (store.table, store.timeout, store.max_connections) == ("web_sessions", 3.0, 4)
     assert store.conninfo == (
         "postgresql://app:s3cret@db.internal:5433/web"
-        "?sslmode=require&application_name=shop&connect_timeout=3"
+        f"?sslmode=require&application_name=shop&connect_timeout=3{TCP.format(9000)}"
     )
     # As written: decoded and encoded again, "%20" came back as "+", which libpq keeps.
     spaced = store_from_url("postgresql://db/web?options=-c%20search_path%3Dapp&timeout=3")
     assert isinstance(spaced, PostgresStore)
-    assert spaced.conninfo == "postgresql://db/web?options=-c%20search_path%3Dapp&connect_timeout=3"
+    assert spaced.conninfo == (
+        f"postgresql://db/web?options=-c%20search_path%3Dapp&connect_timeout=3{TCP.format(9000)}"
+    )
     assert conninfo_to_dict(spaced.conninfo)["options"] == "-c search_path=app"
-    short = store_from_url("postgres://db/web?connect_timeout=7")
+    # libpq's own settings in the URL win over the store's defaults.
+    short = store_from_url("postgres://db/web?connect_timeout=7&keepalives_idle=5")
     assert isinstance(short, PostgresStore)
-    assert short.conninfo == "postgres://db/web?connect_timeout=7"
+    assert short.conninfo == (
+        "postgres://db/web?connect_timeout=7&keepalives_idle=5&tcp_user_timeout=6000"
+        "&keepalives_interval=10&keepalives_count=3"
+    )
     assert (short.table, short.timeout) == ("coatcheck_sessions", 2.0)
+
+
+# What every URL gets unless it says otherwise, for a given tcp_user_timeout.
+TCP = "&tcp_user_timeout={}&keepalives_idle=30&keepalives_interval=10&keepalives_count=3"
 
 
 @pytest.mark.parametrize("password", ["se#cret", "se?cret", "se#c?ret&x=1"])
@@ -377,6 +387,65 @@ async def test_after_a_restart_the_first_read_does_not_fail_on_a_dead_connection
         assert await store.load(record.key, NOW) == record
         assert await store.save(record._replace(version=2), expected_version=1)
         assert await store.count(NOW) == 1
+    finally:
+        await store.aclose()
+
+
+async def test_connections_made_while_the_server_was_read_only_do_not_outlive_it(
+    own_postgres: PostgresServer,
+) -> None:
+    """Maintenance makes a database read-only and ends its connections; the pool's new
+    ones take that default for good. Once it is writable again, writes must work again
+    at once, not only after the pool's connections reach their hour's lifetime: each
+    such connection is closed when refused, and the write tried once more on another,
+    so a pool of two (with the one it makes meanwhile) refuses at most one more."""
+    store = PostgresStore(own_postgres.url, table=unique_prefix(), max_connections=2)
+    try:
+        record = make_record(user_id="alice")
+        await store.save(record)
+        with own_postgres.connect() as db:
+            db.execute("ALTER DATABASE postgres SET default_transaction_read_only = on")
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        refusals = []
+        for _ in range(5):  # the ended connections first, then read-only ones
+            with pytest.raises(StoreUnavailableError) as refused:
+                await store.save(make_record())
+            refusals.append(str(refused.value))
+            if "read-only" in refusals[-1]:
+                break
+        assert "read-only" in refusals[-1], refusals
+        assert await store.load(record.key, NOW) == record  # reads go on meanwhile
+        with own_postgres.connect() as db:
+            db.execute("SET default_transaction_read_only = off")
+            db.execute("ALTER DATABASE postgres RESET default_transaction_read_only")
+        outcomes: list[bool | str] = []
+        for _ in range(6):
+            written = make_record()
+            try:
+                outcomes.append(await store.save(written))
+            except StoreUnavailableError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[1:] == [True] * 5, outcomes
+        assert outcomes[0] is True or "read-only" in str(outcomes[0]), outcomes
+        assert await store.load(written.key, NOW) == written
+    finally:
+        await store.aclose()
+
+
+async def test_libpq_takes_the_tcp_settings_the_url_adds(postgres: PostgresServer) -> None:
+    store = store_from_url(f"{postgres.url}?table={unique_prefix()}&timeout=1")
+    assert isinstance(store, PostgresStore)
+    async with await psycopg.AsyncConnection.connect(store.conninfo) as db:
+        settings = db.info.get_parameters()
+    assert settings["tcp_user_timeout"] == "5000"
+    assert (settings["keepalives_idle"], settings["keepalives_count"]) == ("30", "3")
+    try:
+        record = make_record()
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
     finally:
         await store.aclose()
 

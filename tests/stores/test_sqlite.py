@@ -5,6 +5,7 @@ between processes, and clean errors."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import sqlite3
@@ -154,6 +155,40 @@ async def test_records_survive_a_new_store_on_the_same_file(db_path: Path) -> No
         assert await second.list_user("alice", NOW) == [record]
     finally:
         await second.aclose()
+
+
+@pytest.mark.parametrize("inline_reads", [True, False])
+async def test_a_store_nobody_closed_closes_its_connections_when_collected(
+    db_path: Path, inline_reads: bool
+) -> None:
+    """As one is where no lifespan runs (a test's ASGITransport, a mounted app): its
+    connections go with it, and the last one to close folds the WAL into the file."""
+    record = make_record(user_id="alice")
+    store = SQLiteStore(db_path, inline_reads=inline_reads)
+    await store.save(record)
+    assert await store.load(record.key, NOW) == record
+    opened = list(store._connections)
+    assert len(opened) == (2 if inline_reads else 1)  # the pool's, and the inline reader
+    del store
+    gc.collect()
+
+    for connection in opened:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            connection.execute("SELECT 1")
+    assert not db_path.with_name(db_path.name + "-wal").exists()
+    with connect(db_path) as db:
+        assert db.execute(f"SELECT count(*) FROM {TABLE}").fetchone() == (1,)
+
+
+async def test_a_closed_store_can_be_used_again_and_closed_again(db_path: Path) -> None:
+    record = make_record(user_id="alice")
+    store = SQLiteStore(db_path)
+    await store.save(record)
+    await store.aclose()
+    assert await store.load(record.key, NOW) == record
+    await store.aclose()
+    assert store._connections == []
+    assert not db_path.with_name(db_path.name + "-wal").exists()
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])

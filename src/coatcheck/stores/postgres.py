@@ -115,7 +115,8 @@ _OWN_OPTIONS = ("table", "timeout", "max_connections")
 _ASK_AFTER_IDLE = 1.0  # seconds a pooled connection may sit unused before it is checked
 # SQLSTATEs psycopg raises as other errors that pass all the same: a standby that is
 # being promoted refuses writes, and an idle transaction ended by the server.
-_PASSING = ("25006", "25P03")
+_READ_ONLY = "25006"
+_PASSING = (_READ_ONLY, "25P03")
 _NO_TABLE = "42P01"
 # Refusals at connect that no wait cures; psycopg gives them no SQLSTATE, only the text.
 _REFUSED_FOR_GOOD = re.compile(
@@ -125,6 +126,22 @@ _REFUSED_FOR_GOOD = re.compile(
 # Batches (of ``purge_batch``) that revoking one user's sessions runs at most: millions
 # of sessions. A user who goes on logging in without pause may outlive that.
 _MAX_REVOKE_BATCHES = 10_000
+
+
+def _tcp_defaults(timeout: float) -> tuple[tuple[str, int], ...]:
+    """libpq's TCP settings, unless the URL gives its own: without them a connection
+    waits as long as the operating system lets it (minutes), and a pooled connection
+    whose packets a firewall, a NAT or a dead host silently drops stays checked out
+    (every request 503s once the pool is full of them) for about fifteen minutes."""
+    return (
+        ("connect_timeout", max(2, round(timeout))),
+        # Sent data left unacknowledged this long (milliseconds) ends the connection.
+        ("tcp_user_timeout", round(max(5.0, 3 * timeout) * 1000)),
+        # Idle ones are probed, which keeps a NAT's entry alive and finds a dead peer.
+        ("keepalives_idle", 30),
+        ("keepalives_interval", 10),
+        ("keepalives_count", 3),
+    )
 
 
 def _libpq_query(url: str) -> tuple[str, str]:
@@ -280,9 +297,10 @@ class PostgresStore:
             max_connections = int(own.get("max_connections", 10))
         except ValueError as exc:
             raise ConfigurationError(f"invalid option in store URL {redact(url)!r}: {exc}") from exc
-        if not any(piece.startswith("connect_timeout=") for piece in rest):
-            # libpq waits for a connection as long as the OS lets it: bound it as well.
-            rest.append(f"connect_timeout={max(2, round(timeout))}")
+        given = {piece.partition("=")[0] for piece in rest}
+        for setting, number in _tcp_defaults(timeout):
+            if setting not in given:
+                rest.append(f"{setting}={number}")
         conninfo = f"{head}?{'&'.join(rest)}"
         return cls(
             conninfo,
@@ -619,6 +637,10 @@ class PostgresStore:
                     self._ready = False
                     if attempt == 1:
                         continue
+                if exc.sqlstate == _READ_ONLY and attempt == 1:
+                    # Refused before anything was written, on a connection made while
+                    # the server was read-only and closed for it: another may be newer.
+                    continue
                 if exc.sqlstate in _PASSING:
                     raise StoreUnavailableError(
                         f"PostgreSQL session store is unavailable: {_describe(exc)}",
@@ -704,7 +726,15 @@ class PostgresStore:
                     await self._prepare(db)
                 if write is not None and write.given_up:
                     raise asyncio.TimeoutError
-                result = await work(db)
+                try:
+                    result = await work(db)
+                except psycopg.Error as exc:
+                    if exc.sqlstate == _READ_ONLY:
+                        # It took the server's read-only default when it connected (as
+                        # maintenance sets it), and keeps it after the server is writable
+                        # again: the pool makes a new one, which sees the server as it is.
+                        await db.close()
+                    raise
                 if write is not None:
                     write.landed = True  # what is left is handing the connection back
                 return result

@@ -14,6 +14,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -40,6 +41,14 @@ T = TypeVar("T")
 
 # Connections a forked child inherited: never used, and never closed (see _after_fork).
 _INHERITED: list[sqlite3.Connection] = []
+
+
+def _close_all(connections: list[sqlite3.Connection]) -> None:
+    """Close and forget a store's connections (its pool's and its reader)."""
+    while connections:
+        with suppress(IndexError, sqlite3.Error):
+            connections.pop().close()
+
 
 _COLUMNS = (
     "key, public_id, data, user_id, created_at, last_seen_at, expires_at,"
@@ -154,6 +163,9 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # A store no lifespan closed (a test's, a mounted app's) closes its connections
+        # when it is collected, as aclose() would: Python 3.13 warns of each one left open.
+        weakref.finalize(self, _close_all, self._connections)
         self._saves = purge_start(purge_every)
         self.inline_reads = inline_reads
         self._reader: sqlite3.Connection | None = None
@@ -177,12 +189,10 @@ class SQLiteStore:
         wait for ever; a lock held by one of them would stay held; and SQLite forbids
         using a connection made before the fork. Those are kept, unused and unclosed:
         closing one could checkpoint and reset the parent's log under it."""
-        _INHERITED.extend(self._connections)
-        if self._reader is not None:
-            _INHERITED.append(self._reader)
+        _INHERITED.extend(self._connections)  # the reader too
+        self._connections.clear()  # in place: the finalizer holds this list
         self._executor = None
         self._local = threading.local()
-        self._connections = []
         self._reader = None
         self._lock = threading.Lock()
         self._saves = purge_start(self.purge_every)  # its own point in the cycle
@@ -339,16 +349,11 @@ class SQLiteStore:
         return int(rows[0][0])
 
     async def aclose(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
+        self._reader = None  # closed with the others, in its list
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.close()
+        _close_all(self._connections)
         self._local = threading.local()
 
     # -- mechanics ----------------------------------------------------------------------
@@ -358,7 +363,7 @@ class SQLiteStore:
         try:
             self._look_at_file()
             if self._reader is not None and self._reader_generation != self._generation:
-                self._reader.close()
+                self._forget(self._reader)
                 self._reader = None
             if self._reader is None:
                 self._reader_generation = self._generation
@@ -366,6 +371,8 @@ class SQLiteStore:
                 reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 reader.execute("PRAGMA busy_timeout = 0")
                 reader.execute("PRAGMA query_only = 1")
+                with self._lock:
+                    self._connections.append(reader)
                 self._reader = reader
             # fetchall() ends the read transaction at once, so checkpoints are never held up.
             return self._reader.execute(sql, parameters).fetchall()
@@ -484,6 +491,9 @@ class SQLiteStore:
     def _drop(self, local: threading.local) -> None:
         db = local.db
         local.db = None
+        self._forget(db)
+
+    def _forget(self, db: sqlite3.Connection) -> None:
         with self._lock, suppress(ValueError):
             self._connections.remove(db)
         db.close()
