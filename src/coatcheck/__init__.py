@@ -30,6 +30,7 @@ from .exceptions import (
     SessionNotLoadedError,
     SessionTooLargeError,
     StoreError,
+    StoreFullError,
     StoreUnavailableError,
 )
 from .middleware import SessionMiddleware
@@ -70,6 +71,7 @@ __all__ = [
     "StarsessionsImport",
     "Store",
     "StoreError",
+    "StoreFullError",
     "StoreUnavailableError",
     "store_from_url",
 ]

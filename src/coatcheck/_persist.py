@@ -40,6 +40,7 @@ from .exceptions import (
     SessionLimitError,
     SessionTooLargeError,
     StoreError,
+    StoreFullError,
     StoreUnavailableError,
 )
 from .serializers import JSONSerializer, Serializer
@@ -1116,8 +1117,14 @@ class Persistence:
         def overrule(base: SessionRecord) -> SessionRecord:
             return dead._replace(version=base.version + 1)
 
-        if not await self.store.save(dead, expected_version=stored.version, merge=overrule):
-            return False
+        try:
+            if not await self.store.save(dead, expected_version=stored.version, merge=overrule):
+                return False
+        except StoreFullError:
+            # A full store refuses the dead record, which takes room; a delete frees it,
+            # and a logout or a revocation must not wait for room.
+            await self.store.delete(stored.key)
+            return True
         with contextlib.suppress(StoreUnavailableError):  # dead already: this is tidying
             await self.store.delete(stored.key)
         return True

@@ -138,3 +138,9 @@ class StoreUnavailableError(StoreError):
     def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class StoreFullError(StoreUnavailableError):
+    """Raised when the store refuses to grow (Redis at ``maxmemory`` under
+    ``noeviction``): what adds data waits for room, while logouts and revocations,
+    which free it, still go through."""

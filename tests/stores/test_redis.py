@@ -996,16 +996,32 @@ async def test_a_server_busy_with_a_long_script_is_an_outage_that_passes(
     assert await standalone.load(record.key, time.time()) == record
 
 
-async def test_the_acl_the_readme_gives_is_enough_for_every_store_operation(
-    redis_server: RedisServer,
-) -> None:
+# The ACL the README gives, and what a Cluster's client needs on top of it.
+ACL = ("+@read", "+@write", "+@scripting", "-@dangerous")
+CLUSTER_ACL = (*ACL, "+cluster|slots", "+cluster|nodes", "+command")
+
+
+def acl_user(nodes: list[RedisServer], rules: tuple[str, ...]) -> tuple[str, str]:
+    """A user of its own key prefix, made on every node (a Cluster shares no ACLs)."""
     prefix, password = unique_prefix(), "s3cret-" + unique_prefix()
-    with redis_server.client() as raw:
-        raw.execute_command(
-            "ACL", "SETUSER", prefix, "on", f">{password}", f"~{prefix}:*",
-            "+@read", "+@write", "+@scripting", "-@dangerous",
-        )  # fmt: skip
-    url = redis_server.url.replace("redis://", f"redis://{prefix}:{password}@", 1)
+    for node in nodes:
+        with node.client() as raw:
+            raw.execute_command(
+                "ACL", "SETUSER", prefix, "on", f">{password}", f"~{prefix}:*", *rules
+            )
+    return prefix, password
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_the_acl_the_readme_gives_is_enough_for_every_store_operation(
+    kind: str, redis_server: RedisServer, redis_cluster: RedisClusterServers
+) -> None:
+    nodes, url, rules = [redis_server], redis_server.url, ACL
+    if kind == "redis-cluster":
+        nodes, url, rules = redis_cluster.nodes, redis_cluster.url, CLUSTER_ACL
+    prefix, password = acl_user(nodes, rules)
+    scheme = url.split("://", 1)[0]
+    url = url.replace(f"{scheme}://", f"{scheme}://{prefix}:{password}@", 1)
     store = RedisStore.from_url(url, prefix=prefix)
     try:
         laptop, phone = make_record(user_id="alice"), make_record(user_id="alice")
@@ -1022,6 +1038,25 @@ async def test_the_acl_the_readme_gives_is_enough_for_every_store_operation(
         assert await store.delete_all(NOW) == 1
     finally:
         await store.aclose()
+
+
+async def test_a_cluster_user_without_the_clusters_permissions_is_told_so(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """Not that the server is no Cluster, which is what redis-py's client says when
+    the ACL refuses it ``CLUSTER SLOTS``: the operator would look at the URL."""
+    prefix, password = acl_user(redis_cluster.nodes, ACL)
+    url = redis_cluster.url.replace("://", f"://{prefix}:{password}@", 1)
+    store = RedisStore.from_url(url, prefix=prefix)
+    try:
+        with pytest.raises(StoreError) as refused:
+            await store.load(store_key(new_session_id()), NOW)
+    finally:
+        await store.aclose()
+    assert not isinstance(refused.value, StoreUnavailableError)  # no wait cures it
+    assert "lacks a permission" in str(refused.value)
+    assert "cluster|slots" in str(refused.value)
+    assert "not a Cluster" not in str(refused.value)
 
 
 PASSWORD = "correct-horse-battery"

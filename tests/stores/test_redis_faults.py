@@ -13,14 +13,14 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from redis.asyncio import Connection
+from redis.asyncio import Connection, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
@@ -28,6 +28,7 @@ from coatcheck import (
     SessionConfig,
     SessionEndedError,
     SessionMiddleware,
+    StoreFullError,
     StoreUnavailableError,
     store_from_url,
 )
@@ -39,6 +40,8 @@ from coatcheck.stores import SessionRecord, _redis_codec
 from coatcheck.stores._redis_errors import translated
 from coatcheck.stores.redis import RedisStore
 
+from .. import redis_servers
+from ..apps import make_app
 from ..conftest import client_for
 from ..redis_servers import RedisClusterServers, RedisServer, free_port
 from .conftest import NOW, build_store, make_record, unique_prefix
@@ -496,6 +499,20 @@ async def test_what_redis_py_leaks_from_a_broken_connection_is_an_outage() -> No
         await asyncio.sleep("soon")  # type: ignore[arg-type]  # fails inside asyncio
 
 
+async def test_a_script_the_server_lost_is_an_outage_not_a_fault(redis_server: RedisServer) -> None:
+    """A failover leaves the new primary without coatcheck's scripts, and redis-py
+    loads them again; a request that meets NOSCRIPT meanwhile gets the 503, logged as
+    an outage that passes, not as an error for the operator to fix."""
+    client = Redis.from_url(redis_server.url)
+    try:
+        with pytest.raises(StoreUnavailableError) as caught, translated(retry_after=1):
+            await client.evalsha("0" * 40, 0)
+    finally:
+        await client.aclose()
+    assert isinstance(caught.value.__cause__, NoScriptError)
+    assert not isinstance(caught.value, StoreFullError)
+
+
 def test_what_uvloop_raises_from_a_closed_connection_is_an_outage(
     redis_server: RedisServer,
 ) -> None:
@@ -721,3 +738,65 @@ async def test_a_type_or_attribute_error_of_coatcheck_itself_stays_a_bug() -> No
         _ = record.no_such_field  # type: ignore[attr-defined]
     with pytest.raises(TypeError), translated(retry_after=1):
         _ = record.version + "1"  # type: ignore[operator]
+
+
+@contextlib.contextmanager
+def full(nodes: list[RedisServer]) -> Iterator[None]:
+    """Redis at ``maxmemory`` under ``noeviction``: every command that adds data is
+    refused (the limit is far below what each node holds), deletes are not."""
+    for node in nodes:
+        with node.client() as raw:
+            raw.config_set("maxmemory-policy", "noeviction")
+            raw.config_set("maxmemory", "1")
+    try:
+        yield
+    finally:
+        for node in nodes:
+            with node.client() as raw:
+                raw.config_set("maxmemory", "0")
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster", "valkey"])
+async def test_a_full_redis_still_ends_sessions(kind: str, tmp_path: Path) -> None:
+    """A client that fills Redis (an anonymous cart in a loop) must not keep a stolen
+    cookie alive: logins and new data wait for room, but logout and "sign out other
+    devices" free it, and go through."""
+    servers = redis_servers.active()
+    nodes = {
+        "redis": lambda: [servers.standalone()],
+        "redis-cluster": lambda: servers.cluster().nodes,
+        "valkey": lambda: [servers.valkey()],
+    }[kind]()
+    store = build_store(kind, tmp_path)
+    assert isinstance(store, RedisStore)
+    app = make_app(store)
+    try:
+        async with client_for(app) as client:
+            devices = [cookie_of(await client.post("/login")) for _ in range(3)]
+            visitor = cookie_of(await client.post("/write"))
+            bob = make_record(user_id="bob")
+            await store.save(bob)
+            with full(nodes):
+                refused = await client.post("/login", params={"user": "carol"})
+                assert refused.status_code == 503, refused.text
+                assert "retry-after" in refused.headers
+                with pytest.raises(StoreFullError):
+                    await store.save(make_record(user_id="carol"))
+                laptop, phone, tablet = devices
+                assert (await client.get("/read", headers=laptop)).json()["user"] == "alice"
+                others = await client.post("/revoke-others", headers=laptop)
+                assert others.json() == {"revoked": 2}, others.text
+                assert (await client.post("/logout", headers=laptop)).status_code == 204
+                assert (await client.post("/logout", headers=visitor)).status_code == 204
+                assert await store.delete_user("bob", now=time.time()) == 1
+            for ended in (laptop, phone, tablet, visitor):
+                state = (await client.get("/read", headers=ended)).json()
+                assert state == {"data": {}, "user": None}
+            assert await store.list_user("alice", time.time()) == []
+    finally:
+        await store.aclose()
+
+
+def cookie_of(response: httpx.Response) -> dict[str, str]:
+    assert response.status_code == 200, response.text
+    return {"cookie": response.headers["set-cookie"].split(";", 1)[0]}

@@ -23,6 +23,8 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     MaxConnectionsError,
+    NoPermissionError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
@@ -34,7 +36,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..exceptions import StoreError, StoreUnavailableError
+from ..exceptions import StoreError, StoreFullError, StoreUnavailableError
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
     RedisConnectionError,
@@ -47,6 +49,8 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     SlotNotCoveredError,
     OutOfMemoryError,
     ReadOnlyError,
+    # A failover empties the new primary's script cache; redis-py loads them again.
+    NoScriptError,
     OSError,
     asyncio.TimeoutError,
 )
@@ -97,6 +101,13 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
             "Redis session store refused the credentials (a wrong password, or none where "
             f"one is required): {refused}"
         )
+    denied = _cause(exc, NoPermissionError)
+    if denied is not None:
+        # redis-py's Cluster client reports a refused CLUSTER SLOTS as "not a Cluster".
+        return StoreError(
+            "Redis session store's user lacks a permission (see the README for the ACL "
+            f"the store needs): {denied}"
+        )
     if isinstance(exc, RedisClusterException) and "mode is not enabled" in str(exc):
         # The URL names a server that is not a Cluster node: no wait will make it one.
         return StoreError(f"Redis session store is not a Cluster, use redis://: {exc}")
@@ -115,9 +126,8 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
         told = _CLIENT_REPR.sub("", str(exc)) or (
             f"{type(exc).__name__} (every connection of max_connections in use)"
         )
-        return StoreUnavailableError(
-            f"Redis session store is unavailable: {told}", retry_after=retry_after
-        )
+        kind = StoreFullError if isinstance(exc, OutOfMemoryError) else StoreUnavailableError
+        return kind(f"Redis session store is unavailable: {told}", retry_after=retry_after)
     return StoreError(f"Redis session store failed: {exc}")
 
 

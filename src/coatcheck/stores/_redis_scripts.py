@@ -96,7 +96,9 @@ end
 # minute, as ``r`` in the session's receipt (a key of its slot outside the sessions'
 # key space), and a save carrying it is refused: the resent copy of a save whose first
 # copy landed just before the session was revoked must not bring it back. Any other
-# save of that key, with a token of its own, is unaffected.
+# save of that key, with a token of its own, is unaffected. Notes are written after
+# the session is deleted: a full Redis (``noeviction``) refuses a script whose first
+# write adds data, and a logout or revocation must still end sessions there.
 _REVOKED = """
 local function note_revoked(receipt, token)
   if token then
@@ -144,10 +146,10 @@ end
 if old ~= new then
   if previous[3] then unindex(previous[3], ARGV[3]) end
   -- A resent copy of the save that made the old session must not bring it back.
-  local receipt = ARGV[1] .. ':t:{' .. ARGV[3] .. '}'
-  note_revoked(receipt, redis.call('HMGET', old, 'k')[1])
-  note_moved(receipt, ARGV[5], ARGV[2])
+  local receipt, token = ARGV[1] .. ':t:{' .. ARGV[3] .. '}', redis.call('HMGET', old, 'k')[1]
   redis.call('DEL', old)
+  note_revoked(receipt, token)
+  note_moved(receipt, ARGV[5], ARGV[2])
   local owner = redis.call('HMGET', new, 'u')[1]
   if owner and owner ~= user then unindex(owner, ARGV[2]) end
   redis.call('DEL', new)
@@ -174,8 +176,9 @@ local fields = redis.call('HMGET', KEYS[1], 'u', 'k')
 if fields[1] then
   redis.call('ZREM', ARGV[1] .. ':u:{' .. fields[1] .. '}', ARGV[2])
 end
+local deleted = redis.call('DEL', KEYS[1])
 note_revoked(KEYS[2], fields[2])
-return redis.call('DEL', KEYS[1])
+return deleted
 """
 )
 
@@ -194,8 +197,8 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, batch)) do
     local key = ARGV[1] .. ':s:{' .. member .. '}'
     local fields = redis.call('HMGET', key, 'u', 'e', 'k')
     if fields[1] == ARGV[2] then
-      note_revoked(ARGV[1] .. ':t:{' .. member .. '}', fields[3])
       redis.call('DEL', key)
+      note_revoked(ARGV[1] .. ':t:{' .. member .. '}', fields[3])
       if tonumber(fields[2]) > tonumber(ARGV[4]) then removed = removed + 1 end
     end
     redis.call('ZREM', KEYS[1], member)
@@ -240,8 +243,9 @@ if refused then
 end
 -- Ended, or moved to a new key: either way a resent copy of the save that made it
 -- must not bring it back.
-note_revoked(KEYS[2], redis.call('HMGET', KEYS[1], 'k')[1])
+local token = redis.call('HMGET', KEYS[1], 'k')[1]
 redis.call('DEL', KEYS[1])
+note_revoked(KEYS[2], token)
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], 't', ARGV[3])
   if previous[3] then redis.call('HSET', KEYS[2], 'o', previous[3]) end
@@ -325,8 +329,8 @@ REVOKE_MEMBER = (
     + """
 local fields = redis.call('HMGET', KEYS[1], 'u', 'e', 'k')
 if fields[1] == ARGV[1] then
-  note_revoked(KEYS[2], fields[3])
   redis.call('DEL', KEYS[1])
+  note_revoked(KEYS[2], fields[3])
   if tonumber(fields[2]) > tonumber(ARGV[2]) then return 2 end
   return 1
 end
