@@ -1122,9 +1122,11 @@ class Persistence:
                 return False
         except StoreFullError:
             # A full store refuses the dead record, which takes room; a delete frees it,
-            # and a logout or a revocation must not wait for room.
+            # and a logout or a revocation must not wait for room. A delete cannot tell
+            # its own end from a parallel login's move, which is asked after it: a
+            # logout then follows the move (see _end_moved_too).
             await self.store.delete(stored.key)
-            return True
+            return not await self._moved_since(session, stored.key, self.now())
         with contextlib.suppress(StoreUnavailableError):  # dead already: this is tidying
             await self.store.delete(stored.key)
         return True

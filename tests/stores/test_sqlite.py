@@ -180,6 +180,27 @@ async def test_a_store_nobody_closed_closes_its_connections_when_collected(
         assert db.execute(f"SELECT count(*) FROM {TABLE}").fetchone() == (1,)
 
 
+async def test_a_read_while_the_store_closes_leaves_no_closed_reader_behind(
+    db_path: Path,
+) -> None:
+    """A request still served as the lifespan closes the store makes a new reader; the
+    store, used again by the next lifespan, must not keep that reader closed, which
+    sends every load to the thread pool from then on."""
+    record = make_record()
+    store = SQLiteStore(db_path)
+    await store.save(record)
+    closing = asyncio.ensure_future(store.aclose())
+    await asyncio.sleep(0)  # aclose() now waits for the pool to shut down
+    assert await store.load(record.key, NOW) == record
+    await closing
+    try:
+        assert await store.load(record.key, NOW) == record
+        assert store._reader is not None
+        assert store._reader.execute("SELECT 1").fetchall() == [(1,)]  # open, and used
+    finally:
+        await store.aclose()
+
+
 async def test_a_closed_store_can_be_used_again_and_closed_again(db_path: Path) -> None:
     record = make_record(user_id="alice")
     store = SQLiteStore(db_path)

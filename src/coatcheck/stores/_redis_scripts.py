@@ -100,6 +100,12 @@ end
 # the session is deleted: a full Redis (``noeviction``) refuses a script whose first
 # write adds data, and a logout or revocation must still end sessions there.
 _REVOKED = """
+-- A full Redis (noeviction) checks memory only at a script's first write, and lets all
+-- that follows through: a script that adds data after a DEL or a ZREM makes this its
+-- first write, which a full server refuses (the session's ``b`` is written again later).
+local function refuse_if_full(key)
+  redis.call('HSET', key, 'b', '')
+end
 local function note_revoked(receipt, token)
   if token then
     redis.call('HSET', receipt, 'r', token)
@@ -142,6 +148,9 @@ local user = false
 if ARGV[8] == '1' then user = ARGV[9] end
 local function unindex(owner, member)
   redis.call('ZREM', ARGV[1] .. ':u:{' .. owner .. '}', member)
+end
+if old ~= new or (previous[3] and previous[3] ~= user) then
+  refuse_if_full(new)
 end
 if old ~= new then
   if previous[3] then unindex(previous[3], ARGV[3]) end
@@ -278,6 +287,7 @@ end
 -- The token of the save that made the session stays with it (a later save carries
 -- none): ending the session notes it, so that a resent copy of that save is refused.
 local made = redis.call('HGET', KEYS[1], 'k')
+refuse_if_full(KEYS[1])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 if made and redis.call('HEXISTS', KEYS[1], 'k') == 0 then
@@ -335,8 +345,8 @@ if fields[1] == ARGV[1] then
   return 1
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if tonumber(ARGV[4]) > tonumber(ARGV[2]) then
-    redis.call('HSET', KEYS[1], 'x', '1')
+  -- A full Redis refuses the bar; the save it bars adds data, and is refused too.
+  if tonumber(ARGV[4]) > tonumber(ARGV[2]) and redis.pcall('HSET', KEYS[1], 'x', '1') == 1 then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
   end
   return 3

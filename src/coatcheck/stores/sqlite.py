@@ -354,6 +354,7 @@ class SQLiteStore:
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
         _close_all(self._connections)
+        self._reader = None  # also one a read made while the pool shut down
         self._local = threading.local()
 
     # -- mechanics ----------------------------------------------------------------------
