@@ -485,3 +485,75 @@ async def test_remember_turned_on_or_off_is_no_login(any_store: Store) -> None:
         remembered = ticket(await client.post("/remember?on=1", headers=alice))
         await client.post("/remember?on=0", headers=remembered)
     assert [event.kind for event in seen] == ["created", "logged_in", "rotated", "rotated"]
+
+
+async def _parallel(
+    store: Store, acts: list[tuple[dict[str, str], Callable[[Session], Awaitable[object]]]]
+) -> tuple[list[object], list[SessionEvent]]:
+    """Requests run at once, each of a cookie doing one thing to its session; what each
+    returned, and the events of all."""
+    seen: list[SessionEvent] = []
+
+    async def hook(event: SessionEvent) -> None:
+        seen.append(event)
+
+    persistence = Persistence(store, SessionConfig(), None, [hook])
+
+    async def one(cookie: dict[str, str], act: Callable[[Session], Awaitable[object]]) -> object:
+        session = await Session(
+            persistence, {"headers": [(b"cookie", cookie["cookie"].encode())]}
+        ).load()
+        result = await act(session)
+        await persistence.commit(session, 200)
+        return result
+
+    results = await asyncio.gather(*(one(cookie, act) for cookie, act in acts))
+    return list(results), seen
+
+
+def _revoke(public_id: str) -> Callable[[Session], Awaitable[bool]]:
+    async def act(session: Session) -> bool:
+        return await session.revoke(public_id)
+
+    return act
+
+
+async def _logout(session: Session) -> None:
+    session.logout()
+
+
+async def _public_id(store: Store, cookie: dict[str, str]) -> str:
+    persistence = Persistence(store, SessionConfig(), None, [])
+    scope = {"headers": [(b"cookie", cookie["cookie"].encode())]}
+    public_id = (await Session(persistence, scope).load()).public_id
+    assert public_id
+    return public_id
+
+
+async def test_one_session_ended_by_parallel_requests_is_announced_once(any_store: Store) -> None:
+    """A double-clicked "sign out this device", a device that signs out as another
+    revokes it, and "sign out everywhere" double-clicked: each session that ended is
+    announced (and counted) once, by the request that ended it."""
+    for round_ in range(4):
+        user = f"user{round_}"
+        async with client_for(make_app(any_store)) as client:
+            laptop, tablet, phone, watch = [
+                ticket(await client.post("/login", params={"user": user})) for _ in range(4)
+            ]
+        phone_id, watch_id = [await _public_id(any_store, c) for c in (phone, watch)]
+
+        answers, seen = await _parallel(
+            any_store, [(laptop, _revoke(phone_id)), (laptop, _revoke(phone_id))]
+        )
+        assert sorted(answers, key=str) == [False, True], answers
+        assert [(e.kind, e.session) for e in seen] == [("revoked", phone_id)]
+
+        _, seen = await _parallel(any_store, [(tablet, _revoke(watch_id)), (watch, _logout)])
+        ends = [(e.kind, e.session) for e in seen if e.kind in ("revoked", "logged_out")]
+        assert len(ends) == 1, ends
+
+        answers, seen = await _parallel(
+            any_store, [(laptop, Session.revoke_all), (laptop, Session.revoke_all)]
+        )
+        ended = sum(e.count for e in seen if e.kind in ("revoked", "logged_out"))
+        assert ended == 2, (answers, [(e.kind, e.count) for e in seen])  # laptop and tablet

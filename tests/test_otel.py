@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import time
+from inspect import signature
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -112,6 +114,34 @@ async def test_store_calls_are_timed_by_operation_and_store(
         assert 0 < point.sum < 1
         # Counting needs few attributes, and no credential or user may be one.
         assert set(attributes) == {"coatcheck.store.operation", "coatcheck.store"}
+
+
+async def test_store_call_durations_fall_in_buckets_of_their_size(
+    reader: InMemoryMetricReader, telemetry: SessionTelemetry
+) -> None:
+    """In seconds, with boundaries for seconds: the SDK's defaults (0, 5, 10...) are
+    for milliseconds, and would put every call, fast or timed out, in one bucket."""
+    if "explicit_bucket_boundaries_advisory" not in signature(Meter.create_histogram).parameters:
+        pytest.skip("opentelemetry-api before 1.30 takes no bucket advice (make test-oldest)")
+    async with client_for(make_app(MemoryStore(), telemetry)) as client:
+        headers = cookie_of(await client.post("/login"))
+        for _ in range(5):
+            await client.get("/read", headers=headers)
+    (load,) = [
+        point
+        for attributes, point in points(reader, "coatcheck.store.duration")
+        if attributes["coatcheck.store.operation"] == "load"
+    ]
+    bounds = list(load.explicit_bounds)
+    assert bounds[0] <= 0.0001
+    assert 1.0 in bounds
+    assert bounds[-1] == 10.0
+    # Memory loads take microseconds: every one in a bucket that ends below 1 ms.
+    filled = [bound for bound, count in zip(bounds, load.bucket_counts, strict=False) if count]
+    assert sum(load.bucket_counts) == 5
+    assert load.bucket_counts[-1] == 0  # past the last bound
+    assert filled, (bounds, list(load.bucket_counts))
+    assert max(filled) <= 0.001, (bounds, list(load.bucket_counts))
 
 
 async def test_an_outage_is_timed_with_its_error_type(

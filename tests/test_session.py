@@ -309,9 +309,9 @@ async def test_an_admin_revoke_by_public_id_ends_a_device_that_gets_a_new_id_mea
     phone = await _signed_in(Persistence(store, SessionConfig(clock=clock), None))
     store.rotate = phone._key
     listing = partial(store.list_user, "alice", clock())
-    assert await end_device(store, listing, phone.public_id) == (True, False)
+    assert await end_device(store, listing, phone.public_id, now=clock) == (True, False)
     assert await store.list_user("alice", clock()) == []
-    assert await end_device(store, listing, phone.public_id) == (False, False)
+    assert await end_device(store, listing, phone.public_id, now=clock) == (False, False)
 
 
 async def test_revoke_others_and_revoke_all(persistence: Persistence, clock: FakeClock) -> None:

@@ -6,11 +6,13 @@ This is what the per-user index of every store is for; :class:`~coatcheck.Sessio
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from ._user_ids import user_text
+from .exceptions import StoreFullError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -101,6 +103,7 @@ async def revoke(session: Session, public_id: str) -> bool:
         lambda: persistence.live_records(user_id, persistence.now()),
         public_id,
         current,
+        now=persistence.now,
     )
     if is_current:
         # Ended now, so that the event below is true. A parallel login of this browser
@@ -112,6 +115,7 @@ async def revoke(session: Session, public_id: str) -> bool:
                 persistence.store,
                 lambda: persistence.live_records(user_id, persistence.now()),
                 public_id,
+                now=persistence.now,
             )
         session.destroy()
         # None: ended or moved by a parallel request, which announced it and gave the
@@ -122,28 +126,72 @@ async def revoke(session: Session, public_id: str) -> bool:
     return revoked
 
 
+def dead_record(record: SessionRecord, now: float) -> SessionRecord:
+    """``record`` ended at ``now``, to write over the version read.
+
+    Its deadline is the session's start, before any request's ``now`` (a store takes a
+    save's ``last_seen_at`` for it): a parallel end that comes second finds it dead, and
+    gives way, instead of merging onto it as onto a live session and ending it twice.
+    """
+    return record._replace(
+        last_seen_at=now, expires_at=min(now, record.created_at), version=record.version + 1
+    )
+
+
 async def end_device(
     store: Store,
     listing: Callable[[], Awaitable[list[SessionRecord]]],
     public_id: str,
     current: str | None = None,
+    *,
+    now: Callable[[], float],
 ) -> tuple[bool, bool]:
-    """End the session with ``public_id`` among ``listing()``: whether one was found,
-    and whether it is ``current`` (the caller's own, left for it to end).
+    """End the session with ``public_id`` among ``listing()``: whether this call ended
+    it (not a parallel request, which announced it), and whether it is ``current`` (the
+    caller's own, left for it to end).
 
     A device given a new ID meanwhile (a login, ``regenerate()``) keeps its public id
-    under a new key: the delete then missed it, and the next pass finds it.
+    under a new key: the end then missed it, and the next pass finds it.
     """
-    found = False
     for _ in range(_REVOKE_PASSES):
         record = next((r for r in await listing() if r.public_id == public_id), None)
         if record is None:
             break
-        found = True
         if record.key == current:
             return True, True
+        if await end_record(store, record, now()):
+            return True, False
+    return False, False
+
+
+async def end_record(
+    store: Store,
+    record: SessionRecord,
+    now: float,
+    moved: Callable[[], Awaitable[bool]] | None = None,
+) -> bool:
+    """End ``record`` unless another request ended or moved it first: whether this
+    call ended it. A dead record is written over the version read, so a parallel save
+    gives way (an end wins), while a parallel end or login that got there first is seen.
+
+    A full store (StoreFullError) refuses the dead record, which takes room: a delete,
+    which frees it, ends the session then, since a logout or a revocation must not wait
+    for room; ``moved``, asked after it, tells a parallel login's move from this end.
+    """
+    dead = dead_record(record, now)
+
+    def overrule(base: SessionRecord) -> SessionRecord:
+        return dead._replace(version=base.version + 1)
+
+    try:
+        if not await store.save(dead, expected_version=record.version, merge=overrule):
+            return False
+    except StoreFullError:
         await store.delete(record.key)
-    return found, False
+        return moved is None or not await moved()
+    with suppress(StoreUnavailableError):  # dead already: this is tidying
+        await store.delete(record.key)
+    return True
 
 
 async def revoke_user(session: Session, *, keep_current: bool) -> int:

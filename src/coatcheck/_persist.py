@@ -23,7 +23,7 @@ import anyio
 from ._asgi import Header, Headers
 from ._audit import limited, once, security_event
 from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
-from ._devices import end_device
+from ._devices import end_device, end_record
 from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._imports import JOIN_WINDOW, importer_for
 from ._keys import Keyring
@@ -40,7 +40,6 @@ from .exceptions import (
     SessionLimitError,
     SessionTooLargeError,
     StoreError,
-    StoreFullError,
     StoreUnavailableError,
 )
 from .serializers import JSONSerializer, Serializer
@@ -1102,34 +1101,16 @@ class Persistence:
 
     async def end_own(self, session: Session) -> bool:
         """End the record this request loaded, unless another request ended or moved it
-        first: True when this request ended it.
-
-        A dead record is written over the version loaded, so a parallel save gives way
-        (a revocation wins, as a logout does), while a parallel logout or login that got
-        there first is seen: then this request ended nothing, and says so.
-        """
+        first: True when this request ended it (see end_record)."""
         stored = session._stored
         if stored is None:
             return False
-        now = self.now()
-        dead = stored._replace(last_seen_at=now, expires_at=now, version=stored.version + 1)
-
-        def overrule(base: SessionRecord) -> SessionRecord:
-            return dead._replace(version=base.version + 1)
-
-        try:
-            if not await self.store.save(dead, expected_version=stored.version, merge=overrule):
-                return False
-        except StoreFullError:
-            # A full store refuses the dead record, which takes room; a delete frees it,
-            # and a logout or a revocation must not wait for room. A delete cannot tell
-            # its own end from a parallel login's move, which is asked after it: a
-            # logout then follows the move (see _end_moved_too).
-            await self.store.delete(stored.key)
-            return not await self._moved_since(session, stored.key, self.now())
-        with contextlib.suppress(StoreUnavailableError):  # dead already: this is tidying
-            await self.store.delete(stored.key)
-        return True
+        return await end_record(
+            self.store,
+            stored,
+            self.now(),
+            moved=lambda: self._moved_since(session, stored.key, self.now()),
+        )
 
     def _settle_on_nothing(self, session: Session, edits: int) -> bool | None:
         """Nothing is stored for the session now: only what the app changes after this
@@ -1159,10 +1140,10 @@ class Persistence:
         user_id = stored.user_id
         if user_id is None:
             raise SessionEndedError("the session was moved to a new ID by another request")
-        found, _ = await end_device(
-            self.store, lambda: self.live_records(user_id, now), stored.public_id
+        ended, _ = await end_device(
+            self.store, lambda: self.live_records(user_id, now), stored.public_id, now=self.now
         )
-        return found
+        return ended
 
     async def followed(self, session: Session, key: str, user_id: str) -> str:
         """The key that the session this request loaded under ``key`` has now: itself,

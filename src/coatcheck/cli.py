@@ -275,7 +275,9 @@ def revoke(
     async def work(s: Store) -> int:
         if public_id is None:
             return await s.delete_user(user, now=time.time())
-        found, _ = await end_device(s, lambda: s.list_user(user, time.time()), public_id)
+        found, _ = await end_device(
+            s, lambda: s.list_user(user, time.time()), public_id, now=time.time
+        )
         return int(found)
 
     if public_id is not None and not is_public_id(public_id):
