@@ -458,3 +458,29 @@ async def test_remember_turned_off_late_keeps_the_session_within_both_limits(
             assert (await visitor.state())["user"] == "alice"
         clock.advance(120)  # used two minutes ago, but 12 hours after the switch
         assert (await visitor.state())["user"] is None
+
+
+async def test_remember_switched_off_and_on_again_ends_at_its_logins_deadline(
+    every_store: Store,
+) -> None:
+    """A switch off starts the browser-session limits from then; switched on again, the
+    remember-me limits count from the login once more. Otherwise each off and on would
+    start 30 days anew, and a session (or a stolen cookie) would never expire."""
+    clock = start_clock()
+    day = 24 * 3600
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/login", json={"remember": True})
+        for _ in range(29):
+            clock.advance(day)  # in daily use, far within the 14-day idle limit
+            assert (await visitor.state())["user"] == "alice"
+        await visitor.send("POST", "/remember", params={"on": False})
+        on = await visitor.send("POST", "/remember")
+        assert f"Max-Age={day}" in on.headers["set-cookie"]  # the day left of 30
+        state = await visitor.state()
+        assert (state["user"], state["remember"]) == ("alice", True)
+        assert state["expires_at"] == clock() + day
+        clock.advance(day - 60)
+        assert (await visitor.state())["user"] == "alice"
+        clock.advance(61)  # 30 days after the login
+        assert (await visitor.state())["user"] is None
