@@ -460,12 +460,12 @@ async def test_remember_turned_off_late_keeps_the_session_within_both_limits(
         assert (await visitor.state())["user"] is None
 
 
-async def test_remember_switched_off_and_on_again_ends_at_its_logins_deadline(
+async def test_remember_switched_off_and_on_again_keeps_the_deadline_it_had(
     every_store: Store,
 ) -> None:
     """A switch off starts the browser-session limits from then; switched on again, the
-    remember-me limits count from the login once more. Otherwise each off and on would
-    start 30 days anew, and a session (or a stolen cookie) would never expire."""
+    session keeps that deadline. Its limits counted anew at each switch would let it (or
+    a stolen cookie) live for ever by switching off and on."""
     clock = start_clock()
     day = 24 * 3600
     async with client_for(make_app(every_store, clock)) as client:
@@ -474,13 +474,33 @@ async def test_remember_switched_off_and_on_again_ends_at_its_logins_deadline(
         for _ in range(29):
             clock.advance(day)  # in daily use, far within the 14-day idle limit
             assert (await visitor.state())["user"] == "alice"
+        clock.advance(60)
         await visitor.send("POST", "/remember", params={"on": False})
+        clock.advance(60)
         on = await visitor.send("POST", "/remember")
-        assert f"Max-Age={day}" in on.headers["set-cookie"]  # the day left of 30
+        assert f"Max-Age={ABSOLUTE - 60}" in on.headers["set-cookie"]  # not a new 30 days
         state = await visitor.state()
         assert (state["user"], state["remember"]) == ("alice", True)
-        assert state["expires_at"] == clock() + day
-        clock.advance(day - 60)
+        clock.advance(ABSOLUTE - 120)
         assert (await visitor.state())["user"] == "alice"
-        clock.advance(61)  # 30 days after the login
+        clock.advance(61)  # 12 hours after the switch off
         assert (await visitor.state())["user"] is None
+
+
+@pytest.mark.parametrize("remember_at_login", [True, False])
+async def test_a_short_login_stays_short_through_remember_switches(
+    every_store: Store, remember_at_login: bool
+) -> None:
+    """A shorter limit a login chose holds whatever the user switches afterwards."""
+    clock = start_clock()
+    signed_in_at = clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/login", json={"remember": remember_at_login, "absolute": 3600})
+        for on in [False, True] if remember_at_login else [True, False, True]:
+            clock.advance(60)
+            await visitor.send("POST", "/remember", params={"on": on})
+        state = await visitor.state()
+        assert state["expires_at"] <= signed_in_at + 3600, state
+        clock.advance(3600)
+        assert (await visitor.state())["user"] is None  # an hour after the login: over

@@ -616,16 +616,13 @@ class Session(MutableMapping[str, Any]):
             self._created_at = now
             self._absolute_timeout = max(left, 1) if left < usual.absolute else 0
             self._idle_timeout = self._idle_timeout if self._idle_timeout < usual.idle else 0
-        elif self._user_id is not None:
-            # Never past the remember-me deadline counted from the login: switched off
-            # and on again, a session would otherwise start its limits anew each time,
-            # and a stolen cookie would never expire. A login adopted from another
-            # library, whose time is unknown, keeps the deadline it has.
-            if not self._authenticated_at:
-                self._absolute_timeout = self._lifetime().absolute
-            elif self._created_at != self._authenticated_at:  # moved by a switch off
-                self._created_at = self._authenticated_at
-                self._absolute_timeout = 0
+        elif self._user_id is not None and self._created_at != self._authenticated_at:
+            # Switched off since its login (or adopted from another library, whose login
+            # time is unknown): it keeps the deadline it has. Its limits counted anew
+            # would let a session, or a stolen cookie, live for ever by switching off
+            # and on; counted from the login, they would drop a shorter limit that the
+            # login chose, which the switch off no longer holds.
+            self._absolute_timeout = self._lifetime().absolute
         self._remember = value
         self._meta_changed = True
 

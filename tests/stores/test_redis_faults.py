@@ -787,7 +787,10 @@ async def test_a_full_redis_still_ends_sessions(kind: str, tmp_path: Path) -> No
             with full(nodes):
                 # Whatever adds data waits for room: a new visitor, a bigger cart, a
                 # login (that of a visitor too), a plain save.
-                for path, headers in (("/write", {}), ("/append", shopper), ("/login", shopper)):
+                # A new ID (a login, regenerate()) keeps the session it had: on Cluster
+                # its old key is not given up where the new one cannot be written.
+                adding = ("/write", {}), ("/append", shopper), ("/login", shopper)
+                for path, headers in (*adding, ("/regenerate", shopper)):
                     refused = await client.post(
                         path, params={"item": "x" * 20_000}, headers=headers
                     )

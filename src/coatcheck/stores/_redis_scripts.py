@@ -253,6 +253,9 @@ end
 -- Ended, or moved to a new key: either way a resent copy of the save that made it
 -- must not bring it back.
 local token = redis.call('HMGET', KEYS[1], 'k')[1]
+-- A rotation is refused, not begun, on a full node: its write, which comes next on
+-- the new key's slot, would be refused there, and the session lost between the two.
+if ARGV[3] ~= '' then refuse_if_full(KEYS[1]) end
 redis.call('DEL', KEYS[1])
 note_revoked(KEYS[2], token)
 if ARGV[3] ~= '' then
