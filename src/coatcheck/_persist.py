@@ -40,6 +40,7 @@ from .exceptions import (
     SessionLimitError,
     SessionTooLargeError,
     StoreError,
+    StoreFullError,
     StoreUnavailableError,
 )
 from .serializers import JSONSerializer, Serializer
@@ -825,7 +826,22 @@ class Persistence:
                     if not session._modified:
                         session._data.clear()
                     return []
-                saved = await self.store.save(record, replaces=old_key)
+                try:
+                    saved = await self.store.save(record, replaces=old_key)
+                except StoreFullError:
+                    # No room for what the logout left (a flash): the logout, which
+                    # freed room, stands as a plain one does, and that is dropped.
+                    announced = self._settle_on_nothing(session, edits)
+                    session._data.clear()
+                    session._modified = False
+                    if not announced:
+                        await self.emit(session, "logged_out", stored.user_id, stored.public_id)
+                    return [
+                        self._ticket(session, None, None),
+                        *await self._end_old_cookie(session),
+                        _NO_STORE,
+                        *self._cleared(session, stored),
+                    ]
             if not saved:
                 session._stored = None
                 raise SessionEndedError("the session was ended by another request")
@@ -1187,9 +1203,13 @@ class Persistence:
                 merged = written[-1] = merged._replace(expires_at=_DEAD)
             return merged
 
-        if not await self.store.save(record, expected_version=stored.version, merge=merge):
-            session._stored = None  # ended by another request: its cookie is left alone
-            return False
+        try:
+            if not await self.store.save(record, expected_version=stored.version, merge=merge):
+                session._stored = None  # ended by another request: its cookie is left alone
+                return False
+        except StoreFullError:  # the dead record takes room; a delete frees it
+            await self.store.delete(stored.key)
+            return True
         kept = written[-1]
         if kept.expires_at <= now:
             # Dead already, so no save can land on it any more: removing it is tidying.

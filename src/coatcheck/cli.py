@@ -275,10 +275,10 @@ def revoke(
     async def work(s: Store) -> int:
         if public_id is None:
             return await s.delete_user(user, now=time.time())
-        found, _ = await end_device(
+        ended, _ = await end_device(
             s, lambda: s.list_user(user, time.time()), public_id, now=time.time
         )
-        return int(found)
+        return int(ended)
 
     if public_id is not None and not is_public_id(public_id):
         # Quoted back, a session ID pasted from a cookie would land in logs and scrollback.

@@ -14,7 +14,8 @@ Two instruments, named after the OpenTelemetry conventions for database clients:
 - ``coatcheck.store.duration`` (histogram, seconds): each store call, by
   ``coatcheck.store.operation`` and ``coatcheck.store`` (the store's class), with
   ``error.type`` set to the error's class name when the call failed, so an outage
-  (``StoreUnavailableError``) shows apart from a merge that gave up.
+  (``StoreUnavailableError``, or ``StoreFullError`` for a full Redis) shows apart from
+  a merge that gave up.
 
 Each store call is also a client span, ``coatcheck.store <operation>``, with the same
 attributes, so a slow request's trace shows its session store; a failed call records

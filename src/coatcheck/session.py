@@ -725,7 +725,8 @@ class Session(MutableMapping[str, Any]):
         return await _devices.can_login(self, user_id)
 
     async def revoke(self, public_id: str) -> bool:
-        """End another session of this user by its public id; False if there is none."""
+        """End a session of this user (this one too) by its public id: False if there is
+        none, or if a parallel request ended it first (that request announced it)."""
         return await _devices.revoke(self, public_id)
 
     async def revoke_others(self) -> int:

@@ -22,7 +22,12 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Connection, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from coatcheck import (
     SessionConfig,
@@ -32,6 +37,7 @@ from coatcheck import (
     StoreUnavailableError,
     store_from_url,
 )
+from coatcheck._devices import end_record
 from coatcheck._ids import store_key
 from coatcheck._persist import Persistence
 from coatcheck.fastapi import SessionDep
@@ -818,3 +824,96 @@ async def test_a_full_redis_still_ends_sessions(kind: str, tmp_path: Path) -> No
 def cookie_of(response: httpx.Response) -> dict[str, str]:
     assert response.status_code == 200, response.text
     return {"cookie": response.headers["set-cookie"].split(";", 1)[0]}
+
+
+async def _loaded(request: Request) -> Session:
+    return await Session.of(request).load()
+
+
+async def _sign_in(request: Request) -> Response:
+    (await _loaded(request)).login("alice")
+    return Response(status_code=204)
+
+
+async def _sign_out_with_a_word(request: Request) -> Response:
+    session = await _loaded(request)
+    session.logout()
+    session.flash("You are signed out.")
+    return RedirectResponse("/", 303)
+
+
+async def _note(request: Request) -> Response:
+    (await _loaded(request)).flash("Saved.")
+    return Response(status_code=204)
+
+
+async def _shown(request: Request) -> Response:
+    session = await _loaded(request)
+    return JSONResponse(
+        {"user": session.user_id, "shown": [f.message for f in session.pop_flashes()]}
+    )
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_full_redis_signs_out_and_shows_the_last_message(kind: str, tmp_path: Path) -> None:
+    """A logout that leaves a message, and a visitor's page that shows the last one (and
+    so empties the session), free room: neither may answer 503 on a full server. The
+    message a logout cannot store is dropped; the logout stands."""
+    servers = redis_servers.active()
+    nodes = [servers.standalone()] if kind == "redis" else servers.cluster().nodes
+    store = build_store(kind, tmp_path)
+    assert isinstance(store, RedisStore)
+    routes = [
+        Route("/login", _sign_in, methods=["POST"]),
+        Route("/logout", _sign_out_with_a_word, methods=["POST"]),
+        Route("/note", _note, methods=["POST"]),
+        Route("/shown", _shown),
+    ]
+    app = SessionMiddleware(Starlette(routes=routes), store=store, config=SessionConfig())
+    try:
+        async with client_for(app) as client:
+            alice = {"cookie": (await client.post("/login")).headers["set-cookie"].split(";")[0]}
+            note = await client.post("/note")
+            visitor = {"cookie": note.headers["set-cookie"].split(";")[0]}
+            with full(nodes):
+                out = await client.post("/logout", headers=alice)
+                assert out.status_code == 303, out.text
+                assert "Max-Age=0" in out.headers["set-cookie"]  # the cookie is cleared
+                shown = await client.get("/shown", headers=visitor)
+                assert shown.json() == {"user": None, "shown": ["Saved."]}, shown.text
+            assert (await client.get("/shown", headers=alice)).json() == {"user": None, "shown": []}
+            assert (await client.get("/shown", headers=visitor)).json()["shown"] == []
+            assert await store.count(time.time()) == 0
+    finally:
+        await store.aclose()
+
+
+async def test_an_end_whose_write_fails_on_cluster_leaves_the_session_listed(
+    tmp_path: Path,
+) -> None:
+    """An end's dead record is not filed in the user's index: its deadline, in the past,
+    would drop the entry of the live session, which a write that then fails (a node
+    failing over) would leave live and unlisted, out of reach of "sign out everywhere"."""
+    store = build_store("redis-cluster", tmp_path)
+    assert isinstance(store, RedisStore)
+    assert store._on_cluster is not None
+    scripts = store._on_cluster.scripts
+    real = scripts.write
+    now = time.time()
+    phone = make_record(
+        user_id="alice", created_at=now - 3 * 86400, last_seen_at=now - 60, expires_at=now + 86400
+    )
+    try:
+        await store.save(phone)
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            scripts.write = real  # type: ignore[method-assign]
+            raise RedisConnectionError("the node is failing over")
+
+        scripts.write = failing  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailableError):
+            await end_record(store, phone, now)
+        assert [r.key for r in await store.list_user("alice", now)] == [phone.key]
+        assert await store.delete_user("alice", now=now) == 1
+    finally:
+        await store.aclose()

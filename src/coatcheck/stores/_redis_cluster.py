@@ -59,7 +59,10 @@ class ClusterWrites:
         old = replaces if replaces is not None and replaces != key else None
         # Single script calls rather than pipelines: redis-py retries a Cluster pipeline
         # on a timeout, waiting the whole timeout again each time.
-        if user is not None:
+        # A record already dead (an end: see coatcheck._devices.dead_record) is not filed:
+        # its deadline, in the past, would drop the live session's entry, which must
+        # stay if this save fails.
+        if user is not None and record.expires_at > record.last_seen_at:
             await self.scripts.index_add(
                 keys=[self.names.index(user)],
                 args=[key, repr(record.expires_at), index_ttl, repr(record.last_seen_at)],
