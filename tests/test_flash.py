@@ -11,8 +11,18 @@ import pytest
 from fastapi import Body, FastAPI
 from fastapi.responses import RedirectResponse
 
-from coatcheck import Flash, MemoryStore, SessionMiddleware
+from coatcheck import (
+    Flash,
+    MemoryStore,
+    SessionConfig,
+    SessionMiddleware,
+    SessionRecord,
+    StoreFullError,
+)
+from coatcheck._persist import Persistence
 from coatcheck.fastapi import SessionDep
+from coatcheck.session import Session
+from coatcheck.stores.base import Merge
 
 from .conftest import client_for
 
@@ -186,3 +196,59 @@ async def test_only_strings_can_be_flashed() -> None:
 
 def test_flash_is_a_plain_value() -> None:
     assert Flash("Saved.", "success") == Flash(message="Saved.", category="success")
+
+
+class _FullStore(MemoryStore):
+    """Once ``full``, refuses every write of a live record, as a full Redis does; a
+    dead one (an end), which frees room, still goes through."""
+
+    full = False
+
+    async def save(
+        self,
+        record: SessionRecord,
+        *,
+        replaces: str | None = None,
+        expected_version: int | None = None,
+        merge: Merge | None = None,
+    ) -> bool:
+        if self.full:
+            if record.expires_at > record.last_seen_at:
+                raise StoreFullError("the store is full")
+            if merge is not None:
+                inner = merge
+
+                def merge(base: SessionRecord) -> SessionRecord:
+                    merged = inner(base)
+                    if merged.expires_at > merged.last_seen_at:
+                        raise StoreFullError("the store is full")
+                    return merged
+
+        return await super().save(
+            record, replaces=replaces, expected_version=expected_version, merge=merge
+        )
+
+
+async def test_showing_the_last_message_on_a_full_store_keeps_what_a_parallel_request_added() -> (
+    None
+):
+    """The page that shows it empties the session, and ends it; a parallel request that
+    stored a cart meanwhile makes the end a merge, which needs room: the page gets the
+    503, and the cart stays, rather than be deleted with the message."""
+    store = _FullStore()
+    persistence = Persistence(store, SessionConfig(), None)
+    visitor = await Session(persistence, {"headers": []}).load()
+    visitor.flash("Saved.")
+    headers = dict(await persistence.commit(visitor, 200))
+    cookie = [(b"cookie", headers[b"set-cookie"].split(b";")[0])]
+    page = await Session(persistence, {"headers": cookie}).load()
+    cart = await Session(persistence, {"headers": cookie}).load()
+    assert [flash.message for flash in page.pop_flashes()] == ["Saved."]
+    cart["cart"] = ["pear"]
+    await persistence.commit(cart, 200)
+    store.full = True
+    with pytest.raises(StoreFullError):
+        await persistence.commit(page, 200)
+    store.full = False
+    again = await Session(persistence, {"headers": cookie}).load()
+    assert again.get("cart") == ["pear"]

@@ -504,3 +504,20 @@ async def test_a_short_login_stays_short_through_remember_switches(
         assert state["expires_at"] <= signed_in_at + 3600, state
         clock.advance(3600)
         assert (await visitor.state())["user"] is None  # an hour after the login: over
+
+
+async def test_a_shorter_idle_limit_the_login_chose_holds_after_remember_switches(
+    every_store: Store,
+) -> None:
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/login", json={"remember": True, "idle": 3600})
+        for on in (False, True):
+            clock.advance(60)
+            await visitor.send("POST", "/remember", params={"on": on})
+        assert (await visitor.state())["idle"] == 3600
+        clock.advance(3600 - 60)
+        assert (await visitor.state())["user"] == "alice"
+        clock.advance(3601)  # an idle hour
+        assert (await visitor.state())["user"] is None

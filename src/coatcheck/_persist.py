@@ -1207,8 +1207,10 @@ class Persistence:
             if not await self.store.save(record, expected_version=stored.version, merge=merge):
                 session._stored = None  # ended by another request: its cookie is left alone
                 return False
-        except StoreFullError:  # the dead record takes room; a delete frees it
-            await self.store.delete(stored.key)
+        except StoreFullError:
+            if written[-1].expires_at > now:
+                raise  # merged onto a parallel save's data, which needs the room
+            await self.store.delete(stored.key)  # the dead record takes room; this frees it
             return True
         kept = written[-1]
         if kept.expires_at <= now:

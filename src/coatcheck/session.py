@@ -615,7 +615,8 @@ class Session(MutableMapping[str, Any]):
             usual = self._persistence.config.normal
             self._created_at = now
             self._absolute_timeout = max(left, 1) if left < usual.absolute else 0
-            self._idle_timeout = self._idle_timeout if self._idle_timeout < usual.idle else 0
+            # A shorter idle limit the login chose is kept (capped by the browser
+            # session's while it is one), and holds again if switched back on.
         elif self._user_id is not None and self._created_at != self._authenticated_at:
             # Switched off since its login (or adopted from another library, whose login
             # time is unknown): it keeps the deadline it has. Its limits counted anew
