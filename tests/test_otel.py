@@ -121,8 +121,6 @@ async def test_store_call_durations_fall_in_buckets_of_their_size(
 ) -> None:
     """In seconds, with boundaries for seconds: the SDK's defaults (0, 5, 10...) are
     for milliseconds, and would put every call, fast or timed out, in one bucket."""
-    if "explicit_bucket_boundaries_advisory" not in signature(Meter.create_histogram).parameters:
-        pytest.skip("opentelemetry-api before 1.30 takes no bucket advice (make test-oldest)")
     async with client_for(make_app(MemoryStore(), telemetry)) as client:
         headers = cookie_of(await client.post("/login"))
         for _ in range(5):
@@ -132,6 +130,11 @@ async def test_store_call_durations_fall_in_buckets_of_their_size(
         for attributes, point in points(reader, "coatcheck.store.duration")
         if attributes["coatcheck.store.operation"] == "load"
     ]
+    if "explicit_bucket_boundaries_advisory" not in signature(Meter.create_histogram).parameters:
+        # opentelemetry-api before 1.30 (make test-oldest) takes no advice: timed all
+        # the same, in the SDK's buckets.
+        assert load.count == 5
+        return
     bounds = list(load.explicit_bounds)
     assert bounds[0] <= 0.0001
     assert 1.0 in bounds

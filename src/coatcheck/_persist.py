@@ -660,12 +660,7 @@ class Persistence:
                 # Not a visitor's session that merely emptied (its flash was shown), nor
                 # one a revocation of this request has announced.
                 await self.emit(session, "logged_out", stored.user_id, stored.public_id)
-            return [
-                self._ticket(session, None, None),
-                *await self._end_old_cookie(session),
-                _NO_STORE,
-                *self._cleared(session, stored),
-            ]
+            return await self._signed_out(session, stored)
 
         if self._cookie_path is not None and not session._by_header and not self._path_warned:
             self._path_warned = _outside_cookie_path(session, self._cookie_path)
@@ -836,12 +831,7 @@ class Persistence:
                     session._modified = False
                     if not announced:
                         await self.emit(session, "logged_out", stored.user_id, stored.public_id)
-                    return [
-                        self._ticket(session, None, None),
-                        *await self._end_old_cookie(session),
-                        _NO_STORE,
-                        *self._cleared(session, stored),
-                    ]
+                    return await self._signed_out(session, stored)
             if not saved:
                 session._stored = None
                 raise SessionEndedError("the session was ended by another request")
@@ -1114,6 +1104,15 @@ class Persistence:
             await self.emit(session, "logged_in", record.user_id, record.public_id)
         elif stored is not None and ended is None:
             await self.emit(session, "rotated", record.user_id, record.public_id)
+
+    async def _signed_out(self, session: Session, stored: SessionRecord) -> Headers:
+        """The headers of a response that ended ``stored`` and leaves nothing stored."""
+        return [
+            self._ticket(session, None, None),
+            *await self._end_old_cookie(session),
+            _NO_STORE,
+            *self._cleared(session, stored),
+        ]
 
     async def end_own(self, session: Session) -> bool:
         """End the record this request loaded, unless another request ended or moved it
