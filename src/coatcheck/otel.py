@@ -74,19 +74,16 @@ class SessionTelemetry:
             unit="{event}",
             description="Session life-cycle events, by kind",
         )
+        histogram = partial(
+            meter.create_histogram,
+            "coatcheck.store.duration",
+            unit="s",
+            description="Duration of session store calls",
+        )
         try:
-            self._duration = meter.create_histogram(
-                "coatcheck.store.duration",
-                unit="s",
-                description="Duration of session store calls",
-                explicit_bucket_boundaries_advisory=_BUCKETS,
-            )
+            self._duration = histogram(explicit_bucket_boundaries_advisory=_BUCKETS)
         except TypeError:  # opentelemetry-api before 1.30 takes no advice
-            self._duration = meter.create_histogram(
-                "coatcheck.store.duration",
-                unit="s",
-                description="Duration of session store calls",
-            )
+            self._duration = histogram()
 
     async def record_event(self, event: SessionEvent) -> None:
         """An event hook for ``SessionMiddleware(events=[...])``."""
