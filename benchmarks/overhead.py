@@ -35,6 +35,10 @@ from _harness import (
     LITESTAR_BARE,
     ASGIApp,
     BenchmarkError,
+    Message,
+    Receive,
+    Scope,
+    Send,
     Suite,
     Variant,
     add_coatcheck,
@@ -66,6 +70,8 @@ from coatcheck.serializers import HAVE_ORJSON
 from coatcheck.stores.cookie import CookieStore
 
 NOOP = "fastapi no-op dependency"
+PASS_THROUGH = "asgi pass-through"  # noqa: S105 (a variant name)
+SEND_WRAPPER = "asgi send wrapper"
 
 # Targets for coatcheck: (variant, highest acceptable median ratio to bare FastAPI).
 TARGETS = (
@@ -81,6 +87,35 @@ async def noop_dependency() -> None:
 
 
 NoopDep = Annotated[None, Depends(noop_dependency)]
+
+
+class PassThrough:
+    """A pure ASGI middleware that only calls the app: what a layer costs at all."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class SendWrapper(PassThrough):
+    """A middleware that wraps ``send`` and does nothing else.
+
+    Any middleware that may add a ``Set-Cookie`` to a response has to see its start,
+    so this is the least a session middleware costs on a route that ignores it.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
 
 
 def fastapi_app(first: str) -> FastAPI:
@@ -108,6 +143,11 @@ async def add_fastapi_bare(suite: Suite) -> None:
     response = ok(await request(noop_app, "/noop-dep", headers), NOOP)
     expect(response.json() == {"n": 1}, f"{NOOP}: body {response.body!r}")
     suite.add(Variant(NOOP, noop_app, "/noop-dep", headers))
+    for name, layer in ((PASS_THROUGH, PassThrough), (SEND_WRAPPER, SendWrapper)):
+        wrapped = layer(fastapi_app("/bare"))
+        response = ok(await request(wrapped, "/bare", headers), name)
+        expect(response.json() == {"ok": True}, f"{name}: body {response.body!r}")
+        suite.add(Variant(name, wrapped, "/bare", headers))
 
 
 def starlette_app(first: str) -> ASGIApp:
@@ -262,6 +302,15 @@ def report(suite: Suite, args: argparse.Namespace, load: tuple[float, float]) ->
             pairs = zip(variant.samples, suite[NOOP].samples, strict=True)
             extra = statistics.median(mine - theirs for mine, theirs in pairs) / 1000
             print(f"  {variant.name:<{name_width}}  {variant.ratio(NOOP):6.3f}×  ({extra:+.2f} µs)")
+    print()
+    print(f"untouched routes against {SEND_WRAPPER!r} (the least a cookie-setting layer costs):")
+    floor = suite[SEND_WRAPPER].samples
+    for variant in suite.variants:
+        if variant.name.endswith(" untouched"):
+            pairs = list(zip(variant.samples, floor, strict=True))
+            extra = statistics.median(mine - theirs for mine, theirs in pairs) / 1000
+            ratio = statistics.median(mine / theirs for mine, theirs in pairs)
+            print(f"  {variant.name:<{name_width}}  {ratio:6.3f}×  ({extra:+.2f} µs)")
     for note in suite.notes:
         print(f"NOTE: {note}")
     return run_record(args, info, rows, targets, suite.notes)
