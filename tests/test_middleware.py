@@ -13,7 +13,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -1485,6 +1485,65 @@ async def test_session_of_a_request_without_the_middleware_says_so() -> None:
     async with httpx.AsyncClient(transport=transport, base_url=TEST_BASE_URL) as client:
         with pytest.raises(RuntimeError, match="SessionMiddleware is not installed"):
             await client.get("/")
+
+
+async def test_a_session_middleware_inside_coatcheck_that_hides_it_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Starlette's cookie session added inside coatcheck's (FastHTML's fast_app() and
+    SQLAdmin add one) replaces ``request.session``: the app's data would go into its
+    readable cookie, so coatcheck says so, once, and ``Session.of`` names the cause."""
+    from starlette.middleware.sessions import SessionMiddleware as StarletteSessions
+
+    async def cart(request: Request) -> Response:
+        request.session["cart"] = ["apple"]
+        return PlainTextResponse("ok")
+
+    async def login(request: Request) -> Response:
+        Session.of(request).login("alice")
+        return PlainTextResponse("unreachable")
+
+    app = Starlette(routes=[Route("/cart", cart), Route("/login", login)])
+    app.add_middleware(StarletteSessions, secret_key="x" * 32)
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    caplog.set_level(logging.WARNING, logger="coatcheck")
+    async with client_for(app) as client:
+        for _ in range(2):
+            assert (await client.get("/cart")).status_code == 200
+        with pytest.raises(RuntimeError, match="another session middleware inside coatcheck's"):
+            await client.get("/login")
+    lines = [
+        r.getMessage() for r in caplog.records if "another session middleware" in r.getMessage()
+    ]
+    assert len(lines) == 1, lines
+    # A dict before Starlette 1.0, its own Session class since.
+    assert re.match(
+        r"request.session holds a (dict|starlette\.middleware\.sessions\.\w+), ", lines[0]
+    )
+
+
+async def test_a_mounted_app_with_its_own_coatcheck_is_not_taken_for_a_rival(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def inner(request: Request) -> Response:
+        session = await Session.of(request).load()
+        session["n"] = 1
+        return PlainTextResponse("ok")
+
+    admin = Starlette(routes=[Route("/", inner)])
+    admin.add_middleware(
+        SessionMiddleware,
+        store=MemoryStore(),
+        config=SessionConfig(cookie=CookieConfig(name="__Host-admin")),
+    )
+    app = Starlette(routes=[Mount("/admin", admin)])
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    caplog.set_level(logging.WARNING, logger="coatcheck")
+    async with client_for(app) as client:
+        answer = await client.get("/admin/")
+    assert answer.status_code == 200
+    assert "__Host-admin" in answer.headers["set-cookie"]
+    assert not [r for r in caplog.records if "another session middleware" in r.getMessage()]
 
 
 def _scoped_app(store: Store) -> Starlette:

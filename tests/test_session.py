@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import uuid
 from functools import partial
 
 import pytest
@@ -150,6 +151,8 @@ async def test_login_rejects_empty_user_ids(persistence: Persistence) -> None:
     session = await fresh(persistence)
     with pytest.raises(ValueError, match="non-empty string"):
         session.login("")
+    with pytest.raises(ValueError, match=r"not UUID: pass str\(user.id\)"):
+        session.login(uuid.uuid4())  # type: ignore[arg-type]  # fastapi-users' ids
     with pytest.raises(ValueError, match="NUL"):
         session.login("alice\x00")  # PostgreSQL could not store it: refused on every store
     with pytest.raises(ValueError, match="lone surrogate"):

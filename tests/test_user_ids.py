@@ -99,7 +99,9 @@ async def test_a_str_enum_user_is_the_same_user_on_every_store(any_store: Store)
 async def test_an_int_user_id_is_refused_alike_on_every_store(any_store: Store) -> None:
     async with client_for(make_app(any_store)) as client:
         asked = await client.get("/can-login")
-    assert asked.json() == {"refused": "user_id must be a string, not int"}
+    assert asked.json() == {
+        "refused": "user_id must be a string, not int: pass str(user.id) for a number or a UUID"
+    }
     with pytest.raises(TypeError, match="not int"):
         await any_store.list_user(42, time.time())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not int"):

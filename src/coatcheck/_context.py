@@ -17,6 +17,24 @@ if TYPE_CHECKING:
 
 DEFAULT_COOKIE_NAME = "__Host-session"
 NOT_INSTALLED = "coatcheck.SessionMiddleware is not installed on this app"
+
+
+def shadowed(found: object) -> str:
+    """Why ``request.session`` holds ``found``, which is not a coatcheck session."""
+    kind = type(found)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return _SHADOWED.format(kind=name)
+
+
+_SHADOWED = (
+    "request.session holds a {kind}, not coatcheck's session: another session middleware "
+    "inside coatcheck's replaced it (Starlette's SessionMiddleware, which SQLAdmin and "
+    "FastHTML's fast_app() add). Remove that one; see the README's eager_paths section"
+)
 ASYNCIO_ONLY = (
     "coatcheck runs on asyncio (uvicorn, hypercorn's asyncio or uvloop worker, granian), "
     "not on trio: its stores' drivers (redis-py, psycopg) are asyncio-only"

@@ -19,13 +19,15 @@ def user_text(user_id: object) -> str:
         return user_id
     if isinstance(user_id, str):
         return str.__str__(user_id)
-    raise TypeError(f"user_id must be a string, not {type(user_id).__name__}")
+    raise TypeError(_not_text(user_id))
 
 
 def check_user_id(user_id: object) -> str:
     """``user_id`` as a plain ``str``; ``ValueError`` for one that some store cannot
     keep or index."""
-    if not isinstance(user_id, str) or not user_id:
+    if not isinstance(user_id, str):
+        raise ValueError(_not_text(user_id))
+    if not user_id:
         raise ValueError("user_id must be a non-empty string")
     user_id = user_text(user_id)
     if len(user_id) > LONGEST_USER_ID:
@@ -44,3 +46,10 @@ def check_user_id(user_id: object) -> str:
                 '"\\ud800" decodes to) cannot be stored'
             ) from None
     return user_id
+
+
+def _not_text(user_id: object) -> str:
+    return (
+        f"user_id must be a string, not {type(user_id).__name__}: pass str(user.id) for a "
+        "number or a UUID"
+    )

@@ -31,7 +31,7 @@ from ._asgi import (
     response,
 )
 from ._audit import once, security_event
-from ._context import ASYNCIO_ONLY, current_session
+from ._context import ASYNCIO_ONLY, current_session, shadowed
 from ._persist import Persistence, outgoing
 from ._printable import printable
 from ._websocket import SocketClosed, SocketWatch, close_socket
@@ -164,6 +164,7 @@ class SessionMiddleware:
         self._refused = refused or _refusal
         self._csrf = self._persistence.csrf
         self._plain_http_warned = not self.config.cookie.secure
+        self._shadow_warned = False
         self._recheck: int | None = self.config.websocket_recheck  # type: ignore[assignment]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -200,6 +201,8 @@ class SessionMiddleware:
                 started = session._cookie_final = True
                 status = message.get("status", 200)
                 head = message
+                if scope.get("session") is not session and not self._shadow_warned:
+                    self._warn_if_shadowed(scope)
                 if session._loaded:
                     if self._persistence.settled(session) and not session._outgoing:
                         _merge_headers(message, [], self._persistence.vary)
@@ -299,6 +302,15 @@ class SessionMiddleware:
         finally:
             # In-process callers (tests, mounted apps) share one context across requests.
             current_session.reset(token)
+
+    def _warn_if_shadowed(self, scope: Scope) -> None:
+        """Say once that another session middleware inside this one replaced
+        ``request.session``: the app's data would go into that one's cookie, unnoticed.
+        A mounted app's own coatcheck session is not such a replacement."""
+        found = scope.get("session")
+        if found is not None and not isinstance(found, Session):
+            self._shadow_warned = True
+            logger.warning(shadowed(found))
 
     async def _commit(
         self, session: Session, message: Message, scope: Scope, receive: Receive, send: Send

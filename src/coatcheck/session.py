@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import _devices, _flash
-from ._context import ASYNCIO_ONLY, NOT_INSTALLED
+from ._context import ASYNCIO_ONLY, NOT_INSTALLED, current_session, shadowed
 from ._devices import Device, utc
 from ._flash import Flash
 from ._ids import new_public_id, new_session_id
@@ -184,6 +184,8 @@ class Session(MutableMapping[str, Any]):
         an eager path, where Starlette's ``request.session`` is typed as a plain dict."""
         session = connection.scope.get("session")
         if not isinstance(session, Session):
+            if session is not None and current_session.get() is not None:
+                raise RuntimeError(shadowed(session))
             raise RuntimeError(NOT_INSTALLED)
         return session
 
