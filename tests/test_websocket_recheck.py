@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -113,7 +115,38 @@ def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
         finally:
             app.state.push_ended.set()
 
+    @app.websocket("/worker")
+    async def worker(websocket: WebSocket) -> None:
+        """Waits in receive() while a task of its own pushes, as Strawberry's
+        subscriptions do: an error in that task is what such frameworks log."""
+        await get_session()
+        await websocket.accept()
+        app.state.worker_errors = []
+        app.state.worker_pushes = 0
+        app.state.worker_disconnected = False
+
+        async def push() -> None:
+            try:
+                for _ in range(2000):  # bounded
+                    await websocket.send_text("tick")
+                    app.state.worker_pushes += 1
+                    await asyncio.sleep(0.005)
+            except Exception as exc:
+                app.state.worker_errors.append(exc)
+
+        task = asyncio.create_task(push())
+        try:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+            app.state.worker_disconnected = True
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            app.state.worker_ended.set()
+
     app.state.push_ended = threading.Event()
+    app.state.worker_ended = threading.Event()
     app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(clock=clock, **config))
     return app
 
@@ -505,23 +538,53 @@ def test_a_socket_whose_uncaught_save_met_an_outage_is_told_to_come_back() -> No
     assert (closed.value.code, closed.value.reason) == (1013, "try again later")
 
 
-def test_a_feed_stops_once_its_socket_was_closed_for_it() -> None:
-    """Its next send fails as a send to a client that went away does."""
+def _closed_after_a_logout_elsewhere(
+    path: str, settled: Callable[[FastAPI], bool]
+) -> tuple[FastAPI, int]:
+    """The app, and the code its socket at ``path`` was closed with once the session was
+    logged out in another tab. The client stays until ``settled(app)``: what the handler
+    did then, it did by itself, not because its client left."""
     clock, store = FakeClock(), MemoryStore()
     app = make_app(store, clock)
     with client_for(app) as client:
         client.post("/login")
         with client.websocket_connect(
-            f"{TEST_WS_BASE_URL}/push", headers={**SAME_ORIGIN}
+            f"{TEST_WS_BASE_URL}{path}", headers={**SAME_ORIGIN}
         ) as socket:
             assert socket.receive_text() == "tick"
             client.post("/logout")  # from another tab
             clock.advance(61)
             with pytest.raises(WebSocketDisconnect) as closed:
                 read_until_closed(socket)
-            assert app.state.push_ended.wait(10)
-    assert closed.value.code == 1008
+            deadline = time.monotonic() + 10
+            while not settled(app):
+                assert time.monotonic() < deadline, "the handler did not settle"
+                time.sleep(0.005)
+    return app, closed.value.code
+
+
+def test_a_feed_stops_once_its_socket_was_closed_for_it() -> None:
+    """Its next send fails as a send to a client that went away does."""
+    app, code = _closed_after_a_logout_elsewhere("/push", lambda app: app.state.push_ended.is_set())
+    assert code == 1008
     assert app.state.pushed < 2000
+
+
+def test_an_app_that_pushes_from_a_task_of_its_own_stops_quietly() -> None:
+    """Once the session ended, its pushes go with the closed socket while it waits in
+    receive(), which reports the disconnect, as when a client goes away: the pushing task
+    sees no error for the framework to log (Strawberry logs one per subscription)."""
+    pushed: list[int] = []
+
+    def pushed_into_the_closed_socket(app: FastAPI) -> bool:
+        pushed.append(app.state.worker_pushes)
+        return bool(app.state.worker_errors) or pushed[-1] >= pushed[0] + 3
+
+    app, code = _closed_after_a_logout_elsewhere("/worker", pushed_into_the_closed_socket)
+    assert app.state.worker_ended.wait(10)  # the client left: receive() said so
+    assert code == 1008
+    assert app.state.worker_disconnected
+    assert app.state.worker_errors == []
 
 
 def test_an_outage_during_a_recheck_leaves_the_socket_open(

@@ -26,9 +26,10 @@ logger = logging.getLogger("coatcheck")
 
 
 class SocketClosed(OSError):
-    """What a send gets once the socket was closed because its session ended, as from a
-    server whose client went away: Starlette turns it into ``WebSocketDisconnect``, so
-    a handler that only pushes stops instead of sending into the void for ever."""
+    """What a send gets once the socket was closed because its session ended, unless the
+    app waits in ``receive()``, which reports the disconnect: as from a server whose
+    client went away. Starlette turns it into ``WebSocketDisconnect``, so a handler that
+    only pushes stops instead of sending into the void for ever."""
 
 
 async def close_socket(send: Send, code: int, reason: str) -> None:
@@ -44,7 +45,16 @@ async def close_socket(send: Send, code: int, reason: str) -> None:
 class SocketWatch:
     """One per WebSocket connection whose app may touch the session."""
 
-    __slots__ = ("_checked", "_due", "_interval", "_persistence", "_send", "_session", "closed")
+    __slots__ = (
+        "_checked",
+        "_due",
+        "_interval",
+        "_persistence",
+        "_send",
+        "_session",
+        "closed",
+        "receiving",
+    )
 
     def __init__(self, persistence: Persistence, session: Session, interval: int, send: Send):
         self._persistence = persistence
@@ -54,6 +64,7 @@ class SocketWatch:
         self._checked = persistence.now()
         self._due = 0.0  # when the stored record, as last looked up, needs a refresh
         self.closed = False
+        self.receiving = 0  # the app's receive() calls waiting for the server
 
     async def ended(self, *, use: bool) -> bool:
         """True once the session has ended elsewhere, after closing the socket. ``use``:
@@ -95,7 +106,11 @@ class SocketWatch:
         """``receive``, which ends the socket for the app once its session has ended."""
 
         async def watched() -> Message:
-            message = await receive()
+            self.receiving += 1
+            try:
+                message = await receive()
+            finally:
+                self.receiving -= 1
             if message["type"] == "websocket.receive" and await self.ended(use=True):
                 return {"type": "websocket.disconnect", "code": 1008}
             return message

@@ -245,8 +245,11 @@ class SessionMiddleware:
                 and message["type"] in _SOCKET_SENDS
                 and await watch.ended(use=False)
             ):
-                if message["type"] == "websocket.close":
-                    return  # closed already
+                if message["type"] == "websocket.close" or watch.receiving:
+                    # Closed for it, this message with it. An app waiting in receive()
+                    # learns from there, as when a client goes away: frameworks that push
+                    # from a task of their own (Strawberry) then stop quietly.
+                    return
                 raise SocketClosed(1008, "the session ended; coatcheck closed this websocket")
             await send(message)
 
