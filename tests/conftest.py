@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from coatcheck import MemoryStore, SessionRecord, Store, _audit
+import coatcheck
+from coatcheck import MemoryStore, SessionRecord, Store, StoreUnavailableError, _audit
 from coatcheck.stores.base import Merge
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock
 
@@ -104,6 +105,49 @@ class MeanwhileStore(MemoryStore):
             meanwhile, self.meanwhile = self.meanwhile, None
             await meanwhile()
         return found
+
+
+class DownStore(MemoryStore):
+    """A memory store whose loads and saves fail as a store out of reach does, while
+    ``down``: an outage where the test chooses it."""
+
+    down = False
+
+    async def load(self, key: str, now: float) -> SessionRecord | None:
+        if self.down:
+            raise StoreUnavailableError("the store is down", retry_after=1)
+        return await super().load(key, now)
+
+    async def save(self, record: SessionRecord, **options: Any) -> bool:
+        if self.down:
+            raise StoreUnavailableError("the store is down", retry_after=1)
+        return await super().save(record, **options)
+
+
+def frames_showing(error: BaseException, secret: str) -> list[str]:
+    """coatcheck's frames in ``error``'s traceback (and in those of the errors it
+    chains) with a local whose text shows ``secret``: what an error tracker such as
+    Sentry, which sends each frame's locals, would send off the machine."""
+    package = str(Path(coatcheck.__file__).parent)
+    found: list[str] = []
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__]
+        trace = current.__traceback__
+        while trace is not None:
+            frame = trace.tb_frame
+            trace = trace.tb_next
+            if not frame.f_code.co_filename.startswith(package):
+                continue
+            for name, value in frame.f_locals.items():
+                if secret in (value if isinstance(value, str) else repr(value)):
+                    found.append(f"{frame.f_code.co_name}: {name}")
+    return found
 
 
 @pytest.fixture(autouse=True)

@@ -41,11 +41,11 @@ from hypothesis import strategies as st
 from coatcheck import CSRFConfig, SessionConfig, SessionMiddleware, Store, _audit
 from coatcheck._ids import key_of, store_key
 from coatcheck.events import EventHook, SessionEvent
-from coatcheck.exceptions import SerializationError
+from coatcheck.exceptions import SerializationError, StoreError
 from coatcheck.fastapi import CSRFToken, CurrentUser, RequiredUser, SessionDep
 from coatcheck.session import Session
 
-from .conftest import client_for
+from .conftest import DownStore, client_for, frames_showing
 from .store_kinds import STORE_KINDS, fresh_store
 
 NAME = "__Host-session"
@@ -736,6 +736,53 @@ def test_junk_requests_never_fail_and_never_store(kind: str) -> None:
 
 
 # -- nothing secret in logs, error bodies or reprs -----------------------------------------
+
+
+@pytest.mark.anyio
+async def test_no_frame_holds_an_id_while_the_store_is_asked() -> None:
+    """Error trackers (Sentry, by default) send the locals of each frame an error went
+    through. The ID a cookie brings, and one a login mints, wait on the session while
+    coatcheck's frames ask the store: a handler that reports a store error it caught
+    sends neither."""
+    store = DownStore()
+    caught: list[tuple[StoreError, str]] = []
+    app = FastAPI()
+
+    @app.post("/write")
+    async def write(session: SessionDep) -> dict[str, bool]:
+        session["n"] = 1
+        return {"ok": True}
+
+    @app.get("/read")
+    async def read(request: Request) -> dict[str, bool]:
+        store.down = True
+        try:
+            await Session.of(request).load()
+        except StoreError as exc:
+            caught.append((exc, request.cookies[NAME]))
+        finally:
+            store.down = False
+        return {"ok": True}
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> dict[str, bool]:
+        session.login("alice")
+        store.down = True
+        try:
+            await session.save()
+        except StoreError as exc:
+            assert session._id is not None
+            caught.append((exc, session._id))  # the ID the login minted
+        finally:
+            store.down = False
+        return {"ok": True}
+
+    app.add_middleware(SessionMiddleware, store=store)
+    async with client_for(app) as client:
+        first = (await client.post("/write")).cookies[NAME]
+        await client.get("/read", headers={"cookie": f"{NAME}={first}"})
+        await client.post("/login", headers={"cookie": f"{NAME}={first}"})
+    assert [frames_showing(error, secret) for error, secret in caught] == [[], []]
 
 
 # A short fingerprint of a store key (its first 16 hex digits) may be logged; more may not.

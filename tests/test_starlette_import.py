@@ -33,15 +33,17 @@ from coatcheck import (
     SessionMiddleware,
     StarletteImport,
     Store,
+    StoreError,
 )
 from coatcheck.events import SessionEvent
 from coatcheck.fastapi import CSRFToken, SessionDep
+from coatcheck.session import Session
 from coatcheck.stores import SessionRecord
 from coatcheck.stores.base import creator_of
 from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, FakeClock, create_session
 
-from .conftest import CountingStore
+from .conftest import CountingStore, DownStore, frames_showing
 
 pytestmark = pytest.mark.anyio
 
@@ -163,6 +165,37 @@ async def test_a_starlette_session_carries_over_and_its_cookie_goes() -> None:
     assert set_cookies(again) == []
     # Logged in as alice: her device list has it.
     assert [record.user_id for record in await store.list_user("alice", time.time())] == ["alice"]
+
+
+async def test_the_id_an_old_cookie_gives_stays_out_of_frames_that_ask_the_store() -> None:
+    """The new session's ID is derived from the old cookie: it too waits on the session,
+    not in a local an error tracker would send, while coatcheck asks the store."""
+    store, site = DownStore(), Site()
+    caught: list[tuple[StoreError, str | None]] = []
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"user_id": "alice"})
+        app = coatcheck_app(store, StarletteImport(SECRET, user_key="user_id"))
+
+        @app.get("/down")
+        async def down(request: Request) -> dict[str, bool]:
+            session = Session.of(request)
+            store.down = True
+            try:
+                await session.load()
+            except StoreError as exc:
+                importer = session._persistence._importer
+                assert importer is not None
+                caught.append((exc, importer.session_id(request.scope["headers"])))
+            finally:
+                store.down = False
+            return {"ok": True}
+
+        site.app = app
+        assert (await client.get("/down")).status_code == 200
+    assert len(caught) == 1
+    error, derived = caught[0]
+    assert derived is not None
+    assert frames_showing(error, derived) == []
 
 
 async def test_a_starlette_cookie_moves_into_an_encrypted_one_on_the_cookie_store() -> None:

@@ -195,12 +195,17 @@ class Persistence:
             session_id = read_cookie(session._headers, self._cookie_needle)
         if self._sealer is None:
             key = None if session_id is None else key_of(session_id)
+            # The ID waits on the session, not in this frame, while the store is asked:
+            # error trackers (Sentry) show the locals of a frame an error passed through,
+            # and a Session only as its data. _adopt() keeps it or drops it.
+            session._id, session_id = session_id, None
             record = None if key is None else await self.store.load(key, now)
             if self._down_since is not None and key is not None:
                 self._store_answers(wrote=False)
         else:
             opened = None if session_id is None else self._sealer.open(session_id)
-            session_id, record = (None, None) if opened is None else opened
+            session._id, record = (None, None) if opened is None else opened
+            session_id = None
             key = None if record is None else record.key
         data: dict[str, Any] = {}
         orphan = None
@@ -232,7 +237,7 @@ class Persistence:
                     except ValueError:
                         orphan = self._undecodable(record)
                         unserved, record = record, None
-        imported = import_id = None
+        imported = session._import_id = None
         importer = self._importer
         spent = None  # the key of an import that a login moved since this request came
         earlier = None  # the live session an import of the same old cookie started long ago
@@ -244,24 +249,26 @@ class Persistence:
             and importer.carried(session._headers)
         ):
             if self._sealer is None:
-                derived = importer.session_id(session._headers)
-                assert derived is not None
-                joined, import_id, earlier = await self._join_import(session, derived, now)
+                # The ID derived from the old cookie waits on the session too.
+                session._import_id = importer.session_id(session._headers)
+                assert session._import_id is not None
+                joined, takes_id, earlier = await self._join_import(session, now)
                 if joined:
                     session._orphan = orphan
                     return
-                if import_id is not None and await self._moved_since(
-                    session, store_key(import_id), now
-                ):
+                if not takes_id:
+                    session._import_id = None
+                elif await self._moved_since(session, store_key(session._import_id), now):
                     # Another request of the page imported the old cookie, and the user
                     # logged in since: imported again, its session would take the ID
                     # the login retired, and its cookie would replace the login's.
-                    spent, import_id = store_key(import_id), None
+                    spent, session._import_id = store_key(session._import_id), None
             if spent is None:
                 imported = await importer.read(session._headers, now)
                 if imported is not None:
                     imported = self._storable(imported) or None
-        session._adopt(session_id, record, imported or data, now, self.config.normal.idle)
+        import_id = session._import_id  # from here on no await: _adopt() clears it
+        session._adopt(session._id, record, imported or data, now, self.config.normal.idle)
         session._orphan = orphan
         session._earlier_import = earlier
         session._unserved = unserved
@@ -298,35 +305,36 @@ class Persistence:
                 session._remember = importer.remember
 
     async def _join_import(
-        self, session: Session, derived: str, now: float
-    ) -> tuple[bool, str | None, SessionRecord | None]:
+        self, session: Session, now: float
+    ) -> tuple[bool, bool, SessionRecord | None]:
         """Join the session that another request with the same old cookie started a
         moment ago, rather than start a second one: a page's parallel requests then
         share one session, whichever of them is stored first.
 
-        Returns whether it joined, and else the ID this request's import may take:
-        ``derived`` when no session holds it. A session this old cookie started long
-        ago keeps it, and a copy of that cookie starts a session of its own, as before;
-        that session comes third, for a login to replace if it went unheard (see
-        unheard_login).
+        Returns whether it joined, and else whether this request's import may take the
+        ID derived from the old cookie (``session._import_id``): when no session holds
+        it. A session this old cookie started long ago keeps it, and a copy of that
+        cookie starts a session of its own, as before; that session comes third, for a
+        login to replace if it went unheard (see unheard_login).
         """
-        existing = await self.store.load(store_key(derived), now)
+        assert session._import_id is not None
+        existing = await self.store.load(store_key(session._import_id), now)
         if existing is None:
-            return False, derived, None
+            return False, True, None
         if now >= self.deadline(existing):
-            return False, None, None
+            return False, False, None
         if now - existing.created_at >= JOIN_WINDOW:
-            return False, None, existing
+            return False, False, existing
         try:
             data = self.decode(existing)
         except ValueError:
-            return False, None, None
-        session._adopt(derived, existing, data, now, self.config.normal.idle)
+            return False, False, None
+        session._adopt(session._import_id, existing, data, now, self.config.normal.idle)
         session._expires_at = self.deadline(existing)
         # The browser holds only the old cookie: this response hands it the new one,
         # and clears the old one, as the import's first response does.
         session._imported = session._refresh_now = True
-        return True, None, None
+        return True, False, None
 
     def _storable(self, data: dict[str, Any]) -> dict[str, Any]:
         """The imported values this store can keep. The old library took values (a
@@ -681,7 +689,7 @@ class Persistence:
                     raise SessionTooLargeError(len(data), self.config.max_session_bytes)
         # What this save sends. Another task of the request may change the session while
         # the save awaits the store: those changes stay unsaved, for the next save.
-        edits, sent_id, fresh = session._edits, session._id, session._fresh
+        edits, fresh = session._edits, session._fresh
         updates = list(session._updates)
         pending = {id(update) for update in updates}
         now = self.now()
@@ -888,7 +896,9 @@ class Persistence:
             # (a version the store no longer holds, with the data this save sent).
             session._stored = record._replace(data=data, version=record.version - 1)
             meanwhile = True
-        if session._id == sent_id:  # else destroyed or given a new ID meanwhile
+        # Not destroyed or given a new ID meanwhile (told by the key: the ID itself is
+        # kept out of this frame's locals, which error trackers show).
+        if session._id is not None and (session._key or store_key(session._id)) == key:
             session._key = key
             session._fresh = session._meta_changed = session._signing_in = False
         announced = bool(session._announced)
