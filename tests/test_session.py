@@ -68,7 +68,20 @@ async def test_mutable_mapping_behaviour(persistence: Persistence) -> None:
     assert type(copied) is dict
     session.clear()
     assert dict(session) == {}
-    assert repr(session) == "<Session user=None keys=[]>"
+    assert repr(session) == "<Session public_id='' user=None keys=[]>"  # not stored yet
+
+
+async def test_two_visitors_sessions_alike_in_data_print_apart(persistence: Persistence) -> None:
+    """Response caches (fastapi-cache2, cashews) key a route's result by the text of its
+    arguments: two visitors' carts must not share a key, and so one page."""
+    carts = []
+    for _ in range(2):
+        session = await fresh(persistence)
+        session["cart"] = ["apple"]
+        carts.append(await fresh(persistence, await saved(persistence, session)))
+    first, second = (repr(cart) for cart in carts)
+    assert first != second
+    assert first == f"<Session public_id={carts[0].public_id!r} user=None keys=['cart']>"
 
 
 async def test_what_a_dict_does_beyond_a_mapping(persistence: Persistence) -> None:

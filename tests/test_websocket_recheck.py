@@ -337,6 +337,35 @@ def test_an_idle_socket_does_not_keep_the_session_alive() -> None:
     assert closed.value.code == 1008
 
 
+def test_messages_that_are_not_activity_do_not_keep_the_session_alive() -> None:
+    """Socket.IO's client answers the server's pings by itself ("3"): left out by
+    ``websocket_activity``, they still let the socket learn of the session's end, but a
+    tab nobody uses reaches its idle limit, as without them."""
+    clock, store = FakeClock(), MemoryStore()
+    not_pongs = {"websocket_activity": lambda message: message.get("text") != "3"}
+    app = make_app(store, clock, idle_timeout=600, absolute_timeout=7200, **not_pongs)
+    with client_for(app) as client:
+        client.post("/login")
+        with client.websocket_connect(WS, headers={**SAME_ORIGIN}) as socket:
+            socket.send_text("hello")
+            assert socket.receive_text() == "alice: hello"
+            for _ in range(2):  # each would have written the sliding expiry back
+                clock.advance(250)
+                socket.send_text("3")
+                assert socket.receive_text() == "alice: 3"
+            clock.advance(250)  # 750 s since the last activity
+            socket.send_text("3")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_text()
+        assert client.get("/me").json()["user"] is None
+    assert closed.value.code == 1008
+
+
+def test_websocket_activity_must_be_a_function() -> None:
+    with pytest.raises(ConfigurationError, match="websocket_activity takes a function"):
+        SessionConfig(websocket_activity="3")  # type: ignore[arg-type]
+
+
 def test_a_feed_nobody_answers_does_not_keep_the_session_alive() -> None:
     """A tab left open on a live feed: the app's sends are not use, so the session ends
     at its idle limit, however long the feed runs, and the socket closes with it."""

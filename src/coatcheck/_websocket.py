@@ -4,8 +4,9 @@ A socket outlives the request that opened it: without a check, a user who logs o
 elsewhere, or whose sessions an administrator ends, keeps a live connection. So at the
 first message after each ``websocket_recheck`` seconds, either way, the session is
 looked up again: a socket whose session ended is closed (1008). Messages from the client
-count as use, as requests do: the first one after the sliding expiry falls due writes it
-back, so an active chat does not reach the idle timeout. The app's own sends do not: a
+count as use, as requests do (those ``SessionConfig.websocket_activity`` picks, when
+given): the first one after the sliding expiry falls due writes it back, so an active
+chat does not reach the idle timeout. The app's own sends do not: a
 feed or a server's heartbeat on a tab nobody looks at must not keep its user signed in.
 A session whose idle limit is shorter than two such intervals (a login may choose one)
 is looked up at least twice per idle window, or its chat would outlast it.
@@ -105,13 +106,17 @@ class SocketWatch:
     def receive(self, receive: Receive) -> Receive:
         """``receive``, which ends the socket for the app once its session has ended."""
 
+        activity = self._persistence.config.websocket_activity
+
         async def watched() -> Message:
             self.receiving += 1
             try:
                 message = await receive()
             finally:
                 self.receiving -= 1
-            if message["type"] == "websocket.receive" and await self.ended(use=True):
+            if message["type"] == "websocket.receive" and await self.ended(
+                use=activity is None or activity(message)
+            ):
                 return {"type": "websocket.disconnect", "code": 1008}
             return message
 

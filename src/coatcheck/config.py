@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Secret
@@ -349,6 +349,9 @@ class SessionConfig:
     session against the store at its first message after each ``websocket_recheck``
     (or half the session's idle limit, when shorter): it is closed once the session has
     ended elsewhere, and the client's messages count as use (the app's sends do not).
+    ``websocket_activity(message)``, when given, says which of them do: a client library
+    that answers the server's pings by itself (Socket.IO's ``"3"``) would otherwise keep
+    an open tab signed in past its idle limit.
 
     ``token_header`` (say ``"X-Session-Token"``) lets clients that are not browsers (a
     mobile app, a CLI) carry the session in that header instead of the cookie: a
@@ -383,6 +386,7 @@ class SessionConfig:
     starlette_import: StarletteImport | None = None
     starsessions_import: StarsessionsImport | None = None
     websocket_recheck: Duration | None = timedelta(minutes=1)
+    websocket_activity: Callable[[MutableMapping[str, Any]], bool] | None = None
     clock: Callable[[], float] = _wall_clock
     normal: Lifetime = field(init=False)
     remember: Lifetime = field(init=False)
@@ -456,6 +460,11 @@ class SessionConfig:
         if self.websocket_recheck is not None:
             recheck = _seconds("websocket_recheck", self.websocket_recheck)
             object.__setattr__(self, "websocket_recheck", recheck)
+        if self.websocket_activity is not None and not callable(self.websocket_activity):
+            raise ConfigurationError(
+                "websocket_activity takes a function of a client's message (the ASGI "
+                "websocket.receive dict) that says whether it counts as use, or None"
+            )
         object.__setattr__(self, "idle_timeout", normal.idle)
         object.__setattr__(self, "absolute_timeout", normal.absolute)
         object.__setattr__(self, "remember_idle_timeout", remember.idle)

@@ -386,7 +386,12 @@ class Session(MutableMapping[str, Any]):
     def __repr__(self) -> str:
         if not self._loaded:
             return "<Session (not loaded)>"
-        return f"<Session user={self._user_id!r} keys={sorted(self._data)!r}>"
+        # The public id (no credential) tells two visitors' sessions apart: response
+        # caches (fastapi-cache2, cashews) key a route's result by its arguments' text.
+        return (
+            f"<Session public_id={self._public_id!r} user={self._user_id!r} "
+            f"keys={sorted(self._data)!r}>"
+        )
 
     def modify(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
         """Replace ``session[key]`` with ``change(old)`` atomically; return the new value.
