@@ -924,15 +924,21 @@ class Persistence:
                 # A login only if this request made one: the import's was announced already.
                 relogged = logged_in and bool(session._authenticated_at)
                 await self._rotated(session, twin, None, record, relogged, now)
-            remember = session._remember
-            max_age = int(session._created_at + lifetime.absolute - now) if remember else None
-            ticket = self._ticket(session, sealed or session._id, max_age)
             if session._imported:
                 gone = await self._end_imported(session, replaced=True)
             else:
                 gone = await self._end_old_cookie(session) if replaced is not None else []
             cleared = [header for header in self._cleared(session, replaced) if header not in gone]
-            return [ticket, *gone, _NO_STORE, *cleared]
+            # Made after the last await: a header holding the new ticket must not wait in
+            # a local that an error tracker would send with a store's error.
+            remember = session._remember
+            max_age = int(session._created_at + lifetime.absolute - now) if remember else None
+            return [
+                self._ticket(session, sealed or session._id, max_age),
+                *gone,
+                _NO_STORE,
+                *cleared,
+            ]
 
         if moves or session._imported:  # awaits on the store, after the save landed
             return await self._to_the_end(session, finish())
