@@ -25,6 +25,7 @@ Tests of your own can build records with :func:`make_record`, live at :data:`NOW
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -33,7 +34,16 @@ import pytest
 
 from ._ids import new_public_id, new_session_id, store_key
 from .stores.base import MOVED_FOR as _MOVED_FOR
-from .stores.base import MovedAt, MovedTo, SessionRecord, Store, follower_of, mover_of
+from .stores.base import (
+    Create,
+    MovedAt,
+    MovedTo,
+    SessionRecord,
+    Store,
+    creator_of,
+    follower_of,
+    mover_of,
+)
 
 __all__ = ["HOUR", "NOW", "StoreContract", "make_record"]
 
@@ -71,6 +81,14 @@ def _mover(store: Store) -> MovedAt:
     if moved_at is None:
         pytest.skip("the store does not track moves (optional: see mover_of)")
     return moved_at
+
+
+def _creator(store: Store) -> Create:
+    """The store's optional ``create()``; a store without one skips the tests of it."""
+    create = creator_of(store)
+    if create is None:
+        pytest.skip("the store cannot create (optional: see creator_of)")
+    return create
 
 
 def _follower(store: Store) -> MovedTo:
@@ -350,6 +368,28 @@ class StoreContract:
         later = record._replace(version=2)
         assert await store.save(later, expected_version=1, merge=merge) is False
         assert await store.load(record.key, NOW) is None
+
+    async def test_parallel_saves_of_one_version_lose_nothing(self, store: Store) -> None:
+        """A page's parallel requests save the version they all loaded: each save lands,
+        merged onto the ones before it. A compare-and-set that reads the version and
+        then writes, not in one atomic step (a read without ``FOR UPDATE``, say), lets
+        two of them both win, and one's change is lost while the app is told True."""
+        record = make_record(data=b"")
+        await store.save(record)
+        marks = [bytes([ord("a") + n]) for n in range(12)]
+
+        async def add(mark: bytes) -> bool:
+            def merge(base: SessionRecord) -> SessionRecord:
+                return base._replace(data=base.data + mark, version=base.version + 1)
+
+            ours = record._replace(data=mark, version=2)
+            return await store.save(ours, expected_version=1, merge=merge)
+
+        assert await asyncio.gather(*(add(mark) for mark in marks)) == [True] * len(marks)
+        stored = await store.load(record.key, NOW)
+        assert stored is not None
+        assert sorted(stored.data) == sorted(b"".join(marks)), "a save that won was lost"
+        assert stored.version == 1 + len(marks)
 
     async def test_unconditional_save_reports_success(self, store: Store) -> None:
         assert await store.save(make_record()) is True
@@ -750,6 +790,28 @@ class StoreContract:
         assert await moved_to(store_key(new_session_id()), NOW) is None
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    # -- creation (optional) -----------------------------------------------------------
+
+    async def test_create_writes_only_where_no_live_record_is(self, store: Store) -> None:
+        """The first of the parallel requests that bring one old cookie of the library
+        the app switched from stores the session; the others find it and merge."""
+        create = _creator(store)
+        first = make_record(user_id="alice", data=b'{"from":"first"}')
+        assert await create(first) is True
+        assert await store.load(first.key, NOW) == first
+        assert _keys(await store.list_user("alice", NOW)) == [first.key]
+
+        second = first._replace(public_id="second-public", data=b'{"from":"second"}')
+        assert await create(second) is False
+        assert await store.load(first.key, NOW) == first
+
+        # A dead record under the key is written over, as a save would.
+        later = first._replace(
+            last_seen_at=first.expires_at + 1, expires_at=first.expires_at + HOUR
+        )
+        assert await create(later) is True
+        assert await store.load(first.key, later.last_seen_at) == later
 
     async def test_aclose_then_reuse_reopens_the_store(self, store: Store) -> None:
         first = make_record(user_id="alice")

@@ -224,21 +224,6 @@ async def own_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         await built.aclose()
 
 
-async def test_create_writes_only_where_no_live_session_is(own_store: Store) -> None:
-    """Every store of coatcheck's own can create: the first of the parallel requests
-    that import one old cookie stores the session, and the others merge onto it."""
-    create = creator_of(own_store)
-    assert create is not None
-    first = make_record(user_id="alice", data=b'{"from":"first"}')
-    assert await create(first) is True
-    assert await own_store.load(first.key, NOW) == first
-    assert [r.key for r in await own_store.list_user("alice", NOW)] == [first.key]
-
-    second = first._replace(public_id="second-public", data=b'{"from":"second"}')
-    assert await create(second) is False
-    assert await own_store.load(first.key, NOW) == first
-
-    # A dead record under the key is written over, as a save would.
-    later = first._replace(last_seen_at=first.expires_at + 1, expires_at=first.expires_at + HOUR)
-    assert await create(later) is True
-    assert await own_store.load(first.key, later.last_seen_at) == later
+async def test_every_store_of_coatcheck_can_create(own_store: Store) -> None:
+    """The kit's tests of ``create`` skip a store without it: coatcheck's own have it."""
+    assert creator_of(own_store) is not None

@@ -108,7 +108,14 @@ Merge = Callable[[SessionRecord], SessionRecord]
 
 @runtime_checkable
 class Store(Protocol):
-    """An async session store."""
+    """An async session store.
+
+    Any method raises ``StoreUnavailableError`` (``retry_after`` in seconds, if the
+    store can tell) when the backend cannot be reached or does not answer in time, so
+    the app answers 503 and tries again later. Map every such error of the driver to
+    it: drivers often let the builtins through (``ConnectionRefusedError``,
+    ``TimeoutError``, ``OSError``), and anything else is the app's 500.
+    """
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
         """Return the live record under ``key``; missing or expired records return ``None``."""
@@ -157,6 +164,10 @@ class Store(Protocol):
 
         Expired records go too, but only those live at ``now`` (default: the current
         time) are counted, so "revoked 2 sessions" means two devices really lost access.
+        A session that a parallel save moves to a new key meanwhile (``replaces``: a
+        login at that moment) must end too: where that save can commit the new record
+        after this delete looked (SQL under row locks), look again, until a pass after
+        the first finds none of the user's records left.
         """
         ...
 
