@@ -31,12 +31,14 @@ from coatcheck import (
     SessionMiddleware,
     StarletteImport,
     StarsessionsImport,
+    StoreError,
 )
 from coatcheck._imports import JOIN_WINDOW
+from coatcheck.session import Session
 from coatcheck.testing import FakeClock
 
 from . import apps
-from .conftest import client_for, shut_down
+from .conftest import client_for, frames_showing, shut_down
 from .redis_servers import RedisServer, free_port
 from .store_kinds import unique_prefix
 
@@ -192,6 +194,31 @@ async def test_the_old_stores_outage_is_a_503_only_for_requests_that_carry_its_c
     assert old.status_code == 503
     assert old.headers["retry-after"]
     assert fresh.json() == {"data": {}, "user": None}
+
+
+async def test_the_old_cookies_id_stays_out_of_the_frames_an_outage_passes() -> None:
+    """Until adopted, the old cookie's ID signs its user in: an app that reports the old
+    store's outage to an error tracker (which sends frame locals) must not send it."""
+    old_id = "0123456789abcdef0123456789abcdef"
+    caught: list[StoreError] = []
+
+    async def read(request: Request) -> Response:
+        try:
+            await Session.of(request).load()
+        except StoreError as exc:
+            caught.append(exc)
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/", read)])
+    settings = StarsessionsImport(url=f"redis://127.0.0.1:{free_port()}/0?timeout=0.5")
+    app.add_middleware(
+        SessionMiddleware, store=MemoryStore(), config=SessionConfig(starsessions_import=settings)
+    )
+    async with client_for(app) as client:
+        assert (await client.get("/", headers={"cookie": f"{OLD}={old_id}"})).status_code == 200
+    await shut_down(app)
+    assert len(caught) == 1
+    assert frames_showing(caught[0], old_id) == []
 
 
 async def test_the_old_cookie_is_a_credential_for_the_csrf_check(

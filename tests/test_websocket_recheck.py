@@ -25,6 +25,7 @@ from coatcheck import (
     SessionRecord,
     Store,
     StoreUnavailableError,
+    _websocket,
 )
 from coatcheck.fastapi import SessionDep, get_session
 from coatcheck.stores.cookie import CookieStore
@@ -614,6 +615,22 @@ def test_an_app_that_pushes_from_a_task_of_its_own_stops_quietly() -> None:
     assert code == 1008
     assert app.state.worker_disconnected
     assert app.state.worker_errors == []
+
+
+def test_an_app_that_pushes_while_its_server_never_reports_the_disconnect_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that waits for a vanished peer to answer the close (hypercorn) reports no
+    disconnect: past the quiet period, the pushing task's sends fail as after any close,
+    and it stops instead of pushing into the void for ever."""
+    monkeypatch.setattr(_websocket, "QUIET_AFTER_CLOSE", 0.2)
+
+    def pushes_failed(app: FastAPI) -> bool:
+        return bool(app.state.worker_errors)  # while the client, holding on, says nothing
+
+    app, code = _closed_after_a_logout_elsewhere("/worker", pushes_failed)
+    assert code == 1008
+    assert isinstance(app.state.worker_errors[0], WebSocketDisconnect)
 
 
 def test_an_outage_during_a_recheck_leaves_the_socket_open(

@@ -55,10 +55,18 @@ class StarsessionsImporter(Importer):
         key = self._key(headers)
         if key is None:
             return None
+        # The old cookie's ID is a credential until adopted: what an error tracker sends
+        # of this frame (its locals, and redis-py's frames of a chained error) leaves it
+        # out, as coatcheck's own frames do.
+        del headers
+        failure = None
         try:
             raw = await self._client.get(key)
         except REDIS_ERRORS as exc:
-            raise translate(exc, None) from exc  # the old store's outage: a 503 too
+            failure = translate(exc, None)  # the old store's outage: a 503 too
+        if failure is not None:
+            del key
+            raise failure
         try:
             data = json.loads(raw) if raw else None
         except ValueError:

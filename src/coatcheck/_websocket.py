@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 from ._asgi import Message, Receive, Send
 from ._audit import limited
@@ -24,6 +25,13 @@ from .exceptions import StoreError
 from .session import Session
 
 logger = logging.getLogger("coatcheck")
+
+# Seconds after the socket was closed for its session during which an app that waits
+# in receive() may still send without an error: its server reports the disconnect once
+# the client answers the close, uvicorn within its close timeout. One that waits for a
+# peer that vanished (hypercorn) would leave a task that pushes on its own pushing into
+# the void: past this, its sends fail as after any close.
+QUIET_AFTER_CLOSE = 10.0
 
 
 class SocketClosed(OSError):
@@ -54,6 +62,7 @@ class SocketWatch:
         "_send",
         "_session",
         "closed",
+        "closed_at",
         "receiving",
     )
 
@@ -65,6 +74,7 @@ class SocketWatch:
         self._checked = persistence.now()
         self._due = 0.0  # when the stored record, as last looked up, needs a refresh
         self.closed = False
+        self.closed_at = 0.0  # time.monotonic() when it was closed
         self.receiving = 0  # the app's receive() calls waiting for the server
 
     async def ended(self, *, use: bool) -> bool:
@@ -99,9 +109,15 @@ class SocketWatch:
         if due is not None:
             self._due = due
             return False
-        self.closed = True
+        self.closed, self.closed_at = True, time.monotonic()
         await close_socket(self._send, 1008, "session ended")
         return True
+
+    def quiet(self) -> bool:
+        """Whether a send of the app's, after the socket was closed for it, goes without
+        an error: while the app waits in receive() for the disconnect (see
+        ``QUIET_AFTER_CLOSE``), as when a client goes away."""
+        return bool(self.receiving) and time.monotonic() - self.closed_at < QUIET_AFTER_CLOSE
 
     def receive(self, receive: Receive) -> Receive:
         """``receive``, which ends the socket for the app once its session has ended."""

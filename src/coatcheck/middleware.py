@@ -245,7 +245,7 @@ class SessionMiddleware:
                 and message["type"] in _SOCKET_SENDS
                 and await watch.ended(use=False)
             ):
-                if message["type"] == "websocket.close" or watch.receiving:
+                if message["type"] == "websocket.close" or watch.quiet():
                     # Closed for it, this message with it. An app waiting in receive()
                     # learns from there, as when a client goes away: frameworks that push
                     # from a task of their own (Strawberry) then stop quietly.
