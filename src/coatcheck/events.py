@@ -1,6 +1,6 @@
 """Session life-cycle events, for audit logs and integrations.
 
-Hooks are async callables the app registers with the middleware
+Hooks are callables, async or plain, the app registers with the middleware
 (``SessionMiddleware(app, store=..., events=[hook])``). They run inline, in order, as
 each event happens, or, for the events of a save, once that save is done (so a hook
 may save the session itself): keep them quick, or hand the event to a queue. A hook
