@@ -1487,6 +1487,37 @@ async def test_session_of_a_request_without_the_middleware_says_so() -> None:
             await client.get("/")
 
 
+async def test_session_of_under_a_middleware_that_runs_first_says_to_add_coatcheck_last() -> None:
+    """``add_middleware`` runs the last one added first: coatcheck added before
+    Starlette's AuthenticationMiddleware runs inside it, and its backend finds no session."""
+    from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
+    from starlette.middleware.authentication import AuthenticationMiddleware
+
+    class FromSession(AuthenticationBackend):
+        async def authenticate(self, conn: Any) -> tuple[AuthCredentials, SimpleUser] | None:
+            session = await Session.of(conn).load()
+            user = session.user_id
+            return None if user is None else (AuthCredentials(["authenticated"]), SimpleUser(user))
+
+    async def home(request: Request) -> Response:
+        return PlainTextResponse(request.user.display_name)
+
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    app.add_middleware(AuthenticationMiddleware, backend=FromSession())
+    async with client_for(app) as client:
+        with pytest.raises(
+            RuntimeError, match=r"is installed, but runs inside .* add SessionMiddleware after"
+        ):
+            await client.get("/")
+
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(AuthenticationMiddleware, backend=FromSession())
+    app.add_middleware(SessionMiddleware, store=MemoryStore())  # last: it runs first
+    async with client_for(app) as client:
+        assert (await client.get("/")).text == ""  # nobody signed in
+
+
 async def test_a_session_middleware_inside_coatcheck_that_hides_it_is_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

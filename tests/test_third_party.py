@@ -19,10 +19,12 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from coatcheck import MemoryStore, SessionConfig, SessionMiddleware
+from coatcheck import CookieConfig, MemoryStore, Session, SessionConfig, SessionMiddleware
+from coatcheck.fastapi import SessionDep
 
 from .conftest import client_for
 from .e2e.conftest import served_here
@@ -120,9 +122,13 @@ class GadgetAdmin(ModelView, model=Gadget):
     column_list = (Gadget.id, Gadget.name)
 
 
+ADMIN_COOKIE = "__Host-admin"
+
+
 class Backend(AuthenticationBackend):
-    """SQLAdmin's documented backend, with the one change coatcheck needs: no cookie
-    session of its own, so ``request.session`` is coatcheck's."""
+    """SQLAdmin's documented backend, with the changes coatcheck needs: no cookie session
+    of its own (coatcheck's, with a cookie of its own, takes its place on the admin's
+    app), and a login that rotates the ID and names the admin."""
 
     def __init__(self) -> None:
         super().__init__(secret_key="unused: SQLAdmin's own cookie session is removed")
@@ -132,30 +138,52 @@ class Backend(AuthenticationBackend):
         form = await request.form()
         if (form.get("username"), form.get("password")) != ("admin", "secret"):
             return False
-        request.session.update({"token": "admin"})
+        Session.of(request).login("admin")
         return True
 
     async def logout(self, request: Request) -> bool:
-        request.session.clear()
+        Session.of(request).logout()
         return True
 
     async def authenticate(self, request: Request) -> bool:
-        return request.session.get("token") == "admin"
+        return Session.of(request).user_id == "admin"
 
 
 def admin_app(store: MemoryStore) -> FastAPI:
+    """The site's login on its session, the admin's on a session of its own."""
     engine = create_engine(
         "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
     )
     Base.metadata.create_all(engine)
     app = FastAPI()
-    admin = Admin(app, engine, authentication_backend=Backend())
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> dict[str, str]:
+        session.login("bob")
+        return {}
+
+    @app.post("/logout")
+    async def logout(session: SessionDep) -> dict[str, str]:
+        session.logout()
+        return {}
+
+    @app.get("/me")
+    async def me(session: SessionDep) -> dict[str, str | None]:
+        return {"user": session.user_id}
+
+    own = SessionConfig(cookie=CookieConfig(name=ADMIN_COOKIE), eager_paths=["/"])
+    admin = Admin(
+        app,
+        engine,
+        authentication_backend=Backend(),
+        middlewares=[Middleware(SessionMiddleware, store=store, config=own)],
+    )
     admin.add_view(GadgetAdmin)
-    app.add_middleware(SessionMiddleware, store=store, config=SessionConfig(eager_paths=["/admin"]))
+    app.add_middleware(SessionMiddleware, store=store)
     return app
 
 
-async def test_sqladmin_logs_in_and_out_on_the_server_side_session() -> None:
+async def test_sqladmin_logs_in_and_out_on_a_server_side_session_of_its_own() -> None:
     store = MemoryStore()
     async with client_for(admin_app(store)) as client:
         anonymous = await client.get("/admin/gadget/list")
@@ -168,16 +196,22 @@ async def test_sqladmin_logs_in_and_out_on_the_server_side_session() -> None:
 
         login = await client.post("/admin/login", data={"username": "admin", "password": "secret"})
         assert login.status_code == 302
-        # One cookie, coatcheck's: SQLAdmin sets none of its own.
-        assert [value.partition("=")[0] for value in login.headers.get_list("set-cookie")] == [NAME]
-        cookie = session_cookie(login)
-        assert await store.count(0) == 1
+        # One cookie, the admin's coatcheck session: SQLAdmin sets none of its own.
+        names = [value.partition("=")[0] for value in login.headers.get_list("set-cookie")]
+        assert names == [ADMIN_COOKIE]
+        admin = {"cookie": f"{ADMIN_COOKIE}={login.cookies[ADMIN_COOKIE]}"}
+        assert [r.user_id for r in await store.list_user("admin", 0)] == ["admin"]
 
-        listing = await client.get("/admin/gadget/list", headers=cookie)
-        assert listing.status_code == 200
+        # The site's login on the same browser is another session: each logout ends its own.
+        site = session_cookie(await client.post("/login"))
+        both = {"cookie": f"{admin['cookie']}; {site['cookie']}"}
+        assert (await client.get("/me", headers=both)).json() == {"user": "bob"}
+        assert (await client.get("/admin/gadget/list", headers=both)).status_code == 200
+        await client.post("/logout", headers=both)
+        assert (await client.get("/admin/gadget/list", headers=admin)).status_code == 200
 
-        logout = await client.get("/admin/logout", headers=cookie)
+        logout = await client.get("/admin/logout", headers=admin)
         assert logout.status_code == 302
-        assert await store.count(0) == 0  # deleted on the server
-        after = await client.get("/admin/gadget/list", headers=cookie)
+        assert await store.count(0) == 0  # both deleted on the server
+        after = await client.get("/admin/gadget/list", headers=admin)
         assert after.status_code == 302  # the old cookie is worth nothing

@@ -8,8 +8,9 @@ name each app really uses from it (or, built outside a request, from ``described
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import SessionConfig
@@ -17,6 +18,23 @@ if TYPE_CHECKING:
 
 DEFAULT_COOKIE_NAME = "__Host-session"
 NOT_INSTALLED = "coatcheck.SessionMiddleware is not installed on this app"
+_INSIDE = (
+    "coatcheck.SessionMiddleware is installed, but runs inside the code that asks for the "
+    "session here: the middleware added last runs first, so add SessionMiddleware after "
+    "any middleware that reads the session (Starlette's AuthenticationMiddleware, say)"
+)
+
+
+def not_installed(scope: Mapping[str, Any]) -> str:
+    """Why a request has no coatcheck session: no middleware, or one added in an order
+    that runs it inside the code asking (an app's ``add_middleware`` calls, reversed)."""
+    from .middleware import SessionMiddleware
+
+    stack = getattr(scope.get("app"), "user_middleware", ())
+    classes = [getattr(entry, "cls", None) for entry in stack]
+    if any(isinstance(cls, type) and issubclass(cls, SessionMiddleware) for cls in classes):
+        return _INSIDE
+    return NOT_INSTALLED
 
 
 def shadowed(found: object) -> str:

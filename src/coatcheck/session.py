@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import _devices, _flash
-from ._context import ASYNCIO_ONLY, NOT_INSTALLED, current_session, shadowed
+from ._context import ASYNCIO_ONLY, current_session, not_installed, shadowed
 from ._devices import Device, utc
 from ._flash import Flash
 from ._ids import new_public_id, new_session_id
@@ -186,7 +186,7 @@ class Session(MutableMapping[str, Any]):
         if not isinstance(session, Session):
             if session is not None and current_session.get() is not None:
                 raise RuntimeError(shadowed(session))
-            raise RuntimeError(NOT_INSTALLED)
+            raise RuntimeError(not_installed(connection.scope))
         return session
 
     # -- loading ------------------------------------------------------------------------
