@@ -789,8 +789,6 @@ class StoreContract:
         assert await moved_to(other.key, NOW) is None
         assert await moved_to(store_key(new_session_id()), NOW) is None
 
-    # -- lifecycle ---------------------------------------------------------------------
-
     # -- creation (optional) -----------------------------------------------------------
 
     async def test_create_writes_only_where_no_live_record_is(self, store: Store) -> None:
@@ -812,6 +810,8 @@ class StoreContract:
         )
         assert await create(later) is True
         assert await store.load(first.key, later.last_seen_at) == later
+
+    # -- lifecycle ---------------------------------------------------------------------
 
     async def test_aclose_then_reuse_reopens_the_store(self, store: Store) -> None:
         first = make_record(user_id="alice")
