@@ -789,7 +789,7 @@ class StoreContract:
         assert await moved_to(other.key, NOW) is None
         assert await moved_to(store_key(new_session_id()), NOW) is None
 
-    # -- creation (optional) -----------------------------------------------------------
+    # -- creation: optional (see coatcheck.stores.base.creator_of) ------------------------
 
     async def test_create_writes_only_where_no_live_record_is(self, store: Store) -> None:
         """The first of the parallel requests that bring one old cookie of the library
