@@ -175,6 +175,22 @@ async def test_without_fetch_metadata_the_origin_must_match_exactly(
     assert response.status_code == status
 
 
+async def test_a_refused_origin_is_named_with_the_one_the_app_expected(app: FastAPI) -> None:
+    """Behind a proxy that does not pass on the browser's Host and scheme (nginx's own
+    WebSocket example), every handshake is refused: the answer says what differed."""
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        refused = await client.post(
+            "/anything", headers={**alice, "origin": "https://app.example.com\n"}
+        )
+    assert refused.status_code == 403
+    assert refused.json()["detail"].startswith(
+        "CSRF check failed: origin https://app.example.com\\n not allowed, expected "
+        "https://testserver (behind a proxy that changes the host or scheme, pass on Host "
+        "and X-Forwarded-Proto, or list the origin in CSRFConfig(origins=[...]))"
+    )
+
+
 async def test_configured_origins_replace_the_host_header() -> None:
     app = make_app(origins=["https://app.example.com"])
     async with no_browser(app) as client:

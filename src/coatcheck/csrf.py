@@ -37,6 +37,7 @@ from ._asgi import header as _header
 from ._audit import security_event
 from ._ids import store_key
 from ._keys import Keyring
+from ._printable import printable
 from ._relay import relay_page, relayable
 from .config import CSRFConfig
 from .session import Session
@@ -223,9 +224,10 @@ class CSRFGuard:
                 return ""
             return "cross-site request"
         if origin is not None:
-            if origin.decode("latin-1").lower() in self._origins(scope):
+            allowed = self._origins(scope)
+            if origin.decode("latin-1").lower() in allowed:
                 return ""
-            return "origin not allowed"
+            return _origin_refused(origin, allowed)
         return None
 
     def _origins(self, scope: Scope) -> tuple[str, ...]:
@@ -339,3 +341,16 @@ async def _multipart_field(scope: Scope, body: bytes, field: str) -> bytes | Non
     value = form.get(field)
     await form.close()
     return value.encode("utf-8", "replace") if isinstance(value, str) else None
+
+
+def _origin_refused(origin: bytes, allowed: tuple[str, ...]) -> str:
+    """Why an ``Origin`` is refused, with what was expected: behind a proxy that changes
+    the host or scheme (nginx's own WebSocket example does), the app's idea of itself
+    is what differs, and the line says so."""
+    seen = printable(origin.decode("latin-1")[:200])
+    expected = " or ".join(printable(own) for own in allowed) or "an origin (no Host header)"
+    return (
+        f"origin {seen} not allowed, expected {expected} (behind a proxy that changes the "
+        "host or scheme, pass on Host and X-Forwarded-Proto, or list the origin in "
+        "CSRFConfig(origins=[...]))"
+    )
