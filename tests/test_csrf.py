@@ -191,6 +191,18 @@ async def test_a_refused_origin_says_what_it_was_held_to(app: FastAPI) -> None:
     assert "app.example" not in refused.text
 
 
+async def test_a_refused_origin_under_a_list_says_the_list_replaces_the_apps_own() -> None:
+    app = make_app(origins=["https://front.example.com"])
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        own = await client.post("/anything", headers={**alice, "origin": "https://testserver"})
+    assert own.status_code == 403
+    assert own.json()["detail"] == (
+        "CSRF check failed: origin not allowed: not one listed in CSRFConfig(origins=[...]), "
+        "which replaces the app's own origin: list that one too"
+    )
+
+
 async def test_configured_origins_replace_the_host_header() -> None:
     app = make_app(origins=["https://app.example.com"])
     async with no_browser(app) as client:

@@ -1507,7 +1507,8 @@ async def test_session_of_under_a_middleware_that_runs_first_says_to_add_coatche
     app.add_middleware(AuthenticationMiddleware, backend=FromSession())
     async with client_for(app) as client:
         with pytest.raises(
-            RuntimeError, match=r"is installed, but runs inside .* add SessionMiddleware after"
+            RuntimeError,
+            match=r"is installed, but runs inside .* after it in add_middleware\(\) calls",
         ):
             await client.get("/")
 

@@ -149,8 +149,8 @@ class Backend(AuthenticationBackend):
         return Session.of(request).user_id == "admin"
 
 
-def admin_app(store: MemoryStore) -> FastAPI:
-    """The site's login on its session, the admin's on a session of its own."""
+def admin_app(store: MemoryStore, admin_store: MemoryStore) -> FastAPI:
+    """The site's login on its session, the admin's on a session (and store) of its own."""
     engine = create_engine(
         "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
     )
@@ -176,7 +176,7 @@ def admin_app(store: MemoryStore) -> FastAPI:
         app,
         engine,
         authentication_backend=Backend(),
-        middlewares=[Middleware(SessionMiddleware, store=store, config=own)],
+        middlewares=[Middleware(SessionMiddleware, store=admin_store, config=own)],
     )
     admin.add_view(GadgetAdmin)
     app.add_middleware(SessionMiddleware, store=store)
@@ -184,15 +184,15 @@ def admin_app(store: MemoryStore) -> FastAPI:
 
 
 async def test_sqladmin_logs_in_and_out_on_a_server_side_session_of_its_own() -> None:
-    store = MemoryStore()
-    async with client_for(admin_app(store)) as client:
+    store, admin_store = MemoryStore(), MemoryStore()
+    async with client_for(admin_app(store, admin_store)) as client:
         anonymous = await client.get("/admin/gadget/list")
         assert anonymous.status_code == 302
         assert urlsplit(anonymous.headers["location"]).path == "/admin/login"
 
         refused = await client.post("/admin/login", data={"username": "admin", "password": "no"})
         assert refused.status_code == 400
-        assert await store.count(0) == 0
+        assert await admin_store.count(0) == 0
 
         login = await client.post("/admin/login", data={"username": "admin", "password": "secret"})
         assert login.status_code == 302
@@ -200,18 +200,21 @@ async def test_sqladmin_logs_in_and_out_on_a_server_side_session_of_its_own() ->
         names = [value.partition("=")[0] for value in login.headers.get_list("set-cookie")]
         assert names == [ADMIN_COOKIE]
         admin = {"cookie": f"{ADMIN_COOKIE}={login.cookies[ADMIN_COOKIE]}"}
-        assert [r.user_id for r in await store.list_user("admin", 0)] == ["admin"]
+        assert [r.user_id for r in await admin_store.list_user("admin", 0)] == ["admin"]
 
-        # The site's login on the same browser is another session: each logout ends its own.
+        # The site's login on the same browser is another session, in another store: each
+        # logout ends its own, and the site's device lists never show the admin's.
         site = session_cookie(await client.post("/login"))
         both = {"cookie": f"{admin['cookie']}; {site['cookie']}"}
         assert (await client.get("/me", headers=both)).json() == {"user": "bob"}
+        assert await store.count(0) == 1
         assert (await client.get("/admin/gadget/list", headers=both)).status_code == 200
         await client.post("/logout", headers=both)
+        assert await store.count(0) == 0
         assert (await client.get("/admin/gadget/list", headers=admin)).status_code == 200
 
         logout = await client.get("/admin/logout", headers=admin)
         assert logout.status_code == 302
-        assert await store.count(0) == 0  # both deleted on the server
+        assert await admin_store.count(0) == 0  # deleted on the server
         after = await client.get("/admin/gadget/list", headers=admin)
         assert after.status_code == 302  # the old cookie is worth nothing

@@ -20,8 +20,9 @@ DEFAULT_COOKIE_NAME = "__Host-session"
 NOT_INSTALLED = "coatcheck.SessionMiddleware is not installed on this app"
 _INSIDE = (
     "coatcheck.SessionMiddleware is installed, but runs inside the code that asks for the "
-    "session here: the middleware added last runs first, so add SessionMiddleware after "
-    "any middleware that reads the session (Starlette's AuthenticationMiddleware, say)"
+    "session here: put it outside any middleware that reads the session (Starlette's "
+    "AuthenticationMiddleware, say), that is after it in add_middleware() calls, whose "
+    "last runs first, or before it in a middleware=[...] list, whose first runs first"
 )
 
 

@@ -225,7 +225,7 @@ class CSRFGuard:
         if origin is not None:
             if origin.decode("latin-1").lower() in self._origins(scope):
                 return ""
-            return _ORIGIN_REFUSED
+            return _NOT_LISTED if self.config.origins else _ORIGIN_REFUSED
         return None
 
     def _origins(self, scope: Scope) -> tuple[str, ...]:
@@ -348,4 +348,8 @@ _ORIGIN_REFUSED = (
     "origin not allowed: not the app's own as the app sees it (from the Host header and "
     "the scheme), nor one listed in CSRFConfig(origins=[...]); behind a proxy that changes "
     "the host or scheme, pass on Host and X-Forwarded-Proto"
+)
+_NOT_LISTED = (
+    "origin not allowed: not one listed in CSRFConfig(origins=[...]), which replaces the "
+    "app's own origin: list that one too"
 )
