@@ -175,13 +175,18 @@ async def test_without_fetch_metadata_the_origin_must_match_exactly(
     assert response.status_code == status
 
 
+async def refused_origin(app: FastAPI, origin: str) -> httpx.Response:
+    """A logged-in POST from a client without fetch metadata, sending ``origin``."""
+    async with no_browser(app) as client:
+        alice = await logged_in(client)
+        return await client.post("/anything", headers={**alice, "origin": origin})
+
+
 async def test_a_refused_origin_says_what_it_was_held_to(app: FastAPI) -> None:
     """Behind a proxy that does not pass on the browser's Host and scheme (nginx's own
     WebSocket example), every handshake is refused: the answer says what to look at,
     without echoing what the client sent."""
-    async with no_browser(app) as client:
-        alice = await logged_in(client)
-        refused = await client.post("/anything", headers={**alice, "origin": "https://app.example"})
+    refused = await refused_origin(app, "https://app.example")
     assert refused.status_code == 403
     assert refused.json()["detail"] == (
         "CSRF check failed: origin not allowed: not the app's own as the app sees it (from "
@@ -192,10 +197,9 @@ async def test_a_refused_origin_says_what_it_was_held_to(app: FastAPI) -> None:
 
 
 async def test_a_refused_origin_under_a_list_says_the_list_replaces_the_apps_own() -> None:
-    app = make_app(origins=["https://front.example.com"])
-    async with no_browser(app) as client:
-        alice = await logged_in(client)
-        own = await client.post("/anything", headers={**alice, "origin": "https://testserver"})
+    own = await refused_origin(
+        make_app(origins=["https://front.example.com"]), "https://testserver"
+    )
     assert own.status_code == 403
     assert own.json()["detail"] == (
         "CSRF check failed: origin not allowed: not one listed in CSRFConfig(origins=[...]), "

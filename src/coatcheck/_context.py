@@ -24,6 +24,11 @@ _INSIDE = (
     "AuthenticationMiddleware, say), that is after it in add_middleware() calls, whose "
     "last runs first, or before it in a middleware=[...] list, whose first runs first"
 )
+_SHADOWED = (
+    "request.session holds a {kind}, not coatcheck's session: another session middleware "
+    "inside coatcheck's replaced it (Starlette's SessionMiddleware, which SQLAdmin and "
+    "FastHTML's fast_app() add). Remove that one; see the README's eager_paths section"
+)
 
 
 def not_installed(scope: Mapping[str, Any]) -> str:
@@ -49,11 +54,6 @@ def shadowed(found: object) -> str:
     return _SHADOWED.format(kind=name)
 
 
-_SHADOWED = (
-    "request.session holds a {kind}, not coatcheck's session: another session middleware "
-    "inside coatcheck's replaced it (Starlette's SessionMiddleware, which SQLAdmin and "
-    "FastHTML's fast_app() add). Remove that one; see the README's eager_paths section"
-)
 ASYNCIO_ONLY = (
     "coatcheck runs on asyncio (uvicorn, hypercorn's asyncio or uvloop worker, granian), "
     "not on trio: its stores' drivers (redis-py, psycopg) are asyncio-only"
