@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import partial
 from typing import Any
 
 import anyio
@@ -73,7 +74,25 @@ async def change(request: Request) -> Response:
         session.modify(key, lambda items: [*items, value], default=[])
     elif action == "logout":
         session.logout()
+    elif action == "use-code":
+        session["tried"] = value
+        try:
+            session.modify("used", partial(_use_once, value), default=[])
+            if "save" in request.query_params:
+                await session.save()
+        except CodeUsed:
+            return JSONResponse({"detail": "code already used"}, 401)
     return JSONResponse(dict(session))
+
+
+class CodeUsed(Exception):
+    """How an app's change refuses a one-time code it finds used already."""
+
+
+def _use_once(code: str, used: list[str]) -> list[str]:
+    if code in used:
+        raise CodeUsed(code)
+    return [*used, code]
 
 
 async def read(request: Request) -> Response:
@@ -1023,6 +1042,44 @@ async def test_a_value_set_after_modify_is_not_recomputed_by_a_merge(
     assert await persistence.commit(other, 200) == []
     await persistence.commit(a, 200)
     assert dict(await open_session(persistence, cookie)) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "answers"), [("&save=1", [200, 401]), ("", [200, 409])], ids=["save", "commit"]
+)
+async def test_a_change_that_refuses_a_parallel_save_is_withdrawn(
+    any_store: Store, query: str, answers: list[int]
+) -> None:
+    """A ``modify()`` change may raise when run again on what a parallel request saved
+    (a one-time code used meanwhile). From ``save()`` the app gets its own error and
+    answers (401), its request's other changes stored; raised at the commit, after the
+    app answered, it is a conflict: a 409, nothing of that request stored, never a 500."""
+    app = make_app(any_store, 2)
+    async with client_for(app) as client:
+        cookie = await seeded(client, {"cart": ["apple"]})
+        path = f"/change/use-code?value=123456{query}"
+        assert sorted(await race(client, cookie, path, path)) == answers
+        data = (await final(client, cookie))["data"]
+    assert data == {"cart": ["apple"], "used": ["123456"], "tried": "123456"}
+
+
+async def test_a_withdrawn_change_leaves_the_key_to_the_stored_value(any_store: Store) -> None:
+    persistence = persistence_for(any_store)
+    first = await open_session(persistence, None)
+    first["used"] = []
+    cookie = issued(await persistence.commit(first, 200))
+    a, other = await open_session(persistence, cookie), await open_session(persistence, cookie)
+    a.modify("used", partial(_use_once, "1"))
+    a.modify("used", partial(_use_once, "2"))
+    a["theme"] = "dark"
+    other.modify("used", partial(_use_once, "2"))
+    await persistence.commit(other, 200)
+    with pytest.raises(CodeUsed):
+        await a.save()
+    assert a["used"] == []  # both calls on the key are taken back, as loaded
+    assert await persistence.commit(a, 200) == []
+    assert dict(a) == {"used": ["2"], "theme": "dark"}
+    assert dict(await open_session(persistence, cookie)) == {"used": ["2"], "theme": "dark"}
 
 
 @st.composite

@@ -44,7 +44,7 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .serializers import JSONSerializer, Serializer
-from .session import _REMOVE, Session, Update
+from .session import _REMOVE, Session, Update, _ChangeRefused
 from .stores.base import (
     Merge,
     SessionRecord,
@@ -1713,7 +1713,11 @@ class Persistence:
                     merged[key] = ours[key]
             for key, change, default in updates:
                 start = merged[key] if key in merged else copy.deepcopy(default)
-                value = change(start)
+                try:
+                    value = change(start)
+                except Exception as exc:
+                    session._withdraw(key, original)
+                    raise _ChangeRefused(key, exc) from exc
                 if value is _REMOVE:
                     merged.pop(key, None)
                 else:

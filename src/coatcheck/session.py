@@ -19,7 +19,12 @@ from ._flash import Flash
 from ._ids import new_public_id, new_session_id
 from ._models import Binding, check_model
 from ._user_ids import check_user_id
-from .exceptions import CoatcheckError, ResponseStartedError, SessionNotLoadedError
+from .exceptions import (
+    CoatcheckError,
+    ResponseStartedError,
+    SessionConflictError,
+    SessionNotLoadedError,
+)
 
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
@@ -38,6 +43,22 @@ _REMOVE: Any = object()
 M = TypeVar("M")
 # A modify() call, kept to run again on a parallel save's value: key, change, default.
 Update = tuple[str, Callable[[Any], Any], Any]
+
+
+class _ChangeRefused(SessionConflictError):
+    """A ``modify()`` change raised when run again on a parallel request's save.
+
+    The change is withdrawn and nothing is saved: :meth:`Session.save` hands the
+    change's own error to its caller, which may be how the app refuses a code used
+    twice; a commit when the response starts answers 409, as for any conflict.
+    """
+
+    def __init__(self, key: str, error: Exception) -> None:
+        super().__init__(
+            f"the modify() change to {key!r} raised {type(error).__name__} when run again "
+            "on what a parallel request saved: it was withdrawn and nothing was saved"
+        )
+        self.error = error
 
 
 def _text(key: str) -> str:
@@ -259,7 +280,13 @@ class Session(MutableMapping[str, Any]):
         saved as usual, and a save with nothing to store writes nothing.
         """
         self._require_loaded()
-        await self._persistence.save_now(self)
+        try:
+            await self._persistence.save_now(self)
+        except _ChangeRefused as exc:
+            error = exc.error
+        else:
+            return
+        raise error  # outside the except: the app's error, not one raised handling ours
 
     def _require_loaded(self) -> None:
         if not self._loaded:
@@ -323,6 +350,18 @@ class Session(MutableMapping[str, Any]):
         """A value set or deleted outright is no longer ``modify()``'s to recompute: a
         merge with a parallel save must keep it as the request left it."""
         self._updates = [update for update in self._updates if update[0] != key]
+
+    def _withdraw(self, key: str, loaded: dict[str, Any]) -> None:
+        """Take back the ``modify()`` calls on ``key``, one of which raised when run
+        again: the key goes back to its loaded value, so that a merge keeps what the
+        store holds for it."""
+        self._forget_updates(key)
+        if key in loaded:
+            self._data[key] = loaded[key]
+        else:
+            self._data.pop(key, None)
+        if self._models:
+            self._models.pop(key, None)
 
     def __iter__(self) -> Iterator[str]:
         self._require_loaded()
@@ -403,6 +442,8 @@ class Session(MutableMapping[str, Any]):
         ``lambda cart: [*cart, item]``. A missing key starts from a copy of ``default``.
         Each call is kept, to be run again, until the session is saved: a WebSocket or a
         stream that keeps modifying should ``await session.save()`` now and then.
+        ``change`` may refuse a parallel request's value by raising: the calls on ``key``
+        are withdrawn, :meth:`save` raises that error, and a commit answers 409.
         """
         self._require_loaded()
         key = _text(key)

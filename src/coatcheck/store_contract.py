@@ -369,6 +369,34 @@ class StoreContract:
         assert await store.save(later, expected_version=1, merge=merge) is False
         assert await store.load(record.key, NOW) is None
 
+    @pytest.mark.parametrize("rotate", [False, True], ids=["same-key", "rotation"])
+    async def test_a_merge_that_raises_writes_nothing(self, store: Store, rotate: bool) -> None:
+        """The app's change may refuse the winner's data: its error reaches the caller,
+        and the store holds what it held, under the old key."""
+        record = make_record(user_id="alice", data=b"a")
+        await store.save(record)
+        theirs = record._replace(data=b"ab", version=2)
+        await store.save(theirs, expected_version=1)
+
+        class Refused(Exception):
+            pass
+
+        def merge(base: SessionRecord) -> SessionRecord:
+            raise Refused
+
+        ours = record._replace(data=b"ac", version=2)
+        if rotate:
+            ours = ours._replace(key=make_record().key)
+        replaces = record.key if rotate else None
+        with pytest.raises(Refused):
+            await store.save(ours, replaces=replaces, expected_version=1, merge=merge)
+        stored = await store.load(record.key, NOW)
+        assert stored is not None
+        assert (stored.data, stored.version) == (b"ab", 2)
+        if rotate:
+            assert await store.load(ours.key, NOW) is None
+        assert _keys(await store.list_user("alice", NOW)) == [record.key]
+
     async def test_parallel_saves_of_one_version_lose_nothing(self, store: Store) -> None:
         """A page's parallel requests save the version they all loaded: each save lands,
         merged onto the ones before it. A compare-and-set that reads the version and

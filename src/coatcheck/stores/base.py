@@ -142,7 +142,8 @@ class Store(Protocol):
         - another save got there first (a different version): ``merge(base)`` builds the
           record to write instead, with no other save of the base in between. Stores
           without transactions may call ``merge`` more than once; without ``merge`` the
-          result is False.
+          result is False. An error ``merge`` raises (a change the app refuses) goes to
+          the caller as it is, with nothing written.
 
         Raises ``StoreUnavailableError`` when the write could not be made durable, and
         ``SessionConflictError`` when a store gives up retrying a contended merge.
