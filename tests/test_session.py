@@ -10,6 +10,7 @@ import pytest
 from coatcheck import MemoryStore, SessionConfig, SessionNotLoadedError, SessionRecord, Store
 from coatcheck._ids import new_session_id, store_key
 from coatcheck._persist import Persistence
+from coatcheck.events import SessionEvent
 from coatcheck.session import Session
 from coatcheck.testing import FakeClock
 
@@ -342,6 +343,51 @@ async def test_revoke_others_and_revoke_all(persistence: Persistence, clock: Fak
     assert await current.revoke_all() == 1
     assert current.user_id is None
     assert await persistence.store.count(clock()) == 0
+
+
+@pytest.mark.parametrize("browser", ["anonymous", "alice", "bob"])
+async def test_a_reset_link_ends_the_users_sessions_and_signs_in_here(
+    any_store: Store, clock: FakeClock, browser: str
+) -> None:
+    """A password reset from an emailed link, opened in any browser: every session of
+    the user ends, this one among them if it is one, and the login after it stands."""
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    for user in ("alice", "alice", "bob"):
+        device = await fresh(persistence)
+        device.login(user, remember=True)
+        await saved(persistence, device)
+    cookie = None
+    if browser != "anonymous":
+        here = await fresh(persistence)
+        here.login(browser)
+        cookie = await saved(persistence, here)
+    here = await fresh(persistence, cookie)
+    assert await here.revoke_all("alice") == (3 if browser == "alice" else 2)
+    here.login("alice")
+    here["flash"] = "Your password was changed"
+    after = await fresh(persistence, await saved(persistence, here))
+    assert (after.user_id, after["flash"]) == ("alice", "Your password was changed")
+    assert [device.current for device in await after.devices()] == [True]
+    bobs = {record.user_id for record in await any_store.list_user("bob", clock())}
+    assert bobs == {"bob"}  # bob's phone; his session in this browser became alice's
+
+
+async def test_revoking_another_users_sessions_names_them_in_the_event(clock: FakeClock) -> None:
+    events: list[SessionEvent] = []
+    persistence = Persistence(MemoryStore(), SessionConfig(clock=clock), None, [events.append])
+    alices = await fresh(persistence)
+    alices.login("alice")
+    await saved(persistence, alices)
+    admin = await fresh(persistence)
+    admin.login("admin")
+    await saved(persistence, admin)
+    events.clear()
+    assert await admin.revoke_all("alice") == 1
+    assert [(e.kind, e.user_id, e.count) for e in events] == [("revoked", "alice", 1)]
+    assert admin.user_id == "admin"
+    assert [device.current for device in await admin.devices()] == [True]
+    with pytest.raises(ValueError, match="non-empty string"):
+        await admin.revoke_all("")
 
 
 async def test_revoking_the_current_device_destroys_it(persistence: Persistence) -> None:

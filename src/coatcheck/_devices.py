@@ -194,14 +194,20 @@ async def end_record(
     return True
 
 
-async def revoke_user(session: Session, *, keep_current: bool) -> int:
+async def revoke_user(session: Session, *, keep_current: bool, user_id: str | None = None) -> int:
     await session.load()
     _check_supported(session, "end")
+    persistence = session._persistence
+    if user_id is not None and user_id != session._user_id:
+        # Someone else's: this session is not among them, and stays as it is.
+        removed = await persistence.store.delete_user(user_id, now=persistence.now())
+        if removed:
+            await persistence.emit(session, "revoked", user_id, "", removed)
+        return removed
     user_id = session._user_id
     if user_id is None:
-        await session._persistence.refuse_if_moved_away(session)
+        await persistence.refuse_if_moved_away(session)
         return 0
-    persistence = session._persistence
     stored = session._stored
     own = stored is not None and stored.user_id == user_id  # not a login of this request
     # The others first, this session kept for its own end below: a failure then has

@@ -782,9 +782,17 @@ class Session(MutableMapping[str, Any]):
         """End every other session of this user ("log out my other devices")."""
         return await _devices.revoke_user(self, keep_current=True)
 
-    async def revoke_all(self) -> int:
-        """End every session of this user, this one included ("log out everywhere")."""
-        return await _devices.revoke_user(self, keep_current=False)
+    async def revoke_all(self, user_id: str | None = None) -> int:
+        """End every session of this user, this one included ("log out everywhere").
+
+        With ``user_id``, every session of that user, from a request of anyone's: an
+        administrator suspending an account, a password reset from an emailed link.
+        This session ends too if it is one of them, and a :meth:`login` after it starts
+        afresh. Returns how many were live; events name ``user_id``.
+        """
+        if user_id is not None:
+            user_id = check_user_id(user_id)
+        return await _devices.revoke_user(self, keep_current=False, user_id=user_id)
 
     # -- for the persistence layer ------------------------------------------------------
 
