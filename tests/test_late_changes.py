@@ -473,3 +473,53 @@ async def test_a_save_cut_short_by_a_client_gone_is_never_applied_twice() -> Non
     await middleware(scope, receive, send)
     await asyncio.sleep(0.1)  # the write sent before the cancel has landed
     assert await read_session(store, value) == {"downloads": 1}
+
+
+async def test_a_logout_by_a_task_that_outlived_its_request_is_not_dropped_in_silence(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Gradio's queue and NiceGUI's handlers run after the request that started them
+    has returned, with its session: nothing commits their changes then. A task that
+    saves is left in peace; one that does not is named, since its logout is lost."""
+    store = MemoryStore()
+    app = FastAPI()
+    app.add_middleware(SessionMiddleware, store=store)
+    handlers: list[asyncio.Task[None]] = []
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> None:
+        session.login("alice")
+
+    @app.post("/event/{kind}")
+    async def event(kind: str, session: SessionDep) -> None:
+        async def handler() -> None:  # the framework's event handler, run after the answer
+            await asyncio.sleep(0.01)
+            session.logout()
+            if kind == "saves":
+                await session.save()
+
+        handlers.append(asyncio.create_task(handler()))
+
+    caplog.set_level(logging.WARNING, logger="coatcheck")
+    async with client_for(app) as client:
+        for kind in ("saves", "forgets"):
+            cookie = (await client.post("/login")).headers["set-cookie"].split(";")[0]
+            await client.post(f"/event/{kind}", headers={"cookie": cookie})
+            await handlers[-1]
+            await asyncio.sleep(1.1)
+            late = [
+                r.getMessage() for r in caplog.records if "after that request" in r.getMessage()
+            ]
+            record = await store.load(store_key(cookie.split("=", 1)[1]), time.time())
+            if kind == "saves":
+                assert record is None  # ended, and not a word
+                assert late == []
+            else:
+                assert record is not None  # the logout is lost: said so
+                assert record.user_id == "alice"
+                assert late == [
+                    "the session of a request to '/event/forgets' was changed after that "
+                    "request had finished, by a task that outlived it (a framework's event "
+                    "handler, a queued job), and was still unsaved a second later: only "
+                    "`await session.save()` in that task stores it"
+                ]

@@ -33,7 +33,7 @@ from coatcheck import (
     Store,
     StoreUnavailableError,
 )
-from coatcheck._context import ASYNCIO_ONLY
+from coatcheck._context import ASYNCIO_ONLY, cookie_taken
 from coatcheck._ids import store_key
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
 
@@ -1552,6 +1552,39 @@ async def test_a_session_middleware_inside_coatcheck_that_hides_it_is_named(
     assert re.match(
         r"request.session holds a (dict|starlette\.middleware\.sessions\.\w+), ", lines[0]
     )
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["session", "__Host-session"])
+async def test_a_session_middleware_inside_that_takes_coatchecks_cookie_name_is_named(
+    caplog: pytest.LogCaptureFixture, secure: bool
+) -> None:
+    """NiceGUI keeps Starlette's cookie session, named ``session`` as coatcheck's is in
+    development, under its mounted UI: each of its pages replaces coatcheck's ticket in
+    the browser, which then signs its user out. Said once, with the cure; a cookie of
+    another name is no clash."""
+    from starlette.middleware.sessions import SessionMiddleware as StarletteSessions
+
+    async def page(request: Request) -> Response:
+        request.session.setdefault("id", "browser-1")  # NiceGUI's own storage
+        return PlainTextResponse("ok")
+
+    ui = Starlette(routes=[Route("/page", page)])
+    ui.add_middleware(StarletteSessions, secret_key="x" * 32)
+    app = Starlette(routes=[Mount("/ui", ui)])
+    config = SessionConfig(cookie=CookieConfig(secure=secure))
+    app.add_middleware(SessionMiddleware, store=MemoryStore(), config=config)
+    caplog.set_level(logging.WARNING, logger="coatcheck")
+    async with client_for(app) as client:
+        for _ in range(2):
+            assert (await client.get("/ui/page")).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if "coatcheck's own cookie" in r.getMessage()]
+    if secure:
+        assert lines == []
+    else:
+        assert lines == [cookie_taken("session")]
+        assert "SessionMiddleware(session_cookie=...)" in lines[0]
+    (shadowed,) = [r.getMessage() for r in caplog.records if "session middleware" in r.getMessage()]
+    assert "await coatcheck.fastapi.get_session()" in shadowed
 
 
 async def test_a_mounted_app_with_its_own_coatcheck_is_not_taken_for_a_rival(

@@ -26,8 +26,18 @@ _INSIDE = (
 )
 _SHADOWED = (
     "request.session holds a {kind}, not coatcheck's session: another session middleware "
-    "inside coatcheck's replaced it (Starlette's SessionMiddleware, which SQLAdmin and "
-    "FastHTML's fast_app() add). Remove that one; see the README's eager_paths section"
+    "inside coatcheck's replaced it (Starlette's SessionMiddleware, which SQLAdmin, "
+    "NiceGUI and FastHTML's fast_app() add). Remove it if nothing needs it (see the "
+    "README's eager_paths section); where its framework does, keep it under a cookie "
+    "name of its own, and reach coatcheck's session with "
+    "`await coatcheck.fastapi.get_session()`"
+)
+_COOKIE_TAKEN = (
+    "a response set a cookie named {name!r}, coatcheck's own cookie, from inside "
+    "coatcheck: the browser keeps only one of the two, so its user is signed out. Give "
+    "the other a name of its own: Starlette's SessionMiddleware(session_cookie=...), "
+    "which NiceGUI, SQLAdmin and FastHTML add with the name 'session', or coatcheck's "
+    "CookieConfig(name=...)"
 )
 
 
@@ -52,6 +62,11 @@ def shadowed(found: object) -> str:
         else f"{kind.__module__}.{kind.__qualname__}"
     )
     return _SHADOWED.format(kind=name)
+
+
+def cookie_taken(name: str) -> str:
+    """Why a cookie set inside coatcheck under its own name signs its users out."""
+    return _COOKIE_TAKEN.format(name=name)
 
 
 ASYNCIO_ONLY = (

@@ -31,7 +31,8 @@ from ._asgi import (
     response,
 )
 from ._audit import once, security_event
-from ._context import ASYNCIO_ONLY, current_session, shadowed
+from ._context import ASYNCIO_ONLY, cookie_taken, current_session, shadowed
+from ._cookies import cookie_needle
 from ._persist import Persistence, outgoing
 from ._printable import printable
 from ._websocket import SocketClosed, SocketWatch, close_socket
@@ -164,7 +165,8 @@ class SessionMiddleware:
         self._refused = refused or _refusal
         self._csrf = self._persistence.csrf
         self._plain_http_warned = not self.config.cookie.secure
-        self._shadow_warned = False
+        self._shadow_warned = self._cookie_taken_warned = False
+        self._set_our_cookie = b"set-cookie", cookie_needle(self.config.cookie.name)
         self._recheck: int | None = self.config.websocket_recheck  # type: ignore[assignment]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -201,8 +203,11 @@ class SessionMiddleware:
                 started = session._cookie_final = True
                 status = message.get("status", 200)
                 head = message
-                if scope.get("session") is not session and not self._shadow_warned:
-                    self._warn_if_shadowed(scope)
+                if scope.get("session") is not session:
+                    if not self._shadow_warned:
+                        self._warn_if_shadowed(scope)
+                    if not self._cookie_taken_warned:
+                        self._warn_if_cookie_taken(message)
                 if session._loaded:
                     if self._persistence.settled(session) and not session._outgoing:
                         _merge_headers(message, [], self._persistence.vary)
@@ -305,6 +310,7 @@ class SessionMiddleware:
         finally:
             # In-process callers (tests, mounted apps) share one context across requests.
             current_session.reset(token)
+            session._finished = True  # a task that changes it later must save it
 
     def _warn_if_shadowed(self, scope: Scope) -> None:
         """Say once that another session middleware inside this one replaced
@@ -314,6 +320,18 @@ class SessionMiddleware:
         if found is not None and not isinstance(found, Session):
             self._shadow_warned = True
             logger.warning(shadowed(found))
+
+    def _warn_if_cookie_taken(self, message: Message) -> None:
+        """Say once that the response carries a cookie of coatcheck's name set inside
+        it, by the session middleware that replaced ``request.session`` (Starlette's
+        default name is coatcheck's development one): the browser keeps one of the two,
+        and its user is signed out on every page of that other part of the app."""
+        kind, needle = self._set_our_cookie
+        for name, value in message.get("headers", ()):
+            if name.lower() == kind and value.startswith(needle):
+                self._cookie_taken_warned = True
+                logger.error(cookie_taken(self.config.cookie.name))
+                return
 
     async def _commit(
         self, session: Session, message: Message, scope: Scope, receive: Receive, send: Send

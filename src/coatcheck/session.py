@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import _devices, _flash
+from ._audit import limited
 from ._context import ASYNCIO_ONLY, current_session, not_installed, shadowed
 from ._devices import Device, utc
 from ._flash import Flash
@@ -41,6 +43,12 @@ _SCALAR = (str, int, float, bool, type(None))
 # What a modify() change returns to remove its key: flash queues, once emptied, go.
 _REMOVE: Any = object()
 M = TypeVar("M")
+logger = logging.getLogger("coatcheck")
+_FINISHED = (
+    "the session of a request to {path!r} was changed after that request had finished, "
+    "by a task that outlived it (a framework's event handler, a queued job), and was "
+    "still unsaved a second later: only `await session.save()` in that task stores it"
+)
 # A modify() call, kept to run again on a parallel save's value: key, change, default.
 Update = tuple[str, Callable[[Any], Any], Any]
 
@@ -90,6 +98,7 @@ class Session(MutableMapping[str, Any]):
         "_edits",
         "_expires_at",
         "_exposed",
+        "_finished",
         "_flashed",
         "_fresh",
         "_halted",
@@ -136,6 +145,9 @@ class Session(MutableMapping[str, Any]):
     _waiter: asyncio.Event | None  # set when it ends, made once a second load waits
     _by_header: bool  # the client sent its token in SessionConfig.token_header, not a cookie
     _cookie_final: bool  # the response has started: the cookie can no longer change
+    # The request has finished, so nothing commits a change any more; while a late change
+    # waits to be saved by the task that made it, the check that it was.
+    _finished: bool | asyncio.TimerHandle
     _data: dict[str, Any]
     _raw: bytes | None
     _stored: SessionRecord | None
@@ -196,7 +208,7 @@ class Session(MutableMapping[str, Any]):
         # touches its session pays for nine attributes, not all of them.
         self._loaded = False
         self._loading = self._waiter = None
-        self._cookie_final = False
+        self._cookie_final = self._finished = False
 
     @staticmethod
     def of(connection: HTTPConnection) -> Session:
@@ -329,6 +341,8 @@ class Session(MutableMapping[str, Any]):
         self._data[key] = value
         self._modified = True
         self._edits += 1
+        if self._finished:
+            self._changed_too_late()
         if type(value) not in _SCALAR:
             self._exposed = True
         if self._models:
@@ -341,10 +355,29 @@ class Session(MutableMapping[str, Any]):
         del self._data[key]
         self._modified = True
         self._edits += 1
+        if self._finished:
+            self._changed_too_late()
         if self._models:
             self._models.pop(key, None)
         if self._updates:
             self._forget_updates(key)
+
+    def _changed_too_late(self) -> None:
+        """A task that outlived its request changed the session (a socket framework's
+        event handler, a job queue): nothing stores that unless the task saves, and a
+        logout dropped without a word leaves the user signed in. Said if the change is
+        still unsaved a second later, so a task that saves it is left in peace."""
+        if self._finished is not True:
+            return  # checked already
+        try:
+            self._finished = asyncio.get_running_loop().call_later(1.0, self._saved_in_time)
+        except RuntimeError:  # from a thread: no loop to wait on
+            self._saved_in_time()
+
+    def _saved_in_time(self) -> None:
+        self._finished = True
+        if self._modified:
+            limited(logger, ("finished", self._path), _FINISHED.format(path=self._path))
 
     def _forget_updates(self, key: str) -> None:
         """A value set or deleted outright is no longer ``modify()``'s to recompute: a
@@ -458,6 +491,8 @@ class Session(MutableMapping[str, Any]):
                 self._exposed = True
         self._modified = True
         self._edits += 1
+        if self._finished:
+            self._changed_too_late()
         self._updates.append((key, change, default))
         if self._models:
             self._models.pop(key, None)
@@ -514,6 +549,8 @@ class Session(MutableMapping[str, Any]):
             self._data.clear()
             self._modified = True
             self._edits += 1
+            if self._finished:
+                self._changed_too_late()
 
     # -- messages for the next page ----------------------------------------------------
 
@@ -602,6 +639,8 @@ class Session(MutableMapping[str, Any]):
         self._updates = []
         self._modified = self._fresh = True
         self._edits += 1
+        if self._finished:
+            self._changed_too_late()
         self._user_id = None
         self._remember = False
         self._authenticated_at = 0.0
