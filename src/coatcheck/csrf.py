@@ -219,8 +219,8 @@ class CSRFGuard:
         ):
             return ""  # listed: trusted whatever the browser calls it (same-site, cross-site)
         if fetch_site is not None:
-            if fetch_site == b"same-site" and self.config.trust_same_site:
-                return ""
+            if fetch_site == b"same-site":
+                return "" if self.config.trust_same_site else _SAME_SITE
             return "cross-site request"
         if origin is not None:
             if origin.decode("latin-1").lower() in self._origins(scope):
@@ -348,6 +348,12 @@ _ORIGIN_REFUSED = (
     "origin not allowed: not the app's own as the app sees it (from the Host header and "
     "the scheme), nor one listed in CSRFConfig(origins=[...]); behind a proxy that changes "
     "the host or scheme, pass on Host and X-Forwarded-Proto"
+)
+# Most often a front end of the app's own on another port or subdomain (a dev server's).
+_SAME_SITE = (
+    "same-site request from another origin: to trust a front end of this app on another "
+    "port or subdomain, list its origin in CSRFConfig(origins=[...]), or set "
+    "trust_same_site=True"
 )
 _NOT_LISTED = (
     "origin not allowed: not one listed in CSRFConfig(origins=[...]), which replaces the "
