@@ -16,13 +16,15 @@ from coatcheck.fastapi import (
     CurrentUser,
     RequiredUser,
     SessionDep,
+    SessionErrorBody,
     dependency_of,
     get_session,
     openapi,
+    session_responses,
     user_loader,
 )
 
-from .conftest import client_for
+from .conftest import DownStore, client_for
 
 if TYPE_CHECKING:
     from decimal import Decimal as OnlyForTypeCheckers
@@ -479,3 +481,31 @@ async def test_overriding_get_session_reaches_session_dep() -> None:
     app.dependency_overrides[get_session] = stub
     async with client_for(app) as client:
         assert (await client.get("/who")).json() == {"user": "alice"}
+
+
+async def test_the_answers_coatcheck_gives_can_be_declared_in_the_schema() -> None:
+    """coatcheck answers in place of a route (a 503 in an outage, the CSRF guard's
+    403): ``session_responses()`` puts those answers in /openapi.json, shaped as sent."""
+    store = DownStore()
+    app = FastAPI(responses=session_responses())
+
+    @app.post("/cart", responses=session_responses(401))
+    async def cart(session: SessionDep) -> dict[str, Any]:
+        session["n"] = 1
+        return dict(session)
+
+    app.add_middleware(SessionMiddleware, store=store)
+    async with client_for(app) as client:
+        store.down = True
+        unavailable = await client.post("/cart")
+        schema = (await client.get("/openapi.json")).json()
+    assert unavailable.status_code == 503
+    SessionErrorBody.model_validate(unavailable.json())
+    answers = schema["paths"]["/cart"]["post"]["responses"]
+    assert set(answers) == {"200", "401", "403", "409", "413", "503"}
+    assert answers["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+    body = answers["409"]["content"]["application/json"]["schema"]["$ref"]
+    assert schema["components"]["schemas"][body.rsplit("/", 1)[1]]["required"] == ["detail"]
+    assert set(session_responses(401, 503)) == {401, 503}
+    with pytest.raises(ValueError, match=r"coatcheck answers none of \[404\]"):
+        session_responses(404)

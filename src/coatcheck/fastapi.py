@@ -23,6 +23,7 @@ try:
     from fastapi.openapi.models import APIKey, APIKeyIn
     from fastapi.security import SecurityScopes
     from fastapi.security.base import SecurityBase
+    from pydantic import BaseModel
     from starlette.background import BackgroundTasks
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import HTTPConnection
@@ -48,6 +49,7 @@ __all__ = [
     "RequiredUser",
     "SessionCookie",
     "SessionDep",
+    "SessionErrorBody",
     "csrf_token",
     "current_user",
     "dependency_of",
@@ -58,6 +60,7 @@ __all__ = [
     "recent_user",
     "require_user",
     "session_model",
+    "session_responses",
     "user_loader",
 ]
 
@@ -407,6 +410,40 @@ def not_recently_authenticated(max_age: Duration) -> HTTPException:
     return HTTPException(
         status_code=401, detail="Recent sign-in required", headers={"WWW-Authenticate": challenge}
     )
+
+
+class SessionErrorBody(BaseModel):
+    """The body of coatcheck's own error answers, and of :func:`not_authenticated`'s."""
+
+    detail: str
+
+
+_ANSWERS: dict[int, str] = {
+    401: "Nobody is signed in, or not recently enough for this route",
+    403: "Refused: the CSRF check failed, or a login past the user's session limit",
+    409: "The session was ended or changed by a parallel request: nothing was saved",
+    413: "The session would grow past its size limit: nothing was saved",
+    503: "The session store is unavailable: retry after Retry-After seconds",
+}
+
+
+def session_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for what coatcheck may answer instead of the route: pass
+    them to ``FastAPI(responses=...)``, a router or a route, so that ``/openapi.json``
+    declares them and a generated client can read them. All five without arguments; or
+    only those named, say ``session_responses(401, 503)`` for a route that only reads.
+    """
+    unknown = sorted(set(statuses) - _ANSWERS.keys())
+    if unknown:
+        raise ValueError(f"coatcheck answers none of {unknown}: only {sorted(_ANSWERS)}")
+    answers: dict[int | str, dict[str, Any]] = {}
+    for status in statuses or tuple(_ANSWERS):
+        answers[status] = {"model": SessionErrorBody, "description": _ANSWERS[status]}
+        if status == 503:
+            answers[status]["headers"] = {
+                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+            }
+    return answers
 
 
 async def csrf_token() -> str:

@@ -22,6 +22,7 @@ from ..fastapi import (
     SessionDep,
     not_authenticated,
     recent_user,
+    session_responses,
 )
 from ..session import Session
 from .inputs import (
@@ -30,6 +31,7 @@ from .inputs import (
     form_field,
     from_page,
     has_form_body,
+    invalid,
     read_input,
     wants_json,
 )
@@ -50,7 +52,10 @@ from .schemas import (
 from .settings import RECENT_LOGIN
 from .users import authenticate
 
-router = APIRouter()
+# What coatcheck may answer instead of any route that uses the session; and, for those
+# that change things, the CSRF guard's 403.
+router = APIRouter(responses=session_responses(409, 413, 503))
+_UNSAFE = session_responses(403)
 
 OTHER_ACCOUNT = (
     "That page was open for another account than the one signed in now, so nothing was "
@@ -98,7 +103,10 @@ async def home(request: Request, session: SessionDep) -> Response:
     responses={
         303: {"description": "Form post: back to the page"},
         401: {"description": INVALID_LOGIN},
-        403: {"description": TOO_MANY_SESSIONS + " (only with --max-sessions)"},
+        403: {
+            **_UNSAFE[403],
+            "description": "CSRF check failed, or (with --max-sessions) " + TOO_MANY_SESSIONS,
+        },
     },
     openapi_extra=body_schema(Credentials),
 )
@@ -130,7 +138,7 @@ async def login(request: Request, session: SessionDep) -> Response | LoggedIn:
     "/logout",
     status_code=204,
     response_class=Response,
-    responses={303: {"description": "Form post: back to the page"}},
+    responses={303: {"description": "Form post: back to the page"}, **_UNSAFE},
 )
 async def logout(request: Request, session: SessionDep) -> Response:
     """Delete the session from the store and clear the cookie."""
@@ -144,6 +152,7 @@ async def logout(request: Request, session: SessionDep) -> Response:
     responses={
         303: {"description": "Form post: back to the page"},
         401: {"description": f"Nobody is signed in, or {WRONG_PASSWORD.lower()}"},
+        **_UNSAFE,
     },
     openapi_extra=body_schema(Confirmation),
 )
@@ -193,7 +202,7 @@ async def cart(session: SessionDep) -> Cart:
     "/cart/items",
     status_code=201,
     response_model=Cart,
-    responses={303: {"description": "Form post: back to the page"}},
+    responses={303: {"description": "Form post: back to the page"}, **_UNSAFE},
     openapi_extra=body_schema(CartItem),
 )
 async def add_item(request: Request, session: SessionDep) -> Response | Cart:
@@ -226,7 +235,7 @@ async def add_item(request: Request, session: SessionDep) -> Response | Cart:
     if not added:
         message = f"The cart is full ({MAX_CART_ITEMS} items)."
         if wants_json(request):
-            raise HTTPException(status_code=422, detail=message)
+            raise invalid("item", message)
         raise PageError(message, 422, field="item")
     return Cart(items=_cart(session)) if wants_json(request) else _to_page()
 
@@ -252,7 +261,11 @@ async def sessions(user: RequiredUser, session: SessionDep) -> Devices:
 @router.post(
     "/sessions/revoke-others",
     response_model=Revoked,
-    responses={303: {"description": "Form post: back to the page"}, **_NOT_AUTHENTICATED},
+    responses={
+        303: {"description": "Form post: back to the page"},
+        **_NOT_AUTHENTICATED,
+        **_UNSAFE,
+    },
 )
 async def revoke_others(
     request: Request, user: CurrentUser, session: SessionDep
@@ -281,6 +294,7 @@ async def revoke_others(
     responses={
         303: {"description": "Form post: back to the page"},
         401: {"description": "Nobody is signed in, or not recently: POST /confirm first"},
+        **_UNSAFE,
     },
 )
 async def revoke_all(
@@ -310,7 +324,11 @@ async def _refuse_if_for_another_account(request: Request, user: str) -> None:
     "/sessions/{session_id}",
     status_code=204,
     response_class=Response,
-    responses={404: {"description": "Not one of this user's live sessions"}, **_NOT_AUTHENTICATED},
+    responses={
+        404: {"description": "Not one of this user's live sessions"},
+        **_NOT_AUTHENTICATED,
+        **_UNSAFE,
+    },
 )
 async def revoke(session_id: str, user: RequiredUser, session: SessionDep) -> Response:
     """Sign out one device by its public id (this one included)."""
