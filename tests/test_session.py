@@ -372,6 +372,29 @@ async def test_a_reset_link_ends_the_users_sessions_and_signs_in_here(
     assert bobs == {"bob"}  # bob's phone; his session in this browser became alice's
 
 
+@pytest.mark.parametrize("then", ["login", "logout"])
+async def test_revoking_whom_this_request_signed_out_leaves_its_own_end_to_the_commit(
+    any_store: Store, clock: FakeClock, then: str
+) -> None:
+    """A switch of user (or a logout) and then an end of the previous user's sessions:
+    the commit still finds the record it ends, so bob's login stands."""
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    phone = await fresh(persistence)
+    phone.login("alice")
+    await saved(persistence, phone)
+    here = await fresh(persistence)
+    here.login("alice")
+    here = await fresh(persistence, await saved(persistence, here))
+    if then == "login":
+        here.login("bob")
+    else:
+        here.logout()
+    assert await here.revoke_all("alice") == 1  # the phone; this one ends as it commits
+    cookie = await saved(persistence, here)  # cleared by the logout
+    assert await any_store.list_user("alice", clock()) == []
+    assert (await fresh(persistence, cookie)).user_id == ("bob" if then == "login" else None)
+
+
 async def test_revoking_another_users_sessions_names_them_in_the_event(clock: FakeClock) -> None:
     events: list[SessionEvent] = []
     persistence = Persistence(MemoryStore(), SessionConfig(clock=clock), None, [events.append])

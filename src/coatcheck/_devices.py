@@ -199,8 +199,12 @@ async def revoke_user(session: Session, *, keep_current: bool, user_id: str | No
     _check_supported(session, "end")
     persistence = session._persistence
     if user_id is not None and user_id != session._user_id:
-        # Someone else's: this session is not among them, and stays as it is.
-        removed = await persistence.store.delete_user(user_id, now=persistence.now())
+        # Someone else's: this session is not among them, and stays as it is. Its record
+        # may be, when this request signed that user out or in as another: its commit
+        # ends that record, which the new login must find to replace.
+        stored = session._stored
+        keep = stored.key if stored is not None and stored.user_id == user_id else None
+        removed = await persistence.store.delete_user(user_id, keep=keep, now=persistence.now())
         if removed:
             await persistence.emit(session, "revoked", user_id, "", removed)
         return removed

@@ -46,8 +46,8 @@ M = TypeVar("M")
 logger = logging.getLogger("coatcheck")
 _FINISHED = (
     "the session of a request to {path!r} was changed after that request had finished, "
-    "by a task that outlived it (a framework's event handler, a queued job), and was "
-    "still unsaved a second later: only `await session.save()` in that task stores it"
+    "by a task that outlived it (a framework's event handler, a queued job), which "
+    "ended without saving it: only `await session.save()` in that task stores it"
 )
 # A modify() call, kept to run again on a parallel save's value: key, change, default.
 Update = tuple[str, Callable[[Any], Any], Any]
@@ -147,7 +147,7 @@ class Session(MutableMapping[str, Any]):
     _cookie_final: bool  # the response has started: the cookie can no longer change
     # The request has finished, so nothing commits a change any more; while a late change
     # waits to be saved by the task that made it, the check that it was.
-    _finished: bool | asyncio.TimerHandle
+    _finished: bool | asyncio.Task[Any]
     _data: dict[str, Any]
     _raw: bytes | None
     _stored: SessionRecord | None
@@ -317,6 +317,8 @@ class Session(MutableMapping[str, Any]):
         value = self._data[key]
         if type(value) in _MUTABLE:
             self._exposed = True
+            if self._finished:
+                self._changed_too_late()
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -333,6 +335,8 @@ class Session(MutableMapping[str, Any]):
             return default
         if type(value) in _MUTABLE:
             self._exposed = True
+            if self._finished:
+                self._changed_too_late()
         return value
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -363,20 +367,34 @@ class Session(MutableMapping[str, Any]):
             self._forget_updates(key)
 
     def _changed_too_late(self) -> None:
-        """A task that outlived its request changed the session (a socket framework's
-        event handler, a job queue): nothing stores that unless the task saves, and a
-        logout dropped without a word leaves the user signed in. Said if the change is
-        still unsaved a second later, so a task that saves it is left in peace."""
+        """A task that outlived its request changed the session, or was handed a value
+        it may change in place (a socket framework's event handler, a job queue):
+        nothing stores that unless the task saves, and a logout dropped without a word
+        leaves the user signed in. Said if the task ends with the change unsaved, so a
+        task that saves it, however slowly, is left in peace."""
         if self._finished is not True:
-            return  # checked already
+            return  # a task's end is awaited already
         try:
-            self._finished = asyncio.get_running_loop().call_later(1.0, self._saved_in_time)
-        except RuntimeError:  # from a thread: no loop to wait on
-            self._saved_in_time()
+            task = asyncio.current_task()
+        except RuntimeError:  # from a thread: no task to wait for
+            task = None
+        if task is None:
+            self._check_saved()
+        else:
+            self._finished = task
+            task.add_done_callback(self._check_saved)
 
-    def _saved_in_time(self) -> None:
+    def _check_saved(self, _: object = None) -> None:
         self._finished = True
-        if self._modified:
+        if self._models:
+            self._sync_models()  # a typed value changed in place counts
+        unsaved = self._modified
+        if not unsaved and self._exposed:  # a value handed out may have changed in place
+            try:
+                unsaved = self._persistence.serializer.dumps(self._data) != self._raw
+            except (TypeError, ValueError):
+                unsaved = True
+        if unsaved:
             limited(logger, ("finished", self._path), _FINISHED.format(path=self._path))
 
     def _forget_updates(self, key: str) -> None:
@@ -522,6 +540,8 @@ class Session(MutableMapping[str, Any]):
                 f"session value {key!r} is already in use as a {binding.model.__name__} "
                 f"in this request, not a {model.__name__}"
             )
+        if self._finished:
+            self._changed_too_late()  # changed in place, it is stored only by a save
         return binding.instance  # type: ignore[no-any-return]
 
     def _sync_model(self, key: str) -> None:

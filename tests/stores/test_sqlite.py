@@ -168,7 +168,10 @@ async def test_a_store_nobody_closed_closes_its_connections_when_collected(
     await store.save(record)
     assert await store.load(record.key, NOW) == record
     opened = list(store._connections)
-    assert len(opened) == (2 if inline_reads else 1)  # the pool's, and the inline reader
+    # One per thread of the pool that ran a call (a busy machine may start a second),
+    # and the inline reader.
+    assert (store._reader in opened) is inline_reads
+    assert len(opened) >= (2 if inline_reads else 1)
     del store
     gc.collect()
 
