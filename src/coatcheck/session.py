@@ -395,7 +395,8 @@ class Session(MutableMapping[str, Any]):
             except (TypeError, ValueError):
                 unsaved = True
         if unsaved:
-            limited(logger, ("finished", self._path), _FINISHED.format(path=self._path))
+            # One budget for the app: a client can make up paths faster than anyone reads.
+            limited(logger, ("finished", id(self._persistence)), _FINISHED.format(path=self._path))
 
     def _forget_updates(self, key: str) -> None:
         """A value set or deleted outright is no longer ``modify()``'s to recompute: a
