@@ -36,7 +36,14 @@ from .exceptions import (
 from .middleware import SessionMiddleware
 from .serializers import JSONSerializer, Serializer
 from .session import Session
-from .stores import MemoryStore, SessionRecord, SQLiteStore, Store, store_from_url
+from .stores import (
+    MemoryStore,
+    MovingStore,
+    SessionRecord,
+    SQLiteStore,
+    Store,
+    store_from_url,
+)
 
 __version__ = "0.1.0"
 
@@ -52,6 +59,7 @@ __all__ = [
     "Lifetime",
     "MemoryStore",
     "MissingDependencyError",
+    "MovingStore",
     "NotSupportedError",
     "ResponseStartedError",
     "SQLiteStore",

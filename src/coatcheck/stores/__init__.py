@@ -24,9 +24,17 @@ from ..exceptions import ConfigurationError
 from ._redact import redact
 from .base import SessionRecord, Store, check_store
 from .memory import MemoryStore
+from .moving import MovingStore
 from .sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "SQLiteStore", "SessionRecord", "Store", "store_from_url"]
+__all__ = [
+    "MemoryStore",
+    "MovingStore",
+    "SQLiteStore",
+    "SessionRecord",
+    "Store",
+    "store_from_url",
+]
 
 # Served by coatcheck.stores.redis, imported only when one of them is used.
 REDIS_SCHEMES = (

@@ -1,0 +1,145 @@
+"""Switching stores with MovingStore: sessions move from the old to the new as they
+are used, and nobody is signed out by the switch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from coatcheck import ConfigurationError, MemoryStore, SessionConfig
+from coatcheck._ids import store_key
+from coatcheck._persist import Persistence
+from coatcheck.session import Session
+from coatcheck.store_contract import NOW, StoreContract, make_record
+from coatcheck.stores import MovingStore, SessionRecord, Store
+from coatcheck.testing import FakeClock
+
+from ..store_kinds import build_store
+
+pytestmark = pytest.mark.anyio
+
+# Moves people make: onto a shared store from the embedded one, and between servers.
+MOVES = [
+    ("memory", "memory"),
+    ("redis", "sqlite"),
+    ("postgres", "sqlite"),
+    ("redis-cluster", "redis"),
+]
+
+
+class TestMovingStoreContract(StoreContract):
+    """Every promise of a store holds for a moving one, whatever is left in the old."""
+
+    @pytest.fixture(params=MOVES, ids=[f"{old}-to-{new}" for new, old in MOVES])
+    async def store(self, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+        new, old = request.param
+        (tmp_path / "new").mkdir()
+        (tmp_path / "old").mkdir()
+        moving = MovingStore(build_store(new, tmp_path / "new"), build_store(old, tmp_path / "old"))
+        try:
+            yield moving
+        finally:
+            await moving.aclose()
+
+
+@pytest.fixture(params=MOVES, ids=[f"{old}-to-{new}" for new, old in MOVES])
+async def stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Store, Store]]:
+    new_kind, old_kind = request.param
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old").mkdir()
+    new, old = build_store(new_kind, tmp_path / "new"), build_store(old_kind, tmp_path / "old")
+    try:
+        yield new, old
+    finally:
+        await new.aclose()
+        await old.aclose()
+
+
+async def _signed_in(persistence: Persistence, user: str) -> str:
+    session = await Session(persistence, {"headers": []}).load()
+    session.login(user)
+    session["cart"] = ["apple"]
+    header = dict(await persistence.commit(session, 200))[b"set-cookie"].decode()
+    return header.split(";", 1)[0].split("=", 1)[1]
+
+
+async def _open(persistence: Persistence, cookie: str) -> Session:
+    headers = [(b"cookie", f"__Host-session={cookie}".encode())]
+    return await Session(persistence, {"headers": headers}).load()
+
+
+async def test_sessions_of_the_old_store_stay_signed_in_and_move_when_used(
+    stores: tuple[Store, Store], clock: FakeClock
+) -> None:
+    new, old = stores
+    before = Persistence(old, SessionConfig(clock=clock), None)
+    laptop = await _signed_in(before, "alice")
+    clock.advance(1)
+    phone = await _signed_in(before, "alice")
+    after = Persistence(MovingStore(new, old), SessionConfig(clock=clock), None)
+
+    session = await _open(after, laptop)  # the first request after the switch
+    assert (session.user_id, session["cart"]) == ("alice", ["apple"])
+    assert await old.load(store_key(laptop), clock()) is None
+    assert await new.load(store_key(laptop), clock()) is not None
+    session["cart"].append("pear")
+    assert await after.commit(session, 200) == []
+    assert (await _open(after, laptop))["cart"] == ["apple", "pear"]
+
+    # The phone has not been used since: still listed, and revocable from the laptop.
+    devices = await session.devices()
+    assert [device.current for device in devices] == [True, False]
+    assert await session.revoke(devices[1].id) is True
+    assert await old.load(store_key(phone), clock()) is None
+    assert (await _open(after, phone)).user_id is None
+
+
+async def test_log_out_everywhere_reaches_both_stores(
+    stores: tuple[Store, Store], clock: FakeClock
+) -> None:
+    new, old = stores
+    before = Persistence(old, SessionConfig(clock=clock), None)
+    cookies = [await _signed_in(before, "alice") for _ in range(3)]
+    after = Persistence(MovingStore(new, old), SessionConfig(clock=clock), None)
+    here = await _open(after, cookies[0])
+    assert await here.revoke_all() == 3
+    await after.commit(here, 200)
+    for cookie in cookies:
+        assert (await _open(after, cookie)).user_id is None
+    assert await new.count(clock()) == await old.count(clock()) == 0
+
+
+async def test_a_revocation_between_the_read_and_the_copy_is_not_undone() -> None:
+    """The move reads the old store, then copies: a revocation that ended the session
+    in between (it found nothing in the new store) must not be undone by the copy."""
+    record = make_record(user_id="alice")
+
+    class RevokedMeanwhile(MemoryStore):
+        async def load(self, key: str, now: float) -> SessionRecord | None:
+            found = await super().load(key, now)
+            if found is not None and not self.revoked:
+                self.revoked = True
+                await self.delete_user("alice")  # after this read, before the copy
+            return found
+
+        revoked = False
+
+    old, new = RevokedMeanwhile(), MemoryStore()
+    await old.save(record)
+    moving = MovingStore(new, old)
+    assert await moving.load(record.key, NOW) is None
+    assert await new.load(record.key, NOW) is None
+    assert await moving.list_user("alice", NOW) == []
+
+
+async def test_a_new_store_that_cannot_create_is_refused() -> None:
+    class Plain(MemoryStore):
+        create = None  # type: ignore[assignment]
+
+    with pytest.raises(ConfigurationError, match="needs a new store with create"):
+        MovingStore(Plain(), MemoryStore())  # type: ignore[arg-type]
+    assert "MovingStore(new=" in repr(MovingStore(MemoryStore(), MemoryStore()))
