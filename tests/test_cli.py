@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from coatcheck import MemoryStore, SessionRecord, SQLiteStore, store_from_url
 from coatcheck.cli import app
 from coatcheck.demo.app import create_app, create_app_from_env
+from coatcheck.store_contract import make_record
 
 from .e2e.conftest import free_port
 from .redis_servers import RedisServer
@@ -1032,3 +1033,32 @@ def test_list_draws_in_ascii_where_the_terminal_has_no_unicode(tmp_path: Path) -
     assert set(rule.strip()) == {"-"}
     assert row.endswith("...")  # cut, and said so in characters it can show
     assert "?" not in row
+
+
+def test_a_redis_prefix_other_than_the_apps_is_named_when_nothing_is_found(
+    runner: CliRunner, redis_server: RedisServer
+) -> None:
+    """An app with ``?prefix=shop`` looked at without it: "0 sessions", and after a
+    breach "Revoked 0", would read as done. The prefixes that hold sessions are named."""
+    url = f"redis://127.0.0.1:{redis_server.port}/9"  # a database of its own
+
+    async def fill() -> None:
+        from coatcheck.stores.redis import RedisStore
+
+        store = RedisStore.from_url(url, prefix="shop")
+        try:
+            await store.save(make_record(user_id="alice"))
+        finally:
+            await store.aclose()
+
+    asyncio.run(fill())
+    try:
+        for command in (["count"], ["revoke", "--user", "alice"], ["revoke-all", "--yes"]):
+            result = runner.invoke(app, ["sessions", *command, "--store", url])
+            assert result.exit_code == 0, result.output
+            assert "this server holds sessions under other key prefixes ('shop')" in result.stderr
+        found = runner.invoke(app, ["sessions", "count", "--store", f"{url}?prefix=shop"])
+        assert found.stdout.strip() == "1 live session"
+        assert "other key prefixes" not in found.stderr
+    finally:
+        runner.invoke(app, ["sessions", "revoke-all", "--yes", "--store", f"{url}?prefix=shop"])

@@ -156,6 +156,41 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str 
         fail(masked(exc, url))
 
 
+# How far the search for sessions under other Redis prefixes looks: the first few found.
+_OTHER_PREFIXES = 5
+
+
+def hint_if_elsewhere(url: str) -> None:
+    """After a Redis command found nothing, name the key prefixes that do hold sessions
+    on that server: an app with ``?prefix=shop`` looked at without it otherwise reads
+    as "0 sessions", and a revocation after a breach as done."""
+    if not urlsplit(url).scheme.startswith(("redis", "rediss", "unix")):
+        return
+
+    async def others(store: Store) -> list[str]:
+        from .stores.redis import RedisStore  # imported by store_from_url already
+
+        assert isinstance(store, RedisStore)
+        found: list[str] = []
+        marker = ":s:{"
+        async for raw in store.client.scan_iter(match=f"*{marker}*", count=1000):
+            name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            prefix = name[: name.rfind(marker)]
+            if prefix != store.prefix and prefix not in found:
+                found.append(prefix)
+                if len(found) >= _OTHER_PREFIXES:
+                    break
+        return found
+
+    prefixes = with_store(url, others)
+    if prefixes:
+        named = ", ".join(repr(prefix) for prefix in prefixes)
+        _stderr().print(
+            f"[bold yellow]Note:[/] this server holds sessions under other key prefixes "
+            f"({escape(named)}): if the app sets ?prefix=, give the same one here."
+        )
+
+
 def try_store(store: Store, url: str) -> None:
     """Use a server-side store once before any worker starts.
 

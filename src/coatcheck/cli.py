@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("typer", "cli") from exc
 
 from ._cli_stores import fail as _fail
-from ._cli_stores import parse_store, try_store, with_store
+from ._cli_stores import hint_if_elsewhere, parse_store, try_store, with_store
 from .demo.settings import DEFAULT_STORE, ENV_SECRET, DemoSettings
 
 # A traceback of a bug must not print its locals: a store URL holds a password, and a
@@ -153,6 +153,8 @@ def count(store: StoreOption) -> None:
     """Print how many live (unexpired) sessions the store holds."""
     live = with_store(store, lambda s: s.count(time.time()))
     _out().print(_plural(live, "live session"))
+    if not live:
+        hint_if_elsewhere(store)
 
 
 @sessions_app.command("purge")
@@ -178,6 +180,7 @@ def list_sessions(
     out = _out()
     if not records:
         out.print(f"No live sessions for {_shown(user)}.")
+        hint_if_elsewhere(store)
         return
     # One line per session, IDs never cut: narrow terminals get shorter dates and a
     # truncated user agent instead of a table folded into confetti.
@@ -288,6 +291,8 @@ def revoke(
             param_hint="--id",
         )
     removed = with_store(store, work)
+    if not removed:
+        hint_if_elsewhere(store)
     if public_id is not None and not removed:
         _fail(f"{user!r} has no live session with public id {public_id!r}")
     _out().print(f"Revoked {_plural(removed, 'session')} of {_shown(user)}.")
@@ -305,6 +310,8 @@ def revoke_all(
     question = None if yes else f"End every session in {redact(store)}?"
     removed = with_store(store, lambda s: s.delete_all(time.time()), confirm=question)
     _out().print(f"Revoked {_plural(removed, 'live session')}; everyone must sign in again.")
+    if not removed:
+        hint_if_elsewhere(store)
 
 
 # -- demo -------------------------------------------------------------------------------

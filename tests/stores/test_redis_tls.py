@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coatcheck.exceptions import StoreError, StoreUnavailableError
+from coatcheck.exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from coatcheck.stores.redis import RedisStore
 
 from ..certificates import make_certificates
@@ -86,6 +86,24 @@ async def expect_certificate_refused(store: RedisStore) -> None:
     with pytest.raises(StoreError, match=r"(?i)certificate") as refused:
         await store.load(make_record().key, NOW)
     assert not isinstance(refused.value, StoreUnavailableError), refused.value
+    assert "?ssl_ca_certs=" in str(refused.value)  # the cure, for a provider's own CA
+
+
+async def test_a_self_signed_provider_is_reached_without_checking_when_told(
+    tls_server: tuple[RedisServer, int],
+) -> None:
+    """Heroku Redis serves a certificate no CA file covers; its docs' cure is to skip
+    the check, which must be spelt as redis-py takes it, or every request fails."""
+    _, port = tls_server
+    store = RedisStore.from_url(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none", prefix="h")
+    try:
+        record = make_record()
+        await store.save(record)
+        assert await store.load(record.key, NOW) == record
+    finally:
+        await store.aclose()
+    with pytest.raises(ConfigurationError, match="is none of none, optional, required"):
+        RedisStore.from_url(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=None")
 
 
 @pytest.fixture(scope="module")

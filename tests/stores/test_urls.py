@@ -136,6 +136,7 @@ def test_unknown_scheme_lists_the_supported_ones(url: str) -> None:
         ("sqlite:///s.db?timeout=3", "timeout"),
         ("sqlite:///s.db?busy_timeout=1&journal=wal", "journal"),
         ("sqlite:///s.db?busy_timout", "busy_timout"),  # a bare, misspelt option
+        ("rediss://cache:6380/0?ssl=true", "ssl_ca_certs"),  # what it takes instead
     ],
 )
 def test_unknown_option_is_named(url: str, option: str) -> None:

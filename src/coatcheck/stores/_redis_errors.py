@@ -115,7 +115,11 @@ def translate(exc: BaseException, retry_after: int | None) -> StoreError:
     # man in the middle) stays unverifiable however long one waits. redis-py raises it
     # as a ConnectionError, with the SSL error in its chain.
     if _cause(exc, ssl.SSLCertVerificationError) is not None:
-        return StoreError(f"Redis session store's TLS certificate was not accepted: {exc}")
+        return StoreError(
+            f"Redis session store's TLS certificate was not accepted: {exc}; name the CA "
+            "that signed it with ?ssl_ca_certs=/path/to/ca.pem (or, for a provider whose "
+            "certificate no CA file covers, ?ssl_cert_reqs=none, which skips the check)"
+        )
     if (
         isinstance(exc, _TRANSIENT)
         or (isinstance(exc, RedisClusterException) and "connect" in str(exc).lower())

@@ -47,6 +47,9 @@ _PASSED_OPTIONS = frozenset(
 )
 
 
+# What redis-py's ssl_cert_reqs takes; "none" is how Heroku Redis's self-signed
+# certificate is accepted, where ?ssl_ca_certs= cannot name its CA.
+_CERT_REQS = ("none", "optional", "required")
 _OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENCODE_HINT = "a password holding # ? / or @ must be percent-encoded in a URL (%23 %3F %2F %40)"
 
@@ -72,7 +75,17 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
         if not all(_OPTION_NAME.fullmatch(name) for name in unknown):
             # Not a name: the rest of a password that holds a "?", cut there.
             raise ConfigurationError(f"store URL {url!r} cannot be read: {_ENCODE_HINT}")
-        raise ConfigurationError(f"unknown option(s) {unknown} in store URL {url!r}")
+        known = ", ".join(sorted({"prefix", "timeout", *_PASSED_OPTIONS}))
+        raise ConfigurationError(
+            f"unknown option(s) {unknown} in store URL {url!r}; a Redis URL takes {known}"
+        )
+    requirement = options.get("ssl_cert_reqs")
+    if requirement is not None and requirement not in _CERT_REQS:
+        # redis-py takes any text here and refuses it at every connection: a 503 for ever.
+        raise ConfigurationError(
+            f"?ssl_cert_reqs={requirement} is none of {', '.join(_CERT_REQS)} "
+            "(none skips checking the server's certificate)"
+        )
     tls = sorted(name for name in options if name.startswith("ssl_"))
     if tls and not parts.scheme.startswith("rediss"):
         # redis-py would take them, and fail at every command: an outage without end.
