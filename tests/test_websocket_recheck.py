@@ -18,6 +18,7 @@ from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 
 from coatcheck import (
     ConfigurationError,
+    CookieConfig,
     MemoryStore,
     SessionConfig,
     SessionEndedError,
@@ -687,3 +688,60 @@ def test_a_socket_on_a_process_that_cannot_open_its_session_leaves_the_data_alon
             assert socket.receive_text() == "alice: still there?"
         state = upgraded.get("/me", headers=cookie).json()
     assert state == {"user": "alice", "data": {"cart": ["apple", "pear"]}}
+
+
+def test_a_mounted_apps_socket_follows_its_own_session_not_the_parents() -> None:
+    """A mounted app with its own coatcheck (its own cookie and store) owns its sockets'
+    session: the parent's, loaded on every path, ending in another tab must not close
+    them, while the mounted app's own logout still does."""
+    clock = FakeClock()
+    api = FastAPI()
+    own = CookieConfig(name="__Secure-api", path="/api")
+    api.add_middleware(
+        SessionMiddleware, store=MemoryStore(), config=SessionConfig(clock=clock, cookie=own)
+    )
+
+    @api.post("/login")
+    async def api_login(session: SessionDep) -> None:
+        session.login("bot")
+
+    @api.post("/logout")
+    async def api_logout(session: SessionDep) -> None:
+        session.logout()
+
+    @api.websocket("/ws")
+    async def echo(websocket: WebSocket) -> None:
+        session = await get_session()
+        await websocket.accept()
+        while True:
+            await websocket.send_text(f"{session.user_id}:{await websocket.receive_text()}")
+
+    site = FastAPI()
+    config = SessionConfig(clock=clock, eager_paths=["/"])
+    site.add_middleware(SessionMiddleware, store=MemoryStore(), config=config)
+
+    @site.post("/login")
+    async def site_login(session: SessionDep) -> None:
+        session.login("alice")
+
+    @site.post("/logout")
+    async def site_logout(session: SessionDep) -> None:
+        session.logout()
+
+    site.mount("/api", api)
+    client = client_for(site)
+    client.post("/login")
+    client.post("/api/login")
+    with client.websocket_connect(f"{TEST_WS_BASE_URL}/api/ws", headers={**SAME_ORIGIN}) as socket:
+        socket.send_text("1")
+        assert socket.receive_text() == "bot:1"
+        client.post("/logout")  # the site's session ends
+        clock.advance(120)  # past the recheck interval
+        socket.send_text("2")
+        assert socket.receive_text() == "bot:2"
+        client.post("/api/logout")  # the socket's own session ends
+        clock.advance(120)
+        socket.send_text("3")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_text()
+    assert (closed.value.code, closed.value.reason) == (1008, "session ended")

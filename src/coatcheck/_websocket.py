@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 
-from ._asgi import Message, Receive, Send
+from ._asgi import Message, Receive, Scope, Send
 from ._audit import limited
 from ._persist import Persistence
 from .exceptions import StoreError
@@ -59,6 +59,7 @@ class SocketWatch:
         "_due",
         "_interval",
         "_persistence",
+        "_scope",
         "_send",
         "_session",
         "closed",
@@ -66,9 +67,17 @@ class SocketWatch:
         "receiving",
     )
 
-    def __init__(self, persistence: Persistence, session: Session, interval: int, send: Send):
+    def __init__(
+        self,
+        persistence: Persistence,
+        session: Session,
+        interval: int,
+        send: Send,
+        scope: Scope,
+    ) -> None:
         self._persistence = persistence
         self._session = session
+        self._scope = scope
         self._interval = interval
         self._send = send
         self._checked = persistence.now()
@@ -84,6 +93,11 @@ class SocketWatch:
             return True
         session = self._session
         if not session._loaded:
+            return False
+        found = self._scope.get("session")
+        if found is not session and isinstance(found, Session):
+            # A mounted app's own coatcheck took the socket over: its session, not this
+            # one, is the socket's, and its own watch keeps it in step.
             return False
         persistence, stored = self._persistence, session._stored
         now = persistence.now()

@@ -190,7 +190,7 @@ class SessionMiddleware:
         head: Message = {}
         watch = None
         if kind == "websocket" and self._recheck is not None:
-            watch = SocketWatch(self._persistence, session, self._recheck, send)
+            watch = SocketWatch(self._persistence, session, self._recheck, send, scope)
             receive = watch.receive(receive)
 
         async def send_wrapper(message: Message) -> None:
