@@ -558,6 +558,58 @@ async def test_a_server_that_refuses_who_connects_is_a_store_error_not_an_outage
         await store.aclose()
 
 
+async def test_tls_required_of_a_server_without_it_is_a_store_error_not_an_outage(
+    postgres: PostgresServer,
+) -> None:
+    """Certificates and TLS set up wrong stay wrong however long one waits."""
+    store = store_from_url(f"{postgres.url}?sslmode=require&timeout=0.5&table={unique_prefix()}")
+    try:
+        with pytest.raises(StoreError, match="does not support SSL") as caught:
+            await store.count(NOW)
+        assert not isinstance(caught.value, StoreUnavailableError)
+    finally:
+        await store.aclose()
+
+
+async def test_a_read_only_server_says_a_replica_url_never_passes(
+    postgres: PostgresServer,
+) -> None:
+    """Writes refused by a read-only server are an outage, since a standby being
+    promoted becomes writable; the answer says what to do if it never does."""
+    read_only = "options=-c%20default_transaction_read_only%3Don"
+    table = unique_prefix()
+    writable = store_from_url(f"{postgres.url}?table={table}")
+    try:
+        await writable.count(NOW)  # the table exists, as on a replica of the primary
+    finally:
+        await writable.aclose()
+    store = store_from_url(f"{postgres.url}?{read_only}&timeout=0.5&table={table}")
+    try:
+        assert await store.load(make_record().key, NOW) is None  # reads work
+        with pytest.raises(StoreUnavailableError, match="names a read-only replica"):
+            await store.save(make_record())
+    finally:
+        await store.aclose()
+
+
+async def test_a_role_that_may_not_create_the_table_is_told_how_to_make_it(
+    postgres: PostgresServer,
+) -> None:
+    role = f"app_{unique_prefix()}"
+    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as admin:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+    url = f"postgresql://{role}@127.0.0.1:{postgres.port}/postgres"
+    store = store_from_url(f"{url}?timeout=0.5&table={unique_prefix()}")
+    try:
+        with pytest.raises(StoreError, match=r"store\.schema_sql\(\)") as caught:
+            await store.count(NOW)
+        assert "permission denied for schema public" in str(caught.value)
+        assert "create_table=False" in str(caught.value)
+    finally:
+        await store.aclose()
+
+
 async def test_a_unix_socket_that_is_not_there_yet_is_an_outage_that_passes(
     own_postgres: PostgresServer,
 ) -> None:
@@ -684,8 +736,10 @@ async def test_a_server_whose_certificate_cannot_be_verified_is_refused(
     url = f"{server.url}?sslmode=verify-full&sslrootcert={certificates / 'other-ca.pem'}"
     store = store_from_url(f"{url}&timeout=0.5&table={unique_prefix()}")
     try:
-        with pytest.raises(StoreUnavailableError):
+        # No wait makes the certificate acceptable: an error to fix, as Redis's is.
+        with pytest.raises(StoreError, match="certificate verify failed") as refused:
             await store.save(make_record())
+        assert not isinstance(refused.value, StoreUnavailableError)
     finally:
         await store.aclose()
     assert isinstance(store, PostgresStore)

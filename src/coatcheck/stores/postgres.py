@@ -122,6 +122,19 @@ _NO_TABLE = "42P01"
 _REFUSED_FOR_GOOD = re.compile(
     r"FATAL: +(password authentication failed|no pg_hba\.conf entry|role .* does not exist"
     r"|database .* does not exist|unsupported startup parameter|no such user)"
+    # TLS that cannot work as configured: a certificate no CA given vouches for, a name
+    # it does not carry, a root file missing, a server without TLS where it is required.
+    r"|certificate verify failed|root certificate file|server certificate for"
+    r"|does not support SSL, but SSL was required"
+)
+_NO_PRIVILEGE = "42501"
+_CREATE_HINT = (
+    "; create the table as a role that may (its SQL is store.schema_sql()), and give this "
+    "store create_table=False and its role SELECT, INSERT, UPDATE and DELETE on the table"
+)
+_STANDBY_HINT = (
+    " (a standby being promoted passes; a URL that names a read-only replica never does: "
+    "give the primary's)"
 )
 # Batches (of ``purge_batch``) that revoking one user's sessions runs at most: millions
 # of sessions. A user who goes on logging in without pause may outlive that.
@@ -602,7 +615,10 @@ class PostgresStore:
                 if state and state[:2] in _PERMANENT:
                     # Refused for what was asked (a limit, bad data), not for the server
                     # being away: waiting cures nothing, so no 503 that says it will.
-                    raise StoreError(f"PostgreSQL session store failed: {_describe(exc)}") from exc
+                    hint = _CREATE_HINT if state == _NO_PRIVILEGE and not self._ready else ""
+                    raise StoreError(
+                        f"PostgreSQL session store failed: {_describe(exc)}{hint}"
+                    ) from exc
                 pool = self._pool
                 used = isinstance(exc, psycopg.OperationalError) and not isinstance(
                     exc, _POOL_ERRORS
@@ -642,11 +658,15 @@ class PostgresStore:
                     # the server was read-only and closed for it: another may be newer.
                     continue
                 if exc.sqlstate in _PASSING:
+                    hint = _STANDBY_HINT if exc.sqlstate == _READ_ONLY else ""
                     raise StoreUnavailableError(
-                        f"PostgreSQL session store is unavailable: {_describe(exc)}",
+                        f"PostgreSQL session store is unavailable: {_describe(exc)}{hint}",
                         retry_after=self.retry_after,
                     ) from exc
-                raise StoreError(f"PostgreSQL session store failed: {_describe(exc)}") from exc
+                hint = _CREATE_HINT if exc.sqlstate == _NO_PRIVILEGE and not self._ready else ""
+                raise StoreError(
+                    f"PostgreSQL session store failed: {_describe(exc)}{hint}"
+                ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _within(self, work: Coroutine[Any, Any, T], write: _Write | None = None) -> T:
