@@ -1129,13 +1129,23 @@ async def test_a_cluster_url_naming_a_single_server_is_a_store_error_not_an_outa
     assert "not a Cluster, use redis://" in str(error)
 
 
-@pytest.mark.parametrize("policy", ["noeviction", "allkeys-lru", "volatile-ttl"])
+@pytest.mark.parametrize(
+    ("policy", "config"),
+    [
+        ("noeviction", ()),
+        ("allkeys-lru", ()),
+        ("volatile-ttl", ()),
+        # ElastiCache and Azure evict by default and refuse CONFIG: INFO tells it.
+        ("volatile-lru", ("--rename-command", "CONFIG", "")),
+    ],
+)
 async def test_a_server_that_may_evict_a_users_index_is_warned_about(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str, config: tuple[str, ...]
 ) -> None:
     """Under memory pressure such a server may drop a user's index while the sessions
     stay, and signing out everywhere would miss them: said once, at the first login."""
-    server = RedisServer(tmp_path / "r", extra=("--maxmemory-policy", policy)).start()
+    extra = ("--maxmemory-policy", policy, *config)
+    server = RedisServer(tmp_path / "r", extra=extra).start()
     store = RedisStore.from_url(server.url, prefix=unique_prefix())
     try:
         await store.save(make_record())  # anonymous: no index, no look

@@ -4,7 +4,7 @@ A user's sessions are found through an index kept in a key of its own. Under any
 ``maxmemory-policy`` but ``noeviction``, Redis may drop that index under memory pressure
 while the sessions stay (each key's TTL makes it a candidate even for ``volatile-*``),
 and "log out everywhere" then misses them. Managed services often forbid ``CONFIG``: the
-look is then skipped, as it is on any error.
+policy is then read from ``INFO memory``, and the look skipped if that is refused too.
 """
 
 from __future__ import annotations
@@ -24,17 +24,16 @@ logger = logging.getLogger("coatcheck")
 async def warn_if_evicting(client: RedisClient) -> None:
     """Log a warning when a primary may evict keys; say nothing otherwise."""
     try:
-        if isinstance(client, RedisCluster):
-            answers: dict[Any, Any] = await client.config_get(
-                "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
-            )
-            policies = {text(v) for answer in answers.values() for v in answer.values()}
-        else:
-            answer = await client.config_get("maxmemory-policy")
-            policies = {text(value) for value in answer.values()}
+        policies = await _from_config(client)
     except REDIS_ERRORS as exc:
-        logger.debug("could not read Redis's maxmemory-policy: %s", exc)
-        return
+        # Forbidden where it matters most: ElastiCache and Azure evict by default
+        # (volatile-lru) and refuse CONFIG, but INFO tells the policy too.
+        logger.debug("could not read Redis's maxmemory-policy with CONFIG: %s", exc)
+        try:
+            policies = await _from_info(client)
+        except REDIS_ERRORS as again:
+            logger.debug("could not read Redis's maxmemory-policy with INFO: %s", again)
+            return
     evicting = sorted(policies - {"noeviction"})
     if evicting:
         logger.warning(
@@ -44,3 +43,22 @@ async def warn_if_evicting(client: RedisClient) -> None:
             "sessions' server",
             ", ".join(evicting),
         )
+
+
+async def _from_config(client: RedisClient) -> set[str]:
+    if isinstance(client, RedisCluster):
+        answers: dict[Any, Any] = await client.config_get(
+            "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
+        )
+        return {text(v) for answer in answers.values() for v in answer.values()}
+    answer = await client.config_get("maxmemory-policy")
+    return {text(value) for value in answer.values()}
+
+
+async def _from_info(client: RedisClient) -> set[str]:
+    if isinstance(client, RedisCluster):
+        answers: dict[Any, Any] = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        sections = list(answers.values())
+    else:
+        sections = [await client.info("memory")]
+    return {text(section["maxmemory_policy"]) for section in sections}
