@@ -747,6 +747,23 @@ async def test_a_server_whose_certificate_cannot_be_verified_is_refused(
         assert db.execute("SELECT to_regclass(%s)", (store.table,)).fetchone() == (None,)
 
 
+async def test_requests_that_wait_for_a_connection_never_made_are_told_why(
+    tls_postgres: tuple[PostgresServer, Path],
+) -> None:
+    """The pool gives up on its first connection and closes while other requests wait
+    for it: each is told the cause, not only that the pool is closed."""
+    server, certificates = tls_postgres
+    url = f"{server.url}?sslmode=verify-full&sslrootcert={certificates / 'other-ca.pem'}"
+    store = store_from_url(f"{url}&timeout=0.5&table={unique_prefix()}")
+    try:
+        for _ in range(2):
+            loads = [store.load(make_record().key, NOW) for _ in range(5)]
+            errors = await asyncio.gather(*loads, return_exceptions=True)
+            assert all("certificate verify failed" in str(error) for error in errors), errors
+    finally:
+        await store.aclose()
+
+
 # The number of columns of each earlier release's table: before sessions kept the
 # client address, before they kept the time of the login, and before a login could
 # shorten its limits.

@@ -56,7 +56,7 @@ try:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
     from psycopg.rows import TupleRow
-    from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+    from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("psycopg", "postgres") from exc
 
@@ -109,8 +109,9 @@ _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, async
 # SQLSTATE classes psycopg may raise as OperationalError that no retry cures: data
 # exceptions, integrity, syntax or access, and program limits (an index entry too big).
 _PERMANENT = ("22", "23", "42", "54")
-# Of those, the ones the pool raises without having used a connection.
-_POOL_ERRORS = (PoolTimeout, TooManyRequests)
+# Of those, the ones the pool raises without having used a connection (closed: it gave
+# up on its first connection while this request waited for it).
+_POOL_ERRORS = (PoolTimeout, TooManyRequests, PoolClosed)
 _OWN_OPTIONS = ("table", "timeout", "max_connections")
 _ASK_AFTER_IDLE = 1.0  # seconds a pooled connection may sit unused before it is checked
 # SQLSTATEs psycopg raises as other errors that pass all the same: a standby that is
