@@ -102,6 +102,8 @@ def test_a_password_holding_a_hash_or_a_question_mark_reaches_libpq_as_written(
         ("postgresql://u:s3cret@db/web?table=auth.", "not a plain SQL identifier"),
         (f"postgresql://u:s3cret@db/web?table={'t' * 56}", "longer than 55 characters"),
         ("postgresql://u:s3cret@db/web?sslmod=require", 'invalid URI query parameter: "sslmod"'),
+        # Read by libpq only as it connects: every request would fail on it.
+        ("postgresql://u:s3cret@db/web?sslrootcert=/no/such/ca.pem", "sslrootcert= names no file"),
         # libpq quotes the whole token around a bad escape, here the password.
         ("postgresql://u:s3cret%zz@db/web", "a value holds a % that is not followed"),
         # A malformed URI is quoted whole; the quote is shown with the password masked.

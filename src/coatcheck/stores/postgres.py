@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 import weakref
@@ -218,12 +219,18 @@ class PostgresStore:
             raise ConfigurationError("give PostgresStore a conninfo or a pool, not both")
         told = None
         try:
-            conninfo_to_dict(conninfo)  # a misspelt parameter fails now, not at each connect
+            # A misspelt parameter fails now, not at each connect.
+            params = conninfo_to_dict(conninfo)
         except psycopg.ProgrammingError as exc:
             told = _told(exc)
         if told is not None:  # raised out here: libpq's own text, which may quote the
             # password, must not ride along as the error's __context__ either
             raise ConfigurationError(f"invalid PostgreSQL connection string: {told}")
+        for name in ("sslrootcert", "sslcert", "sslkey"):
+            # libpq reads them only as it connects: a wrong path would fail every request.
+            path = params.get(name)
+            if isinstance(path, str) and path and path != "system" and not os.path.isfile(path):
+                raise ConfigurationError(f"{name}= names no file: {path!r}")
         self.conninfo = conninfo
         self.table = table
         self.timeout = timeout
