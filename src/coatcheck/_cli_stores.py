@@ -158,6 +158,7 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]], *, confirm: str 
 
 # How far the search for sessions under other Redis prefixes looks: the first few found.
 _OTHER_PREFIXES = 5
+_SEARCH_FOR = 2.0  # seconds
 
 
 def hint_if_elsewhere(url: str) -> None:
@@ -173,13 +174,19 @@ def hint_if_elsewhere(url: str) -> None:
         assert isinstance(store, RedisStore)
         found: list[str] = []
         marker = ":s:{"
-        async for raw in store.client.scan_iter(match=f"*{marker}*", count=1000):
-            name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            prefix = name[: name.rfind(marker)]
-            if prefix != store.prefix and prefix not in found:
-                found.append(prefix)
-                if len(found) >= _OTHER_PREFIXES:
-                    break
+
+        async def search() -> None:
+            async for raw in store.client.scan_iter(match=f"*{marker}*", count=1000):
+                name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                prefix = name[: name.rfind(marker)]
+                if prefix != store.prefix and prefix not in found:
+                    found.append(prefix)
+                    if len(found) >= _OTHER_PREFIXES:
+                        return
+
+        # A hint, after the answer: a server of millions of other keys is not swept.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(search(), _SEARCH_FOR)
         return found
 
     prefixes = with_store(url, others)

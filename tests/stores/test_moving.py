@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,29 @@ async def test_a_new_store_that_cannot_create_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="needs a new store with create"):
         MovingStore(Plain(), MemoryStore())  # type: ignore[arg-type]
     assert "MovingStore(new=" in repr(MovingStore(MemoryStore(), MemoryStore()))
+
+
+@pytest.mark.parametrize("end", ["delete_user", "delete_all"])
+async def test_a_session_moved_while_sessions_are_ended_is_ended_too(end: str) -> None:
+    """A click while "sign everyone out" sweeps the old store moves that session: the
+    end must still reach it, wherever it went."""
+    phone = make_record(user_id="alice")
+    moving: MovingStore
+
+    class Clicked(MemoryStore):
+        async def delete_user(self, user_id: str, **options: Any) -> int:
+            await moving.load(phone.key, NOW)  # the phone's request, during the sweep
+            return await super().delete_user(user_id, **options)
+
+        async def delete_all(self, now: float) -> int:
+            await moving.load(phone.key, NOW)
+            return await super().delete_all(now)
+
+    old = Clicked()
+    await old.save(phone)
+    moving = MovingStore(MemoryStore(), old)
+    if end == "delete_user":
+        assert await moving.delete_user("alice", now=NOW) == 1
+    else:
+        assert await moving.delete_all(NOW) == 1
+    assert await moving.load(phone.key, NOW) is None

@@ -29,7 +29,8 @@ class MovingStore:
     A session moves by ``create()`` into ``new``, which writes only where no record is,
     so that of two requests moving it at once, or a move and a save of the copy, the
     first stands; then it is deleted from ``old``. A revocation that ran between the
-    read from ``old`` and the copy is found by reading ``old`` again, and the copy goes.
+    read from ``old`` and the copy is found by reading ``old`` again, and the copy goes;
+    revocations end sessions in ``old`` first, so that none moves past them.
     """
 
     def __init__(self, new: Store, old: Store) -> None:
@@ -101,9 +102,14 @@ class MovingStore:
             return False  # a live record holds the key, in the store it has not left
         return await self._create(record)
 
+    # Ends run through the old store first: a move that reads the session there after
+    # that finds nothing and drops its copy, and one that read it before has copied it
+    # into the new store before the end gets there. The other order misses a session
+    # moved in between (a click while "sign everyone out" sweeps the old store).
+
     async def delete(self, key: str) -> None:
-        await self.new.delete(key)
         await self.old.delete(key)
+        await self.new.delete(key)
 
     async def moved_at(self, key: str, now: float) -> float | None:
         for store in (self.new, self.old):  # a login in the old store, just before the switch
@@ -127,11 +133,11 @@ class MovingStore:
     async def delete_user(
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
-        ended = await self.new.delete_user(user_id, keep=keep, now=now)
-        return ended + await self.old.delete_user(user_id, keep=keep, now=now)
+        ended = await self.old.delete_user(user_id, keep=keep, now=now)
+        return ended + await self.new.delete_user(user_id, keep=keep, now=now)
 
     async def delete_all(self, now: float) -> int:
-        return await self.new.delete_all(now) + await self.old.delete_all(now)
+        return await self.old.delete_all(now) + await self.new.delete_all(now)
 
     async def purge_expired(self, now: float) -> int:
         return await self.new.purge_expired(now) + await self.old.purge_expired(now)
