@@ -22,7 +22,7 @@ from coatcheck.fastapi import SessionDep
 from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import create_session
 
-from .conftest import client_for
+from .conftest import CountingStore, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -235,6 +235,25 @@ async def test_turned_off_again_sealed_sessions_read_on_and_are_stored_in_the_cl
         response = await client.get("/state", headers={"cookie": f"{NAME}={sealed_id}"})
     assert response.status_code == 200
     assert response.json()["data"] == {}
+
+
+async def test_a_process_that_does_not_seal_reads_sealed_sessions_without_writing() -> None:
+    """A rolling deploy turning encrypt_data on: the older process reads what the newer
+    sealed, and a read that hands out the cart (a list) must write nothing, as any
+    read; its next change stores it in the clear."""
+    store = CountingStore(MemoryStore())
+    async with client_for(make_app(store)) as client:
+        session_id = ticket(await client.post("/add/apple"))
+    cookie = {"cookie": f"{NAME}={session_id}"}
+    async with client_for(make_app(store, SessionConfig(secret_keys=[KEY]))) as client:
+        saves = store.calls["save"]
+        for _ in range(3):
+            assert (await client.get("/state", headers=cookie)).json()["data"] == {
+                "cart": ["apple"]
+            }
+        assert store.calls["save"] == saves
+        await client.post("/add/fig", headers=cookie)
+    assert b"fig" in await raw_data(store, session_id)
 
 
 async def test_a_merge_with_data_this_process_cannot_open_is_refused_not_emptied(

@@ -230,13 +230,10 @@ class Persistence:
                 unserved, record = record, None
             else:
                 try:
-                    data = self.serializer.loads(record.data)
+                    record, data = self._readable(record)
                 except ValueError:
-                    try:
-                        data = self._decode_sealed(record)
-                    except ValueError:
-                        orphan = self._undecodable(record)
-                        unserved, record = record, None
+                    orphan = self._undecodable(record)
+                    unserved, record = record, None
         imported = session._import_id = None
         importer = self._importer
         spent = None  # the key of an import that a login moved since this request came
@@ -426,6 +423,17 @@ class Persistence:
             return self.serializer.loads(record.data)
         except ValueError:
             return self._decode_sealed(record)
+
+    def _readable(self, record: SessionRecord) -> tuple[SessionRecord, dict[str, Any]]:
+        """``record`` as the session holds it, and its data; ``ValueError`` when it
+        cannot be decoded. Data sealed where this process does not seal is held as
+        this process would store it: compared with its sealed bytes, which no encoding
+        matches, every read that handed out a list or a dict would write."""
+        try:
+            return record, self.serializer.loads(record.data)
+        except ValueError:
+            data = self._decode_sealed(record)
+        return record._replace(data=self.serializer.dumps(data)), data
 
     def _decode_sealed(self, record: SessionRecord) -> dict[str, Any]:
         """Data that ``encrypt_data`` sealed, read where it is off: turned off since, or
@@ -1426,7 +1434,7 @@ class Persistence:
             session._halted = SessionEndedError("the session was ended by another request")
             raise session._halted
         try:
-            data = self.decode(record)
+            record, data = self._readable(record)
         except ValueError as exc:
             raise StoreError(
                 f"session {record.public_id} holds data that cannot be decoded"
