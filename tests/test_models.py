@@ -355,6 +355,62 @@ async def test_a_valid_value_in_an_older_shape_is_not_rewritten_by_a_read() -> N
         assert (await client.get("/raw", headers=headers)).json() == {"cart": {"items": ["apple"]}}
 
 
+class Address(BaseModel):
+    street: str = ""
+
+
+class Line(BaseModel):
+    sku: str = ""
+
+
+class Order(BaseModel):
+    """As the older version of an app knows it, in a rolling deploy."""
+
+    address: Address = Address()
+    lines: list[Line] = []
+
+
+async def test_fields_a_newer_version_added_are_kept_when_an_older_one_writes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rolling deploy adds fields with defaults: the older version, writing the value
+    back, keeps those it does not know (in nested models too), or says which it drops
+    (in a list's items, whose places may have moved), so nothing goes in silence."""
+    store = MemoryStore()
+    app = FastAPI()
+
+    @app.post("/order/{sku}")
+    async def add(sku: str, session: SessionDep) -> dict[str, Any]:
+        order = session.model("order", Order)
+        order.address.street = "Main St"
+        order.lines.append(Line(sku=sku))
+        return {"ok": True}
+
+    @app.post("/seed")
+    async def seed(session: SessionDep) -> None:
+        session["order"] = {
+            "address": {"street": "", "zip": "10115"},  # a field of a newer Address
+            "lines": [{"sku": "apple", "qty": 3}],  # and of a newer Line
+            "coupon": "SAVE10",  # and of a newer Order
+        }
+
+    app.add_middleware(SessionMiddleware, store=store)
+    caplog.set_level(logging.WARNING, logger="coatcheck")
+    async with client_for(app) as client:
+        headers = cookie_of(await client.post("/seed"))
+        assert (await client.post("/order/pear", headers=headers)).status_code == 200
+    record = await store.load(store_key(headers["cookie"].partition("=")[2]), time.time())
+    assert record is not None
+    assert json.loads(record.data)["order"] == {
+        "address": {"street": "Main St", "zip": "10115"},
+        "lines": [{"sku": "apple"}, {"sku": "pear"}],
+        "coupon": "SAVE10",
+    }
+    (warning,) = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert "'order' holds fields that Order does not know in the items of a list" in warning
+    assert "extra='allow'" in warning
+
+
 async def test_a_late_change_to_a_session_without_a_record_is_dropped_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -226,14 +226,20 @@ def _exact(encode: Any, value: Any) -> Any:
 
 
 class Binding:
-    """One model handed out for one key in one request, and the dump it started from."""
+    """One model handed out for one key in one request, and the dump it started from.
 
-    __slots__ = ("initial", "instance", "model")
+    ``unknown`` holds what the stored value had that the model does not know (fields
+    another version of the app added, in a rolling deploy): put back into each dump,
+    so a write by this version does not drop them.
+    """
 
-    def __init__(self, model: type[Any], instance: Any, initial: Any) -> None:
+    __slots__ = ("initial", "instance", "model", "unknown")
+
+    def __init__(self, model: type[Any], instance: Any, initial: Any, unknown: Any = None) -> None:
         self.model = model
         self.instance = instance
         self.initial = initial
+        self.unknown = unknown
 
     @classmethod
     def of(cls, key: str, model: type[Any], data: dict[str, Any]) -> Binding:
@@ -253,7 +259,21 @@ class Binding:
                     f"its defaults: {problems} (said once for this key, model and problem)",
                 )
             else:
-                return cls(model, instance, dump(instance))
+                initial = dump(instance)
+                known = _names(model)
+                unknown = _unknown(data[key], initial, known)
+                if unknown is not None:
+                    _restore(initial, unknown)
+                if _dropped_in_lists(data[key], initial, known):
+                    once(
+                        logger,
+                        ("unknown", key, model),
+                        f"session value {key!r} holds fields that {model.__name__} does "
+                        "not know in the items of a list, which a write by this process "
+                        "drops: give the models in that list extra='allow' to keep what "
+                        "another version of the app stores there",
+                    )
+                return cls(model, instance, initial, unknown)
         instance = model()
         return cls(model, instance, dump(instance))
 
@@ -266,6 +286,8 @@ class Binding:
             raise SerializationError(
                 key, f"its {self.model.__name__} cannot be dumped: {exc}"
             ) from None
+        if self.unknown is not None:
+            _restore(current, self.unknown)
         if current == self.initial and _identical(current, self.initial):
             return False
         data[key] = current
@@ -286,3 +308,77 @@ def _identical(a: Any, b: Any) -> bool:
     if type(a) is float:
         return math.copysign(1.0, a) == math.copysign(1.0, b)
     return True
+
+
+_names_of: dict[type[Any], frozenset[str]] = {}
+
+
+def _names(model: type[Any]) -> frozenset[str]:
+    """Every name under which ``model`` or a model inside it reads or writes a field:
+    a stored key among them is the model's, even if this dump names it otherwise (an
+    alias stored by an older Pydantic), and is never kept beside it."""
+    found = _names_of.get(model)
+    if found is not None:
+        return found
+    names: set[str] = set()
+    for owner in _models_within(model):
+        fields = getattr(owner, "model_fields", None) or getattr(owner, "__fields__", {})
+        for name, field in fields.items():
+            names.add(name)
+            for alias in (
+                getattr(field, "alias", None),
+                getattr(field, "serialization_alias", None),
+                getattr(field, "validation_alias", None),
+            ):
+                if isinstance(alias, str):
+                    names.add(alias)
+                else:  # AliasChoices: its plain names
+                    names.update(c for c in getattr(alias, "choices", ()) if isinstance(c, str))
+    found = _names_of[model] = frozenset(names)
+    return found
+
+
+def _unknown(stored: Any, dumped: Any, known: frozenset[str]) -> dict[str, Any] | None:
+    """What the dicts of ``stored`` hold that ``dumped`` leaves out and no model reads,
+    however deep in dicts: ``{key: (True, value)}`` for such a key, ``{key: (False,
+    inner)}`` for one whose value holds some. Lists are not gone into: their items may
+    have moved, and another item's fields would be given to the wrong one."""
+    if type(stored) is not dict or type(dumped) is not dict:
+        return None
+    found: dict[str, Any] = {}
+    for key, value in stored.items():
+        if key not in dumped:
+            if key not in known:
+                found[key] = (True, value)
+        elif (inner := _unknown(value, dumped[key], known)) is not None:
+            found[key] = (False, inner)
+    return found or None
+
+
+def _dropped_in_lists(
+    stored: Any, dumped: Any, known: frozenset[str], in_list: bool = False
+) -> bool:
+    """Whether an item of a list in ``stored`` holds a key that no model reads."""
+    if type(stored) is dict and type(dumped) is dict:
+        if in_list and any(k not in dumped and k not in known for k in stored):
+            return True
+        return any(
+            _dropped_in_lists(value, dumped[k], known, in_list)
+            for k, value in stored.items()
+            if k in dumped
+        )
+    if type(stored) is list and type(dumped) is list and len(stored) == len(dumped):
+        return any(
+            _dropped_in_lists(a, b, known, True) for a, b in zip(stored, dumped, strict=True)
+        )
+    return False
+
+
+def _restore(dumped: Any, unknown: dict[str, Any]) -> None:
+    """Put ``unknown`` (from :func:`_unknown`) back into ``dumped``, where the model
+    left its place: a field the model has since set is the model's."""
+    for key, (whole, value) in unknown.items():
+        if whole:
+            dumped.setdefault(key, value)
+        elif type(dumped.get(key)) is dict:
+            _restore(dumped[key], value)
