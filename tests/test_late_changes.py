@@ -555,3 +555,60 @@ async def test_a_change_by_a_task_that_outlived_its_request_is_not_lost_in_silen
 
 def read_json(record: SessionRecord) -> Any:
     return json.loads(record.data)
+
+
+async def test_a_change_refused_after_the_response_started_is_withdrawn_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A one-time code spent in a streamed body, which a parallel request spent first:
+    no 409 can go out any more, so the refusal is logged, the stream ends whole, and
+    the body's other changes are stored."""
+    store = MemoryStore()
+    app = FastAPI()
+    started, spent = asyncio.Event(), asyncio.Event()
+
+    def spend(code: dict[str, bool]) -> dict[str, bool]:
+        if code.get("used"):
+            raise ValueError("code already used")
+        return {"used": True}
+
+    @app.post("/start")
+    async def start(session: SessionDep) -> None:
+        session["code"] = {"used": False}
+
+    @app.post("/spend")
+    async def spend_now(session: SessionDep) -> None:
+        session.modify("code", spend, {})
+
+    @app.get("/stream")
+    async def stream(session: SessionDep) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"working\n"
+            started.set()
+            await spent.wait()
+            session.modify("code", spend, {})  # unused, as this request loaded it
+            session["streamed"] = True
+            yield b"done\n"
+
+        return StreamingResponse(body())
+
+    app.add_middleware(SessionMiddleware, store=store)
+    caplog.set_level(logging.WARNING, logger="coatcheck")
+    async with client_for(app) as client:
+        cookie = {"cookie": (await client.post("/start")).headers["set-cookie"].split(";")[0]}
+
+        async def other() -> int:
+            await started.wait()
+            status = (await client.post("/spend", headers=cookie)).status_code
+            spent.set()
+            return status
+
+        streamed, spent_status = await asyncio.gather(
+            client.get("/stream", headers=cookie), other()
+        )
+    assert (streamed.status_code, streamed.text, spent_status) == (200, "working\ndone\n", 200)
+    session = await read_session(store, cookie["cookie"].split("=", 1)[1])
+    assert session == {"code": {"used": True}, "streamed": True}
+    (line,) = [r.getMessage() for r in caplog.records if "withdrawn" in r.getMessage()]
+    assert line.startswith("the modify() change to 'code' raised ValueError")
+    assert line.endswith("at '/stream' (route '/stream')")

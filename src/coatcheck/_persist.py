@@ -1516,13 +1516,22 @@ class Persistence:
                 return
             session._data = {}  # destroyed: the record is deleted, whatever came after
             session._user_id = None
-        try:
-            await self.commit(session, status)
-        except SessionEndedError:
-            logger.info("the session was ended elsewhere; its late changes are dropped")
-        except _SaveCancelled:
-            # A client gone from a stream cancels its save: nothing more is stored.
-            logger.info("a save of this request was cancelled; its later changes are dropped")
+        # Each refused change is withdrawn (see Session._withdraw): the rest are tried
+        # again, as many times at most as there are changes to refuse.
+        for _ in range(len(session._updates) + 1):
+            try:
+                await self.commit(session, status)
+            except SessionEndedError:
+                logger.info("the session was ended elsewhere; its late changes are dropped")
+            except _SaveCancelled:
+                # A client gone from a stream cancels its save: nothing more is stored.
+                logger.info("a save of this request was cancelled; its later changes are dropped")
+            except _ChangeRefused as exc:
+                # Refused on a parallel request's value after the answer went out: no
+                # 409 can say so any more, and the app's refusal is no server error.
+                limited(logger, ("late refusal", id(self)), f"{exc}, at {route[1]}")
+                continue
+            return
 
     async def aclose(self) -> None:
         """Close the store, and what an importer holds open."""
