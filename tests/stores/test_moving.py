@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from coatcheck import ConfigurationError, MemoryStore, SessionConfig
+from coatcheck import ConfigurationError, MemoryStore, SessionConfig, StoreUnavailableError
 from coatcheck._ids import store_key
 from coatcheck._persist import Persistence
 from coatcheck.session import Session
@@ -17,6 +17,7 @@ from coatcheck.store_contract import NOW, StoreContract, make_record
 from coatcheck.stores import MovingStore, SessionRecord, Store
 from coatcheck.testing import FakeClock
 
+from ..conftest import DownStore
 from ..store_kinds import build_store
 
 pytestmark = pytest.mark.anyio
@@ -170,3 +171,53 @@ async def test_a_session_moved_while_sessions_are_ended_is_ended_too(end: str) -
     else:
         assert await moving.delete_all(NOW) == 1
     assert await moving.load(phone.key, NOW) is None
+
+
+async def test_a_session_moved_by_a_parallel_request_is_found_where_it_went() -> None:
+    """The first page after the switch fetches several things at once: a request that
+    missed the session in the new store, then finds it gone from the old (a parallel
+    request moved it in between), finds it in the new store after all."""
+    session = make_record(user_id="alice")
+    moving: MovingStore
+
+    class MovedMeanwhile(MemoryStore):
+        async def load(self, key: str, now: float) -> SessionRecord | None:
+            missed = await super().load(key, now)
+            if missed is None and self.parallel:
+                self.parallel = False
+                assert await moving.load(key, now) == session  # the other request
+            return missed
+
+        parallel = True
+
+    old = MemoryStore()
+    await old.save(session)
+    moving = MovingStore(MovedMeanwhile(), old)
+    assert await moving.load(session.key, NOW) == session
+    assert await old.load(session.key, NOW) is None
+
+
+class _Down(DownStore):
+    async def delete_user(self, user_id: str, **options: Any) -> int:
+        if self.down:
+            raise StoreUnavailableError("the store is down", retry_after=1)
+        return await super().delete_user(user_id, **options)
+
+
+async def test_a_moved_session_logs_out_while_the_old_store_is_down(clock: FakeClock) -> None:
+    """Once moved, a session no longer needs the old store, not even to end; ending a
+    user's sessions does, since some may not have moved yet: it fails rather than
+    leave those signed in."""
+    old = _Down()
+    before = Persistence(old, SessionConfig(clock=clock), None)
+    cookie = await _signed_in(before, "alice")
+    new = MemoryStore()
+    after = Persistence(MovingStore(new, old), SessionConfig(clock=clock), None)
+    assert (await _open(after, cookie)).user_id == "alice"  # moved
+    old.down = True
+    session = await _open(after, cookie)
+    session.logout()
+    await after.commit(session, 200)
+    assert await new.load(store_key(cookie), clock()) is None
+    with pytest.raises(StoreUnavailableError):
+        await MovingStore(new, old).delete_user("alice", now=clock())

@@ -10,7 +10,9 @@ timeout at the latest), the app drops it.
 
 from __future__ import annotations
 
-from ..exceptions import ConfigurationError
+import contextlib
+
+from ..exceptions import ConfigurationError, StoreUnavailableError
 from .base import (
     Create,
     Merge,
@@ -55,7 +57,11 @@ class MovingStore:
         if record is not None:
             return record
         record = await self.old.load(key, now)
-        return None if record is None else await self._move(record, now)
+        if record is None:
+            # Moved meanwhile by a parallel request of the same browser (the first page
+            # after the switch fetches several things at once): it is in the new store.
+            return await self.new.load(key, now)
+        return await self._move(record, now)
 
     async def _move(self, record: SessionRecord, now: float) -> SessionRecord | None:
         if not await self._create(record):
@@ -108,7 +114,11 @@ class MovingStore:
     # moved in between (a click while "sign everyone out" sweeps the old store).
 
     async def delete(self, key: str) -> None:
-        await self.old.delete(key)
+        # A session is deleted once loaded, so moved: the old store no longer holds it,
+        # and its outage must not stop a logout. Revocations, which reach sessions that
+        # have not moved, do wait for it (below).
+        with contextlib.suppress(StoreUnavailableError):
+            await self.old.delete(key)
         await self.new.delete(key)
 
     async def moved_at(self, key: str, now: float) -> float | None:
