@@ -32,6 +32,7 @@ from coatcheck import (
     SessionMiddleware,
 )
 from coatcheck._ids import store_key
+from coatcheck._models import Binding
 from coatcheck.fastapi import SessionDep, session_model
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL
 
@@ -409,6 +410,43 @@ async def test_fields_a_newer_version_added_are_kept_when_an_older_one_writes(
     (warning,) = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
     assert "'order' holds fields that Order does not know in the items of a list" in warning
     assert "extra='allow'" in warning
+
+
+class Coupon(BaseModel):
+    code: str = ""
+
+
+class Checkout(BaseModel):
+    name: str = ""
+    coupon: Coupon | None = None
+    address: Address = Address()
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["changed", "replaced"])
+async def test_a_nested_model_keeps_its_own_unknown_fields_and_a_new_one_starts_without(
+    replace: bool,
+) -> None:
+    """A newer version's field stays with the object that had it: a coupon replaced by
+    this version does not inherit the old one's discount. And a newer field is known
+    by its own model only: ``name`` in the address is unknown there, whatever the
+    checkout calls ``name``."""
+    stored = {
+        "name": "Anna",
+        "coupon": {"code": "VIP50", "discount_pct": 50},
+        "address": {"street": "", "name": "Home"},
+    }
+    data: dict[str, Any] = {"checkout": stored}
+    binding = Binding.of("checkout", Checkout, data)
+    checkout = binding.instance
+    checkout.address.street = "Main St"
+    if replace:
+        checkout.coupon = Coupon(code="WELCOME")
+    assert binding.sync("checkout", data)
+    assert data["checkout"] == {
+        "name": "Anna",
+        "coupon": {"code": "WELCOME"} if replace else {"code": "VIP50", "discount_pct": 50},
+        "address": {"street": "Main St", "name": "Home"},
+    }
 
 
 async def test_a_late_change_to_a_session_without_a_record_is_dropped_with_a_warning(

@@ -260,11 +260,13 @@ class Binding:
                 )
             else:
                 initial = dump(instance)
-                known = _names(model)
-                unknown = _unknown(data[key], initial, known)
+                stored = data[key]
+                if stored == initial:  # as this version writes it: the usual case
+                    return cls(model, instance, initial)
+                unknown = _unknown(stored, initial, instance)
                 if unknown is not None:
-                    _restore(initial, unknown)
-                if _dropped_in_lists(data[key], initial, known):
+                    _restore(initial, unknown, instance)
+                if _dropped_in_lists(stored, initial, instance):
                     once(
                         logger,
                         ("unknown", key, model),
@@ -287,7 +289,7 @@ class Binding:
                 key, f"its {self.model.__name__} cannot be dumped: {exc}"
             ) from None
         if self.unknown is not None:
-            _restore(current, self.unknown)
+            _restore(current, self.unknown, self.instance)
         if current == self.initial and _identical(current, self.initial):
             return False
         data[key] = current
@@ -311,74 +313,98 @@ def _identical(a: Any, b: Any) -> bool:
 
 
 _names_of: dict[type[Any], frozenset[str]] = {}
+_MISSING: Any = object()
 
 
 def _names(model: type[Any]) -> frozenset[str]:
-    """Every name under which ``model`` or a model inside it reads or writes a field:
-    a stored key among them is the model's, even if this dump names it otherwise (an
-    alias stored by an older Pydantic), and is never kept beside it."""
+    """Every name under which ``model`` reads or writes one of its own fields: a stored
+    key among them is the model's, even if this dump names it otherwise (an alias
+    stored by an older Pydantic), and is never kept beside it."""
     found = _names_of.get(model)
     if found is not None:
         return found
     names: set[str] = set()
-    for owner in _models_within(model):
-        fields = getattr(owner, "model_fields", None) or getattr(owner, "__fields__", {})
-        for name, field in fields.items():
-            names.add(name)
-            for alias in (
-                getattr(field, "alias", None),
-                getattr(field, "serialization_alias", None),
-                getattr(field, "validation_alias", None),
-            ):
-                if isinstance(alias, str):
-                    names.add(alias)
-                else:  # AliasChoices: its plain names
-                    names.update(c for c in getattr(alias, "choices", ()) if isinstance(c, str))
+    fields = getattr(model, "model_fields", None) or getattr(model, "__fields__", {})
+    for name, field in fields.items():
+        names.add(name)
+        for alias in (
+            getattr(field, "alias", None),
+            getattr(field, "serialization_alias", None),
+            getattr(field, "validation_alias", None),
+        ):
+            if isinstance(alias, str):
+                names.add(alias)
+            else:  # AliasChoices: its plain names
+                names.update(c for c in getattr(alias, "choices", ()) if isinstance(c, str))
     found = _names_of[model] = frozenset(names)
     return found
 
 
-def _unknown(stored: Any, dumped: Any, known: frozenset[str]) -> dict[str, Any] | None:
-    """What the dicts of ``stored`` hold that ``dumped`` leaves out and no model reads,
-    however deep in dicts: ``{key: (True, value)}`` for such a key, ``{key: (False,
-    inner)}`` for one whose value holds some. Lists are not gone into: their items may
-    have moved, and another item's fields would be given to the wrong one."""
+def _known(holder: Any) -> frozenset[str]:
+    """The names the object at this place reads: a model's own fields; a plain dict
+    dumps every key it holds, so none of its stored keys is unknown to it."""
+    return _names(type(holder)) if _is_model(type(holder)) else frozenset()
+
+
+def _child(holder: Any, key: str) -> Any:
+    """What ``holder`` (a model, or a dict of them) holds under ``key``."""
+    if type(holder) is dict:
+        return holder.get(key, _MISSING)
+    return getattr(holder, key, _MISSING)  # by name: a dump by alias is not gone into
+
+
+def _unknown(stored: Any, dumped: Any, holder: Any) -> dict[str, Any] | None:
+    """What the dicts of ``stored`` hold that ``dumped`` leaves out and the object at
+    that place does not read: ``{key: (True, value, None)}`` for such a key, ``{key:
+    (False, inner, child)}`` for one whose value, ``child``, holds some. Lists are not
+    gone into: their items may have moved, and another item's fields would be given to
+    the wrong one; nor is an object replaced since (see :func:`_restore`)."""
     if type(stored) is not dict or type(dumped) is not dict:
         return None
+    known = _known(holder)
     found: dict[str, Any] = {}
     for key, value in stored.items():
         if key not in dumped:
-            if key not in known:
-                found[key] = (True, value)
-        elif (inner := _unknown(value, dumped[key], known)) is not None:
-            found[key] = (False, inner)
+            if key not in known and type(holder) is not dict:
+                found[key] = (True, value, None)
+        else:
+            child = _child(holder, key)
+            if child is not _MISSING and (inner := _unknown(value, dumped[key], child)):
+                found[key] = (False, inner, child)
     return found or None
 
 
-def _dropped_in_lists(
-    stored: Any, dumped: Any, known: frozenset[str], in_list: bool = False
-) -> bool:
-    """Whether an item of a list in ``stored`` holds a key that no model reads."""
+def _dropped_in_lists(stored: Any, dumped: Any, holder: Any, in_list: bool = False) -> bool:
+    """Whether an item of a list in ``stored`` holds a key its model does not read."""
     if type(stored) is dict and type(dumped) is dict:
-        if in_list and any(k not in dumped and k not in known for k in stored):
-            return True
+        if in_list and _is_model(type(holder)):
+            known = _known(holder)
+            if any(k not in dumped and k not in known for k in stored):
+                return True
         return any(
-            _dropped_in_lists(value, dumped[k], known, in_list)
+            _dropped_in_lists(value, dumped[k], child, in_list)
             for k, value in stored.items()
-            if k in dumped
+            if k in dumped and (child := _child(holder, k)) is not _MISSING
         )
-    if type(stored) is list and type(dumped) is list and len(stored) == len(dumped):
+    if (
+        type(stored) is list
+        and type(dumped) is list
+        and isinstance(holder, (list, tuple))
+        and len(stored) == len(dumped) == len(holder)
+    ):
         return any(
-            _dropped_in_lists(a, b, known, True) for a, b in zip(stored, dumped, strict=True)
+            _dropped_in_lists(a, b, item, True)
+            for a, b, item in zip(stored, dumped, holder, strict=True)
         )
     return False
 
 
-def _restore(dumped: Any, unknown: dict[str, Any]) -> None:
-    """Put ``unknown`` (from :func:`_unknown`) back into ``dumped``, where the model
-    left its place: a field the model has since set is the model's."""
-    for key, (whole, value) in unknown.items():
+def _restore(dumped: Any, unknown: dict[str, Any], holder: Any) -> None:
+    """Put ``unknown`` (from :func:`_unknown`) back into ``dumped``, where the object
+    that held it is still there: a field the model has since set is the model's, and a
+    nested model replaced since (a new coupon) starts without the old one's fields."""
+    for key, (whole, value, child) in unknown.items():
         if whole:
             dumped.setdefault(key, value)
-        elif type(dumped.get(key)) is dict:
-            _restore(dumped[key], value)
+        elif _child(holder, key) is child and type(dumped.get(key)) is dict:
+            _restore(dumped[key], value, child)

@@ -221,3 +221,20 @@ async def test_a_moved_session_logs_out_while_the_old_store_is_down(clock: FakeC
     assert await new.load(store_key(cookie), clock()) is None
     with pytest.raises(StoreUnavailableError):
         await MovingStore(new, old).delete_user("alice", now=clock())
+
+
+async def test_a_move_the_old_store_fails_to_finish_leaves_no_copy_behind() -> None:
+    """Left in both stores, a session that a logout ends in the new one would be moved
+    again from the old one, and its cookie would sign in again."""
+
+    class DeleteFails(MemoryStore):
+        async def delete(self, key: str) -> None:
+            raise StoreUnavailableError("the store is down", retry_after=1)
+
+    session = make_record(user_id="alice")
+    old, new = DeleteFails(), MemoryStore()
+    await old.save(session)
+    with pytest.raises(StoreUnavailableError):
+        await MovingStore(new, old).load(session.key, NOW)
+    assert await new.load(session.key, NOW) is None
+    assert await old.load(session.key, NOW) == session

@@ -67,12 +67,18 @@ class MovingStore:
         if not await self._create(record):
             # Moved, and maybe saved since, by a parallel request: that copy stands.
             return await self.new.load(record.key, now)
-        if await self.old.load(record.key, now) is None:
-            # Ended in the old store after it was read (a revocation, a logout that
-            # found it there): the copy must not bring it back.
+        try:
+            if await self.old.load(record.key, now) is None:
+                # Ended in the old store after it was read (a revocation, a logout that
+                # found it there): the copy must not bring it back.
+                await self.new.delete(record.key)
+                return None
+            await self.old.delete(record.key)
+        except BaseException:
+            # Left in both, the session would be moved again from the old store after
+            # a logout that ended it in the new one: it stays where it was.
             await self.new.delete(record.key)
-            return None
-        await self.old.delete(record.key)
+            raise
         return record
 
     async def save(
