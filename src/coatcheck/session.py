@@ -386,14 +386,14 @@ class Session(MutableMapping[str, Any]):
 
     def _check_saved(self, _: object = None) -> None:
         self._finished = True
-        if self._models:
-            self._sync_models()  # a typed value changed in place counts
-        unsaved = self._modified
-        if not unsaved and self._exposed:  # a value handed out may have changed in place
-            try:
+        try:
+            if self._models:
+                self._sync_models()  # a typed value changed in place counts
+            unsaved = self._modified
+            if not unsaved and self._exposed:  # a value handed out may have changed in place
                 unsaved = self._persistence.serializer.dumps(self._data) != self._raw
-            except (TypeError, ValueError):
-                unsaved = True
+        except (TypeError, ValueError):  # SerializationError too: a value no save could store
+            unsaved = True
         if unsaved:
             # One budget for the app: a client can make up paths faster than anyone reads.
             limited(logger, ("finished", id(self._persistence)), _FINISHED.format(path=self._path))
