@@ -551,22 +551,21 @@ async def test_a_server_that_refuses_who_connects_is_a_store_error_not_an_outage
     """No wait lets in a role or a database that is not there: an error to fix, logged
     as one, and no 503 that promises the outage will pass."""
     url = f"postgresql://{user}@127.0.0.1:{postgres.port}/{database}"
-    store = store_from_url(f"{url}?timeout=0.5&table={unique_prefix()}")
-    try:
-        with pytest.raises(StoreError, match=complaint) as caught:
-            await store.count(NOW)
-        assert not isinstance(caught.value, StoreUnavailableError)
-    finally:
-        await store.aclose()
+    await refused_for_good(f"{url}?timeout=0.5", complaint)
 
 
 async def test_tls_required_of_a_server_without_it_is_a_store_error_not_an_outage(
     postgres: PostgresServer,
 ) -> None:
     """Certificates and TLS set up wrong stay wrong however long one waits."""
-    store = store_from_url(f"{postgres.url}?sslmode=require&timeout=0.5&table={unique_prefix()}")
+    await refused_for_good(f"{postgres.url}?sslmode=require&timeout=0.5", "does not support SSL")
+
+
+async def refused_for_good(url: str, complaint: str) -> None:
+    """The store at ``url`` fails with ``complaint``, as an error and not an outage."""
+    store = store_from_url(f"{url}&table={unique_prefix()}")
     try:
-        with pytest.raises(StoreError, match="does not support SSL") as caught:
+        with pytest.raises(StoreError, match=complaint) as caught:
             await store.count(NOW)
         assert not isinstance(caught.value, StoreUnavailableError)
     finally:
