@@ -611,3 +611,30 @@ async def test_remember_takes_only_a_bool_and_changes_the_id(persistence: Persis
     assert again._id != sid
     headers = dict(await persistence.commit(again, 200))
     assert b"Max-Age=" in headers[b"set-cookie"]
+
+
+@pytest.mark.parametrize("how", ["idle", "logout", "revoked", "unknown", "none"])
+async def test_a_ticket_for_no_live_session_is_told_apart_from_no_ticket(
+    any_store: Store, clock: FakeClock, how: str
+) -> None:
+    """So a page can say "your session ended" rather than show the sign-in form
+    without a word: true for a ticket whose session ended, however it ended."""
+    persistence = Persistence(any_store, SessionConfig(clock=clock), None)
+    session = await fresh(persistence)
+    session.login("alice")
+    cookie: str | None = await saved(persistence, session)
+    assert (await fresh(persistence, cookie)).ticket_ended is False
+    if how == "idle":
+        clock.advance(31 * 60)
+    elif how == "logout":
+        ended = await fresh(persistence, cookie)
+        ended.logout()
+        await persistence.commit(ended, 200)
+    elif how == "revoked":
+        await any_store.delete_user("alice", now=clock())
+    elif how == "unknown":
+        cookie = new_session_id()
+    else:
+        cookie = None
+    after = await fresh(persistence, cookie)
+    assert (after.user_id, after.ticket_ended) == (None, how != "none")

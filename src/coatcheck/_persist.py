@@ -193,6 +193,7 @@ class Persistence:
         session._by_header = session_id is not None
         if not session._by_header:
             session_id = read_cookie(session._headers, self._cookie_needle)
+        sent = bool(session_id)
         if self._sealer is None:
             key = None if session_id is None else key_of(session_id)
             # The ID waits on the session, not in this frame, while the store is asked:
@@ -266,6 +267,7 @@ class Persistence:
                     imported = self._storable(imported) or None
         import_id = session._import_id  # from here on no await: _adopt() clears it
         session._adopt(session._id, record, imported or data, now, self.config.normal.idle)
+        session._ticket_ended = sent and record is None
         session._orphan = orphan
         session._earlier_import = earlier
         session._unserved = unserved

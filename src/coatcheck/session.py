@@ -128,6 +128,7 @@ class Session(MutableMapping[str, Any]):
         "_root_path",
         "_signing_in",
         "_stored",
+        "_ticket_ended",
         "_unserved",
         "_updates",
         "_user_id",
@@ -145,6 +146,7 @@ class Session(MutableMapping[str, Any]):
     _waiter: asyncio.Event | None  # set when it ends, made once a second load waits
     _by_header: bool  # the client sent its token in SessionConfig.token_header, not a cookie
     _cookie_final: bool  # the response has started: the cookie can no longer change
+    _ticket_ended: bool  # the request's ticket named no live session (see ticket_ended)
     # The request has finished, so nothing commits a change any more; while a late change
     # waits to be saved by the task that made it, the check that it was.
     _finished: bool | asyncio.Task[Any]
@@ -742,6 +744,15 @@ class Session(MutableMapping[str, Any]):
         return self._stored is None
 
     @property
+    def ticket_ended(self) -> bool:
+        """True when the request brought a ticket (its cookie, or the token header) for
+        no live session: one that went unused past its limit, was signed out or
+        revoked, or never was. A page can then say "your session ended, sign in again"
+        rather than show the sign-in form without a word."""
+        self._require_loaded()
+        return self._ticket_ended
+
+    @property
     def created_at(self) -> datetime:
         """When the session began (a login begins a new one), in UTC."""
         self._require_loaded()
@@ -879,6 +890,7 @@ class Session(MutableMapping[str, Any]):
         self._halted = self._orphan = self._missed = self._earlier_import = None
         self._unserved = None
         if not self._loaded:  # a reload() goes on counting, and may wait for a save
+            self._ticket_ended = False  # load() says otherwise, once it knows
             self._edits = 0
             self._writer = self._written = self._deferred = None
             self._announcing = self._landed = False

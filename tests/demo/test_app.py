@@ -1272,3 +1272,57 @@ async def test_a_tab_left_open_for_alice_cannot_sign_bob_out(app: FastAPI, actio
         mine = await shared.post(f"/sessions/{action}", data={"account": "bob"})
         assert mine.status_code == 303
         assert (await phone.get("/me")).status_code == 401
+
+
+@pytest.mark.anyio
+async def test_a_ticket_whose_session_ended_is_told_on_the_page(app: FastAPI) -> None:
+    """Signed out elsewhere (or idle past the limit): the page says the session ended,
+    rather than show the sign-in form without a word, and an item added then says it
+    starts a new cart."""
+    async with browser(app) as client:
+        await login(client)
+        assert (await client.post("/cart/items", json={"item": "apple"})).status_code == 201
+        assert await app.state.store.delete_user("alice") == 1  # ended elsewhere
+        page = await client.get("/")
+        assert "Your session has ended" in page.text
+        assert "<title>Session ended · coatcheck demo</title>" in page.text
+        added = await client.post("/cart/items", data={"item": "pear"}, headers=FORM)
+        assert added.status_code == 303
+        page = await client.get("/")
+    assert "Your session had ended, so this item starts a new cart." in page.text
+    assert "<title>Your session had ended" in page.text  # announced, as errors are
+    assert "Your session has ended" not in page.text  # the new cart's session lives
+
+
+@pytest.mark.anyio
+async def test_a_tab_left_open_for_alice_cannot_claim_to_sign_out_her_phone(
+    app: FastAPI,
+) -> None:
+    """Its device button, once bob signed in on the browser, found no such device of
+    his and said "already ended": alice would think her lost phone signed out."""
+    async with browser(app) as shared, browser(app, PHONE) as phone:
+        await login(shared)
+        await login(phone)
+        (_, phone_id) = [d["id"] for d in (await shared.get("/sessions")).json()["sessions"]]
+        await shared.post("/logout", headers=JSON)
+        await login(shared, "bob")
+        stale = await shared.post(f"/sessions/{phone_id}/revoke", data={"account": "alice"})
+        assert stale.status_code == 409
+        assert "nothing was changed" in stale.text
+        assert (await phone.get("/me")).json()["user"] == "alice"
+
+
+@pytest.mark.anyio
+async def test_a_form_posted_while_the_store_is_down_is_told_it_was_not_saved() -> None:
+    from ..redis_servers import free_port
+
+    app = create_app(store_url=f"redis://127.0.0.1:{free_port()}/0?timeout=0.5")
+    try:
+        async with browser(app) as client:
+            ticket = {"cookie": f"session={'A' * 43}", "accept": "text/html"}
+            posted = await client.post("/cart/items", data={"item": "scarf"}, headers=ticket)
+    finally:
+        await app.state.store.aclose()
+    assert posted.status_code == 503
+    assert "What you just sent was not saved" in posted.text
+    assert "Nothing you did was lost" not in posted.text

@@ -142,6 +142,11 @@ async def render_home(
         "ticked": ticked,
         # Messages left by the form that redirected here; shown once.
         "flashes": session.pop_flashes(),
+        # A ticket whose session ended (idle, signed out elsewhere): said, not silent.
+        "ended": user is None and session.ticket_ended,
+        # When an unused page's session ends: it then reloads, rather than show a
+        # signed-in page (a shared computer's) that no longer is.
+        "idle_seconds": int(session.idle_timeout.total_seconds()) if user is not None else 0,
         "username": username,
         "credentials": DEMO_CREDENTIALS,
         "cookie_name": request.app.state.cookie_name,
@@ -175,7 +180,13 @@ def unavailable_page(store_label: str) -> Callable[[int], ASGIApp]:
             if wants_json(request) or "text/html" not in request.headers.get("accept", ""):
                 await unavailable_response(retry_after)(scope, receive, send)
                 return
-            context = {"user": None, "store_label": store_label, "retry_after": retry_after}
+            context = {
+                "user": None,
+                "store_label": store_label,
+                "retry_after": retry_after,
+                # What a form sent was not stored: the page must not say nothing was lost.
+                "posted": request.method not in ("GET", "HEAD"),
+            }
             headers = {**HTML_HEADERS, "Retry-After": str(retry_after)}
             page = templates.TemplateResponse(
                 request, "unavailable.html", context, status_code=503, headers=headers

@@ -208,6 +208,8 @@ async def cart(session: SessionDep) -> Cart:
 async def add_item(request: Request, session: SessionDep) -> Response | Cart:
     """Works without an account: the first item starts an anonymous session."""
     item = (await read_input(request, CartItem)).item
+    if session.ticket_ended and from_page(request):
+        session.flash("Your session had ended, so this item starts a new cart.")
     added = len(_cart(session)) < MAX_CART_ITEMS
 
     def add(cart: object) -> list[str]:
@@ -338,10 +340,15 @@ async def revoke(session_id: str, user: RequiredUser, session: SessionDep) -> Re
 
 
 @router.post("/sessions/{session_id}/revoke", include_in_schema=False)
-async def revoke_from_page(session_id: str, user: CurrentUser, session: SessionDep) -> Response:
+async def revoke_from_page(
+    request: Request, session_id: str, user: CurrentUser, session: SessionDep
+) -> Response:
     """The page's revoke buttons: plain forms cannot send ``DELETE``."""
     if user is None:
         return _to_page()
+    # From a tab left open on alice's page, bob's browser now: "already ended" would
+    # tell her a lost phone was signed out when it was not.
+    await _refuse_if_for_another_account(request, user)
     this_one = session_id == session.public_id
     if not await session.revoke(session_id):
         raise PageError("That session has already ended.", 404)

@@ -4,3 +4,9 @@
 addEventListener("pageshow", (event) => {
   if (event.persisted) location.reload();
 });
+
+// A page left unused past its session's idle limit (minutes on a shared computer) must
+// not go on showing its user's cart and devices to whoever sits down next: asked again,
+// the server shows the sign-in form, or the same page if the session lives on.
+const idle = Number(document.body.dataset.idleSeconds || 0);
+if (idle > 0) setTimeout(() => location.reload(), (idle + 1) * 1000);
