@@ -613,7 +613,7 @@ async def test_remember_takes_only_a_bool_and_changes_the_id(persistence: Persis
     assert b"Max-Age=" in headers[b"set-cookie"]
 
 
-@pytest.mark.parametrize("how", ["idle", "logout", "revoked", "unknown", "none"])
+@pytest.mark.parametrize("how", ["idle", "logout", "revoked", "unknown", "none", "not-a-ticket"])
 async def test_a_ticket_for_no_live_session_is_told_apart_from_no_ticket(
     any_store: Store, clock: FakeClock, how: str
 ) -> None:
@@ -634,7 +634,9 @@ async def test_a_ticket_for_no_live_session_is_told_apart_from_no_ticket(
         await any_store.delete_user("alice", now=clock())
     elif how == "unknown":
         cookie = new_session_id()
+    elif how == "not-a-ticket":
+        cookie = "new"  # what a token client sends to start: no session ended
     else:
         cookie = None
     after = await fresh(persistence, cookie)
-    assert (after.user_id, after.ticket_ended) == (None, how != "none")
+    assert (after.user_id, after.ticket_ended) == (None, how not in ("none", "not-a-ticket"))

@@ -67,6 +67,8 @@ class _SaveCancelled(StoreUnavailableError):
     """Why a request stores nothing more once one of its saves was cancelled."""
 
 
+# Characters below which a value cannot be a sealed ticket (``ticket_ended``).
+_SEALED_AT_LEAST = 40
 # Seconds after a login moved a session within which a request bringing the old cookie
 # counts as sent before the login's answer reached the browser: the answer's way back,
 # and the clocks of two app servers that differ, take that long at most.
@@ -193,9 +195,9 @@ class Persistence:
         session._by_header = session_id is not None
         if not session._by_header:
             session_id = read_cookie(session._headers, self._cookie_needle)
-        sent = bool(session_id)
         if self._sealer is None:
             key = None if session_id is None else key_of(session_id)
+            sent = key is not None  # a ticket's shape: not `new`, not junk
             # The ID waits on the session, not in this frame, while the store is asked:
             # error trackers (Sentry) show the locals of a frame an error passed through,
             # and a Session only as its data. _adopt() keeps it or drops it.
@@ -204,6 +206,8 @@ class Persistence:
             if self._down_since is not None and key is not None:
                 self._store_answers(wrote=False)
         else:
+            # A sealed ticket is long (nonce, tag, record); `new` or a stray value is not.
+            sent = session_id is not None and len(session_id) >= _SEALED_AT_LEAST
             opened = None if session_id is None else self._sealer.open(session_id)
             session._id, record = (None, None) if opened is None else opened
             session_id = None
