@@ -32,7 +32,7 @@ from coatcheck import (
     SessionMiddleware,
 )
 from coatcheck._ids import store_key
-from coatcheck._models import Binding
+from coatcheck._models import Binding, _child, _restore, _unknown
 from coatcheck.fastapi import SessionDep, session_model
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL
 
@@ -447,6 +447,31 @@ async def test_a_nested_model_keeps_its_own_unknown_fields_and_a_new_one_starts_
         "coupon": {"code": "WELCOME"} if replace else {"code": "VIP50", "discount_pct": 50},
         "address": {"street": "Main St", "name": "Home"},
     }
+
+
+def test_a_nested_model_is_found_under_the_alias_its_value_is_stored_by() -> None:
+    """Before Pydantic 2.11 (and in Pydantic 1) values are stored by alias: the nested
+    model that holds a newer version's field is found under it all the same."""
+    from pydantic import ConfigDict
+    from pydantic.alias_generators import to_camel
+
+    class Shipping(BaseModel):
+        model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+        street_name: str = ""
+
+    class Profile(BaseModel):
+        model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+        shipping_address: Shipping = Shipping()
+
+    profile = Profile()
+    assert _child(profile, "shippingAddress") is profile.shipping_address
+    assert _child(profile, "shipping_address") is profile.shipping_address
+    stored = {"shippingAddress": {"streetName": "", "zipPlus": "1234"}}
+    dumped = {"shippingAddress": {"streetName": "Main"}}  # as dumped by alias
+    unknown = _unknown(stored, dumped, profile)
+    assert unknown is not None
+    _restore(dumped, unknown, profile)
+    assert dumped == {"shippingAddress": {"streetName": "Main", "zipPlus": "1234"}}
 
 
 async def test_a_late_change_to_a_session_without_a_record_is_dropped_with_a_warning(

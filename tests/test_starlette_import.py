@@ -105,6 +105,10 @@ def coatcheck_app(store: Store, settings: StarletteImport, **config: Any) -> Fas
     async def state(session: SessionDep) -> dict[str, Any]:
         return {"user": session.user_id, "data": dict(session), "remember": session.remember}
 
+    @app.get("/ended")
+    async def ended(session: SessionDep) -> dict[str, Any]:
+        return {"data": dict(session), "ended": session.ticket_ended}
+
     @app.post("/cart")
     async def add(session: SessionDep) -> dict[str, Any]:
         session["cart"] = [*session.get("cart", []), "pear"]
@@ -219,6 +223,22 @@ async def test_a_starlette_cookie_moves_into_an_encrypted_one_on_the_cookie_stor
     assert added.json() == {"cart": ["apple", "pear"]}
     assert again.json()["data"]["cart"] == ["apple", "pear"]
     assert set_cookies(again) == []
+
+
+@pytest.mark.parametrize("kind", ["cookie", "memory"])
+async def test_an_imported_session_is_no_ended_ticket_under_a_shared_name(kind: str) -> None:
+    """coatcheck's cookie may take the old one's name (``session``, the demo's on plain
+    HTTP): the old cookie is then read as an import, not as the ticket of a session
+    that ended, which a page would announce over the cart it shows."""
+    site = Site()
+    async with browser(site) as client:
+        await visit_before_the_switch(client, {"cart": ["apple"]})
+        keys = ["a-secret-key-of-at-least-16-bytes"]
+        store = CookieStore() if kind == "cookie" else MemoryStore()
+        same_name = CookieConfig(name="session")
+        site.app = coatcheck_app(store, StarletteImport(SECRET), secret_keys=keys, cookie=same_name)
+        first = (await client.get("/ended")).json()
+    assert first == {"data": {"cart": ["apple"]}, "ended": False}
 
 
 @pytest.mark.parametrize("kind", ["cookie", "memory"])

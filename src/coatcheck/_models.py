@@ -346,11 +346,27 @@ def _known(holder: Any) -> frozenset[str]:
     return _names(type(holder)) if _is_model(type(holder)) else frozenset()
 
 
+_fields_of: dict[type[Any], dict[str, str]] = {}
+
+
 def _child(holder: Any, key: str) -> Any:
-    """What ``holder`` (a model, or a dict of them) holds under ``key``."""
+    """What ``holder`` (a model, or a dict of them) holds under ``key``: a field's name,
+    or its alias where the dump is by alias (before Pydantic 2.11, and Pydantic 1)."""
     if type(holder) is dict:
         return holder.get(key, _MISSING)
-    return getattr(holder, key, _MISSING)  # by name: a dump by alias is not gone into
+    kind = type(holder)
+    if not _is_model(kind):
+        return _MISSING
+    fields = _fields_of.get(kind)
+    if fields is None:
+        fields = _fields_of[kind] = {}
+        declared = getattr(kind, "model_fields", None) or getattr(kind, "__fields__", {})
+        for name, field in declared.items():
+            for alias in (getattr(field, "serialization_alias", None), field.alias, name):
+                if isinstance(alias, str):
+                    fields.setdefault(alias, name)
+    name = fields.get(key)
+    return _MISSING if name is None else getattr(holder, name, _MISSING)
 
 
 def _unknown(stored: Any, dumped: Any, holder: Any) -> dict[str, Any] | None:

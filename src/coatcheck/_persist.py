@@ -271,7 +271,7 @@ class Persistence:
                     imported = self._storable(imported) or None
         import_id = session._import_id  # from here on no await: _adopt() clears it
         session._adopt(session._id, record, imported or data, now, self.config.normal.idle)
-        session._ticket_ended = sent and record is None
+        session._ticket_ended = sent and record is None and imported is None
         session._orphan = orphan
         session._earlier_import = earlier
         session._unserved = unserved

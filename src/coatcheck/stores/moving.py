@@ -75,9 +75,16 @@ class MovingStore:
                 return None
             await self.old.delete(record.key)
         except BaseException:
-            # Left in both, the session would be moved again from the old store after
-            # a logout that ended it in the new one: it stays where it was.
-            await self.new.delete(record.key)
+            # The old store's delete may or may not have been carried out (a reply that
+            # timed out, a cancel). Left in both, the session would be moved back from
+            # the old store after a logout ended it in the new one: the copy stays only
+            # where the old store is known to hold it no more.
+            try:
+                gone = await self.old.load(record.key, now) is None
+            except Exception:
+                gone = False
+            if not gone:
+                await self.new.delete(record.key)
             raise
         return record
 

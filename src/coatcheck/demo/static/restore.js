@@ -8,5 +8,6 @@ addEventListener("pageshow", (event) => {
 // A page left unused past its session's idle limit (minutes on a shared computer) must
 // not go on showing its user's cart and devices to whoever sits down next: asked again,
 // the server shows the sign-in form, or the same page if the session lives on.
+// Past about 24 days a timer's delay wraps around and fires at once: no timer then.
 const idle = Number(document.body.dataset.idleSeconds || 0);
-if (idle > 0) setTimeout(() => location.reload(), (idle + 1) * 1000);
+if (idle > 0 && idle < 2_000_000) setTimeout(() => location.reload(), (idle + 1) * 1000);
