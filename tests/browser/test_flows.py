@@ -406,11 +406,26 @@ def test_back_after_the_idle_limit_does_not_show_the_signed_in_page(
     sign-in form the next person already saw."""
     server = start_server("--idle-timeout", "2", "--absolute-timeout", "60", name="idle-back")
     with _alices_page_in_the_back_forward_cache(playwright, server) as page:
-        time.sleep(3.0)  # idle past the limit; the next person opens the site
+        # Left before its own idle timer fires (a page kept in the cache runs none).
         submit(page, page.get_by_role("link", name="/docs"))
+        time.sleep(3.0)  # idle past the limit; the next person comes to the browser
         page.go_back(wait_until="commit")  # to alice's page, kept in the browser's memory
         expect_login_form(page)  # asked again once shown: her session has ended
         _shows_nothing_of_alices(page)
+
+
+def test_a_signed_in_page_left_open_past_the_idle_limit_shows_the_sign_in_form(
+    start_server: StartServer, new_context: NewContext
+) -> None:
+    """On a shared computer, the next person must not find the last one's cart and
+    devices on the screen because nobody clicked since the session ended."""
+    server = start_server("--idle-timeout", "2", "--absolute-timeout", "60", name="idle-open")
+    page = _open(new_context(), server.url)
+    add_item(page, "secret gift")
+    sign_in(page, "alice")
+    expect_signed_in(page, "alice")
+    expect_login_form(page)  # by itself, within expect()'s wait, once 3 s have passed
+    _shows_nothing_of_alices(page)
 
 
 # -- the sign-in form's error ------------------------------------------------------------
