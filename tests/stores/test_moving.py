@@ -15,6 +15,7 @@ from coatcheck._persist import Persistence
 from coatcheck.session import Session
 from coatcheck.store_contract import NOW, StoreContract, make_record
 from coatcheck.stores import MovingStore, SessionRecord, Store
+from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import FakeClock
 
 from ..conftest import DownStore
@@ -144,6 +145,9 @@ async def test_a_new_store_that_cannot_create_is_refused() -> None:
 
     with pytest.raises(ConfigurationError, match="needs a new store with create"):
         MovingStore(Plain(), MemoryStore())  # type: ignore[arg-type]
+    # Sessions sealed in browsers' cookies are found by no key: nothing to move.
+    with pytest.raises(ConfigurationError, match="between server-side stores"):
+        MovingStore(MemoryStore(), CookieStore())
     assert "MovingStore(new=" in repr(MovingStore(MemoryStore(), MemoryStore()))
 
 

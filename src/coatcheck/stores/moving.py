@@ -19,6 +19,7 @@ from .base import (
     SessionRecord,
     Store,
     check_store,
+    cookie_sealer_of,
     creator_of,
     follower_of,
     mover_of,
@@ -38,6 +39,13 @@ class MovingStore:
     def __init__(self, new: Store, old: Store) -> None:
         check_store(new)
         check_store(old)
+        for store in (new, old):
+            if cookie_sealer_of(store) is not None:
+                # Its sessions are in the browsers, sealed: no key finds them in a store.
+                raise ConfigurationError(
+                    "MovingStore moves sessions between server-side stores; the cookie "
+                    "store keeps each in its browser's cookie, where no key finds it"
+                )
         create = creator_of(new)
         if create is None:
             raise ConfigurationError(
