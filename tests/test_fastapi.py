@@ -509,3 +509,32 @@ async def test_the_answers_coatcheck_gives_can_be_declared_in_the_schema() -> No
     assert set(session_responses(401, 503)) == {401, 503}
     with pytest.raises(ValueError, match=r"coatcheck answers none of \[404\]"):
         session_responses(404)
+
+
+async def test_a_401_tells_a_session_that_ended_from_nobody_signed_in() -> None:
+    """A client (a single-page app) shows "you were signed out" rather than a first
+    sign-in when its ticket's session ended: the challenge says so (RFC 6750's
+    ``invalid_token``), the body stays FastAPI's."""
+    store = MemoryStore()
+    app = FastAPI()
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> None:
+        session.login("alice")
+
+    @app.get("/private")
+    async def private(user: RequiredUser) -> str:
+        return user
+
+    app.add_middleware(SessionMiddleware, store=store)
+    async with client_for(app) as client:
+        never = await client.get("/private")
+        cookie = {"cookie": (await client.post("/login")).headers["set-cookie"].split(";")[0]}
+        assert (await client.get("/private", headers=cookie)).status_code == 200
+        assert await store.delete_user("alice") == 1
+        ended = await client.get("/private", headers=cookie)
+    assert never.headers["www-authenticate"] == "APIKey"
+    assert (ended.status_code, ended.json()) == (401, {"detail": "Not authenticated"})
+    assert ended.headers["www-authenticate"] == (
+        'APIKey error="invalid_token", error_description="the session has ended"'
+    )

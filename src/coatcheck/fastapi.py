@@ -126,7 +126,7 @@ class SessionCookie(_Ticket):
     async def __call__(self) -> str | None:
         session = await get_session()
         if session.user_id is None and self.required:
-            raise not_authenticated()
+            raise _nobody(session)
         return session.user_id
 
 
@@ -223,7 +223,7 @@ class _UserLoader(SessionCookie, Generic[U]):
         session = await get_session()
         user_id = session.user_id
         if user_id is None:
-            raise not_authenticated()
+            raise _nobody(session)
         user = await self.load(user_id, **dependencies)
         if user is None:
             # The account is gone or disabled: none of its sessions may outlive it. A
@@ -341,7 +341,7 @@ class _RecentUser(SessionCookie):
         session = await get_session()
         user_id = session.user_id
         if user_id is None:
-            raise not_authenticated()
+            raise _nobody(session)
         if not session.authenticated_within(self.max_age):
             raise not_recently_authenticated(self.max_age)
         return user_id
@@ -386,6 +386,18 @@ def dependency_of(alias: Any) -> Callable[..., Any]:
         if callable(dependency):
             return cast("Callable[..., Any]", dependency)
     raise TypeError(f"{alias!r} names no dependency: pass an Annotated alias or a Depends()")
+
+
+def _nobody(session: Session) -> HTTPException:
+    """The 401 for a request whose session has no user: for one that brought the
+    ticket of a session that ended, its challenge says so (RFC 6750's
+    ``invalid_token``), so a client can tell "signed out" from "never signed in"."""
+    if not session.ticket_ended:
+        return not_authenticated()
+    challenge = 'APIKey error="invalid_token", error_description="the session has ended"'
+    return HTTPException(
+        status_code=401, detail="Not authenticated", headers={"WWW-Authenticate": challenge}
+    )
 
 
 def not_authenticated(detail: str = "Not authenticated") -> HTTPException:
