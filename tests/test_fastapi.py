@@ -19,6 +19,7 @@ from coatcheck.fastapi import (
     SessionErrorBody,
     dependency_of,
     get_session,
+    not_authenticated,
     openapi,
     session_responses,
     user_loader,
@@ -535,6 +536,38 @@ async def test_a_401_tells_a_session_that_ended_from_nobody_signed_in() -> None:
         ended = await client.get("/private", headers=cookie)
     assert never.headers["www-authenticate"] == "APIKey"
     assert (ended.status_code, ended.json()) == (401, {"detail": "Not authenticated"})
-    assert ended.headers["www-authenticate"] == (
-        'APIKey error="invalid_token", error_description="the session has ended"'
-    )
+    assert ended.headers["www-authenticate"] == ENDED
+    # The same answer from the app's own code.
+    assert not_authenticated(ended=True).headers == {"WWW-Authenticate": ENDED}
+
+
+ENDED = 'APIKey error="invalid_token", error_description="the session has ended"'
+
+
+async def test_a_user_the_loader_no_longer_finds_is_told_the_session_ended() -> None:
+    """The account went away: its sessions end there and then, and the answer says so,
+    since the next request, its cookie cleared, can no longer tell."""
+    gone: set[str] = set()
+
+    async def load(user_id: str) -> str | None:
+        return None if user_id in gone else user_id
+
+    app = FastAPI()
+
+    @app.post("/login")
+    async def login(session: SessionDep) -> None:
+        session.login("alice")
+
+    loaded = user_loader(load)
+
+    @app.get("/account")
+    async def account(user: str = loaded) -> str:
+        return user
+
+    app.add_middleware(SessionMiddleware, store=MemoryStore())
+    async with client_for(app) as client:
+        cookie = {"cookie": (await client.post("/login")).headers["set-cookie"].split(";")[0]}
+        gone.add("alice")
+        answer = await client.get("/account", headers=cookie)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"] == ENDED

@@ -232,7 +232,7 @@ class _UserLoader(SessionCookie, Generic[U]):
                 session.destroy()
             else:
                 await session.revoke_all()
-            raise not_authenticated()
+            raise not_authenticated(ended=True)  # ended here and now
         return user
 
 
@@ -389,25 +389,23 @@ def dependency_of(alias: Any) -> Callable[..., Any]:
 
 
 def _nobody(session: Session) -> HTTPException:
-    """The 401 for a request whose session has no user: for one that brought the
-    ticket of a session that ended, its challenge says so (RFC 6750's
-    ``invalid_token``), so a client can tell "signed out" from "never signed in"."""
-    if not session.ticket_ended:
-        return not_authenticated()
-    challenge = 'APIKey error="invalid_token", error_description="the session has ended"'
-    return HTTPException(
-        status_code=401, detail="Not authenticated", headers={"WWW-Authenticate": challenge}
-    )
+    """The 401 for a request whose session has no user."""
+    return not_authenticated(ended=session.ticket_ended)
 
 
-def not_authenticated(detail: str = "Not authenticated") -> HTTPException:
+def not_authenticated(detail: str = "Not authenticated", *, ended: bool = False) -> HTTPException:
     """The 401 that :func:`require_user` raises, for handlers that refuse by themselves.
 
     HTTP requires a ``WWW-Authenticate`` challenge on every 401; it names ``APIKey``,
     the scheme ``/docs`` shows for the cookie, as FastAPI's own ``APIKeyCookie`` does.
-    Browsers show no password prompt for it.
+    Browsers show no password prompt for it. ``ended`` (pass ``session.ticket_ended``)
+    adds RFC 6750's ``invalid_token`` for a ticket whose session ended, so a client
+    can tell "signed out" from "never signed in".
     """
-    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "APIKey"})
+    challenge = "APIKey"
+    if ended:
+        challenge = 'APIKey error="invalid_token", error_description="the session has ended"'
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": challenge})
 
 
 def not_recently_authenticated(max_age: Duration) -> HTTPException:

@@ -748,7 +748,9 @@ class Session(MutableMapping[str, Any]):
         """True when the request brought a ticket (its cookie, or the token header) for
         no live session: one that went unused past its limit, was signed out or
         revoked, or never was. A page can then say "your session ended, sign in again"
-        rather than show the sign-in form without a word."""
+        rather than show the sign-in form without a word. The browser keeps sending
+        that ticket, so it is true at each request until a new cookie replaces it (a
+        sign-in, or anything stored)."""
         self._require_loaded()
         return self._ticket_ended
 
