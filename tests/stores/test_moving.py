@@ -15,6 +15,7 @@ from coatcheck._persist import Persistence
 from coatcheck.session import Session
 from coatcheck.store_contract import NOW, StoreContract, make_record
 from coatcheck.stores import MovingStore, SessionRecord, Store
+from coatcheck.stores.base import creator_of
 from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import FakeClock
 
@@ -246,3 +247,27 @@ async def test_a_move_the_old_store_fails_to_finish_leaves_one_copy(carried_out:
         await MovingStore(new, old).load(session.key, NOW)
     assert (await new.load(session.key, NOW) is not None) is carried_out
     assert (await old.load(session.key, NOW) is not None) is not carried_out
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_an_id_a_login_retired_is_not_brought_back_from_the_old_store(
+    kind: str, tmp_path: Path
+) -> None:
+    """One request has copied the session over and not yet deleted it from the old
+    store; another logs in on the copy, giving it a new ID. A third, with the old
+    cookie, must not copy the retired ID over again: it would live beside the login."""
+    old, new = MemoryStore(), build_store(kind, tmp_path)
+    retired = make_record(user_id="alice")
+    await old.save(retired)
+    create = creator_of(new)
+    assert create is not None
+    assert await create(retired)  # the first request's copy, still in the old store too
+    login = make_record(user_id="alice", last_seen_at=NOW + 1)
+    assert await new.save(login, replaces=retired.key, expected_version=retired.version)
+    moving = MovingStore(new, old)
+    try:
+        assert await moving.load(retired.key, NOW + 2) is None
+        assert await new.load(retired.key, NOW + 2) is None
+        assert await moving.moved_at(retired.key, NOW + 2) is not None  # so: a 409
+    finally:
+        await moving.aclose()

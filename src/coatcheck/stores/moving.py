@@ -72,13 +72,22 @@ class MovingStore:
         return await self._move(record, now)
 
     async def _move(self, record: SessionRecord, now: float) -> SessionRecord | None:
+        moved_at = mover_of(self.new)
+        if moved_at is not None and await moved_at(record.key, now) is not None:
+            # Brought over by a parallel request, then given a new ID by a login there,
+            # while the old store still held it: copied again, the retired ID would live.
+            return None
         if not await self._create(record):
             # Moved, and maybe saved since, by a parallel request: that copy stands.
             return await self.new.load(record.key, now)
         try:
-            if await self.old.load(record.key, now) is None:
+            if await self.old.load(record.key, now) is None or (
+                moved_at is not None and await moved_at(record.key, now) is not None
+            ):
                 # Ended in the old store after it was read (a revocation, a logout that
-                # found it there): the copy must not bring it back.
+                # found it there), or moved on by a login since a parallel request
+                # brought it over (in a store that keeps its marks apart): the copy must
+                # not bring it back.
                 await self.new.delete(record.key)
                 return None
             await self.old.delete(record.key)
