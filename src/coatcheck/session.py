@@ -345,10 +345,7 @@ class Session(MutableMapping[str, Any]):
         self._require_loaded()
         key = _text(key)
         self._data[key] = value
-        self._modified = True
-        self._edits += 1
-        if self._finished:
-            self._changed_too_late()
+        self._changed()
         if type(value) not in _SCALAR:
             self._exposed = True
         if self._models:
@@ -359,14 +356,19 @@ class Session(MutableMapping[str, Any]):
     def __delitem__(self, key: str) -> None:
         self._require_loaded()
         del self._data[key]
-        self._modified = True
-        self._edits += 1
-        if self._finished:
-            self._changed_too_late()
+        self._changed()
         if self._models:
             self._models.pop(key, None)
         if self._updates:
             self._forget_updates(key)
+
+    def _changed(self) -> None:
+        """Count a change of the data, which the save looks for; one made by a task
+        that outlived its request is watched (see :meth:`_changed_too_late`)."""
+        self._modified = True
+        self._edits += 1
+        if self._finished:
+            self._changed_too_late()
 
     def _changed_too_late(self) -> None:
         """A task that outlived its request changed the session, or was handed a value
@@ -510,10 +512,7 @@ class Session(MutableMapping[str, Any]):
             self._data[key] = value
             if type(value) not in _SCALAR:
                 self._exposed = True
-        self._modified = True
-        self._edits += 1
-        if self._finished:
-            self._changed_too_late()
+        self._changed()
         self._updates.append((key, change, default))
         if self._models:
             self._models.pop(key, None)
@@ -570,10 +569,7 @@ class Session(MutableMapping[str, Any]):
         self._updates = []
         if self._data:
             self._data.clear()
-            self._modified = True
-            self._edits += 1
-            if self._finished:
-                self._changed_too_late()
+            self._changed()
 
     # -- messages for the next page ----------------------------------------------------
 
@@ -660,10 +656,8 @@ class Session(MutableMapping[str, Any]):
         self._data.clear()
         self._models = None
         self._updates = []
-        self._modified = self._fresh = True
-        self._edits += 1
-        if self._finished:
-            self._changed_too_late()
+        self._fresh = True
+        self._changed()
         self._user_id = None
         self._remember = False
         self._authenticated_at = 0.0
