@@ -15,7 +15,7 @@ from coatcheck._persist import Persistence
 from coatcheck.session import Session
 from coatcheck.store_contract import NOW, StoreContract, make_record
 from coatcheck.stores import MovingStore, SessionRecord, Store
-from coatcheck.stores.base import creator_of
+from coatcheck.stores.base import MOVED_FOR, creator_of
 from coatcheck.stores.cookie import CookieStore
 from coatcheck.testing import FakeClock
 
@@ -271,3 +271,25 @@ async def test_an_id_a_login_retired_is_not_brought_back_from_the_old_store(
         assert await moving.moved_at(retired.key, NOW + 2) is not None  # so: a 409
     finally:
         await moving.aclose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_sql_store_creates_nothing_over_a_fresh_move_mark(
+    kind: str, tmp_path: Path
+) -> None:
+    """The SQL stores keep a move's mark as a row under the retired key: until it lapses,
+    the key is not free, or a copy brought over again would revive it."""
+    store = build_store(kind, tmp_path)
+    try:
+        create = creator_of(store)
+        assert create is not None
+        retired = make_record(user_id="alice")
+        await store.save(retired)
+        login = make_record(user_id="alice", last_seen_at=NOW + 1)
+        assert await store.save(login, replaces=retired.key, expected_version=retired.version)
+        again = retired._replace(last_seen_at=NOW + 2)
+        assert await create(again) is False
+        lapsed = retired._replace(last_seen_at=NOW + 1 + MOVED_FOR, expires_at=NOW + 2 * MOVED_FOR)
+        assert await create(lapsed) is True
+    finally:
+        await store.aclose()

@@ -269,10 +269,12 @@ class PostgresStore:
         )
         self._select_locked = f"SELECT {_FIELDS} FROM {name} WHERE key = %s FOR UPDATE"  # noqa: S608
         self._insert = f"INSERT INTO {name} ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"  # noqa: S608
-        # Only where no live row holds the key; a dead one is written over.
+        # Only where no live row holds the key; a dead one is written over, and a move's
+        # mark once it lapses: until then, the key a login retired is not free.
         self._create = (
             f"INSERT INTO {name} AS t ({_COLUMNS}) VALUES ({_VALUES}){_UPSERT}"  # noqa: S608
-            f" WHERE t.expires_at <= EXCLUDED.last_seen_at OR t.version = {MOVED_VERSION}"
+            f" WHERE (t.version != {MOVED_VERSION} AND t.expires_at <= EXCLUDED.last_seen_at)"
+            f" OR (t.version = {MOVED_VERSION} AND t.last_seen_at <= EXCLUDED.last_seen_at)"
         )
         self._delete_key = f"DELETE FROM {name} WHERE key = %s"  # noqa: S608
         # A rotation leaves the old key marked as moved: see _MARK.

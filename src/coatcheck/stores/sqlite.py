@@ -153,7 +153,10 @@ class SQLiteStore:
         # Only where no live row holds the key; a dead one is written over.
         self._create = (
             self._insert.replace(f"INTO {self._sql_table}", f"INTO {self._sql_table} AS t")
-            + f" WHERE t.expires_at <= excluded.last_seen_at OR t.version = {MOVED_VERSION}"
+            # A move's mark is written over only once it lapses: until then, the key a
+            # login retired is not free (a copy brought over again would revive it).
+            + f" WHERE (t.version != {MOVED_VERSION} AND t.expires_at <= excluded.last_seen_at)"
+            + f" OR (t.version = {MOVED_VERSION} AND t.last_seen_at <= excluded.last_seen_at)"
         )
         self.purge_every = purge_every
         self.purge_batch = purge_batch
