@@ -293,3 +293,36 @@ async def test_a_sql_store_creates_nothing_over_a_fresh_move_mark(
         assert await create(lapsed) is True
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_login_on_a_copy_being_moved_keeps_its_mark_and_retires_the_old_record(
+    kind: str, tmp_path: Path
+) -> None:
+    """A request copies the session over; before it deletes it from the old store, a
+    parallel request logs in on the copy. The move then ends the retired ID in the old
+    store, and leaves the login's mark (a SQL store's row under that ID), which tells a
+    late request with the old cookie that its session moved (a 409, not a new cookie)."""
+    retired = make_record(user_id="alice")
+    login = make_record(user_id="alice", last_seen_at=NOW + 1)
+    new = build_store(kind, tmp_path)
+
+    class LoginMeanwhile(MemoryStore):
+        reads = 0
+
+        async def load(self, key: str, now: float) -> SessionRecord | None:
+            self.reads += 1
+            if self.reads == 2:  # the move's second look, after its copy
+                assert await new.save(login, replaces=key, expected_version=retired.version)
+            return await super().load(key, now)
+
+    old = LoginMeanwhile()
+    await old.save(retired)
+    moving = MovingStore(new, old)
+    try:
+        assert await moving.load(retired.key, NOW) is None
+        assert await old.load(retired.key, NOW) is None  # never to be moved again
+        assert await moving.moved_at(retired.key, NOW + 2) is not None
+        assert await moving.load(login.key, NOW + 2) == login
+    finally:
+        await moving.aclose()

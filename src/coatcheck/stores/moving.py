@@ -72,23 +72,18 @@ class MovingStore:
         return await self._move(record, now)
 
     async def _move(self, record: SessionRecord, now: float) -> SessionRecord | None:
-        moved_at = mover_of(self.new)
-        if moved_at is not None and await moved_at(record.key, now) is not None:
-            # Brought over by a parallel request, then given a new ID by a login there,
-            # while the old store still held it: copied again, the retired ID would live.
+        if await self._retired(record.key, now):
             return None
         if not await self._create(record):
             # Moved, and maybe saved since, by a parallel request: that copy stands.
             return await self.new.load(record.key, now)
         try:
-            if await self.old.load(record.key, now) is None or (
-                moved_at is not None and await moved_at(record.key, now) is not None
-            ):
+            if await self.old.load(record.key, now) is None:
                 # Ended in the old store after it was read (a revocation, a logout that
-                # found it there), or moved on by a login since a parallel request
-                # brought it over (in a store that keeps its marks apart): the copy must
-                # not bring it back.
+                # found it there): the copy must not bring it back.
                 await self.new.delete(record.key)
+                return None
+            if await self._retired(record.key, now):
                 return None
             await self.old.delete(record.key)
         except BaseException:
@@ -104,6 +99,19 @@ class MovingStore:
                 await self.new.delete(record.key)
             raise
         return record
+
+    async def _retired(self, key: str, now: float) -> bool:
+        """Whether a login in the new store gave the session under ``key`` a new ID,
+        after a parallel request brought it over while the old store still held it.
+        Then the retired ID ends in the old store too; a copy of it made meanwhile (in
+        a store that keeps its marks apart from its records) goes, the mark stays."""
+        moved_at = mover_of(self.new)
+        if moved_at is None or await moved_at(key, now) is None:
+            return False
+        if await self.new.load(key, now) is not None:
+            await self.new.delete(key)
+        await self.old.delete(key)
+        return True
 
     async def save(
         self,
