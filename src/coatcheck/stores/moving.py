@@ -72,10 +72,11 @@ class MovingStore:
         return await self._move(record, now)
 
     async def _move(self, record: SessionRecord, now: float) -> SessionRecord | None:
-        if await self._retired(record.key, now):
-            return None
         if not await self._create(record):
-            # Moved, and maybe saved since, by a parallel request: that copy stands.
+            # Moved, and maybe saved since, by a parallel request: that copy stands,
+            # unless a login there retired its ID (a SQL store keeps the mark as a row).
+            if await self._retired(record.key, now):
+                return None
             return await self.new.load(record.key, now)
         try:
             if await self.old.load(record.key, now) is None:
