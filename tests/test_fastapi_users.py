@@ -367,3 +367,12 @@ async def test_the_login_routes_show_coatchecks_scheme_in_openapi(sqlite_site: S
     assert schema["components"]["securitySchemes"]["coatcheck"]["in"] == "cookie"
     assert schema["paths"]["/users/me"]["get"]["security"] == [{"coatcheck": []}]
     assert "204" in schema["paths"]["/auth/login"]["post"]["responses"]
+
+
+def test_the_mixin_must_come_before_the_user_manager() -> None:
+    with pytest.raises(TypeError, match="list EndSessionsMixin before BaseUserManager"):
+
+        class Backwards(  # its methods would be BaseUserManager's: no session would end
+            UUIDIDMixin, BaseUserManager[User, uuid.UUID], EndSessionsMixin[User, uuid.UUID]
+        ):
+            pass

@@ -129,6 +129,17 @@ class EndSessionsMixin(Generic[models.UP, models.ID]):
 
     session_store: Store | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        order = cls.__mro__
+        if BaseUserManager in order and order.index(BaseUserManager) < order.index(
+            EndSessionsMixin
+        ):
+            # Its methods would be BaseUserManager's, and no session would ever end.
+            raise TypeError(
+                f"{cls.__name__}: list EndSessionsMixin before BaseUserManager in its bases"
+            )
+
     async def reset_password(
         self, token: str, password: str, request: Request | None = None
     ) -> models.UP:
