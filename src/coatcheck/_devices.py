@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from ._limits import at_limit
 from ._user_ids import user_text
 from .exceptions import StoreFullError, StoreUnavailableError
 
@@ -82,7 +83,7 @@ async def can_login(session: Session, user_id: str) -> bool:
         # As the login would: the session of a login whose answer was lost is replaced.
         unheard = await persistence.unheard_login(session, user_id, persistence.now())
         replaced = unheard.key if unheard is not None else None
-    return not await persistence.at_limit(user_id, replaced)
+    return not await at_limit(persistence, user_id, replaced)
 
 
 # How many times revoke() looks again for a device that moved to a new key meanwhile.

@@ -27,6 +27,8 @@ from ._devices import end_device, end_record
 from ._ids import key_of, new_public_id, new_session_id, store_key
 from ._imports import JOIN_WINDOW, importer_for
 from ._keys import Keyring
+from ._limits import at_limit, evict_oldest, undo_past_limit
+from ._merging import adopt_merged, merger
 from .config import Lifetime, SessionConfig
 from .csrf import CSRFGuard
 from .events import EventBus, EventHook, EventKind, SessionEvent
@@ -35,7 +37,6 @@ from .exceptions import (
     MissingDependencyError,
     NotSupportedError,
     ResponseStartedError,
-    SessionConflictError,
     SessionEndedError,
     SessionLimitError,
     SessionTooLargeError,
@@ -44,9 +45,8 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .serializers import JSONSerializer, Serializer
-from .session import _REMOVE, Session, Update, _ChangeRefused
+from .session import Session, _ChangeRefused
 from .stores.base import (
-    Merge,
     SessionRecord,
     Store,
     check_store,
@@ -748,7 +748,7 @@ class Persistence:
             replaced_key = old_key or session._orphan or import_key
             if unheard is not None:
                 replaced_key = unheard.key
-            if await self.at_limit(session._user_id, replaced_key, key):
+            if await at_limit(self, session._user_id, replaced_key, key):
                 await self.emit(session, "login_refused", session._user_id, "")
                 raise SessionLimitError(self._refuse_at)
         if rotated:
@@ -786,7 +786,7 @@ class Persistence:
             # Merged as onto a parallel save: what this request changed since the import.
             assert session._imported_values is not None
             loaded = twin._replace(data=self.serializer.dumps(session._imported_values))
-            merge = self._merger(session, loaded, record, written, updates)
+            merge = merger(self, session, loaded, record, written, updates)
             first = merge(twin)
             moved_from = None if importing else import_key
             if not await self.store.save(
@@ -864,7 +864,7 @@ class Persistence:
                     record,
                     replaces=old_key if rotated else None,
                     expected_version=stored.version,
-                    merge=self._merger(session, stored, record, written, updates, winners),
+                    merge=merger(self, session, stored, record, written, updates, winners),
                 )
             except StoreUnavailableError as exc:
                 if not refresh:
@@ -902,7 +902,7 @@ class Persistence:
             not session._exposed or _encodes_to(self.serializer, session._data, data)
         ):  # merged with a parallel save: adopt what was stored
             data = record.data
-            self._adopt_merged(session, self.serializer.loads(data))
+            adopt_merged(self, session, self.serializer.loads(data))
             session._stored = record
         else:
             # Merged, and changed meanwhile: the session keeps the changes, and the next
@@ -1120,11 +1120,11 @@ class Persistence:
         if user_id is not None and self.config.max_sessions_per_user is not None:
             try:
                 if self._refuse_at is None:
-                    await self._evict_oldest(session, user_id, stored, record.key, logged_in, now)
+                    await evict_oldest(self, session, user_id, stored, record.key, logged_in, now)
                 elif logged_in and (stored is None or stored.user_id != user_id or announced):
                     # A login that replaced a session this request had ended is a new
                     # device, counted as one.
-                    await self._undo_past_limit(session, user_id, stored, record.key, now)
+                    await undo_past_limit(self, session, user_id, stored, record.key, now)
             except StoreUnavailableError as exc:
                 # The login itself is stored: answering 503 now would lose its cookie.
                 logger.warning("could not count or end the sessions past the limit: %s", exc)
@@ -1223,7 +1223,7 @@ class Persistence:
         # dead "now" for live, merge onto it, and be deleted with it below.
         record = _record(session, stored.key, self._empty, now, _DEAD, stored, "")
         written = [record]
-        merge_live = self._merger(session, stored, record, written)
+        merge_live = merger(self, session, stored, record, written)
         edits, pending = session._edits, {id(update) for update in session._updates}
 
         def merge(base: SessionRecord) -> SessionRecord:
@@ -1453,7 +1453,7 @@ class Persistence:
         # Values the handler holds (``history = session["history"]``) stay the session's
         # where the stored data kept them, as after a merge: later changes to them count.
         session._data = held
-        self._adopt_merged(session, data)
+        adopt_merged(self, session, data)
         session._exposed = exposed
 
     def _unsaved(self, session: Session) -> bool:
@@ -1577,193 +1577,6 @@ class Persistence:
                 return
             await self.events.emit(event)
 
-    async def _evict_oldest(
-        self,
-        session: Session,
-        user_id: str,
-        replaced: SessionRecord | None,
-        key: str,
-        logged_in: bool,
-        now: float,
-    ) -> None:
-        """Past ``max_sessions_per_user``, end the user's oldest sessions.
-
-        Runs only when a session gets a new ID, so it costs nothing per request. Logins
-        racing at the limit must agree on who stays, or each would end the other: the
-        newest by login time, then by key, stay. A login that is not among them was
-        overtaken by one that is (which may have ended it already), and ends with a 409
-        rather than a cookie for nothing; an anonymous session it replaced is written
-        back, so the browser keeps its cart. A session given a new ID without a login
-        always stays.
-        """
-        limit = self.config.max_sessions_per_user
-        assert limit is not None
-        records = sorted(await self.live_records(user_id, now), key=_age)
-        if logged_in and all(record.key != key for record in records):
-            await self._overtaken(session, replaced)
-        excess = len(records) - limit
-        if excess <= 0:
-            return
-        # Racing logins each end the same sessions; the newest alone reports them.
-        reports = not logged_in or records[-1].key == key
-        if not logged_in:
-            records = [record for record in records if record.key != key]
-        ended = records[:excess]
-        for record in ended:
-            await self.store.delete(record.key)
-        if any(record.key == key for record in ended):
-            await self._overtaken(session, replaced)
-        if reports:
-            for record in ended:
-                await self.emit(session, "evicted", record.user_id, record.public_id)
-
-    async def _overtaken(self, session: Session, replaced: SessionRecord | None) -> None:
-        """Refuse a login that a parallel one pushed out of the user's last place."""
-        await self._give_back(replaced)
-        session._stored = None
-        raise SessionEndedError("a parallel login of this user took the last place")
-
-    async def _give_back(self, replaced: SessionRecord | None) -> None:
-        """Write back the anonymous session a refused login replaced, with its cart. One
-        that was logged in stays ended, as a "log out everywhere" meanwhile may have
-        meant it to."""
-        if replaced is not None and replaced.user_id is None:
-            await self.store.save(replaced)
-
-    async def at_limit(self, user_id: str, replaced: str | None, key: str | None = None) -> bool:
-        """Whether a login as ``user_id`` that replaces the session stored under
-        ``replaced`` would take the user past ``max_sessions_per_user``; one stored
-        under the login's own ``key`` already (an import's twin) is this session."""
-        limit = self.config.max_sessions_per_user
-        assert limit is not None
-        records = await self.live_records(user_id, self.now())
-        if replaced is not None and any(record.key == replaced for record in records):
-            # A login again on one of the user's own sessions (to confirm the password)
-            # adds no device, even to a user above a limit lowered since.
-            return False
-        return sum(record.key not in (replaced, key) for record in records) >= limit
-
-    async def _undo_past_limit(
-        self,
-        session: Session,
-        user_id: str,
-        replaced: SessionRecord | None,
-        key: str,
-        now: float,
-    ) -> None:
-        """End a login that went past the limit after all, and refuse it.
-
-        Logins racing the check before their saves can each pass it. Each one counts
-        again once stored, and leaves if it sees more than the limit. The last of any
-        survivors to be stored saw every other, so together they never pass the limit.
-        At worst, two racing logins are both refused and their users try again.
-
-        The browser keeps the session it had (see :meth:`_give_back`).
-        """
-        limit = self.config.max_sessions_per_user
-        assert limit is not None
-        if len(await self.live_records(user_id, now)) <= limit:
-            return
-        await self.store.delete(key)
-        await self._give_back(replaced)
-        session._stored = None
-        await self.emit(session, "login_refused", user_id, "")
-        raise SessionLimitError(limit)
-
-    def _adopt_merged(self, session: Session, merged: dict[str, Any]) -> None:
-        """Take what a merge stored into the session's own mapping, in place: a value
-        the handler still holds (``cart = session["cart"]``) stays the session's where
-        the merge kept it, so what the handler changes in it next is saved too."""
-        data, encode = session._data, self.serializer.dumps
-        for key in [key for key in data if key not in merged]:
-            del data[key]
-        for key, value in merged.items():
-            if key not in data or encode({key: data[key]}) != encode({key: value}):
-                data[key] = value
-        if list(data) != list(merged):
-            # In the stored order too: encoded again, it must match what was stored, or
-            # reload() would find "unsaved" changes where there are none.
-            for key in merged:
-                data[key] = data.pop(key)
-
-    def _merger(
-        self,
-        session: Session,
-        loaded: SessionRecord,
-        record: SessionRecord,
-        written: list[SessionRecord],
-        updates: list[Update] | None = None,
-        seen: list[SessionRecord] | None = None,
-    ) -> Merge:
-        """Re-apply this request's changes on top of a parallel save that got there first.
-
-        Only the conflict path pays for this: the keys this request set, deleted or
-        changed in place are found by comparing with what it loaded, and values changed
-        through :meth:`Session.modify` are recomputed from the winner's value.
-        """
-
-        # This save's own changes, as it sends them (``record.data``, and the ``modify()``
-        # calls made until then): not those another task of the request makes while it
-        # awaits the store, which the next save stores.
-        if updates is None:
-            updates = list(session._updates)
-        meta = session._meta_changed
-
-        def merge(base: SessionRecord) -> SessionRecord:
-            if seen is not None:  # the winners merged onto, latest last
-                seen.append(base)
-            encode = self.serializer.dumps
-            try:
-                merged = self.decode(base)
-            except ValueError:
-                # Written by a process this one cannot read (sealed under a key it does
-                # not hold yet, mid-deploy): merged into nothing, it would be lost.
-                raise SessionConflictError(
-                    f"session {base.public_id} was saved meanwhile with data this "
-                    "process cannot decode; nothing was written"
-                ) from None
-            original = self.decode(loaded)
-            ours = self.serializer.loads(record.data)
-            recomputed = {key for key, _, _ in updates}
-            for key in original.keys() | ours.keys():
-                if key in recomputed:
-                    continue
-                if key not in ours:
-                    merged.pop(key, None)
-                elif key not in original or encode({key: ours[key]}) != encode(
-                    {key: original[key]}
-                ):
-                    merged[key] = ours[key]
-            for key, change, default in updates:
-                start = merged[key] if key in merged else copy.deepcopy(default)
-                try:
-                    value = change(start)
-                except Exception as exc:
-                    session._withdraw(key, original)
-                    raise _ChangeRefused(key, exc) from exc
-                if value is _REMOVE:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = value
-            fields = record if meta else base
-            result = record._replace(
-                data=encode(merged),
-                user_id=fields.user_id,
-                remember=fields.remember,
-                created_at=fields.created_at,
-                authenticated_at=fields.authenticated_at,
-                idle_timeout=fields.idle_timeout,
-                absolute_timeout=fields.absolute_timeout,
-                expires_at=self.lifetime_of(fields).deadline(
-                    record.last_seen_at, fields.created_at
-                ),
-                version=base.version + 1,
-            )
-            written.append(result)
-            return result
-
-        return merge
-
 
 def _encodes_to(serializer: Serializer, data: dict[str, Any], sent: bytes) -> bool:
     """Whether ``data`` still encodes to ``sent``: values handed out may have been
@@ -1881,8 +1694,3 @@ def cookie_keys(config: SessionConfig) -> list[bytes]:
             "or end a user's other sessions"
         )
     return Keyring(config.secret_keys).derive("cookie-store")
-
-
-def _age(record: SessionRecord) -> tuple[float, str]:
-    """Oldest first, ties broken the same way in every process."""
-    return record.created_at, record.key
