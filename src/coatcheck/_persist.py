@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Coroutine, Hashable, Sequence
+from collections.abc import Coroutine, Sequence
 from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import anyio
 
 from ._asgi import Header, Headers
-from ._audit import limited, once, security_event
+from ._audit import limited, security_event
 from ._cookies import CookieWriter, cookie_needle, read_cookie, read_header_token
 from ._devices import end_device, end_record
 from ._ids import key_of, new_public_id, new_session_id, store_key
@@ -45,7 +45,7 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .serializers import JSONSerializer, Serializer
-from .session import Session, _ChangeRefused
+from .session import Session
 from .stores.base import (
     SessionRecord,
     Store,
@@ -87,19 +87,6 @@ _NO_STORE = (b"cache-control", b"no-store")
 _CLEAR_CACHE = (b"clear-site-data", b'"cache"')
 _MAX_USER_AGENT = 256
 _MAX_IP_ADDRESS = 64  # an IPv6 address with a zone index fits; anything longer is not one
-# Said once for each route the app matched (else each path): each request of it drops
-# its changes alike.
-_LATE_UNSEALED = (
-    "session changes made at {where} after the response started were dropped: the cookie "
-    "store keeps the session in the cookie, which can no longer be sent; change it before "
-    "responding (said once for this route)"
-)
-_LATE_DROPPED = (
-    "session changes made at {where} after the response started were dropped: the session "
-    "had no live record to continue (it was new, destroyed, or ended by another request), "
-    "and a new one would need a cookie, which can no longer be sent; change it before "
-    "responding (said once for this route)"
-)
 
 
 # The deadline of a record written only to end a session: long past for any clock.
@@ -1491,53 +1478,6 @@ class Persistence:
             f"to be {where}, which can no longer be sent; save() before responding (or "
             f"before accepting a websocket)"
         )
-
-    async def commit_late(self, session: Session, status: int, route: tuple[Hashable, str]) -> None:
-        """Store what changed after the response started: in a streaming body, a
-        background task, a dependency's teardown, or a websocket after its handshake.
-
-        The cookie can no longer change then (login() and regenerate() refuse), so
-        nothing is created: a session that never had a record, or was destroyed,
-        keeps none of it, and one that another request ended stays ended. The caller
-        has brought its typed values up to date, and checked that the session is
-        loaded and was changed, or may have been. ``route`` keys and names the request
-        in a line about changes dropped (see ``middleware._route``).
-        """
-        if status >= 500:
-            return
-        if self._sealer is not None:
-            nothing = not session._data and session._user_id is None
-            if nothing and session._stored is None:
-                return  # never had a cookie, and needs none
-            if session._meta_changed or self.serializer.dumps(session._data) != session._raw:
-                once(logger, (_LATE_UNSEALED, route[0]), _LATE_UNSEALED.format(where=route[1]))
-            return
-        if session._stored is None or session._id is None:
-            # No live record under the cookie the browser holds.
-            changed = session._modified or session._meta_changed
-            if changed and (session._data or session._user_id is not None):
-                once(logger, (_LATE_DROPPED, route[0]), _LATE_DROPPED.format(where=route[1]))
-                session._modified = session._meta_changed = False  # dropped: said once
-            if session._stored is None:
-                return
-            session._data = {}  # destroyed: the record is deleted, whatever came after
-            session._user_id = None
-        # Each refused change is withdrawn (see Session._withdraw): the rest are tried
-        # again, as many times at most as there are changes to refuse.
-        for _ in range(len(session._updates) + 1):
-            try:
-                await self.commit(session, status)
-            except SessionEndedError:
-                logger.info("the session was ended elsewhere; its late changes are dropped")
-            except _SaveCancelled:
-                # A client gone from a stream cancels its save: nothing more is stored.
-                logger.info("a save of this request was cancelled; its later changes are dropped")
-            except _ChangeRefused as exc:
-                # Refused on a parallel request's value after the answer went out: no
-                # 409 can say so any more, and the app's refusal is no server error.
-                limited(logger, ("late refusal", id(self)), f"{exc}, at {route[1]}")
-                continue
-            return
 
     async def aclose(self) -> None:
         """Close the store, and what an importer holds open."""

@@ -33,6 +33,7 @@ from ._asgi import (
 from ._audit import once, security_event
 from ._context import ASYNCIO_ONLY, cookie_taken, current_session, shadowed
 from ._cookies import cookie_needle
+from ._late import commit_late
 from ._persist import Persistence, outgoing
 from ._printable import printable
 from ._websocket import SocketClosed, SocketWatch, close_socket
@@ -283,7 +284,7 @@ class SessionMiddleware:
                 if (session._modified or session._exposed) and not (
                     watch is not None and watch.closed
                 ):
-                    await self._persistence.commit_late(session, status, _route(scope))
+                    await commit_late(self._persistence, session, status, _route(scope))
         except _SAVE_FAILURES as exc:
             # From the store, or from a save() or reload() the app did not catch.
             if not started:
@@ -412,7 +413,7 @@ class SessionMiddleware:
         if streamed and session._models:
             session._sync_models()
         if session._modified or streamed:
-            await self._persistence.commit_late(session, status, _route(scope))
+            await commit_late(self._persistence, session, status, _route(scope))
 
     async def _answer_failure(
         self,
