@@ -624,52 +624,7 @@ class Persistence:
             session.destroy()  # what it added since (a flash) went with the failure
         old_key = stored.key if stored is not None else None
         if not session._data and session._user_id is None:
-            if old_key is None:
-                if session._fresh and session._missed is not None:
-                    # A logout from a page that left before a parallel login moved the
-                    # session: ending nothing here would leave that login signed in.
-                    await self._refuse_if_moved(session, session._missed, self.now())
-                unserved = await self._end_unserved(session) if session._fresh else None
-                # Never clear a cookie that matched nothing here, a record ended above
-                # included: a parallel login may have just replaced it in the browser, and
-                # this response would log it out. (Where the cookie is the session, it is.)
-                # The old one, once adopted, goes: ended here, it must not come back.
-                if session._import_id is not None and session._fresh and self._sealer is None:
-                    # Nor may the session a parallel request of this import started.
-                    await self._end_import_twin(session, store_key(session._import_id))
-                cleared = await self._end_imported(session, replaced=False)
-                if unserved is not None and self.stateless:
-                    ticket = self._ticket(session, None, None)
-                    return [ticket, *cleared, _NO_STORE, *self._cleared(session, unserved)]
-                return [*cleared, _NO_STORE] if cleared else []
-            assert stored is not None
-            if session._announced is None:
-                # A revocation that a parallel logout or login overtook: that request
-                # ended the record, announced it, and answered with the browser's cookie.
-                session._stored, session._raw = None, self._empty
-                session._modified = session._exposed = session._meta_changed = False
-                session._announced = False
-                return []
-            fresh = session._fresh  # destroy() or logout(), which the event names
-            edits = session._edits
-            ours = True
-            if fresh and self._moved is not None and not session._announced:
-                # (Not one this request's revocation ended already.)
-                ours = await self._end_moved_too(session, stored)
-            elif fresh or session._key != old_key:
-                await self.store.delete(old_key)  # a logout wins over any parallel save
-            elif not await self._end_emptied(session, stored):
-                return []
-            announced = self._settle_on_nothing(session, edits)
-            if not ours:
-                # A parallel logout or revocation ended it first, announced it and gave
-                # the browser its cookie: both are left alone, as after a revocation.
-                return []
-            if (fresh or stored.user_id is not None) and not announced:
-                # Not a visitor's session that merely emptied (its flash was shown), nor
-                # one a revocation of this request has announced.
-                await self.emit(session, "logged_out", stored.user_id, stored.public_id)
-            return await self._signed_out(session, stored)
+            return await self._write_nothing(session, stored, old_key)
 
         if self._cookie_path is not None and not session._by_header and not self._path_warned:
             self._path_warned = _outside_cookie_path(session, self._cookie_path)
@@ -944,6 +899,58 @@ class Persistence:
         if moves or session._imported:  # awaits on the store, after the save landed
             return await self._to_the_end(session, finish())
         return await finish()
+
+    async def _write_nothing(
+        self, session: Session, stored: SessionRecord | None, old_key: str | None
+    ) -> Headers:
+        """The save of a session left with no data and no user: it ends, where it was
+        stored (a logout, or a visitor's session that emptied), and else stays unstored."""
+        if old_key is None:
+            if session._fresh and session._missed is not None:
+                # A logout from a page that left before a parallel login moved the
+                # session: ending nothing here would leave that login signed in.
+                await self._refuse_if_moved(session, session._missed, self.now())
+            unserved = await self._end_unserved(session) if session._fresh else None
+            # Never clear a cookie that matched nothing here, a record ended above
+            # included: a parallel login may have just replaced it in the browser, and
+            # this response would log it out. (Where the cookie is the session, it is.)
+            # The old one, once adopted, goes: ended here, it must not come back.
+            if session._import_id is not None and session._fresh and self._sealer is None:
+                # Nor may the session a parallel request of this import started.
+                await self._end_import_twin(session, store_key(session._import_id))
+            cleared = await self._end_imported(session, replaced=False)
+            if unserved is not None and self.stateless:
+                ticket = self._ticket(session, None, None)
+                return [ticket, *cleared, _NO_STORE, *self._cleared(session, unserved)]
+            return [*cleared, _NO_STORE] if cleared else []
+        assert stored is not None
+        if session._announced is None:
+            # A revocation that a parallel logout or login overtook: that request
+            # ended the record, announced it, and answered with the browser's cookie.
+            session._stored, session._raw = None, self._empty
+            session._modified = session._exposed = session._meta_changed = False
+            session._announced = False
+            return []
+        fresh = session._fresh  # destroy() or logout(), which the event names
+        edits = session._edits
+        ours = True
+        if fresh and self._moved is not None and not session._announced:
+            # (Not one this request's revocation ended already.)
+            ours = await self._end_moved_too(session, stored)
+        elif fresh or session._key != old_key:
+            await self.store.delete(old_key)  # a logout wins over any parallel save
+        elif not await self._end_emptied(session, stored):
+            return []
+        announced = self._settle_on_nothing(session, edits)
+        if not ours:
+            # A parallel logout or revocation ended it first, announced it and gave
+            # the browser its cookie: both are left alone, as after a revocation.
+            return []
+        if (fresh or stored.user_id is not None) and not announced:
+            # Not a visitor's session that merely emptied (its flash was shown), nor
+            # one a revocation of this request has announced.
+            await self.emit(session, "logged_out", stored.user_id, stored.public_id)
+        return await self._signed_out(session, stored)
 
     async def _to_the_end(self, session: Session, work: Coroutine[Any, Any, Headers]) -> Headers:
         """Run what follows a save the store took (the per-user limit, the events, the end
