@@ -18,7 +18,15 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from coatcheck import CSRFConfig, MemoryStore, SessionConfig, SessionMiddleware, Store, _audit
+from coatcheck import (
+    CookieConfig,
+    CSRFConfig,
+    MemoryStore,
+    SessionConfig,
+    SessionMiddleware,
+    Store,
+    _audit,
+)
 from coatcheck.fastapi import CSRFToken, SessionDep
 from coatcheck.session import Session
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL, TEST_WS_BASE_URL, FakeClock
@@ -857,3 +865,53 @@ async def test_a_refusal_carries_cors_headers_when_cors_is_added_after(cors_outs
     assert refused.status_code == 403
     allowed = refused.headers.get("access-control-allow-origin")
     assert allowed == (front if cors_outside else None)
+
+
+def _site_with_admin(admin_csrf: CSRFConfig) -> FastAPI:
+    """A site with coatcheck, and an admin app mounted in it with its own cookie, store
+    and ``admin_csrf``, as the README lays out an admin panel."""
+    site, admin = FastAPI(), FastAPI()
+    for app, who in ((site, "visitor"), (admin, "root")):
+
+        @app.post("/login")
+        async def login(session: SessionDep, who: str = who) -> None:
+            session.login(who)
+
+        @app.get("/csrf")
+        async def csrf(token: CSRFToken) -> str:
+            return token
+
+        @app.post("/change")
+        async def change(session: SessionDep) -> str:
+            session["n"] = 1
+            return "changed"
+
+    site.mount("/admin", admin)
+    admin_config = SessionConfig(
+        cookie=CookieConfig(name="__Host-admin"), secret_keys=["a" * 32], csrf=admin_csrf
+    )
+    admin.add_middleware(SessionMiddleware, store=MemoryStore(), config=admin_config)
+    site.add_middleware(SessionMiddleware, store=MemoryStore(), config=SessionConfig())
+    return site
+
+
+@pytest.mark.anyio
+async def test_a_script_passes_the_guards_of_a_site_and_its_mounted_app_with_both_tokens() -> None:
+    """Each guard wants its own session's token; sent in one header they cannot both
+    pass, and the README's cure is a header of its own for the mounted app."""
+    for admin_csrf, passes in (
+        (CSRFConfig(), False),
+        (CSRFConfig(header_name="x-admin-csrf", form_field="admin_csrf"), True),
+    ):
+        site = _site_with_admin(admin_csrf)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=site), base_url=TEST_BASE_URL
+        ) as script:
+            await script.post("/login", headers=SAME_ORIGIN)
+            await script.post("/admin/login", headers=SAME_ORIGIN)
+            tokens = {
+                "x-csrf-token": (await script.get("/csrf")).json(),
+                admin_csrf.header_name: (await script.get("/admin/csrf")).json(),
+            }
+            answer = await script.post("/admin/change", headers=tokens)
+            assert (answer.status_code == 200) is passes, (admin_csrf, answer.text)

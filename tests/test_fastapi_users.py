@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi_users import BaseUserManager, FastAPIUsers, UUIDIDMixin, schemas
 from fastapi_users.db import BaseUserDatabase
 
-from coatcheck import Session, SessionConfig, SessionMiddleware, Store
+from coatcheck import Session, SessionConfig, SessionMiddleware, Store, store_from_url
 from coatcheck.fastapi import SessionDep
 from coatcheck.fastapi_users import EndSessionsMixin, session_backend
 from coatcheck.testing import SAME_ORIGIN, TEST_BASE_URL
@@ -84,6 +84,7 @@ class Site:
         self.db = UserDB()
         self.reset_tokens: dict[str, str] = {}
         self.browsers: list[httpx.AsyncClient] = []
+        self.logins: list[str] = []  # what on_after_login was told of
         site = self
 
         class UserManager(
@@ -102,6 +103,7 @@ class Site:
                 request: Request | None = None,
                 response: Response | None = None,
             ) -> None:
+                site.logins.append(user.email)
                 if request is not None and (await request.form()).get("remember") == "on":
                     Session.of(request).remember = True
 
@@ -250,6 +252,25 @@ async def test_a_token_client_signs_in_through_fastapi_users(tmp_path: Path) -> 
         await site.aclose()
 
 
+async def test_a_login_past_the_limit_is_refused_before_on_after_login(tmp_path: Path) -> None:
+    limit = SessionConfig(max_sessions_per_user=1, at_session_limit="refuse_login")
+    site = Site(build_store("sqlite", tmp_path), limit)
+    try:
+        await site.register("alice@example.com")
+        laptop = await site.signed_in("alice@example.com")
+        phone = site.browser()
+        refused = await phone.post(
+            "/auth/login", data={"username": "alice@example.com", "password": PASSWORD}
+        )
+        assert refused.status_code == 403
+        assert "too many devices" in refused.json()["detail"]
+        assert site.logins == ["alice@example.com"]  # the laptop's alone
+        assert await status_of(phone) == 401
+        assert await status_of(laptop) == 200
+    finally:
+        await site.aclose()
+
+
 async def test_wrong_password_is_fastapi_users_own_answer(sqlite_site: Site) -> None:
     await sqlite_site.register("alice@example.com")
     answer = await sqlite_site.browser().post(
@@ -360,6 +381,25 @@ async def test_outside_a_request_the_sessions_end_through_the_store(
     manager.session_store = sqlite_site.store
     await manager.update(UserUpdate(password="a third passphrase"), alice)
     assert await status_of(laptop) == 401
+
+
+async def test_a_script_on_the_cookie_store_is_told_it_ends_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_from_url("cookie://")
+    site = Site(store, SessionConfig(secret_keys=["k" * 32]))
+    try:
+        alice = await site.register("alice@example.com")
+        manager = site.manager_class(site.db)
+        manager.session_store = store
+        with caplog.at_level(logging.WARNING, logger="coatcheck"):
+            await manager.update(UserUpdate(password="a second passphrase"), alice)
+        assert "the cookie store reaches no browser from here" in caplog.text
+        assert manager.password_helper.verify_and_update(
+            "a second passphrase", alice.hashed_password
+        )[0]
+    finally:
+        await site.aclose()
 
 
 async def test_the_login_routes_show_coatchecks_scheme_in_openapi(sqlite_site: Site) -> None:

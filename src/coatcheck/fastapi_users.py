@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Generic
 
-from .exceptions import MissingDependencyError
+from .exceptions import MissingDependencyError, SessionLimitError
 
 try:
     from fastapi import Request, Response, status
@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ._context import NOT_INSTALLED, current_session
 from .fastapi import current_user
 from .session import Session
+from .stores.base import cookie_sealer_of
 
 if TYPE_CHECKING:
     from fastapi.security.base import SecurityBase
@@ -98,7 +99,14 @@ class SessionStrategy(Generic[models.UP, models.ID]):
 
     async def write_token(self, user: models.UP) -> str:
         session = await _current()
-        session.login(str(user.id))
+        user_id = str(user.id)
+        if not await session.can_login(user_id):
+            # Refused here, not at the save: fastapi-users' on_after_login (a last-login
+            # stamp, a "new sign-in" mail) must run only for a login that stands.
+            limit = session._persistence.config.max_sessions_per_user
+            assert limit is not None
+            raise SessionLimitError(limit)
+        session.login(user_id)
         return ""  # no token: the middleware sends the new ticket
 
     async def destroy_token(self, token: str, user: models.UP) -> None:
@@ -171,15 +179,21 @@ class EndSessionsMixin(Generic[models.UP, models.ID]):
         user_id = str(user.id)
         session = _session_of(request)
         if session is None:
-            if self.session_store is None:
+            store = self.session_store
+            if store is None or cookie_sealer_of(store) is not None:
+                advice = (
+                    "the cookie store reaches no browser from here"
+                    if store is not None
+                    else "set session_store on the user manager to the middleware's store"
+                )
                 logger.warning(
-                    "the sessions of user %r were not ended after %s outside a request: "
-                    "set session_store on the user manager to the middleware's store",
+                    "the sessions of user %r were not ended after %s outside a request: %s",
                     user_id,
                     reason,
+                    advice,
                 )
                 return
-            await self.session_store.delete_user(user_id)
+            await store.delete_user(user_id)
             return
         await session.load()
         if keep_own and session.user_id == user_id:
