@@ -5,16 +5,25 @@ in a loop of its own, often without the app's lifespan, whose end would close th
 store. asyncio.run, pytest's plugins and Starlette's TestClient all cancel the tasks
 left in a loop as they end it: a task that waits for that closes the store's
 connections in their own loop, and the next loop opens its own.
+
+Several loops may use one store at the same time: a job thread that calls
+``asyncio.run(store.delete_user(...))`` beside the loop serving requests, a worker's
+thread pool, a ``TestClient``'s loop beside the test's. Each gets what it connects with
+from :class:`PerLoop`, never another loop's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
-__all__ = ["LoopWatch"]
+__all__ = ["LoopWatch", "PerLoop"]
+
+T = TypeVar("T")
 
 
 class LoopWatch:
@@ -63,3 +72,67 @@ class LoopWatch:
             with contextlib.suppress(Exception):
                 await self._close(loop)
             raise
+
+
+class PerLoop(Generic[T]):
+    """What a store connects with, one for each event loop that uses it.
+
+    ``make`` gives a new one, on a loop's first use (``spare``, if given, goes first);
+    ``close``, if given, closes it as its loop ends, after which it may serve the next
+    loop. A store that was handed its client or pool by the app makes the same one for
+    every loop and closes nothing.
+    """
+
+    __slots__ = ("_close", "_lock", "_make", "_of", "_spare", "_watch")
+
+    def __init__(
+        self,
+        make: Callable[[], T],
+        close: Callable[[T], Awaitable[object]] | None = None,
+        spare: T | None = None,
+    ) -> None:
+        self._make = make
+        self._close = close
+        self._spare = spare
+        self._of: dict[asyncio.AbstractEventLoop, T] = {}
+        self._lock = threading.Lock()  # loops in other threads enter and leave too
+        self._watch = None if close is None else LoopWatch(self._closing)
+
+    def here(self, loop: asyncio.AbstractEventLoop) -> T:
+        """The one of ``loop``, the running loop."""
+        found = self._of.get(loop)
+        return found if found is not None else self._enter(loop)
+
+    def _enter(self, loop: asyncio.AbstractEventLoop) -> T:
+        with self._lock:
+            for ended in [other for other in self._of if other.is_closed()]:
+                del self._of[ended]  # ended without a word: left to the garbage collector
+            found = self._of.get(loop)
+            if found is None:
+                found = self._spare if self._spare is not None else self._make()
+                self._spare = None
+                self._of[loop] = found
+        if self._watch is not None:
+            self._watch.watch(loop)
+        return found
+
+    def leave(self, loop: asyncio.AbstractEventLoop) -> T | None:
+        """Forget the one of ``loop``, the running loop, which its caller closes: the
+        next use there makes or takes another."""
+        if self._watch is not None:
+            self._watch.release(loop)
+        with self._lock:
+            return self._of.pop(loop, None)
+
+    def spare(self, item: T) -> None:
+        """``item`` is closed, and may serve the next loop (it reconnects there)."""
+        with self._lock:
+            if self._spare is None:
+                self._spare = item
+
+    async def _closing(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            item = self._of.pop(loop, None)
+        if item is not None and self._close is not None:
+            await self._close(item)
+            self.spare(item)

@@ -38,7 +38,7 @@ from ..exceptions import (
 )
 from . import POSTGRES_SCHEMES
 from ._forks import after_fork
-from ._loops import LoopWatch
+from ._loops import PerLoop
 from ._redact import redact
 from .base import (
     CORE_COLUMNS,
@@ -173,6 +173,18 @@ def _libpq_query(url: str) -> tuple[str, str]:
     return f"{scheme}{sep}{rest[:start]}{base}", query
 
 
+class _Pooled:
+    """What the store connects with in one event loop: the pool it opened there (or
+    the one the app gave), and the calls it gave up on that still tidy up."""
+
+    __slots__ = ("abandoned", "opening", "pool")
+
+    def __init__(self, pool: AsyncConnectionPool[Connection] | None = None) -> None:
+        self.pool = pool
+        self.opening = asyncio.Lock()  # one pool opens at a time
+        self.abandoned: set[asyncio.Future[Any]] = set()  # timed out, still tidying up
+
+
 class PostgresStore:
     """Sessions in one PostgreSQL table, shared by any number of workers and hosts.
 
@@ -240,20 +252,18 @@ class PostgresStore:
         self.purge_batch = purge_batch
         self.retry_after = checked_retry_after(retry_after)
         self._given_pool = pool
-        self._pool: AsyncConnectionPool[Connection] | None = pool
-        self._opening: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # where the pool is in use
-        self._aside: dict[  # the pools of other loops
-            asyncio.AbstractEventLoop, tuple[AsyncConnectionPool[Connection], asyncio.Lock | None]
-        ] = {}
-        self._loops = LoopWatch(self._close_in)
+        # A pool given is the app's, for the loop it uses it in: the same for every loop;
+        # else each loop opens, and closes as it ends, a pool of its own.
+        given = _Pooled(pool)
+        self._pooled: PerLoop[_Pooled] = (
+            PerLoop(lambda: given) if pool is not None else PerLoop(_Pooled, self._close_pool)
+        )
         self._ready = False  # the table is known to exist
         # Columns added since the first release are added in place even without
         # create_table: the CLI, which never creates a table, must work on an old one.
         self._upgrade_in_place = False
         self._saves = purge_start(purge_every)
         after_fork(self)
-        self._abandoned: set[asyncio.Future[Any]] = set()  # timed out, still tidying up
         # Why the pool's last attempt to connect failed, and whether for good: the pool
         # logs the cause, but a request waiting for a connection only sees a timeout.
         self._refused: tuple[str, bool] | None = None
@@ -547,26 +557,24 @@ class PostgresStore:
         return await self._run(read, idempotent=True)
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # What is open belongs to another loop, and is closed as that one ends.
-            self._abandoned.clear()
-            self._enter(loop)
-        if self._abandoned:
+        """Close this event loop's pool; a later use opens another. Other loops' pools
+        close as their loops end."""
+        pooled = self._pooled.leave(asyncio.get_running_loop())
+        if pooled is None:
+            return
+        abandoned = pooled.abandoned
+        if abandoned:
             # Calls given up on may still be waiting for a hung server: give them a
             # last chance, then cancel them.
-            await asyncio.wait(self._abandoned, timeout=self.timeout)
-            for task in list(self._abandoned):
+            await asyncio.wait(abandoned, timeout=self.timeout)
+            for task in list(abandoned):
                 task.cancel()
-            if self._abandoned:
-                await asyncio.wait(self._abandoned, timeout=self.timeout)
-        # Closed in this loop: a later use enters it again, and watches it again.
-        self._loops.release(loop)
-        self._loop = None
-        pool = self._pool
+            if abandoned:
+                await asyncio.wait(abandoned, timeout=self.timeout)
+        pool = pooled.pool
         if pool is None or pool is self._given_pool:
             return
-        self._pool = None
+        pooled.pool = None
         await pool.close()
 
     # -- mechanics ----------------------------------------------------------------------
@@ -611,7 +619,7 @@ class PostgresStore:
             except _ClosedWhileIdle as exc:
                 # Nothing was sent: the pool drops the other idle connections that were
                 # closed too, and the work goes to one that answers, a save included.
-                pool = self._pool
+                pool = self._here().pool
                 if attempt == 1 and pool is not None:
                     with contextlib.suppress(*_UNAVAILABLE):
                         await self._within(pool.check())
@@ -629,7 +637,7 @@ class PostgresStore:
                     raise StoreError(
                         f"PostgreSQL session store failed: {_describe(exc)}{hint}"
                     ) from exc
-                pool = self._pool
+                pool = self._here().pool
                 used = isinstance(exc, psycopg.OperationalError) and not isinstance(
                     exc, _POOL_ERRORS
                 )
@@ -715,8 +723,9 @@ class PostgresStore:
             if unfinished and write is not None:
                 write.given_up = True  # what has not started yet never will
             if unfinished:
-                self._abandoned.add(task)
-                task.add_done_callback(_forget(self._abandoned))
+                abandoned = self._here().abandoned
+                abandoned.add(task)
+                task.add_done_callback(_forget(abandoned))
         if unfinished:
             raise asyncio.TimeoutError
         return task.result()
@@ -733,8 +742,8 @@ class PostgresStore:
     async def _attempt(
         self, work: Callable[[Connection], Awaitable[T]], write: _Write | None = None
     ) -> T:
-        pool = self._pool
-        if pool is None or self._loop is not asyncio.get_running_loop():
+        pool = self._here().pool
+        if pool is None:
             pool = await self._open()
         async with pool.connection(timeout=self.timeout) as db:
             if write is not None:
@@ -779,12 +788,9 @@ class PostgresStore:
                         await db.close()
 
     async def _open(self) -> AsyncConnectionPool[Connection]:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._enter(loop)
-        assert self._opening is not None
-        async with self._opening:
-            if self._pool is None:
+        pooled = self._here()
+        async with pooled.opening:
+            if pooled.pool is None:
                 pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
                     self.conninfo,
                     # No statements prepared behind the scenes: PgBouncer in transaction
@@ -803,7 +809,7 @@ class PostgresStore:
                     connection_class=_recording(self),
                 )
                 await pool.open(wait=False)
-                self._pool = pool
+                pooled.pool = pool
                 # Its first connection, before the first request takes one: were the pool
                 # to grow meanwhile, a loop ending right after (a test's) would cut that
                 # growth short. On a timeout, the pool closes itself; the next request
@@ -811,39 +817,24 @@ class PostgresStore:
                 try:
                     await pool.wait(timeout=self.timeout)
                 except PoolTimeout:
-                    if self._pool is pool:
-                        self._pool = None
+                    if pooled.pool is pool:
+                        pooled.pool = None
                     raise
-            return self._pool
+            return pooled.pool
 
-    def _enter(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Ready the store for its first use in ``loop`` since another loop used it.
+    def _here(self) -> _Pooled:
+        """The pool of the running event loop: a pool's connections and workers belong
+        to the loop that opened it."""
+        return self._pooled.here(asyncio.get_running_loop())
 
-        A pool's connections and workers belong to the loop that opened it. An owned
-        pool is closed as its loop ends (see ``_loops``): left open, its workers may
-        even keep that loop from ending, since they take no cancellation while they
-        connect. The pool of a loop that is still open (a ``TestClient`` between calls
-        of ``asyncio.run``) is set aside for its return; one whose loop ended without
-        cancelling what was left in it is left to the garbage collector.
-        """
-        previous, pool = self._loop, self._pool
-        if pool not in (None, self._given_pool) and previous and not previous.is_closed():
-            self._aside[previous] = (pool, self._opening)
-        self._pool, self._opening = self._aside.pop(loop, (self._given_pool, asyncio.Lock()))
-        for ended in [other for other in self._aside if other.is_closed()]:
-            del self._aside[ended]
-        self._loop = loop
-        if self._given_pool is None:
-            self._loops.watch(loop)
-
-    async def _close_in(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Close the pool of ``loop`` as the loop cancels its tasks, the pool's own
+    async def _close_pool(self, pooled: _Pooled) -> None:
+        """Close the pool of a loop as the loop cancels its tasks, the pool's own
         workers among them; so the pool's ``close()``, which waits for its workers,
         fails. Its idle connections are taken out and closed first, and its workers,
-        which may have taken no cancellation, are still told to stop."""
-        pool, _ = self._aside.pop(loop, (None, None))
-        if self._loop is loop:
-            pool, self._pool, self._loop = self._pool, None, None
+        which may have taken no cancellation, are still told to stop. Left open, its
+        workers could even keep that loop from ending, since they take no cancellation
+        while they connect."""
+        pool, pooled.pool = pooled.pool, None
         if pool is None:
             return
         for _ in range(pool.get_stats().get("pool_available", 0)):

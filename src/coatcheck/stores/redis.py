@@ -38,7 +38,7 @@ from ..exceptions import (
     StoreUnavailableError,
 )
 from . import _redis_codec as codec
-from ._loops import LoopWatch
+from ._loops import PerLoop
 from ._redis_codec import KeyNames
 from ._turns import Turns
 from .base import MOVED_FOR, Merge, SessionRecord, checked_retry_after
@@ -83,6 +83,26 @@ _SETTLED_SWEEPS = 5
 _SETTLE_PAUSE = 0.2
 
 
+class _Bound:
+    """What the store connects with in one event loop, whose connections they are: a
+    client, its scripts, and the turns of that loop's saves."""
+
+    __slots__ = ("client", "on_cluster", "scripts", "turns")
+
+    def __init__(self, client: RedisClient, names: KeyNames) -> None:
+        self.client = client
+        self.scripts = Scripts(client)
+        # The fail-safe ordering Cluster needs; standalone, every write is one script.
+        self.on_cluster = (
+            ClusterWrites(client, self.scripts, names) if isinstance(client, RedisCluster) else None
+        )
+        self.turns = Turns()
+
+
+async def _close_client(bound: _Bound) -> None:
+    await bound.client.aclose()
+
+
 class RedisStore:
     """Sessions in Redis (standalone, TLS, Unix socket) or Redis Cluster.
 
@@ -110,57 +130,42 @@ class RedisStore:
         self.owns_client = owns_client
         self.retry_after = checked_retry_after(retry_after)
         self._names = KeyNames(prefix)
-        self._turns = Turns()
         self._policy_checked = False  # the eviction policy, looked at after a first login
-        self._use(client)
-        # How :meth:`from_url` makes the client again for another event loop.
-        self._remake: Callable[[], RedisClient] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # where the client is in use
-        self._aside: dict[asyncio.AbstractEventLoop, RedisClient] = {}  # of other loops
-        self._loops = LoopWatch(self._close_in)
-
-    def _use(self, client: RedisClient) -> None:
-        self.client = client
-        self._scripts = Scripts(client)
-        # The fail-safe ordering Cluster needs; standalone, every write is one script.
-        self._on_cluster = (
-            ClusterWrites(client, self._scripts, self._names)
-            if isinstance(client, RedisCluster)
-            else None
+        self._first = _Bound(client, self._names)
+        # A client given is the app's, for the loop it uses it in: the same for every
+        # loop; from_url() makes one for each loop instead.
+        self._bound: PerLoop[_Bound] = PerLoop(
+            lambda: self._first, _close_client if owns_client else None
         )
 
-    def _in_this_loop(self) -> None:
-        """Give an owned client's work, in the running event loop, to that loop's own
-        client, on its first use there since another loop used the store.
+    def _one_per_loop(self, make: Callable[[], RedisClient]) -> None:
+        """Give each event loop a client of its own, made with ``make`` (the first loop
+        takes the one the store was built with)."""
+        self._bound = PerLoop(lambda: _Bound(make(), self._names), _close_client, self._first)
 
-        A connection belongs to the loop that opened it. Each loop's client is closed as
-        that loop ends (see ``_loops``); one closed so may serve the next loop. The
-        client of a loop that is still open (a ``TestClient`` between calls of
-        ``asyncio.run``) is set aside for its return. One whose loop ended without
-        that is left to the garbage collector.
-        """
-        loop = asyncio.get_running_loop()
-        if self._remake is not None:
-            previous = self._loop
-            if previous is not None and not previous.is_closed():
-                self._aside[previous] = self.client
-            client = self._aside.pop(loop, None)
-            if client is None and previous is not None:
-                client = self._remake()
-            if client is not None:
-                self._use(client)
-            for ended in [other for other in self._aside if other.is_closed()]:
-                del self._aside[ended]
-        self._loop = loop
-        if self.owns_client:
-            self._loops.watch(loop)
+    def _here(self) -> _Bound:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside any loop: not to connect with, only to look at
+            return self._first
+        return self._bound.here(loop)
 
-    async def _close_in(self, loop: asyncio.AbstractEventLoop) -> None:
-        client = self._aside.pop(loop, None)
-        if self._loop is loop:
-            client, self._loop = self.client, None  # closed here: the next loop may reuse it
-        if client is not None:
-            await client.aclose()
+    @property
+    def client(self) -> RedisClient:
+        """The redis-py client of the running event loop."""
+        return self._here().client
+
+    @property
+    def _scripts(self) -> Scripts:
+        return self._here().scripts
+
+    @property
+    def _on_cluster(self) -> ClusterWrites | None:
+        return self._here().on_cluster
+
+    @property
+    def _turns(self) -> Turns:
+        return self._here().turns
 
     def __repr__(self) -> str:
         # Not the client's: redis-py's shows its connection settings, password included.
@@ -191,14 +196,12 @@ class RedisStore:
         if prefix is None:
             prefix = DEFAULT_PREFIX if url_prefix is None else url_prefix
         store = cls(client, prefix=prefix, owns_client=True)
-        store._remake = lambda: client_from_url(url, timeout)[0]
+        store._one_per_loop(lambda: client_from_url(url, timeout)[0])
         return store
 
     # -- the store contract -------------------------------------------------------------
 
     async def load(self, key: str, now: float) -> SessionRecord | None:
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         # try/except rather than ``with translated(...)``: this runs on every read, and a
         # generator-based context manager costs more than the rest of this method.
         name = self._names.session(key)
@@ -220,8 +223,6 @@ class RedisStore:
         expected_version: int | None = None,
         merge: Merge | None = None,
     ) -> bool:
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         saved = await self._save(record, replaces, expected_version, merge)
         if not self._policy_checked and record.user_id is not None:
             # Once, after the save rather than beside it: a Cluster pool of one
@@ -274,8 +275,6 @@ class RedisStore:
 
     async def create(self, record: SessionRecord) -> bool:
         """Write ``record`` only if no live record holds its key; False when one does."""
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         token = codec.save_token()
         again = partial(self._save_once, record, None, _CREATE, token)
         return await self._again_if_broken(again) is True
@@ -333,8 +332,6 @@ class RedisStore:
             return await call()
 
     async def delete(self, key: str) -> None:
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         await self._again_if_broken(lambda: self._delete(key))
 
     async def moved_at(self, key: str, now: float) -> float | None:
@@ -350,8 +347,6 @@ class RedisStore:
         return to
 
     async def _move(self, key: str, now: float) -> tuple[float | None, str | None]:
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         receipt = self._names.receipt(key)
         moved_at, to = await self._again_if_broken(
             lambda: self.client.execute_command("HMGET", receipt, "m", "t")
@@ -369,8 +364,6 @@ class RedisStore:
 
     async def list_user(self, user_id: str, now: float) -> list[SessionRecord]:
         user_id = user_text(user_id)
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         return await self._again_if_broken(lambda: self._list_user(user_id, now))
 
     async def _list_user(self, user_id: str, now: float) -> list[SessionRecord]:
@@ -400,8 +393,6 @@ class RedisStore:
         self, user_id: str, *, keep: str | None = None, now: float | None = None
     ) -> int:
         user_id = user_text(user_id)
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         # Made once more after redis-py's leaked error, like a delete: what the first
         # attempt ended stays ended, though the count then leaves those out.
         moment = time.time() if now is None else now
@@ -428,8 +419,6 @@ class RedisStore:
         and is made again until one did not. A reshard that goes on past a few sweeps
         is a ``StoreUnavailableError``, so that nobody is told everyone is signed out.
         """
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         if self._on_cluster is None:
             return await self._sweep(now)
         ended = 0
@@ -487,8 +476,6 @@ class RedisStore:
         Never needed for correctness (Redis drops every record at its TTL, and nothing
         dead is ever served); it is an admin sweep that SCANs the whole keyspace.
         """
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         removed = 0
         with translated(self.retry_after):
             async for batch in self._scan_sessions():
@@ -504,8 +491,6 @@ class RedisStore:
 
     async def count(self, now: float) -> int:
         """Live records: a SCAN of every primary, meant for admin tools, not requests."""
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
         total = 0
         with translated(self.retry_after):
             async for batch in self._scan_sessions():
@@ -516,15 +501,13 @@ class RedisStore:
         return total
 
     async def aclose(self) -> None:
-        """Close the connections of an owned client; its pool reconnects on next use."""
-        if asyncio.get_running_loop() is not self._loop:
-            self._in_this_loop()
-        # Closed in this loop: a later use enters it again, and watches it again.
-        self._loops.release(asyncio.get_running_loop())
-        self._loop = None
-        if self.owns_client:
+        """Close the connections of an owned client in this event loop; a later use
+        connects again. Other loops' clients close as their loops end."""
+        bound = self._bound.leave(asyncio.get_running_loop())
+        if bound is not None and self.owns_client:
             with translated(self.retry_after):
-                await self.client.aclose()
+                await bound.client.aclose()
+            self._bound.spare(bound)
 
     # -- mechanics ----------------------------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""One store, used at the same time from the loop that serves requests and from a
+thread that runs its own loop with ``asyncio.run`` (a scheduler's job, a worker's thread
+pool), as the README advises for synchronous code. Each loop must get connections of
+its own: a client or pool swapped under the serving loop broke its requests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from coatcheck import Store
+from coatcheck.stores import SessionRecord
+
+from ..store_kinds import build_store
+
+pytestmark = pytest.mark.anyio
+
+SESSIONS = 8
+RUN_FOR = 1.5  # seconds of requests, with the thread's jobs among them
+
+
+def record(user: str, number: int) -> SessionRecord:
+    now = time.time()
+    return SessionRecord(
+        key=f"{user}-{number}".encode().hex().ljust(64, "0"),
+        public_id=f"p{user}{number}".ljust(16, "0"),
+        data=b'{"n": 0}',
+        user_id=user,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + 600,
+    )
+
+
+def jobs(store: Store, stop: threading.Event, done: Counter[str]) -> None:
+    """A synchronous job, again and again: revoke a banned user, list one, purge."""
+    while not stop.is_set():
+        try:
+            asyncio.run(store.delete_user("banned"))
+            asyncio.run(store.list_user("alice", time.time()))
+            asyncio.run(store.purge_expired(time.time()))
+            done["ok"] += 1
+        except Exception as exc:  # counted: the test shows what failed
+            done[f"{type(exc).__name__}: {exc}"] += 1
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "redis-cluster", "postgres"])
+async def test_a_thread_with_its_own_loop_leaves_the_serving_loop_alone(
+    kind: str, tmp_path: Path
+) -> None:
+    store = build_store(kind, tmp_path)
+    try:
+        mine = [record("alice", number) for number in range(SESSIONS)]
+        for one in mine:
+            assert await store.save(one)
+        banned = record("banned", 0)
+        assert await store.save(banned)
+        outcome: Counter[str] = Counter()
+        done: Counter[str] = Counter()
+        stop = threading.Event()
+        thread = threading.Thread(target=jobs, args=(store, stop, done))
+
+        async def requests(one: SessionRecord) -> None:
+            deadline = time.monotonic() + RUN_FOR
+            while time.monotonic() < deadline:
+                try:
+                    loaded = await store.load(one.key, time.time())
+                    outcome["read" if loaded is not None else "lost"] += 1
+                except Exception as exc:  # counted: the test shows what failed
+                    outcome[f"{type(exc).__name__}: {exc}"] += 1
+                await asyncio.sleep(0.002)
+
+        thread.start()
+        try:
+            await asyncio.gather(*(requests(one) for one in mine))
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join)
+        assert set(outcome) == {"read"}, outcome
+        assert set(done) == {"ok"}, done
+        assert await store.load(banned.key, time.time()) is None
+        assert len(await store.list_user("alice", time.time())) == SESSIONS
+    finally:
+        await store.aclose()
