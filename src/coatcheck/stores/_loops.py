@@ -54,7 +54,8 @@ class LoopWatch:
         then, rather than stay pending until the loop or the store is collected (which
         asyncio reports as a task destroyed while pending). A later use watches anew."""
         self._watched.discard(loop)
-        for task in [task for task in self._tasks if task.get_loop() is loop]:
+        # A copy: loops in other threads add theirs meanwhile.
+        for task in [task for task in self._tasks.copy() if task.get_loop() is loop]:
             self._released.add(task)
             task.cancel()
 
