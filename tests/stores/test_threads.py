@@ -16,7 +16,7 @@ import pytest
 from coatcheck import Store
 from coatcheck.stores import SessionRecord
 
-from ..store_kinds import build_store
+from ..store_kinds import build_store, unique_prefix
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +88,34 @@ async def test_a_thread_with_its_own_loop_leaves_the_serving_loop_alone(
         assert len(await store.list_user("alice", time.time())) == SESSIONS
     finally:
         await store.aclose()
+
+
+def bursts_in_fresh_loops(store: Store, loops: int = 3, calls: int = 10) -> list[int]:
+    """Of ``calls`` loads made at once, how many succeed in each of ``loops`` event
+    loops in turn, as a job runner's or a test suite's would be."""
+
+    async def burst(key: str) -> int:
+        results = await asyncio.gather(
+            *(store.load(key, time.time()) for _ in range(calls)), return_exceptions=True
+        )
+        return sum(isinstance(result, SessionRecord) for result in results)
+
+    one = record("alice", 0)
+    asyncio.run(store.save(one))
+    return [asyncio.run(burst(one.key)) for _ in range(loops)]
+
+
+@pytest.mark.parametrize("kind", ["redis-cluster", "redis-blocking-pool"])
+def test_each_loop_gets_a_client_whose_locks_are_its_own(kind: str, tmp_path: Path) -> None:
+    """A client closed with its loop keeps the locks it made there (the Cluster
+    client's, a blocking pool's): handed to the next loop, a burst of calls failed."""
+    if kind == "redis-blocking-pool":
+        from coatcheck.stores.redis import RedisStore
+
+        from .. import redis_servers
+
+        url = redis_servers.active().standalone().url
+        store: Store = RedisStore.from_url(f"{url}?max_connections=2", prefix=unique_prefix())
+    else:
+        store = build_store(kind, tmp_path)
+    assert bursts_in_fresh_loops(store) == [10, 10, 10]

@@ -78,23 +78,24 @@ class LoopWatch:
 class PerLoop(Generic[T]):
     """What a store connects with, one for each event loop that uses it.
 
-    ``make`` gives a new one, on a loop's first use (``spare``, if given, goes first);
-    ``close``, if given, closes it as its loop ends, after which it may serve the next
-    loop. A store that was handed its client or pool by the app makes the same one for
-    every loop and closes nothing.
+    ``make`` gives a new one on a loop's first use (``first``, if given, goes to the
+    first loop); ``close``, if given, closes it as its loop ends. One closed never
+    serves another loop: what a client made its own in a loop (redis-py's locks for a
+    burst of calls) stays bound to that loop. A store that was handed its client or
+    pool by the app makes the same one for every loop, and closes nothing.
     """
 
-    __slots__ = ("_close", "_lock", "_make", "_of", "_spare", "_watch")
+    __slots__ = ("_close", "_first", "_lock", "_make", "_of", "_watch")
 
     def __init__(
         self,
         make: Callable[[], T],
         close: Callable[[T], Awaitable[object]] | None = None,
-        spare: T | None = None,
+        first: T | None = None,
     ) -> None:
         self._make = make
         self._close = close
-        self._spare = spare
+        self._first = first
         self._of: dict[asyncio.AbstractEventLoop, T] = {}
         self._lock = threading.Lock()  # loops in other threads enter and leave too
         self._watch = None if close is None else LoopWatch(self._closing)
@@ -110,8 +111,8 @@ class PerLoop(Generic[T]):
                 del self._of[ended]  # ended without a word: left to the garbage collector
             found = self._of.get(loop)
             if found is None:
-                found = self._spare if self._spare is not None else self._make()
-                self._spare = None
+                found = self._first if self._first is not None else self._make()
+                self._first = None
                 self._of[loop] = found
         if self._watch is not None:
             self._watch.watch(loop)
@@ -125,15 +126,8 @@ class PerLoop(Generic[T]):
         with self._lock:
             return self._of.pop(loop, None)
 
-    def spare(self, item: T) -> None:
-        """``item`` is closed, and may serve the next loop (it reconnects there)."""
-        with self._lock:
-            if self._spare is None:
-                self._spare = item
-
     async def _closing(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             item = self._of.pop(loop, None)
         if item is not None and self._close is not None:
             await self._close(item)
-            self.spare(item)

@@ -507,7 +507,6 @@ class RedisStore:
         if bound is not None and self.owns_client:
             with translated(self.retry_after):
                 await bound.client.aclose()
-            self._bound.spare(bound)
 
     # -- mechanics ----------------------------------------------------------------------
 
