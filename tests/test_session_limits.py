@@ -32,6 +32,7 @@ pytestmark = pytest.mark.anyio
 NAME = "__Host-session"
 IDLE = 1800  # the configured limits (SessionConfig's defaults)
 ABSOLUTE = 12 * 3600
+REMEMBER_IDLE = 14 * 86400
 REMEMBER_ABSOLUTE = 30 * 86400
 
 
@@ -78,6 +79,13 @@ def make_app(store: Store, clock: FakeClock, **config: Any) -> FastAPI:
             idle_timeout=session.idle_timeout,
             absolute_timeout=session.absolute_timeout,
         )
+        return {"ok": True}
+
+    @app.post("/step-up")
+    async def step_up(session: SessionDep) -> dict[str, bool]:
+        """The same, written as briefly as the README writes it."""
+        assert session.user_id is not None
+        session.login(session.user_id)
         return {"ok": True}
 
     @app.post("/remember")
@@ -262,6 +270,35 @@ async def test_a_step_up_login_can_keep_what_the_session_had(
         assert (state["idle"], state["absolute"]) == (limits if login else (7200, 86400))
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("login", "limits"),
+    [
+        ({"idle": 300, "absolute": 3000}, (300, 3000)),
+        ({"remember": True, "idle": 3600}, (3600, REMEMBER_ABSOLUTE)),
+        ({"remember": True}, (REMEMBER_IDLE, REMEMBER_ABSOLUTE)),
+        ({}, (IDLE, ABSOLUTE)),
+    ],
+    ids=["shortened", "remembered and shortened", "remembered", "configured"],
+)
+async def test_a_login_again_as_the_same_user_with_no_arguments_keeps_what_it_had(
+    login: dict[str, Any], limits: tuple[int, int], every_store: Store
+) -> None:
+    """A step-up must not turn a remembered session into one that ends with the
+    browser, nor give a shared computer's session the usual limits back."""
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/login", json=login)
+        clock.advance(200)
+        answer = await visitor.send("POST", "/step-up")
+        assert ("Max-Age=" in answer.headers["set-cookie"]) is bool(login.get("remember"))
+        state = await visitor.state()
+        assert (state["remember"], state["idle"], state["absolute"]) == (
+            bool(login.get("remember")),
+            *limits,
+        )
 
 
 async def test_a_remembered_login_with_a_shorter_lifetime_gets_a_shorter_cookie(

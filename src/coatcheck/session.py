@@ -610,7 +610,7 @@ class Session(MutableMapping[str, Any]):
         self,
         user_id: str,
         *,
-        remember: bool = False,
+        remember: bool | None = None,
         idle_timeout: float | timedelta | None = None,
         absolute_timeout: float | timedelta | None = None,
     ) -> None:
@@ -618,12 +618,23 @@ class Session(MutableMapping[str, Any]):
 
         The absolute lifetime starts now, and so does :attr:`authenticated_at`: call it
         again for the same user once they confirm their password, before a sensitive
-        action. ``remember=True`` gives a persistent cookie and the longer remember-me
-        limits. ``idle_timeout`` and ``absolute_timeout`` shorten this session's limits
-        below the configured ones (an administrator's, or one on a shared computer),
-        until the next login. When another user was logged in on this session, their
-        data is dropped: the next person at a shared computer must not inherit it.
+        action. Made so with no other argument, such a step-up keeps ``remember`` and
+        the session's limits; with any, the login chooses them again.
+        ``remember=True`` gives a persistent cookie and the longer remember-me limits.
+        ``idle_timeout`` and ``absolute_timeout`` shorten this session's limits below
+        the configured ones (an administrator's, or one on a shared computer), until
+        the next login that chooses. When another user was logged in on this session,
+        their data is dropped: the next person at a shared computer must not inherit it.
         """
+        self._require_loaded()
+        if remember is None:
+            if idle_timeout is None and absolute_timeout is None and self._user_id == user_id:
+                # A step-up: a remembered session must not end with the browser for it,
+                # nor one on a shared computer get the usual limits back.
+                remember = self._remember
+                idle_timeout, absolute_timeout = self.idle_timeout, self.absolute_timeout
+            else:
+                remember = False
         idle, absolute = self._persistence.config.login_limits(
             remember, idle_timeout, absolute_timeout
         )

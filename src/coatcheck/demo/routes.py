@@ -168,13 +168,9 @@ async def confirm(request: Request, user: CurrentUser, session: SessionDep) -> R
         if page:
             raise PageError(WRONG_PASSWORD, 401, field="confirm-password")
         raise not_authenticated(WRONG_PASSWORD)
-    # Signed in anew, with the limits chosen at sign-in (a shared computer's).
-    session.login(
-        user,
-        remember=session.remember,
-        idle_timeout=session.idle_timeout,
-        absolute_timeout=session.absolute_timeout,
-    )
+    # Signed in anew, keeping remember-me and the limits chosen at sign-in (a shared
+    # computer's): a step-up login chooses none of them again.
+    session.login(user)
     if page:
         session.flash("Password confirmed.")
         return _to_page()
