@@ -19,6 +19,7 @@ from coatcheck import (
     SessionRecord,
     StoreFullError,
 )
+from coatcheck._flash import MAX_WAITING
 from coatcheck._persist import Persistence
 from coatcheck.fastapi import SessionDep
 from coatcheck.session import Session
@@ -47,6 +48,14 @@ def make_app(store: MemoryStore) -> FastAPI:
     @app.get("/")
     async def page(session: SessionDep, category: str | None = None) -> list[list[str]]:
         return [[f.category, f.message] for f in session.pop_flashes(category)]
+
+    @app.get("/twice")
+    async def twice(session: SessionDep) -> list[list[str]]:
+        """A template that asks twice: whether to draw the box, then what to put in it."""
+        if not session.pop_flashes():
+            return []
+        errors = [f.message for f in session.pop_flashes("error")]
+        return [errors, [f.message for f in session.pop_flashes()]]
 
     @app.get("/slow-page")
     async def slow_page(session: SessionDep) -> list[str]:
@@ -122,6 +131,27 @@ async def test_messages_keep_their_order_and_a_category_can_be_taken_alone() -> 
             ["info", "one"],
             ["info", "three"],
         ]
+
+
+async def test_a_page_that_asks_twice_gets_the_same_messages() -> None:
+    store = MemoryStore()
+    async with client_for(make_app(store)) as client:
+        headers = cookie_of(await client.post("/flash/info/Saved."))
+        await client.post("/flash/error/Nearly full.", headers=headers)
+        page = await client.get("/twice", headers=headers)
+        assert page.json() == [["Nearly full."], ["Saved.", "Nearly full."]]
+        assert (await client.get("/", headers=headers)).json() == []  # shown once, still
+
+
+async def test_messages_no_page_shows_do_not_grow_the_session_without_end() -> None:
+    """A route that flashes but answers with a fragment never shows them: the oldest
+    go, rather than the session reaching its size limit and refusing every write."""
+    async with client_for(make_app(MemoryStore())) as client:
+        headers = cookie_of(await client.post("/flash/info/0"))
+        for number in range(1, MAX_WAITING + 10):
+            await client.post(f"/flash/info/{number}", headers=headers)
+        shown = [message for _, message in (await client.get("/", headers=headers)).json()]
+    assert shown == [str(number) for number in range(10, MAX_WAITING + 10)]
 
 
 async def test_messages_outlive_a_login_and_follow_a_logout() -> None:

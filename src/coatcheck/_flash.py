@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from .session import Session
 
 FLASH_KEY = "_flashes"
+# Messages kept waiting at most: a route that flashes without a page to show them (a
+# fragment, a JSON answer) must not grow the session past its size limit, which
+# would refuse every later write of it. The oldest go first.
+MAX_WAITING = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +51,7 @@ def add(session: Session, message: str, category: str) -> None:
 
 
 def _queue(session: Session, entry: dict[str, str]) -> None:
-    session.modify(FLASH_KEY, lambda queue: [*_entries(queue), entry], default=[])
+    session.modify(FLASH_KEY, lambda queue: [*_entries(queue), entry][-MAX_WAITING:], default=[])
 
 
 def flashed_here(session: Session) -> list[dict[str, str]]:
@@ -64,13 +68,26 @@ def queue_again(session: Session, entries: list[dict[str, str]]) -> None:
 
 
 def take(session: Session, category: str | None) -> list[Flash]:
+    """The waiting messages (of ``category``), taken from the queue, after those this
+    request took already: a template that asks twice (to draw the box, then fill it)
+    shows them, as Flask's and Django's do."""
+    try:
+        taken = session._shown
+    except AttributeError:  # the first of this request (a slot unset until then)
+        taken = session._shown = []
+    before = [
+        Flash(entry["message"], entry["category"])
+        for entry in taken
+        if category is None or entry["category"] == category
+    ]
     shown = [
         entry
         for entry in _entries(session.get(FLASH_KEY))
         if category is None or entry["category"] == category
     ]
     if not shown:
-        return []
+        return before
+    taken.extend(shown)
     from .session import _REMOVE  # here: the session module imports this one
 
     ids = {entry["id"] for entry in shown}
@@ -82,7 +99,7 @@ def take(session: Session, category: str | None) -> list[Flash]:
         return left or _REMOVE
 
     session.modify(FLASH_KEY, without_shown, default=[])
-    return [Flash(entry["message"], entry["category"]) for entry in shown]
+    return [*before, *(Flash(entry["message"], entry["category"]) for entry in shown)]
 
 
 def _entries(queue: Any) -> list[dict[str, str]]:
