@@ -301,6 +301,26 @@ async def test_a_login_again_as_the_same_user_with_no_arguments_keeps_what_it_ha
         )
 
 
+async def test_a_step_up_after_remember_me_was_switched_off_starts_a_full_lifetime(
+    every_store: Store,
+) -> None:
+    """Switched off, a remembered session keeps no more than its remaining deadline; a
+    new proof of the password starts the browser session's own lifetime."""
+    clock = start_clock()
+    async with client_for(make_app(every_store, clock)) as client:
+        visitor = Visitor(client)
+        await visitor.send("POST", "/login", json={"remember": True})
+        for _ in range(3):  # used every nine days: idle for less than its limit
+            clock.advance(9 * 86400)
+            await visitor.state()
+        clock.advance(REMEMBER_ABSOLUTE - 27 * 86400 - 3600)
+        await visitor.send("POST", "/remember", params={"on": False})
+        assert (await visitor.state())["absolute"] == 3600  # what was left
+        await visitor.send("POST", "/step-up")
+        state = await visitor.state()
+        assert (state["remember"], state["idle"], state["absolute"]) == (False, IDLE, ABSOLUTE)
+
+
 async def test_a_remembered_login_with_a_shorter_lifetime_gets_a_shorter_cookie(
     every_store: Store,
 ) -> None:

@@ -635,7 +635,11 @@ class Session(MutableMapping[str, Any]):
                 # A step-up: a remembered session must not end with the browser for it,
                 # nor one on a shared computer get the usual limits back.
                 remember = self._remember
-                idle_timeout, absolute_timeout = self.idle_timeout, self.absolute_timeout
+                idle_timeout = self.idle_timeout
+                if self._created_at == self._authenticated_at:
+                    # Chosen at the login (or the configured one); not what remains of a
+                    # remembered session switched off since, which a new proof restarts.
+                    absolute_timeout = self.absolute_timeout
             else:
                 remember = False
         idle, absolute = self._persistence.config.login_limits(
