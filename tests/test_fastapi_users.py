@@ -223,9 +223,11 @@ async def test_login_is_a_server_side_session_that_keeps_the_cart(sqlite_site: S
 async def test_remember_me_set_after_the_login_keeps_the_cookie(sqlite_site: Site) -> None:
     await sqlite_site.register("alice@example.com")
     credentials = {"username": "alice@example.com", "password": PASSWORD}
-    for remember, persistent in ((None, False), ("on", True)):
+    # The same browser each time: a login unticked after a ticked one is not remembered.
+    browser = sqlite_site.browser()
+    for remember, persistent in ((None, False), ("on", True), (None, False)):
         form = credentials if remember is None else {**credentials, "remember": remember}
-        login = await sqlite_site.browser().post("/auth/login", data=form)
+        login = await browser.post("/auth/login", data=form)
         assert login.status_code == 204, login.text
         assert ("Max-Age=" in login.headers["set-cookie"]) is persistent
 

@@ -49,14 +49,6 @@ def make_app(store: MemoryStore) -> FastAPI:
     async def page(session: SessionDep, category: str | None = None) -> list[list[str]]:
         return [[f.category, f.message] for f in session.pop_flashes(category)]
 
-    @app.get("/twice")
-    async def twice(session: SessionDep) -> list[list[str]]:
-        """A template that asks twice: whether to draw the box, then what to put in it."""
-        if not session.pop_flashes():
-            return []
-        errors = [f.message for f in session.pop_flashes("error")]
-        return [errors, [f.message for f in session.pop_flashes()]]
-
     @app.get("/slow-page")
     async def slow_page(session: SessionDep) -> list[str]:
         await asyncio.sleep(0.05)  # a parallel request flashes and saves meanwhile
@@ -131,16 +123,6 @@ async def test_messages_keep_their_order_and_a_category_can_be_taken_alone() -> 
             ["info", "one"],
             ["info", "three"],
         ]
-
-
-async def test_a_page_that_asks_twice_gets_the_same_messages() -> None:
-    store = MemoryStore()
-    async with client_for(make_app(store)) as client:
-        headers = cookie_of(await client.post("/flash/info/Saved."))
-        await client.post("/flash/error/Nearly full.", headers=headers)
-        page = await client.get("/twice", headers=headers)
-        assert page.json() == [["Nearly full."], ["Saved.", "Nearly full."]]
-        assert (await client.get("/", headers=headers)).json() == []  # shown once, still
 
 
 async def test_messages_no_page_shows_do_not_grow_the_session_without_end() -> None:

@@ -68,26 +68,13 @@ def queue_again(session: Session, entries: list[dict[str, str]]) -> None:
 
 
 def take(session: Session, category: str | None) -> list[Flash]:
-    """The waiting messages (of ``category``), taken from the queue, after those this
-    request took already: a template that asks twice (to draw the box, then fill it)
-    shows them, as Flask's and Django's do."""
-    try:
-        taken = session._shown
-    except AttributeError:  # the first of this request (a slot unset until then)
-        taken = session._shown = []
-    before = [
-        Flash(entry["message"], entry["category"])
-        for entry in taken
-        if category is None or entry["category"] == category
-    ]
     shown = [
         entry
         for entry in _entries(session.get(FLASH_KEY))
         if category is None or entry["category"] == category
     ]
     if not shown:
-        return before
-    taken.extend(shown)
+        return []
     from .session import _REMOVE  # here: the session module imports this one
 
     ids = {entry["id"] for entry in shown}
@@ -99,7 +86,7 @@ def take(session: Session, category: str | None) -> list[Flash]:
         return left or _REMOVE
 
     session.modify(FLASH_KEY, without_shown, default=[])
-    return [*before, *(Flash(entry["message"], entry["category"]) for entry in shown)]
+    return [Flash(entry["message"], entry["category"]) for entry in shown]
 
 
 def _entries(queue: Any) -> list[dict[str, str]]:

@@ -106,7 +106,9 @@ class SessionStrategy(Generic[models.UP, models.ID]):
             limit = session._persistence.config.max_sessions_per_user
             assert limit is not None
             raise SessionLimitError(limit)
-        session.login(user_id)
+        # A login form's: it chooses remember-me again (off, until on_after_login sets
+        # it), rather than keep what a login of the same user here had.
+        session.login(user_id, remember=False)
         return ""  # no token: the middleware sends the new ticket
 
     async def destroy_token(self, token: str, user: models.UP) -> None:

@@ -126,7 +126,6 @@ class Session(MutableMapping[str, Any]):
         "_refresh_now",
         "_remember",
         "_root_path",
-        "_shown",
         "_signing_in",
         "_stored",
         "_ticket_ended",
@@ -193,7 +192,6 @@ class Session(MutableMapping[str, Any]):
     # in which a request with that cookie joins it: the import's, if its answer was lost.
     _earlier_import: SessionRecord | None
     _flashed: list[str]  # ids of the messages this request flashed; unset until the first
-    _shown: list[dict[str, str]]  # the messages this request took; unset until the first
     _signing_in: bool  # login() (or an adopted login) waits for its save
     # Its end was announced already (revoked), not again as logged_out; None: a parallel
     # request ended it first, and announced it and set the browser's cookie itself.
@@ -583,9 +581,9 @@ class Session(MutableMapping[str, Any]):
         _flash.add(self, message, category)
 
     def pop_flashes(self, category: str | None = None) -> list[Flash]:
-        """The waiting messages, oldest first, now removed: each is shown once, on
-        this page (asked again, it gives them again). ``category`` takes only those of
-        one category and leaves the others waiting."""
+        """The waiting messages, oldest first, now removed: each is shown once (a
+        template that needs them twice keeps the list). ``category`` takes only those
+        of one category and leaves the others waiting."""
         self._require_loaded()
         return _flash.take(self, category)
 
