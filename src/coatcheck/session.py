@@ -620,7 +620,8 @@ class Session(MutableMapping[str, Any]):
         The absolute lifetime starts now, and so does :attr:`authenticated_at`: call it
         again for the same user once they confirm their password, before a sensitive
         action. Made so with no other argument, such a step-up keeps ``remember`` and
-        the session's limits; with any, the login chooses them again.
+        the session's limits (the absolute one starts afresh once remember-me was
+        switched off since); with any, the login chooses them again.
         ``remember=True`` gives a persistent cookie and the longer remember-me limits.
         ``idle_timeout`` and ``absolute_timeout`` shorten this session's limits below
         the configured ones (an administrator's, or one on a shared computer), until

@@ -101,7 +101,8 @@ async def create_session(
     Give the app's ``config`` (its clock and limits decide the expiry) and, if the
     middleware has one, its ``serializer``. ``idle_timeout`` and ``absolute_timeout``
     shorten the limits as :meth:`Session.login` does. From a synchronous test, run it in the
-    ``TestClient``'s event loop, which a Redis client needs:
+    ``TestClient``'s event loop, which a Redis client you built yourself needs (a store
+    made from a URL serves any loop):
     ``with TestClient(app) as client: client.portal.call(partial(create_session, ...))``.
     """
     if user_id is not None:

@@ -695,8 +695,8 @@ class PostgresStore:
         event loop. So the work runs as a task of its own, which a timeout abandons
         rather than cancels: it ends when the server answers or the connection breaks,
         and its connection then goes back to the pool. A server that hangs for good
-        holds at most ``max_connections`` of them; later requests get the 503 as soon
-        as the pool has none to give.
+        holds at most ``max_connections`` of them in each event loop; later requests
+        get the 503 as soon as the pool has none to give.
 
         A write is not simply abandoned: one waiting on a lock would land after the 503,
         and the client's retry would then run it twice (or a login would move the
