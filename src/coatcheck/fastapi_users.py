@@ -30,8 +30,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("fastapi_users", "fastapi-users") from exc
 
-from ._context import NOT_INSTALLED, current_session
-from .fastapi import current_user
+from ._context import current_session
+from .fastapi import current_user, get_session
 from .session import Session
 from .stores.base import cookie_sealer_of
 
@@ -80,7 +80,7 @@ class SessionStrategy(Generic[models.UP, models.ID]):
     async def read_token(
         self, token: str | None, user_manager: BaseUserManager[models.UP, models.ID]
     ) -> models.UP | None:
-        session = await _current()
+        session = await get_session()
         user_id = session.user_id
         if token is None or user_id is None:
             return None
@@ -98,7 +98,7 @@ class SessionStrategy(Generic[models.UP, models.ID]):
         return user
 
     async def write_token(self, user: models.UP) -> str:
-        session = await _current()
+        session = await get_session()
         user_id = str(user.id)
         if not await session.can_login(user_id):
             # Refused here, not at the save: fastapi-users' on_after_login (a last-login
@@ -112,7 +112,7 @@ class SessionStrategy(Generic[models.UP, models.ID]):
         return ""  # no token: the middleware sends the new ticket
 
     async def destroy_token(self, token: str, user: models.UP) -> None:
-        (await _current()).logout()
+        (await get_session()).logout()
 
 
 def _strategy() -> SessionStrategy[Any, Any]:
@@ -205,17 +205,9 @@ class EndSessionsMixin(Generic[models.UP, models.ID]):
             await _end_all(session, user_id)
 
 
-async def _current() -> Session:
-    session = current_session.get()
-    if session is None:
-        raise RuntimeError(NOT_INSTALLED)
-    return await session.load()
-
-
 def _session_of(request: Request | None) -> Session | None:
-    if request is not None and isinstance(request.scope.get("session"), Session):
-        return Session.of(request)
-    return current_session.get()
+    session = None if request is None else request.scope.get("session")
+    return session if isinstance(session, Session) else current_session.get()
 
 
 async def _end_all(session: Session, user_id: str) -> None:
