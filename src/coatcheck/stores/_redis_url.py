@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..exceptions import ConfigurationError
 from . import REDIS_SCHEMES
 from ._redact import redact
+from ._redis_packing import pack_in_c
 
 DEFAULT_TIMEOUT = 1.0
 # The package names them without importing redis-py, so store_from_url knows them all.
@@ -104,28 +105,7 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
         "decode_responses": False,
     }
     try:
-        if parts.scheme.endswith("+cluster"):
-            return _cluster_client(parts, options, settings, url), prefix
-        if parts.scheme.endswith("+sentinel"):
-            return _sentinel_client(parts, options, settings, url), prefix
-        if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
-            hint = f"; {_ENCODE_HINT}" if "@" in parts.path else ""
-            raise ConfigurationError(
-                f"the path of a Redis URL is a database number, got {url!r}{hint}"
-            )
-        path_db = parts.path.strip("/")
-        if parts.scheme != "unix" and path_db and options.get("db", path_db) != path_db:
-            raise ConfigurationError(f"the path and ?db= name two databases: {url!r}")
-        plain = urlunsplit(parts._replace(query=urlencode(options)))
-        # One quick retry on a broken connection (a server restart leaves the pooled
-        # ones dead); none on a timeout, which has already waited.
-        settings["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
-        if "max_connections" in options:
-            # redis-py's default pool refuses at once past its size; this one makes a
-            # burst wait for a free connection, up to the timeout.
-            pool = BlockingConnectionPool.from_url(plain, timeout=seconds, **settings)
-            return Redis.from_pool(pool), prefix
-        return Redis.from_url(plain, **settings), prefix
+        client = _client(parts, options, settings, url)
     except ConfigurationError:
         raise
     except (ValueError, TypeError, RedisClusterException) as exc:
@@ -133,6 +113,36 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
         # part of that password.
         told = _ENCODE_HINT if "#" in raw else str(exc)
         raise ConfigurationError(f"invalid Redis URL {url!r}: {told}") from None
+    pack_in_c(client)
+    return client, prefix
+
+
+def _client(
+    parts: SplitResult, options: dict[str, str], settings: dict[str, Any], url: str
+) -> RedisClient:
+    """The client of a URL already checked, with ``settings`` for its connections."""
+    if parts.scheme.endswith("+cluster"):
+        return _cluster_client(parts, options, settings, url)
+    if parts.scheme.endswith("+sentinel"):
+        return _sentinel_client(parts, options, settings, url)
+    if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
+        hint = f"; {_ENCODE_HINT}" if "@" in parts.path else ""
+        raise ConfigurationError(f"the path of a Redis URL is a database number, got {url!r}{hint}")
+    path_db = parts.path.strip("/")
+    if parts.scheme != "unix" and path_db and options.get("db", path_db) != path_db:
+        raise ConfigurationError(f"the path and ?db= name two databases: {url!r}")
+    plain = urlunsplit(parts._replace(query=urlencode(options)))
+    # One quick retry on a broken connection (a server restart leaves the pooled
+    # ones dead); none on a timeout, which has already waited.
+    settings["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
+    if "max_connections" in options:
+        # redis-py's default pool refuses at once past its size; this one makes a
+        # burst wait for a free connection, up to the timeout.
+        pool = BlockingConnectionPool.from_url(
+            plain, timeout=settings["socket_timeout"], **settings
+        )
+        return Redis.from_pool(pool)
+    return Redis.from_url(plain, **settings)
 
 
 def _cluster_client(
