@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -50,38 +51,54 @@ def jobs(store: Store, stop: threading.Event, done: Counter[str]) -> None:
         time.sleep(0.01)
 
 
+Job = Callable[[Store, threading.Event, Counter[str]], None]
+
+
+async def serve_beside(
+    store: Store, job: Job, serve: Callable[[SessionRecord, Counter[str]], Awaitable[None]]
+) -> tuple[Counter[str], Counter[str]]:
+    """``serve`` each of alice's sessions for ``RUN_FOR`` seconds, as requests would,
+    while a thread runs ``job`` again and again: what each side met, counted."""
+    mine = [record("alice", number) for number in range(SESSIONS)]
+    for one in mine:
+        assert await store.save(one)
+    outcome: Counter[str] = Counter()
+    done: Counter[str] = Counter()
+    stop = threading.Event()
+    thread = threading.Thread(target=job, args=(store, stop, done))
+
+    async def requests(one: SessionRecord) -> None:
+        deadline = time.monotonic() + RUN_FOR
+        while time.monotonic() < deadline:
+            try:
+                await serve(one, outcome)
+            except Exception as exc:  # counted: the test shows what failed
+                outcome[f"{type(exc).__name__}: {exc}"] += 1
+
+    thread.start()
+    try:
+        await asyncio.gather(*(requests(one) for one in mine))
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join)
+    return outcome, done
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "redis", "redis-cluster", "postgres"])
 async def test_a_thread_with_its_own_loop_leaves_the_serving_loop_alone(
     kind: str, tmp_path: Path
 ) -> None:
     store = build_store(kind, tmp_path)
     try:
-        mine = [record("alice", number) for number in range(SESSIONS)]
-        for one in mine:
-            assert await store.save(one)
         banned = record("banned", 0)
         assert await store.save(banned)
-        outcome: Counter[str] = Counter()
-        done: Counter[str] = Counter()
-        stop = threading.Event()
-        thread = threading.Thread(target=jobs, args=(store, stop, done))
 
-        async def requests(one: SessionRecord) -> None:
-            deadline = time.monotonic() + RUN_FOR
-            while time.monotonic() < deadline:
-                try:
-                    loaded = await store.load(one.key, time.time())
-                    outcome["read" if loaded is not None else "lost"] += 1
-                except Exception as exc:  # counted: the test shows what failed
-                    outcome[f"{type(exc).__name__}: {exc}"] += 1
-                await asyncio.sleep(0.002)
+        async def read(one: SessionRecord, outcome: Counter[str]) -> None:
+            loaded = await store.load(one.key, time.time())
+            outcome["read" if loaded is not None else "lost"] += 1
+            await asyncio.sleep(0.002)
 
-        thread.start()
-        try:
-            await asyncio.gather(*(requests(one) for one in mine))
-        finally:
-            stop.set()
-            await asyncio.to_thread(thread.join)
+        outcome, done = await serve_beside(store, jobs, read)
         assert set(outcome) == {"read"}, outcome
         assert set(done) == {"ok"}, done
         assert await store.load(banned.key, time.time()) is None
@@ -119,3 +136,50 @@ def test_each_loop_gets_a_client_whose_locks_are_its_own(kind: str, tmp_path: Pa
     else:
         store = build_store(kind, tmp_path)
     assert bursts_in_fresh_loops(store) == [10, 10, 10]
+
+
+def closing_jobs(store: Store, stop: threading.Event, done: Counter[str]) -> None:
+    """A job that closes the store in its own loop before that loop ends, as the README
+    asks of a loop one closes oneself."""
+
+    async def job() -> None:
+        try:
+            await store.list_user("alice", time.time())
+            await store.count(time.time())
+        finally:
+            await store.aclose()
+
+    while not stop.is_set():
+        try:
+            asyncio.run(job())
+            done["ok"] += 1
+        except Exception as exc:  # counted: the test shows what failed
+            done[f"{type(exc).__name__}: {exc}"] += 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "redis-cluster", "postgres"])
+async def test_a_job_that_closes_the_store_in_its_loop_leaves_the_serving_loop_alone(
+    kind: str, tmp_path: Path
+) -> None:
+    """On SQLite, whose connections serve every thread, that closed the reader under the
+    serving loop's reads: the process died of a segmentation fault."""
+    store = build_store(kind, tmp_path)
+    try:
+        versions: dict[str, int] = {}
+
+        async def read_and_write(one: SessionRecord, outcome: Counter[str]) -> None:
+            loaded = await store.load(one.key, time.time())
+            outcome["read" if loaded is not None else "lost"] += 1
+            version = versions.get(one.key, one.version)
+            changed = one._replace(data=b'{"n": %d}' % version, version=version + 1)
+            saved = await store.save(changed, expected_version=version)
+            outcome["saved" if saved else "refused"] += 1
+            versions[one.key] = version + 1
+
+        outcome, done = await serve_beside(store, closing_jobs, read_and_write)
+        assert set(outcome) == {"read", "saved"}, outcome
+        assert set(done) == {"ok"}, done
+        assert done["ok"] > 5, done
+        assert len(await store.list_user("alice", time.time())) == SESSIONS
+    finally:
+        await store.aclose()

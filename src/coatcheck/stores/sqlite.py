@@ -172,6 +172,9 @@ class SQLiteStore:
         self._saves = purge_start(purge_every)
         self.inline_reads = inline_reads
         self._reader: sqlite3.Connection | None = None
+        # Held for each inline read: aclose() from another thread (a job's own event
+        # loop) must not close the reader under a read, which crashes the process.
+        self._reading = threading.Lock()
         self._ready = False  # the file is in WAL mode and has the table
         # The file the connections have open, by device and inode. A file deleted or
         # replaced under a running app would otherwise take every later write, each
@@ -198,6 +201,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._reader = None
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
         self._saves = purge_start(self.purge_every)  # its own point in the cycle
 
     # -- the store contract -------------------------------------------------------------
@@ -352,18 +356,31 @@ class SQLiteStore:
         return int(rows[0][0])
 
     async def aclose(self) -> None:
-        self._reader = None  # closed with the others, in its list
-        executor, self._executor = self._executor, None
+        """Close the connections and the threads made so far; the store opens new ones if
+        used again. Safe from any thread, also while other threads or event loops use the
+        store (a job that runs ``asyncio.run()`` beside the app): a connection is closed
+        only once nothing runs on it, and their work goes on with new ones."""
+        with self._reading, self._lock:
+            executor, self._executor = self._executor, None
+            self._reader = None  # no inline read is on it: this holds the lock
+            self._local = threading.local()
+            closing = self._connections[:]
+            # In place: the finalizer holds this list. Connections made from here on
+            # (by another loop's work, in a new pool) are not this call's to close.
+            self._connections.clear()
         if executor is not None:
+            # Waits for the work sent to it; work sent later goes to a new pool.
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
-        _close_all(self._connections)
-        self._reader = None  # also one a read made while the pool shut down
-        self._local = threading.local()
+        _close_all(closing)
 
     # -- mechanics ----------------------------------------------------------------------
 
     def _read_inline(self, sql: str, parameters: tuple[object, ...]) -> list[Any] | None:
         """Run a point read on this thread, or return None to send it to the pool."""
+        with self._reading:
+            return self._read_on_reader(sql, parameters)
+
+    def _read_on_reader(self, sql: str, parameters: tuple[object, ...]) -> list[Any] | None:
         try:
             self._look_at_file()
             if self._reader is not None and self._reader_generation != self._generation:
@@ -456,11 +473,13 @@ class SQLiteStore:
         return max(ended, gone), ended
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._threads, "coatcheck-sqlite")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, self._call, work)
+            try:
+                done = loop.run_in_executor(self._pool(), self._call, work)
+            except RuntimeError:  # shut down by aclose() in another thread meanwhile
+                done = loop.run_in_executor(self._pool(), self._call, work)
+            return await done
         except sqlite3.Error as exc:
             if _is_transient(exc):
                 raise StoreUnavailableError(
@@ -468,6 +487,17 @@ class SQLiteStore:
                     retry_after=self.retry_after,
                 ) from exc
             raise StoreError(f"SQLite session store {str(self.path)!r} failed: {exc}") from exc
+
+    def _pool(self) -> ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            with self._lock:  # one pool, also when loops in two threads start at once
+                executor = self._executor
+                if executor is None:
+                    executor = self._executor = ThreadPoolExecutor(
+                        self._threads, "coatcheck-sqlite"
+                    )
+        return executor
 
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         self._look_at_file()
