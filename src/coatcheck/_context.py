@@ -8,7 +8,8 @@ name each app really uses from it (or, built outside a request, from ``described
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,21 @@ ASYNCIO_ONLY = (
 current_session: ContextVar[Session | None] = ContextVar("coatcheck_session", default=None)
 # The configuration a schema is built for outside any request (coatcheck.fastapi.openapi).
 described: ContextVar[SessionConfig | None] = ContextVar("coatcheck_described", default=None)
+
+
+@contextmanager
+def outside_requests() -> Iterator[None]:
+    """No request's session in the context that what starts here copies.
+
+    A socket, a pool's worker or a task keeps a copy of the context it was made in
+    for as long as it lives; made while serving a request (stores connect lazily), it
+    would keep that request's session alive with it: its data, its ID, its cookie.
+    """
+    token = current_session.set(None)
+    try:
+        yield
+    finally:
+        current_session.reset(token)
 
 
 def _config() -> SessionConfig | None:

@@ -1271,3 +1271,81 @@ async def test_the_wal_file_shrinks_back_after_a_vacuum_while_the_app_runs(tmp_p
         assert (await wal.stat()).st_size <= 8 * 1024 * 1024 + 64 * 1024
     finally:
         await store.aclose()
+
+
+async def test_a_second_aclose_waits_for_the_work_the_first_one_let_finish(
+    tmp_path: Path,
+) -> None:
+    """Two jobs, or a job and the app's shutdown, each close the store from a loop of
+    their own. Work queued before the first close still runs, on a new connection:
+    the second close took that one away under it (a lost save, or a crash)."""
+    store = SQLiteStore(tmp_path / "s.db", threads=1)
+    alice, bob = make_record(user_id="alice"), make_record(user_id="bob")
+    assert await store.save(alice)
+    assert await store.save(bob)
+    merging = [threading.Event(), threading.Event()]
+    go_on = [threading.Event(), threading.Event()]
+
+    def slow_merge(number: int, base: Any) -> Any:
+        def merge(found: Any) -> Any:
+            merging[number].set()
+            go_on[number].wait(5)
+            return base._replace(version=found.version + 1, data=b'{"m": %d}' % number)
+
+        return merge
+
+    def close_in_a_loop_of_its_own() -> None:
+        asyncio.run(store.aclose())
+
+    # Two saves that each lost a race, on the pool's one thread: the second waits.
+    saves = [
+        asyncio.ensure_future(
+            store.save(one._replace(version=5), expected_version=4, merge=slow_merge(n, one))
+        )
+        for n, one in enumerate((alice, bob))
+    ]
+    try:
+        await asyncio.to_thread(merging[0].wait, 5)
+        first = threading.Thread(target=close_in_a_loop_of_its_own)
+        first.start()  # shuts the pool down: waits for both saves
+        await asyncio.sleep(0.2)
+        go_on[0].set()
+        assert await asyncio.to_thread(merging[1].wait, 5)  # on a connection made since
+        second = threading.Thread(target=close_in_a_loop_of_its_own)
+        second.start()
+        await asyncio.to_thread(second.join, 0.5)
+        assert second.is_alive()  # waiting for the save, not closing under it
+        go_on[1].set()
+        assert await asyncio.gather(*saves) == [True, True]
+        await asyncio.to_thread(second.join, 5)
+        await asyncio.to_thread(first.join, 5)
+        found = await store.load(bob.key, time.time())
+        assert found is not None
+        assert found.data == b'{"m": 1}'
+    finally:
+        for event in go_on:
+            event.set()
+        await store.aclose()
+
+
+async def test_an_aclose_cut_short_leaves_its_connections_to_the_next(tmp_path: Path) -> None:
+    """Cancelled while the pool finished its work (``asyncio.wait_for`` around it), it
+    had taken the connections off the store's list: nothing closed them any more."""
+    store = SQLiteStore(tmp_path / "s.db", threads=1)
+    assert await store.save(make_record())
+    busy, go_on = threading.Event(), threading.Event()
+    work = asyncio.ensure_future(store._run(lambda db: (busy.set(), go_on.wait(5))))
+    try:
+        await asyncio.to_thread(busy.wait, 5)
+        listed = len(store._connections)
+        assert listed >= 1
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(store.aclose(), 0.2)
+        assert len(store._connections) == listed  # listed again, still open
+        go_on.set()
+        await work
+        await store.aclose()
+        assert store._connections == []
+    finally:
+        go_on.set()
+        await store.aclose()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -43,11 +44,23 @@ class LoopWatch:
         if loop in self._watched:
             return
         self._watched.add(loop)
-        task = loop.create_task(
-            self._wait_then_close(loop), name="coatcheck: close the store with its event loop"
+        # The watchers of loops closed without a word (no asyncio.run(), no aclose()):
+        # they will never run again, and each would keep its loop alive.
+        for ended in [task for task in self._tasks.copy() if task.get_loop().is_closed()]:
+            self._tasks.discard(ended)
+        # In a context of its own, its callback too: one copied from the request it
+        # starts in would keep that request's session alive for as long as the loop runs.
+        apart = contextvars.Context()
+        task = apart.run(
+            loop.create_task,
+            self._wait_then_close(loop),
+            name="coatcheck: close the store with its event loop",
         )
+        # Pending for good if its loop is closed without a word; collected then, as it
+        # should be, without asyncio's report of a task destroyed while pending.
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._tasks.discard, context=apart)
 
     def release(self, loop: asyncio.AbstractEventLoop) -> None:
         """The store was closed in ``loop`` by ``aclose()``: its watcher ends there and

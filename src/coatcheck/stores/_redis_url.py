@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..exceptions import ConfigurationError
 from . import REDIS_SCHEMES
 from ._redact import redact
-from ._redis_packing import pack_in_c
+from ._redis_connections import own_connections
 
 DEFAULT_TIMEOUT = 1.0
 # The package names them without importing redis-py, so store_from_url knows them all.
@@ -113,7 +113,7 @@ def client_from_url(url: str, timeout: float | None) -> tuple[RedisClient, str |
         # part of that password.
         told = _ENCODE_HINT if "#" in raw else str(exc)
         raise ConfigurationError(f"invalid Redis URL {url!r}: {told}") from None
-    pack_in_c(client)
+    own_connections(client)
     return client, prefix
 
 

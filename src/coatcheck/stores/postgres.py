@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+from .._context import outside_requests
 from .._user_ids import user_text
 from ..exceptions import (
     ConfigurationError,
@@ -808,7 +809,8 @@ class PostgresStore:
                     name=f"coatcheck-{self.table}",
                     connection_class=_recording(self),
                 )
-                await pool.open(wait=False)
+                with outside_requests():  # its workers would keep this request's session
+                    await pool.open(wait=False)
                 pooled.pool = pool
                 # Its first connection, before the first request takes one: were the pool
                 # to grow meanwhile, a loop ending right after (a test's) would cut that
@@ -905,6 +907,11 @@ class PostgresStore:
         """The DDL the store runs on first use, for apps that manage their schema with
         migrations (then pass ``create_table=False``)."""
         return "".join(f"{statement};\n" for statement in self._schema_statements())
+
+    def schema_statements(self) -> list[str]:
+        """:meth:`schema_sql`, one statement each: what a migration runs with a driver
+        that takes one at a time (asyncpg, which SQLAlchemy's async apps often use)."""
+        return list(self._schema_statements())
 
     def _schema_statements(self) -> Sequence[str]:
         name = self._sql_table

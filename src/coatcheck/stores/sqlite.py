@@ -175,6 +175,7 @@ class SQLiteStore:
         # Held for each inline read: aclose() from another thread (a job's own event
         # loop) must not close the reader under a read, which crashes the process.
         self._reading = threading.Lock()
+        self._stopping: set[ThreadPoolExecutor] = set()  # pools that aclose() shuts down
         self._ready = False  # the file is in WAL mode and has the table
         # The file the connections have open, by device and inode. A file deleted or
         # replaced under a running app would otherwise take every later write, each
@@ -202,6 +203,7 @@ class SQLiteStore:
         self._reader = None
         self._lock = threading.Lock()
         self._reading = threading.Lock()
+        self._stopping = set()  # their threads did not come along
         self._saves = purge_start(self.purge_every)  # its own point in the cycle
 
     # -- the store contract -------------------------------------------------------------
@@ -362,15 +364,28 @@ class SQLiteStore:
         only once nothing runs on it, and their work goes on with new ones."""
         with self._reading, self._lock:
             executor, self._executor = self._executor, None
+            if executor is not None:
+                self._stopping.add(executor)
+            # Every pool still shutting down, this call's and another's: work queued on
+            # one may yet open a connection, listed from here on, and run on it.
+            stopping = list(self._stopping)
             self._reader = None  # no inline read is on it: this holds the lock
             self._local = threading.local()
             closing = self._connections[:]
             # In place: the finalizer holds this list. Connections made from here on
             # (by another loop's work, in a new pool) are not this call's to close.
             self._connections.clear()
-        if executor is not None:
-            # Waits for the work sent to it; work sent later goes to a new pool.
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        try:
+            for each in stopping:
+                # Waits for the work sent to it; work sent later goes to a new pool.
+                await asyncio.get_running_loop().run_in_executor(None, each.shutdown)
+                self._stopping.discard(each)
+        except BaseException:
+            # Cancelled meanwhile: listed again, for a later aclose() (which waits for
+            # the pools this one did not) or the finalizer to close.
+            with self._lock:
+                self._connections.extend(closing)
+            raise
         _close_all(closing)
 
     # -- mechanics ----------------------------------------------------------------------

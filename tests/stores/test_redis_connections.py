@@ -1,6 +1,7 @@
-"""Commands of a store's own client are packed by hiredis, into the bytes redis-py's
-Python packer makes, on every kind of client a URL gives; sessions round-trip through
-them on real servers."""
+"""The connections of a store's own client: commands packed by hiredis into the bytes
+redis-py's Python packer makes, on every kind of client a URL gives; sessions
+round-trip through them on real servers. (That they keep no request's session alive:
+tests/stores/test_nothing_kept.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
-from coatcheck.stores._redis_packing import _HiredisPacking, hiredis_packing
+from coatcheck.stores._redis_connections import _StoreConnection, store_connection
 from coatcheck.stores.redis import RedisStore
 
 from ..redis_servers import RedisClusterServers, RedisServer
@@ -28,13 +29,14 @@ ARGUMENTS = [
     ("EVALSHA", "a" * 40, 2, "k1", "k2", "", "1790000000.25", 1.5, -7, 10**30),
     ("HSET", "h", "u", "Zoë ☃", "b", bytes(range(256)) * 40),  # past the 6000-byte cutoff
     ("SET", "m", memoryview(b"view")),
+    ("SET", "a", bytearray(b"array")),
 ]
 
 
 @pytest.mark.parametrize("args", ARGUMENTS, ids=lambda args: str(args[0]))
 def test_the_same_bytes_as_redis_pys_packer(args: tuple[Any, ...]) -> None:
-    fast = hiredis_packing(Connection)()
-    assert issubclass(type(fast), _HiredisPacking)
+    fast = store_connection(Connection)()
+    assert issubclass(type(fast), _StoreConnection)
     assert b"".join(fast.pack_command(*args)) == b"".join(Connection().pack_command(*args))
 
 
@@ -43,16 +45,16 @@ def test_what_redis_py_refuses_is_refused_alike(value: object) -> None:
     with pytest.raises(DataError):
         Connection().pack_command("SET", "k", value)
     with pytest.raises(DataError, match="cannot send"):
-        hiredis_packing(Connection)().pack_command("SET", "k", value)
+        store_connection(Connection)().pack_command("SET", "k", value)
 
 
 def test_each_connection_class_is_made_once_and_keeps_its_kind() -> None:
     for kind in (Connection, SSLConnection, UnixDomainSocketConnection):
-        fast = hiredis_packing(kind)
+        fast = store_connection(kind)
         assert issubclass(fast, kind)
         assert fast.__name__ == kind.__name__
-        assert hiredis_packing(kind) is fast
-        assert hiredis_packing(fast) is fast
+        assert store_connection(kind) is fast
+        assert store_connection(fast) is fast
 
 
 async def test_a_client_handed_to_the_store_is_left_alone(redis_server: RedisServer) -> None:
@@ -93,18 +95,18 @@ async def from_url(request: pytest.FixtureRequest) -> AsyncIterator[RedisStore]:
 
 
 @pytest.mark.parametrize("from_url", ["redis_server", "redis_sentinel"], indirect=True)
-async def test_a_single_node_client_packs_in_c(from_url: RedisStore) -> None:
+async def test_a_single_node_client_uses_the_stores_connections(from_url: RedisStore) -> None:
     await round_trip(from_url)
     client = from_url.client
     assert isinstance(client, Redis)
     pool = client.connection_pool
-    assert issubclass(pool.connection_class, _HiredisPacking)
+    assert issubclass(pool.connection_class, _StoreConnection)
     assert pool._in_use_connections or pool._available_connections
     for connection in [*pool._available_connections, *pool._in_use_connections]:
-        assert isinstance(connection, _HiredisPacking)
+        assert isinstance(connection, _StoreConnection)
 
 
-async def test_a_cluster_client_packs_in_c_on_every_node(
+async def test_a_cluster_client_uses_the_stores_connections_on_every_node(
     redis_cluster: RedisClusterServers,
 ) -> None:
     store = RedisStore.from_url(redis_cluster.url, prefix=unique_prefix())
@@ -118,7 +120,7 @@ async def test_a_cluster_client_packs_in_c_on_every_node(
         opened = [connection for node in nodes for connection in node._connections]
         assert opened
         for node in nodes:
-            assert issubclass(node.connection_class, _HiredisPacking)
-        assert all(isinstance(connection, _HiredisPacking) for connection in opened)
+            assert issubclass(node.connection_class, _StoreConnection)
+        assert all(isinstance(connection, _StoreConnection) for connection in opened)
     finally:
         await store.aclose()
