@@ -29,7 +29,9 @@ def alive() -> list[Session]:
     return [found for found in gc.get_objects() if type(found) is Session]
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "redis-cluster", "postgres"])
+@pytest.mark.parametrize(
+    "kind", ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "postgres"]
+)
 async def test_no_session_outlives_its_request(kind: str, tmp_path: Path) -> None:
     """The store connects lazily, while serving the first requests that need it: a
     burst of them makes it open several connections (and a pool, a loop's watcher)."""

@@ -1,7 +1,8 @@
 """The connections of the redis-py clients a store builds from its URL.
 
 Two changes to redis-py's own, mixed in ahead of whichever connection class the URL
-asks for (TCP, TLS, a unix socket, a Sentinel's master, a Cluster's nodes):
+asks for (TCP, TLS, a unix socket, a Sentinel's master and the Sentinels asked for it, a
+Cluster's nodes):
 
 - Commands are packed in C by hiredis, as redis-py's synchronous client already does.
   Its asyncio connections pack in Python, one join per argument: a save, one script

@@ -191,6 +191,8 @@ def _sentinel_client(
     sentinel = Sentinel(sentinels, sentinel_kwargs=asked, **settings)  # type: ignore[no-untyped-call]
     client: _SentinelMaster = sentinel.master_for(service, redis_class=_SentinelMaster)
     client.sentinels = sentinel
+    for asking in sentinel.sentinels:  # asked again for each new connection to the master
+        own_connections(asking)
     return client
 
 
