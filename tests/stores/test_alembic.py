@@ -93,10 +93,10 @@ def alembic_project(folder: Path, database: Database, *, readme_hook: bool) -> C
     text = text.replace("fileConfig(config.config_file_name)", "pass")
     options = "include_schemas=True, " if database.schemas else ""
     if readme_hook:
-        hook = _readme_block("def include_name")
-        # The README's last line shows where the hook goes: into each configure() call.
-        hook, shown = hook.rsplit("context.configure(", 1)
-        assert shown.strip() == "..., include_name=include_name)"
+        # The README's last lines show where the hook goes: into each configure() call.
+        hook, where, shown = _readme_block("def include_name").partition("\n# in every")
+        assert where
+        assert shown.strip().endswith("context.configure(..., include_name=include_name)")
         # The table's name, without its schema, as the README's comment says.
         hook = hook.replace('{"coatcheck_sessions"}', repr({database.table.split(".")[-1]}))
         text = text.replace(

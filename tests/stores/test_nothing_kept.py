@@ -8,16 +8,23 @@ from __future__ import annotations
 import asyncio
 import gc
 from pathlib import Path
+from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
-from coatcheck import Session
+from coatcheck import Session, SessionMiddleware
 from coatcheck.stores import Store
 from coatcheck.stores._loops import LoopWatch
+from coatcheck.stores.redis import RedisStore
 
 from ..apps import make_app
 from ..conftest import client_for
-from ..store_kinds import build_store
+from ..redis_servers import RedisServer
+from ..store_kinds import build_store, unique_prefix
 
 pytestmark = pytest.mark.anyio
 
@@ -36,21 +43,58 @@ async def test_no_session_outlives_its_request(kind: str, tmp_path: Path) -> Non
     """The store connects lazily, while serving the first requests that need it: a
     burst of them makes it open several connections (and a pool, a loop's watcher)."""
     store: Store = build_store(kind, tmp_path)
-    app = make_app(store)
-    clients = [client_for(app) for _ in range(VISITORS)]
     try:
-        for client in clients:
-            answer = await client.post("/write")
-            assert answer.status_code == 200
-            client.headers["cookie"] = f"__Host-session={answer.cookies['__Host-session']}"
-        answers = await asyncio.gather(*(client.get("/read") for client in clients))
+        answers = await visit_at_once(make_app(store), "/write", "/read", VISITORS)
         assert [answer.json()["data"] for answer in answers] == [{"n": 1}] * VISITORS
         # A timeout's timer, cancelled, stays in the loop's schedule until it is due.
         await asyncio.sleep(2.5)
         assert alive() == []
     finally:
+        await store.aclose()
+
+
+async def visit_at_once(app: Any, first: str, then: str, visitors: int) -> list[Any]:
+    """Each visitor POSTs ``first`` (one after another) for a session, then all GET
+    ``then`` at once: the answers."""
+    clients = [client_for(app) for _ in range(visitors)]
+    try:
+        for client in clients:
+            answer = await client.post(first)
+            assert answer.status_code == 200
+            client.headers["cookie"] = f"__Host-session={answer.cookies['__Host-session']}"
+        return await asyncio.gather(*(client.get(then) for client in clients))
+    finally:
         for client in clients:
             await client.aclose()
+
+
+async def signed_in(request: Request) -> Response:
+    session = await Session.of(request).load()
+    session.login("alice")
+    session["notes"] = "n" * 10_000
+    return PlainTextResponse("signed in")
+
+
+async def devices(request: Request) -> Response:
+    session = await Session.of(request).load()
+    return JSONResponse({"devices": len(await session.devices())})
+
+
+async def test_no_session_outlives_a_request_that_read_a_long_reply(
+    redis_server: RedisServer,
+) -> None:
+    """A devices page of a user with many sessions: a reply of over 128 KiB, whose
+    socket asyncio stopped reading and started again from the request, keeping its
+    context (on uvloop it keeps its own)."""
+    store = RedisStore.from_url(redis_server.url, prefix=unique_prefix())
+    app = Starlette(routes=[Route("/login", signed_in, methods=["POST"]), Route("/", devices)])
+    app.add_middleware(SessionMiddleware, store=store)
+    try:
+        answers = await visit_at_once(app, "/login", "/", 40)
+        assert [answer.json() for answer in answers] == [{"devices": 40}] * 40
+        await asyncio.sleep(1.5)  # past the store's timeout (see above)
+        assert alive() == []
+    finally:
         await store.aclose()
 
 

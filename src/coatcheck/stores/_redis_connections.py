@@ -9,14 +9,16 @@ Cluster's nodes):
   call with twenty-odd arguments, spent about 12 µs there, against 1.5 µs in hiredis
   (which the ``redis`` extra installs).
 - A connection is opened outside the request that happens to need it first: its socket
-  keeps a copy of the context it was opened in, and with it, for as long as the
-  connection lives, that request's session.
+  keeps a copy of the context it was opened in (and of the one it last resumed reading
+  in), and with it, for as long as the connection lives, that request's session.
 
 A client handed to the store is left as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, TypeVar
 
 from redis.asyncio.connection import AbstractConnection
@@ -39,6 +41,15 @@ class _StoreConnection:
     async def _connect(self) -> None:
         with outside_requests():
             await super()._connect()  # type: ignore[misc]  # the connection class's own
+        # asyncio stops reading a socket whose buffered reply passes 128 KiB (the devices
+        # of a user with many) and starts again from the request that reads it, whose
+        # context the socket then keeps: it starts again in a context of its own.
+        transport: Any = getattr(getattr(self, "_writer", None), "transport", None)
+        resume = getattr(transport, "resume_reading", None)
+        if resume is not None:
+            apart = contextvars.Context()
+            with contextlib.suppress(AttributeError):  # uvloop's keeps its own context
+                transport.resume_reading = lambda: apart.run(resume)
 
     if HIREDIS_AVAILABLE:
 

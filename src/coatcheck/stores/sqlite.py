@@ -50,6 +50,9 @@ def _close_all(connections: list[sqlite3.Connection]) -> None:
             connections.pop().close()
 
 
+# Pools a call tries, each shut down by an aclose() in another thread before it took
+# the call, before it gives up.
+_POOL_TRIES = 10
 _COLUMNS = (
     "key, public_id, data, user_id, created_at, last_seen_at, expires_at,"
     " remember, user_agent, version, ip_address, authenticated_at, idle_timeout,"
@@ -489,11 +492,21 @@ class SQLiteStore:
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        try:
+        for _ in range(_POOL_TRIES):
+            executor = self._pool()
             try:
-                done = loop.run_in_executor(self._pool(), self._call, work)
-            except RuntimeError:  # shut down by aclose() in another thread meanwhile
-                done = loop.run_in_executor(self._pool(), self._call, work)
+                done = loop.run_in_executor(executor, self._call, work)
+                break
+            except RuntimeError:
+                if self._executor is executor:
+                    raise  # not shut down by an aclose() in another thread meanwhile
+        else:
+            raise StoreUnavailableError(
+                f"SQLite session store {str(self.path)!r} was closed again and again "
+                "by other threads while this call waited for it",
+                retry_after=self.retry_after,
+            )
+        try:
             return await done
         except sqlite3.Error as exc:
             if _is_transient(exc):
