@@ -2,11 +2,12 @@
 
 One process, one ``redis-server`` started here on a free loopback port (no
 persistence) and stopped by PID at the end. Every variant is a real ASGI app called
-in-process (``await app(scope, receive, send)``): the only I/O is Redis itself, over
-one redis-py asyncio client (one connection pool) that every variant shares, built
-by ``RedisStore.from_url`` exactly as coatcheck builds its own. Variants run in the
-interleaved rounds of ``overhead.py`` and are checked first, down to the Redis
-commands each request sends.
+in-process (``await app(scope, receive, send)``): the only I/O is Redis itself. The
+floors and the peers share one plain redis-py asyncio client, as an app would build
+it, with the settings coatcheck's ``RedisStore.from_url`` uses (timeouts, one retry);
+coatcheck's rows use the client its store builds, whose connections also pack
+commands with hiredis. Variants run in the interleaved rounds of ``overhead.py`` and
+are checked first, down to the Redis commands each request sends.
 
     python benchmarks/redis.py                              # about 1.5-2 minutes on 2 cores
     python benchmarks/redis.py --rounds 5 --requests 300    # a quick look
@@ -459,7 +460,8 @@ def coatcheck_store(url: str) -> Any:
 
 
 def mirrored_client(url: str) -> Redis:
-    """Only when coatcheck's store cannot be built: the settings its from_url uses."""
+    """A plain redis-py client with the settings coatcheck's from_url uses: the floors'
+    and the peers'."""
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -492,15 +494,15 @@ def litestar_redis(client: Redis) -> tuple[ASGIApp, ASGIApp]:
 
 
 async def build(suite: Suite, url: str) -> tuple[Any, Redis]:
-    """Every variant, verified; returns coatcheck's store (or None) and the shared client."""
+    """Every variant, verified; returns coatcheck's store (or None) and the client the
+    floors and peers share."""
     store: Any = None
+    client = mirrored_client(url)
     try:
         store = coatcheck_store(url)
-        client: Redis = store.client
     except Exception as exc:  # report the missing rows rather than no rows at all
         suite.notes.append(f"coatcheck RedisStore unavailable: {type(exc).__name__}: {exc}")
         print(f"NOTE: coatcheck RedisStore unavailable: {exc}", file=sys.stderr)
-        client = mirrored_client(url)
 
     await add_floors(suite, client)
     if store is not None:
@@ -711,7 +713,8 @@ async def environment(admin: Redis, client: Redis, server: RedisServer) -> dict[
             ("redis", "hiredis", "fastapi", "starlette", "starsessions", "litestar", "orjson")
         ),
         "redis client": (
-            f"one {type(client).__module__}.{type(client).__name__} for every variant;"
+            f"one {type(client).__module__}.{type(client).__name__} for the floors and"
+            f" peers (coatcheck: its store's own, with hiredis packing);"
             f" {type(pool).__name__}(max_connections={pool.max_connections}),"
             f" socket_timeout={settings.get('socket_timeout')},"
             f" connect_timeout={settings.get('socket_connect_timeout')}"
@@ -720,9 +723,9 @@ async def environment(admin: Redis, client: Redis, server: RedisServer) -> dict[
 
 
 async def close(suite: Suite, client: Redis | None, admin: Redis) -> None:
-    await suite.shutdown()  # coatcheck's store closes the shared client here
+    await suite.shutdown()  # coatcheck's store closes its own client here
     if client is not None:
-        await client.aclose()  # in case it never got that far; closing twice is fine
+        await client.aclose()
     await admin.aclose()
 
 
