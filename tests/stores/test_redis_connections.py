@@ -14,7 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
-from coatcheck.stores._redis_connections import _StoreConnection, store_connection
+from coatcheck.stores._redis_connections import _StoreConnection, own_connections, store_connection
 from coatcheck.stores.redis import RedisStore
 
 from ..redis_servers import RedisClusterServers, RedisServer
@@ -124,3 +124,15 @@ async def test_a_cluster_client_uses_the_stores_connections_on_every_node(
         assert all(isinstance(connection, _StoreConnection) for connection in opened)
     finally:
         await store.aclose()
+
+
+def test_a_cluster_client_of_another_shape_is_left_as_it_is() -> None:
+    """redis-py's Cluster internals renamed by a later release: the store still builds."""
+
+    class Renamed:
+        def __init__(self) -> None:
+            self.nodes = {"127.0.0.1:7000": object()}
+
+    client = Renamed()
+    own_connections(client)
+    assert list(vars(client)) == ["nodes"]

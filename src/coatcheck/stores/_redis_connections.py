@@ -98,9 +98,12 @@ def own_connections(client: Any) -> None:
     if pool is not None:
         pool.connection_class = store_connection(pool.connection_class)
         return
-    nodes = client.nodes_manager
-    shared = nodes.connection_kwargs
-    if "connection_class" in shared:
-        shared["connection_class"] = store_connection(shared["connection_class"])
-    for node in nodes.startup_nodes.values():
-        node.connection_class = store_connection(node.connection_class)
+    # redis-py's own attributes, not its API: should a release rename them, the store
+    # still works, with redis-py's connections as they are.
+    with contextlib.suppress(AttributeError, TypeError):
+        nodes = client.nodes_manager
+        shared = nodes.connection_kwargs
+        if "connection_class" in shared:
+            shared["connection_class"] = store_connection(shared["connection_class"])
+        for node in nodes.startup_nodes.values():
+            node.connection_class = store_connection(node.connection_class)
