@@ -493,17 +493,19 @@ def litestar_redis(client: Redis) -> tuple[ASGIApp, ASGIApp]:
     )
 
 
-async def build(suite: Suite, url: str) -> tuple[Any, Redis]:
-    """Every variant, verified; returns coatcheck's store (or None) and the client the
-    floors and peers share."""
-    store: Any = None
-    client = mirrored_client(url)
+def our_store(suite: Suite, url: str) -> Any:
+    """coatcheck's store, or None (noted) when it cannot be built."""
     try:
-        store = coatcheck_store(url)
+        return coatcheck_store(url)
     except Exception as exc:  # report the missing rows rather than no rows at all
         suite.notes.append(f"coatcheck RedisStore unavailable: {type(exc).__name__}: {exc}")
         print(f"NOTE: coatcheck RedisStore unavailable: {exc}", file=sys.stderr)
+        return None
 
+
+async def build(suite: Suite, client: Redis, store: Any) -> None:
+    """Every variant, verified: the floors and peers on ``client``, coatcheck's rows on
+    ``store`` (if there is one)."""
     await add_floors(suite, client)
     if store is not None:
         await add_optional(suite, COATCHECK, lambda s: add_coatcheck(s, "redis", store))
@@ -525,7 +527,6 @@ async def build(suite: Suite, url: str) -> tuple[Any, Redis]:
     await add_optional(suite, "starsessions", add_starsessions)
     await add_optional(suite, "litestar", add_litestar)
     assign_baselines(suite)
-    return store, client
 
 
 def litestar_headers() -> Headers:
@@ -722,10 +723,11 @@ async def environment(admin: Redis, client: Redis, server: RedisServer) -> dict[
     }
 
 
-async def close(suite: Suite, client: Redis | None, admin: Redis) -> None:
-    await suite.shutdown()  # coatcheck's store closes its own client here
-    if client is not None:
-        await client.aclose()
+async def close(suite: Suite, client: Redis, store: Any, admin: Redis) -> None:
+    await suite.shutdown()  # coatcheck's app closes its store here, if it started
+    if store is not None:
+        await store.aclose()  # in case it never got that far; closing twice is fine
+    await client.aclose()
     await admin.aclose()
 
 
@@ -734,9 +736,11 @@ async def run(args: argparse.Namespace, server: RedisServer) -> dict[str, Any]:
 
     admin = Redis(host="127.0.0.1", port=server.port, decode_responses=True)
     suite = Suite()
-    client: Redis | None = None
+    # Made here, so that an error while building the variants still closes them.
+    client = mirrored_client(server.url)
+    store = our_store(suite, server.url)
     try:
-        _, client = await build(suite, server.url)
+        await build(suite, client, store)
         counts = await count_commands(suite, admin, server.port, args.count_requests)
         print(
             f"verified {len(suite.variants)} variants; timing {args.rounds} rounds"
@@ -755,9 +759,9 @@ async def run(args: argparse.Namespace, server: RedisServer) -> dict[str, Any]:
                 expect(response.json() == {"n": 1}, f"{name}: now reads {response.body!r}")
     except BaseException:
         with contextlib.suppress(Exception):  # the error that got us here matters more
-            await close(suite, client, admin)
+            await close(suite, client, store, admin)
         raise
-    await close(suite, client, admin)
+    await close(suite, client, store, admin)
     info["load average"] = f"{before:.2f} before, {after:.2f} after (1 min)"
     info["method"] = timing_method(args)
     return report(suite, counts, args, info)

@@ -8,14 +8,17 @@ name each app really uses from it (or, built outside a request, from ``described
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import asyncio
+import contextvars
+from collections.abc import Coroutine, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .config import SessionConfig
     from .session import Session
+
+T = TypeVar("T")
 
 DEFAULT_COOKIE_NAME = "__Host-session"
 NOT_INSTALLED = "coatcheck.SessionMiddleware is not installed on this app"
@@ -79,19 +82,16 @@ current_session: ContextVar[Session | None] = ContextVar("coatcheck_session", de
 described: ContextVar[SessionConfig | None] = ContextVar("coatcheck_described", default=None)
 
 
-@contextmanager
-def outside_requests() -> Iterator[None]:
-    """No request's session in the context that what starts here copies.
+async def apart(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` run as a task of its own, in an empty context.
 
-    A socket, a pool's worker or a task keeps a copy of the context it was made in
-    for as long as it lives; made while serving a request (stores connect lazily), it
-    would keep that request's session alive with it: its data, its ID, its cookie.
+    A socket, a pool's worker or a task keeps a copy of the context it was made in for
+    as long as it lives. Made while serving a request (stores connect lazily), it would
+    keep alive what the request's context holds: coatcheck's session (its data, its ID,
+    its cookie), and whatever the app or its tools keep there (Sentry keeps the request).
+    Cancelling the caller cancels ``work`` too.
     """
-    token = current_session.set(None)
-    try:
-        yield
-    finally:
-        current_session.reset(token)
+    return await contextvars.Context().run(asyncio.ensure_future, work)
 
 
 def _config() -> SessionConfig | None:

@@ -25,7 +25,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import DataError
 from redis.utils import HIREDIS_AVAILABLE
 
-from .._context import outside_requests
+from .._context import apart
 
 if HIREDIS_AVAILABLE:
     import hiredis
@@ -39,17 +39,16 @@ class _StoreConnection:
     """Mixed in ahead of a redis-py connection class (see the module's docstring)."""
 
     async def _connect(self) -> None:
-        with outside_requests():
-            await super()._connect()  # type: ignore[misc]  # the connection class's own
+        await apart(super()._connect())  # type: ignore[misc]  # the connection class's own
         # asyncio stops reading a socket whose buffered reply passes 128 KiB (the devices
         # of a user with many) and starts again from the request that reads it, whose
         # context the socket then keeps: it starts again in a context of its own.
         transport: Any = getattr(getattr(self, "_writer", None), "transport", None)
         resume = getattr(transport, "resume_reading", None)
         if resume is not None:
-            apart = contextvars.Context()
+            empty = contextvars.Context()
             with contextlib.suppress(AttributeError):  # uvloop's keeps its own context
-                transport.resume_reading = lambda: apart.run(resume)
+                transport.resume_reading = lambda: empty.run(resume)
 
     if HIREDIS_AVAILABLE:
 

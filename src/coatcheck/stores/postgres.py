@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from .._context import outside_requests
+from .._context import apart
 from .._user_ids import user_text
 from ..exceptions import (
     ConfigurationError,
@@ -809,8 +809,8 @@ class PostgresStore:
                     name=f"coatcheck-{self.table}",
                     connection_class=_recording(self),
                 )
-                with outside_requests():  # its workers would keep this request's session
-                    await pool.open(wait=False)
+                # Apart from this request: its workers would keep what its context holds.
+                await apart(pool.open(wait=False))
                 pooled.pool = pool
                 # Its first connection, before the first request takes one: were the pool
                 # to grow meanwhile, a loop ending right after (a test's) would cut that
