@@ -50,8 +50,8 @@ class LoopWatch:
             self._tasks.discard(ended)
         # In a context of its own, its callback too: one copied from the request it
         # starts in would keep that request's session alive for as long as the loop runs.
-        apart = contextvars.Context()
-        task = apart.run(
+        empty = contextvars.Context()
+        task = empty.run(
             loop.create_task,
             self._wait_then_close(loop),
             name="coatcheck: close the store with its event loop",
@@ -60,7 +60,7 @@ class LoopWatch:
         # should be, without asyncio's report of a task destroyed while pending.
         task._log_destroy_pending = False  # type: ignore[attr-defined]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard, context=apart)
+        task.add_done_callback(self._tasks.discard, context=empty)
 
     def release(self, loop: asyncio.AbstractEventLoop) -> None:
         """The store was closed in ``loop`` by ``aclose()``: its watcher ends there and
