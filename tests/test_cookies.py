@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coatcheck import _ids
 from coatcheck._cookies import CookieWriter, cookie_needle, read_cookie
 from coatcheck._ids import key_of, new_session_id, store_key
 from coatcheck.config import CookieConfig
@@ -163,20 +160,3 @@ def test_only_ids_this_library_could_mint_get_a_store_key() -> None:
     # Every character token_urlsafe draws from, the two beyond letters and digits included.
     for edge in ("-" * 43, "_" * 43, "z9" * 21 + "Z"):
         assert key_of(edge) == store_key(edge), edge
-
-
-def test_store_keys_are_sha256_with_or_without_cpythons_own_hash(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    minted = new_session_id()
-    expected = hashlib.sha256(minted.encode()).hexdigest()
-    assert store_key(minted) == key_of(minted) == expected
-
-    def missing(name: str) -> None:
-        raise ImportError(name)
-
-    # A Python built without its own SHA-256 (OpenSSL's only) gives the same keys.
-    monkeypatch.setattr(_ids.importlib, "import_module", missing)
-    monkeypatch.setattr(_ids, "_sha256", _ids._own_sha256())
-    assert _ids._sha256 is hashlib.sha256
-    assert store_key(minted) == key_of(minted) == expected

@@ -13,11 +13,10 @@ and the CLI need it, and none of it is what the app put in the session.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 from collections.abc import Sequence
 
+from ._hashing import KeyedMac
 from ._keys import Keyring
 from .config import SecretKey
 from .exceptions import MissingDependencyError
@@ -50,7 +49,7 @@ class DataSealingStore:
 
     def __init__(self, inner: Store, keys: Sequence[bytes]) -> None:
         self.inner = inner
-        self._keys = list(keys)
+        self._macs = [KeyedMac(key) for key in keys]
 
     def __repr__(self) -> str:
         return f"DataSealingStore({self.inner!r})"
@@ -119,7 +118,7 @@ class DataSealingStore:
 
     def _seal(self, record: SessionRecord) -> SessionRecord:
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = _cipher(self._keys[0], record.key).encrypt(nonce, record.data, None)
+        sealed = _cipher(self._macs[0], record.key).encrypt(nonce, record.data, None)
         return record._replace(data=_SEALED + nonce + sealed)
 
     def opened(self, record: SessionRecord) -> bytes:
@@ -131,9 +130,9 @@ class DataSealingStore:
         if not data.startswith(_SEALED):
             return record  # stored before encryption was turned on: read as it is
         nonce, sealed = data[2 : 2 + _NONCE_BYTES], data[2 + _NONCE_BYTES :]
-        for key in self._keys:
+        for mac in self._macs:
             try:
-                opened = _cipher(key, record.key).decrypt(nonce, sealed, None)
+                opened = _cipher(mac, record.key).decrypt(nonce, sealed, None)
                 return record._replace(data=opened)
             except (InvalidTag, ValueError):  # ValueError: a nonce cut short
                 continue
@@ -143,6 +142,7 @@ class DataSealingStore:
         return record._replace(data=b"")
 
 
-def _cipher(key: bytes, record_key: str) -> AESGCM:
-    """The cipher of one record: its own key, derived from ``key`` and the record's."""
-    return AESGCM(hmac.new(key, record_key.encode(), hashlib.sha256).digest())
+def _cipher(mac: KeyedMac, record_key: str) -> AESGCM:
+    """The cipher of one record: its own key, the HMAC of the record's under a key of
+    the app's."""
+    return AESGCM(mac.digest(record_key.encode()))

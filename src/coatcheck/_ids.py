@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import secrets
-from collections.abc import Callable
-from typing import Protocol
+
+from ._hashing import sha256
 
 ID_BYTES = 32  # 256 bits
 ID_LENGTH = 43  # len(token_urlsafe(32))
 PUBLIC_ID_LENGTH = 16  # len(token_urlsafe(12))
 # What token_urlsafe() draws from; a well-formed ID is nothing else.
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
-class _Hash(Protocol):
-    def hexdigest(self) -> str: ...
-
-
-def _own_sha256() -> Callable[[bytes], _Hash]:
-    """CPython's built-in SHA-256, or OpenSSL's where a build leaves it out.
-
-    Both give the same digest. For a 43-byte ID the hashing is the least of the work:
-    OpenSSL's set-up of each hash runs through far more code and memory, which a
-    request finds out of the CPU's caches, and that cost it about 3 µs on every read.
-    """
-    for name in ("_sha2", "_sha256"):  # Python 3.12 and later; 3.10 and 3.11
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        sha256: Callable[[bytes], _Hash] = module.sha256
-        return sha256
-    return hashlib.sha256
-
-
-_sha256 = _own_sha256()
 
 
 def new_session_id() -> str:
@@ -55,7 +29,7 @@ def is_public_id(value: str) -> bool:
 
 def store_key(session_id: str) -> str:
     """The key a store files a session under: a dump of the store cannot be replayed."""
-    return _sha256(session_id.encode("ascii")).hexdigest()
+    return sha256(session_id.encode("ascii")).hexdigest()
 
 
 def key_of(value: str) -> str | None:
@@ -64,7 +38,7 @@ def key_of(value: str) -> str | None:
     Only IDs this library could have minted ever reach a store.
     """
     raw = _minted(value, ID_LENGTH)
-    return None if raw is None else _sha256(raw).hexdigest()
+    return None if raw is None else sha256(raw).hexdigest()
 
 
 def _minted(value: str, length: int) -> bytes | None:

@@ -23,7 +23,6 @@ browsers always send ``Origin`` on one, and a page cannot add a token header to 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import html
 import re
@@ -35,6 +34,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 from ._asgi import Message, PathPrefixes, Receive, Scope, Send
 from ._asgi import header as _header
 from ._audit import security_event
+from ._hashing import KeyedMac
 from ._ids import store_key
 from ._keys import Keyring
 from ._relay import relay_page, relayable
@@ -84,7 +84,7 @@ class CSRFGuard:
         self._now = clock
         self._exempt = PathPrefixes(config.exempt_paths) if config.exempt_paths else None
         self._relayed = PathPrefixes(config.relay_paths) if config.relay_paths else None
-        self._keys = keyring.derive("csrf")
+        self._macs = [KeyedMac(key) for key in keyring.derive("csrf")]
         self._cookie_needles = tuple(name.encode("latin-1") + b"=" for name in cookie_names)
         self._header = config.header_name.encode("latin-1")
         # Found by one search in C: parsing every field of a junk 1 MB body cost a second.
@@ -98,10 +98,10 @@ class CSRFGuard:
         """A fresh masked token for this session (bound once it is logged in)."""
         key = session._key or (store_key(session._id) if session._id else None)
         if key is not None and session._user_id is not None:
-            raw = self._bound(self._keys[0], key)
+            raw = self._bound(self._macs[0], key)
         else:
             nonce, stamp = secrets.token_bytes(8), struct.pack("!Q", int(self._now()))
-            raw = nonce + stamp + self._anonymous_mac(self._keys[0], nonce + stamp)
+            raw = nonce + stamp + self._anonymous_mac(self._macs[0], nonce + stamp)
         mask = secrets.token_bytes(_TOKEN_BYTES)
         masked = mask + bytes(a ^ b for a, b in zip(raw, mask, strict=True))
         return base64.urlsafe_b64encode(masked).rstrip(b"=").decode()
@@ -115,21 +115,21 @@ class CSRFGuard:
                 # Adopted from another middleware's cookie and not stored yet: it never
                 # issued a bound token, and an anonymous one is anyone's to take.
                 return False
-            bound = [self._bound(key, session._key) for key in self._keys]
+            bound = [self._bound(mac, session._key) for mac in self._macs]
             return any(hmac.compare_digest(raw, expected) for expected in bound)
         body, mac = raw[:16], raw[16:]
         (stamp,) = struct.unpack("!Q", body[8:])
         if not -_CLOCK_SKEW <= self._now() - stamp <= self.config.anonymous_token_max_age:
             return False
-        return any(hmac.compare_digest(mac, self._anonymous_mac(k, body)) for k in self._keys)
+        return any(hmac.compare_digest(mac, self._anonymous_mac(m, body)) for m in self._macs)
 
     @staticmethod
-    def _bound(key: bytes, store_key_: str) -> bytes:
-        return hmac.new(key, b"bound:" + store_key_.encode(), hashlib.sha256).digest()
+    def _bound(mac: KeyedMac, store_key_: str) -> bytes:
+        return mac.digest(b"bound:" + store_key_.encode())
 
     @staticmethod
-    def _anonymous_mac(key: bytes, body: bytes) -> bytes:
-        return hmac.new(key, b"anonymous:" + body, hashlib.sha256).digest()[:16]
+    def _anonymous_mac(mac: KeyedMac, body: bytes) -> bytes:
+        return mac.digest(b"anonymous:" + body)[:16]
 
     # -- checking requests --------------------------------------------------------------
 
