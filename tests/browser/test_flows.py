@@ -341,7 +341,9 @@ def test_idle_session_ends_and_the_page_asks_to_sign_in_again(
     start_server: StartServer, new_context: NewContext
 ) -> None:
     server = start_server("--idle-timeout", "2", "--absolute-timeout", "60", name="idle")
-    page = _open(new_context(), server.url)
+    # Without scripts: the page's own idle timer (tested below) would reload it at 3 s,
+    # racing the reload here, and leave nothing for the server's expiry to show.
+    page = _open(new_context(java_script_enabled=False), server.url)
     add_item(page, "apple")
     sign_in(page, "alice")
     expect_signed_in(page, "alice")
