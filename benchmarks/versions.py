@@ -35,6 +35,8 @@ from fastapi import Depends, FastAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 Message = MutableMapping[str, Any]
+KINDS = ("memory", "sqlite", "sealed")  # sealed: SQLite with encrypt_data=True
+SECRET = "versions-benchmark-" + "k" * 32
 App = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
 
@@ -52,7 +54,7 @@ def extract(rev: str, into: Path) -> ModuleType:
     return importlib.import_module("coatcheck_base")
 
 
-def build(package: ModuleType, store: Any) -> FastAPI:
+def build(package: ModuleType, store: Any, *, sealed: bool = False) -> FastAPI:
     # A Depends() default, not an Annotated alias: this module's annotations are
     # strings that FastAPI could not resolve to a local name.
     get_session = importlib.import_module(f"{package.__name__}.fastapi").get_session
@@ -67,7 +69,11 @@ def build(package: ModuleType, store: Any) -> FastAPI:
         session["n"] = session.get("n", 0) + 1
         return {"n": session["n"]}
 
-    config = package.SessionConfig(cookie=package.CookieConfig(secure=False))
+    config = package.SessionConfig(
+        cookie=package.CookieConfig(secure=False),
+        secret_keys=[SECRET] if sealed else (),
+        encrypt_data=sealed,
+    )
     app.add_middleware(package.SessionMiddleware, store=store, config=config)
     return app
 
@@ -114,13 +120,13 @@ async def main(args: argparse.Namespace) -> None:
         base = extract(args.base, Path(folder))
         variants: dict[str, tuple[Client, str]] = {}
         for label, package in (("base", base), ("current", coatcheck)):
-            for kind in ("memory", "sqlite"):
+            for kind in KINDS:
                 store = (
                     package.MemoryStore()
                     if kind == "memory"
-                    else package.SQLiteStore(Path(folder) / f"{label}.db")
+                    else package.SQLiteStore(Path(folder) / f"{label}-{kind}.db")
                 )
-                client = Client(build(package, store))
+                client = Client(build(package, store, sealed=kind == "sealed"))
                 await client.call("/write")  # the session every timed request reuses
                 if client.status != 200 or not client.cookie:
                     raise SystemExit(f"{label} {kind}: no session was created ({client.body!r})")
@@ -151,7 +157,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"base {args.base} vs the working tree; {args.rounds} rounds x {args.requests} requests")
     print(f"{'variant':<16}{'base µs':>10}{'current µs':>12}{'current/base':>14}")
     verdicts = []
-    for kind in ("memory", "sqlite"):
+    for kind in KINDS:
         for action in ("read", "write"):
             old = timings[f"{kind} {action} base"]
             new = timings[f"{kind} {action} current"]
