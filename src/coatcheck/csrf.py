@@ -121,7 +121,7 @@ class CSRFGuard:
         (stamp,) = struct.unpack("!Q", body[8:])
         if not -_CLOCK_SKEW <= self._now() - stamp <= self.config.anonymous_token_max_age:
             return False
-        return any(hmac.compare_digest(mac, self._anonymous_mac(m, body)) for m in self._macs)
+        return any(hmac.compare_digest(mac, self._anonymous_mac(k, body)) for k in self._macs)
 
     @staticmethod
     def _bound(mac: KeyedMac, store_key_: str) -> bytes:
