@@ -27,6 +27,14 @@ def test_a_python_without_its_own_sha256_falls_back_to_openssls(
     assert _hashing._own_sha256() is hashlib.sha256
 
 
+def test_openssl_in_fips_mode_does_the_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import _hashlib
+
+    assert _hashing._own_sha256() is not hashlib.sha256  # CPython's own, on this build
+    monkeypatch.setattr(_hashlib, "get_fips_mode", lambda: 1)
+    assert _hashing._own_sha256() is hashlib.sha256
+
+
 @settings(max_examples=300, deadline=None)
 @given(key=st.binary(max_size=200), messages=st.lists(st.binary(max_size=300), max_size=4))
 def test_keyed_mac_is_hmac_sha256_message_after_message(key: bytes, messages: list[bytes]) -> None:

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 
 def _own_sha256() -> Callable[..., HASH]:
-    """CPython's built-in SHA-256, or OpenSSL's where a build leaves it out."""
+    """CPython's built-in SHA-256; OpenSSL's where a build leaves that out, or where
+    OpenSSL runs in FIPS mode, whose validated module must then do all the hashing."""
+    if _fips_mode():
+        return hashlib.sha256
     for name in ("_sha2", "_sha256"):  # Python 3.12 and later; 3.10 and 3.11
         try:
             module = importlib.import_module(name)
@@ -29,6 +32,14 @@ def _own_sha256() -> Callable[..., HASH]:
         sha256: Callable[..., HASH] = module.sha256
         return sha256
     return hashlib.sha256
+
+
+def _fips_mode() -> bool:
+    try:
+        import _hashlib
+    except ImportError:  # a Python built without OpenSSL
+        return False
+    return bool(_hashlib.get_fips_mode())
 
 
 sha256 = _own_sha256()
