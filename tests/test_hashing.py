@@ -33,6 +33,11 @@ def test_openssl_in_fips_mode_does_the_hashing(monkeypatch: pytest.MonkeyPatch) 
     assert _hashing._own_sha256() is not hashlib.sha256  # CPython's own, on this build
     monkeypatch.setattr(_hashlib, "get_fips_mode", lambda: 1)
     assert _hashing._own_sha256() is hashlib.sha256
+    # HMACs then run in OpenSSL too, and still copy their keyed state per message.
+    monkeypatch.setattr(_hashing, "sha256", _hashing._own_sha256())
+    mac = KeyedMac(b"k" * 100)
+    for message in (b"", b"bound:" + b"a" * 64):
+        assert mac.digest(message) == hmac.new(b"k" * 100, message, hashlib.sha256).digest()
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,4 +1,4 @@
-"""SHA-256 and HMAC-SHA256 for what every request hashes: IDs and CSRF tokens.
+"""SHA-256 and HMAC-SHA256 for what requests hash: IDs, CSRF tokens, sealed data's keys.
 
 CPython's own SHA-256 rather than OpenSSL's. Both give the same digests, and for the
 few dozen bytes hashed here the hashing is the least of the work: OpenSSL's set-up of
