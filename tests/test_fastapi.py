@@ -501,7 +501,7 @@ async def test_the_answers_coatcheck_gives_can_be_declared_in_the_schema() -> No
         unavailable = await client.post("/cart")
         schema = (await client.get("/openapi.json")).json()
     assert unavailable.status_code == 503
-    SessionErrorBody.model_validate(unavailable.json())
+    SessionErrorBody(**unavailable.json())  # as the schema shapes it, in Pydantic 1 and 2
     answers = schema["paths"]["/cart"]["post"]["responses"]
     assert set(answers) == {"200", "401", "403", "409", "413", "503"}
     assert answers["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer"}

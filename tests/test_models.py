@@ -452,15 +452,24 @@ async def test_a_nested_model_keeps_its_own_unknown_fields_and_a_new_one_starts_
 def test_a_nested_model_is_found_under_the_alias_its_value_is_stored_by() -> None:
     """Before Pydantic 2.11 (and in Pydantic 1) values are stored by alias: the nested
     model that holds a newer version's field is found under it all the same."""
-    from pydantic import ConfigDict
-    from pydantic.alias_generators import to_camel
 
-    class Shipping(BaseModel):
-        model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    def to_camel(name: str) -> str:
+        first, *rest = name.split("_")
+        return first + "".join(word.title() for word in rest)
+
+    class Camel(BaseModel):
+        if PYDANTIC_2:
+            model_config = pydantic.ConfigDict(alias_generator=to_camel, populate_by_name=True)
+        else:
+
+            class Config:
+                alias_generator = to_camel
+                allow_population_by_field_name = True
+
+    class Shipping(Camel):
         street_name: str = ""
 
-    class Profile(BaseModel):
-        model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    class Profile(Camel):
         shipping_address: Shipping = Shipping()
 
     profile = Profile()
