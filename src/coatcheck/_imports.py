@@ -15,13 +15,12 @@ cookie within a short while of each other join one session.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from base64 import urlsafe_b64encode
 from typing import Any
 
 from ._asgi import Headers
 from ._cookies import EPOCH, cookie_needle, read_cookie
+from ._hashing import KeyedMac
 from ._keys import Keyring
 from ._user_ids import check_user_id
 from .config import CookieConfig, SessionConfig, StarletteImport, StarsessionsImport
@@ -37,7 +36,7 @@ class Importer:
     def __init__(
         self, settings: StarletteImport | StarsessionsImport, cookie: CookieConfig, key: bytes
     ) -> None:
-        self._id_key = key  # derives the new session's ID from the old cookie
+        self._id_mac = KeyedMac(key)  # derives the new session's ID from the old cookie
         self.cookie_name = settings.cookie_name
         self._needle = cookie_needle(settings.cookie_name)
         self._until = None if settings.until is None else settings.until.timestamp()
@@ -85,7 +84,7 @@ class Importer:
         value = read_cookie(headers, self._needle)
         if value is None:
             return None
-        digest = hmac.new(self._id_key, value.encode("ascii"), hashlib.sha256).digest()
+        digest = self._id_mac.digest(value.encode("ascii"))
         return urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
     def user(self, data: dict[str, Any]) -> str | None:
